@@ -1,0 +1,1 @@
+"""Runtime: backends (torch, onnxruntime, tensorrt), engine build and profiling."""

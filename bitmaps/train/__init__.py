@@ -1,0 +1,1 @@
+"""Training: data pipeline, quantizers, BinaryLinear and binarize_(), distillation, the trainer."""
