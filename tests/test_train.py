@@ -1,0 +1,145 @@
+"""The shared trainer on the real BERT-tiny and State of the Union text: fine-tuning helps, resume is
+exact, a killed run resumes, torchrun with two CPU processes works."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitmaps.checkpoint import load_checkpoint
+from bitmaps.config import DataConfig, TrainConfig
+from bitmaps.train.trainer import TrainJob, lr_lambda, run_training
+
+QUIET = dict(log=lambda _m: None)
+
+
+def _job(data: Path, out: Path, **train) -> TrainJob:
+    defaults = dict(steps=6, batch_size=8, lr=5e-4, eval_every=0, save_every=0, eval_sequences=32)
+    defaults.update(train)
+    return TrainJob(
+        train=TrainConfig(**defaults),
+        data=DataConfig(),
+        data_paths=[str(data)],
+        output=out,
+        model="bert-tiny",
+    )
+
+
+def test_lr_schedule_shapes() -> None:
+    cfg = TrainConfig(steps=100, warmup_ratio=0.1, schedule="linear")
+    f = lr_lambda(cfg)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(55) == pytest.approx(0.5) and f(100) == 0.0
+    cos = lr_lambda(TrainConfig(steps=100, warmup_ratio=0.0, schedule="cosine"))
+    assert cos(0) == pytest.approx(1.0) and cos(50) == pytest.approx(0.5) and cos(100) < 1e-9
+
+
+def test_teacher_finetune_lowers_heldout_cross_entropy(sotu_small, tmp_path, bert_tiny_dir) -> None:
+    out = tmp_path / "teacher.pt"
+    result = run_training(_job(sotu_small, out, steps=40, batch_size=16, eval_every=40), **QUIET)
+    before, after = result.history[0], result.history[-1]
+    assert before["step"] == 0 and after["step"] == 40
+    assert after["cross_entropy"] < before["cross_entropy"] - 0.5, (before, after)
+    assert after["accuracy"] > before["accuracy"]
+    ckpt = load_checkpoint(out)
+    assert ckpt["meta"]["complete"] and ckpt["meta"]["step"] == 40
+    assert ckpt["binarize"] == {}
+    assert ckpt["train_state"]["stream"]["step"] == 40
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
+
+
+def test_resume_is_equivalent_to_a_straight_run(sotu_small, tmp_path, bert_tiny_dir) -> None:
+    straight = tmp_path / "straight.pt"
+    run_training(_job(sotu_small, straight, steps=6, save_every=2), **QUIET)
+
+    resumed = tmp_path / "resumed.pt"
+    first = run_training(_job(sotu_small, resumed, steps=6, save_every=2, stop_after=3), **QUIET)
+    assert not first.complete and first.step == 3
+    saved = load_checkpoint(resumed)
+    assert saved["meta"]["step"] == 2 and not saved["meta"]["complete"]  # step 3 was lost
+    job = _job(sotu_small, resumed, steps=6, save_every=2)
+    job.resume = True
+    second = run_training(job, **QUIET)
+    assert second.complete and second.step == 6
+
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    # and not trivially: training moved the weights away from the pretrained ones
+    from bitmaps.models import load_model
+
+    start = load_model("bert-tiny").model.state_dict()
+    assert not torch.allclose(a["bert.encoder.layer.0.attention.self.query.weight"],
+                              start["bert.encoder.layer.0.attention.self.query.weight"])
+
+
+def test_resume_refuses_changed_settings(sotu_small, tmp_path, bert_tiny_dir) -> None:
+    from bitmaps.errors import BitmapsError
+
+    out = tmp_path / "r.pt"
+    run_training(_job(sotu_small, out, steps=4, save_every=2, stop_after=2), **QUIET)
+    job = _job(sotu_small, out, steps=4, save_every=2, lr=1e-3)
+    job.resume = True
+    with pytest.raises(BitmapsError, match="train config differs"):
+        run_training(job, **QUIET)
+    with pytest.raises(BitmapsError, match="exists; pass --resume"):
+        run_training(_job(sotu_small, out, steps=4), **QUIET)
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "bitmaps", *args]
+
+
+def test_killed_run_resumes(sotu_small, tmp_path, bert_tiny_dir) -> None:
+    out = tmp_path / "killed.pt"
+    args = ["train", "--teacher", "bert-tiny", "--data", str(sotu_small), "-o", str(out),
+            "--steps", "60", "--batch-size", "4", "--save-every", "2", "--eval-every", "0",
+            "--eval-sequences", "8"]
+    proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if out.exists() and load_checkpoint(out)["meta"]["step"] >= 4:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed = load_checkpoint(out)["meta"]
+    assert 4 <= killed["step"] < 60 and not killed["complete"]
+
+    done = subprocess.run(_cli(*args, "--resume"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming {out} at step {killed['step']}/60" in done.stderr
+    final = load_checkpoint(out)["meta"]
+    assert final["complete"] and final["step"] == 60
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(sotu_small, tmp_path, bert_tiny_dir) -> None:
+    out = tmp_path / "ddp.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "bitmaps", "train", "--teacher", "bert-tiny", "--data", str(sotu_small),
+           "-o", str(out), "--steps", "4", "--batch-size", "4", "--eval-every", "0",
+           "--eval-sequences", "16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ckpt = load_checkpoint(out)
+    assert ckpt["meta"]["complete"] and ckpt["train_state"]["world_size"] == 2
+    assert len(ckpt["train_state"]["rng"]) == 2
+    assert "held-out @ step 4" in done.stderr
