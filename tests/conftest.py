@@ -9,3 +9,82 @@ import torch
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+# --- offline assets (bitmaps/assets.py): tests that need them skip only when they are absent ---
+
+NEEDS_ASSETS = "needs assets: run `bitmaps assets fetch`"
+# The six shortest speeches (5-12 KB each): enough for two splits, fast to build.
+SOTU_SMALL = (
+    "1790_george_washington_n.txt",
+    "1799_john_adams_f.txt",
+    "1800_john_adams_f.txt",
+    "1809_james_madison_dr.txt",
+    "1932_herbert_hoover_r.txt",
+    "1973_richard_nixon_r.txt",
+)
+
+
+def _asset_or_skip(name: str):
+    from bitmaps.assets import assets_root
+
+    path = assets_root() / name
+    if not path.is_dir():
+        pytest.skip(NEEDS_ASSETS)
+    return path
+
+
+@pytest.fixture(scope="session")
+def assets_dir():
+    """The asset cache folder, holding every asset of the pinned manifest."""
+    from bitmaps.assets import assets_root, load_manifest
+
+    for name in load_manifest():
+        _asset_or_skip(name)
+    return assets_root()
+
+
+@pytest.fixture(scope="session")
+def bert_tiny_dir():
+    return _asset_or_skip("bert-tiny")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    return _asset_or_skip("minilm-l6")
+
+
+@pytest.fixture(scope="session")
+def sotu_dir():
+    return _asset_or_skip("sotu")
+
+
+@pytest.fixture(scope="session")
+def bert_tiny_tokenizer(bert_tiny_dir):
+    from bitmaps.train.data import load_tokenizer
+
+    return load_tokenizer(bert_tiny_dir)
+
+
+@pytest.fixture
+def sotu_small(sotu_dir, tmp_path):
+    """A fresh folder with six real speeches (SOTU_SMALL); tests may change it."""
+    import shutil
+
+    folder = tmp_path / "sotu_small"
+    folder.mkdir()
+    for name in SOTU_SMALL:
+        shutil.copyfile(sotu_dir / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def sotu_corpus(sotu_dir, bert_tiny_tokenizer, tmp_path_factory):
+    """All of SOTU packed with BERT-tiny's tokenizer and DataConfig(), built once per session
+    into a fresh cache folder (``corpus.cache_path``; ``corpus.seconds`` is the build time)."""
+    from bitmaps.config import DataConfig
+    from bitmaps.train.data import build_corpus
+
+    cache = tmp_path_factory.mktemp("sotu-corpus-cache")
+    tok = bert_tiny_tokenizer
+    return build_corpus(sotu_dir, tok, DataConfig(), cache_dir=cache, log=lambda _m: None)

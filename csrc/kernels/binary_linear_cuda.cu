@@ -1,0 +1,278 @@
+// The public CUDA launchers of binary_linear_cuda.h: activation packing (sign + pack + per-row
+// scale, fused), the XNOR-GEMM dispatcher over the three paths, and the fused binary_linear.
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "kernels/binary_linear_cuda.h"
+#include "kernels/xnor_gemm_cuda_impl.cuh"
+
+namespace bitmaps {
+namespace cuda {
+
+using detail::Epilogue;
+using detail::GemmProblem;
+using detail::OutKind;
+
+namespace {
+
+constexpr int kPackWarps = 8;  // rows per block in the pack kernel (one warp per row)
+
+__device__ __forceinline__ float load_as_float(const float* x, int64_t i) { return x[i]; }
+__device__ __forceinline__ float load_as_float(const __half* x, int64_t i) {
+  return __half2float(x[i]);
+}
+
+// One warp per row: lane l reads element 32 w + l of word w (coalesced), the ballot is the word.
+// Also sums |x - beta| for the row mean (float32, as the reference), when row_scale is wanted.
+template <typename T>
+__global__ void __launch_bounds__(kPackWarps * 32)
+    pack_rows_kernel(const T* __restrict__ x, int64_t m, int32_t k, int32_t kw, float beta,
+                     float act_scale, uint32_t* __restrict__ packed,
+                     float* __restrict__ row_scale) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kPackWarps + threadIdx.x / 32;
+  if (row >= m) return;  // whole warps leave together: row is uniform across the warp
+  const T* xr = x + row * k;
+  uint32_t* out = packed + row * kw;
+  float abs_sum = 0.0f;
+  for (int32_t w = 0; w < kw; ++w) {
+    const int32_t col = w * 32 + lane;
+    const bool in_row = col < k;
+    const float v = in_row ? __fsub_rn(load_as_float(xr, col), beta) : 0.0f;
+    const unsigned word = __ballot_sync(0xFFFFFFFFu, in_row && sign_bit(v) != 0u);
+    abs_sum += fabsf(v);
+    if (lane == 0) out[w] = word;
+  }
+  if (row_scale == nullptr) return;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    abs_sum += __shfl_xor_sync(0xFFFFFFFFu, abs_sum, offset);
+  }
+  if (lane == 0) row_scale[row] = act_scale > 0.0f ? act_scale : abs_sum / static_cast<float>(k);
+}
+
+cudaError_t launch_pack(const void* x, DType dtype, int64_t m, int64_t k, float beta,
+                        float act_scale, int32_t* packed, float* row_scale, cudaStream_t stream) {
+  if (m < 0 || k <= 0 || k > 0x7FFFFFFF - 32) return cudaErrorInvalidValue;
+  if (m == 0) return cudaSuccess;
+  const int64_t blocks = (m + kPackWarps - 1) / kPackWarps;
+  if (blocks > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;
+  const int32_t kw = static_cast<int32_t>(packed_width(k));
+  auto* out = reinterpret_cast<uint32_t*>(packed);
+  const auto k32 = static_cast<int32_t>(k);
+  const auto grid = static_cast<unsigned>(blocks);
+  if (dtype == DType::kFloat16) {
+    pack_rows_kernel<__half><<<grid, kPackWarps * 32, 0, stream>>>(
+        static_cast<const __half*>(x), m, k32, kw, beta, act_scale, out, row_scale);
+  } else {
+    pack_rows_kernel<float><<<grid, kPackWarps * 32, 0, stream>>>(
+        static_cast<const float*>(x), m, k32, kw, beta, act_scale, out, row_scale);
+  }
+  return cudaGetLastError();
+}
+
+// Per-device cache of what this build can run there, filled on first use.
+struct DeviceInfo {
+  bool probed = false;
+  cudaError_t error = cudaSuccess;
+  unsigned mask = 0;
+  int major = 0;
+  int minor = 0;
+  int num_sms = 1;
+};
+
+constexpr int kMaxDevices = 64;
+std::mutex g_device_mutex;
+DeviceInfo g_devices[kMaxDevices];
+
+unsigned bit(GemmPath p) { return 1u << static_cast<int>(p); }
+
+cudaError_t device_info(int device, DeviceInfo* info) {
+  if (device < 0 || device >= kMaxDevices) return cudaErrorInvalidDevice;
+  std::lock_guard<std::mutex> lock(g_device_mutex);
+  DeviceInfo& d = g_devices[device];
+  if (!d.probed) {
+    int current = 0;
+    cudaError_t err = cudaGetDevice(&current);
+    if (err == cudaSuccess && current != device) err = cudaSetDevice(device);
+    if (err == cudaSuccess) {
+      err = cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device);
+    }
+    if (err == cudaSuccess) {
+      err = cudaDeviceGetAttribute(&d.minor, cudaDevAttrComputeCapabilityMinor, device);
+    }
+    if (err == cudaSuccess) {
+      err = cudaDeviceGetAttribute(&d.num_sms, cudaDevAttrMultiProcessorCount, device);
+    }
+    bool has_mma = false;
+    bool has_wgmma = false;
+    // The probes read a flag from the module the driver loaded for this device: a build without
+    // code for it fails here (no kernel image), which is reported instead of failing later.
+    if (err == cudaSuccess) err = detail::probe_mma(&has_mma);
+    if (err == cudaSuccess) err = detail::probe_wgmma(&has_wgmma);
+    if (current != device) cudaSetDevice(current);
+    d.error = err;
+    if (err == cudaSuccess) {
+      d.mask = bit(GemmPath::kPopc);
+      if (has_mma) d.mask |= bit(GemmPath::kMma);
+      if (has_wgmma) d.mask |= bit(GemmPath::kWgmma);
+    } else {
+      cudaGetLastError();  // do not leave the probe's error for the caller's next check
+    }
+    d.probed = true;
+  }
+  *info = d;
+  return d.error;
+}
+
+cudaError_t current_device_info(DeviceInfo* info) {
+  int device = 0;
+  const cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  return device_info(device, info);
+}
+
+GemmPath auto_path(const DeviceInfo& d) {
+  // wgmma only on sm_90 (sm_90a code); mma.sync on sm_80..sm_90 (on sm_100+ ptxas emulates b1
+  // MMA with integer MMAs, so plain popcount is the honest default there until measured).
+  if (d.major == 9 && d.minor == 0 && (d.mask & bit(GemmPath::kWgmma))) return GemmPath::kWgmma;
+  if (d.major >= 8 && d.major <= 9 && (d.mask & bit(GemmPath::kMma))) return GemmPath::kMma;
+  return GemmPath::kPopc;
+}
+
+template <OutKind kOut>
+cudaError_t run_gemm(const GemmProblem& p, const Epilogue& ep, GemmPath requested,
+                     cudaStream_t stream) {
+  if (p.m == 0 || p.n == 0) return cudaSuccess;
+  DeviceInfo d;
+  cudaError_t err = current_device_info(&d);
+  if (err != cudaSuccess) return err;
+  const GemmPath path = requested == GemmPath::kAuto ? auto_path(d) : requested;
+  if (!(d.mask & bit(path))) return cudaErrorNotSupported;
+  switch (path) {
+    case GemmPath::kWgmma:
+      return detail::launch_wgmma<kOut>(p, ep, stream);
+    case GemmPath::kMma:
+      return detail::launch_mma<kOut>(p, ep, d.num_sms, stream);
+    default:
+      return detail::launch_popc<kOut>(p, ep, stream);
+  }
+}
+
+size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+bool valid_sizes(int64_t m, int64_t n, int64_t k) {
+  return m >= 0 && n >= 0 && k > 0 && k <= 0x7FFFFFFF - 32;
+}
+
+}  // namespace
+
+const char* gemm_path_name(GemmPath path) {
+  switch (path) {
+    case GemmPath::kPopc:
+      return "popc";
+    case GemmPath::kMma:
+      return "mma";
+    case GemmPath::kWgmma:
+      return "wgmma";
+    default:
+      return "auto";
+  }
+}
+
+bool parse_gemm_path(const char* name, GemmPath* path) {
+  if (name == nullptr) return false;
+  for (GemmPath p : {GemmPath::kAuto, GemmPath::kPopc, GemmPath::kMma, GemmPath::kWgmma}) {
+    if (std::strcmp(name, gemm_path_name(p)) == 0) {
+      *path = p;
+      return true;
+    }
+  }
+  return false;
+}
+
+bool gemm_path_from_env(GemmPath* path) {
+  const char* value = std::getenv("BITMAPS_CUDA_GEMM_PATH");
+  if (value == nullptr || value[0] == '\0') {
+    *path = GemmPath::kAuto;
+    return true;
+  }
+  return parse_gemm_path(value, path);
+}
+
+cudaError_t supported_gemm_paths(int device, unsigned* mask) {
+  DeviceInfo d;
+  const cudaError_t err = device_info(device, &d);
+  *mask = err == cudaSuccess ? (d.mask | bit(GemmPath::kAuto)) : 0u;
+  return err;
+}
+
+cudaError_t resolve_gemm_path(int device, GemmPath requested, GemmPath* resolved) {
+  DeviceInfo d;
+  const cudaError_t err = device_info(device, &d);
+  if (err != cudaSuccess) return err;
+  const GemmPath path = requested == GemmPath::kAuto ? auto_path(d) : requested;
+  if (!(d.mask & bit(path))) return cudaErrorNotSupported;
+  *resolved = path;
+  return cudaSuccess;
+}
+
+cudaError_t pack_signs(const void* x, DType dtype, int64_t m, int64_t k, int32_t* packed,
+                       cudaStream_t stream) {
+  return launch_pack(x, dtype, m, k, 0.0f, 0.0f, packed, nullptr, stream);
+}
+
+cudaError_t pack_activations(const void* x, DType dtype, int64_t m, int64_t k, float act_threshold,
+                             float act_scale, int32_t* packed, float* row_scale,
+                             cudaStream_t stream) {
+  return launch_pack(x, dtype, m, k, act_threshold, act_scale, packed, row_scale, stream);
+}
+
+cudaError_t xnor_gemm(const int32_t* a, const int32_t* b, int64_t m, int64_t n, int64_t k,
+                      int32_t* out, GemmPath path, cudaStream_t stream) {
+  if (!valid_sizes(m, n, k)) return cudaErrorInvalidValue;
+  const GemmProblem p{reinterpret_cast<const uint32_t*>(a),
+                      reinterpret_cast<const uint32_t*>(b),
+                      m,
+                      n,
+                      static_cast<int32_t>(k),
+                      static_cast<int32_t>(packed_width(k))};
+  const Epilogue ep{out, nullptr, nullptr, nullptr};
+  return run_gemm<OutKind::kInt32>(p, ep, path, stream);
+}
+
+size_t binary_linear_workspace_size(int64_t m, int64_t k) {
+  if (m <= 0 || k <= 0) return 0;
+  const auto rows = static_cast<size_t>(m);
+  return align256(rows * static_cast<size_t>(packed_width(k)) * sizeof(int32_t)) +
+         align256(rows * sizeof(float));
+}
+
+cudaError_t binary_linear(const void* x, DType dtype, const int32_t* w, const float* w_scale,
+                          const float* bias, int64_t m, int64_t n, int64_t k, float act_threshold,
+                          float act_scale, void* y, void* workspace, size_t workspace_bytes,
+                          GemmPath path, cudaStream_t stream) {
+  if (!valid_sizes(m, n, k)) return cudaErrorInvalidValue;
+  if (m == 0 || n == 0) return cudaSuccess;
+  if (workspace_bytes < binary_linear_workspace_size(m, k)) return cudaErrorInvalidValue;
+  auto* base = static_cast<char*>(workspace);
+  auto* packed = reinterpret_cast<int32_t*>(base);
+  auto* row_scale = reinterpret_cast<float*>(
+      base + align256(static_cast<size_t>(m) * packed_width(k) * sizeof(int32_t)));
+  cudaError_t err =
+      pack_activations(x, dtype, m, k, act_threshold, act_scale, packed, row_scale, stream);
+  if (err != cudaSuccess) return err;
+  const GemmProblem p{reinterpret_cast<const uint32_t*>(packed),
+                      reinterpret_cast<const uint32_t*>(w),
+                      m,
+                      n,
+                      static_cast<int32_t>(k),
+                      static_cast<int32_t>(packed_width(k))};
+  const Epilogue ep{y, row_scale, w_scale, bias};
+  if (dtype == DType::kFloat16) return run_gemm<OutKind::kFloat16>(p, ep, path, stream);
+  return run_gemm<OutKind::kFloat32>(p, ep, path, stream);
+}
+
+}  // namespace cuda
+}  // namespace bitmaps

@@ -1,0 +1,98 @@
+// Internals shared by the three CUDA XNOR-GEMM paths (xnor_gemm_popc.cu, xnor_gemm_mma.cu,
+// xnor_gemm_wgmma.cu): the epilogue that turns an integer dot product into the op's output, and
+// the per-path entry points the dispatcher in binary_linear_cuda.cu calls. Not a public header.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "kernels/bit_layout.h"
+
+namespace bitmaps {
+namespace cuda {
+namespace detail {
+
+enum class OutKind : int { kInt32 = 0, kFloat32 = 1, kFloat16 = 2 };
+
+// What the GEMM does with dot[m, n] = K - 2 * popcount(a[m] XOR b[n]).
+struct Epilogue {
+  void* out;               // [M, N] row-major, int32 / float32 / float16 per OutKind
+  const float* row_scale;  // [M]    (float outputs only)
+  const float* w_scale;    // [N]    (float outputs only)
+  const float* bias;       // [N] or nullptr
+};
+
+// The problem, as every kernel sees it. a: [M, KW], b: [N, KW] packed words.
+struct GemmProblem {
+  const uint32_t* a;
+  const uint32_t* b;
+  int64_t m;
+  int64_t n;
+  int32_t k;
+  int32_t kw;
+};
+
+// Writes one output element. Products in the reference's order, with explicit round-to-nearest
+// intrinsics so nvcc cannot contract them into an FMA: (dot * s) * alpha + bias.
+template <OutKind kOut>
+__device__ __forceinline__ void store_output(const Epilogue& ep, int64_t n_cols, int64_t row,
+                                             int64_t col, int32_t dot) {
+  const int64_t idx = row * n_cols + col;
+  if constexpr (kOut == OutKind::kInt32) {
+    static_cast<int32_t*>(ep.out)[idx] = dot;
+  } else {
+    float v = __fmul_rn(__fmul_rn(static_cast<float>(dot), ep.row_scale[row]), ep.w_scale[col]);
+    if (ep.bias != nullptr) v = __fadd_rn(v, ep.bias[col]);
+    if constexpr (kOut == OutKind::kFloat32) {
+      static_cast<float*>(ep.out)[idx] = v;
+    } else {
+      static_cast<__half*>(ep.out)[idx] = __float2half_rn(v);
+    }
+  }
+}
+
+// 4-byte global -> shared asynchronous copy (sm_80+); zero-fills when !valid, which is how tiles
+// are padded past M, N and KW: zero words in both operands add nothing to popcount(a XOR b).
+__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int src_bytes = valid ? 4 : 0;
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(src_bytes));
+#else
+  *static_cast<uint32_t*>(smem) = valid ? *static_cast<const uint32_t*>(gmem) : 0u;
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+#endif
+}
+
+// Per-path launchers. Each returns cudaErrorNotSupported when its code is absent from this build
+// for the current device (checked by the dispatcher before calling).
+template <OutKind kOut>
+cudaError_t launch_popc(const GemmProblem& p, const Epilogue& ep, cudaStream_t stream);
+template <OutKind kOut>
+cudaError_t launch_mma(const GemmProblem& p, const Epilogue& ep, int num_sms, cudaStream_t stream);
+template <OutKind kOut>
+cudaError_t launch_wgmma(const GemmProblem& p, const Epilogue& ep, cudaStream_t stream);
+
+// Whether this build holds mma.sync / wgmma code for the current device (reads a __device__
+// flag from the module the driver picked for it). Synchronous; the dispatcher caches the answer.
+cudaError_t probe_mma(bool* available);
+cudaError_t probe_wgmma(bool* available);
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace bitmaps

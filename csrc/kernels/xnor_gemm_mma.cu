@@ -1,0 +1,252 @@
+// XNOR GEMM on tensor cores with mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32:
+//   sm_80..sm_89: .xor.popc directly (SASS BMMA.168256.XOR.POPC);
+//   sm_90+:       .and.popc (BMMA.168256.AND.POPC) plus the row-popcount identity
+//                 popcount(a XOR b) = popcount(a) + popcount(b) - 2 popcount(a AND b), because
+//                 Hopper has no XOR b1 MMA and ptxas would otherwise emulate .xor.popc through a
+//                 called subroutine per MMA (seen in the sm_90a SASS).
+//
+// Block tile BM x BN, K staged 16 words (512 bits, two k256 steps) at a time through a two-stage
+// cp.async pipeline. Shared tiles are row-major with a row stride of 20 words: the fragment loads
+// below touch words (g * 20 + t) for g in 0..7, t in 0..3, which fall in 32 distinct banks.
+//
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k256"; g = lane / 4, t = lane % 4;
+// one b32 register = 32 consecutive K bits, LSB first, which is exactly our packed word):
+//   A (16 x 256, row): a0 = A[g][word t], a1 = A[g + 8][t], a2 = A[g][t + 4], a3 = A[g + 8][t + 4]
+//   B (256 x 8, col):  b0 = W[n = g][word t], b1 = W[g][t + 4]
+//   C/D (16 x 8):      c0, c1 = D[g][2t], D[g][2t + 1];  c2, c3 = D[g + 8][2t], D[g + 8][2t + 1]
+#include "kernels/xnor_gemm_cuda_impl.cuh"
+
+namespace bitmaps {
+namespace cuda {
+namespace detail {
+namespace {
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define BITMAPS_HAS_MMA_B1 1
+#else
+#define BITMAPS_HAS_MMA_B1 0
+#endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define BITMAPS_MMA_AND_FORM 1
+#else
+#define BITMAPS_MMA_AND_FORM 0
+#endif
+
+// Read back by probe_mma() from the module compiled for the running device.
+__device__ int g_mma_compiled = BITMAPS_HAS_MMA_B1;
+
+constexpr int kBkWords = 16;  // words of K per pipeline stage
+constexpr int kStride = 20;   // shared row stride in words (bank-conflict-free fragments)
+
+// d += popcount(a XOR b) on sm_80..sm_89, d += popcount(a AND b) on sm_90+ (see the top).
+__device__ __forceinline__ void mma_b1(int32_t (&d)[4], const uint32_t (&a)[4],
+                                       const uint32_t (&b)[2]) {
+#if BITMAPS_MMA_AND_FORM
+  asm volatile(
+      "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#elif BITMAPS_HAS_MMA_B1
+  asm volatile(
+      "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.xor.popc "
+      "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+template <int kRows, int kThreads>
+__device__ __forceinline__ void load_stage(uint32_t* smem, const uint32_t* g, int64_t row0,
+                                           int64_t rows, int kw, int w0) {
+  // Consecutive threads copy consecutive words of a row: 64-byte coalesced segments.
+  for (int i = threadIdx.x; i < kRows * kBkWords; i += kThreads) {
+    const int r = i / kBkWords;
+    const int w = i % kBkWords;
+    const int64_t gr = row0 + r;
+    const bool valid = gr < rows && (w0 + w) < kw;
+    cp_async_4(smem + r * kStride + w, valid ? g + gr * kw + w0 + w : g, valid);
+  }
+}
+
+template <int kBM, int kBN, int kWarpsM, int kWarpsN, OutKind kOut>
+__global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
+    xnor_gemm_mma_kernel(GemmProblem p, Epilogue ep) {
+#if BITMAPS_HAS_MMA_B1
+  constexpr int kThreads = kWarpsM * kWarpsN * 32;
+  constexpr int kWarpRows = kBM / kWarpsM;
+  constexpr int kWarpCols = kBN / kWarpsN;
+  constexpr int kMTiles = kWarpRows / 16;
+  constexpr int kNTiles = kWarpCols / 8;
+  static_assert(kMTiles * 16 == kWarpRows && kNTiles * 8 == kWarpCols, "bad warp tile");
+
+  __shared__ __align__(16) uint32_t sa[2][kBM * kStride];
+  __shared__ __align__(16) uint32_t sb[2][kBN * kStride];
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int g = lane / 4;
+  const int t = lane % 4;
+  const int warp_m = warp / kWarpsN;
+  const int warp_n = warp % kWarpsN;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kBM;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kBN;
+
+  int32_t acc[kMTiles][kNTiles][4];
+#pragma unroll
+  for (int i = 0; i < kMTiles; ++i)
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j)
+#pragma unroll
+      for (int c = 0; c < 4; ++c) acc[i][j][c] = 0;
+#if BITMAPS_MMA_AND_FORM
+  // This thread's share of the row popcounts: A rows g and g + 8 of each m tile, W row g of each
+  // n tile (words t and t + 4 of every k step; the quad holds all 8).
+  int32_t pop_a[kMTiles][2];
+  int32_t pop_b[kNTiles];
+#pragma unroll
+  for (int i = 0; i < kMTiles; ++i) pop_a[i][0] = pop_a[i][1] = 0;
+#pragma unroll
+  for (int j = 0; j < kNTiles; ++j) pop_b[j] = 0;
+#endif
+
+  const int num_k_tiles = (p.kw + kBkWords - 1) / kBkWords;
+  load_stage<kBM, kThreads>(sa[0], p.a, m0, p.m, p.kw, 0);
+  load_stage<kBN, kThreads>(sb[0], p.b, n0, p.n, p.kw, 0);
+  cp_async_commit();
+
+  for (int kt = 0; kt < num_k_tiles; ++kt) {
+    const int stage = kt & 1;
+    if (kt + 1 < num_k_tiles) {
+      load_stage<kBM, kThreads>(sa[stage ^ 1], p.a, m0, p.m, p.kw, (kt + 1) * kBkWords);
+      load_stage<kBN, kThreads>(sb[stage ^ 1], p.b, n0, p.n, p.kw, (kt + 1) * kBkWords);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    const uint32_t* a_s = sa[stage];
+    const uint32_t* b_s = sb[stage];
+#pragma unroll
+    for (int step = 0; step < kBkWords / 8; ++step) {
+      if (kt * kBkWords + step * 8 >= p.kw) break;  // the rest of this stage is padding
+      const int w = step * 8 + t;
+      uint32_t af[kMTiles][4];
+      uint32_t bf[kNTiles][2];
+#pragma unroll
+      for (int i = 0; i < kMTiles; ++i) {
+        const int r = warp_m * kWarpRows + i * 16 + g;
+        af[i][0] = a_s[r * kStride + w];
+        af[i][1] = a_s[(r + 8) * kStride + w];
+        af[i][2] = a_s[r * kStride + w + 4];
+        af[i][3] = a_s[(r + 8) * kStride + w + 4];
+      }
+#pragma unroll
+      for (int j = 0; j < kNTiles; ++j) {
+        const int c = warp_n * kWarpCols + j * 8 + g;
+        bf[j][0] = b_s[c * kStride + w];
+        bf[j][1] = b_s[c * kStride + w + 4];
+      }
+#if BITMAPS_MMA_AND_FORM
+#pragma unroll
+      for (int i = 0; i < kMTiles; ++i) {
+        pop_a[i][0] += __popc(af[i][0]) + __popc(af[i][2]);
+        pop_a[i][1] += __popc(af[i][1]) + __popc(af[i][3]);
+      }
+#pragma unroll
+      for (int j = 0; j < kNTiles; ++j) pop_b[j] += __popc(bf[j][0]) + __popc(bf[j][1]);
+#endif
+#pragma unroll
+      for (int i = 0; i < kMTiles; ++i)
+#pragma unroll
+        for (int j = 0; j < kNTiles; ++j) mma_b1(acc[i][j], af[i], bf[j]);
+    }
+    __syncthreads();  // the next iteration's loads overwrite the stage just read
+  }
+
+#if BITMAPS_MMA_AND_FORM
+  // Sum the quad's shares, then fetch the popcount of W row (2t + e) of each n tile from the quad
+  // that holds it (lanes 4 (2t + e) .. + 3), and turn AND counts into XOR counts in place.
+#pragma unroll
+  for (int i = 0; i < kMTiles; ++i) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      pop_a[i][h] += __shfl_xor_sync(0xFFFFFFFFu, pop_a[i][h], 1);
+      pop_a[i][h] += __shfl_xor_sync(0xFFFFFFFFu, pop_a[i][h], 2);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kNTiles; ++j) {
+    pop_b[j] += __shfl_xor_sync(0xFFFFFFFFu, pop_b[j], 1);
+    pop_b[j] += __shfl_xor_sync(0xFFFFFFFFu, pop_b[j], 2);
+    const int32_t pb0 = __shfl_sync(0xFFFFFFFFu, pop_b[j], 4 * (2 * t));
+    const int32_t pb1 = __shfl_sync(0xFFFFFFFFu, pop_b[j], 4 * (2 * t + 1));
+#pragma unroll
+    for (int i = 0; i < kMTiles; ++i) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int32_t pa = pop_a[i][c >= 2 ? 1 : 0];
+        const int32_t pb = (c & 1) ? pb1 : pb0;
+        acc[i][j][c] = pa + pb - 2 * acc[i][j][c];
+      }
+    }
+  }
+#endif
+
+#pragma unroll
+  for (int i = 0; i < kMTiles; ++i) {
+#pragma unroll
+    for (int j = 0; j < kNTiles; ++j) {
+#pragma unroll
+      for (int c = 0; c < 4; ++c) {
+        const int64_t row = m0 + warp_m * kWarpRows + i * 16 + g + (c >= 2 ? 8 : 0);
+        const int64_t col = n0 + warp_n * kWarpCols + j * 8 + 2 * t + (c & 1);
+        if (row < p.m && col < p.n) {
+          store_output<kOut>(ep, p.n, row, col, binary_dot(p.k, acc[i][j][c]));
+        }
+      }
+    }
+  }
+#endif
+}
+
+template <int kBM, int kBN, int kWarpsM, int kWarpsN, OutKind kOut>
+cudaError_t launch_tile(const GemmProblem& p, const Epilogue& ep, cudaStream_t stream) {
+  const int64_t grid_m = (p.m + kBM - 1) / kBM;
+  const int64_t grid_n = (p.n + kBN - 1) / kBN;
+  if (grid_m > 0x7FFFFFFF || grid_n > 65535) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(grid_m), static_cast<unsigned>(grid_n));
+  xnor_gemm_mma_kernel<kBM, kBN, kWarpsM, kWarpsN, kOut>
+      <<<grid, kWarpsM * kWarpsN * 32, 0, stream>>>(p, ep);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+template <OutKind kOut>
+cudaError_t launch_mma(const GemmProblem& p, const Epilogue& ep, int num_sms, cudaStream_t stream) {
+  // Large tiles when they alone fill the GPU; otherwise 64 x 64 tiles for more blocks.
+  const int64_t big_tiles = ((p.m + 127) / 128) * ((p.n + 127) / 128);
+  if (big_tiles >= num_sms) return launch_tile<128, 128, 4, 2, kOut>(p, ep, stream);
+  return launch_tile<64, 64, 2, 2, kOut>(p, ep, stream);
+}
+
+template cudaError_t launch_mma<OutKind::kInt32>(const GemmProblem&, const Epilogue&, int,
+                                                 cudaStream_t);
+template cudaError_t launch_mma<OutKind::kFloat32>(const GemmProblem&, const Epilogue&, int,
+                                                   cudaStream_t);
+template cudaError_t launch_mma<OutKind::kFloat16>(const GemmProblem&, const Epilogue&, int,
+                                                   cudaStream_t);
+
+cudaError_t probe_mma(bool* available) {
+  int flag = 0;
+  const cudaError_t err = cudaMemcpyFromSymbol(&flag, g_mma_compiled, sizeof(flag));
+  *available = err == cudaSuccess && flag != 0;
+  return err;
+}
+
+}  // namespace detail
+}  // namespace cuda
+}  // namespace bitmaps

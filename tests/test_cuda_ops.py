@@ -1,0 +1,157 @@
+"""CUDA kernels of bitmaps._C against the plain-PyTorch reference ops, each GEMM path forced.
+
+BITMAPS_CUDA_GEMM_PATH (read on each call) picks popc, mma (mma.sync b1, sm_80+) or wgmma (sm_90a).
+Tolerances: integer results (pack_signs, xnor_gemm) must match exactly. binary_linear with a fixed
+act_scale must match exactly too (the epilogue multiplies in the reference's order without FMA);
+with the per-row mean scale the row means are summed in another order, so float32 outputs get
+rtol 1e-5 and float16 outputs rtol 2e-3 (one fp16 ulp) plus an atol of 1e-3 x max |y|.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bitmaps import ops
+from bitmaps.export.packing import packed_width
+
+
+def _cuda_kernels_built() -> bool:
+    return (
+        torch.cuda.is_available()
+        and ops.native_available()
+        and torch._C._dispatch_has_kernel_for_dispatch_key("bitmaps::xnor_gemm", "CUDA")
+    )
+
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not _cuda_kernels_built(), reason="needs an NVIDIA GPU and bitmaps._C built with CUDA"
+    ),
+]
+
+KS = [1, 31, 32, 33, 100, 768, 3072]
+PATHS = ["popc", "mma", "wgmma"]
+
+
+def _path_supported(path: str) -> bool:
+    major, minor = torch.cuda.get_device_capability()
+    if path == "mma":
+        return major in (8, 9)
+    if path == "wgmma":
+        return (major, minor) == (9, 0)
+    return True
+
+
+@pytest.fixture(params=PATHS)
+def gemm_path(request, monkeypatch) -> str:
+    path = request.param
+    if not _path_supported(path):
+        pytest.skip(
+            f"GEMM path {path} needs another GPU (this is sm_{torch.cuda.get_device_capability()})"
+        )
+    monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", path)
+    return path
+
+
+def _packed(rows: int, k: int) -> torch.Tensor:
+    x = torch.randn(rows, k, device="cuda")
+    return ops.reference_pack_signs(x)
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_pack_signs_exact(k, dtype):
+    x = torch.randn(3, 5, k, device="cuda").to(dtype)
+    x[0, 0, : min(k, 4)] = 0.0  # sign(0) = +1
+    x[0, 1, : min(k, 4)] = -0.0  # -0.0 < 0 is false: +1 as well
+    got = ops.pack_signs(x)
+    assert got.dtype == torch.int32 and got.shape == (3, 5, packed_width(k))
+    torch.testing.assert_close(got, ops.reference_pack_signs(x), rtol=0, atol=0)
+    if k % 32:  # padding bits of the last word are zero
+        assert int((got[..., -1].to(torch.int64) >> (k % 32)).abs().sum()) == 0
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("m,n", [(1, 1), (7, 13), (65, 129), (200, 77)])
+def test_xnor_gemm_exact(gemm_path, k, m, n):
+    a, b = _packed(m, k), _packed(n, k)
+    got = ops.xnor_gemm(a, b, k)
+    torch.testing.assert_close(got, ops.reference_xnor_gemm(a, b, k), rtol=0, atol=0)
+
+
+def test_xnor_gemm_bert_base_shape(gemm_path):
+    a, b = _packed(1024, 768), _packed(3072, 768)
+    torch.testing.assert_close(
+        ops.xnor_gemm(a, b, 768), ops.reference_xnor_gemm(a, b, 768), rtol=0, atol=0
+    )
+
+
+def _linear_args(batch: tuple[int, ...], k: int, n: int, dtype, bias: bool):
+    x = torch.randn(*batch, k, device="cuda").to(dtype)
+    w = _packed(n, k)
+    w_scale = torch.rand(n, device="cuda") + 0.1
+    b = torch.randn(n, device="cuda") if bias else None
+    return x, w, w_scale, b
+
+
+@pytest.mark.parametrize("k", KS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("act_scale", [0.0, 0.37])
+def test_binary_linear_matches_reference(gemm_path, k, dtype, act_scale):
+    x, w, w_scale, bias = _linear_args((3, 7), k, 45, dtype, bias=True)
+    got = ops.binary_linear(x, w, w_scale, bias, k, 0.05, act_scale)
+    want = ops.reference_binary_linear(x, w, w_scale, bias, k, 0.05, act_scale)
+    assert got.dtype == dtype and got.shape == (3, 7, 45)
+    if act_scale > 0:
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    else:
+        rtol = 1e-5 if dtype == torch.float32 else 2e-3
+        atol = 1e-3 * float(want.float().abs().max())
+        torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("m", [1, 129, 4096])
+def test_binary_linear_without_bias_and_many_rows(gemm_path, m):
+    x, w, w_scale, _ = _linear_args((m,), 768, 3072, torch.float16, bias=False)
+    got = ops.binary_linear(x, w, w_scale, None, 768, 0.0, 0.5)
+    want = ops.reference_binary_linear(x, w, w_scale, None, 768, 0.0, 0.5)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_opcheck_on_cuda():
+    x, w, w_scale, bias = _linear_args((4, 6), 100, 33, torch.float16, bias=True)
+    a, b = _packed(9, 100), _packed(5, 100)
+    torch.library.opcheck(torch.ops.bitmaps.pack_signs.default, (x,))
+    torch.library.opcheck(torch.ops.bitmaps.xnor_gemm.default, (a, b, 100))
+    torch.library.opcheck(
+        torch.ops.bitmaps.binary_linear.default, (x, w, w_scale, bias, 100, 0.0, 0.0)
+    )
+
+
+def test_bad_input_is_a_clear_error(monkeypatch):
+    x, w, w_scale, bias = _linear_args((4,), 100, 33, torch.float32, bias=True)
+    with pytest.raises(RuntimeError, match="in_features"):
+        ops.binary_linear(x, w, w_scale, bias, 64, 0.0, 0.0)
+    with pytest.raises(RuntimeError, match="float32 or float16"):
+        ops.binary_linear(x.double(), w, w_scale, bias, 100, 0.0, 0.0)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        wide = torch.cat([w, w], dim=1)[:, : w.shape[1]]
+        ops.binary_linear(x, wide, w_scale, bias, 100, 0.0, 0.0)
+    with pytest.raises(RuntimeError, match="CUDA tensor"):
+        ops.binary_linear(x, w, w_scale.cpu(), bias, 100, 0.0, 0.0)
+    with pytest.raises(RuntimeError, match="words per row"):
+        ops.xnor_gemm(_packed(3, 100), _packed(3, 100), 200)
+    monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", "tensorcores")
+    with pytest.raises(RuntimeError, match="BITMAPS_CUDA_GEMM_PATH"):
+        ops.xnor_gemm(_packed(3, 100), _packed(3, 100), 100)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_unavailable_path_is_refused(path, monkeypatch):
+    if _path_supported(path):
+        pytest.skip(f"{path} is available on this GPU")
+    monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", path)
+    with pytest.raises(RuntimeError, match="not available"):
+        ops.xnor_gemm(_packed(3, 100), _packed(3, 100), 100)
