@@ -193,7 +193,7 @@ def _make_objective(job: TrainJob, source: LoadedModel, env: D.DistEnv) -> Objec
     from bitmaps.train.distill import DistillationObjective
 
     teacher = MaskedLMModel(source.model).to(env.device)
-    return DistillationObjective(teacher, job.distill)
+    return DistillationObjective(teacher, job.distill, binarize=job.binarize)
 
 
 def run_training(job: TrainJob, log: Callable[[str], None] = print) -> TrainResult:

@@ -1,0 +1,361 @@
+"""BinaryLinear (training), PackedBinaryLinear (inference) and ``binarize_(model, cfg)``.
+
+:class:`BinaryLinear` keeps latent FP32 weights and computes, in training and in eval mode, exactly
+the function of the ``bitmaps::BinaryLinear`` op of DESIGN.md, so export changes nothing::
+
+    y[m, n] = s[m] · w_scale[n] · (sign(x[m] − β) · sign(W[n])) + bias[n]
+    w_scale[n] = mean_k |W[n, k]|
+    s[m] = α (the elastic quantizer's learned scale) or mean_k |x[m, k] − β| (the other quantizers)
+
+with gradients through the quantizers' surrogates (bitmaps/train/quantizers.py) and, XNOR-Net style,
+through both scales. :meth:`BinaryLinear.export_spec` gives the op's inputs and attributes;
+:class:`PackedBinaryLinear` holds only those (packed int32 signs: 1/32 of the FP32 weight bytes) and
+calls the torch op. :func:`binarize_` swaps the six encoder linears of every layer in place, torchao
+style; :func:`set_binarization_phase_` serves BiT's multi-step schedule (weights first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bitmaps import ops
+from bitmaps.config import BinarizeConfig
+from bitmaps.errors import BitmapsError
+from bitmaps.export.packing import pack_signs, packed_width
+from bitmaps.train.quantizers import (
+    ScaledSign,
+    SteSign,
+    make_activation_quantizer,
+    make_weight_quantizer,
+)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BinaryLinearSpec:
+    """What the ``bitmaps::BinaryLinear`` ONNX op / TensorRT plugin needs for one layer."""
+
+    packed_weight: torch.Tensor  # int32 [N, ceil(K/32)], bit 1 = −1 (DESIGN.md layout)
+    w_scale: torch.Tensor  # float32 [N]
+    bias: torch.Tensor  # float32 [N], zeros when the layer has none
+    in_features: int
+    out_features: int
+    act_threshold: float  # β
+    act_scale: float  # α > 0, or 0.0: per-row mean |x − β|
+
+
+class BinaryLinear(nn.Module):
+    """A linear layer with 1-bit weights and activations (latent FP32 weights for training).
+
+    ``binarize_weights`` / ``binarize_activations`` select the phase of BiT's multi-step schedule;
+    only the final W1A1 phase is the exportable op. The phase is saved with the model (buffer
+    ``binarized``), so a reloaded student computes what it computed when it was saved.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        weight_quantizer: nn.Module | None = None,
+        input_quantizer: nn.Module | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device)) if bias else None
+        self.weight_quantizer = weight_quantizer if weight_quantizer is not None else ScaledSign()
+        self.input_quantizer = input_quantizer if input_quantizer is not None else SteSign()
+        self.register_buffer("binarized", torch.tensor([True, True], device=device))
+        self.binarize_weights = True  # Python mirrors of `binarized`: no device sync per forward
+        self.binarize_activations = True
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """nn.Linear's initialisation (used only when not built from a teacher layer)."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, cfg: BinarizeConfig | None = None) -> BinaryLinear:
+        """A BinaryLinear whose latent weights (FP32) and bias are copies of ``linear``'s."""
+        cfg = cfg if cfg is not None else BinarizeConfig()
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            bias=linear.bias is not None,
+            weight_quantizer=make_weight_quantizer(cfg.weight_quantizer, cfg.weight_clip),
+            input_quantizer=make_activation_quantizer(cfg.activation_quantizer, cfg.clip),
+            device=linear.weight.device,
+        )
+        with torch.no_grad():
+            layer.weight.copy_(linear.weight.float())
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias.float())
+        return layer
+
+    def set_phase(self, weights: bool, activations: bool) -> None:
+        self.binarize_weights = bool(weights)
+        self.binarize_activations = bool(activations)
+        self.binarized.copy_(torch.tensor([self.binarize_weights, self.binarize_activations]))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.binarize_weights, self.binarize_activations = (bool(b) for b in self.binarized)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.binarize_activations:  # BiT phase 1: W1A32, not the op
+            w = self.weight_quantizer(self.weight) if self.binarize_weights else self.weight
+            return F.linear(x, w, self.bias)
+        signs, s = self.input_quantizer.binarize(x)
+        if s is None:  # β = 0 for quantizers without a learned threshold
+            s = x.abs().mean(dim=-1, keepdim=True)
+        if self.binarize_weights:
+            w_signs, w_scale = self.weight_quantizer.binarize(self.weight)
+        else:
+            w_signs, w_scale = self.weight, None
+        # The ±1 dot product first (exact integers in float32 for K < 2^24), then the scales, in
+        # the op's order: a zero dot stays exactly zero, as in the kernels, so a later sign()
+        # (after GELU, say) cannot flip on rounding noise between training and export.
+        y = F.linear(signs, w_signs) * s
+        if w_scale is None:
+            return y if self.bias is None else y + self.bias
+        if self.bias is None:
+            return y * w_scale
+        return torch.addcmul(self.bias, y, w_scale)
+
+    def export_spec(self) -> BinaryLinearSpec:
+        """The op's inputs/attributes for this layer; refuses a layer that is not W1A1."""
+        if not (self.binarize_weights and self.binarize_activations):
+            raise BitmapsError(
+                "this student is in an intermediate phase of the bit_multistep schedule "
+                f"(binary weights: {self.binarize_weights}, binary activations: "
+                f"{self.binarize_activations}); only a W1A1 student can be exported"
+            )
+        if not isinstance(self.weight_quantizer, ScaledSign):
+            raise BitmapsError(
+                f"cannot export weight quantizer {type(self.weight_quantizer).__name__}"
+            )
+        q = self.input_quantizer
+        act_scale = q.scale() if q.learned_scale else 0.0
+        if q.learned_scale and not act_scale > 0:
+            raise BitmapsError(f"learned activation scale is {act_scale}; the op needs it > 0")
+        w = self.weight.detach().float()
+        bias = self.bias.detach().float() if self.bias is not None else torch.zeros_like(w[:, 0])
+        return BinaryLinearSpec(
+            packed_weight=pack_signs(w).contiguous(),
+            w_scale=ScaledSign.scale(w).contiguous(),
+            bias=bias.clone().contiguous(),
+            in_features=self.in_features,
+            out_features=self.out_features,
+            act_threshold=float(q.threshold()),
+            act_scale=float(act_scale),
+        )
+
+    def extra_repr(self) -> str:
+        phase = f"W{1 if self.binarize_weights else 32}A{1 if self.binarize_activations else 32}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, phase={phase}"
+        )
+
+
+class PackedBinaryLinear(nn.Module):
+    """Inference form of a W1A1 BinaryLinear: buffers only, forward = ``bitmaps.ops.binary_linear``.
+
+    Input ``[..., K]`` float16/float32 → output ``[..., N]`` of the same dtype. ``w_scale`` and
+    ``bias`` stay float32 under ``.half()`` (the op's contract), packed weights stay int32.
+    """
+
+    def __init__(self, spec: BinaryLinearSpec) -> None:
+        super().__init__()
+        n, k = spec.out_features, spec.in_features
+        if tuple(spec.packed_weight.shape) != (n, packed_width(k)):
+            raise BitmapsError(
+                f"packed weight shape {tuple(spec.packed_weight.shape)} != "
+                f"({n}, {packed_width(k)}) for in_features={k}, out_features={n}"
+            )
+        self.in_features = k
+        self.out_features = n
+        self.act_threshold = float(spec.act_threshold)
+        self.act_scale = float(spec.act_scale)
+        self.register_buffer("packed_weight", spec.packed_weight.to(torch.int32).contiguous())
+        self.register_buffer("w_scale", spec.w_scale.float().contiguous())
+        self.register_buffer("bias", spec.bias.float().contiguous())
+
+    @classmethod
+    def from_spec(cls, spec: BinaryLinearSpec) -> PackedBinaryLinear:
+        return cls(spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.binary_linear(
+            x.contiguous(),
+            self.packed_weight,
+            self.w_scale,
+            self.bias,
+            self.in_features,
+            self.act_threshold,
+            self.act_scale,
+        )
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
+        kept = {name: self._buffers[name] for name in ("w_scale", "bias")}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new.dtype != torch.float32:  # .half() / .to(dtype): restore full-precision scales
+                self._buffers[name] = old.to(device=new.device)
+        return self
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"act_threshold={self.act_threshold:.4g}, act_scale={self.act_scale:.4g}"
+        )
+
+
+def pack_binary_linears_(model: nn.Module) -> int:
+    """Swap every BinaryLinear of ``model`` for a PackedBinaryLinear in place; returns how many."""
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, BinaryLinear)]
+    for name, layer in targets:
+        _set_submodule(model, name, PackedBinaryLinear(layer.export_spec()))
+    return len(targets)
+
+
+def set_binarization_phase_(model: nn.Module, weights: bool, activations: bool) -> int:
+    """Set the phase of every BinaryLinear (BiT multi-step schedule); returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, BinaryLinear)]
+    for layer in layers:
+        if (layer.binarize_weights, layer.binarize_activations) != (weights, activations):
+            layer.set_phase(weights, activations)
+    return len(layers)
+
+
+def binarization_phase_for_step(step: int, cfg: BinarizeConfig) -> tuple[bool, bool]:
+    """(binary weights, binary activations) at optimiser step ``step`` (0-based) of the schedule.
+
+    ``"w1a1"``: (True, True) throughout. ``"bit_multistep"``: weights binary from step 0,
+    activations from ``cfg.activation_start_step`` on (BiT, Liu et al. 2022, sec. 3.3: binarize
+    the easier part first, then distil into the fully binary model).
+    """
+    if cfg.schedule == "bit_multistep":
+        return True, step >= cfg.activation_start_step
+    return True, True
+
+
+# --------------------------------------------------------------------------- binarize_
+
+# Families whose encoder layers hold the six linears at these paths (transformers 4.x and 5.x).
+_BERT_ROLES = {
+    "query": "attention.self.query",
+    "key": "attention.self.key",
+    "value": "attention.self.value",
+    "attention_output": "attention.output.dense",
+    "intermediate": "intermediate.dense",
+    "output": "output.dense",
+}
+_DISTILBERT_ROLES = {
+    "query": "attention.q_lin",
+    "key": "attention.k_lin",
+    "value": "attention.v_lin",
+    "attention_output": "attention.out_lin",
+    "intermediate": "ffn.lin1",
+    "output": "ffn.lin2",
+}
+SUPPORTED_MODEL_TYPES: dict[str, tuple[str, dict[str, str]]] = {
+    "bert": ("encoder.layer", _BERT_ROLES),
+    "roberta": ("encoder.layer", _BERT_ROLES),
+    "xlm-roberta": ("encoder.layer", _BERT_ROLES),
+    "camembert": ("encoder.layer", _BERT_ROLES),
+    "electra": ("encoder.layer", _BERT_ROLES),
+    "distilbert": ("transformer.layer", _DISTILBERT_ROLES),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderLayout:
+    """Where the encoder layers of a supported model are, and the six linears inside each."""
+
+    layers_path: str  # relative to the model given to :func:`encoder_layout`
+    roles: dict[str, str]  # role (BinarizeConfig.MODULES) → path inside one layer
+    num_layers: int
+
+    def path(self, layer: int, role: str) -> str:
+        return f"{self.layers_path}.{layer}.{self.roles[role]}"
+
+
+def hf_model(model: nn.Module) -> nn.Module:
+    """The Hugging Face model inside ``model`` (itself, a MaskedLMModel, DDP, …)."""
+    from transformers import PreTrainedModel
+
+    for m in model.modules():
+        if isinstance(m, PreTrainedModel):
+            return m
+    raise BitmapsError(f"{type(model).__name__} holds no Hugging Face model")
+
+
+def encoder_layout(model: nn.Module) -> EncoderLayout:
+    """The layout of a supported BERT-family ``*ForMaskedLM`` (maybe wrapped), or BitmapsError."""
+    hf = hf_model(model)
+    name = type(hf).__name__
+    model_type = getattr(hf.config, "model_type", "")
+    if not name.endswith("ForMaskedLM") or model_type not in SUPPORTED_MODEL_TYPES:
+        raise BitmapsError(
+            f"unsupported model {name}: bitmaps binarizes the masked-LM models of "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)} (a *ForMaskedLM class)"
+        )
+    container, roles = SUPPORTED_MODEL_TYPES[model_type]
+    prefix = next(n for n, m in model.named_modules() if m is hf)
+    layers_path = ".".join(p for p in (prefix, hf.base_model_prefix, container) if p)
+    try:
+        layers = model.get_submodule(layers_path)
+    except AttributeError:
+        layers = None
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
+        raise BitmapsError(f"{name} has no encoder layers at {layers_path}")
+    return EncoderLayout(layers_path, roles, len(layers))
+
+
+def binarize_(model: nn.Module, cfg: BinarizeConfig) -> list[str]:
+    """Replace the configured encoder linears of ``model`` by BinaryLinear, in place.
+
+    ``model`` is a BERT-family ``*ForMaskedLM`` (or a MaskedLMModel / DDP around one). Every layer's
+    query, key, value, attention-output, intermediate and output dense (``cfg.modules``) becomes a
+    BinaryLinear initialised from its weights; embeddings, LayerNorms, attention matmuls, pooler
+    and MLM head are untouched. The phase is set for step 0 of ``cfg.schedule``. Returns the
+    replaced module names. Refuses an already binarized model.
+    """
+    if any(isinstance(m, (BinaryLinear, PackedBinaryLinear)) for m in model.modules()):
+        raise BitmapsError(f"{type(hf_model(model)).__name__} is already binarized")
+    layout = encoder_layout(model)
+    targets = [layout.path(i, role) for i in range(layout.num_layers) for role in cfg.modules]
+    for path in targets:
+        try:
+            linear = model.get_submodule(path)
+        except AttributeError:
+            linear = None
+        if not isinstance(linear, nn.Linear):
+            raise BitmapsError(
+                f"{type(hf_model(model)).__name__}: expected nn.Linear at {path}, "
+                f"found {type(linear).__name__}"
+            )
+    weights, activations = binarization_phase_for_step(0, cfg)
+    for path in targets:
+        layer = BinaryLinear.from_linear(model.get_submodule(path), cfg)
+        layer.set_phase(weights, activations)
+        _set_submodule(model, path, layer)
+    return targets
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, child = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)

@@ -1,0 +1,329 @@
+"""Knowledge distillation of the binarized student from the frozen full-precision teacher.
+
+:class:`DistillationObjective` is the student-stage objective of the shared trainer
+(``objective(model, batch) -> (loss, parts)``)::
+
+    loss = λ_mlm · CE(student, true token)                  masked positions
+         + λ_logit · T² · KL(softmax(t/T) ‖ softmax(s/T))   masked positions, mean per token
+         + λ_hidden · Σ_j MSE(h_s[j], h_t[g(j)])           j = 0 (embeddings) … S, real tokens
+         + λ_attn · Σ_j MSE(A_s[j], A_t[g(j)])             j = 1 … S, real (query, key) pairs
+
+(Hinton et al. 2015 for the T² KL; TinyBERT, Jiao et al. 2020, for the hidden-state and attention
+terms and the uniform layer map g(j) = ⌊j·T_L/S_L⌋.) Each MSE is the mean over its valid elements.
+
+Attention: A is either the pre-softmax scores q·kᵀ/√d per head (``attention_target="scores"``,
+TinyBERT's choice: they carry more information than probabilities, which saturate) or their softmax
+over real keys (``"probs"``). Both are recomputed from the outputs of each layer's query and key
+projections, captured with forward hooks, so the model keeps its fast SDPA attention (which returns
+no attention weights) and nothing reaches into the model's forward. Padding keys and queries are
+excluded from the MSE (and padding keys from the softmax). The recomputation assumes absolute
+position embeddings (scores = q·kᵀ/√d exactly), which is checked.
+
+The teacher runs under ``torch.no_grad()`` in eval mode: FP16 on CUDA, FP32 on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from bitmaps.config import BinarizeConfig, DistillConfig
+from bitmaps.errors import BitmapsError
+from bitmaps.train.binary_linear import (
+    EncoderLayout,
+    binarization_phase_for_step,
+    encoder_layout,
+    hf_model,
+    set_binarization_phase_,
+)
+from bitmaps.train.mlm import MaskedLMModel, MaskedLMOutput, batch_inputs
+
+__all__ = [
+    "DistillationObjective",
+    "DistillationLoss",
+    "check_teacher_student",
+    "layer_map",
+    "binarization_phase_for_step",
+    "set_binarization_phase_",
+]
+
+
+def _hf_config(model_or_config: Any) -> Any:
+    if isinstance(model_or_config, nn.Module):
+        return hf_model(model_or_config).config
+    return model_or_config
+
+
+def check_teacher_student(teacher: Any, student: Any, *, attention: bool = True) -> None:
+    """Raise BitmapsError unless the student can be distilled from the teacher.
+
+    Both are models (any wrapper) or Hugging Face configs. Vocabulary and hidden size must match
+    (the student is a binarized copy of the teacher); with ``attention`` also the head count.
+    """
+    t, s = _hf_config(teacher), _hf_config(student)
+    if t.vocab_size != s.vocab_size:
+        raise BitmapsError(f"teacher vocab {t.vocab_size} != student vocab {s.vocab_size}")
+    if t.hidden_size != s.hidden_size:
+        raise BitmapsError(
+            f"teacher hidden size {t.hidden_size} != student hidden size {s.hidden_size}: "
+            "the student must be a binarized copy of the teacher"
+        )
+    if attention and t.num_attention_heads != s.num_attention_heads:
+        raise BitmapsError(
+            f"teacher has {t.num_attention_heads} attention heads, student "
+            f"{s.num_attention_heads}: attention distillation needs the same number"
+        )
+    for name, cfg in (("teacher", t), ("student", s)):
+        kind = getattr(cfg, "position_embedding_type", "absolute")
+        if attention and kind != "absolute":
+            raise BitmapsError(
+                f"{name} uses {kind} position embeddings; attention distillation supports "
+                "absolute ones only (set lambda_attn to 0)"
+            )
+
+
+def layer_map(student_layers: int, teacher_layers: int, mapping: str = "uniform") -> list[int]:
+    """Teacher layer g(j) (1-based, as in ``hidden_states``) for student layers j = 1 … S."""
+    s, t = student_layers, teacher_layers
+    if mapping == "uniform":
+        return [j * t // s for j in range(1, s + 1)]
+    if s > t:
+        raise BitmapsError(f"layer mapping {mapping!r} needs student layers {s} <= teacher {t}")
+    if mapping == "top":
+        return [t - s + j for j in range(1, s + 1)]
+    if mapping == "bottom":
+        return list(range(1, s + 1))
+    raise BitmapsError(f"unknown layer mapping {mapping!r}")
+
+
+@contextlib.contextmanager
+def _capture_outputs(model: nn.Module, paths: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Record the forward output of each submodule at ``paths`` while the context is open."""
+    store: dict[str, torch.Tensor] = {}
+    handles = []
+    for path in paths:
+
+        def hook(_m: nn.Module, _inp: Any, out: torch.Tensor, path: str = path) -> None:
+            store[path] = out
+
+        handles.append(model.get_submodule(path).register_forward_hook(hook))
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _qk_paths(layout: EncoderLayout, layers: list[int]) -> list[str]:
+    return [layout.path(i - 1, role) for i in layers for role in ("query", "key")]
+
+
+def _attention(
+    q: torch.Tensor, k: torch.Tensor, heads: int, key_mask: torch.Tensor, target: str
+) -> torch.Tensor:
+    """Scores q·kᵀ/√d (or their softmax over real keys) per head, float32 ``[B, h, L, L]``."""
+    b, length, hidden = q.shape
+    d = hidden // heads
+    qh = q.float().view(b, length, heads, d).transpose(1, 2)
+    kh = k.float().view(b, length, heads, d).transpose(1, 2)
+    scores = torch.matmul(qh, kh.transpose(-1, -2)) * d**-0.5
+    if target == "probs":
+        # finite fill: a row without real keys (an all-padding sequence) stays NaN-free
+        scores = scores.masked_fill(~key_mask[:, None, None, :], torch.finfo(scores.dtype).min)
+        scores = scores.softmax(-1)
+    return scores
+
+
+class DistillationObjective:
+    """``objective(model, batch) -> (loss, parts)`` distilling ``teacher`` into ``model``.
+
+    ``teacher``: a MaskedLMModel (or the ``*ForMaskedLM`` it wraps); the objective takes ownership:
+    it moves it to ``device`` (default: where it is), casts it to FP16 on CUDA / FP32 on CPU, puts
+    it in eval mode and freezes it — build the student (a copy) before constructing this.
+    ``binarize``: the student's BinarizeConfig; with it :meth:`on_step` applies the BiT multi-step
+    schedule (the trainer calls ``objective.on_step(step, model)`` before each step).
+    ``parts`` holds each enabled term, unweighted, as floats: ``mlm``, ``kl``, ``hidden``, ``attn``.
+    """
+
+    def __init__(
+        self,
+        teacher: nn.Module,
+        cfg: DistillConfig | None = None,
+        *,
+        binarize: BinarizeConfig | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.cfg = cfg if cfg is not None else DistillConfig()
+        self.binarize = binarize
+        if not isinstance(teacher, MaskedLMModel):
+            teacher = MaskedLMModel(teacher)
+        device = torch.device(device) if device is not None else next(teacher.parameters()).device
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        self.teacher = teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self._teacher_device = device
+        self._teacher_layout = encoder_layout(self.teacher)
+        self._teacher_heads = hf_model(self.teacher).config.num_attention_heads
+        self._student: weakref.WeakKeyDictionary[nn.Module, tuple[EncoderLayout, list[int]]]
+        self._student = weakref.WeakKeyDictionary()
+
+    def _teacher_precision(self) -> contextlib.AbstractContextManager:
+        """FP16 autocast on CUDA (overriding a bf16 autocast of the trainer), none on CPU."""
+        device = self._teacher_device
+        if device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast(device.type, enabled=False)
+
+    def on_step(self, step: int, model: nn.Module) -> None:
+        """Set the student's binarization phase for ``step`` (BiT multi-step schedule)."""
+        if self.binarize is not None:
+            set_binarization_phase_(model, *binarization_phase_for_step(step, self.binarize))
+
+    def _student_plan(self, model: nn.Module) -> tuple[EncoderLayout, list[int]]:
+        """The student's layout and layer map, checked once per model object."""
+        plan = self._student.get(model)
+        if plan is None:
+            check_teacher_student(self.teacher, model, attention=self.cfg.lambda_attn > 0)
+            layout = encoder_layout(model)
+            mapping = layer_map(
+                layout.num_layers, self._teacher_layout.num_layers, self.cfg.layer_mapping
+            )
+            plan = self._student[model] = (layout, mapping)
+        return plan
+
+    def __call__(
+        self, model: nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.cfg
+        layout, mapping = self._student_plan(model)
+        inputs = batch_inputs(batch)
+        want_hidden = cfg.lambda_hidden > 0
+        want_attn = cfg.lambda_attn > 0
+        s_layers = list(range(1, layout.num_layers + 1))
+
+        teacher_out, t_qk = None, {}
+        if cfg.lambda_logit > 0 or want_hidden or want_attn:
+            t_paths = _qk_paths(self._teacher_layout, mapping) if want_attn else []
+            with (
+                torch.no_grad(),
+                self._teacher_precision(),
+                _capture_outputs(self.teacher, t_paths) as t_qk,
+            ):
+                teacher_out = self.teacher(**inputs, output_hidden_states=want_hidden)
+        s_paths = _qk_paths(layout, s_layers) if want_attn else []
+        with _capture_outputs(model, s_paths) as s_qk:
+            out = model(**inputs, output_hidden_states=want_hidden, output_attentions=False)
+
+        terms: dict[str, tuple[float, torch.Tensor]] = {}
+        for name, (weight, value) in self._logit_terms(out, teacher_out).items():
+            terms[name] = (weight, value)
+        mask = batch["attention_mask"].bool()
+        full = bool(mask.all())  # packed text has no padding: plain means, fewer temporaries
+        if want_hidden:
+            pairs = list(zip(range(layout.num_layers + 1), [0, *mapping], strict=True))
+            terms["hidden"] = (
+                cfg.lambda_hidden,
+                self._hidden_mse(out, teacher_out, pairs, mask, full),
+            )
+        if want_attn:
+            terms["attn"] = (
+                cfg.lambda_attn,
+                self._attention_mse(layout, mapping, s_qk, t_qk, mask, full),
+            )
+        loss = sum(w * t for w, t in terms.values())
+        # one device sync for all the floats; the trainer reports the total loss itself
+        values = torch.stack([t.detach().float() for _, t in terms.values()])
+        parts = dict(zip(terms, values.tolist(), strict=True))
+        return loss, parts
+
+    # ------------------------------------------------------------------ terms
+
+    def _logit_terms(
+        self, out: MaskedLMOutput, teacher: MaskedLMOutput | None
+    ) -> dict[str, tuple[float, torch.Tensor]]:
+        """CE and T²·KL on the masked positions, sharing one log-softmax when T = 1.
+
+        KL(p_t ‖ p_s) = Σ p_t log p_t − Σ p_t log p_s: the first sum is a constant of the teacher,
+        the second a dot product — no [tokens, vocab] temporary beyond the log-softmax itself.
+        """
+        cfg = self.cfg
+        n = out.targets.numel()
+        terms: dict[str, tuple[float, torch.Tensor]] = {}
+        if n == 0:  # no masked token in this batch: keep the graph, contribute nothing
+            zero = out.logits.sum() * 0.0
+            if cfg.lambda_mlm > 0:
+                terms["mlm"] = (cfg.lambda_mlm, zero)
+            if cfg.lambda_logit > 0:
+                terms["kl"] = (cfg.lambda_logit, zero)
+            return terms
+        logits, temp = out.logits.float(), cfg.temperature
+        log_s = None
+        if cfg.lambda_logit > 0:
+            log_s = F.log_softmax(logits / temp if temp != 1 else logits, dim=-1)
+        if cfg.lambda_mlm > 0:
+            if log_s is not None and temp == 1:
+                ce = F.nll_loss(log_s, out.targets)
+            else:
+                ce = F.cross_entropy(logits, out.targets)
+            terms["mlm"] = (cfg.lambda_mlm, ce)
+        if log_s is not None:
+            with torch.no_grad():
+                log_t = F.log_softmax(teacher.logits.float() / temp, dim=-1)
+                p_t = log_t.exp()
+                neg_entropy = torch.dot(p_t.flatten(), log_t.flatten())
+            cross = torch.dot(p_t.flatten(), log_s.flatten())
+            terms["kl"] = (cfg.lambda_logit, (neg_entropy - cross) * (temp**2 / n))
+        return terms
+
+    @staticmethod
+    def _hidden_mse(
+        out: MaskedLMOutput,
+        teacher: MaskedLMOutput,
+        pairs: list[tuple[int, int]],
+        mask: torch.Tensor,
+        full: bool,
+    ) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float32, device=mask.device)
+        weight = mask.unsqueeze(-1).float()
+        denom = weight.sum().clamp_min(1.0) * out.hidden_states[0].shape[-1]
+        for j, g in pairs:
+            s, t = out.hidden_states[j].float(), teacher.hidden_states[g].float()
+            if full:
+                total = total + F.mse_loss(s, t)
+            else:
+                total = total + ((s - t).square() * weight).sum() / denom
+        return total
+
+    def _attention_mse(
+        self,
+        layout: EncoderLayout,
+        mapping: list[int],
+        s_qk: dict[str, torch.Tensor],
+        t_qk: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        full: bool,
+    ) -> torch.Tensor:
+        heads, target = self._teacher_heads, self.cfg.attention_target
+        pair_mask = (mask[:, None, :, None] & mask[:, None, None, :]).float()
+        denom = pair_mask.sum().clamp_min(1.0) * heads
+        total = torch.zeros((), dtype=torch.float32, device=mask.device)
+        t_layout = self._teacher_layout
+        for j, g in enumerate(mapping, start=1):
+            s_q, s_k = s_qk[layout.path(j - 1, "query")], s_qk[layout.path(j - 1, "key")]
+            s_att = _attention(s_q, s_k, heads, mask, target)
+            with torch.no_grad():
+                t_q, t_k = t_qk[t_layout.path(g - 1, "query")], t_qk[t_layout.path(g - 1, "key")]
+                t_att = _attention(t_q, t_k, heads, mask, target)
+            if full:
+                total = total + F.mse_loss(s_att, t_att)
+            else:
+                total = total + ((s_att - t_att).square() * pair_mask).sum() / denom
+        return total
+
+
+DistillationLoss = DistillationObjective

@@ -1,0 +1,302 @@
+"""BinaryLinear == the bitmaps::BinaryLinear op, PackedBinaryLinear, binarize_() and the phases."""
+
+from __future__ import annotations
+
+import collections
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from bitmaps.config import BinarizeConfig
+from bitmaps.errors import BitmapsError
+from bitmaps.ops import reference_binary_linear
+from bitmaps.train.binary_linear import (
+    BinaryLinear,
+    PackedBinaryLinear,
+    binarization_phase_for_step,
+    binarize_,
+    pack_binary_linears_,
+    set_binarization_phase_,
+)
+from bitmaps.train.mlm import MaskedLMModel
+
+QUANTIZERS = BinarizeConfig.ACTIVATION_QUANTIZERS
+
+
+@pytest.fixture
+def bert_tiny_dir():
+    """The real BERT-tiny asset folder, or a skip naming the fix."""
+    from bitmaps.assets import asset_dir
+
+    try:
+        return asset_dir("bert-tiny")
+    except BitmapsError as exc:
+        pytest.skip(f"needs the bert-tiny asset: {exc}")
+
+
+def _layer(k: int, n: int, quantizer: str, bias: bool) -> BinaryLinear:
+    layer = BinaryLinear.from_linear(
+        nn.Linear(k, n, bias=bias), BinarizeConfig(activation_quantizer=quantizer)
+    )
+    if quantizer == "elastic":  # a learned, non-trivial scale and threshold
+        with torch.no_grad():
+            layer.input_quantizer.beta.fill_(0.15)
+        layer.train()(torch.randn(4, k))  # data initialisation of α
+    return layer
+
+
+def _reference(layer: BinaryLinear, x: torch.Tensor) -> torch.Tensor:
+    s = layer.export_spec()
+    return reference_binary_linear(
+        x, s.packed_weight, s.w_scale, s.bias, s.in_features, s.act_threshold, s.act_scale
+    )
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("k, n", [(1, 3), (31, 5), (33, 8), (100, 17), (128, 512)])
+@pytest.mark.parametrize("batch", [(7,), (2, 5), (2, 3, 4)])
+def test_training_forward_equals_reference_op(quantizer, bias, k, n, batch) -> None:
+    layer = _layer(k, n, quantizer, bias).train()
+    x = torch.randn(*batch, k)
+    y = layer(x)
+    ref = _reference(layer, x)
+    assert y.shape == (*batch, n) and y.dtype == torch.float32
+    # same order of operations as the reference (exact ±1 dot, then s, then w_scale): bitwise
+    # equal without bias; with bias the layer's fused multiply-add may differ by one rounding
+    if not bias:
+        assert torch.equal(y, ref)
+    torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-6 * float(ref.abs().max()))
+    assert torch.equal(y == 0, ref == 0)
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+def test_gradient_reaches_weights_inputs_and_scales(quantizer) -> None:
+    layer = _layer(40, 6, quantizer, True).train()
+    x = torch.randn(3, 40, requires_grad=True)
+    layer(x).square().sum().backward()
+    for t in (x, layer.weight, layer.bias, *layer.input_quantizer.parameters()):
+        assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_ste_layer_gradient_matches_xnor_net_formula() -> None:
+    # y = (sign(x) @ (α·sign(W))ᵀ) · s + b with s[m] = mean_k |x[m, k]|: the input gradient is the
+    # clipped STE through sign plus the exact gradient through s
+    k, n = 24, 5
+    layer = _layer(k, n, "ste", True).double().train()
+    x = (torch.randn(4, k, dtype=torch.float64) * 0.9).requires_grad_(True)
+    g = torch.randn(4, n, dtype=torch.float64)
+    layer(x).backward(g)
+    xs = torch.where(x < 0, -1.0, 1.0).double().detach()
+    w = layer.weight.detach()
+    wq = w.abs().mean(-1, keepdim=True) * torch.where(w < 0, -1.0, 1.0)
+    s = x.detach().abs().mean(-1, keepdim=True)
+    dot = xs @ wq.t()
+    expected = (g * s) @ wq * (x.detach().abs() < 1.0) + torch.sign(x.detach()) / k * (g * dot).sum(
+        -1, keepdim=True
+    )
+    torch.testing.assert_close(x.grad, expected)
+    torch.testing.assert_close(layer.bias.grad, g.sum(0))
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+def test_packed_layer_equals_binary_layer_in_eval(quantizer) -> None:
+    layer = _layer(100, 24, quantizer, True).eval()
+    packed = PackedBinaryLinear(layer.export_spec())
+    x = torch.randn(2, 9, 100)
+    with torch.no_grad():
+        y, yp = layer(x), packed(x)
+    torch.testing.assert_close(yp, y, rtol=1e-5, atol=1e-5 * float(y.abs().max()))
+    assert {n for n, _ in packed.named_parameters()} == set()  # no latent float weights
+    assert packed.packed_weight.dtype == torch.int32 and packed.packed_weight.shape == (24, 4)
+    half = copy.deepcopy(packed).half()
+    assert half.w_scale.dtype == torch.float32 and half.bias.dtype == torch.float32
+    torch.testing.assert_close(half.w_scale, packed.w_scale, rtol=0, atol=0)
+    y16 = half(x.half())
+    assert y16.dtype == torch.float16
+    torch.testing.assert_close(y16.float(), yp, rtol=2e-2, atol=2e-2 * float(yp.abs().max()))
+
+
+def test_spec_fields() -> None:
+    layer = _layer(33, 4, "ste", False)
+    s = layer.export_spec()
+    assert (s.in_features, s.out_features, s.act_threshold, s.act_scale) == (33, 4, 0.0, 0.0)
+    assert s.packed_weight.dtype == torch.int32 and s.packed_weight.shape == (4, 2)
+    assert s.w_scale.dtype == torch.float32 and s.w_scale.shape == (4,)
+    assert torch.equal(s.bias, torch.zeros(4))
+    torch.testing.assert_close(s.w_scale, layer.weight.detach().abs().mean(-1))
+    e = _layer(33, 4, "elastic", True).export_spec()
+    assert e.act_scale > 0 and e.act_threshold == pytest.approx(0.15)
+
+
+def _tiny_bert(layers: int = 2) -> nn.Module:
+    from transformers import BertConfig, BertForMaskedLM
+
+    cfg = BertConfig(
+        vocab_size=120,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=64,
+    )
+    return BertForMaskedLM(cfg).eval()
+
+
+def _type_counts(model: nn.Module) -> collections.Counter:
+    return collections.Counter(type(m).__name__ for m in model.modules())
+
+
+def _check_binarized(model: nn.Module, before: nn.Module, names: list[str], layers: int) -> None:
+    after = _type_counts(model)
+    counts = _type_counts(before)
+    assert len(names) == len(set(names)) == 6 * layers
+    assert after["BinaryLinear"] == 6 * layers
+    assert after["Linear"] == counts["Linear"] - 6 * layers
+    inputs = ("SteSign", "ApproxSign", "ElasticSign")
+    assert after["ScaledSign"] == sum(after[k] for k in inputs) == 6 * layers
+    for kind in set(counts) | set(after):
+        if kind not in ("Linear", "BinaryLinear", "ScaledSign", *inputs):
+            assert after[kind] == counts[kind], kind
+    replaced = {n for n, m in model.named_modules() if isinstance(m, BinaryLinear)}
+    assert replaced == set(names)
+    old = dict(before.named_modules())
+    for name in names:  # initialised from the teacher's weights
+        assert torch.equal(model.get_submodule(name).weight, old[name].weight.float())
+    old_params = dict(before.named_parameters())
+    for name, p in model.named_parameters():  # everything else: untouched, same values
+        if not any(name.startswith(n + ".") for n in names):
+            assert torch.equal(p, old_params[name]), name
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_binarize_replaces_exactly_six_per_layer(layers: int) -> None:
+    model = _tiny_bert(layers)
+    before = copy.deepcopy(model)
+    names = binarize_(model, BinarizeConfig())
+    assert names[:6] == [
+        "bert.encoder.layer.0.attention.self.query",
+        "bert.encoder.layer.0.attention.self.key",
+        "bert.encoder.layer.0.attention.self.value",
+        "bert.encoder.layer.0.attention.output.dense",
+        "bert.encoder.layer.0.intermediate.dense",
+        "bert.encoder.layer.0.output.dense",
+    ]
+    _check_binarized(model, before, names, layers)
+    assert isinstance(model.cls.predictions.decoder, nn.Linear)
+    assert isinstance(model.cls.predictions.transform.dense, nn.Linear)
+    ids = torch.randint(0, 120, (2, 10))
+    assert model(input_ids=ids).logits.shape == (2, 10, 120)
+
+
+def test_binarize_real_bert_tiny(bert_tiny_dir) -> None:
+    from transformers import BertForMaskedLM
+
+    model = BertForMaskedLM.from_pretrained(bert_tiny_dir).eval()
+    before = copy.deepcopy(model)
+    names = binarize_(model, BinarizeConfig(activation_quantizer="elastic"))
+    _check_binarized(model, before, names, model.config.num_hidden_layers)
+    assert model.get_submodule(names[0]).weight.shape == (128, 128)
+
+
+def test_binarize_wrapped_model_and_subset() -> None:
+    wrapped = MaskedLMModel(_tiny_bert(2))
+    names = binarize_(wrapped, BinarizeConfig(modules=("intermediate", "output")))
+    assert names == [
+        f"model.bert.encoder.layer.{i}.{p}"
+        for i in range(2)
+        for p in ("intermediate.dense", "output.dense")
+    ]
+    assert isinstance(wrapped.model.bert.encoder.layer[1].attention.self.query, nn.Linear)
+
+
+@pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
+def test_binarize_other_families(family: str) -> None:
+    import transformers as T
+
+    small = dict(vocab_size=100, num_hidden_layers=2, num_attention_heads=2)
+    model = {
+        "roberta": lambda: T.RobertaForMaskedLM(
+            T.RobertaConfig(hidden_size=32, intermediate_size=48, **small)
+        ),
+        "electra": lambda: T.ElectraForMaskedLM(
+            T.ElectraConfig(hidden_size=32, embedding_size=32, intermediate_size=48, **small)
+        ),
+        "distilbert": lambda: T.DistilBertForMaskedLM(
+            T.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=48)
+        ),
+    }[family]()
+    before = copy.deepcopy(model)
+    names = binarize_(model, BinarizeConfig())
+    _check_binarized(model, before, names, 2)
+    assert model(input_ids=torch.randint(3, 100, (2, 6))).logits.shape == (2, 6, 100)
+
+
+def test_binarize_refusals() -> None:
+    import transformers as T
+
+    model = _tiny_bert(2)
+    binarize_(model, BinarizeConfig())
+    with pytest.raises(BitmapsError, match="already binarized"):
+        binarize_(model, BinarizeConfig())
+    with pytest.raises(BitmapsError, match="unsupported model BertModel"):
+        binarize_(T.BertModel(_tiny_bert(1).config), BinarizeConfig())
+    albert = T.AlbertForMaskedLM(
+        T.AlbertConfig(vocab_size=50, hidden_size=32, num_attention_heads=2, intermediate_size=48)
+    )
+    with pytest.raises(BitmapsError, match="unsupported model AlbertForMaskedLM"):
+        binarize_(albert, BinarizeConfig())
+    with pytest.raises(BitmapsError, match="no encoder layers"):
+        binarize_(_tiny_bert(0), BinarizeConfig())
+    with pytest.raises(BitmapsError, match="holds no Hugging Face model"):
+        binarize_(nn.Sequential(nn.Linear(3, 3)), BinarizeConfig())
+
+
+def test_pack_binary_linears_matches_binary_model() -> None:
+    model = _tiny_bert(2)
+    binarize_(model, BinarizeConfig(activation_quantizer="approx_sign"))
+    ids = torch.randint(0, 120, (3, 12))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        assert pack_binary_linears_(model) == 12
+        got = model(input_ids=ids).logits
+    assert not any(isinstance(m, BinaryLinear) for m in model.modules())
+    assert sum(isinstance(m, PackedBinaryLinear) for m in model.modules()) == 12
+    # layer outputs agree to ~1e-7; a sign flip downstream would show as a large error
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_phases_state_dict_and_export_refusal() -> None:
+    cfg = BinarizeConfig(
+        activation_quantizer="elastic", schedule="bit_multistep", activation_start_step=5
+    )
+    assert binarization_phase_for_step(4, cfg) == (True, False)
+    assert binarization_phase_for_step(5, cfg) == (True, True)
+    assert binarization_phase_for_step(0, BinarizeConfig()) == (True, True)
+    model = _tiny_bert(2)
+    binarize_(model, cfg)  # starts in the step-0 phase: W1A32
+    layer = model.bert.encoder.layer[0].attention.self.query
+    assert (layer.binarize_weights, layer.binarize_activations) == (True, False)
+    x = torch.randn(3, 32)
+    wq = layer.weight.abs().mean(-1, keepdim=True) * torch.where(layer.weight < 0, -1.0, 1.0)
+    torch.testing.assert_close(layer(x), nn.functional.linear(x, wq, layer.bias))
+    with pytest.raises(BitmapsError, match="only a W1A1 student can be exported"):
+        pack_binary_linears_(model)
+    layer.set_phase(False, True)  # W32A1: latent weights, binary (elastic) activations
+    q = layer.input_quantizer.eval()
+    xs = torch.where(x < q.threshold(), -1.0, 1.0)
+    expected = (xs @ layer.weight.t()) * q.scale() + layer.bias
+    torch.testing.assert_close(layer(x), expected)
+    layer.set_phase(True, False)
+    # a checkpoint restores the phase into a freshly binarized model
+    rebuilt = _tiny_bert(2)
+    binarize_(rebuilt, BinarizeConfig.from_dict(cfg.to_dict()))
+    assert set_binarization_phase_(model, True, True) == 12
+    model.train()(input_ids=torch.randint(0, 120, (2, 8)))  # initialises every elastic α
+    rebuilt.load_state_dict(model.state_dict(), strict=True)
+    rl = rebuilt.bert.encoder.layer[0].attention.self.query
+    assert (rl.binarize_weights, rl.binarize_activations) == (True, True)
+    assert rl.input_quantizer._initialized
+    assert rl.input_quantizer.scale() == layer.input_quantizer.scale() != 1.0
