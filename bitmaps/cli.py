@@ -337,6 +337,79 @@ def export_baseline_cmd(model, output, dtype, opset, output_kind, tolerance) -> 
     click.echo(summary.line())
 
 
+@cli.command("profile")
+@click.option("--shape", type=click.Choice(["bert-base"]),
+              help="its shapes, random weights, no download [default without --model/--teacher]")
+@click.option("--model", "student", metavar="STUDENT.pt", help="the binary model: a student")
+@click.option("--teacher", metavar="TEACHER",
+              help="full-precision model for fp32/fp16 (checkpoint, folder, bert-tiny, minilm-l6)")
+@click.option("--backend", "backends", default="all", show_default=True,
+              help="torch,onnxruntime,tensorrt or all (those installed here)")
+@click.option("--models", default=None, metavar="LIST",
+              help="fp32,fp16,binary [what each backend runs well; torch fp16 on CPU if named]")
+@click.option("--batch", "batches", default="1,8", show_default=True, metavar="LIST")
+@click.option("--seq", "seqs", default="128", show_default=True, metavar="LIST")
+@click.option("--output", "output_kind", type=click.Choice(["hidden", "logits"]), default="hidden",
+              show_default=True, help="hidden: the encoder; logits: with the MLM head")
+@click.option("--data", multiple=True, metavar="PATH",
+              help="held-out text: adds cross entropy, accuracy and MRR per model (repeatable)")
+@click.option("--eval-sequences", type=int, default=0, show_default=True,
+              help="--data: score at most N held-out sequences (0: all)")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="write {meta, rows} (rows: DESIGN.md's schema)")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png")
+@click.option("--repeats", type=int, default=20, show_default=True, help="timed calls, at least")
+@click.option("--min-time", type=float, default=2.0, show_default=True, help="seconds, at least")
+@click.option("--max-time", type=float, default=30.0, show_default=True,
+              help="seconds per shape, at most (then >= 3 calls)")
+@click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--threads", type=int, default=0, show_default=True, help="CPU threads, 0: all cores")
+@click.option("--seed", type=int, default=0, show_default=True, help="random weights and inputs")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
+@click.option("--workdir", type=click.Path(file_okay=False), metavar="DIR",
+              help="exported ONNX files and engines, reused across runs [$BITMAPS_CACHE/profile]")
+@click.option("--show", "show_path", type=click.Path(dir_okay=False), metavar="FILE.json",
+              help="print the tables of an earlier --json FILE (and --plot it); measure nothing")
+def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output_kind, data,
+                eval_sequences, json_path, plot_path, repeats, min_time, max_time, warmup,
+                threads, seed, device, workdir, show_path) -> None:
+    """Latency (p50/p90/p99, throughput) and memory (weights, file, peak) of binary vs FP32 and
+    FP16, per backend; with --data also cross entropy, accuracy and MRR."""
+    from pathlib import Path
+
+    from bitmaps.runtime import report
+
+    if show_path:
+        result = report.load(show_path)
+        if plot_path:
+            report.write_plot(result, plot_path)
+        report.print_report(result)
+        return
+    from bitmaps.config import ProfileConfig
+    from bitmaps.runtime.backends import ModelSource
+    from bitmaps.runtime.plan import ProfileJob, parse_int_list, parse_names
+    from bitmaps.runtime.profile import run_profile
+
+    cfg = ProfileConfig(
+        backends=parse_names(backends), models=parse_names(models),
+        batches=parse_int_list(batches, "--batch"), seqs=parse_int_list(seqs, "--seq"),
+        output=output_kind, device=device, repeats=repeats, min_time=min_time, max_time=max_time,
+        warmup=warmup, threads=threads, seed=seed, eval_sequences=eval_sequences,
+    )  # fmt: skip
+    source = ModelSource(shape=shape or (None if student or teacher else "bert-base"),
+                         teacher=teacher, student=student, seed=seed)  # fmt: skip
+    job = ProfileJob(cfg, source, list(data), Path(workdir) if workdir else None,
+                     Path(json_path) if json_path else None, Path(plot_path) if plot_path else None)
+    result = run_profile(job, log=lambda m: click.echo(m, err=True))
+    png = report.render_plot(result) if job.plot_path else None  # before any file is written
+    if job.json_path:
+        report.save(result, job.json_path)
+    if job.plot_path:
+        report.write_plot(result, job.plot_path, png)
+    report.print_report(result)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and exit code 2 for bad input, never a traceback for it."""
     try:

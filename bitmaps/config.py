@@ -310,3 +310,64 @@ class ExportConfig(Config):
 
     def effective_tolerance(self) -> float:
         return self.tolerance or self.DEFAULT_TOLERANCE[self.dtype]
+
+
+@dataclasses.dataclass
+class ProfileConfig(Config):
+    """``bitmaps profile`` (bitmaps/runtime/profile.py): what to measure, and for how long.
+
+    ``backends`` ("all": those installed here), ``models`` (empty: every model each backend runs
+    well; torch fp16 on a CPU without FP16 arithmetic only when named), ``batches`` x ``seqs``.
+    One measurement: ``warmup`` untimed calls, then timed calls until at least ``repeats`` calls
+    and ``min_time`` seconds, or until ``max_time`` seconds (and at least 3 calls); the inputs
+    rotate over ``rotations`` pre-generated batches. ``threads`` 0: every core of this process.
+    """
+
+    backends: tuple[str, ...] = ("all",)
+    models: tuple[str, ...] = ()
+    batches: tuple[int, ...] = (1, 8)
+    seqs: tuple[int, ...] = (128,)
+    output: str = "hidden"  # "hidden": encoder (last hidden state); "logits": with the MLM head
+    device: str = "auto"  # "auto": every device a backend runs on here; "cpu"; "cuda"
+    repeats: int = 20
+    min_time: float = 2.0
+    max_time: float = 30.0
+    warmup: int = 3
+    rotations: int = 4
+    threads: int = 0
+    seed: int = 0  # random weights of --shape models and the input token ids
+    eval_sequences: int = 0  # --data: held-out sequences scored (0: all)
+
+    BACKENDS: ClassVar[tuple[str, ...]] = ("torch", "onnxruntime", "tensorrt")
+    MODELS: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "binary")
+    OUTPUTS: ClassVar[tuple[str, ...]] = ("hidden", "logits")
+    DEVICES: ClassVar[tuple[str, ...]] = ("auto", "cpu", "cuda")
+
+    def validate(self) -> None:
+        self.backends, self.models = tuple(self.backends), tuple(self.models)
+        self.batches, self.seqs = tuple(self.batches), tuple(self.seqs)
+        if not self.backends:
+            raise ConfigError("name at least one backend: " + ", ".join((*self.BACKENDS, "all")))
+        for b in self.backends:
+            _one_of("backend", b, (*self.BACKENDS, "all"))
+        for m in self.models:
+            _one_of("model", m, self.MODELS)
+        _one_of("output", self.output, self.OUTPUTS)
+        _one_of("device", self.device, self.DEVICES)
+        for name, values in (("batch size", self.batches), ("sequence length", self.seqs)):
+            if not values:
+                raise ConfigError(f"give at least one {name}")
+            bad = [v for v in values if not isinstance(v, int) or v < 1]
+            if bad:
+                raise ConfigError(f"{name} must be >= 1, got {bad[0]}")
+        for name in ("repeats", "rotations"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup", "threads", "eval_sequences"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.min_time < 0 or not self.max_time > 0 or self.max_time < self.min_time:
+            raise ConfigError(
+                f"need 0 <= min_time <= max_time and max_time > 0, got min_time {self.min_time}, "
+                f"max_time {self.max_time}"
+            )

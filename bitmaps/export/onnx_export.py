@@ -1,0 +1,260 @@
+"""PyTorch → ONNX: the binarized student with ``bitmaps::BinaryLinear`` nodes, and the FP baseline.
+
+Exporter: ``torch.onnx.export(..., dynamo=True)`` (torch.export + onnxscript's torchlib), with
+``custom_translation_table={torch.ops.bitmaps.binary_linear.default: ...}`` on a model whose
+BinaryLinear layers were swapped for PackedBinaryLinear (``pack_binary_linears_``). Why this one:
+
+- it is the exporter torch 2.13 maintains and uses by default; the TorchScript exporter
+  (``dynamo=False`` + ``register_custom_op_symbolic``) still runs in 2.13 but warns that it will
+  be removed, so nothing here depends on it. It traces transformers 5.x BERT without patches;
+- the torch op *is* the ONNX op (same inputs, same attributes), so each PackedBinaryLinear
+  becomes exactly one ``bitmaps::BinaryLinear`` node whose W, w_scale and bias are the module's
+  int32/float32 buffers; the latent FP32 weights are gone before tracing, so no float weight of
+  a binarized layer can leak into the file;
+- onnxscript's optimizer (constant folding, dead-code elimination, initializer de-duplication)
+  only evaluates ops it knows: a node of domain ``bitmaps`` is never folded or inlined.
+
+The emitted node needs an OpSchema (onnxscript builds nodes from schemas); we pass one built in
+:mod:`bitmaps.export.onnx_function` without registering it globally. After export,
+:func:`finish_model` names each node after its module (e.g.
+``bert.encoder.layer.0.attention.self.query``), gives each node its own initializers
+``<module>.packed_weight/.w_scale/.bias`` (the optimizer's de-duplication may have merged, e.g.,
+two all-zero biases), strips the exporter's per-node stack traces, and adds the model-local
+function.
+
+Inputs are ``input_ids`` and ``attention_mask`` (int64, ``[batch, sequence]``, both axes dynamic);
+``token_type_ids`` is deliberately not an input: bitmaps trains, evaluates and profiles masked-LM
+on single-segment packed text, where every token type is 0, which is what the model uses when the
+input is absent (its ``token_type_ids`` buffer). Attention is exported in its eager form
+(MatMul, Softmax, MatMul: plain ops every runtime has, kept in floating point by DESIGN.md), not
+as the decomposed scaled-dot-product attention of the SDPA path.
+
+``dtype="fp16"``: the model is converted with ``.half()`` before tracing, so every floating-point
+tensor of the graph is float16, LayerNormalization and Softmax included (float16 inputs and
+outputs; parity with PyTorch's own float16 run is checked by verify.py) — except each
+BinaryLinear's ``w_scale`` and ``bias``, which the op's contract (DESIGN.md) fixes as float32
+inputs read inside the op. ``onnx_graph.float32_on_compute_path`` audits this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+
+import onnx
+import torch
+from onnx import helper
+from torch import nn
+
+from bitmaps import __version__
+from bitmaps.export.onnx_function import (
+    DOMAIN,
+    OP_VERSION,
+    PLUGIN_NAMESPACE,
+    PLUGIN_VERSION,
+    binary_linear_function,
+    binary_linear_nodes,
+    binary_linear_schema,
+)
+from bitmaps.export.onnx_graph import drop_stale_value_info
+
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAMES = {"logits": "logits", "hidden": "last_hidden_state"}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+METADATA_PREFIX = "bitmaps."
+
+
+class ExportWrapper(nn.Module):
+    """``(input_ids, attention_mask) → logits`` or ``→ last_hidden_state`` of a ``*ForMaskedLM``."""
+
+    def __init__(self, model: nn.Module, output: str) -> None:
+        super().__init__()
+        if output not in OUTPUT_NAMES:
+            raise ValueError(f"output must be one of {', '.join(OUTPUT_NAMES)}, got {output!r}")
+        self.model = model
+        self.output = output
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.output == "hidden":
+            base = self.model.base_model
+            return base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def prepare_model(model: nn.Module, dtype: str, output: str) -> ExportWrapper:
+    """In place: pack BinaryLinear layers, eager attention, eval mode, dtype; then wrap.
+
+    Raises :class:`~bitmaps.errors.BitmapsError` (from ``export_spec``) for a student that is not
+    in its final W1A1 phase.
+    """
+    from bitmaps.train.binary_linear import pack_binary_linears_
+
+    pack_binary_linears_(model)
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    else:  # transformers 4.x
+        model.config._attn_implementation = "eager"
+    model.eval().to(DTYPES[dtype])  # PackedBinaryLinear keeps w_scale/bias in float32
+    return ExportWrapper(model, output).eval()
+
+
+def example_inputs(vocab_size: int, batch: int = 2, seq: int = 8) -> tuple[torch.Tensor, ...]:
+    """Tracing inputs. Sizes > 1 and distinct, so torch.export keeps both axes symbolic."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab_size, (batch, seq), generator=g)
+    mask = torch.ones(batch, seq, dtype=torch.int64)
+    mask[0, seq - 2 :] = 0  # a padded row, so the mask path is traced with real zeros
+    return ids, mask
+
+
+def _translation_table() -> dict:
+    from onnxscript.values import Op, Opset
+
+    emit = Op(Opset(DOMAIN, OP_VERSION), "BinaryLinear", binary_linear_schema())
+
+    def binary_linear(
+        x, w, w_scale, bias, in_features: int, act_threshold: float, act_scale: float
+    ):
+        if bias is None:  # PackedBinaryLinear always passes one (zeros when the layer has none)
+            raise ValueError("bitmaps::BinaryLinear needs a bias input")
+        return emit(
+            x,
+            w,
+            w_scale,
+            bias,
+            in_features=int(in_features),
+            out_features=int(w.shape[0]),
+            act_threshold=float(act_threshold),
+            act_scale=float(act_scale),
+            plugin_version=PLUGIN_VERSION,
+            plugin_namespace=PLUGIN_NAMESPACE,
+        )
+
+    return {torch.ops.bitmaps.binary_linear.default: binary_linear}
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence exporter warnings that are not ours to act on (torchvision missing, deprecations)."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def to_onnx(wrapper: ExportWrapper, opset: int) -> onnx.ModelProto:
+    """Trace and convert; dynamic ``batch`` and ``sequence`` axes, no bitmaps post-processing."""
+    config = wrapper.model.config
+    ids, mask = example_inputs(config.vocab_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    seq = torch.export.Dim("sequence", min=1, max=int(config.max_position_embeddings))
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            wrapper,
+            (ids, mask),
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAMES[wrapper.output]],
+            dynamic_shapes=({0: batch, 1: seq}, {0: batch, 1: seq}),
+            custom_translation_table=_translation_table(),
+            optimize=True,
+            verbose=False,
+        )
+    return program.model_proto
+
+
+def _module_path(node: onnx.NodeProto) -> str | None:
+    """The torch module a node came from (the exporter's ``name_scopes`` metadata)."""
+    import ast
+
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            scopes = ast.literal_eval(prop.value)
+            if len(scopes) >= 2:
+                return scopes[-2].removeprefix("model.")
+    return None
+
+
+def _initializer_uses(graph: onnx.GraphProto) -> Counter:
+    uses = Counter(name for node in graph.node for name in node.input)
+    uses.update(o.name for o in graph.output)
+    return uses
+
+
+def _own_initializers(model: onnx.ModelProto) -> None:
+    """Name each BinaryLinear node after its module and give it private, named initializers."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    uses = _initializer_uses(graph)
+    taken = {n.name for n in graph.node}
+    for i, node in enumerate(binary_linear_nodes(model)):
+        path = _module_path(node) or f"binary_linear_{i}"
+        if path in taken and node.name != path:
+            path = f"{path}_{i}"
+        taken.add(path)
+        node.name = path
+        for j, suffix in ((1, "packed_weight"), (2, "w_scale"), (3, "bias")):
+            old, new = node.input[j], f"{path}.{suffix}"
+            if old not in inits:
+                raise ValueError(f"{path}: input {j} ({old}) is not an initializer")
+            if uses[old] == 1:  # ours alone: rename in place
+                tensor = inits.pop(old)
+                tensor.name = new
+            else:  # shared (de-duplicated by the optimizer): a private copy
+                tensor = graph.initializer.add()
+                tensor.CopyFrom(inits[old])
+                tensor.name = new
+                uses[old] -= 1
+            inits[new] = tensor
+            node.input[j] = new
+    uses = _initializer_uses(graph)
+    kept = [t for t in graph.initializer if uses[t.name] > 0]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def finish_model(
+    model: onnx.ModelProto, *, binary: bool, dtype: str, output: str, source: str
+) -> onnx.ModelProto:
+    """bitmaps' post-processing of an exported model (in place; returns it)."""
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if binary:
+        _own_initializers(model)
+        drop_stale_value_info(model)
+        if not any(o.domain == DOMAIN for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid(DOMAIN, OP_VERSION))
+        del model.functions[:]
+        model.functions.append(binary_linear_function(opset))
+    for node in model.graph.node:  # the exporter's stack traces: bytes and local paths, no use
+        del node.metadata_props[:]
+    model.producer_name = "bitmaps"
+    model.producer_version = __version__
+    meta = {
+        "kind": "binary" if binary else "baseline",
+        "dtype": dtype,
+        "output": output,
+        "source": source,
+        "binary_linear_nodes": str(len(binary_linear_nodes(model))),
+    }
+    helper.set_model_props(model, {f"{METADATA_PREFIX}{k}": v for k, v in meta.items()})
+    return model
+
+
+def model_metadata(model: onnx.ModelProto) -> dict[str, str]:
+    """The ``bitmaps.*`` metadata of an exported model, without the prefix."""
+    return {
+        p.key.removeprefix(METADATA_PREFIX): p.value
+        for p in model.metadata_props
+        if p.key.startswith(METADATA_PREFIX)
+    }

@@ -1,0 +1,155 @@
+"""The ``bitmaps::BinaryLinear`` ONNX op: its names, its schema, and its model-local function.
+
+DESIGN.md fixes the op (domain ``bitmaps``, version 1; inputs X, W, w_scale, bias; attributes
+``in_features``, ``out_features``, ``act_threshold``, ``act_scale``, ``plugin_version``,
+``plugin_namespace``). Every exported binary model carries :func:`binary_linear_function`, a
+FunctionProto of the same name built from standard ONNX ops only (opset ≥ 18), so plain
+onnxruntime, or any runtime with model-local functions and those ops, runs the file without
+bitmaps, correctly if slowly (tested in onnxruntime only)::
+
+    W bits    BitwiseAnd(W[..., None], 1 << j) != 0   (int32, opset 18)  → ±1, [N, K], transposed
+    x         Cast(X, float32) − β ;  sign: Where(x < 0, −1, +1)          (sign(0) = +1)
+    s         Where(act_scale > 0, act_scale, ReduceMean(|x|, axis −1))  (the attribute is a
+              Constant with ``ref_attr_name``; both branches are computed, Where selects)
+    Y         CastLike((sign(x) @ W±1ᵀ) · s · w_scale + bias, X)
+
+The body computes in float32 whatever the dtype of X, exactly like the reference op in
+bitmaps/ops.py: a ±1 dot product over K = 3072 is an integer up to 3072, which float16 cannot hold
+exactly (its integers stop at 2048), and ``w_scale``/``bias`` are float32 inputs by contract.
+BitShift is not used because ONNX defines it for unsigned types only; BitwiseAnd takes int32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+DOMAIN = "bitmaps"
+OP_TYPE = "BinaryLinear"
+OP_VERSION = 1
+PLUGIN_VERSION = "1"
+PLUGIN_NAMESPACE = "bitmaps"
+INPUTS = ("X", "W", "w_scale", "bias")
+ATTRIBUTES = (
+    "in_features",
+    "out_features",
+    "act_threshold",
+    "act_scale",
+    "plugin_version",
+    "plugin_namespace",
+)
+MIN_OPSET = 18  # BitwiseAnd, ReduceMean with axes as an input
+
+
+def binary_linear_schema() -> onnx.defs.OpSchema:
+    """An (unregistered) OpSchema of the op, for tools that need one to emit the node."""
+    schema = onnx.defs.OpSchema
+    param = schema.FormalParameter
+    attr = schema.Attribute
+    return schema(
+        OP_TYPE,
+        DOMAIN,
+        OP_VERSION,
+        doc="1-bit linear layer: sign(X − β) XNOR packed sign(W), popcount, scales, bias.",
+        inputs=[
+            param("X", "T"),
+            param("W", "tensor(int32)"),
+            param("w_scale", "tensor(float)"),
+            param("bias", "tensor(float)"),
+        ],
+        outputs=[param("Y", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "activations")],
+        attributes=[
+            attr("in_features", schema.AttrType.INT, "K"),
+            attr("out_features", schema.AttrType.INT, "N"),
+            attr("act_threshold", schema.AttrType.FLOAT, "β, subtracted before the sign"),
+            attr("act_scale", schema.AttrType.FLOAT, "> 0: fixed scale; 0: per-row mean |X − β|"),
+            attr("plugin_version", schema.AttrType.STRING, '"1"'),
+            attr("plugin_namespace", schema.AttrType.STRING, '"bitmaps"'),
+        ],
+    )
+
+
+def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+
+
+def _const_from_attr(name: str, field: str, ref: str, kind: int) -> onnx.NodeProto:
+    node = helper.make_node("Constant", [], [name])
+    attribute = onnx.AttributeProto(name=field, ref_attr_name=ref, type=kind)
+    node.attribute.append(attribute)
+    return node
+
+
+def _bit_masks() -> np.ndarray:
+    """``1 << j`` for j = 0..31 as int32 (bit 31 is the sign bit: −2**31)."""
+    return (np.uint32(1) << np.arange(32, dtype=np.uint32)).view(np.int32)
+
+
+def binary_linear_function(opset: int) -> onnx.FunctionProto:
+    """The model-local function ``bitmaps::BinaryLinear`` for a model importing ``opset``."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"the BinaryLinear function needs opset >= {MIN_OPSET}, got {opset}")
+    f32 = TensorProto.FLOAT
+    nodes = [
+        _const_from_attr("k", "value_int", "in_features", onnx.AttributeProto.INT),
+        _const_from_attr("beta", "value_float", "act_threshold", onnx.AttributeProto.FLOAT),
+        _const_from_attr("fixed_scale", "value_float", "act_scale", onnx.AttributeProto.FLOAT),
+        _const("bit_masks", _bit_masks()),
+        _const("zero_i32", np.array(0, np.int32)),
+        _const("zero", np.array(0, np.float32)),
+        _const("plus_one", np.array(1, np.float32)),
+        _const("minus_one", np.array(-1, np.float32)),
+        _const("last_axis", np.array([-1], np.int64)),
+        _const("start", np.array([0], np.int64)),
+        _const("rows_by_bits", np.array([0, -1], np.int64)),
+        # W [N, KW] → bits [N, KW, 32] → ±1 [N, 32·KW] → [N, K] (drop padding) → [K, N]
+        helper.make_node("Unsqueeze", ["W", "last_axis"], ["w_words"]),
+        helper.make_node("BitwiseAnd", ["w_words", "bit_masks"], ["w_bits"]),
+        helper.make_node("Equal", ["w_bits", "zero_i32"], ["w_positive"]),
+        helper.make_node("Where", ["w_positive", "plus_one", "minus_one"], ["w_signs_3d"]),
+        helper.make_node("Reshape", ["w_signs_3d", "rows_by_bits"], ["w_signs_padded"]),
+        helper.make_node("Unsqueeze", ["k", "start"], ["k_1d"]),
+        helper.make_node("Slice", ["w_signs_padded", "start", "k_1d", "last_axis"], ["w_signs"]),
+        helper.make_node("Transpose", ["w_signs"], ["w_signs_t"], perm=[1, 0]),
+        # activations, in float32
+        helper.make_node("Cast", ["X"], ["x32"], to=f32),
+        helper.make_node("Sub", ["x32", "beta"], ["x_centered"]),
+        helper.make_node("Less", ["x_centered", "zero"], ["x_negative"]),
+        helper.make_node("Where", ["x_negative", "minus_one", "plus_one"], ["x_signs"]),
+        helper.make_node("Abs", ["x_centered"], ["x_abs"]),
+        helper.make_node("ReduceMean", ["x_abs", "last_axis"], ["row_scale"], keepdims=1),
+        helper.make_node("Greater", ["fixed_scale", "zero"], ["use_fixed_scale"]),
+        helper.make_node("Where", ["use_fixed_scale", "fixed_scale", "row_scale"], ["scale"]),
+        # the same order of float operations as bitmaps.ops.reference_binary_linear
+        helper.make_node("MatMul", ["x_signs", "w_signs_t"], ["dot"]),
+        helper.make_node("Mul", ["dot", "scale"], ["dot_scaled"]),
+        helper.make_node("Mul", ["dot_scaled", "w_scale"], ["y_scaled"]),
+        helper.make_node("Add", ["y_scaled", "bias"], ["y32"]),
+        helper.make_node("CastLike", ["y32", "X"], ["Y"]),
+    ]
+    return helper.make_function(
+        DOMAIN,
+        OP_TYPE,
+        list(INPUTS),
+        ["Y"],
+        nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=list(ATTRIBUTES),
+        doc_string="bitmaps::BinaryLinear from standard ops (see DESIGN.md); float32 inside.",
+    )
+
+
+def binary_linear_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The ``bitmaps::BinaryLinear`` nodes of the main graph, in graph order."""
+    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
+
+
+def node_attributes(node: onnx.NodeProto) -> dict[str, object]:
+    """Attribute name → Python value (strings decoded)."""
+    out: dict[str, object] = {}
+    for a in node.attribute:
+        value = helper.get_attribute_value(a)
+        out[a.name] = value.decode() if isinstance(value, bytes) else value
+    return out

@@ -1,0 +1,272 @@
+"""Proof of parity: an exported model run by ONNX Runtime against the PyTorch model it came from.
+
+Why not just compare the final outputs: a binary activation is sign(x − β). Where x is within
+float rounding of β (ONNX Runtime and PyTorch order additions differently, ~1e-7 relative in
+float32, ~1e-3 in float16), the two runtimes can take different signs; a flipped bit changes that
+row's output by 2·s·α, which flips more bits downstream. Over a BERT-base model such flips are
+routine, so a model-level tolerance is either loose enough to hide real bugs or fails correct
+exports. We therefore check every piece of the graph on the same inputs, *teacher-forced*:
+
+1. **node check** — for every ``bitmaps::BinaryLinear`` node, its ONNX Runtime output Y against
+   the PyTorch layer (PackedBinaryLinear: ``torch.ops.bitmaps.binary_linear`` with the module's
+   packed weight, scales, bias and attributes) applied to the node's ONNX Runtime input X. Same
+   X, so same sign bits: this tests the file's data and attributes and the runtime's op. The
+   function backend is the reference math in standard ONNX ops, so this also cross-checks the
+   torch op (native kernel when built) against it.
+2. **segment check** — PyTorch runs with each PackedBinaryLinear's output replaced by the ONNX
+   Runtime value of that node (forward hooks). Then every node's input X and the final output,
+   as PyTorch computes them, depend only on the float part of the graph since the previous binary
+   layer, so they must agree with ONNX Runtime's within float tolerance; no flip can amplify.
+3. **end to end (reported, not enforced)** — plain PyTorch against ONNX Runtime, per sequence:
+   how many sequences agree within tolerance and, for the others, the first node where their
+   binary activations took a different sign (or that none did: float drift, reported as such).
+
+Error measure, for every comparison: ``max|onnx − torch| / max(1, max|torch|)`` (absolute for
+small tensors, relative to the tensor's range for large ones), computed in float64. The first
+check that exceeds the tolerance names the node (module path) and what drifted.
+
+Default tolerances (``ExportConfig.DEFAULT_TOLERANCE``): 1e-4 for FP32 (float32 rounding
+differences between the runtimes measure ≤ 1e-6 on BERT-tiny and BERT-base shapes), 2e-2 for FP16
+(float16's relative step is 1e-3; ONNX Runtime and PyTorch CPU round LayerNorm, Softmax, GELU and
+MatMul differently: measured ≤ 2e-3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import torch
+
+from bitmaps.errors import BitmapsError
+from bitmaps.export.onnx_export import ExportWrapper
+from bitmaps.export.onnx_graph import tap_binary_linears
+
+SENTENCES = (
+    "The president spoke to the nation about the economy and the state of the union.",
+    "We will build roads, bridges and schools for our children.",
+    "Congress must act.",
+    "In the year that has passed, the people of this country have shown great courage, and "
+    "the government has kept its promise to defend the constitution.",
+)
+RANDOM_SHAPES = ((1, 5), (2, 16), (3, 37))
+
+
+class ExportVerificationError(BitmapsError):
+    """The exported model does not compute what the PyTorch model computes; nothing was written."""
+
+
+@dataclasses.dataclass
+class Batch:
+    label: str
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def verification_batches(vocab_size: int, tokenizer: object | None, seed: int = 0) -> list[Batch]:
+    """Random token ids (three shapes, a padded row each) and, with a tokenizer, real sentences."""
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for b, s in RANDOM_SHAPES:
+        ids = torch.randint(0, vocab_size, (b, s), generator=g)
+        mask = torch.ones(b, s, dtype=torch.int64)
+        if b > 1:
+            mask[-1, s // 2 :] = 0
+        batches.append(Batch(f"random {b}x{s}", ids, mask))
+    if tokenizer is not None:
+        enc = tokenizer(list(SENTENCES), padding=True, truncation=True, max_length=64,
+                        return_tensors="pt")  # fmt: skip
+        ids, mask = enc["input_ids"].long(), enc["attention_mask"].long()
+        batches.append(Batch(f"sentences {ids.shape[0]}x{ids.shape[1]}", ids, mask))
+    return batches
+
+
+def scaled_error(onnx_value: np.ndarray | torch.Tensor, torch_value: torch.Tensor) -> float:
+    a = torch.as_tensor(onnx_value).double()
+    b = torch_value.detach().double()
+    if a.shape != b.shape:
+        return float("inf")
+    return float((a - b).abs().max() / max(1.0, float(b.abs().max())))
+
+
+@dataclasses.dataclass
+class Drift:
+    where: str  # "input of <node>", "output of <node>", "model output"
+    error: float
+
+
+@dataclasses.dataclass
+class BatchResult:
+    backend: str
+    batch: str
+    node_error: float  # worst node check
+    input_error: float  # worst segment check at a node input
+    output_error: float  # segment check of the model output
+    drift: Drift | None  # first check over tolerance, in graph order
+    sequences_within: int  # end to end, plain PyTorch vs ONNX Runtime
+    sequences: int
+    diverged_without_flip: int  # of the others: no binary activation took another sign
+    first_flip: str | None  # earliest node where a diverged sequence's sign bits differ
+
+
+@dataclasses.dataclass
+class VerificationReport:
+    tolerance: float
+    results: list[BatchResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.drift is None for r in self.results)
+
+    def failure(self) -> str | None:
+        for r in self.results:
+            if r.drift is not None:
+                return (
+                    f"{r.backend} backend, {r.batch}: {r.drift.where} differs from PyTorch by "
+                    f"{r.drift.error:.3g} (tolerance {self.tolerance:g})"
+                )
+        return None
+
+    def worst(self) -> float:
+        return max(max(r.node_error, r.input_error, r.output_error) for r in self.results)
+
+    def summary(self) -> str:
+        backends = sorted({r.backend for r in self.results})
+        within = sum(r.sequences_within for r in self.results)
+        total = sum(r.sequences for r in self.results)
+        text = (
+            f"verified with {', '.join(backends)} on {len(self.results) // len(backends)} batches: "
+            f"worst layer-wise error {self.worst():.2g} (tolerance {self.tolerance:g}); end to end "
+            f"{within}/{total} sequences within tolerance"
+        )
+        if within == total:
+            return text
+        unexplained = sum(r.diverged_without_flip for r in self.results)
+        flips = [r.first_flip for r in self.results if r.first_flip]
+        if flips:
+            text += (
+                f"; {total - within - unexplained} diverge after a rounding-level sign flip of a "
+                f"binary activation (e.g. first at {flips[0]})"
+            )
+        if unexplained:
+            text += f"; {unexplained} diverge with no sign flip (float drift)"
+        return text
+
+
+def _binary_modules(wrapper: ExportWrapper, taps: list[tuple[str, str, str]]) -> dict:
+    from bitmaps.train.binary_linear import PackedBinaryLinear
+
+    modules = {}
+    for name, _, _ in taps:
+        try:
+            mod = wrapper.model.get_submodule(name)
+        except AttributeError:
+            mod = None
+        if not isinstance(mod, PackedBinaryLinear):
+            raise ValueError(f"ONNX node {name} has no PackedBinaryLinear module of that name")
+        modules[name] = mod
+    return modules
+
+
+TorchRun = tuple[torch.Tensor, dict[str, torch.Tensor]]  # output, input of each binary layer
+
+
+def _torch_run(
+    wrapper: ExportWrapper, batch: Batch, modules: dict, replace: dict[str, np.ndarray] | None
+) -> TorchRun:
+    """PyTorch, capturing each binary layer's input; with ``replace``, each layer's output is
+    replaced by that value (ONNX Runtime's) so later layers see what ONNX Runtime saw."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook_for(name: str):  # noqa: ANN202
+        def hook(module, args, output):  # noqa: ANN001, ANN202
+            seen[name] = args[0].detach().clone()
+            if replace is None:
+                return None
+            return torch.from_numpy(replace[name]).to(output.dtype).reshape(output.shape)
+
+        return hook
+
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
+    try:
+        with torch.no_grad():
+            out = wrapper(batch.input_ids, batch.attention_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, seen
+
+
+def _first_flip(
+    seq: int, taps: list, values: dict, plain_x: dict[str, torch.Tensor], modules: dict
+) -> str | None:
+    """The first node whose binary activations differ between the two runs, for one sequence."""
+    for node, x_name, _ in taps:
+        beta = modules[node].act_threshold
+        onnx_bits = (torch.from_numpy(values[x_name][seq]).float() - beta) < 0
+        torch_bits = (plain_x[node][seq].float() - beta) < 0
+        if not torch.equal(onnx_bits, torch_bits):
+            return node
+    return None
+
+
+def _check_batch(
+    session, backend: str, wrapper: ExportWrapper, batch: Batch, plain: TorchRun, taps: list,
+    modules: dict, tolerance: float,
+) -> BatchResult:  # fmt: skip
+    feed = {"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy()}
+    names = [o.name for o in session.get_outputs()]
+    values = dict(zip(names, session.run(None, feed), strict=True))
+    onnx_out = values[names[0]]
+    onnx_y = {node: values[y] for node, _, y in taps}
+    forced_out, torch_x = _torch_run(wrapper, batch, modules, onnx_y)
+    drift = None
+    worst_node = worst_input = 0.0
+    for node, x_name, _ in taps:
+        x = torch.from_numpy(values[x_name])
+        input_error = scaled_error(x, torch_x[node])
+        with torch.no_grad():
+            ref = modules[node](x)
+        node_error = scaled_error(onnx_y[node], ref)
+        worst_input, worst_node = max(worst_input, input_error), max(worst_node, node_error)
+        if drift is None and input_error > tolerance:
+            drift = Drift(f"the input of {node}", input_error)
+        if drift is None and node_error > tolerance:
+            drift = Drift(f"the output of {node} (given the same input)", node_error)
+    output_error = scaled_error(onnx_out, forced_out)
+    if drift is None and output_error > tolerance:
+        drift = Drift("the model output (after the last binary layer)", output_error)
+    plain_out, plain_x = plain
+    diverged = [i for i in range(plain_out.shape[0])
+                if scaled_error(onnx_out[i], plain_out[i]) > tolerance]  # fmt: skip
+    flips = [_first_flip(i, taps, values, plain_x, modules) for i in diverged]
+    order = [node for node, _, _ in taps]
+    first = min((f for f in flips if f), key=order.index, default=None)
+    return BatchResult(backend, batch.label, worst_node, worst_input, output_error, drift,
+                       plain_out.shape[0] - len(diverged), plain_out.shape[0],
+                       flips.count(None), first)  # fmt: skip
+
+
+def verify_onnx(
+    model: onnx.ModelProto,
+    wrapper: ExportWrapper,
+    batches: list[Batch],
+    tolerance: float,
+    backends: tuple[str, ...] = ("function", "kernel"),
+    threads: int | None = None,
+) -> VerificationReport:
+    """Run ``model`` in ONNX Runtime with each backend on each batch and check it (see above)."""
+    from bitmaps.runtime.onnxruntime import open_session
+
+    tapped, taps = tap_binary_linears(model)
+    modules = _binary_modules(wrapper, taps)
+    plain = [_torch_run(wrapper, b, modules, None) for b in batches]
+    results = []
+    for backend in backends:
+        session = open_session(tapped, backend, threads)
+        for batch, expected in zip(batches, plain, strict=True):
+            results.append(
+                _check_batch(session, backend, wrapper, batch, expected, taps, modules, tolerance)
+            )
+    return VerificationReport(tolerance, results)
