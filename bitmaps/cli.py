@@ -378,12 +378,12 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
     FP16, per backend; with --data also cross entropy, accuracy and MRR."""
     from pathlib import Path
 
-    from bitmaps.runtime import report
+    from bitmaps.runtime import plot, report
 
     if show_path:
         result = report.load(show_path)
         if plot_path:
-            report.write_plot(result, plot_path)
+            plot.write_plot(result, plot_path)
         report.print_report(result)
         return
     from bitmaps.config import ProfileConfig
@@ -402,11 +402,11 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
     job = ProfileJob(cfg, source, list(data), Path(workdir) if workdir else None,
                      Path(json_path) if json_path else None, Path(plot_path) if plot_path else None)
     result = run_profile(job, log=lambda m: click.echo(m, err=True))
-    png = report.render_plot(result) if job.plot_path else None  # before any file is written
+    png = plot.render_plot(result) if job.plot_path else None  # before any file is written
     if job.json_path:
         report.save(result, job.json_path)
     if job.plot_path:
-        report.write_plot(result, job.plot_path, png)
+        plot.write_plot(result, job.plot_path, png)
     report.print_report(result)
 
 

@@ -1,0 +1,314 @@
+"""The backends ``bitmaps profile`` measures, and the models it gives them.
+
+Three backends, each a thin runner over another module's public API:
+
+=============  =======  =====================================================================
+torch          cpu      the Hugging Face module in eager PyTorch; binary = ``binarize_`` +
+               cuda     ``pack_binary_linears_``: ``torch.ops.bitmaps.binary_linear`` per layer
+onnxruntime    cpu      fp32/fp16: plain ONNX Runtime (CPUExecutionProvider) on the baseline
+                        export; binary: the ``bitmaps::BinaryLinear`` nodes run our compiled
+                        kernel through onnxruntime-extensions (``kernel_session``)
+tensorrt       cuda     an engine from bitmaps.runtime.tensorrt (binary: the plugin)
+=============  =======  =====================================================================
+
+Models: ``fp32``, ``fp16`` and ``binary`` (1-bit encoder linears). On CUDA the float parts of the
+binary model (embeddings, attention, LayerNorm, GELU) run in float16, since its competitor there is
+fp16; on CPU in float32. Torch fp16 on a CPU without FP16 arithmetic (x86 without AVX512-FP16) is
+emulated and slow, so it is profiled only when asked for by name.
+
+Weight bytes (:func:`weight_breakdown`) are the bytes of every parameter and buffer the profiled
+module holds, each tensor once (tied embeddings), at its stored dtype: packed int32 signs count
+4 bytes per 32 weights, FP32 embeddings count in full. ``encoder`` is the transformer layers (what
+is binarized), ``embeddings`` the token/position/type embeddings and their LayerNorm, ``head`` the
+MLM head (only in ``--output logits``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bitmaps.errors import BitmapsError
+
+MODELS = ("fp32", "fp16", "binary")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKEND_DEVICES = {"torch": ("cpu", "cuda"), "onnxruntime": ("cpu",), "tensorrt": ("cuda",)}
+MB = 1e6  # every "MB" in bitmaps' reports is 10^6 bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where the models come from: a bare shape (random weights), or teacher + student."""
+
+    shape: str | None = None  # "bert-base": BertConfig() with weights from ``seed``
+    teacher: str | None = None  # fp32 / fp16: checkpoint, HF folder or asset name
+    student: str | None = None  # binary: a binarized student checkpoint
+    seed: int = 0
+
+    def spec(self, model: str) -> str:
+        """What :func:`bitmaps.models.load_model` loads for ``model`` (checked by the planner)."""
+        if self.shape:
+            return self.shape
+        spec = self.student if model == "binary" else self.teacher
+        if spec is None:
+            raise BitmapsError(f"no source for the {model} model")
+        return spec
+
+    def describe(self) -> str:
+        if self.shape:
+            return f"{self.shape} shapes, random weights (seed {self.seed})"
+        parts = [
+            f"teacher {self.teacher}" if self.teacher else "",
+            f"student {self.student}" if self.student else "",
+        ]
+        return ", ".join(p for p in parts if p)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def load_mlm(source: ModelSource, model: str) -> nn.Module:
+    """The ``*ForMaskedLM`` for ``model``: a teacher, or a student with BinaryLinear layers."""
+    from bitmaps.models import load_model
+
+    if source.shape:
+        torch.manual_seed(source.seed)  # same weights in every process of a run
+        mlm = load_model(source.shape, require_tokenizer=False).model
+        if model == "binary":
+            from bitmaps.config import BinarizeConfig
+            from bitmaps.train.binary_linear import binarize_
+
+            binarize_(mlm, BinarizeConfig())
+        return mlm.eval()
+    loaded = load_model(source.spec(model), require_tokenizer=False)
+    if loaded.is_binary != (model == "binary"):
+        want = "a binarized student" if model == "binary" else "a full-precision teacher"
+        raise BitmapsError(f"{source.spec(model)} is not {want}")
+    return loaded.model.eval()
+
+
+def float_dtype(model: str, device: str) -> torch.dtype:
+    """The dtype of the float tensors of ``model`` on ``device`` (see the module docstring)."""
+    if model == "fp16" or (model == "binary" and device == "cuda"):
+        return torch.float16
+    return torch.float32
+
+
+def inference_module(mlm: nn.Module, model: str, output: str, device: str) -> nn.Module:
+    """What is timed: packed binary layers, the encoder alone for ``hidden``, dtype, device.
+
+    Changes ``mlm`` in place (callers pass a model they own).
+    """
+    from bitmaps.train.binary_linear import pack_binary_linears_
+
+    if model == "binary":
+        pack_binary_linears_(mlm)
+    module = mlm.base_model if output == "hidden" else mlm
+    return module.to(device=device, dtype=float_dtype(model, device)).eval()
+
+
+def weight_breakdown(module: nn.Module) -> dict[str, int]:
+    """Bytes of parameters + buffers by part: ``encoder``, ``embeddings``, ``head``, ``total``."""
+    parts = {"encoder": 0, "embeddings": 0, "head": 0}
+    # named_parameters/named_buffers yield a shared tensor once (the tied decoder weight is the
+    # word embedding), under its first name.
+    for name, t in (*module.named_parameters(), *module.named_buffers()):
+        part = (
+            "encoder" if "encoder." in name else "embeddings" if "embeddings." in name else "head"
+        )
+        parts[part] += t.numel() * t.element_size()
+    return {**parts, "total": sum(parts.values())}
+
+
+def state_dict_bytes(module: nn.Module, folder: Path) -> int:
+    """Size of ``torch.save(module.state_dict())``: the torch backend's "file"."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".pt", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(module.state_dict(), tmp)
+        return os.path.getsize(tmp)
+    finally:
+        os.unlink(tmp)
+
+
+# --------------------------------------------------------------------------- availability
+
+
+def cpu_has_fp16_math() -> bool:
+    """True where the CPU computes in FP16 natively (x86 AVX512-FP16/AMX-FP16, Arm FP16)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = set(text.split())
+    return bool(flags & {"avx512_fp16", "amx_fp16", "asimdhp", "fphp"})
+
+
+def backend_problem(backend: str) -> str | None:
+    """Why ``backend`` cannot run on this machine, or None."""
+    if backend == "onnxruntime":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            return f"ONNX Runtime is not installed: {exc} (pip install onnxruntime)"
+        return None
+    if backend == "tensorrt":
+        from bitmaps.runtime.tensorrt import import_tensorrt
+
+        try:
+            import_tensorrt()
+        except BitmapsError as exc:
+            return str(exc)
+        if not torch.cuda.is_available():
+            return "TensorRT needs a CUDA GPU, and torch sees none"
+        return None
+    return None
+
+
+def devices(backend: str, wanted: str) -> list[str]:
+    """The devices ``backend`` runs on here, filtered by ``--device`` (auto, cpu, cuda)."""
+    found = [d for d in BACKEND_DEVICES[backend] if d == "cpu" or torch.cuda.is_available()]
+    return [d for d in found if wanted in ("auto", d)]
+
+
+def model_problem(backend: str, device: str, model: str, named: bool) -> str | None:
+    """Why (backend, device) does not profile ``model`` here, or None. ``named``: asked by name."""
+    if backend == "torch" and device == "cpu" and model == "fp16" and not named:
+        if not cpu_has_fp16_math():
+            return (
+                "torch fp16 on this CPU is emulated (no AVX512-FP16): slow and not a deployment "
+                "target; name it in --models to measure it anyway"
+            )
+    if model == "binary" and backend == "onnxruntime":
+        try:
+            import onnxruntime_extensions  # noqa: F401
+        except ImportError as exc:
+            return f"the binary model on ONNX Runtime needs onnxruntime-extensions: {exc}"
+    if model == "binary" and backend == "tensorrt":
+        from bitmaps.runtime.tensorrt import find_plugin_library
+
+        try:
+            find_plugin_library()
+        except BitmapsError as exc:
+            return str(exc)
+    return None
+
+
+def path_description(backend: str, device: str, model: str) -> str:
+    """One line: which code produced a row."""
+    from bitmaps.ops import native_status
+
+    if backend == "torch":
+        what = "eager PyTorch" + (" + CUDA graph" if device == "cuda" else "")
+        if model == "binary":
+            what += f"; BinaryLinear = torch.ops.bitmaps.binary_linear, {native_status()}"
+        if model == "fp16" and device == "cpu" and not cpu_has_fp16_math():
+            what += "; fp16 emulated on this CPU (no AVX512-FP16)"
+        return what
+    if backend == "onnxruntime":
+        if model == "binary":
+            return (
+                "ONNX Runtime CPUExecutionProvider (intra-op threads not spinning); "
+                "bitmaps::BinaryLinear = onnxruntime-extensions PyOp -> "
+                f"torch.ops.bitmaps.binary_linear, {native_status()}"
+            )
+        what = f"plain ONNX Runtime CPUExecutionProvider ({model} baseline export)"
+        if model == "fp16":
+            what += (
+                "; the CPU provider lacks fp16 kernels for most ops and inserts Casts, so it "
+                "computes in float32 with weights upcast at load (see peak MB)"
+            )
+        return what
+    if model == "binary":
+        return "TensorRT engine (fp16), bitmaps::BinaryLinear = the bitmaps TensorRT plugin"
+    return f"TensorRT engine ({'fp16' if model == 'fp16' else 'fp32'})"
+
+
+# --------------------------------------------------------------------------- runners
+
+
+class TorchRunner:
+    """A module called as ``module(input_ids=..., attention_mask=...)`` under inference_mode."""
+
+    def __init__(self, module: nn.Module, device: str) -> None:
+        self.module = module
+        self.device = device
+
+    def prepare(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return ids.to(self.device), mask.to(self.device)
+
+    def __call__(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> Any:
+        with torch.inference_mode():
+            return self.module(input_ids=inputs[0], attention_mask=inputs[1])
+
+
+class OrtRunner:
+    """An ONNX Runtime session: plain (``function``), or our kernel (``kernel``) on a file that
+    already holds ``kernel_model``'s rewrite (bitmaps/runtime/artifacts.py)."""
+
+    device = "cpu"
+
+    def __init__(self, onnx_path: str, session: str, threads: int) -> None:
+        from bitmaps.runtime.onnxruntime import function_session
+
+        if session == "kernel":
+            self.session = kernel_session_from_file(onnx_path, threads)
+        else:
+            self.session = function_session(onnx_path, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def prepare(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+        given = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+        return {name: given[name] for name in self.input_names}
+
+    def __call__(self, feed: dict[str, Any]) -> Any:
+        return self.session.run(None, feed)
+
+
+def kernel_session_from_file(path: str | os.PathLike, threads: int) -> Any:
+    """``kernel_session``'s session, opened from a file already rewritten by ``kernel_model``.
+
+    Why not ``kernel_session`` itself: it hands ONNX Runtime the rewritten model as bytes, and
+    ONNX Runtime then keeps a second copy of every weight (binary BERT-base encoder: 234 MB
+    resident instead of 109 MB from a file, measured), which would double the peak memory we
+    report. Same options, same PyOp, same graph, except one: ONNX Runtime's intra-op threads do
+    not spin while idle. Inside a BinaryLinear node our kernel runs on torch's threads; spinning
+    ONNX Runtime threads take their cores (binary BERT-base encoder, batch 1, seq 128, 2 cores:
+    1173 ms with spinning vs 54 ms without, measured at real-time priority; 2316 vs 356 ms on a
+    busy machine).
+    """
+    import onnxruntime as ort
+    from onnxruntime_extensions import get_library_path
+
+    from bitmaps.runtime.onnxruntime import _register_pyop, session_options
+
+    _register_pyop()
+    so = session_options(threads)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.register_custom_ops_library(get_library_path())
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+class TrtRunner:
+    """A TensorRT engine through :class:`bitmaps.runtime.tensorrt.TensorRTEngine`."""
+
+    device = "cuda"
+
+    def __init__(self, engine_path: str) -> None:
+        from bitmaps.runtime.tensorrt import TensorRTEngine
+
+        self.engine = TensorRTEngine(engine_path)
+
+    def prepare(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        given = {"input_ids": ids.cuda(), "attention_mask": mask.cuda()}
+        return {name: given[name] for name in self.engine.inputs}
+
+    def __call__(self, feed: dict[str, torch.Tensor]) -> Any:
+        return self.engine.run(feed)

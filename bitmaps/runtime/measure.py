@@ -1,0 +1,316 @@
+"""One (model, backend, device) measured in a fresh process: latency per shape and peak memory.
+
+``python -m bitmaps.runtime.measure JOB.json`` is started by :mod:`bitmaps.runtime.profile` once
+per (model, backend, device), so that no model's memory, allocator caches, thread pools or JIT
+state leak into another's numbers. It prints one line ``RESULT_PREFIX {json}`` per (batch, seq)
+as soon as it is measured (the parent's progress bar follows them); a user-fixable problem is a
+line ``RESULT_PREFIX {"error": ...}`` and exit code 2.
+
+Method, per shape (shapes in ascending batch x seq order):
+
+- inputs: ``rotations`` batches of random token ids (generator seeded by seed, batch, seq), all
+  positions attended; identical in every process, so every model sees the same inputs; call i
+  uses batch ``i % rotations``.
+- latency of one call on one batch: ``warmup`` untimed calls, then timed calls until at least
+  ``repeats`` calls and ``min_time`` seconds, or ``max_time`` seconds (and 3 calls). CPU:
+  ``time.perf_counter`` around the call, Python's GC off while timing; threads = ``threads``
+  (torch intra-op and ONNX Runtime intra-op). CUDA: CUDA events around a CUDA graph replay
+  (torch; eager if the model cannot be captured) or around the engine call (TensorRT).
+- peak memory, CPU: RSS. The process's RSS is read after imports and inputs (``rss0``); after the
+  model is loaded, freed memory is returned to the OS (``malloc_trim``) and the kernel's peak-RSS
+  mark is reset (``/proc/self/clear_refs``, Linux >= 4.0), so that loading transients (a random
+  FP32 init that is then binarized, a protobuf being parsed) do not count; before each shape the
+  trim and reset are repeated. ``peak = VmHWM after the shape - rss0``: the model's resident
+  weights plus what running the shape needs. CUDA: ``torch.cuda.max_memory_allocated`` minus
+  the allocation before the model (torch); the drop of free device memory (TensorRT, whose
+  allocations bypass torch).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import gc
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+RESULT_PREFIX = "BITMAPS-PROFILE "
+MIN_CALLS = 3
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def rss_bytes() -> int:
+    return _status_kb("VmRSS") * 1024
+
+
+def hwm_bytes() -> int:
+    return _status_kb("VmHWM") * 1024
+
+
+def release_and_reset_peak() -> bool:
+    """Give freed heap back to the OS, then reset the peak-RSS mark; False if it cannot reset."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def make_inputs(vocab_size: int, batch: int, seq: int, seed: int, rotations: int) -> list:
+    """``rotations`` (input_ids, attention_mask) pairs, int64 on CPU; ids avoid the first 1000
+    vocabulary entries (special and unused tokens in BERT vocabularies)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + batch * 10_007 + seq)
+    low = min(1000, vocab_size - 1)
+    out = []
+    for _ in range(rotations):
+        ids = torch.randint(low, vocab_size, (batch, seq), generator=g, dtype=torch.int64)
+        out.append((ids, torch.ones(batch, seq, dtype=torch.int64)))
+    return out
+
+
+def time_calls(call: Callable[[int], float], timing: dict[str, Any]) -> list[float]:
+    """Warm up, then ``call(i)`` (which returns milliseconds) until the stop rule holds."""
+    for i in range(timing["warmup"]):
+        call(i)
+    samples: list[float] = []
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        while True:
+            samples.append(call(len(samples)))
+            elapsed = time.perf_counter() - start
+            n = len(samples)
+            if n >= timing["repeats"] and elapsed >= timing["min_time"]:
+                break
+            if elapsed >= timing["max_time"] and n >= min(MIN_CALLS, timing["repeats"]):
+                break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return samples
+
+
+def _cpu_timer(runner: Any, feeds: list) -> Callable[[int], float]:
+    def call(i: int) -> float:
+        t0 = time.perf_counter()
+        runner(feeds[i % len(feeds)])
+        return (time.perf_counter() - t0) * 1e3
+
+    return call
+
+
+def _cuda_event_timer(runner: Any, feeds: list) -> Callable[[int], float]:
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def call(i: int) -> float:
+        start.record()
+        runner(feeds[i % len(feeds)])
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    return call
+
+
+def _cuda_graph_timer(runner: Any, feeds: list) -> Callable[[int], float] | None:
+    """Capture the torch module once on static input buffers; None if it cannot be captured."""
+    import torch
+
+    static = tuple(t.clone() for t in feeds[0])
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                runner(static)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            runner(static)
+    except Exception:  # noqa: BLE001 - any capture failure means: time it eagerly instead
+        torch.cuda.synchronize()
+        return None
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+    def call(i: int) -> float:
+        for dst, src in zip(static, feeds[i % len(feeds)], strict=True):
+            dst.copy_(src)  # before the start event: not timed
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+
+    return call
+
+
+def _load_runner(job: dict[str, Any]) -> Any:
+    from bitmaps.runtime import backends as B
+
+    backend, device = job["backend"], job["device"]
+    if backend == "torch":
+        from bitmaps.runtime.backends import ModelSource
+
+        source = ModelSource(**job["source"])
+        mlm = B.load_mlm(source, job["model"])
+        module = B.inference_module(mlm, job["model"], job["output"], device)
+        del mlm
+        return B.TorchRunner(module, device)
+    if backend == "onnxruntime":
+        return B.OrtRunner(job["artifact"], job["session"], job["threads"])
+    return B.TrtRunner(job["artifact"])
+
+
+@dataclasses.dataclass
+class Baseline:
+    """Memory in use before the model was loaded."""
+
+    rss: int  # process RSS, bytes
+    cuda_allocated: int = 0  # torch.cuda.memory_allocated()
+    cuda_free: int = 0  # free device memory (cudaMemGetInfo)
+
+
+def _describe(runner: Any, job: dict[str, Any]) -> dict[str, Any]:
+    """Weight bytes by part and the saved state_dict's size, for a torch module; else nothing."""
+    from bitmaps.runtime import backends as B
+
+    if job["backend"] != "torch":
+        return {}
+    module = runner.module
+    return {
+        "weights": B.weight_breakdown(module),
+        "file_bytes": B.state_dict_bytes(module, Path(job["workdir"])),
+    }
+
+
+def _measure_shape(
+    runner: Any, job: dict[str, Any], base: Baseline, batch: int, seq: int
+) -> dict[str, Any]:
+    import torch
+
+    cuda = job["device"] == "cuda"
+    pairs = make_inputs(job["vocab_size"], batch, seq, job["seed"], job["timing"]["rotations"])
+    feeds = [runner.prepare(ids, mask) for ids, mask in pairs]
+    method = "perf_counter"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        free0 = torch.cuda.mem_get_info()[0]
+        call = _cuda_graph_timer(runner, feeds) if job["backend"] == "torch" else None
+        method = "cuda events + cuda graph" if call else "cuda events"
+        call = call or _cuda_event_timer(runner, feeds)
+    else:
+        reset_ok = release_and_reset_peak()
+        call = _cpu_timer(runner, feeds)
+    samples = time_calls(call, job["timing"])
+    if cuda:
+        torch.cuda.synchronize()
+        if job["backend"] == "torch":
+            peak = torch.cuda.max_memory_allocated() - base.cuda_allocated
+        else:
+            peak = base.cuda_free - min(free0, torch.cuda.mem_get_info()[0])
+        peak_method = (
+            "torch.cuda.max_memory_allocated"
+            if job["backend"] == "torch"
+            else ("drop of free CUDA memory since before the engine was loaded")
+        )
+    else:
+        peak = hwm_bytes() - base.rss
+        peak_method = "VmHWM - RSS before load" + (
+            "" if reset_ok else " (peak not reset: includes loading)"
+        )
+    ms = np.asarray(samples)
+    p50, p90, p99 = (float(np.percentile(ms, q)) for q in (50, 90, 99))
+    return {
+        "batch": batch,
+        "seq": seq,
+        "latency_ms_p50": p50,
+        "latency_ms_p90": p90,
+        "latency_ms_p99": p99,
+        "throughput_seq_s": batch * 1e3 / p50,
+        "peak_mem_bytes": peak,
+        "calls": len(samples),
+        "timed_s": float(ms.sum()) / 1e3,
+        "method": method,
+        "peak_method": peak_method,
+    }
+
+
+def _import_runtime(backend: str) -> None:
+    """Import what loading and running will import, so that code is not counted as model memory."""
+    import transformers.models.bert.modeling_bert  # noqa: F401
+
+    import bitmaps.models  # noqa: F401
+    import bitmaps.runtime.backends  # noqa: F401
+    import bitmaps.train.binary_linear  # noqa: F401
+
+    if backend == "onnxruntime":
+        import onnxruntime_extensions  # noqa: F401
+
+        import bitmaps.runtime.onnxruntime  # noqa: F401
+    elif backend == "tensorrt":
+        import bitmaps.runtime.tensorrt  # noqa: F401
+
+
+def run_job(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
+    """Load the runner, then measure every shape of ``job``, emitting one dict per shape."""
+    import torch
+
+    threads = job["threads"]
+    torch.set_num_threads(threads)
+    _import_runtime(job["backend"])
+    base = Baseline(rss_bytes())
+    if job["device"] == "cuda":
+        torch.cuda.init()
+        base.cuda_allocated = torch.cuda.memory_allocated()
+        base.cuda_free = torch.cuda.mem_get_info()[0]
+    runner = _load_runner(job)
+    emit({"loaded": _describe(runner, job)})
+    shapes = sorted((tuple(s) for s in job["shapes"]), key=lambda s: (s[0] * s[1], s))
+    for batch, seq in shapes:
+        emit(_measure_shape(runner, job, base, batch, seq))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bitmaps.errors import BitmapsError
+
+    argv = sys.argv[1:] if argv is None else argv
+    job = json.loads(Path(argv[0]).read_text())
+
+    def emit(result: dict[str, Any]) -> None:
+        print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        run_job(job, emit)
+    except BitmapsError as exc:
+        emit({"error": str(exc)})
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""``bitmaps profile``: latency and memory of binary vs FP32 and FP16, per backend, plus accuracy.
+
+:func:`run_profile` validates everything first (backends, models and their sources, shapes
+against the model's ``max_position_embeddings``, output paths, ``--data``), so bad input fails
+before any work and leaves no file (checks: bitmaps/runtime/plan.py). Then it scores accuracy
+when ``--data`` is given, makes the files the backends need (bitmaps/runtime/artifacts.py),
+measures each (model, backend, device) in a fresh process (bitmaps/runtime/measure.py has the
+method), and returns a :class:`ProfileResult`: rows in DESIGN.md's schema plus run metadata.
+Report, JSON and plot are bitmaps/runtime/report.py.
+
+Accuracy (``--data``): masked-LM cross entropy, accuracy and MRR of each model's torch module
+with its MLM head, in the model's dtype, on the held-out split of the teacher's tokenization
+with the data pipeline's fixed masks (``eval_batches``), so every model is scored on the same
+masked positions. A model's numbers are repeated on each of its backend rows; the exports those
+backends run were verified against the same torch module when they were written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bitmaps.config import ProfileConfig
+from bitmaps.errors import BitmapsError
+from bitmaps.runtime import backends as B
+from bitmaps.runtime.measure import RESULT_PREFIX
+from bitmaps.runtime.plan import (
+    ProfileJob,
+    Target,
+    check_outputs,
+    check_shapes,
+    command_line,
+    default_threads,
+    model_config,
+    plan,
+)
+
+Log = Callable[[str], None]
+ROW_KEYS = (
+    "model",
+    "backend",
+    "device",
+    "batch",
+    "seq",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "latency_ms_p99",
+    "throughput_seq_s",
+    "weights_mb",
+    "file_mb",
+    "peak_mem_mb",
+)
+ACCURACY_KEYS = ("cross_entropy", "accuracy", "mrr")
+
+
+@dataclasses.dataclass
+class ProfileResult:
+    rows: list[dict[str, Any]]
+    meta: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"meta": self.meta, "rows": self.rows}
+
+
+def _worker_job(job: ProfileJob, t: Target, artifact: Any, vocab: int, workdir: Path) -> dict:
+    cfg = job.config
+    return {
+        "backend": t.backend,
+        "device": t.device,
+        "model": t.model,
+        "output": cfg.output,
+        "source": job.source.to_dict(),
+        "artifact": str(artifact.path) if artifact else None,
+        "session": "kernel" if t.model == "binary" else "function",
+        "shapes": [[b, s] for b in cfg.batches for s in cfg.seqs],
+        "vocab_size": vocab,
+        "seed": cfg.seed,
+        "threads": cfg.threads or default_threads(),
+        "workdir": str(workdir),
+        "timing": {
+            k: getattr(cfg, k) for k in ("warmup", "repeats", "min_time", "max_time", "rotations")
+        },
+    }
+
+
+def run_worker(worker_job: dict[str, Any], on_result: Callable[[dict], None]) -> None:
+    """Run bitmaps.runtime.measure in a fresh interpreter; ``on_result`` gets each line."""
+    import bitmaps
+
+    env = dict(os.environ)
+    root = str(Path(bitmaps.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env["OMP_NUM_THREADS"] = str(worker_job["threads"])
+    with tempfile.TemporaryDirectory(prefix="bitmaps-profile-") as tmp:
+        job_file, err_file = Path(tmp) / "job.json", Path(tmp) / "stderr.txt"
+        job_file.write_text(json.dumps(worker_job))
+        with open(err_file, "w") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bitmaps.runtime.measure", str(job_file)],
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                env=env,
+            )
+            assert proc.stdout is not None
+            error = None
+            for line in proc.stdout:
+                if line.startswith(RESULT_PREFIX):
+                    result = json.loads(line[len(RESULT_PREFIX) :])
+                    if "error" in result:
+                        error = result["error"]
+                    else:
+                        on_result(result)
+            code = proc.wait()
+        if error is not None:
+            raise BitmapsError(error)
+        if code != 0:
+            tail = err_file.read_text(errors="replace").strip().splitlines()[-20:]
+            where = f"{worker_job['model']} on {worker_job['backend']} ({worker_job['device']})"
+            raise RuntimeError(f"measuring {where} failed (exit {code}):\n" + "\n".join(tail))
+
+
+def _artifacts(job: ProfileJob, targets: list[Target], workdir: Path, log: Log) -> dict:
+    from bitmaps.runtime.artifacts import engine_artifact, kernel_artifact, onnx_artifact
+
+    made: dict[tuple[str, str], Any] = {}
+
+    def onnx(model: str, dtype: str) -> Any:
+        if (model, dtype) not in made:
+            made[model, dtype] = onnx_artifact(
+                job.source, model, dtype, job.config.output, workdir, log
+            )
+        return made[model, dtype]
+
+    shapes = [(b, s) for b in job.config.batches for s in job.config.seqs]
+    out: dict[Target, Any] = {}
+    for t in targets:
+        if t.backend == "onnxruntime" and t.model == "binary":
+            out[t] = kernel_artifact(onnx(t.model, "fp32"), log)
+        elif t.backend == "onnxruntime":
+            out[t] = onnx(t.model, t.model)
+        elif t.backend == "tensorrt":
+            fp16 = t.model != "fp32"
+            out[t] = engine_artifact(
+                onnx(t.model, "fp16" if fp16 else "fp32"), fp16, shapes, workdir, log
+            )
+    return out
+
+
+def _accuracy(job: ProfileJob, models: list[str], log: Log) -> tuple[dict, dict]:
+    """Per model: cross entropy, accuracy, MRR on the held-out split (see module docstring)."""
+    from bitmaps.config import DataConfig
+    from bitmaps.models import load_model
+    from bitmaps.train.binary_linear import pack_binary_linears_
+    from bitmaps.train.data import build_corpus, eval_batches
+    from bitmaps.train.evaluate import evaluate_model
+
+    loaded = {m: load_model(job.source.spec(m)) for m in models}
+    tokenizers = {info["sha256"] for info in (x.tokenizer_info for x in loaded.values()) if info}
+    if len(tokenizers) > 1:
+        raise BitmapsError(
+            "teacher and student tokenizers differ: they cannot be scored on the same masked tokens"
+        )
+    first = next(iter(loaded.values()))
+    data_cfg = DataConfig()
+    corpus = build_corpus(job.data, first.tokenizer, data_cfg, log=log)
+    heldout = corpus.heldout
+    if job.config.eval_sequences:
+        heldout = heldout[: job.config.eval_sequences]
+    device = "cuda" if B.torch.cuda.is_available() and job.config.device != "cpu" else "cpu"
+    scores = {}
+    for m, x in loaded.items():
+        model = x.model
+        if m == "binary":
+            pack_binary_linears_(model)
+        model = model.to(B.float_dtype(m, device))
+        batches = eval_batches(heldout, first.tokenizer, data_cfg, batch_size=32)
+        log(f"scoring {m} on {len(heldout)} held-out sequences ...")
+        scores[m] = evaluate_model(model, batches, device=device)
+    meta = {
+        "data": [str(p) for p in job.data],
+        "sequences": len(heldout),
+        "masked_tokens": int(next(iter(scores.values())).get("masked_tokens", 0)),
+        "how": f"torch on {device}, MLM head, each model in its own dtype, fixed eval masks; "
+        "the same numbers on every backend row of a model",
+    }
+    return scores, meta
+
+
+def _machine(threads: int) -> dict[str, Any]:
+    import torch
+
+    from bitmaps.ops import native_status
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("onnxruntime", "onnxruntime_extensions", "transformers", "tensorrt"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": threads,
+        "gpu": gpu,
+        "platform": platform.platform(),
+        "versions": versions,
+        "native_status": native_status(),
+        "cpu_fp16_math": B.cpu_has_fp16_math(),
+    }
+
+
+def _scheduling() -> str:
+    """This process's scheduling policy (inherited by the workers), e.g. under ``chrt -f 10``."""
+    names = {
+        getattr(os, n, None): n
+        for n in ("SCHED_OTHER", "SCHED_FIFO", "SCHED_RR", "SCHED_BATCH", "SCHED_IDLE")
+    }
+    try:
+        policy = os.sched_getscheduler(0)
+        priority = os.sched_getparam(0).sched_priority
+    except (AttributeError, OSError):
+        return "unknown"
+    return f"{names.get(policy, policy)} priority {priority}, nice {os.nice(0)}"
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average: other work on the machine skews CPU timings (see the report)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _validate(job: ProfileJob) -> tuple[list[Target], list[dict], list[str], Any, Path]:
+    """Every check that needs no measuring; returns targets, skipped, models, config, workdir."""
+    check_outputs(job)
+    targets, skipped = plan(job)
+    models = sorted({t.model for t in targets}, key=ProfileConfig.MODELS.index)
+    hf_config = model_config(job, set(models))
+    check_shapes(job.config, hf_config)
+    from bitmaps.assets import cache_root
+
+    workdir = Path(job.workdir) if job.workdir else cache_root() / "profile"
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BitmapsError(f"cannot use --workdir {workdir}: {exc}") from None
+    return targets, skipped, models, hf_config, workdir
+
+
+def _measure_all(
+    job: ProfileJob, targets: list[Target], artifacts: dict, vocab: int, workdir: Path
+) -> tuple[list[tuple[Target, dict]], dict[Target, dict]]:
+    """One worker per target, under a progress bar; (target, result) per shape, and load infos."""
+    from bitmaps.progress import ProgressReporter
+
+    cfg = job.config
+    raw: list[tuple[Target, dict]] = []
+    loaded: dict[Target, dict] = {}
+    total = len(targets) * len(cfg.batches) * len(cfg.seqs)
+    with ProgressReporter(total, "profile", log_every=1) as progress:
+        for t in targets:
+
+            def on_result(r: dict, t: Target = t) -> None:
+                if "loaded" in r:
+                    loaded[t] = r["loaded"]
+                    return
+                raw.append((t, r))
+                progress.update(
+                    1,
+                    now=f"{t.model} {t.backend} {t.device} {r['batch']}x{r['seq']}",
+                    p50_ms=r["latency_ms_p50"],
+                )
+
+            run_worker(_worker_job(job, t, artifacts.get(t), vocab, workdir), on_result)
+    return raw, loaded
+
+
+def _row(t: Target, r: dict, info: dict, artifact: Any, scores: dict) -> dict[str, Any]:
+    weights = artifact.weights_bytes if artifact else info["weights"]["total"]
+    file_bytes = artifact.file_bytes if artifact else info["file_bytes"]
+    row = {
+        "model": t.model,
+        "backend": t.backend,
+        "device": t.device,
+        "batch": r["batch"],
+        "seq": r["seq"],
+        **{k: r[k] for k in ROW_KEYS[5:9]},
+        "weights_mb": weights / B.MB,
+        "file_mb": file_bytes / B.MB,
+        "peak_mem_mb": r["peak_mem_bytes"] / B.MB,
+    }
+    row.update({k: scores[t.model][k] for k in ACCURACY_KEYS if t.model in scores})
+    return row
+
+
+def _weights_by_part(job: ProfileJob, models: list[str], loaded: dict[Target, dict]) -> dict:
+    """MB by part per model: from the torch CPU workers, else counted here on a CPU module."""
+    weights: dict[str, dict[str, float]] = {}
+    for t, info in loaded.items():
+        if "weights" in info and t.device == "cpu":
+            weights.setdefault(t.model, {k: v / B.MB for k, v in info["weights"].items()})
+    for m in models:
+        if m not in weights:
+            module = B.inference_module(B.load_mlm(job.source, m), m, job.config.output, "cpu")
+            weights[m] = {k: v / B.MB for k, v in B.weight_breakdown(module).items()}
+            del module
+    return weights
+
+
+def run_profile(job: ProfileJob, log: Log = print) -> ProfileResult:
+    """Validate, score accuracy (``--data``), make the files, measure; see the module docstring."""
+    cfg = job.config
+    targets, skipped, models, hf_config, workdir = _validate(job)
+    for s in skipped:
+        log(f"skipped {s['backend']} {s['model']} ({s['device']}): {s['reason']}")
+    # Accuracy first: a problem with the text surfaces before minutes of measuring.
+    scores, accuracy_meta = _accuracy(job, models, log) if job.data else ({}, None)
+    artifacts = _artifacts(job, targets, workdir, log)
+    load_before = _load_average()
+    raw, loaded = _measure_all(job, targets, artifacts, int(hf_config.vocab_size), workdir)
+    load_after = _load_average()
+    rows = [_row(t, r, loaded.get(t, {}), artifacts.get(t), scores) for t, r in raw]
+    runs = [
+        {k: row[k] for k in ROW_KEYS[:5]}
+        | {k: r[k] for k in ("calls", "timed_s", "method", "peak_method")}
+        for row, (_, r) in zip(rows, raw, strict=True)
+    ]
+    machine = _machine(cfg.threads or default_threads())
+    machine["load_average_1min"] = [load_before, load_after]
+    machine["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
+    machine["scheduling"] = _scheduling()
+    meta = {
+        "format": "bitmaps-profile",
+        "version": 1,
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": command_line(job),
+        "source": job.source.describe(),
+        "shape": job.source.shape,
+        "output": cfg.output,
+        "machine": machine,
+        "config": cfg.to_dict(),
+        "skipped": skipped,
+        "paths": [
+            {
+                "backend": t.backend,
+                "device": t.device,
+                "model": t.model,
+                "path": B.path_description(t.backend, t.device, t.model),
+                "file": str(artifacts[t].path) if t in artifacts else None,
+            }
+            for t in targets
+        ],
+        "weights_by_part_mb": _weights_by_part(job, models, loaded),
+        "accuracy": accuracy_meta,
+        "runs": runs,
+        "units": "latency: ms per call on one batch; throughput: batch / p50; MB: 10^6 bytes",
+    }
+    return ProfileResult(rows, meta)

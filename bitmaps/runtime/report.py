@@ -1,0 +1,330 @@
+"""What ``bitmaps profile`` shows and writes: terminal tables, speed-ups, JSON, the plot.
+
+JSON (``--json FILE``)::
+
+    {"meta": {...}, "rows": [{"model", "backend", "device", "batch", "seq", "latency_ms_p50",
+     "latency_ms_p90", "latency_ms_p99", "throughput_seq_s", "weights_mb", "file_mb",
+     "peak_mem_mb" [, "cross_entropy", "accuracy", "mrr"]}, ...]}
+
+``rows`` is DESIGN.md's list of rows, exactly its keys; everything else about the run (machine,
+versions, kernel path, date, the command, method, which code path produced each row, weight bytes
+by part, what was skipped and why) is in ``meta``. :func:`load` also reads a bare list of rows.
+``--show FILE`` re-prints the tables from such a file without measuring anything.
+
+Columns (MB = 10^6 bytes):
+
+- ``latency_ms_p50/p90/p99``: one forward call on one batch of ``batch`` x ``seq`` tokens
+  (bitmaps/runtime/measure.py: warm-up, adaptive repeats, rotated inputs, CUDA events on GPU).
+  With the default ``--repeats 20`` p99 is close to the slowest call; ask for more to resolve it.
+- ``throughput_seq_s``: ``batch / p50``.
+- ``weights_mb``: bytes of the weights the backend holds for the profiled model — torch: every
+  parameter and buffer of the module at its stored dtype (packed int32 signs: 4 bytes per 32
+  weights; FP32 embeddings in full); ONNX Runtime / TensorRT: the initializers of the ONNX file.
+  ``meta.weights_by_part_mb`` splits it into ``encoder`` (the transformer layers: what is
+  binarized), ``embeddings`` and ``head`` (``--output logits`` only).
+- ``file_mb``: what would be shipped — the ONNX file, the engine, or for torch the size of
+  ``torch.save(module.state_dict())``.
+- ``peak_mem_mb``: peak runtime memory above the process's memory before the model was loaded:
+  RSS on CPU (weights resident + activations + runtime workspaces), CUDA allocations on GPU.
+
+Speed-ups are ratios of p50 latencies measured in the same run: binary vs fp32 and vs fp16 on
+each backend, and the best binary row vs the best FP32 row of any backend, per device and shape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bitmaps.atomic import atomic_output
+from bitmaps.errors import BitmapsError
+from bitmaps.runtime.profile import ACCURACY_KEYS, ROW_KEYS, ProfileResult
+
+MODEL_ORDER = {"fp32": 0, "fp16": 1, "binary": 2}
+GOAL = {"device": "cpu", "batch": 1, "seq": 128, "speedup": 4.0, "aim": 8.0, "smaller": 7.0}
+
+
+def save(result: ProfileResult, path: str | Path) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+def load(path: str | Path) -> ProfileResult:
+    """A JSON file written by ``--json`` (or a bare list of rows), checked row by row."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BitmapsError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BitmapsError(f"{path} is not a bitmaps profile JSON file: {exc}") from None
+    rows, meta = (data, {}) if isinstance(data, list) else (None, {})
+    if isinstance(data, dict):
+        rows, meta = data.get("rows"), data.get("meta") or {}
+    if not isinstance(rows, list) or not rows:
+        raise BitmapsError(f"{path} holds no profile rows (written by `bitmaps profile --json`?)")
+    for i, row in enumerate(rows):
+        missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise BitmapsError(f"{path}: row {i} lacks {', '.join(missing)}")
+    return ProfileResult(rows, meta)
+
+
+def _ms(v: float) -> str:
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+
+
+def _mb(v: float | None) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return f"{v:.1f}" if v >= 1 else f"{v:.3f}"
+
+
+def sorted_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(
+        rows,
+        key=lambda r: (
+            r["device"],
+            r["batch"],
+            r["seq"],
+            r["backend"],
+            MODEL_ORDER.get(r["model"], 9),
+        ),
+    )
+
+
+def main_table(result: ProfileResult) -> Table:
+    rows = sorted_rows(result.rows)
+    accuracy = any(k in r for r in rows for k in ACCURACY_KEYS)
+    table = Table(title="bitmaps profile", title_justify="left")
+    for name in ("model", "backend", "device", "batch", "seq"):
+        table.add_column(name)
+    for name in ("p50 ms", "p90 ms", "p99 ms", "seq/s", "weights MB", "file MB", "peak MB"):
+        table.add_column(name, justify="right")
+    if accuracy:
+        for name in ("cross entropy", "accuracy", "MRR"):
+            table.add_column(name, justify="right")
+    for r in rows:
+        cells = [
+            r["model"],
+            r["backend"],
+            r["device"],
+            str(r["batch"]),
+            str(r["seq"]),
+            _ms(r["latency_ms_p50"]),
+            _ms(r["latency_ms_p90"]),
+            _ms(r["latency_ms_p99"]),
+            f"{r['throughput_seq_s']:.1f}",
+            _mb(r["weights_mb"]),
+            _mb(r["file_mb"]),
+            _mb(r["peak_mem_mb"]),
+        ]
+        if accuracy:
+            cells += [f"{r[k]:.4f}" if k in r else "" for k in ACCURACY_KEYS]
+        table.add_row(*cells)
+    return table
+
+
+def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (backend, device, batch, seq) with a binary row: p50 of fp32 / binary, fp16 / binary."""
+    index = {(r["model"], r["backend"], r["device"], r["batch"], r["seq"]): r for r in rows}
+    out = []
+    for (model, *where), r in sorted(index.items(), key=lambda kv: kv[0][1:]):
+        if model != "binary":
+            continue
+        ratio = {}
+        for base in ("fp32", "fp16"):
+            b = index.get((base, *where))
+            ratio[base] = b["latency_ms_p50"] / r["latency_ms_p50"] if b else None
+        out.append(
+            {
+                "backend": where[0],
+                "device": where[1],
+                "batch": where[2],
+                "seq": where[3],
+                "binary_ms": r["latency_ms_p50"],
+                "vs_fp32": ratio["fp32"],
+                "vs_fp16": ratio["fp16"],
+            }
+        )
+    return out
+
+
+def best_vs_best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (device, batch, seq): the fastest binary row against the fastest FP32 row."""
+    out = []
+    shapes = sorted({(r["device"], r["batch"], r["seq"]) for r in rows})
+    for device, batch, seq in shapes:
+        here = [r for r in rows if (r["device"], r["batch"], r["seq"]) == (device, batch, seq)]
+        best = {}
+        for model in ("fp32", "fp16", "binary"):
+            cands = [r for r in here if r["model"] == model]
+            best[model] = min(cands, key=lambda r: r["latency_ms_p50"]) if cands else None
+        if best["binary"] and best["fp32"]:
+            out.append(
+                {
+                    "device": device,
+                    "batch": batch,
+                    "seq": seq,
+                    "binary": best["binary"],
+                    "fp32": best["fp32"],
+                    "fp16": best["fp16"],
+                    "speedup": best["fp32"]["latency_ms_p50"] / best["binary"]["latency_ms_p50"],
+                }
+            )
+    return out
+
+
+def _x(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
+def speedup_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="speed-up of binary (p50 latency ratio, same run)", title_justify="left")
+    for name in ("backend", "device", "batch", "seq"):
+        table.add_column(name)
+    for name in ("binary p50 ms", "vs fp32", "vs fp16"):
+        table.add_column(name, justify="right")
+    for s in speedups(rows):
+        table.add_row(
+            s["backend"],
+            s["device"],
+            str(s["batch"]),
+            str(s["seq"]),
+            _ms(s["binary_ms"]),
+            _x(s["vs_fp32"]),
+            _x(s["vs_fp16"]),
+        )
+    return table
+
+
+def weights_lines(result: ProfileResult) -> list[str]:
+    """Weight bytes by part (encoder = what is binarized); [Nx] = fp32's bytes / this model's."""
+    parts = result.meta.get("weights_by_part_mb") or {}
+    if "fp32" not in parts:
+        return []
+    base, lines = parts["fp32"], []
+    scope = "embeddings + encoder"
+    if result.meta.get("output", "hidden") == "logits":
+        scope += " + MLM head"
+    for model in ("fp32", "fp16", "binary"):
+        if model not in parts:
+            continue
+        p = parts[model]
+        lines.append(
+            f"  {model:6s}  encoder {p['encoder']:7.1f} MB [{base['encoder'] / p['encoder']:4.1f}x]"
+            f"   whole model as profiled ({scope}) {p['total']:6.1f} MB "
+            f"[{base['total'] / p['total']:3.1f}x]   embeddings {p['embeddings']:.1f} MB"
+            + (f", head {p['head']:.1f} MB" if p["head"] else "")
+        )
+    return lines
+
+
+def goal_lines(result: ProfileResult) -> list[str]:
+    """Best binary vs best FP32 per shape; the project's goals where this run measured them."""
+    lines, goals = [], []
+    bert_base = result.meta.get("shape") == "bert-base"
+    for b in best_vs_best(result.rows):
+        line = (
+            f"  {b['device']}, batch {b['batch']}, seq {b['seq']}: best binary "
+            f"{_ms(b['binary']['latency_ms_p50'])} ms ({b['binary']['backend']}) vs best fp32 "
+            f"{_ms(b['fp32']['latency_ms_p50'])} ms ({b['fp32']['backend']}): {b['speedup']:.2f}x"
+        )
+        if b["fp16"]:
+            line += f"; best fp16 {_ms(b['fp16']['latency_ms_p50'])} ms ({b['fp16']['backend']})"
+        lines.append(line)
+        if bert_base and (b["device"], b["batch"], b["seq"]) == (
+            GOAL["device"],
+            GOAL["batch"],
+            GOAL["seq"],
+        ):
+            met = "met" if b["speedup"] >= GOAL["speedup"] else "NOT met"
+            goals.append(
+                f"  goal: binary BERT-base encoder on CPU, batch 1, seq 128, >= "
+                f"{GOAL['speedup']:.0f}x faster than the best FP32 backend (aim "
+                f"{GOAL['aim']:.0f}x): {met} ({b['speedup']:.2f}x)"
+            )
+    parts = result.meta.get("weights_by_part_mb") or {}
+    if bert_base and {"fp32", "binary"} <= set(parts):
+        enc = parts["fp32"]["encoder"] / parts["binary"]["encoder"]
+        whole = parts["fp32"]["total"] / parts["binary"]["total"]
+        met = "met" if enc >= GOAL["smaller"] else "NOT met"
+        goals.append(
+            f"  goal: binary encoder >= {GOAL['smaller']:.0f}x smaller in weight bytes than FP32: "
+            f"{met} ({enc:.1f}x for the encoder layers; {whole:.1f}x for the whole encoder model "
+            "with its FP32 embeddings)"
+        )
+    return lines + goals
+
+
+def print_report(result: ProfileResult, console: Console | None = None) -> None:
+    """Tables and summary lines on stdout (wide enough for every column when not a terminal)."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=200)
+    meta = result.meta
+    console.print(main_table(result))
+    if speedups(result.rows):
+        console.print(speedup_table(result.rows))
+    for title, lines in (
+        ("binary vs the best backend of each model (p50):", goal_lines(result)),
+        ("weight bytes (parameters + buffers as stored; MB = 10^6 bytes):", weights_lines(result)),
+    ):
+        if lines:
+            console.print(title, highlight=False)
+            for line in lines:
+                console.print(line, highlight=False, markup=False)
+    paths = meta.get("paths") or []
+    if paths:
+        console.print("code path of each row:", highlight=False)
+        seen = set()
+        for p in paths:
+            key = (p["backend"], p["device"], p["model"])
+            if key not in seen:
+                seen.add(key)
+                console.print(
+                    f"  {p['model']} / {p['backend']} ({p['device']}): {p['path']}",
+                    highlight=False,
+                    markup=False,
+                )
+    for s in meta.get("skipped") or []:
+        console.print(
+            f"skipped {s['backend']} {s['model']} ({s['device']}): {s['reason']}",
+            highlight=False,
+            markup=False,
+        )
+    m = meta.get("machine") or {}
+    if m:
+        console.print(
+            f"machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('threads')} threads"
+            + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+            + f"; {m.get('native_status')}",
+            highlight=False,
+            markup=False,
+        )
+    busy = [x for x in m.get("load_average_1min") or [] if x is not None]
+    if busy and m.get("cores") and max(busy) > 0.5 * m["cores"]:
+        load = (
+            f"1-minute load average {' -> '.join(f'{x:.1f}' for x in busy)} on {m['cores']} cores"
+        )
+        if str(m.get("scheduling", "")).startswith(("SCHED_FIFO", "SCHED_RR")):
+            text = (
+                f"note: other work ran during the measurement ({load}); this run had real-time "
+                f"priority ({m['scheduling']}), so that work could not preempt it (it still "
+                "shared caches and memory bandwidth)"
+            )
+        else:
+            text = (
+                f"warning: the machine was busy while measuring ({load}): CPU timings are "
+                "skewed by the other work; re-run on a quiet machine"
+            )
+        console.print(text, highlight=False, markup=False)
+    if meta.get("command"):
+        console.print(f"{meta.get('date', '')}: {meta['command']}", highlight=False, markup=False)

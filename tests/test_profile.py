@@ -1,0 +1,390 @@
+"""`bitmaps profile`: rows for every available (model, backend) in DESIGN.md's schema, the plot,
+`--show`, weight bytes of binary BERT-base, the measuring helpers, and bad input (one line, exit 2,
+no output file).
+
+The end-to-end runs use a real small model: BERT-tiny as the teacher and its binarization as the
+student (untrained: latency and memory do not depend on training; accuracy is only checked for
+consistency), with few repeats.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from bitmaps.cli import main
+
+SCHEMA = {
+    "model",
+    "backend",
+    "device",
+    "batch",
+    "seq",
+    "latency_ms_p50",
+    "latency_ms_p90",
+    "latency_ms_p99",
+    "throughput_seq_s",
+    "weights_mb",
+    "file_mb",
+    "peak_mem_mb",
+}
+ACCURACY = {"cross_entropy", "accuracy", "mrr"}
+FAST = ["--repeats", "2", "--min-time", "0", "--warmup", "1"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["profile", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _available(backend: str) -> bool:
+    from bitmaps.runtime.backends import backend_problem
+
+    return backend_problem(backend) is None
+
+
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory, bert_tiny_dir):
+    """(teacher.pt, student.pt): BERT-tiny and its W1A1 binarization, as bitmaps checkpoints."""
+    from bitmaps.checkpoint import save_checkpoint
+    from bitmaps.config import BinarizeConfig
+    from bitmaps.models import load_model
+    from bitmaps.train.binary_linear import binarize_
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    loaded = load_model("bert-tiny")
+    teacher = save_checkpoint(
+        folder / "teacher.pt",
+        model=loaded.model,
+        tokenizer=loaded.tokenizer_info,
+        meta={"stage": "teacher"},
+    )
+    student_model = copy.deepcopy(loaded.model)
+    cfg = BinarizeConfig()
+    binarize_(student_model, cfg)
+    student = save_checkpoint(
+        folder / "student.pt",
+        model=student_model,
+        tokenizer=loaded.tokenizer_info,
+        binarize=cfg.to_dict(),
+        meta={"stage": "student"},
+    )
+    return teacher, student
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_pair, tmp_path_factory, sotu_dir):
+    """One real run over every backend installed here, with --data, --json and --plot."""
+    teacher, student = tiny_pair
+    out = tmp_path_factory.mktemp("profile")
+    json_path, plot_path = out / "profile.json", out / "profile.png"
+    args = ["--model", str(student), "--teacher", str(teacher), "--backend", "all"]
+    args += ["--batch", "1,2", "--seq", "8,16", "--data", str(sotu_dir), "--eval-sequences", "16"]
+    args += ["--json", str(json_path), "--plot", str(plot_path), "--workdir", str(out / "work")]
+    args += FAST
+    code = main(["profile", *args])
+    assert code == 0
+    return json_path, plot_path
+
+
+@pytest.mark.slow
+def test_rows_for_every_available_model_and_backend(tiny_run) -> None:
+    data = json.loads(tiny_run[0].read_text())
+    rows, meta = data["rows"], data["meta"]
+    expected = {("torch", "cpu", "fp32"), ("torch", "cpu", "binary")}
+    if torch.cuda.is_available():
+        expected |= {("torch", "cuda", m) for m in ("fp32", "fp16", "binary")}
+    if _available("onnxruntime"):
+        expected |= {("onnxruntime", "cpu", m) for m in ("fp32", "fp16", "binary")}
+    if _available("tensorrt"):
+        expected |= {("tensorrt", "cuda", m) for m in ("fp32", "fp16", "binary")}
+    else:
+        assert any(
+            s["backend"] == "tensorrt" and "TensorRT" in s["reason"] for s in meta["skipped"]
+        )
+    assert {(r["backend"], r["device"], r["model"]) for r in rows} == expected
+    for target in expected:  # every (batch, seq) of every (model, backend, device)
+        shapes = {(r["batch"], r["seq"]) for r in rows if (r["backend"], r["device"], r["model"])
+                  == target}  # fmt: skip
+        assert shapes == {(1, 8), (1, 16), (2, 8), (2, 16)}, target
+    for r in rows:
+        assert set(r) == SCHEMA | ACCURACY, r
+        lat = [r["latency_ms_p50"], r["latency_ms_p90"], r["latency_ms_p99"]]
+        assert all(math.isfinite(v) and v > 0 for v in lat), r
+        assert lat == sorted(lat), r
+        assert r["throughput_seq_s"] == pytest.approx(r["batch"] * 1e3 / r["latency_ms_p50"])
+        assert r["weights_mb"] > 0 and r["file_mb"] > 0 and r["peak_mem_mb"] > 0, r
+        assert 0 < r["accuracy"] <= r["mrr"] <= 1 and r["cross_entropy"] > 0
+    assert meta["command"].startswith("bitmaps profile --model")
+    assert meta["machine"]["threads"] >= 1 and meta["machine"]["native_status"]
+    paths = {(p["backend"], p["device"], p["model"]): p["path"] for p in meta["paths"]}
+    assert set(paths) == expected
+    if _available("onnxruntime"):
+        assert "PyOp" in paths["onnxruntime", "cpu", "binary"]
+        assert "plain ONNX Runtime" in paths["onnxruntime", "cpu", "fp32"]
+
+
+@pytest.mark.slow
+def test_binary_rows_are_smaller_and_accuracy_is_per_model(tiny_run) -> None:
+    rows = json.loads(tiny_run[0].read_text())["rows"]
+    by = {(r["backend"], r["model"], r["batch"], r["seq"]): r for r in rows}
+    for (backend, model, b, s), r in by.items():
+        if model == "binary" and (backend, "fp32", b, s) in by:
+            assert r["weights_mb"] < by[backend, "fp32", b, s]["weights_mb"]
+    for model in ("fp32", "binary"):  # one model, one evaluation, on every backend row
+        scores = {
+            (r["cross_entropy"], r["accuracy"], r["mrr"]) for r in rows if r["model"] == model
+        }
+        assert len(scores) == 1
+
+
+@pytest.mark.slow
+def test_plot_is_a_png(tiny_run) -> None:
+    data = tiny_run[1].read_bytes()
+    assert len(data) > 10_000 and data.startswith(PNG_MAGIC)
+
+
+@pytest.mark.slow
+def test_show_round_trip(capsys, tiny_run, tmp_path) -> None:
+    json_path = tiny_run[0]
+    code, first, err = run(capsys, "--show", str(json_path), "--plot", str(tmp_path / "again.png"))
+    assert code == 0, err
+    rows = json.loads(json_path.read_text())["rows"]
+    for r in rows:
+        assert f"{r['throughput_seq_s']:.1f}" in first
+    assert "speed-up of binary" in first and "vs fp32" in first
+    assert (tmp_path / "again.png").read_bytes().startswith(PNG_MAGIC)
+    code, second, _ = run(capsys, "--show", str(json_path))
+    assert code == 0 and second == first
+    bare = tmp_path / "rows.json"  # a bare list of rows is a valid file too
+    bare.write_text(json.dumps(rows))
+    code, out, err = run(capsys, "--show", str(bare))
+    assert code == 0, err
+    assert "bitmaps profile" in out
+
+
+def test_bert_base_binary_weights(capsys, tmp_path) -> None:
+    """BERT-base shapes: the encoder (what is binarized) > 7x smaller; the whole encoder model
+    with its FP32 embeddings > 4x; fp32 = 4 bytes per parameter of BertModel(BertConfig())."""
+    from transformers import BertConfig, BertModel
+
+    json_path = tmp_path / "p.json"
+    code, out, err = run(
+        capsys,
+        "--shape",
+        "bert-base",
+        "--backend",
+        "torch",
+        "--models",
+        "fp32,binary",
+        "--batch",
+        "1",
+        "--seq",
+        "8",
+        "--json",
+        str(json_path),
+        "--repeats",
+        "1",
+        "--min-time",
+        "0",
+        "--warmup",
+        "0",
+    )
+    assert code == 0, err
+    data = json.loads(json_path.read_text())
+    w = {r["model"]: r["weights_mb"] for r in data["rows"]}
+    with torch.device("meta"):
+        ref = BertModel(BertConfig(), add_pooling_layer=False)
+    fp32_bytes = sum(p.numel() * 4 for p in ref.parameters())
+    fp32_bytes += sum(b.numel() * b.element_size() for b in ref.buffers())
+    assert w["fp32"] == pytest.approx(fp32_bytes / 1e6, rel=1e-9)
+    assert w["binary"] < w["fp32"] / 4
+    parts = data["meta"]["weights_by_part_mb"]
+    assert parts["binary"]["encoder"] < parts["fp32"]["encoder"] / 7
+    assert parts["binary"]["embeddings"] == parts["fp32"]["embeddings"]  # kept in FP32
+    assert "goal: binary encoder >= 7x smaller in weight bytes than FP32: met" in out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def test_time_calls_stop_rule() -> None:
+    from bitmaps.runtime.measure import time_calls
+
+    calls = []
+
+    def call(i: int) -> float:
+        calls.append(i)
+        return 1.0
+
+    timing = {"warmup": 2, "repeats": 5, "min_time": 0.0, "max_time": 10.0}
+    samples = time_calls(call, timing)
+    assert samples == [1.0] * 5 and calls == [0, 1, 0, 1, 2, 3, 4]  # 2 warm-up, 5 timed
+    timing = {"warmup": 0, "repeats": 10**9, "min_time": 0.0, "max_time": 0.05}
+    assert 3 <= len(time_calls(call, timing)) < 10**9  # max_time ends it
+
+
+def test_inputs_are_the_same_for_every_model() -> None:
+    from bitmaps.runtime.measure import make_inputs
+
+    a = make_inputs(30522, 2, 16, seed=0, rotations=3)
+    b = make_inputs(30522, 2, 16, seed=0, rotations=3)
+    assert len(a) == 3 and all(torch.equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0][0], a[1][0])  # rotated: different batches
+    assert int(a[0][0].min()) >= 1000 and a[0][1].dtype == torch.int64
+
+
+def test_weight_breakdown_counts_packed_words() -> None:
+    from transformers import BertConfig, BertForMaskedLM
+
+    from bitmaps.config import BinarizeConfig
+    from bitmaps.runtime.backends import inference_module, weight_breakdown
+    from bitmaps.train.binary_linear import binarize_
+
+    cfg = BertConfig(
+        vocab_size=100,
+        hidden_size=40,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=70,
+        max_position_embeddings=32,
+    )
+    fp32 = BertForMaskedLM(cfg).eval()
+    binary = copy.deepcopy(fp32)
+    binarize_(binary, BinarizeConfig())
+    a = weight_breakdown(inference_module(fp32, "fp32", "hidden", "cpu"))
+    b = weight_breakdown(inference_module(binary, "binary", "hidden", "cpu"))
+    # per layer: 4 linears 40->40, 40->70, 70->40; FP32 weights out, packed words + scale in
+    words = 4 * 40 * 2 + 70 * 2 + 40 * 3  # ceil(40/32) = 2, ceil(70/32) = 3
+    dropped = (4 * 40 * 40 + 40 * 70 + 70 * 40) * 4
+    added = words * 4 + (4 * 40 + 70 + 40) * 4  # packed int32 + float32 w_scale
+    assert a["encoder"] - b["encoder"] == 2 * (dropped - added)
+    assert a["embeddings"] == b["embeddings"] and a["head"] == 0
+    assert a["total"] == a["encoder"] + a["embeddings"]
+
+
+def test_speedups_from_rows() -> None:
+    from bitmaps.runtime.report import best_vs_best, speedups
+
+    def row(model: str, backend: str, p50: float) -> dict:
+        return {
+            "model": model,
+            "backend": backend,
+            "device": "cpu",
+            "batch": 1,
+            "seq": 128,
+            "latency_ms_p50": p50,
+        }
+
+    rows = [
+        row("fp32", "torch", 100.0),
+        row("binary", "torch", 25.0),
+        row("fp16", "torch", 50.0),
+        row("fp32", "onnxruntime", 80.0),
+        row("binary", "onnxruntime", 40.0),
+    ]
+    s = {x["backend"]: x for x in speedups(rows)}
+    assert s["torch"]["vs_fp32"] == 4.0 and s["torch"]["vs_fp16"] == 2.0
+    assert s["onnxruntime"]["vs_fp32"] == 2.0 and s["onnxruntime"]["vs_fp16"] is None
+    (best,) = best_vs_best(rows)
+    assert best["fp32"]["backend"] == "onnxruntime" and best["binary"]["backend"] == "torch"
+    assert best["speedup"] == 80.0 / 25.0
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--backend", "torch,nope"], "nope"),
+        (["--batch", "0"], "batch size must be >= 1"),
+        (["--batch", "1,x"], "--batch"),
+        (["--seq", "513"], "512"),
+        (["--models", "int8"], "int8"),
+        (["--model", "student.pt"], "--teacher"),
+        (["--teacher", "teacher.pt", "--models", "binary"], "--model"),
+        (["--teacher", "nope.pt", "--models", "fp32"], "nope.pt"),
+        (["--shape", "bert-base", "--model", "s.pt", "--teacher", "t.pt"], "not both"),
+        (["--shape", "bert-base", "--data", "x.txt"], "--data"),
+        (["--repeats", "0"], "repeats"),
+        (["--min-time", "5", "--max-time", "1"], "max_time"),
+    ],
+)
+def test_bad_input_one_line_no_output(capsys, tmp_path, monkeypatch, args, needle) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = ["--json", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png")]
+    code, _, err = run(capsys, *args, *out, "--workdir", str(tmp_path / "w"))
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "p.json").exists() and not (tmp_path / "p.png").exists()
+
+
+def test_tensorrt_not_installed(capsys, tmp_path) -> None:
+    if _available("tensorrt"):
+        pytest.skip("TensorRT is installed here with a GPU: nothing to refuse")
+    code, _, err = run(capsys, "--backend", "tensorrt", "--json", str(tmp_path / "p.json"))
+    assert_one_line_error(code, err, "TensorRT")
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_cuda_without_gpu(capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present: --device cuda is valid here")
+    code, _, err = run(capsys, "--device", "cuda")
+    assert_one_line_error(code, err, "CUDA")
+
+
+def test_missing_data_with_real_checkpoints(capsys, tmp_path, tiny_pair) -> None:
+    teacher, student = tiny_pair
+    code, _, err = run(
+        capsys,
+        "--model",
+        str(student),
+        "--teacher",
+        str(teacher),
+        "--data",
+        str(tmp_path / "missing.txt"),
+        "--json",
+        str(tmp_path / "p.json"),
+    )
+    assert_one_line_error(code, err, "missing.txt")
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_swapped_checkpoints(capsys, tiny_pair) -> None:
+    teacher, student = tiny_pair
+    code, _, err = run(capsys, "--model", str(teacher), "--teacher", str(student))
+    assert_one_line_error(code, err, "not")
+
+
+def test_plot_must_be_png(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "--plot", str(tmp_path / "p.jpg"))
+    assert_one_line_error(code, err, ".png")
+
+
+@pytest.mark.parametrize("content", ["", "{not json", '{"rows": []}', '[{"model": "fp32"}]'])
+def test_show_bad_files(capsys, tmp_path, content) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    code, _, err = run(capsys, "--show", str(path))
+    assert_one_line_error(code, err, str(path))
+
+
+def test_show_missing_file(capsys, tmp_path) -> None:
+    code, _, err = run(capsys, "--show", str(tmp_path / "none.json"))
+    assert_one_line_error(code, err, "none.json")
