@@ -1,21 +1,26 @@
 """The ``bitmaps::`` PyTorch ops, defined once: schema, fake kernel, plain-PyTorch reference.
 
-=================  ==================================================================================
-``pack_signs``     float ``[..., K]`` → int32 ``[..., ceil(K/32)]`` (layout: bitmaps/export/packing.py)
-``xnor_gemm``      packed ``[M, KW]``, packed ``[N, KW]``, K → int32 ``[M, N]`` = K − 2·popcount(a⊕b)
+=================  ===============================================================================
+``pack_signs``     float ``[..., K]`` → int32 ``[..., ceil(K/32)]`` (bitmaps/export/packing.py)
+``xnor_gemm``      packed ``[M, KW]``, packed ``[N, KW]``, K → int32 ``[M, N]`` = K − 2·popc(a⊕b)
 ``binary_linear``  fused binarize + pack + XNOR GEMM + scale + bias; the ONNX op of DESIGN.md
-=================  ==================================================================================
+=================  ===============================================================================
 
 The reference implementations (``reference_*``) are the ground truth for every test. They are also
 registered as the ``CompositeExplicitAutograd`` kernels, so the ops run on any device without native
 code; importing :mod:`bitmaps._C` (when it was built) registers faster CPU/CUDA kernels for the same
-schemas, which then take precedence for their device.
+schemas, which then take precedence for their device. On CPU the compiled kernels pick an AVX-512,
+AVX2 or scalar path at run time; :func:`forced_cpu_path` pins one (tests, benchmarks).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
+from bitmaps.errors import BitmapsError
 from bitmaps.export.packing import pack_signs as _pack_signs_reference
 from bitmaps.export.packing import packed_width, unpack_signs
 
@@ -54,8 +59,8 @@ def reference_binary_linear(
 ) -> torch.Tensor:
     """The ``bitmaps::BinaryLinear`` op of DESIGN.md, in float32, cast back to the dtype of ``x``::
 
-        x' = x − β ;  s[m] = act_scale if act_scale > 0 else mean_k |x'[m, k]|
-        y[m, n] = s[m] · w_scale[n] · (K − 2·popcount(sign_bits(x'[m]) XOR W[n])) + bias[n]
+    x' = x − β ;  s[m] = act_scale if act_scale > 0 else mean_k |x'[m, k]|
+    y[m, n] = s[m] · w_scale[n] · (K − 2·popcount(sign_bits(x'[m]) XOR W[n])) + bias[n]
     """
     xf = x.float() - act_threshold
     xs = torch.where(xf < 0, -1.0, 1.0)
@@ -77,27 +82,95 @@ torch.library.impl(_lib, "xnor_gemm", "CompositeExplicitAutograd")(reference_xno
 torch.library.impl(_lib, "binary_linear", "CompositeExplicitAutograd")(reference_binary_linear)
 
 
+# The fake kernels check what the compiled kernels check (same messages), so shape and dtype errors
+# surface while tracing too, and a call that mixes devices (say CPU x with a meta w, which the
+# dispatcher routes here) fails instead of returning an uninitialised tensor.
+
+
+def _check_same_device(op: str, **tensors: torch.Tensor | None) -> None:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    first = next(iter(devices.values()))
+    torch._check(
+        all(d == first for d in devices.values()),
+        lambda: (
+            f"bitmaps::{op}: all tensors must be on one device, got "
+            + ", ".join(f"{name} on {d}" for name, d in devices.items())
+        ),
+    )
+
+
+def _check_packed(op: str, name: str, t: torch.Tensor, k: int) -> None:
+    torch._check(
+        t.dtype == torch.int32, lambda: f"bitmaps::{op}: {name} must be int32, got {t.dtype}"
+    )
+    torch._check(
+        t.dim() == 2 and t.shape[1] == packed_width(k),
+        lambda: (
+            f"bitmaps::{op}: {name} must have shape [rows, {packed_width(k)}] "
+            f"(ceil(k/32) words for k={k}), got {list(t.shape)}"
+        ),
+    )
+
+
 @torch.library.register_fake("bitmaps::pack_signs")
 def _pack_signs_fake(x: torch.Tensor) -> torch.Tensor:
+    torch._check(x.dim() >= 1, lambda: "bitmaps::pack_signs: x must have at least one dimension")
+    torch._check(
+        x.dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64),
+        lambda: (
+            f"bitmaps::pack_signs: x must be float32, float16, bfloat16 or float64, got {x.dtype}"
+        ),
+    )
     return x.new_empty((*x.shape[:-1], packed_width(x.shape[-1])), dtype=torch.int32)
 
 
 @torch.library.register_fake("bitmaps::xnor_gemm")
 def _xnor_gemm_fake(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
-    torch._check(a.shape[-1] == b.shape[-1], lambda: "xnor_gemm: a and b packed widths differ")
+    _check_same_device("xnor_gemm", a=a, b=b)
+    torch._check(k >= 1, lambda: f"bitmaps::xnor_gemm: k must be >= 1, got {k}")
+    _check_packed("xnor_gemm", "a", a, k)
+    _check_packed("xnor_gemm", "b", b, k)
     return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
 
 
 @torch.library.register_fake("bitmaps::binary_linear")
-def _binary_linear_fake(x, w, w_scale, bias, in_features, act_threshold, act_scale):
-    torch._check(x.shape[-1] == in_features, lambda: "binary_linear: x.shape[-1] != in_features")
+def _binary_linear_fake(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    act_threshold: float,
+    act_scale: float,
+) -> torch.Tensor:
+    _check_same_device("binary_linear", x=x, w=w, w_scale=w_scale, bias=bias)
+    torch._check(
+        x.dtype in (torch.float32, torch.float16),
+        lambda: f"bitmaps::binary_linear: x must be float32 or float16, got {x.dtype}",
+    )
+    torch._check(
+        in_features >= 1 and x.dim() >= 1 and x.shape[-1] == in_features,
+        lambda: (
+            f"bitmaps::binary_linear: x.shape[-1] must equal in_features={in_features}, "
+            f"got x of shape {list(x.shape)}"
+        ),
+    )
+    _check_packed("binary_linear", "w", w, in_features)
+    for name, t in (("w_scale", w_scale), ("bias", bias)):
+        torch._check(
+            t is None or (t.dtype == torch.float32 and t.shape == (w.shape[0],)),
+            lambda name=name, t=t: (
+                f"bitmaps::binary_linear: {name} must be float32 of shape "
+                f"[{w.shape[0]}], got {t.dtype} {list(t.shape)}"
+            ),
+        )
     return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 
 # --------------------------------------------------------------------------- native kernels
 
 try:  # registers CPU (and CUDA, where built) kernels for the schemas above
-    from bitmaps import _C  # noqa: F401
+    from bitmaps import _C
 
     _NATIVE_ERROR: str | None = None
 except ImportError as exc:  # a pure-Python install: the reference kernels serve every device
@@ -113,7 +186,42 @@ def native_status() -> str:
     """One line for logs and reports: which kernels serve the ops."""
     if _NATIVE_ERROR is not None:
         return f"reference kernels only (bitmaps._C not loaded: {_NATIVE_ERROR})"
-    return "native kernels (bitmaps._C)"
+    try:
+        path = _C.cpu_path()
+    except RuntimeError as exc:  # a bad BITMAPS_CPU_PATH: say so here, the ops will raise it
+        path = f"unusable: {exc}"
+    return f"native kernels (bitmaps._C, CPU path {path})"
+
+
+def cpu_path() -> str | None:
+    """The CPU kernel path the next call takes ("avx512", "avx2", "scalar"); None without _C.
+
+    Precedence: :func:`forced_cpu_path` / ``bitmaps._C.set_cpu_path`` > the environment variable
+    ``BITMAPS_CPU_PATH`` > the best path this CPU supports.
+    """
+    return _C.cpu_path() if _NATIVE_ERROR is None else None
+
+
+def cpu_paths_supported() -> list[str]:
+    """CPU kernel paths this CPU can run, fastest first (empty without :mod:`bitmaps._C`)."""
+    return list(_C.cpu_paths_supported()) if _NATIVE_ERROR is None else []
+
+
+@contextlib.contextmanager
+def forced_cpu_path(name: str) -> Iterator[None]:
+    """Run the CPU ops on one path ("avx512", "avx2", "scalar", "auto") inside the block.
+
+    Process-wide (not per thread); on exit the choice goes back to ``BITMAPS_CPU_PATH`` / auto
+    (blocks do not nest). Raises RuntimeError for a path this CPU lacks, ValueError for an
+    unknown name, BitmapsError when :mod:`bitmaps._C` is not built.
+    """
+    if _NATIVE_ERROR is not None:
+        raise BitmapsError(f"cannot force CPU path {name!r}: {native_status()}")
+    _C.set_cpu_path(name)
+    try:
+        yield
+    finally:
+        _C.set_cpu_path(None)
 
 
 # Convenience callables: tests, benchmarks and modules call the ops by these names.

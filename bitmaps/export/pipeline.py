@@ -186,9 +186,6 @@ def write_onnx(model: onnx.ModelProto, out: str | os.PathLike) -> int:
     return out.stat().st_size
 
 
-_write = write_onnx  # the name bitmaps/runtime/artifacts.py was written against
-
-
 def export_student(
     checkpoint: str | os.PathLike, out: str | os.PathLike, cfg: ExportConfig, log: Log = _nothing
 ) -> ExportSummary:

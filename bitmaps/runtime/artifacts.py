@@ -8,8 +8,8 @@ go through bitmaps.export.pipeline (checked and verified in ONNX Runtime before 
 written, atomically).
 
 ``--shape bert-base`` binary: ``export_student`` takes a student *checkpoint*, which carries a
-tokenizer that a bare shape does not have, so that one export calls the pipeline's own steps
-(``_export_checked``, ``_verify``, ``_write``) on the in-memory student instead.
+tokenizer that a bare shape does not have, so that one export goes through ``export_verified`` +
+``write_onnx`` on the in-memory student instead.
 """
 
 from __future__ import annotations
@@ -112,15 +112,12 @@ def _export(source: ModelSource, model: str, path: Path, cfg: ExportConfig, log:
     elif not source.shape:
         summary = pipeline.export_student(source.spec(model), path, cfg, log=log)
     else:
-        from bitmaps.export.onnx_export import prepare_model
         from bitmaps.runtime.backends import load_mlm
 
-        wrapper = prepare_model(load_mlm(source, "binary"), cfg.dtype, cfg.output)
-        onnx_model = pipeline._export_checked(
-            wrapper, cfg, binary=True, source=source.shape, log=log
+        result = pipeline.export_verified(
+            load_mlm(source, "binary"), cfg, binary=True, source=source.shape, log=log
         )
-        pipeline._verify(onnx_model, wrapper, None, cfg, cfg.backends, log)
-        pipeline._write(onnx_model, path)
+        pipeline.write_onnx(result.model, path)
         log(f"wrote {path}")
         return
     log(summary.line())
@@ -129,18 +126,14 @@ def _export(source: ModelSource, model: str, path: Path, cfg: ExportConfig, log:
 def kernel_artifact(onnx: Artifact, log: Log) -> Artifact:
     """``onnx`` rewritten for the kernel session (``kernel_model``), saved beside it.
 
-    The worker opens this file by path (see ``backends.kernel_session_from_file``); weights and
+    The worker opens this file by path (``kernel_session(..., prepared=True)``); weights and
     file size stay those of the exported model, which is what a user ships.
     """
-    import onnx as onnx_lib
-
-    from bitmaps.atomic import atomic_output
-    from bitmaps.runtime.onnxruntime import kernel_model
+    from bitmaps.runtime.onnxruntime import save_kernel_model
 
     path = onnx.path.with_suffix(".kernel.onnx")
     if not path.is_file():
-        with atomic_output(path) as tmp:
-            onnx_lib.save(kernel_model(onnx.path), str(tmp))
+        save_kernel_model(onnx.path, path)
         log(f"wrote {path} (for ONNX Runtime with the bitmaps kernel)")
     return dataclasses.replace(onnx, path=path)
 

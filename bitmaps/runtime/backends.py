@@ -256,10 +256,10 @@ class OrtRunner:
     device = "cpu"
 
     def __init__(self, onnx_path: str, session: str, threads: int) -> None:
-        from bitmaps.runtime.onnxruntime import function_session
+        from bitmaps.runtime.onnxruntime import function_session, kernel_session
 
         if session == "kernel":
-            self.session = kernel_session_from_file(onnx_path, threads)
+            self.session = kernel_session(onnx_path, threads, prepared=True)
         else:
             self.session = function_session(onnx_path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -270,30 +270,6 @@ class OrtRunner:
 
     def __call__(self, feed: dict[str, Any]) -> Any:
         return self.session.run(None, feed)
-
-
-def kernel_session_from_file(path: str | os.PathLike, threads: int) -> Any:
-    """``kernel_session``'s session, opened from a file already rewritten by ``kernel_model``.
-
-    Why not ``kernel_session`` itself: it hands ONNX Runtime the rewritten model as bytes, and
-    ONNX Runtime then keeps a second copy of every weight (binary BERT-base encoder: 234 MB
-    resident instead of 109 MB from a file, measured), which would double the peak memory we
-    report. Same options, same PyOp, same graph, except one: ONNX Runtime's intra-op threads do
-    not spin while idle. Inside a BinaryLinear node our kernel runs on torch's threads; spinning
-    ONNX Runtime threads take their cores (binary BERT-base encoder, batch 1, seq 128, 2 cores:
-    1173 ms with spinning vs 54 ms without, measured at real-time priority; 2316 vs 356 ms on a
-    busy machine).
-    """
-    import onnxruntime as ort
-    from onnxruntime_extensions import get_library_path
-
-    from bitmaps.runtime.onnxruntime import _register_pyop, session_options
-
-    _register_pyop()
-    so = session_options(threads)
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.register_custom_ops_library(get_library_path())
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 class TrtRunner:
