@@ -42,7 +42,17 @@ def _extensions() -> tuple[list, dict]:
         print("bitmaps: torch not importable at build time; installing without bitmaps._C", file=sys.stderr)
         return [], {}
 
-    cxx = ["-O3", "-std=c++17", "-fvisibility=hidden", "-DBITMAPS_TORCH_EXTENSION"]
+    # -ffp-contract=off: no fused multiply-add behind our back, so the CPU epilogue rounds exactly
+    # like the float32 reference ((dot * s) * w_scale + bias). SIMD code needs no -m flags: the
+    # AVX2 / AVX-512 functions carry target attributes and are picked at run time.
+    # No -std flag: BuildExtension adds the standard the installed torch's headers need (C++20 for
+    # torch 2.13, C++17 for older releases); the kernels themselves are plain C++17.
+    cxx = ["-O3", "-fvisibility=hidden", "-ffp-contract=off"]
+    cxx += ["-DBITMAPS_TORCH_EXTENSION"]
+    # at::parallel_for is a serial loop in code compiled without OpenMP. torch ships libgomp.so.1
+    # (loaded before bitmaps._C), so -fopenmp shares torch's thread pool and torch.set_num_threads.
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    cxx += openmp
     include_dirs = [os.path.join(ROOT, "csrc")]
     sources = _sources("csrc/kernels/*.cpp") + _sources("csrc/torch/*.cpp")
     if not sources:
@@ -52,17 +62,22 @@ def _extensions() -> tuple[list, dict]:
         if "TORCH_CUDA_ARCH_LIST" not in os.environ:
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0a"
         sources += _sources("csrc/kernels/*.cu") + _sources("csrc/torch/*.cu")
-        nvcc = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         ext = CUDAExtension(
             "bitmaps._C",
             sources,
             include_dirs=include_dirs,
             define_macros=[("BITMAPS_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            extra_link_args=openmp,
         )
     else:
         ext = CppExtension(
-            "bitmaps._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx}
+            "bitmaps._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx},
+            extra_link_args=openmp,
         )
 
     class OptionalBuildExtension(BuildExtension):

@@ -1,0 +1,55 @@
+// Per-path entry points behind cpu_kernels.h (internal: cpu_kernels.cpp dispatches to them).
+//
+// Each path implements the same three functions with the semantics documented in cpu_kernels.h.
+// The AVX2 / AVX-512 ones exist only on x86 builds and must be called only when
+// cpu_path_supported() says so: they are compiled for those instruction sets.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cpu_half.h"
+#include "kernels/cpu_kernels.h"
+
+namespace bitmaps::cpu::detail {
+
+#define BITMAPS_DECLARE_CPU_PATH(suffix)                                                           \
+  void pack_signs_f32_##suffix(const float* x, int64_t rows, int64_t k, bool subtract, float beta, \
+                               float* row_abs_mean, int32_t* out);                                 \
+  void pack_signs_f16_##suffix(const uint16_t* x, int64_t rows, int64_t k, bool subtract,          \
+                               float beta, float* row_abs_mean, int32_t* out);                     \
+  void xnor_gemm_tile_##suffix(const GemmArgs& args, int64_t m0, int64_t m1, int64_t n0,           \
+                               int64_t n1);
+
+BITMAPS_DECLARE_CPU_PATH(scalar)
+#if defined(BITMAPS_HAVE_X86_PATHS)
+BITMAPS_DECLARE_CPU_PATH(avx2)
+BITMAPS_DECLARE_CPU_PATH(avx512)
+#endif
+
+#undef BITMAPS_DECLARE_CPU_PATH
+
+// Mask of the valid lanes of a `lanes`-wide vector of which `valid` (may exceed lanes) exist.
+inline uint32_t lane_mask(int64_t valid, int lanes) {
+  if (valid >= lanes) return lanes >= 32 ? 0xFFFFFFFFu : ((1u << lanes) - 1u);
+  return valid <= 0 ? 0u : ((1u << valid) - 1u);
+}
+
+// The epilogue for one output element, in the exact float32 operation order of the reference
+// ((dot * s) * w_scale + bias, no fused multiply-add), so every path rounds the same way.
+inline void store_output(const GemmArgs& g, int64_t m, int64_t col, int32_t dot) {
+  const int64_t at = m * g.n + col;
+  if (g.output == GemmOutput::kDotInt32) {
+    static_cast<int32_t*>(g.out)[at] = dot;
+    return;
+  }
+  float y = static_cast<float>(dot) * g.row_scale[m];
+  y = y * g.col_scale[col];
+  if (g.bias != nullptr) y = y + g.bias[col];
+  if (g.output == GemmOutput::kFloat32) {
+    static_cast<float*>(g.out)[at] = y;
+  } else {
+    static_cast<uint16_t*>(g.out)[at] = float_to_half(y);
+  }
+}
+
+}  // namespace bitmaps::cpu::detail

@@ -1,0 +1,297 @@
+"""The compiled CPU kernels of ``xnor_gemm`` and ``binary_linear`` against the references of
+bitmaps/ops.py, on each CPU path forced in turn, plus dispatch, threading, opcheck and bad input.
+
+Tolerance of ``binary_linear`` (documented here, used below):
+
+- sign bits and the integer dot product are exact on every path, so with a fixed activation scale
+  (act_scale > 0) the output equals the reference bit for bit, float32 and float16 alike
+  (same float32 operations in the same order: (dot * s) * w_scale + bias, no FMA);
+- with act_scale == 0 the per-row scale mean|x - beta| is summed in a different order than torch
+  does (the kernel sums in float64 and rounds once), so s may differ in the last float32 bits.
+  float32 outputs: |y - ref| <= 4e-6 * (|ref - bias| + |bias|), ~30 ulp, while a single flipped
+  sign moves the output by 2/|dot| >= 2/K (>= 6.5e-4 relative at K = 3072): a flip is caught.
+  float16 outputs: one float16 rounding step more, <= 2^-10 relative (one half ulp step).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bitmaps import ops
+
+K_VALUES = (1, 31, 32, 33, 100, 768, 3072)
+PATHS = ("avx512", "avx2", "scalar")
+NEEDS_C = "needs bitmaps._C (build it: python setup.py build_ext --inplace)"
+needs_c = pytest.mark.skipif(not ops.native_available(), reason=NEEDS_C)
+
+
+@pytest.fixture(params=PATHS)
+def cpu_path(request):
+    """Forces one CPU kernel path for the test; skips where the build or the CPU lacks it."""
+    if not ops.native_available():
+        pytest.skip(NEEDS_C)
+    if request.param not in ops.cpu_paths_supported():
+        pytest.skip(
+            f"needs a CPU with the {request.param} path (this one: {ops.cpu_paths_supported()})"
+        )
+    with ops.forced_cpu_path(request.param):
+        yield request.param
+
+
+def _calls(op: str, path: str) -> int:
+    from bitmaps import _C
+
+    return _C.native_call_counts()[f"{op}/{path}"]
+
+
+def _packed(rows: int, k: int) -> torch.Tensor:
+    return ops.reference_pack_signs(torch.randn(rows, k))
+
+
+def _layer(n: int, k: int, bias: bool = True):
+    w = _packed(n, k)
+    w_scale = torch.rand(n) + 0.05
+    b = torch.randn(n) if bias else None
+    return w, w_scale, b
+
+
+def _check_binary_linear(x, w, w_scale, b, k, beta, act_scale):
+    y = ops.binary_linear(x, w, w_scale, b, k, beta, act_scale)
+    ref = ops.reference_binary_linear(x, w, w_scale, b, k, beta, act_scale)
+    assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], w.shape[0])
+    if act_scale > 0:
+        assert torch.equal(y, ref), (y - ref).abs().max()
+        return
+    diff = (y.double() - ref.double()).abs()
+    bias = torch.zeros(()) if b is None else b.double()
+    scale = (ref.double() - bias).abs() + bias.abs()
+    rel = 4e-6 if x.dtype == torch.float32 else 2.0**-10 + 4e-6
+    assert torch.all(diff <= rel * scale), (diff / scale).max()
+
+
+# ------------------------------------------------------------------------------------ xnor_gemm
+
+
+@pytest.mark.parametrize("k", K_VALUES)
+@pytest.mark.parametrize("m,n", [(37, 53), (1, 1), (5, 17), (64, 130)])
+def test_xnor_gemm_matches_reference_exactly(cpu_path, k, m, n):
+    a, b = _packed(m, k), _packed(n, k)
+    before = _calls("xnor_gemm", cpu_path)
+    got = ops.xnor_gemm(a, b, k)
+    assert _calls("xnor_gemm", cpu_path) == before + 1, "the native kernel did not run"
+    assert got.dtype == torch.int32 and got.shape == (m, n)
+    assert torch.equal(got, ops.reference_xnor_gemm(a, b, k))
+
+
+@pytest.mark.parametrize("k", (1, 33, 100))
+def test_xnor_gemm_ignores_garbage_padding_bits(cpu_path, k):
+    a, b = _packed(9, k), _packed(21, k)
+    ref = ops.reference_xnor_gemm(a, b, k)
+    junk = torch.tensor(-(1 << (k % 32)), dtype=torch.int32)  # every bit past k set
+    a[:, -1] |= junk
+    b[::2, -1] |= junk
+    assert torch.equal(ops.xnor_gemm(a, b, k), ref)
+
+
+@pytest.mark.parametrize("k", (100, 3072))
+def test_xnor_gemm_extremes(cpu_path, k):
+    """All-equal and all-opposite rows: every bit of every XOR word set (counter overflow)."""
+    a = ops.reference_pack_signs(torch.stack([torch.ones(k), -torch.ones(k)]))
+    b = ops.reference_pack_signs(torch.stack([torch.ones(k), -torch.ones(k)] * 9))
+    assert ops.xnor_gemm(a, b, k).tolist() == [[k, -k] * 9, [-k, k] * 9]
+
+
+# -------------------------------------------------------------------------------- binary_linear
+
+
+@pytest.mark.parametrize("k", K_VALUES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("act_scale", [0.0, 0.37])
+def test_binary_linear_matches_reference(cpu_path, k, dtype, act_scale):
+    w, w_scale, b = _layer(53, k)
+    x = (torch.randn(3, 7, k) * 2).to(dtype)  # batch dims [3, 7], M = 21 (odd), N = 53 (odd)
+    before = _calls("binary_linear", cpu_path)
+    _check_binary_linear(x, w, w_scale, b, k, 0.25, act_scale)
+    assert _calls("binary_linear", cpu_path) == before + 1, "the native kernel did not run"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_binary_linear_shapes_and_options(cpu_path, dtype):
+    w, w_scale, _ = _layer(19, 100, bias=False)
+    for x in (torch.randn(100), torch.randn(2, 3, 5, 100), torch.randn(100, 6).t()):
+        for beta, act_scale in ((0.0, 0.0), (-0.3, 0.0), (0.1, 1.5)):
+            _check_binary_linear(x.to(dtype), w, w_scale, None, 100, beta, act_scale)
+    assert ops.binary_linear(torch.randn(0, 100), w, w_scale, None, 100, 0.0, 0.0).shape == (0, 19)
+
+
+def test_binary_linear_float16_rounding_edges(cpu_path):
+    """Outputs that overflow, land on subnormals or sit between float16 values round like torch."""
+    k = 768
+    x = torch.randn(11, k).half()
+    w, _, _ = _layer(40, k, bias=False)
+    w_scale = torch.cat([torch.full((10,), 5000.0), torch.full((10,), 1e-7), torch.rand(20) * 3])
+    bias = torch.cat([torch.zeros(30), torch.full((10,), 0.5)])
+    _check_binary_linear(x, w, w_scale, bias, k, 0.0, 0.731)
+    y = ops.binary_linear(x, w, w_scale, bias, k, 0.0, 0.731)
+    assert torch.isinf(y[:, :10]).any(), "the overflow case did not overflow"
+    assert (y[:, 10:20].abs() < torch.finfo(torch.float16).tiny).any(), "no subnormal outputs"
+
+
+def test_binary_linear_nan_row_matches_reference(cpu_path):
+    w, w_scale, b = _layer(17, 64)
+    x = torch.randn(3, 64)
+    x[1, 5] = float("nan")
+    y = ops.binary_linear(x, w, w_scale, b, 64, 0.0, 0.0)
+    ref = ops.reference_binary_linear(x, w, w_scale, b, 64, 0.0, 0.0)
+    torch.testing.assert_close(y, ref, equal_nan=True)
+    assert torch.isnan(y[1]).all() and not torch.isnan(y[[0, 2]]).any()
+
+
+# ------------------------------------------------------------------------ threads and dispatch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_multithreaded_equals_single_threaded(cpu_path, dtype):
+    k, n = 3072, 200
+    a, bw = _packed(133, k), _packed(n, k)
+    w_scale, bias = torch.rand(n), torch.randn(n)
+    x = torch.randn(133, k).to(dtype)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, max(2, threads)):
+            torch.set_num_threads(t)
+            results.append(
+                (ops.xnor_gemm(a, bw, k), ops.binary_linear(x, bw, w_scale, bias, k, 0.1, 0.0))
+            )
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+@needs_c
+def test_ops_run_on_torch_threads():
+    """The kernels really spread over torch.get_num_threads() threads (and only those)."""
+    from bitmaps import _C
+
+    a, b = _packed(512, 768), _packed(512, 768)
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            ops.xnor_gemm(a, b, 768)
+            assert _C.last_parallel_workers() == t
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_c
+def test_dispatcher_registers_the_native_cpu_kernel():
+    for name in ("pack_signs", "xnor_gemm", "binary_linear"):
+        dump = torch._C._dispatch_dump(f"bitmaps::{name}")
+        cpu_lines = [line for line in dump.splitlines() if line.startswith("CPU:")]
+        assert cpu_lines and "csrc/torch/ops_cpu.cpp" in cpu_lines[0], dump
+
+
+@needs_c
+def test_cpu_path_selection(monkeypatch):
+    from bitmaps import _C
+
+    supported = ops.cpu_paths_supported()
+    assert supported[-1] == "scalar" and ops.cpu_path() == supported[0]
+    monkeypatch.setenv("BITMAPS_CPU_PATH", "scalar")
+    assert ops.cpu_path() == "scalar"
+    before = _calls("xnor_gemm", "scalar")
+    ops.xnor_gemm(_packed(3, 40), _packed(4, 40), 40)
+    assert _calls("xnor_gemm", "scalar") == before + 1
+    with ops.forced_cpu_path("auto"):  # an explicit choice beats the environment
+        assert ops.cpu_path() == supported[0]
+    monkeypatch.setenv("BITMAPS_CPU_PATH", "sse9")
+    with pytest.raises(RuntimeError, match="BITMAPS_CPU_PATH: unknown CPU path 'sse9'"):
+        ops.xnor_gemm(_packed(3, 40), _packed(4, 40), 40)
+    with pytest.raises(ValueError, match="unknown CPU path 'sse9'"):
+        _C.set_cpu_path("sse9")
+
+
+@needs_c
+@pytest.mark.parametrize("path", ["avx512", "avx2"])
+def test_forcing_a_path_the_cpu_lacks_is_an_error(path):
+    from bitmaps import _C
+
+    if path in ops.cpu_paths_supported():
+        pytest.skip(f"needs a CPU without {path} to see the error (this one has it)")
+    with pytest.raises(
+        RuntimeError, match=f"CPU path '{path}' needs .* which this CPU or this build lacks"
+    ):
+        _C.set_cpu_path(path)
+
+
+# --------------------------------------------------------------------------------- opcheck
+
+
+@pytest.mark.parametrize("k", (33, 768))
+def test_xnor_gemm_opcheck(k):
+    torch.library.opcheck(ops.xnor_gemm, (_packed(7, k), _packed(19, k), k))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("bias", [True, False])
+def test_binary_linear_opcheck(dtype, bias):
+    w, w_scale, b = _layer(21, 100, bias=bias)
+    x = torch.randn(2, 3, 100).to(dtype)
+    torch.library.opcheck(ops.binary_linear, (x, w, w_scale, b, 100, 0.1, 0.0))
+    torch.library.opcheck(ops.binary_linear, (x, w, w_scale, b, 100, 0.0, 0.5))
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def _cpu_kernel(op, *args):
+    """Calls the CPU kernel itself (skipping device dispatch), as a CPU-and-CUDA mix would."""
+    keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+    return op.default.redispatch(keys, *args)
+
+
+@needs_c
+def test_xnor_gemm_rejects_bad_input():
+    a, b = _packed(4, 70), _packed(5, 70)
+    with pytest.raises(RuntimeError, match="a must be Int, got Float"):
+        ops.xnor_gemm(a.float(), b, 70)
+    with pytest.raises(RuntimeError, match=r"b must have shape \[N, 3\] .* got \[5, 2\]"):
+        ops.xnor_gemm(a, b[:, :2].contiguous(), 70)
+    with pytest.raises(
+        RuntimeError, match=r"k \(the number of packed bits per row\) must be >= 1, got 0"
+    ):
+        ops.xnor_gemm(a[:, :0], b[:, :0], 0)
+    wide = _packed(3, 70).t().contiguous().t()  # right shape, column-major
+    with pytest.raises(RuntimeError, match=r"a must be contiguous \(call .contiguous\(\)"):
+        ops.xnor_gemm(wide, b, 70)
+    with pytest.raises(RuntimeError, match="all tensors must be on one device"):
+        ops.xnor_gemm(a, b.to("meta"), 70)
+    with pytest.raises(RuntimeError, match="b must be a CPU tensor .* got device meta"):
+        _cpu_kernel(torch.ops.bitmaps.xnor_gemm, a, b.to("meta"), 70)
+
+
+@needs_c
+def test_binary_linear_rejects_bad_input():
+    w, w_scale, b = _layer(6, 64)
+    x = torch.randn(2, 64)
+    cases = [
+        ((x.double(), w, w_scale, b, 64), "x must be float32 or float16, got Double"),
+        ((x, w.float(), w_scale, b, 64), "w .packed weight signs. must be Int, got Float"),
+        ((x, w, w_scale.double(), b, 64), "w_scale must be Float, got Double"),
+        ((x, w, w_scale, b.half(), 64), "bias must be Float, got Half"),
+        ((x[:, :60], w, w_scale, b, 64), r"x.shape\[-1\] must equal in_features=64"),
+        ((x, w[:, :1].contiguous(), w_scale, b, 64), r"w must have shape \[out_features, 2\]"),
+        ((x, w, w_scale[:5], b, 64), r"w_scale must have shape \[out_features\] = \[6\]"),
+        ((x, w, w_scale, b[:4], 64), r"bias must have shape \[out_features\] = \[6\]"),
+        ((x, w, torch.rand(12)[::2], b, 64), "w_scale must be contiguous"),
+        ((x, w.to("meta"), w_scale, b, 64), "all tensors must be on one device"),
+    ]
+    for args, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            ops.binary_linear(*args, 0.0, 0.0)
+    with pytest.raises(RuntimeError, match="w_scale must be a CPU tensor .* got device meta"):
+        _cpu_kernel(torch.ops.bitmaps.binary_linear, x, w, w_scale.to("meta"), b, 64, 0.0, 0.0)
