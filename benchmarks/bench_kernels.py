@@ -1,0 +1,266 @@
+"""Kernel benchmarks: the bitmaps ops against the dense baseline measured in the same run.
+
+BERT-base shapes (K x N in 768x768, 768x3072, 3072x768):
+
+- CPU, M in {128, 1024}: ``xnor_gemm`` vs ``torch.matmul`` FP32 (target >= 15x) and
+  ``binary_linear`` end to end (binarize + pack + GEMM + scales + bias, per-row activation scale)
+  vs ``torch.nn.functional.linear`` FP32 (target >= 10x); both sides on the same threads
+  (``--threads``, default: every core).
+- GPU (only where CUDA and the CUDA kernels of bitmaps._C are present), M in {128, 1024, 8192,
+  32768}: ``binary_linear`` FP16 vs ``F.linear`` FP16 (cuBLAS); targets >= 4x at M >= 8192,
+  >= 1.5x at M = 1024; binary TOPS achieved.
+
+Timing: a kernel and its baseline are sampled alternately (baseline sample, kernel sample, ...), so
+load from other processes hits both alike; a sample is the mean of enough calls to last
+``--sample-ms``; the table shows medians over ``--repeats`` samples. Rates count 2 ops per
+multiply-accumulate on both sides (binary: XNOR + popcount-add; dense: multiply + add).
+
+    PYTHONPATH=. python benchmarks/bench_kernels.py [--device cpu|cuda|all] [--out r.md --out r.csv]
+
+(``PYTHONPATH=.`` unless bitmaps is installed, e.g. by ``make install``.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bitmaps import ops
+from bitmaps.atomic import atomic_output
+
+SHAPES = ((768, 768), (768, 3072), (3072, 768))  # (K, N) of BERT-base's linears
+CPU_M = (128, 1024)
+GPU_M = (128, 1024, 8192, 32768)
+COLUMNS = (
+    "device", "op", "baseline", "M", "K", "N", "dtype", "threads", "path",
+    "kernel_ms", "baseline_ms", "speedup", "kernel_gops", "kernel_tops", "baseline_gflops",
+    "target", "meets",
+)  # fmt: skip
+
+
+def time_pair_cpu(
+    baseline: Callable[[], object], kernel: Callable[[], object], repeats: int, sample_s: float
+) -> tuple[list[float], list[float]]:
+    """Alternating samples (seconds per call) of two callables on the CPU."""
+
+    def calls_per_sample(fn: Callable[[], object]) -> int:
+        for _ in range(2):  # warm-up: allocations, thread pool, caches
+            fn()
+        start = time.perf_counter()
+        fn()
+        return max(1, int(sample_s / max(time.perf_counter() - start, 1e-7)))
+
+    def sample(fn: Callable[[], object], n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - start) / n
+
+    n_base, n_kernel = calls_per_sample(baseline), calls_per_sample(kernel)
+    base, kern = [], []
+    for _ in range(repeats):
+        base.append(sample(baseline, n_base))
+        kern.append(sample(kernel, n_kernel))
+    return base, kern
+
+
+def time_pair_cuda(
+    baseline: Callable[[], object], kernel: Callable[[], object], repeats: int, sample_s: float
+) -> tuple[list[float], list[float]]:
+    """Alternating samples (seconds per call) of two callables on the GPU, with CUDA events."""
+
+    def sample(fn: Callable[[], object], n: int) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / n
+
+    counts = []
+    for fn in (baseline, kernel):
+        for _ in range(3):
+            fn()
+        counts.append(max(1, int(sample_s / max(sample(fn, 1), 1e-7))))
+    base, kern = [], []
+    for _ in range(repeats):
+        base.append(sample(baseline, counts[0]))
+        kern.append(sample(kernel, counts[1]))
+    return base, kern
+
+
+def _row(device, op, baseline, m, k, n, dtype, threads, path, base_s, kern_s, target) -> dict:
+    t_base, t_kern = statistics.median(base_s), statistics.median(kern_s)
+    speedup = t_base / t_kern
+    ops_count = 2.0 * m * n * k
+    return {
+        "device": device,
+        "op": op,
+        "baseline": baseline,
+        "M": m,
+        "K": k,
+        "N": n,
+        "dtype": dtype,
+        "threads": threads,
+        "path": path,
+        "kernel_ms": round(t_kern * 1e3, 4),
+        "baseline_ms": round(t_base * 1e3, 4),
+        "speedup": round(speedup, 2),
+        "kernel_gops": round(ops_count / t_kern / 1e9, 1),
+        "kernel_tops": round(ops_count / t_kern / 1e12, 3),
+        "baseline_gflops": round(ops_count / t_base / 1e9, 1),
+        "target": f">= {target}x" if target else "",
+        "meets": ("yes" if speedup >= target else "NO") if target else "",
+    }
+
+
+def bench_cpu_shape(args: argparse.Namespace, m: int, k: int, n: int, path: str) -> list[dict]:
+    """xnor_gemm vs matmul and binary_linear vs F.linear, FP32, for one shape."""
+    w, x = torch.randn(n, k), torch.randn(m, k)
+    w_packed, a = ops.pack_signs(w), ops.pack_signs(x)
+    w_scale, bias = torch.rand(n) + 0.1, torch.randn(n)
+    base, kern = time_pair_cpu(
+        lambda: torch.matmul(x, w.t()),
+        lambda: ops.xnor_gemm(a, w_packed, k),
+        args.repeats,
+        args.sample_ms / 1e3,
+    )
+    gemm = _row("cpu", "xnor_gemm", "matmul fp32", m, k, n, "int32", args.threads, path,
+                base, kern, 15.0)  # fmt: skip
+    base, kern = time_pair_cpu(
+        lambda: F.linear(x, w, bias),
+        lambda: ops.binary_linear(x, w_packed, w_scale, bias, k, 0.0, 0.0),
+        args.repeats,
+        args.sample_ms / 1e3,
+    )
+    linear = _row("cpu", "binary_linear", "F.linear fp32", m, k, n, "float32", args.threads, path,
+                  base, kern, 10.0)  # fmt: skip
+    return [gemm, linear]
+
+
+def bench_cpu(args: argparse.Namespace) -> list[dict]:
+    torch.set_num_threads(args.threads)
+    path = ops.cpu_path() or "reference"
+    rows = []
+    for k, n in SHAPES:
+        for m in args.cpu_m:
+            rows += bench_cpu_shape(args, m, k, n, path)
+            print(f"  cpu M={m} K={k} N={n}: done", file=sys.stderr)
+    return rows
+
+
+def gpu_skip_reason() -> str | None:
+    """Why the GPU section cannot run here, or None when it can."""
+    if not torch.cuda.is_available():
+        return "no CUDA device visible to torch"
+    if not ops.native_available():
+        return f"bitmaps._C not built ({ops.native_status()})"
+    from bitmaps import _C
+
+    if not getattr(_C, "with_cuda", False):
+        return "bitmaps._C was built without CUDA kernels (rebuild where nvcc and CUDA torch exist)"
+    return None
+
+
+def bench_gpu_shape(args: argparse.Namespace, m: int, k: int, n: int, name: str) -> dict:
+    """binary_linear vs F.linear, FP16 on the GPU, for one shape."""
+    dev = torch.device("cuda")
+    w16, x = torch.randn(n, k, device=dev).half(), torch.randn(m, k, device=dev).half()
+    w_packed = ops.pack_signs(w16)
+    w_scale, bias = torch.rand(n, device=dev) + 0.1, torch.randn(n, device=dev)
+    bias16 = bias.half()
+    base, kern = time_pair_cuda(
+        lambda: F.linear(x, w16, bias16),
+        lambda: ops.binary_linear(x, w_packed, w_scale, bias, k, 0.0, 0.0),
+        args.repeats,
+        args.sample_ms / 1e3,
+    )
+    target = 4.0 if m >= 8192 else (1.5 if m == 1024 else 0.0)
+    return _row("cuda", "binary_linear", "F.linear fp16 (cuBLAS)", m, k, n, "float16", 0, name,
+                base, kern, target)  # fmt: skip
+
+
+def bench_gpu(args: argparse.Namespace) -> list[dict]:
+    name = torch.cuda.get_device_name()
+    rows = []
+    for k, n in SHAPES:
+        for m in args.gpu_m:
+            rows.append(bench_gpu_shape(args, m, k, n, name))
+            print(f"  cuda M={m} K={k} N={n}: done", file=sys.stderr)
+    return rows
+
+
+def to_markdown(rows: list[dict]) -> str:
+    head = ("device", "op", "M", "K", "N", "dtype", "kernel_ms", "baseline", "baseline_ms",
+            "speedup", "kernel_tops", "baseline_gflops", "target", "meets")  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(r[c]) for c in head) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(rows: list[dict], outs: list[str]) -> None:
+    for out in outs:
+        with atomic_output(out) as tmp:
+            if out.endswith(".csv"):
+                with open(tmp, "w", newline="") as fh:
+                    writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+                    writer.writeheader()
+                    writer.writerows(rows)
+            else:
+                Path(tmp).write_text(to_markdown(rows))
+        print(f"wrote {out}", file=sys.stderr)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(","))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads, both sides")
+    p.add_argument("--repeats", type=int, default=21, help="samples per measurement (median)")
+    p.add_argument("--sample-ms", type=float, default=20.0, help="length of one sample")
+    p.add_argument("--cpu-path", default="auto", help="force a CPU path: avx512, avx2, scalar")
+    p.add_argument("--cpu-m", type=_ints, default=CPU_M, help="comma-separated M values (CPU)")
+    p.add_argument("--gpu-m", type=_ints, default=GPU_M, help="comma-separated M values (GPU)")
+    p.add_argument("--out", action="append", default=[], help="write .csv or .md (repeatable)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"bitmaps kernels: {ops.native_status()}; torch {torch.__version__}", file=sys.stderr)
+    rows: list[dict] = []
+    if args.device in ("cpu", "all"):
+        if ops.native_available():
+            with ops.forced_cpu_path(args.cpu_path):
+                rows += bench_cpu(args)
+        else:
+            print("CPU section skipped: bitmaps._C not built", file=sys.stderr)
+    if args.device in ("cuda", "all"):
+        reason = gpu_skip_reason()
+        if reason is None:
+            rows += bench_gpu(args)
+        elif args.device == "cuda":
+            print(f"GPU section cannot run: {reason}", file=sys.stderr)
+            return 2
+        else:
+            print(f"GPU section skipped: {reason}", file=sys.stderr)
+    print(to_markdown(rows))
+    write_outputs(rows, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

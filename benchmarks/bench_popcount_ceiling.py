@@ -1,0 +1,177 @@
+"""The popcount ceiling of this CPU: how much faster than FP32 can an XNOR-popcount GEMM be at most?
+
+Compiles benchmarks/popcount_ceiling.c (register-only asm loops, no torch) with the C compiler
+(``$CC``, default ``cc``), runs it on every core at once through ctypes (which releases the GIL)
+and measures:
+
+- the peak binary multiply-accumulate rate: XOR + VPOPCNTQ + ADD on 512- and 256-bit vectors,
+  one MAC per bit;
+- the peak FP32 multiply-accumulate rate: VFMADD on 512- and 256-bit vectors, one MAC per lane;
+- in the same run, torch.matmul FP32 and bitmaps' xnor_gemm on BERT-base shapes (M = 1024).
+
+The ceiling is peak binary MAC/s over the measured FP32 GEMM MAC/s (and over the FP32 FMA peak):
+the speed-up an XNOR GEMM would reach at 100 % of the popcount peak. Loops run many short bursts
+(``--burst-us``) and keep each thread's fastest, so preemption by other processes on a shared
+machine does not lower the peaks; GEMMs report the best and the median of ``--repeats`` samples.
+
+    PYTHONPATH=. python benchmarks/bench_popcount_ceiling.py [--threads N] [--out ceiling.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from bitmaps import ops
+from bitmaps.atomic import atomic_output
+
+SOURCE = Path(__file__).with_name("popcount_ceiling.c")
+CHAINS = 12  # vector ops per loop iteration (see popcount_ceiling.c)
+LOOPS = {  # function -> (MACs per vector op, what it is)
+    "xor_popcnt_zmm": (512, "binary: vpxorq+vpopcntq+vpaddq zmm"),
+    "xor_popcnt_ymm": (256, "binary: vpxorq+vpopcntq+vpaddq ymm"),
+    "fma_f32_zmm": (16, "fp32: vfmadd231ps zmm"),
+    "fma_f32_ymm": (8, "fp32: vfmadd231ps ymm"),
+}
+SHAPES = ((768, 768), (768, 3072), (3072, 768))
+
+
+def compile_loops(folder: str) -> ctypes.CDLL:
+    lib = Path(folder) / "popcount_ceiling.so"
+    cc = os.environ.get("CC", "cc")
+    cmd = [cc, "-O2", "-shared", "-fPIC", "-o", str(lib), str(SOURCE)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"cannot compile {SOURCE.name} with {cc}: {done.stderr.strip()[:400]}")
+    dll = ctypes.CDLL(str(lib))
+    for name in LOOPS:
+        getattr(dll, name).restype = ctypes.c_double
+        getattr(dll, name).argtypes = [ctypes.c_int64]
+    return dll
+
+
+def peak_rate(fn, macs_per_op: int, threads: int, bursts: int, burst_us: float) -> float | None:
+    """MAC/s of all threads together, each at its fastest burst; None if the CPU lacks the ops."""
+    if fn(1000) < 0:
+        return None
+    per_iter = min(fn(100_000) for _ in range(5)) / 100_000
+    iters = max(1000, int(burst_us * 1e-6 / per_iter))
+    best = [float("inf")] * threads
+
+    def worker(i: int) -> None:
+        for _ in range(bursts):
+            best[i] = min(best[i], fn(iters))
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return sum(iters * CHAINS * macs_per_op / b for b in best)
+
+
+def gemm_rates_for_shape(m: int, k: int, n: int, repeats: int) -> list[dict]:
+    """torch.matmul FP32 and xnor_gemm MAC/s for one shape, sampled alternately."""
+    x, w = torch.randn(m, k), torch.randn(n, k)
+    a, b = ops.pack_signs(x), ops.pack_signs(w)
+    fns = {"matmul fp32": lambda: torch.matmul(x, w.t())}
+    if ops.native_available():
+        fns["xnor_gemm"] = lambda: ops.xnor_gemm(a, b, k)
+    for fn in fns.values():
+        fn(), fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return [
+        {
+            "op": name,
+            "M": m,
+            "K": k,
+            "N": n,
+            "best_gmacs": m * n * k / min(times) / 1e9,
+            "median_gmacs": m * n * k / statistics.median(times) / 1e9,
+        }
+        for name, times in samples.items()
+    ]
+
+
+def gemm_rates(threads: int, repeats: int) -> list[dict]:
+    """torch.matmul FP32 and xnor_gemm MAC/s on BERT-base shapes at M = 1024 (best, median)."""
+    torch.set_num_threads(threads)
+    return [row for k, n in SHAPES for row in gemm_rates_for_shape(1024, k, n, repeats)]
+
+
+def report(peaks: dict, gemms: list[dict], threads: int) -> str:
+    lines = [f"threads: {threads}; CPU: {cpu_model()}", "", "| loop | peak GMAC/s |", "|---|---|"]
+    for name, rate in peaks.items():
+        value = f"{rate / 1e9:.0f}" if rate else "not supported by this CPU"
+        lines.append(f"| {LOOPS[name][1]} | {value} |")
+    binary = max((r for n, r in peaks.items() if n.startswith("xor") and r), default=None)
+    fp32 = max((r for n, r in peaks.items() if n.startswith("fma") and r), default=None)
+    lines += ["", "| GEMM (M=1024) | K | N | best GMAC/s | median GMAC/s | % of peak |"]
+    lines += ["|---|---|---|---|---|---|"]
+    for g in gemms:
+        peak = binary if g["op"] == "xnor_gemm" else fp32
+        share = f"{100 * g['best_gmacs'] * 1e9 / peak:.0f} %" if peak else "-"
+        lines.append(
+            f"| {g['op']} | {g['K']} | {g['N']} | {g['best_gmacs']:.1f} | "
+            f"{g['median_gmacs']:.1f} | {share} |"
+        )
+    matmul_best = max(g["best_gmacs"] for g in gemms if g["op"] == "matmul fp32") * 1e9
+    if binary:
+        lines += [
+            "",
+            f"ceiling vs FP32 FMA peak: {binary / fp32:.1f}x" if fp32 else "",
+            f"ceiling vs measured torch.matmul FP32 (best shape, best sample): "
+            f"{binary / matmul_best:.1f}x",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads (default: all)")
+    p.add_argument("--bursts", type=int, default=400, help="bursts per thread (fastest kept)")
+    p.add_argument("--burst-us", type=float, default=500.0, help="length of one burst")
+    p.add_argument("--repeats", type=int, default=15, help="GEMM samples")
+    p.add_argument("--out", action="append", default=[], help="write the report (markdown)")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as folder:
+        dll = compile_loops(folder)
+        peaks = {
+            name: peak_rate(getattr(dll, name), macs, args.threads, args.bursts, args.burst_us)
+            for name, (macs, _) in LOOPS.items()
+        }
+    text = report(peaks, gemm_rates(args.threads, args.repeats), args.threads)
+    print(text)
+    for out in args.out:
+        with atomic_output(out) as tmp:
+            tmp.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
