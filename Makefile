@@ -44,8 +44,36 @@ test: setup
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# --- the demo: BERT-tiny teacher → W1A1 student → ONNX → profile, on State of the Union text ---
+# Every stage resumes or is skipped when its output is complete, so a second `make demo` is fast.
+DEMO          ?= runs/demo
+DEMO_TEACHER_STEPS ?= 300
+DEMO_STUDENT_STEPS ?= 300
+BITMAPS := $(BIN)/bitmaps
+SOTU     = "$$($(BITMAPS) assets path sotu)"
+
 demo: setup
-	$(BIN)/python -m bitmaps.demo
+	@mkdir -p $(DEMO)
+	$(BITMAPS) train --stage teacher --teacher bert-tiny --data $(SOTU) -o $(DEMO)/teacher.pt \
+	  --steps $(DEMO_TEACHER_STEPS) --batch-size 32 --lr 3e-4 --eval-every 100 --save-every 50 --resume
+	$(BITMAPS) train --stage student --teacher $(DEMO)/teacher.pt --data $(SOTU) -o $(DEMO)/student.pt \
+	  --steps $(DEMO_STUDENT_STEPS) --batch-size 32 --lr 1e-3 --act-quantizer elastic \
+	  --eval-every 100 --save-every 50 --resume
+	$(MAKE) --no-print-directory $(DEMO)/student.onnx $(DEMO)/profile-tiny.json $(DEMO)/profile-bert-base.json
+	$(BITMAPS) profile --show $(DEMO)/profile-tiny.json
+	$(BITMAPS) profile --show $(DEMO)/profile-bert-base.json
+	@echo "demo outputs in $(DEMO)/: checkpoints, student.onnx, profile-*.json and profile-*.png"
+
+$(DEMO)/student.onnx: $(DEMO)/student.pt
+	$(BITMAPS) export $< $@
+
+$(DEMO)/profile-tiny.json: $(DEMO)/student.pt $(DEMO)/teacher.pt
+	$(BITMAPS) profile --model $(DEMO)/student.pt --teacher $(DEMO)/teacher.pt --data $(SOTU) \
+	  --backend all --batch 1,8 --seq 128 --eval-sequences 512 --json $@ --plot $(@:.json=.png)
+
+$(DEMO)/profile-bert-base.json:
+	$(BITMAPS) profile --shape bert-base --backend torch --batch 1 --seq 128 \
+	  --json $@ --plot $(@:.json=.png)
 
 lint: install
 	$(BIN)/ruff check bitmaps tests benchmarks

@@ -105,7 +105,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         )
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
-        raise BitmapsError(f"{path} is an incomplete bitmaps checkpoint: missing {', '.join(missing)}")
+        raise BitmapsError(
+            f"{path} is an incomplete bitmaps checkpoint: missing {', '.join(missing)}"
+        )
     try:
         json.loads(ckpt["model_config"])
     except (TypeError, json.JSONDecodeError):

@@ -87,7 +87,9 @@ def load_model(spec: str | Path, *, require_tokenizer: bool = True) -> LoadedMod
             path = resolve_model(text)
         else:
             known = ", ".join((*ASSET_MODELS, *SHAPE_NAMES))
-            raise BitmapsError(f"model {text} not found: give a checkpoint, a folder, or one of {known}")
+            raise BitmapsError(
+                f"model {text} not found: give a checkpoint, a folder, or one of {known}"
+            )
     if path.is_dir():
         return _load_hf_folder(path)
     return load_model_from_checkpoint(path)
@@ -101,7 +103,11 @@ def _load_shape(name: str) -> LoadedModel:
 
 
 def read_tokenizer_files(folder: Path) -> dict[str, str]:
-    files = {n: (folder / n).read_text(encoding="utf-8") for n in TOKENIZER_FILES if (folder / n).is_file()}
+    files = {
+        n: (folder / n).read_text(encoding="utf-8")
+        for n in TOKENIZER_FILES
+        if (folder / n).is_file()
+    }
     if "tokenizer.json" not in files and "vocab.txt" not in files:
         raise BitmapsError(f"{folder} has no tokenizer (tokenizer.json or vocab.txt)")
     return files
@@ -138,7 +144,9 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
     try:
         model = BertForMaskedLM.from_pretrained(folder, config=config, use_safetensors=True)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise BitmapsError(f"cannot load the weights in {folder}: {str(exc).splitlines()[0]}") from None
+        raise BitmapsError(
+            f"cannot load the weights in {folder}: {str(exc).splitlines()[0]}"
+        ) from None
     files = read_tokenizer_files(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
     info = tokenizer_record(folder.name, files)

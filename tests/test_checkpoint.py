@@ -13,8 +13,12 @@ from bitmaps.errors import BitmapsError
 from bitmaps.models import build_model
 
 TINY = dict(
-    vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-    intermediate_size=32, max_position_embeddings=32,
+    vocab_size=64,
+    hidden_size=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=32,
 )
 
 
@@ -109,7 +113,9 @@ def test_weights_that_do_not_match_config(tmp_path) -> None:
 def test_unsupported_model_type(tmp_path) -> None:
     path = _save(tmp_path / "c.pt")
     raw = torch.load(path, weights_only=True)
-    raw["model_config"] = raw["model_config"].replace('"model_type": "bert"', '"model_type": "gpt2"')
+    raw["model_config"] = raw["model_config"].replace(
+        '"model_type": "bert"', '"model_type": "gpt2"'
+    )
     torch.save(raw, path)
     with pytest.raises(BitmapsError, match="unsupported model"):
         build_model(load_checkpoint(path))

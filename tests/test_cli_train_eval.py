@@ -65,7 +65,7 @@ def test_empty_text(capsys, tmp_path, bert_tiny_dir) -> None:
 
 
 def test_not_utf8(capsys, tmp_path, bert_tiny_dir) -> None:
-    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait. " .encode("latin-1") * 50)
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait. ".encode("latin-1") * 50)
     code, _, err = run(capsys, "eval", "bert-tiny", "--data", str(tmp_path / "latin1.txt"))
     assert_one_line_error(code, err, "UTF-8")
 
@@ -86,7 +86,9 @@ def test_corrupt_checkpoint(capsys, tmp_path, sotu_small) -> None:
 def test_model_that_is_not_bert_like(capsys, tmp_path, sotu_small) -> None:
     folder = tmp_path / "gpt"
     folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+    )
     code, _, err = run(capsys, "eval", str(folder), "--data", str(sotu_small))
     assert_one_line_error(code, err, "unsupported model", "gpt2")
 
@@ -103,35 +105,84 @@ def test_unknown_option(capsys) -> None:
 
 def test_train_bad_config_value(capsys, tmp_path, sotu_small) -> None:
     out = tmp_path / "o.pt"
-    code, _, err = run(capsys, "train", "--teacher", "bert-tiny", "--data", str(sotu_small),
-                       "-o", str(out), "--steps", "0")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--teacher",
+        "bert-tiny",
+        "--data",
+        str(sotu_small),
+        "-o",
+        str(out),
+        "--steps",
+        "0",
+    )
     assert_one_line_error(code, err, "steps")
-    code, _, err = run(capsys, "train", "--teacher", "bert-tiny", "--data", str(sotu_small),
-                       "-o", str(out), "--set", "train.nonsense=1")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--teacher",
+        "bert-tiny",
+        "--data",
+        str(sotu_small),
+        "-o",
+        str(out),
+        "--set",
+        "train.nonsense=1",
+    )
     assert_one_line_error(code, err, "nonsense")
     assert not out.exists()
 
 
 def test_train_unwritable_output(capsys, tmp_path, sotu_small) -> None:
     out = tmp_path / "no" / "such" / "dir" / "o.pt"
-    code, _, err = run(capsys, "train", "--teacher", "bert-tiny", "--data", str(sotu_small),
-                       "-o", str(out), "--steps", "2")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--teacher",
+        "bert-tiny",
+        "--data",
+        str(sotu_small),
+        "-o",
+        str(out),
+        "--steps",
+        "2",
+    )
     assert_one_line_error(code, err, "does not exist")
 
 
 def test_train_bad_data_leaves_no_output(capsys, tmp_path, bert_tiny_dir) -> None:
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00garbage" * 100)
     out = tmp_path / "o.pt"
-    code, _, err = run(capsys, "train", "--teacher", "bert-tiny", "--data", str(tmp_path / "bin.txt"),
-                       "-o", str(out), "--steps", "2")
+    code, _, err = run(
+        capsys,
+        "train",
+        "--teacher",
+        "bert-tiny",
+        "--data",
+        str(tmp_path / "bin.txt"),
+        "-o",
+        str(out),
+        "--steps",
+        "2",
+    )
     assert_one_line_error(code, err)
     assert not out.exists() and not list(tmp_path.glob(".o.pt*"))
 
 
 def test_real_process_exit_code_and_single_line(tmp_path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bitmaps", "eval", str(tmp_path / "missing.pt"), "--data", str(tmp_path)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bitmaps",
+            "eval",
+            str(tmp_path / "missing.pt"),
+            "--data",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and done.stderr.startswith("error:"), done.stderr
@@ -139,6 +190,15 @@ def test_real_process_exit_code_and_single_line(tmp_path) -> None:
 
 @pytest.mark.parametrize("stage_args", [["--stage", "teacher", "--act-quantizer", "ste"]])
 def test_binarize_options_need_student_stage(capsys, tmp_path, sotu_small, stage_args) -> None:
-    code, _, err = run(capsys, "train", "--teacher", "bert-tiny", "--data", str(sotu_small),
-                       "-o", str(tmp_path / "o.pt"), *stage_args)
+    code, _, err = run(
+        capsys,
+        "train",
+        "--teacher",
+        "bert-tiny",
+        "--data",
+        str(sotu_small),
+        "-o",
+        str(tmp_path / "o.pt"),
+        *stage_args,
+    )
     assert_one_line_error(code, err, "student")

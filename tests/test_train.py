@@ -72,6 +72,9 @@ def test_resume_is_equivalent_to_a_straight_run(sotu_small, tmp_path, bert_tiny_
     second = run_training(job, **QUIET)
     assert second.complete and second.step == 6
 
+    again = run_training(job, **QUIET)  # resuming a finished run changes nothing
+    assert again.complete and again.step == 6 and again.metrics == second.metrics
+
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys()
     for k in a:
@@ -80,8 +83,10 @@ def test_resume_is_equivalent_to_a_straight_run(sotu_small, tmp_path, bert_tiny_
     from bitmaps.models import load_model
 
     start = load_model("bert-tiny").model.state_dict()
-    assert not torch.allclose(a["bert.encoder.layer.0.attention.self.query.weight"],
-                              start["bert.encoder.layer.0.attention.self.query.weight"])
+    assert not torch.allclose(
+        a["bert.encoder.layer.0.attention.self.query.weight"],
+        start["bert.encoder.layer.0.attention.self.query.weight"],
+    )
 
 
 def test_resume_refuses_changed_settings(sotu_small, tmp_path, bert_tiny_dir) -> None:
@@ -103,9 +108,25 @@ def _cli(*args: str) -> list[str]:
 
 def test_killed_run_resumes(sotu_small, tmp_path, bert_tiny_dir) -> None:
     out = tmp_path / "killed.pt"
-    args = ["train", "--teacher", "bert-tiny", "--data", str(sotu_small), "-o", str(out),
-            "--steps", "60", "--batch-size", "4", "--save-every", "2", "--eval-every", "0",
-            "--eval-sequences", "8"]
+    args = [
+        "train",
+        "--teacher",
+        "bert-tiny",
+        "--data",
+        str(sotu_small),
+        "-o",
+        str(out),
+        "--steps",
+        "60",
+        "--batch-size",
+        "4",
+        "--save-every",
+        "2",
+        "--eval-every",
+        "0",
+        "--eval-sequences",
+        "8",
+    ]
     proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 300
@@ -132,10 +153,31 @@ def test_killed_run_resumes(sotu_small, tmp_path, bert_tiny_dir) -> None:
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(sotu_small, tmp_path, bert_tiny_dir) -> None:
     out = tmp_path / "ddp.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "bitmaps", "train", "--teacher", "bert-tiny", "--data", str(sotu_small),
-           "-o", str(out), "--steps", "4", "--batch-size", "4", "--eval-every", "0",
-           "--eval-sequences", "16"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "bitmaps",
+        "train",
+        "--teacher",
+        "bert-tiny",
+        "--data",
+        str(sotu_small),
+        "-o",
+        str(out),
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--eval-every",
+        "0",
+        "--eval-sequences",
+        "16",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

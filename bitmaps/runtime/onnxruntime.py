@@ -219,9 +219,7 @@ def kernel_session(
     )
 
 
-def save_kernel_model(
-    model: onnx.ModelProto | str | os.PathLike, out: str | os.PathLike
-) -> Path:
+def save_kernel_model(model: onnx.ModelProto | str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write :func:`kernel_model`'s rewrite of ``model`` atomically, for ``prepared=True``."""
     from bitmaps.atomic import atomic_output
 

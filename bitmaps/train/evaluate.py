@@ -33,7 +33,8 @@ def evaluate_mlm(
     device = next(model.parameters()).device
     sums = MLMSums()
     ctx = (
-        torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
+        torch.autocast(device.type, dtype=amp_dtype)
+        if amp_dtype is not None
         else contextlib.nullcontext()
     )
     try:
@@ -94,8 +95,11 @@ def evaluate_on_text(
         sequences = sequences[:max_sequences]
     if len(sequences) == 0:
         raise BitmapsError(f"the {split} split is empty: give more text")
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = torch.device(
+        "cuda"
+        if device == "auto" and torch.cuda.is_available()
+        else ("cpu" if device == "auto" else device)
+    )
     batches = eval_batches(sequences, loaded.tokenizer, data_cfg, batch_size=batch_size)
     n_batches = (len(sequences) + batch_size - 1) // batch_size
     with ProgressReporter(n_batches, "eval", log_every=max(1, n_batches // 10)) as progress:

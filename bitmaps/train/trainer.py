@@ -138,7 +138,9 @@ def _set_rng_state(env: D.DistEnv, state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"], env.device)
 
 
-def _check_resumable(job: TrainJob, state: dict[str, Any], env: D.DistEnv, fingerprint: str) -> None:
+def _check_resumable(
+    job: TrainJob, state: dict[str, Any], env: D.DistEnv, fingerprint: str
+) -> None:
     def comparable(d: dict[str, Any] | None) -> dict[str, Any]:
         return {k: v for k, v in (d or {}).items() if k not in _RESUMABLE_CHANGES}
 
@@ -173,7 +175,9 @@ def _prepare_models(job: TrainJob, log: Callable[[str], None]) -> tuple[LoadedMo
     source = load_model(job.model)
     if job.train.stage == "teacher":
         if source.is_binary:
-            raise BitmapsError(f"{job.model} is a binarized student; --stage teacher needs a full-precision model")
+            raise BitmapsError(
+                f"{job.model} is a binarized student; --stage teacher needs a full-precision model"
+            )
         return source, source.model
     if source.is_binary:
         raise BitmapsError(
@@ -200,7 +204,6 @@ def run_training(job: TrainJob, log: Callable[[str], None] = print) -> TrainResu
     """Train per ``job``; returns when done, or when ``train.stop_after`` steps ran in this process."""
     from bitmaps.train.data import TrainStream, build_corpus, eval_batches
 
-    cfg = job.train
     t_start = time.perf_counter()
     check_writable(job.output)
     if job.output.exists() and not (job.resume or job.overwrite):
@@ -237,6 +240,17 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
         if resume_state is None:
             raise BitmapsError(f"cannot resume {job.output}: it holds no training state")
         _check_resumable(job, resume_state, env, fingerprint)
+        if ckpt["meta"].get("complete"):
+            log(f"{job.output} is already complete (step {resume_state['step']}); nothing to do")
+            history = list(resume_state.get("history", []))
+            return TrainResult(
+                job.output,
+                resume_state["step"],
+                True,
+                ckpt["meta"].get("metrics", {}),
+                history,
+                time.perf_counter() - t_start,
+            )
         model.load_state_dict(ckpt["state_dict"], strict=True)
         log(f"resuming {job.output} at step {resume_state['step']}/{cfg.steps}")
     elif job.resume:
@@ -277,8 +291,13 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
 
     def evaluate(at_step: int) -> dict[str, float]:
         batches = eval_batches(
-            corpus.heldout, tokenizer, job.data, batch_size=cfg.batch_size,
-            max_sequences=cfg.eval_sequences, rank=env.rank, world_size=env.world_size,
+            corpus.heldout,
+            tokenizer,
+            job.data,
+            batch_size=cfg.batch_size,
+            max_sequences=cfg.eval_sequences,
+            rank=env.rank,
+            world_size=env.world_size,
         )
         metrics = evaluate_mlm(wrapped, batches, env, amp_dtype=amp_dtype)
         history.append({"step": at_step, **metrics})
@@ -333,7 +352,10 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
     tokens_seen, t_loop = 0, time.perf_counter()
     wrapped.train()
     with ProgressReporter(
-        cfg.steps, f"train ({cfg.stage})", completed=step, log_every=cfg.log_every,
+        cfg.steps,
+        f"train ({cfg.stage})",
+        completed=step,
+        log_every=cfg.log_every,
         enabled=env.is_main,
     ) as progress:
         while step < cfg.steps:
@@ -359,8 +381,11 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
             tokens_seen += int(batch["attention_mask"].sum()) * env.world_size
             elapsed = time.perf_counter() - t_loop
             progress.update(
-                1, loss=float(loss.detach()), **parts,
-                lr=scheduler.get_last_lr()[0], tok_s=tokens_seen / max(elapsed, 1e-9),
+                1,
+                loss=float(loss.detach()),
+                **parts,
+                lr=scheduler.get_last_lr()[0],
+                tok_s=tokens_seen / max(elapsed, 1e-9),
             )
             last = step == cfg.steps
             if cfg.eval_every and (step % cfg.eval_every == 0) and not last:
@@ -380,4 +405,6 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
         log(f"wrote {job.output} (step {step}, {time.perf_counter() - t_start:.1f} s)")
     else:
         log(f"stopped after {ran_here} step(s) at step {step} (--stop-after); resume with --resume")
-    return TrainResult(job.output, step, not stopped, metrics, history, time.perf_counter() - t_start)
+    return TrainResult(
+        job.output, step, not stopped, metrics, history, time.perf_counter() - t_start
+    )
