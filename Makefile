@@ -88,11 +88,13 @@ bench: install
 
 # --- CUDA / TensorRT (no GPU needed to compile) --------------------------------------------
 # cuda-check: every csrc/kernels/*.cu through nvcc alone for sm_80 and sm_90a, then the SASS must
-# hold the b1 tensor-core instructions each path was written for. cuobjdump: the CUDA toolkit's,
-# or `pip install nvidia-cuda-cuobjdump` (its bin/ on PATH).
+# hold the b1 tensor-core instructions each path was written for. cuobjdump and nvdisasm: the CUDA
+# toolkit's, else the PyPI wheels that `make install` puts into .venv (nvidia-cuda-cuobjdump/-nvdisasm).
 NVCC ?= nvcc
 CUDA_HOME ?= /usr/local/cuda
-CUOBJDUMP ?= cuobjdump
+CUOBJDUMP ?= $(or $(shell command -v cuobjdump),$(lastword $(wildcard $(VENV)/lib/python3*/site-packages/nvidia/cu*/bin/cuobjdump)),cuobjdump)
+NVDISASM_DIR := $(dir $(or $(shell command -v nvdisasm),$(lastword $(wildcard $(VENV)/lib/python3*/site-packages/nvidia/cu*/bin/nvdisasm))))
+export NVDISASM_PATH := $(NVDISASM_DIR)
 CUDA_CHECK_DIR := build/cuda-check
 CUDA_GENCODE := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a
 
@@ -111,7 +113,7 @@ cuda-check:
 	      -isystem "$(CUDA_HOME)/include" -Icsrc -Iplugins $$f || exit 1; \
 	  done; \
 	else echo "plugin .cpp not compiled: set TensorRT_ROOT to a TensorRT 10/11 install (headers)"; fi
-	@command -v $(CUOBJDUMP) >/dev/null || { echo "SASS not inspected: $(CUOBJDUMP) not found (pip install nvidia-cuda-cuobjdump)"; exit 0; }; \
+	@command -v $(CUOBJDUMP) >/dev/null || { echo "SASS not inspected: $(CUOBJDUMP) not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)"; exit 0; }; \
 	sass() { $(CUOBJDUMP) --dump-sass --gpu-architecture $$2 $(CUDA_CHECK_DIR)/$$1.o | grep -c "$$3" || true; }; \
 	status=0; \
 	for check in "xnor_gemm_mma sm_80 BMMA.168256.XOR.POPC" "xnor_gemm_mma sm_90a BMMA.168256.AND.POPC" \

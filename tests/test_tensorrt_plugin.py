@@ -82,12 +82,31 @@ def test_every_kernel_compiles_with_nvcc_alone(compiled_kernels):
     assert all(p.stat().st_size > 0 for p in compiled_kernels.values())
 
 
+def _cuda_tool(name: str) -> Path | None:
+    """A CUDA binary tool on PATH, else from its PyPI wheel (nvidia-cuda-<name>, in .[test])."""
+    found = shutil.which(name)
+    if found:
+        return Path(found)
+    spec = importlib.util.find_spec("nvidia")
+    for root in spec.submodule_search_locations if spec else []:
+        hits = sorted(Path(root).glob(f"cu*/bin/{name}"))
+        if hits:
+            return hits[-1]
+    return None
+
+
 def _sass(obj: Path, arch: str) -> str:
-    tool = shutil.which("cuobjdump")
-    if tool is None:
-        pytest.skip("needs cuobjdump (CUDA toolkit, or pip install nvidia-cuda-cuobjdump)")
+    tool, disasm = _cuda_tool("cuobjdump"), _cuda_tool("nvdisasm")
+    if tool is None or disasm is None:
+        pytest.skip(
+            "needs cuobjdump and nvdisasm (CUDA toolkit, or pip install nvidia-cuda-cuobjdump "
+            "nvidia-cuda-nvdisasm)"
+        )
     proc = subprocess.run(
-        [tool, "--dump-sass", "--gpu-architecture", arch, str(obj)], capture_output=True, text=True
+        [tool, "--dump-sass", "--gpu-architecture", arch, str(obj)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "NVDISASM_PATH": str(disasm.parent)},
     )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
