@@ -185,3 +185,42 @@ def test_torchrun_two_cpu_processes(sotu_small, tmp_path, bert_tiny_dir) -> None
     assert ckpt["meta"]["complete"] and ckpt["train_state"]["world_size"] == 2
     assert len(ckpt["train_state"]["rng"]) == 2
     assert "held-out @ step 4" in done.stderr
+
+
+def test_student_resume_is_equivalent_to_a_straight_run(
+    sotu_small, tmp_path, bert_tiny_dir
+) -> None:
+    # Elastic activations (α initialised from the first batch) and BiT's multi-step schedule, with
+    # the kill between the weight-only and the W1A1 phase: everything that resume must restore.
+    from bitmaps.config import BinarizeConfig, DistillConfig
+
+    teacher = tmp_path / "teacher.pt"
+    run_training(_job(sotu_small, teacher, steps=2), **QUIET)
+
+    def student_job(out: Path, **train) -> TrainJob:
+        job = _job(sotu_small, out, stage="student", steps=6, save_every=2, lr=1e-3, **train)
+        job.model = str(teacher)
+        job.binarize = BinarizeConfig(
+            activation_quantizer="elastic", schedule="bit_multistep", activation_start_step=3
+        )
+        job.distill = DistillConfig(lambda_attn=0.1)
+        return job
+
+    straight = tmp_path / "straight.pt"
+    run_training(student_job(straight), **QUIET)
+    resumed = tmp_path / "resumed.pt"
+    first = run_training(student_job(resumed, stop_after=3), **QUIET)
+    assert not first.complete and first.step == 3
+    job = student_job(resumed)
+    job.resume = True
+    assert run_training(job, **QUIET).complete
+
+    a, b = load_checkpoint(straight), load_checkpoint(resumed)
+    assert a["binarize"]["activation_quantizer"] == "elastic" and a["binarize"] == b["binarize"]
+    wa, wb = a["state_dict"], b["state_dict"]
+    assert wa.keys() == wb.keys() and any("alpha" in k for k in wa)
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+    teacher_w = load_checkpoint(teacher)["state_dict"]
+    q = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(wa[q], teacher_w[q])
