@@ -365,7 +365,9 @@ def export_baseline_cmd(model, output, dtype, opset, output_kind, tolerance) -> 
 @click.option("--min-time", type=float, default=2.0, show_default=True, help="seconds, at least")
 @click.option("--max-time", type=float, default=30.0, show_default=True,
               help="seconds per shape, at most (then >= 3 calls)")
-@click.option("--warmup", type=int, default=3, show_default=True)
+@click.option("--warmup", type=int, default=3, show_default=True, help="untimed calls, at least")
+@click.option("--warmup-time", type=float, default=1.0, show_default=True,
+              help="seconds of untimed calls, at least")
 @click.option("--threads", type=int, default=0, show_default=True, help="CPU threads, 0: all cores")
 @click.option("--seed", type=int, default=0, show_default=True, help="random weights and inputs")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
@@ -376,7 +378,7 @@ def export_baseline_cmd(model, output, dtype, opset, output_kind, tolerance) -> 
               help="print the tables of an earlier --json FILE (and --plot it); measure nothing")
 def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output_kind, data,
                 eval_sequences, json_path, plot_path, repeats, min_time, max_time, warmup,
-                threads, seed, device, workdir, show_path) -> None:
+                warmup_time, threads, seed, device, workdir, show_path) -> None:
     """Latency (p50/p90/p99, throughput) and memory (weights, file, peak) of binary vs FP32 and
     FP16, per backend; with --data also cross entropy, accuracy and MRR."""
     from pathlib import Path
@@ -398,7 +400,7 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
         backends=parse_names(backends), models=parse_names(models),
         batches=parse_int_list(batches, "--batch"), seqs=parse_int_list(seqs, "--seq"),
         output=output_kind, device=device, repeats=repeats, min_time=min_time, max_time=max_time,
-        warmup=warmup, threads=threads, seed=seed, eval_sequences=eval_sequences,
+        warmup=warmup, warmup_time=warmup_time, threads=threads, seed=seed, eval_sequences=eval_sequences,
     )
     source = ModelSource(shape=shape or (None if student or teacher else "bert-base"),
                          teacher=teacher, student=student, seed=seed)

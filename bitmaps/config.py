@@ -318,7 +318,9 @@ class ProfileConfig(Config):
 
     ``backends`` ("all": those installed here), ``models`` (empty: every model each backend runs
     well; torch fp16 on a CPU without FP16 arithmetic only when named), ``batches`` x ``seqs``.
-    One measurement: ``warmup`` untimed calls, then timed calls until at least ``repeats`` calls
+    One measurement: untimed warm-up calls (at least ``warmup`` of them and ``warmup_time``
+    seconds: on a shared machine the first second after a large model is loaded is often slower,
+    as the kernel settles its memory), then timed calls until at least ``repeats`` calls
     and ``min_time`` seconds, or until ``max_time`` seconds (and at least 3 calls); the inputs
     rotate over ``rotations`` pre-generated batches. ``threads`` 0: every core of this process.
     """
@@ -333,6 +335,7 @@ class ProfileConfig(Config):
     min_time: float = 2.0
     max_time: float = 30.0
     warmup: int = 3
+    warmup_time: float = 1.0
     rotations: int = 4
     threads: int = 0
     seed: int = 0  # random weights of --shape models and the input token ids
@@ -363,7 +366,7 @@ class ProfileConfig(Config):
         for name in ("repeats", "rotations"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "threads", "eval_sequences"):
+        for name in ("warmup", "warmup_time", "threads", "eval_sequences"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.min_time < 0 or not self.max_time > 0 or self.max_time < self.min_time:

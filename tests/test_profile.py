@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -237,6 +238,11 @@ def test_time_calls_stop_rule() -> None:
     assert samples == [1.0] * 5 and calls == [0, 1, 0, 1, 2, 3, 4]  # 2 warm-up, 5 timed
     timing = {"warmup": 0, "repeats": 10**9, "min_time": 0.0, "max_time": 0.05}
     assert 3 <= len(time_calls(call, timing)) < 10**9  # max_time ends it
+    calls.clear()
+    timing = {"warmup": 1, "warmup_time": 0.05, "repeats": 2, "min_time": 0.0, "max_time": 1.0}
+    start = time.perf_counter()
+    assert time_calls(call, timing) == [1.0] * 2
+    assert time.perf_counter() - start >= 0.05 and len(calls) > 3  # warm-up ran for its time
 
 
 def test_inputs_are_the_same_for_every_model() -> None:

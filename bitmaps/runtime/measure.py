@@ -89,9 +89,17 @@ def make_inputs(vocab_size: int, batch: int, seq: int, seed: int, rotations: int
 
 
 def time_calls(call: Callable[[int], float], timing: dict[str, Any]) -> list[float]:
-    """Warm up, then ``call(i)`` (which returns milliseconds) until the stop rule holds."""
-    for i in range(timing["warmup"]):
+    """Warm up, then ``call(i)`` (which returns milliseconds) until the stop rule holds.
+
+    Warm-up: at least ``warmup`` calls and ``warmup_time`` seconds (default 0), never more than
+    ``max_time`` seconds of it.
+    """
+    warm_start, i = time.perf_counter(), 0
+    while i < timing["warmup"] or (
+        time.perf_counter() - warm_start < min(timing.get("warmup_time", 0.0), timing["max_time"])
+    ):
         call(i)
+        i += 1
     samples: list[float] = []
     gc_was_enabled = gc.isenabled()
     gc.disable()

@@ -87,7 +87,8 @@ def _worker_job(job: ProfileJob, t: Target, artifact: Any, vocab: int, workdir: 
         "threads": cfg.threads or default_threads(),
         "workdir": str(workdir),
         "timing": {
-            k: getattr(cfg, k) for k in ("warmup", "repeats", "min_time", "max_time", "rotations")
+            k: getattr(cfg, k)
+            for k in ("warmup", "warmup_time", "repeats", "min_time", "max_time", "rotations")
         },
     }
 
