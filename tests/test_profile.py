@@ -394,3 +394,26 @@ def test_show_bad_files(capsys, tmp_path, content) -> None:
 def test_show_missing_file(capsys, tmp_path) -> None:
     code, _, err = run(capsys, "--show", str(tmp_path / "none.json"))
     assert_one_line_error(code, err, "none.json")
+
+
+def test_other_work_is_measured_without_counting_the_profiler() -> None:
+    from bitmaps.runtime.profile import _cpu_seconds, _other_cpu_load
+    from bitmaps.runtime.report import _other_work
+
+    # 10 s on 2 cores: the machine was busy 15 CPU-seconds, 10 of them ours -> 25 % other work
+    assert _other_cpu_load((0.0, 10.0, 1.0), (10.0, 25.0, 11.0), 2) == 0.25
+    assert _other_cpu_load((0.0, 10.0, 1.0), (10.0, 20.0, 11.0), 2) == 0.0  # only us
+    assert _other_cpu_load(None, (1.0, 1.0, 1.0), 2) is None
+    assert "25%" in _other_work({"other_cpu_load": 0.25})
+    assert (
+        _other_work({"other_cpu_load": 0.05, "load_average_1min": [2.0, 2.0], "cores": 2}) is None
+    )
+    assert "load average" in _other_work({"load_average_1min": [1.8, 1.7], "cores": 2})  # old file
+    sample = _cpu_seconds()
+    if sample is not None:  # Linux
+        busy_before, own_before = sample[1], sample[2]
+        end = time.perf_counter() + 0.3
+        while time.perf_counter() < end:  # burn CPU in this process
+            pass
+        after = _cpu_seconds()
+        assert after[2] - own_before >= 0.2 and after[1] - busy_before >= 0.2

@@ -14,6 +14,7 @@ the end (also written to ``runs/ablation/table-GROUP.md``) is what RESULTS.md sh
 
     python benchmarks/ablation/run_ablation.py --group pilot   # 200-step lr / λ_attn pilot
     python benchmarks/ablation/run_ablation.py --group main    # the ablation rows
+    python benchmarks/ablation/run_ablation.py --group extra --jobs 1 --threads 2  # 3000 steps
     python benchmarks/ablation/run_ablation.py --only ste_full --dry-run
 """
 
@@ -101,6 +102,14 @@ RUNS: tuple[Run, ...] = (
         "main",
         "elastic, full distillation, BiT multi-step",
     ),
+    # ---- extra: the best main row, trained three times as long (run alone: --jobs 1 --threads 2)
+    Run(
+        "elastic_logits_3k",
+        "elastic_logits.json",
+        "extra",
+        "elastic (BiT), logits + MLM only, 3000 steps",
+        ("train.steps=3000", "train.eval_every=500", "train.save_every=250"),
+    ),
 )
 
 
@@ -152,7 +161,7 @@ def train_args(run: Run, data: str, teacher: str) -> list[str]:
 def shown(args: list[str], data: str) -> str:
     """The command as a user types it, with the text folder as $SOTU."""
     text = shlex.join(["bitmaps", *args]).replace(data, "$SOTU")
-    return "OMP_NUM_THREADS=1 nice -n 19 " + text
+    return f"OMP_NUM_THREADS={JOB_ENV['OMP_NUM_THREADS']} nice -n 19 " + text
 
 
 def call(args: list[str], log: Path | None = None) -> tuple[str, float]:
@@ -278,11 +287,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--group", choices=["pilot", "main", "extra", "all"], default="main")
     p.add_argument("--only", nargs="*", help="run names (see RUNS)")
-    p.add_argument("--jobs", type=int, default=2, help="training jobs at once (1 thread each)")
+    p.add_argument("--jobs", type=int, default=2, help="training jobs at once")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per training job")
     p.add_argument("--teacher", default=TEACHER)
     p.add_argument("--force", action="store_true", help="re-run even if a run.json exists")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     a = p.parse_args()
+    JOB_ENV.update(OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     runs = [
         r
         for r in RUNS

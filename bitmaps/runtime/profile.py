@@ -25,6 +25,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -244,11 +245,35 @@ def _scheduling() -> str:
 
 
 def _load_average() -> float | None:
-    """The 1-minute load average: other work on the machine skews CPU timings (see the report)."""
+    """The 1-minute load average (informative: it counts the profiler's own threads too)."""
     try:
         return round(os.getloadavg()[0], 2)
     except OSError:
         return None
+
+
+def _cpu_seconds() -> tuple[float, float, float] | None:
+    """(wall, CPU seconds busy on the whole machine, CPU seconds of this process and its waited-for
+    workers); None where /proc/stat is missing. Busy counts steal time: a hypervisor running
+    someone else on our core skews timings as much as a local process does."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    own = os.times()
+    own_s = own.user + own.system + own.children_user + own.children_system
+    return time.monotonic(), busy / os.sysconf("SC_CLK_TCK"), own_s
+
+
+def _other_cpu_load(before: tuple | None, after: tuple | None, cores: int) -> float | None:
+    """Fraction of the machine's CPU that work other than this profile used between two samples
+    of :func:`_cpu_seconds` (what skews CPU timings; the load average would count us too)."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    other = (after[1] - before[1]) - (after[2] - before[2])
+    return round(max(0.0, other) / ((after[0] - before[0]) * cores), 3)
 
 
 def _validate(job: ProfileJob) -> tuple[list[Target], list[dict], list[str], Any, Path]:
@@ -337,9 +362,9 @@ def run_profile(job: ProfileJob, log: Log = print) -> ProfileResult:
     # Accuracy first: a problem with the text surfaces before minutes of measuring.
     scores, accuracy_meta = _accuracy(job, models, log) if job.data else ({}, None)
     artifacts = _artifacts(job, targets, workdir, log)
-    load_before = _load_average()
+    load_before, cpu_before = _load_average(), _cpu_seconds()
     raw, loaded = _measure_all(job, targets, artifacts, int(hf_config.vocab_size), workdir)
-    load_after = _load_average()
+    load_after, cpu_after = _load_average(), _cpu_seconds()
     rows = [_row(t, r, loaded.get(t, {}), artifacts.get(t), scores) for t, r in raw]
     runs = [
         {k: row[k] for k in ROW_KEYS[:5]}
@@ -348,6 +373,7 @@ def run_profile(job: ProfileJob, log: Log = print) -> ProfileResult:
     ]
     machine = _machine(cfg.threads or default_threads())
     machine["load_average_1min"] = [load_before, load_after]
+    machine["other_cpu_load"] = _other_cpu_load(cpu_before, cpu_after, os.cpu_count() or 1)
     machine["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     machine["scheduling"] = _scheduling()
     meta = {

@@ -263,6 +263,25 @@ def goal_lines(result: ProfileResult) -> list[str]:
     return lines + goals
 
 
+# Share of the machine's CPU taken by other work while measuring above which timings are flagged.
+OTHER_LOAD_WARNING = 0.10
+
+
+def _other_work(m: dict) -> str | None:
+    """What other work ran during the measurement, when it was enough to skew CPU timings."""
+    other = m.get("other_cpu_load")
+    if other is not None:
+        if other <= OTHER_LOAD_WARNING:
+            return None
+        return f"other processes used {other:.0%} of the machine's CPU time"
+    busy = [x for x in m.get("load_average_1min") or [] if x is not None]  # files before v0.1.1
+    if busy and m.get("cores") and max(busy) > 0.5 * m["cores"]:
+        return (
+            f"1-minute load average {' -> '.join(f'{x:.1f}' for x in busy)} on {m['cores']} cores"
+        )
+    return None
+
+
 def print_report(result: ProfileResult, console: Console | None = None) -> None:
     """Tables and summary lines on stdout (wide enough for every column when not a terminal)."""
     if console is None:
@@ -309,11 +328,8 @@ def print_report(result: ProfileResult, console: Console | None = None) -> None:
             highlight=False,
             markup=False,
         )
-    busy = [x for x in m.get("load_average_1min") or [] if x is not None]
-    if busy and m.get("cores") and max(busy) > 0.5 * m["cores"]:
-        load = (
-            f"1-minute load average {' -> '.join(f'{x:.1f}' for x in busy)} on {m['cores']} cores"
-        )
+    load = _other_work(m)
+    if load:
         if str(m.get("scheduling", "")).startswith(("SCHED_FIFO", "SCHED_RR")):
             text = (
                 f"note: other work ran during the measurement ({load}); this run had real-time "
