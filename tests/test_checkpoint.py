@@ -133,3 +133,23 @@ def test_failed_write_keeps_previous(tmp_path, monkeypatch) -> None:
     monkeypatch.undo()
     assert load_checkpoint(path)["meta"]["stage"] == "first"
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_written_files_follow_the_umask(tmp_path) -> None:
+    # atomic writes go through mkstemp (mode 0600); the result must be as readable as a plain
+    # open() would make it, or a shared model folder ends up unreadable to its other users
+    import os
+    import stat
+
+    from bitmaps.atomic import atomic_output
+
+    old = os.umask(0o022)
+    try:
+        path = _save(tmp_path / "c.pt")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        os.umask(0o077)
+        with atomic_output(tmp_path / "private.json") as tmp:
+            tmp.write_text("{}")
+        assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
