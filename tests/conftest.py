@@ -11,6 +11,40 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+def train_args(data, out, *extra: str) -> list[str]:
+    """``bitmaps train`` arguments: the bert-tiny teacher on ``data`` into ``out``, plus ``extra``."""
+    return ["train", "--teacher", "bert-tiny", "--data", str(data), "-o", str(out), *extra]
+
+
+# --- the compiled CPU kernels (bitmaps._C): every path forced in turn ---
+
+K_VALUES = (1, 31, 32, 33, 100, 768, 3072)  # the awkward K of STYLE.md, plus BERT-base's
+CPU_PATHS = ("avx512", "avx2", "scalar")
+NEEDS_C = "needs bitmaps._C (build it: python setup.py build_ext --inplace)"
+
+
+@pytest.fixture(params=CPU_PATHS)
+def cpu_path(request):
+    """Forces one CPU kernel path for the test; skips where the build or the CPU lacks it."""
+    from bitmaps import ops
+
+    if not ops.native_available():
+        pytest.skip(NEEDS_C)
+    if request.param not in ops.cpu_paths_supported():
+        pytest.skip(
+            f"needs a CPU with the {request.param} path (this one: {ops.cpu_paths_supported()})"
+        )
+    with ops.forced_cpu_path(request.param):
+        yield request.param
+
+
+def native_calls(op: str, path: str) -> int:
+    """How often the compiled kernel of ``op`` ran on ``path`` (proves which kernel served a call)."""
+    from bitmaps import _C
+
+    return _C.native_call_counts()[f"{op}/{path}"]
+
+
 # --- offline assets (bitmaps/assets.py): tests that need them skip only when they are absent ---
 
 NEEDS_ASSETS = "needs assets: run `bitmaps assets fetch`"

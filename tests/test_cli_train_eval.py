@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import train_args
 
 from bitmaps.cli import main
 
@@ -105,67 +106,23 @@ def test_unknown_option(capsys) -> None:
 
 def test_train_bad_config_value(capsys, tmp_path, sotu_small) -> None:
     out = tmp_path / "o.pt"
-    code, _, err = run(
-        capsys,
-        "train",
-        "--teacher",
-        "bert-tiny",
-        "--data",
-        str(sotu_small),
-        "-o",
-        str(out),
-        "--steps",
-        "0",
-    )
+    code, _, err = run(capsys, *train_args(sotu_small, out, "--steps", "0"))
     assert_one_line_error(code, err, "steps")
-    code, _, err = run(
-        capsys,
-        "train",
-        "--teacher",
-        "bert-tiny",
-        "--data",
-        str(sotu_small),
-        "-o",
-        str(out),
-        "--set",
-        "train.nonsense=1",
-    )
+    code, _, err = run(capsys, *train_args(sotu_small, out, "--set", "train.nonsense=1"))
     assert_one_line_error(code, err, "nonsense")
     assert not out.exists()
 
 
 def test_train_unwritable_output(capsys, tmp_path, sotu_small) -> None:
     out = tmp_path / "no" / "such" / "dir" / "o.pt"
-    code, _, err = run(
-        capsys,
-        "train",
-        "--teacher",
-        "bert-tiny",
-        "--data",
-        str(sotu_small),
-        "-o",
-        str(out),
-        "--steps",
-        "2",
-    )
+    code, _, err = run(capsys, *train_args(sotu_small, out, "--steps", "2"))
     assert_one_line_error(code, err, "does not exist")
 
 
 def test_train_bad_data_leaves_no_output(capsys, tmp_path, bert_tiny_dir) -> None:
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00garbage" * 100)
     out = tmp_path / "o.pt"
-    code, _, err = run(
-        capsys,
-        "train",
-        "--teacher",
-        "bert-tiny",
-        "--data",
-        str(tmp_path / "bin.txt"),
-        "-o",
-        str(out),
-        "--steps",
-        "2",
-    )
+    code, _, err = run(capsys, *train_args(tmp_path / "bin.txt", out, "--steps", "2"))
     assert_one_line_error(code, err)
     assert not out.exists() and not list(tmp_path.glob(".o.pt*"))
 
@@ -190,15 +147,5 @@ def test_real_process_exit_code_and_single_line(tmp_path) -> None:
 
 @pytest.mark.parametrize("stage_args", [["--stage", "teacher", "--act-quantizer", "ste"]])
 def test_binarize_options_need_student_stage(capsys, tmp_path, sotu_small, stage_args) -> None:
-    code, _, err = run(
-        capsys,
-        "train",
-        "--teacher",
-        "bert-tiny",
-        "--data",
-        str(sotu_small),
-        "-o",
-        str(tmp_path / "o.pt"),
-        *stage_args,
-    )
+    code, _, err = run(capsys, *train_args(sotu_small, tmp_path / "o.pt", *stage_args))
     assert_one_line_error(code, err, "student")

@@ -17,32 +17,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import K_VALUES, NEEDS_C, native_calls
 
 from bitmaps import ops
 
-K_VALUES = (1, 31, 32, 33, 100, 768, 3072)
-PATHS = ("avx512", "avx2", "scalar")
-NEEDS_C = "needs bitmaps._C (build it: python setup.py build_ext --inplace)"
 needs_c = pytest.mark.skipif(not ops.native_available(), reason=NEEDS_C)
-
-
-@pytest.fixture(params=PATHS)
-def cpu_path(request):
-    """Forces one CPU kernel path for the test; skips where the build or the CPU lacks it."""
-    if not ops.native_available():
-        pytest.skip(NEEDS_C)
-    if request.param not in ops.cpu_paths_supported():
-        pytest.skip(
-            f"needs a CPU with the {request.param} path (this one: {ops.cpu_paths_supported()})"
-        )
-    with ops.forced_cpu_path(request.param):
-        yield request.param
-
-
-def _calls(op: str, path: str) -> int:
-    from bitmaps import _C
-
-    return _C.native_call_counts()[f"{op}/{path}"]
 
 
 def _packed(rows: int, k: int) -> torch.Tensor:
@@ -77,9 +56,9 @@ def _check_binary_linear(x, w, w_scale, b, k, beta, act_scale):
 @pytest.mark.parametrize("m,n", [(37, 53), (1, 1), (5, 17), (64, 130)])
 def test_xnor_gemm_matches_reference_exactly(cpu_path, k, m, n):
     a, b = _packed(m, k), _packed(n, k)
-    before = _calls("xnor_gemm", cpu_path)
+    before = native_calls("xnor_gemm", cpu_path)
     got = ops.xnor_gemm(a, b, k)
-    assert _calls("xnor_gemm", cpu_path) == before + 1, "the native kernel did not run"
+    assert native_calls("xnor_gemm", cpu_path) == before + 1, "the native kernel did not run"
     assert got.dtype == torch.int32 and got.shape == (m, n)
     assert torch.equal(got, ops.reference_xnor_gemm(a, b, k))
 
@@ -111,9 +90,9 @@ def test_xnor_gemm_extremes(cpu_path, k):
 def test_binary_linear_matches_reference(cpu_path, k, dtype, act_scale):
     w, w_scale, b = _layer(53, k)
     x = (torch.randn(3, 7, k) * 2).to(dtype)  # batch dims [3, 7], M = 21 (odd), N = 53 (odd)
-    before = _calls("binary_linear", cpu_path)
+    before = native_calls("binary_linear", cpu_path)
     _check_binary_linear(x, w, w_scale, b, k, 0.25, act_scale)
-    assert _calls("binary_linear", cpu_path) == before + 1, "the native kernel did not run"
+    assert native_calls("binary_linear", cpu_path) == before + 1, "the native kernel did not run"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -203,9 +182,9 @@ def test_cpu_path_selection(monkeypatch):
     assert supported[-1] == "scalar" and ops.cpu_path() == supported[0]
     monkeypatch.setenv("BITMAPS_CPU_PATH", "scalar")
     assert ops.cpu_path() == "scalar"
-    before = _calls("xnor_gemm", "scalar")
+    before = native_calls("xnor_gemm", "scalar")
     ops.xnor_gemm(_packed(3, 40), _packed(4, 40), 40)
-    assert _calls("xnor_gemm", "scalar") == before + 1
+    assert native_calls("xnor_gemm", "scalar") == before + 1
     with ops.forced_cpu_path("auto"):  # an explicit choice beats the environment
         assert ops.cpu_path() == supported[0]
     monkeypatch.setenv("BITMAPS_CPU_PATH", "sse9")

@@ -9,32 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import K_VALUES, native_calls
 
 from bitmaps import ops
 from bitmaps.export.packing import packed_width, unpack_bits
-
-K_VALUES = (1, 31, 32, 33, 100, 768, 3072)
-PATHS = ("avx512", "avx2", "scalar")
-NEEDS_C = "needs bitmaps._C (build it: python setup.py build_ext --inplace)"
-
-
-@pytest.fixture(params=PATHS)
-def cpu_path(request):
-    """Forces one CPU kernel path for the test; skips where the build or the CPU lacks it."""
-    if not ops.native_available():
-        pytest.skip(NEEDS_C)
-    if request.param not in ops.cpu_paths_supported():
-        pytest.skip(
-            f"needs a CPU with the {request.param} path (this one: {ops.cpu_paths_supported()})"
-        )
-    with ops.forced_cpu_path(request.param):
-        yield request.param
-
-
-def _calls(op: str, path: str) -> int:
-    from bitmaps import _C
-
-    return _C.native_call_counts()[f"{op}/{path}"]
 
 
 def _padding_bits(words: torch.Tensor, k: int) -> torch.Tensor:
@@ -66,9 +44,9 @@ def test_reference_layout_hand_computed_words():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_pack_signs_matches_reference(cpu_path, k, dtype):
     x = torch.randn(3, 5, k).to(dtype)
-    before = _calls("pack_signs", cpu_path)
+    before = native_calls("pack_signs", cpu_path)
     got = ops.pack_signs(x)
-    assert _calls("pack_signs", cpu_path) == before + 1, "the native kernel did not run"
+    assert native_calls("pack_signs", cpu_path) == before + 1, "the native kernel did not run"
     assert got.dtype == torch.int32 and got.shape == (3, 5, packed_width(k))
     assert torch.equal(got, ops.reference_pack_signs(x))
     assert torch.equal(unpack_bits(got, k), x < 0)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_args
 
 from bitmaps.checkpoint import load_checkpoint
 from bitmaps.config import DataConfig, TrainConfig
@@ -108,25 +109,8 @@ def _cli(*args: str) -> list[str]:
 
 def test_killed_run_resumes(sotu_small, tmp_path, bert_tiny_dir) -> None:
     out = tmp_path / "killed.pt"
-    args = [
-        "train",
-        "--teacher",
-        "bert-tiny",
-        "--data",
-        str(sotu_small),
-        "-o",
-        str(out),
-        "--steps",
-        "60",
-        "--batch-size",
-        "4",
-        "--save-every",
-        "2",
-        "--eval-every",
-        "0",
-        "--eval-sequences",
-        "8",
-    ]
+    args = train_args(sotu_small, out, "--steps", "60", "--batch-size", "4", "--save-every", "2")
+    args += ["--eval-every", "0", "--eval-sequences", "8"]
     proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 300
@@ -153,31 +137,16 @@ def test_killed_run_resumes(sotu_small, tmp_path, bert_tiny_dir) -> None:
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(sotu_small, tmp_path, bert_tiny_dir) -> None:
     out = tmp_path / "ddp.pt"
-    cmd = [
+    torchrun = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         "--nproc-per-node",
         "2",
-        "-m",
-        "bitmaps",
-        "train",
-        "--teacher",
-        "bert-tiny",
-        "--data",
-        str(sotu_small),
-        "-o",
-        str(out),
-        "--steps",
-        "4",
-        "--batch-size",
-        "4",
-        "--eval-every",
-        "0",
-        "--eval-sequences",
-        "16",
     ]
+    args = train_args(sotu_small, out, "--steps", "4", "--batch-size", "4", "--eval-every", "0")
+    cmd = [*torchrun, "-m", "bitmaps", *args, "--eval-sequences", "16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
