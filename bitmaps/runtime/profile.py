@@ -373,7 +373,7 @@ def run_profile(job: ProfileJob, log: Log = print) -> ProfileResult:
     ]
     machine = _machine(cfg.threads or default_threads())
     machine["load_average_1min"] = [load_before, load_after]
-    machine["other_cpu_load"] = _other_cpu_load(cpu_before, cpu_after, os.cpu_count() or 1)
+    machine["other_cpu_load"] = _other_cpu_load(cpu_before, cpu_after, machine["cores"] or 1)
     machine["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     machine["scheduling"] = _scheduling()
     meta = {

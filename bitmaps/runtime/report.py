@@ -274,7 +274,8 @@ def _other_work(m: dict) -> str | None:
         if other <= OTHER_LOAD_WARNING:
             return None
         return f"other processes used {other:.0%} of the machine's CPU time"
-    busy = [x for x in m.get("load_average_1min") or [] if x is not None]  # files before v0.1.1
+    # JSON files written before other_cpu_load was recorded: the old load-average rule
+    busy = [x for x in m.get("load_average_1min") or [] if x is not None]
     if busy and m.get("cores") and max(busy) > 0.5 * m["cores"]:
         return (
             f"1-minute load average {' -> '.join(f'{x:.1f}' for x in busy)} on {m['cores']} cores"
