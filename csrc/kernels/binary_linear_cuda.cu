@@ -1,8 +1,12 @@
-// The public CUDA launchers of binary_linear_cuda.h: activation packing (sign + pack + per-row
-// scale, fused), the XNOR-GEMM dispatcher over the three paths, and the fused binary_linear.
+// The public CUDA launchers of binary_linear_cuda.h: activation packing (sign or {0, 1} bit +
+// pack + per-row scale, fused), the XNOR-GEMM dispatcher over the three paths, and the fused
+// binary_linear.
+#include <cuda_bf16.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <type_traits>
 
 #include "kernels/binary_linear_cuda.h"
 #include "kernels/xnor_gemm_cuda_impl.cuh"
@@ -18,18 +22,30 @@ namespace {
 
 constexpr int kPackWarps = 8;  // rows per block in the pack kernel (one warp per row)
 
-__device__ __forceinline__ float load_as_float(const float* x, int64_t i) { return x[i]; }
-__device__ __forceinline__ float load_as_float(const __half* x, int64_t i) {
-  return __half2float(x[i]);
+// x - beta in float32 as the reference computes it (exact conversions from fp16 / bf16); float64
+// input (pack_signs only, beta = 0) keeps its own precision, so that a negative double too small
+// for float32 still packs as negative.
+__device__ __forceinline__ float centred(float x, float beta) { return __fsub_rn(x, beta); }
+__device__ __forceinline__ float centred(__half x, float beta) {
+  return __fsub_rn(__half2float(x), beta);
+}
+__device__ __forceinline__ float centred(__nv_bfloat16 x, float beta) {
+  return __fsub_rn(__bfloat162float(x), beta);
+}
+__device__ __forceinline__ double centred(double x, float beta) {
+  return __dsub_rn(x, static_cast<double>(beta));
 }
 
 // One warp per row: lane l reads element 32 w + l of word w (coalesced), the ballot is the word.
-// Also sums |x - beta| for the row mean (float32, as the reference), when row_scale is wanted.
+// Bit 1 where x - beta < 0 (signed activations) or where x - beta > 0 ({0, 1} activations);
+// padding bits are 0. Also sums |x - beta| for the row mean (float32, as the reference), when
+// row_scale is wanted.
 template <typename T>
 __global__ void __launch_bounds__(kPackWarps * 32)
     pack_rows_kernel(const T* __restrict__ x, int64_t m, int32_t k, int32_t kw, float beta,
-                     float act_scale, uint32_t* __restrict__ packed,
+                     float act_scale, bool act_unsigned, uint32_t* __restrict__ packed,
                      float* __restrict__ row_scale) {
+  using Centred = decltype(centred(T{}, 0.0f));
   const int lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kPackWarps + threadIdx.x / 32;
   if (row >= m) return;  // whole warps leave together: row is uniform across the warp
@@ -39,9 +55,10 @@ __global__ void __launch_bounds__(kPackWarps * 32)
   for (int32_t w = 0; w < kw; ++w) {
     const int32_t col = w * 32 + lane;
     const bool in_row = col < k;
-    const float v = in_row ? __fsub_rn(load_as_float(xr, col), beta) : 0.0f;
-    const unsigned word = __ballot_sync(0xFFFFFFFFu, in_row && sign_bit(v) != 0u);
-    abs_sum += fabsf(v);
+    const Centred v = in_row ? centred(xr[col], beta) : Centred(0);
+    const bool bit = act_unsigned ? v > Centred(0) : v < Centred(0);
+    const unsigned word = __ballot_sync(0xFFFFFFFFu, in_row && bit);
+    abs_sum += fabsf(static_cast<float>(v));
     if (lane == 0) out[w] = word;
   }
   if (row_scale == nullptr) return;
@@ -52,22 +69,44 @@ __global__ void __launch_bounds__(kPackWarps * 32)
   if (lane == 0) row_scale[row] = act_scale > 0.0f ? act_scale : abs_sum / static_cast<float>(k);
 }
 
+template <typename T>
+void launch_pack_rows(const void* x, unsigned grid, int64_t m, int32_t k, int32_t kw, float beta,
+                      float act_scale, bool act_unsigned, uint32_t* out, float* row_scale,
+                      cudaStream_t stream) {
+  pack_rows_kernel<T><<<grid, kPackWarps * 32, 0, stream>>>(
+      static_cast<const T*>(x), m, k, kw, beta, act_scale, act_unsigned, out, row_scale);
+}
+
 cudaError_t launch_pack(const void* x, DType dtype, int64_t m, int64_t k, float beta,
-                        float act_scale, int32_t* packed, float* row_scale, cudaStream_t stream) {
+                        float act_scale, bool act_unsigned, int32_t* packed, float* row_scale,
+                        cudaStream_t stream) {
   if (m < 0 || k <= 0 || k > 0x7FFFFFFF - 32) return cudaErrorInvalidValue;
   if (m == 0) return cudaSuccess;
   const int64_t blocks = (m + kPackWarps - 1) / kPackWarps;
   if (blocks > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;
-  const int32_t kw = static_cast<int32_t>(packed_width(k));
+  const auto kw = static_cast<int32_t>(packed_width(k));
   auto* out = reinterpret_cast<uint32_t*>(packed);
   const auto k32 = static_cast<int32_t>(k);
   const auto grid = static_cast<unsigned>(blocks);
-  if (dtype == DType::kFloat16) {
-    pack_rows_kernel<__half><<<grid, kPackWarps * 32, 0, stream>>>(
-        static_cast<const __half*>(x), m, k32, kw, beta, act_scale, out, row_scale);
-  } else {
-    pack_rows_kernel<float><<<grid, kPackWarps * 32, 0, stream>>>(
-        static_cast<const float*>(x), m, k32, kw, beta, act_scale, out, row_scale);
+  switch (dtype) {
+    case DType::kFloat32:
+      launch_pack_rows<float>(x, grid, m, k32, kw, beta, act_scale, act_unsigned, out, row_scale,
+                              stream);
+      break;
+    case DType::kFloat16:
+      launch_pack_rows<__half>(x, grid, m, k32, kw, beta, act_scale, act_unsigned, out,
+                               row_scale, stream);
+      break;
+    case DType::kBFloat16:
+      launch_pack_rows<__nv_bfloat16>(x, grid, m, k32, kw, beta, act_scale, act_unsigned, out,
+                                      row_scale, stream);
+      break;
+    case DType::kFloat64:
+      launch_pack_rows<double>(x, grid, m, k32, kw, beta, act_scale, act_unsigned, out, row_scale,
+                               stream);
+      break;
+    default:
+      return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
 }
@@ -107,8 +146,9 @@ cudaError_t device_info(int device, DeviceInfo* info) {
     }
     bool has_mma = false;
     bool has_wgmma = false;
-    // The probes read a flag from the module the driver loaded for this device: a build without
-    // code for it fails here (no kernel image), which is reported instead of failing later.
+    // The probes look at the module the driver picked for this device (no stream operation, so
+    // this may run inside CUDA-graph capture): a build without code for the device fails here
+    // (no kernel image), which is reported instead of failing later.
     if (err == cudaSuccess) err = detail::probe_mma(&has_mma);
     if (err == cudaSuccess) err = detail::probe_wgmma(&has_wgmma);
     if (current != device) cudaSetDevice(current);
@@ -141,7 +181,7 @@ GemmPath auto_path(const DeviceInfo& d) {
   return GemmPath::kPopc;
 }
 
-template <OutKind kOut>
+template <OutKind kOut, bool kUnsigned>
 cudaError_t run_gemm(const GemmProblem& p, const Epilogue& ep, GemmPath requested,
                      cudaStream_t stream) {
   if (p.m == 0 || p.n == 0) return cudaSuccess;
@@ -152,11 +192,11 @@ cudaError_t run_gemm(const GemmProblem& p, const Epilogue& ep, GemmPath requeste
   if (!(d.mask & bit(path))) return cudaErrorNotSupported;
   switch (path) {
     case GemmPath::kWgmma:
-      return detail::launch_wgmma<kOut>(p, ep, stream);
+      return detail::launch_wgmma<kOut, kUnsigned>(p, ep, stream);
     case GemmPath::kMma:
-      return detail::launch_mma<kOut>(p, ep, d.num_sms, stream);
+      return detail::launch_mma<kOut, kUnsigned>(p, ep, d.num_sms, stream);
     default:
-      return detail::launch_popc<kOut>(p, ep, stream);
+      return detail::launch_popc<kOut, kUnsigned>(p, ep, stream);
   }
 }
 
@@ -166,7 +206,31 @@ bool valid_sizes(int64_t m, int64_t n, int64_t k) {
   return m >= 0 && n >= 0 && k > 0 && k <= 0x7FFFFFFF - 32;
 }
 
+GemmProblem make_problem(const int32_t* a, const int32_t* b, int64_t m, int64_t n, int64_t k) {
+  return GemmProblem{reinterpret_cast<const uint32_t*>(a),
+                     reinterpret_cast<const uint32_t*>(b),
+                     m,
+                     n,
+                     static_cast<int32_t>(k),
+                     static_cast<int32_t>(packed_width(k)),
+                     last_word_mask(k)};
+}
+
 }  // namespace
+
+namespace detail {
+
+cudaError_t probe_result(cudaError_t err, const cudaFuncAttributes& attr, bool* available) {
+  *available = false;
+  // No module for this device: the runtime says "invalid device function" for a kernel without
+  // an image; report it as the missing image it is.
+  if (err == cudaErrorInvalidDeviceFunction) err = cudaErrorNoKernelImageForDevice;
+  if (err != cudaSuccess) return err;
+  *available = attr.sharedSizeBytes == kProbeCompiledWords * sizeof(int);
+  return cudaSuccess;
+}
+
+}  // namespace detail
 
 const char* gemm_path_name(GemmPath path) {
   switch (path) {
@@ -220,26 +284,22 @@ cudaError_t resolve_gemm_path(int device, GemmPath requested, GemmPath* resolved
 
 cudaError_t pack_signs(const void* x, DType dtype, int64_t m, int64_t k, int32_t* packed,
                        cudaStream_t stream) {
-  return launch_pack(x, dtype, m, k, 0.0f, 0.0f, packed, nullptr, stream);
+  return launch_pack(x, dtype, m, k, 0.0f, 0.0f, false, packed, nullptr, stream);
 }
 
 cudaError_t pack_activations(const void* x, DType dtype, int64_t m, int64_t k, float act_threshold,
-                             float act_scale, int32_t* packed, float* row_scale,
-                             cudaStream_t stream) {
-  return launch_pack(x, dtype, m, k, act_threshold, act_scale, packed, row_scale, stream);
+                             float act_scale, bool act_unsigned, int32_t* packed,
+                             float* row_scale, cudaStream_t stream) {
+  if (dtype != DType::kFloat32 && dtype != DType::kFloat16) return cudaErrorInvalidValue;
+  return launch_pack(x, dtype, m, k, act_threshold, act_scale, act_unsigned, packed, row_scale,
+                     stream);
 }
 
 cudaError_t xnor_gemm(const int32_t* a, const int32_t* b, int64_t m, int64_t n, int64_t k,
                       int32_t* out, GemmPath path, cudaStream_t stream) {
   if (!valid_sizes(m, n, k)) return cudaErrorInvalidValue;
-  const GemmProblem p{reinterpret_cast<const uint32_t*>(a),
-                      reinterpret_cast<const uint32_t*>(b),
-                      m,
-                      n,
-                      static_cast<int32_t>(k),
-                      static_cast<int32_t>(packed_width(k))};
   const Epilogue ep{out, nullptr, nullptr, nullptr};
-  return run_gemm<OutKind::kInt32>(p, ep, path, stream);
+  return run_gemm<OutKind::kInt32, false>(make_problem(a, b, m, n, k), ep, path, stream);
 }
 
 size_t binary_linear_workspace_size(int64_t m, int64_t k) {
@@ -251,8 +311,8 @@ size_t binary_linear_workspace_size(int64_t m, int64_t k) {
 
 cudaError_t binary_linear(const void* x, DType dtype, const int32_t* w, const float* w_scale,
                           const float* bias, int64_t m, int64_t n, int64_t k, float act_threshold,
-                          float act_scale, void* y, void* workspace, size_t workspace_bytes,
-                          GemmPath path, cudaStream_t stream) {
+                          float act_scale, bool act_unsigned, void* y, void* workspace,
+                          size_t workspace_bytes, GemmPath path, cudaStream_t stream) {
   if (!valid_sizes(m, n, k)) return cudaErrorInvalidValue;
   if (m == 0 || n == 0) return cudaSuccess;
   if (workspace_bytes < binary_linear_workspace_size(m, k)) return cudaErrorInvalidValue;
@@ -260,18 +320,18 @@ cudaError_t binary_linear(const void* x, DType dtype, const int32_t* w, const fl
   auto* packed = reinterpret_cast<int32_t*>(base);
   auto* row_scale = reinterpret_cast<float*>(
       base + align256(static_cast<size_t>(m) * packed_width(k) * sizeof(int32_t)));
-  cudaError_t err =
-      pack_activations(x, dtype, m, k, act_threshold, act_scale, packed, row_scale, stream);
+  cudaError_t err = pack_activations(x, dtype, m, k, act_threshold, act_scale, act_unsigned,
+                                     packed, row_scale, stream);
   if (err != cudaSuccess) return err;
-  const GemmProblem p{reinterpret_cast<const uint32_t*>(packed),
-                      reinterpret_cast<const uint32_t*>(w),
-                      m,
-                      n,
-                      static_cast<int32_t>(k),
-                      static_cast<int32_t>(packed_width(k))};
+  const GemmProblem p = make_problem(packed, w, m, n, k);
   const Epilogue ep{y, row_scale, w_scale, bias};
-  if (dtype == DType::kFloat16) return run_gemm<OutKind::kFloat16>(p, ep, path, stream);
-  return run_gemm<OutKind::kFloat32>(p, ep, path, stream);
+  const bool fp16 = dtype == DType::kFloat16;
+  if (act_unsigned) {
+    return fp16 ? run_gemm<OutKind::kFloat16, true>(p, ep, path, stream)
+                : run_gemm<OutKind::kFloat32, true>(p, ep, path, stream);
+  }
+  return fp16 ? run_gemm<OutKind::kFloat16, false>(p, ep, path, stream)
+              : run_gemm<OutKind::kFloat32, false>(p, ep, path, stream);
 }
 
 }  // namespace cuda

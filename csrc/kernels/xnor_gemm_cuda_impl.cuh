@@ -25,6 +25,8 @@ struct Epilogue {
 };
 
 // The problem, as every kernel sees it. a: [M, KW], b: [N, KW] packed words.
+// last_mask = last_word_mask(k): the kernels AND word KW - 1 of both operands with it, so that
+// padding bits that are not 0 (a packed operand from elsewhere) are ignored, as on CPU.
 struct GemmProblem {
   const uint32_t* a;
   const uint32_t* b;
@@ -32,7 +34,23 @@ struct GemmProblem {
   int64_t n;
   int32_t k;
   int32_t kw;
+  uint32_t last_mask;
 };
+
+// The integer dot product from popcount(a XOR b) (and popcount(b), the weight row):
+//   signed   (a, b in {-1, +1}):          K - 2 popcount(a XOR b)
+//   unsigned (a in {0, 1}, b in {-1, +1}): popcount(a) - 2 popcount(a AND b)
+//                                        = popcount(a XOR b) - popcount(b)
+// (popcount(a XOR b) = popcount(a) + popcount(b) - 2 popcount(a AND b)).
+template <bool kUnsigned>
+__device__ __forceinline__ int32_t dot_from_xor(int32_t k, int32_t xor_pop, int32_t pop_b) {
+  if constexpr (kUnsigned) {
+    return xor_pop - pop_b;
+  } else {
+    (void)pop_b;
+    return binary_dot(k, xor_pop);
+  }
+}
 
 // Writes one output element. Products in the reference's order, with explicit round-to-nearest
 // intrinsics so nvcc cannot contract them into an FMA: (dot * s) * alpha + bias.
@@ -79,19 +97,42 @@ __device__ __forceinline__ void cp_async_wait() {
 #endif
 }
 
-// Per-path launchers. Each returns cudaErrorNotSupported when its code is absent from this build
-// for the current device (checked by the dispatcher before calling).
-template <OutKind kOut>
+// Per-path launchers (kUnsigned: {0, 1} activations, float outputs only). The dispatcher checks
+// that the path's code exists for the current device before calling.
+template <OutKind kOut, bool kUnsigned>
 cudaError_t launch_popc(const GemmProblem& p, const Epilogue& ep, cudaStream_t stream);
-template <OutKind kOut>
+template <OutKind kOut, bool kUnsigned>
 cudaError_t launch_mma(const GemmProblem& p, const Epilogue& ep, int num_sms, cudaStream_t stream);
-template <OutKind kOut>
+template <OutKind kOut, bool kUnsigned>
 cudaError_t launch_wgmma(const GemmProblem& p, const Epilogue& ep, cudaStream_t stream);
 
-// Whether this build holds mma.sync / wgmma code for the current device (reads a __device__
-// flag from the module the driver picked for it). Synchronous; the dispatcher caches the answer.
+// The instantiations every path provides (xnor_gemm: int32; binary_linear: float, both kinds).
+#define BITMAPS_INSTANTIATE_GEMM_LAUNCHER(launcher, ...)                                        \
+  template cudaError_t launcher<OutKind::kInt32, false>(__VA_ARGS__);                           \
+  template cudaError_t launcher<OutKind::kFloat32, false>(__VA_ARGS__);                         \
+  template cudaError_t launcher<OutKind::kFloat16, false>(__VA_ARGS__);                         \
+  template cudaError_t launcher<OutKind::kFloat32, true>(__VA_ARGS__);                          \
+  template cudaError_t launcher<OutKind::kFloat16, true>(__VA_ARGS__);
+
+// Whether this build holds mma.sync / wgmma code for the current device. Each path has a probe
+// kernel whose static shared memory is kProbeCompiledBytes in modules compiled with the path's
+// instructions and kProbeAbsentBytes elsewhere; cudaFuncGetAttributes reports the module the
+// driver picked for the current device. No stream operation and no synchronization, so the first
+// call is legal inside CUDA-graph capture. cudaErrorNoKernelImageForDevice when the build has no
+// code for the device at all.
+constexpr int kProbeCompiledWords = 8;
+constexpr int kProbeAbsentWords = 4;
 cudaError_t probe_mma(bool* available);
 cudaError_t probe_wgmma(bool* available);
+cudaError_t probe_result(cudaError_t err, const cudaFuncAttributes& attr, bool* available);
+
+// In-place AND of word `word` of `rows` shared-memory rows with `mask`; row r's word at
+// offset(r). Threads of the block share the rows; the caller synchronizes around it.
+template <typename Offset>
+__device__ __forceinline__ void mask_shared_word(uint32_t* smem, int rows, Offset offset,
+                                                 uint32_t mask) {
+  for (int r = threadIdx.x; r < rows; r += blockDim.x) smem[offset(r)] &= mask;
+}
 
 }  // namespace detail
 }  // namespace cuda

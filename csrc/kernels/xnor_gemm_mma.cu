@@ -1,9 +1,14 @@
 // XNOR GEMM on tensor cores with mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32:
 //   sm_80..sm_89: .xor.popc directly (SASS BMMA.168256.XOR.POPC);
+//   ({0, 1} activations: the same product, then dot = popcount(a XOR b) - popcount(b), with the
+//    weight-row popcounts summed from the B fragments as the AND form does;)
 //   sm_90+:       .and.popc (BMMA.168256.AND.POPC) plus the row-popcount identity
 //                 popcount(a XOR b) = popcount(a) + popcount(b) - 2 popcount(a AND b), because
 //                 Hopper has no XOR b1 MMA and ptxas would otherwise emulate .xor.popc through a
 //                 called subroutine per MMA (seen in the sm_90a SASS).
+//
+// Padding bits: word KW - 1 of both shared tiles is ANDed with last_word_mask(K) once, in the
+// last stage, so packed operands with non-zero padding give the CPU kernels' answer.
 //
 // Block tile BM x BN, K staged 16 words (512 bits, two k256 steps) at a time through a two-stage
 // cp.async pipeline. Shared tiles are row-major with a row stride of 20 words: the fragment loads
@@ -32,8 +37,14 @@ namespace {
 #define BITMAPS_MMA_AND_FORM 0
 #endif
 
-// Read back by probe_mma() from the module compiled for the running device.
-__device__ int g_mma_compiled = BITMAPS_HAS_MMA_B1;
+// probe_mma() reads this kernel's static shared memory size (xnor_gemm_cuda_impl.cuh).
+__global__ void mma_probe_kernel(int* sink) {
+  __shared__ int marker[BITMAPS_HAS_MMA_B1 ? kProbeCompiledWords : kProbeAbsentWords];
+  constexpr int kWords = sizeof(marker) / sizeof(marker[0]);
+  marker[threadIdx.x % kWords] = static_cast<int>(threadIdx.x);
+  __syncthreads();
+  sink[threadIdx.x] = marker[(threadIdx.x + 1) % kWords];
+}
 
 constexpr int kBkWords = 16;  // words of K per pipeline stage
 constexpr int kStride = 20;   // shared row stride in words (bank-conflict-free fragments)
@@ -69,7 +80,7 @@ __device__ __forceinline__ void load_stage(uint32_t* smem, const uint32_t* g, in
   }
 }
 
-template <int kBM, int kBN, int kWarpsM, int kWarpsN, OutKind kOut>
+template <int kBM, int kBN, int kWarpsM, int kWarpsN, OutKind kOut, bool kUnsigned>
 __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
     xnor_gemm_mma_kernel(GemmProblem p, Epilogue ep) {
 #if BITMAPS_HAS_MMA_B1
@@ -79,6 +90,9 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
   constexpr int kMTiles = kWarpRows / 16;
   constexpr int kNTiles = kWarpCols / 8;
   static_assert(kMTiles * 16 == kWarpRows && kNTiles * 8 == kWarpCols, "bad warp tile");
+  // The AND form needs both row popcounts; {0, 1} activations need the weight rows' in any form.
+  constexpr bool kAndForm = BITMAPS_MMA_AND_FORM != 0;
+  constexpr bool kPopB = kAndForm || kUnsigned;
 
   __shared__ __align__(16) uint32_t sa[2][kBM * kStride];
   __shared__ __align__(16) uint32_t sb[2][kBN * kStride];
@@ -99,7 +113,6 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
     for (int j = 0; j < kNTiles; ++j)
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[i][j][c] = 0;
-#if BITMAPS_MMA_AND_FORM
   // This thread's share of the row popcounts: A rows g and g + 8 of each m tile, W row g of each
   // n tile (words t and t + 4 of every k step; the quad holds all 8).
   int32_t pop_a[kMTiles][2];
@@ -108,7 +121,6 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
   for (int i = 0; i < kMTiles; ++i) pop_a[i][0] = pop_a[i][1] = 0;
 #pragma unroll
   for (int j = 0; j < kNTiles; ++j) pop_b[j] = 0;
-#endif
 
   const int num_k_tiles = (p.kw + kBkWords - 1) / kBkWords;
   load_stage<kBM, kThreads>(sa[0], p.a, m0, p.m, p.kw, 0);
@@ -126,6 +138,13 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
       cp_async_wait<0>();
     }
     __syncthreads();
+    if (kt == num_k_tiles - 1 && p.last_mask != 0xFFFFFFFFu) {
+      // Word KW - 1 lies in the last stage: clear its padding bits in both tiles, once per block.
+      const int wl = p.kw - 1 - kt * kBkWords;
+      mask_shared_word(sa[stage], kBM, [wl](int r) { return r * kStride + wl; }, p.last_mask);
+      mask_shared_word(sb[stage], kBN, [wl](int r) { return r * kStride + wl; }, p.last_mask);
+      __syncthreads();
+    }
 
     const uint32_t* a_s = sa[stage];
     const uint32_t* b_s = sb[stage];
@@ -149,15 +168,17 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
         bf[j][0] = b_s[c * kStride + w];
         bf[j][1] = b_s[c * kStride + w + 4];
       }
-#if BITMAPS_MMA_AND_FORM
+      if constexpr (kAndForm) {
 #pragma unroll
-      for (int i = 0; i < kMTiles; ++i) {
-        pop_a[i][0] += __popc(af[i][0]) + __popc(af[i][2]);
-        pop_a[i][1] += __popc(af[i][1]) + __popc(af[i][3]);
+        for (int i = 0; i < kMTiles; ++i) {
+          pop_a[i][0] += __popc(af[i][0]) + __popc(af[i][2]);
+          pop_a[i][1] += __popc(af[i][1]) + __popc(af[i][3]);
+        }
       }
+      if constexpr (kPopB) {
 #pragma unroll
-      for (int j = 0; j < kNTiles; ++j) pop_b[j] += __popc(bf[j][0]) + __popc(bf[j][1]);
-#endif
+        for (int j = 0; j < kNTiles; ++j) pop_b[j] += __popc(bf[j][0]) + __popc(bf[j][1]);
+      }
 #pragma unroll
       for (int i = 0; i < kMTiles; ++i)
 #pragma unroll
@@ -166,34 +187,39 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
     __syncthreads();  // the next iteration's loads overwrite the stage just read
   }
 
-#if BITMAPS_MMA_AND_FORM
-  // Sum the quad's shares, then fetch the popcount of W row (2t + e) of each n tile from the quad
-  // that holds it (lanes 4 (2t + e) .. + 3), and turn AND counts into XOR counts in place.
-#pragma unroll
-  for (int i = 0; i < kMTiles; ++i) {
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      pop_a[i][h] += __shfl_xor_sync(0xFFFFFFFFu, pop_a[i][h], 1);
-      pop_a[i][h] += __shfl_xor_sync(0xFFFFFFFFu, pop_a[i][h], 2);
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < kNTiles; ++j) {
-    pop_b[j] += __shfl_xor_sync(0xFFFFFFFFu, pop_b[j], 1);
-    pop_b[j] += __shfl_xor_sync(0xFFFFFFFFu, pop_b[j], 2);
-    const int32_t pb0 = __shfl_sync(0xFFFFFFFFu, pop_b[j], 4 * (2 * t));
-    const int32_t pb1 = __shfl_sync(0xFFFFFFFFu, pop_b[j], 4 * (2 * t + 1));
+  // Sum the quad's shares, fetch the popcount of W row (2t + e) of each n tile from the quad that
+  // holds it (lanes 4 (2t + e) .. + 3), and turn AND counts into XOR counts in place.
+  if constexpr (kAndForm) {
 #pragma unroll
     for (int i = 0; i < kMTiles; ++i) {
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int32_t pa = pop_a[i][c >= 2 ? 1 : 0];
-        const int32_t pb = (c & 1) ? pb1 : pb0;
-        acc[i][j][c] = pa + pb - 2 * acc[i][j][c];
+      for (int h = 0; h < 2; ++h) {
+        pop_a[i][h] += __shfl_xor_sync(0xFFFFFFFFu, pop_a[i][h], 1);
+        pop_a[i][h] += __shfl_xor_sync(0xFFFFFFFFu, pop_a[i][h], 2);
       }
     }
   }
-#endif
+  int32_t pop_col[kNTiles][2];  // popcount of W rows (columns of D) 2t and 2t + 1 of each n tile
+#pragma unroll
+  for (int j = 0; j < kNTiles; ++j) {
+    pop_col[j][0] = pop_col[j][1] = 0;
+    if constexpr (kPopB) {
+      pop_b[j] += __shfl_xor_sync(0xFFFFFFFFu, pop_b[j], 1);
+      pop_b[j] += __shfl_xor_sync(0xFFFFFFFFu, pop_b[j], 2);
+      pop_col[j][0] = __shfl_sync(0xFFFFFFFFu, pop_b[j], 4 * (2 * t));
+      pop_col[j][1] = __shfl_sync(0xFFFFFFFFu, pop_b[j], 4 * (2 * t + 1));
+    }
+    if constexpr (kAndForm) {
+#pragma unroll
+      for (int i = 0; i < kMTiles; ++i) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int32_t pa = pop_a[i][c >= 2 ? 1 : 0];
+          acc[i][j][c] = pa + pop_col[j][c & 1] - 2 * acc[i][j][c];
+        }
+      }
+    }
+  }
 
 #pragma unroll
   for (int i = 0; i < kMTiles; ++i) {
@@ -204,7 +230,8 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
         const int64_t row = m0 + warp_m * kWarpRows + i * 16 + g + (c >= 2 ? 8 : 0);
         const int64_t col = n0 + warp_n * kWarpCols + j * 8 + 2 * t + (c & 1);
         if (row < p.m && col < p.n) {
-          store_output<kOut>(ep, p.n, row, col, binary_dot(p.k, acc[i][j][c]));
+          store_output<kOut>(ep, p.n, row, col,
+                             dot_from_xor<kUnsigned>(p.k, acc[i][j][c], pop_col[j][c & 1]));
         }
       }
     }
@@ -212,39 +239,33 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
 #endif
 }
 
-template <int kBM, int kBN, int kWarpsM, int kWarpsN, OutKind kOut>
+template <int kBM, int kBN, int kWarpsM, int kWarpsN, OutKind kOut, bool kUnsigned>
 cudaError_t launch_tile(const GemmProblem& p, const Epilogue& ep, cudaStream_t stream) {
   const int64_t grid_m = (p.m + kBM - 1) / kBM;
   const int64_t grid_n = (p.n + kBN - 1) / kBN;
   if (grid_m > 0x7FFFFFFF || grid_n > 65535) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(grid_m), static_cast<unsigned>(grid_n));
-  xnor_gemm_mma_kernel<kBM, kBN, kWarpsM, kWarpsN, kOut>
+  xnor_gemm_mma_kernel<kBM, kBN, kWarpsM, kWarpsN, kOut, kUnsigned>
       <<<grid, kWarpsM * kWarpsN * 32, 0, stream>>>(p, ep);
   return cudaGetLastError();
 }
 
 }  // namespace
 
-template <OutKind kOut>
+template <OutKind kOut, bool kUnsigned>
 cudaError_t launch_mma(const GemmProblem& p, const Epilogue& ep, int num_sms, cudaStream_t stream) {
   // Large tiles when they alone fill the GPU; otherwise 64 x 64 tiles for more blocks.
   const int64_t big_tiles = ((p.m + 127) / 128) * ((p.n + 127) / 128);
-  if (big_tiles >= num_sms) return launch_tile<128, 128, 4, 2, kOut>(p, ep, stream);
-  return launch_tile<64, 64, 2, 2, kOut>(p, ep, stream);
+  if (big_tiles >= num_sms) return launch_tile<128, 128, 4, 2, kOut, kUnsigned>(p, ep, stream);
+  return launch_tile<64, 64, 2, 2, kOut, kUnsigned>(p, ep, stream);
 }
 
-template cudaError_t launch_mma<OutKind::kInt32>(const GemmProblem&, const Epilogue&, int,
-                                                 cudaStream_t);
-template cudaError_t launch_mma<OutKind::kFloat32>(const GemmProblem&, const Epilogue&, int,
-                                                   cudaStream_t);
-template cudaError_t launch_mma<OutKind::kFloat16>(const GemmProblem&, const Epilogue&, int,
-                                                   cudaStream_t);
+BITMAPS_INSTANTIATE_GEMM_LAUNCHER(launch_mma, const GemmProblem&, const Epilogue&, int,
+                                  cudaStream_t)
 
 cudaError_t probe_mma(bool* available) {
-  int flag = 0;
-  const cudaError_t err = cudaMemcpyFromSymbol(&flag, g_mma_compiled, sizeof(flag));
-  *available = err == cudaSuccess && flag != 0;
-  return err;
+  cudaFuncAttributes attr{};
+  return probe_result(cudaFuncGetAttributes(&attr, mma_probe_kernel), attr, available);
 }
 
 }  // namespace detail

@@ -1,4 +1,5 @@
-// The plain CUDA-core XNOR GEMM: dot = K - 2 * sum_w __popc(a[m, w] ^ b[n, w]).
+// The plain CUDA-core XNOR GEMM: dot = K - 2 * sum_w __popc(a[m, w] ^ b[n, w]) (signed), or
+// sum_w __popc(a ^ b) - __popc(b) for {0, 1} activations (xnor_gemm_cuda_impl.cuh).
 //
 // Deliberately the textbook shared-memory tiled matrix product (16 x 16 outputs per block, one per
 // thread, 16 words of K per step), so that it is obviously right: it is the fallback for GPUs
@@ -12,7 +13,7 @@ namespace {
 
 constexpr int kTile = 16;
 
-template <OutKind kOut>
+template <OutKind kOut, bool kUnsigned>
 __global__ void __launch_bounds__(kTile* kTile) xnor_gemm_popc_kernel(GemmProblem p, Epilogue ep) {
   // +1 column: threads of a warp read bs[tx][j] for 16 different tx without bank conflicts.
   __shared__ uint32_t as[kTile][kTile + 1];
@@ -24,44 +25,44 @@ __global__ void __launch_bounds__(kTile* kTile) xnor_gemm_popc_kernel(GemmProble
   const int64_t n0 = static_cast<int64_t>(blockIdx.y) * kTile;
 
   int32_t xor_pop = 0;
+  int32_t pop_b = 0;  // popcount of weight row n0 + tx (unsigned activations only)
   for (int w0 = 0; w0 < p.kw; w0 += kTile) {
     const int w = w0 + tx;
     const int64_t am = m0 + ty;
     const int64_t bn = n0 + ty;
-    as[ty][tx] = (am < p.m && w < p.kw) ? p.a[am * p.kw + w] : 0u;
-    bs[ty][tx] = (bn < p.n && w < p.kw) ? p.b[bn * p.kw + w] : 0u;
+    const uint32_t mask = w == p.kw - 1 ? p.last_mask : 0xFFFFFFFFu;  // padding bits count 0
+    as[ty][tx] = (am < p.m && w < p.kw) ? p.a[am * p.kw + w] & mask : 0u;
+    bs[ty][tx] = (bn < p.n && w < p.kw) ? p.b[bn * p.kw + w] & mask : 0u;
     __syncthreads();
 #pragma unroll
-    for (int j = 0; j < kTile; ++j) xor_pop += __popc(as[ty][j] ^ bs[tx][j]);
+    for (int j = 0; j < kTile; ++j) {
+      xor_pop += __popc(as[ty][j] ^ bs[tx][j]);
+      if constexpr (kUnsigned) pop_b += __popc(bs[tx][j]);
+    }
     __syncthreads();
   }
 
   const int64_t row = m0 + ty;
   const int64_t col = n0 + tx;
   if (row < p.m && col < p.n) {
-    store_output<kOut>(ep, p.n, row, col, binary_dot(p.k, xor_pop));
+    store_output<kOut>(ep, p.n, row, col, dot_from_xor<kUnsigned>(p.k, xor_pop, pop_b));
   }
 }
 
 }  // namespace
 
-template <OutKind kOut>
+template <OutKind kOut, bool kUnsigned>
 cudaError_t launch_popc(const GemmProblem& p, const Epilogue& ep, cudaStream_t stream) {
   const int64_t grid_m = (p.m + kTile - 1) / kTile;
   const int64_t grid_n = (p.n + kTile - 1) / kTile;
   if (grid_m > 0x7FFFFFFF || grid_n > 65535) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(grid_m), static_cast<unsigned>(grid_n));
   const dim3 block(kTile, kTile);
-  xnor_gemm_popc_kernel<kOut><<<grid, block, 0, stream>>>(p, ep);
+  xnor_gemm_popc_kernel<kOut, kUnsigned><<<grid, block, 0, stream>>>(p, ep);
   return cudaGetLastError();
 }
 
-template cudaError_t launch_popc<OutKind::kInt32>(const GemmProblem&, const Epilogue&,
-                                                  cudaStream_t);
-template cudaError_t launch_popc<OutKind::kFloat32>(const GemmProblem&, const Epilogue&,
-                                                    cudaStream_t);
-template cudaError_t launch_popc<OutKind::kFloat16>(const GemmProblem&, const Epilogue&,
-                                                    cudaStream_t);
+BITMAPS_INSTANTIATE_GEMM_LAUNCHER(launch_popc, const GemmProblem&, const Epilogue&, cudaStream_t)
 
 }  // namespace detail
 }  // namespace cuda

@@ -3,7 +3,9 @@
 // computes and = popcount(a AND b) and recovers XOR from the row popcounts:
 //   popcount(a XOR b) = popcount(a) + popcount(b) - 2 * popcount(a AND b)
 // popcount(a) per activation row is summed from the A fragments already in registers, popcount(b)
-// per weight row from the B tile in shared memory; padding words are zero in both, so they add 0.
+// per weight row from the B tile in shared memory; padding words are zero in both, so they add 0,
+// and the padding bits of word KW - 1 are cleared in shared memory (last stage) before any read.
+// {0, 1} activations use the same product: dot = popcount(a) - 2 popcount(a AND b).
 //
 // Block: 2 warpgroups (256 threads), tile 128 x 128, K staged 16 words (two k256 steps) at a time
 // through a two-stage cp.async pipeline. Warpgroup wg computes rows [64 wg, 64 wg + 64).
@@ -29,8 +31,15 @@ namespace {
 #define BITMAPS_HAS_WGMMA_B1 0
 #endif
 
-// Read back by probe_wgmma() from the module compiled for the running device: 1 only in sm_90a.
-__device__ int g_wgmma_compiled = BITMAPS_HAS_WGMMA_B1;
+// probe_wgmma() reads this kernel's static shared memory size (xnor_gemm_cuda_impl.cuh): the
+// "compiled" size only in sm_90a code.
+__global__ void wgmma_probe_kernel(int* sink) {
+  __shared__ int marker[BITMAPS_HAS_WGMMA_B1 ? kProbeCompiledWords : kProbeAbsentWords];
+  constexpr int kWords = sizeof(marker) / sizeof(marker[0]);
+  marker[threadIdx.x % kWords] = static_cast<int>(threadIdx.x);
+  __syncthreads();
+  sink[threadIdx.x] = marker[(threadIdx.x + 1) % kWords];
+}
 
 constexpr int kBM = 128;
 constexpr int kBN = 128;
@@ -59,6 +68,22 @@ __device__ __forceinline__ uint64_t smem_descriptor(const void* smem) {
   desc |= static_cast<uint64_t>((kLboBytes & 0x3FFFF) >> 4) << 16;  // bits 16-29: LBO
   desc |= static_cast<uint64_t>((kSboBytes & 0x3FFFF) >> 4) << 32;  // bits 32-45: SBO
   return desc;  // base offset 0, swizzle mode 0 (none)
+}
+
+// Tells the compiler that `reg` is read and written here, so that it neither moves accesses to it
+// across the wgmma fence / wait nor makes ptxas insert its own warpgroup.arrive (C7519): the
+// same empty asm as CUTLASS's warpgroup_fence_operand, on every register wgmma reads or writes
+// (the accumulators and the A fragments).
+__device__ __forceinline__ void fence_operand(int32_t& reg) {
+  asm volatile("" : "+r"(reg)::"memory");
+}
+__device__ __forceinline__ void fence_operand(uint32_t& reg) {
+  asm volatile("" : "+r"(reg)::"memory");
+}
+template <typename T, int kN>
+__device__ __forceinline__ void fence_operands(T (&regs)[kN]) {
+#pragma unroll
+  for (int i = 0; i < kN; ++i) fence_operand(regs[i]);
 }
 
 __device__ __forceinline__ void wgmma_fence() {
@@ -94,6 +119,20 @@ __device__ __forceinline__ void wgmma_and_128(int32_t (&d)[64], const uint32_t (
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
 }
 
+template <int kSteps>
+__device__ __forceinline__ void mma_steps(int32_t (&acc)[64], uint32_t (&a0)[4], uint32_t (&a1)[4],
+                                          const uint32_t* b_stage) {
+  fence_operands(acc);
+  fence_operands(a0);
+  fence_operands(a1);
+  wgmma_fence();
+  wgmma_and_128(acc, a0, smem_descriptor(b_stage));
+  if constexpr (kSteps == 2) wgmma_and_128(acc, a1, smem_descriptor(b_stage + kStepWordsB));
+  wgmma_commit();
+  wgmma_wait_all();
+  fence_operands(acc);
+}
+
 __device__ __forceinline__ void load_stage(uint32_t* sa, uint32_t* sb, const GemmProblem& p,
                                            int64_t m0, int64_t n0, int w0) {
   for (int i = threadIdx.x; i < kBM * kBkWords; i += kThreads) {
@@ -113,7 +152,7 @@ __device__ __forceinline__ void load_stage(uint32_t* sa, uint32_t* sb, const Gem
 }
 #endif  // BITMAPS_HAS_WGMMA_B1
 
-template <OutKind kOut>
+template <OutKind kOut, bool kUnsigned>
 __global__ void __launch_bounds__(kThreads) xnor_gemm_wgmma_kernel(GemmProblem p, Epilogue ep) {
 #if BITMAPS_HAS_WGMMA_B1
   __shared__ __align__(128) uint32_t sb[2][kBN * kBkWords];
@@ -148,7 +187,15 @@ __global__ void __launch_bounds__(kThreads) xnor_gemm_wgmma_kernel(GemmProblem p
     } else {
       cp_async_wait<0>();
     }
-    // cp.async wrote through the generic proxy; wgmma reads B through the async proxy.
+    if (kt == num_k_tiles - 1 && p.last_mask != 0xFFFFFFFFu) {
+      // Word KW - 1 lies in the last stage: clear its padding bits in A and B, once per block.
+      __syncthreads();
+      const int wl = p.kw - 1 - kt * kBkWords;
+      mask_shared_word(sa[stage], kBM, [wl](int r) { return r * kStrideA + wl; }, p.last_mask);
+      mask_shared_word(sb[stage], kBN, [wl](int r) { return b_offset(r, wl); }, p.last_mask);
+    }
+    // cp.async and the masking wrote through the generic proxy; wgmma reads B through the async
+    // proxy.
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     __syncthreads();
 
@@ -178,11 +225,11 @@ __global__ void __launch_bounds__(kThreads) xnor_gemm_wgmma_kernel(GemmProblem p
     pop_a_lo += __popc(a0[0]) + __popc(a0[2]) + __popc(a1[0]) + __popc(a1[2]);
     pop_a_hi += __popc(a0[1]) + __popc(a0[3]) + __popc(a1[1]) + __popc(a1[3]);
 
-    wgmma_fence();
-    wgmma_and_128(acc, a0, smem_descriptor(&sb[stage][0]));
-    if (second_step) wgmma_and_128(acc, a1, smem_descriptor(&sb[stage][kStepWordsB]));
-    wgmma_commit();
-    wgmma_wait_all();
+    if (second_step) {
+      mma_steps<2>(acc, a0, a1, &sb[stage][0]);
+    } else {
+      mma_steps<1>(acc, a0, a1, &sb[stage][0]);
+    }
     __syncthreads();  // the next iteration's loads overwrite the stage just read
   }
 
@@ -206,7 +253,8 @@ __global__ void __launch_bounds__(kThreads) xnor_gemm_wgmma_kernel(GemmProblem p
         if (row < p.m && col < p.n) {
           const int32_t and_pop = acc[4 * j + 2 * h + e];
           const int32_t xor_pop = (h ? pop_a_hi : pop_a_lo) + pop_b[col_in_tile] - 2 * and_pop;
-          store_output<kOut>(ep, p.n, row, col, binary_dot(p.k, xor_pop));
+          store_output<kOut>(ep, p.n, row, col,
+                             dot_from_xor<kUnsigned>(p.k, xor_pop, pop_b[col_in_tile]));
         }
       }
     }
@@ -216,28 +264,21 @@ __global__ void __launch_bounds__(kThreads) xnor_gemm_wgmma_kernel(GemmProblem p
 
 }  // namespace
 
-template <OutKind kOut>
+template <OutKind kOut, bool kUnsigned>
 cudaError_t launch_wgmma(const GemmProblem& p, const Epilogue& ep, cudaStream_t stream) {
   const int64_t grid_m = (p.m + kBM - 1) / kBM;
   const int64_t grid_n = (p.n + kBN - 1) / kBN;
   if (grid_m > 0x7FFFFFFF || grid_n > 65535) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(grid_m), static_cast<unsigned>(grid_n));
-  xnor_gemm_wgmma_kernel<kOut><<<grid, kThreads, 0, stream>>>(p, ep);
+  xnor_gemm_wgmma_kernel<kOut, kUnsigned><<<grid, kThreads, 0, stream>>>(p, ep);
   return cudaGetLastError();
 }
 
-template cudaError_t launch_wgmma<OutKind::kInt32>(const GemmProblem&, const Epilogue&,
-                                                   cudaStream_t);
-template cudaError_t launch_wgmma<OutKind::kFloat32>(const GemmProblem&, const Epilogue&,
-                                                     cudaStream_t);
-template cudaError_t launch_wgmma<OutKind::kFloat16>(const GemmProblem&, const Epilogue&,
-                                                     cudaStream_t);
+BITMAPS_INSTANTIATE_GEMM_LAUNCHER(launch_wgmma, const GemmProblem&, const Epilogue&, cudaStream_t)
 
 cudaError_t probe_wgmma(bool* available) {
-  int flag = 0;
-  const cudaError_t err = cudaMemcpyFromSymbol(&flag, g_wgmma_compiled, sizeof(flag));
-  *available = err == cudaSuccess && flag != 0;
-  return err;
+  cudaFuncAttributes attr{};
+  return probe_result(cudaFuncGetAttributes(&attr, wgmma_probe_kernel), attr, available);
 }
 
 }  // namespace detail
