@@ -1,0 +1,111 @@
+// The whole CPU bitmaps::BinaryLinear (and xnor_gemm) over the kernels of cpu_kernels.h, torch-free:
+// weights laid out once into the GEMM's panel layout, activations binarized and packed, GEMM tiles,
+// all spread over threads the caller provides. Both front doors use it: csrc/torch (threads from
+// at::parallel_for) and csrc/onnxruntime (ONNX Runtime's intra-op pool, or serial).
+//
+// Work is split into items that threads claim one at a time, in order, from a shared counter
+// instead of taking a fixed share each: when one thread is descheduled (a busy machine) or its
+// items are slower (ragged edges), the others take over what it has not started. An op is ONE
+// parallel region: packing items first, then GEMM tiles that wait until every packing item is
+// done. Packing items are claimed before any tile and are run at once by the thread that claimed
+// them (kernels do not throw), so the wait always ends, also when the region runs serially.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <thread>
+
+#include "kernels/cpu_kernels.h"
+
+namespace bitmaps::cpu {
+
+// The threads an op may use. run(workers, body) calls body(w) for w in [0, workers), on up to
+// `workers` threads, and returns when every call has returned. The calls may run concurrently or
+// one after another, and a thread may make just one call for a whole range of w: each call claims
+// items until none are left, so one call already does all the work. A null run (or max_workers 1)
+// runs everything on the caller's thread.
+struct Parallel {
+  int64_t max_workers = 1;
+  std::function<void(int64_t workers, const std::function<void(int64_t)>& body)> run;
+};
+
+// Runs first(i) for i in [0, first_items), then main(j) for j in [0, main_items), claimed as the
+// header comment says. Returns how many workers took part.
+template <class First, class Main>
+int parallel_claim(const Parallel& parallel, int64_t first_items, const First& first,
+                   int64_t main_items, const Main& main) {
+  const int64_t items = first_items + main_items;
+  if (items <= 0) return 0;
+  std::atomic<int64_t> next{0}, first_done{0};
+  std::atomic<int> started{0};
+  const std::function<void(int64_t)> body = [&](int64_t) {
+    started.fetch_add(1, std::memory_order_relaxed);
+    for (int64_t i = next.fetch_add(1); i < items; i = next.fetch_add(1)) {
+      if (i < first_items) {
+        first(i);
+        first_done.fetch_add(1, std::memory_order_release);
+        continue;
+      }
+      while (first_done.load(std::memory_order_acquire) < first_items) std::this_thread::yield();
+      main(i - first_items);
+    }
+  };
+  const int64_t workers = std::max<int64_t>(1, std::min(parallel.max_workers, items));
+  if (workers == 1 || !parallel.run) {
+    body(0);
+  } else {
+    parallel.run(workers, body);
+  }
+  return started.load();
+}
+
+template <class Fn>
+int parallel_claim(const Parallel& parallel, int64_t items, const Fn& fn) {
+  return parallel_claim(parallel, 0, [](int64_t) {}, items, fn);
+}
+
+// Rows per work item when packing rows of k values: ~32K values, so an item outweighs the cost of
+// claiming it.
+inline int64_t rows_per_item(int64_t k) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(k, 1));
+}
+
+// Int32 words of the prepacked weights of n rows of k bits: the panel layout of pack_panels,
+// [ceil(n / kPanelRows), ceil(k / 32), kPanelRows]. It is the same on every CPU path.
+int64_t prepacked_words(int64_t n, int64_t k);
+
+// Packed weight rows w [n, ceil(k/32)] -> the panel layout (padding rows and bits zeroed).
+int prepack_weights(const int32_t* w, int64_t n, int64_t k, int32_t* panels,
+                    const Parallel& parallel);
+
+// out[m, n] = k - 2 * popcount(a[m] XOR b[n]) for packed rows a [m, kw] and b [n, kw] (b is laid
+// out into panels on the way).
+int xnor_gemm(CpuPath path, const int32_t* a, int64_t m, const int32_t* b, int64_t n, int64_t k,
+              int32_t* out, const Parallel& parallel);
+
+// The op of DESIGN.md on row-major x [m, k] (float32, or float16 bits when x_half):
+//   x' = x - act_threshold;  s[m] = act_scale if act_scale > 0 else mean_k |x'[m, k]|
+//   signed:   y[m, n] = s[m] * w_scale[n] * (k - 2 * popcount(sign_bits(x'[m]) XOR W[n])) + bias[n]
+//   unsigned: y[m, n] = s[m] * w_scale[n] * (popcount(a[m]) - 2 * popcount(a[m] AND W[n])) + bias[n]
+//             with a = (x' > 0)
+// y [m, n] has the dtype of x. The weights come prepacked (panels), or as packed rows (w) that are
+// laid out into panels inside the same parallel region.
+struct BinaryLinearArgs {
+  const void* x = nullptr;
+  bool x_half = false;
+  int64_t m = 0, k = 0, n = 0;
+  const int32_t* panels = nullptr;  // prepack_weights layout, or null to use w
+  const int32_t* w = nullptr;       // [n, ceil(k/32)] packed weight rows (when panels is null)
+  const float* w_scale = nullptr;   // [n]
+  const float* bias = nullptr;      // [n] or null
+  float act_threshold = 0.0f;
+  float act_scale = 0.0f;
+  bool act_unsigned = false;
+  void* y = nullptr;
+};
+
+int binary_linear(CpuPath path, const BinaryLinearArgs& args, const Parallel& parallel);
+
+}  // namespace bitmaps::cpu

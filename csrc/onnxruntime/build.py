@@ -1,0 +1,277 @@
+"""Build ``libbitmaps_ort.so``, the ONNX Runtime custom-op library, from csrc/onnxruntime + csrc/kernels.
+
+The library is compiled against ONNX Runtime's C API header alone (no libonnxruntime to link), so
+one build loads into every ONNX Runtime from C API version 17 (1.17) on. The pip wheel of
+onnxruntime ships no headers, and none is committed here; they are found, in this order:
+
+1. ``$ORT_INCLUDE``: a folder holding ``onnxruntime_c_api.h`` (or its ``onnxruntime/`` subfolder);
+2. an installed ``libonnxruntime-dev`` (``pkg-config --cflags libonnxruntime``);
+3. the bitmaps cache (``$BITMAPS_CACHE``, else ``$XDG_CACHE_HOME/bitmaps``, else
+   ``~/.cache/bitmaps``; the same root as bitmaps.data.assets), ``ort-headers/``, from an earlier
+   fetch;
+4. a fetch: Debian's ``libonnxruntime-dev`` (suite trixie, ONNX Runtime 1.21, about 85 KB) through
+   the Debian mirror this machine's apt is configured with, by ``apt-get download`` in a private
+   apt state folder (the system's apt lists and sources stay untouched; apt checks the signed
+   release file and the package hash), unpacked with ``dpkg -x`` into the cache.
+
+Standard library only: ``setup.py`` runs it during ``pip install`` / ``build_ext`` (best effort: a
+failure prints one warning and bitmaps runs the model-local ONNX function instead). By hand::
+
+    python csrc/onnxruntime/build.py [--out PATH] [--define NAME=VALUE] [--headers-only]
+
+Objects are cached in ``build/ort/`` and rebuilt only when a source or header is newer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HEADER = "onnxruntime_c_api.h"
+DEB_PACKAGE = "libonnxruntime-dev"
+DEB_SUITE = "trixie"
+DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+CXXFLAGS = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off", "-pthread"]
+
+
+class BuildError(RuntimeError):
+    """One line saying why the library was not built."""
+
+
+def log(message: str) -> None:
+    print(f"bitmaps ort: {message}", file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    """The bitmaps cache (mirrors bitmaps.data.assets.cache_root; this file imports no bitmaps)."""
+    if os.environ.get("BITMAPS_CACHE"):
+        return Path(os.environ["BITMAPS_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "bitmaps"
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def _header_dir(folder: Path) -> Path | None:
+    for candidate in (folder, folder / "onnxruntime"):
+        if (candidate / HEADER).is_file():
+            return candidate
+    return None
+
+
+def _pkg_config_headers() -> Path | None:
+    if shutil.which("pkg-config") is None:
+        return None
+    proc = subprocess.run(
+        ["pkg-config", "--cflags-only-I", "libonnxruntime"], capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        return None
+    for flag in shlex.split(proc.stdout):
+        found = _header_dir(Path(flag[2:])) if flag.startswith("-I") else None
+        if found:
+            return found
+    return None
+
+
+def _cached_headers() -> Path | None:
+    for folder in sorted(cache_root().glob("ort-headers/*/usr/include"), reverse=True):
+        found = _header_dir(folder)
+        if found:
+            return found
+    return None
+
+
+def debian_mirror() -> tuple[str, str]:
+    """(URI, keyring) of the first Debian archive in this machine's apt sources."""
+    texts = []
+    for pattern in ("/etc/apt/sources.list", "/etc/apt/sources.list.d/*"):
+        for name in sorted(glob.glob(pattern)):
+            if name.endswith((".list", ".sources")) or name == "/etc/apt/sources.list":
+                try:
+                    texts.append(Path(name).read_text())
+                except OSError:
+                    continue
+    for text in texts:
+        # deb822 stanzas (.sources): URIs / Suites / Signed-By fields
+        for stanza in re.split(r"\n\s*\n", text):
+            fields = dict(re.findall(r"^([A-Za-z-]+):\s*(.+)$", stanza, re.M))
+            for uri in fields.get("URIs", "").split():
+                if _is_debian_archive(uri, fields.get("Suites", "")):
+                    return uri.rstrip("/"), fields.get("Signed-By", DEFAULT_KEYRING).strip()
+        # one-line format: deb [options] URI suite components
+        for line in text.splitlines():
+            m = re.match(r"^\s*deb\s+(?:\[([^\]]*)\]\s+)?(\S+)\s+(\S+)", line)
+            if m and _is_debian_archive(m.group(2), m.group(3)):
+                signed = re.search(r"signed-by=(\S+)", m.group(1) or "")
+                return m.group(2).rstrip("/"), signed.group(1) if signed else DEFAULT_KEYRING
+    raise BuildError(
+        "no Debian archive in /etc/apt/sources.list* to fetch libonnxruntime-dev from; "
+        "set ORT_INCLUDE to a folder with ONNX Runtime's C API headers"
+    )
+
+
+def _is_debian_archive(uri: str, suites: str) -> bool:
+    return "debian" in uri and "security" not in uri and "security" not in suites
+
+
+def fetch_headers() -> Path:
+    """apt-get download libonnxruntime-dev (trixie) in a private apt state; dpkg -x into the cache."""
+    for tool in ("apt-get", "dpkg"):
+        if shutil.which(tool) is None:
+            raise BuildError(f"{tool} not found: set ORT_INCLUDE to ONNX Runtime's C API headers")
+    uri, keyring = debian_mirror()
+    log(f"fetching {DEB_PACKAGE} ({DEB_SUITE}) from {uri}")
+    with tempfile.TemporaryDirectory(prefix="bitmaps-apt-") as tmp:
+        t = Path(tmp)
+        for sub in ("state/lists/partial", "cache/archives/partial", "download"):
+            (t / sub).mkdir(parents=True)
+        sources = t / "sources.list"
+        sources.write_text(f"deb [signed-by={keyring}] {uri} {DEB_SUITE} main\n")
+        apt = [
+            "apt-get", "-q",
+            "-o", f"Dir::State={t / 'state'}",
+            "-o", f"Dir::Cache={t / 'cache'}",
+            "-o", f"Dir::Etc::sourcelist={sources}",
+            "-o", "Dir::Etc::sourceparts=-",
+            "-o", "APT::Get::List-Cleanup=0",
+        ]  # fmt: skip
+        if os.geteuid() == 0:  # root: apt would hand the download to _apt, who cannot write here
+            apt += ["-o", "APT::Sandbox::User=root"]
+        _run([*apt, "update"], t)
+        _run([*apt, "download", DEB_PACKAGE], t / "download")
+        debs = sorted((t / "download").glob(f"{DEB_PACKAGE}_*.deb"))
+        if not debs:
+            raise BuildError(f"apt-get download {DEB_PACKAGE} produced no .deb")
+        version = debs[0].name.split("_")[1]
+        dest = cache_root() / "ort-headers" / version
+        staging = Path(tempfile.mkdtemp(prefix=".ort-headers-", dir=_mkdir(dest.parent)))
+        _run(["dpkg", "-x", str(debs[0]), str(staging)], t)
+        if _header_dir(staging / "usr" / "include") is None:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise BuildError(f"{debs[0].name} holds no {HEADER}")
+        shutil.rmtree(dest, ignore_errors=True)
+        staging.rename(dest)
+    log(f"ONNX Runtime {version} headers in {dest}")
+    return _header_dir(dest / "usr" / "include")  # type: ignore[return-value]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith(("E:", "error", "dpkg"))] or lines[-1:]
+        raise BuildError(f"{cmd[0]} {cmd[-1]} failed: {errors[0] if errors else proc.returncode}")
+    return proc.stdout
+
+
+def find_headers(fetch: bool = True) -> Path:
+    """The folder holding onnxruntime_c_api.h (see the module docstring for the order)."""
+    env = os.environ.get("ORT_INCLUDE")
+    if env:
+        found = _header_dir(Path(env))
+        if found is None:
+            raise BuildError(f"ORT_INCLUDE={env} holds no {HEADER}")
+        return found
+    found = _pkg_config_headers() or _cached_headers()
+    if found:
+        return found
+    if not fetch:
+        raise BuildError(f"no ONNX Runtime headers (ORT_INCLUDE, pkg-config or {cache_root()})")
+    return fetch_headers()
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def sources() -> list[Path]:
+    kernels = sorted((ROOT / "csrc" / "kernels").glob("*.cpp"))
+    return kernels + sorted((ROOT / "csrc" / "onnxruntime").glob("*.cpp"))
+
+
+def _headers_of_tree() -> list[Path]:
+    return [p for d in ("kernels", "onnxruntime") for p in (ROOT / "csrc" / d).glob("*.h")]
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if not cxx:
+        raise BuildError("no C++ compiler (set CXX or install g++)")
+    return cxx
+
+
+def build(out: Path, defines: list[str] | None = None, jobs: int = 2) -> Path:
+    """Compile and link the library into ``out``; objects reused from build/ort/ when fresh."""
+    include = find_headers()
+    cxx = _compiler()
+    flags = [*CXXFLAGS, *(f"-D{d}" for d in defines or []), f"-I{ROOT / 'csrc'}"]
+    flags += ["-isystem", str(include)]
+    key = hashlib.sha256(" ".join([cxx, *flags]).encode()).hexdigest()[:12]
+    objdir = _mkdir(ROOT / "build" / "ort" / key)
+    newest_header = max((p.stat().st_mtime for p in _headers_of_tree()), default=0.0)
+
+    def compile_one(src: Path) -> Path:
+        obj = objdir / (src.parent.name + "_" + src.stem + ".o")
+        fresh = obj.is_file() and obj.stat().st_mtime >= max(src.stat().st_mtime, newest_header)
+        if not fresh:
+            proc = subprocess.run([cxx, *flags, "-c", str(src), "-o", str(obj)],
+                                  capture_output=True, text=True)  # fmt: skip
+            if proc.returncode != 0:
+                first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr)
+                raise BuildError(f"compiling {src.relative_to(ROOT)} failed: {first.strip()}")
+        return obj
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        objects = list(pool.map(compile_one, sources()))
+    out = out.resolve()
+    _mkdir(out.parent)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    proc = subprocess.run(
+        [cxx, "-shared", "-pthread", *map(str, objects), "-o", str(tmp)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise BuildError(f"linking {out.name} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    tmp.chmod(0o755)
+    os.replace(tmp, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bitmaps" / "libbitmaps_ort.so")
+    parser.add_argument("--define", action="append", default=[], help="NAME=VALUE for the compiler")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--headers-only", action="store_true", help="find or fetch headers, print")
+    args = parser.parse_args(argv)
+    try:
+        if args.headers_only:
+            print(find_headers())
+            return 0
+        print(build(args.out, args.define, args.jobs))
+    except BuildError as exc:
+        log(str(exc))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+// libbitmaps_ort.so's entry points. ONNX Runtime calls RegisterCustomOps when a program registers
+// the library (Python: SessionOptions.register_custom_ops_library(path); C: the
+// RegisterCustomOpsLibrary_V2 API; C++, C#, Java: their equivalents). It adds the "bitmaps" domain
+// with bitmaps::BinaryLinear v1 to those session options.
+//
+// A runtime too old for this library (its C API lacks version kOrtApiVersion) gets an error status
+// that says so, made through the oldest API every runtime offers, instead of a crash.
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "onnxruntime/binary_linear_op.h"
+
+namespace {
+
+// Domains must outlive every session created from the options they were added to; a process
+// registers the library a handful of times, so they are kept (and never released) here.
+std::mutex g_domains_mutex;
+std::vector<OrtCustomOpDomain*> g_domains;
+
+// ORT_EXPORT is empty on Linux; the library is built with -fvisibility=hidden.
+#if defined(_WIN32)
+#define BITMAPS_ORT_EXPORT __declspec(dllexport)
+#else
+#define BITMAPS_ORT_EXPORT __attribute__((visibility("default")))
+#endif
+
+#define BITMAPS_STRINGIFY2(x) #x
+#define BITMAPS_STRINGIFY(x) BITMAPS_STRINGIFY2(x)
+
+}  // namespace
+
+extern "C" {
+
+BITMAPS_ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
+                                                     const OrtApiBase* api_base) {
+  using bitmaps::ort::kOrtApiVersion;
+  const OrtApi* api = api_base->GetApi(kOrtApiVersion);
+  if (api == nullptr) {
+    const OrtApi* oldest = api_base->GetApi(1);
+    const std::string message =
+        std::string("libbitmaps_ort.so needs ONNX Runtime C API version ") +
+        std::to_string(kOrtApiVersion) + " (ONNX Runtime 1." + std::to_string(kOrtApiVersion) +
+        " or later); this ONNX Runtime is " + api_base->GetVersionString() +
+        ": upgrade onnxruntime, or run the model without the library (model-local function)";
+    return oldest == nullptr ? nullptr : oldest->CreateStatus(ORT_FAIL, message.c_str());
+  }
+  OrtCustomOpDomain* domain = nullptr;
+  if (OrtStatus* status = api->CreateCustomOpDomain(bitmaps::ort::kDomain, &domain)) return status;
+  if (OrtStatus* status = api->CustomOpDomain_Add(domain, bitmaps::ort::binary_linear_op(api))) {
+    api->ReleaseCustomOpDomain(domain);
+    return status;
+  }
+  if (OrtStatus* status = api->AddCustomOpDomain(options, domain)) {
+    api->ReleaseCustomOpDomain(domain);
+    return status;
+  }
+  std::lock_guard<std::mutex> lock(g_domains_mutex);
+  g_domains.push_back(domain);
+  return nullptr;
+}
+
+// For tools that inspect the library without ONNX Runtime (bitmaps ort-library): what it was built
+// from and what it needs.
+BITMAPS_ORT_EXPORT const char* BitmapsOrtLibraryInfo() {
+  return "bitmaps::BinaryLinear v1; built with ONNX Runtime headers of C API " BITMAPS_STRINGIFY(
+      ORT_API_VERSION) "; needs C API >= " BITMAPS_STRINGIFY(BITMAPS_ORT_API_VERSION);
+}
+
+BITMAPS_ORT_EXPORT unsigned BitmapsOrtRequiredApiVersion() { return bitmaps::ort::kOrtApiVersion; }
+
+}  // extern "C"
