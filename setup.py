@@ -4,7 +4,7 @@ The CPU kernels (csrc/kernels/*.cpp + csrc/torch/*.cpp) are built everywhere a C
 The CUDA kernels (csrc/kernels/*.cu + csrc/torch/*.cu) are added only when torch was built with CUDA
 and nvcc is available; ``BITMAPS_SKIP_CUDA=1`` leaves them out, ``TORCH_CUDA_ARCH_LIST`` picks the
 architectures (default: sm_80 and sm_90a). A failed native build never fails the install: bitmaps then
-runs on its plain-PyTorch reference ops, and says so (``bitmaps.ops.native_status()``).
+runs on its plain-PyTorch reference ops, and says so (``bitmaps.core.ops.native_status()``).
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bitmaps import ops
-from bitmaps.atomic import atomic_output
+from bitmaps.core import ops
+from bitmaps.core.atomic import atomic_output
 
 SHAPES = ((768, 768), (768, 3072), (3072, 768))  # (K, N) of BERT-base's linears
 CPU_M = (128, 1024)

@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from bitmaps import ops
+from bitmaps.core import ops
+from bitmaps.core.packed import PackedBinaryLinear
 from bitmaps.runtime.backends import ModelSource, inference_module, load_mlm
-from bitmaps.train.binary_linear import PackedBinaryLinear
 
 
 def _median_ms(module: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, calls: int) -> float:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from bitmaps import ops
-from bitmaps.atomic import atomic_output
+from bitmaps.core import ops
+from bitmaps.core.atomic import atomic_output
 from bitmaps.runtime.onnxruntime import measure_custom_op_overhead
 
 SHAPES = [(768, 768), (768, 3072), (3072, 768)]

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from bitmaps import ops
-from bitmaps.atomic import atomic_output
+from bitmaps.core import ops
+from bitmaps.core.atomic import atomic_output
 
 SOURCE = Path(__file__).with_name("popcount_ceiling.c")
 CHAINS = 12  # vector ops per loop iteration (see popcount_ceiling.c)

@@ -1,18 +1,20 @@
 """The ``bitmaps`` command line: parse, build a config, call the library, print.
 
 No logic lives here beyond option parsing. Anything the user can get wrong surfaces as a
-:class:`~bitmaps.errors.BitmapsError` (or a click usage error) and is printed as one line with exit
+:class:`~bitmaps.core.errors.BitmapsError` (or a click usage error) and is printed as one line with exit
 code 2; library imports happen inside the commands so that ``bitmaps --help`` stays fast.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 import click
 
 from bitmaps import __version__
-from bitmaps.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -31,9 +33,8 @@ def _configs(
     config_file: str | None, overrides: tuple[str, ...], options: dict[str, dict[str, object]]
 ) -> dict[str, dict[str, object]]:
     """Merge config sections: a JSON file, then explicit options, then ``--set section.key=value``."""
-    import json
 
-    from bitmaps.errors import ConfigError
+    from bitmaps.core.errors import ConfigError
 
     sections: dict[str, dict[str, object]] = {name: {} for name in options}
     if config_file:
@@ -105,9 +106,8 @@ def train(stage, model, data, output, steps, batch_size, lr, warmup_ratio, sched
 
     Multi-process: `torchrun --nproc-per-node N -m bitmaps train ...` (gloo on CPU, nccl on GPU).
     """
-    from pathlib import Path
 
-    from bitmaps.config import DataConfig, TrainConfig
+    from bitmaps.core.config import DataConfig, TrainConfig
 
     train_opts = dict(stage=stage, steps=steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
                       schedule=schedule, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
@@ -119,7 +119,7 @@ def train(stage, model, data, output, steps, batch_size, lr, warmup_ratio, sched
     })
     binarize = distill = None
     if stage == "student":
-        from bitmaps.config import BinarizeConfig, DistillConfig
+        from bitmaps.core.config import BinarizeConfig, DistillConfig
 
         binarize = BinarizeConfig.from_dict(sections["binarize"])
         distill = DistillConfig.from_dict(sections["distill"])
@@ -162,9 +162,8 @@ def train(stage, model, data, output, steps, batch_size, lr, warmup_ratio, sched
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
 def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, device) -> None:
     """Masked-LM cross entropy, top-1 accuracy and MRR on held-out text (teacher or student)."""
-    import json
 
-    from bitmaps.config import DataConfig
+    from bitmaps.core.config import DataConfig
     from bitmaps.train.evaluate import evaluate_on_text
 
     if batch_size < 1:
@@ -204,7 +203,7 @@ def assets_fetch(names: tuple[str, ...], force: bool) -> None:
 
     An asset already in the cache that matches the pinned sha256 manifest is kept as it is.
     """
-    from bitmaps import assets as lib
+    from bitmaps.data import assets as lib
 
     lib.fetch(names or None, force=force, log=click.echo)
 
@@ -216,7 +215,7 @@ def assets_verify(names: tuple[str, ...]) -> None:
 
     Exit code 2 if a file is missing or corrupt.
     """
-    from bitmaps import assets as lib
+    from bitmaps.data import assets as lib
 
     statuses = lib.verify(names or None)
     for status in statuses:
@@ -233,7 +232,7 @@ def assets_path(name: str | None) -> None:
 
     NAME is bert-tiny, minilm-l6 or sotu; without it, the asset cache folder is printed.
     """
-    from bitmaps import assets as lib
+    from bitmaps.data import assets as lib
 
     click.echo(lib.asset_dir(name) if name else lib.assets_root())
 
@@ -253,10 +252,9 @@ def data_stats(paths, tokenizer, seq_len, heldout_fraction, split_seed, per_line
 
     The text is packed exactly as for training (and cached the same way).
     """
-    import json
 
-    from bitmaps.config import DataConfig
-    from bitmaps.train.data import build_corpus, load_tokenizer
+    from bitmaps.core.config import DataConfig
+    from bitmaps.data.corpus import build_corpus, load_tokenizer
 
     cfg = DataConfig(seq_len=seq_len, heldout_fraction=heldout_fraction, split_seed=split_seed,
                      per_line=per_line)
@@ -283,7 +281,7 @@ def data_stats(paths, tokenizer, seq_len, heldout_fraction, split_seed, per_line
 def build_engine_cmd(model, output, fp16, plugin, min_shape, opt_shape, max_shape, workspace_mb,
                      timing_cache) -> None:
     """Build a TensorRT engine from MODEL.onnx with the bitmaps BinaryLinear plugin."""
-    from bitmaps.config import EngineBuildConfig
+    from bitmaps.core.config import EngineBuildConfig
     from bitmaps.runtime.tensorrt import build_engine
 
     cfg = EngineBuildConfig(fp16=fp16, plugin=plugin, min_shape=min_shape, opt_shape=opt_shape,
@@ -317,7 +315,7 @@ def _export_options(f):  # noqa: ANN001, ANN202
 def export_cmd(checkpoint, output, dtype, opset, output_kind, tolerance) -> None:
     """ONNX with every binary linear as one bitmaps::BinaryLinear node (packed int32 weights),
     verified in ONNX Runtime against PyTorch before it is written."""
-    from bitmaps.config import ExportConfig
+    from bitmaps.core.config import ExportConfig
     from bitmaps.export.pipeline import export_student
 
     cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance)
@@ -332,7 +330,7 @@ def export_cmd(checkpoint, output, dtype, opset, output_kind, tolerance) -> None
 def export_baseline_cmd(model, output, dtype, opset, output_kind, tolerance) -> None:
     """The full-precision MODEL (teacher checkpoint, folder, bert-tiny, minilm-l6, or bert-base
     with random weights) in ONNX, same inputs and outputs as `export`, for side-by-side profiling."""
-    from bitmaps.config import ExportConfig
+    from bitmaps.core.config import ExportConfig
     from bitmaps.export.pipeline import export_baseline
 
     cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance)
@@ -381,7 +379,6 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
                 warmup_time, threads, seed, device, workdir, show_path) -> None:
     """Latency (p50/p90/p99, throughput) and memory (weights, file, peak) of binary vs FP32 and
     FP16, per backend; with --data also cross entropy, accuracy and MRR."""
-    from pathlib import Path
 
     from bitmaps.runtime import plot, report
 
@@ -391,7 +388,7 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
             plot.write_plot(result, plot_path)
         report.print_report(result)
         return
-    from bitmaps.config import ProfileConfig
+    from bitmaps.core.config import ProfileConfig
     from bitmaps.runtime.backends import ModelSource
     from bitmaps.runtime.plan import ProfileJob, parse_int_list, parse_names
     from bitmaps.runtime.profile import run_profile

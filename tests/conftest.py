@@ -26,7 +26,7 @@ NEEDS_C = "needs bitmaps._C (build it: python setup.py build_ext --inplace)"
 @pytest.fixture(params=CPU_PATHS)
 def cpu_path(request):
     """Forces one CPU kernel path for the test; skips where the build or the CPU lacks it."""
-    from bitmaps import ops
+    from bitmaps.core import ops
 
     if not ops.native_available():
         pytest.skip(NEEDS_C)
@@ -45,7 +45,7 @@ def native_calls(op: str, path: str) -> int:
     return _C.native_call_counts()[f"{op}/{path}"]
 
 
-# --- offline assets (bitmaps/assets.py): tests that need them skip only when they are absent ---
+# --- offline assets (bitmaps/data/assets.py): tests that need them skip only when they are absent ---
 
 NEEDS_ASSETS = "needs assets: run `bitmaps assets fetch`"
 # The six shortest speeches (5-12 KB each): enough for two splits, fast to build.
@@ -60,7 +60,7 @@ SOTU_SMALL = (
 
 
 def _asset_or_skip(name: str):
-    from bitmaps.assets import assets_root
+    from bitmaps.data.assets import assets_root
 
     path = assets_root() / name
     if not path.is_dir():
@@ -71,7 +71,7 @@ def _asset_or_skip(name: str):
 @pytest.fixture(scope="session")
 def assets_dir():
     """The asset cache folder, holding every asset of the pinned manifest."""
-    from bitmaps.assets import assets_root, load_manifest
+    from bitmaps.data.assets import assets_root, load_manifest
 
     for name in load_manifest():
         _asset_or_skip(name)
@@ -95,7 +95,7 @@ def sotu_dir():
 
 @pytest.fixture(scope="session")
 def bert_tiny_tokenizer(bert_tiny_dir):
-    from bitmaps.train.data import load_tokenizer
+    from bitmaps.data.corpus import load_tokenizer
 
     return load_tokenizer(bert_tiny_dir)
 
@@ -116,8 +116,8 @@ def sotu_small(sotu_dir, tmp_path):
 def sotu_corpus(sotu_dir, bert_tiny_tokenizer, tmp_path_factory):
     """All of SOTU packed with BERT-tiny's tokenizer and DataConfig(), built once per session
     into a fresh cache folder (``corpus.cache_path``; ``corpus.seconds`` is the build time)."""
-    from bitmaps.config import DataConfig
-    from bitmaps.train.data import build_corpus
+    from bitmaps.core.config import DataConfig
+    from bitmaps.data.corpus import build_corpus
 
     cache = tmp_path_factory.mktemp("sotu-corpus-cache")
     tok = bert_tiny_tokenizer

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from bitmaps import assets
 from bitmaps.cli import main
-from bitmaps.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError
+from bitmaps.data import assets
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def test_fetch_is_idempotent(assets_dir, monkeypatch):
 
 def test_locating_a_package_does_not_import_it(assets_dir):
     code = (
-        "import sys; from bitmaps import assets; "
+        "import sys; from bitmaps.data import assets; "
         "spec = assets.load_manifest()['bert-tiny']; root = assets._installed_root(spec); "
         "assert root is not None and (root / 'cognition' / 'model' / 'config.json').is_file(); "
         "assert 'cognition' not in sys.modules, 'cognition was imported'; print('ok')"

@@ -9,18 +9,18 @@ import pytest
 import torch
 from torch import nn
 
-from bitmaps.config import BinarizeConfig
-from bitmaps.errors import BitmapsError
-from bitmaps.ops import reference_binary_linear
+from bitmaps.core.config import BinarizeConfig
+from bitmaps.core.errors import BitmapsError
+from bitmaps.core.ops import reference_binary_linear
+from bitmaps.core.packed import PackedBinaryLinear
+from bitmaps.metrics.mlm import MaskedLMModel
 from bitmaps.train.binary_linear import (
     BinaryLinear,
-    PackedBinaryLinear,
     binarization_phase_for_step,
     binarize_,
     pack_binary_linears_,
     set_binarization_phase_,
 )
-from bitmaps.train.mlm import MaskedLMModel
 
 QUANTIZERS = BinarizeConfig.ACTIVATION_QUANTIZERS
 
@@ -28,7 +28,7 @@ QUANTIZERS = BinarizeConfig.ACTIVATION_QUANTIZERS
 @pytest.fixture
 def bert_tiny_dir():
     """The real BERT-tiny asset folder, or a skip naming the fix."""
-    from bitmaps.assets import asset_dir
+    from bitmaps.data.assets import asset_dir
 
     try:
         return asset_dir("bert-tiny")

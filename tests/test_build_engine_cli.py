@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bitmaps.cli import main
-from bitmaps.config import EngineBuildConfig, parse_batch_seq
-from bitmaps.errors import BitmapsError, ConfigError
+from bitmaps.core.config import EngineBuildConfig, parse_batch_seq
+from bitmaps.core.errors import BitmapsError, ConfigError
 from bitmaps.runtime import tensorrt as trt_runtime
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertForMaskedLM
 
-from bitmaps.checkpoint import load_checkpoint, save_checkpoint, tokenizer_record
-from bitmaps.errors import BitmapsError
-from bitmaps.models import build_model
+from bitmaps.core.checkpoint import load_checkpoint, save_checkpoint, tokenizer_record
+from bitmaps.core.errors import BitmapsError
+from bitmaps.train.models import build_model
 
 TINY = dict(
     vocab_size=64,
@@ -141,7 +141,7 @@ def test_written_files_follow_the_umask(tmp_path) -> None:
     import os
     import stat
 
-    from bitmaps.atomic import atomic_output
+    from bitmaps.core.atomic import atomic_output
 
     old = os.umask(0o022)
     try:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bitmaps import ops
-from bitmaps.export.packing import packed_width
+from bitmaps.core import ops
+from bitmaps.core.packing import packed_width
 
 
 def _cuda_kernels_built() -> bool:

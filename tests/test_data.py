@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from bitmaps.cli import main
-from bitmaps.config import DataConfig
-from bitmaps.errors import BitmapsError
-from bitmaps.train.data import (
+from bitmaps.core.config import DataConfig
+from bitmaps.core.errors import BitmapsError
+from bitmaps.data.corpus import (
     build_corpus,
     choose_heldout,
     read_documents,

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bitmaps.config import BinarizeConfig, DistillConfig
-from bitmaps.errors import BitmapsError, ConfigError
+from bitmaps.core.config import BinarizeConfig, DistillConfig
+from bitmaps.core.errors import BitmapsError, ConfigError
+from bitmaps.metrics.mlm import IGNORE_INDEX, MaskedLMModel
 from bitmaps.train.binary_linear import BinaryLinear, binarize_, encoder_layout
 from bitmaps.train.distill import (
     DistillationObjective,
@@ -20,7 +21,6 @@ from bitmaps.train.distill import (
     check_teacher_student,
     layer_map,
 )
-from bitmaps.train.mlm import IGNORE_INDEX, MaskedLMModel
 
 VOCAB = 90
 
@@ -28,7 +28,7 @@ VOCAB = 90
 @pytest.fixture
 def bert_tiny_dir():
     """The real BERT-tiny asset folder, or a skip naming the fix."""
-    from bitmaps.assets import asset_dir
+    from bitmaps.data.assets import asset_dir
 
     try:
         return asset_dir("bert-tiny")

@@ -18,15 +18,16 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from bitmaps.config import BinarizeConfig, ExportConfig
+from bitmaps.core.config import BinarizeConfig, ExportConfig
+from bitmaps.core.ops import reference_binary_linear
+from bitmaps.core.packed import PackedBinaryLinear
 from bitmaps.export.onnx_function import ATTRIBUTES, DOMAIN, OP_TYPE, binary_linear_nodes
 from bitmaps.export.onnx_function import node_attributes as attrs_of
 from bitmaps.export.onnx_graph import float32_on_compute_path, fp32_parameter_bytes, packed_bytes
 from bitmaps.export.pipeline import export_verified
 from bitmaps.export.verify import Batch, verify_onnx
-from bitmaps.ops import reference_binary_linear
 from bitmaps.runtime.onnxruntime import function_session, single_node_model
-from bitmaps.train.binary_linear import PackedBinaryLinear, binarize_
+from bitmaps.train.binary_linear import binarize_
 
 
 def small_student(quantizer: str = "elastic", seed: int = 0) -> torch.nn.Module:

@@ -31,8 +31,8 @@ WORDS = (
 def _synthetic_model():  # noqa: ANN202
     from transformers import BertConfig, BertForMaskedLM
 
-    from bitmaps.checkpoint import tokenizer_record
-    from bitmaps.models import tokenizer_from_record
+    from bitmaps.core.checkpoint import tokenizer_record
+    from bitmaps.train.models import tokenizer_from_record
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *sorted(set(WORDS.split()))]
     vocab += [*"abcdefghijklmnopqrstuvwxyz", *(f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz")]
@@ -57,11 +57,11 @@ def checkpoints(tmp_path_factory):
     """``{"teacher", "student", "phase"}`` → checkpoint paths, and the number of layers."""
     import torch
 
-    from bitmaps.assets import assets_root
-    from bitmaps.checkpoint import save_checkpoint
-    from bitmaps.config import BinarizeConfig
-    from bitmaps.models import load_model
+    from bitmaps.core.checkpoint import save_checkpoint
+    from bitmaps.core.config import BinarizeConfig
+    from bitmaps.data.assets import assets_root
     from bitmaps.train.binary_linear import binarize_
+    from bitmaps.train.models import load_model
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("ckpt")
@@ -149,7 +149,7 @@ def test_export_baseline_matches_the_binary_interface(checkpoints, tmp_path, cap
     # the summary's FP32 baseline size is computed from parameters; check it against a real file:
     # the file's initializers hold those bytes (for a very small vocabulary the optimizer also
     # stores a folded transpose of the tied decoder weight: ≤ 32 kB here), the graph < 100 kB
-    from bitmaps.models import load_model
+    from bitmaps.train.models import load_model
 
     estimate = fp32_parameter_bytes(load_model(paths["teacher"]).model.config)
     stored = initializer_bytes(model)

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bitmaps.config import DataConfig
-from bitmaps.errors import BitmapsError
-from bitmaps.train.data import (
+from bitmaps.core.config import DataConfig
+from bitmaps.core.errors import BitmapsError
+from bitmaps.data.corpus import (
     MaskVocab,
     TrainStream,
     attention_mask,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from bitmaps.train.mlm import MLMSums, mlm_metrics
+from bitmaps.metrics.mlm import MLMSums, mlm_metrics
 
 
 def test_metrics_on_hand_made_logits() -> None:

@@ -1,5 +1,5 @@
 """The compiled CPU kernels of ``xnor_gemm`` and ``binary_linear`` against the references of
-bitmaps/ops.py, on each CPU path forced in turn, plus dispatch, threading, opcheck and bad input.
+bitmaps/core/ops.py, on each CPU path forced in turn, plus dispatch, threading, opcheck and bad input.
 
 Tolerance of ``binary_linear`` (documented here, used below):
 
@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import K_VALUES, NEEDS_C, native_calls
 
-from bitmaps import ops
+from bitmaps.core import ops
 
 needs_c = pytest.mark.skipif(not ops.native_available(), reason=NEEDS_C)
 

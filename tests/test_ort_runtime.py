@@ -13,8 +13,8 @@ import pytest
 import torch
 from onnx import TensorProto
 
+from bitmaps.core.ops import reference_binary_linear
 from bitmaps.export.onnx_function import DOMAIN, OP_TYPE
-from bitmaps.ops import reference_binary_linear
 from bitmaps.runtime import onnxruntime as bort
 
 

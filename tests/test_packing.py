@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import K_VALUES, native_calls
 
-from bitmaps import ops
-from bitmaps.export.packing import packed_width, unpack_bits
+from bitmaps.core import ops
+from bitmaps.core.packing import packed_width, unpack_bits
 
 
 def _padding_bits(words: torch.Tensor, k: int) -> torch.Tensor:

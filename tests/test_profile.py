@@ -62,10 +62,10 @@ def _available(backend: str) -> bool:
 @pytest.fixture(scope="module")
 def tiny_pair(tmp_path_factory, bert_tiny_dir):
     """(teacher.pt, student.pt): BERT-tiny and its W1A1 binarization, as bitmaps checkpoints."""
-    from bitmaps.checkpoint import save_checkpoint
-    from bitmaps.config import BinarizeConfig
-    from bitmaps.models import load_model
+    from bitmaps.core.checkpoint import save_checkpoint
+    from bitmaps.core.config import BinarizeConfig
     from bitmaps.train.binary_linear import binarize_
+    from bitmaps.train.models import load_model
 
     folder = tmp_path_factory.mktemp("ckpt")
     loaded = load_model("bert-tiny")
@@ -258,7 +258,7 @@ def test_inputs_are_the_same_for_every_model() -> None:
 def test_weight_breakdown_counts_packed_words() -> None:
     from transformers import BertConfig, BertForMaskedLM
 
-    from bitmaps.config import BinarizeConfig
+    from bitmaps.core.config import BinarizeConfig
     from bitmaps.runtime.backends import inference_module, weight_breakdown
     from bitmaps.train.binary_linear import binarize_
 

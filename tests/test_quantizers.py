@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bitmaps.config import BinarizeConfig
+from bitmaps.core.config import BinarizeConfig
 from bitmaps.train import quantizers as Q
 
 

@@ -200,7 +200,7 @@ HAVE_TRT = importlib.util.find_spec("tensorrt") is not None
 
 @pytest.fixture(scope="module")
 def trt_with_plugin():
-    from bitmaps.errors import BitmapsError
+    from bitmaps.core.errors import BitmapsError
     from bitmaps.runtime import tensorrt as rt
 
     trt = rt.import_tensorrt()
@@ -280,7 +280,7 @@ def test_plugin_creator_found_by_name_version_namespace(trt_with_plugin):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("act_scale", [0.0, 0.5])
 def test_one_node_network_matches_reference_on_dynamic_shapes(trt_with_plugin, dtype, act_scale):
-    from bitmaps import ops
+    from bitmaps.core import ops
 
     k, n = 100, 33
     w = ops.reference_pack_signs(torch.randn(n, k))
@@ -314,8 +314,8 @@ def test_exported_bert_tiny_student_fp16_engine_matches_pytorch(trt_with_plugin,
     the logits' range (<= 0.05) and by top-1 agreement (>= 0.95), not elementwise.
     """
     from bitmaps.cli import main
-    from bitmaps.models import load_model_from_checkpoint
     from bitmaps.runtime.tensorrt import TensorRTEngine
+    from bitmaps.train.models import load_model_from_checkpoint
 
     text = tmp_path / "text.txt"
     words = "the state of the union is strong and the people of this nation work hard".split()

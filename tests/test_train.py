@@ -14,8 +14,8 @@ import pytest
 import torch
 from conftest import train_args
 
-from bitmaps.checkpoint import load_checkpoint
-from bitmaps.config import DataConfig, TrainConfig
+from bitmaps.core.checkpoint import load_checkpoint
+from bitmaps.core.config import DataConfig, TrainConfig
 from bitmaps.train.trainer import TrainJob, lr_lambda, run_training
 
 QUIET = dict(log=lambda _m: None)
@@ -81,7 +81,7 @@ def test_resume_is_equivalent_to_a_straight_run(sotu_small, tmp_path, bert_tiny_
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
     # and not trivially: training moved the weights away from the pretrained ones
-    from bitmaps.models import load_model
+    from bitmaps.train.models import load_model
 
     start = load_model("bert-tiny").model.state_dict()
     assert not torch.allclose(
@@ -91,7 +91,7 @@ def test_resume_is_equivalent_to_a_straight_run(sotu_small, tmp_path, bert_tiny_
 
 
 def test_resume_refuses_changed_settings(sotu_small, tmp_path, bert_tiny_dir) -> None:
-    from bitmaps.errors import BitmapsError
+    from bitmaps.core.errors import BitmapsError
 
     out = tmp_path / "r.pt"
     run_training(_job(sotu_small, out, steps=4, save_every=2, stop_after=2), **QUIET)
@@ -161,7 +161,7 @@ def test_student_resume_is_equivalent_to_a_straight_run(
 ) -> None:
     # Elastic activations (α initialised from the first batch) and BiT's multi-step schedule, with
     # the kill between the weight-only and the W1A1 phase: everything that resume must restore.
-    from bitmaps.config import BinarizeConfig, DistillConfig
+    from bitmaps.core.config import BinarizeConfig, DistillConfig
 
     teacher = tmp_path / "teacher.pt"
     run_training(_job(sotu_small, teacher, steps=2), **QUIET)

@@ -38,6 +38,7 @@ inputs read inside the op. ``onnx_graph.float32_on_compute_path`` audits this.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import warnings
@@ -47,6 +48,7 @@ from collections.abc import Iterator
 import onnx
 import torch
 from onnx import helper
+from onnxscript.values import Op, Opset
 from torch import nn
 
 from bitmaps import __version__
@@ -60,6 +62,7 @@ from bitmaps.export.onnx_function import (
     binary_linear_schema,
 )
 from bitmaps.export.onnx_graph import drop_stale_value_info
+from bitmaps.train.binary_linear import pack_binary_linears_
 
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAMES = {"logits": "logits", "hidden": "last_hidden_state"}
@@ -87,10 +90,9 @@ class ExportWrapper(nn.Module):
 def prepare_model(model: nn.Module, dtype: str, output: str) -> ExportWrapper:
     """In place: pack BinaryLinear layers, eager attention, eval mode, dtype; then wrap.
 
-    Raises :class:`~bitmaps.errors.BitmapsError` (from ``export_spec``) for a student that is not
+    Raises :class:`~bitmaps.core.errors.BitmapsError` (from ``export_spec``) for a student that is not
     in its final W1A1 phase.
     """
-    from bitmaps.train.binary_linear import pack_binary_linears_
 
     pack_binary_linears_(model)
     if hasattr(model, "set_attn_implementation"):
@@ -111,7 +113,6 @@ def example_inputs(vocab_size: int, batch: int = 2, seq: int = 8) -> tuple[torch
 
 
 def _translation_table() -> dict:
-    from onnxscript.values import Op, Opset
 
     emit = Op(Opset(DOMAIN, OP_VERSION), "BinaryLinear", binary_linear_schema())
 
@@ -176,7 +177,6 @@ def to_onnx(wrapper: ExportWrapper, opset: int) -> onnx.ModelProto:
 
 def _module_path(node: onnx.NodeProto) -> str | None:
     """The torch module a node came from (the exporter's ``name_scopes`` metadata)."""
-    import ast
 
     for prop in node.metadata_props:
         if prop.key == "pkg.torch.onnx.name_scopes":

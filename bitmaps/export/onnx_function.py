@@ -14,7 +14,7 @@ bitmaps, correctly if slowly (tested in onnxruntime only)::
     Y         CastLike((sign(x) @ W±1ᵀ) · s · w_scale + bias, X)
 
 The body computes in float32 whatever the dtype of X, exactly like the reference op in
-bitmaps/ops.py: a ±1 dot product over K = 3072 is an integer up to 3072, which float16 cannot hold
+bitmaps/core/ops.py: a ±1 dot product over K = 3072 is an integer up to 3072, which float16 cannot hold
 exactly (its integers stop at 2048), and ``w_scale``/``bias`` are float32 inputs by contract.
 BitShift is not used because ONNX defines it for unsigned types only; BitwiseAnd takes int32.
 """
@@ -122,7 +122,7 @@ def binary_linear_function(opset: int) -> onnx.FunctionProto:
         helper.make_node("ReduceMean", ["x_abs", "last_axis"], ["row_scale"], keepdims=1),
         helper.make_node("Greater", ["fixed_scale", "zero"], ["use_fixed_scale"]),
         helper.make_node("Where", ["use_fixed_scale", "fixed_scale", "row_scale"], ["scale"]),
-        # the same order of float operations as bitmaps.ops.reference_binary_linear
+        # the same order of float operations as bitmaps.core.ops.reference_binary_linear
         helper.make_node("MatMul", ["x_signs", "w_signs_t"], ["dot"]),
         helper.make_node("Mul", ["dot", "scale"], ["dot_scaled"]),
         helper.make_node("Mul", ["dot_scaled", "w_scale"], ["y_scaled"]),

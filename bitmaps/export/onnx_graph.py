@@ -17,6 +17,7 @@ from __future__ import annotations
 import onnx
 import torch
 from onnx import TensorProto, helper
+from transformers import BertForMaskedLM
 
 from bitmaps.export.onnx_function import binary_linear_nodes
 
@@ -108,7 +109,6 @@ def fp32_parameter_bytes(config: object) -> int:
     Built on the meta device (no memory, no time); tied tensors counted once; integer buffers
     (position ids) at their own size.
     """
-    from transformers import BertForMaskedLM
 
     with torch.device("meta"):
         model = BertForMaskedLM(config)

@@ -4,7 +4,7 @@ Order matters: the output path is checked first (before minutes of work), the mo
 in memory, then checked (onnx.checker with ``full_check``, node count, attributes, for FP16 the
 float32 audit), then verified in ONNX Runtime against PyTorch (bitmaps/export/verify.py). Only a
 model that passed everything is written, atomically (temp file + rename). Any refusal is a
-:class:`~bitmaps.errors.BitmapsError`: one line, exit code 2, no file.
+:class:`~bitmaps.core.errors.BitmapsError`: one line, exit code 2, no file.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from pathlib import Path
 import onnx
 from torch import nn
 
-from bitmaps.atomic import atomic_output, check_writable
-from bitmaps.config import ExportConfig
-from bitmaps.errors import BitmapsError
+from bitmaps.core.atomic import atomic_output, check_writable
+from bitmaps.core.config import ExportConfig
+from bitmaps.core.errors import BitmapsError
+from bitmaps.core.packed import PackedBinaryLinear
+from bitmaps.data.assets import ASSET_MODELS
 from bitmaps.export.onnx_export import ExportWrapper, finish_model, prepare_model, to_onnx
 from bitmaps.export.onnx_function import (
     ATTRIBUTES,
@@ -39,6 +41,7 @@ from bitmaps.export.verify import (
     verification_batches,
     verify_onnx,
 )
+from bitmaps.train.models import SHAPE_NAMES, load_model
 
 Log = Callable[[str], None]
 MB = 1e6
@@ -73,8 +76,6 @@ def _nothing(_: str) -> None:
 
 
 def _load_student(spec: str | os.PathLike):  # noqa: ANN202
-    from bitmaps.assets import ASSET_MODELS
-    from bitmaps.models import SHAPE_NAMES, load_model
 
     text, path = str(spec), Path(spec)
     baseline_hint = (
@@ -95,7 +96,6 @@ def _load_student(spec: str | os.PathLike):  # noqa: ANN202
 
 def _check_structure(model: onnx.ModelProto, wrapper: ExportWrapper, cfg: ExportConfig) -> None:
     """Node count, attributes, no leftover float weights; the FP16 audit. Bugs, not user errors."""
-    from bitmaps.train.binary_linear import PackedBinaryLinear
 
     packed = {n: m for n, m in wrapper.model.named_modules() if isinstance(m, PackedBinaryLinear)}
     nodes = binary_linear_nodes(model)
@@ -206,7 +206,6 @@ def export_baseline(
     spec: str | os.PathLike, out: str | os.PathLike, cfg: ExportConfig, log: Log = _nothing
 ) -> ExportSummary:
     """Export a full-precision model (checkpoint, folder, asset or ``bert-base``) unchanged."""
-    from bitmaps.models import load_model
 
     out = check_writable(out)
     loaded = load_model(spec, require_tokenizer=False)

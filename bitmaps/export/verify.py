@@ -39,9 +39,11 @@ import numpy as np
 import onnx
 import torch
 
-from bitmaps.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError
+from bitmaps.core.packed import PackedBinaryLinear
 from bitmaps.export.onnx_export import ExportWrapper
 from bitmaps.export.onnx_graph import tap_binary_linears
+from bitmaps.runtime.onnxruntime import open_session
 
 SENTENCES = (
     "The president spoke to the nation about the economy and the state of the union.",
@@ -155,7 +157,6 @@ class VerificationReport:
 
 
 def _binary_modules(wrapper: ExportWrapper, taps: list[tuple[str, str, str]]) -> dict:
-    from bitmaps.train.binary_linear import PackedBinaryLinear
 
     modules = {}
     for name, _, _ in taps:
@@ -257,7 +258,6 @@ def verify_onnx(
     threads: int | None = None,
 ) -> VerificationReport:
     """Run ``model`` in ONNX Runtime with each backend on each batch and check it (see above)."""
-    from bitmaps.runtime.onnxruntime import open_session
 
     tapped, taps = tap_binary_linears(model)
     modules = _binary_modules(wrapper, taps)

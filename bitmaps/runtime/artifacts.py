@@ -20,11 +20,17 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import onnx
 import torch
 
 from bitmaps import __version__
-from bitmaps.config import EngineBuildConfig, ExportConfig
-from bitmaps.runtime.backends import ModelSource
+from bitmaps.core.config import EngineBuildConfig, ExportConfig
+from bitmaps.data.assets import ASSET_MODELS, resolve_model
+from bitmaps.export import pipeline
+from bitmaps.export.onnx_graph import initializer_bytes
+from bitmaps.runtime.backends import ModelSource, load_mlm
+from bitmaps.runtime.onnxruntime import save_kernel_model
+from bitmaps.runtime.tensorrt import build_engine, import_tensorrt
 
 Log = Callable[[str], None]
 
@@ -40,8 +46,6 @@ def _identity(spec: str) -> dict[str, object]:
     """What a model spec stands for, for cache keys: files by path, size and mtime."""
     path = Path(spec)
     if not path.exists():
-        from bitmaps.assets import ASSET_MODELS, resolve_model
-
         if spec not in ASSET_MODELS:
             return {"name": spec}
         path = resolve_model(spec)
@@ -82,9 +86,6 @@ def _stem(source: ModelSource, model: str) -> str:
 
 
 def _initializer_bytes(path: Path) -> int:
-    import onnx
-
-    from bitmaps.export.onnx_graph import initializer_bytes
 
     return initializer_bytes(onnx.load(str(path)))
 
@@ -104,7 +105,6 @@ def onnx_artifact(
 
 
 def _export(source: ModelSource, model: str, path: Path, cfg: ExportConfig, log: Log) -> None:
-    from bitmaps.export import pipeline
 
     if model != "binary":
         torch.manual_seed(source.seed)  # a shape's random weights: the same as the torch rows'
@@ -112,8 +112,6 @@ def _export(source: ModelSource, model: str, path: Path, cfg: ExportConfig, log:
     elif not source.shape:
         summary = pipeline.export_student(source.spec(model), path, cfg, log=log)
     else:
-        from bitmaps.runtime.backends import load_mlm
-
         result = pipeline.export_verified(
             load_mlm(source, "binary"), cfg, binary=True, source=source.shape, log=log
         )
@@ -129,7 +127,6 @@ def kernel_artifact(onnx: Artifact, log: Log) -> Artifact:
     The worker opens this file by path (``kernel_session(..., prepared=True)``); weights and
     file size stay those of the exported model, which is what a user ships.
     """
-    from bitmaps.runtime.onnxruntime import save_kernel_model
 
     path = onnx.path.with_suffix(".kernel.onnx")
     if not path.is_file():
@@ -142,7 +139,6 @@ def engine_artifact(
     onnx: Artifact, fp16: bool, shapes: list[tuple[int, int]], workdir: Path, log: Log
 ) -> Artifact:
     """A TensorRT engine for ``onnx`` whose profile covers ``shapes``, from cache or built."""
-    from bitmaps.runtime.tensorrt import build_engine, import_tensorrt
 
     trt = import_tensorrt()
     lo = (min(b for b, _ in shapes), min(s for _, s in shapes))

@@ -27,13 +27,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from bitmaps.errors import BitmapsError
+from bitmaps.core.config import BinarizeConfig
+from bitmaps.core.errors import BitmapsError
+from bitmaps.core.ops import native_status
+from bitmaps.runtime.onnxruntime import function_session, kernel_session
+from bitmaps.runtime.tensorrt import TensorRTEngine, find_plugin_library, import_tensorrt
+from bitmaps.train.binary_linear import binarize_, pack_binary_linears_
+from bitmaps.train.models import load_model
 
 MODELS = ("fp32", "fp16", "binary")
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -51,7 +58,7 @@ class ModelSource:
     seed: int = 0
 
     def spec(self, model: str) -> str:
-        """What :func:`bitmaps.models.load_model` loads for ``model`` (checked by the planner)."""
+        """What :func:`bitmaps.train.models.load_model` loads for ``model`` (checked by the planner)."""
         if self.shape:
             return self.shape
         spec = self.student if model == "binary" else self.teacher
@@ -74,15 +81,11 @@ class ModelSource:
 
 def load_mlm(source: ModelSource, model: str) -> nn.Module:
     """The ``*ForMaskedLM`` for ``model``: a teacher, or a student with BinaryLinear layers."""
-    from bitmaps.models import load_model
 
     if source.shape:
         torch.manual_seed(source.seed)  # same weights in every process of a run
         mlm = load_model(source.shape, require_tokenizer=False).model
         if model == "binary":
-            from bitmaps.config import BinarizeConfig
-            from bitmaps.train.binary_linear import binarize_
-
             binarize_(mlm, BinarizeConfig())
         return mlm.eval()
     loaded = load_model(source.spec(model), require_tokenizer=False)
@@ -104,7 +107,6 @@ def inference_module(mlm: nn.Module, model: str, output: str, device: str) -> nn
 
     Changes ``mlm`` in place (callers pass a model they own).
     """
-    from bitmaps.train.binary_linear import pack_binary_linears_
 
     if model == "binary":
         pack_binary_linears_(mlm)
@@ -127,7 +129,6 @@ def weight_breakdown(module: nn.Module) -> dict[str, int]:
 
 def state_dict_bytes(module: nn.Module, folder: Path) -> int:
     """Size of ``torch.save(module.state_dict())``: the torch backend's "file"."""
-    import tempfile
 
     fd, tmp = tempfile.mkstemp(prefix=".state-", suffix=".pt", dir=folder)
     os.close(fd)
@@ -160,8 +161,6 @@ def backend_problem(backend: str) -> str | None:
             return f"ONNX Runtime is not installed: {exc} (pip install onnxruntime)"
         return None
     if backend == "tensorrt":
-        from bitmaps.runtime.tensorrt import import_tensorrt
-
         try:
             import_tensorrt()
         except BitmapsError as exc:
@@ -188,12 +187,10 @@ def model_problem(backend: str, device: str, model: str, named: bool) -> str | N
             )
     if model == "binary" and backend == "onnxruntime":
         try:
-            import onnxruntime_extensions  # noqa: F401
+            import onnxruntime_extensions  # noqa: F401  (optional: only this pairing needs it)
         except ImportError as exc:
             return f"the binary model on ONNX Runtime needs onnxruntime-extensions: {exc}"
     if model == "binary" and backend == "tensorrt":
-        from bitmaps.runtime.tensorrt import find_plugin_library
-
         try:
             find_plugin_library()
         except BitmapsError as exc:
@@ -203,7 +200,6 @@ def model_problem(backend: str, device: str, model: str, named: bool) -> str | N
 
 def path_description(backend: str, device: str, model: str) -> str:
     """One line: which code produced a row."""
-    from bitmaps.ops import native_status
 
     if backend == "torch":
         what = "eager PyTorch" + (" + CUDA graph" if device == "cuda" else "")
@@ -256,7 +252,6 @@ class OrtRunner:
     device = "cpu"
 
     def __init__(self, onnx_path: str, session: str, threads: int) -> None:
-        from bitmaps.runtime.onnxruntime import function_session, kernel_session
 
         if session == "kernel":
             self.session = kernel_session(onnx_path, threads, prepared=True)
@@ -278,7 +273,6 @@ class TrtRunner:
     device = "cuda"
 
     def __init__(self, engine_path: str) -> None:
-        from bitmaps.runtime.tensorrt import TensorRTEngine
 
         self.engine = TensorRTEngine(engine_path)
 

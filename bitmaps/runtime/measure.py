@@ -40,6 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import transformers.models.bert.modeling_bert  # noqa: F401  (loaded before the memory baseline)
+
+import bitmaps.runtime.backends
+import bitmaps.runtime.onnxruntime  # noqa: F401  (idem)
+import bitmaps.runtime.tensorrt  # noqa: F401  (idem; TensorRT itself is imported lazily)
+from bitmaps.core.errors import BitmapsError
+from bitmaps.runtime import backends as B
+from bitmaps.runtime.backends import ModelSource
 
 RESULT_PREFIX = "BITMAPS-PROFILE "
 MIN_CALLS = 3
@@ -77,7 +86,6 @@ def release_and_reset_peak() -> bool:
 def make_inputs(vocab_size: int, batch: int, seq: int, seed: int, rotations: int) -> list:
     """``rotations`` (input_ids, attention_mask) pairs, int64 on CPU; ids avoid the first 1000
     vocabulary entries (special and unused tokens in BERT vocabularies)."""
-    import torch
 
     g = torch.Generator().manual_seed(seed * 1_000_003 + batch * 10_007 + seq)
     low = min(1000, vocab_size - 1)
@@ -129,7 +137,6 @@ def _cpu_timer(runner: Any, feeds: list) -> Callable[[int], float]:
 
 
 def _cuda_event_timer(runner: Any, feeds: list) -> Callable[[int], float]:
-    import torch
 
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 
@@ -145,7 +152,6 @@ def _cuda_event_timer(runner: Any, feeds: list) -> Callable[[int], float]:
 
 def _cuda_graph_timer(runner: Any, feeds: list) -> Callable[[int], float] | None:
     """Capture the torch module once on static input buffers; None if it cannot be captured."""
-    import torch
 
     static = tuple(t.clone() for t in feeds[0])
     try:
@@ -176,12 +182,9 @@ def _cuda_graph_timer(runner: Any, feeds: list) -> Callable[[int], float] | None
 
 
 def _load_runner(job: dict[str, Any]) -> Any:
-    from bitmaps.runtime import backends as B
 
     backend, device = job["backend"], job["device"]
     if backend == "torch":
-        from bitmaps.runtime.backends import ModelSource
-
         source = ModelSource(**job["source"])
         mlm = B.load_mlm(source, job["model"])
         module = B.inference_module(mlm, job["model"], job["output"], device)
@@ -203,7 +206,6 @@ class Baseline:
 
 def _describe(runner: Any, job: dict[str, Any]) -> dict[str, Any]:
     """Weight bytes by part and the saved state_dict's size, for a torch module; else nothing."""
-    from bitmaps.runtime import backends as B
 
     if job["backend"] != "torch":
         return {}
@@ -217,7 +219,6 @@ def _describe(runner: Any, job: dict[str, Any]) -> dict[str, Any]:
 def _measure_shape(
     runner: Any, job: dict[str, Any], base: Baseline, batch: int, seq: int
 ) -> dict[str, Any]:
-    import torch
 
     cuda = job["device"] == "cuda"
     pairs = make_inputs(job["vocab_size"], batch, seq, job["seed"], job["timing"]["rotations"])
@@ -267,29 +268,11 @@ def _measure_shape(
     }
 
 
-def _import_runtime(backend: str) -> None:
-    """Import what loading and running will import, so that code is not counted as model memory."""
-    import transformers.models.bert.modeling_bert  # noqa: F401
-
-    import bitmaps.models  # noqa: F401
-    import bitmaps.runtime.backends  # noqa: F401
-    import bitmaps.train.binary_linear  # noqa: F401
-
-    if backend == "onnxruntime":
-        import onnxruntime_extensions  # noqa: F401
-
-        import bitmaps.runtime.onnxruntime  # noqa: F401
-    elif backend == "tensorrt":
-        import bitmaps.runtime.tensorrt  # noqa: F401
-
-
 def run_job(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
     """Load the runner, then measure every shape of ``job``, emitting one dict per shape."""
-    import torch
 
     threads = job["threads"]
     torch.set_num_threads(threads)
-    _import_runtime(job["backend"])
     base = Baseline(rss_bytes())
     if job["device"] == "cuda":
         torch.cuda.init()
@@ -303,7 +286,6 @@ def run_job(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bitmaps.errors import BitmapsError
 
     argv = sys.argv[1:] if argv is None else argv
     job = json.loads(Path(argv[0]).read_text())

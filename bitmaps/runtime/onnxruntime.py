@@ -44,7 +44,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
-import bitmaps.ops  # noqa: F401  (registers torch.ops.bitmaps)
+import bitmaps.core.ops  # noqa: F401  (registers torch.ops.bitmaps)
 from bitmaps.export.onnx_function import DOMAIN, OP_TYPE
 
 STRING_ATTRIBUTES = ("act_threshold", "act_scale")
@@ -221,7 +221,7 @@ def kernel_session(
 
 def save_kernel_model(model: onnx.ModelProto | str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write :func:`kernel_model`'s rewrite of ``model`` atomically, for ``prepared=True``."""
-    from bitmaps.atomic import atomic_output
+    from bitmaps.core.atomic import atomic_output
 
     with atomic_output(out) as tmp:
         onnx.save(kernel_model(model), str(tmp))
@@ -252,8 +252,8 @@ def single_node_model(
     """
     from onnx import numpy_helper
 
+    from bitmaps.core.packing import pack_signs
     from bitmaps.export.onnx_function import binary_linear_function
-    from bitmaps.export.packing import pack_signs
 
     g = torch.Generator().manual_seed(seed * 1_000_003 + k * 7919 + n)
     tensors = {

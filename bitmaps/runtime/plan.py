@@ -16,9 +16,13 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from bitmaps.config import ProfileConfig
-from bitmaps.errors import BitmapsError
+from transformers import BertConfig
+
+from bitmaps.core.atomic import check_writable
+from bitmaps.core.config import ProfileConfig
+from bitmaps.core.errors import BitmapsError
 from bitmaps.runtime import backends as B
+from bitmaps.train.models import load_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,11 +123,8 @@ def plan(job: ProfileJob) -> tuple[list[Target], list[dict[str, str]]]:
 
 def model_config(job: ProfileJob, models: set[str]) -> Any:
     """The (shared) model config; checks teacher and student agree where it matters."""
-    from bitmaps.models import load_model
 
     if job.source.shape:
-        from transformers import BertConfig
-
         return BertConfig()
     wanted = (["fp32"] if models - {"binary"} else []) + (["binary"] if "binary" in models else [])
     configs = {m: load_model(job.source.spec(m), require_tokenizer=False) for m in wanted}
@@ -152,7 +153,6 @@ def check_shapes(cfg: ProfileConfig, model_config: Any) -> None:
 
 
 def check_outputs(job: ProfileJob) -> None:
-    from bitmaps.atomic import check_writable
 
     if job.json_path is not None:
         check_writable(job.json_path)

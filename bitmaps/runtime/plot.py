@@ -5,10 +5,11 @@ Agg backend to memory first, so that a failure leaves no file; written atomicall
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
-from bitmaps.atomic import atomic_output
+from bitmaps.core.atomic import atomic_output
 from bitmaps.runtime.profile import ProfileResult
 
 MODEL_ORDER = {"fp32": 0, "fp16": 1, "binary": 2}
@@ -23,7 +24,6 @@ def write_plot(result: ProfileResult, path: str | Path, png: bytes | None = None
 
 def render_plot(result: ProfileResult) -> bytes:
     """PNG: p50 latency vs batch per (model, backend, device, seq); weight MB per model."""
-    import io
 
     import matplotlib
 

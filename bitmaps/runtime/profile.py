@@ -30,9 +30,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bitmaps.config import ProfileConfig
-from bitmaps.errors import BitmapsError
+import torch
+
+import bitmaps
+from bitmaps.core.config import DataConfig, ProfileConfig
+from bitmaps.core.errors import BitmapsError
+from bitmaps.core.ops import native_status
+from bitmaps.core.progress import ProgressReporter
+from bitmaps.data.assets import cache_root
+from bitmaps.data.corpus import build_corpus, eval_batches
+from bitmaps.metrics.evaluate import evaluate_model
 from bitmaps.runtime import backends as B
+from bitmaps.runtime.artifacts import engine_artifact, kernel_artifact, onnx_artifact
 from bitmaps.runtime.measure import RESULT_PREFIX
 from bitmaps.runtime.plan import (
     ProfileJob,
@@ -44,6 +53,8 @@ from bitmaps.runtime.plan import (
     model_config,
     plan,
 )
+from bitmaps.train.binary_linear import pack_binary_linears_
+from bitmaps.train.models import load_model
 
 Log = Callable[[str], None]
 ROW_KEYS = (
@@ -96,7 +107,6 @@ def _worker_job(job: ProfileJob, t: Target, artifact: Any, vocab: int, workdir: 
 
 def run_worker(worker_job: dict[str, Any], on_result: Callable[[dict], None]) -> None:
     """Run bitmaps.runtime.measure in a fresh interpreter; ``on_result`` gets each line."""
-    import bitmaps
 
     env = dict(os.environ)
     root = str(Path(bitmaps.__file__).resolve().parents[1])
@@ -132,7 +142,6 @@ def run_worker(worker_job: dict[str, Any], on_result: Callable[[dict], None]) ->
 
 
 def _artifacts(job: ProfileJob, targets: list[Target], workdir: Path, log: Log) -> dict:
-    from bitmaps.runtime.artifacts import engine_artifact, kernel_artifact, onnx_artifact
 
     made: dict[tuple[str, str], Any] = {}
 
@@ -160,11 +169,6 @@ def _artifacts(job: ProfileJob, targets: list[Target], workdir: Path, log: Log) 
 
 def _accuracy(job: ProfileJob, models: list[str], log: Log) -> tuple[dict, dict]:
     """Per model: cross entropy, accuracy, MRR on the held-out split (see module docstring)."""
-    from bitmaps.config import DataConfig
-    from bitmaps.models import load_model
-    from bitmaps.train.binary_linear import pack_binary_linears_
-    from bitmaps.train.data import build_corpus, eval_batches
-    from bitmaps.train.evaluate import evaluate_model
 
     loaded = {m: load_model(job.source.spec(m)) for m in models}
     tokenizers = {info["sha256"] for info in (x.tokenizer_info for x in loaded.values()) if info}
@@ -199,9 +203,6 @@ def _accuracy(job: ProfileJob, models: list[str], log: Log) -> tuple[dict, dict]
 
 
 def _machine(threads: int) -> dict[str, Any]:
-    import torch
-
-    from bitmaps.ops import native_status
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -283,7 +284,6 @@ def _validate(job: ProfileJob) -> tuple[list[Target], list[dict], list[str], Any
     models = sorted({t.model for t in targets}, key=ProfileConfig.MODELS.index)
     hf_config = model_config(job, set(models))
     check_shapes(job.config, hf_config)
-    from bitmaps.assets import cache_root
 
     workdir = Path(job.workdir) if job.workdir else cache_root() / "profile"
     try:
@@ -297,7 +297,6 @@ def _measure_all(
     job: ProfileJob, targets: list[Target], artifacts: dict, vocab: int, workdir: Path
 ) -> tuple[list[tuple[Target, dict]], dict[Target, dict]]:
     """One worker per target, under a progress bar; (target, result) per shape, and load infos."""
-    from bitmaps.progress import ProgressReporter
 
     cfg = job.config
     raw: list[tuple[Target, dict]] = []

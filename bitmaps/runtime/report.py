@@ -42,8 +42,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bitmaps.atomic import atomic_output
-from bitmaps.errors import BitmapsError
+from bitmaps.core.atomic import atomic_output
+from bitmaps.core.errors import BitmapsError
 from bitmaps.runtime.profile import ACCURACY_KEYS, ROW_KEYS, ProfileResult
 
 MODEL_ORDER = {"fp32": 0, "fp16": 1, "binary": 2}

@@ -10,7 +10,7 @@ writes the serialized engine atomically. :class:`TensorRTEngine` runs an engine 
 owned by torch and :func:`compare_outputs` checks it against PyTorch.
 
 Everything the user can get wrong (no TensorRT, no plugin library, an unsupported node, a bad
-shape) is a :class:`~bitmaps.errors.BitmapsError` with one line saying what to do.
+shape) is a :class:`~bitmaps.core.errors.BitmapsError` with one line saying what to do.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from bitmaps.atomic import atomic_output, check_writable
-from bitmaps.config import EngineBuildConfig, parse_batch_seq
-from bitmaps.errors import BitmapsError
+from bitmaps.core.atomic import atomic_output, check_writable
+from bitmaps.core.config import EngineBuildConfig, parse_batch_seq
+from bitmaps.core.errors import BitmapsError
 
 PLUGIN_LIBRARY = "libbitmaps_trt_plugin.so"
 PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE = "BinaryLinear", "1", "bitmaps"

@@ -1,4 +1,5 @@
-"""BinaryLinear (training), PackedBinaryLinear (inference) and ``binarize_(model, cfg)``.
+"""BinaryLinear (training), its conversion to PackedBinaryLinear (inference, bitmaps/core/packed.py)
+and ``binarize_(model, cfg)``.
 
 :class:`BinaryLinear` keeps latent FP32 weights and computes, in training and in eval mode, exactly
 the function of the ``bitmaps::BinaryLinear`` op of DESIGN.md, so export changes nothing::
@@ -22,30 +23,18 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import PreTrainedModel
 
-from bitmaps import ops
-from bitmaps.config import BinarizeConfig
-from bitmaps.errors import BitmapsError
-from bitmaps.export.packing import pack_signs, packed_width
+from bitmaps.core.config import BinarizeConfig
+from bitmaps.core.errors import BitmapsError
+from bitmaps.core.packed import BinaryLinearSpec, PackedBinaryLinear, set_submodule
+from bitmaps.core.packing import pack_signs
 from bitmaps.train.quantizers import (
     ScaledSign,
     SteSign,
     make_activation_quantizer,
     make_weight_quantizer,
 )
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class BinaryLinearSpec:
-    """What the ``bitmaps::BinaryLinear`` ONNX op / TensorRT plugin needs for one layer."""
-
-    packed_weight: torch.Tensor  # int32 [N, ceil(K/32)], bit 1 = −1 (DESIGN.md layout)
-    w_scale: torch.Tensor  # float32 [N]
-    bias: torch.Tensor  # float32 [N], zeros when the layer has none
-    in_features: int
-    out_features: int
-    act_threshold: float  # β
-    act_scale: float  # α > 0, or 0.0: per-row mean |x − β|
 
 
 class BinaryLinear(nn.Module):
@@ -169,65 +158,11 @@ class BinaryLinear(nn.Module):
         )
 
 
-class PackedBinaryLinear(nn.Module):
-    """Inference form of a W1A1 BinaryLinear: buffers only, forward = ``bitmaps.ops.binary_linear``.
-
-    Input ``[..., K]`` float16/float32 → output ``[..., N]`` of the same dtype. ``w_scale`` and
-    ``bias`` stay float32 under ``.half()`` (the op's contract), packed weights stay int32.
-    """
-
-    def __init__(self, spec: BinaryLinearSpec) -> None:
-        super().__init__()
-        n, k = spec.out_features, spec.in_features
-        if tuple(spec.packed_weight.shape) != (n, packed_width(k)):
-            raise BitmapsError(
-                f"packed weight shape {tuple(spec.packed_weight.shape)} != "
-                f"({n}, {packed_width(k)}) for in_features={k}, out_features={n}"
-            )
-        self.in_features = k
-        self.out_features = n
-        self.act_threshold = float(spec.act_threshold)
-        self.act_scale = float(spec.act_scale)
-        self.register_buffer("packed_weight", spec.packed_weight.to(torch.int32).contiguous())
-        self.register_buffer("w_scale", spec.w_scale.float().contiguous())
-        self.register_buffer("bias", spec.bias.float().contiguous())
-
-    @classmethod
-    def from_spec(cls, spec: BinaryLinearSpec) -> PackedBinaryLinear:
-        return cls(spec)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.binary_linear(
-            x.contiguous(),
-            self.packed_weight,
-            self.w_scale,
-            self.bias,
-            self.in_features,
-            self.act_threshold,
-            self.act_scale,
-        )
-
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
-        kept = {name: self._buffers[name] for name in ("w_scale", "bias")}
-        super()._apply(fn, recurse)
-        for name, old in kept.items():
-            new = self._buffers[name]
-            if new.dtype != torch.float32:  # .half() / .to(dtype): restore full-precision scales
-                self._buffers[name] = old.to(device=new.device)
-        return self
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"act_threshold={self.act_threshold:.4g}, act_scale={self.act_scale:.4g}"
-        )
-
-
 def pack_binary_linears_(model: nn.Module) -> int:
     """Swap every BinaryLinear of ``model`` for a PackedBinaryLinear in place; returns how many."""
     targets = [(name, m) for name, m in model.named_modules() if isinstance(m, BinaryLinear)]
     for name, layer in targets:
-        _set_submodule(model, name, PackedBinaryLinear(layer.export_spec()))
+        set_submodule(model, name, PackedBinaryLinear(layer.export_spec()))
     return len(targets)
 
 
@@ -295,7 +230,6 @@ class EncoderLayout:
 
 def hf_model(model: nn.Module) -> nn.Module:
     """The Hugging Face model inside ``model`` (itself, a MaskedLMModel, DDP, …)."""
-    from transformers import PreTrainedModel
 
     for m in model.modules():
         if isinstance(m, PreTrainedModel):
@@ -352,10 +286,5 @@ def binarize_(model: nn.Module, cfg: BinarizeConfig) -> list[str]:
     for path in targets:
         layer = BinaryLinear.from_linear(model.get_submodule(path), cfg)
         layer.set_phase(weights, activations)
-        _set_submodule(model, path, layer)
+        set_submodule(model, path, layer)
     return targets
-
-
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, child = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)

@@ -33,8 +33,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from bitmaps.config import BinarizeConfig, DistillConfig
-from bitmaps.errors import BitmapsError
+from bitmaps.core.config import BinarizeConfig, DistillConfig
+from bitmaps.core.errors import BitmapsError
+from bitmaps.metrics.mlm import MaskedLMModel, MaskedLMOutput, batch_inputs
 from bitmaps.train.binary_linear import (
     EncoderLayout,
     binarization_phase_for_step,
@@ -42,7 +43,6 @@ from bitmaps.train.binary_linear import (
     hf_model,
     set_binarization_phase_,
 )
-from bitmaps.train.mlm import MaskedLMModel, MaskedLMOutput, batch_inputs
 
 __all__ = [
     "DistillationObjective",

@@ -22,15 +22,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from bitmaps.atomic import check_writable
-from bitmaps.checkpoint import load_checkpoint, save_checkpoint
-from bitmaps.config import Config, DataConfig, TrainConfig
-from bitmaps.errors import BitmapsError
-from bitmaps.models import LoadedModel, load_model
-from bitmaps.progress import ProgressReporter
-from bitmaps.train import distributed as D
-from bitmaps.train.evaluate import evaluate_mlm
-from bitmaps.train.mlm import MaskedLMModel, batch_inputs
+from bitmaps.core import distributed as D
+from bitmaps.core.atomic import check_writable
+from bitmaps.core.checkpoint import load_checkpoint, save_checkpoint
+from bitmaps.core.config import Config, DataConfig, TrainConfig
+from bitmaps.core.errors import BitmapsError
+from bitmaps.core.progress import ProgressReporter
+from bitmaps.data.corpus import TrainStream, build_corpus, eval_batches
+from bitmaps.metrics.evaluate import evaluate_mlm
+from bitmaps.metrics.mlm import MaskedLMModel, batch_inputs
+from bitmaps.train.binary_linear import binarize_
+from bitmaps.train.distill import DistillationObjective
+from bitmaps.train.models import LoadedModel, load_model
 
 # Fields that may change between a run and its resumption (cadence, not the computation).
 _RESUMABLE_CHANGES = ("eval_every", "save_every", "log_every", "stop_after", "eval_sequences")
@@ -183,7 +186,6 @@ def _prepare_models(job: TrainJob, log: Callable[[str], None]) -> tuple[LoadedMo
         raise BitmapsError(
             f"{job.model} is a binarized student; --stage student needs the full-precision teacher"
         )
-    from bitmaps.train.binary_linear import binarize_
 
     student = copy.deepcopy(source.model)
     replaced = binarize_(student, job.binarize)
@@ -194,7 +196,6 @@ def _prepare_models(job: TrainJob, log: Callable[[str], None]) -> tuple[LoadedMo
 def _make_objective(job: TrainJob, source: LoadedModel, env: D.DistEnv) -> Objective:
     if job.train.stage == "teacher":
         return MaskedLMObjective()
-    from bitmaps.train.distill import DistillationObjective
 
     teacher = MaskedLMModel(source.model).to(env.device)
     return DistillationObjective(teacher, job.distill, binarize=job.binarize)
@@ -202,7 +203,6 @@ def _make_objective(job: TrainJob, source: LoadedModel, env: D.DistEnv) -> Objec
 
 def run_training(job: TrainJob, log: Callable[[str], None] = print) -> TrainResult:
     """Train per ``job``; returns when done, or when ``train.stop_after`` steps ran in this process."""
-    from bitmaps.train.data import TrainStream, build_corpus, eval_batches
 
     t_start = time.perf_counter()
     check_writable(job.output)

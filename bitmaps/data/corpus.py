@@ -1,14 +1,14 @@
 """The data pipeline: text → packed ``seq_len``-token sequences → held-out split → disk cache.
 
-Public API (all re-exported here, so callers import from ``bitmaps.train.data``):
+Public API (all re-exported here, so callers import from ``bitmaps.data.corpus``):
 
-- :func:`read_documents` (``bitmaps.train.text``): files/folders → validated :class:`Document` s.
+- :func:`read_documents` (``bitmaps.data.text``): files/folders → validated :class:`Document` s.
 - :func:`build_corpus` ``(paths, tokenizer, cfg, cache_dir=None, log=print) -> Corpus``:
   ``corpus.train`` / ``corpus.heldout`` are int32 ``[S, seq_len]`` tensors, ``corpus.stats`` counts
   documents, sentences, tokens, sequences and padding per split (``stats.describe()``: one line),
   ``corpus.vocab`` is the :class:`MaskVocab` for masking.
 - :func:`mask_batch`, :func:`attention_mask`, :class:`TrainStream`, :func:`eval_batches`
-  (``bitmaps.train.masking``): on-the-fly 15% / 80-10-10 masking and the batch iterators.
+  (``bitmaps.data.masking``): on-the-fly 15% / 80-10-10 masking and the batch iterators.
 - :func:`load_tokenizer`: a model's fast tokenizer, by asset name or folder.
 
 Packing, as in the original study: each document's sentences are tokenized (no special tokens,
@@ -44,18 +44,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from transformers import AutoTokenizer
 
-from bitmaps.atomic import atomic_output
-from bitmaps.config import DataConfig
-from bitmaps.errors import BitmapsError
-from bitmaps.train.masking import (
+from bitmaps.core.atomic import atomic_output
+from bitmaps.core.config import DataConfig
+from bitmaps.core.errors import BitmapsError
+from bitmaps.data.assets import cache_root, resolve_model
+from bitmaps.data.masking import (
     MaskVocab,
     TrainStream,
     attention_mask,
     eval_batches,
     mask_batch,
 )
-from bitmaps.train.text import Document, read_documents, split_sentences
+from bitmaps.data.text import Document, read_documents, split_sentences
 
 __all__ = [
     "Corpus",
@@ -145,16 +149,12 @@ class Corpus:
 
 
 def default_cache_dir() -> Path:
-    from bitmaps.assets import cache_root
 
     return cache_root() / "data"
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
     """The fast (Rust) tokenizer of a model folder or asset name (``bert-tiny``, ``minilm-l6``)."""
-    from transformers import AutoTokenizer
-
-    from bitmaps.assets import resolve_model
 
     folder = resolve_model(name_or_path)
     try:
@@ -304,7 +304,6 @@ def _check_enough(stats: CorpusStats, cfg: DataConfig, paths: Sequence[Any]) -> 
 
 
 def _save(path: Path, corpus: Corpus, log: Log) -> None:
-    from safetensors.torch import save_file
 
     tensors = {
         "train": corpus.train,
@@ -326,7 +325,6 @@ def _save(path: Path, corpus: Corpus, log: Log) -> None:
 
 
 def _load(path: Path, key: str, vocab: MaskVocab, log: Log) -> Corpus | None:
-    from safetensors import safe_open
 
     if not path.is_file():
         return None

@@ -43,8 +43,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bitmaps.atomic import atomic_output
-from bitmaps.errors import BitmapsError
+from bitmaps.core.atomic import atomic_output
+from bitmaps.core.errors import BitmapsError
 
 MANIFEST_RESOURCE = "assets_manifest.json"
 ASSET_MODELS = ("bert-tiny", "minilm-l6")
@@ -117,7 +117,7 @@ def _first(names: list[str], k: int = 3) -> str:
 def load_manifest(text: str | None = None) -> dict[str, AssetSpec]:
     """The pinned manifest shipped with bitmaps (or ``text``, for tests), by asset name."""
     if text is None:
-        text = resources.files("bitmaps").joinpath(MANIFEST_RESOURCE).read_text("utf-8")
+        text = resources.files("bitmaps.data").joinpath(MANIFEST_RESOURCE).read_text("utf-8")
     raw = json.loads(text)
     specs = {}
     for name, a in raw["assets"].items():

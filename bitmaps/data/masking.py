@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from bitmaps.config import DataConfig
-from bitmaps.errors import BitmapsError
+from bitmaps.core.config import DataConfig
+from bitmaps.core.errors import BitmapsError
 
 Batch = dict[str, torch.Tensor]
 

@@ -11,7 +11,7 @@ import dataclasses
 import json
 from typing import Any, ClassVar, TypeVar
 
-from bitmaps.errors import ConfigError
+from bitmaps.core.errors import ConfigError
 
 C = TypeVar("C", bound="Config")
 

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bitmaps.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError
 
 
 def check_writable(path: str | os.PathLike) -> Path:

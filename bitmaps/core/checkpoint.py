@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from bitmaps import __version__
-from bitmaps.atomic import atomic_output
-from bitmaps.errors import BitmapsError
+from bitmaps.core.atomic import atomic_output
+from bitmaps.core.errors import BitmapsError
 
 FORMAT = "bitmaps-checkpoint"
 VERSION = 1

@@ -22,9 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
+from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForMaskedLM
 
-from bitmaps.checkpoint import load_checkpoint, tokenizer_record
-from bitmaps.errors import BitmapsError
+from bitmaps.core.checkpoint import load_checkpoint, tokenizer_record
+from bitmaps.core.config import BinarizeConfig
+from bitmaps.core.errors import BitmapsError
+from bitmaps.data.assets import ASSET_MODELS, resolve_model
+from bitmaps.train.binary_linear import binarize_
 
 SUPPORTED_MODEL_TYPES = ("bert",)
 SHAPE_NAMES = ("bert-base",)
@@ -55,7 +60,6 @@ class LoadedModel:
 
 def quiet_transformers() -> None:
     """Silence transformers' load reports and progress bars: bitmaps prints its own summary."""
-    import transformers
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -81,8 +85,6 @@ def load_model(spec: str | Path, *, require_tokenizer: bool = True) -> LoadedMod
         return _load_shape(text)
     path = Path(text)
     if not path.exists():
-        from bitmaps.assets import ASSET_MODELS, resolve_model
-
         if text in ASSET_MODELS:
             path = resolve_model(text)
         else:
@@ -96,7 +98,6 @@ def load_model(spec: str | Path, *, require_tokenizer: bool = True) -> LoadedMod
 
 
 def _load_shape(name: str) -> LoadedModel:
-    from transformers import BertConfig, BertForMaskedLM
 
     model = BertForMaskedLM(BertConfig()).eval()
     return LoadedModel(model, None, None, {}, name, "shape")
@@ -115,7 +116,6 @@ def read_tokenizer_files(folder: Path) -> dict[str, str]:
 
 def tokenizer_from_record(record: dict[str, Any]) -> Any:
     """Rebuild the fast tokenizer from the files embedded in a checkpoint."""
-    from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory(prefix="bitmaps-tok-") as tmp:
         for name, text in record["files"].items():
@@ -129,7 +129,6 @@ def tokenizer_from_record(record: dict[str, Any]) -> Any:
 
 
 def _load_hf_folder(folder: Path) -> LoadedModel:
-    from transformers import AutoConfig, AutoTokenizer, BertForMaskedLM
 
     if not (folder / "config.json").is_file():
         raise BitmapsError(f"{folder} is not a model folder (no config.json)")
@@ -155,7 +154,6 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
 
 def build_model(ckpt: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
     """The ``*ForMaskedLM`` module of a loaded checkpoint, binarized if it is a student."""
-    from transformers import BertConfig, BertForMaskedLM
 
     config = BertConfig.from_dict(json.loads(ckpt["model_config"]))
     check_supported(config, source)
@@ -163,9 +161,6 @@ def build_model(ckpt: dict[str, Any], source: str = "checkpoint") -> torch.nn.Mo
         raise BitmapsError(f"{source}: unsupported model class {ckpt['model_class']}")
     model = BertForMaskedLM(config)
     if ckpt["binarize"]:
-        from bitmaps.config import BinarizeConfig
-        from bitmaps.train.binary_linear import binarize_
-
         binarize_(model, BinarizeConfig.from_dict(ckpt["binarize"]))
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)

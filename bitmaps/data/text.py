@@ -1,6 +1,6 @@
 """Text in: files and folders → validated documents → sentences.
 
-The first two stages of the data pipeline (:mod:`bitmaps.train.data` does tokenizing, packing,
+The first two stages of the data pipeline (:mod:`bitmaps.data.corpus` does tokenizing, packing,
 splitting and caching). Rules, chosen to be predictable:
 
 - A path may be a file (read whatever its extension) or a folder, searched recursively for
@@ -12,7 +12,7 @@ splitting and caching). Rules, chosen to be predictable:
   a file given directly, plus ``:N`` (1-based line) in per-line mode. Ids do not depend on where the
   corpus lives, so a copied corpus gets the same held-out split.
 - Text must be UTF-8 (a leading BOM is dropped; CRLF becomes LF). Anything else, a missing path, an
-  empty file, or a folder with no text files is a :class:`~bitmaps.errors.BitmapsError` naming the
+  empty file, or a folder with no text files is a :class:`~bitmaps.core.errors.BitmapsError` naming the
   file (and, for bad bytes, the byte offset).
 
 :func:`split_sentences` is a regex splitter for English prose: it splits after ``.``, ``!``, ``?``
@@ -30,7 +30,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from bitmaps.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError
 
 TEXT_SUFFIXES = (".txt",)
 

@@ -1,7 +1,7 @@
 """The ``bitmaps::`` PyTorch ops, defined once: schema, fake kernel, plain-PyTorch reference.
 
 =================  ===============================================================================
-``pack_signs``     float ``[..., K]`` → int32 ``[..., ceil(K/32)]`` (bitmaps/export/packing.py)
+``pack_signs``     float ``[..., K]`` → int32 ``[..., ceil(K/32)]`` (bitmaps/core/packing.py)
 ``xnor_gemm``      packed ``[M, KW]``, packed ``[N, KW]``, K → int32 ``[M, N]`` = K − 2·popc(a⊕b)
 ``binary_linear``  fused binarize + pack + XNOR GEMM + scale + bias; the ONNX op of DESIGN.md
 =================  ===============================================================================
@@ -20,9 +20,9 @@ from collections.abc import Iterator
 
 import torch
 
-from bitmaps.errors import BitmapsError
-from bitmaps.export.packing import pack_signs as _pack_signs_reference
-from bitmaps.export.packing import packed_width, unpack_signs
+from bitmaps.core.errors import BitmapsError
+from bitmaps.core.packing import pack_signs as _pack_signs_reference
+from bitmaps.core.packing import packed_width, unpack_signs
 
 _lib = torch.library.Library("bitmaps", "DEF")
 _lib.define("pack_signs(Tensor x) -> Tensor")

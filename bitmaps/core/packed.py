@@ -1,0 +1,91 @@
+"""The packed inference modules that export and every runtime share.
+
+:class:`BinaryLinearSpec` is what the ``bitmaps::BinaryLinear`` op (ONNX node, TensorRT plugin,
+torch op) needs for one layer: packed int32 weight signs, the per-channel weight scale, the bias and
+the attributes. :class:`PackedBinaryLinear` holds only those (1/32 of the FP32 weight bytes) and calls
+the torch op. The training module that produces a spec lives in :mod:`bitmaps.train.binary_linear`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from bitmaps.core import ops
+from bitmaps.core.errors import BitmapsError
+from bitmaps.core.packing import packed_width
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class BinaryLinearSpec:
+    """What the ``bitmaps::BinaryLinear`` ONNX op / TensorRT plugin needs for one layer."""
+
+    packed_weight: torch.Tensor  # int32 [N, ceil(K/32)], bit 1 = −1 (DESIGN.md layout)
+    w_scale: torch.Tensor  # float32 [N]
+    bias: torch.Tensor  # float32 [N], zeros when the layer has none
+    in_features: int
+    out_features: int
+    act_threshold: float  # β
+    act_scale: float  # α > 0, or 0.0: per-row mean |x − β|
+
+
+class PackedBinaryLinear(nn.Module):
+    """Inference form of a W1A1 BinaryLinear: buffers only, forward = ``bitmaps.core.ops.binary_linear``.
+
+    Input ``[..., K]`` float16/float32 → output ``[..., N]`` of the same dtype. ``w_scale`` and
+    ``bias`` stay float32 under ``.half()`` (the op's contract), packed weights stay int32.
+    """
+
+    def __init__(self, spec: BinaryLinearSpec) -> None:
+        super().__init__()
+        n, k = spec.out_features, spec.in_features
+        if tuple(spec.packed_weight.shape) != (n, packed_width(k)):
+            raise BitmapsError(
+                f"packed weight shape {tuple(spec.packed_weight.shape)} != "
+                f"({n}, {packed_width(k)}) for in_features={k}, out_features={n}"
+            )
+        self.in_features = k
+        self.out_features = n
+        self.act_threshold = float(spec.act_threshold)
+        self.act_scale = float(spec.act_scale)
+        self.register_buffer("packed_weight", spec.packed_weight.to(torch.int32).contiguous())
+        self.register_buffer("w_scale", spec.w_scale.float().contiguous())
+        self.register_buffer("bias", spec.bias.float().contiguous())
+
+    @classmethod
+    def from_spec(cls, spec: BinaryLinearSpec) -> PackedBinaryLinear:
+        return cls(spec)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ops.binary_linear(
+            x.contiguous(),
+            self.packed_weight,
+            self.w_scale,
+            self.bias,
+            self.in_features,
+            self.act_threshold,
+            self.act_scale,
+        )
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
+        kept = {name: self._buffers[name] for name in ("w_scale", "bias")}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = self._buffers[name]
+            if new.dtype != torch.float32:  # .half() / .to(dtype): restore full-precision scales
+                self._buffers[name] = old.to(device=new.device)
+        return self
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"act_threshold={self.act_threshold:.4g}, act_scale={self.act_scale:.4g}"
+        )
+
+
+def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``path`` of ``root`` by ``module``."""
+    parent, _, child = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
