@@ -1,26 +1,32 @@
-// Which CPU code path the bitmaps kernels take: AVX-512 (VPOPCNTDQ), AVX2 (nibble-lookup popcount)
-// or portable scalar C++, decided at run time from what the CPU reports.
+// Which CPU code path the bitmaps kernels take: AVX-512 (VPOPCNTDQ), AVX2 (nibble-lookup popcount),
+// Arm NEON (CNT, or UDOT where the dot-product extension is present) or portable scalar C++,
+// decided at run time from what the CPU reports.
 //
 // The SIMD code is compiled with per-function target attributes, not with -mavx512* flags for the
-// whole library, so one binary runs on any x86-64 CPU and uses the best path it finds there. On
-// other architectures only the scalar path exists. Torch-free.
+// whole library, so one binary runs on any x86-64 CPU and uses the best path it finds there. NEON
+// is part of every aarch64 CPU; its dot-product variant is chosen at run time (getauxval). On other
+// architectures only the scalar path exists. Torch-free.
 #pragma once
 
 #include <string>
 
-// The SIMD paths exist on x86 builds; BITMAPS_SCALAR_ONLY builds what other architectures get
-// (the scalar path alone), so that configuration can be compiled and tested on x86 too.
+// The SIMD paths exist on x86 / aarch64 builds; BITMAPS_SCALAR_ONLY builds what other
+// architectures get (the scalar path alone), so that configuration can be compiled and tested too.
 #if (defined(__x86_64__) || defined(__i386__)) && !defined(BITMAPS_SCALAR_ONLY)
 #define BITMAPS_HAVE_X86_PATHS 1
+#endif
+#if defined(__aarch64__) && !defined(BITMAPS_SCALAR_ONLY)
+#define BITMAPS_HAVE_NEON_PATH 1
 #endif
 
 namespace bitmaps::cpu {
 
-enum class CpuPath : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+// Values are indices (counters, name tables); a higher value is never slower on the CPUs that run it.
+enum class CpuPath : int { kScalar = 0, kAvx2 = 1, kAvx512 = 2, kNeon = 3 };
 
-constexpr int kNumCpuPaths = 3;
+constexpr int kNumCpuPaths = 4;
 
-// "scalar", "avx2" or "avx512".
+// "scalar", "avx2", "avx512" or "neon".
 const char* cpu_path_name(CpuPath path);
 
 // Parses one of the names above; false for anything else.
@@ -34,5 +40,12 @@ CpuPath best_cpu_path();
 
 // The CPU features a path needs, for error messages ("avx2, f16c").
 const char* cpu_path_requirements(CpuPath path);
+
+// Which variant of a path runs on this CPU, for logs and tests: "udot" or "cnt" for neon (the
+// Armv8.2 dot-product extension, HWCAP_ASIMDDP, or CNT + UADALP), "" for the other paths.
+const char* cpu_path_variant(CpuPath path);
+
+// Whether the NEON path may use UDOT (aarch64 with the dot-product extension; false elsewhere).
+bool cpu_has_neon_dotprod();
 
 }  // namespace bitmaps::cpu

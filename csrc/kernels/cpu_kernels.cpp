@@ -7,7 +7,8 @@
 
 namespace bitmaps::cpu {
 
-// A path this build lacks (non-x86) falls back to scalar; callers check support beforehand.
+// A path this build lacks (AVX off x86, NEON off aarch64) falls back to scalar; callers check
+// support beforehand.
 #if defined(BITMAPS_HAVE_X86_PATHS)
 #define BITMAPS_DISPATCH(path, fn, ...)             \
   switch (path) {                                   \
@@ -15,9 +16,14 @@ namespace bitmaps::cpu {
       return detail::fn##_avx512(__VA_ARGS__);      \
     case CpuPath::kAvx2:                            \
       return detail::fn##_avx2(__VA_ARGS__);        \
+    case CpuPath::kNeon:                            \
     case CpuPath::kScalar:                          \
       break;                                        \
   }                                                 \
+  return detail::fn##_scalar(__VA_ARGS__)
+#elif defined(BITMAPS_HAVE_NEON_PATH)
+#define BITMAPS_DISPATCH(path, fn, ...)                                     \
+  if (path == CpuPath::kNeon) return detail::fn##_neon(__VA_ARGS__); \
   return detail::fn##_scalar(__VA_ARGS__)
 #else
 #define BITMAPS_DISPATCH(path, fn, ...) return detail::fn##_scalar(__VA_ARGS__)
@@ -31,6 +37,18 @@ void pack_signs_f32(CpuPath path, const float* x, int64_t rows, int64_t k, bool 
 void pack_signs_f16(CpuPath path, const uint16_t* x16, int64_t rows, int64_t k, bool subtract,
                     float beta, float* row_abs_mean, int32_t* out) {
   BITMAPS_DISPATCH(path, pack_signs_f16, x16, rows, k, subtract, beta, row_abs_mean, out);
+}
+
+void pack_positive_f32(CpuPath path, const float* x, int64_t rows, int64_t k, bool subtract,
+                       float beta, float* row_abs_mean, int32_t* row_popcount, int32_t* out) {
+  BITMAPS_DISPATCH(path, pack_positive_f32, x, rows, k, subtract, beta, row_abs_mean, row_popcount,
+                   out);
+}
+
+void pack_positive_f16(CpuPath path, const uint16_t* x16, int64_t rows, int64_t k, bool subtract,
+                       float beta, float* row_abs_mean, int32_t* row_popcount, int32_t* out) {
+  BITMAPS_DISPATCH(path, pack_positive_f16, x16, rows, k, subtract, beta, row_abs_mean,
+                   row_popcount, out);
 }
 
 void xnor_gemm_tile(CpuPath path, const GemmArgs& args, int64_t m0, int64_t m1, int64_t n0,

@@ -2,9 +2,12 @@
 //
 //   pack_signs      float rows -> sign words (bit layout of bit_layout.h), optionally x - beta
 //                   first and the per-row mean |x - beta| on the side (binary_linear's scale);
+//   pack_positive   the same for unsigned activations (act_unsigned, {0, 1}): bit 1 where
+//                   x - beta > 0, plus each row's popcount (the unsigned dot product needs it);
 //   pack_panels     packed weight rows [N, KW] -> the panel layout the GEMM micro-kernels read;
-//   xnor_gemm_tile  one output tile of K - 2 * popcount(a XOR b), with an epilogue that writes the
-//                   int32 dot product, or s[m] * w_scale[n] * dot + bias[n] as float32 / float16.
+//   xnor_gemm_tile  one output tile of K - 2 * popcount(a XOR b) (or, for unsigned activations,
+//                   popcount(a) - 2 * popcount(a AND b)), with an epilogue that writes the int32
+//                   dot product, or s[m] * w_scale[n] * dot + bias[n] as float32 / float16.
 //
 // Every function does a slice of the work (rows, panels, a tile) so the caller can spread slices
 // over threads; nothing here starts a thread. Inputs are assumed valid (the adapters check them).
@@ -42,6 +45,14 @@ void pack_signs_f32(CpuPath path, const float* x, int64_t rows, int64_t k, bool 
                     float beta, float* row_abs_mean, int32_t* out);
 void pack_signs_f16(CpuPath path, const uint16_t* x16, int64_t rows, int64_t k, bool subtract,
                     float beta, float* row_abs_mean, int32_t* out);
+// Unsigned activations ({0, 1}, DESIGN.md act_unsigned): out[r, w] bit j = (x'[r, 32 w + j] > 0),
+// x' and row_abs_mean exactly as above, padding bits 0. When row_popcount is not null it receives
+// the number of set bits of each row (the a_popcount of GemmArgs).
+void pack_positive_f32(CpuPath path, const float* x, int64_t rows, int64_t k, bool subtract,
+                       float beta, float* row_abs_mean, int32_t* row_popcount, int32_t* out);
+void pack_positive_f16(CpuPath path, const uint16_t* x16, int64_t rows, int64_t k, bool subtract,
+                       float beta, float* row_abs_mean, int32_t* row_popcount, int32_t* out);
+
 // float64 input: scalar only (not a hot path; kept so pack_signs accepts what its reference does).
 void pack_signs_f64(const double* x, int64_t rows, int64_t k, int32_t* out);
 
@@ -60,6 +71,10 @@ struct GemmArgs {
   const float* row_scale = nullptr;    // [m]     (float outputs)
   const float* col_scale = nullptr;    // [n]     (float outputs)
   const float* bias = nullptr;         // [n] or null
+  // Unsigned activations: a holds {0, 1} bits (pack_positive, padding bits 0) and
+  // dot = a_popcount[m] - 2 * popcount(a[m] AND w[n]); a_popcount ([m]) is then required.
+  bool unsigned_a = false;
+  const int32_t* a_popcount = nullptr;
 };
 
 // Output rows [m0, m1) x columns [n0, n1) of the product; n0 must be a multiple of kPanelRows.

@@ -1,8 +1,8 @@
 // The AVX2 path: 256-bit vectors, popcount by nibble lookup (VPSHUFB), for x86 CPUs without
 // AVX-512 VPOPCNTDQ. Compiled with per-function target attributes like the AVX-512 path.
 //
-// Same micro-kernel shape as the AVX-512 path (broadcast one activation word, XOR it with 8 weight
-// rows per vector), but the lookup gives per-byte counts: they are summed in bytes for up to 31
+// Same micro-kernel shape as the AVX-512 path (broadcast one activation word, XOR it -- AND it for
+// unsigned activations -- with 8 weight rows per vector), but the lookup gives per-byte counts: they are summed in bytes for up to 31
 // words (31 * 8 = 248 < 256) and then widened to the int32 accumulators (VPMADDUBSW + VPMADDWD).
 #include "kernels/cpu_features.h"
 
@@ -43,7 +43,8 @@ struct LoadF16 {
   static float one(const uint16_t* p) { return half_to_float(*p); }
 };
 
-template <class L, bool kSub, bool kSum>
+// kPos: bit = (x' > 0) (unsigned activations); otherwise bit = (x' < 0) (signs).
+template <class L, bool kPos, bool kSub, bool kSum>
 BITMAPS_AVX2 void pack_rows(const typename L::T* x, int64_t rows, int64_t k, float beta,
                             float* row_abs_mean, int32_t* out) {
   const int64_t kw = packed_width(k);
@@ -61,8 +62,8 @@ BITMAPS_AVX2 void pack_rows(const typename L::T* x, int64_t rows, int64_t k, flo
       for (int q = 0; q < 4; ++q) {
         __m256 v = L::load8(xr + w * 32 + q * 8);
         if constexpr (kSub) v = _mm256_sub_ps(v, vbeta);
-        const __m256 negative = _mm256_cmp_ps(v, zero, _CMP_LT_OQ);
-        const auto bits = static_cast<uint32_t>(_mm256_movemask_ps(negative));
+        const __m256 set = _mm256_cmp_ps(v, zero, kPos ? _CMP_GT_OQ : _CMP_LT_OQ);
+        const auto bits = static_cast<uint32_t>(_mm256_movemask_ps(set));
         word |= bits << (q * 8);
         if constexpr (kSum) {
           const __m256 a = _mm256_and_ps(v, abs_mask);
@@ -78,7 +79,7 @@ BITMAPS_AVX2 void pack_rows(const typename L::T* x, int64_t rows, int64_t k, flo
       for (int64_t j = 0; full_words * kWordBits + j < k; ++j) {
         float v = L::one(xr + full_words * kWordBits + j);
         if constexpr (kSub) v = v - beta;
-        word |= static_cast<uint32_t>(v < 0.0f) << j;
+        word |= static_cast<uint32_t>(kPos ? v > 0.0f : v < 0.0f) << j;
         tail_sum += static_cast<double>(std::fabs(v));
       }
       o[full_words] = static_cast<int32_t>(word);
@@ -93,21 +94,21 @@ BITMAPS_AVX2 void pack_rows(const typename L::T* x, int64_t rows, int64_t k, flo
   }
 }
 
-template <class L>
+template <class L, bool kPos>
 void pack_dispatch(const typename L::T* x, int64_t rows, int64_t k, bool subtract, float beta,
                    float* row_abs_mean, int32_t* out) {
   float* mean = row_abs_mean;
   if (subtract) {
-    if (mean != nullptr) return pack_rows<L, true, true>(x, rows, k, beta, mean, out);
-    return pack_rows<L, true, false>(x, rows, k, beta, nullptr, out);
+    if (mean != nullptr) return pack_rows<L, kPos, true, true>(x, rows, k, beta, mean, out);
+    return pack_rows<L, kPos, true, false>(x, rows, k, beta, nullptr, out);
   }
-  if (mean != nullptr) return pack_rows<L, false, true>(x, rows, k, beta, mean, out);
-  return pack_rows<L, false, false>(x, rows, k, beta, nullptr, out);
+  if (mean != nullptr) return pack_rows<L, kPos, false, true>(x, rows, k, beta, mean, out);
+  return pack_rows<L, kPos, false, false>(x, rows, k, beta, nullptr, out);
 }
 
 // --------------------------------------------------------------------------------------- GEMM
 
-template <int MR, int NV>
+template <int MR, int NV, bool kAnd>
 BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* a, int64_t kw, int64_t w, uint32_t mask,
                                    const int32_t* const (&b)[NV], __m256i (&bytes)[MR][NV]) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
@@ -120,7 +121,7 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* a, int64_t kw, int64_t w, uin
   for (int r = 0; r < MR; ++r) {
     const __m256i av = _mm256_set1_epi32(static_cast<int>(a[r * kw + w] & mask));
     for (int v = 0; v < NV; ++v) {
-      const __m256i x = _mm256_xor_si256(av, bv[v]);
+      const __m256i x = kAnd ? _mm256_and_si256(av, bv[v]) : _mm256_xor_si256(av, bv[v]);
       const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, low4));
       const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low4));
       bytes[r][v] = _mm256_add_epi8(bytes[r][v], _mm256_add_epi8(lo, hi));
@@ -128,7 +129,7 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* a, int64_t kw, int64_t w, uin
   }
 }
 
-template <int MR, int NV, GemmOutput kOut>
+template <int MR, int NV, GemmOutput kOut, bool kAnd>
 BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n) {
   const int64_t kw = g.kw;
   const uint32_t* a = reinterpret_cast<const uint32_t*>(g.a) + m * kw;
@@ -158,7 +159,7 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n) {
       for (int v = 0; v < NV; ++v) bytes[r][v] = _mm256_setzero_si256();
     }
     for (int64_t w = w0; w < w1; ++w) {
-      xnor_step<MR, NV>(a, kw, w, w == kw - 1 ? last_mask : 0xFFFFFFFFu, b, bytes);
+      xnor_step<MR, NV, kAnd>(a, kw, w, w == kw - 1 ? last_mask : 0xFFFFFFFFu, b, bytes);
     }
     for (int r = 0; r < MR; ++r) {
       for (int v = 0; v < NV; ++v) {
@@ -171,10 +172,11 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n) {
   const __m256i kvec = _mm256_set1_epi32(static_cast<int>(g.k));
   for (int r = 0; r < MR; ++r) {
     const int64_t row = m + r;
+    const __m256i base = kAnd ? _mm256_set1_epi32(g.a_popcount[row]) : kvec;
     for (int v = 0; v < NV; ++v) {
       const int64_t col = n + v * 8;
       if (col >= g.n) break;
-      const __m256i dot = _mm256_sub_epi32(kvec, _mm256_slli_epi32(acc[r][v], 1));
+      const __m256i dot = _mm256_sub_epi32(base, _mm256_slli_epi32(acc[r][v], 1));
       if (col + 8 > g.n) {  // ragged right edge: element by element, same arithmetic
         alignas(32) int32_t dots[8];
         _mm256_store_si256(reinterpret_cast<__m256i*>(dots), dot);
@@ -200,20 +202,32 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n) {
   }
 }
 
-template <GemmOutput kOut, int MR>
+template <GemmOutput kOut, bool kAnd, int MR>
 BITMAPS_AVX2_INLINE void run_micro(int mr, const GemmArgs& g, int64_t m, int64_t n) {
   if constexpr (MR > 1) {
-    if (mr < MR) return run_micro<kOut, MR - 1>(mr, g, m, n);
+    if (mr < MR) return run_micro<kOut, kAnd, MR - 1>(mr, g, m, n);
   }
-  micro<MR, kNV, kOut>(g, m, n);
+  micro<MR, kNV, kOut, kAnd>(g, m, n);
 }
 
-template <GemmOutput kOut>
+template <GemmOutput kOut, bool kAnd>
 BITMAPS_AVX2 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; n += kPanelRows) {
     for (int64_t m = m0; m < m1; m += kMR) {
-      run_micro<kOut, kMR>(static_cast<int>(std::min<int64_t>(kMR, m1 - m)), g, m, n);
+      run_micro<kOut, kAnd, kMR>(static_cast<int>(std::min<int64_t>(kMR, m1 - m)), g, m, n);
     }
+  }
+}
+
+template <bool kAnd>
+void gemm_dispatch(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  switch (g.output) {
+    case GemmOutput::kDotInt32:
+      return gemm_tile<GemmOutput::kDotInt32, kAnd>(g, m0, m1, n0, n1);
+    case GemmOutput::kFloat32:
+      return gemm_tile<GemmOutput::kFloat32, kAnd>(g, m0, m1, n0, n1);
+    case GemmOutput::kFloat16:
+      return gemm_tile<GemmOutput::kFloat16, kAnd>(g, m0, m1, n0, n1);
   }
 }
 
@@ -221,23 +235,29 @@ BITMAPS_AVX2 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n
 
 void pack_signs_f32_avx2(const float* x, int64_t rows, int64_t k, bool subtract, float beta,
                          float* row_abs_mean, int32_t* out) {
-  pack_dispatch<LoadF32>(x, rows, k, subtract, beta, row_abs_mean, out);
+  pack_dispatch<LoadF32, false>(x, rows, k, subtract, beta, row_abs_mean, out);
 }
 
 void pack_signs_f16_avx2(const uint16_t* x, int64_t rows, int64_t k, bool subtract, float beta,
                          float* row_abs_mean, int32_t* out) {
-  pack_dispatch<LoadF16>(x, rows, k, subtract, beta, row_abs_mean, out);
+  pack_dispatch<LoadF16, false>(x, rows, k, subtract, beta, row_abs_mean, out);
+}
+
+void pack_positive_f32_avx2(const float* x, int64_t rows, int64_t k, bool subtract, float beta,
+                            float* row_abs_mean, int32_t* row_popcount, int32_t* out) {
+  pack_dispatch<LoadF32, true>(x, rows, k, subtract, beta, row_abs_mean, out);
+  if (row_popcount != nullptr) row_popcounts(out, rows, packed_width(k), row_popcount);
+}
+
+void pack_positive_f16_avx2(const uint16_t* x, int64_t rows, int64_t k, bool subtract, float beta,
+                            float* row_abs_mean, int32_t* row_popcount, int32_t* out) {
+  pack_dispatch<LoadF16, true>(x, rows, k, subtract, beta, row_abs_mean, out);
+  if (row_popcount != nullptr) row_popcounts(out, rows, packed_width(k), row_popcount);
 }
 
 void xnor_gemm_tile_avx2(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  switch (g.output) {
-    case GemmOutput::kDotInt32:
-      return gemm_tile<GemmOutput::kDotInt32>(g, m0, m1, n0, n1);
-    case GemmOutput::kFloat32:
-      return gemm_tile<GemmOutput::kFloat32>(g, m0, m1, n0, n1);
-    case GemmOutput::kFloat16:
-      return gemm_tile<GemmOutput::kFloat16>(g, m0, m1, n0, n1);
-  }
+  if (g.unsigned_a) return gemm_dispatch<true>(g, m0, m1, n0, n1);
+  gemm_dispatch<false>(g, m0, m1, n0, n1);
 }
 
 }  // namespace bitmaps::cpu::detail

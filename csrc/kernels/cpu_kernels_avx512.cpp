@@ -4,9 +4,10 @@
 // and runs on CPUs without it; cpu_kernels.cpp calls them only when cpu_path_supported() agrees.
 //
 // GEMM micro-kernel: kMR activation rows x kNV panels of 16 weight rows. Per packed word w it
-// broadcasts a[m, w] and computes acc[m][n..n+15] += popcount(a[m, w] XOR panel[w][0..15]), so the
-// 16 lanes of an accumulator are 16 neighbouring outputs: no horizontal sums, and the epilogue
-// (K - 2 * acc, scales, bias, fp16 rounding) works on whole vectors.
+// broadcasts a[m, w] and computes acc[m][n..n+15] += popcount(a[m, w] XOR panel[w][0..15]) (AND
+// for unsigned activations), so the 16 lanes of an accumulator are 16 neighbouring outputs: no
+// horizontal sums, and the epilogue (K - 2 * acc or popcount(a) - 2 * acc, scales, bias, fp16
+// rounding) works on whole vectors.
 #include "kernels/cpu_features.h"
 
 #if defined(BITMAPS_HAVE_X86_PATHS)
@@ -62,11 +63,13 @@ struct LoadF16 {
 // cost of converting every value to double.
 constexpr int64_t kSumBlockWords = 8;
 
-// Sign bits of 16 values (lanes outside `valid` give 0) and their |x'| added to the float32 sum.
-template <bool kSub, bool kSum>
+// Sign bits (kPos: x' > 0 bits) of 16 values (lanes outside `valid` give 0) and their |x'| added
+// to the float32 sum.
+template <bool kPos, bool kSub, bool kSum>
 BITMAPS_AVX512_INLINE uint32_t signs16(__m512 v, __mmask16 valid, __m512 beta, __m512* sum) {
   if (kSub) v = _mm512_maskz_sub_ps(valid, v, beta);  // invalid lanes: 0, never negative
-  const uint32_t bits = _mm512_mask_cmp_ps_mask(valid, v, _mm512_setzero_ps(), _CMP_LT_OQ);
+  constexpr int kCmp = kPos ? _CMP_GT_OQ : _CMP_LT_OQ;
+  const uint32_t bits = _mm512_mask_cmp_ps_mask(valid, v, _mm512_setzero_ps(), kCmp);
   if (kSum) *sum = _mm512_add_ps(*sum, _mm512_abs_ps(v));
   return bits;
 }
@@ -78,7 +81,7 @@ BITMAPS_AVX512_INLINE void flush_sum(__m512* block, __m512d* total) {
   *block = _mm512_setzero_ps();
 }
 
-template <class L, bool kSub, bool kSum>
+template <class L, bool kPos, bool kSub, bool kSum>
 BITMAPS_AVX512 void pack_rows(const typename L::T* x, int64_t rows, int64_t k, float beta,
                               float* row_abs_mean, int32_t* out) {
   const int64_t kw = packed_width(k);
@@ -90,8 +93,8 @@ BITMAPS_AVX512 void pack_rows(const typename L::T* x, int64_t rows, int64_t k, f
     __m512 block_lo = _mm512_setzero_ps(), block_hi = _mm512_setzero_ps();
     __m512d total[2] = {_mm512_setzero_pd(), _mm512_setzero_pd()};
     for (int64_t w = 0; w < full_words; ++w) {
-      const uint32_t lo = signs16<kSub, kSum>(L::full(xr + w * 32), 0xFFFF, vbeta, &block_lo);
-      const uint32_t hi = signs16<kSub, kSum>(L::full(xr + w * 32 + 16), 0xFFFF, vbeta, &block_hi);
+      const uint32_t lo = signs16<kPos, kSub, kSum>(L::full(xr + w * 32), 0xFFFF, vbeta, &block_lo);
+      const uint32_t hi = signs16<kPos, kSub, kSum>(L::full(xr + w * 32 + 16), 0xFFFF, vbeta, &block_hi);
       o[w] = static_cast<int32_t>(lo | (hi << 16));
       if (kSum && (w + 1) % kSumBlockWords == 0) {
         flush_sum(&block_lo, total);
@@ -103,8 +106,8 @@ BITMAPS_AVX512 void pack_rows(const typename L::T* x, int64_t rows, int64_t k, f
       const auto m_lo = static_cast<__mmask16>(lane_mask(rem, 16));
       const auto m_hi = static_cast<__mmask16>(lane_mask(rem - 16, 16));
       const typename L::T* xt = xr + full_words * 32;
-      const uint32_t lo = signs16<kSub, kSum>(L::part(xt, m_lo), m_lo, vbeta, &block_lo);
-      const uint32_t hi = signs16<kSub, kSum>(L::part(xt + 16, m_hi), m_hi, vbeta, &block_hi);
+      const uint32_t lo = signs16<kPos, kSub, kSum>(L::part(xt, m_lo), m_lo, vbeta, &block_lo);
+      const uint32_t hi = signs16<kPos, kSub, kSum>(L::part(xt + 16, m_hi), m_hi, vbeta, &block_hi);
       o[full_words] = static_cast<int32_t>(lo | (hi << 16));
     }
     if (kSum) {
@@ -116,21 +119,21 @@ BITMAPS_AVX512 void pack_rows(const typename L::T* x, int64_t rows, int64_t k, f
   }
 }
 
-template <class L>
+template <class L, bool kPos>
 void pack_dispatch(const typename L::T* x, int64_t rows, int64_t k, bool subtract, float beta,
                    float* row_abs_mean, int32_t* out) {
   float* mean = row_abs_mean;
   if (subtract) {
-    if (mean != nullptr) return pack_rows<L, true, true>(x, rows, k, beta, mean, out);
-    return pack_rows<L, true, false>(x, rows, k, beta, nullptr, out);
+    if (mean != nullptr) return pack_rows<L, kPos, true, true>(x, rows, k, beta, mean, out);
+    return pack_rows<L, kPos, true, false>(x, rows, k, beta, nullptr, out);
   }
-  if (mean != nullptr) return pack_rows<L, false, true>(x, rows, k, beta, mean, out);
-  return pack_rows<L, false, false>(x, rows, k, beta, nullptr, out);
+  if (mean != nullptr) return pack_rows<L, kPos, false, true>(x, rows, k, beta, mean, out);
+  return pack_rows<L, kPos, false, false>(x, rows, k, beta, nullptr, out);
 }
 
 // --------------------------------------------------------------------------------------- GEMM
 
-template <int MR, int NV, bool kMask>
+template <int MR, int NV, bool kAnd, bool kMask>
 BITMAPS_AVX512_INLINE void xnor_step(const uint32_t* a, int64_t kw, int64_t w, uint32_t mask,
                                      const int32_t* b, int64_t panel_stride,
                                      __m512i (&acc)[MR][NV]) {
@@ -140,12 +143,13 @@ BITMAPS_AVX512_INLINE void xnor_step(const uint32_t* a, int64_t kw, int64_t w, u
     const uint32_t word = kMask ? (a[r * kw + w] & mask) : a[r * kw + w];
     const __m512i av = _mm512_set1_epi32(static_cast<int>(word));
     for (int v = 0; v < NV; ++v) {
-      acc[r][v] = _mm512_add_epi32(acc[r][v], _mm512_popcnt_epi32(_mm512_xor_si512(av, bv[v])));
+      const __m512i bits = kAnd ? _mm512_and_si512(av, bv[v]) : _mm512_xor_si512(av, bv[v]);
+      acc[r][v] = _mm512_add_epi32(acc[r][v], _mm512_popcnt_epi32(bits));
     }
   }
 }
 
-template <int MR, int NV, GemmOutput kOut>
+template <int MR, int NV, GemmOutput kOut, bool kAnd>
 BITMAPS_AVX512 void micro(const GemmArgs& g, int64_t m, int64_t n) {
   const int64_t kw = g.kw;
   const uint32_t* a = reinterpret_cast<const uint32_t*>(g.a) + m * kw;
@@ -163,9 +167,11 @@ BITMAPS_AVX512 void micro(const GemmArgs& g, int64_t m, int64_t n) {
   for (int r = 0; r < MR; ++r) {
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
   }
-  for (int64_t w = 0; w + 1 < kw; ++w) xnor_step<MR, NV, false>(a, kw, w, 0, b, panel_stride, acc);
+  for (int64_t w = 0; w + 1 < kw; ++w) {
+    xnor_step<MR, NV, kAnd, false>(a, kw, w, 0, b, panel_stride, acc);
+  }
   // The activation's padding bits are cleared here (the panels' were in pack_panels).
-  xnor_step<MR, NV, true>(a, kw, kw - 1, last_word_mask(g.k), b, panel_stride, acc);
+  xnor_step<MR, NV, kAnd, true>(a, kw, kw - 1, last_word_mask(g.k), b, panel_stride, acc);
 
   const __m512i kvec = _mm512_set1_epi32(static_cast<int>(g.k));
   __mmask16 cols[NV];
@@ -182,8 +188,9 @@ BITMAPS_AVX512 void micro(const GemmArgs& g, int64_t m, int64_t n) {
     const int64_t row = (m + r) * g.n + n;
     const __m512 s = kOut != GemmOutput::kDotInt32 ? _mm512_set1_ps(g.row_scale[m + r])
                                                    : _mm512_setzero_ps();
+    const __m512i base = kAnd ? _mm512_set1_epi32(g.a_popcount[m + r]) : kvec;
     for (int v = 0; v < NV; ++v) {
-      const __m512i dot = _mm512_sub_epi32(kvec, _mm512_slli_epi32(acc[r][v], 1));
+      const __m512i dot = _mm512_sub_epi32(base, _mm512_slli_epi32(acc[r][v], 1));
       if (kOut == GemmOutput::kDotInt32) {
         _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.out) + row + v * 16, cols[v], dot);
         continue;
@@ -202,26 +209,38 @@ BITMAPS_AVX512 void micro(const GemmArgs& g, int64_t m, int64_t n) {
 }
 
 // Picks the micro-kernel instantiation for the ragged edges (mr < kMR rows, nv < kNV panels).
-template <GemmOutput kOut, int MR, int NV>
+template <GemmOutput kOut, bool kAnd, int MR, int NV>
 BITMAPS_AVX512_INLINE void run_micro(int mr, int nv, const GemmArgs& g, int64_t m, int64_t n) {
   if constexpr (MR > 1) {
-    if (mr < MR) return run_micro<kOut, MR - 1, NV>(mr, nv, g, m, n);
+    if (mr < MR) return run_micro<kOut, kAnd, MR - 1, NV>(mr, nv, g, m, n);
   }
   if constexpr (NV > 1) {
-    if (nv < NV) return run_micro<kOut, MR, NV - 1>(mr, nv, g, m, n);
+    if (nv < NV) return run_micro<kOut, kAnd, MR, NV - 1>(mr, nv, g, m, n);
   }
-  micro<MR, NV, kOut>(g, m, n);
+  micro<MR, NV, kOut, kAnd>(g, m, n);
 }
 
-template <GemmOutput kOut>
+template <GemmOutput kOut, bool kAnd>
 BITMAPS_AVX512 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   // Weight panels outer: their kNV * 16 rows stay in L1 while activation rows stream past.
   for (int64_t n = n0; n < n1; n += kNV * kPanelRows) {
     const int nv = static_cast<int>(std::min<int64_t>(kNV, (n1 - n + kPanelRows - 1) / kPanelRows));
     for (int64_t m = m0; m < m1; m += kMR) {
       const int mr = static_cast<int>(std::min<int64_t>(kMR, m1 - m));
-      run_micro<kOut, kMR, kNV>(mr, nv, g, m, n);
+      run_micro<kOut, kAnd, kMR, kNV>(mr, nv, g, m, n);
     }
+  }
+}
+
+template <bool kAnd>
+void gemm_dispatch(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  switch (g.output) {
+    case GemmOutput::kDotInt32:
+      return gemm_tile<GemmOutput::kDotInt32, kAnd>(g, m0, m1, n0, n1);
+    case GemmOutput::kFloat32:
+      return gemm_tile<GemmOutput::kFloat32, kAnd>(g, m0, m1, n0, n1);
+    case GemmOutput::kFloat16:
+      return gemm_tile<GemmOutput::kFloat16, kAnd>(g, m0, m1, n0, n1);
   }
 }
 
@@ -229,23 +248,30 @@ BITMAPS_AVX512 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t
 
 void pack_signs_f32_avx512(const float* x, int64_t rows, int64_t k, bool subtract, float beta,
                            float* row_abs_mean, int32_t* out) {
-  pack_dispatch<LoadF32>(x, rows, k, subtract, beta, row_abs_mean, out);
+  pack_dispatch<LoadF32, false>(x, rows, k, subtract, beta, row_abs_mean, out);
 }
 
 void pack_signs_f16_avx512(const uint16_t* x, int64_t rows, int64_t k, bool subtract, float beta,
                            float* row_abs_mean, int32_t* out) {
-  pack_dispatch<LoadF16>(x, rows, k, subtract, beta, row_abs_mean, out);
+  pack_dispatch<LoadF16, false>(x, rows, k, subtract, beta, row_abs_mean, out);
+}
+
+void pack_positive_f32_avx512(const float* x, int64_t rows, int64_t k, bool subtract, float beta,
+                              float* row_abs_mean, int32_t* row_popcount, int32_t* out) {
+  pack_dispatch<LoadF32, true>(x, rows, k, subtract, beta, row_abs_mean, out);
+  if (row_popcount != nullptr) row_popcounts(out, rows, packed_width(k), row_popcount);
+}
+
+void pack_positive_f16_avx512(const uint16_t* x, int64_t rows, int64_t k, bool subtract,
+                              float beta, float* row_abs_mean, int32_t* row_popcount,
+                              int32_t* out) {
+  pack_dispatch<LoadF16, true>(x, rows, k, subtract, beta, row_abs_mean, out);
+  if (row_popcount != nullptr) row_popcounts(out, rows, packed_width(k), row_popcount);
 }
 
 void xnor_gemm_tile_avx512(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  switch (g.output) {
-    case GemmOutput::kDotInt32:
-      return gemm_tile<GemmOutput::kDotInt32>(g, m0, m1, n0, n1);
-    case GemmOutput::kFloat32:
-      return gemm_tile<GemmOutput::kFloat32>(g, m0, m1, n0, n1);
-    case GemmOutput::kFloat16:
-      return gemm_tile<GemmOutput::kFloat16>(g, m0, m1, n0, n1);
-  }
+  if (g.unsigned_a) return gemm_dispatch<true>(g, m0, m1, n0, n1);
+  gemm_dispatch<false>(g, m0, m1, n0, n1);
 }
 
 }  // namespace bitmaps::cpu::detail

@@ -1,12 +1,14 @@
 // Per-path entry points behind cpu_kernels.h (internal: cpu_kernels.cpp dispatches to them).
 //
-// Each path implements the same three functions with the semantics documented in cpu_kernels.h.
-// The AVX2 / AVX-512 ones exist only on x86 builds and must be called only when
-// cpu_path_supported() says so: they are compiled for those instruction sets.
+// Each path implements the same five functions with the semantics documented in cpu_kernels.h.
+// The AVX2 / AVX-512 ones exist only on x86 builds, the NEON ones only on aarch64 builds, and they
+// must be called only when cpu_path_supported() says so: they are compiled for those instruction
+// sets.
 #pragma once
 
 #include <cstdint>
 
+#include "kernels/bit_layout.h"
 #include "kernels/cpu_half.h"
 #include "kernels/cpu_kernels.h"
 
@@ -17,6 +19,12 @@ namespace bitmaps::cpu::detail {
                                float* row_abs_mean, int32_t* out);                                 \
   void pack_signs_f16_##suffix(const uint16_t* x, int64_t rows, int64_t k, bool subtract,          \
                                float beta, float* row_abs_mean, int32_t* out);                     \
+  void pack_positive_f32_##suffix(const float* x, int64_t rows, int64_t k, bool subtract,         \
+                                  float beta, float* row_abs_mean, int32_t* row_popcount,          \
+                                  int32_t* out);                                                   \
+  void pack_positive_f16_##suffix(const uint16_t* x, int64_t rows, int64_t k, bool subtract,      \
+                                  float beta, float* row_abs_mean, int32_t* row_popcount,          \
+                                  int32_t* out);                                                   \
   void xnor_gemm_tile_##suffix(const GemmArgs& args, int64_t m0, int64_t m1, int64_t n0,           \
                                int64_t n1);
 
@@ -25,6 +33,9 @@ BITMAPS_DECLARE_CPU_PATH(scalar)
 BITMAPS_DECLARE_CPU_PATH(avx2)
 BITMAPS_DECLARE_CPU_PATH(avx512)
 #endif
+#if defined(BITMAPS_HAVE_NEON_PATH)
+BITMAPS_DECLARE_CPU_PATH(neon)
+#endif
 
 #undef BITMAPS_DECLARE_CPU_PATH
 
@@ -32,6 +43,28 @@ BITMAPS_DECLARE_CPU_PATH(avx512)
 inline uint32_t lane_mask(int64_t valid, int lanes) {
   if (valid >= lanes) return lanes >= 32 ? 0xFFFFFFFFu : ((1u << lanes) - 1u);
   return valid <= 0 ? 0u : ((1u << valid) - 1u);
+}
+
+// Bit-twiddling popcount: no dependence on a popcnt instruction (or a libgcc call) on old CPUs.
+inline uint32_t popcount32(uint32_t v) {
+  v = v - ((v >> 1) & 0x55555555u);
+  v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+  return (((v + (v >> 4)) & 0x0F0F0F0Fu) * 0x01010101u) >> 24;
+}
+
+// Number of set bits of each of `rows` packed rows of kw words (pack_positive's row_popcount).
+inline void row_popcounts(const int32_t* words, int64_t rows, int64_t kw, int32_t* counts) {
+  for (int64_t r = 0; r < rows; ++r) {
+    uint32_t count = 0;
+    for (int64_t w = 0; w < kw; ++w) count += popcount32(static_cast<uint32_t>(words[r * kw + w]));
+    counts[r] = static_cast<int32_t>(count);
+  }
+}
+
+// The integer dot product of output row m from the popcount of (a XOR w), or of (a AND w) for
+// unsigned activations.
+inline int32_t gemm_dot(const GemmArgs& g, int64_t m, int64_t count) {
+  return g.unsigned_a ? static_cast<int32_t>(g.a_popcount[m] - 2 * count) : binary_dot(g.k, count);
 }
 
 // The epilogue for one output element, in the exact float32 operation order of the reference

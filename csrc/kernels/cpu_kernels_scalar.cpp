@@ -1,5 +1,5 @@
 // The portable scalar path: plain C++ (no intrinsics), any CPU. The reference the SIMD paths are
-// tested against besides the PyTorch reference, and the fallback off x86.
+// tested against besides the PyTorch reference, and the fallback where no SIMD path runs.
 #include <cmath>
 
 #include "kernels/bit_layout.h"
@@ -8,14 +8,8 @@
 namespace bitmaps::cpu::detail {
 namespace {
 
-// Bit-twiddling popcount: no dependence on a popcnt instruction (or a libgcc call) on old CPUs.
-inline uint32_t popcount32(uint32_t v) {
-  v = v - ((v >> 1) & 0x55555555u);
-  v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
-  return (((v + (v >> 4)) & 0x0F0F0F0Fu) * 0x01010101u) >> 24;
-}
-
-template <class LoadFloat>
+// kPositive: bit = (x' > 0) (unsigned activations); otherwise bit = (x' < 0) (signs).
+template <bool kPositive, class LoadFloat>
 void pack_rows(LoadFloat load, int64_t rows, int64_t k, bool subtract, float beta,
                float* row_abs_mean, int32_t* out) {
   const int64_t kw = packed_width(k);
@@ -28,7 +22,7 @@ void pack_rows(LoadFloat load, int64_t rows, int64_t k, bool subtract, float bet
       for (int64_t j = 0; j < count; ++j) {
         float v = load(r * k + base + j);
         if (subtract) v = v - beta;
-        word |= static_cast<uint32_t>(v < 0.0f) << j;
+        word |= static_cast<uint32_t>(kPositive ? v > 0.0f : v < 0.0f) << j;
         abs_sum += static_cast<double>(std::fabs(v));
       }
       out[r * kw + w] = static_cast<int32_t>(word);
@@ -43,13 +37,27 @@ void pack_rows(LoadFloat load, int64_t rows, int64_t k, bool subtract, float bet
 
 void pack_signs_f32_scalar(const float* x, int64_t rows, int64_t k, bool subtract, float beta,
                            float* row_abs_mean, int32_t* out) {
-  pack_rows([x](int64_t i) { return x[i]; }, rows, k, subtract, beta, row_abs_mean, out);
+  pack_rows<false>([x](int64_t i) { return x[i]; }, rows, k, subtract, beta, row_abs_mean, out);
 }
 
 void pack_signs_f16_scalar(const uint16_t* x, int64_t rows, int64_t k, bool subtract, float beta,
                            float* row_abs_mean, int32_t* out) {
-  pack_rows([x](int64_t i) { return half_to_float(x[i]); }, rows, k, subtract, beta,
-            row_abs_mean, out);
+  pack_rows<false>([x](int64_t i) { return half_to_float(x[i]); }, rows, k, subtract, beta,
+                   row_abs_mean, out);
+}
+
+void pack_positive_f32_scalar(const float* x, int64_t rows, int64_t k, bool subtract, float beta,
+                              float* row_abs_mean, int32_t* row_popcount, int32_t* out) {
+  pack_rows<true>([x](int64_t i) { return x[i]; }, rows, k, subtract, beta, row_abs_mean, out);
+  if (row_popcount != nullptr) row_popcounts(out, rows, packed_width(k), row_popcount);
+}
+
+void pack_positive_f16_scalar(const uint16_t* x, int64_t rows, int64_t k, bool subtract,
+                              float beta, float* row_abs_mean, int32_t* row_popcount,
+                              int32_t* out) {
+  pack_rows<true>([x](int64_t i) { return half_to_float(x[i]); }, rows, k, subtract, beta,
+                  row_abs_mean, out);
+  if (row_popcount != nullptr) row_popcounts(out, rows, packed_width(k), row_popcount);
 }
 
 void xnor_gemm_tile_scalar(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
@@ -66,11 +74,13 @@ void xnor_gemm_tile_scalar(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0
       for (int64_t w = 0; w < kw; ++w) {
         const uint32_t aw = a[w] & (w == kw - 1 ? last_mask : 0xFFFFFFFFu);
         const uint32_t* b = panel + w * kPanelRows;
-        for (int64_t l = 0; l < kPanelRows; ++l) acc[l] += popcount32(aw ^ b[l]);
+        if (g.unsigned_a) {
+          for (int64_t l = 0; l < kPanelRows; ++l) acc[l] += popcount32(aw & b[l]);
+        } else {
+          for (int64_t l = 0; l < kPanelRows; ++l) acc[l] += popcount32(aw ^ b[l]);
+        }
       }
-      for (int64_t l = 0; l < cols; ++l) {
-        store_output(g, m, n + l, binary_dot(g.k, acc[l]));
-      }
+      for (int64_t l = 0; l < cols; ++l) store_output(g, m, n + l, gemm_dot(g, m, acc[l]));
     }
   }
 }

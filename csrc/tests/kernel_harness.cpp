@@ -1,0 +1,474 @@
+// The torch-free test harness of the CPU kernels (csrc/kernels/cpu_kernels.h): no torch, no ONNX
+// Runtime, one small program that builds with any C++17 compiler for any target, so the same checks
+// run natively on x86 (AVX-512, AVX2, scalar) and under qemu-aarch64 for the NEON path.
+//
+// Every kernel is compared with a plain reference written here, independent of the kernels' own
+// helpers (its own half <-> float conversions, popcount and masks), on the awkward sizes:
+// K in {1, 31, 32, 33, 100, 768, 3072}, odd M and N, garbage in the weights' padding bits, for
+// signed and unsigned activations. Bits, popcounts, int32 dot products and the fused epilogue
+// (float32 / float16, with and without bias, fixed and per-row mean scale) must match bit for bit.
+// The one tolerance: a row's mean |x'| is summed in a different order on each path (documented in
+// cpu_kernels.h), so it is checked to kMeanRtol; the epilogue is then checked exactly given the
+// scale the kernel produced.
+//
+//   kernel_harness [--path NAME]... [--seed N] [--list]
+//
+// Without --path it tests every path this CPU supports (BITMAPS_CPU_PATH, when set, names one).
+// Prints one line per path and exits 0 when every check passed, 1 otherwise, 2 on bad arguments or
+// a path this CPU cannot run.
+#include <algorithm>
+#include <bitset>
+#include <cstdarg>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "kernels/cpu_features.h"
+#include "kernels/cpu_kernels.h"
+
+namespace {
+
+using bitmaps::cpu::CpuPath;
+using bitmaps::cpu::GemmArgs;
+using bitmaps::cpu::GemmOutput;
+
+const int64_t kSizesK[] = {1, 31, 32, 33, 100, 768, 3072};
+// Relative tolerance of the per-row mean |x'|: float32 partial sums of 8 values (AVX-512) are
+// within 8 * 2^-24 of exact, the float64 sums far closer; the rest is the final float32 rounding.
+constexpr double kMeanRtol = 2e-6;
+
+// ----------------------------------------------------------------------------- the reference
+
+uint32_t ref_popcount(uint32_t v) { return static_cast<uint32_t>(std::bitset<32>(v).count()); }
+
+int64_t ref_words(int64_t k) { return (k + 31) / 32; }
+
+// Valid bits of word w of a row of k bits.
+uint32_t ref_mask(int64_t k, int64_t w) {
+  const int64_t bits = k - 32 * w;
+  return bits >= 32 ? 0xFFFFFFFFu : ((uint32_t{1} << bits) - 1u);
+}
+
+float ref_half_to_float(uint16_t h) {
+  const int e = (h >> 10) & 0x1F;
+  const int m = h & 0x3FF;
+  const float sign = (h & 0x8000) ? -1.0f : 1.0f;
+  if (e == 0) return sign * std::ldexp(static_cast<float>(m), -24);
+  if (e == 31) return m ? std::nanf("") : sign * INFINITY;
+  return sign * std::ldexp(static_cast<float>(1024 + m), e - 25);
+}
+
+// Round to nearest, ties to even, through the quantum of the value's binade (not NaN).
+uint16_t ref_float_to_half(float f) {
+  const uint16_t sign = std::signbit(f) ? 0x8000 : 0;
+  const double a = std::fabs(static_cast<double>(f));
+  if (a >= 65520.0) return sign | 0x7C00;  // 65520 rounds (to even) up to 65536: infinity
+  if (a < std::ldexp(1.0, -14)) {          // subnormal quanta of 2^-24 (1024 of them: 2^-14)
+    return sign | static_cast<uint16_t>(std::nearbyint(std::ldexp(a, 24)));
+  }
+  int e = 0;
+  std::frexp(a, &e);  // a in [2^(e-1), 2^e)
+  const double units = std::nearbyint(std::ldexp(a, 11 - e));  // in [1024, 2048]
+  return sign | static_cast<uint16_t>(((e - 1 + 15) << 10) + (static_cast<int>(units) - 1024));
+}
+
+struct RefPack {
+  std::vector<uint32_t> words;
+  std::vector<double> mean;
+  std::vector<int32_t> popcount;
+};
+
+RefPack ref_pack(const std::vector<float>& x, int64_t rows, int64_t k, bool subtract, float beta,
+                 bool positive) {
+  const int64_t kw = ref_words(k);
+  RefPack p{std::vector<uint32_t>(rows * kw, 0), std::vector<double>(rows, 0.0),
+            std::vector<int32_t>(rows, 0)};
+  for (int64_t r = 0; r < rows; ++r) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < k; ++i) {
+      volatile float v = x[r * k + i];
+      if (subtract) v = v - beta;
+      if (positive ? v > 0.0f : v < 0.0f) {
+        p.words[r * kw + i / 32] |= uint32_t{1} << (i % 32);
+        ++p.popcount[r];
+      }
+      sum += std::fabs(static_cast<double>(v));
+    }
+    p.mean[r] = sum / static_cast<double>(k);
+  }
+  return p;
+}
+
+// dot[m, n] of packed rows a [m, kw] and w [n, kw], ignoring every padding bit of both.
+std::vector<int32_t> ref_gemm(const std::vector<uint32_t>& a, const std::vector<uint32_t>& w,
+                              int64_t m, int64_t n, int64_t k, bool unsigned_a) {
+  const int64_t kw = ref_words(k);
+  std::vector<int32_t> dot(m * n);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      int64_t ones = 0, both = 0, differ = 0;
+      for (int64_t q = 0; q < kw; ++q) {
+        const uint32_t av = a[i * kw + q] & ref_mask(k, q), wv = w[j * kw + q] & ref_mask(k, q);
+        ones += ref_popcount(av);
+        both += ref_popcount(av & wv);
+        differ += ref_popcount(av ^ wv);
+      }
+      dot[i * n + j] = static_cast<int32_t>(unsigned_a ? ones - 2 * both : k - 2 * differ);
+    }
+  }
+  return dot;
+}
+
+// (dot * s) * w_scale + bias in float32, each step rounded (volatile: no contraction into FMA).
+float ref_epilogue(int32_t dot, float s, float ws, const float* bias) {
+  volatile float y = static_cast<float>(dot) * s;
+  y = y * ws;
+  if (bias != nullptr) y = y + *bias;
+  return y;
+}
+
+// -------------------------------------------------------------------------------- the checks
+
+struct Checker {
+  std::string path;
+  int64_t checks = 0, failures = 0;
+
+  void expect(bool ok, const std::string& what) {
+    ++checks;
+    if (ok) return;
+    if (++failures <= 20) std::printf("FAIL [%s] %s\n", path.c_str(), what.c_str());
+  }
+};
+
+std::string describe(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+std::string describe(const char* fmt, ...) {
+  char buf[256];
+  va_list args;
+  va_start(args, fmt);
+  std::vsnprintf(buf, sizeof(buf), fmt, args);
+  va_end(args);
+  return buf;
+}
+
+// Activations with the values that decide bits: exact zeros, -0, values equal to beta (x' = 0),
+// subnormals, wide magnitudes.
+std::vector<float> random_activations(std::mt19937& rng, int64_t count, float beta) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> pick(0, 19);
+  std::vector<float> x(count);
+  for (auto& v : x) {
+    switch (pick(rng)) {
+      case 0: v = 0.0f; break;
+      case 1: v = -0.0f; break;
+      case 2: v = beta; break;
+      case 3: v = normal(rng) * 1e-6f; break;
+      case 4: v = normal(rng) * 300.0f; break;
+      default: v = normal(rng);
+    }
+  }
+  return x;
+}
+
+std::vector<uint32_t> random_words(std::mt19937& rng, int64_t count) {
+  std::vector<uint32_t> w(count);
+  for (auto& v : w) v = static_cast<uint32_t>(rng());
+  return w;
+}
+
+struct Packed {
+  std::vector<int32_t> words, popcount;
+  std::vector<float> mean;
+};
+
+// Runs the kernel's pack (signs or positive) on float32 or float16 input and checks it.
+Packed check_pack(Checker& c, CpuPath path, const std::vector<float>& x32, bool half, int64_t rows,
+                  int64_t k, bool subtract, float beta, bool positive, bool want_mean,
+                  bool want_popcount) {
+  const int64_t kw = ref_words(k);
+  std::vector<float> x(x32);
+  std::vector<uint16_t> x16(x.size());
+  if (half) {  // the kernel reads binary16; the reference reads the same values widened
+    for (size_t i = 0; i < x.size(); ++i) {
+      x16[i] = ref_float_to_half(x[i]);
+      x[i] = ref_half_to_float(x16[i]);
+    }
+  }
+  Packed p{std::vector<int32_t>(rows * kw, static_cast<int32_t>(0xA5A5A5A5u)),
+           std::vector<int32_t>(rows, -7), std::vector<float>(rows, NAN)};
+  float* mean = want_mean ? p.mean.data() : nullptr;
+  int32_t* pc = want_popcount ? p.popcount.data() : nullptr;
+  const float arg_beta = subtract ? beta : 123.0f;  // must be ignored without subtract
+  if (positive && half) {
+    bitmaps::cpu::pack_positive_f16(path, x16.data(), rows, k, subtract, arg_beta, mean, pc,
+                                    p.words.data());
+  } else if (positive) {
+    bitmaps::cpu::pack_positive_f32(path, x.data(), rows, k, subtract, arg_beta, mean, pc,
+                                    p.words.data());
+  } else if (half) {
+    bitmaps::cpu::pack_signs_f16(path, x16.data(), rows, k, subtract, arg_beta, mean,
+                                 p.words.data());
+  } else {
+    bitmaps::cpu::pack_signs_f32(path, x.data(), rows, k, subtract, arg_beta, mean,
+                                 p.words.data());
+  }
+  const RefPack ref = ref_pack(x, rows, k, subtract, beta, positive);
+  const std::string what = describe("pack_%s_%s k=%lld rows=%lld subtract=%d",
+                                    positive ? "positive" : "signs", half ? "f16" : "f32",
+                                    static_cast<long long>(k), static_cast<long long>(rows),
+                                    subtract);
+  for (int64_t i = 0; i < rows * kw; ++i) {
+    c.expect(static_cast<uint32_t>(p.words[i]) == ref.words[i],
+             what + describe(" word %lld: %08x != %08x", static_cast<long long>(i),
+                             static_cast<uint32_t>(p.words[i]), ref.words[i]));
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    if (want_mean) {
+      const double err = std::fabs(p.mean[r] - ref.mean[r]);
+      c.expect(err <= kMeanRtol * ref.mean[r] + 1e-30,
+               what + describe(" mean row %lld: %.9g vs %.9g", static_cast<long long>(r),
+                               p.mean[r], ref.mean[r]));
+    }
+    if (want_popcount) {
+      c.expect(p.popcount[r] == ref.popcount[r],
+               what + describe(" popcount row %lld: %d != %d", static_cast<long long>(r),
+                               p.popcount[r], ref.popcount[r]));
+    }
+  }
+  return p;
+}
+
+// Weight rows with garbage in their padding bits, in the panel layout (packed in two slices).
+std::vector<int32_t> make_panels(const std::vector<uint32_t>& w, int64_t n, int64_t k) {
+  const int64_t kw = ref_words(k);
+  std::vector<int32_t> panels(bitmaps::cpu::panel_words(n, kw), static_cast<int32_t>(0x5A5A5A5A));
+  const int64_t num_panels = (n + bitmaps::cpu::kPanelRows - 1) / bitmaps::cpu::kPanelRows;
+  const auto* b = reinterpret_cast<const int32_t*>(w.data());
+  bitmaps::cpu::pack_panels(b, n, kw, k, 0, num_panels / 2, panels.data());
+  bitmaps::cpu::pack_panels(b, n, kw, k, num_panels / 2, num_panels, panels.data());
+  return panels;
+}
+
+// xnor_gemm_tile over the whole output, in one tile or in four (split rows, split panels).
+void run_gemm(CpuPath path, const GemmArgs& g, bool split) {
+  if (!split) return bitmaps::cpu::xnor_gemm_tile(path, g, 0, g.m, 0, g.n);
+  const int64_t panels = (g.n + bitmaps::cpu::kPanelRows - 1) / bitmaps::cpu::kPanelRows;
+  const int64_t mid_m = g.m / 2, mid_n = std::min(g.n, (panels / 2) * bitmaps::cpu::kPanelRows);
+  for (auto [m0, m1] : {std::pair{int64_t{0}, mid_m}, std::pair{mid_m, g.m}}) {
+    for (auto [n0, n1] : {std::pair{int64_t{0}, mid_n}, std::pair{mid_n, g.n}}) {
+      if (m0 < m1 && n0 < n1) bitmaps::cpu::xnor_gemm_tile(path, g, m0, m1, n0, n1);
+    }
+  }
+}
+
+void check_gemm_int32(Checker& c, CpuPath path, std::mt19937& rng, int64_t m, int64_t n,
+                      int64_t k, bool unsigned_a, bool split) {
+  const int64_t kw = ref_words(k);
+  std::vector<uint32_t> a = random_words(rng, m * kw), w = random_words(rng, n * kw);
+  std::vector<int32_t> a_popcount(m, 0);
+  for (int64_t i = 0; i < m; ++i) {
+    // Signed activations may carry padding garbage (the kernels ignore it); unsigned ones come
+    // from pack_positive, whose padding bits are 0 (the API requires it).
+    if (unsigned_a) a[i * kw + kw - 1] &= ref_mask(k, kw - 1);
+    for (int64_t q = 0; q < kw; ++q) a_popcount[i] += ref_popcount(a[i * kw + q]);
+  }
+  const std::vector<int32_t> panels = make_panels(w, n, k);
+  std::vector<int32_t> out(m * n, static_cast<int32_t>(0xDEADBEEF));
+  GemmArgs g;
+  g.a = reinterpret_cast<const int32_t*>(a.data());
+  g.panels = panels.data();
+  g.m = m, g.n = n, g.kw = kw, g.k = k;
+  g.output = GemmOutput::kDotInt32;
+  g.out = out.data();
+  g.unsigned_a = unsigned_a;
+  g.a_popcount = unsigned_a ? a_popcount.data() : nullptr;
+  run_gemm(path, g, split);
+  const std::vector<int32_t> ref = ref_gemm(a, w, m, n, k, unsigned_a);
+  for (int64_t i = 0; i < m * n; ++i) {
+    c.expect(out[i] == ref[i],
+             describe("xnor_gemm %s m=%lld n=%lld k=%lld split=%d at %lld: %d != %d",
+                      unsigned_a ? "unsigned" : "signed", static_cast<long long>(m),
+                      static_cast<long long>(n), static_cast<long long>(k), split,
+                      static_cast<long long>(i), out[i], ref[i]));
+  }
+}
+
+struct FusedCase {
+  bool half_in, half_out, unsigned_a, bias, mean_scale;
+};
+
+// binary_linear as the adapters run it: pack (+ mean, + popcount), panels, GEMM with epilogue.
+void check_fused(Checker& c, CpuPath path, std::mt19937& rng, int64_t m, int64_t n, int64_t k,
+                 const FusedCase& fc) {
+  const int64_t kw = ref_words(k);
+  const float beta = fc.unsigned_a ? 0.25f : -0.5f, act_scale = 0.37f;
+  const std::vector<float> x = random_activations(rng, m * k, beta);
+  const Packed p = check_pack(c, path, x, fc.half_in, m, k, true, beta, fc.unsigned_a,
+                              fc.mean_scale, fc.unsigned_a);
+  std::vector<uint32_t> w = random_words(rng, n * kw);
+  const std::vector<int32_t> panels = make_panels(w, n, k);
+  std::uniform_real_distribution<float> uni(-2.0f, 2.0f);
+  std::vector<float> w_scale(n), bias(n), row_scale(m);
+  for (auto& v : w_scale) v = uni(rng) * 1e-2f;
+  for (auto& v : bias) v = uni(rng);
+  for (int64_t i = 0; i < m; ++i) row_scale[i] = fc.mean_scale ? p.mean[i] : act_scale;
+  std::vector<float> out32(m * n, NAN);
+  std::vector<uint16_t> out16(m * n, 0xFFFF);
+  GemmArgs g;
+  g.a = p.words.data();
+  g.panels = panels.data();
+  g.m = m, g.n = n, g.kw = kw, g.k = k;
+  g.output = fc.half_out ? GemmOutput::kFloat16 : GemmOutput::kFloat32;
+  g.out = fc.half_out ? static_cast<void*>(out16.data()) : static_cast<void*>(out32.data());
+  g.row_scale = row_scale.data();
+  g.col_scale = w_scale.data();
+  g.bias = fc.bias ? bias.data() : nullptr;
+  g.unsigned_a = fc.unsigned_a;
+  g.a_popcount = fc.unsigned_a ? p.popcount.data() : nullptr;
+  run_gemm(path, g, false);
+  std::vector<uint32_t> a(p.words.begin(), p.words.end());
+  const std::vector<int32_t> dot = ref_gemm(a, w, m, n, k, fc.unsigned_a);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      const float y = ref_epilogue(dot[i * n + j], row_scale[i], w_scale[j],
+                                   fc.bias ? &bias[j] : nullptr);
+      uint32_t got, want;
+      if (fc.half_out) {
+        got = out16[i * n + j], want = ref_float_to_half(y);
+      } else {
+        std::memcpy(&got, &out32[i * n + j], 4);
+        std::memcpy(&want, &y, 4);
+      }
+      c.expect(got == want,
+               describe("binary_linear in=%s out=%s %s bias=%d scale=%s m=%lld n=%lld k=%lld "
+                        "at [%lld, %lld]: %08x != %08x",
+                        fc.half_in ? "f16" : "f32", fc.half_out ? "f16" : "f32",
+                        fc.unsigned_a ? "unsigned" : "signed", fc.bias,
+                        fc.mean_scale ? "mean" : "fixed", static_cast<long long>(m),
+                        static_cast<long long>(n), static_cast<long long>(k),
+                        static_cast<long long>(i), static_cast<long long>(j), got, want));
+    }
+  }
+}
+
+void check_path(Checker& c, CpuPath path, uint32_t seed) {
+  std::mt19937 rng(seed);
+  for (int64_t k : kSizesK) {
+    for (int64_t rows : {1, 7}) {
+      for (int kind = 0; kind < 8; ++kind) {
+        const bool half = kind & 1, positive = kind & 2, subtract = kind & 4;
+        const float beta = positive ? 0.25f : -0.5f;
+        const std::vector<float> x = random_activations(rng, rows * k, beta);
+        for (bool extras : {false, true}) {
+          check_pack(c, path, x, half, rows, k, subtract, beta, positive, extras,
+                     positive && extras);
+        }
+      }
+    }
+    for (int64_t m : {1, 5, 9}) {
+      for (int64_t n : {1, 17, 67}) {
+        for (int variant = 0; variant < 4; ++variant) {
+          check_gemm_int32(c, path, rng, m, n, k, variant & 1, variant & 2);
+        }
+      }
+    }
+    for (auto [m, n] : {std::pair{int64_t{1}, int64_t{1}}, std::pair{int64_t{5}, int64_t{17}},
+                        std::pair{int64_t{9}, int64_t{67}}}) {
+      for (int bits = 0; bits < 32; ++bits) {
+        const FusedCase fc{bool(bits & 1), bool(bits & 2), bool(bits & 4), bool(bits & 8),
+                           bool(bits & 16)};
+        check_fused(c, path, rng, m, n, k, fc);
+      }
+    }
+  }
+}
+
+// pack_signs_f64 is scalar-only (no path argument): checked once.
+void check_pack_f64(Checker& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  for (int64_t k : kSizesK) {
+    const std::vector<float> x = random_activations(rng, 3 * k, 0.0f);
+    const std::vector<double> xd(x.begin(), x.end());
+    std::vector<int32_t> out(3 * ref_words(k), static_cast<int32_t>(0xA5A5A5A5u));
+    bitmaps::cpu::pack_signs_f64(xd.data(), 3, k, out.data());
+    const RefPack ref = ref_pack(x, 3, k, false, 0.0f, false);
+    for (size_t i = 0; i < out.size(); ++i) {
+      c.expect(static_cast<uint32_t>(out[i]) == ref.words[i],
+               describe("pack_signs_f64 k=%lld word %zu", static_cast<long long>(k), i));
+    }
+  }
+}
+
+int usage(const char* message) {
+  std::fprintf(stderr, "kernel_harness: %s\nusage: kernel_harness [--path NAME]... [--seed N] "
+                       "[--list]\n", message);
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<CpuPath> paths;
+  uint32_t seed = 20240531;
+  auto add_path = [&paths](const std::string& name) {
+    CpuPath path;
+    if (!bitmaps::cpu::parse_cpu_path(name, &path)) return usage(("unknown path " + name).c_str());
+    if (!bitmaps::cpu::cpu_path_supported(path)) {
+      std::fprintf(stderr, "kernel_harness: path %s needs %s, which this CPU or build lacks\n",
+                   name.c_str(), bitmaps::cpu::cpu_path_requirements(path));
+      return 2;
+    }
+    paths.push_back(path);
+    return 0;
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--list") {
+      for (int p = bitmaps::cpu::kNumCpuPaths - 1; p >= 0; --p) {
+        if (bitmaps::cpu::cpu_path_supported(static_cast<CpuPath>(p))) {
+          std::printf("%s\n", bitmaps::cpu::cpu_path_name(static_cast<CpuPath>(p)));
+        }
+      }
+      return 0;
+    }
+    if (i + 1 >= argc) return usage(("missing value after " + arg).c_str());
+    if (arg == "--path") {
+      if (const int rc = add_path(argv[++i])) return rc;
+    } else if (arg == "--seed") {
+      seed = static_cast<uint32_t>(std::strtoul(argv[++i], nullptr, 10));
+    } else {
+      return usage(("unknown argument " + arg).c_str());
+    }
+  }
+  const char* env = std::getenv("BITMAPS_CPU_PATH");
+  if (paths.empty() && env != nullptr && env[0] != '\0' && std::string(env) != "auto") {
+    if (const int rc = add_path(env)) return rc;
+  }
+  if (paths.empty()) {
+    for (int p = bitmaps::cpu::kNumCpuPaths - 1; p >= 0; --p) {
+      if (bitmaps::cpu::cpu_path_supported(static_cast<CpuPath>(p))) {
+        paths.push_back(static_cast<CpuPath>(p));
+      }
+    }
+  }
+  int64_t failures = 0;
+  Checker f64{"scalar"};
+  check_pack_f64(f64, seed);
+  failures += f64.failures;
+  for (CpuPath path : paths) {
+    const std::string variant = bitmaps::cpu::cpu_path_variant(path);
+    Checker c{std::string(bitmaps::cpu::cpu_path_name(path)) +
+              (variant.empty() ? "" : " (" + variant + ")")};
+    check_path(c, path, seed);
+    std::printf("path %s: %lld checks, %lld failed\n", c.path.c_str(),
+                static_cast<long long>(c.checks), static_cast<long long>(c.failures));
+    failures += c.failures;
+  }
+  std::printf("%s (seed %u)\n", failures == 0 ? "OK" : "FAILED", seed);
+  return failures == 0 ? 0 : 1;
+}
