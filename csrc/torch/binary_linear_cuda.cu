@@ -1,9 +1,12 @@
-// CUDA implementations of the bitmaps:: ops (schemas live in bitmaps/ops.py): thin adapters that
+// CUDA implementations of the bitmaps:: ops (schemas live in bitmaps/core/ops.py): thin adapters that
 // validate with TORCH_CHECK, allocate outputs and workspace through PyTorch's caching allocator and
 // call the torch-free launchers of csrc/kernels/binary_linear_cuda.h on the current CUDA stream.
 //
 // BITMAPS_CUDA_GEMM_PATH=auto|popc|mma|wgmma (read on every call) forces one GEMM path, so that a
-// GPU run can compare every path against the reference implementation.
+// GPU run can compare every path against the reference implementation. The schemas are
+// pack_signs(Tensor x), xnor_gemm(Tensor a, Tensor b, int k) and binary_linear(Tensor x, Tensor w,
+// Tensor w_scale, Tensor? bias, int in_features, float act_threshold, float act_scale,
+// int act_unsigned=0); nothing here synchronizes, so every op may be captured in a CUDA graph.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -59,28 +62,56 @@ void check_launch(cudaError_t err, const char* op, int device, bc::GemmPath path
 
 bc::DType float_dtype(const at::Tensor& x, const char* op) {
   TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf, "bitmaps::", op,
-              ": x must be float32 or float16 on CUDA, got ", x.scalar_type());
+              ": x must be float32 or float16, got ", x.scalar_type());
   return x.scalar_type() == at::kHalf ? bc::DType::kFloat16 : bc::DType::kFloat32;
 }
 
-void check_cuda(const at::Tensor& t, const char* name, const char* op, const at::Device& device) {
+// pack_signs takes what the CPU op takes: float32, float16, bfloat16, float64.
+bc::DType any_float_dtype(const at::Tensor& x) {
+  switch (x.scalar_type()) {
+    case at::kFloat:
+      return bc::DType::kFloat32;
+    case at::kHalf:
+      return bc::DType::kFloat16;
+    case at::kBFloat16:
+      return bc::DType::kBFloat16;
+    case at::kDouble:
+      return bc::DType::kFloat64;
+    default:
+      TORCH_CHECK(false, "bitmaps::pack_signs: x must be float32, float16, bfloat16 or float64, got ",
+                  x.scalar_type());
+  }
+  return bc::DType::kFloat32;  // not reached
+}
+
+void check_device(const at::Tensor& t, const char* name, const char* op,
+                  const at::Device& device) {
   TORCH_CHECK(t.is_cuda(), "bitmaps::", op, ": ", name, " must be a CUDA tensor, got ", t.device());
   TORCH_CHECK(t.device() == device, "bitmaps::", op, ": ", name, " is on ", t.device(),
               " but x is on ", device);
-  TORCH_CHECK(t.is_contiguous(), "bitmaps::", op, ": ", name, " must be contiguous");
 }
 
-at::Tensor pack_signs_cuda(const at::Tensor& x) {
-  check_cuda(x, "x", "pack_signs", x.device());
-  const bc::DType dtype = float_dtype(x, "pack_signs");
-  TORCH_CHECK(x.dim() >= 1, "bitmaps::pack_signs: x must have at least one dimension");
+// The packed operands, w_scale and bias must be contiguous (as on CPU: a strided packed matrix is
+// almost always a mistake); the float activations x are made contiguous (a copy when they are not).
+void check_cuda(const at::Tensor& t, const char* name, const char* op, const at::Device& device) {
+  check_device(t, name, op, device);
+  TORCH_CHECK(t.is_contiguous(), "bitmaps::", op, ": ", name,
+              " must be contiguous (call .contiguous() on it), got shape ", t.sizes(),
+              " with strides ", t.strides());
+}
+
+at::Tensor pack_signs_cuda(const at::Tensor& x_in) {
+  check_device(x_in, "x", "pack_signs", x_in.device());
+  const bc::DType dtype = any_float_dtype(x_in);
+  TORCH_CHECK(x_in.dim() >= 1, "bitmaps::pack_signs: x must have at least one dimension");
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
   const int64_t k = x.size(-1);
   auto out_shape = x.sizes().vec();
   out_shape.back() = packed_width(k);
   at::Tensor out = at::empty(out_shape, x.options().dtype(at::kInt));
   const int64_t m = k == 0 ? 0 : x.numel() / k;
   if (m == 0 || k == 0) return out;
-  const c10::cuda::CUDAGuard guard(x.device());
   const cudaError_t err = bc::pack_signs(x.data_ptr(), dtype, m, k, out.data_ptr<int32_t>(),
                                          c10::cuda::getCurrentCUDAStream(x.get_device()));
   check_launch(err, "pack_signs", x.get_device(), bc::GemmPath::kAuto);
@@ -110,12 +141,15 @@ at::Tensor xnor_gemm_cuda(const at::Tensor& a, const at::Tensor& b, int64_t k) {
   return out;
 }
 
-at::Tensor binary_linear_cuda(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
-                              const c10::optional<at::Tensor>& bias, int64_t in_features,
-                              double act_threshold, double act_scale) {
+at::Tensor binary_linear_cuda(const at::Tensor& x_in, const at::Tensor& w,
+                              const at::Tensor& w_scale, const c10::optional<at::Tensor>& bias,
+                              int64_t in_features, double act_threshold, double act_scale,
+                              int64_t act_unsigned) {
   const char* op = "binary_linear";
-  check_cuda(x, "x", op, x.device());
-  const bc::DType dtype = float_dtype(x, op);
+  check_device(x_in, "x", op, x_in.device());
+  const bc::DType dtype = float_dtype(x_in, op);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const at::Tensor x = x_in.contiguous();
   check_cuda(w, "w", op, x.device());
   check_cuda(w_scale, "w_scale", op, x.device());
   TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_features,
@@ -138,6 +172,8 @@ at::Tensor binary_linear_cuda(const at::Tensor& x, const at::Tensor& w, const at
     bias_ptr = bias->data_ptr<float>();
   }
   TORCH_CHECK(act_scale >= 0.0, "bitmaps::binary_linear: act_scale must be >= 0, got ", act_scale);
+  TORCH_CHECK(act_unsigned == 0 || act_unsigned == 1,
+              "bitmaps::binary_linear: act_unsigned must be 0 or 1, got ", act_unsigned);
 
   auto out_shape = x.sizes().vec();
   out_shape.back() = n;
@@ -145,14 +181,14 @@ at::Tensor binary_linear_cuda(const at::Tensor& x, const at::Tensor& w, const at
   const int64_t m = x.numel() / in_features;
   if (m == 0 || n == 0) return y;
 
-  const c10::cuda::CUDAGuard guard(x.device());
   const size_t ws_bytes = bc::binary_linear_workspace_size(m, in_features);
   at::Tensor workspace = at::empty({static_cast<int64_t>(ws_bytes)}, x.options().dtype(at::kByte));
   const bc::GemmPath path = requested_path();
   const cudaError_t err = bc::binary_linear(
       x.data_ptr(), dtype, w.data_ptr<int32_t>(), w_scale.data_ptr<float>(), bias_ptr, m, n,
-      in_features, static_cast<float>(act_threshold), static_cast<float>(act_scale), y.data_ptr(),
-      workspace.data_ptr(), ws_bytes, path, c10::cuda::getCurrentCUDAStream(x.get_device()));
+      in_features, static_cast<float>(act_threshold), static_cast<float>(act_scale),
+      act_unsigned != 0, y.data_ptr(), workspace.data_ptr(), ws_bytes, path,
+      c10::cuda::getCurrentCUDAStream(x.get_device()));
   check_launch(err, op, x.get_device(), path);
   return y;
 }
