@@ -18,7 +18,14 @@ std::atomic<int> g_last_workers{0};
 
 const char* const kOpNames[kNumCpuOps] = {"pack_signs", "xnor_gemm", "binary_linear"};
 
-std::string known_names() { return "auto, avx512, avx2, scalar"; }
+// "auto, neon, avx512, avx2, scalar": every name the parser knows, whatever this build supports.
+std::string known_names() {
+  std::string names = "auto";
+  for (int i = cpu::kNumCpuPaths - 1; i >= 0; --i) {
+    names += std::string(", ") + cpu::cpu_path_name(static_cast<CpuPath>(i));
+  }
+  return names;
+}
 
 std::string supported_list() {
   std::string names;

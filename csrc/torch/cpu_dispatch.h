@@ -2,7 +2,7 @@
 //
 // Order of precedence: bitmaps._C.set_cpu_path(name) (process-wide override) > the environment
 // variable BITMAPS_CPU_PATH (read on every call, so a test can monkeypatch it) > the best path the
-// CPU supports. Names: "auto", "avx512", "avx2", "scalar". Asking for a path the CPU lacks is an
+// CPU supports. Names: "auto", "neon", "avx512", "avx2", "scalar". Asking for a path the CPU lacks is an
 // error, never a silent fallback: a forced path is a promise about which code ran.
 #pragma once
 
@@ -18,7 +18,7 @@ namespace bitmaps {
 // BITMAPS_CPU_PATH names an unknown path or one this CPU cannot run.
 bool resolve_cpu_path(cpu::CpuPath* path, std::string* error);
 
-// Sets the process-wide override ("auto", "avx512", "avx2", "scalar"), or clears it (empty name).
+// Sets the process-wide override ("auto", "neon", "avx512", "avx2", "scalar"), or clears it (empty name).
 // False with a message for an unknown or unsupported name; the override is then unchanged.
 bool set_cpu_path_override(const std::string& name, std::string* error);
 
