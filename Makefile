@@ -6,7 +6,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check
 TORCH_VERSION := 2.13.0
-NATIVE_SOURCES := $(wildcard csrc/kernels/*.cpp csrc/kernels/*.h csrc/torch/*.cpp csrc/torch/*.h)
+NATIVE_SOURCES := $(wildcard csrc/kernels/*.cpp csrc/kernels/*.h csrc/torch/*.cpp csrc/torch/*.h \
+                    csrc/onnxruntime/*.cpp csrc/onnxruntime/*.h)
 
 .PHONY: setup install assets test test-fast demo lint format bench cuda-check plugin clean help
 
@@ -139,4 +140,4 @@ plugin:
 	@echo "built $(PLUGIN_BUILD_DIR)/libbitmaps_trt_plugin.so"
 
 clean:
-	rm -rf build bitmaps/_C*.so *.egg-info
+	rm -rf build bitmaps/_C*.so bitmaps/libbitmaps_ort.so *.egg-info

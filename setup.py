@@ -1,10 +1,19 @@
 """Build script for the optional native extension ``bitmaps._C``.
 
 The CPU kernels (csrc/kernels/*.cpp + csrc/torch/*.cpp) are built everywhere a C++ compiler is found.
-The CUDA kernels (csrc/kernels/*.cu + csrc/torch/*.cu) are added only when torch was built with CUDA
-and nvcc is available; ``BITMAPS_SKIP_CUDA=1`` leaves them out, ``TORCH_CUDA_ARCH_LIST`` picks the
-architectures (default: sm_80 and sm_90a). A failed native build never fails the install: bitmaps then
-runs on its plain-PyTorch reference ops, and says so (``bitmaps.core.ops.native_status()``).
+The CUDA kernels (csrc/kernels/*.cu + csrc/torch/*.cu) are added when torch was built with CUDA and
+a CUDA toolkit is found (also through an nvcc wrapper script); ``BITMAPS_SKIP_CUDA=1`` leaves them
+out, ``BITMAPS_REQUIRE_CUDA=1`` makes their absence an error, ``TORCH_CUDA_ARCH_LIST`` picks the
+architectures (default: sm_80 and sm_90a, plus sm_87 on aarch64). The rules live in
+csrc/cuda_build.py. When CUDA is expected (a CUDA torch and a toolkit, or BITMAPS_REQUIRE_CUDA=1), a
+failed build fails the install with one line saying so. Otherwise a failed native build does not fail
+the install: bitmaps then runs on its plain-PyTorch reference ops, and says so
+(``bitmaps.core.ops.native_status()``).
+
+``build_ext`` also builds ``bitmaps/libbitmaps_ort.so``, the ONNX Runtime custom-op library
+(csrc/onnxruntime/build.py: needs no torch, fetches ONNX Runtime's C API headers when none are
+installed). Best effort as well: without it ONNX Runtime runs the model-local function, and
+``bitmaps ort-library`` says why. ``BITMAPS_SKIP_ORT=1`` leaves it out.
 """
 
 from __future__ import annotations
@@ -22,25 +31,77 @@ def _sources(pattern: str) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
-def _want_cuda() -> bool:
-    if os.environ.get("BITMAPS_SKIP_CUDA", "0") == "1":
-        return False
+def _build_ort_library(build_ext) -> None:  # noqa: ANN001
+    """libbitmaps_ort.so into the package folder (in place) or build_lib; never fails the build."""
+    if os.environ.get("BITMAPS_SKIP_ORT", "0") == "1":
+        return
+    import importlib.util
+    from pathlib import Path
+
+    script = os.path.join(ROOT, "csrc", "onnxruntime", "build.py")
+    base = ROOT if build_ext.inplace else build_ext.build_lib
+    out = Path(base) / "bitmaps" / "libbitmaps_ort.so"
     try:
-        import torch
-        from torch.utils.cpp_extension import CUDA_HOME
-    except ImportError:
-        return False
-    return torch.version.cuda is not None and CUDA_HOME is not None
+        spec = importlib.util.spec_from_file_location("bitmaps_ort_build", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        print(f"bitmaps: built {module.build(out)}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a missing compiler or header must not fail the install
+        print(
+            f"bitmaps: WARNING: libbitmaps_ort.so not built ({exc}); ONNX Runtime will run the "
+            "model-local function for bitmaps::BinaryLinear",
+            file=sys.stderr,
+        )
+
+
+def _cuda_build_rules():  # noqa: ANN202 - the module csrc/cuda_build.py (no torch import)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bitmaps_cuda_build", os.path.join(ROOT, "csrc", "cuda_build.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _cuda_plan():  # noqa: ANN202 - a cuda_build.CudaPlan
+    """What to build (csrc/cuda_build.py); exits with one line when CUDA is required and absent."""
+    import platform
+
+    import torch
+
+    rules = _cuda_build_rules()
+    cuda_home = None
+    if torch.version.cuda is not None and os.environ.get("BITMAPS_SKIP_CUDA", "0") != "1":
+        cuda_home = rules.find_cuda_home(os.environ)
+    try:
+        plan = rules.plan_cuda(os.environ, torch.version.cuda, cuda_home)
+    except rules.CudaBuildError as exc:
+        raise SystemExit(f"bitmaps: {exc}") from None
+    print(f"bitmaps: {plan.reason}", file=sys.stderr)
+    if plan.build:
+        # torch.utils.cpp_extension reads CUDA_HOME once, at import; its own guess is the parent
+        # of the folder holding nvcc, which is wrong for a wrapper script (/usr/local/bin/nvcc).
+        os.environ["CUDA_HOME"] = plan.cuda_home
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", rules.default_arch_list(platform.machine()))
+    return plan, rules
 
 
 def _extensions() -> tuple[list, dict]:
     if os.environ.get("BITMAPS_NO_EXT", "0") == "1":
         return [], {}
     try:
-        from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+        import torch  # noqa: F401
     except ImportError:
         print("bitmaps: torch not importable at build time; installing without bitmaps._C", file=sys.stderr)
         return [], {}
+    plan, rules = _cuda_plan()
+    from torch.utils import cpp_extension
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    if plan.build:
+        cpp_extension.CUDA_HOME = plan.cuda_home  # in case it was imported before _cuda_plan()
 
     # -ffp-contract=off: no fused multiply-add behind our back, so the CPU epilogue rounds exactly
     # like the float32 reference ((dot * s) * w_scale + bias). SIMD code needs no -m flags: the
@@ -58,9 +119,7 @@ def _extensions() -> tuple[list, dict]:
     if not sources:
         return [], {}
 
-    if _want_cuda():
-        if "TORCH_CUDA_ARCH_LIST" not in os.environ:
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0a"
+    if plan.build:
         sources += _sources("csrc/kernels/*.cu") + _sources("csrc/torch/*.cu")
         nvcc = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
         ext = CUDAExtension(
@@ -81,13 +140,14 @@ def _extensions() -> tuple[list, dict]:
         )
 
     class OptionalBuildExtension(BuildExtension):
-        """Build bitmaps._C, but let a pure-Python install succeed when the compiler fails."""
+        """Build bitmaps._C; a failure fails the install only when CUDA was expected (plan)."""
 
         def run(self) -> None:
             try:
                 super().run()
             except Exception as exc:  # noqa: BLE001 - any compiler failure must not fail the install
                 self._warn(exc)
+            _build_ort_library(self)
 
         def build_extension(self, ext) -> None:
             try:
@@ -97,6 +157,8 @@ def _extensions() -> tuple[list, dict]:
 
         @staticmethod
         def _warn(exc: Exception) -> None:
+            if plan.required:
+                raise SystemExit(rules.failure_message(plan, exc)) from exc
             print(
                 f"bitmaps: WARNING: building bitmaps._C failed ({exc}); "
                 "installing the pure-Python package (reference ops only)",
@@ -106,5 +168,6 @@ def _extensions() -> tuple[list, dict]:
     return [ext], {"build_ext": OptionalBuildExtension}
 
 
-ext_modules, cmdclass = _extensions()
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+if __name__ == "__main__":  # also under pip: setuptools runs this file as __main__
+    ext_modules, cmdclass = _extensions()
+    setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -1,10 +1,12 @@
 """The ``bitmaps::`` PyTorch ops, defined once: schema, fake kernel, plain-PyTorch reference.
 
-=================  ===============================================================================
-``pack_signs``     float ``[..., K]`` → int32 ``[..., ceil(K/32)]`` (bitmaps/core/packing.py)
-``xnor_gemm``      packed ``[M, KW]``, packed ``[N, KW]``, K → int32 ``[M, N]`` = K − 2·popc(a⊕b)
-``binary_linear``  fused binarize + pack + XNOR GEMM + scale + bias; the ONNX op of DESIGN.md
-=================  ===============================================================================
+============================  ====================================================================
+``pack_signs``                float ``[..., K]`` → int32 ``[..., ceil(K/32)]`` (bitmaps/core/packing.py)
+``xnor_gemm``                 packed ``[M, KW]``, packed ``[N, KW]``, K → int32 ``[M, N]`` = K − 2·popc(a⊕b)
+``binary_linear``             fused binarize + pack + XNOR GEMM + scale + bias; the ONNX op of DESIGN.md
+``prepack_weights``           packed ``[N, KW]`` → the CPU GEMM's panels ``[ceil(N/16), KW, 16]``
+``binary_linear_prepacked``   ``binary_linear`` on prepacked weights (laid out once, at load)
+============================  ====================================================================
 
 The reference implementations (``reference_*``) are the ground truth for every test. They are also
 registered as the ``CompositeExplicitAutograd`` kernels, so the ops run on any device without native
@@ -29,8 +31,17 @@ _lib.define("pack_signs(Tensor x) -> Tensor")
 _lib.define("xnor_gemm(Tensor a, Tensor b, int k) -> Tensor")
 _lib.define(
     "binary_linear(Tensor x, Tensor w, Tensor w_scale, Tensor? bias, int in_features, "
-    "float act_threshold, float act_scale) -> Tensor"
+    "float act_threshold, float act_scale, int act_unsigned=0) -> Tensor"
 )
+_lib.define("prepack_weights(Tensor w, int in_features) -> Tensor")
+_lib.define(
+    "binary_linear_prepacked(Tensor x, Tensor panels, Tensor w_scale, Tensor? bias, "
+    "int in_features, float act_threshold, float act_scale, int act_unsigned=0) -> Tensor"
+)
+
+# Weight rows per panel of the prepacked layout (csrc/kernels/cpu_kernels.h kPanelRows): one
+# 512-bit vector of int32 words. The layout is the same on every CPU path.
+PANEL_ROWS = 16
 
 
 # --------------------------------------------------------------------------- reference kernels
@@ -56,14 +67,22 @@ def reference_binary_linear(
     in_features: int,
     act_threshold: float,
     act_scale: float,
+    act_unsigned: int = 0,
 ) -> torch.Tensor:
     """The ``bitmaps::BinaryLinear`` op of DESIGN.md, in float32, cast back to the dtype of ``x``::
 
     x' = x − β ;  s[m] = act_scale if act_scale > 0 else mean_k |x'[m, k]|
     y[m, n] = s[m] · w_scale[n] · (K − 2·popcount(sign_bits(x'[m]) XOR W[n])) + bias[n]
+
+    act_unsigned = 1 (two-set binarization, BiT): a = (x' > 0) ∈ {0, 1},
+    y[m, n] = s[m] · w_scale[n] · (popcount(a[m]) − 2·popcount(a[m] AND W[n])) + bias[n]
+    (the same as a · w with w = ±1 from the weight signs).
     """
     xf = x.float() - act_threshold
-    xs = torch.where(xf < 0, -1.0, 1.0)
+    if act_unsigned:
+        xs = (xf > 0).float()
+    else:
+        xs = torch.where(xf < 0, -1.0, 1.0)
     if act_scale > 0:
         s = torch.full((*xf.shape[:-1], 1), act_scale, dtype=torch.float32, device=x.device)
     else:
@@ -75,11 +94,50 @@ def reference_binary_linear(
     return y.to(x.dtype)
 
 
+def reference_prepack_weights(w: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Packed rows ``[N, KW]`` → panels ``[ceil(N/16), KW, 16]``: ``panels[p, j, l] = w[16p + l, j]``,
+    rows past N and the padding bits of the last word zeroed."""
+    n, kw = w.shape
+    rows = -(-n // PANEL_ROWS) * PANEL_ROWS
+    padded = torch.zeros(rows, kw, dtype=torch.int32, device=w.device)
+    padded[:n] = w
+    tail = in_features % 32
+    if tail:
+        padded[:, -1] &= (1 << tail) - 1
+    return padded.view(-1, PANEL_ROWS, kw).transpose(1, 2).contiguous()
+
+
+def unpack_panels(panels: torch.Tensor, n: int) -> torch.Tensor:
+    """Inverse of :func:`reference_prepack_weights`: panels → packed rows ``[n, KW]``."""
+    return panels.transpose(1, 2).reshape(-1, panels.shape[1])[:n]
+
+
+def reference_binary_linear_prepacked(
+    x: torch.Tensor,
+    panels: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    act_threshold: float,
+    act_scale: float,
+    act_unsigned: int = 0,
+) -> torch.Tensor:
+    """:func:`reference_binary_linear` with the weights given as prepacked panels."""
+    w = unpack_panels(panels, w_scale.shape[0])
+    return reference_binary_linear(
+        x, w, w_scale, bias, in_features, act_threshold, act_scale, act_unsigned
+    )
+
+
 # --------------------------------------------------------------------------- registrations
 
 torch.library.impl(_lib, "pack_signs", "CompositeExplicitAutograd")(reference_pack_signs)
 torch.library.impl(_lib, "xnor_gemm", "CompositeExplicitAutograd")(reference_xnor_gemm)
 torch.library.impl(_lib, "binary_linear", "CompositeExplicitAutograd")(reference_binary_linear)
+torch.library.impl(_lib, "prepack_weights", "CompositeExplicitAutograd")(reference_prepack_weights)
+torch.library.impl(_lib, "binary_linear_prepacked", "CompositeExplicitAutograd")(
+    reference_binary_linear_prepacked
+)
 
 
 # The fake kernels check what the compiled kernels check (same messages), so shape and dtype errors
@@ -133,6 +191,38 @@ def _xnor_gemm_fake(a: torch.Tensor, b: torch.Tensor, k: int) -> torch.Tensor:
     return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
 
 
+def _check_activations(
+    op: str, x: torch.Tensor, in_features: int, n: int, act_unsigned: int,
+    **params: torch.Tensor | None,
+) -> None:  # fmt: skip
+    torch._check(
+        x.dtype in (torch.float32, torch.float16),
+        lambda: f"bitmaps::{op}: x must be float32 or float16, got {x.dtype}",
+    )
+    torch._check(
+        in_features >= 1 and x.dim() >= 1 and x.shape[-1] == in_features,
+        lambda: (
+            f"bitmaps::{op}: x.shape[-1] must equal in_features={in_features}, "
+            f"got x of shape {list(x.shape)}"
+        ),
+    )
+    for name, t in params.items():
+        torch._check(
+            t is None or (t.dtype == torch.float32 and t.shape == (n,)),
+            lambda name=name, t=t: (
+                f"bitmaps::{op}: {name} must be float32 of shape [{n}], "
+                f"got {t.dtype} {list(t.shape)}"
+            ),
+        )
+    torch._check(
+        act_unsigned in (0, 1),
+        lambda: (
+            f"bitmaps::{op}: act_unsigned must be 0 (activations to ±1) or 1 ({{0, 1}}), "
+            f"got {act_unsigned}"
+        ),
+    )
+
+
 @torch.library.register_fake("bitmaps::binary_linear")
 def _binary_linear_fake(
     x: torch.Tensor,
@@ -142,29 +232,52 @@ def _binary_linear_fake(
     in_features: int,
     act_threshold: float,
     act_scale: float,
+    act_unsigned: int = 0,
 ) -> torch.Tensor:
     _check_same_device("binary_linear", x=x, w=w, w_scale=w_scale, bias=bias)
-    torch._check(
-        x.dtype in (torch.float32, torch.float16),
-        lambda: f"bitmaps::binary_linear: x must be float32 or float16, got {x.dtype}",
+    _check_packed("binary_linear", "w", w, in_features)
+    _check_activations(
+        "binary_linear", x, in_features, w.shape[0], act_unsigned, w_scale=w_scale, bias=bias
     )
+    return x.new_empty((*x.shape[:-1], w.shape[0]))
+
+
+@torch.library.register_fake("bitmaps::prepack_weights")
+def _prepack_weights_fake(w: torch.Tensor, in_features: int) -> torch.Tensor:
     torch._check(
-        in_features >= 1 and x.dim() >= 1 and x.shape[-1] == in_features,
+        in_features >= 1,
+        lambda: f"bitmaps::prepack_weights: in_features must be >= 1, got {in_features}",
+    )
+    _check_packed("prepack_weights", "w", w, in_features)
+    panels = -(-w.shape[0] // PANEL_ROWS)
+    return w.new_empty((panels, packed_width(in_features), PANEL_ROWS))
+
+
+@torch.library.register_fake("bitmaps::binary_linear_prepacked")
+def _binary_linear_prepacked_fake(
+    x: torch.Tensor,
+    panels: torch.Tensor,
+    w_scale: torch.Tensor,
+    bias: torch.Tensor | None,
+    in_features: int,
+    act_threshold: float,
+    act_scale: float,
+    act_unsigned: int = 0,
+) -> torch.Tensor:
+    op = "binary_linear_prepacked"
+    _check_same_device(op, x=x, panels=panels, w_scale=w_scale, bias=bias)
+    n = w_scale.shape[0]
+    want = (-(-n // PANEL_ROWS), packed_width(max(in_features, 1)), PANEL_ROWS)
+    torch._check(
+        panels.dtype == torch.int32 and tuple(panels.shape) == want,
         lambda: (
-            f"bitmaps::binary_linear: x.shape[-1] must equal in_features={in_features}, "
-            f"got x of shape {list(x.shape)}"
+            f"bitmaps::{op}: panels must be int32 of shape {list(want)} (bitmaps::prepack_weights "
+            f"of {n} rows of in_features={in_features} bits), got {panels.dtype} "
+            f"{list(panels.shape)}"
         ),
     )
-    _check_packed("binary_linear", "w", w, in_features)
-    for name, t in (("w_scale", w_scale), ("bias", bias)):
-        torch._check(
-            t is None or (t.dtype == torch.float32 and t.shape == (w.shape[0],)),
-            lambda name=name, t=t: (
-                f"bitmaps::binary_linear: {name} must be float32 of shape "
-                f"[{w.shape[0]}], got {t.dtype} {list(t.shape)}"
-            ),
-        )
-    return x.new_empty((*x.shape[:-1], w.shape[0]))
+    _check_activations(op, x, in_features, n, act_unsigned, w_scale=w_scale, bias=bias)
+    return x.new_empty((*x.shape[:-1], n))
 
 
 # --------------------------------------------------------------------------- native kernels
@@ -228,3 +341,5 @@ def forced_cpu_path(name: str) -> Iterator[None]:
 pack_signs = torch.ops.bitmaps.pack_signs
 xnor_gemm = torch.ops.bitmaps.xnor_gemm
 binary_linear = torch.ops.bitmaps.binary_linear
+prepack_weights = torch.ops.bitmaps.prepack_weights
+binary_linear_prepacked = torch.ops.bitmaps.binary_linear_prepacked

@@ -1,7 +1,7 @@
 // The Python module bitmaps._C. Importing it runs the static TORCH_LIBRARY_IMPL registrations of
 // every adapter in the library (CPU here in csrc/torch/ops_cpu.cpp; CUDA in csrc/torch/*.cu when
 // built with BITMAPS_WITH_CUDA), which override the plain-PyTorch reference kernels of
-// bitmaps/ops.py for their device. This file is the only module init; adapters register ops only.
+// bitmaps/core/ops.py for their device. This file is the only module init; adapters register ops only.
 //
 // The functions below let tests and users see and force which CPU path runs.
 #include <torch/extension.h>

@@ -10,12 +10,12 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
+#include <functional>
 #include <optional>
-#include <thread>
 
 #include "cpu_dispatch.h"
 #include "kernels/bit_layout.h"
+#include "kernels/cpu_binary_linear.h"
 #include "kernels/cpu_kernels.h"
 
 namespace bitmaps {
@@ -47,77 +47,23 @@ CpuPath current_path() {
   return path;
 }
 
-// Runs first(i) for i in [0, first_items), then main(j) for j in [0, main_items), on up to
-// torch.get_num_threads() threads in ONE parallel region (every region is a fork and a join).
-// Threads claim items one at a time, in order, from a shared counter instead of taking a fixed
-// share each: when one thread is descheduled (a busy machine) or its items are slower (ragged
-// edges), the others take over what it has not started. A main item waits until every first item
-// is done (e.g. packed operands before GEMM tiles); first items are claimed before any main item
-// and run at once by live threads (kernels do not throw), so the wait always ends, also when the
-// region runs serially.
-template <class First, class Main>
-void parallel_claim(int64_t first_items, const First& first, int64_t main_items, const Main& main) {
-  const int64_t items = first_items + main_items;
-  if (items <= 0) return;
-  std::atomic<int64_t> next{0}, first_done{0};
-  std::atomic<int> workers_started{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), items);
-  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
-    workers_started.fetch_add(1, std::memory_order_relaxed);
-    for (int64_t i = next.fetch_add(1); i < items; i = next.fetch_add(1)) {
-      if (i < first_items) {
-        first(i);
-        first_done.fetch_add(1, std::memory_order_release);
-        continue;
-      }
-      while (first_done.load(std::memory_order_acquire) < first_items) std::this_thread::yield();
-      main(i - first_items);
-    }
-  });
-  record_parallel_workers(workers_started.load());
+// The threads of torch.get_num_threads(), through at::parallel_for (OpenMP: torch's pool).
+const cpu::Parallel& torch_threads() {
+  static const cpu::Parallel parallel = [] {
+    cpu::Parallel p;
+    p.run = [](int64_t workers, const std::function<void(int64_t)>& body) {
+      // One call per chunk: it claims items until none are left (cpu_binary_linear.h).
+      at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t) { body(begin); });
+    };
+    return p;
+  }();
+  return parallel;
 }
 
-template <class Fn>
-void parallel_claim(int64_t items, const Fn& fn) {
-  parallel_claim(0, [](int64_t) {}, items, fn);
-}
-
-// Rows per work item when packing rows of k values: ~32K values, so an item outweighs the cost of
-// claiming it.
-int64_t rows_per_item(int64_t k) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(k, 1)); }
-
-// Packing weight rows [n, kw] into the GEMM's panel layout, as work items of a few panels.
-struct PanelJob {
-  const int32_t* b;
-  int64_t n, kw, k;
-  int32_t* panels;
-  int64_t num_panels = (n + cpu::kPanelRows - 1) / cpu::kPanelRows;
-  int64_t per_item = std::max<int64_t>(1, 8192 / (cpu::kPanelRows * kw));
-  int64_t items() const { return (num_panels + per_item - 1) / per_item; }
-  void run(int64_t item) const {
-    const int64_t p0 = item * per_item;
-    cpu::pack_panels(b, n, kw, k, p0, std::min(num_panels, p0 + per_item), panels);
-  }
-};
-
-at::Tensor empty_panels(int64_t n, int64_t kw) {
-  return at::empty({cpu::panel_words(n, kw)}, at::TensorOptions().dtype(at::kInt));
-}
-
-// The GEMM over tiles of kTileRows x kTileCols outputs, after `pack_items` packing items (which
-// must produce the operands args points to): one parallel region for the whole op.
-template <class Pack>
-void pack_and_gemm(CpuPath path, const cpu::GemmArgs& args, int64_t pack_items, const Pack& pack) {
-  constexpr int64_t kTileRows = 32;   // multiple of every path's micro-kernel rows
-  constexpr int64_t kTileCols = 128;  // multiple of kPanelRows
-  const int64_t col_tiles = (args.n + kTileCols - 1) / kTileCols;
-  const int64_t tiles = (args.m + kTileRows - 1) / kTileRows * col_tiles;
-  parallel_claim(pack_items, pack, tiles, [&](int64_t t) {
-    const int64_t m0 = (t / col_tiles) * kTileRows;
-    const int64_t n0 = (t % col_tiles) * kTileCols;
-    cpu::xnor_gemm_tile(path, args, m0, std::min(args.m, m0 + kTileRows), n0,
-                        std::min(args.n, n0 + kTileCols));
-  });
+cpu::Parallel current_threads() {
+  cpu::Parallel p = torch_threads();
+  p.max_workers = at::get_num_threads();
+  return p;
 }
 
 at::Tensor pack_signs_cpu(const at::Tensor& x) {
@@ -141,9 +87,9 @@ at::Tensor pack_signs_cpu(const at::Tensor& x) {
   // bfloat16 -> float32 is exact (sign, zeros and NaNs included), so it reuses the float32 kernel.
   const at::Tensor xc = (dtype == at::kBFloat16 ? x.to(at::kFloat) : x).contiguous();
   const int64_t rows = xc.numel() / k;
-  const int64_t per_item = rows_per_item(k);
+  const int64_t per_item = cpu::rows_per_item(k);
   int32_t* dst = out.data_ptr<int32_t>();
-  parallel_claim((rows + per_item - 1) / per_item, [&](int64_t item) {
+  const int workers = cpu::parallel_claim(current_threads(), (rows + per_item - 1) / per_item, [&](int64_t item) {
     const int64_t r0 = item * per_item, count = std::min(rows - r0, per_item);
     switch (xc.scalar_type()) {
       case at::kHalf:
@@ -158,6 +104,7 @@ at::Tensor pack_signs_cpu(const at::Tensor& x) {
                             nullptr, dst + r0 * kw);
     }
   });
+  record_parallel_workers(workers);
   return out;
 }
 
@@ -182,18 +129,9 @@ at::Tensor xnor_gemm_cpu(const at::Tensor& a, const at::Tensor& b, int64_t k) {
   count_cpu_call(kOpXnorGemm, path);
   if (m == 0 || n == 0) return out;
 
-  const at::Tensor panels = empty_panels(n, kw);
-  const PanelJob panel_job{b.const_data_ptr<int32_t>(), n, kw, k, panels.data_ptr<int32_t>()};
-  cpu::GemmArgs args;
-  args.a = a.const_data_ptr<int32_t>();
-  args.panels = panels.const_data_ptr<int32_t>();
-  args.m = m;
-  args.n = n;
-  args.kw = kw;
-  args.k = k;
-  args.output = cpu::GemmOutput::kDotInt32;
-  args.out = out.data_ptr<int32_t>();
-  pack_and_gemm(path, args, panel_job.items(), [&](int64_t item) { panel_job.run(item); });
+  record_parallel_workers(cpu::xnor_gemm(path, a.const_data_ptr<int32_t>(), m,
+                                         b.const_data_ptr<int32_t>(), n, k,
+                                         out.data_ptr<int32_t>(), current_threads()));
   return out;
 }
 
@@ -229,12 +167,18 @@ void check_binary_linear(const at::Tensor& x, const at::Tensor& w, const at::Ten
   }
 }
 
-at::Tensor binary_linear_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
+void check_act_unsigned(int64_t act_unsigned, const char* op) {
+  TORCH_CHECK(act_unsigned == 0 || act_unsigned == 1, "bitmaps::", op,
+              ": act_unsigned must be 0 (activations binarized to +-1) or 1 ({0, 1}), got ",
+              act_unsigned);
+}
+
+// The op of DESIGN.md with weights as packed rows (w) or prepacked panels.
+at::Tensor run_binary_linear(const at::Tensor& x, const at::Tensor& weights, bool prepacked,
+                             int64_t n, const at::Tensor& w_scale,
                              const std::optional<at::Tensor>& bias, int64_t in_features,
-                             double act_threshold, double act_scale) {
-  check_binary_linear(x, w, w_scale, bias, in_features);
+                             double act_threshold, double act_scale, int64_t act_unsigned) {
   const CpuPath path = current_path();
-  const int64_t k = in_features, kw = packed_width(k), n = w.size(0);
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = n;
   at::Tensor out = at::empty(shape, x.options());
@@ -242,51 +186,97 @@ at::Tensor binary_linear_cpu(const at::Tensor& x, const at::Tensor& w, const at:
   if (out.numel() == 0) return out;
 
   const at::Tensor xc = x.contiguous();
-  const int64_t m = xc.numel() / k;
+  cpu::BinaryLinearArgs args;
+  args.x = xc.const_data_ptr();
+  args.x_half = xc.scalar_type() == at::kHalf;
+  args.m = xc.numel() / in_features;
+  args.k = in_features;
+  args.n = n;
+  (prepacked ? args.panels : args.w) = weights.const_data_ptr<int32_t>();
+  args.w_scale = w_scale.const_data_ptr<float>();
+  args.bias = bias.has_value() ? bias->const_data_ptr<float>() : nullptr;
   // The reference computes x - beta and scales in float32: beta and a fixed scale are rounded
   // to float32 first, exactly as torch does for a Python scalar with a float32 tensor.
-  const auto beta = static_cast<float>(act_threshold);
-  const bool mean_scale = !(act_scale > 0.0);
-  at::Tensor bits = at::empty({m, kw}, at::TensorOptions().dtype(at::kInt));
-  at::Tensor row_scale = mean_scale ? at::empty({m}, at::TensorOptions().dtype(at::kFloat))
-                                    : at::full({m}, static_cast<float>(act_scale),
-                                               at::TensorOptions().dtype(at::kFloat));
-  int32_t* bits_ptr = bits.data_ptr<int32_t>();
-  float* scale_ptr = row_scale.data_ptr<float>();
-  const at::Tensor panels = empty_panels(n, kw);
-  const PanelJob panel_job{w.const_data_ptr<int32_t>(), n, kw, k, panels.data_ptr<int32_t>()};
-  // Packing items: the weight panels, then the activation rows (x - beta, their signs and their
-  // mean |x - beta|); then the GEMM tiles, all in one parallel region.
-  const int64_t per_item = rows_per_item(k);
-  const int64_t row_items = (m + per_item - 1) / per_item;
-  const auto pack = [&](int64_t item) {
-    if (item < panel_job.items()) return panel_job.run(item);
-    const int64_t r0 = (item - panel_job.items()) * per_item, count = std::min(m - r0, per_item);
-    float* mean = mean_scale ? scale_ptr + r0 : nullptr;
-    if (xc.scalar_type() == at::kHalf) {
-      cpu::pack_signs_f16(path, reinterpret_cast<const uint16_t*>(xc.const_data_ptr()) + r0 * k,
-                          count, k, true, beta, mean, bits_ptr + r0 * kw);
-    } else {
-      cpu::pack_signs_f32(path, xc.const_data_ptr<float>() + r0 * k, count, k, true, beta, mean,
-                          bits_ptr + r0 * kw);
-    }
-  };
-
-  cpu::GemmArgs args;
-  args.a = bits_ptr;
-  args.panels = panels.const_data_ptr<int32_t>();
-  args.m = m;
-  args.n = n;
-  args.kw = kw;
-  args.k = k;
-  args.output = x.scalar_type() == at::kHalf ? cpu::GemmOutput::kFloat16
-                                             : cpu::GemmOutput::kFloat32;
-  args.out = out.data_ptr();
-  args.row_scale = scale_ptr;
-  args.col_scale = w_scale.const_data_ptr<float>();
-  args.bias = bias.has_value() ? bias->const_data_ptr<float>() : nullptr;
-  pack_and_gemm(path, args, panel_job.items() + row_items, pack);
+  args.act_threshold = static_cast<float>(act_threshold);
+  args.act_scale = act_scale > 0.0 ? static_cast<float>(act_scale) : 0.0f;
+  args.act_unsigned = act_unsigned != 0;
+  args.y = out.data_ptr();
+  record_parallel_workers(cpu::binary_linear(path, args, current_threads()));
   return out;
+}
+
+at::Tensor binary_linear_cpu(const at::Tensor& x, const at::Tensor& w, const at::Tensor& w_scale,
+                             const std::optional<at::Tensor>& bias, int64_t in_features,
+                             double act_threshold, double act_scale, int64_t act_unsigned) {
+  check_binary_linear(x, w, w_scale, bias, in_features);
+  check_act_unsigned(act_unsigned, "binary_linear");
+  return run_binary_linear(x, w, false, w.size(0), w_scale, bias, in_features, act_threshold,
+                           act_scale, act_unsigned);
+}
+
+// Prepacked weights: int32 [ceil(N / 16), ceil(K / 32), 16], the GEMM's panel layout (the same on
+// every CPU path), built once at load by prepack_weights.
+void check_panels(const at::Tensor& panels, int64_t n, int64_t in_features, const char* op) {
+  check_cpu(panels, op, "panels");
+  check_dtype(panels, at::kInt, op, "panels (prepacked weights)");
+  const int64_t rows = cpu::kPanelRows;
+  TORCH_CHECK(panels.dim() == 3 && panels.size(0) == (n + rows - 1) / rows &&
+                  panels.size(1) == packed_width(in_features) && panels.size(2) == rows,
+              "bitmaps::", op, ": panels must have shape [", (n + rows - 1) / rows, ", ",
+              packed_width(in_features), ", ", rows, "] (bitmaps::prepack_weights of ", n,
+              " rows of in_features=", in_features, " bits), got ", panels.sizes());
+  check_contiguous(panels, op, "panels");
+}
+
+at::Tensor prepack_weights_cpu(const at::Tensor& w, int64_t in_features) {
+  constexpr const char* op = "prepack_weights";
+  check_cpu(w, op, "w");
+  check_dtype(w, at::kInt, op, "w (packed weight signs)");
+  TORCH_CHECK(in_features >= 1, "bitmaps::prepack_weights: in_features must be >= 1, got ",
+              in_features);
+  const int64_t kw = packed_width(in_features), rows = cpu::kPanelRows;
+  TORCH_CHECK(w.dim() == 2 && w.size(1) == kw, "bitmaps::prepack_weights: w must have shape "
+              "[out_features, ", kw, "] (ceil(in_features/32) words for in_features=",
+              in_features, "), got ", w.sizes());
+  check_contiguous(w, op, "w");
+  const int64_t n = w.size(0);
+  at::Tensor panels = at::empty({(n + rows - 1) / rows, kw, rows}, w.options());
+  if (panels.numel() > 0) {
+    cpu::prepack_weights(w.const_data_ptr<int32_t>(), n, in_features, panels.data_ptr<int32_t>(),
+                         current_threads());
+  }
+  return panels;
+}
+
+at::Tensor binary_linear_prepacked_cpu(const at::Tensor& x, const at::Tensor& panels,
+                                       const at::Tensor& w_scale,
+                                       const std::optional<at::Tensor>& bias,
+                                       int64_t in_features, double act_threshold,
+                                       double act_scale, int64_t act_unsigned) {
+  constexpr const char* op = "binary_linear_prepacked";
+  check_cpu(x, op, "x");
+  check_cpu(w_scale, op, "w_scale");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf, "bitmaps::", op,
+              ": x must be float32 or float16, got ", x.scalar_type());
+  TORCH_CHECK(in_features >= 1, "bitmaps::", op, ": in_features must be >= 1, got ", in_features);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "bitmaps::", op, ": x.shape[-1] must "
+              "equal in_features=", in_features, ", got x of shape ", x.sizes());
+  check_dtype(w_scale, at::kFloat, op, "w_scale");
+  TORCH_CHECK(w_scale.dim() == 1, "bitmaps::", op, ": w_scale must have shape [out_features], "
+              "got ", w_scale.sizes());
+  check_contiguous(w_scale, op, "w_scale");
+  const int64_t n = w_scale.size(0);
+  check_panels(panels, n, in_features, op);
+  if (bias.has_value()) {
+    check_cpu(*bias, op, "bias");
+    check_dtype(*bias, at::kFloat, op, "bias");
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == n, "bitmaps::", op, ": bias must have "
+                "shape [out_features] = [", n, "], got ", bias->sizes());
+    check_contiguous(*bias, op, "bias");
+  }
+  check_act_unsigned(act_unsigned, op);
+  return run_binary_linear(x, panels, true, n, w_scale, bias, in_features, act_threshold,
+                           act_scale, act_unsigned);
 }
 
 }  // namespace
@@ -295,6 +285,8 @@ TORCH_LIBRARY_IMPL(bitmaps, CPU, m) {
   m.impl("pack_signs", &pack_signs_cpu);
   m.impl("xnor_gemm", &xnor_gemm_cpu);
   m.impl("binary_linear", &binary_linear_cpu);
+  m.impl("prepack_weights", &prepack_weights_cpu);
+  m.impl("binary_linear_prepacked", &binary_linear_prepacked_cpu);
 }
 
 }  // namespace bitmaps
