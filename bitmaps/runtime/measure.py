@@ -11,8 +11,9 @@ Method, per shape (shapes in ascending batch x seq order):
 - inputs: ``rotations`` batches of random token ids (generator seeded by seed, batch, seq), all
   positions attended; identical in every process, so every model sees the same inputs; call i
   uses batch ``i % rotations``.
-- latency of one call on one batch: ``warmup`` untimed calls, then timed calls until at least
-  ``repeats`` calls and ``min_time`` seconds, or ``max_time`` seconds (and 3 calls). CPU:
+- latency of one call on one batch (the stop rule of bitmaps/runtime/timing.py): ``warmup``
+  untimed calls, then timed calls until at least ``repeats`` calls and ``min_time`` seconds,
+  or ``max_time`` seconds (and 3 calls). CPU:
   ``time.perf_counter`` around the call, Python's GC off while timing; threads = ``threads``
   (torch intra-op and ONNX Runtime intra-op). CUDA: CUDA events around a CUDA graph replay
   (torch; eager if the model cannot be captured) or around the engine call (TensorRT).
@@ -34,7 +35,6 @@ import gc
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,9 +49,9 @@ import bitmaps.runtime.tensorrt  # noqa: F401  (idem; TensorRT itself is importe
 from bitmaps.core.errors import BitmapsError
 from bitmaps.runtime import backends as B
 from bitmaps.runtime.backends import ModelSource
+from bitmaps.runtime.timing import cpu_timer, cuda_event_timer, time_calls
 
 RESULT_PREFIX = "BITMAPS-PROFILE "
-MIN_CALLS = 3
 
 
 def _status_kb(field: str) -> int:
@@ -94,60 +94,6 @@ def make_inputs(vocab_size: int, batch: int, seq: int, seed: int, rotations: int
         ids = torch.randint(low, vocab_size, (batch, seq), generator=g, dtype=torch.int64)
         out.append((ids, torch.ones(batch, seq, dtype=torch.int64)))
     return out
-
-
-def time_calls(call: Callable[[int], float], timing: dict[str, Any]) -> list[float]:
-    """Warm up, then ``call(i)`` (which returns milliseconds) until the stop rule holds.
-
-    Warm-up: at least ``warmup`` calls and ``warmup_time`` seconds (default 0), never more than
-    ``max_time`` seconds of it.
-    """
-    warm_start, i = time.perf_counter(), 0
-    while i < timing["warmup"] or (
-        time.perf_counter() - warm_start < min(timing.get("warmup_time", 0.0), timing["max_time"])
-    ):
-        call(i)
-        i += 1
-    samples: list[float] = []
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        while True:
-            samples.append(call(len(samples)))
-            elapsed = time.perf_counter() - start
-            n = len(samples)
-            if n >= timing["repeats"] and elapsed >= timing["min_time"]:
-                break
-            if elapsed >= timing["max_time"] and n >= min(MIN_CALLS, timing["repeats"]):
-                break
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return samples
-
-
-def _cpu_timer(runner: Any, feeds: list) -> Callable[[int], float]:
-    def call(i: int) -> float:
-        t0 = time.perf_counter()
-        runner(feeds[i % len(feeds)])
-        return (time.perf_counter() - t0) * 1e3
-
-    return call
-
-
-def _cuda_event_timer(runner: Any, feeds: list) -> Callable[[int], float]:
-
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-    def call(i: int) -> float:
-        start.record()
-        runner(feeds[i % len(feeds)])
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-
-    return call
 
 
 def _cuda_graph_timer(runner: Any, feeds: list) -> Callable[[int], float] | None:
@@ -230,10 +176,10 @@ def _measure_shape(
         free0 = torch.cuda.mem_get_info()[0]
         call = _cuda_graph_timer(runner, feeds) if job["backend"] == "torch" else None
         method = "cuda events + cuda graph" if call else "cuda events"
-        call = call or _cuda_event_timer(runner, feeds)
+        call = call or cuda_event_timer(lambda i: runner(feeds[i % len(feeds)]))
     else:
         reset_ok = release_and_reset_peak()
-        call = _cpu_timer(runner, feeds)
+        call = cpu_timer(lambda i: runner(feeds[i % len(feeds)]))
     samples = time_calls(call, job["timing"])
     if cuda:
         torch.cuda.synchronize()
