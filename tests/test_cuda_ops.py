@@ -1,6 +1,9 @@
 """CUDA kernels of bitmaps._C against the plain-PyTorch reference ops, each GEMM path forced.
 
 BITMAPS_CUDA_GEMM_PATH (read on each call) picks popc, mma (mma.sync b1, sm_80+) or wgmma (sm_90a).
+Both activation kinds (signed ±1 and act_unsigned {0, 1}), packed operands with non-zero padding
+bits (ignored, as on CPU), and every input dtype pack_signs takes on CPU. The awkward shapes (tile
+tails, partly filled k256 steps, streams, CUDA graphs, > 2^31 outputs) are in test_cuda_cases.py.
 Tolerances: integer results (pack_signs, xnor_gemm) must match exactly. binary_linear with a fixed
 act_scale must match exactly too (the epilogue multiplies in the reference's order without FMA);
 with the per-row mean scale the row means are summed in another order, so float32 outputs get
@@ -61,7 +64,7 @@ def _packed(rows: int, k: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("k", KS)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_pack_signs_exact(k, dtype):
     x = torch.randn(3, 5, k, device="cuda").to(dtype)
     x[0, 0, : min(k, 4)] = 0.0  # sign(0) = +1
@@ -73,12 +76,51 @@ def test_pack_signs_exact(k, dtype):
         assert int((got[..., -1].to(torch.int64) >> (k % 32)).abs().sum()) == 0
 
 
+def test_pack_signs_takes_what_the_cpu_op_takes():
+    x = torch.randn(6, 4, 70, dtype=torch.float64)
+    x[0, 0, 0] = -1e-300  # negative in float64, -0.0 once rounded to float32: still packs as -1
+    for t in (x, x.transpose(0, 1), x[:, :, ::2], x.to(torch.bfloat16).transpose(0, 1)):
+        assert not t.is_contiguous() or t is x
+        got = ops.pack_signs(t.cuda())
+        torch.testing.assert_close(got.cpu(), ops.pack_signs(t), rtol=0, atol=0)
+    assert int(ops.pack_signs(x.cuda())[0, 0, 0]) & 1 == 1
+
+
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("m,n", [(1, 1), (7, 13), (65, 129), (200, 77)])
 def test_xnor_gemm_exact(gemm_path, k, m, n):
     a, b = _packed(m, k), _packed(n, k)
     got = ops.xnor_gemm(a, b, k)
     torch.testing.assert_close(got, ops.reference_xnor_gemm(a, b, k), rtol=0, atol=0)
+
+
+def _dirty(packed: torch.Tensor, k: int) -> torch.Tensor:
+    """The same packed rows with every padding bit of the last word set (a packed operand that
+    did not come from pack_signs); the kernels must ignore them, as the CPU kernels do."""
+    out = packed.clone()
+    if k % 32:
+        out[:, -1] |= torch.tensor(-1 << (k % 32), dtype=torch.int64).to(torch.int32)
+    return out
+
+
+@pytest.mark.parametrize("k", [1, 31, 33, 100, 300, 3071])
+@pytest.mark.parametrize("m,n", [(7, 13), (200, 136)])
+def test_xnor_gemm_ignores_padding_bits(gemm_path, k, m, n):
+    a, b = _packed(m, k), _packed(n, k)
+    want = ops.reference_xnor_gemm(a, b, k)
+    got = ops.xnor_gemm(_dirty(a, k), _dirty(b, k), k)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    cpu = ops.xnor_gemm(_dirty(a, k).cpu(), _dirty(b, k).cpu(), k)
+    torch.testing.assert_close(got.cpu(), cpu, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("act_unsigned", [0, 1])
+@pytest.mark.parametrize("k", [33, 100, 3071])
+def test_binary_linear_ignores_padding_bits_of_w(gemm_path, k, act_unsigned):
+    x, w, w_scale, bias = _linear_args((5, 9), k, 77, torch.float16, bias=True)
+    want = ops.reference_binary_linear(x, w, w_scale, bias, k, 0.1, 0.5, act_unsigned)
+    got = ops.binary_linear(x, _dirty(w, k), w_scale, bias, k, 0.1, 0.5, act_unsigned)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_xnor_gemm_bert_base_shape(gemm_path):
@@ -112,6 +154,24 @@ def test_binary_linear_matches_reference(gemm_path, k, dtype, act_scale):
         torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize("k", [1, 31, 33, 768, 3072])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("act_scale", [0.0, 0.37])
+def test_binary_linear_unsigned_matches_reference(gemm_path, k, dtype, act_scale):
+    """Two-set binarization: a = (x - beta > 0) in {0, 1}, dot = popc(a) - 2 popc(a AND W)."""
+    x, w, w_scale, bias = _linear_args((3, 7), k, 45, dtype, bias=True)
+    x = torch.relu(x)  # as after a ReLU: many exact zeros, which binarize to 0
+    got = ops.binary_linear(x, w, w_scale, bias, k, 0.0, act_scale, 1)
+    want = ops.reference_binary_linear(x, w, w_scale, bias, k, 0.0, act_scale, 1)
+    assert got.dtype == dtype and got.shape == (3, 7, 45)
+    if act_scale > 0:
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    else:
+        rtol = 1e-5 if dtype == torch.float32 else 2e-3
+        atol = 1e-3 * float(want.float().abs().max())
+        torch.testing.assert_close(got.float(), want.float(), rtol=rtol, atol=atol)
+
+
 @pytest.mark.parametrize("m", [1, 129, 4096])
 def test_binary_linear_without_bias_and_many_rows(gemm_path, m):
     x, w, w_scale, _ = _linear_args((m,), 768, 3072, torch.float16, bias=False)
@@ -125,9 +185,11 @@ def test_opcheck_on_cuda():
     a, b = _packed(9, 100), _packed(5, 100)
     torch.library.opcheck(torch.ops.bitmaps.pack_signs.default, (x,))
     torch.library.opcheck(torch.ops.bitmaps.xnor_gemm.default, (a, b, 100))
-    torch.library.opcheck(
-        torch.ops.bitmaps.binary_linear.default, (x, w, w_scale, bias, 100, 0.0, 0.0)
-    )
+    for act_unsigned in (0, 1):
+        torch.library.opcheck(
+            torch.ops.bitmaps.binary_linear.default,
+            (x, w, w_scale, bias, 100, 0.0, 0.0, act_unsigned),
+        )
 
 
 def test_bad_input_is_a_clear_error(monkeypatch):
@@ -136,6 +198,8 @@ def test_bad_input_is_a_clear_error(monkeypatch):
         ops.binary_linear(x, w, w_scale, bias, 64, 0.0, 0.0)
     with pytest.raises(RuntimeError, match="float32 or float16"):
         ops.binary_linear(x.double(), w, w_scale, bias, 100, 0.0, 0.0)
+    with pytest.raises(RuntimeError, match="act_unsigned"):
+        torch.ops.bitmaps.binary_linear(x, w, w_scale, bias, 100, 0.0, 0.0, 2)
     with pytest.raises(RuntimeError, match="contiguous"):
         wide = torch.cat([w, w], dim=1)[:, : w.shape[1]]
         ops.binary_linear(x, wide, w_scale, bias, 100, 0.0, 0.0)

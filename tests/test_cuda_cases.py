@@ -1,0 +1,209 @@
+"""The awkward cases of the CUDA kernels, each GEMM path forced (run by `make gpu-check`):
+
+- K whose last 16-word stage holds a partly filled second k256 step (KW % 16 in 9..15), and K
+  around the k256 and stage boundaries;
+- the tile tails of every kernel variant: popc 16 x 16, mma.sync 64 x 64 and 128 x 128 (the
+  launcher picks 128 x 128 once those tiles alone fill the GPU), wgmma 128 x 128;
+- bias None and 3-D input; a non-default stream; the first call inside CUDA-graph capture, then
+  replays; outputs of more than 2^31 elements (int64 indexing);
+- every available path bit-identical to every other on one large GEMM.
+
+Integer results match the reference exactly; binary_linear with a fixed act_scale too (see
+test_cuda_ops.py for the tolerance with the per-row mean scale).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitmaps.core import ops
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cuda_kernels_built() -> bool:
+    return (
+        torch.cuda.is_available()
+        and ops.native_available()
+        and torch._C._dispatch_has_kernel_for_dispatch_key("bitmaps::xnor_gemm", "CUDA")
+    )
+
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not _cuda_kernels_built(), reason="needs an NVIDIA GPU and bitmaps._C built with CUDA"
+    ),
+]
+
+PATHS = ["popc", "mma", "wgmma"]
+
+
+def _path_supported(path: str) -> bool:
+    major, minor = torch.cuda.get_device_capability()
+    if path == "mma":
+        return major in (8, 9)
+    if path == "wgmma":
+        return (major, minor) == (9, 0)
+    return True
+
+
+@pytest.fixture(params=PATHS)
+def gemm_path(request, monkeypatch) -> str:
+    if not _path_supported(request.param):
+        pytest.skip(f"GEMM path {request.param} needs another GPU")
+    monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", request.param)
+    return request.param
+
+
+def _packed(rows: int, k: int) -> torch.Tensor:
+    return ops.reference_pack_signs(torch.randn(rows, k, device="cuda"))
+
+
+def _exact(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    assert got.shape == want.shape and got.dtype == want.dtype, what
+    bad = got != want
+    if bool(bad.any()):
+        first = torch.nonzero(bad)[0].tolist()
+        raise AssertionError(f"{what}: {int(bad.sum())} of {want.numel()} differ, first at {first}")
+
+
+# K -> KW: 255/256 -> 8 (one k256 step), 257 -> 9, 300 -> 10, 400 -> 13, 480 -> 15 (second step
+# partly filled), 511/512 -> 16 (a full stage), 513 -> 17 (one word into the next stage),
+# 4100 -> 129.
+ODD_K = [255, 256, 257, 300, 400, 480, 511, 512, 513, 4100]
+
+
+@pytest.mark.parametrize("k", ODD_K)
+def test_xnor_gemm_k256_steps_and_stages(gemm_path, k):
+    for m, n in [(1, 1), (63, 65), (129, 8), (257, 136)]:
+        a, b = _packed(m, k), _packed(n, k)
+        _exact(ops.xnor_gemm(a, b, k), ops.reference_xnor_gemm(a, b, k), f"M={m} N={n} K={k}")
+
+
+def _tail_shapes() -> list[tuple[int, int]]:
+    """(M, N) with tails for every tile variant, small and GPU-filling (>= one tile per SM)."""
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    side = 128 * (int(sms**0.5) + 1)  # (side / 128)^2 >= SMs: mma picks its 128 x 128 tiles
+    return [(17, 15), (65, 63), (129, 127), (side + 5, side + 77), (side + 127, 300)]
+
+
+def test_tile_tails_of_every_variant(gemm_path):
+    for m, n in _tail_shapes():
+        for k in (33, 1000):
+            a, b = _packed(m, k), _packed(n, k)
+            _exact(ops.xnor_gemm(a, b, k), ops.reference_xnor_gemm(a, b, k), f"{m}x{n}x{k}")
+
+
+@pytest.mark.parametrize("act_unsigned", [0, 1])
+def test_binary_linear_bias_none_and_3d_input(gemm_path, act_unsigned):
+    for k, n in [(300, 77), (480, 129), (33, 8), (768, 3072)]:
+        w = _packed(n, k)
+        w_scale = torch.rand(n, device="cuda") + 0.1
+        for dtype in (torch.float32, torch.float16):
+            x = torch.randn(2, 65, k, device="cuda").to(dtype)
+            for bias in (torch.randn(n, device="cuda"), None):
+                got = ops.binary_linear(x, w, w_scale, bias, k, 0.05, 0.37, act_unsigned)
+                want = ops.reference_binary_linear(x, w, w_scale, bias, k, 0.05, 0.37, act_unsigned)
+                _exact(got, want, f"x {tuple(x.shape)} {dtype} N={n} bias={bias is not None}")
+
+
+def test_every_path_gives_the_same_bits(monkeypatch):
+    m, n, k = 4096, 3072, 3072
+    a, b = _packed(m, k), _packed(n, k)
+    outs = {}
+    for path in [p for p in PATHS if _path_supported(p)]:
+        monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", path)
+        outs[path] = ops.xnor_gemm(a, b, k)
+    first = next(iter(outs))
+    for path, out in outs.items():
+        _exact(out, outs[first], f"{path} vs {first}")
+    rows = torch.randint(0, m, (64,), device="cuda")
+    _exact(outs[first][rows], ops.reference_xnor_gemm(a[rows], b, k), "64 rows vs reference")
+
+
+def test_non_default_stream():
+    k, n = 768, 3072
+    x = torch.randn(4096, k, device="cuda", dtype=torch.float16)
+    w, w_scale, bias = (
+        _packed(n, k),
+        torch.rand(n, device="cuda") + 0.1,
+        torch.randn(n, device="cuda"),
+    )
+    want = ops.reference_binary_linear(x, w, w_scale, bias, k, 0.0, 0.5)
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        busy = torch.randn(4096, 4096, device="cuda")
+        for _ in range(4):
+            busy = (busy @ busy) * 1e-4  # queued work that x2 waits for on this stream only
+        x2 = x + busy[0, 0].half() * 0
+        got = ops.binary_linear(x2, w, w_scale, bias, k, 0.0, 0.5)
+    side.synchronize()
+    _exact(got, want, "binary_linear on a side stream")
+
+
+# Run in a fresh process, so that the op's first call (which looks up the device's GEMM paths) is
+# the one inside the capture.
+_CAPTURE_SCRIPT = textwrap.dedent(
+    """
+    import torch
+    from bitmaps.core import ops
+
+    k, n = 768, 3072
+    x = torch.randn(256, k, device="cuda", dtype=torch.float16)
+    w = ops.reference_pack_signs(torch.randn(n, k, device="cuda"))
+    w_scale, bias = torch.rand(n, device="cuda") + 0.1, torch.randn(n, device="cuda")
+    for act_unsigned in (0, 1):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # the very first bitmaps call of this process
+            y = ops.binary_linear(x, w, w_scale, bias, k, 0.0, 0.5, act_unsigned)
+        for _ in range(2):
+            x.copy_(torch.randn_like(x))
+            graph.replay()
+            torch.cuda.synchronize()
+            want = ops.reference_binary_linear(x, w, w_scale, bias, k, 0.0, 0.5, act_unsigned)
+            assert torch.equal(y, want), float((y.float() - want.float()).abs().max())
+    print("graph ok")
+    """
+)
+
+
+def test_first_call_inside_cuda_graph_capture_then_replay():
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _CAPTURE_SCRIPT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and "graph ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_outputs_over_2_31_elements(gemm_path):
+    m, n, k = 70000, 32000, 64  # 2.24e9 outputs: row * N + col needs 64 bits
+    free, _total = torch.cuda.mem_get_info()
+    need = m * n * 4 + m * n * 2 + (1 << 30)
+    if free < need:
+        pytest.skip(f"needs {need / 2**30:.0f} GiB of free GPU memory (free: {free / 2**30:.0f})")
+    a, b = _packed(m, k), _packed(n, k)
+    rows = torch.tensor([0, 1, 33333, m // 2, m - 2, m - 1], device="cuda")
+    out = ops.xnor_gemm(a, b, k)
+    _exact(out[rows], ops.reference_xnor_gemm(a[rows], b, k), f"xnor_gemm {m}x{n}")
+    del out
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    w_scale = torch.rand(n, device="cuda") + 0.1
+    y = ops.binary_linear(x, b, w_scale, None, k, 0.0, 0.25)
+    want = ops.reference_binary_linear(x[rows], b, w_scale, None, k, 0.0, 0.25)
+    _exact(y[rows], want, f"binary_linear {m}x{n} fp16")
