@@ -9,7 +9,9 @@ TORCH_VERSION := 2.13.0
 NATIVE_SOURCES := $(wildcard csrc/kernels/*.cpp csrc/kernels/*.h csrc/torch/*.cpp csrc/torch/*.h \
                     csrc/onnxruntime/*.cpp csrc/onnxruntime/*.h)
 
-.PHONY: setup install assets test test-fast demo lint format bench cuda-check plugin clean help
+.PHONY: setup install assets test test-fast demo lint format bench cuda-check plugin clean help \
+        arm-tools kernel-harness kernel-harness-aarch64 neon-asm cross-check-aarch64 \
+        cross-check-aarch64-torch cross-check-aarch64-ort
 
 help:
 	@echo "make demo        set up, then run the whole pipeline on BERT-tiny + State of the Union"
@@ -17,6 +19,9 @@ help:
 	@echo "make bench       kernel benchmarks (benchmarks/bench_kernels.py)"
 	@echo "make cuda-check  compile the CUDA sources with nvcc alone (no torch, no GPU needed)"
 	@echo "make plugin      build the TensorRT plugin (needs TensorRT: TensorRT_ROOT=...)"
+	@echo "make kernel-harness          torch-free CPU kernel checks, every path this CPU runs"
+	@echo "make kernel-harness-aarch64  the same, cross-built for aarch64, NEON + scalar under qemu"
+	@echo "make cross-check-aarch64     bitmaps._C CPU sources and libbitmaps_ort.so built for aarch64"
 
 $(VENV)/.stamp-venv:
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +42,7 @@ install: $(VENV)/.stamp-install
 assets: install
 	$(BIN)/bitmaps assets fetch
 
-setup: assets
+setup: assets arm-tools
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -89,6 +94,96 @@ format: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_kernels.py
+
+# --- Arm (aarch64) from any host: the torch-free kernel harness, natively and under emulation ----------
+# kernel-harness: csrc/tests/kernel_harness.cpp over the CPU kernels, on every path this CPU runs.
+# kernel-harness-aarch64: the same program cross-built and run by qemu-aarch64 as a CPU with the
+# dot-product extension (-cpu max: NEON via UDOT) and one without (cortex-a53: CNT + UADALP), each
+# on the neon and the scalar path. neon-asm: the disassembly of the NEON kernels (the inner-loop
+# instruction mix, checked by tests/test_kernel_harness.py). cross-check-aarch64: bitmaps._C's CPU
+# sources compiled for aarch64 (torch's headers from the venv) and libbitmaps_ort.so built for it.
+# arm-tools (part of setup, best effort, never fails): Debian's g++-aarch64-linux-gnu + qemu-user.
+AARCH64_CXX     ?= aarch64-linux-gnu-g++
+AARCH64_OBJDUMP ?= aarch64-linux-gnu-objdump
+QEMU_AARCH64    ?= qemu-aarch64
+AARCH64_SYSROOT ?= /usr/aarch64-linux-gnu
+ARM_PACKAGES    := g++-aarch64-linux-gnu qemu-user
+HARNESS_DIR     := build/kernel-harness
+HARNESS_SOURCES := csrc/tests/kernel_harness.cpp csrc/kernels/cpu_features.cpp \
+                   $(wildcard csrc/kernels/cpu_kernels*.cpp)
+HARNESS_DEPS    := $(HARNESS_SOURCES) $(wildcard csrc/kernels/*.h)
+HARNESS_FLAGS   := -std=c++17 -O2 -Wall -Wextra -ffp-contract=off -Icsrc
+CROSS_DIR       := build/cross-aarch64
+# The flags setup.py / BuildExtension give bitmaps._C (torch 2.13's headers need C++20).
+CROSS_TORCH_FLAGS := -std=c++20 -O2 -fPIC -fvisibility=hidden -ffp-contract=off -fopenmp -Icsrc \
+                     -DBITMAPS_TORCH_EXTENSION -DTORCH_API_INCLUDE_EXTENSION_H -DTORCH_EXTENSION_NAME=_C
+CROSS_TORCH_INCLUDES = $(shell $(BIN)/python -c 'import sysconfig; from torch.utils.cpp_extension \
+  import include_paths; print(" ".join("-isystem " + p for p in include_paths() + \
+  [sysconfig.get_paths()["include"]]))')
+NEED_AARCH64_CXX = @command -v $(AARCH64_CXX) >/dev/null || { echo "$@: $(AARCH64_CXX) not found \
+  (Debian: apt-get install g++-aarch64-linux-gnu; make arm-tools does it as root)"; exit 2; }
+
+arm-tools:
+	@missing=""; command -v $(AARCH64_CXX) >/dev/null || missing="g++-aarch64-linux-gnu"; \
+	command -v $(QEMU_AARCH64) >/dev/null || missing="$$missing qemu-user"; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+	  echo "arm-tools: not installing$$missing (needs root and apt-get); the aarch64 tests will skip"; \
+	  exit 0; fi; \
+	echo "arm-tools: apt-get install$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	{ apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && \
+	    apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1; }; } || \
+	  echo "arm-tools: apt-get install$$missing failed; the aarch64 tests will skip"
+
+$(HARNESS_DIR)/kernel_harness: $(HARNESS_DEPS)
+	@mkdir -p $(@D)
+	$(CXX) $(HARNESS_FLAGS) $(HARNESS_SOURCES) -o $@
+
+$(HARNESS_DIR)/kernel_harness_aarch64: $(HARNESS_DEPS)
+	$(NEED_AARCH64_CXX)
+	@mkdir -p $(@D)
+	$(AARCH64_CXX) $(HARNESS_FLAGS) $(HARNESS_SOURCES) -o $@
+
+kernel-harness: $(HARNESS_DIR)/kernel_harness
+	$<
+
+kernel-harness-aarch64: $(HARNESS_DIR)/kernel_harness_aarch64
+	@command -v $(QEMU_AARCH64) >/dev/null || { echo "$@: $(QEMU_AARCH64) not found \
+	  (Debian: apt-get install qemu-user; make arm-tools does it as root)"; exit 2; }
+	@for cpu in max cortex-a53; do for path in neon scalar; do \
+	  echo "$(QEMU_AARCH64) -cpu $$cpu $< --path $$path"; \
+	  $(QEMU_AARCH64) -cpu $$cpu -L $(AARCH64_SYSROOT) $< --path $$path || exit 1; \
+	done; done
+
+$(CROSS_DIR)/cpu_kernels_neon.o: csrc/kernels/cpu_kernels_neon.cpp $(wildcard csrc/kernels/*.h)
+	$(NEED_AARCH64_CXX)
+	@mkdir -p $(@D)
+	$(AARCH64_CXX) $(HARNESS_FLAGS) -c $< -o $@
+
+neon-asm: $(CROSS_DIR)/cpu_kernels_neon.o
+	$(AARCH64_OBJDUMP) -d --no-show-raw-insn -C $< > $(CROSS_DIR)/cpu_kernels_neon.dis
+	@echo "disassembly in $(CROSS_DIR)/cpu_kernels_neon.dis"
+
+cross-check-aarch64: cross-check-aarch64-torch cross-check-aarch64-ort
+
+cross-check-aarch64-torch:
+	$(NEED_AARCH64_CXX)
+	@mkdir -p $(CROSS_DIR)/torch
+	@inc="$(CROSS_TORCH_INCLUDES)"; [ -n "$$inc" ] || { echo "$@: torch not importable from $(BIN)/python"; exit 2; }; \
+	for f in csrc/kernels/*.cpp csrc/torch/*.cpp; do \
+	  obj=$(CROSS_DIR)/torch/$$(basename $$(dirname $$f))_$$(basename $$f .cpp).o; \
+	  echo "$(AARCH64_CXX) -c $$f"; \
+	  $(AARCH64_CXX) $(CROSS_TORCH_FLAGS) $$inc -c $$f -o $$obj || exit 1; \
+	done
+
+cross-check-aarch64-ort:
+	$(NEED_AARCH64_CXX)
+	@if [ -f csrc/onnxruntime/build.py ]; then \
+	  echo "CXX=$(AARCH64_CXX) csrc/onnxruntime/build.py --out $(CROSS_DIR)/libbitmaps_ort.so"; \
+	  CXX=$(AARCH64_CXX) $(BIN)/python csrc/onnxruntime/build.py --out $(CROSS_DIR)/libbitmaps_ort.so; \
+	else echo "no csrc/onnxruntime/build.py: libbitmaps_ort.so not cross-built"; fi
 
 # --- CUDA / TensorRT (no GPU needed to compile) --------------------------------------------
 # cuda-check: every csrc/kernels/*.cu through nvcc alone for sm_80 and sm_90a, then the SASS must
