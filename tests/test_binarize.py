@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from bitmaps.core.config import BinarizeConfig
-from bitmaps.core.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError, ConfigError
 from bitmaps.core.ops import reference_binary_linear
 from bitmaps.core.packed import PackedBinaryLinear
+from bitmaps.core.packing import pack_signs
 from bitmaps.metrics.mlm import MaskedLMModel
 from bitmaps.train.binary_linear import (
     BinaryLinear,
@@ -300,3 +301,143 @@ def test_phases_state_dict_and_export_refusal() -> None:
     assert (rl.binarize_weights, rl.binarize_activations) == (True, True)
     assert rl.input_quantizer._initialized
     assert rl.input_quantizer.scale() == layer.input_quantizer.scale() != 1.0
+
+
+# --------------------------------------------------------------------------- BiT recipe
+
+
+def _unsigned_layer(k: int, n: int, quantizer: str, center: bool) -> BinaryLinear:
+    cfg = BinarizeConfig(activation_quantizer=quantizer, center_weights=center)
+    layer = BinaryLinear.from_linear(nn.Linear(k, n), cfg, unsigned=True)
+    with torch.no_grad():
+        layer.weight.add_(0.05)  # a row mean away from 0, so centring changes signs
+    if quantizer == "elastic":
+        layer.train()(torch.relu(torch.randn(4, k)))  # Lloyd initialisation of α
+        with torch.no_grad():
+            layer.input_quantizer.beta.fill_(-0.05)
+    return layer
+
+
+@pytest.mark.parametrize("quantizer", QUANTIZERS)
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize("k, n", [(1, 3), (33, 8), (100, 17)])
+def test_unsigned_layer_equals_reference_op(quantizer, center, k, n) -> None:
+    layer = _unsigned_layer(k, n, quantizer, center)
+    spec = layer.export_spec()
+    assert spec.act_unsigned == 1
+    x = torch.relu(torch.randn(2, 5, k))  # post-ReLU: exact zeros, which must give bit 0
+    x[0, 0] = 0.0
+    for mode in (layer.train(), layer.eval()):
+        y = mode(x)
+        ref = reference_binary_linear(
+            x,
+            spec.packed_weight,
+            spec.w_scale,
+            spec.bias,
+            spec.in_features,
+            spec.act_threshold,
+            spec.act_scale,
+            spec.act_unsigned,
+        )
+        torch.testing.assert_close(y, ref, rtol=1e-6, atol=1e-6 * float(ref.abs().max()))
+        assert torch.equal(y == 0, ref == 0)
+    with torch.no_grad():
+        packed = PackedBinaryLinear(spec)(x)
+    assert packed.shape == (2, 5, n) and "act_unsigned=1" in repr(PackedBinaryLinear(spec))
+    torch.testing.assert_close(packed, layer(x), rtol=1e-5, atol=1e-5 * float(packed.abs().max()))
+
+
+def test_centred_weights_pack_the_forward_signs() -> None:
+    layer = BinaryLinear.from_linear(nn.Linear(40, 6), BinarizeConfig(center_weights=True))
+    with torch.no_grad():
+        layer.weight.add_(torch.linspace(-0.2, 0.2, 6)[:, None])
+    spec = layer.export_spec()
+    v = layer.weight.detach() - layer.weight.detach().mean(-1, keepdim=True)
+    assert torch.equal(spec.packed_weight, pack_signs(v))
+    assert not torch.equal(spec.packed_weight, pack_signs(layer.weight.detach()))
+    torch.testing.assert_close(spec.w_scale, v.abs().mean(-1))
+    x = torch.randn(3, 40)
+    ref = reference_binary_linear(x, spec.packed_weight, spec.w_scale, spec.bias, 40, 0.0, 0.0)
+    torch.testing.assert_close(layer(x), ref, rtol=1e-6, atol=1e-6 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_binarize_relu_swaps_activation_and_makes_output_unsigned(family: str) -> None:
+    import transformers as T
+
+    model = (
+        _tiny_bert(2)
+        if family == "bert"
+        else T.DistilBertForMaskedLM(
+            T.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=48)
+        )
+    )
+    before = _type_counts(model)
+    names = binarize_(model, BinarizeConfig(activation="relu", activation_quantizer="elastic"))
+    after = _type_counts(model)
+    assert after["ReLU"] == before["ReLU"] + 2
+    assert after["GELUActivation"] == before["GELUActivation"] - 2
+    unsigned = [n for n in names if model.get_submodule(n).input_quantizer.unsigned]
+    role = "output.dense" if family == "bert" else "ffn.lin2"
+    prefix = names[0].split(".layer.")[0]
+    assert unsigned == [f"{prefix}.layer.{i}.{role}" for i in range(2)]
+    layer = model.get_submodule(unsigned[0])
+    model.train()(input_ids=torch.randint(0, 100, (2, 8)))  # Lloyd-initialises every α
+    assert layer.export_spec().act_unsigned == 1
+    # the default (GELU) keeps the activation and signed inputs everywhere
+    plain = _tiny_bert(2)
+    gelus = _type_counts(plain)["GELUActivation"]
+    names = binarize_(plain, BinarizeConfig())
+    assert _type_counts(plain)["GELUActivation"] == gelus
+    assert not any(plain.get_submodule(n).input_quantizer.unsigned for n in names)
+
+
+# What `BinarizeConfig().to_dict()` wrote before two-set binarization (version 1).
+OLD_BINARIZE_DICT = {
+    "weight_quantizer": "scaled_sign",
+    "activation_quantizer": "elastic",
+    "clip": 1.0,
+    "weight_clip": 1.0,
+    "modules": ["query", "key", "value", "attention_output", "intermediate", "output"],
+    "schedule": "w1a1",
+    "activation_start_step": 0,
+    "version": 1,
+}
+
+
+def test_config_round_trip_and_old_dict_loads_as_it_computed() -> None:
+    cfg = BinarizeConfig(
+        activation="relu", center_weights=True, unsigned_modules=("output", "value")
+    )
+    assert BinarizeConfig.from_json(cfg.to_json()) == cfg
+    assert BinarizeConfig(activation="relu").unsigned_inputs() == ("output",)
+    assert BinarizeConfig().unsigned_inputs() == ()
+    assert BinarizeConfig(activation="relu", unsigned_modules=()).unsigned_inputs() == ()
+    old = BinarizeConfig.from_dict(OLD_BINARIZE_DICT)
+    assert (old.activation, old.unsigned_inputs(), old.center_weights) == ("gelu", (), False)
+    assert old.to_dict()["version"] == BinarizeConfig.VERSION
+    # a student saved by the old code (same modules, same state_dict keys) loads and computes
+    # the same function
+    saved = _tiny_bert(2)
+    binarize_(saved, old)
+    saved.train()(input_ids=torch.randint(0, 120, (2, 8)))
+    rebuilt = _tiny_bert(2)
+    binarize_(rebuilt, BinarizeConfig.from_dict(copy.deepcopy(OLD_BINARIZE_DICT)))
+    rebuilt.load_state_dict(saved.state_dict(), strict=True)
+    ids = torch.randint(0, 120, (2, 8))
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(input_ids=ids).logits, saved.eval()(input_ids=ids).logits)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"activation": "silu"}, "activation must be one of gelu, relu"),
+        ({"unsigned_modules": ("pooler",)}, "unsigned_modules entry 'pooler' is not binarized"),
+        ({"modules": ("query",), "unsigned_modules": ("output",)}, "is not binarized"),
+        ({"center_weights": "yes"}, "center_weights must be true or false"),
+    ],
+)
+def test_bad_recipe_config_fails_with_one_line(kwargs, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        BinarizeConfig(**kwargs)

@@ -136,3 +136,99 @@ def test_elastic_module_initialises_alpha_from_first_training_batch() -> None:
     fresh.train()
     fresh(x * 10)  # a reloaded quantizer is not re-initialised
     assert float(fresh.alpha.detach()) == float(q.alpha.detach())
+
+
+# --------------------------------------------------------------------------- two-set (unsigned)
+
+
+@pytest.mark.parametrize("clip", [1.0, 0.5])
+def test_ste_step_forward_is_strict_and_gradient_is_half_ste(clip: float) -> None:
+    x = _grid()
+    g = torch.randn_like(x)
+    bits = Q.ste_step(x, clip)
+    assert torch.equal(bits, (x > 0).double())  # step(0) = 0: the op's abits = (x − β > 0)
+    assert Q.ste_step(torch.tensor([0.0, -0.0, 1e-30]), clip).tolist() == [0.0, 0.0, 1.0]
+    # b = (1 + sign(x))/2 with sign → clipped STE: ∂b/∂x = ½·1{|x| < clip}
+    torch.testing.assert_close(
+        _grad_of(lambda t: Q.ste_step(t, clip), x, g), 0.5 * g * (x.abs() < clip).double()
+    )
+
+
+@pytest.mark.parametrize("clip", [1.0, 0.7])
+def test_approx_step_gradient_is_half_bireal(clip: float) -> None:
+    x = _grid()
+    g = torch.randn_like(x)
+    assert torch.equal(Q.approx_step(x, clip), Q.binary_step(x))
+    expected = 0.5 * g * torch.where(x.abs() <= clip, 2 / clip - 2 * x.abs() / clip**2, 0.0)
+    torch.testing.assert_close(_grad_of(lambda t: Q.approx_step(t, clip), x, g), expected)
+
+
+@pytest.mark.parametrize("beta", [0.0, -0.2, 0.3])
+def test_elastic_step_forward_and_bit_gradients(beta: float) -> None:
+    a = 0.8
+    x = torch.cat([_grid(), torch.tensor([beta + a / 2, beta, beta + a], dtype=torch.float64)])
+    g = torch.randn_like(x)
+    alpha = torch.tensor(a, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(beta, dtype=torch.float64, requires_grad=True)
+    xr = x.clone().requires_grad_(True)
+    out = Q.elastic_step(xr, alpha, b)
+    # BiT's two-set forward: α·round(clip((x − β)/α, 0, 1)), round(½) = 0
+    u = (x - beta) / a
+    assert torch.equal(out.detach(), a * torch.round(u.clamp(0, 1)))
+    assert torch.equal(out.detach() > 0, x - (beta + a / 2) > 0)
+    out.backward(g)
+    middle = ((u >= 0) & (u <= 1)).double()
+    gscale = x.numel() ** -0.5
+    d_alpha = torch.where(u < 0, 0.0, torch.where(u > 1, 1.0, torch.round(u) - u))
+    torch.testing.assert_close(xr.grad, g * middle)
+    torch.testing.assert_close(alpha.grad, (g * d_alpha).sum() * gscale)
+    torch.testing.assert_close(b.grad, -(g * middle).sum() * gscale)
+
+
+def test_elastic_step_module_threshold_and_lloyd_init() -> None:
+    q = Q.ElasticSign(unsigned=True)
+    x = torch.relu(torch.randn(32, 64))
+    q.train()
+    bits, alpha = q.binarize(x)
+    assert set(bits.unique().tolist()) <= {0.0, 1.0}
+    level = float(alpha.detach())
+    # Lloyd's fixed point: α is the mean of the inputs it binarizes to 1 (to float tolerance)
+    assert level == pytest.approx(float(x[x > level / 2].mean()), rel=1e-3)
+    with torch.no_grad():
+        q.beta.fill_(-0.1)
+    t = q.threshold()
+    assert t == pytest.approx(-0.1 + level / 2, abs=1e-7)
+    assert torch.equal(q.binarize(x)[0], (x - torch.tensor(t, dtype=torch.float32) > 0).float())
+    assert not Q.ElasticSign().unsigned and Q.ElasticSign().threshold() == 0.0
+
+
+@pytest.mark.parametrize("name", BinarizeConfig.ACTIVATION_QUANTIZERS)
+def test_unsigned_quantizers_give_bits_and_reach_the_input(name: str) -> None:
+    q = Q.make_activation_quantizer(name, 1.0, unsigned=True).train()
+    x = (torch.randn(4, 40) * 0.5).requires_grad_(True)
+    bits, _ = q.binarize(x)
+    assert set(bits.unique().tolist()) <= {0.0, 1.0} and q.unsigned
+    assert torch.equal(bits.detach(), (x.detach() - q.threshold() > 0).float())
+    bits.sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+def test_centered_scaled_sign_forward_and_gradient() -> None:
+    w = torch.randn(6, 33, dtype=torch.float64) * 0.5 + 0.3  # a row mean far from 0
+    g = torch.randn_like(w)
+    v = w - w.mean(-1, keepdim=True)
+    alpha = v.abs().mean(-1, keepdim=True)
+    sign = torch.where(v < 0, -1.0, 1.0).double()
+    torch.testing.assert_close(Q.centered_scaled_sign(w), alpha * sign)
+    assert not torch.equal(sign, torch.where(w < 0, -1.0, 1.0).double())
+    # the scaled_sign gradient at V, with its row mean removed (∂V/∂W = I − 1/K)
+    k = w.shape[-1]
+    at_v = alpha * (v.abs() < 1.0) * g + torch.sign(v) / k * (g * sign).sum(-1, keepdim=True)
+    expected = at_v - at_v.mean(-1, keepdim=True)
+    torch.testing.assert_close(_grad_of(Q.centered_scaled_sign, w, g), expected)
+    module = Q.make_weight_quantizer("scaled_sign", center=True)
+    signs, scale = module.binarize(w)
+    torch.testing.assert_close(signs * scale[:, None], alpha * sign)
+    exported, exported_scale = module.export(w.float())
+    assert torch.equal(torch.where(exported < 0, -1.0, 1.0), sign.float())
+    torch.testing.assert_close(exported_scale, alpha.squeeze(-1).float())

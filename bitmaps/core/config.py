@@ -103,6 +103,7 @@ class TrainConfig(Config):
     """The shared trainer: optimiser, schedule, logging, evaluation and checkpoint cadence."""
 
     stage: str = "teacher"  # "teacher": MLM fine-tune; "student": binarized distillation
+    task: str = "mlm"  # "mlm": masked LM on text; "classify": sequence classification, labelled data
     steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-4
@@ -121,11 +122,14 @@ class TrainConfig(Config):
     stop_after: int = 0  # testing aid: stop (as if killed) after this many steps in this process
 
     STAGES: ClassVar[tuple[str, ...]] = ("teacher", "student")
+    TASKS: ClassVar[tuple[str, ...]] = ("mlm", "classify")
     SCHEDULES: ClassVar[tuple[str, ...]] = ("linear", "cosine", "constant")
 
     def validate(self) -> None:
         if self.stage not in self.STAGES:
             raise ConfigError(f"stage must be one of {', '.join(self.STAGES)}, got {self.stage!r}")
+        if self.task not in self.TASKS:
+            raise ConfigError(f"task must be one of {', '.join(self.TASKS)}, got {self.task!r}")
         if self.schedule not in self.SCHEDULES:
             raise ConfigError(
                 f"schedule must be one of {', '.join(self.SCHEDULES)}, got {self.schedule!r}"
@@ -158,7 +162,17 @@ class BinarizeConfig(Config):
 
     Stored in the student checkpoint: ``binarize_(fresh_model, BinarizeConfig.from_dict(d))``
     rebuilds the module structure its state_dict loads into (bitmaps/train/binary_linear.py).
+
+    BiT's recipe (Liu et al. 2022): ``activation="relu"`` replaces the FFN's intermediate
+    activation of the student (GELU in BERT) by ReLU; ``unsigned_modules`` take {0, 1}
+    activations (two-set binarization, the op's ``act_unsigned``) — ``None`` means the FFN output
+    dense when the activation is ReLU (its input is then non-negative), none otherwise;
+    ``center_weights`` binarizes sign(W − row mean); ``activation_quantizer="elastic"`` learns the
+    activation scale and threshold. Version 1 dicts (written before these fields) load as what they
+    computed: GELU, no unsigned inputs, uncentred weights.
     """
+
+    VERSION: ClassVar[int] = 2
 
     weight_quantizer: str = "scaled_sign"  # α_n·sign(W_n), α_n = mean |W_n|
     activation_quantizer: str = "ste"  # "ste" | "approx_sign" | "elastic" (BiT: learned α, β)
@@ -174,7 +188,11 @@ class BinarizeConfig(Config):
     )
     schedule: str = "w1a1"  # "w1a1": both from step 0; "bit_multistep": weights first (BiT)
     activation_start_step: int = 0  # bit_multistep: first step with binary activations
+    activation: str = "gelu"  # the student's FFN activation: "gelu" (the teacher's) | "relu"
+    unsigned_modules: tuple[str, ...] | None = None  # {0, 1} inputs; None: ("output",) if relu
+    center_weights: bool = False  # sign(W − mean_k W) per output row (BiT)
 
+    ACTIVATIONS: ClassVar[tuple[str, ...]] = ("gelu", "relu")
     WEIGHT_QUANTIZERS: ClassVar[tuple[str, ...]] = ("scaled_sign",)
     ACTIVATION_QUANTIZERS: ClassVar[tuple[str, ...]] = ("ste", "approx_sign", "elastic")
     MODULES: ClassVar[tuple[str, ...]] = (
@@ -207,6 +225,30 @@ class BinarizeConfig(Config):
             )
         if self.schedule == "w1a1" and self.activation_start_step != 0:
             raise ConfigError("activation_start_step only applies to schedule bit_multistep")
+        _one_of("activation", self.activation, self.ACTIVATIONS)
+        if not isinstance(self.center_weights, bool):
+            raise ConfigError(f"center_weights must be true or false, got {self.center_weights!r}")
+        if self.unsigned_modules is not None:
+            self.unsigned_modules = tuple(self.unsigned_modules)
+            for m in self.unsigned_modules:
+                if m not in self.modules:
+                    raise ConfigError(
+                        f"unsigned_modules entry {m!r} is not binarized (modules: "
+                        f"{', '.join(self.modules)})"
+                    )
+
+    def unsigned_inputs(self) -> tuple[str, ...]:
+        """The modules whose inputs are binarized to {0, 1}, with the default resolved."""
+        if self.unsigned_modules is not None:
+            return self.unsigned_modules
+        return ("output",) if self.activation == "relu" and "output" in self.modules else ()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BinarizeConfig:
+        d = dict(d)
+        if d.get("version", cls.VERSION) == 1:  # before two-set binarization: what it computed
+            d.setdefault("unsigned_modules", ())
+        return super().from_dict(d)
 
 
 @dataclasses.dataclass
@@ -214,6 +256,11 @@ class DistillConfig(Config):
     """Distillation loss of the student stage (bitmaps/train/distill.py)::
 
     loss = λ_mlm·CE + λ_logit·T²·KL(p_t^T ‖ p_s^T) + λ_hidden·Σ MSE(hidden) + λ_attn·Σ MSE(attn)
+
+    ``mse_norm="layer"``: each layer's MSE is divided by the teacher's mean square at that layer
+    (a relative error, ~1 for an unrelated student, whatever the layer's scale) and the terms are
+    averaged over layers instead of summed, so λ_hidden and λ_attn weigh against the KL alone.
+    ``hidden_layers="last"``: only the last hidden state (the MLM head's input) is matched.
     """
 
     lambda_mlm: float = 1.0
@@ -223,9 +270,18 @@ class DistillConfig(Config):
     lambda_attn: float = 1.0
     attention_target: str = "scores"  # "scores": pre-softmax q·k/√d (TinyBERT); "probs"
     layer_mapping: str = "uniform"  # student layer j ↔ teacher j·T/S ("uniform"), T−S+j, or j
+    mse_norm: str = "none"  # "none": Σ raw MSE; "layer": mean over layers of MSE / mean(t²)
+    hidden_layers: str = "all"  # "all": embeddings and every layer; "last": the last layer only
+    # binarize schedule bit_multistep: who teaches the W1A1 phase — "teacher" (the FP teacher
+    # throughout) or "intermediate" (BiT's multi-distillation: the W1A32 student as it stands when
+    # activations are binarized, frozen)
+    multistep_teacher: str = "teacher"
 
     ATTENTION_TARGETS: ClassVar[tuple[str, ...]] = ("scores", "probs")
     LAYER_MAPPINGS: ClassVar[tuple[str, ...]] = ("uniform", "top", "bottom")
+    MSE_NORMS: ClassVar[tuple[str, ...]] = ("none", "layer")
+    HIDDEN_LAYERS: ClassVar[tuple[str, ...]] = ("all", "last")
+    MULTISTEP_TEACHERS: ClassVar[tuple[str, ...]] = ("teacher", "intermediate")
 
     def validate(self) -> None:
         lambdas = ("lambda_mlm", "lambda_logit", "lambda_hidden", "lambda_attn")
@@ -237,6 +293,9 @@ class DistillConfig(Config):
         _positive("temperature", self.temperature)
         _one_of("attention_target", self.attention_target, self.ATTENTION_TARGETS)
         _one_of("layer_mapping", self.layer_mapping, self.LAYER_MAPPINGS)
+        _one_of("mse_norm", self.mse_norm, self.MSE_NORMS)
+        _one_of("hidden_layers", self.hidden_layers, self.HIDDEN_LAYERS)
+        _one_of("multistep_teacher", self.multistep_teacher, self.MULTISTEP_TEACHERS)
 
 
 def parse_batch_seq(text: str) -> tuple[int, int]:
@@ -280,6 +339,10 @@ class ExportConfig(Config):
     ``tolerance`` 0 means the dtype's default (1e-4 for fp32, 2e-2 for fp16), documented with the
     error measure in bitmaps/export/verify.py. ``backends``: the ONNX Runtime paths a binary
     export is verified on ("function": plain onnxruntime; "kernel": our op as a custom op).
+    ``target``: the runtime the file is for (bitmaps/export/targets.py): "portable" (standard ops
+    and the model-local function; any runtime), "onnxruntime" (its fused contrib ops around
+    BinaryLinear), "tensorrt" (only ops the ONNX-TensorRT parser accepts); recorded in the file's
+    metadata_props as ``bitmaps.target``.
     """
 
     dtype: str = "fp32"  # "fp32" | "fp16"
@@ -287,8 +350,16 @@ class ExportConfig(Config):
     output: str = "logits"  # "logits" (MLM head) | "hidden" (last hidden state)
     tolerance: float = 0.0
     backends: tuple[str, ...] = ("function", "kernel")
+    embeddings: str = (
+        "fp32"  # word/position/type tables + tied decoder (bitmaps/core/embeddings.py)
+    )
+    embedding_group: int = 64  # int4 embeddings: scale group size along the hidden axis
+    target: str = "portable"  # "portable" | "onnxruntime" | "tensorrt"
 
     DTYPES: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
+    TARGETS: ClassVar[tuple[str, ...]] = ("portable", "onnxruntime", "tensorrt")
+    EMBEDDINGS: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8", "int4")
+    EMBEDDING_GROUPS: ClassVar[tuple[int, ...]] = (32, 64)
     OUTPUTS: ClassVar[tuple[str, ...]] = ("logits", "hidden")
     BACKENDS: ClassVar[tuple[str, ...]] = ("function", "kernel")
     OPSETS: ClassVar[tuple[int, int]] = (18, 23)
@@ -297,6 +368,10 @@ class ExportConfig(Config):
     def validate(self) -> None:
         _one_of("dtype", self.dtype, self.DTYPES)
         _one_of("output", self.output, self.OUTPUTS)
+        _one_of("target", self.target, self.TARGETS)
+        _one_of("embeddings", self.embeddings, self.EMBEDDINGS)
+        if self.embedding_group not in self.EMBEDDING_GROUPS:
+            raise ConfigError(f"embedding_group must be 32 or 64, got {self.embedding_group}")
         lo, hi = self.OPSETS
         if not isinstance(self.opset, int) or not lo <= self.opset <= hi:
             raise ConfigError(f"opset must be an integer in [{lo}, {hi}], got {self.opset}")

@@ -29,6 +29,7 @@ class BinaryLinearSpec:
     out_features: int
     act_threshold: float  # β
     act_scale: float  # α > 0, or 0.0: per-row mean |x − β|
+    act_unsigned: int = 0  # 1: activations to {0, 1} (two-set binarization), 0: to ±1
 
 
 class PackedBinaryLinear(nn.Module):
@@ -50,6 +51,9 @@ class PackedBinaryLinear(nn.Module):
         self.out_features = n
         self.act_threshold = float(spec.act_threshold)
         self.act_scale = float(spec.act_scale)
+        if spec.act_unsigned not in (0, 1):
+            raise BitmapsError(f"act_unsigned must be 0 or 1, got {spec.act_unsigned}")
+        self.act_unsigned = int(spec.act_unsigned)
         self.register_buffer("packed_weight", spec.packed_weight.to(torch.int32).contiguous())
         self.register_buffer("w_scale", spec.w_scale.float().contiguous())
         self.register_buffer("bias", spec.bias.float().contiguous())
@@ -59,7 +63,7 @@ class PackedBinaryLinear(nn.Module):
         return cls(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.binary_linear(
+        args = (
             x.contiguous(),
             self.packed_weight,
             self.w_scale,
@@ -67,6 +71,13 @@ class PackedBinaryLinear(nn.Module):
             self.in_features,
             self.act_threshold,
             self.act_scale,
+        )
+        # act_unsigned travels only when set, so a traced signed layer has the op's 7-argument
+        # form that every exporter and runtime already reads
+        return (
+            ops.binary_linear(*args, self.act_unsigned)
+            if self.act_unsigned
+            else ops.binary_linear(*args)
         )
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
@@ -82,6 +93,7 @@ class PackedBinaryLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"act_threshold={self.act_threshold:.4g}, act_scale={self.act_scale:.4g}"
+            + (", act_unsigned=1" if self.act_unsigned else "")
         )
 
 

@@ -4,15 +4,17 @@ and ``binarize_(model, cfg)``.
 :class:`BinaryLinear` keeps latent FP32 weights and computes, in training and in eval mode, exactly
 the function of the ``bitmaps::BinaryLinear`` op of DESIGN.md, so export changes nothing::
 
-    y[m, n] = s[m] · w_scale[n] · (sign(x[m] − β) · sign(W[n])) + bias[n]
-    w_scale[n] = mean_k |W[n, k]|
+    y[m, n] = s[m] · w_scale[n] · (a[m] · sign(W[n] − μ_n)) + bias[n]
+    a[m] = sign(x[m] − β) ∈ ±1, or 1{x[m] − β > 0} ∈ {0, 1} for unsigned inputs (``act_unsigned``)
+    μ_n = 0, or mean_k W[n, k] with ``center_weights``;  w_scale[n] = mean_k |W[n, k] − μ_n|
     s[m] = α (the elastic quantizer's learned scale) or mean_k |x[m, k] − β| (the other quantizers)
 
 with gradients through the quantizers' surrogates (bitmaps/train/quantizers.py) and, XNOR-Net style,
 through both scales. :meth:`BinaryLinear.export_spec` gives the op's inputs and attributes;
 :class:`PackedBinaryLinear` holds only those (packed int32 signs: 1/32 of the FP32 weight bytes) and
 calls the torch op. :func:`binarize_` swaps the six encoder linears of every layer in place, torchao
-style; :func:`set_binarization_phase_` serves BiT's multi-step schedule (weights first).
+style (with ``activation="relu"`` it also swaps each layer's FFN activation for ReLU);
+:func:`set_binarization_phase_` serves BiT's multi-step schedule (weights first).
 """
 
 from __future__ import annotations
@@ -75,15 +77,22 @@ class BinaryLinear(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, cfg: BinarizeConfig | None = None) -> BinaryLinear:
-        """A BinaryLinear whose latent weights (FP32) and bias are copies of ``linear``'s."""
+    def from_linear(
+        cls, linear: nn.Linear, cfg: BinarizeConfig | None = None, *, unsigned: bool = False
+    ) -> BinaryLinear:
+        """A BinaryLinear whose latent weights (FP32) and bias are copies of ``linear``'s;
+        ``unsigned``: {0, 1} input bits (two-set binarization, for inputs after a ReLU)."""
         cfg = cfg if cfg is not None else BinarizeConfig()
         layer = cls(
             linear.in_features,
             linear.out_features,
             bias=linear.bias is not None,
-            weight_quantizer=make_weight_quantizer(cfg.weight_quantizer, cfg.weight_clip),
-            input_quantizer=make_activation_quantizer(cfg.activation_quantizer, cfg.clip),
+            weight_quantizer=make_weight_quantizer(
+                cfg.weight_quantizer, cfg.weight_clip, center=cfg.center_weights
+            ),
+            input_quantizer=make_activation_quantizer(
+                cfg.activation_quantizer, cfg.clip, unsigned=unsigned
+            ),
             device=linear.weight.device,
         )
         with torch.no_grad():
@@ -138,23 +147,27 @@ class BinaryLinear(nn.Module):
         act_scale = q.scale() if q.learned_scale else 0.0
         if q.learned_scale and not act_scale > 0:
             raise BitmapsError(f"learned activation scale is {act_scale}; the op needs it > 0")
+        # the signs of v are the forward's weight signs: W, or W − row mean (center_weights)
+        v, w_scale = self.weight_quantizer.export(self.weight)
         w = self.weight.detach().float()
         bias = self.bias.detach().float() if self.bias is not None else torch.zeros_like(w[:, 0])
         return BinaryLinearSpec(
-            packed_weight=pack_signs(w).contiguous(),
-            w_scale=ScaledSign.scale(w).contiguous(),
+            packed_weight=pack_signs(v).contiguous(),
+            w_scale=w_scale.contiguous(),
             bias=bias.clone().contiguous(),
             in_features=self.in_features,
             out_features=self.out_features,
             act_threshold=float(q.threshold()),
             act_scale=float(act_scale),
+            act_unsigned=int(getattr(q, "unsigned", False)),
         )
 
     def extra_repr(self) -> str:
         phase = f"W{1 if self.binarize_weights else 32}A{1 if self.binarize_activations else 32}"
+        unsigned = ", act_unsigned=1" if getattr(self.input_quantizer, "unsigned", False) else ""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"bias={self.bias is not None}, phase={phase}"
+            f"bias={self.bias is not None}, phase={phase}{unsigned}"
         )
 
 
@@ -242,10 +255,11 @@ def encoder_layout(model: nn.Module) -> EncoderLayout:
     hf = hf_model(model)
     name = type(hf).__name__
     model_type = getattr(hf.config, "model_type", "")
-    if not name.endswith("ForMaskedLM") or model_type not in SUPPORTED_MODEL_TYPES:
+    task_heads = ("ForMaskedLM", "ForSequenceClassification")
+    if not name.endswith(task_heads) or model_type not in SUPPORTED_MODEL_TYPES:
         raise BitmapsError(
-            f"unsupported model {name}: bitmaps binarizes the masked-LM models of "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)} (a *ForMaskedLM class)"
+            f"unsupported model {name}: bitmaps binarizes the {', '.join(SUPPORTED_MODEL_TYPES)} "
+            "masked-LM and classification models (*ForMaskedLM, *ForSequenceClassification)"
         )
     container, roles = SUPPORTED_MODEL_TYPES[model_type]
     prefix = next(n for n, m in model.named_modules() if m is hf)
@@ -282,9 +296,35 @@ def binarize_(model: nn.Module, cfg: BinarizeConfig) -> list[str]:
                 f"{type(hf_model(model)).__name__}: expected nn.Linear at {path}, "
                 f"found {type(linear).__name__}"
             )
+    act_paths = _ffn_activation_paths(model, layout) if cfg.activation == "relu" else []
+    unsigned = {
+        layout.path(i, role) for i in range(layout.num_layers) for role in cfg.unsigned_inputs()
+    }
     weights, activations = binarization_phase_for_step(0, cfg)
     for path in targets:
-        layer = BinaryLinear.from_linear(model.get_submodule(path), cfg)
+        layer = BinaryLinear.from_linear(model.get_submodule(path), cfg, unsigned=path in unsigned)
         layer.set_phase(weights, activations)
         set_submodule(model, path, layer)
+    for path in act_paths:
+        set_submodule(model, path, nn.ReLU())
     return targets
+
+
+# the attribute holding the FFN activation, in the module that holds the intermediate linear
+_FFN_ACTIVATION_ATTRS = ("intermediate_act_fn", "activation")
+
+
+def _ffn_activation_paths(model: nn.Module, layout: EncoderLayout) -> list[str]:
+    """Where each layer's FFN activation (GELU in BERT) is, for ``activation="relu"``."""
+    paths = []
+    for i in range(layout.num_layers):
+        parent = layout.path(i, "intermediate").rpartition(".")[0]
+        owner = model.get_submodule(parent)
+        attr = next((a for a in _FFN_ACTIVATION_ATTRS if hasattr(owner, a)), None)
+        if attr is None or not callable(getattr(owner, attr)):
+            raise BitmapsError(
+                f"{type(hf_model(model)).__name__}: no FFN activation found in {parent} "
+                f"(looked for {', '.join(_FFN_ACTIVATION_ATTRS)}); use activation gelu"
+            )
+        paths.append(f"{parent}.{attr}")
+    return paths
