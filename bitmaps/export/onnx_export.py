@@ -16,11 +16,13 @@ BinaryLinear layers were swapped for PackedBinaryLinear (``pack_binary_linears_`
 
 The emitted node needs an OpSchema (onnxscript builds nodes from schemas); we pass one built in
 :mod:`bitmaps.export.onnx_function` without registering it globally. After export,
-:func:`finish_model` names each node after its module (e.g.
-``bert.encoder.layer.0.attention.self.query``), gives each node its own initializers
-``<module>.packed_weight/.w_scale/.bias`` (the optimizer's de-duplication may have merged, e.g.,
-two all-zero biases), strips the exporter's per-node stack traces, and adds the model-local
-function.
+:func:`to_onnx` returns the exporter's ``onnx_ir`` model; the rewrite passes below work on it
+(graph surgery with onnx_ir, no protobuf editing): :func:`name_binary_linears` names each node
+after its module (e.g. ``bert.encoder.layer.0.attention.self.query``) and gives it its own
+initializers ``<module>.packed_weight/.w_scale/.bias`` (the optimizer's de-duplication may have
+merged, e.g., two all-zero biases); :func:`strip_node_metadata` drops the exporter's per-node
+stack traces; :func:`add_function` adds the model-local function; :func:`annotate` writes the
+``bitmaps.*`` metadata.
 
 Inputs are ``input_ids`` and ``attention_mask`` (int64, ``[batch, sequence]``, both axes dynamic);
 ``token_type_ids`` is deliberately not an input: bitmaps trains, evaluates and profiles masked-LM
@@ -42,26 +44,24 @@ import ast
 import contextlib
 import logging
 import warnings
-from collections import Counter
 from collections.abc import Iterator
 
 import onnx
+import onnx_ir as ir
 import torch
-from onnx import helper
 from onnxscript.values import Op, Opset
 from torch import nn
 
 from bitmaps import __version__
 from bitmaps.export.onnx_function import (
     DOMAIN,
+    OP_TYPE,
     OP_VERSION,
     PLUGIN_NAMESPACE,
     PLUGIN_VERSION,
     binary_linear_function,
-    binary_linear_nodes,
     binary_linear_schema,
 )
-from bitmaps.export.onnx_graph import drop_stale_value_info
 from bitmaps.train.binary_linear import pack_binary_linears_
 
 INPUT_NAMES = ("input_ids", "attention_mask")
@@ -153,7 +153,7 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
-def to_onnx(wrapper: ExportWrapper, opset: int) -> onnx.ModelProto:
+def to_onnx(wrapper: ExportWrapper, opset: int) -> ir.Model:
     """Trace and convert; dynamic ``batch`` and ``sequence`` axes, no bitmaps post-processing."""
     config = wrapper.model.config
     ids, mask = example_inputs(config.vocab_size)
@@ -172,83 +172,90 @@ def to_onnx(wrapper: ExportWrapper, opset: int) -> onnx.ModelProto:
             optimize=True,
             verbose=False,
         )
-    return program.model_proto
+    return program.model
 
 
-def _module_path(node: onnx.NodeProto) -> str | None:
+# --------------------------------------------------------------------------- rewrite passes (onnx_ir)
+
+
+def is_binary_linear(node: ir.Node) -> bool:
+    return node.domain == DOMAIN and node.op_type == OP_TYPE
+
+
+def binary_linears(model: ir.Model) -> list[ir.Node]:
+    """The ``bitmaps::BinaryLinear`` nodes of the main graph, in graph order."""
+    return [n for n in model.graph if is_binary_linear(n)]
+
+
+def _module_path(node: ir.Node) -> str | None:
     """The torch module a node came from (the exporter's ``name_scopes`` metadata)."""
-
-    for prop in node.metadata_props:
-        if prop.key == "pkg.torch.onnx.name_scopes":
-            scopes = ast.literal_eval(prop.value)
-            if len(scopes) >= 2:
-                return scopes[-2].removeprefix("model.")
+    scopes = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+    if scopes:
+        names = ast.literal_eval(scopes)
+        if len(names) >= 2:
+            return names[-2].removeprefix("model.")
     return None
 
 
-def _initializer_uses(graph: onnx.GraphProto) -> Counter:
-    uses = Counter(name for node in graph.node for name in node.input)
-    uses.update(o.name for o in graph.output)
-    return uses
+def _private_initializer(graph: ir.Graph, node: ir.Node, index: int, name: str) -> None:
+    """Input ``index`` of ``node`` becomes an initializer called ``name`` that only it reads."""
+    value = node.inputs[index]
+    if value is None or not value.is_initializer():
+        raise ValueError(f"{node.name}: input {index} ({value}) is not an initializer")
+    if len(value.uses()) == 1 and not value.is_graph_output():
+        value.name = name  # ours alone: renamed in place (onnx_ir renames the initializer entry)
+        return
+    copy = ir.Value(name=name, type=value.type, shape=value.shape, const_value=value.const_value)
+    graph.register_initializer(copy)
+    node.replace_input_with(index, copy)
 
 
-def _own_initializers(model: onnx.ModelProto) -> None:
+def name_binary_linears(model: ir.Model) -> None:
     """Name each BinaryLinear node after its module and give it private, named initializers."""
     graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    uses = _initializer_uses(graph)
-    taken = {n.name for n in graph.node}
-    for i, node in enumerate(binary_linear_nodes(model)):
+    taken = {n.name for n in graph}
+    for i, node in enumerate(binary_linears(model)):
         path = _module_path(node) or f"binary_linear_{i}"
         if path in taken and node.name != path:
             path = f"{path}_{i}"
         taken.add(path)
         node.name = path
-        for j, suffix in ((1, "packed_weight"), (2, "w_scale"), (3, "bias")):
-            old, new = node.input[j], f"{path}.{suffix}"
-            if old not in inits:
-                raise ValueError(f"{path}: input {j} ({old}) is not an initializer")
-            if uses[old] == 1:  # ours alone: rename in place
-                tensor = inits.pop(old)
-                tensor.name = new
-            else:  # shared (de-duplicated by the optimizer): a private copy
-                tensor = graph.initializer.add()
-                tensor.CopyFrom(inits[old])
-                tensor.name = new
-                uses[old] -= 1
-            inits[new] = tensor
-            node.input[j] = new
-    uses = _initializer_uses(graph)
-    kept = [t for t in graph.initializer if uses[t.name] > 0]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+        for index, suffix in ((1, "packed_weight"), (2, "w_scale"), (3, "bias")):
+            _private_initializer(graph, node, index, f"{path}.{suffix}")
+    unused = [name for name, v in graph.initializers.items() if not v.uses()
+              and not v.is_graph_output()]  # fmt: skip
+    for name in unused:
+        graph.initializers.pop(name)
 
 
-def finish_model(
-    model: onnx.ModelProto, *, binary: bool, dtype: str, output: str, source: str
-) -> onnx.ModelProto:
-    """bitmaps' post-processing of an exported model (in place; returns it)."""
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    if binary:
-        _own_initializers(model)
-        drop_stale_value_info(model)
-        if not any(o.domain == DOMAIN for o in model.opset_import):
-            model.opset_import.append(helper.make_opsetid(DOMAIN, OP_VERSION))
-        del model.functions[:]
-        model.functions.append(binary_linear_function(opset))
-    for node in model.graph.node:  # the exporter's stack traces: bytes and local paths, no use
-        del node.metadata_props[:]
+def strip_node_metadata(model: ir.Model) -> None:
+    """The exporter's per-node stack traces: bytes and local paths, of no use in the file."""
+    for node in model.graph:
+        node.metadata_props.clear()
+
+
+def add_function(model: ir.Model, function: onnx.FunctionProto) -> None:
+    """Make ``function`` the model's only ``bitmaps::BinaryLinear`` function (replacing any)."""
+    model.graph.opset_imports.setdefault(DOMAIN, OP_VERSION)
+    fn = ir.serde.deserialize_function(function)
+    model.functions.clear()
+    model.functions[fn.identifier()] = fn
+
+
+def opset_of(model: ir.Model) -> int:
+    return model.graph.opset_imports[""]
+
+
+def annotate(model: ir.Model, meta: dict[str, str]) -> None:
+    """Producer and the ``bitmaps.*`` metadata_props (kind, target, dtype, version, ...)."""
     model.producer_name = "bitmaps"
     model.producer_version = __version__
-    meta = {
-        "kind": "binary" if binary else "baseline",
-        "dtype": dtype,
-        "output": output,
-        "source": source,
-        "binary_linear_nodes": str(len(binary_linear_nodes(model))),
-    }
-    helper.set_model_props(model, {f"{METADATA_PREFIX}{k}": v for k, v in meta.items()})
-    return model
+    model.metadata_props.update({f"{METADATA_PREFIX}{k}": str(v) for k, v in meta.items()})
+
+
+def default_function(model: ir.Model) -> onnx.FunctionProto:
+    """The portable function (BitwiseAnd unpacking) for this model's opset."""
+    return binary_linear_function(opset_of(model))
 
 
 def model_metadata(model: onnx.ModelProto) -> dict[str, str]:

@@ -17,6 +17,12 @@ The body computes in float32 whatever the dtype of X, exactly like the reference
 bitmaps/core/ops.py: a ±1 dot product over K = 3072 is an integer up to 3072, which float16 cannot hold
 exactly (its integers stop at 2048), and ``w_scale``/``bias`` are float32 inputs by contract.
 BitShift is not used because ONNX defines it for unsigned types only; BitwiseAnd takes int32.
+
+The TensorRT export (``--target tensorrt``) carries the same function with the weight bits read by
+integer arithmetic instead (``unpack="arithmetic"``: Less/Where/Sub for the sign bit, then
+Div by 2^j and Mod 2, all int32), because the ONNX-TensorRT parser supports neither BitwiseAnd
+nor BitShift. The weights are initializers, so TensorRT folds the unpacking into a constant ±1
+matrix at build time when it imports the function instead of the plugin.
 """
 
 from __future__ import annotations
@@ -87,16 +93,60 @@ def _bit_masks() -> np.ndarray:
     return (np.uint32(1) << np.arange(32, dtype=np.uint32)).view(np.int32)
 
 
-def binary_linear_function(opset: int) -> onnx.FunctionProto:
-    """The model-local function ``bitmaps::BinaryLinear`` for a model importing ``opset``."""
+UNPACKS = ("bitwise", "arithmetic")
+
+
+def _weight_bits_bitwise() -> list[onnx.NodeProto]:
+    """W [N, KW] → ``w_positive`` [N, KW, 32]: BitwiseAnd with ``1 << j`` (opset 18)."""
+    return [
+        _const("bit_masks", _bit_masks()),
+        helper.make_node("Unsqueeze", ["W", "last_axis"], ["w_words"]),
+        helper.make_node("BitwiseAnd", ["w_words", "bit_masks"], ["w_bits"]),
+        helper.make_node("Equal", ["w_bits", "zero_i32"], ["w_positive"]),
+    ]
+
+
+def _weight_bits_arithmetic() -> list[onnx.NodeProto]:
+    """W [N, KW] → ``w_positive`` [N, KW, 32] with integer Div/Mod only (no bitwise ops).
+
+    Bit 31 is the sign of the int32 word. Bits 0..30 are those of ``low = W − (W < 0 ? −2³¹ : 0)``,
+    which lies in [0, 2³¹) without overflow; bit j = ``(low / 2^j) mod 2``. For the ONNX-TensorRT
+    parser, which has no BitwiseAnd or BitShift.
+    """
+    powers = (np.int64(1) << np.arange(31, dtype=np.int64)).astype(np.int32)
+    return [
+        _const("int_min", np.array(np.iinfo(np.int32).min, np.int32)),
+        _const("two_i32", np.array(2, np.int32)),
+        _const("powers_of_two", powers),
+        helper.make_node("Less", ["W", "zero_i32"], ["w_negative"]),
+        helper.make_node("Where", ["w_negative", "int_min", "zero_i32"], ["w_top"]),
+        helper.make_node("Sub", ["W", "w_top"], ["w_low"]),
+        helper.make_node("Unsqueeze", ["w_low", "last_axis"], ["w_low_3d"]),
+        helper.make_node("Div", ["w_low_3d", "powers_of_two"], ["w_shifted"]),
+        helper.make_node("Mod", ["w_shifted", "two_i32"], ["w_low_bits"]),
+        helper.make_node("Cast", ["w_negative"], ["w_top_bit"], to=TensorProto.INT32),
+        helper.make_node("Unsqueeze", ["w_top_bit", "last_axis"], ["w_top_bit_3d"]),
+        helper.make_node("Concat", ["w_low_bits", "w_top_bit_3d"], ["w_bits"], axis=-1),
+        helper.make_node("Equal", ["w_bits", "zero_i32"], ["w_positive"]),
+    ]
+
+
+def binary_linear_function(opset: int, unpack: str = "bitwise") -> onnx.FunctionProto:
+    """The model-local function ``bitmaps::BinaryLinear`` for a model importing ``opset``.
+
+    ``unpack``: how the weight bits are read, ``"bitwise"`` (BitwiseAnd; the portable export) or
+    ``"arithmetic"`` (integer Div/Mod; the TensorRT export). Both give the same ±1 matrix.
+    """
     if opset < MIN_OPSET:
         raise ValueError(f"the BinaryLinear function needs opset >= {MIN_OPSET}, got {opset}")
+    if unpack not in UNPACKS:
+        raise ValueError(f"unpack must be one of {', '.join(UNPACKS)}, got {unpack!r}")
     f32 = TensorProto.FLOAT
+    weight_bits = _weight_bits_bitwise() if unpack == "bitwise" else _weight_bits_arithmetic()
     nodes = [
         _const_from_attr("k", "value_int", "in_features", onnx.AttributeProto.INT),
         _const_from_attr("beta", "value_float", "act_threshold", onnx.AttributeProto.FLOAT),
         _const_from_attr("fixed_scale", "value_float", "act_scale", onnx.AttributeProto.FLOAT),
-        _const("bit_masks", _bit_masks()),
         _const("zero_i32", np.array(0, np.int32)),
         _const("zero", np.array(0, np.float32)),
         _const("plus_one", np.array(1, np.float32)),
@@ -105,9 +155,7 @@ def binary_linear_function(opset: int) -> onnx.FunctionProto:
         _const("start", np.array([0], np.int64)),
         _const("rows_by_bits", np.array([0, -1], np.int64)),
         # W [N, KW] → bits [N, KW, 32] → ±1 [N, 32·KW] → [N, K] (drop padding) → [K, N]
-        helper.make_node("Unsqueeze", ["W", "last_axis"], ["w_words"]),
-        helper.make_node("BitwiseAnd", ["w_words", "bit_masks"], ["w_bits"]),
-        helper.make_node("Equal", ["w_bits", "zero_i32"], ["w_positive"]),
+        *weight_bits,
         helper.make_node("Where", ["w_positive", "plus_one", "minus_one"], ["w_signs_3d"]),
         helper.make_node("Reshape", ["w_signs_3d", "rows_by_bits"], ["w_signs_padded"]),
         helper.make_node("Unsqueeze", ["k", "start"], ["k_1d"]),
@@ -137,7 +185,8 @@ def binary_linear_function(opset: int) -> onnx.FunctionProto:
         nodes,
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=list(ATTRIBUTES),
-        doc_string="bitmaps::BinaryLinear from standard ops (see DESIGN.md); float32 inside.",
+        doc_string=f"bitmaps::BinaryLinear from standard ops (see DESIGN.md; {unpack} weight "
+        "unpacking); float32 inside.",
     )
 
 

@@ -1,10 +1,18 @@
-"""``bitmaps export`` and ``bitmaps export-baseline``: load, export, check, verify, then write.
+"""``bitmaps export`` and ``bitmaps export-baseline``: a short pipeline of passes, read top to bottom.
 
-Order matters: the output path is checked first (before minutes of work), the model is exported
-in memory, then checked (onnx.checker with ``full_check``, node count, attributes, for FP16 the
-float32 audit), then verified in ONNX Runtime against PyTorch (bitmaps/export/verify.py). Only a
-model that passed everything is written, atomically (temp file + rename). Any refusal is a
-:class:`~bitmaps.core.errors.BitmapsError`: one line, exit code 2, no file.
+    check the output path → load → pack → trace → rewrite → embeddings → target → check → verify
+    → write
+
+The output path is checked first (before minutes of work). The model is packed (BinaryLinear →
+PackedBinaryLinear, eager attention, dtype), traced by ``torch.onnx.export(dynamo=True)`` into an
+``onnx_ir`` model, rewritten (node names, private initializers, no stack traces), given the
+embeddings pass and its target's passes (bitmaps/export/targets.py: the model-local function,
+fused attention for ONNX Runtime, TensorRT-only ops), annotated (``bitmaps.*`` metadata_props:
+kind, target, dtype, bitmaps version, ...), then checked (onnx.checker with ``full_check``, node
+count, attributes, the FP16 audit, the target's own rules) and verified in ONNX Runtime against
+PyTorch (bitmaps/export/verify.py). Only a model that passed everything is written, atomically
+(temp file + rename). Any refusal is a :class:`~bitmaps.core.errors.BitmapsError`: one line, exit
+code 2, no file.
 """
 
 from __future__ import annotations
@@ -15,14 +23,26 @@ from collections.abc import Callable
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 from torch import nn
 
+from bitmaps import __version__
 from bitmaps.core.atomic import atomic_output, check_writable
 from bitmaps.core.config import ExportConfig
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.packed import PackedBinaryLinear
 from bitmaps.data.assets import ASSET_MODELS
-from bitmaps.export.onnx_export import ExportWrapper, finish_model, prepare_model, to_onnx
+from bitmaps.export import targets
+from bitmaps.export.embeddings import embeddings_pass
+from bitmaps.export.onnx_export import (
+    ExportWrapper,
+    annotate,
+    binary_linears,
+    name_binary_linears,
+    prepare_model,
+    strip_node_metadata,
+    to_onnx,
+)
 from bitmaps.export.onnx_function import (
     ATTRIBUTES,
     PLUGIN_NAMESPACE,
@@ -75,8 +95,75 @@ def _nothing(_: str) -> None:
     pass
 
 
-def _load_student(spec: str | os.PathLike):  # noqa: ANN202
+@dataclasses.dataclass
+class ExportResult:
+    """An exported, checked and verified model, in memory."""
 
+    model: onnx.ModelProto
+    wrapper: ExportWrapper  # the PyTorch model it was verified against (packed, eval, dtype)
+    report: VerificationReport
+
+
+# --------------------------------------------------------------------------- the two commands
+
+
+def export_student(
+    checkpoint: str | os.PathLike, out: str | os.PathLike, cfg: ExportConfig, log: Log = _nothing
+) -> ExportSummary:
+    """Export a binarized student checkpoint with ``bitmaps::BinaryLinear`` nodes (see module)."""
+    out = check_writable(out)
+    loaded = load_student(checkpoint)
+    result = export_verified(
+        loaded.model, cfg, binary=True, tokenizer=loaded.tokenizer, source=str(checkpoint), log=log
+    )
+    return ExportSummary(
+        out, True, cfg.dtype, len(binary_linear_nodes(result.model)), packed_bytes(result.model),
+        write_onnx(result.model, out), fp32_parameter_bytes(loaded.model.config), result.report,
+    )  # fmt: skip
+
+
+def export_baseline(
+    spec: str | os.PathLike, out: str | os.PathLike, cfg: ExportConfig, log: Log = _nothing
+) -> ExportSummary:
+    """Export a full-precision model (checkpoint, folder, asset or ``bert-base``) unchanged."""
+    out = check_writable(out)
+    loaded = load_baseline(spec)
+    result = export_verified(
+        loaded.model, cfg, binary=False, tokenizer=loaded.tokenizer, source=str(spec), log=log
+    )
+    return ExportSummary(
+        out, False, cfg.dtype, 0, 0, write_onnx(result.model, out),
+        fp32_parameter_bytes(loaded.model.config), result.report,
+    )  # fmt: skip
+
+
+def export_verified(
+    model: nn.Module, cfg: ExportConfig, *, binary: bool, tokenizer: object | None = None,
+    source: str = "model", log: Log = _nothing,
+) -> ExportResult:  # fmt: skip
+    """Export ``model`` (a ``*ForMaskedLM``; changed in place: packed, eval, dtype), check it and
+    verify it in ONNX Runtime; :class:`ExportVerificationError` if anything disagrees.
+
+    ``binary``: the model holds BinaryLinear layers (a student; verified on ``cfg.backends``);
+    else a full-precision baseline (verified on plain onnxruntime). ``tokenizer`` adds real
+    sentences to the random verification inputs.
+    """
+    wrapper = pack(model, cfg)
+    traced = trace(wrapper, cfg, source, log)
+    rewrite(traced, binary=binary, source=source)
+    traced = embeddings(traced, wrapper, cfg)
+    target(traced, cfg, wrapper, binary=binary)
+    annotate(traced, metadata(traced, cfg, binary=binary, source=source))
+    proto = check(traced, wrapper, cfg)
+    report = verify(proto, wrapper, tokenizer, cfg, binary=binary, log=log)
+    return ExportResult(proto, wrapper, report)
+
+
+# --------------------------------------------------------------------------- load
+
+
+def load_student(spec: str | os.PathLike):  # noqa: ANN201
+    """A binarized student checkpoint; a full-precision model is refused with a pointer."""
     text, path = str(spec), Path(spec)
     baseline_hint = (
         "`bitmaps export` takes a binarized student checkpoint (from `bitmaps train --stage "
@@ -92,6 +179,116 @@ def _load_student(spec: str | os.PathLike):  # noqa: ANN202
     if not loaded.is_binary:
         raise BitmapsError(f"{text} is a full-precision checkpoint: {baseline_hint}")
     return loaded
+
+
+def load_baseline(spec: str | os.PathLike):  # noqa: ANN201
+    """A full-precision model (checkpoint, folder, asset or shape); a student is refused."""
+    loaded = load_model(spec, require_tokenizer=False)
+    if loaded.is_binary:
+        raise BitmapsError(
+            f"{spec} is a binarized student; export it with `bitmaps export {spec} OUT.onnx`"
+        )
+    return loaded
+
+
+# --------------------------------------------------------------------------- pack, trace, rewrite
+
+
+def pack(model: nn.Module, cfg: ExportConfig) -> ExportWrapper:
+    """BinaryLinear → PackedBinaryLinear, eager attention, eval, dtype; refuses a non-W1A1 student."""
+    return prepare_model(model, cfg.dtype, cfg.output)
+
+
+def trace(wrapper: ExportWrapper, cfg: ExportConfig, source: str, log: Log) -> ir.Model:
+    log(
+        f"exporting {source} ({cfg.dtype}, opset {cfg.opset}, output {cfg.output}, "
+        f"target {cfg.target}) ..."
+    )
+    return to_onnx(wrapper, cfg.opset)
+
+
+def rewrite(model: ir.Model, *, binary: bool, source: str) -> None:
+    """Name BinaryLinear nodes after their modules, private initializers, no stack traces."""
+    found = bool(binary_linears(model))
+    if binary and not found:
+        raise BitmapsError(f"{source} has no binary layers to export")
+    if not binary and found:
+        raise BitmapsError(f"{source} is binarized; export it as a binary model")
+    name_binary_linears(model)
+    strip_node_metadata(model)
+
+
+def embeddings(model: ir.Model, wrapper: ExportWrapper, cfg: ExportConfig) -> ir.Model:
+    """The embeddings pass (``--embeddings``, bitmaps/export/embeddings.py): the embedding tables
+    and the tied decoder in FP16/INT8/INT4, in the graph and in the PyTorch model it is verified
+    against. Before the target's passes, so the target's rules see its ops. That pass edits a
+    ModelProto, hence the round trip."""
+    if cfg.embeddings == "fp32":
+        return model
+    proto = ir.to_proto(model)
+    embeddings_pass(proto, wrapper.model, cfg.embeddings, cfg.embedding_group)
+    return ir.from_proto(proto)
+
+
+# --------------------------------------------------------------------------- target
+
+
+def target(model: ir.Model, cfg: ExportConfig, wrapper: ExportWrapper, *, binary: bool) -> None:
+    """The target's passes (bitmaps/export/targets.py). A baseline gets no BinaryLinear function."""
+    heads = int(wrapper.model.config.num_attention_heads)
+    if binary:
+        targets.PASSES[cfg.target](model, heads)
+    elif cfg.target == "onnxruntime":
+        targets.fuse_attention(model, heads)
+
+
+def metadata(model: ir.Model, cfg: ExportConfig, *, binary: bool, source: str) -> dict[str, str]:
+    return {
+        "kind": "binary" if binary else "baseline",
+        "target": cfg.target,
+        "dtype": cfg.dtype,
+        "output": cfg.output,
+        "opset": str(cfg.opset),
+        "version": __version__,
+        "source": Path(source).name,
+        "binary_linear_nodes": str(len(binary_linears(model))),
+    }
+
+
+# --------------------------------------------------------------------------- check
+
+
+_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+
+
+def check(model: ir.Model, wrapper: ExportWrapper, cfg: ExportConfig) -> onnx.ModelProto:
+    """onnx.checker, structure, the FP16 audit, the target's rules; returns the ModelProto."""
+    _check_target(model, wrapper, cfg)
+    proto = ir.to_proto(model)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportVerificationError(f"onnx.checker rejects the export: {exc}") from None
+    _check_structure(proto, wrapper, cfg)
+    return proto
+
+
+def _check_target(model: ir.Model, wrapper: ExportWrapper, cfg: ExportConfig) -> None:
+    if cfg.target == "tensorrt":
+        outside = targets.ops_outside_tensorrt(model)
+        if outside:
+            raise BitmapsError(
+                f"the tensorrt target cannot hold {', '.join(outside)}: the ONNX-TensorRT parser "
+                "does not support it"
+            )
+    if cfg.target == "onnxruntime":
+        layers = int(wrapper.model.config.num_hidden_layers)
+        fused = len(targets.multi_head_attention_nodes(model))
+        if fused != layers:
+            raise ExportVerificationError(
+                f"the onnxruntime target fused {fused} of {layers} attention blocks; "
+                "refusing to write"
+            )
 
 
 def _check_structure(model: onnx.ModelProto, wrapper: ExportWrapper, cfg: ExportConfig) -> None:
@@ -129,53 +326,22 @@ def _check_structure(model: onnx.ModelProto, wrapper: ExportWrapper, cfg: Export
             )
 
 
-_FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)
+# --------------------------------------------------------------------------- verify, write
 
 
-def _export_checked(
-    wrapper: ExportWrapper, cfg: ExportConfig, *, binary: bool, source: str, log: Log
-) -> onnx.ModelProto:
-    log(f"exporting {source} ({cfg.dtype}, opset {cfg.opset}, output {cfg.output}) ...")
-    model = finish_model(
-        to_onnx(wrapper, cfg.opset), binary=binary, dtype=cfg.dtype, output=cfg.output,
-        source=Path(source).name,
-    )  # fmt: skip
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportVerificationError(f"onnx.checker rejects the export: {exc}") from None
-    _check_structure(model, wrapper, cfg)
-    return model
-
-
-@dataclasses.dataclass
-class ExportResult:
-    """An exported, checked and verified model, in memory."""
-
-    model: onnx.ModelProto
-    wrapper: ExportWrapper  # the PyTorch model it was verified against (packed, eval, dtype)
-    report: VerificationReport
-
-
-def export_verified(
-    model: nn.Module, cfg: ExportConfig, *, binary: bool, tokenizer: object | None = None,
-    source: str = "model", log: Log = _nothing,
-) -> ExportResult:  # fmt: skip
-    """Export ``model`` (a ``*ForMaskedLM``; changed in place: packed, eval, dtype), check it and
-    verify it in ONNX Runtime; :class:`ExportVerificationError` if anything disagrees.
-
-    ``binary``: the model holds BinaryLinear layers (a student; verified on ``cfg.backends``);
-    else a full-precision baseline (verified on plain onnxruntime). ``tokenizer`` adds real
-    sentences to the random verification inputs.
-    """
-    wrapper = prepare_model(model, cfg.dtype, cfg.output)  # refuses a non-W1A1 student
-    proto = _export_checked(wrapper, cfg, binary=binary, source=source, log=log)
-    if binary and not binary_linear_nodes(proto):
-        raise BitmapsError(f"{source} has no binary layers to export")
-    if not binary and binary_linear_nodes(proto):
-        raise BitmapsError(f"{source} is binarized; export it as a binary model")
+def verify(
+    model: onnx.ModelProto, wrapper: ExportWrapper, tokenizer: object | None, cfg: ExportConfig,
+    *, binary: bool, log: Log,
+) -> VerificationReport:  # fmt: skip
+    """ONNX Runtime against PyTorch (bitmaps/export/verify.py); refuses on any drift."""
     backends = cfg.backends if binary else ("function",)
-    return ExportResult(proto, wrapper, _verify(proto, wrapper, tokenizer, cfg, backends, log))
+    batches = verification_batches(wrapper.model.config.vocab_size, tokenizer)
+    log(f"verifying in ONNX Runtime ({', '.join(backends)}) against PyTorch ...")
+    report = verify_onnx(model, wrapper, batches, cfg.effective_tolerance(), backends)
+    if not report.ok:
+        raise ExportVerificationError(f"refusing to write the model: {report.failure()}")
+    log(report.summary())
+    return report
 
 
 def write_onnx(model: onnx.ModelProto, out: str | os.PathLike) -> int:
@@ -184,53 +350,3 @@ def write_onnx(model: onnx.ModelProto, out: str | os.PathLike) -> int:
     with atomic_output(out) as tmp:
         onnx.save(model, str(tmp))
     return out.stat().st_size
-
-
-def export_student(
-    checkpoint: str | os.PathLike, out: str | os.PathLike, cfg: ExportConfig, log: Log = _nothing
-) -> ExportSummary:
-    """Export a binarized student checkpoint with ``bitmaps::BinaryLinear`` nodes (see module)."""
-    out = check_writable(out)
-    loaded = _load_student(checkpoint)
-    config = loaded.model.config
-    result = export_verified(
-        loaded.model, cfg, binary=True, tokenizer=loaded.tokenizer, source=str(checkpoint), log=log
-    )
-    return ExportSummary(
-        out, True, cfg.dtype, len(binary_linear_nodes(result.model)), packed_bytes(result.model),
-        write_onnx(result.model, out), fp32_parameter_bytes(config), result.report,
-    )  # fmt: skip
-
-
-def export_baseline(
-    spec: str | os.PathLike, out: str | os.PathLike, cfg: ExportConfig, log: Log = _nothing
-) -> ExportSummary:
-    """Export a full-precision model (checkpoint, folder, asset or ``bert-base``) unchanged."""
-
-    out = check_writable(out)
-    loaded = load_model(spec, require_tokenizer=False)
-    if loaded.is_binary:
-        raise BitmapsError(
-            f"{spec} is a binarized student; export it with `bitmaps export {spec} OUT.onnx`"
-        )
-    config = loaded.model.config
-    result = export_verified(
-        loaded.model, cfg, binary=False, tokenizer=loaded.tokenizer, source=str(spec), log=log
-    )
-    return ExportSummary(
-        out, False, cfg.dtype, 0, 0, write_onnx(result.model, out), fp32_parameter_bytes(config),
-        result.report,
-    )  # fmt: skip
-
-
-def _verify(
-    model: onnx.ModelProto, wrapper: ExportWrapper, tokenizer: object | None, cfg: ExportConfig,
-    backends: tuple[str, ...], log: Log,
-) -> VerificationReport:  # fmt: skip
-    batches = verification_batches(wrapper.model.config.vocab_size, tokenizer)
-    log(f"verifying in ONNX Runtime ({', '.join(backends)}) against PyTorch ...")
-    report = verify_onnx(model, wrapper, batches, cfg.effective_tolerance(), backends)
-    if not report.ok:
-        raise ExportVerificationError(f"refusing to write the model: {report.failure()}")
-    log(report.summary())
-    return report

@@ -1,0 +1,117 @@
+"""Opening an ONNX Runtime session for an exported bitmaps model, on a named backend.
+
+It sits in the core layer because two layers need it: ``bitmaps.export.verify`` checks every
+export in ONNX Runtime before the file is written, and ``bitmaps.runtime`` runs and profiles
+exported files. Neither may reach into the other, so the session opener lives below both.
+
+Backends (the names ``ExportConfig.backends`` and ``bitmaps profile`` use):
+
+- ``"function"``: plain onnxruntime. Each ``bitmaps::BinaryLinear`` node runs through the
+  model-local function (standard ops); needs nothing from bitmaps.
+- ``"kernel"``: ``libbitmaps_ort.so`` (:func:`bitmaps.get_library_path`) registered, so each node
+  runs the compiled XNOR-popcount kernel inside ONNX Runtime. ONNX Runtime prefers a registered
+  kernel to a model-local function of the same name, so the file needs no rewriting.
+
+onnxruntime is imported inside the functions: it is an optional, heavy dependency that most
+commands (train, eval, --help) never touch.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from bitmaps import get_library_path
+from bitmaps.core.errors import BitmapsError
+
+BACKENDS = ("function", "kernel")
+
+
+def session_options(threads: int | None = None) -> Any:  # onnxruntime.SessionOptions
+    import onnxruntime as ort  # optional, heavy
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3  # errors only: fp16 constant-folding notices are not actionable
+    if threads:
+        so.intra_op_num_threads = threads
+    return so
+
+
+def _source(model: Any) -> str | bytes:
+    """A path is opened by ONNX Runtime itself (one copy of the weights in memory)."""
+    return str(model) if isinstance(model, (str, Path)) else model.SerializeToString()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1].strip() if text else type(exc).__name__
+
+
+@functools.lru_cache(maxsize=None)
+def _library_problem(path: str) -> str | None:
+    import onnxruntime as ort  # optional, heavy
+
+    try:
+        session_options().register_custom_ops_library(path)
+    except Exception as exc:  # noqa: BLE001 - every failure to load is reported the same way
+        return f"{path} does not load into onnxruntime {ort.__version__}: {_first_line(exc)}"
+    return None
+
+
+def native_library() -> str:
+    """The path of a library that loads into this onnxruntime; BitmapsError (one line) otherwise."""
+    path = get_library_path()
+    problem = _library_problem(path)
+    if problem:
+        raise BitmapsError(problem)
+    return path
+
+
+def library_missing() -> str | None:
+    """Why ``libbitmaps_ort.so`` was not built (callers then run the model-local function and say
+    so), or None when it exists. A library that exists but does not load is an error instead:
+    :func:`kernel_session` raises it."""
+    try:
+        get_library_path()
+    except BitmapsError as exc:
+        return str(exc)
+    return None
+
+
+def native_problem() -> str | None:
+    """Why ``libbitmaps_ort.so`` cannot run BinaryLinear nodes here (missing or does not load)."""
+    try:
+        native_library()
+    except BitmapsError as exc:
+        return str(exc)
+    return None
+
+
+def function_session(model: Any, threads: int | None = None) -> Any:
+    """Plain onnxruntime: BinaryLinear runs through the model-local function."""
+    import onnxruntime as ort  # optional, heavy
+
+    so = session_options(threads)
+    return ort.InferenceSession(_source(model), so, providers=["CPUExecutionProvider"])
+
+
+def kernel_session(model: Any, threads: int | None = None) -> Any:
+    """onnxruntime with ``libbitmaps_ort.so`` registered: BinaryLinear nodes run our kernel."""
+    import onnxruntime as ort  # optional, heavy
+
+    so = session_options(threads)
+    so.register_custom_ops_library(native_library())
+    return ort.InferenceSession(_source(model), so, providers=["CPUExecutionProvider"])
+
+
+def open_session(
+    model: Any, backend: str, threads: int | None = None
+) -> Any:  # onnx.ModelProto | path -> onnxruntime.InferenceSession
+    """``backend``: ``"function"`` (plain onnxruntime) or ``"kernel"`` (the native op)."""
+    if backend == "function":
+        return function_session(model, threads)
+    if backend == "kernel":
+        return kernel_session(model, threads)
+    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+

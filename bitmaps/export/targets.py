@@ -1,0 +1,200 @@
+"""Export targets: the passes that fit a traced, rewritten model to the runtime that will run it.
+
+``bitmaps export --target``:
+
+- ``portable`` — standard ONNX ops, plus the model-local function ``bitmaps::BinaryLinear`` with
+  BitwiseAnd unpacking (bitmaps/export/onnx_function.py). Any ONNX runtime with model-local
+  functions and opset 18+ runs it, with or without bitmaps.
+- ``onnxruntime`` — the portable model with each attention block (Q·Kᵀ, scale, mask, Softmax, ·V,
+  and the head reshapes and transposes around them) replaced by one ``com.microsoft``
+  MultiHeadAttention node fed by the separate Q, K and V BinaryLinear outputs, the mask as
+  ``attention_bias``. Only what ONNX Runtime does not do itself: its session-level optimizer
+  already fuses Add + LayerNormalization into SkipLayerNormalization and keeps Gelu as one kernel
+  (checked with ``SessionOptions.optimized_model_filepath`` on onnxruntime 1.32, CPU EP: with
+  the BinaryLinear nodes on our kernel it fuses SkipLayerNormalization but not attention). Runs in
+  ONNX Runtime only (CPU EP: float32 and float16).
+- ``tensorrt`` — only ops the ONNX-TensorRT parser accepts (:data:`TENSORRT_OPS`); the
+  BinaryLinear nodes carry ``plugin_version``/``plugin_namespace``, so the parser maps them onto
+  the bitmaps plugin. The fallback function unpacks the weights with integer Div/Mod instead of
+  BitwiseAnd. Parser versions differ in what they try first: onnx-tensorrt 10.1
+  (``ModelImporter.cpp``, ``parseNode``) imports a model-local function before trying a plugin;
+  later parsers import a node that has a ``plugin_namespace`` attribute as a plugin whenever that
+  plugin is registered, and fall back to the function otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+from bitmaps.core.config import ExportConfig
+from bitmaps.core.errors import BitmapsError
+from bitmaps.export.onnx_export import add_function, is_binary_linear, opset_of
+from bitmaps.export.onnx_function import binary_linear_function
+
+TARGETS = ExportConfig.TARGETS
+MS_DOMAIN = "com.microsoft"
+
+# Operators marked "Y" in onnx-tensorrt's docs/operators.md, ONNX-TensorRT 10.1 GA
+# (github.com/onnx/onnx-tensorrt, commit 96e7811). BitwiseAnd, BitShift and the other bitwise ops
+# are "N" there.
+TENSORRT_OPS = frozenset(
+    """Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
+    Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum
+    DeformConv DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike
+    Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool GlobalLpPool
+    GlobalMaxPool Greater GreaterOrEqual GridSample GroupNormalization GRU HardSigmoid HardSwish
+    Hardmax Identity If ImageScaler InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu
+    Less LessOrEqual Log LogSoftmax Loop LRN LSTM LpNormalization LpPool MatMul Max MaxPool Mean
+    MeanVarianceNormalization Min Mish Mod Mul Neg NonMaxSuppression NonZero Not OneHot Or Pad
+    ParametricSoftplus Pow PRelu QuantizeLinear RandomNormal RandomNormalLike RandomUniform
+    RandomUniformLike Range Reciprocal ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin
+    ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign Round
+    ScaledTanh Scan Scatter ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size
+    Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt Squeeze Sub Sum Tan Tanh
+    ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Upsample Where Xor""".split()
+)
+
+
+# --------------------------------------------------------------------------- portable
+
+
+def portable(model: ir.Model, num_heads: int) -> None:
+    """The model-local function with BitwiseAnd unpacking; nothing else changes."""
+    del num_heads
+    add_function(model, binary_linear_function(opset_of(model)))
+
+
+# --------------------------------------------------------------------------- onnxruntime
+
+
+def onnxruntime(model: ir.Model, num_heads: int) -> None:
+    """The portable model with every attention block fused into MultiHeadAttention."""
+    portable(model, num_heads)
+    fuse_attention(model, num_heads)
+
+
+def fuse_attention(model: ir.Model, num_heads: int) -> int:
+    """Fuse every attention block that matches (see :func:`_fuse_attention`); returns how many."""
+    fused = sum(_fuse_attention(model.graph, softmax, num_heads) for softmax in _softmaxes(model))
+    if fused:
+        model.graph.opset_imports.setdefault(MS_DOMAIN, 1)
+        RemoveUnusedNodesPass()(model)
+    return fused
+
+
+def _softmaxes(model: ir.Model) -> list[ir.Node]:
+    return [n for n in model.graph if n.op_type == "Softmax" and n.domain == ""]
+
+
+def _producer(value: ir.Value | None, op_type: str) -> ir.Node | None:
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op_type and node.domain == "" else None
+
+
+def _only_consumer(value: ir.Value, op_type: str) -> ir.Node | None:
+    uses = list(value.uses())
+    if len(uses) != 1 or value.is_graph_output():
+        return None
+    node = uses[0].node
+    return node if node.op_type == op_type and node.domain == "" else None
+
+
+def _perm(node: ir.Node | None) -> list[int] | None:
+    if node is None or "perm" not in node.attributes:
+        return None
+    return list(node.attributes["perm"].as_ints())
+
+
+def _heads_input(value: ir.Value, perm: list[int]) -> ir.Value | None:
+    """``x`` of ``Transpose(Reshape(x, [B, S, heads, d]), perm)``: the [B, S, hidden] projection."""
+    transpose = _producer(value, "Transpose")
+    if _perm(transpose) != perm:
+        return None
+    reshape = _producer(transpose.inputs[0], "Reshape")
+    return reshape.inputs[0] if reshape is not None else None
+
+
+def _scalar(value: ir.Value | None) -> float | None:
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    if tensor is None or math.prod(tensor.shape.numpy()) != 1:
+        return None
+    return float(tensor.numpy().reshape(()))
+
+
+def _fuse_attention(graph: ir.Graph, softmax: ir.Node, num_heads: int) -> int:
+    """Replace one eager attention block around ``softmax`` by MultiHeadAttention; 1 if done.
+
+    Matched (BERT's eager attention as torch.onnx traces it; anything else is left alone)::
+
+        Softmax(Add(Mul(MatMul(Qh, Kᵀh), scale), bias)) → MatMul(·, Vh) → Transpose → Reshape
+        Qh = Transpose(Reshape(q), 0 2 1 3)   Kᵀh = Transpose(Reshape(k), 0 2 3 1)   Vh as Qh
+    """
+    add = _producer(softmax.inputs[0], "Add")
+    if add is None or softmax.attributes.get("axis", ir.AttrInt64("axis", -1)).as_int() != -1:
+        return 0
+    mul = _producer(add.inputs[0], "Mul")
+    scores = _producer(mul.inputs[0], "MatMul") if mul is not None else None
+    scale = _scalar(mul.inputs[1]) if mul is not None else None
+    context = _only_consumer(softmax.outputs[0], "MatMul")
+    if scores is None or scale is None or context is None:
+        return 0
+    if context.inputs[0] is not softmax.outputs[0]:
+        return 0
+    merge = _only_consumer(context.outputs[0], "Transpose")
+    if _perm(merge) != [0, 2, 1, 3]:
+        return 0
+    flatten = _only_consumer(merge.outputs[0], "Reshape")
+    q = _heads_input(scores.inputs[0], [0, 2, 1, 3])
+    k = _heads_input(scores.inputs[1], [0, 2, 3, 1])
+    v = _heads_input(context.inputs[1], [0, 2, 1, 3])
+    if flatten is None or q is None or k is None or v is None:
+        return 0
+    attention = ir.node(
+        "MultiHeadAttention",
+        [q, k, v, None, None, add.inputs[1]],  # bias, key_padding_mask unused; attention_bias
+        {"num_heads": num_heads, "scale": scale},
+        domain=MS_DOMAIN,
+        name=f"{flatten.name or 'attention'}/multi_head_attention",
+    )
+    attention.outputs[0].type = flatten.outputs[0].type
+    attention.outputs[0].shape = flatten.outputs[0].shape
+    graph.insert_before(flatten, attention)
+    old = flatten.outputs[0]
+    if old.is_graph_output():
+        raise BitmapsError("an attention block's output is a graph output; cannot fuse it")
+    old.replace_all_uses_with(attention.outputs[0])
+    attention.outputs[0].name = old.name + "_mha"
+    return 1
+
+
+def multi_head_attention_nodes(model: ir.Model) -> list[ir.Node]:
+    return [n for n in model.graph if n.domain == MS_DOMAIN and n.op_type == "MultiHeadAttention"]
+
+
+# --------------------------------------------------------------------------- tensorrt
+
+
+def tensorrt(model: ir.Model, num_heads: int) -> None:
+    """The fallback function with integer Div/Mod unpacking (TensorRT has no bitwise ops)."""
+    del num_heads
+    add_function(model, binary_linear_function(opset_of(model), unpack="arithmetic"))
+
+
+def ops_outside_tensorrt(model: ir.Model) -> list[str]:
+    """``domain::op`` of every node (main graph and functions) the TensorRT parser cannot import,
+    BinaryLinear excepted (the plugin, or its function, which is checked itself)."""
+    found: set[str] = set()
+    functions = list(model.functions.values())
+    for graph in (model.graph, *functions):
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            if is_binary_linear(node):
+                continue
+            if node.domain not in ("", "ai.onnx") or node.op_type not in TENSORRT_OPS:
+                found.add(f"{node.domain or 'ai.onnx'}::{node.op_type}")
+    return sorted(found)
+
+
+PASSES = {"portable": portable, "onnxruntime": onnxruntime, "tensorrt": tensorrt}
