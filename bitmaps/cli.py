@@ -72,6 +72,9 @@ def _configs(
 @cli.command()
 @click.option("--stage", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
               help="teacher: masked-LM fine-tune of a full-precision model; student: distil a W1A1 student")
+@click.option("--task", type=click.Choice(["mlm", "classify"]), default="mlm", show_default=True,
+              help="mlm: masked LM on text; classify: sequence classification on labelled data "
+                   "(class folders, .jsonl, .csv, spam-assassin)")
 @click.option("--teacher", "model", required=True, metavar="MODEL",
               help="teacher stage: the model to fine-tune (bert-tiny, minilm-l6, a folder or a checkpoint); "
                    "student stage: the fine-tuned teacher checkpoint")
@@ -99,7 +102,7 @@ def _configs(
 @click.option("--resume", is_flag=True, help="continue the run saved in --output where it stopped")
 @click.option("--overwrite", is_flag=True, help="replace an existing --output")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
-def train(stage, model, data, output, steps, batch_size, lr, warmup_ratio, schedule, weight_decay,
+def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio, schedule, weight_decay,
           grad_clip, seed, eval_every, eval_sequences, save_every, log_every, amp, stop_after,
           act_quantizer, config_file, overrides, resume, overwrite, device) -> None:
     """Fine-tune a teacher (--stage teacher) or distil a binarized student (--stage student).
@@ -109,7 +112,7 @@ def train(stage, model, data, output, steps, batch_size, lr, warmup_ratio, sched
 
     from bitmaps.core.config import DataConfig, TrainConfig
 
-    train_opts = dict(stage=stage, steps=steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
+    train_opts = dict(stage=stage, task=task, steps=steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
                       schedule=schedule, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
                       eval_every=eval_every, eval_sequences=eval_sequences, save_every=save_every,
                       log_every=log_every, amp=amp, stop_after=stop_after)
@@ -143,6 +146,13 @@ def train(stage, model, data, output, steps, batch_size, lr, warmup_ratio, sched
     if not result.complete:
         return
     m = result.metrics
+    if job.train.task == "classify":
+        click.echo(
+            f"{stage} step {result.step}: held-out accuracy {m['accuracy']:.4f}  "
+            f"macro-F1 {m['macro_f1']:.4f}  (majority class {m['majority_accuracy']:.4f}, "
+            f"{result.wall_s:.0f} s)"
+        )
+        return
     click.echo(
         f"{stage} step {result.step}: held-out cross entropy {m['cross_entropy']:.4f}  "
         f"accuracy {m['accuracy']:.4f}  MRR {m['mrr']:.4f}  ({result.wall_s:.0f} s)"
@@ -161,16 +171,37 @@ def train(stage, model, data, output, steps, batch_size, lr, warmup_ratio, sched
               help="data pipeline settings (must match training to score the same held-out split)")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
 def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, device) -> None:
-    """Masked-LM cross entropy, top-1 accuracy and MRR on held-out text (teacher or student)."""
+    """Masked-LM cross entropy, top-1 accuracy and MRR on held-out text (teacher or student);
+    for a classifier: accuracy, macro-F1 and the confusion matrix on held-out labelled data."""
 
     from bitmaps.core.config import DataConfig
     from bitmaps.train.evaluate import evaluate_on_text
+    from bitmaps.train.models import model_task
 
     if batch_size < 1:
         raise click.UsageError("--batch-size must be >= 1")
     if max_sequences < 0:
         raise click.UsageError("--max-sequences must be >= 0")
     sections = _configs(None, overrides, {"data": {}})
+    if model_task(model) == "classify":
+        from bitmaps.metrics.classify import format_confusion
+        from bitmaps.train.classify import evaluate_classifier_on_data
+
+        result = evaluate_classifier_on_data(
+            model, _data_paths(data), DataConfig.from_dict(sections["data"]),
+            batch_size=batch_size, max_examples=max_sequences, split=split, device=device,
+            log=lambda m: click.echo(m, err=True),
+        )
+        if as_json:
+            click.echo(json.dumps(result, indent=2))
+            return
+        click.echo(
+            f"{result['model']}: accuracy {result['accuracy']:.4f}  macro-F1 "
+            f"{result['macro_f1']:.4f}  (majority class {result['majority_accuracy']:.4f}, "
+            f"{result['examples']} {result['split']} documents)"
+        )
+        click.echo(format_confusion(result))
+        return
     result = evaluate_on_text(
         model, _data_paths(data), DataConfig.from_dict(sections["data"]), batch_size=batch_size,
         max_sequences=max_sequences, split=split, device=device,
@@ -246,11 +277,13 @@ def assets_path(name: str | None) -> None:
 @click.option("--per-line", is_flag=True, help="one document per non-blank line, not per file")
 @click.option("--no-cache", is_flag=True, help="build from scratch; do not read or write the cache")
 @click.option("--json", "as_json", is_flag=True, help="print the statistics as JSON on stdout")
+@click.option("--task", type=click.Choice(["mlm", "classify"]), default="mlm", show_default=True,
+              help="classify: labelled data (class folders, .jsonl, .csv, spam-assassin)")
 def data_stats(paths, tokenizer, seq_len, heldout_fraction, split_seed, per_line, no_cache,
-               as_json) -> None:
-    """Count documents, tokens, sequences, padding.
+               as_json, task) -> None:
+    """Count documents, tokens, sequences, padding (labelled data: documents per label and split).
 
-    The text is packed exactly as for training (and cached the same way).
+    The text is packed (or tokenized) exactly as for training (and cached the same way).
     """
 
     from bitmaps.core.config import DataConfig
@@ -258,6 +291,12 @@ def data_stats(paths, tokenizer, seq_len, heldout_fraction, split_seed, per_line
 
     cfg = DataConfig(seq_len=seq_len, heldout_fraction=heldout_fraction, split_seed=split_seed,
                      per_line=per_line)
+    if task == "classify":
+        from bitmaps.data.labelled import build_labelled, describe_stats, read_labelled
+
+        stats = build_labelled(read_labelled(paths), load_tokenizer(tokenizer), cfg).stats
+        click.echo(json.dumps(stats, indent=2) if as_json else describe_stats(stats))
+        return
     log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
     corpus = build_corpus(paths, load_tokenizer(tokenizer), cfg, log=log, use_cache=not no_cache)
     if as_json:
@@ -305,6 +344,10 @@ def _export_options(f):  # noqa: ANN001, ANN202
     f = click.option("--opset", type=int, default=20, show_default=True, help="ONNX opset (18-23)")(f)
     f = click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32",
                      show_default=True, help="floating-point type of the exported graph")(f)
+    f = click.option("--target", type=click.Choice(["portable", "onnxruntime", "tensorrt"]),
+                     default="portable", show_default=True,
+                     help="portable: standard ops + local function (any runtime); onnxruntime: "
+                     "its fused contrib ops; tensorrt: only ops TensorRT's parser accepts")(f)
     return f
 
 
@@ -312,13 +355,21 @@ def _export_options(f):  # noqa: ANN001, ANN202
 @click.argument("checkpoint", metavar="CKPT")
 @click.argument("output", metavar="OUT.onnx", type=click.Path(dir_okay=False))
 @_export_options
-def export_cmd(checkpoint, output, dtype, opset, output_kind, tolerance) -> None:
+@click.option("--embeddings", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32",
+              show_default=True, help="embedding tables and the tied MLM decoder: int8 per-row, "
+              "int4 group-wise scales, dequantized at the gather")
+@click.option("--embedding-group", type=click.Choice(["32", "64"]), default="64",
+              show_default=True, help="int4 embeddings: values per scale along the hidden axis")
+def export_cmd(checkpoint, output, target, dtype, opset, output_kind, tolerance, embeddings,
+               embedding_group) -> None:  # fmt: skip
     """ONNX with every binary linear as one bitmaps::BinaryLinear node (packed int32 weights),
     verified in ONNX Runtime against PyTorch before it is written."""
     from bitmaps.core.config import ExportConfig
     from bitmaps.export.pipeline import export_student
 
-    cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance)
+    cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance,
+                       embeddings=embeddings, embedding_group=int(embedding_group),
+                       target=target)  # fmt: skip
     summary = export_student(checkpoint, output, cfg, log=lambda m: click.echo(m, err=True))
     click.echo(summary.line())
 
@@ -327,13 +378,14 @@ def export_cmd(checkpoint, output, dtype, opset, output_kind, tolerance) -> None
 @click.argument("model", metavar="MODEL")
 @click.argument("output", metavar="OUT.onnx", type=click.Path(dir_okay=False))
 @_export_options
-def export_baseline_cmd(model, output, dtype, opset, output_kind, tolerance) -> None:
+def export_baseline_cmd(model, output, target, dtype, opset, output_kind, tolerance) -> None:
     """The full-precision MODEL (teacher checkpoint, folder, bert-tiny, minilm-l6, or bert-base
     with random weights) in ONNX, same inputs and outputs as `export`, for side-by-side profiling."""
     from bitmaps.core.config import ExportConfig
     from bitmaps.export.pipeline import export_baseline
 
-    cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance)
+    cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance,
+                       target=target)
     summary = export_baseline(model, output, cfg, log=lambda m: click.echo(m, err=True))
     click.echo(summary.line())
 
@@ -413,6 +465,25 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
 
 
 # fmt: on
+
+
+@cli.command("ort-library")
+@click.option("--no-check", is_flag=True, help="print the path without loading it into onnxruntime")
+def ort_library_cmd(no_check: bool) -> None:
+    """Print the path of libbitmaps_ort.so, the ONNX Runtime custom-op library.
+
+    Any ONNX Runtime program that registers it (Python: SessionOptions.register_custom_ops_library)
+    runs bitmaps::BinaryLinear nodes natively. The library is first loaded into the installed
+    onnxruntime; a library that is missing, does not load or needs a newer runtime is an error.
+    """
+    if no_check:
+        from bitmaps import get_library_path
+
+        click.echo(get_library_path())
+        return
+    from bitmaps.runtime.onnxruntime import native_library
+
+    click.echo(native_library())
 
 
 def main(argv: list[str] | None = None) -> int:

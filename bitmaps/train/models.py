@@ -23,7 +23,13 @@ from typing import Any
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForMaskedLM
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    BertForSequenceClassification,
+)
 
 from bitmaps.core.checkpoint import load_checkpoint, tokenizer_record
 from bitmaps.core.config import BinarizeConfig
@@ -32,6 +38,10 @@ from bitmaps.data.assets import ASSET_MODELS, resolve_model
 from bitmaps.train.binary_linear import binarize_
 
 SUPPORTED_MODEL_TYPES = ("bert",)
+MODEL_CLASSES = {
+    "BertForMaskedLM": BertForMaskedLM,
+    "BertForSequenceClassification": BertForSequenceClassification,
+}
 SHAPE_NAMES = ("bert-base",)
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -43,7 +53,7 @@ TOKENIZER_FILES = (
 
 @dataclasses.dataclass
 class LoadedModel:
-    """A ``*ForMaskedLM`` with its tokenizer and where it came from."""
+    """A ``*ForMaskedLM`` or ``*ForSequenceClassification`` with its tokenizer and origin."""
 
     model: torch.nn.Module
     tokenizer: Any | None  # transformers.PreTrainedTokenizerFast; None for bare shapes
@@ -56,6 +66,23 @@ class LoadedModel:
     @property
     def is_binary(self) -> bool:
         return bool(self.binarize)
+
+    @property
+    def task(self) -> str:
+        """``"classify"`` for a sequence classifier, else ``"mlm"``."""
+        return "classify" if isinstance(self.model, BertForSequenceClassification) else "mlm"
+
+    @property
+    def labels(self) -> tuple[str, ...] | None:
+        """A classifier's label names, by class index (from its config's ``id2label``)."""
+        if self.task != "classify":
+            return None
+        return label_names(self.model.config)
+
+
+def label_names(config: Any) -> tuple[str, ...]:
+    id2label = {int(k): v for k, v in (config.id2label or {}).items()}
+    return tuple(id2label.get(i, f"LABEL_{i}") for i in range(config.num_labels))
 
 
 def quiet_transformers() -> None:
@@ -140,8 +167,12 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
     weights = [p for p in ("model.safetensors", "pytorch_model.bin") if (folder / p).is_file()]
     if not weights:
         raise BitmapsError(f"{folder} has no weights (model.safetensors)")
+    archs = getattr(config, "architectures", None) or []
+    model_cls = BertForMaskedLM
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        model_cls = BertForSequenceClassification
     try:
-        model = BertForMaskedLM.from_pretrained(folder, config=config, use_safetensors=True)
+        model = model_cls.from_pretrained(folder, config=config, use_safetensors=True)
     except (OSError, ValueError, RuntimeError) as exc:
         raise BitmapsError(
             f"cannot load the weights in {folder}: {str(exc).splitlines()[0]}"
@@ -153,13 +184,14 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
 
 
 def build_model(ckpt: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
-    """The ``*ForMaskedLM`` module of a loaded checkpoint, binarized if it is a student."""
+    """The model of a loaded checkpoint (``model_class``), binarized if it is a student."""
 
     config = BertConfig.from_dict(json.loads(ckpt["model_config"]))
     check_supported(config, source)
-    if ckpt["model_class"] != "BertForMaskedLM":
+    model_cls = MODEL_CLASSES.get(ckpt["model_class"])
+    if model_cls is None:
         raise BitmapsError(f"{source}: unsupported model class {ckpt['model_class']}")
-    model = BertForMaskedLM(config)
+    model = model_cls(config)
     if ckpt["binarize"]:
         binarize_(model, BinarizeConfig.from_dict(ckpt["binarize"]))
     try:
@@ -178,3 +210,62 @@ def load_model_from_checkpoint(path: Path) -> LoadedModel:
     return LoadedModel(
         model, tokenizer, ckpt["tokenizer"], dict(ckpt["binarize"]), str(path), "checkpoint", ckpt
     )
+
+
+def load_classifier(spec: str | Path, labels: tuple[str, ...]) -> LoadedModel:
+    """A full-precision ``BertForSequenceClassification`` over ``labels`` to fine-tune.
+
+    ``spec`` is a classifier (Hugging Face folder or checkpoint; its labels must be ``labels``),
+    or a masked-LM / encoder model (bert-tiny, minilm-l6, a folder, a masked-LM teacher
+    checkpoint): its encoder weights are reused and the pooler (if it has none) and the
+    classification head start fresh (seeded by the caller's ``torch.manual_seed``).
+    """
+    loaded = load_model(spec)
+    if loaded.is_binary:
+        raise BitmapsError(f"{spec} is a binarized student; a teacher needs a full-precision model")
+    if loaded.task == "classify":
+        if loaded.labels != tuple(labels):
+            raise BitmapsError(
+                f"{spec} classifies {', '.join(loaded.labels or ())}; the data has labels "
+                f"{', '.join(labels)}"
+            )
+        return loaded
+    config = BertConfig.from_dict(loaded.model.config.to_dict())
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {name: i for i, name in enumerate(labels)}
+    config.architectures = ["BertForSequenceClassification"]
+    path = Path(str(spec))
+    if loaded.kind == "huggingface":  # keeps a pretrained pooler where the folder has one
+        folder = path if path.is_dir() else resolve_model(str(spec))
+        model = BertForSequenceClassification.from_pretrained(
+            folder, config=config, use_safetensors=True
+        )
+    else:
+        model = BertForSequenceClassification(config)
+        missing, unexpected = model.bert.load_state_dict(
+            loaded.model.bert.state_dict(), strict=False
+        )
+        if unexpected or any(not k.startswith("pooler.") for k in missing):
+            raise BitmapsError(f"{spec}: its encoder does not fit {config.model_type} ({missing})")
+    loaded.model = model.eval()
+    return loaded
+
+
+def model_task(spec: str | Path) -> str:
+    """``"classify"`` if ``spec`` names a sequence classifier (checkpoint or folder), else ``"mlm"``.
+
+    Reads only the checkpoint's class or the folder's config; errors surface when it is loaded.
+    """
+    path = Path(str(spec))
+    if path.is_file():
+        return (
+            "classify" if load_checkpoint(path)["model_class"].endswith("Classification") else "mlm"
+        )
+    if path.is_dir() and (path / "config.json").is_file():
+        try:
+            archs = json.loads((path / "config.json").read_text("utf-8")).get("architectures") or []
+        except (OSError, ValueError, AttributeError):
+            return "mlm"
+        return "classify" if any(a.endswith("ForSequenceClassification") for a in archs) else "mlm"
+    return "mlm"

@@ -6,6 +6,10 @@ One loop serves both stages; what differs is the model being trained and the *ob
 decay, gradient clipping, mixed precision on GPU, DistributedDataParallel under ``torchrun``, periodic
 held-out evaluation, and checkpoints that resume exactly: weights, optimizer, scheduler, every rank's
 RNG state and the data position are saved together, atomically, in the output checkpoint.
+
+``TrainConfig.task`` picks the data and the model wrapper: ``"mlm"`` (packed text, masked LM) or
+``"classify"`` (labelled documents, ``BertForSequenceClassification``; bitmaps/train/classify.py).
+The loop itself is the same for both.
 """
 
 from __future__ import annotations
@@ -29,11 +33,19 @@ from bitmaps.core.config import Config, DataConfig, TrainConfig
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.progress import ProgressReporter
 from bitmaps.data.corpus import TrainStream, build_corpus, eval_batches
+from bitmaps.data.labelled import LabelledData
+from bitmaps.metrics.classify import SequenceClassifierModel
 from bitmaps.metrics.evaluate import evaluate_mlm
 from bitmaps.metrics.mlm import MaskedLMModel, batch_inputs
 from bitmaps.train.binary_linear import binarize_
+from bitmaps.train.classify import (
+    ClassificationObjective,
+    TaskData,
+    classify_data,
+    read_task_labels,
+)
 from bitmaps.train.distill import DistillationObjective
-from bitmaps.train.models import LoadedModel, load_model
+from bitmaps.train.models import LoadedModel, load_classifier, load_model
 
 # Fields that may change between a run and its resumption (cadence, not the computation).
 _RESUMABLE_CHANGES = ("eval_every", "save_every", "log_every", "stop_after", "eval_sequences")
@@ -157,6 +169,7 @@ def _check_resumable(
         saved = state.get(key)
         if key == "train_config":
             value, saved = comparable(value), comparable(saved)
+            saved.setdefault("task", "mlm")  # written before the task field existed
             if saved and "adam_betas" in saved:
                 saved["adam_betas"] = tuple(saved["adam_betas"])
         if saved != value:
@@ -173,9 +186,21 @@ def _check_resumable(
         raise BitmapsError(f"cannot resume {job.output}: the training text or tokenizer changed")
 
 
-def _prepare_models(job: TrainJob, log: Callable[[str], None]) -> tuple[LoadedModel, nn.Module]:
+def _prepare_models(
+    job: TrainJob, log: Callable[[str], None], labelled: LabelledData | None = None
+) -> tuple[LoadedModel, nn.Module]:
     """The model to train (teacher, or a binarized copy of it) and the loaded source model."""
-    source = load_model(job.model)
+    if labelled is not None and job.train.stage == "teacher":
+        source = load_classifier(job.model, labelled.labels)
+    else:
+        source = load_model(job.model)
+    if job.train.task == "classify" and source.task != "classify":
+        raise BitmapsError(
+            f"{job.model} is a masked-LM model; --task classify --stage student needs the "
+            "fine-tuned classifier teacher (from --task classify --stage teacher)"
+        )
+    if job.train.task == "mlm" and source.task != "mlm":
+        raise BitmapsError(f"{job.model} is a classifier; use --task classify")
     if job.train.stage == "teacher":
         if source.is_binary:
             raise BitmapsError(
@@ -193,12 +218,59 @@ def _prepare_models(job: TrainJob, log: Callable[[str], None]) -> tuple[LoadedMo
     return source, student
 
 
+def _wrapper(job: TrainJob) -> type[MaskedLMModel]:
+    return SequenceClassifierModel if job.train.task == "classify" else MaskedLMModel
+
+
 def _make_objective(job: TrainJob, source: LoadedModel, env: D.DistEnv) -> Objective:
     if job.train.stage == "teacher":
-        return MaskedLMObjective()
+        return ClassificationObjective() if job.train.task == "classify" else MaskedLMObjective()
 
-    teacher = MaskedLMModel(source.model).to(env.device)
+    teacher = _wrapper(job)(source.model).to(env.device)
     return DistillationObjective(teacher, job.distill, binarize=job.binarize)
+
+
+def _mlm_data(
+    job, env, tokenizer, amp_dtype, log, TrainStream, build_corpus, eval_batches
+) -> TaskData:  # noqa: N803
+    """Packed text, masked on the fly; held-out cross entropy, accuracy and MRR."""
+    cfg = job.train
+    # Rank 0 builds (and caches) the corpus first; the others then load it from the cache.
+    corpus = None
+    if env.is_main:
+        corpus = build_corpus(job.data_paths, tokenizer, job.data, log=log)
+    D.barrier(env)
+    if not env.is_main:
+        corpus = build_corpus(job.data_paths, tokenizer, job.data, log=lambda _m: None)
+    stream = TrainStream(
+        corpus.train,
+        tokenizer,
+        job.data,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+    )
+
+    def evaluate(wrapped: nn.Module) -> dict[str, float]:
+        batches = eval_batches(
+            corpus.heldout,
+            tokenizer,
+            job.data,
+            batch_size=cfg.batch_size,
+            max_sequences=cfg.eval_sequences,
+            rank=env.rank,
+            world_size=env.world_size,
+        )
+        return evaluate_mlm(wrapped, batches, env, amp_dtype=amp_dtype)
+
+    def describe(m: dict[str, Any]) -> str:
+        return (
+            f"cross entropy {m['cross_entropy']:.4f}  accuracy {m['accuracy']:.4f}  "
+            f"MRR {m['mrr']:.4f}  ({m['masked_tokens']} masked tokens)"
+        )
+
+    return TaskData(f"{corpus.key}", corpus.stats.to_dict(), stream, evaluate, describe)
 
 
 def run_training(job: TrainJob, log: Callable[[str], None] = print) -> TrainResult:
@@ -221,17 +293,32 @@ def run_training(job: TrainJob, log: Callable[[str], None] = print) -> TrainResu
 def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> TrainResult:  # noqa: N803
     cfg = job.train
     torch.manual_seed(cfg.seed)
-    source, model = _prepare_models(job, log)
+    labelled = read_task_labels(job.data_paths) if cfg.task == "classify" else None
+    source, model = _prepare_models(job, log, labelled)
+    if labelled is not None and source.labels != labelled.labels:
+        raise BitmapsError(
+            f"{job.model} classifies {', '.join(source.labels or ())}; the data has labels "
+            f"{', '.join(labelled.labels)}"
+        )
     tokenizer = source.tokenizer
-
-    # Rank 0 builds (and caches) the corpus first; the others then load it from the cache.
-    corpus = None
-    if env.is_main:
-        corpus = build_corpus(job.data_paths, tokenizer, job.data, log=log)
-    D.barrier(env)
-    if not env.is_main:
-        corpus = build_corpus(job.data_paths, tokenizer, job.data, log=lambda _m: None)
-    fingerprint = f"{corpus.key}"
+    amp_dtype = _autocast_dtype(cfg, env.device)
+    if labelled is not None:
+        data = classify_data(
+            labelled,
+            tokenizer,
+            job.data,
+            env,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            eval_examples=cfg.eval_sequences,
+            amp_dtype=amp_dtype,
+            log=log,
+        )
+    else:
+        data = _mlm_data(
+            job, env, tokenizer, amp_dtype, log, TrainStream, build_corpus, eval_batches
+        )
+    fingerprint = data.fingerprint
 
     resume_state = None
     if job.resume and job.output.exists():
@@ -256,7 +343,7 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
     elif job.resume:
         log(f"{job.output} does not exist yet: starting a new run")
 
-    wrapped = MaskedLMModel(model).to(env.device)
+    wrapped = _wrapper(job)(model).to(env.device)
     objective = _make_objective(job, source, env)
     train_module: nn.Module = wrapped
     if env.distributed:
@@ -267,17 +354,8 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
         )
     optimizer = make_optimizer(wrapped, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    amp_dtype = _autocast_dtype(cfg, env.device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    stream = TrainStream(
-        corpus.train,
-        tokenizer,
-        job.data,
-        batch_size=cfg.batch_size,
-        seed=cfg.seed,
-        rank=env.rank,
-        world_size=env.world_size,
-    )
+    stream = data.stream
 
     step, history = 0, []
     if resume_state is not None:
@@ -290,22 +368,9 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
     on_step = getattr(objective, "on_step", None)
 
     def evaluate(at_step: int) -> dict[str, float]:
-        batches = eval_batches(
-            corpus.heldout,
-            tokenizer,
-            job.data,
-            batch_size=cfg.batch_size,
-            max_sequences=cfg.eval_sequences,
-            rank=env.rank,
-            world_size=env.world_size,
-        )
-        metrics = evaluate_mlm(wrapped, batches, env, amp_dtype=amp_dtype)
+        metrics = data.evaluate(wrapped)
         history.append({"step": at_step, **metrics})
-        log(
-            f"held-out @ step {at_step}: cross entropy {metrics['cross_entropy']:.4f}  "
-            f"accuracy {metrics['accuracy']:.4f}  MRR {metrics['mrr']:.4f}  "
-            f"({metrics['masked_tokens']} masked tokens)"
-        )
+        log(f"held-out @ step {at_step}: {data.describe(metrics)}")
         return metrics
 
     def save(at_step: int, complete: bool, metrics: dict[str, float] | None) -> None:
@@ -333,8 +398,11 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
                 "complete": complete,
                 "source_model": str(job.model),
                 "metrics": metrics or {},
-                "data": corpus.stats.to_dict(),
+                "data": data.stats,
+                "task": cfg.task,
             }
+            if labelled is not None:
+                meta["labels"] = list(labelled.labels)
             save_checkpoint(
                 job.output,
                 model=model,
