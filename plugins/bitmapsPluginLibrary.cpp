@@ -34,14 +34,24 @@ void logPluginMessage(nvinfer1::ILogger::Severity severity, std::string const& m
 }  // namespace plugin
 }  // namespace bitmaps
 
-BITMAPS_PLUGIN_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder) {
-  std::lock_guard<std::mutex> lock(bitmaps::plugin::gLoggerMutex);
-  bitmaps::plugin::gLoggerFinder = finder;
+// Both are called by TensorRT through a C interface: nothing may throw out of them.
+BITMAPS_PLUGIN_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder) noexcept {
+  try {
+    std::lock_guard<std::mutex> lock(bitmaps::plugin::gLoggerMutex);
+    bitmaps::plugin::gLoggerFinder = finder;
+  } catch (...) {  // a failed lock leaves the previous logger
+  }
 }
 
-BITMAPS_PLUGIN_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators) {
-  static bitmaps::plugin::BinaryLinearPluginCreator sBinaryLinearCreator;
-  static nvinfer1::IPluginCreatorInterface* const sCreators[] = {&sBinaryLinearCreator};
-  nbCreators = 1;
-  return sCreators;
+BITMAPS_PLUGIN_EXPORT nvinfer1::IPluginCreatorInterface* const* getCreators(
+    int32_t& nbCreators) noexcept {
+  try {
+    static bitmaps::plugin::BinaryLinearPluginCreator sBinaryLinearCreator;
+    static nvinfer1::IPluginCreatorInterface* const sCreators[] = {&sBinaryLinearCreator};
+    nbCreators = 1;
+    return sCreators;
+  } catch (...) {  // the creator's field list could not be allocated
+  }
+  nbCreators = 0;
+  return nullptr;
 }

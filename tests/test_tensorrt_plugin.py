@@ -1,8 +1,8 @@
 """The TensorRT plugin: its sources compile everywhere nvcc is; the rest where TensorRT is.
 
 Tiers (each skips with what it needs):
-- nvcc alone: every csrc/kernels/*.cu compiles for sm_80 and sm_90a, and the SASS holds the b1
-  tensor-core instructions of each path (with cuobjdump).
+- nvcc alone: every csrc/kernels/*.cu compiles for sm_80, sm_87 (Jetson Orin) and sm_90a, and the
+  SASS holds the b1 tensor-core instructions of each path (with cuobjdump).
 - TensorRT headers (TensorRT_ROOT or BITMAPS_TRT_INCLUDE): the plugin's .cpp files compile with g++;
   with libnvinfer too, the CMake project builds the library and a host program dlopens it and
   checks the creator, fields, serialization, formats and workspace (no GPU needed).
@@ -29,7 +29,11 @@ PLUGIN_CPP = [
     ROOT / "plugins" / "bitmapsPluginLibrary.cpp",
 ]
 NVCC = shutil.which("nvcc")
-GENCODE = ["-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90a,code=sm_90a"]
+GENCODE = [
+    *("-gencode", "arch=compute_80,code=sm_80"),
+    *("-gencode", "arch=compute_87,code=sm_87"),  # Jetson Orin
+    *("-gencode", "arch=compute_90a,code=sm_90a"),
+]
 
 
 def _trt_root() -> Path | None:
@@ -116,6 +120,7 @@ def _sass(obj: Path, arch: str) -> str:
     "stem,arch,instruction,absent",
     [
         ("xnor_gemm_mma", "sm_80", "BMMA.168256.XOR.POPC", "CALL.REL.NOINC `"),
+        ("xnor_gemm_mma", "sm_87", "BMMA.168256.XOR.POPC", "CALL.REL.NOINC `"),
         # On Hopper the kernel switches to AND + row popcounts: no emulated XOR subroutine calls.
         ("xnor_gemm_mma", "sm_90a", "BMMA.168256.AND.POPC", "BMMA.168256.XOR"),
         ("xnor_gemm_wgmma", "sm_90a", "BGMMA.64x128x256.AND.POPC", "BMMA"),
@@ -171,7 +176,9 @@ def test_plugin_library_builds_and_loads_on_the_host(tmp_path):
     assert " T getCreators" in exports.stdout and " T setLoggerFinder" in exports.stdout
     smoke = tmp_path / "smoke"
     cmd = ["g++", "-std=c++17", "-isystem", str(root / "include"), "-isystem", str(_cuda_include())]
-    cmd += [str(ROOT / "plugins" / "tests" / "plugin_host_smoke.cpp"), "-ldl", "-o", str(smoke)]
+    # -rdynamic: the smoke test's operator new (which can be made to fail) serves the plugin too
+    cmd += [str(ROOT / "plugins" / "tests" / "plugin_host_smoke.cpp"), "-rdynamic", "-ldl"]
+    cmd += ["-o", str(smoke)]
     subprocess.run(cmd, check=True)
     proc = subprocess.run([str(smoke), str(lib)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -212,7 +219,16 @@ def trt_with_plugin():
 
 
 def _one_node_engine(
-    trt, k: int, n: int, dtype, act_threshold: float, act_scale: float, w, w_scale, bias
+    trt,
+    k: int,
+    n: int,
+    dtype,
+    act_threshold: float,
+    act_scale: float,
+    w,
+    w_scale,
+    bias,
+    act_unsigned: int = 0,
 ):
     import numpy as np
 
@@ -230,6 +246,9 @@ def _one_node_engine(
             ),
             trt.PluginField(
                 "act_scale", np.array([act_scale], np.float32), trt.PluginFieldType.FLOAT32
+            ),
+            trt.PluginField(
+                "act_unsigned", np.array([act_unsigned], np.int32), trt.PluginFieldType.INT32
             ),
         ]
     )
@@ -271,6 +290,7 @@ def test_plugin_creator_found_by_name_version_namespace(trt_with_plugin):
         "out_features",
         "act_threshold",
         "act_scale",
+        "act_unsigned",
     ]
 
 
@@ -279,14 +299,19 @@ def test_plugin_creator_found_by_name_version_namespace(trt_with_plugin):
 @pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT (python bindings)")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("act_scale", [0.0, 0.5])
-def test_one_node_network_matches_reference_on_dynamic_shapes(trt_with_plugin, dtype, act_scale):
+@pytest.mark.parametrize("act_unsigned", [0, 1])
+def test_one_node_network_matches_reference_on_dynamic_shapes(
+    trt_with_plugin, dtype, act_scale, act_unsigned
+):
     from bitmaps.core import ops
 
     k, n = 100, 33
     w = ops.reference_pack_signs(torch.randn(n, k))
     w_scale = torch.rand(n) + 0.1
     bias = torch.randn(n)
-    engine = _one_node_engine(trt_with_plugin, k, n, dtype, 0.1, act_scale, w, w_scale, bias)
+    engine = _one_node_engine(
+        trt_with_plugin, k, n, dtype, 0.1, act_scale, w, w_scale, bias, act_unsigned
+    )
     context = engine.create_execution_context()
     for shape in [(1, 1, k), (3, 17, k), (8, 64, k)]:
         x = torch.randn(*shape, device="cuda").to(dtype)
@@ -296,10 +321,34 @@ def test_one_node_network_matches_reference_on_dynamic_shapes(trt_with_plugin, d
         context.set_tensor_address("y", y.data_ptr())
         assert context.execute_async_v3(torch.cuda.current_stream().cuda_stream)
         torch.cuda.synchronize()
-        want = ops.reference_binary_linear(x.cpu(), w, w_scale, bias, k, 0.1, act_scale)
+        want = ops.reference_binary_linear(
+            x.cpu(), w, w_scale, bias, k, 0.1, act_scale, act_unsigned
+        )
         tol = 1e-5 if dtype == torch.float32 else 2e-3
         atol = 1e-3 * float(want.float().abs().max())
         torch.testing.assert_close(y.cpu().float(), want.float(), rtol=tol, atol=atol)
+
+
+def _write_training_text(folder: Path) -> Path:
+    """Six small documents: the held-out split is by document and needs at least two."""
+    folder.mkdir()
+    words = "the state of the union is strong and the people of this nation work hard".split()
+    rng = torch.Generator().manual_seed(0)
+    for doc in range(6):
+        lines = [
+            " ".join(words[i] for i in torch.randint(len(words), (40,), generator=rng)) + "."
+            for _ in range(50)
+        ]
+        (folder / f"doc{doc}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_end_to_end_training_text_is_accepted_by_the_data_pipeline(tmp_path, bert_tiny_dir):
+    """The text the TensorRT end-to-end test trains on passes the data pipeline (runs anywhere)."""
+    from bitmaps.cli import main
+
+    text = _write_training_text(tmp_path / "text")
+    assert main(["data-stats", str(text), "--tokenizer", str(bert_tiny_dir), "--no-cache"]) == 0
 
 
 @pytest.mark.tensorrt
@@ -317,14 +366,7 @@ def test_exported_bert_tiny_student_fp16_engine_matches_pytorch(trt_with_plugin,
     from bitmaps.runtime.tensorrt import TensorRTEngine
     from bitmaps.train.models import load_model_from_checkpoint
 
-    text = tmp_path / "text.txt"
-    words = "the state of the union is strong and the people of this nation work hard".split()
-    rng = torch.Generator().manual_seed(0)
-    lines = [
-        " ".join(words[i] for i in torch.randint(len(words), (40,), generator=rng))
-        for _ in range(300)
-    ]
-    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = _write_training_text(tmp_path / "text")
     common = [
         "--data",
         str(text),

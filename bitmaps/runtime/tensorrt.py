@@ -1,13 +1,23 @@
 """TensorRT backend: build an engine from a bitmaps ONNX model with the BinaryLinear plugin, run it.
 
 :func:`build_engine` loads ``libbitmaps_trt_plugin.so`` into TensorRT's plugin registry (so that the
-ONNX parser maps every ``bitmaps::BinaryLinear`` node onto the plugin, preferred over the model's
-local fallback function since TensorRT 10.7), parses the model, sets FP16 the way the installed
+ONNX parser maps every ``bitmaps::BinaryLinear`` node onto the plugin), parses the model, sets FP16
+the way the installed
 TensorRT wants it — ``BuilderFlag.FP16`` on TensorRT 10's weakly typed networks; on TensorRT 11,
 whose networks are always strongly typed, the ONNX model itself must be FP16
 (``bitmaps export --dtype fp16``) — adds one optimization profile over (batch, sequence), and
 writes the serialized engine atomically. :class:`TensorRTEngine` runs an engine on CUDA memory
 owned by torch and :func:`compare_outputs` checks it against PyTorch.
+
+The model-local function of the same name is no TensorRT fallback in a portable export: it
+unpacks the weights with ``BitwiseAnd``, which the ONNX-TensorRT parser does not support
+(onnx-tensorrt docs/operators.md). Which one the parser tries first depends on its version:
+TensorRT 10.0-10.6 import a model-local function before looking for a plugin
+(onnx-tensorrt 10.1 ``ModelImporter.cpp``), so a portable export fails to parse there even with
+the plugin loaded; TensorRT 10.7 and later use a registered plugin first (TensorRT CHANGELOG,
+10.7.0 GA) and reach the function, and fail on it, only when the plugin is not loaded. Export
+with ``--target tensorrt`` for TensorRT: only parser-supported ops, the function's weights unpacked
+with integer Div/Mod.
 
 Everything the user can get wrong (no TensorRT, no plugin library, an unsupported node, a bad
 shape) is a :class:`~bitmaps.core.errors.BitmapsError` with one line saying what to do.
@@ -22,6 +32,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+import onnx
 
 from bitmaps.core.atomic import atomic_output, check_writable
 from bitmaps.core.config import EngineBuildConfig, parse_batch_seq
@@ -105,6 +117,25 @@ def load_plugin(trt: Any, explicit: str | os.PathLike | None = None) -> Path:
 
 def _logger(trt: Any) -> Any:
     return trt.Logger(trt.Logger.WARNING)
+
+
+def check_tensorrt_target(model_path: Path) -> None:
+    """Refuse a binary export not made with ``--target tensorrt`` (``bitmaps.target`` in its
+    metadata_props; files from before targets existed are portable), before TensorRT is loaded."""
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf raises various DecodeErrors
+        raise BitmapsError(f"{model_path} is not a readable ONNX model: {exc}") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    binary = meta.get("bitmaps.kind") == "binary" or any(
+        n.domain == PLUGIN_NAMESPACE and n.op_type == PLUGIN_NAME for n in model.graph.node
+    )
+    target = meta.get("bitmaps.target", "portable")
+    if binary and target != "tensorrt":
+        raise BitmapsError(
+            f"{model_path} is a {target} export; TensorRT needs one made with "
+            "`bitmaps export CKPT OUT.onnx --target tensorrt`"
+        )
 
 
 def _model_facts(model_path: Path) -> tuple[bool, int]:
@@ -197,6 +228,7 @@ def build_engine(
     if not model_path.is_file():
         raise BitmapsError(f"ONNX model {model_path} not found")
     output = check_writable(output)
+    check_tensorrt_target(model_path)
     trt = import_tensorrt()
     major = tensorrt_major(trt)
     plugin = load_plugin(trt, cfg.plugin)
@@ -219,7 +251,9 @@ def build_engine(
     echo(f"parsing {model_path} (TensorRT {trt.__version__}, plugin {plugin})")
     if not parser.parse_from_file(str(model_path)):
         raise BitmapsError(
-            f"TensorRT cannot build {model_path}: unsupported node: {_parse_errors(parser)}"
+            f"TensorRT cannot build {model_path}: unsupported node: {_parse_errors(parser)} "
+            "(a portable export's BinaryLinear function uses BitwiseAnd, which TensorRT lacks: "
+            "export with --target tensorrt)"
         )
     plugin_layers = sum(
         1 for i in range(network.num_layers) if network.get_layer(i).type == trt.LayerType.PLUGIN_V3
@@ -227,7 +261,8 @@ def build_engine(
     if n_binary and plugin_layers < n_binary:
         echo(
             f"  warning: only {plugin_layers} of {n_binary} BinaryLinear nodes use the plugin; the "
-            "rest run as the model's fallback function (TensorRT < 10.7 prefers local functions)"
+            "rest were imported as the model's local function (TensorRT 10.0-10.6 try it before "
+            "a plugin): correct, but a float MatMul instead of the XNOR-popcount kernel"
         )
 
     config = builder.create_builder_config()

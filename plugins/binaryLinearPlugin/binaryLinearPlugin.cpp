@@ -32,8 +32,13 @@ void logError(std::string const& message) noexcept {
   logPluginMessage(ILogger::Severity::kERROR, message);
 }
 
-void logException(char const* where, std::exception const& e) noexcept {
-  logError(std::string("bitmaps::BinaryLinear ") + where + ": " + e.what());
+// Called from catch blocks: building the message may itself throw (bad_alloc), which must not
+// leave the noexcept entry point either.
+void logException(char const* where, char const* what) noexcept {
+  try {
+    logError(std::string("bitmaps::BinaryLinear ") + where + ": " + what);
+  } catch (...) {
+  }
 }
 
 bool readInt(PluginField const& f, int64_t* value) {
@@ -89,6 +94,7 @@ bool parseBinaryLinearFields(PluginFieldCollection const* fc, BinaryLinearParams
   }
   bool haveIn = false;
   bool haveOut = false;
+  // act_unsigned is optional: engines and ONNX files written before it existed are signed (0).
   BinaryLinearParams p;
   for (int32_t i = 0; i < fc->nbFields; ++i) {
     PluginField const& f = fc->fields[i];
@@ -109,6 +115,12 @@ bool parseBinaryLinearFields(PluginFieldCollection const* fc, BinaryLinearParams
         return false;
       }
       (name == "act_threshold" ? p.act_threshold : p.act_scale) = static_cast<float>(fv);
+    } else if (name == "act_unsigned") {
+      if (!readInt(f, &iv) || (iv != 0 && iv != 1)) {
+        *error = "act_unsigned must be 0 (activations in {-1, +1}) or 1 (activations in {0, 1})";
+        return false;
+      }
+      p.act_unsigned = static_cast<int32_t>(iv);
     }
     // plugin_version / plugin_namespace and unknown attributes are not plugin state.
   }
@@ -148,6 +160,7 @@ void BinaryLinearPlugin::initFieldsToSerialize() {
   mFields.emplace_back("out_features", &mParams.out_features, PluginFieldType::kINT32, 1);
   mFields.emplace_back("act_threshold", &mParams.act_threshold, PluginFieldType::kFLOAT32, 1);
   mFields.emplace_back("act_scale", &mParams.act_scale, PluginFieldType::kFLOAT32, 1);
+  mFields.emplace_back("act_unsigned", &mParams.act_unsigned, PluginFieldType::kINT32, 1);
   mFieldCollection.nbFields = static_cast<int32_t>(mFields.size());
   mFieldCollection.fields = mFields.data();
 }
@@ -169,7 +182,9 @@ nvinfer1::IPluginV3* BinaryLinearPlugin::clone() noexcept {
   try {
     return new BinaryLinearPlugin(*this);
   } catch (std::exception const& e) {
-    logException("clone", e);
+    logException("clone", e.what());
+  } catch (...) {
+    logException("clone", "unknown exception");
   }
   return nullptr;
 }
@@ -202,7 +217,9 @@ int32_t BinaryLinearPlugin::configurePlugin(DynamicPluginTensorDesc const* in, i
     }
     return resolvePath();
   } catch (std::exception const& e) {
-    logException("configurePlugin", e);
+    logException("configurePlugin", e.what());
+  } catch (...) {
+    logException("configurePlugin", "unknown exception");
   }
   return -1;
 }
@@ -249,7 +266,9 @@ int32_t BinaryLinearPlugin::getOutputShapes(DimsExprs const* inputs, int32_t nbI
     outputs[0].d[x.nbDims - 1] = exprBuilder.constant(mParams.out_features);
     return 0;
   } catch (std::exception const& e) {
-    logException("getOutputShapes", e);
+    logException("getOutputShapes", e.what());
+  } catch (...) {
+    logException("getOutputShapes", "unknown exception");
   }
   return -1;
 }
@@ -267,16 +286,30 @@ char const* BinaryLinearPlugin::getMetadataString() noexcept {
   try {
     std::ostringstream s;
     s << "in_features=" << mParams.in_features << " out_features=" << mParams.out_features
-      << " act_threshold=" << mParams.act_threshold << " act_scale=" << mParams.act_scale;
+      << " act_threshold=" << mParams.act_threshold << " act_scale=" << mParams.act_scale
+      << " act_unsigned=" << mParams.act_unsigned;
     mMetadata = s.str();
     return mMetadata.c_str();
   } catch (std::exception const& e) {
-    logException("getMetadataString", e);
+    logException("getMetadataString", e.what());
+  } catch (...) {
+    logException("getMetadataString", "unknown exception");
   }
   return nullptr;
 }
 
 int32_t BinaryLinearPlugin::resolvePath() noexcept {
+  try {
+    return resolvePathOrThrow();
+  } catch (std::exception const& e) {
+    logException("resolvePath", e.what());
+  } catch (...) {
+    logException("resolvePath", "unknown exception");
+  }
+  return -1;
+}
+
+int32_t BinaryLinearPlugin::resolvePathOrThrow() {
   if (mPathResolved) return 0;
   namespace bc = bitmaps::cuda;
   bc::GemmPath requested = bc::GemmPath::kAuto;
@@ -302,15 +335,22 @@ int32_t BinaryLinearPlugin::resolvePath() noexcept {
 int32_t BinaryLinearPlugin::onShapeChange(PluginTensorDesc const* in, int32_t nbInputs,
                                           PluginTensorDesc const* /*out*/,
                                           int32_t nbOutputs) noexcept {
-  if (nbInputs < kMinInputs || nbInputs > kMaxInputs || nbOutputs != 1) return -1;
-  mHasBias = nbInputs == kMaxInputs;
-  nvinfer1::Dims const& x = in[0].dims;
-  if (x.nbDims < 1 || x.d[x.nbDims - 1] != mParams.in_features) {
-    logError("bitmaps::BinaryLinear: X's last dimension does not match in_features=" +
-             std::to_string(mParams.in_features));
-    return -1;
+  try {
+    if (nbInputs < kMinInputs || nbInputs > kMaxInputs || nbOutputs != 1) return -1;
+    mHasBias = nbInputs == kMaxInputs;
+    nvinfer1::Dims const& x = in[0].dims;
+    if (x.nbDims < 1 || x.d[x.nbDims - 1] != mParams.in_features) {
+      logError("bitmaps::BinaryLinear: X's last dimension does not match in_features=" +
+               std::to_string(mParams.in_features));
+      return -1;
+    }
+    return resolvePath();
+  } catch (std::exception const& e) {
+    logException("onShapeChange", e.what());
+  } catch (...) {
+    logException("onShapeChange", "unknown exception");
   }
-  return resolvePath();
+  return -1;
 }
 
 int32_t BinaryLinearPlugin::enqueue(PluginTensorDesc const* inputDesc,
@@ -329,7 +369,7 @@ int32_t BinaryLinearPlugin::enqueue(PluginTensorDesc const* inputDesc,
     cudaError_t const err = bc::binary_linear(
         inputs[0], dtype, static_cast<int32_t const*>(inputs[1]),
         static_cast<float const*>(inputs[2]), bias, m, mParams.out_features, mParams.in_features,
-        mParams.act_threshold, mParams.act_scale, outputs[0], workspace,
+        mParams.act_threshold, mParams.act_scale, mParams.act_unsigned != 0, outputs[0], workspace,
         bc::binary_linear_workspace_size(m, mParams.in_features), mPath, stream);
     if (err != cudaSuccess) {
       logError(std::string("bitmaps::BinaryLinear enqueue: ") + cudaGetErrorString(err));
@@ -337,7 +377,9 @@ int32_t BinaryLinearPlugin::enqueue(PluginTensorDesc const* inputDesc,
     }
     return 0;
   } catch (std::exception const& e) {
-    logException("enqueue", e);
+    logException("enqueue", e.what());
+  } catch (...) {
+    logException("enqueue", "unknown exception");
   }
   return -1;
 }
@@ -358,6 +400,7 @@ BinaryLinearPluginCreator::BinaryLinearPluginCreator() {
   mFieldNames.emplace_back("out_features", nullptr, PluginFieldType::kINT32, 1);
   mFieldNames.emplace_back("act_threshold", nullptr, PluginFieldType::kFLOAT32, 1);
   mFieldNames.emplace_back("act_scale", nullptr, PluginFieldType::kFLOAT32, 1);
+  mFieldNames.emplace_back("act_unsigned", nullptr, PluginFieldType::kINT32, 1);
   mFieldCollection.nbFields = static_cast<int32_t>(mFieldNames.size());
   mFieldCollection.fields = mFieldNames.data();
 }
@@ -383,7 +426,9 @@ nvinfer1::IPluginV3* BinaryLinearPluginCreator::createPlugin(
     }
     return new BinaryLinearPlugin(params);
   } catch (std::exception const& e) {
-    logException("createPlugin", e);
+    logException("createPlugin", e.what());
+  } catch (...) {
+    logException("createPlugin", "unknown exception");
   }
   return nullptr;
 }

@@ -7,7 +7,7 @@
 //            bias [N] float32 (optional)
 //   output : Y [..., N], dtype of X
 //   fields : in_features (int32), out_features (int32), act_threshold (float32), act_scale
-//   (float32)
+//            (float32), act_unsigned (int32, optional, default 0: files without it are signed)
 //
 // Written against the IPluginV3 API as it stands, unchanged, from TensorRT 10.0 to 11.1
 // (IPluginV3OneCore/Build/Runtime, IPluginCreatorV3One). Build against the headers of the TensorRT
@@ -35,6 +35,7 @@ struct BinaryLinearParams {
   int32_t out_features{0};
   float act_threshold{0.0F};
   float act_scale{0.0F};
+  int32_t act_unsigned{0};  // 1: activations binarized to {0, 1} (x - act_threshold > 0)
 };
 
 class BinaryLinearPlugin final : public nvinfer1::IPluginV3,
@@ -92,6 +93,7 @@ class BinaryLinearPlugin final : public nvinfer1::IPluginV3,
   // Resolves the GEMM path for the current device (cached); called outside enqueue, so that
   // enqueue stays free of synchronous CUDA calls (it may be captured into a CUDA graph).
   int32_t resolvePath() noexcept;
+  int32_t resolvePathOrThrow();
 
   BinaryLinearParams mParams;
   bitmaps::cuda::GemmPath mPath{bitmaps::cuda::GemmPath::kAuto};

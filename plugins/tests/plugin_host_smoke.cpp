@@ -1,16 +1,34 @@
 // Host-only smoke test of libbitmaps_trt_plugin.so, run by tests/test_tensorrt_plugin.py where
 // TensorRT headers exist: dlopen the library as TensorRT would, find the creator through
 // getCreators, and exercise everything that needs neither a GPU nor libnvinfer (fields,
-// serialization round trip, format and type rules, workspace size, clone, bad fields).
-// Prints one line per check; exits non-zero on the first failure.
+// serialization round trip, format and type rules, workspace size, clone, bad fields, and that
+// onShapeChange and friends return an error instead of letting an exception out, even when every
+// allocation fails). Prints one line per check; exits non-zero if any failed.
+// Build with -rdynamic: the replaced operator new below must also serve the dlopened plugin.
 #include <NvInferRuntime.h>
 #include <dlfcn.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <vector>
 
 using namespace nvinfer1;
+
+// While set, every operator new throws std::bad_alloc, in this program and in the plugin: an
+// entry point that builds a message without catching would call std::terminate (noexcept).
+bool gFailAllocations = false;
+long gAllocations = 0;  // proves the plugin's allocations come here (else the test is vacuous)
+
+void* operator new(std::size_t size) {
+  ++gAllocations;
+  if (gFailAllocations) throw std::bad_alloc();
+  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 namespace {
 
@@ -59,9 +77,10 @@ int main(int argc, char** argv) {
   check(std::strcmp(creator->getPluginVersion(), "1") == 0, "version 1");
   check(std::strcmp(creator->getPluginNamespace(), "bitmaps") == 0, "namespace bitmaps");
   PluginFieldCollection const* names = creator->getFieldNames();
-  check(names->nbFields == 4 && std::strcmp(names->fields[0].name, "in_features") == 0 &&
-            std::strcmp(names->fields[3].name, "act_scale") == 0,
-        "fields in_features, out_features, act_threshold, act_scale");
+  check(names->nbFields == 5 && std::strcmp(names->fields[0].name, "in_features") == 0 &&
+            std::strcmp(names->fields[3].name, "act_scale") == 0 &&
+            std::strcmp(names->fields[4].name, "act_unsigned") == 0,
+        "fields in_features, out_features, act_threshold, act_scale, act_unsigned");
 
   int32_t inFeatures = 100;
   int32_t outFeatures = 33;
@@ -73,8 +92,10 @@ int main(int argc, char** argv) {
       PluginField("act_threshold", &threshold, PluginFieldType::kFLOAT32, 1),
       PluginField("act_scale", &scale, PluginFieldType::kFLOAT32, 1)};
   PluginFieldCollection fc{static_cast<int32_t>(fields.size()), fields.data()};
+  long const allocationsBefore = gAllocations;
   IPluginV3* plugin = creator->createPlugin("layer", &fc, TensorRTPhase::kBUILD);
-  check(plugin != nullptr, "createPlugin with the four fields");
+  check(plugin != nullptr, "createPlugin with the four fields of an engine without act_unsigned");
+  check(gAllocations > allocationsBefore, "the plugin allocates through this program's new");
   if (plugin == nullptr) return 1;
 
   auto* core =
@@ -103,6 +124,34 @@ int main(int argc, char** argv) {
     check(same, "serialized fields survive the round trip");
     delete again;
   }
+  check(ser->nbFields == 5 && std::strcmp(ser->fields[4].name, "act_unsigned") == 0 &&
+            *static_cast<int32_t const*>(ser->fields[4].data) == 0,
+        "act_unsigned serialized, 0 when the node had none");
+
+  int32_t unsignedAct = 1;
+  std::vector<PluginField> fields5 = fields;
+  fields5.emplace_back("act_unsigned", &unsignedAct, PluginFieldType::kINT32, 1);
+  PluginFieldCollection fc5{static_cast<int32_t>(fields5.size()), fields5.data()};
+  IPluginV3* twoSet = creator->createPlugin("relu_input", &fc5, TensorRTPhase::kBUILD);
+  check(twoSet != nullptr, "createPlugin with act_unsigned=1");
+  if (twoSet != nullptr) {
+    auto* rt = static_cast<IPluginV3OneRuntime*>(
+        twoSet->getCapabilityInterface(PluginCapabilityType::kRUNTIME));
+    PluginFieldCollection const* s5 = rt->getFieldsToSerialize();
+    IPluginV3* back = creator->createPlugin("relu_input", s5, TensorRTPhase::kRUNTIME);
+    auto* rtBack = back == nullptr ? nullptr
+                                   : static_cast<IPluginV3OneRuntime*>(back->getCapabilityInterface(
+                                         PluginCapabilityType::kRUNTIME));
+    check(rtBack != nullptr &&
+              *static_cast<int32_t const*>(rtBack->getFieldsToSerialize()->fields[4].data) == 1,
+          "act_unsigned=1 survives the round trip");
+    delete back;
+    delete twoSet;
+  }
+  int32_t two = 2;
+  fields5.back() = PluginField("act_unsigned", &two, PluginFieldType::kINT32, 1);
+  check(creator->createPlugin("bad", &fc5, TensorRTPhase::kBUILD) == nullptr,
+        "act_unsigned=2 rejected");
 
   // Formats: X fp32/fp16, W int32, w_scale/bias fp32, Y = dtype of X.
   std::vector<DynamicPluginTensorDesc> io{
@@ -144,6 +193,36 @@ int main(int argc, char** argv) {
   IPluginV3* copy = plugin->clone();
   check(copy != nullptr && copy != plugin, "clone");
   delete copy;
+
+  // onShapeChange: a wrong K is an error code; a right one resolves the GEMM path (0 on a GPU,
+  // an error code on a machine without one). Neither may throw.
+  std::vector<PluginTensorDesc> rt{io[0].desc, io[1].desc, io[2].desc, io[3].desc};
+  PluginTensorDesc outDesc = io[4].desc;
+  rt[0].dims.d[2] = 99;
+  check(runtime->onShapeChange(rt.data(), 4, &outDesc, 1) == -1, "onShapeChange: wrong K is -1");
+  rt[0].dims.d[2] = 100;
+  int32_t const rc = runtime->onShapeChange(rt.data(), 4, &outDesc, 1);
+  check(rc == 0 || rc == -1, "onShapeChange: right K returns a status (GPU path or no GPU)");
+  check(runtime->onShapeChange(rt.data(), 2, &outDesc, 1) == -1, "onShapeChange: 2 inputs is -1");
+
+  // With every allocation failing, building the error message throws std::bad_alloc inside the
+  // plugin: it must come back as -1 / nullptr, not as std::terminate.
+  rt[0].dims.d[2] = 99;
+  std::vector<DynamicPluginTensorDesc> badIo = io;
+  badIo[0].desc.dims.d[2] = 99;
+  gFailAllocations = true;
+  int32_t const shapeRc = runtime->onShapeChange(rt.data(), 4, &outDesc, 1);
+  int32_t const configRc = build->configurePlugin(badIo.data(), 4, &badIo[4], 1);
+  char const* meta = build->getMetadataString();
+  IPluginV3* noCopy = plugin->clone();
+  gFailAllocations = false;
+  check(shapeRc == -1, "onShapeChange with failing allocations is -1, no exception");
+  check(configRc == -1, "configurePlugin with failing allocations is -1, no exception");
+  // getMetadataString's stream may swallow bad_alloc itself (badbit); returning at all is the test.
+  std::printf("ok: getMetadataString with failing allocations returned (%s)\n",
+              meta == nullptr ? "null" : "a string");
+  check(noCopy == nullptr, "clone with failing allocations is null, no exception");
+  delete noCopy;
   delete plugin;
 
   // Bad fields come back as nullptr, never as an exception.
