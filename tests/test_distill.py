@@ -344,3 +344,101 @@ def test_fp16_teacher_and_autocast_student_on_cuda() -> None:
     loss.backward()
     assert torch.isfinite(loss.detach()) and all(v == v for v in parts.values())
     assert student.model.bert.encoder.layer[0].attention.self.query.weight.grad is not None
+
+
+# --------------------------------------------------------------------------- issue 13 options
+
+
+@pytest.mark.parametrize("pad", [True, False], ids=["padded", "packed"])
+def test_layer_normalized_mse_terms_against_hand_computation(pad: bool) -> None:
+    teacher, other = _bert(2, init=0.2), _bert(1, init=0.2)
+    cfg = DistillConfig(lambda_hidden=1.0, lambda_attn=1.0, mse_norm="layer")
+    _, parts = DistillationObjective(teacher, cfg)(MaskedLMModel(other), _batch(pad=pad))
+    _, raw = DistillationObjective(teacher, cfg.replace(mse_norm="none"))(
+        MaskedLMModel(other), _batch(pad=pad)
+    )
+    batch = _batch(pad=pad)
+    mask = batch["attention_mask"].bool()
+    kw = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        t_hs = teacher.bert(**kw, output_hidden_states=True).hidden_states
+        s_hs = other.bert(**kw, output_hidden_states=True).hidden_states
+    pairs = [(0, 0), (1, 2)]  # embeddings, student layer 1 ↔ teacher layer 2
+    rel = [
+        float(((s_hs[j] - t_hs[g])[mask] ** 2).mean() / (t_hs[g][mask] ** 2).mean())
+        for j, g in pairs
+    ]
+    assert parts["hidden"] == pytest.approx(sum(rel) / 2, rel=1e-4)
+    assert parts["hidden"] != pytest.approx(raw["hidden"], rel=1e-2)
+    # one attention pair: the relative error is the raw MSE over the teacher's mean square
+    with torch.no_grad():
+        att = teacher.bert.encoder.layer[1].attention.self
+        q = att.query(t_hs[1]).view(4, 16, 2, 16).transpose(1, 2)
+        k = att.key(t_hs[1]).view(4, 16, 2, 16).transpose(1, 2)
+        t_scores = q @ k.transpose(-1, -2) / 4.0
+    valid = (mask[:, None, :, None] & mask[:, None, None, :]).expand_as(t_scores)
+    ms = float((t_scores[valid] ** 2).mean())
+    assert parts["attn"] == pytest.approx(raw["attn"] / ms, rel=1e-4)
+
+
+def test_hidden_layers_last_matches_only_the_last_layer() -> None:
+    teacher, other = _bert(2, init=0.2), _bert(2, init=0.2)
+    batch = _batch(pad=False)
+    cfg = DistillConfig(lambda_hidden=1.0, lambda_attn=0.0, hidden_layers="last")
+    _, parts = DistillationObjective(teacher, cfg)(MaskedLMModel(other), batch)
+    kw = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        t = teacher.bert(**kw).last_hidden_state
+        s = other.bert(**kw).last_hidden_state
+    assert parts["hidden"] == pytest.approx(float(F.mse_loss(s, t)), rel=1e-5)
+
+
+def test_intermediate_teacher_of_the_multistep_schedule() -> None:
+    teacher = _bert(2, init=0.2)
+    student = copy.deepcopy(teacher)
+    bcfg = BinarizeConfig(
+        activation_quantizer="elastic", schedule="bit_multistep", activation_start_step=2
+    )
+    binarize_(student, bcfg)
+    cfg = DistillConfig(multistep_teacher="intermediate")
+    objective = DistillationObjective(teacher, cfg, binarize=bcfg)
+    wrapped = MaskedLMModel(student).train()
+    batch = _batch()
+    objective.on_step(0, student)
+    objective.on_step(1, student)
+    assert objective.teacher.model is teacher  # the FP teacher during W1A32
+    objective(wrapped, batch)[0].backward()
+    objective.on_step(2, student)  # first W1A1 step: the W1A32 student, frozen, teaches
+    new = objective.teacher
+    assert new.model is not teacher and not new.training
+    assert all(not p.requires_grad for p in new.parameters())
+    frozen = [m for m in new.modules() if isinstance(m, BinaryLinear)]
+    live = [m for m in student.modules() if isinstance(m, BinaryLinear)]
+    assert len(frozen) == 12 and all(not m.binarize_activations for m in frozen)
+    assert all(m.binarize_activations for m in live)
+    kw = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        set_phase = copy.deepcopy(student)
+        for m in set_phase.modules():
+            if isinstance(m, BinaryLinear):
+                m.set_phase(True, False)
+        expected = set_phase.eval()(**kw).logits
+        assert torch.equal(new.model(**kw).logits, expected)
+    loss, parts = objective(wrapped, batch)
+    assert torch.isfinite(loss) and parts["hidden"] > 0
+    resumed = DistillationObjective(teacher, cfg, binarize=bcfg)
+    with pytest.raises(BitmapsError, match="cannot resume at step 3: .*restart the run"):
+        resumed.on_step(3, student)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"mse_norm": "batch"}, "mse_norm must be one of none, layer"),
+        ({"hidden_layers": "first"}, "hidden_layers must be one of all, last"),
+        ({"multistep_teacher": "self"}, "multistep_teacher must be one of teacher, intermediate"),
+    ],
+)
+def test_bad_new_distill_fields(kwargs, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        DistillConfig(**kwargs)

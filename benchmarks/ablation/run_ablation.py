@@ -16,6 +16,13 @@ the end (also written to ``runs/ablation/table-GROUP.md``) is what RESULTS.md sh
     python benchmarks/ablation/run_ablation.py --group main    # the ablation rows
     python benchmarks/ablation/run_ablation.py --group extra --jobs 1 --threads 2  # 3000 steps
     python benchmarks/ablation/run_ablation.py --only ste_full --dry-run
+    python benchmarks/ablation/run_ablation.py --group recipe --jobs 1 --teacher T.pt  # 300 steps
+
+The ``recipe`` group (issue 13) varies one ingredient of BiT's recipe or of the distillation at a
+time against the 300-step ``elastic, logits + MLM`` row: two-set binarization, ReLU, centred
+weights, each distillation term raw and per-layer normalized, attention scores vs probabilities,
+the multi-step order. Run it with ``--jobs 1``: ``cpu_s`` (the training process's CPU time) is
+exact only then.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import shlex
 import subprocess
 import sys
@@ -113,6 +121,63 @@ RUNS: tuple[Run, ...] = (
 )
 
 
+def _recipe(name: str, label: str, *sets: str, config: str = "elastic_logits.json") -> Run:
+    base = ("train.steps=300", "train.eval_every=0", "train.save_every=100")
+    return Run(name, config, "recipe", label, (*base, *sets))
+
+
+RECIPE: tuple[Run, ...] = (
+    _recipe("r300-logits", "elastic, logits + MLM (base)"),
+    _recipe("r300-twoset", "base + ReLU + two-set (FFN output {0,1})", "binarize.activation=relu"),
+    _recipe(
+        "r300-full", "base + hidden 1 + attn scores 0.1 (raw Σ MSE)", config="elastic_full.json"
+    ),
+    _recipe(
+        "r300-hidden-norm",
+        "base + hidden 1 (per-layer normalized)",
+        "distill.lambda_hidden=1",
+        "distill.mse_norm=layer",
+    ),
+    _recipe("r300-center", "base + centred weights", "binarize.center_weights=true"),
+    _recipe(
+        "r300-relu-signed",
+        "base + ReLU, signed inputs",
+        "binarize.activation=relu",
+        "binarize.unsigned_modules=[]",
+    ),
+    _recipe("r300-hidden-raw", "base + hidden 1 (raw Σ MSE)", "distill.lambda_hidden=1"),
+    _recipe(
+        "r300-attn-probs-norm",
+        "base + attn probs 1 (per-layer normalized)",
+        "distill.lambda_attn=1",
+        "distill.attention_target=probs",
+        "distill.mse_norm=layer",
+    ),
+    _recipe(
+        "r300-attn-scores-norm",
+        "base + attn scores 1 (per-layer normalized)",
+        "distill.lambda_attn=1",
+        "distill.mse_norm=layer",
+    ),
+    _recipe(
+        "r300-multistep-teacher",
+        "base, multi-step W1A32 → W1A1 at 150, FP teacher",
+        "binarize.schedule=bit_multistep",
+        "binarize.activation_start_step=150",
+    ),
+    _recipe(
+        "r300-multistep-intermediate",
+        "base, multi-step, W1A32 student teaches W1A1 (BiT)",
+        "binarize.schedule=bit_multistep",
+        "binarize.activation_start_step=150",
+        "distill.multistep_teacher=intermediate",
+        "distill.lambda_hidden=1",
+        "distill.mse_norm=layer",
+    ),
+)
+RUNS = RUNS + RECIPE
+
+
 def sotu_path() -> str:
     out = subprocess.run(
         [*BITMAPS, "assets", "path", "sotu"], capture_output=True, text=True, check=True, cwd=ROOT
@@ -162,6 +227,11 @@ def shown(args: list[str], data: str) -> str:
     """The command as a user types it, with the text folder as $SOTU."""
     text = shlex.join(["bitmaps", *args]).replace(data, "$SOTU")
     return f"OMP_NUM_THREADS={JOB_ENV['OMP_NUM_THREADS']} nice -n 19 " + text
+
+
+def children_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def call(args: list[str], log: Path | None = None) -> tuple[str, float]:
@@ -214,7 +284,9 @@ def run_student(run: Run, data: str, teacher: str, force: bool) -> dict:
         f"[{time.strftime('%H:%M:%S')}] start {run.name}{' (resume)' if resumed else ''}",
         flush=True,
     )
+    cpu0 = children_cpu_s()
     _, wall = call([*args, "--resume"], log)
+    cpu = children_cpu_s() - cpu0
     ev = evaluate(str(ckpt.relative_to(ROOT)), data, OUT / f"{run.name}.eval.json")
     config = json.loads((HERE / run.config).read_text())
     record = {
@@ -225,6 +297,7 @@ def run_student(run: Run, data: str, teacher: str, force: bool) -> dict:
         "sets": list(run.sets),
         "command": shown(args, data),
         "train_wall_s": wall,
+        "train_cpu_s": cpu,
         "resumed": resumed,
         "eval": ev,
         "machine": machine(),
@@ -285,7 +358,7 @@ def table(records: list[dict], teacher: dict, base: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--group", choices=["pilot", "main", "extra", "all"], default="main")
+    p.add_argument("--group", choices=["pilot", "main", "extra", "recipe", "all"], default="main")
     p.add_argument("--only", nargs="*", help="run names (see RUNS)")
     p.add_argument("--jobs", type=int, default=2, help="training jobs at once")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per training job")

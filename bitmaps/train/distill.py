@@ -10,6 +10,10 @@
 
 (Hinton et al. 2015 for the T² KL; TinyBERT, Jiao et al. 2020, for the hidden-state and attention
 terms and the uniform layer map g(j) = ⌊j·T_L/S_L⌋.) Each MSE is the mean over its valid elements.
+With ``mse_norm="layer"`` each is divided by the teacher's mean square at that layer (a relative
+error: BERT's hidden states and attention scores differ in scale from layer to layer, and the raw
+sums weighed several times the KL) and Σ_j becomes the mean over j. ``hidden_layers="last"`` keeps
+only j = S.
 
 Attention: A is either the pre-softmax scores q·kᵀ/√d per head (``attention_target="scores"``,
 TinyBERT's choice: they carry more information than probabilities, which saturate) or their softmax
@@ -25,6 +29,7 @@ The teacher runs under ``torch.no_grad()`` in eval mode: FP16 on CUDA, FP32 on C
 from __future__ import annotations
 
 import contextlib
+import copy
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -161,16 +166,12 @@ class DistillationObjective:
     ) -> None:
         self.cfg = cfg if cfg is not None else DistillConfig()
         self.binarize = binarize
-        if not isinstance(teacher, MaskedLMModel):
-            teacher = MaskedLMModel(teacher)
-        device = torch.device(device) if device is not None else next(teacher.parameters()).device
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-        self.teacher = teacher.to(device=device, dtype=dtype).eval().requires_grad_(False)
-        self._teacher_device = device
-        self._teacher_layout = encoder_layout(self.teacher)
-        self._teacher_heads = hf_model(self.teacher).config.num_attention_heads
+        self._intermediate = False
         self._student: weakref.WeakKeyDictionary[nn.Module, tuple[EncoderLayout, list[int]]]
-        self._student = weakref.WeakKeyDictionary()
+        if device is None:
+            device = next(teacher.parameters()).device
+        self._teacher_device = torch.device(device)
+        self._set_teacher(teacher)
 
     def _teacher_precision(self) -> contextlib.AbstractContextManager:
         """FP16 autocast on CUDA (overriding a bf16 autocast of the trainer), none on CPU."""
@@ -180,9 +181,41 @@ class DistillationObjective:
         return torch.autocast(device.type, enabled=False)
 
     def on_step(self, step: int, model: nn.Module) -> None:
-        """Set the student's binarization phase for ``step`` (BiT multi-step schedule)."""
-        if self.binarize is not None:
-            set_binarization_phase_(model, *binarization_phase_for_step(step, self.binarize))
+        """Set the student's binarization phase for ``step`` (BiT multi-step schedule).
+
+        With ``multistep_teacher="intermediate"``, at the first W1A1 step a frozen copy of the
+        W1A32 student becomes the teacher (BiT's multi-distillation). That copy is not saved, so
+        a run resumed after that step is refused rather than continued with the wrong teacher.
+        """
+        if self.binarize is None:
+            return
+        phase = binarization_phase_for_step(step, self.binarize)
+        if (
+            self.cfg.multistep_teacher == "intermediate"
+            and self.binarize.schedule == "bit_multistep"
+            and not self._intermediate
+        ):
+            start = self.binarize.activation_start_step
+            if step > start:
+                raise BitmapsError(
+                    f"cannot resume at step {step}: distill.multistep_teacher=intermediate took "
+                    f"its teacher from the student at step {start}, which the checkpoint does "
+                    "not hold; restart the run"
+                )
+            if step == start:
+                self._set_teacher(copy.deepcopy(hf_model(model)))
+                self._intermediate = True
+        set_binarization_phase_(model, *phase)
+
+    def _set_teacher(self, teacher: nn.Module) -> None:
+        if not isinstance(teacher, MaskedLMModel):
+            teacher = MaskedLMModel(teacher)
+        dtype = torch.float16 if self._teacher_device.type == "cuda" else torch.float32
+        self.teacher = teacher.to(device=self._teacher_device, dtype=dtype)
+        self.teacher.eval().requires_grad_(False)
+        self._teacher_layout = encoder_layout(self.teacher)
+        self._teacher_heads = hf_model(self.teacher).config.num_attention_heads
+        self._student = weakref.WeakKeyDictionary()  # layer maps against the new teacher
 
     def _student_plan(self, model: nn.Module) -> tuple[EncoderLayout, list[int]]:
         """The student's layout and layer map, checked once per model object."""
@@ -226,9 +259,11 @@ class DistillationObjective:
         full = bool(mask.all())  # packed text has no padding: plain means, fewer temporaries
         if want_hidden:
             pairs = list(zip(range(layout.num_layers + 1), [0, *mapping], strict=True))
+            if cfg.hidden_layers == "last":
+                pairs = pairs[-1:]
             terms["hidden"] = (
                 cfg.lambda_hidden,
-                self._hidden_mse(out, teacher_out, pairs, mask, full),
+                self._hidden_mse(out, teacher_out, pairs, mask, full, cfg.mse_norm == "layer"),
             )
         if want_attn:
             terms["attn"] = (
@@ -287,6 +322,7 @@ class DistillationObjective:
         pairs: list[tuple[int, int]],
         mask: torch.Tensor,
         full: bool,
+        normalize: bool = False,
     ) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float32, device=mask.device)
         weight = mask.unsqueeze(-1).float()
@@ -294,10 +330,11 @@ class DistillationObjective:
         for j, g in pairs:
             s, t = out.hidden_states[j].float(), teacher.hidden_states[g].float()
             if full:
-                total = total + F.mse_loss(s, t)
+                mse = F.mse_loss(s, t)
             else:
-                total = total + ((s - t).square() * weight).sum() / denom
-        return total
+                mse = ((s - t).square() * weight).sum() / denom
+            total = total + (mse / _mean_square(t, weight, denom, full) if normalize else mse)
+        return total / len(pairs) if normalize else total
 
     def _attention_mse(
         self,
@@ -309,6 +346,7 @@ class DistillationObjective:
         full: bool,
     ) -> torch.Tensor:
         heads, target = self._teacher_heads, self.cfg.attention_target
+        normalize = self.cfg.mse_norm == "layer"
         pair_mask = (mask[:, None, :, None] & mask[:, None, None, :]).float()
         denom = pair_mask.sum().clamp_min(1.0) * heads
         total = torch.zeros((), dtype=torch.float32, device=mask.device)
@@ -320,10 +358,22 @@ class DistillationObjective:
                 t_q, t_k = t_qk[t_layout.path(g - 1, "query")], t_qk[t_layout.path(g - 1, "key")]
                 t_att = _attention(t_q, t_k, heads, mask, target)
             if full:
-                total = total + F.mse_loss(s_att, t_att)
+                mse = F.mse_loss(s_att, t_att)
             else:
-                total = total + ((s_att - t_att).square() * pair_mask).sum() / denom
-        return total
+                mse = ((s_att - t_att).square() * pair_mask).sum() / denom
+            if normalize:
+                mse = mse / _mean_square(t_att, pair_mask, denom, full)
+            total = total + mse
+        return total / len(mapping) if normalize else total
+
+
+def _mean_square(
+    t: torch.Tensor, weight: torch.Tensor, denom: torch.Tensor, full: bool
+) -> torch.Tensor:
+    """mean(t²) over the valid elements (no gradient: ``t`` is the teacher's), floored at 1e-12."""
+    with torch.no_grad():
+        ms = t.square().mean() if full else (t.square() * weight).sum() / denom
+        return ms.clamp_min(1e-12)
 
 
 DistillationLoss = DistillationObjective
