@@ -1,0 +1,217 @@
+"""Export targets (``bitmaps export --target``): onnxruntime parity, the TensorRT op list, the
+metadata every export records, and ``build-engine`` refusing a model not made for TensorRT.
+
+Two exports, once each per module: the BERT-tiny student (the cached asset, binarized with the
+default config) for the onnxruntime target, and a small random student (K = 100: padding bits,
+elastic quantizer: β ≠ 0) for the tensorrt target. The FP16 onnxruntime export is ``slow``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+import torch
+from onnx import helper
+from test_export import small_student
+
+from bitmaps import __version__
+from bitmaps.cli import main
+from bitmaps.core.config import BinarizeConfig, ExportConfig
+from bitmaps.core.ops import reference_binary_linear
+from bitmaps.core.ort import function_session
+from bitmaps.export.onnx_export import model_metadata
+from bitmaps.export.onnx_function import binary_linear_function, binary_linear_nodes
+from bitmaps.export.pipeline import export_verified
+from bitmaps.export.targets import TENSORRT_OPS, ops_outside_tensorrt
+from bitmaps.export.verify import Batch, verify_onnx
+from bitmaps.runtime.onnxruntime import single_node_model
+from bitmaps.train.binary_linear import binarize_
+
+MS = "com.microsoft"
+
+
+def _bert_tiny_student():  # noqa: ANN202
+    from bitmaps.train.models import load_model
+
+    torch.manual_seed(0)
+    loaded = load_model("bert-tiny")
+    binarize_(loaded.model, BinarizeConfig())
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def onnxruntime_export(bert_tiny_dir):
+    loaded = _bert_tiny_student()
+    cfg = ExportConfig(target="onnxruntime")
+    return export_verified(loaded.model, cfg, binary=True, tokenizer=loaded.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tensorrt_export():
+    return export_verified(small_student(), ExportConfig(target="tensorrt"), binary=True)
+
+
+def _ops(model: onnx.ModelProto) -> set[str]:
+    nodes = [*model.graph.node, *(n for f in model.functions for n in f.node)]
+    return {f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in nodes}
+
+
+# --------------------------------------------------------------------------- onnxruntime
+
+
+def test_onnxruntime_target_fuses_attention_and_matches_pytorch(onnxruntime_export):
+    result = onnxruntime_export
+    model, config = result.model, result.wrapper.model.config
+    mha = [n for n in model.graph.node if (n.domain, n.op_type) == (MS, "MultiHeadAttention")]
+    assert len(mha) == config.num_hidden_layers
+    assert all(helper.get_attribute_value(a) == config.num_attention_heads
+               for n in mha for a in n.attribute if a.name == "num_heads")  # fmt: skip
+    # the eager attention (Softmax and the head transposes) is gone; BinaryLinear feeds MHA
+    assert "ai.onnx::Softmax" not in _ops(model)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in mha:
+        assert [producers[x].op_type for x in node.input[:3]] == ["BinaryLinear"] * 3
+    assert len(binary_linear_nodes(model)) == 6 * config.num_hidden_layers
+    # verified layer by layer against PyTorch on both ONNX Runtime paths before it was returned
+    assert result.report.ok and result.report.worst() < 1e-5
+    ids = torch.randint(0, config.vocab_size, (3, 19), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[2, 11:] = 0
+    report = verify_onnx(model, result.wrapper, [Batch("3x19", ids, mask)], 1e-4, ("function",))
+    assert report.ok, report.failure()
+
+
+def test_onnxruntime_target_runs_in_plain_onnxruntime(onnxruntime_export):
+    session = function_session(onnxruntime_export.model)
+    ids = np.array([[101, 2023, 2003, 1037, 3231, 102]], dtype=np.int64)
+    (logits,) = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    assert logits.shape == (1, 6, onnxruntime_export.wrapper.model.config.vocab_size)
+    assert np.isfinite(logits).all()
+
+
+@pytest.mark.slow
+def test_onnxruntime_target_fp16(bert_tiny_dir):
+    loaded = _bert_tiny_student()
+    cfg = ExportConfig(target="onnxruntime", dtype="fp16")
+    result = export_verified(loaded.model, cfg, binary=True, tokenizer=loaded.tokenizer)
+    assert result.report.ok
+    assert f"{MS}::MultiHeadAttention" in _ops(result.model)
+
+
+# --------------------------------------------------------------------------- tensorrt
+
+
+def test_tensorrt_target_has_only_parser_supported_ops(tensorrt_export):
+    model = tensorrt_export.model
+    ops = _ops(model)
+    assert "bitmaps::BinaryLinear" in ops
+    outside = {op for op in ops if op.split("::")[1] not in TENSORRT_OPS} - {"bitmaps::BinaryLinear"}
+    assert outside == set(), outside  # main graph and the fallback function
+    assert {op.split("::")[0] for op in ops} == {"ai.onnx", "bitmaps"}
+    (fn,) = model.functions
+    assert not {"BitwiseAnd", "BitShift"} & {n.op_type for n in fn.node}
+    for node in binary_linear_nodes(model):  # what makes the parser pick the plugin
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        assert (attrs["plugin_version"], attrs["plugin_namespace"]) == (b"1", b"bitmaps")
+    assert tensorrt_export.report.ok
+
+
+def test_op_list_check_sees_unsupported_ops(tensorrt_export):
+    portable = ir.from_proto(tensorrt_export.model)
+    portable.functions.clear()
+    proto = ir.to_proto(portable)
+    proto.functions.append(binary_linear_function(20))  # the portable one: BitwiseAnd
+    assert ops_outside_tensorrt(ir.from_proto(proto)) == ["ai.onnx::BitwiseAnd"]
+    assert ops_outside_tensorrt(ir.from_proto(tensorrt_export.model)) == []
+
+
+@pytest.mark.parametrize("k", [1, 31, 32, 33, 100])
+def test_tensorrt_fallback_function_matches_reference(k):
+    model, t = single_node_model(k, 9, 0.25, 0.0)
+    model.functions[0].CopyFrom(binary_linear_function(20, unpack="arithmetic"))
+    onnx.checker.check_model(model, full_check=True)
+    t["W"][0, 0] = -(2**31)  # only the sign bit set
+    t["W"][1, 0] = -1  # every bit set
+    for init in model.graph.initializer:
+        if init.name == "W":
+            init.CopyFrom(onnx.numpy_helper.from_array(t["W"].numpy(), "W"))
+    x = torch.randn(4, k)
+    y = function_session(model).run(None, {"X": x.numpy()})[0]
+    ref = reference_binary_linear(x, t["W"], t["w_scale"], t["bias"], k, 0.25, 0.0)
+    assert np.abs(y - ref.numpy()).max() <= 1e-5 * max(1.0, ref.abs().max().item())
+
+
+# --------------------------------------------------------------------------- metadata, build-engine
+
+
+def test_metadata_records_target_dtype_and_version(onnxruntime_export, tensorrt_export):
+    for result, target in ((onnxruntime_export, "onnxruntime"), (tensorrt_export, "tensorrt")):
+        meta = model_metadata(result.model)
+        assert (meta["target"], meta["dtype"], meta["version"]) == (target, "fp32", __version__)
+        assert meta["kind"] == "binary"
+        assert int(meta["binary_linear_nodes"]) == len(binary_linear_nodes(result.model))
+
+
+def _build_engine(path, tmp_path, capsys) -> tuple[int, str]:  # noqa: ANN001
+    code = main(["build-engine", str(path), "-o", str(tmp_path / "m.engine")])
+    return code, capsys.readouterr().err
+
+
+def test_build_engine_refuses_an_export_for_another_target(tensorrt_export, tmp_path, capsys):
+    other = onnx.ModelProto()
+    other.CopyFrom(tensorrt_export.model)
+    for prop in other.metadata_props:
+        if prop.key == "bitmaps.target":
+            prop.value = "portable"
+    path = tmp_path / "portable.onnx"
+    onnx.save(other, str(path))
+    code, err = _build_engine(path, tmp_path, capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "--target tensorrt" in lines[0], err
+    assert "Traceback" not in err and not (tmp_path / "m.engine").exists()
+    # a file with no bitmaps metadata (written before targets existed) counts as portable
+    del other.metadata_props[:]
+    onnx.save(other, str(path))
+    code, err = _build_engine(path, tmp_path, capsys)
+    assert code == 2 and "portable export" in err
+
+
+def test_build_engine_accepts_a_tensorrt_export(tensorrt_export, tmp_path, capsys):
+    path = tmp_path / "trt.onnx"
+    onnx.save(tensorrt_export.model, str(path))
+    code, err = _build_engine(path, tmp_path, capsys)
+    assert "--target tensorrt" not in err  # past the target check: TensorRT itself, or its absence
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_export_cli_target_option(tmp_path, capsys):
+    code = main(["export", "student.pt", str(tmp_path / "o.onnx"), "--target", "tflite"])
+    err = capsys.readouterr().err
+    assert code == 2 and "tflite" in err and "Traceback" not in err
+    assert ExportConfig().target == "portable"
+    with pytest.raises(Exception, match="target"):
+        ExportConfig(target="tflite")
+
+
+def test_tensorrt_target_refuses_an_unsupported_op():
+    """A pass that adds an op the parser lacks makes the export fail with one line (exit 2)."""
+    from bitmaps.core.errors import BitmapsError
+    from bitmaps.export.pipeline import _check_target
+
+    graph = ir.Graph([], [], nodes=[], opset_imports={"": 20}, name="g")
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.INT32), shape=ir.Shape([2]))
+    graph.inputs.append(x)
+    node = ir.node("BitShift", [x, x], {"direction": "LEFT"})
+    graph.append(node)
+    graph.outputs.append(node.outputs[0])
+    model = ir.Model(graph, ir_version=10)
+
+    class Wrapper:  # only the config is read
+        class model:  # noqa: N801
+            config = type("C", (), {"num_hidden_layers": 0})
+
+    with pytest.raises(BitmapsError, match="BitShift"):
+        _check_target(model, Wrapper, ExportConfig(target="tensorrt"))
