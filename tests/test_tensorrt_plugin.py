@@ -157,7 +157,7 @@ def test_plugin_sources_compile_against_tensorrt_headers(src):
 @pytest.mark.slow
 def test_plugin_library_builds_and_loads_on_the_host(tmp_path):
     root = _trt_root()
-    if root is None or not any((root / d).glob("libnvinfer.so*") for d in ("lib", "lib64")):
+    if root is None or not any(any((root / d).glob("libnvinfer.so*")) for d in ("lib", "lib64")):
         pytest.skip("needs TensorRT headers and libnvinfer: set TensorRT_ROOT")
     if NVCC is None or shutil.which("cmake") is None:
         pytest.skip("needs cmake and nvcc")
