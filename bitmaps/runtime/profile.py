@@ -39,6 +39,8 @@ from bitmaps.core.ops import native_status
 from bitmaps.core.progress import ProgressReporter
 from bitmaps.data.assets import cache_root
 from bitmaps.data.corpus import build_corpus, eval_batches
+from bitmaps.data.labelled import build_labelled, classify_batches, read_labelled
+from bitmaps.metrics.classify import evaluate_classifier
 from bitmaps.metrics.evaluate import evaluate_model
 from bitmaps.runtime import backends as B
 from bitmaps.runtime.artifacts import engine_artifact, kernel_artifact, onnx_artifact
@@ -178,6 +180,8 @@ def _accuracy(job: ProfileJob, models: list[str], log: Log) -> tuple[dict, dict]
         )
     first = next(iter(loaded.values()))
     data_cfg = DataConfig()
+    if first.task == "classify":
+        return _classify_accuracy(job, loaded, data_cfg, log)
     corpus = build_corpus(job.data, first.tokenizer, data_cfg, log=log)
     heldout = corpus.heldout
     if job.config.eval_sequences:
@@ -198,6 +202,35 @@ def _accuracy(job: ProfileJob, models: list[str], log: Log) -> tuple[dict, dict]
         "masked_tokens": int(next(iter(scores.values())).get("masked_tokens", 0)),
         "how": f"torch on {device}, MLM head, each model in its own dtype, fixed eval masks; "
         "the same numbers on every backend row of a model",
+    }
+    return scores, meta
+
+
+def _classify_accuracy(job: ProfileJob, loaded: dict, data_cfg: DataConfig, log: Log) -> tuple:
+    """Classifiers: held-out accuracy and macro-F1 (labelled data, split as for training)."""
+    first = next(iter(loaded.values()))
+    labels = first.labels or ()
+    split = build_labelled(
+        read_labelled(job.data, labels=labels), first.tokenizer, data_cfg
+    ).heldout
+    device = "cuda" if B.torch.cuda.is_available() and job.config.device != "cpu" else "cpu"
+    n = min(job.config.eval_sequences or len(split), len(split))
+    scores = {}
+    for m, x in loaded.items():
+        model = x.model
+        if m == "binary":
+            pack_binary_linears_(model)
+        model = model.to(device=device, dtype=B.float_dtype(m, device))
+        log(f"scoring {m} on {n} held-out documents ...")
+        batches = classify_batches(split, batch_size=32, max_examples=n)
+        r = evaluate_classifier(model, batches, len(labels), label_names=labels)
+        scores[m] = {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
+    meta = {
+        "data": [str(p) for p in job.data],
+        "documents": n,
+        "labels": list(labels),
+        "how": f"torch on {device}, classifier logits, each model in its own dtype; accuracy and "
+        "macro-F1 on the held-out documents",
     }
     return scores, meta
 
