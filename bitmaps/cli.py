@@ -112,7 +112,8 @@ def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio,
 
     from bitmaps.core.config import DataConfig, TrainConfig
 
-    train_opts = dict(stage=stage, task=task, steps=steps, batch_size=batch_size, lr=lr, warmup_ratio=warmup_ratio,
+    train_opts = dict(stage=stage, task=task, steps=steps, batch_size=batch_size, lr=lr,
+                      warmup_ratio=warmup_ratio,
                       schedule=schedule, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
                       eval_every=eval_every, eval_sequences=eval_sequences, save_every=save_every,
                       log_every=log_every, amp=amp, stop_after=stop_after)
