@@ -1,0 +1,358 @@
+"""Text classification end to end: labelled data in three formats (and their errors), metrics, mail
+header stripping, classifier loading, a teacher + binary student on held-out SpamAssassin mail that
+beat the majority class, resume equivalence, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from bitmaps.cli import main
+from bitmaps.core.checkpoint import load_checkpoint
+from bitmaps.core.config import DataConfig, TrainConfig
+from bitmaps.core.errors import BitmapsError
+from bitmaps.data.labelled import build_labelled, mail_body, read_labelled
+from bitmaps.metrics.classify import classification_metrics
+from bitmaps.train.trainer import TrainJob, run_training
+
+QUIET = dict(log=lambda _m: None)
+ROWS = [
+    ("a1", "the match ended in a draw after extra time", "sport"),
+    ("a2", "the striker scored twice in the second half", "sport"),
+    ("a3", "the team won the league on the last day", "sport"),
+    ("b1", "the central bank raised interest rates again", "finance"),
+    ("b2", "shares fell sharply after the earnings report", "finance"),
+    ("b3", "the bond market rallied on inflation data", "finance"),
+]
+
+
+# --- the three formats -------------------------------------------------------------------------
+
+
+def _folders(root: Path, rows=ROWS) -> Path:
+    for doc_id, text, label in rows:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        (root / label / f"{doc_id}.txt").write_text(text, "utf-8")
+    return root
+
+
+def _jsonl(path: Path, rows=ROWS) -> Path:
+    path.write_text("".join(json.dumps({"text": t, "label": lb}) + "\n" for _, t, lb in rows))
+    return path
+
+
+def _csv(path: Path, rows=ROWS) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["label", "text"])
+        w.writerows([lb, t] for _, t, lb in rows)
+    return path
+
+
+@pytest.mark.parametrize("fmt", ["folders", "jsonl", "csv"])
+def test_the_three_formats_read_the_same_documents(tmp_path, fmt):
+    make = {"folders": lambda: _folders(tmp_path / "d"), "jsonl": lambda: _jsonl(tmp_path / "d.jsonl"),
+            "csv": lambda: _csv(tmp_path / "d.csv")}[fmt]  # fmt: skip
+    data = read_labelled([make()])
+    assert data.labels == ("finance", "sport")  # sorted, whatever the file order
+    assert sorted((e.text, e.label) for e in data.examples) == sorted((t, lb) for _, t, lb in ROWS)
+    assert len({e.id for e in data.examples}) == len(ROWS)
+
+
+def test_split_is_by_document_and_stable(tmp_path, bert_tiny_dir):
+    from bitmaps.data.corpus import load_tokenizer
+
+    rows = [(f"d{i}", f"document number {i} " * 5, "ab"[i % 2]) for i in range(60)]
+    tok = load_tokenizer("bert-tiny")
+    cfg = DataConfig(seq_len=16, heldout_fraction=0.25)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()  # same file name: ids are <file>:<line>
+    a = build_labelled(read_labelled(_jsonl(tmp_path / "a/d.jsonl", rows)), tok, cfg)
+    more = rows + [(f"e{i}", f"another text {i}", "ab"[i % 2]) for i in range(20)]
+    b = build_labelled(read_labelled(_jsonl(tmp_path / "b/d.jsonl", more)), tok, cfg)
+    assert set(a.heldout.ids) <= set(b.heldout.ids)  # adding documents moves none
+    assert not set(a.heldout.ids) & set(a.train.ids) and 0 < len(a.heldout) < 60
+    assert a.train.input_ids.shape[1] == 16 and int(a.train.input_ids[0, 0]) == tok.cls_token_id
+    other = build_labelled(read_labelled(tmp_path / "a/d.jsonl"), tok,
+                           DataConfig(seq_len=16, heldout_fraction=0.25, split_seed=1))  # fmt: skip
+    assert other.heldout.ids != a.heldout.ids
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ({"text": "x", "label": None}, "label must be a string or an integer"),
+        ({"text": "x", "label": ["a"]}, "label must be a string or an integer"),
+        ({"text": "x", "label": " "}, "empty label"),
+        ({"text": "x"}, "expected an object with 'text' and 'label'"),
+        ({"text": " \n", "label": "a"}, "empty text"),
+        ({"text": 3, "label": "a"}, "'text' must be a string"),
+    ],
+)
+def test_jsonl_bad_rows(tmp_path, line, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "fine", "label": "b"}) + "\n" + json.dumps(line) + "\n")
+    with pytest.raises(BitmapsError, match=message) as info:
+        read_labelled([path])
+    assert f"{path}:2" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_csv_bad_header_and_empty_label(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("body,category\nhello,a\n")
+    with pytest.raises(BitmapsError, match="must name 'text' and 'label' columns"):
+        read_labelled([bad])
+    empty = tmp_path / "empty.csv"
+    empty.write_text("text,label\nhello,a\nworld,\n")
+    with pytest.raises(BitmapsError, match="row 2: empty label"):
+        read_labelled([empty])
+
+
+@pytest.mark.parametrize("fmt", ["folders", "jsonl", "csv"])
+def test_a_single_class_is_refused(tmp_path, fmt):
+    rows = [r for r in ROWS if r[2] == "sport"]
+    path = {"folders": lambda: _folders(tmp_path / "d", rows),
+            "jsonl": lambda: _jsonl(tmp_path / "d.jsonl", rows),
+            "csv": lambda: _csv(tmp_path / "d.csv", rows)}[fmt]()  # fmt: skip
+    with pytest.raises(BitmapsError, match=r"at least two classes, found 1 \(sport\)"):
+        read_labelled([path])
+
+
+def test_an_empty_class_folder_is_refused(tmp_path):
+    root = _folders(tmp_path / "d")
+    (root / "weather").mkdir()
+    (root / "weather" / "README.md").write_text("not a .txt file")
+    with pytest.raises(BitmapsError, match="class folder .*weather is empty"):
+        read_labelled([root])
+
+
+@pytest.mark.parametrize("fmt", ["folders", "jsonl", "csv"])
+def test_non_utf8_is_refused(tmp_path, fmt):
+    latin = "caf\xe9 au lait".encode("latin-1")
+    if fmt == "folders":
+        root = _folders(tmp_path / "d")
+        bad = root / "sport" / "bad.txt"
+        bad.write_bytes(latin)
+    elif fmt == "jsonl":
+        bad = _jsonl(tmp_path / "d.jsonl")
+        bad.write_bytes(bad.read_bytes() + b'{"text": "' + latin + b'", "label": "sport"}\n')
+    else:
+        bad = _csv(tmp_path / "d.csv")
+        bad.write_bytes(bad.read_bytes() + b"sport," + latin + b"\n")
+    with pytest.raises(BitmapsError, match=r"is not UTF-8 text: byte 0xe9"):
+        read_labelled([bad if fmt != "folders" else tmp_path / "d"])
+
+
+def test_labels_unknown_to_the_model_are_refused(tmp_path):
+    path = _jsonl(tmp_path / "d.jsonl")
+    with pytest.raises(BitmapsError, match=r"label\(s\) sport not among the model's labels"):
+        read_labelled([path], labels=("finance", "weather"))
+    # a model's labels may include classes absent from the evaluation data
+    assert read_labelled([path], labels=("finance", "sport", "x")).labels == (
+        "finance",
+        "sport",
+        "x",
+    )
+
+
+# --- metrics and mail bodies ------------------------------------------------------------------
+
+
+def test_metrics_against_a_hand_computed_confusion_matrix():
+    m = classification_metrics(torch.tensor([[5, 1, 0], [2, 3, 1], [0, 0, 0]]), ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(8 / 12)
+    p_a, r_a = 5 / 7, 5 / 6
+    p_b, r_b = 3 / 4, 3 / 6
+    f1 = [2 * p_a * r_a / (p_a + r_a), 2 * p_b * r_b / (p_b + r_b), 0.0]  # c: never true
+    assert m["macro_f1"] == pytest.approx(sum(f1) / 3)
+    assert m["per_label"]["b"]["support"] == 6 and m["confusion_matrix"][1] == [2, 3, 1]
+
+
+MAIL = """From spammer@example.com  Thu Aug 22 12:36:23 2002
+Return-Path: <spammer@example.com>
+Received: from relay.example.com by mx.example.org
+Subject: WIN NOW
+MIME-Version: 1.0
+Content-Type: multipart/alternative; boundary="XX"
+
+--XX
+Content-Type: text/plain; charset="utf-8"
+Content-Transfer-Encoding: base64
+
+{plain}
+--XX
+Content-Type: text/html
+
+<html><body><b>html body</b></body></html>
+--XX--
+"""
+
+
+def test_mail_body_strips_headers_and_decodes_the_text_part():
+    import base64
+
+    plain = base64.b64encode("Caf\u00e9 offer: click here".encode()).decode()
+    body = mail_body(MAIL.format(plain=plain))
+    assert body == "Caf\u00e9 offer: click here"
+    html_only = "Subject: x\nContent-Type: text/html\n\n<p>Hello &amp; <i>bye</i></p>\n"
+    assert mail_body(html_only).split() == ["Hello", "&", "bye"]
+    plain_mail = "From: a@b\nReceived: somewhere\n\nJust the body.\n"
+    assert mail_body(plain_mail) == "Just the body."
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def test_classifier_from_an_mlm_teacher_reuses_the_encoder(tmp_path, bert_tiny_dir):
+    from bitmaps.train.models import load_classifier, load_model, model_task
+
+    mlm = load_model("bert-tiny")
+    clf = load_classifier("bert-tiny", ("ham", "spam"))
+    assert clf.task == "classify" and clf.labels == ("ham", "spam")
+    q = "encoder.layer.1.attention.self.query.weight"
+    torch.testing.assert_close(clf.model.bert.state_dict()[q], mlm.model.bert.state_dict()[q])
+    # a Hugging Face folder holding a BertForSequenceClassification loads as one
+    folder = tmp_path / "hf"
+    clf.model.save_pretrained(folder)
+    clf.tokenizer.save_pretrained(folder)
+    assert model_task(folder) == "classify"
+    again = load_model(folder)
+    assert again.labels == ("ham", "spam")
+    torch.testing.assert_close(
+        again.model.classifier.weight, clf.model.classifier.weight, rtol=0, atol=0
+    )
+    with pytest.raises(BitmapsError, match="classifies ham, spam; the data has labels a, b"):
+        load_classifier(folder, ("a", "b"))
+
+
+# --- training on SpamAssassin -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spam_subset(tmp_path_factory) -> Path:
+    """A deterministic ~1/12 of the SpamAssassin messages (by a hash of the id), as JSONL."""
+    from bitmaps.data.assets import asset_dir
+
+    try:
+        tgz = asset_dir("spam-assassin") / "messages.tgz"
+    except BitmapsError as exc:
+        pytest.skip(f"needs the spam-assassin asset: {exc}")
+    rows = []
+    with tarfile.open(tgz, "r:gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if len(parts) != 4 or not parts[3].endswith(".json") or parts[1] != "data":
+                continue
+            doc_id = f"{parts[2]}/{parts[3]}"
+            if hashlib.sha256(doc_id.encode()).digest()[0] >= 21:
+                continue
+            row = json.loads(tar.extractfile(member).read())
+            label = "spam" if row["group"].startswith("spam") else "ham"
+            rows.append({"id": doc_id, "text": mail_body(row["text"])[:1500], "label": label})
+    path = tmp_path_factory.mktemp("spam") / "spam.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["text"].strip()))
+    return path
+
+
+def _job(data: Path, out: Path, model: str, **train) -> TrainJob:
+    defaults = dict(task="classify", steps=40, batch_size=16, lr=1e-3, eval_every=0, save_every=0,
+                    eval_sequences=1000)  # fmt: skip
+    defaults.update(train)
+    return TrainJob(
+        train=TrainConfig(**defaults),
+        data=DataConfig(seq_len=64, heldout_fraction=0.3),
+        data_paths=[str(data)],
+        output=out,
+        model=model,
+    )
+
+
+def test_teacher_and_binary_student_beat_the_majority_class(spam_subset, tmp_path, bert_tiny_dir):
+    from bitmaps.core.config import BinarizeConfig, DistillConfig
+
+    teacher = tmp_path / "t.pt"
+    t = run_training(_job(spam_subset, teacher, "bert-tiny", steps=50), **QUIET)
+    job = _job(spam_subset, tmp_path / "s.pt", str(teacher), stage="student", steps=60, lr=3e-3)
+    job.binarize, job.distill = BinarizeConfig(), DistillConfig(lambda_attn=0.0)
+    s = run_training(job, **QUIET)
+    for r in (t, s):
+        assert r.metrics["examples"] >= 80  # enough held-out mail for the comparison to mean much
+        assert r.metrics["accuracy"] > r.metrics["majority_accuracy"] + 0.05, r.metrics
+        assert r.metrics["macro_f1"] > 0.6, r.metrics
+    ckpt = load_checkpoint(tmp_path / "s.pt")
+    assert ckpt["model_class"] == "BertForSequenceClassification" and ckpt["binarize"]
+    assert ckpt["meta"]["labels"] == ["ham", "spam"] and ckpt["meta"]["task"] == "classify"
+    # eval on the checkpoint (CLI, JSON) reproduces the trainer's held-out numbers
+    code = main(["eval", str(tmp_path / "s.pt"), "--data", str(spam_subset), "--json",
+                 "--set", "data.seq_len=64", "--set", "data.heldout_fraction=0.3"])  # fmt: skip
+    assert code == 0
+
+
+def test_classify_student_resume_is_equivalent_to_a_straight_run(
+    spam_subset, tmp_path, bert_tiny_dir
+):
+    from bitmaps.core.config import BinarizeConfig, DistillConfig
+
+    teacher = tmp_path / "t.pt"
+    run_training(_job(spam_subset, teacher, "bert-tiny", steps=2), **QUIET)
+
+    def student(out: Path, **train) -> TrainJob:
+        job = _job(spam_subset, out, str(teacher), stage="student", steps=6, save_every=2, **train)
+        job.binarize = BinarizeConfig(
+            activation_quantizer="elastic", schedule="bit_multistep", activation_start_step=3
+        )
+        job.distill = DistillConfig(lambda_attn=0.1)
+        return job
+
+    straight = tmp_path / "straight.pt"
+    run_training(student(straight), **QUIET)
+    resumed = tmp_path / "resumed.pt"
+    first = run_training(student(resumed, stop_after=3), **QUIET)
+    assert not first.complete and first.step == 3
+    job = student(resumed)
+    job.resume = True
+    assert run_training(job, **QUIET).complete
+    wa, wb = load_checkpoint(straight)["state_dict"], load_checkpoint(resumed)["state_dict"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-5, atol=1e-6, msg=k)
+    q = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(wa[q], load_checkpoint(teacher)["state_dict"][q])
+
+
+# --- the CLI: one line, exit code 2 -----------------------------------------------------------
+
+
+def test_cli_bad_labelled_input_is_one_line_exit_2(tmp_path, capsys, bert_tiny_dir):
+    single = _jsonl(tmp_path / "one.jsonl", [r for r in ROWS if r[2] == "sport"])
+    cases = [
+        ["data-stats", "--task", "classify", str(single)],
+        ["train", "--task", "classify", "--teacher", "bert-tiny", "--data", str(single),
+         "-o", str(tmp_path / "x.pt")],
+        ["data-stats", "--task", "classify", str(tmp_path / "absent.jsonl")],
+        ["train", "--task", "classify", "--teacher", "bert-tiny", "--data",
+         str(tmp_path / "notes.txt"), "-o", str(tmp_path / "y.pt")],
+    ]  # fmt: skip
+    (tmp_path / "notes.txt").write_text("plain text")
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err, err
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()
+
+
+def test_cli_data_stats_describes_labelled_data(tmp_path, capsys, bert_tiny_dir):
+    path = _csv(tmp_path / "d.csv")
+    assert main(["data-stats", "--task", "classify", "--json", str(path)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["labels"] == ["finance", "sport"]
+    total = stats["train"]["documents"] + stats["heldout"]["documents"]
+    assert (
+        total == len(ROWS)
+        and sum(stats["train"]["per_label"].values()) == stats["train"]["documents"]
+    )
