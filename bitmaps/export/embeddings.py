@@ -1,0 +1,190 @@
+"""Export pass: embedding tables and the tied MLM decoder in FP16, INT8 or INT4 (``--embeddings``).
+
+Runs on the traced model. Every ``Gather`` whose data is a 2-D float initializer (the word,
+position and token-type tables) becomes a ``Gather`` on the quantized table plus a ``Gather`` on its
+scales, then a dequantization of the looked-up rows only. Any other consumer of a table (the tied
+decoder's ``Transpose`` → ``MatMul``) reads one dequantization of the whole table from the same
+initializers: the file holds each table once. Tables, scales and arithmetic are those of
+:mod:`bitmaps.core.embeddings`, so the graph equals :class:`~bitmaps.core.embeddings.QuantizedEmbedding`
+bit for bit.
+
+Standard ops only, so every runtime runs it:
+
+- ``fp16``: the table in float16, ``Cast`` after the gather (a no-op in an FP16 export);
+- ``int8``: ``DequantizeLinear`` with ``block_size`` = hidden (per-row scale) from opset 21; below
+  21, ``Cast`` + ``Mul`` (identical values);
+- ``int4``: the packed uint8 table, unpacked with ``BitwiseAnd`` / ``BitShift`` (opset 18), then
+  ``Cast``, ``Sub`` 8, ``Mul`` by the group scales. (ONNX's INT4 tensor type cannot be gathered:
+  ``Gather`` does not take int4 in any opset.)
+
+ONNX Runtime constant-folds the whole-table dequantization of the decoder once at session start
+(only present with ``--output logits``): the file stays small, the session then holds that table in
+float.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from bitmaps.core.embeddings import (
+    EMBEDDING_MODES,
+    INT4_OFFSET,
+    quantize_embeddings_,
+    quantize_table,
+)
+from bitmaps.core.errors import BitmapsError
+
+_FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
+PREFIX = "embeddings_q"
+
+
+def embedding_tables(model: onnx.ModelProto) -> list[str]:
+    """Names of the 2-D float initializers that some ``Gather`` reads as its data."""
+    inits = {t.name: t for t in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        if node.op_type != "Gather" or node.input[0] not in inits:
+            continue
+        t = inits[node.input[0]]
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if len(t.dims) == 2 and t.data_type in _FLOATS and axis == 0 and t.name not in names:
+            names.append(t.name)
+    return names
+
+
+class _Builder:
+    """Appends nodes and constants with unique names."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model, self.nodes, self.count = model, [], 0
+        self.constants: dict[tuple, str] = {}
+        self.shapes: dict[str, list[int]] = {}  # the packed width of int4 rows
+
+    def name(self, base: str) -> str:
+        self.count += 1
+        return f"{PREFIX}/{base}_{self.count}"
+
+    def const(self, values: list, dtype: type) -> str:
+        key = (tuple(values), np.dtype(dtype).str)
+        if key not in self.constants:
+            name = f"{PREFIX}/const_{len(self.constants)}"
+            arr = np.array(values, dtype=dtype)
+            self.model.graph.initializer.append(numpy_helper.from_array(arr, name))
+            self.constants[key] = name
+        return self.constants[key]
+
+    def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs: object) -> str:
+        out = out or self.name(op_type.lower())
+        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.name(op_type), **attrs))
+        return out
+
+
+def _dequantize(
+    b: _Builder, data: str, scale: str | None, out: str, mode: str, hidden: int, groups: int,
+    elem: int, opset: int,
+) -> None:  # fmt: skip
+    """Nodes that turn rows of ``data`` (+ ``scale``) into float ``out [..., hidden]``."""
+    if mode == "fp16":
+        b.op("Cast", [data], out, to=elem)
+    elif mode == "int8" and opset >= 21:
+        b.op("DequantizeLinear", [data, scale], out, axis=-1, block_size=hidden)
+    elif mode == "int8":
+        b.op("Mul", [b.op("Cast", [data], to=elem), scale], out)
+    else:  # int4: nibbles [..., B, 2] → [..., G, size] · scale[..., G, 1] → [..., G·size] → [:hidden]
+        low = b.op("BitwiseAnd", [data, b.const([0x0F], np.uint8)])
+        high = b.op("BitShift", [data, b.const([4], np.uint8)], direction="RIGHT")
+        axes = b.const([-1], np.int64)
+        pairs = b.op("Concat", [b.op("Unsqueeze", [low, axes]), b.op("Unsqueeze", [high, axes])],
+                     axis=-1)  # fmt: skip
+        offset = b.const([INT4_OFFSET], _FLOATS[elem])
+        values = b.op("Sub", [b.op("Cast", [pairs], to=elem), offset])
+        lead = b.op("Shape", [data], end=-1)
+        width = 2 * b.shapes[data][-1]  # G · size, the padded hidden size
+        split = b.op("Concat", [lead, b.const([groups, width // groups], np.int64)], axis=0)
+        scaled = b.op("Mul", [b.op("Reshape", [values, split]), b.op("Unsqueeze", [scale, axes])])
+        merged = b.op("Concat", [lead, b.const([width], np.int64)], axis=0)
+        flat = b.op("Reshape", [scaled, merged], None if width != hidden else out)
+        if width != hidden:
+            ends, zero = b.const([hidden], np.int64), b.const([0], np.int64)
+            b.op("Slice", [flat, zero, ends, axes], out)
+
+
+def quantize_onnx_embeddings(
+    model: onnx.ModelProto, mode: str, group: int = 64
+) -> list[str]:
+    """In place: rewrite the embedding tables of ``model`` (see module docstring). Returns their
+    names. ``fp32`` changes nothing; ``fp16`` on an FP16 export changes nothing either."""
+    if mode not in EMBEDDING_MODES:
+        raise BitmapsError(f"embeddings must be one of {', '.join(EMBEDDING_MODES)}, got {mode!r}")
+    names = embedding_tables(model)
+    if mode == "fp32" or not names:
+        return []
+    graph = model.graph
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    inits = {t.name: t for t in graph.initializer}
+    b = _Builder(model)
+    rewritten = []
+    for name in names:
+        table = inits[name]
+        elem = table.data_type
+        if mode == "fp16" and elem == TensorProto.FLOAT16:
+            continue
+        weight = torch.from_numpy(numpy_helper.to_array(table).copy())
+        data, scale = quantize_table(weight, mode, group)
+        hidden = int(table.dims[1])
+        qname, sname = f"{name}.{mode}", (None if scale is None else f"{name}.scale")
+        graph.initializer.append(numpy_helper.from_array(data.numpy(), qname))
+        b.shapes[qname] = list(data.shape)
+        if scale is not None:
+            graph.initializer.append(numpy_helper.from_array(scale.numpy(), sname))
+        groups = 0 if scale is None else int(scale.shape[1])
+        full = None
+        new_nodes: list[onnx.NodeProto] = []
+        for node in graph.node:
+            if node.op_type == "Gather" and node.input[0] == name:
+                b.nodes = []
+                rows = b.op("Gather", [qname, node.input[1]], axis=0)
+                b.shapes[rows] = [-1] + list(data.shape[1:])
+                srows = None if sname is None else b.op("Gather", [sname, node.input[1]], axis=0)
+                _dequantize(b, rows, srows, node.output[0], mode, hidden, groups, elem, opset)
+                new_nodes.extend(b.nodes)
+                continue
+            if name in node.input:
+                if full is None:
+                    b.nodes, full = [], f"{name}.dequantized"
+                    _dequantize(b, qname, sname, full, mode, hidden, groups, elem, opset)
+                    new_nodes.extend(b.nodes)
+                node.input[:] = [full if i == name else i for i in node.input]
+            new_nodes.append(node)
+        if any(o.name == name for o in graph.output):
+            raise BitmapsError(f"embedding table {name} is a graph output; cannot quantize it")
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        graph.initializer.remove(table)
+        rewritten.append(name)
+    _drop_value_info(model, rewritten)
+    return rewritten
+
+
+def _drop_value_info(model: onnx.ModelProto, names: list[str]) -> None:
+    keep = [v for v in model.graph.value_info if v.name not in names]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+
+
+def embeddings_pass(
+    model: onnx.ModelProto, torch_model: torch.nn.Module, mode: str, group: int = 64
+) -> list[str]:
+    """The export pipeline's ``embeddings`` pass on the traced model (in place): the same tables in
+    the graph and in the PyTorch module it is verified against (``quantize_embeddings_``).
+    Records ``bitmaps.embeddings`` in the model's metadata. Returns the tables rewritten."""
+    names = quantize_onnx_embeddings(model, mode, group)
+    if names:
+        quantize_embeddings_(torch_model, mode, group)
+    props = {p.key: p.value for p in model.metadata_props}
+    props["bitmaps.embeddings"] = f"int4-g{group}" if mode == "int4" else mode
+    helper.set_model_props(model, props)
+    return names

@@ -1,0 +1,188 @@
+"""Quantized embeddings (``--embeddings fp16|int8|int4``): tables, the PyTorch module, the ONNX pass.
+
+Round trips of the int8/int4 tables against an independent NumPy reading of the layout
+(bitmaps/core/embeddings.py docstring), the tied decoder stays one table, and each choice exported
+from the small random student of tests/test_export.py runs in ONNX Runtime (the model-local function
+and our kernel) equal to the quantized PyTorch module at the export's tolerance.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto
+
+from bitmaps.cli import main
+from bitmaps.core.config import ConfigError, ExportConfig
+from bitmaps.core.embeddings import (
+    QuantizedEmbedding,
+    TiedQuantizedDecoder,
+    dequantize,
+    embedding_tables,
+    quantize_embeddings_,
+    quantize_table,
+)
+from bitmaps.core.errors import BitmapsError
+from bitmaps.export.embeddings import quantize_onnx_embeddings
+from bitmaps.export.onnx_graph import initializer_bytes
+from bitmaps.export.pipeline import export_verified
+from test_export import small_student
+
+
+def _nibbles(packed: np.ndarray) -> np.ndarray:
+    out = np.empty((*packed.shape[:-1], 2 * packed.shape[-1]), dtype=np.int16)
+    out[..., 0::2], out[..., 1::2] = packed & 0x0F, packed >> 4
+    return out - 8
+
+
+@pytest.mark.parametrize("hidden", [1, 31, 33, 64, 100])
+def test_int8_rows_round_trip(hidden):
+    w = torch.randn(7, hidden) * torch.linspace(0.01, 3.0, 7)[:, None]
+    w[3] = 0.0  # an all-zero row: scale 0, values 0
+    q, scale = quantize_table(w, "int8")
+    assert q.dtype == torch.int8 and q.shape == (7, hidden) and scale.shape == (7, 1)
+    amax = w.abs().amax(1, keepdim=True)
+    assert torch.equal(scale, amax / 127)
+    assert q.abs().max() <= 127 and (q[amax[:, 0] > 0].abs().amax(1) == 127).all()
+    back = dequantize(q, scale, "int8", hidden, torch.float32)
+    assert torch.equal(back, q.float() * scale)
+    assert ((back - w).abs() <= scale / 2 + 1e-7).all()
+    assert torch.equal(back[3], torch.zeros(hidden))
+
+
+@pytest.mark.parametrize("group", [32, 64])
+@pytest.mark.parametrize("hidden", [1, 31, 33, 64, 100])
+def test_int4_groups_round_trip(hidden, group):
+    w = torch.randn(5, hidden)
+    packed, scale = quantize_table(w, "int4", group)
+    groups = -(-hidden // group)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, groups * group // 2)
+    assert scale.shape == (5, groups)
+    values = _nibbles(packed.numpy())  # independent reading: low nibble first, offset 8
+    assert values.min() >= -7 and values.max() <= 7
+    assert (values[:, hidden:] == 0).all()  # padding of the last group
+    padded = np.zeros((5, groups * group), dtype=np.float32)
+    padded[:, :hidden] = w.numpy()
+    amax = np.abs(padded.reshape(5, groups, group)).max(-1)
+    np.testing.assert_allclose(scale.numpy(), amax / 7, rtol=1e-6)
+    expect = (values.reshape(5, groups, group) * scale.numpy()[..., None]).reshape(5, -1)
+    back = dequantize(packed, scale, "int4", hidden, torch.float32)
+    np.testing.assert_array_equal(back.numpy(), expect[:, :hidden])
+    err = np.abs(back.numpy() - w.numpy()).reshape(5, -1)
+    bound = np.repeat(scale.numpy(), group, axis=1)[:, :hidden] / 2 + 1e-6
+    assert (err <= bound).all()
+
+
+def test_gather_dequantizes_only_the_rows_looked_up():
+    w = torch.randn(50, 40)
+    emb = QuantizedEmbedding(w, "int4", 32)
+    ids = torch.tensor([[3, 7, 3], [49, 0, 1]])
+    assert torch.equal(emb(ids), emb.table()[ids])
+    assert emb.data.dtype == torch.uint8 and emb.scale.shape == (50, 2)
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int8", "int4"])
+def test_tied_decoder_stays_one_table(mode):
+    model = small_student()
+    word = model.bert.embeddings.word_embeddings.weight.detach().clone()
+    quantize_embeddings_(model, mode, 32)
+    emb = model.bert.embeddings.word_embeddings
+    decoder = model.cls.predictions.decoder
+    assert isinstance(emb, QuantizedEmbedding) and isinstance(decoder, TiedQuantizedDecoder)
+    assert decoder.embedding is emb and decoder.bias is model.cls.predictions.bias
+    assert len(embedding_tables(model)) == 3
+    names = [n for n, _ in model.named_buffers() if n.endswith(".data")]
+    assert sorted(names) == sorted(
+        f"bert.embeddings.{t}.data"
+        for t in ("word_embeddings", "position_embeddings", "token_type_embeddings")
+    )
+    x = torch.randn(3, word.shape[1])
+    assert torch.equal(decoder(x), x @ emb.table().T + model.cls.predictions.bias)
+    err = (emb.table() - word).abs().max().item()
+    assert err < {"fp16": 1e-3, "int8": 0.02, "int4": 0.2}[mode]
+    model.half()  # the table is stored as chosen; the output follows the model's dtype
+    assert emb.data.dtype == {"fp16": torch.float16, "int8": torch.int8, "int4": torch.uint8}[mode]
+    assert emb(torch.tensor([1])).dtype == torch.float16
+
+
+def test_bad_choices_are_refused():
+    with pytest.raises(BitmapsError, match="embeddings must be one of"):
+        quantize_table(torch.zeros(2, 2), "int2")
+    with pytest.raises(BitmapsError, match="group size"):
+        quantize_table(torch.zeros(2, 2), "int4", 16)
+    with pytest.raises(ConfigError, match="embeddings must be one of"):
+        ExportConfig(embeddings="bf16")
+    with pytest.raises(ConfigError, match="embedding_group"):
+        ExportConfig(embedding_group=48)
+
+
+@pytest.mark.parametrize("value", [["--embeddings", "int2"], ["--embedding-group", "16"]])
+def test_cli_bad_embeddings_value_one_line_exit_2(value, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    code = main(["export", str(tmp_path / "missing.pt"), str(out), *value])
+    _, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error:"), err
+    assert value[0] in lines[0] and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def exports():
+    """One verified export per choice (fp32 included: the size reference)."""
+    out = {}
+    for mode in ("fp32", "fp16", "int8", "int4"):
+        cfg = ExportConfig(embeddings=mode, embedding_group=32)
+        out[mode] = export_verified(small_student(), cfg, binary=True)
+    out["int8-opset21"] = export_verified(
+        small_student(), ExportConfig(embeddings="int8", opset=21), binary=True
+    )
+    return out
+
+
+def _table_inits(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    return {t.name: t for t in model.graph.initializer if "_embeddings" in t.name or "decoder" in t.name}
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int8", "int4", "int8-opset21"])
+def test_export_parity_with_pytorch_on_both_sessions(exports, mode):
+    report = exports[mode].report
+    assert report.ok, report.failure()
+    assert {r.backend for r in report.results} == {"function", "kernel"}
+    model = exports[mode].model
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["bitmaps.embeddings"] == {"int4": "int4-g32"}.get(mode, mode.split("-")[0])
+    gathers = [n for n in model.graph.node if n.op_type == "Gather"]
+    inits = {t.name: t for t in model.graph.initializer}
+    tables = {n.input[0] for n in gathers if n.input[0] in inits and len(inits[n.input[0]].dims) == 2}
+    tables = {t for t in tables if not t.endswith(".scale")}
+    kind = {"fp16": TensorProto.FLOAT16, "int8": TensorProto.INT8, "int4": TensorProto.UINT8}
+    assert {inits[t].data_type for t in tables} == {kind[mode.split("-")[0]]}
+    if mode == "int8-opset21":
+        assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int8", "int4"])
+def test_one_table_in_the_file_and_the_expected_size(exports, mode):
+    base, model = exports["fp32"].model, exports[mode].model
+    v, h = (int(d) for d in next(
+        t.dims for t in base.graph.initializer if t.name.endswith("decoder.weight")
+    ))  # fmt: skip
+    word = [t for t in model.graph.initializer if len(t.dims) == 2 and t.dims[0] == v]
+    assert len(word) == 2 if mode != "fp16" else len(word) == 1  # the table (+ its scales)
+    rows = v + 64 + 2  # word + position (max_position_embeddings 64) + token type
+    per_row = {"fp16": 2 * h, "int8": h + 4, "int4": h // 2 + 4 * (h // 32)}[mode]
+    saved = initializer_bytes(base) - initializer_bytes(model)
+    consts = sum(
+        len(t.raw_data) or 8 for t in model.graph.initializer if t.name.startswith("embeddings_q/")
+    )
+    assert saved == rows * (4 * h - per_row) - consts
+
+
+def test_pass_is_a_no_op_for_fp32_and_for_fp16_tables_of_an_fp16_export():
+    model = export_verified(small_student(), ExportConfig(dtype="fp16"), binary=True).model
+    before = model.SerializeToString()
+    assert quantize_onnx_embeddings(model, "fp32") == []
+    assert quantize_onnx_embeddings(model, "fp16") == []
+    assert model.SerializeToString() == before
