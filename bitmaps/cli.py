@@ -171,7 +171,13 @@ def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio,
 @click.option("--set", "overrides", multiple=True, metavar="data.FIELD=VALUE",
               help="data pipeline settings (must match training to score the same held-out split)")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
-def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, device) -> None:
+@click.option("--embeddings", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32",
+              show_default=True, help="masked LM: score with the embedding tables and tied decoder "
+              "stored as the export's --embeddings stores them")
+@click.option("--embedding-group", type=click.Choice(["32", "64"]), default="64",
+              show_default=True, help="int4 embeddings: values per scale")
+def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, device,
+             embeddings, embedding_group) -> None:  # fmt: skip
     """Masked-LM cross entropy, top-1 accuracy and MRR on held-out text (teacher or student);
     for a classifier: accuracy, macro-F1 and the confusion matrix on held-out labelled data."""
 
@@ -207,6 +213,7 @@ def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, 
         model, _data_paths(data), DataConfig.from_dict(sections["data"]), batch_size=batch_size,
         max_sequences=max_sequences, split=split, device=device,
         log=lambda m: click.echo(m, err=True),
+        embeddings=embeddings, embedding_group=int(embedding_group),
     )
     if as_json:
         click.echo(json.dumps(result, indent=2))

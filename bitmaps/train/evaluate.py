@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from bitmaps.core.embeddings import quantize_embeddings_
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.progress import ProgressReporter
 from bitmaps.data.corpus import build_corpus, eval_batches
@@ -26,14 +27,18 @@ def evaluate_on_text(
     split: str = "heldout",
     device: str = "auto",
     log: Any = print,
+    embeddings: str = "fp32",
+    embedding_group: int = 64,
 ) -> dict[str, Any]:
     """Load a model (checkpoint, folder or asset name), build its corpus, score one split.
 
     Returns the metrics plus what was scored: ``model``, ``stage``, ``binary``, ``split``,
-    ``sequences``, ``wall_s``.
+    ``sequences``, ``wall_s``. ``embeddings``: the tables and the tied decoder as the export stores
+    them (bitmaps/core/embeddings.py), so accuracy is that of the deployed model.
     """
     t0 = time.perf_counter()
     loaded = load_model(spec)
+    quantize_embeddings_(loaded.model, embeddings, embedding_group)
     corpus = build_corpus(paths, loaded.tokenizer, data_cfg, log=log)
     sequences = corpus.heldout if split == "heldout" else corpus.train
     if max_sequences:
@@ -55,6 +60,7 @@ def evaluate_on_text(
         "stage": meta.get("stage", "pretrained"),
         "binary": loaded.is_binary,
         "split": split,
+        "embeddings": f"int4-g{embedding_group}" if embeddings == "int4" else embeddings,
         "sequences": len(sequences),
         **metrics,
         "wall_s": time.perf_counter() - t0,
