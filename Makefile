@@ -10,6 +10,7 @@ NATIVE_SOURCES := $(wildcard csrc/kernels/*.cpp csrc/kernels/*.h csrc/torch/*.cp
                     csrc/onnxruntime/*.cpp csrc/onnxruntime/*.h)
 
 .PHONY: setup install assets test test-fast demo lint format bench cuda-check plugin clean help \
+        gpu-check gpu-check-deps \
         arm-tools kernel-harness kernel-harness-aarch64 neon-asm cross-check-aarch64 \
         cross-check-aarch64-torch cross-check-aarch64-ort
 
@@ -19,6 +20,7 @@ help:
 	@echo "make bench       kernel benchmarks (benchmarks/bench_kernels.py)"
 	@echo "make cuda-check  compile the CUDA sources with nvcc alone (no torch, no GPU needed)"
 	@echo "make plugin      build the TensorRT plugin (needs TensorRT: TensorRT_ROOT=...)"
+	@echo "make gpu-check   on an NVIDIA GPU with a CUDA torch: build, GPU tests, sanitizer, benchmarks"
 	@echo "make kernel-harness          torch-free CPU kernel checks, every path this CPU runs"
 	@echo "make kernel-harness-aarch64  the same, cross-built for aarch64, NEON + scalar under qemu"
 	@echo "make cross-check-aarch64     bitmaps._C CPU sources and libbitmaps_ort.so built for aarch64"
@@ -186,8 +188,10 @@ cross-check-aarch64-ort:
 	else echo "no csrc/onnxruntime/build.py: libbitmaps_ort.so not cross-built"; fi
 
 # --- CUDA / TensorRT (no GPU needed to compile) --------------------------------------------
-# cuda-check: every csrc/kernels/*.cu through nvcc alone for sm_80 and sm_90a, then the SASS must
-# hold the b1 tensor-core instructions each path was written for. cuobjdump and nvdisasm: the CUDA
+# cuda-check: every csrc/kernels/*.cu through nvcc alone for sm_80, sm_87 (Jetson Orin), sm_90a and,
+# where this nvcc still has it, sm_72 (Jetson Xavier; CUDA 13 dropped compute_72, so JetPack 5's
+# CUDA 11.4 builds it), then the SASS must hold the b1 tensor-core instructions each path was
+# written for. cuobjdump and nvdisasm: the CUDA
 # toolkit's, else the PyPI wheels that `make install` puts into .venv (nvidia-cuda-cuobjdump/-nvdisasm).
 NVCC ?= nvcc
 CUDA_HOME ?= /usr/local/cuda
@@ -195,31 +199,45 @@ CUOBJDUMP ?= $(or $(shell command -v cuobjdump),$(lastword $(wildcard $(VENV)/li
 NVDISASM_DIR := $(dir $(or $(shell command -v nvdisasm),$(lastword $(wildcard $(VENV)/lib/python3*/site-packages/nvidia/cu*/bin/nvdisasm))))
 export NVDISASM_PATH := $(NVDISASM_DIR)
 CUDA_CHECK_DIR := build/cuda-check
-CUDA_GENCODE := -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=sm_90a
+CUDA_ARCHS := 80 87 90a $(if $(filter compute_72,$(shell $(NVCC) --list-gpu-arch 2>/dev/null)),72)
+CUDA_GENCODE := $(foreach a,$(CUDA_ARCHS),-gencode arch=compute_$(a),code=sm_$(a))
 
 cuda-check:
 	@command -v $(NVCC) >/dev/null || { echo "cuda-check: nvcc not found (install the CUDA toolkit or pass NVCC=...)"; exit 2; }
 	@mkdir -p $(CUDA_CHECK_DIR)
 	@for f in csrc/kernels/*.cu; do \
-	  echo "nvcc $$f (sm_80, sm_90a)"; \
+	  echo "nvcc $$f (sm_ $(CUDA_ARCHS))"; \
 	  $(NVCC) -std=c++17 -O3 -Icsrc --expt-relaxed-constexpr $(CUDA_GENCODE) -c $$f \
 	    -o $(CUDA_CHECK_DIR)/$$(basename $$f .cu).o || exit 1; \
 	done
 	@if [ -n "$(TensorRT_ROOT)" ] && [ -f "$(TensorRT_ROOT)/include/NvInferRuntime.h" ]; then \
 	  for f in plugins/binaryLinearPlugin/binaryLinearPlugin.cpp plugins/bitmapsPluginLibrary.cpp; do \
 	    echo "g++ $$f (TensorRT headers in $(TensorRT_ROOT)/include)"; \
-	    g++ -std=c++17 -Wall -Wextra -fsyntax-only -isystem "$(TensorRT_ROOT)/include" \
+	    g++ -std=c++17 -Wall -Wextra -Werror -fsyntax-only -isystem "$(TensorRT_ROOT)/include" \
 	      -isystem "$(CUDA_HOME)/include" -Icsrc -Iplugins $$f || exit 1; \
 	  done; \
 	else echo "plugin .cpp not compiled: set TensorRT_ROOT to a TensorRT 10/11 install (headers)"; fi
 	@command -v $(CUOBJDUMP) >/dev/null || { echo "SASS not inspected: $(CUOBJDUMP) not found (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)"; exit 0; }; \
 	sass() { $(CUOBJDUMP) --dump-sass --gpu-architecture $$2 $(CUDA_CHECK_DIR)/$$1.o | grep -c "$$3" || true; }; \
 	status=0; \
-	for check in "xnor_gemm_mma sm_80 BMMA.168256.XOR.POPC" "xnor_gemm_mma sm_90a BMMA.168256.AND.POPC" \
+	for check in "xnor_gemm_mma sm_80 BMMA.168256.XOR.POPC" "xnor_gemm_mma sm_87 BMMA.168256.XOR.POPC" \
+	             "xnor_gemm_mma sm_90a BMMA.168256.AND.POPC" \
 	             "xnor_gemm_wgmma sm_90a BGMMA.64x128x256.AND.POPC" "xnor_gemm_popc sm_80 POPC"; do \
 	  set -- $$check; n=$$(sass $$1 $$2 $$3); \
 	  if [ "$$n" -gt 0 ]; then echo "SASS $$1 $$2: $$n x $$3"; else echo "SASS $$1 $$2: no $$3"; status=1; fi; \
 	done; exit $$status
+
+# gpu-check: benchmarks/gpu_check.py with the system python (a CUDA torch; no venv, no installs),
+# report in runs/gpu-check/ (and $GPU_CHECK_OUT). Exits 2 with one line where there is no GPU.
+# gpu-check-deps: pytest and ninja into build/gpu-pydeps, for a GPU machine that lacks them and
+# has no network (bring the folder along; gpu_check.py uses it when present).
+GPU_PYTHON ?= python3
+
+gpu-check:
+	@$(GPU_PYTHON) benchmarks/gpu_check.py
+
+gpu-check-deps:
+	$(PIP) install --target build/gpu-pydeps --upgrade pytest ninja
 
 # plugin: libbitmaps_trt_plugin.so with the plugin's own CMake project, where TensorRT is found.
 PLUGIN_BUILD_DIR := build/plugin

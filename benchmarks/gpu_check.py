@@ -1,0 +1,408 @@
+"""`make gpu-check`: everything GPU-side of bitmaps in one command, with a report.
+
+On a machine with an NVIDIA GPU and a CUDA build of torch (the python that runs this; no venv is
+made and nothing is installed), in this order, each stage with a time limit:
+
+  env        GPU, driver, torch, toolkit (CUDA_HOME found as setup.py finds it, wrappers included)
+  build      bitmaps._C with CUDA for this GPU (setup.py, BITMAPS_REQUIRE_CUDA=1: a failed CUDA
+             build fails loudly), then checked: CUDA kernels registered for every op
+  pytest     pytest -m gpu on tests/test_cuda_ops.py and tests/test_cuda_cases.py; failures,
+             errors and skips that this GPU does not explain all fail the stage
+  sanitizer  compute-sanitizer memcheck, racecheck, synccheck on small launches of every path
+  bench      benchmarks/bench_kernels.py --device cuda (auto path, then mma and popc forced): vs
+             cuBLAS FP16, the memory-bound ceiling per shape, the kernel that ran; xnor_gemm
+             8192^3 binary TOPS per path
+  bert       benchmarks/bench_bert_cuda.py: binary BERT-base vs FP16, CUDA graphs, batch 1/8/32
+  sass       b1 tensor-core instructions in the built bitmaps._C (cuobjdump)
+  tensorrt   where `import tensorrt` works: make plugin, pytest -m tensorrt
+
+Writes runs/gpu-check/report.md, summary.json and one log per stage (and copies them to
+$GPU_CHECK_OUT when set). Exit 0 when no stage failed, 1 otherwise, 2 (one line) when there is
+no GPU to check. Optional helpers found in build/gpu-pydeps (``make gpu-check-deps`` puts pytest
+and ninja there, for GPU machines without them or without network) are used when present.
+Knobs: GPU_CHECK_BUDGET_S (420: optional stages stop once the run has used this long).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "runs" / "gpu-check"
+PYDEPS = ROOT / "build" / "gpu-pydeps"
+START = time.monotonic()
+BUDGET = float(os.environ.get("GPU_CHECK_BUDGET_S", "420"))
+PY = sys.executable
+RESULTS: list[dict] = []
+
+
+def elapsed() -> float:
+    return time.monotonic() - START
+
+
+def record(stage: str, status: str, note: str) -> None:
+    RESULTS.append({"stage": stage, "status": status, "note": note, "t_s": round(elapsed())})
+    print(f"== [{stage}] {status} {note} (t={elapsed():.0f} s)", flush=True)
+
+
+def run(stage: str, cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int, str]:
+    """Run cmd, log to OUT/<stage>.log; (exit code, output). 124 on timeout."""
+    log = OUT / f"{stage}.log"
+    try:
+        proc = subprocess.run(
+            cmd, cwd=ROOT, env=env or ENV, capture_output=True, text=True, timeout=timeout
+        )
+        rc, text = proc.returncode, proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        out = (exc.stdout or b"") + (exc.stderr or b"")
+        rc, text = 124, (out.decode(errors="replace") if isinstance(out, bytes) else out)
+        text += f"\n[timed out after {timeout:.0f} s]\n"
+    with log.open("a") as fh:
+        fh.write(f"$ {' '.join(cmd)}\n{text}\n[exit {rc}]\n")
+    return rc, text
+
+
+def tail(text: str, n: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-n:])
+
+
+# --------------------------------------------------------------------------- env
+
+
+def no_gpu(reason: str) -> None:
+    print(f"gpu-check: no GPU to check: {reason}")
+    sys.exit(2)
+
+
+def check_env() -> dict:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        no_gpu("nvidia-smi not found (run this on a machine with an NVIDIA GPU and driver)")
+    if subprocess.run([smi, "-L"], capture_output=True).returncode != 0:
+        no_gpu("nvidia-smi -L fails (no NVIDIA GPU or driver)")
+    probe = (
+        "import json, torch\n"
+        "ok = torch.cuda.is_available()\n"
+        "p = torch.cuda.get_device_properties(0) if ok else None\n"
+        "print(json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'ok': ok,"
+        " 'name': p.name if ok else None, 'cc': [p.major, p.minor] if ok else None,"
+        " 'sms': p.multi_processor_count if ok else None,"
+        " 'mem_gib': round(p.total_memory / 2**30) if ok else None}))\n"
+    )
+    proc = subprocess.run([PY, "-c", probe], capture_output=True, text=True)
+    if proc.returncode != 0:
+        no_gpu(f"torch is not importable with {PY} ({tail(proc.stderr, 1)})")
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    if info["cuda"] is None:
+        no_gpu(f"torch {info['torch']} ({PY}) is a CPU-only build; install a CUDA build of torch")
+    if not info["ok"]:
+        no_gpu(f"torch {info['torch']} with CUDA {info['cuda']} sees no GPU")
+    sys.path.insert(0, str(ROOT / "csrc"))
+    import cuda_build  # csrc/cuda_build.py: the toolkit as setup.py finds it
+
+    info["cuda_home"] = cuda_build.find_cuda_home(os.environ)
+    smi_q = "name,driver_version,compute_cap,memory.total,clocks.max.sm,power.limit"
+    info["nvidia_smi"] = subprocess.run(
+        [smi, f"--query-gpu={smi_q}", "--format=csv,noheader"], capture_output=True, text=True
+    ).stdout.strip()
+    return info
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def stage_build(info: dict) -> bool:
+    for so in (ROOT / "bitmaps").glob("_C*.so"):
+        so.unlink()  # a stale CPU-only build must not stand in for the CUDA one
+    major, minor = info["cc"]
+    arch = "9.0a" if (major, minor) == (9, 0) else f"{major}.{minor}"
+    env = {**ENV, "BITMAPS_REQUIRE_CUDA": "1", "BITMAPS_SKIP_ORT": "1",
+           "TORCH_CUDA_ARCH_LIST": arch, "MAX_JOBS": str(os.cpu_count() or 8)}  # fmt: skip
+    rc, text = run("build", [PY, "setup.py", "build_ext", "--inplace"], 400, env)
+    if rc != 0:
+        record("build", "FAIL", f"setup.py exit {rc}: {tail(text, 1)[:300]}")
+        return False
+    verify = (
+        "import torch\nfrom bitmaps.core import ops\nfrom bitmaps import _C\n"
+        "assert _C.with_cuda, 'bitmaps._C built without CUDA'\n"
+        "for op in ('pack_signs', 'xnor_gemm', 'binary_linear'):\n"
+        "    assert torch._C._dispatch_has_kernel_for_dispatch_key(f'bitmaps::{op}', 'CUDA'), op\n"
+        "print(ops.native_status())\n"
+    )
+    rc, text = run("build", [PY, "-c", verify], 120)
+    ok = rc == 0
+    record("build", "PASS" if ok else "FAIL", f"arch {arch}: {tail(text, 1)[:200]}")
+    return ok
+
+
+def allowed_skips(info: dict) -> list[str]:
+    """Skips this GPU explains: paths it lacks, and 'refused' tests for paths it has."""
+    major, minor = info["cc"]
+    allowed = ["test_unavailable_path_is_refused"]
+    if (major, minor) != (9, 0):
+        allowed.append("wgmma")
+    if major not in (8, 9):
+        allowed.append("mma")
+    if info["mem_gib"] < 24:
+        allowed.append("test_outputs_over_2_31_elements")
+    return allowed
+
+
+def stage_pytest(info: dict) -> None:
+    xml = OUT / "pytest-gpu.xml"
+    files = ["tests/test_cuda_ops.py", "tests/test_cuda_cases.py"]
+    cmd = [PY, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider"]
+    if subprocess.run([PY, "-c", "import pytest"], env=ENV, capture_output=True).returncode:
+        record("pytest", "FAIL", f"pytest is not importable with {PY}: run `make gpu-check-deps` on "
+               "a machine with network and bring build/gpu-pydeps along")  # fmt: skip
+        return
+    rc, text = run("pytest", [*cmd, f"--junitxml={xml}", *files], 330)
+    if not xml.is_file():
+        record("pytest", "FAIL", f"pytest did not finish (exit {rc}): {tail(text, 1)[:200]}")
+        return
+    counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
+    unexpected = []
+    allowed = allowed_skips(info)
+    for case in ET.parse(xml).getroot().iter("testcase"):
+        kinds = {child.tag for child in case}
+        name = f"{case.get('classname')}::{case.get('name')}"
+        kind = next((k for k in ("error", "failure", "skipped") if k in kinds), "passed")
+        counts[{"failure": "failed"}.get(kind, kind)] += 1
+        if kind == "skipped" and not any(a in name for a in allowed):
+            unexpected.append(f"{name}: {case.find('skipped').get('message', '')[:120]}")
+    note = " ".join(f"{k}={v}" for k, v in counts.items()) + f" unexpected_skips={len(unexpected)}"
+    with (OUT / "pytest.log").open("a") as fh:
+        fh.writelines(f"unexpected skip: {u}\n" for u in unexpected)
+    bad = counts["failed"] or counts["error"] or unexpected or not counts["passed"]
+    record("pytest", "FAIL" if bad else "PASS", note)
+
+
+SANITIZE_CASE = """
+import os, torch
+from bitmaps.core import ops
+torch.manual_seed(0)
+def packed(r, k): return ops.reference_pack_signs(torch.randn(r, k, device="cuda"))
+for path in os.environ["GPU_CHECK_PATHS"].split(","):
+    os.environ["BITMAPS_CUDA_GEMM_PATH"] = path
+    for m, n, k in ((65, 129, 300), (1, 1, 1), (130, 77, 33), (200, 136, 1000), (33, 40, 480)):
+        ops.xnor_gemm(packed(m, k), packed(n, k), k)
+    w, s, b = packed(77, 300), torch.rand(77, device="cuda"), torch.randn(77, device="cuda")
+    x = torch.randn(2, 33, 300, device="cuda")
+    for u in (0, 1):
+        ops.binary_linear(x.half(), w, s, b, 300, 0.1, 0.0, u)
+        ops.binary_linear(x, w, s, None, 300, 0.0, 0.5, u)
+    torch.cuda.synchronize()
+ops.pack_signs(torch.randn(3, 1001, device="cuda", dtype=torch.bfloat16))
+torch.cuda.synchronize()
+print("sanitize case done")
+"""
+
+
+def stage_sanitizer(info: dict, paths: str) -> None:
+    home = info.get("cuda_home") or ""
+    san = shutil.which("compute-sanitizer") or next(
+        (str(p) for p in (Path(home) / "bin" / "compute-sanitizer",) if p.is_file()), None
+    )
+    if san is None:
+        record("sanitizer", "SKIP", "compute-sanitizer not found (CUDA toolkit component)")
+        return
+    failed, skipped = [], []
+    env = {**ENV, "PYTORCH_NO_CUDA_MEMORY_CACHING": "1", "GPU_CHECK_PATHS": paths}
+    for tool in ("memcheck", "racecheck", "synccheck"):
+        if elapsed() > BUDGET:
+            skipped.append(tool)
+            continue
+        cmd = [san, "--tool", tool, "--error-exitcode", "99", PY, "-c", SANITIZE_CASE]
+        rc, text = run("sanitizer", cmd, 150, env)
+        if rc != 0 or "sanitize case done" not in text:
+            failed.append(f"{tool}(exit {rc})")
+    note = "clean on " + paths if not failed else "failed: " + " ".join(failed)
+    record(
+        "sanitizer",
+        "FAIL" if failed else "PASS",
+        note + (f"; not run: {skipped}" if skipped else ""),
+    )
+
+
+def available_paths() -> str:
+    code = (
+        "import os, torch\nfrom bitmaps.core import ops\nok = []\n"
+        "a = ops.reference_pack_signs(torch.randn(64, 1000, device='cuda'))\n"
+        "for p in ('popc', 'mma', 'wgmma'):\n"
+        "    os.environ['BITMAPS_CUDA_GEMM_PATH'] = p\n"
+        "    try: ops.xnor_gemm(a, a, 1000); ok.append(p)\n"
+        "    except RuntimeError: pass\n"
+        "print(','.join(ok))\n"
+    )
+    rc, text = run("paths", [PY, "-c", code], 120)
+    return text.strip().splitlines()[-1] if rc == 0 else "popc"
+
+
+TOPS_CASE = """
+import os, torch
+from bitmaps.core import ops
+n = 8192
+a = ops.reference_pack_signs(torch.randn(n, n, device="cuda"))
+for path in os.environ["GPU_CHECK_PATHS"].split(","):
+    os.environ["BITMAPS_CUDA_GEMM_PATH"] = path
+    for _ in range(2): ops.xnor_gemm(a, a, n)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    reps = 5 if path != "popc" else 2
+    start.record()
+    for _ in range(reps): ops.xnor_gemm(a, a, n)
+    end.record(); end.synchronize()
+    s = start.elapsed_time(end) / 1e3 / reps
+    print(f"xnor_gemm 8192^3 {path}: {s * 1e3:.2f} ms, {2 * n**3 / s / 1e12:.0f} binary TOPS")
+"""
+
+
+def stage_bench(paths: str) -> None:
+    bench = [PY, "benchmarks/bench_kernels.py", "--device", "cuda", "--repeats", "7"]
+    md, csv = OUT / "bench-auto.md", OUT / "bench-auto.csv"
+    rc, text = run("bench", [*bench, "--sample-ms", "10", "--out", str(md), "--out", str(csv)], 200)
+    if rc != 0:
+        record("bench", "FAIL", f"bench_kernels.py exit {rc}: {tail(text, 1)[:200]}")
+        return
+    met = [line for line in md.read_text().splitlines() if "| NO |" in line or "| yes |" in line]
+    misses = sum("| NO |" in line for line in met)
+    record(
+        "bench",
+        "PASS",
+        f"auto path: {len(met) - misses}/{len(met)} speed-up targets met (bench-auto.md)",
+    )
+    for path in ("mma", "popc"):
+        if path not in paths.split(",") or elapsed() > BUDGET:
+            continue
+        env = {**ENV, "BITMAPS_CUDA_GEMM_PATH": path}
+        out = OUT / f"bench-{path}.md"
+        cmd = [*bench, "--sample-ms", "5", "--gpu-m", "128,8192", "--out", str(out)]
+        rc, _ = run("bench", cmd, 120, env)
+        record(f"bench-{path}", "PASS" if rc == 0 else "FAIL", out.name)
+    rc, text = run("bench", [PY, "-c", TOPS_CASE], 120, {**ENV, "GPU_CHECK_PATHS": paths})
+    tops = [line for line in text.splitlines() if line.startswith("xnor_gemm 8192^3")]
+    (OUT / "tops.txt").write_text("\n".join(tops) + "\n")
+    record("tops", "PASS" if rc == 0 else "FAIL", "; ".join(t.split(": ", 1)[1] for t in tops))
+
+
+def stage_bert() -> None:
+    out = OUT / "bert.md"
+    rc, text = run("bert", [PY, "benchmarks/bench_bert_cuda.py", "--out", str(out)], 240)
+    note = " / ".join(re.findall(r"\| encoder \| (\d+) x \d+ \|[^|]*\|[^|]*\| ([\d.]+x)", text))
+    record(
+        "bert",
+        "PASS" if rc == 0 else "FAIL",
+        f"encoder batch/speed-up: {note}" if rc == 0 else tail(text, 1)[:200],
+    )
+
+
+def stage_sass(info: dict) -> None:
+    home = info.get("cuda_home") or ""
+    tool = shutil.which("cuobjdump") or (str(Path(home) / "bin" / "cuobjdump") if home else None)
+    sos = list((ROOT / "bitmaps").glob("_C*.so"))
+    if not tool or not Path(tool).is_file() or not sos:
+        record("sass", "SKIP", "cuobjdump or the built bitmaps._C not found")
+        return
+    rc, text = run("sass", [tool, "--dump-sass", str(sos[0])], 120)
+    counts = {i: text.count(i) for i in ("BGMMA.64x128x256.AND.POPC", "BMMA.168256.AND.POPC",
+                                         "BMMA.168256.XOR.POPC", "WARPGROUP.ARRIVE")}  # fmt: skip
+    major, minor = info["cc"]
+    want = {(9, 0): ["BGMMA.64x128x256.AND.POPC", "BMMA.168256.AND.POPC"]}.get((major, minor))
+    want = want or (["BMMA.168256.XOR.POPC"] if major == 8 else [])
+    ok = rc == 0 and all(counts[i] for i in want)
+    record("sass", "PASS" if ok else "FAIL", ", ".join(f"{k} x{v}" for k, v in counts.items()))
+    if shutil.which("make") and elapsed() < BUDGET:
+        rc, text = run("sass", ["make", "-s", "cuda-check"], 240)
+        record("cuda-check", "PASS" if rc == 0 else "FAIL", tail(text, 1)[:200])
+
+
+def stage_tensorrt() -> None:
+    rc, _ = run("tensorrt", [PY, "-c", "import tensorrt"], 60)
+    if rc != 0:
+        record("tensorrt", "SKIP", "TensorRT python bindings not installed here")
+        return
+    rc, text = run("tensorrt", ["make", "-s", "plugin"], 300)
+    if rc != 0:
+        record("tensorrt", "FAIL", f"make plugin: {tail(text, 1)[:200]}")
+        return
+    cmd = [PY, "-m", "pytest", "-m", "tensorrt", "-q", "-rs", "tests/test_tensorrt_plugin.py"]
+    rc, text = run("tensorrt", cmd, 400)
+    record("tensorrt", "PASS" if rc == 0 else "FAIL", tail(text, 1)[:200])
+
+
+# --------------------------------------------------------------------------- report
+
+
+def write_report(info: dict) -> None:
+    lines = [
+        f"# gpu-check ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {elapsed():.0f} s)",
+        "",
+    ]
+    lines += [f"- GPU: {info['nvidia_smi']}", f"- torch {info['torch']}, CUDA {info['cuda']}, "
+              f"toolkit {info.get('cuda_home')}", f"- commit: {git_head()}", ""]  # fmt: skip
+    lines += ["| stage | status | note |", "|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['status']} | {r['note']} |" for r in RESULTS]
+    for name in ("bench-auto.md", "bench-mma.md", "bench-popc.md", "tops.txt", "bert.md"):
+        if (OUT / name).is_file():
+            lines += ["", f"## {name}", "", (OUT / name).read_text().strip()]
+    (OUT / "report.md").write_text("\n".join(lines) + "\n")
+    (OUT / "summary.json").write_text(json.dumps({"env": info, "stages": RESULTS}, indent=2))
+    dest = os.environ.get("GPU_CHECK_OUT")
+    if dest:
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        for f in OUT.iterdir():
+            if f.is_file():
+                shutil.copy2(f, Path(dest) / f.name)
+    print(f"report: {OUT / 'report.md'}" + (f" (and {dest})" if dest else ""))
+
+
+def git_head() -> str:
+    proc = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    return proc.stdout.strip() or "?"
+
+
+def main() -> int:
+    info = check_env()
+    OUT.mkdir(parents=True, exist_ok=True)
+    for old in OUT.iterdir():
+        if old.is_file():
+            old.unlink()
+    record("env", "PASS", f"{info['name']} cc {info['cc'][0]}.{info['cc'][1]}, torch {info['torch']}, "
+           f"CUDA {info['cuda']}, toolkit {info['cuda_home']}")  # fmt: skip
+    if stage_build(info):
+        paths = available_paths()
+        record("paths", "PASS", paths)
+        stage_pytest(info)
+        stage_sanitizer(info, paths)
+        if elapsed() < BUDGET:
+            stage_bench(paths)
+        if elapsed() < BUDGET:
+            stage_bert()
+        stage_sass(info)
+        if elapsed() < BUDGET:
+            stage_tensorrt()
+    write_report(info)
+    failed = [r["stage"] for r in RESULTS if r["status"] == "FAIL"]
+    print("RESULT:", "FAIL " + ", ".join(failed) if failed else "PASS")
+    return 1 if failed else 0
+
+
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+       "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+for var in ("BITMAPS_CUDA_GEMM_PATH", "BITMAPS_SKIP_CUDA", "BITMAPS_NO_EXT"):
+    ENV.pop(var, None)
+if PYDEPS.is_dir():  # pytest / ninja for GPU machines without them (make gpu-check-deps)
+    ENV["PYTHONPATH"] += os.pathsep + str(PYDEPS)
+    ENV["PATH"] = f"{ENV.get('PATH', '')}{os.pathsep}{PYDEPS / 'bin'}"
+
+if __name__ == "__main__":
+    sys.exit(main())
