@@ -276,8 +276,8 @@ def test_teacher_and_binary_student_beat_the_majority_class(spam_subset, tmp_pat
     from bitmaps.core.config import BinarizeConfig, DistillConfig
 
     teacher = tmp_path / "t.pt"
-    t = run_training(_job(spam_subset, teacher, "bert-tiny", steps=50), **QUIET)
-    job = _job(spam_subset, tmp_path / "s.pt", str(teacher), stage="student", steps=60, lr=3e-3)
+    t = run_training(_job(spam_subset, teacher, "bert-tiny", steps=40), **QUIET)
+    job = _job(spam_subset, tmp_path / "s.pt", str(teacher), stage="student", steps=50, lr=3e-3)
     job.binarize, job.distill = BinarizeConfig(), DistillConfig(lambda_attn=0.0)
     s = run_training(job, **QUIET)
     for r in (t, s):
