@@ -1,17 +1,17 @@
-"""Per-call cost of ``bitmaps::BinaryLinear`` inside ONNX Runtime through the Python custom op.
+"""Per-call cost of ``bitmaps::BinaryLinear`` inside ONNX Runtime through the native custom op.
 
-For BERT-base shapes (K x N in 768x768, 768x3072, 3072x768) and X of ``--tokens`` rows, the same op
-is timed three ways in one run, samples taken in turn (bitmaps.runtime.onnxruntime):
+For BERT-base shapes (K x N in 768x768, 768x3072, 3072x768) and X of ``--tokens`` rows, timed four
+ways in one run, samples taken in turn (bitmaps.runtime.onnxruntime.measure_custom_op_overhead):
 
-- ``direct``: ``torch.ops.bitmaps.binary_linear`` called from Python (the baseline);
-- ``ort``: a one-node model in an onnxruntime session, the node run by onnxruntime-extensions'
-  PyOp bridge calling the same torch op, outputs returned as arrays (our hook);
-- ``ort (default hook)``: the same with extensions' own hook, which returns ``tolist()``.
+- ``torch``: ``torch.ops.bitmaps.binary_linear`` called from Python, weights laid out per call;
+- ``torch prepacked``: ``binary_linear_prepacked`` (the packed module's path: panels built once);
+- ``ORT native``: a one-node model in an onnxruntime session with libbitmaps_ort.so registered
+  (weights laid out once, at session creation);
+- ``ORT FP32``: MatMul + Add of the same shape in plain onnxruntime (the baseline).
 
-``overhead`` = ort − direct: copying inputs into fresh numpy arrays, the GIL round trip, copying
-the output back, and ONNX Runtime's per-run cost.
+``overhead`` = ORT native − torch prepacked: what a session run adds around the same kernel.
 
-    PYTHONPATH=. python benchmarks/bench_ort_custom_op.py [--tokens 128 1024] [--out r.md]
+    PYTHONPATH=. python benchmarks/bench_ort_custom_op.py [--tokens 128 1024] [--threads N] [--out r.md]
 """
 
 from __future__ import annotations
@@ -21,24 +21,31 @@ import csv
 import sys
 from pathlib import Path
 
+import onnxruntime as ort
 import torch
 
 from bitmaps.core import ops
 from bitmaps.core.atomic import atomic_output
-from bitmaps.runtime.onnxruntime import measure_custom_op_overhead
+from bitmaps.runtime.onnxruntime import measure_custom_op_overhead, native_status
 
 SHAPES = [(768, 768), (768, 3072), (3072, 768)]
-COLUMNS = ("tokens", "k", "n", "direct_ms", "ort_ms", "ort_default_hook_ms", "overhead_ms")
+COLUMNS = (
+    "tokens", "k", "n", "direct_ms", "prepacked_ms", "ort_ms", "ort_fp32_ms", "overhead_ms",
+    "fp32_ratio",
+)  # fmt: skip
 
 
 def _markdown(rows: list[dict]) -> str:
-    head = "| tokens | K | N | direct ms | ORT + PyOp ms | overhead ms | ORT, default hook ms |"
-    lines = [head, "|---:|---:|---:|---:|---:|---:|---:|"]
+    head = (
+        "| tokens | K | N | torch ms | torch prepacked ms | ORT native ms | overhead ms "
+        "| ORT FP32 ms | FP32 / native |"
+    )
+    lines = [head, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r['tokens']} | {r['k']} | {r['n']} | {r['direct_ms']:.3f} | {r['ort_ms']:.3f} | "
-            f"{r['overhead_ms']:.3f} ({r['overhead_ms'] / r['direct_ms']:+.0%}) | "
-            f"{r['ort_default_hook_ms']:.3f} |"
+            f"| {r['tokens']} | {r['k']} | {r['n']} | {r['direct_ms']:.3f} | "
+            f"{r['prepacked_ms']:.3f} | {r['ort_ms']:.3f} | {r['overhead_ms']:+.3f} | "
+            f"{r['ort_fp32_ms']:.3f} | {r['fp32_ratio']:.1f}x |"
         )
     return "\n".join(lines)
 
@@ -47,16 +54,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[128, 1024])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch and ONNX Runtime threads (0: their defaults)"
+    )
     parser.add_argument("--out", action="append", default=[], help="write .md or .csv")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     rows = []
     for tokens in args.tokens:
-        rows += measure_custom_op_overhead(SHAPES, tokens, repeats=args.repeats)
+        rows += measure_custom_op_overhead(
+            SHAPES, tokens, repeats=args.repeats, threads=args.threads or None
+        )
     table = _markdown(rows)
-    header = f"{ops.native_status()}; torch threads {torch.get_num_threads()}"
+    header = (
+        f"{ops.native_status()}; ONNX Runtime {ort.__version__}: {native_status()}; "
+        f"torch threads {torch.get_num_threads()}, ORT threads {args.threads or 'default'}"
+    )
     print(header)
     print(table)
     for out in args.out:

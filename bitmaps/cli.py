@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from bitmaps import __version__
+from bitmaps import __version__, get_library_path
 from bitmaps.core.errors import BitmapsError
 
 
@@ -485,11 +485,9 @@ def ort_library_cmd(no_check: bool) -> None:
     onnxruntime; a library that is missing, does not load or needs a newer runtime is an error.
     """
     if no_check:
-        from bitmaps import get_library_path
-
         click.echo(get_library_path())
         return
-    from bitmaps.runtime.onnxruntime import native_library
+    from bitmaps.core.ort import native_library
 
     click.echo(native_library())
 

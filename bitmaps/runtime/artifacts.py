@@ -24,12 +24,13 @@ import onnx
 import torch
 
 from bitmaps import __version__
+from bitmaps.core.atomic import atomic_output
 from bitmaps.core.config import EngineBuildConfig, ExportConfig
+from bitmaps.core.embeddings import STUDENT_EMBEDDING_GROUP, STUDENT_EMBEDDINGS
 from bitmaps.data.assets import ASSET_MODELS, resolve_model
 from bitmaps.export import pipeline
 from bitmaps.export.onnx_graph import initializer_bytes
 from bitmaps.runtime.backends import ModelSource, load_mlm
-from bitmaps.runtime.onnxruntime import save_kernel_model
 from bitmaps.runtime.tensorrt import build_engine, import_tensorrt
 
 Log = Callable[[str], None]
@@ -93,9 +94,17 @@ def _initializer_bytes(path: Path) -> int:
 def onnx_artifact(
     source: ModelSource, model: str, dtype: str, output: str, workdir: Path, log: Log
 ) -> Artifact:
-    """The ONNX export of ``model`` (fp32/fp16 baseline or binary student), from cache or made."""
-    cfg = ExportConfig(dtype=dtype, output=output, backends=("kernel",))
-    key = cache_key(source, model, dtype=dtype, output=output, opset=cfg.opset)
+    """The ONNX export of ``model`` (fp32/fp16 baseline or binary student), from cache or made.
+    The student's embeddings as ``bitmaps export`` ships them; the baselines' unchanged."""
+    emb = STUDENT_EMBEDDINGS if model == "binary" else "fp32"
+    cfg = ExportConfig(
+        dtype=dtype, output=output, backends=("kernel",), embeddings=emb,
+        embedding_group=STUDENT_EMBEDDING_GROUP,
+    )  # fmt: skip
+    key = cache_key(
+        source, model, dtype=dtype, output=output, opset=cfg.opset, embeddings=emb,
+        group=cfg.embedding_group,
+    )  # fmt: skip
     path = workdir / f"{_stem(source, model)}-{model}-{dtype}-{output}-{key[:12]}.onnx"
     if path.is_file():
         log(f"reusing {path}")
@@ -121,18 +130,58 @@ def _export(source: ModelSource, model: str, path: Path, cfg: ExportConfig, log:
     log(summary.line())
 
 
+def onnx_weights_by_part(path: Path) -> dict[str, int]:
+    """Initializer bytes of an ONNX file by part, read from the graph: ``embeddings`` (tables a
+    ``Gather`` reads, directly or through one dequantizing node), ``head`` (initializers used only
+    after the last node that reads an ``encoder.layer.`` initializer), ``encoder`` (the rest)."""
+    graph = onnx.load(str(path)).graph
+    inits = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    tables: set[str] = set()
+    for node in graph.node:
+        if node.op_type in ("Gather", "GatherBlockQuantized"):
+            src = producers.get(node.input[0])
+            feeds = [node.input[0], *(src.input if src is not None else ())]
+            tables.update(i for i in feeds if i in inits)
+            tables.update(i for i in node.input[2:] if i in inits)  # scales of a quantized gather
+    last = max(
+        (i for i, n in enumerate(graph.node) if any("encoder.layer." in x for x in n.input)),
+        default=len(graph.node),
+    )
+    first_use = {}
+    for i, node in enumerate(graph.node):
+        for x in node.input:
+            first_use.setdefault(x, i)
+    parts = {"encoder": 0, "embeddings": 0, "head": 0}
+    for name, t in inits.items():
+        size = len(t.raw_data) if t.HasField("raw_data") else onnx.numpy_helper.to_array(t).nbytes
+        part = (
+            "embeddings" if name in tables else "head" if first_use.get(name, 0) > last
+            else "encoder"
+        )  # fmt: skip
+        parts[part] += size
+    return {**parts, "total": sum(parts.values())}
+
+
+def int8_artifact(fp32: Artifact, log: Log) -> Artifact:
+    """ONNX Runtime's dynamic INT8 quantization (``quantize_dynamic``, QInt8 weights, its default
+    op types) of the FP32 baseline export: what a CPU user picks instead of a 1-bit model."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path = fp32.path.with_name(fp32.path.stem.replace("-fp32-fp32-", "-int8-fp32-") + "-int8.onnx")
+    if path.is_file():
+        log(f"reusing {path}")
+    else:
+        with atomic_output(path) as tmp:
+            quantize_dynamic(str(fp32.path), str(tmp), weight_type=QuantType.QInt8)
+        log(f"wrote {path} (quantize_dynamic of {fp32.path.name})")
+    return Artifact(path, _initializer_bytes(path), path.stat().st_size)
+
+
 def kernel_artifact(onnx: Artifact, log: Log) -> Artifact:
-    """``onnx`` rewritten for the kernel session (``kernel_model``), saved beside it.
-
-    The worker opens this file by path (``kernel_session(..., prepared=True)``); weights and
-    file size stay those of the exported model, which is what a user ships.
-    """
-
-    path = onnx.path.with_suffix(".kernel.onnx")
-    if not path.is_file():
-        save_kernel_model(onnx.path, path)
-        log(f"wrote {path} (for ONNX Runtime with the bitmaps kernel)")
-    return dataclasses.replace(onnx, path=path)
+    """What the kernel session opens: the exported file itself (the native op needs no rewrite)."""
+    del log
+    return onnx
 
 
 def engine_artifact(

@@ -6,8 +6,9 @@ Three backends, each a thin runner over another module's public API:
 torch          cpu      the Hugging Face module in eager PyTorch; binary = ``binarize_`` +
                cuda     ``pack_binary_linears_``: ``torch.ops.bitmaps.binary_linear`` per layer
 onnxruntime    cpu      fp32/fp16: plain ONNX Runtime (CPUExecutionProvider) on the baseline
-                        export; binary: the ``bitmaps::BinaryLinear`` nodes run our compiled
-                        kernel through onnxruntime-extensions (``kernel_session``)
+                        export; binary: the ``bitmaps::BinaryLinear`` nodes run our native
+                        custom op, libbitmaps_ort.so (``kernel_session``), else the model-local
+                        function when the library is unavailable (the path column says which)
 tensorrt       cuda     an engine from bitmaps.runtime.tensorrt (binary: the plugin)
 =============  =======  =====================================================================
 
@@ -35,14 +36,24 @@ import torch
 from torch import nn
 
 from bitmaps.core.config import BinarizeConfig
+from bitmaps.core.embeddings import (
+    STUDENT_EMBEDDING_GROUP,
+    STUDENT_EMBEDDINGS,
+    quantize_embeddings_,
+)
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.ops import native_status
-from bitmaps.runtime.onnxruntime import function_session, kernel_session
+from bitmaps.runtime.onnxruntime import (
+    function_session,
+    kernel_session,
+    library_missing,
+    native_cpu_path,
+)
 from bitmaps.runtime.tensorrt import TensorRTEngine, find_plugin_library, import_tensorrt
 from bitmaps.train.binary_linear import binarize_, pack_binary_linears_
 from bitmaps.train.models import load_model
 
-MODELS = ("fp32", "fp16", "binary")
+MODELS = ("fp32", "fp16", "int8", "binary")
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 BACKEND_DEVICES = {"torch": ("cpu", "cuda"), "onnxruntime": ("cpu",), "tensorrt": ("cuda",)}
 MB = 1e6  # every "MB" in bitmaps' reports is 10^6 bytes
@@ -110,6 +121,7 @@ def inference_module(mlm: nn.Module, model: str, output: str, device: str) -> nn
 
     if model == "binary":
         pack_binary_linears_(mlm)
+        quantize_embeddings_(mlm, STUDENT_EMBEDDINGS, STUDENT_EMBEDDING_GROUP)
     module = mlm.base_model if output == "hidden" else mlm
     return module.to(device=device, dtype=float_dtype(model, device)).eval()
 
@@ -179,17 +191,14 @@ def devices(backend: str, wanted: str) -> list[str]:
 
 def model_problem(backend: str, device: str, model: str, named: bool) -> str | None:
     """Why (backend, device) does not profile ``model`` here, or None. ``named``: asked by name."""
+    if model == "int8" and backend != "onnxruntime":
+        return "int8 is ONNX Runtime's dynamic quantization: profiled on the onnxruntime backend"
     if backend == "torch" and device == "cpu" and model == "fp16" and not named:
         if not cpu_has_fp16_math():
             return (
                 "torch fp16 on this CPU is emulated (no AVX512-FP16): slow and not a deployment "
                 "target; name it in --models to measure it anyway"
             )
-    if model == "binary" and backend == "onnxruntime":
-        try:
-            import onnxruntime_extensions  # noqa: F401  (optional: only this pairing needs it)
-        except ImportError as exc:
-            return f"the binary model on ONNX Runtime needs onnxruntime-extensions: {exc}"
     if model == "binary" and backend == "tensorrt":
         try:
             find_plugin_library()
@@ -210,10 +219,19 @@ def path_description(backend: str, device: str, model: str) -> str:
         return what
     if backend == "onnxruntime":
         if model == "binary":
+            if library_missing() is None:  # a library that does not load fails the row
+                return (
+                    "ONNX Runtime CPUExecutionProvider; bitmaps::BinaryLinear = native op "
+                    f"libbitmaps_ort.so (CPU path {native_cpu_path()})"
+                )
             return (
-                "ONNX Runtime CPUExecutionProvider (intra-op threads not spinning); "
-                "bitmaps::BinaryLinear = onnxruntime-extensions PyOp -> "
-                f"torch.ops.bitmaps.binary_linear, {native_status()}"
+                "ONNX Runtime CPUExecutionProvider; bitmaps::BinaryLinear = model-local ONNX "
+                "function (standard ops): libbitmaps_ort.so was not built"
+            )
+        if model == "int8":
+            return (
+                "ONNX Runtime CPUExecutionProvider; dynamic INT8 of the fp32 baseline export "
+                "(onnxruntime.quantization.quantize_dynamic, QInt8 weights)"
             )
         what = f"plain ONNX Runtime CPUExecutionProvider ({model} baseline export)"
         if model == "fp16":
@@ -246,15 +264,15 @@ class TorchRunner:
 
 
 class OrtRunner:
-    """An ONNX Runtime session: plain (``function``), or our kernel (``kernel``) on a file that
-    already holds ``kernel_model``'s rewrite (bitmaps/runtime/artifacts.py)."""
+    """An ONNX Runtime session: plain (``function``), or with our native op (``kernel``; the
+    function when the library is unavailable, as :func:`path_description` reports)."""
 
     device = "cpu"
 
     def __init__(self, onnx_path: str, session: str, threads: int) -> None:
 
-        if session == "kernel":
-            self.session = kernel_session(onnx_path, threads, prepared=True)
+        if session == "kernel" and library_missing() is None:
+            self.session = kernel_session(onnx_path, threads)
         else:
             self.session = function_session(onnx_path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]

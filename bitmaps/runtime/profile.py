@@ -34,6 +34,11 @@ import torch
 
 import bitmaps
 from bitmaps.core.config import DataConfig, ProfileConfig
+from bitmaps.core.embeddings import (
+    STUDENT_EMBEDDING_GROUP,
+    STUDENT_EMBEDDINGS,
+    quantize_embeddings_,
+)
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.ops import native_status
 from bitmaps.core.progress import ProgressReporter
@@ -42,8 +47,15 @@ from bitmaps.data.corpus import build_corpus, eval_batches
 from bitmaps.data.labelled import build_labelled, classify_batches, read_labelled
 from bitmaps.metrics.classify import evaluate_classifier
 from bitmaps.metrics.evaluate import evaluate_model
+from bitmaps.metrics.mlm import MLMSums
 from bitmaps.runtime import backends as B
-from bitmaps.runtime.artifacts import engine_artifact, kernel_artifact, onnx_artifact
+from bitmaps.runtime.artifacts import (
+    engine_artifact,
+    int8_artifact,
+    kernel_artifact,
+    onnx_artifact,
+    onnx_weights_by_part,
+)
 from bitmaps.runtime.measure import RESULT_PREFIX
 from bitmaps.runtime.plan import (
     ProfileJob,
@@ -159,6 +171,8 @@ def _artifacts(job: ProfileJob, targets: list[Target], workdir: Path, log: Log) 
     for t in targets:
         if t.backend == "onnxruntime" and t.model == "binary":
             out[t] = kernel_artifact(onnx(t.model, "fp32"), log)
+        elif t.backend == "onnxruntime" and t.model == "int8":
+            out[t] = int8_artifact(onnx("fp32", "fp32"), log)
         elif t.backend == "onnxruntime":
             out[t] = onnx(t.model, t.model)
         elif t.backend == "tensorrt":
@@ -169,7 +183,25 @@ def _artifacts(job: ProfileJob, targets: list[Target], workdir: Path, log: Log) 
     return out
 
 
-def _accuracy(job: ProfileJob, models: list[str], log: Log) -> tuple[dict, dict]:
+def _int8_scores(job: ProfileJob, workdir: Path, batches: Any, log: Log) -> dict[str, float]:
+    """The int8 model's masked-LM scores: its ONNX file (with the MLM head) in ONNX Runtime."""
+    import onnxruntime as ort
+
+    fp32 = onnx_artifact(job.source, "fp32", "fp32", "logits", workdir, log)
+    path = int8_artifact(fp32, log).path
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = job.config.threads or default_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    sums = MLMSums()
+    for batch in batches:
+        feed = {k: batch[k].numpy() for k in ("input_ids", "attention_mask")}
+        logits = torch.from_numpy(session.run(None, feed)[0])
+        picked = batch["labels"] != -100
+        sums.add(logits[picked], batch["labels"][picked])
+    return sums.metrics()
+
+
+def _accuracy(job: ProfileJob, models: list[str], workdir: Path, log: Log) -> tuple[dict, dict]:
     """Per model: cross entropy, accuracy, MRR on the held-out split (see module docstring)."""
 
     loaded = {m: load_model(job.source.spec(m)) for m in models}
@@ -189,12 +221,16 @@ def _accuracy(job: ProfileJob, models: list[str], log: Log) -> tuple[dict, dict]
     device = "cuda" if B.torch.cuda.is_available() and job.config.device != "cpu" else "cpu"
     scores = {}
     for m, x in loaded.items():
+        batches = eval_batches(heldout, first.tokenizer, data_cfg, batch_size=32)
+        log(f"scoring {m} on {len(heldout)} held-out sequences ...")
+        if m == "int8":
+            scores[m] = _int8_scores(job, workdir, batches, log)
+            continue
         model = x.model
         if m == "binary":
             pack_binary_linears_(model)
+            quantize_embeddings_(model, STUDENT_EMBEDDINGS, STUDENT_EMBEDDING_GROUP)
         model = model.to(B.float_dtype(m, device))
-        batches = eval_batches(heldout, first.tokenizer, data_cfg, batch_size=32)
-        log(f"scoring {m} on {len(heldout)} held-out sequences ...")
         scores[m] = evaluate_model(model, batches, device=device)
     meta = {
         "data": [str(p) for p in job.data],
@@ -246,7 +282,7 @@ def _machine(threads: int) -> dict[str, Any]:
     except OSError:
         pass
     versions = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("onnxruntime", "onnxruntime_extensions", "transformers", "tensorrt"):
+    for name in ("onnxruntime", "transformers", "tensorrt"):
         try:
             versions[name] = __import__(name).__version__
         except ImportError:
@@ -371,13 +407,20 @@ def _row(t: Target, r: dict, info: dict, artifact: Any, scores: dict) -> dict[st
     return row
 
 
-def _weights_by_part(job: ProfileJob, models: list[str], loaded: dict[Target, dict]) -> dict:
+def _weights_by_part(
+    job: ProfileJob, models: list[str], loaded: dict[Target, dict], artifacts: dict
+) -> dict:
     """MB by part per model: from the torch CPU workers, else counted here on a CPU module."""
     weights: dict[str, dict[str, float]] = {}
     for t, info in loaded.items():
         if "weights" in info and t.device == "cpu":
             weights.setdefault(t.model, {k: v / B.MB for k, v in info["weights"].items()})
     for m in models:
+        if m == "int8":  # an ONNX Runtime file only: its initializers
+            art = next((a for t, a in artifacts.items() if t.model == "int8"), None)
+            if art is not None:
+                weights[m] = {k: v / B.MB for k, v in onnx_weights_by_part(art.path).items()}
+            continue
         if m not in weights:
             module = B.inference_module(B.load_mlm(job.source, m), m, job.config.output, "cpu")
             weights[m] = {k: v / B.MB for k, v in B.weight_breakdown(module).items()}
@@ -392,7 +435,7 @@ def run_profile(job: ProfileJob, log: Log = print) -> ProfileResult:
     for s in skipped:
         log(f"skipped {s['backend']} {s['model']} ({s['device']}): {s['reason']}")
     # Accuracy first: a problem with the text surfaces before minutes of measuring.
-    scores, accuracy_meta = _accuracy(job, models, log) if job.data else ({}, None)
+    scores, accuracy_meta = _accuracy(job, models, workdir, log) if job.data else ({}, None)
     artifacts = _artifacts(job, targets, workdir, log)
     load_before, cpu_before = _load_average(), _cpu_seconds()
     raw, loaded = _measure_all(job, targets, artifacts, int(hf_config.vocab_size), workdir)
@@ -429,7 +472,7 @@ def run_profile(job: ProfileJob, log: Log = print) -> ProfileResult:
             }
             for t in targets
         ],
-        "weights_by_part_mb": _weights_by_part(job, models, loaded),
+        "weights_by_part_mb": _weights_by_part(job, models, loaded, artifacts),
         "accuracy": accuracy_meta,
         "runs": runs,
         "units": "latency: ms per call on one batch; throughput: batch / p50; MB: 10^6 bytes",

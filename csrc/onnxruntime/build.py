@@ -221,18 +221,22 @@ def build(out: Path, defines: list[str] | None = None, jobs: int = 2) -> Path:
     """Compile and link the library into ``out``; objects reused from build/ort/ when fresh."""
     include = find_headers()
     cxx = _compiler()
-    flags = [*CXXFLAGS, *(f"-D{d}" for d in defines or []), f"-I{ROOT / 'csrc'}"]
-    flags += ["-isystem", str(include)]
+    flags = [*CXXFLAGS, f"-I{ROOT / 'csrc'}", "-isystem", str(include)]
     key = hashlib.sha256(" ".join([cxx, *flags]).encode()).hexdigest()[:12]
     objdir = _mkdir(ROOT / "build" / "ort" / key)
     newest_header = max((p.stat().st_mtime for p in _headers_of_tree()), default=0.0)
+    # --define applies to the adapter only (e.g. BITMAPS_ORT_API_VERSION): kernels are reused.
+    extra = [f"-D{d}" for d in defines or []]
+    tag = hashlib.sha256(" ".join(extra).encode()).hexdigest()[:8] if extra else ""
 
     def compile_one(src: Path) -> Path:
-        obj = objdir / (src.parent.name + "_" + src.stem + ".o")
+        adapter = src.parent.name == "onnxruntime"
+        suffix = f"_{tag}" if adapter and tag else ""
+        obj = objdir / f"{src.parent.name}_{src.stem}{suffix}.o"
         fresh = obj.is_file() and obj.stat().st_mtime >= max(src.stat().st_mtime, newest_header)
         if not fresh:
-            proc = subprocess.run([cxx, *flags, "-c", str(src), "-o", str(obj)],
-                                  capture_output=True, text=True)  # fmt: skip
+            cmd = [cxx, *flags, *(extra if adapter else []), "-c", str(src), "-o", str(obj)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr)
                 raise BuildError(f"compiling {src.relative_to(ROOT)} failed: {first.strip()}")

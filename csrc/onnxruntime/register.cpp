@@ -5,6 +5,7 @@
 //
 // A runtime too old for this library (its C API lacks version kOrtApiVersion) gets an error status
 // that says so, made through the oldest API every runtime offers, instead of a crash.
+#include <cstdio>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -35,7 +36,13 @@ extern "C" {
 BITMAPS_ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options,
                                                      const OrtApiBase* api_base) {
   using bitmaps::ort::kOrtApiVersion;
-  const OrtApi* api = api_base->GetApi(kOrtApiVersion);
+  // ONNX Runtime 1.x offers C API versions 1..x. Asking an older runtime for a newer version makes
+  // it print a warning of its own, so its version string is read first.
+  const char* version = api_base->GetVersionString();
+  unsigned major = 0, minor = 0;
+  const bool parsed = version != nullptr && std::sscanf(version, "%u.%u", &major, &minor) == 2;
+  const bool too_old = parsed && major == 1 && minor < kOrtApiVersion;
+  const OrtApi* api = too_old ? nullptr : api_base->GetApi(kOrtApiVersion);
   if (api == nullptr) {
     const OrtApi* oldest = api_base->GetApi(1);
     const std::string message =
