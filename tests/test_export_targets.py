@@ -107,7 +107,9 @@ def test_tensorrt_target_has_only_parser_supported_ops(tensorrt_export):
     model = tensorrt_export.model
     ops = _ops(model)
     assert "bitmaps::BinaryLinear" in ops
-    outside = {op for op in ops if op.split("::")[1] not in TENSORRT_OPS} - {"bitmaps::BinaryLinear"}
+    outside = {op for op in ops if op.split("::")[1] not in TENSORRT_OPS} - {
+        "bitmaps::BinaryLinear"
+    }
     assert outside == set(), outside  # main graph and the fallback function
     assert {op.split("::")[0] for op in ops} == {"ai.onnx", "bitmaps"}
     (fn,) = model.functions

@@ -48,7 +48,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[-1].strip() if text else type(exc).__name__
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _library_problem(path: str) -> str | None:
     import onnxruntime as ort  # optional, heavy
 
@@ -114,4 +114,3 @@ def open_session(
     if backend == "kernel":
         return kernel_session(model, threads)
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-

@@ -59,7 +59,6 @@ from bitmaps.export.onnx_function import (
     OP_VERSION,
     PLUGIN_NAMESPACE,
     PLUGIN_VERSION,
-    binary_linear_function,
     binary_linear_schema,
 )
 from bitmaps.train.binary_linear import pack_binary_linears_
@@ -251,11 +250,6 @@ def annotate(model: ir.Model, meta: dict[str, str]) -> None:
     model.producer_name = "bitmaps"
     model.producer_version = __version__
     model.metadata_props.update({f"{METADATA_PREFIX}{k}": str(v) for k, v in meta.items()})
-
-
-def default_function(model: ir.Model) -> onnx.FunctionProto:
-    """The portable function (BitwiseAnd unpacking) for this model's opset."""
-    return binary_linear_function(opset_of(model))
 
 
 def model_metadata(model: onnx.ModelProto) -> dict[str, str]:

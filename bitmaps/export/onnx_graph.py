@@ -121,13 +121,3 @@ def fp32_parameter_bytes(config: object) -> int:
         size = 4 if t.is_floating_point() else t.element_size()
         total += t.numel() * size
     return total
-
-
-def drop_stale_value_info(model: onnx.ModelProto) -> None:
-    """Remove value_info entries naming tensors that no longer exist (renamed initializers)."""
-    g = model.graph
-    alive = {t.name for t in g.initializer} | {i.name for i in g.input}
-    alive |= {o for node in g.node for o in node.output}
-    kept = [vi for vi in g.value_info if vi.name in alive]
-    del g.value_info[:]
-    g.value_info.extend(kept)
