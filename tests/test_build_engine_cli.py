@@ -25,8 +25,16 @@ def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 
 
 def _fake_onnx(tmp_path: Path) -> Path:
+    """A readable ONNX model with no BinaryLinear node (one Identity): it passes the export-target
+    check, so what fails next is TensorRT itself."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
     model = tmp_path / "model.onnx"
-    model.write_bytes(b"not really onnx")
+    onnx.save(helper.make_model(graph), str(model))
     return model
 
 
