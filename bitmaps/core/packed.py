@@ -37,6 +37,13 @@ class PackedBinaryLinear(nn.Module):
 
     Input ``[..., K]`` float16/float32 → output ``[..., N]`` of the same dtype. ``w_scale`` and
     ``bias`` stay float32 under ``.half()`` (the op's contract), packed weights stay int32.
+
+    On CPU the weights are also held laid out for the GEMM (``panels``, ``bitmaps::prepack_weights``):
+    a non-persistent buffer rebuilt whenever ``packed_weight`` is set (construction,
+    ``load_state_dict``, a move back to the CPU), so eager calls run
+    ``bitmaps::binary_linear_prepacked`` and never lay the weights out again. The state dict, the
+    checkpoint format and what torch.export / ONNX export trace (``bitmaps::binary_linear`` on
+    ``packed_weight``) are unchanged. Off the CPU ``panels`` is None.
     """
 
     def __init__(self, spec: BinaryLinearSpec) -> None:
@@ -57,12 +64,26 @@ class PackedBinaryLinear(nn.Module):
         self.register_buffer("packed_weight", spec.packed_weight.to(torch.int32).contiguous())
         self.register_buffer("w_scale", spec.w_scale.float().contiguous())
         self.register_buffer("bias", spec.bias.float().contiguous())
+        self.register_buffer("panels", None, persistent=False)
+        self._refresh_panels()
+        self.register_load_state_dict_post_hook(lambda module, _: module._refresh_panels())
+
+    def _refresh_panels(self) -> None:
+        w = self.packed_weight
+        self.panels = ops.prepack_weights(w, self.in_features) if w.device.type == "cpu" else None
 
     @classmethod
     def from_spec(cls, spec: BinaryLinearSpec) -> PackedBinaryLinear:
         return cls(spec)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torch.export (and so ONNX export) must see bitmaps::binary_linear on packed_weight;
+        # eager calls and torch.compile use the panels (both ops have fake kernels).
+        if self.panels is not None and x.device.type == "cpu" and not torch.compiler.is_exporting():
+            return ops.binary_linear_prepacked(
+                x.contiguous(), self.panels, self.w_scale, self.bias, self.in_features,
+                self.act_threshold, self.act_scale, self.act_unsigned,
+            )  # fmt: skip
         args = (
             x.contiguous(),
             self.packed_weight,
@@ -87,6 +108,7 @@ class PackedBinaryLinear(nn.Module):
             new = self._buffers[name]
             if new.dtype != torch.float32:  # .half() / .to(dtype): restore full-precision scales
                 self._buffers[name] = old.to(device=new.device)
+        self._refresh_panels()
         return self
 
     def extra_repr(self) -> str:

@@ -130,8 +130,11 @@ def weight_breakdown(module: nn.Module) -> dict[str, int]:
     """Bytes of parameters + buffers by part: ``encoder``, ``embeddings``, ``head``, ``total``."""
     parts = {"encoder": 0, "embeddings": 0, "head": 0}
     # named_parameters/named_buffers yield a shared tensor once (the tied decoder weight is the
-    # word embedding), under its first name.
-    for name, t in (*module.named_parameters(), *module.named_buffers()):
+    # word embedding), under its first name. Non-persistent buffers are derived at load (the CPU
+    # GEMM's prepacked panels, rotary tables): not weights a user ships, so not counted.
+    persistent = set(module.state_dict(keep_vars=True))
+    buffers = [(n, t) for n, t in module.named_buffers() if n in persistent]
+    for name, t in (*module.named_parameters(), *buffers):
         part = (
             "encoder" if "encoder." in name else "embeddings" if "embeddings." in name else "head"
         )
