@@ -32,23 +32,40 @@ def _data_paths(data: tuple[str, ...]) -> list[str]:
 def _configs(
     config_file: str | None, overrides: tuple[str, ...], options: dict[str, dict[str, object]]
 ) -> dict[str, dict[str, object]]:
-    """Merge config sections: a JSON file, then explicit options, then ``--set section.key=value``."""
+    """Merge config sections: a JSON file, then explicit options, then ``--set section.key=value``.
 
+    Every value is checked against its config field's type here (``--set`` text is parsed to it),
+    so that a wrong field, type or section fails before any work starts; ranges are checked when
+    the caller builds the config.
+    """
+
+    from bitmaps.core.config import SECTIONS
     from bitmaps.core.errors import ConfigError
 
+    classes = {name: SECTIONS[name] for name in options}
     sections: dict[str, dict[str, object]] = {name: {} for name in options}
     if config_file:
         try:
-            with open(config_file, encoding="utf-8") as f:
-                loaded = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
+            loaded = json.loads(Path(config_file).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"{config_file}: expected a JSON object of sections ({', '.join(sections)}), "
+                f"got {type(loaded).__name__}"
+            )
         for name, values in loaded.items():
-            if name not in sections or not isinstance(values, dict):
+            if name not in sections:
                 raise ConfigError(
                     f"{config_file}: unknown section {name!r} (sections: {', '.join(sections)})"
                 )
-            sections[name].update(values)
+            if not isinstance(values, dict):
+                raise ConfigError(f"{config_file}: section {name!r} must be a JSON object")
+            for field, value in values.items():
+                try:
+                    sections[name][field] = classes[name].check_field(field, value, where=name)
+                except ConfigError as exc:
+                    raise ConfigError(f"{config_file}: {exc}") from None
     for name, values in options.items():
         sections[name].update({k: v for k, v in values.items() if v is not None})
     for item in overrides:
@@ -59,11 +76,29 @@ def _configs(
                 f"--set {item}: expected SECTION.FIELD=VALUE with SECTION one of {', '.join(sections)}"
             )
         try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        sections[name][field] = value
+            sections[name][field] = classes[name].parse_field(field, raw)
+        except ConfigError as exc:
+            raise ConfigError(f"--set {item}: {exc}") from None
     return sections
+
+
+class _Device(click.ParamType):
+    """auto, cpu or cuda, where this machine has it (torch is imported only for cuda)."""
+
+    name = "[auto|cpu|cuda]"
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
+        if value in ("auto", "cpu"):  # answered without importing torch
+            return value
+        from bitmaps.core.devices import device_problem
+
+        problem = device_problem(value)
+        if problem:
+            self.fail(problem, param, ctx)
+        return value
+
+
+DEVICE = _Device()
 
 
 # Click option tables read best one option per line, aligned by hand: ruff-format stays out of
@@ -101,7 +136,7 @@ def _configs(
               help="override any config field, e.g. --set distill.lambda_attn=0 (repeatable)")
 @click.option("--resume", is_flag=True, help="continue the run saved in --output where it stopped")
 @click.option("--overwrite", is_flag=True, help="replace an existing --output")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
 def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio, schedule, weight_decay,
           grad_clip, seed, eval_every, eval_sequences, save_every, log_every, amp, stop_after,
           act_quantizer, config_file, overrides, resume, overwrite, device) -> None:
@@ -163,14 +198,14 @@ def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio,
 @cli.command("eval")
 @click.argument("model", metavar="CKPT_OR_MODEL")
 @click.option("--data", multiple=True, metavar="PATH", help="text files or folders (repeatable)")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--max-sequences", type=int, default=0, show_default=True,
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--max-sequences", type=click.IntRange(min=0), default=0, show_default=True,
               help="score at most N held-out sequences (0: all)")
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON on stdout")
 @click.option("--set", "overrides", multiple=True, metavar="data.FIELD=VALUE",
               help="data pipeline settings (must match training to score the same held-out split)")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--embeddings", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32",
               show_default=True, help="masked LM: score with the embedding tables and tied decoder "
               "stored as the export's --embeddings stores them")
@@ -185,17 +220,14 @@ def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, 
     from bitmaps.train.evaluate import evaluate_on_text
     from bitmaps.train.models import model_task
 
-    if batch_size < 1:
-        raise click.UsageError("--batch-size must be >= 1")
-    if max_sequences < 0:
-        raise click.UsageError("--max-sequences must be >= 0")
     sections = _configs(None, overrides, {"data": {}})
+    data_cfg = DataConfig.from_dict(sections["data"])
     if model_task(model) == "classify":
         from bitmaps.metrics.classify import format_confusion
         from bitmaps.train.classify import evaluate_classifier_on_data
 
         result = evaluate_classifier_on_data(
-            model, _data_paths(data), DataConfig.from_dict(sections["data"]),
+            model, _data_paths(data), data_cfg,
             batch_size=batch_size, max_examples=max_sequences, split=split, device=device,
             log=lambda m: click.echo(m, err=True),
         )
@@ -210,7 +242,7 @@ def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, 
         click.echo(format_confusion(result))
         return
     result = evaluate_on_text(
-        model, _data_paths(data), DataConfig.from_dict(sections["data"]), batch_size=batch_size,
+        model, _data_paths(data), data_cfg, batch_size=batch_size,
         max_sequences=max_sequences, split=split, device=device,
         log=lambda m: click.echo(m, err=True),
         embeddings=embeddings, embedding_group=int(embedding_group),
@@ -277,7 +309,7 @@ def assets_path(name: str | None) -> None:
 
 
 @cli.command("data-stats")
-@click.argument("paths", nargs=-1, required=True, metavar="PATH...")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...", type=click.Path(exists=True))
 @click.option("--tokenizer", default="bert-tiny", show_default=True, help="model name or folder")
 @click.option("--seq-len", type=int, default=128, show_default=True)
 @click.option("--heldout-fraction", type=float, default=0.1, show_default=True)
@@ -428,8 +460,7 @@ def export_baseline_cmd(model, output, target, dtype, opset, output_kind, tolera
               help="seconds of untimed calls, at least")
 @click.option("--threads", type=int, default=0, show_default=True, help="CPU threads, 0: all cores")
 @click.option("--seed", type=int, default=0, show_default=True, help="random weights and inputs")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--workdir", type=click.Path(file_okay=False), metavar="DIR",
               help="exported ONNX files and engines, reused across runs [$BITMAPS_CACHE/profile]")
 @click.option("--show", "show_path", type=click.Path(dir_okay=False), metavar="FILE.json",

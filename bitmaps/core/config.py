@@ -1,19 +1,26 @@
 """Dataclass configs: one per stage, validated on construction, JSON round-trip, versioned.
 
 Library functions take one of these, not twenty keyword arguments; the CLI maps its options onto
-them. ``from_dict`` rejects unknown keys and a newer ``version`` than this code understands, so a
-checkpoint written by a later bitmaps fails with a clear message instead of silently misbehaving.
+them. ``from_dict`` rejects unknown keys, a value of the wrong type (each field's annotation is the
+type: int, float, bool, str, tuples of them, ``| None``) and a newer ``version`` than this code
+understands, so a checkpoint written by a later bitmaps fails with a clear message instead of
+silently misbehaving. :meth:`Config.parse_field` reads a field from text (``--set
+SECTION.FIELD=VALUE``) as that type.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from typing import Any, ClassVar, TypeVar
 
 from bitmaps.core.errors import ConfigError
 
 C = TypeVar("C", bound="Config")
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
 
 
 @dataclasses.dataclass
@@ -23,6 +30,8 @@ class Config:
     VERSION: ClassVar[int] = 1
 
     def __post_init__(self) -> None:
+        for name, tp in self.field_types().items():  # types first: validate compares numbers
+            setattr(self, name, _typed(name, tp, getattr(self, name)))
         self.validate()
 
     def validate(self) -> None:
@@ -52,11 +61,120 @@ class Config:
         return cls(**d)
 
     @classmethod
+    def field_types(cls) -> dict[str, Any]:
+        """Field name → its type (the annotation, evaluated)."""
+        if cls not in _FIELD_TYPES:
+            hints = typing.get_type_hints(cls)
+            _FIELD_TYPES[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+        return _FIELD_TYPES[cls]
+
+    @classmethod
+    def check_field(cls, name: str, value: Any, where: str = "") -> Any:
+        """A JSON value for field ``name``, type-checked (ranges are checked on construction)."""
+        hints = cls.field_types()
+        if name not in hints:
+            raise ConfigError(
+                f"{where or cls.__name__}: unknown field {name!r} (fields: {', '.join(hints)})"
+            )
+        return _typed(f"{where}.{name}" if where else name, hints[name], value)
+
+    @classmethod
+    def parse_field(cls, name: str, text: str) -> Any:
+        """``text`` as the value of field ``name``: numbers, ``true``/``false``, ``none`` where the
+        field may be None, and tuples as comma-separated items or a JSON list."""
+        hints = cls.field_types()
+        if name not in hints:
+            raise ConfigError(f"unknown field {name!r} (fields: {', '.join(hints)})")
+        return _typed(name, hints[name], _from_text(hints[name], text.strip()))
+
+    @classmethod
     def from_json(cls: type[C], text: str) -> C:
         return cls.from_dict(json.loads(text))
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
+
+
+def _optional(tp: Any) -> tuple[Any, bool]:
+    """(the type without ``None``, whether ``None`` is allowed)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], len(args) < len(typing.get_args(tp))
+    return tp, False
+
+
+def _items(tp: Any) -> list[Any] | None:
+    """The item types of a tuple type (``tuple[int, ...]``: one per item, any length); else None."""
+    if typing.get_origin(tp) is not tuple:
+        return None
+    return list(typing.get_args(tp))
+
+
+def _from_text(tp: Any, text: str) -> Any:
+    """Text (from the command line) → the JSON-like value :func:`_typed` checks."""
+    tp, nullable = _optional(tp)
+    if nullable and text.lower() in ("none", "null"):
+        return None
+    if tp is bool:
+        words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        return words.get(text.lower(), text)
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            return text
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+    items = _items(tp)
+    if items is not None:
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return text
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if items[-1] is ...:
+            return [_from_text(items[0], p) for p in parts]
+        return [_from_text(items[i], p) if i < len(items) else p for i, p in enumerate(parts)]
+    return text
+
+
+def _typed(name: str, tp: Any, value: Any) -> Any:
+    """``value`` checked against type ``tp`` (ints are accepted for floats, lists for tuples)."""
+    tp, nullable = _optional(tp)
+    if value is None and nullable:
+        return None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            return float(value)
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    items = _items(tp)
+    if items is not None:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        if items[-1] is ...:
+            return tuple(_typed(f"{name} entry", items[0], v) for v in value)
+        if len(value) != len(items):
+            raise ConfigError(f"{name} must have {len(items)} entries, got {value!r}")
+        return tuple(_typed(f"{name} entry", t, v) for t, v in zip(items, value, strict=True))
+    return value
 
 
 def _positive(name: str, value: float) -> None:
@@ -96,6 +214,9 @@ class DataConfig(Config):
             raise ConfigError("mask_replace_prob + mask_random_prob must be <= 1")
         if self.max_eval_sequences < 0:
             raise ConfigError("max_eval_sequences must be >= 0")
+        for name in ("split_seed", "eval_mask_seed"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclasses.dataclass
@@ -149,6 +270,11 @@ class TrainConfig(Config):
         if self.grad_clip < 0:
             raise ConfigError(f"grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
         self.adam_betas = tuple(self.adam_betas)  # JSON gives a list
+        for beta in self.adam_betas:
+            _fraction("adam_betas entry", beta, open_top=True)
+        _positive("adam_eps", self.adam_eps)
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -298,6 +424,15 @@ class DistillConfig(Config):
         _one_of("multistep_teacher", self.multistep_teacher, self.MULTISTEP_TEACHERS)
 
 
+# The sections of `bitmaps train --config FILE` / `--set SECTION.FIELD=VALUE`.
+SECTIONS: dict[str, type[Config]] = {
+    "train": TrainConfig,
+    "data": DataConfig,
+    "binarize": BinarizeConfig,
+    "distill": DistillConfig,
+}
+
+
 def parse_batch_seq(text: str) -> tuple[int, int]:
     """``"8x128"`` → ``(8, 128)``: batch x sequence of an optimization-profile shape."""
     parts = str(text).lower().split("x")
@@ -441,7 +576,7 @@ class ProfileConfig(Config):
         for name in ("repeats", "rotations"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "warmup_time", "threads", "eval_sequences"):
+        for name in ("warmup", "warmup_time", "threads", "seed", "eval_sequences"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.min_time < 0 or not self.max_time > 0 or self.max_time < self.min_time:
