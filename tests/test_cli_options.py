@@ -1,0 +1,235 @@
+"""Every option of every command refuses a bad value before any work starts: one line on stderr,
+exit code 2, no traceback, no output file (DESIGN.md: "2 on bad input with a one-line message").
+
+The table drives the real CLI (``bitmaps.cli.main``) with a wrong type, a wrong range, a wrong
+device, or a missing / unreadable / non-UTF-8 file for each option; none of these cases needs an
+asset, a GPU or TensorRT, so they run everywhere. ``test_every_command_is_covered`` keeps the table
+honest when a command is added.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+import pytest
+import torch
+
+from bitmaps.cli import cli, main
+
+OUT = {"train": "out.pt", "export": "out.onnx", "export-baseline": "out.onnx",
+       "build-engine": "out.engine", "profile": "out.json"}  # fmt: skip
+TRAIN = ["train", "--teacher", "bert-tiny", "--data", "{tmp}", "-o", "{tmp}/out.pt"]
+STUDENT = ["train", "--stage", "student", "--teacher", "t.pt", "--data", "{tmp}"]
+STUDENT += ["-o", "{tmp}/out.pt"]
+EVAL = ["eval", "bert-tiny", "--data", "{tmp}"]
+STATS = ["data-stats", "{tmp}/good.txt"]
+ENGINE = ["build-engine", "{tmp}/model.onnx", "-o", "{tmp}/out.engine"]
+EXPORT = ["export", "{tmp}/missing.pt", "{tmp}/out.onnx"]
+BASELINE = ["export-baseline", "bert-tiny", "{tmp}/out.onnx"]
+PROFILE = ["profile", "--json", "{tmp}/out.json"]
+
+CASES = [
+    # train: every --set section, wrong types, wrong ranges, unknown names
+    (TRAIN + ["--set", "train.steps=abc"], "steps must be an integer"),
+    (TRAIN + ["--set", "train.steps=1.5"], "steps must be an integer"),
+    (TRAIN + ["--set", "train.lr=fast"], "lr must be a number"),
+    (TRAIN + ["--set", "train.lr=inf"], "finite"),
+    (TRAIN + ["--set", "train.lr=-1"], "lr must be > 0"),
+    (TRAIN + ["--set", "train.adam_betas=0.9"], "2 entries"),
+    (TRAIN + ["--set", "train.adam_betas=0.9,1.5"], "adam_betas entry"),
+    (TRAIN + ["--set", "train.nope=1"], "unknown field 'nope'"),
+    (TRAIN + ["--set", "steps=3"], "SECTION.FIELD=VALUE"),
+    (TRAIN + ["--set", "model.steps=3"], "SECTION.FIELD=VALUE"),
+    (TRAIN + ["--set", "data.per_line=maybe"], "true or false"),
+    (TRAIN + ["--set", "data.seq_len=4"], "seq_len"),
+    (TRAIN + ["--set", "data.mask_prob=x"], "mask_prob must be a number"),
+    (STUDENT + ["--set", "binarize.clip=wide"], "clip must be a number"),
+    (STUDENT + ["--set", "binarize.modules=query,nope"], "nope"),
+    (STUDENT + ["--set", "distill.temperature=0"], "temperature"),
+    (STUDENT + ["--act-quantizer", "nope"], "activation_quantizer"),
+    (TRAIN + ["--act-quantizer", "elastic"], "--stage student"),
+    (TRAIN + ["--config", "{tmp}/list.json"], "JSON object"),
+    (TRAIN + ["--config", "{tmp}/unknown_section.json"], "unknown section 'model'"),
+    (TRAIN + ["--config", "{tmp}/unknown_field.json"], "unknown field 'nope'"),
+    (TRAIN + ["--config", "{tmp}/string_steps.json"], "steps must be an integer"),
+    (TRAIN + ["--config", "{tmp}/section_list.json"], "must be a JSON object"),
+    (TRAIN + ["--config", "{tmp}/not_json.json"], "cannot read config file"),
+    (TRAIN + ["--config", "{tmp}/latin1.txt"], "cannot read config file"),
+    (TRAIN + ["--config", "{tmp}/missing.json"], "cannot read config file"),
+    (TRAIN + ["--steps", "x"], "--steps"),
+    (TRAIN + ["--steps", "0"], "steps must be >= 1"),
+    (TRAIN + ["--batch-size", "-2"], "batch_size"),
+    (TRAIN + ["--lr", "0"], "lr must be > 0"),
+    (TRAIN + ["--warmup-ratio", "1.5"], "warmup_ratio"),
+    (TRAIN + ["--weight-decay", "-0.1"], "weight_decay"),
+    (TRAIN + ["--grad-clip", "-1"], "grad_clip"),
+    (TRAIN + ["--seed", "-1"], "seed must be >= 0"),
+    (TRAIN + ["--eval-every", "-1"], "eval_every"),
+    (TRAIN + ["--eval-sequences", "0"], "eval_sequences"),
+    (TRAIN + ["--save-every", "-5"], "save_every"),
+    (TRAIN + ["--log-every", "0"], "log_every"),
+    (TRAIN + ["--schedule", "steep"], "--schedule"),
+    (TRAIN + ["--amp", "fp8"], "--amp"),
+    (TRAIN + ["--stage", "pupil"], "--stage"),
+    (TRAIN + ["--device", "tpu"], "not a device"),
+    (TRAIN + ["--device", "cuda:0"], "not a device"),
+    (["train", "--teacher", "bert-tiny", "-o", "{tmp}/out.pt"], "--data"),
+    (["train", "--teacher", "bert-tiny", "--data", "{tmp}/missing", "-o", "{tmp}/out.pt"],
+     "missing"),
+    (["train", "--teacher", "bert-tiny", "--data", "{tmp}"], "--output"),
+    # eval
+    (EVAL + ["--batch-size", "0"], "--batch-size"),
+    (EVAL + ["--batch-size", "many"], "--batch-size"),
+    (EVAL + ["--max-sequences", "-1"], "--max-sequences"),
+    (EVAL + ["--split", "test"], "--split"),
+    (EVAL + ["--set", "data.seq_len=long"], "seq_len must be an integer"),
+    (EVAL + ["--set", "train.steps=3"], "SECTION one of data"),
+    (EVAL + ["--device", "gpu"], "not a device"),
+    (["eval", "bert-tiny"], "--data"),
+    # data-stats
+    (STATS + ["--seq-len", "4"], "seq_len"),
+    (STATS + ["--seq-len", "x"], "--seq-len"),
+    (STATS + ["--heldout-fraction", "1.5"], "heldout_fraction"),
+    (STATS + ["--split-seed", "-1"], "split_seed"),
+    (["data-stats", "{tmp}/good.txt", "--tokenizer", "{tmp}"], "no config.json"),
+    (["data-stats", "{tmp}/missing.txt"], "missing.txt"),
+    (["data-stats"], "PATH"),
+    # build-engine
+    (ENGINE + ["--min-shape", "1x"], "BATCHxSEQ"),
+    (ENGINE + ["--opt-shape", "0x128"], "BATCHxSEQ"),
+    (ENGINE + ["--min-shape", "64x8"], "min <= opt <= max"),
+    (ENGINE + ["--workspace", "0"], "workspace"),
+    (ENGINE + ["--workspace", "lots"], "--workspace"),
+    (["build-engine", "{tmp}/model.onnx"], "--output"),
+    # export, export-baseline
+    (EXPORT + ["--opset", "99"], "opset"),
+    (EXPORT + ["--opset", "x"], "--opset"),
+    (EXPORT + ["--tolerance", "-1"], "tolerance"),
+    (EXPORT + ["--dtype", "int8"], "--dtype"),
+    (EXPORT + ["--output", "probs"], "--output"),
+    (EXPORT, "missing.pt"),
+    (BASELINE + ["--opset", "5"], "opset"),
+    (BASELINE + ["--dtype", "bf16"], "--dtype"),
+    # profile
+    (PROFILE + ["--device", "tpu"], "not a device"),
+    (PROFILE + ["--threads", "-1"], "threads"),
+    (PROFILE + ["--seed", "-1"], "seed"),
+    (PROFILE + ["--repeats", "0"], "repeats"),
+    (PROFILE + ["--warmup", "-1"], "warmup"),
+    (PROFILE + ["--warmup-time", "-1"], "warmup_time"),
+    (PROFILE + ["--min-time", "nan"], "finite"),
+    (PROFILE + ["--max-time", "0"], "max_time"),
+    (PROFILE + ["--eval-sequences", "-1"], "eval_sequences"),
+    (PROFILE + ["--batch", "1,x"], "--batch"),
+    (PROFILE + ["--seq", "0"], "sequence length"),
+    (PROFILE + ["--backend", "tvm"], "tvm"),
+    (PROFILE + ["--models", "int2"], "int2"),
+    (PROFILE + ["--output", "probs"], "--output"),
+    (PROFILE + ["--shape", "bert-huge"], "--shape"),
+    (PROFILE + ["--plot", "{tmp}/out.jpg"], ".png"),
+    (["profile", "--show", "{tmp}/latin1.txt"], "latin1.txt"),
+    (["profile", "--show", "{tmp}/missing.json"], "missing.json"),
+    # assets, ort-library
+    (["assets", "path", "bert-huge"], "unknown asset"),
+    (["assets", "verify", "bert-huge"], "unknown asset"),
+    (["assets", "fetch", "bert-huge"], "unknown asset"),
+    (["ort-library", "extra"], "extra"),
+]
+if torch.cuda.is_available():
+    NO_CUDA = []
+else:
+    NO_CUDA = [
+        (TRAIN + ["--device", "cuda"], "no CUDA GPU"),
+        (EVAL + ["--device", "cuda"], "no CUDA GPU"),
+        (PROFILE + ["--device", "cuda"], "CUDA"),
+    ]
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Config files good and bad, a non-UTF-8 file, a UTF-8 text and a fake ONNX file."""
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "unknown_section.json").write_text('{"model": {}}')
+    (tmp_path / "unknown_field.json").write_text('{"train": {"nope": 1}}')
+    (tmp_path / "string_steps.json").write_text('{"train": {"steps": "100"}}')
+    (tmp_path / "section_list.json").write_text('{"train": [1]}')
+    (tmp_path / "not_json.json").write_text("{steps: 3")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    (tmp_path / "good.txt").write_text("A line of text.\n")
+    (tmp_path / "model.onnx").write_bytes(b"not really onnx")
+    return tmp_path
+
+
+def _outputs(folder) -> set[str]:
+    return {p.name for p in folder.iterdir() if p.name.startswith("out")}
+
+
+@pytest.mark.parametrize(("args", "needle"), CASES + NO_CUDA, ids=lambda v: " ".join(v)
+                         if isinstance(v, list) else None)  # fmt: skip
+def test_bad_value_one_line_exit_2_no_output(files, capsys, monkeypatch, args, needle) -> None:
+    monkeypatch.chdir(files)
+    monkeypatch.setenv("BITMAPS_CACHE", str(files / "cache"))  # no asset can be found
+    argv = [a.replace("{tmp}", str(files)) for a in args]
+    code = main(argv)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    assert needle in lines[0], lines[0]
+    assert _outputs(files) == set(), "no output file may be written"
+
+
+@pytest.mark.parametrize("command", [["data-stats"], ["eval", "bert-tiny", "--data"]])
+def test_non_utf8_text_is_refused(files, capsys, bert_tiny_dir, command) -> None:
+    code = main([*command, str(files / "latin1.txt")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "is not UTF-8 text" in err, err
+
+
+def _commands() -> list[str]:
+    names = []
+    for name, cmd in cli.commands.items():
+        if isinstance(cmd, click.Group):
+            names += [f"{name} {sub}" for sub in cmd.commands]
+        else:
+            names.append(name)
+    return names
+
+
+def test_every_command_is_covered() -> None:
+    """A new command joins the table above with at least one bad value."""
+    covered = {" ".join(a[:2]) if a[0] == "assets" else a[0] for a, _ in CASES}
+    assert set(_commands()) <= covered, set(_commands()) - covered
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_every_command_has_help(capsys, command) -> None:
+    assert main([*command.split(), "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: bitmaps " + command)
+
+
+def test_top_level_help_lists_every_command(capsys) -> None:
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in cli.commands:
+        assert f"  {name} " in out, name
+
+
+def test_no_arguments_prints_help(capsys) -> None:
+    assert main([]) == 0
+    assert "Commands:" in capsys.readouterr().out
+
+
+def test_bare_environment_help_needs_no_torch() -> None:
+    """`bitmaps --help` and option errors answer without importing torch (fast on 2 cores)."""
+    import subprocess
+    import sys
+
+    code = "import sys; from bitmaps.cli import main; main(['--help']); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("False")
