@@ -13,6 +13,7 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto
+from test_export import small_student
 
 from bitmaps.cli import main
 from bitmaps.core.config import ConfigError, ExportConfig
@@ -28,7 +29,6 @@ from bitmaps.core.errors import BitmapsError
 from bitmaps.export.embeddings import quantize_onnx_embeddings
 from bitmaps.export.onnx_graph import initializer_bytes
 from bitmaps.export.pipeline import export_verified
-from test_export import small_student
 
 
 def _nibbles(packed: np.ndarray) -> np.ndarray:
@@ -142,7 +142,9 @@ def exports():
 
 
 def _table_inits(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
-    return {t.name: t for t in model.graph.initializer if "_embeddings" in t.name or "decoder" in t.name}
+    return {
+        t.name: t for t in model.graph.initializer if "_embeddings" in t.name or "decoder" in t.name
+    }
 
 
 @pytest.mark.parametrize("mode", ["fp16", "int8", "int4", "int8-opset21"])
@@ -155,7 +157,9 @@ def test_export_parity_with_pytorch_on_both_sessions(exports, mode):
     assert props["bitmaps.embeddings"] == {"int4": "int4-g32"}.get(mode, mode.split("-")[0])
     gathers = [n for n in model.graph.node if n.op_type == "Gather"]
     inits = {t.name: t for t in model.graph.initializer}
-    tables = {n.input[0] for n in gathers if n.input[0] in inits and len(inits[n.input[0]].dims) == 2}
+    tables = {
+        n.input[0] for n in gathers if n.input[0] in inits and len(inits[n.input[0]].dims) == 2
+    }
     tables = {t for t in tables if not t.endswith(".scale")}
     kind = {"fp16": TensorProto.FLOAT16, "int8": TensorProto.INT8, "int4": TensorProto.UINT8}
     assert {inits[t].data_type for t in tables} == {kind[mode.split("-")[0]]}

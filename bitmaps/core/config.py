@@ -552,7 +552,7 @@ class ProfileConfig(Config):
     eval_sequences: int = 0  # --data: held-out sequences scored (0: all)
 
     BACKENDS: ClassVar[tuple[str, ...]] = ("torch", "onnxruntime", "tensorrt")
-    MODELS: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "binary")
+    MODELS: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8", "binary")
     OUTPUTS: ClassVar[tuple[str, ...]] = ("hidden", "logits")
     DEVICES: ClassVar[tuple[str, ...]] = ("auto", "cpu", "cuda")
 

@@ -34,6 +34,10 @@ from bitmaps.core.errors import BitmapsError
 EMBEDDING_MODES = ("fp32", "fp16", "int8", "int4")
 INT4_GROUPS = (32, 64)
 INT4_OFFSET = 8  # stored nibble = q + 8
+# What a binary student ships with unless told otherwise (`bitmaps export`, `profile`'s binary
+# model). Chosen from measurements: benchmarks/RESULTS.md, "Embeddings".
+STUDENT_EMBEDDINGS = "int4"
+STUDENT_EMBEDDING_GROUP = 64
 _QMAX = {"int8": 127, "int4": 7}
 
 

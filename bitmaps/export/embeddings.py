@@ -78,7 +78,9 @@ class _Builder:
 
     def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs: object) -> str:
         out = out or self.name(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [out], name=self.name(op_type), **attrs))
+        self.nodes.append(
+            helper.make_node(op_type, inputs, [out], name=self.name(op_type), **attrs)
+        )
         return out
 
 
@@ -112,9 +114,7 @@ def _dequantize(
             b.op("Slice", [flat, zero, ends, axes], out)
 
 
-def quantize_onnx_embeddings(
-    model: onnx.ModelProto, mode: str, group: int = 64
-) -> list[str]:
+def quantize_onnx_embeddings(model: onnx.ModelProto, mode: str, group: int = 64) -> list[str]:
     """In place: rewrite the embedding tables of ``model`` (see module docstring). Returns their
     names. ``fp32`` changes nothing; ``fp16`` on an FP16 export changes nothing either."""
     if mode not in EMBEDDING_MODES:

@@ -12,7 +12,7 @@ from typing import Any
 from bitmaps.core.atomic import atomic_output
 from bitmaps.runtime.profile import ProfileResult
 
-MODEL_ORDER = {"fp32": 0, "fp16": 1, "binary": 2}
+MODEL_ORDER = {"fp32": 0, "fp16": 1, "int8": 2, "binary": 3}
 
 
 def write_plot(result: ProfileResult, path: str | Path, png: bytes | None = None) -> None:
@@ -35,8 +35,8 @@ def render_plot(result: ProfileResult) -> bytes:
     series: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         series.setdefault((r["model"], r["backend"], r["device"], r["seq"]), []).append(r)
-    markers = {"fp32": "o", "fp16": "s", "binary": "^"}
-    lines = {"fp32": ":", "fp16": "--", "binary": "-"}
+    markers = {"fp32": "o", "fp16": "s", "int8": "D", "binary": "^"}
+    lines = {"fp32": ":", "fp16": "--", "int8": "-.", "binary": "-"}
     colors = {"torch": "tab:blue", "onnxruntime": "tab:orange", "tensorrt": "tab:green"}
     for (model, backend, device, seq), rs in sorted(
         series.items(), key=lambda kv: (MODEL_ORDER.get(kv[0][0], 9), kv[0][1:])
