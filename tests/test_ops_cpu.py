@@ -35,9 +35,9 @@ def _layer(n: int, k: int, bias: bool = True):
     return w, w_scale, b
 
 
-def _check_binary_linear(x, w, w_scale, b, k, beta, act_scale):
-    y = ops.binary_linear(x, w, w_scale, b, k, beta, act_scale)
-    ref = ops.reference_binary_linear(x, w, w_scale, b, k, beta, act_scale)
+def _check_binary_linear(x, w, w_scale, b, k, beta, act_scale, act_unsigned=0):
+    y = ops.binary_linear(x, w, w_scale, b, k, beta, act_scale, act_unsigned)
+    ref = ops.reference_binary_linear(x, w, w_scale, b, k, beta, act_scale, act_unsigned)
     assert y.dtype == x.dtype and y.shape == (*x.shape[:-1], w.shape[0])
     if act_scale > 0:
         assert torch.equal(y, ref), (y - ref).abs().max()
@@ -274,3 +274,72 @@ def test_binary_linear_rejects_bad_input():
             ops.binary_linear(*args, 0.0, 0.0)
     with pytest.raises(RuntimeError, match="w_scale must be a CPU tensor .* got device meta"):
         _cpu_kernel(torch.ops.bitmaps.binary_linear, x, w, w_scale.to("meta"), b, 64, 0.0, 0.0)
+
+
+# ------------------------------------------- unsigned activations ({0, 1}) and prepacked weights
+
+K_ISSUE = (1, 31, 33, 768, 3072)
+
+
+@pytest.mark.parametrize("k", K_ISSUE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("act_scale", [0.0, 0.37])
+def test_binary_linear_unsigned_matches_reference(cpu_path, k, dtype, act_scale):
+    w, w_scale, b = _layer(45, k)
+    x = torch.randn(3, 11, k).to(dtype)
+    before = native_calls("binary_linear", cpu_path)
+    _check_binary_linear(x, w, w_scale, b, k, 0.1, act_scale, act_unsigned=1)
+    assert native_calls("binary_linear", cpu_path) == before + 1
+    # all-zero and all-positive rows: popcount 0 and popcount K
+    edge = torch.stack([torch.full((k,), -1.0), torch.full((k,), 2.0)]).to(dtype)
+    _check_binary_linear(edge, w, w_scale, b, k, 0.0, act_scale, act_unsigned=1)
+
+
+@pytest.mark.parametrize("k", K_ISSUE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("act_unsigned", [0, 1])
+def test_prepacked_equals_binary_linear(cpu_path, k, dtype, act_unsigned):
+    w, w_scale, b = _layer(53, k)
+    w_garbage = w.clone()
+    if k % 32:  # padding bits set in w: the prepacked layout clears them
+        w_garbage[:, -1] |= ~((1 << (k % 32)) - 1)
+    panels = ops.prepack_weights(w_garbage, k)
+    assert torch.equal(panels, ops.reference_prepack_weights(w, k))
+    assert panels.shape == (4, (k + 31) // 32, ops.PANEL_ROWS)
+    x = torch.randn(2, 9, k).to(dtype)
+    for scale in (0.0, 0.5):
+        y = ops.binary_linear_prepacked(x, panels, w_scale, b, k, 0.2, scale, act_unsigned)
+        assert torch.equal(y, ops.binary_linear(x, w, w_scale, b, k, 0.2, scale, act_unsigned))
+    ref = ops.reference_binary_linear_prepacked(x, panels, w_scale, None, k, 0.2, 0.0, act_unsigned)
+    y = ops.binary_linear_prepacked(x, panels, w_scale, None, k, 0.2, 0.0, act_unsigned)
+    assert (y.double() - ref.double()).abs().max() <= 2e-3 * max(1.0, ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_unsigned_and_prepacked_opcheck(dtype):
+    w, w_scale, b = _layer(20, 100)
+    x = torch.randn(3, 100).to(dtype)
+    torch.library.opcheck(ops.binary_linear, (x, w, w_scale, b, 100, 0.1, 0.0, 1))
+    torch.library.opcheck(ops.prepack_weights, (w, 100))
+    panels = ops.prepack_weights(w, 100)
+    for act_unsigned in (0, 1):
+        args = (x, panels, w_scale, b, 100, 0.1, 0.0, act_unsigned)
+        torch.library.opcheck(ops.binary_linear_prepacked, args)
+    torch.library.opcheck(ops.binary_linear_prepacked, (x, panels, w_scale, None, 100, 0.0, 0.5))
+
+
+@needs_c
+def test_unsigned_and_prepacked_reject_bad_input():
+    w, w_scale, b = _layer(6, 64)
+    x = torch.randn(2, 64)
+    with pytest.raises(RuntimeError, match="act_unsigned must be 0 .* or 1 .*, got 2"):
+        ops.binary_linear(x, w, w_scale, b, 64, 0.0, 0.0, 2)
+    panels = ops.prepack_weights(w, 64)
+    with pytest.raises(RuntimeError, match=r"panels must have shape \[1, 3, 16\]"):
+        ops.binary_linear_prepacked(torch.randn(2, 70), panels, w_scale, b, 70, 0.0, 0.0)
+    with pytest.raises(RuntimeError, match="panels .prepacked weights. must be Int"):
+        ops.binary_linear_prepacked(x, panels.float(), w_scale, b, 64, 0.0, 0.0)
+    with pytest.raises(RuntimeError, match=r"w must have shape \[out_features, 3\]"):
+        ops.prepack_weights(w, 70)
+    with pytest.raises(RuntimeError, match="act_unsigned must be 0 .* or 1 .*, got -1"):
+        ops.binary_linear_prepacked(x, panels, w_scale, b, 64, 0.0, 0.0, -1)
