@@ -11,6 +11,16 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    """Exit code 2, exactly one ``error:`` line holding every needle, no traceback."""
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
 def train_args(data, out, *extra: str) -> list[str]:
     """``bitmaps train`` arguments: the bert-tiny teacher on ``data`` into ``out``, plus ``extra``."""
     return ["train", "--teacher", "bert-tiny", "--data", str(data), "-o", str(out), *extra]
@@ -115,7 +125,7 @@ def sotu_small(sotu_dir, tmp_path):
 @pytest.fixture(scope="session")
 def sotu_corpus(sotu_dir, bert_tiny_tokenizer, tmp_path_factory):
     """All of SOTU packed with BERT-tiny's tokenizer and DataConfig(), built once per session
-    into a fresh cache folder (``corpus.cache_path``; ``corpus.seconds`` is the build time)."""
+    into a fresh cache folder (``corpus.cache_path``)."""
     from bitmaps.core.config import DataConfig
     from bitmaps.data.corpus import build_corpus
 

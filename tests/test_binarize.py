@@ -26,17 +26,6 @@ from bitmaps.train.binary_linear import (
 QUANTIZERS = BinarizeConfig.ACTIVATION_QUANTIZERS
 
 
-@pytest.fixture
-def bert_tiny_dir():
-    """The real BERT-tiny asset folder, or a skip naming the fix."""
-    from bitmaps.data.assets import asset_dir
-
-    try:
-        return asset_dir("bert-tiny")
-    except BitmapsError as exc:
-        pytest.skip(f"needs the bert-tiny asset: {exc}")
-
-
 def _layer(k: int, n: int, quantizer: str, bias: bool) -> BinaryLinear:
     layer = BinaryLinear.from_linear(
         nn.Linear(k, n, bias=bias), BinarizeConfig(activation_quantizer=quantizer)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import train_args
+from conftest import assert_one_line_error, train_args
 
 from bitmaps.cli import main
 
@@ -17,22 +17,6 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-def test_help_lists_every_command(capsys) -> None:
-    code, out, _ = run(capsys, "--help")
-    assert code == 0
-    for command in ("train", "eval", "assets"):
-        assert command in out
 
 
 def test_eval_real_bert_tiny_json_is_deterministic(capsys, sotu_small, bert_tiny_dir) -> None:

@@ -25,17 +25,6 @@ from bitmaps.train.distill import (
 VOCAB = 90
 
 
-@pytest.fixture
-def bert_tiny_dir():
-    """The real BERT-tiny asset folder, or a skip naming the fix."""
-    from bitmaps.data.assets import asset_dir
-
-    try:
-        return asset_dir("bert-tiny")
-    except BitmapsError as exc:
-        pytest.skip(f"needs the bert-tiny asset: {exc}")
-
-
 def _bert(layers: int = 2, hidden: int = 32, vocab: int = VOCAB, init: float = 0.02) -> nn.Module:
     from transformers import BertConfig, BertForMaskedLM
 

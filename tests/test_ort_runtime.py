@@ -5,6 +5,8 @@ tested in tests/test_ort_native.py.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import pytest
@@ -120,6 +122,4 @@ def test_measure_custom_op_overhead_reports_each_shape():
     assert [(r["k"], r["n"], r["tokens"]) for r in rows] == [(64, 32, 8), (96, 16, 8)]
     for r in rows:
         for key in ("direct_ms", "prepacked_ms", "ort_ms", "ort_fp32_ms"):
-            assert r[key] > 0
-        assert r["overhead_ms"] == pytest.approx(r["ort_ms"] - r["prepacked_ms"])
-        assert r["fp32_ratio"] == pytest.approx(r["ort_fp32_ms"] / r["ort_ms"])
+            assert math.isfinite(r[key]) and r[key] > 0, (key, r)

@@ -16,6 +16,7 @@ import time
 
 import pytest
 import torch
+from conftest import assert_one_line_error
 
 from bitmaps.cli import main
 
@@ -44,15 +45,6 @@ def run(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = [ln for ln in err.strip().splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
 def _available(backend: str) -> bool:
     from bitmaps.runtime.backends import backend_problem
 
@@ -73,7 +65,7 @@ def _expected_targets() -> tuple[set[tuple[str, str, str]], set[tuple[str, str, 
     expected, left_out = set(), set()
     for backend, found in devices.items():
         for device in found if _available(backend) else []:
-            for model in ("fp32", "fp16", "binary"):
+            for model in ("fp32", "fp16", "int8", "binary"):
                 fp16_emulated = (backend, device, model) == ("torch", "cpu", "fp16") and not (
                     cpu_has_fp16_math()
                 )
@@ -168,6 +160,11 @@ def test_binary_rows_are_smaller_and_accuracy_is_per_model(tiny_run) -> None:
     for (backend, model, b, s), r in by.items():
         if model == "binary" and (backend, "fp32", b, s) in by:
             assert r["weights_mb"] < by[backend, "fp32", b, s]["weights_mb"]
+    if ("onnxruntime", "int8", 1, 8) in by:  # ONNX Runtime's INT8: smaller than fp32, scored too
+        assert by["onnxruntime", "int8", 1, 8]["weights_mb"] < by["onnxruntime", "fp32", 1, 8][
+            "weights_mb"
+        ] / 3
+        assert 0 < by["onnxruntime", "int8", 1, 8]["accuracy"] <= 1
     for model in ("fp32", "binary"):  # one model, one evaluation, on every backend row
         scores = {
             (r["cross_entropy"], r["accuracy"], r["mrr"]) for r in rows if r["model"] == model
@@ -238,7 +235,18 @@ def test_bert_base_binary_weights(capsys, tmp_path) -> None:
     assert w["binary"] < w["fp32"] / 4
     parts = data["meta"]["weights_by_part_mb"]
     assert parts["binary"]["encoder"] < parts["fp32"]["encoder"] / 7
-    assert parts["binary"]["embeddings"] == parts["fp32"]["embeddings"]  # kept in FP32
+    # the student's embeddings as `bitmaps export` ships them (bitmaps/core/embeddings.py):
+    # per table row, packed values + one scale per group, in the model's dtype (fp32: 4 bytes)
+    from bitmaps.core.embeddings import STUDENT_EMBEDDING_GROUP, STUDENT_EMBEDDINGS, num_groups
+
+    cfg, mode = BertConfig(), STUDENT_EMBEDDINGS
+    rows = cfg.vocab_size + cfg.max_position_embeddings + cfg.type_vocab_size
+    h = cfg.hidden_size
+    groups = num_groups(h, mode, STUDENT_EMBEDDING_GROUP)
+    packed = {"fp32": 4 * h, "fp16": 2 * h, "int8": h, "int4": groups * STUDENT_EMBEDDING_GROUP // 2}
+    ln = 2 * 4 * h + 4 * cfg.max_position_embeddings * 2  # LayerNorm; position_ids, token types
+    table = rows * (packed[mode] + 4 * groups) / 1e6
+    assert parts["binary"]["embeddings"] == pytest.approx(table + ln / 1e6, rel=0.01)
     assert "goal: binary encoder >= 7x smaller in weight bytes than FP32: met" in out
 
 
@@ -354,10 +362,12 @@ def test_speedups_from_rows() -> None:
         row("fp16", "torch", 50.0),
         row("fp32", "onnxruntime", 80.0),
         row("binary", "onnxruntime", 40.0),
+        row("int8", "onnxruntime", 60.0),
     ]
     s = {x["backend"]: x for x in speedups(rows)}
     assert s["torch"]["vs_fp32"] == 4.0 and s["torch"]["vs_fp16"] == 2.0
     assert s["onnxruntime"]["vs_fp32"] == 2.0 and s["onnxruntime"]["vs_fp16"] is None
+    assert s["onnxruntime"]["vs_int8"] == 1.5 and s["torch"]["vs_int8"] == 60.0 / 25.0
     (best,) = best_vs_best(rows)
     assert best["fp32"]["backend"] == "onnxruntime" and best["binary"]["backend"] == "torch"
     assert best["speedup"] == 80.0 / 25.0
