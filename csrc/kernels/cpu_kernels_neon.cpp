@@ -29,6 +29,17 @@
 #define BITMAPS_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
 #endif
 #define BITMAPS_NEON_INLINE __attribute__((always_inline)) inline
+// The loops over a micro-kernel's rows and vectors must unroll completely, at -O2 too, so the
+// accumulators live in registers (GCC 12 at -O2 keeps them in memory otherwise).
+#define BITMAPS_UNROLL _Pragma("GCC unroll 16")
+// GCC's pre-allocation scheduler hoists all 16 EORs / CNTs of a word above the accumulations, and
+// with the UDOT variant's vector of ones that needs 33 registers: two accumulators would spill to
+// the stack inside the loop. The micro-kernels skip that pass (register allocation decides order).
+#if defined(__GNUC__) && !defined(__clang__)
+#define BITMAPS_NO_PRESCHEDULE __attribute__((optimize("no-schedule-insns")))
+#else
+#define BITMAPS_NO_PRESCHEDULE
+#endif
 
 namespace bitmaps::cpu::detail {
 namespace {
@@ -44,6 +55,7 @@ constexpr int64_t kHalfWords = 4000;
 struct LoadF32 {
   using T = float;
   static BITMAPS_NEON_INLINE void load32(const float* p, float32x4_t (&v)[8]) {
+    BITMAPS_UNROLL
     for (int i = 0; i < 8; ++i) v[i] = vld1q_f32(p + 4 * i);
   }
   static float one(const float* p) { return *p; }
@@ -52,6 +64,7 @@ struct LoadF32 {
 struct LoadF16 {
   using T = uint16_t;
   static BITMAPS_NEON_INLINE void load32(const uint16_t* p, float32x4_t (&v)[8]) {
+    BITMAPS_UNROLL
     for (int i = 0; i < 4; ++i) {
       const float16x8_t h = vreinterpretq_f16_u16(vld1q_u16(p + 8 * i));
       v[2 * i] = vcvt_f32_f16(vget_low_f16(h));  // exact, like half_to_float
@@ -74,7 +87,10 @@ void pack_rows(const typename L::T* x, int64_t rows, int64_t k, float beta, floa
   const float32x4_t zero = vdupq_n_f32(0.0f);
   // The bit of each lane of the 8 groups of 4 values of a word (group i: bits 4 i .. 4 i + 3).
   uint32x4_t lane_bits[8];
-  for (int i = 0; i < 8; ++i) lane_bits[i] = vshlq_u32(vdupq_n_u32(1), vld1q_s32(kLaneShift + 4 * i));
+  BITMAPS_UNROLL
+  for (int i = 0; i < 8; ++i) {
+    lane_bits[i] = vshlq_u32(vdupq_n_u32(1), vld1q_s32(kLaneShift + 4 * i));
+  }
   for (int64_t r = 0; r < rows; ++r) {
     const typename L::T* xr = x + r * k;
     int32_t* o = out + r * kw;
@@ -83,6 +99,7 @@ void pack_rows(const typename L::T* x, int64_t rows, int64_t k, float beta, floa
       float32x4_t v[8];
       L::load32(xr + w * kWordBits, v);
       uint32x4_t bits = vdupq_n_u32(0);
+      BITMAPS_UNROLL
       for (int i = 0; i < 8; ++i) {
         if constexpr (kSub) v[i] = vsubq_f32(v[i], vbeta);
         const uint32x4_t set = kPos ? vcgtq_f32(v[i], zero) : vcltq_f32(v[i], zero);
@@ -147,9 +164,12 @@ template <int MR, bool kAnd, bool kMask>
 BITMAPS_NEON_INLINE void step_cnt(const uint32_t* a, int64_t kw, int64_t w, uint32_t mask,
                                   const uint32_t* b, uint16x8_t (&half)[MR][kPanelVecs]) {
   uint32x4_t bv[kPanelVecs];
+  BITMAPS_UNROLL
   for (int v = 0; v < kPanelVecs; ++v) bv[v] = vld1q_u32(b + w * kPanelRows + 4 * v);
+  BITMAPS_UNROLL
   for (int r = 0; r < MR; ++r) {
     const uint32x4_t av = broadcast<kMask>(a + r * kw + w, mask);
+    BITMAPS_UNROLL
     for (int v = 0; v < kPanelVecs; ++v) {
       half[r][v] = vpadalq_u8(half[r][v], vcntq_u8(combine<kAnd>(av, bv[v])));
     }
@@ -163,9 +183,12 @@ BITMAPS_DOTPROD BITMAPS_NEON_INLINE void step_dot(const uint32_t* a, int64_t kw,
                                                   uint32x4_t (&acc)[MR][kPanelVecs]) {
   const uint8x16_t ones = vdupq_n_u8(1);
   uint32x4_t bv[kPanelVecs];
+  BITMAPS_UNROLL
   for (int v = 0; v < kPanelVecs; ++v) bv[v] = vld1q_u32(b + w * kPanelRows + 4 * v);
+  BITMAPS_UNROLL
   for (int r = 0; r < MR; ++r) {
     const uint32x4_t av = broadcast<kMask>(a + r * kw + w, mask);
+    BITMAPS_UNROLL
     for (int v = 0; v < kPanelVecs; ++v) {
       acc[r][v] = vdotq_u32(acc[r][v], vcntq_u8(combine<kAnd>(av, bv[v])), ones);
     }
@@ -176,9 +199,11 @@ BITMAPS_DOTPROD BITMAPS_NEON_INLINE void step_dot(const uint32_t* a, int64_t kw,
 template <int MR, GemmOutput kOut, bool kAnd>
 BITMAPS_NEON_INLINE void store_tile(const GemmArgs& g, int64_t m, int64_t n,
                                     const uint32x4_t (&acc)[MR][kPanelVecs]) {
+  BITMAPS_UNROLL
   for (int r = 0; r < MR; ++r) {
     const int64_t row = m + r;
     const int32x4_t base = vdupq_n_s32(kAnd ? g.a_popcount[row] : static_cast<int32_t>(g.k));
+    BITMAPS_UNROLL
     for (int v = 0; v < kPanelVecs; ++v) {
       const int64_t col = n + 4 * v;
       if (col >= g.n) break;
@@ -209,7 +234,7 @@ BITMAPS_NEON_INLINE void store_tile(const GemmArgs& g, int64_t m, int64_t n,
 }
 
 template <int MR, GemmOutput kOut, bool kAnd>
-void micro_cnt(const GemmArgs& g, int64_t m, int64_t n) {
+BITMAPS_NO_PRESCHEDULE void micro_cnt(const GemmArgs& g, int64_t m, int64_t n) {
   const int64_t kw = g.kw;
   const auto* a = reinterpret_cast<const uint32_t*>(g.a) + m * kw;
   const auto* b = reinterpret_cast<const uint32_t*>(g.panels) + (n / kPanelRows) * kw * kPanelRows;
@@ -219,13 +244,17 @@ void micro_cnt(const GemmArgs& g, int64_t m, int64_t n) {
   for (int64_t w0 = 0;; w0 += kHalfWords) {
     const int64_t w1 = std::min(body, w0 + kHalfWords);
     uint16x8_t half[MR][kPanelVecs];
+    BITMAPS_UNROLL
     for (int r = 0; r < MR; ++r) {
+      BITMAPS_UNROLL
       for (int v = 0; v < kPanelVecs; ++v) half[r][v] = vdupq_n_u16(0);
     }
     for (int64_t w = w0; w < w1; ++w) step_cnt<MR, kAnd, false>(a, kw, w, 0, b, half);
     const bool last = w1 == body;
     if (last) step_cnt<MR, kAnd, true>(a, kw, body, last_mask, b, half);
+    BITMAPS_UNROLL
     for (int r = 0; r < MR; ++r) {
+      BITMAPS_UNROLL
       for (int v = 0; v < kPanelVecs; ++v) {
         acc[r][v] = w0 == 0 ? vpaddlq_u16(half[r][v]) : vpadalq_u16(acc[r][v], half[r][v]);
       }
@@ -236,12 +265,14 @@ void micro_cnt(const GemmArgs& g, int64_t m, int64_t n) {
 }
 
 template <int MR, GemmOutput kOut, bool kAnd>
-BITMAPS_DOTPROD void micro_dot(const GemmArgs& g, int64_t m, int64_t n) {
+BITMAPS_DOTPROD BITMAPS_NO_PRESCHEDULE void micro_dot(const GemmArgs& g, int64_t m, int64_t n) {
   const int64_t kw = g.kw;
   const auto* a = reinterpret_cast<const uint32_t*>(g.a) + m * kw;
   const auto* b = reinterpret_cast<const uint32_t*>(g.panels) + (n / kPanelRows) * kw * kPanelRows;
   uint32x4_t acc[MR][kPanelVecs];
+  BITMAPS_UNROLL
   for (int r = 0; r < MR; ++r) {
+    BITMAPS_UNROLL
     for (int v = 0; v < kPanelVecs; ++v) acc[r][v] = vdupq_n_u32(0);
   }
   for (int64_t w = 0; w + 1 < kw; ++w) step_dot<MR, kAnd, false>(a, kw, w, 0, b, acc);
