@@ -149,7 +149,7 @@ NEED_AARCH64_CXX = @command -v $(AARCH64_CXX) >/dev/null || { echo "$@: $(AARCH6
   (Debian: apt-get install g++-aarch64-linux-gnu; make arm-tools does it as root)"; exit 2; }
 
 arm-tools:
-	@missing=""; command -v $(AARCH64_CXX) >/dev/null || missing="g++-aarch64-linux-gnu"; \
+	@missing=""; command -v $(AARCH64_CXX) >/dev/null || missing=" g++-aarch64-linux-gnu"; \
 	command -v $(QEMU_AARCH64) >/dev/null || missing="$$missing qemu-user"; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
