@@ -22,11 +22,13 @@ namespace bitmaps::cpu {
   }                                                 \
   return detail::fn##_scalar(__VA_ARGS__)
 #elif defined(BITMAPS_HAVE_NEON_PATH)
-#define BITMAPS_DISPATCH(path, fn, ...)                                     \
+#define BITMAPS_DISPATCH(path, fn, ...)                              \
   if (path == CpuPath::kNeon) return detail::fn##_neon(__VA_ARGS__); \
   return detail::fn##_scalar(__VA_ARGS__)
 #else
-#define BITMAPS_DISPATCH(path, fn, ...) return detail::fn##_scalar(__VA_ARGS__)
+#define BITMAPS_DISPATCH(path, fn, ...) \
+  (void)path;                           \
+  return detail::fn##_scalar(__VA_ARGS__)
 #endif
 
 void pack_signs_f32(CpuPath path, const float* x, int64_t rows, int64_t k, bool subtract,
