@@ -426,8 +426,27 @@ def test_intermediate_teacher_of_the_multistep_schedule() -> None:
         ({"mse_norm": "batch"}, "mse_norm must be one of none, layer"),
         ({"hidden_layers": "first"}, "hidden_layers must be one of all, last"),
         ({"multistep_teacher": "self"}, "multistep_teacher must be one of teacher, intermediate"),
+        ({"mse_decay_steps": -1}, "mse_decay_steps must be an integer >= 0, got -1"),
     ],
 )
 def test_bad_new_distill_fields(kwargs, message) -> None:
     with pytest.raises(ConfigError, match=message):
         DistillConfig(**kwargs)
+
+
+def test_mse_weights_decay_linearly_to_zero() -> None:
+    teacher, other = _bert(2, init=0.2), MaskedLMModel(_bert(2, init=0.2))
+    batch = _batch(pad=False)
+    cfg = DistillConfig(lambda_hidden=2.0, lambda_attn=0.5, mse_decay_steps=4)
+    objective = DistillationObjective(teacher, cfg)
+    full = DistillationObjective(teacher, cfg.replace(mse_decay_steps=0))
+    _, parts = full(other, batch)
+    for step, factor in [(0, 1.0), (1, 0.75), (3, 0.25), (4, 0.0), (9, 0.0)]:
+        objective.on_step(step, other)
+        assert objective.mse_weight() == factor
+        loss, got = objective(other, batch)
+        expected = (
+            parts["mlm"] + parts["kl"] + factor * (2.0 * parts["hidden"] + 0.5 * parts["attn"])
+        )
+        assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+        assert ("hidden" in got) == (factor > 0)

@@ -387,6 +387,7 @@ class DistillConfig(Config):
     (a relative error, ~1 for an unrelated student, whatever the layer's scale) and the terms are
     averaged over layers instead of summed, so λ_hidden and λ_attn weigh against the KL alone.
     ``hidden_layers="last"``: only the last hidden state (the MLM head's input) is matched.
+    ``mse_decay_steps`` > 0: λ_hidden and λ_attn fall linearly to 0 at that step.
     """
 
     lambda_mlm: float = 1.0
@@ -402,6 +403,9 @@ class DistillConfig(Config):
     # throughout) or "intermediate" (BiT's multi-distillation: the W1A32 student as it stands when
     # activations are binarized, frozen)
     multistep_teacher: str = "teacher"
+    # > 0: λ_hidden and λ_attn decay linearly to 0 at this step (the MSE terms guide the start
+    # only; TinyBERT's intermediate-then-prediction order in one run); 0: constant
+    mse_decay_steps: int = 0
 
     ATTENTION_TARGETS: ClassVar[tuple[str, ...]] = ("scores", "probs")
     LAYER_MAPPINGS: ClassVar[tuple[str, ...]] = ("uniform", "top", "bottom")
@@ -422,6 +426,10 @@ class DistillConfig(Config):
         _one_of("mse_norm", self.mse_norm, self.MSE_NORMS)
         _one_of("hidden_layers", self.hidden_layers, self.HIDDEN_LAYERS)
         _one_of("multistep_teacher", self.multistep_teacher, self.MULTISTEP_TEACHERS)
+        if not isinstance(self.mse_decay_steps, int) or self.mse_decay_steps < 0:
+            raise ConfigError(
+                f"mse_decay_steps must be an integer >= 0, got {self.mse_decay_steps}"
+            )
 
 
 # The sections of `bitmaps train --config FILE` / `--set SECTION.FIELD=VALUE`.

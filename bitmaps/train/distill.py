@@ -13,7 +13,10 @@ terms and the uniform layer map g(j) = ⌊j·T_L/S_L⌋.) Each MSE is the mean o
 With ``mse_norm="layer"`` each is divided by the teacher's mean square at that layer (a relative
 error: BERT's hidden states and attention scores differ in scale from layer to layer, and the raw
 sums weighed several times the KL) and Σ_j becomes the mean over j. ``hidden_layers="last"`` keeps
-only j = S.
+only j = S. ``mse_decay_steps`` = D > 0 multiplies λ_hidden and λ_attn by max(0, 1 − step/D) (the
+step of the last ``on_step``): benchmarks/ablation/grad_alignment.py measured their gradients
++0.23 aligned with the KL's on a fresh student and ~0.07 (orthogonal, and several times larger)
+after 300 steps, so they can only guide the start.
 
 Attention: A is either the pre-softmax scores q·kᵀ/√d per head (``attention_target="scores"``,
 TinyBERT's choice: they carry more information than probabilities, which saturate) or their softmax
@@ -167,6 +170,7 @@ class DistillationObjective:
         self.cfg = cfg if cfg is not None else DistillConfig()
         self.binarize = binarize
         self._intermediate = False
+        self._step = 0  # of the last on_step call: the decay of the MSE weights follows it
         self._student: weakref.WeakKeyDictionary[nn.Module, tuple[EncoderLayout, list[int]]]
         if device is None:
             device = next(teacher.parameters()).device
@@ -187,6 +191,7 @@ class DistillationObjective:
         W1A32 student becomes the teacher (BiT's multi-distillation). That copy is not saved, so
         a run resumed after that step is refused rather than continued with the wrong teacher.
         """
+        self._step = step
         if self.binarize is None:
             return
         phase = binarization_phase_for_step(step, self.binarize)
@@ -206,6 +211,12 @@ class DistillationObjective:
                 self._set_teacher(copy.deepcopy(hf_model(model)))
                 self._intermediate = True
         set_binarization_phase_(model, *phase)
+
+    def mse_weight(self) -> float:
+        """The factor on λ_hidden and λ_attn at the current step: 1 − step/mse_decay_steps, ≥ 0."""
+        if self.cfg.mse_decay_steps <= 0:
+            return 1.0
+        return max(0.0, 1.0 - self._step / self.cfg.mse_decay_steps)
 
     def _set_teacher(self, teacher: nn.Module) -> None:
         if not isinstance(teacher, MaskedLMModel):
@@ -235,8 +246,9 @@ class DistillationObjective:
         cfg = self.cfg
         layout, mapping = self._student_plan(model)
         inputs = batch_inputs(batch)
-        want_hidden = cfg.lambda_hidden > 0
-        want_attn = cfg.lambda_attn > 0
+        decay = self.mse_weight()
+        want_hidden = cfg.lambda_hidden * decay > 0
+        want_attn = cfg.lambda_attn * decay > 0
         s_layers = list(range(1, layout.num_layers + 1))
 
         teacher_out, t_qk = None, {}
@@ -262,12 +274,12 @@ class DistillationObjective:
             if cfg.hidden_layers == "last":
                 pairs = pairs[-1:]
             terms["hidden"] = (
-                cfg.lambda_hidden,
+                cfg.lambda_hidden * decay,
                 self._hidden_mse(out, teacher_out, pairs, mask, full, cfg.mse_norm == "layer"),
             )
         if want_attn:
             terms["attn"] = (
-                cfg.lambda_attn,
+                cfg.lambda_attn * decay,
                 self._attention_mse(layout, mapping, s_qk, t_qk, mask, full),
             )
         loss = sum(w * t for w, t in terms.values())
