@@ -19,7 +19,8 @@ the end (also written to ``runs/ablation/table-GROUP.md``) is what RESULTS.md sh
     python benchmarks/ablation/run_ablation.py --group recipe --jobs 1 --teacher T.pt  # 300 steps
 
 The ``recipe`` group (issue 13) varies one ingredient of BiT's recipe or of the distillation at a
-time against the 300-step ``elastic, logits + MLM`` row: two-set binarization, ReLU, centred
+time against the 300-step ``elastic, logits + MLM`` row (batch 16: a row costs ~10 minutes on a
+busy 2-core machine): two-set binarization, ReLU, centred
 weights, each distillation term raw and per-layer normalized, attention scores vs probabilities,
 the multi-step order. Run it with ``--jobs 1``: ``cpu_s`` (the training process's CPU time) is
 exact only then.
@@ -122,7 +123,7 @@ RUNS: tuple[Run, ...] = (
 
 
 def _recipe(name: str, label: str, *sets: str, config: str = "elastic_logits.json") -> Run:
-    base = ("train.steps=300", "train.eval_every=0", "train.save_every=100")
+    base = ("train.steps=300", "train.batch_size=16", "train.eval_every=0", "train.save_every=100")
     return Run(name, config, "recipe", label, (*base, *sets))
 
 
@@ -146,6 +147,12 @@ RECIPE: tuple[Run, ...] = (
         "binarize.unsigned_modules=[]",
     ),
     _recipe("r300-hidden-raw", "base + hidden 1 (raw Σ MSE)", "distill.lambda_hidden=1"),
+    _recipe(
+        "r300-hidden-decay",
+        "base + hidden 1 (raw Σ MSE), λ → 0 at step 150",
+        "distill.lambda_hidden=1",
+        "distill.mse_decay_steps=150",
+    ),
     _recipe(
         "r300-attn-probs-norm",
         "base + attn probs 1 (per-layer normalized)",
