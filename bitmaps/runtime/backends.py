@@ -216,7 +216,12 @@ def path_description(backend: str, device: str, model: str) -> str:
     if backend == "torch":
         what = "eager PyTorch" + (" + CUDA graph" if device == "cuda" else "")
         if model == "binary":
-            what += f"; BinaryLinear = torch.ops.bitmaps.binary_linear, {native_status()}"
+            op = (
+                "binary_linear_prepacked (weights laid out at load)"
+                if device == "cpu"
+                else "binary_linear"
+            )
+            what += f"; BinaryLinear = torch.ops.bitmaps.{op}, {native_status()}"
         if model == "fp16" and device == "cpu" and not cpu_has_fp16_math():
             what += "; fp16 emulated on this CPU (no AVX512-FP16)"
         return what

@@ -121,7 +121,8 @@ struct Kernel {
   }
   OrtStatus* check_tensor(const char* name, const TensorDesc& d, ONNXTensorElementDataType type,
                           const std::vector<int64_t>& want, const std::string& why) const;
-  OrtStatus* check_x(const TensorDesc& d) const;
+  // known_rank: false at session creation, where a rank of 0 means "shape not known yet".
+  OrtStatus* check_x(const TensorDesc& d, bool known_rank) const;
 };
 
 OrtStatus* Kernel::check_tensor(const char* name, const TensorDesc& d,
@@ -138,11 +139,12 @@ OrtStatus* Kernel::check_tensor(const char* name, const TensorDesc& d,
   return nullptr;
 }
 
-OrtStatus* Kernel::check_x(const TensorDesc& d) const {
+OrtStatus* Kernel::check_x(const TensorDesc& d, bool known_rank) const {
   if (d.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT &&
       d.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16) {
     return invalid("X must be float32 or float16, got " + type_name(d.type));
   }
+  if (d.dims.empty() && !known_rank) return nullptr;
   if (d.dims.empty() || (d.dims.back() >= 0 && d.dims.back() != k)) {
     return invalid("X must have shape [..., in_features=" + std::to_string(k) + "], got " +
                    shape_text(d.dims));
@@ -287,7 +289,7 @@ OrtStatus* check_inputs(const OrtKernelInfo* info, Kernel* kern) {
     BITMAPS_ORT_RETURN_IF_ERROR(describe(tensor, &d));
     const auto f32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
     OrtStatus* status = nullptr;
-    if (i == 0) status = kern->check_x(d);
+    if (i == 0) status = kern->check_x(d, false);
     if (i == 1) {
       status = kern->check_tensor("W (packed weight signs)", d,
                                   ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, {kern->n, kw}, w_why);
@@ -383,7 +385,7 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   BITMAPS_ORT_RETURN_IF_ERROR(input(context, 0, &x, &xd));
   BITMAPS_ORT_RETURN_IF_ERROR(input(context, 2, &w_scale, &sd));
   if (inputs > 3) BITMAPS_ORT_RETURN_IF_ERROR(input(context, 3, &bias, &bd));
-  BITMAPS_ORT_RETURN_IF_ERROR(kern.check_x(xd));
+  BITMAPS_ORT_RETURN_IF_ERROR(kern.check_x(xd, true));
   const auto f32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   BITMAPS_ORT_RETURN_IF_ERROR(kern.check_tensor("w_scale", sd, f32, {kern.n}, "out_features"));
   if (bias != nullptr) {
