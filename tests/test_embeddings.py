@@ -190,3 +190,18 @@ def test_pass_is_a_no_op_for_fp32_and_for_fp16_tables_of_an_fp16_export():
     assert quantize_onnx_embeddings(model, "fp32") == []
     assert quantize_onnx_embeddings(model, "fp16") == []
     assert model.SerializeToString() == before
+
+
+def test_profile_parts_of_an_onnx_file(exports, tmp_path):
+    """``profile``'s weight bytes by part of an ONNX file: the embeddings part alone shrinks."""
+    from bitmaps.runtime.artifacts import onnx_weights_by_part
+
+    parts = {}
+    for mode in ("fp32", "int4"):
+        path = tmp_path / f"{mode}.onnx"
+        onnx.save(exports[mode].model, str(path))
+        parts[mode] = onnx_weights_by_part(path)
+        assert parts[mode]["total"] == initializer_bytes(exports[mode].model)
+    assert parts["int4"]["encoder"] == parts["fp32"]["encoder"] > 0
+    assert parts["int4"]["head"] == parts["fp32"]["head"] > 64 * 64 * 4  # transform dense + bias
+    assert parts["int4"]["embeddings"] < parts["fp32"]["embeddings"] / 4

@@ -132,8 +132,10 @@ def _export(source: ModelSource, model: str, path: Path, cfg: ExportConfig, log:
 
 def onnx_weights_by_part(path: Path) -> dict[str, int]:
     """Initializer bytes of an ONNX file by part, read from the graph: ``embeddings`` (tables a
-    ``Gather`` reads, directly or through one dequantizing node), ``head`` (initializers used only
-    after the last node that reads an ``encoder.layer.`` initializer), ``encoder`` (the rest)."""
+    ``Gather`` reads, directly or through one dequantizing node), ``head`` (initializers read only
+    by nodes downstream of the encoder's last LayerNorm: with a ``logits`` output, the head
+    transform has the graph's last LayerNorm and the encoder the one before), ``encoder`` (the
+    rest). Not by initializer names: the exporter merges equal initializers (fresh LayerNorms)."""
     graph = onnx.load(str(path)).graph
     inits = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
@@ -144,19 +146,24 @@ def onnx_weights_by_part(path: Path) -> dict[str, int]:
             feeds = [node.input[0], *(src.input if src is not None else ())]
             tables.update(i for i in feeds if i in inits)
             tables.update(i for i in node.input[2:] if i in inits)  # scales of a quantized gather
-    last = max(
-        (i for i, n in enumerate(graph.node) if any("encoder.layer." in x for x in n.input)),
-        default=len(graph.node),
-    )
-    first_use = {}
+    norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
+    has_head = [o.name for o in graph.output] == ["logits"] and len(norms) >= 2
+    after = set(norms[-2].output) if has_head else set()  # then everything it feeds
+    head_nodes = set()
+    for i, node in enumerate(graph.node):  # graph order is topological (ONNX requires it)
+        if any(x in after for x in node.input):
+            head_nodes.add(i)
+            after.update(node.output)
+    users: dict[str, set[int]] = {}
     for i, node in enumerate(graph.node):
         for x in node.input:
-            first_use.setdefault(x, i)
+            users.setdefault(x, set()).add(i)
     parts = {"encoder": 0, "embeddings": 0, "head": 0}
     for name, t in inits.items():
         size = len(t.raw_data) if t.HasField("raw_data") else onnx.numpy_helper.to_array(t).nbytes
+        used = users.get(name, set())
         part = (
-            "embeddings" if name in tables else "head" if first_use.get(name, 0) > last
+            "embeddings" if name in tables else "head" if used and used <= head_nodes
             else "encoder"
         )  # fmt: skip
         parts[part] += size
