@@ -45,7 +45,7 @@ from bitmaps.core.progress import ProgressReporter
 from bitmaps.data.assets import cache_root
 from bitmaps.data.corpus import build_corpus, eval_batches
 from bitmaps.data.labelled import build_labelled, classify_batches, read_labelled
-from bitmaps.metrics.classify import evaluate_classifier
+from bitmaps.metrics.classify import ConfusionCounts, evaluate_classifier
 from bitmaps.metrics.evaluate import evaluate_model
 from bitmaps.metrics.mlm import MLMSums
 from bitmaps.runtime import backends as B
@@ -85,7 +85,7 @@ ROW_KEYS = (
     "file_mb",
     "peak_mem_mb",
 )
-ACCURACY_KEYS = ("cross_entropy", "accuracy", "mrr")
+ACCURACY_KEYS = ("cross_entropy", "accuracy", "mrr", "macro_f1")  # macro_f1: classifiers
 
 
 @dataclasses.dataclass
@@ -183,15 +183,20 @@ def _artifacts(job: ProfileJob, targets: list[Target], workdir: Path, log: Log) 
     return out
 
 
-def _int8_scores(job: ProfileJob, workdir: Path, batches: Any, log: Log) -> dict[str, float]:
-    """The int8 model's masked-LM scores: its ONNX file (with the MLM head) in ONNX Runtime."""
+def _int8_session(job: ProfileJob, workdir: Path, log: Log) -> Any:
+    """An ONNX Runtime session on the int8 model's ONNX file (with its head: MLM or classifier)."""
     import onnxruntime as ort
 
     fp32 = onnx_artifact(job.source, "fp32", "fp32", "logits", workdir, log)
     path = int8_artifact(fp32, log).path
     options = ort.SessionOptions()
     options.intra_op_num_threads = job.config.threads or default_threads()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _int8_scores(job: ProfileJob, workdir: Path, batches: Any, log: Log) -> dict[str, float]:
+    """The int8 model's masked-LM scores: its ONNX file (with the MLM head) in ONNX Runtime."""
+    session = _int8_session(job, workdir, log)
     sums = MLMSums()
     for batch in batches:
         feed = {k: batch[k].numpy() for k in ("input_ids", "attention_mask")}
@@ -213,7 +218,7 @@ def _accuracy(job: ProfileJob, models: list[str], workdir: Path, log: Log) -> tu
     first = next(iter(loaded.values()))
     data_cfg = DataConfig()
     if first.task == "classify":
-        return _classify_accuracy(job, loaded, data_cfg, log)
+        return _classify_accuracy(job, loaded, data_cfg, workdir, log)
     corpus = build_corpus(job.data, first.tokenizer, data_cfg, log=log)
     heldout = corpus.heldout
     if job.config.eval_sequences:
@@ -242,29 +247,43 @@ def _accuracy(job: ProfileJob, models: list[str], workdir: Path, log: Log) -> tu
     return scores, meta
 
 
-def _classify_accuracy(job: ProfileJob, loaded: dict, data_cfg: DataConfig, log: Log) -> tuple:
+def _classify_accuracy(
+    job: ProfileJob, loaded: dict, data_cfg: DataConfig, workdir: Path, log: Log
+) -> tuple:
     """Classifiers: held-out accuracy and macro-F1 (labelled data, split as for training)."""
     first = next(iter(loaded.values()))
     labels = first.labels or ()
-    split = build_labelled(
-        read_labelled(job.data, labels=labels), first.tokenizer, data_cfg
-    ).heldout
+    trained = ((first.checkpoint or {}).get("meta") or {}).get("data") or {}
+    if "seq_len" in trained:  # score at the length the classifier was trained on
+        data_cfg = data_cfg.replace(seq_len=int(trained["seq_len"]))
+    data = read_labelled(job.data, labels=labels)
+    split = build_labelled(data, first.tokenizer, data_cfg).heldout
     device = "cuda" if B.torch.cuda.is_available() and job.config.device != "cpu" else "cpu"
     n = min(job.config.eval_sequences or len(split), len(split))
     scores = {}
     for m, x in loaded.items():
+        log(f"scoring {m} on {n} held-out documents ...")
+        batches = classify_batches(split, batch_size=32, max_examples=n)
+        if m == "int8":
+            counts = ConfusionCounts(len(labels))
+            session = _int8_session(job, workdir, log)
+            for batch in batches:
+                feed = {k: batch[k].numpy() for k in ("input_ids", "attention_mask")}
+                counts.add(torch.from_numpy(session.run(None, feed)[0]), batch["labels"])
+            r = counts.metrics(labels)
+            scores[m] = {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
+            continue
         model = x.model
         if m == "binary":
             pack_binary_linears_(model)
         model = model.to(device=device, dtype=B.float_dtype(m, device))
-        log(f"scoring {m} on {n} held-out documents ...")
-        batches = classify_batches(split, batch_size=32, max_examples=n)
         r = evaluate_classifier(model, batches, len(labels), label_names=labels)
         scores[m] = {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
     meta = {
         "data": [str(p) for p in job.data],
         "documents": n,
         "labels": list(labels),
+        "seq_len": data_cfg.seq_len,
         "how": f"torch on {device}, classifier logits, each model in its own dtype; accuracy and "
         "macro-F1 on the held-out documents",
     }
@@ -403,7 +422,7 @@ def _row(t: Target, r: dict, info: dict, artifact: Any, scores: dict) -> dict[st
         "file_mb": file_bytes / B.MB,
         "peak_mem_mb": r["peak_mem_bytes"] / B.MB,
     }
-    row.update({k: scores[t.model][k] for k in ACCURACY_KEYS if t.model in scores})
+    row.update({k: v for k, v in scores.get(t.model, {}).items() if k in ACCURACY_KEYS})
     return row
 
 

@@ -102,15 +102,16 @@ def sorted_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main_table(result: ProfileResult) -> Table:
     rows = sorted_rows(result.rows)
-    accuracy = any(k in r for r in rows for k in ACCURACY_KEYS)
+    shown = [k for k in ACCURACY_KEYS if any(k in r for r in rows)]  # MLM or classifier scores
     table = Table(title="bitmaps profile", title_justify="left")
     for name in ("model", "backend", "device", "batch", "seq"):
         table.add_column(name)
     for name in ("p50 ms", "p90 ms", "p99 ms", "seq/s", "weights MB", "file MB", "peak MB"):
         table.add_column(name, justify="right")
-    if accuracy:
-        for name in ("cross entropy", "accuracy", "MRR"):
-            table.add_column(name, justify="right")
+    titles = {"cross_entropy": "cross entropy", "accuracy": "accuracy", "mrr": "MRR",
+              "macro_f1": "macro-F1"}  # fmt: skip
+    for k in shown:
+        table.add_column(titles[k], justify="right")
     for r in rows:
         cells = [
             r["model"],
@@ -126,8 +127,7 @@ def main_table(result: ProfileResult) -> Table:
             _mb(r["file_mb"]),
             _mb(r["peak_mem_mb"]),
         ]
-        if accuracy:
-            cells += [f"{r[k]:.4f}" if k in r else "" for k in ACCURACY_KEYS]
+        cells += [f"{r[k]:.4f}" if k in r else "" for k in shown]
         table.add_row(*cells)
     return table
 
