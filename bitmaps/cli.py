@@ -229,7 +229,7 @@ def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, 
         result = evaluate_classifier_on_data(
             model, _data_paths(data), data_cfg,
             batch_size=batch_size, max_examples=max_sequences, split=split, device=device,
-            log=lambda m: click.echo(m, err=True),
+            trained_seq_len="seq_len" not in sections["data"], log=lambda m: click.echo(m, err=True),
         )
         if as_json:
             click.echo(json.dumps(result, indent=2))
@@ -395,9 +395,10 @@ def _export_options(f):  # noqa: ANN001, ANN202
 @click.argument("checkpoint", metavar="CKPT")
 @click.argument("output", metavar="OUT.onnx", type=click.Path(dir_okay=False))
 @_export_options
-@click.option("--embeddings", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32",
-              show_default=True, help="embedding tables and the tied MLM decoder: int8 per-row, "
-              "int4 group-wise scales, dequantized at the gather")
+@click.option("--embeddings", type=click.Choice(["fp32", "fp16", "int8", "int4"]),
+              help="embedding tables and the tied MLM decoder: fp16, int8 per-row or int4 "
+              "group-wise scales, dequantized at the gather [default: int4; fp16 for --target "
+              "tensorrt, whose parser has no integer bit ops]")
 @click.option("--embedding-group", type=click.Choice(["32", "64"]), default="64",
               show_default=True, help="int4 embeddings: values per scale along the hidden axis")
 def export_cmd(checkpoint, output, target, dtype, opset, output_kind, tolerance, embeddings,
@@ -405,8 +406,11 @@ def export_cmd(checkpoint, output, target, dtype, opset, output_kind, tolerance,
     """ONNX with every binary linear as one bitmaps::BinaryLinear node (packed int32 weights),
     verified in ONNX Runtime against PyTorch before it is written."""
     from bitmaps.core.config import ExportConfig
+    from bitmaps.core.embeddings import STUDENT_EMBEDDINGS
     from bitmaps.export.pipeline import export_student
 
+    if embeddings is None:  # the measured default (benchmarks/RESULTS.md); TensorRT: fp16
+        embeddings = "fp16" if target == "tensorrt" else STUDENT_EMBEDDINGS
     cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance,
                        embeddings=embeddings, embedding_group=int(embedding_group),
                        target=target)  # fmt: skip

@@ -339,6 +339,11 @@ def test_cli_bad_labelled_input_is_one_line_exit_2(tmp_path, capsys, bert_tiny_d
          str(tmp_path / "notes.txt"), "-o", str(tmp_path / "y.pt")],
     ]  # fmt: skip
     (tmp_path / "notes.txt").write_text("plain text")
+    two = _jsonl(tmp_path / "two.jsonl")
+    cases += [  # a student needs the classifier teacher; a classifier is not a masked-LM teacher
+        ["train", "--task", "classify", "--stage", "student", "--teacher", "bert-tiny",
+         "--data", str(two), "-o", str(tmp_path / "z.pt")],
+    ]  # fmt: skip
     for argv in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()

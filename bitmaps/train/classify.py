@@ -137,12 +137,19 @@ def evaluate_classifier_on_data(
     max_examples: int = 0,
     split: str = "heldout",
     device: str = "auto",
+    trained_seq_len: bool = False,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """``bitmaps eval`` on a classifier: accuracy, macro-F1, confusion matrix on one split."""
+    """``bitmaps eval`` on a classifier: accuracy, macro-F1, confusion matrix on one split.
+
+    ``trained_seq_len``: use the sequence length the checkpoint was trained with (if it says).
+    """
     loaded = load_model(model)
     if loaded.task != "classify":
         raise BitmapsError(f"{model} is a masked-LM model, not a classifier")
+    trained = ((loaded.checkpoint or {}).get("meta") or {}).get("data") or {}
+    if trained_seq_len and "seq_len" in trained:
+        cfg = cfg.replace(seq_len=int(trained["seq_len"]))
     labels = loaded.labels or ()
     data = read_labelled(paths, labels=labels)
     corpus = build_labelled(data, loaded.tokenizer, cfg)
@@ -156,6 +163,7 @@ def evaluate_classifier_on_data(
         "model": str(model),
         "binary": loaded.is_binary,
         "split": split,
+        "seq_len": cfg.seq_len,
         "documents": len(part) if max_examples <= 0 else min(max_examples, len(part)),
         **result,
     }
