@@ -64,7 +64,8 @@ DEMO_STUDENT_STEPS ?= 300
 # near 4 minutes on 2 cores (benchmarks/RESULTS.md has longer runs at 128 tokens).
 DEMO_SPAM_TEACHER_STEPS ?= 200
 DEMO_SPAM_STUDENT_STEPS ?= 200
-SPAM_OPTS = --task classify --data spam-assassin --set data.seq_len=64 --batch-size 32 \
+SPAM      = "$$($(BITMAPS) assets path spam-assassin)"
+SPAM_OPTS = --task classify --data $(SPAM) --set data.seq_len=64 --batch-size 32 \
 	  --eval-every 0 --eval-sequences 10000 --save-every 50 --resume
 BITMAPS := $(BIN)/bitmaps
 SOTU     = "$$($(BITMAPS) assets path sotu)"
@@ -98,7 +99,7 @@ $(DEMO)/spam-student.onnx: $(DEMO)/spam-student.pt
 # --seq 64 and --set-free defaults: the held-out split is the training one (seeded by document id).
 $(DEMO)/profile-spam.json: $(DEMO)/spam-student.pt $(DEMO)/spam-teacher.pt
 	$(BITMAPS) profile --model $(DEMO)/spam-student.pt --teacher $(DEMO)/spam-teacher.pt \
-	  --data spam-assassin --backend all --batch 1,8 --seq 64 --min-time 1 --json $@ --plot $(@:.json=.png)
+	  --data $(SPAM) --backend all --batch 1,8 --seq 64 --min-time 1 --json $@ --plot $(@:.json=.png)
 
 $(DEMO)/profile-tiny.json: $(DEMO)/student.pt $(DEMO)/teacher.pt
 	$(BITMAPS) profile --model $(DEMO)/student.pt --teacher $(DEMO)/teacher.pt --data $(SOTU) \
