@@ -7,7 +7,7 @@ Formats (``read_labelled``), one or more paths of the same kind:
 - a ``.jsonl`` file: one JSON object per line with a string ``text`` and a ``label`` (string or
   integer; stored as its string form), optional ``id``;
 - a ``.csv`` file with a header row naming ``text`` and ``label`` columns (optional ``id``);
-- the SpamAssassin asset (``spam-assassin`` or its folder, see :func:`read_spam_assassin`).
+- the SpamAssassin asset (``spam-assassin`` or its folder, see :func:`parse_spam_assassin`).
 
 A document's id is its path below the class folder's parent (folders), ``<file>:<line>``
 (JSONL), ``<file>:<row>`` (CSV, 1-based data rows) or ``<group>/<message>`` (SpamAssassin), unless
@@ -43,10 +43,11 @@ from typing import Any
 
 import torch
 
+from bitmaps.core.atomic import atomic_output
 from bitmaps.core.config import DataConfig
 from bitmaps.core.errors import BitmapsError
 from bitmaps.data.assets import asset_dir
-from bitmaps.data.corpus import choose_heldout
+from bitmaps.data.corpus import choose_heldout, default_cache_dir
 from bitmaps.data.text import _text_files, decode_text
 
 SPAM_ASSET = "spam-assassin"
@@ -199,7 +200,40 @@ def mail_body(raw: str) -> str:
     return body.strip()
 
 
-def read_spam_assassin(folder: Path) -> list[Example]:
+MAIL_BODY_VERSION = 1  # bump when mail_body changes: cached bodies stop matching
+
+
+def read_spam_assassin(folder: Path, *, use_cache: bool = True) -> list[Example]:
+    """:func:`parse_spam_assassin`, cached as JSONL in ``$BITMAPS_CACHE/data`` (parsing 6,046 mails
+    takes seconds; the cache key is the tarball's size and modification time and the parser's
+    version, and a damaged cache file is parsed again)."""
+    tgz = folder / SPAM_TARBALL
+    try:
+        st = tgz.stat()
+    except OSError as exc:
+        raise BitmapsError(f"cannot read the SpamAssassin asset {tgz}: {exc.strerror}") from None
+    key = hashlib.sha256(
+        f"{MAIL_BODY_VERSION}\0{st.st_size}\0{st.st_mtime_ns}".encode()
+    ).hexdigest()
+    cache = default_cache_dir() / f"spam-assassin-{key[:16]}.jsonl"
+    if use_cache and cache.is_file():
+        try:
+            rows = [json.loads(line) for line in cache.read_text("utf-8").splitlines()]
+            return [Example(r["id"], r["text"], r["label"]) for r in rows]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    examples = parse_spam_assassin(folder)
+    if use_cache:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_output(cache) as tmp:
+                tmp.write_text("".join(json.dumps(dataclasses.asdict(e)) + "\n" for e in examples))
+        except (OSError, BitmapsError):
+            pass  # a read-only cache only costs the parse next time
+    return examples
+
+
+def parse_spam_assassin(folder: Path) -> list[Example]:
     """The SpamAssassin corpus from the asset's package tarball: label ``ham`` or ``spam``.
 
     Members ``package/data/<group>/<name>.json`` hold ``{id, group, checksum, text}``; the label
