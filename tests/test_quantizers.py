@@ -185,15 +185,16 @@ def test_elastic_step_forward_and_bit_gradients(beta: float) -> None:
     torch.testing.assert_close(b.grad, -(g * middle).sum() * gscale)
 
 
-def test_elastic_step_module_threshold_and_lloyd_init() -> None:
+def test_elastic_step_module_threshold_and_init() -> None:
     q = Q.ElasticSign(unsigned=True)
     x = torch.relu(torch.randn(32, 64))
     q.train()
     bits, alpha = q.binarize(x)
-    assert set(bits.unique().tolist()) <= {0.0, 1.0}
+    # initialised to threshold 0 (the ReLU's own pattern) and α = mean of the positive inputs
+    assert torch.equal(bits, (x > 0).float())
     level = float(alpha.detach())
-    # Lloyd's fixed point: α is the mean of the inputs it binarizes to 1 (to float tolerance)
-    assert level == pytest.approx(float(x[x > level / 2].mean()), rel=1e-3)
+    assert level == pytest.approx(float(x[x > 0].mean()), rel=1e-6)
+    assert q.threshold() == pytest.approx(0.0, abs=1e-7)
     with torch.no_grad():
         q.beta.fill_(-0.1)
     t = q.threshold()

@@ -378,9 +378,10 @@ class ElasticSign(nn.Module):
     same |α| (and refuses α = 0, which the op would read as "per-row mean").
 
     ``unsigned=True``: :func:`elastic_step`, q ∈ {0, α}, threshold t = β + α/2 (``threshold()``,
-    the op's act_threshold). Initialisation: β = 0 and α from Lloyd's iterations on the first
-    training batch (α ← mean of x over x > α/2, from α = 2·mean |x|): the level that minimises
-    ‖x − α·b‖² for its own bits b.
+    the op's act_threshold). Initialisation on the first training batch: threshold 0, so the bits
+    are the ReLU's own on/off pattern, α = mean of the inputs above 0 (the level minimising
+    ‖x − α·b‖² for those bits) and β = −α/2. (Lloyd's fixed point, threshold α/2, dropped the
+    small positive inputs and kept 0.2135 instead of 0.2230 top-1 in the 300-step ablation.)
     """
 
     learned_scale = True
@@ -407,18 +408,16 @@ class ElasticSign(nn.Module):
     @torch.no_grad()
     def _init_from(self, x: torch.Tensor) -> None:
         value = (x.float() - self.beta).abs().mean()
-        if self.unsigned:  # Lloyd: the {0, α} level that fits its own bits
-            xf = x.float() - self.beta
-            value = 2 * value
-            for _ in range(8):
-                above = xf > value / 2
-                if not bool(above.any()):
-                    break
-                value = xf[above].mean()
+        if self.unsigned:  # the level of the inputs above 0, the bits the ReLU itself sets
+            xf = x.float()
+            above = xf > 0
+            value = xf[above].mean() if bool(above.any()) else value
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(value)
             value /= torch.distributed.get_world_size()
         self.alpha.copy_(value.clamp_min(1e-6))
+        if self.unsigned:  # threshold β + α/2 = 0
+            self.beta.copy_(-self.alpha / 2)
         self.initialized.fill_(True)
         self._initialized = True
 
