@@ -29,6 +29,7 @@ from bitmaps.core.config import EngineBuildConfig, ExportConfig
 from bitmaps.core.embeddings import STUDENT_EMBEDDING_GROUP, STUDENT_EMBEDDINGS
 from bitmaps.data.assets import ASSET_MODELS, resolve_model
 from bitmaps.export import pipeline
+from bitmaps.export.embeddings import PREFIX as EMBEDDING_CONSTANTS
 from bitmaps.export.onnx_graph import initializer_bytes
 from bitmaps.runtime.backends import ModelSource, load_mlm
 from bitmaps.runtime.tensorrt import build_engine, import_tensorrt
@@ -163,7 +164,8 @@ def onnx_weights_by_part(path: Path) -> dict[str, int]:
         size = len(t.raw_data) if t.HasField("raw_data") else onnx.numpy_helper.to_array(t).nbytes
         used = users.get(name, set())
         part = (
-            "embeddings" if name in tables else "head" if used and used <= head_nodes
+            "embeddings" if name in tables or name.startswith(f"{EMBEDDING_CONSTANTS}/")
+            else "head" if used and used <= head_nodes
             else "encoder"
         )  # fmt: skip
         parts[part] += size
