@@ -129,6 +129,7 @@ def _recipe(name: str, label: str, *sets: str, config: str = "elastic_logits.jso
 
 RECIPE: tuple[Run, ...] = (
     _recipe("r300-logits", "elastic, logits + MLM (base)"),
+    _recipe("r300-logits-seed1", "base, seed 1 (run-to-run spread)", "train.seed=1"),
     _recipe("r300-twoset", "base + ReLU + two-set (FFN output {0,1})", "binarize.activation=relu"),
     _recipe(
         "r300-full", "base + hidden 1 + attn scores 0.1 (raw Σ MSE)", config="elastic_full.json"
