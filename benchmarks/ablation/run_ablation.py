@@ -132,6 +132,11 @@ RECIPE: tuple[Run, ...] = (
     _recipe("r300-logits-seed1", "base, seed 1 (run-to-run spread)", "train.seed=1"),
     _recipe("r300-twoset", "base + ReLU + two-set (FFN output {0,1})", "binarize.activation=relu"),
     _recipe(
+        "r300-twoset-gelu",
+        "base + two-set (FFN output {0,1}), GELU kept",
+        'binarize.unsigned_modules=["output"]',
+    ),
+    _recipe(
         "r300-full", "base + hidden 1 + attn scores 0.1 (raw Σ MSE)", config="elastic_full.json"
     ),
     _recipe(
