@@ -228,6 +228,13 @@ def test_classifier_from_an_mlm_teacher_reuses_the_encoder(tmp_path, bert_tiny_d
     )
     with pytest.raises(BitmapsError, match="classifies ham, spam; the data has labels a, b"):
         load_classifier(folder, ("a", "b"))
+    # a masked-LM teacher checkpoint: its encoder, a new pooler and head
+    from bitmaps.core.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "mlm.pt", model=mlm.model, tokenizer=mlm.tokenizer_info)
+    from_ckpt = load_classifier(ckpt, ("a", "b", "c"))
+    assert from_ckpt.labels == ("a", "b", "c") and from_ckpt.model.classifier.out_features == 3
+    torch.testing.assert_close(from_ckpt.model.bert.state_dict()[q], mlm.model.bert.state_dict()[q])
 
 
 # --- training on SpamAssassin -------------------------------------------------------------------
