@@ -17,7 +17,8 @@ from bitmaps.cli import main
 from bitmaps.core.checkpoint import load_checkpoint
 from bitmaps.core.config import DataConfig, TrainConfig
 from bitmaps.core.errors import BitmapsError
-from bitmaps.data.labelled import build_labelled, mail_body, read_labelled
+from bitmaps.data.labelled import build_labelled, read_labelled
+from bitmaps.data.spam_assassin import mail_body
 from bitmaps.metrics.classify import classification_metrics
 from bitmaps.train.trainer import TrainJob, run_training
 
