@@ -140,6 +140,12 @@ RECIPE: tuple[Run, ...] = (
         "r300-full", "base + hidden 1 + attn scores 0.1 (raw Σ MSE)", config="elastic_full.json"
     ),
     _recipe(
+        "r300-full-seed1",
+        "base + hidden 1 + attn scores 0.1 (raw Σ MSE), seed 1",
+        "train.seed=1",
+        config="elastic_full.json",
+    ),
+    _recipe(
         "r300-hidden-norm",
         "base + hidden 1 (per-layer normalized)",
         "distill.lambda_hidden=1",
