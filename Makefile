@@ -99,7 +99,7 @@ $(DEMO)/spam-student.onnx: $(DEMO)/spam-student.pt
 # --seq 64 and --set-free defaults: the held-out split is the training one (seeded by document id).
 $(DEMO)/profile-spam.json: $(DEMO)/spam-student.pt $(DEMO)/spam-teacher.pt
 	$(BITMAPS) profile --model $(DEMO)/spam-student.pt --teacher $(DEMO)/spam-teacher.pt \
-	  --data $(SPAM) --backend all --batch 1,8 --seq 64 --min-time 1 --json $@ --plot $(@:.json=.png)
+	  --data $(SPAM) --backend all --batch 1 --seq 64 --min-time 1 --json $@ --plot $(@:.json=.png)
 
 $(DEMO)/profile-tiny.json: $(DEMO)/student.pt $(DEMO)/teacher.pt
 	$(BITMAPS) profile --model $(DEMO)/student.pt --teacher $(DEMO)/teacher.pt --data $(SOTU) \
