@@ -165,6 +165,7 @@ RECIPE: tuple[Run, ...] = (
         "distill.lambda_hidden=1",
         "distill.mse_decay_steps=150",
     ),
+    _recipe("r300-attn-raw", "base + attn scores 0.1 (raw Σ MSE)", "distill.lambda_attn=0.1"),
     _recipe(
         "r300-attn-probs-norm",
         "base + attn probs 1 (per-layer normalized)",
