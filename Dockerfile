@@ -36,7 +36,7 @@ RUN python -c "import tensorrt, torch; print('TensorRT', tensorrt.__version__, '
 ENV TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0a" BITMAPS_REQUIRE_CUDA=1
 RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . \
  && pip install --no-cache-dir "transformers>=4.45" "tokenizers>=0.20" "safetensors>=0.4" \
-      "click>=8.1" "rich>=13" "onnx>=1.16" "onnxruntime>=1.18" "onnxruntime-extensions>=0.12" \
+      "click>=8.2" "rich>=13" "onnx>=1.16" "onnxruntime>=1.18" "onnxscript>=0.5" \
       "matplotlib>=3.7" "pytest>=8" \
  && python setup.py build_ext --inplace \
  && python -c "import torch, bitmaps.core.ops as o; print(o.native_status()); assert torch._C._dispatch_has_kernel_for_dispatch_key('bitmaps::xnor_gemm', 'CUDA'), 'bitmaps._C was built without CUDA'"

@@ -35,7 +35,6 @@ LAYERS = {
 # touch, so importing them at the top would slow down or break every command.
 LAZY_ALLOWED = {
     "onnxruntime": "optional runtime; heavy to import",
-    "onnxruntime_extensions": "optional Python-bridge fallback",
     "tensorrt": "optional; absent on most machines",
     "matplotlib": "only for --plot; slow to import",
     "bitmaps._C": "optional native extension; may not be built",

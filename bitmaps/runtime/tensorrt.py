@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import torch
 
 from bitmaps.core.atomic import atomic_output, check_writable
 from bitmaps.core.config import EngineBuildConfig, parse_batch_seq
@@ -140,8 +141,6 @@ def check_tensorrt_target(model_path: Path) -> None:
 
 def _model_facts(model_path: Path) -> tuple[bool, int]:
     """(outputs are float16, number of BinaryLinear nodes), read without loading the weights."""
-    import onnx
-
     try:
         model = onnx.load(str(model_path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises various DecodeErrors
@@ -316,8 +315,6 @@ class TensorRTEngine:
     """A deserialized engine with one execution context; tensors in and out are torch CUDA."""
 
     def __init__(self, engine_path: str | os.PathLike, plugin: str | os.PathLike | None = None):
-        import torch
-
         self._torch = torch
         trt = import_tensorrt()
         if not torch.cuda.is_available():

@@ -6,7 +6,7 @@
 //   Padding bits (K not a multiple of 32) are 0 in both operands, so they cancel in XOR.
 //   dot(a, b) = K - 2 * popcount(a XOR b).
 //
-// The Python mirror is bitmaps/export/packing.py. Header-only, usable from host and device code.
+// The Python mirror is bitmaps/core/packing.py. Header-only, usable from host and device code.
 #pragma once
 
 #include <cstdint>
