@@ -119,6 +119,19 @@ RUNS: tuple[Run, ...] = (
         "elastic (BiT), logits + MLM only, 3000 steps",
         ("train.steps=3000", "train.eval_every=500", "train.save_every=250"),
     ),
+    # ---- long: the best 300-step recipe (logits + MLM + attention scores 0.1), 4000 steps
+    Run(
+        "elastic_attn_4k",
+        "elastic_logits.json",
+        "long",
+        "elastic (BiT), logits + MLM + attn scores 0.1, 4000 steps",
+        (
+            "train.steps=4000",
+            "train.eval_every=500",
+            "train.save_every=250",
+            "distill.lambda_attn=0.1",
+        ),
+    ),
 )
 
 
@@ -378,7 +391,9 @@ def table(records: list[dict], teacher: dict, base: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--group", choices=["pilot", "main", "extra", "recipe", "all"], default="main")
+    p.add_argument(
+        "--group", choices=["pilot", "main", "extra", "recipe", "long", "all"], default="main"
+    )
     p.add_argument("--only", nargs="*", help="run names (see RUNS)")
     p.add_argument("--jobs", type=int, default=2, help="training jobs at once")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per training job")
