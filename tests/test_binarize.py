@@ -203,7 +203,8 @@ def test_binarize_wrapped_model_and_subset() -> None:
 
 
 @pytest.mark.parametrize("family", ["roberta", "distilbert", "electra"])
-def test_binarize_other_families(family: str) -> None:
+def test_binarize_refuses_other_families(family: str) -> None:
+    # bitmaps loads only BERT (bitmaps/train/models.py); other families are refused, not half-done
     import transformers as T
 
     small = dict(vocab_size=100, num_hidden_layers=2, num_attention_heads=2)
@@ -218,10 +219,9 @@ def test_binarize_other_families(family: str) -> None:
             T.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=48)
         ),
     }[family]()
-    before = copy.deepcopy(model)
-    names = binarize_(model, BinarizeConfig())
-    _check_binarized(model, before, names, 2)
-    assert model(input_ids=torch.randint(3, 100, (2, 6))).logits.shape == (2, 6, 100)
+    with pytest.raises(BitmapsError, match=f"unsupported model {type(model).__name__}"):
+        binarize_(model, BinarizeConfig())
+    assert not any(isinstance(m, BinaryLinear) for m in model.modules())
 
 
 def test_binarize_refusals() -> None:
@@ -350,26 +350,15 @@ def test_centred_weights_pack_the_forward_signs() -> None:
     torch.testing.assert_close(layer(x), ref, rtol=1e-6, atol=1e-6 * float(ref.abs().max()))
 
 
-@pytest.mark.parametrize("family", ["bert", "distilbert"])
-def test_binarize_relu_swaps_activation_and_makes_output_unsigned(family: str) -> None:
-    import transformers as T
-
-    model = (
-        _tiny_bert(2)
-        if family == "bert"
-        else T.DistilBertForMaskedLM(
-            T.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=2, hidden_dim=48)
-        )
-    )
+def test_binarize_relu_swaps_activation_and_makes_output_unsigned() -> None:
+    model = _tiny_bert(2)
     before = _type_counts(model)
     names = binarize_(model, BinarizeConfig(activation="relu", activation_quantizer="elastic"))
     after = _type_counts(model)
     assert after["ReLU"] == before["ReLU"] + 2
     assert after["GELUActivation"] == before["GELUActivation"] - 2
     unsigned = [n for n in names if model.get_submodule(n).input_quantizer.unsigned]
-    role = "output.dense" if family == "bert" else "ffn.lin2"
-    prefix = names[0].split(".layer.")[0]
-    assert unsigned == [f"{prefix}.layer.{i}.{role}" for i in range(2)]
+    assert unsigned == [f"bert.encoder.layer.{i}.output.dense" for i in range(2)]
     layer = model.get_submodule(unsigned[0])
     model.train()(input_ids=torch.randint(0, 100, (2, 8)))  # Lloyd-initialises every α
     assert layer.export_spec().act_unsigned == 1

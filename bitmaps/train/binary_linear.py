@@ -202,7 +202,10 @@ def binarization_phase_for_step(step: int, cfg: BinarizeConfig) -> tuple[bool, b
 
 # --------------------------------------------------------------------------- binarize_
 
-# Families whose encoder layers hold the six linears at these paths (transformers 4.x and 5.x).
+# The model types bitmaps loads and binarizes (bitmaps/train/models.py refuses the rest), where
+# their encoder layers are, and the paths of the six linears inside one layer.
+SUPPORTED_MODEL_TYPES = ("bert",)
+_ENCODER_LAYERS = "encoder.layer"
 _BERT_ROLES = {
     "query": "attention.self.query",
     "key": "attention.self.key",
@@ -210,22 +213,6 @@ _BERT_ROLES = {
     "attention_output": "attention.output.dense",
     "intermediate": "intermediate.dense",
     "output": "output.dense",
-}
-_DISTILBERT_ROLES = {
-    "query": "attention.q_lin",
-    "key": "attention.k_lin",
-    "value": "attention.v_lin",
-    "attention_output": "attention.out_lin",
-    "intermediate": "ffn.lin1",
-    "output": "ffn.lin2",
-}
-SUPPORTED_MODEL_TYPES: dict[str, tuple[str, dict[str, str]]] = {
-    "bert": ("encoder.layer", _BERT_ROLES),
-    "roberta": ("encoder.layer", _BERT_ROLES),
-    "xlm-roberta": ("encoder.layer", _BERT_ROLES),
-    "camembert": ("encoder.layer", _BERT_ROLES),
-    "electra": ("encoder.layer", _BERT_ROLES),
-    "distilbert": ("transformer.layer", _DISTILBERT_ROLES),
 }
 
 
@@ -251,7 +238,7 @@ def hf_model(model: nn.Module) -> nn.Module:
 
 
 def encoder_layout(model: nn.Module) -> EncoderLayout:
-    """The layout of a supported BERT-family ``*ForMaskedLM`` (maybe wrapped), or BitmapsError."""
+    """The layout of a supported BERT ``*ForMaskedLM`` (maybe wrapped), or BitmapsError."""
     hf = hf_model(model)
     name = type(hf).__name__
     model_type = getattr(hf.config, "model_type", "")
@@ -261,16 +248,15 @@ def encoder_layout(model: nn.Module) -> EncoderLayout:
             f"unsupported model {name}: bitmaps binarizes the {', '.join(SUPPORTED_MODEL_TYPES)} "
             "masked-LM and classification models (*ForMaskedLM, *ForSequenceClassification)"
         )
-    container, roles = SUPPORTED_MODEL_TYPES[model_type]
     prefix = next(n for n, m in model.named_modules() if m is hf)
-    layers_path = ".".join(p for p in (prefix, hf.base_model_prefix, container) if p)
+    layers_path = ".".join(p for p in (prefix, hf.base_model_prefix, _ENCODER_LAYERS) if p)
     try:
         layers = model.get_submodule(layers_path)
     except AttributeError:
         layers = None
     if not isinstance(layers, nn.ModuleList) or len(layers) == 0:
         raise BitmapsError(f"{name} has no encoder layers at {layers_path}")
-    return EncoderLayout(layers_path, roles, len(layers))
+    return EncoderLayout(layers_path, _BERT_ROLES, len(layers))
 
 
 def binarize_(model: nn.Module, cfg: BinarizeConfig) -> list[str]:
@@ -311,7 +297,7 @@ def binarize_(model: nn.Module, cfg: BinarizeConfig) -> list[str]:
 
 
 # the attribute holding the FFN activation, in the module that holds the intermediate linear
-_FFN_ACTIVATION_ATTRS = ("intermediate_act_fn", "activation")
+_FFN_ACTIVATION_ATTR = "intermediate_act_fn"
 
 
 def _ffn_activation_paths(model: nn.Module, layout: EncoderLayout) -> list[str]:
@@ -320,11 +306,10 @@ def _ffn_activation_paths(model: nn.Module, layout: EncoderLayout) -> list[str]:
     for i in range(layout.num_layers):
         parent = layout.path(i, "intermediate").rpartition(".")[0]
         owner = model.get_submodule(parent)
-        attr = next((a for a in _FFN_ACTIVATION_ATTRS if hasattr(owner, a)), None)
-        if attr is None or not callable(getattr(owner, attr)):
+        if not callable(getattr(owner, _FFN_ACTIVATION_ATTR, None)):
             raise BitmapsError(
                 f"{type(hf_model(model)).__name__}: no FFN activation found in {parent} "
-                f"(looked for {', '.join(_FFN_ACTIVATION_ATTRS)}); use activation gelu"
+                f"(looked for {_FFN_ACTIVATION_ATTR}); use activation gelu"
             )
-        paths.append(f"{parent}.{attr}")
+        paths.append(f"{parent}.{_FFN_ACTIVATION_ATTR}")
     return paths

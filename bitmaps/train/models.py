@@ -35,9 +35,8 @@ from bitmaps.core.checkpoint import load_checkpoint, tokenizer_record
 from bitmaps.core.config import BinarizeConfig
 from bitmaps.core.errors import BitmapsError
 from bitmaps.data.assets import ASSET_MODELS, resolve_model
-from bitmaps.train.binary_linear import binarize_
+from bitmaps.train.binary_linear import SUPPORTED_MODEL_TYPES, binarize_
 
-SUPPORTED_MODEL_TYPES = ("bert",)
 MODEL_CLASSES = {
     "BertForMaskedLM": BertForMaskedLM,
     "BertForSequenceClassification": BertForSequenceClassification,
