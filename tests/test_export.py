@@ -21,7 +21,13 @@ from onnx import TensorProto, helper, numpy_helper
 from bitmaps.core.config import BinarizeConfig, ExportConfig
 from bitmaps.core.ops import reference_binary_linear
 from bitmaps.core.packed import PackedBinaryLinear
-from bitmaps.export.onnx_function import ATTRIBUTES, DOMAIN, OP_TYPE, binary_linear_nodes
+from bitmaps.export.onnx_function import (
+    ATTRIBUTE_DEFAULTS,
+    ATTRIBUTES,
+    DOMAIN,
+    OP_TYPE,
+    binary_linear_nodes,
+)
 from bitmaps.export.onnx_function import node_attributes as attrs_of
 from bitmaps.export.onnx_graph import float32_on_compute_path, fp32_parameter_bytes, packed_bytes
 from bitmaps.export.pipeline import export_verified
@@ -30,7 +36,9 @@ from bitmaps.runtime.onnxruntime import function_session, single_node_model
 from bitmaps.train.binary_linear import binarize_
 
 
-def small_student(quantizer: str = "elastic", seed: int = 0) -> torch.nn.Module:
+def small_student(
+    quantizer: str = "elastic", seed: int = 0, activation: str = "gelu"
+) -> torch.nn.Module:
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(seed)
@@ -43,7 +51,7 @@ def small_student(quantizer: str = "elastic", seed: int = 0) -> torch.nn.Module:
         max_position_embeddings=64,
     )
     model = BertForMaskedLM(config).eval()
-    binarize_(model, BinarizeConfig(activation_quantizer=quantizer))
+    binarize_(model, BinarizeConfig(activation_quantizer=quantizer, activation=activation))
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for m in model.modules():
@@ -85,6 +93,7 @@ def packed_modules(result) -> dict[str, PackedBinaryLinear]:
 # --------------------------------------------------------------------------- the local function
 
 
+@pytest.mark.parametrize("unsigned", [0, 1])
 @pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16])
 @pytest.mark.parametrize(
     "k,n,beta,scale,lead",
@@ -97,14 +106,17 @@ def packed_modules(result) -> dict[str, PackedBinaryLinear]:
         (768, 33, 0.0, 0.0, (2, 17)),
     ],
 )
-def test_function_matches_reference_op(k, n, beta, scale, lead, dtype):
-    model, t = single_node_model(k, n, beta, scale, dtype=dtype, rank=len(lead) + 1)
+def test_function_matches_reference_op(k, n, beta, scale, lead, dtype, unsigned):
+    model, t = single_node_model(
+        k, n, beta, scale, dtype=dtype, rank=len(lead) + 1, act_unsigned=unsigned
+    )
+    assert ("act_unsigned" in attrs_of(model.graph.node[0])) == bool(unsigned)
     onnx.checker.check_model(model, full_check=True)
     x = torch.randn(*lead, k)
     x.view(-1)[::5] = beta  # x − β == 0 exactly: sign(0) must be +1
     x = x.half() if dtype == TensorProto.FLOAT16 else x
     y = function_session(model).run(None, {"X": x.numpy()})[0]
-    ref = reference_binary_linear(x, t["W"], t["w_scale"], t["bias"], k, beta, scale)
+    ref = reference_binary_linear(x, t["W"], t["w_scale"], t["bias"], k, beta, scale, unsigned)
     assert y.dtype == x.numpy().dtype and y.shape == tuple(ref.shape)
     err = np.abs(y.astype(np.float64) - ref.double().numpy()).max()
     bound = ref.abs().max().item()
@@ -123,6 +135,17 @@ def test_function_sign_of_zero_is_plus_one():
     assert y[0, 0] == pytest.approx(float(expected), rel=1e-6)
 
 
+def test_function_unsigned_activation_of_zero_is_zero():
+    model, t = single_node_model(4, 1, 0.0, 1.0, act_unsigned=1)
+    with torch.no_grad():
+        t["W"].zero_()  # all weight signs +1: y = act_scale · w_scale · Σ 1{x > 0} + bias
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(t["W"].numpy(), "W"))
+    x = torch.tensor([[0.0, 2.0, 0.5, -1.0]])
+    y = function_session(model).run(None, {"X": x.numpy()})[0]
+    expected = 1.0 * t["w_scale"][0] * (0 + 1 + 1 + 0) + t["bias"][0]
+    assert y[0, 0] == pytest.approx(float(expected), rel=1e-6)
+
+
 # --------------------------------------------------------------------------- graph structure
 
 
@@ -135,14 +158,16 @@ def test_one_node_per_binary_layer_with_exact_attributes(exported_fp32):
     for node in nodes:
         m, a = mods[node.name], attrs_of(node)
         assert (node.domain, node.op_type, len(node.input)) == (DOMAIN, OP_TYPE, 4)
-        assert sorted(a) == sorted(ATTRIBUTES)
+        # act_unsigned is written only for unsigned layers (absent means 0, DESIGN.md)
+        assert sorted(a) == sorted(set(ATTRIBUTES) - set(ATTRIBUTE_DEFAULTS))
         assert (a["in_features"], a["out_features"]) == (m.in_features, m.out_features)
         assert a["act_threshold"] == np.float32(m.act_threshold) and a["act_threshold"] != 0
         assert a["act_scale"] == np.float32(m.act_scale) and a["act_scale"] > 0
         assert (a["plugin_version"], a["plugin_namespace"]) == ("1", "bitmaps")
     assert {(o.domain, o.version) for o in model.opset_import} >= {("", 20), (DOMAIN, 1)}
     (fn,) = [f for f in model.functions if (f.domain, f.name) == (DOMAIN, OP_TYPE)]
-    assert list(fn.attribute) == list(ATTRIBUTES)
+    assert sorted([*fn.attribute, *(a.name for a in fn.attribute_proto)]) == sorted(ATTRIBUTES)
+    assert [(a.name, a.i) for a in fn.attribute_proto] == [("act_unsigned", 0)]
     assert list(fn.input) == ["X", "W", "w_scale", "bias"]
 
 
@@ -225,6 +250,36 @@ def test_parity_fp16_several_shapes(exported_fp16, backend):
     assert all(r.diverged_without_flip == 0 for r in report.results)
     diverged = [r for r in report.results if r.sequences_within < r.sequences]
     assert all(r.first_flip in report_nodes(exported_fp16) for r in diverged)
+
+
+@pytest.fixture(scope="module")
+def exported_relu():
+    return export_verified(small_student(activation="relu"), ExportConfig(), binary=True)
+
+
+@pytest.mark.parametrize("backend", ["function", "kernel"])
+def test_parity_unsigned_student(exported_relu, backend):
+    """A ReLU student (two-set binarization: the FFN output dense takes {0, 1} activations)."""
+    unsigned = {
+        n.name for n in binary_linear_nodes(exported_relu.model) if attrs_of(n).get("act_unsigned")
+    }
+    mods = packed_modules(exported_relu)
+    assert unsigned == {n for n, m in mods.items() if m.act_unsigned}
+    assert sorted(unsigned) == [f"bert.encoder.layer.{i}.output.dense" for i in range(2)]
+    batches = batches_of([(1, 1), (1, 64), (4, 9)], 300)
+    report = verify_onnx(exported_relu.model, exported_relu.wrapper, batches, 1e-4, (backend,))
+    assert report.ok, report.failure()
+    assert report.worst() < 1e-5
+    # the unsigned layers are not signed ones in disguise: reading them as ±1 changes the output
+    signed = _corrupted(exported_relu.model, _drop_act_unsigned)
+    assert not verify_onnx(signed, exported_relu.wrapper, batches[1:2], 1e-4, (backend,)).ok
+
+
+def _drop_act_unsigned(model: onnx.ModelProto) -> None:
+    for node in binary_linear_nodes(model):
+        keep = [a for a in node.attribute if a.name != "act_unsigned"]
+        del node.attribute[:]
+        node.attribute.extend(keep)
 
 
 def _corrupted(model: onnx.ModelProto, change) -> onnx.ModelProto:  # noqa: ANN001

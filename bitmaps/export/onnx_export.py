@@ -116,10 +116,20 @@ def _translation_table() -> dict:
     emit = Op(Opset(DOMAIN, OP_VERSION), "BinaryLinear", binary_linear_schema())
 
     def binary_linear(
-        x, w, w_scale, bias, in_features: int, act_threshold: float, act_scale: float
+        x,
+        w,
+        w_scale,
+        bias,
+        in_features: int,
+        act_threshold: float,
+        act_scale: float,
+        act_unsigned: int = 0,
     ):
         if bias is None:  # PackedBinaryLinear always passes one (zeros when the layer has none)
             raise ValueError("bitmaps::BinaryLinear needs a bias input")
+        # act_unsigned is written only when set: a signed layer's node is exactly the op of
+        # DESIGN.md v1 as older files have it (the attribute's absence means 0)
+        extra = {"act_unsigned": 1} if int(act_unsigned) else {}
         return emit(
             x,
             w,
@@ -131,6 +141,7 @@ def _translation_table() -> dict:
             act_scale=float(act_scale),
             plugin_version=PLUGIN_VERSION,
             plugin_namespace=PLUGIN_NAMESPACE,
+            **extra,
         )
 
     return {torch.ops.bitmaps.binary_linear.default: binary_linear}

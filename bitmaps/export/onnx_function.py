@@ -1,17 +1,20 @@
 """The ``bitmaps::BinaryLinear`` ONNX op: its names, its schema, and its model-local function.
 
 DESIGN.md fixes the op (domain ``bitmaps``, version 1; inputs X, W, w_scale, bias; attributes
-``in_features``, ``out_features``, ``act_threshold``, ``act_scale``, ``plugin_version``,
-``plugin_namespace``). Every exported binary model carries :func:`binary_linear_function`, a
-FunctionProto of the same name built from standard ONNX ops only (opset ≥ 18), so plain
-onnxruntime, or any runtime with model-local functions and those ops, runs the file without
-bitmaps, correctly if slowly (tested in onnxruntime only)::
+``in_features``, ``out_features``, ``act_threshold``, ``act_scale``, ``act_unsigned``,
+``plugin_version``, ``plugin_namespace``). Every exported binary model carries
+:func:`binary_linear_function`, a FunctionProto of the same name built from standard ONNX ops only
+(opset ≥ 18), so plain onnxruntime, or any runtime with model-local functions and those ops,
+runs the file without bitmaps, correctly if slowly (tested in onnxruntime only)::
 
     W bits    BitwiseAnd(W[..., None], 1 << j) != 0   (int32, opset 18)  → ±1, [N, K], transposed
     x         Cast(X, float32) − β ;  sign: Where(x < 0, −1, +1)          (sign(0) = +1)
+    a         Where(act_unsigned, Cast(x > 0, float32), sign)   ({0, 1} for two-set binarization;
+              ``act_unsigned`` defaults to 0 in the function, as in the op, so a node without it
+              is a signed layer)
     s         Where(act_scale > 0, act_scale, ReduceMean(|x|, axis −1))  (the attribute is a
               Constant with ``ref_attr_name``; both branches are computed, Where selects)
-    Y         CastLike((sign(x) @ W±1ᵀ) · s · w_scale + bias, X)
+    Y         CastLike((a @ W±1ᵀ) · s · w_scale + bias, X)
 
 The body computes in float32 whatever the dtype of X, exactly like the reference op in
 bitmaps/core/ops.py: a ±1 dot product over K = 3072 is an integer up to 3072, which float16 cannot hold
@@ -42,9 +45,12 @@ ATTRIBUTES = (
     "out_features",
     "act_threshold",
     "act_scale",
+    "act_unsigned",
     "plugin_version",
     "plugin_namespace",
 )
+# attributes a node may omit, with the value the op and the function then use (DESIGN.md)
+ATTRIBUTE_DEFAULTS: dict[str, int] = {"act_unsigned": 0}
 MIN_OPSET = 18  # BitwiseAnd, ReduceMean with axes as an input
 
 
@@ -71,6 +77,7 @@ def binary_linear_schema() -> onnx.defs.OpSchema:
             attr("out_features", schema.AttrType.INT, "N"),
             attr("act_threshold", schema.AttrType.FLOAT, "β, subtracted before the sign"),
             attr("act_scale", schema.AttrType.FLOAT, "> 0: fixed scale; 0: per-row mean |X − β|"),
+            attr("act_unsigned", schema.AttrType.INT, "0: activations to ±1; 1: to {0, 1}"),
             attr("plugin_version", schema.AttrType.STRING, '"1"'),
             attr("plugin_namespace", schema.AttrType.STRING, '"bitmaps"'),
         ],
@@ -147,6 +154,7 @@ def binary_linear_function(opset: int, unpack: str = "bitwise") -> onnx.Function
         _const_from_attr("k", "value_int", "in_features", onnx.AttributeProto.INT),
         _const_from_attr("beta", "value_float", "act_threshold", onnx.AttributeProto.FLOAT),
         _const_from_attr("fixed_scale", "value_float", "act_scale", onnx.AttributeProto.FLOAT),
+        _const_from_attr("unsigned_i", "value_int", "act_unsigned", onnx.AttributeProto.INT),
         _const("zero_i32", np.array(0, np.int32)),
         _const("zero", np.array(0, np.float32)),
         _const("plus_one", np.array(1, np.float32)),
@@ -165,7 +173,11 @@ def binary_linear_function(opset: int, unpack: str = "bitwise") -> onnx.Function
         helper.make_node("Cast", ["X"], ["x32"], to=f32),
         helper.make_node("Sub", ["x32", "beta"], ["x_centered"]),
         helper.make_node("Less", ["x_centered", "zero"], ["x_negative"]),
-        helper.make_node("Where", ["x_negative", "minus_one", "plus_one"], ["x_signs"]),
+        helper.make_node("Where", ["x_negative", "minus_one", "plus_one"], ["x_pm"]),
+        helper.make_node("Greater", ["x_centered", "zero"], ["x_positive"]),
+        helper.make_node("Cast", ["x_positive"], ["x_01"], to=f32),
+        helper.make_node("Cast", ["unsigned_i"], ["unsigned"], to=TensorProto.BOOL),
+        helper.make_node("Where", ["unsigned", "x_01", "x_pm"], ["x_signs"]),
         helper.make_node("Abs", ["x_centered"], ["x_abs"]),
         helper.make_node("ReduceMean", ["x_abs", "last_axis"], ["row_scale"], keepdims=1),
         helper.make_node("Greater", ["fixed_scale", "zero"], ["use_fixed_scale"]),
@@ -184,7 +196,8 @@ def binary_linear_function(opset: int, unpack: str = "bitwise") -> onnx.Function
         ["Y"],
         nodes,
         opset_imports=[helper.make_opsetid("", opset)],
-        attributes=list(ATTRIBUTES),
+        attributes=[a for a in ATTRIBUTES if a not in ATTRIBUTE_DEFAULTS],
+        attribute_protos=[helper.make_attribute(k, v) for k, v in ATTRIBUTE_DEFAULTS.items()],
         doc_string=f"bitmaps::BinaryLinear from standard ops (see DESIGN.md; {unpack} weight "
         "unpacking); float32 inside.",
     )

@@ -44,6 +44,7 @@ from bitmaps.export.onnx_export import (
     to_onnx,
 )
 from bitmaps.export.onnx_function import (
+    ATTRIBUTE_DEFAULTS,
     ATTRIBUTES,
     PLUGIN_NAMESPACE,
     PLUGIN_VERSION,
@@ -310,8 +311,11 @@ def _check_structure(model: onnx.ModelProto, wrapper: ExportWrapper, cfg: Export
             "plugin_version": PLUGIN_VERSION,
             "plugin_namespace": PLUGIN_NAMESPACE,
         }
+        if m.act_unsigned:
+            expected["act_unsigned"] = 1
+        names = [a for a in ATTRIBUTES if a in expected or a not in ATTRIBUTE_DEFAULTS]
         wrong = [k for k, v in expected.items() if attrs.get(k) != v]
-        if sorted(attrs) != sorted(ATTRIBUTES) or wrong:
+        if sorted(attrs) != sorted(names) or wrong:
             raise ExportVerificationError(f"{node.name}: wrong attributes {attrs}")
         leftovers = [f for f in floats if f.removeprefix("model.").startswith(f"{node.name}.")]
         leftovers = [f for f in leftovers if f not in node.input]
