@@ -19,7 +19,7 @@ load from other processes hits both alike; a sample is the mean of enough calls 
 ``--sample-ms``; the table shows medians over ``--repeats`` samples. Rates count 2 ops per
 multiply-accumulate on both sides (binary: XNOR + popcount-add; dense: multiply + add).
 
-    PYTHONPATH=. python benchmarks/bench_kernels.py [--device cpu|cuda|all] [--out r.md --out r.csv]
+    PYTHONPATH=. python benchmarks/bench_kernels.py [--device cpu|cuda|all] [--out r.json --out r.md]
 
 (``PYTHONPATH=.`` unless bitmaps is installed, e.g. by ``make install``.)
 """
@@ -27,87 +27,47 @@ multiply-accumulate on both sides (binary: XNOR + popcount-add; dense: multiply 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_results import check_outputs, run_meta, write_outputs
 
 from bitmaps.core import ops
-from bitmaps.core.atomic import atomic_output
+from bitmaps.runtime.report import markdown_table
+from bitmaps.runtime.timing import calls_per_sample, cpu_timer, cuda_event_timer, time_alternating
 
 SHAPES = ((768, 768), (768, 3072), (3072, 768))  # (K, N) of BERT-base's linears
 CPU_M = (128, 1024)
 GPU_M = (128, 1024, 8192, 32768)
-COLUMNS = (
-    "device", "op", "baseline", "M", "K", "N", "dtype", "threads", "path",
-    "kernel_ms", "baseline_ms", "speedup", "kernel_gops", "kernel_tops", "baseline_gflops",
-    "target", "meets", "gemm_kernel", "ceiling", "of_ceiling",
-)  # fmt: skip
 # Published HBM bandwidth, TB/s, by a substring of torch.cuda.get_device_name() (first match).
 HBM_TBPS = (("H200", 4.8), ("H100 PCIe", 2.0), ("H100", 3.35), ("A100-SXM4-80GB", 2.039),
             ("A100", 1.555), ("L40S", 0.864), ("L4", 0.3), ("A10", 0.6), ("Orin", 0.205))  # fmt: skip
 
 
-def time_pair_cpu(
-    baseline: Callable[[], object], kernel: Callable[[], object], repeats: int, sample_s: float
+def time_pair(
+    device: str,
+    baseline: Callable[[], object],
+    kernel: Callable[[], object],
+    repeats: int,
+    sample_ms: float,
 ) -> tuple[list[float], list[float]]:
-    """Alternating samples (seconds per call) of two callables on the CPU."""
-
-    def calls_per_sample(fn: Callable[[], object]) -> int:
-        for _ in range(2):  # warm-up: allocations, thread pool, caches
-            fn()
-        start = time.perf_counter()
-        fn()
-        return max(1, int(sample_s / max(time.perf_counter() - start, 1e-7)))
-
-    def sample(fn: Callable[[], object], n: int) -> float:
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        return (time.perf_counter() - start) / n
-
-    n_base, n_kernel = calls_per_sample(baseline), calls_per_sample(kernel)
-    base, kern = [], []
-    for _ in range(repeats):
-        base.append(sample(baseline, n_base))
-        kern.append(sample(kernel, n_kernel))
-    return base, kern
-
-
-def time_pair_cuda(
-    baseline: Callable[[], object], kernel: Callable[[], object], repeats: int, sample_s: float
-) -> tuple[list[float], list[float]]:
-    """Alternating samples (seconds per call) of two callables on the GPU, with CUDA events."""
-
-    def sample(fn: Callable[[], object], n: int) -> float:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(n):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / n
-
-    counts = []
+    """Alternating samples (ms per call) of two callables: the wall clock on ``cpu``, CUDA events
+    on ``cuda``; each sample is the mean of enough calls to last about ``sample_ms``."""
+    make = cuda_event_timer if device == "cuda" else cpu_timer
+    timers = []
     for fn in (baseline, kernel):
-        for _ in range(3):
-            fn()
-        counts.append(max(1, int(sample_s / max(sample(fn, 1), 1e-7))))
-    base, kern = [], []
-    for _ in range(repeats):
-        base.append(sample(baseline, counts[0]))
-        kern.append(sample(kernel, counts[1]))
+        calls = calls_per_sample(lambda n, fn=fn: make(lambda i: fn(), n), sample_ms, warmup=3)
+        timers.append(make(lambda i, fn=fn: fn(), calls))
+    base, kern = time_alternating(timers, repeats)
     return base, kern
 
 
-def _row(device, op, baseline, m, k, n, dtype, threads, path, base_s, kern_s, target) -> dict:
-    t_base, t_kern = statistics.median(base_s), statistics.median(kern_s)
+def _row(device, op, baseline, m, k, n, dtype, threads, path, base_ms, kern_ms, target) -> dict:
+    t_base, t_kern = statistics.median(base_ms) / 1e3, statistics.median(kern_ms) / 1e3
     speedup = t_base / t_kern
     ops_count = 2.0 * m * n * k
     return {
@@ -136,19 +96,21 @@ def bench_cpu_shape(args: argparse.Namespace, m: int, k: int, n: int, path: str)
     w, x = torch.randn(n, k), torch.randn(m, k)
     w_packed, a = ops.pack_signs(w), ops.pack_signs(x)
     w_scale, bias = torch.rand(n) + 0.1, torch.randn(n)
-    base, kern = time_pair_cpu(
+    base, kern = time_pair(
+        "cpu",
         lambda: torch.matmul(x, w.t()),
         lambda: ops.xnor_gemm(a, w_packed, k),
         args.repeats,
-        args.sample_ms / 1e3,
+        args.sample_ms,
     )
     gemm = _row("cpu", "xnor_gemm", "matmul fp32", m, k, n, "int32", args.threads, path,
                 base, kern, 15.0)  # fmt: skip
-    base, kern = time_pair_cpu(
+    base, kern = time_pair(
+        "cpu",
         lambda: F.linear(x, w, bias),
         lambda: ops.binary_linear(x, w_packed, w_scale, bias, k, 0.0, 0.0),
         args.repeats,
-        args.sample_ms / 1e3,
+        args.sample_ms,
     )
     linear = _row("cpu", "binary_linear", "F.linear fp32", m, k, n, "float32", args.threads, path,
                   base, kern, 10.0)  # fmt: skip
@@ -210,8 +172,8 @@ def bench_gpu_shape(args: argparse.Namespace, m: int, k: int, n: int, name: str)
     def kernel() -> object:
         return ops.binary_linear(x, w_packed, w_scale, bias, k, 0.0, 0.0)
 
-    base, kern = time_pair_cuda(
-        lambda: F.linear(x, w16, bias16), kernel, args.repeats, args.sample_ms / 1e3
+    base, kern = time_pair(
+        "cuda", lambda: F.linear(x, w16, bias16), kernel, args.repeats, args.sample_ms
     )
     target = 2.0 if (m >= 8192 and k != n) else (1.0 if m == 128 else 0.0)
     row = _row("cuda", "binary_linear", "F.linear fp16 (cuBLAS)", m, k, n, "float16", 0, name,
@@ -220,7 +182,7 @@ def bench_gpu_shape(args: argparse.Namespace, m: int, k: int, n: int, name: str)
     tbps = hbm_tbps(args, name)
     if tbps:
         floor_s = (2 * m * k + 2 * m * n + 4 * n * ((k + 31) // 32) + 8 * n) / (tbps * 1e12)
-        row["ceiling"] = round(statistics.median(base) / floor_s, 2)
+        row["ceiling"] = round(statistics.median(base) / 1e3 / floor_s, 2)
         row["of_ceiling"] = f"{row['speedup'] / row['ceiling']:.0%}"
     return row
 
@@ -235,27 +197,13 @@ def bench_gpu(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def to_markdown(rows: list[dict]) -> str:
+def table(rows: list[dict]) -> str:
+    """The markdown table of the rows (what is printed, and what make_results.py renders)."""
     head = ("device", "op", "M", "K", "N", "dtype", "kernel_ms", "baseline", "baseline_ms",
             "speedup", "kernel_tops", "baseline_gflops", "target", "meets")  # fmt: skip
     if any(r.get("gemm_kernel") for r in rows):
         head += ("ceiling", "of_ceiling", "gemm_kernel")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(r.get(c, "")) for c in head) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def write_outputs(rows: list[dict], outs: list[str]) -> None:
-    for out in outs:
-        with atomic_output(out) as tmp:
-            if out.endswith(".csv"):
-                with open(tmp, "w", newline="") as fh:
-                    writer = csv.DictWriter(fh, fieldnames=COLUMNS, restval="")
-                    writer.writeheader()
-                    writer.writerows(rows)
-            else:
-                Path(tmp).write_text(to_markdown(rows))
-        print(f"wrote {out}", file=sys.stderr)
+    return markdown_table(head, ([r.get(c, "") for c in head] for r in rows))
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -271,13 +219,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-path", default="auto", help="force a CPU path: avx512, avx2, scalar")
     p.add_argument("--cpu-m", type=_ints, default=CPU_M, help="comma-separated M values (CPU)")
     p.add_argument("--gpu-m", type=_ints, default=GPU_M, help="comma-separated M values (GPU)")
-    p.add_argument("--out", action="append", default=[], help="write .csv or .md (repeatable)")
+    p.add_argument(
+        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
+    )
     p.add_argument("--hbm-tbps", type=float, default=None, help="GPU memory bandwidth, TB/s")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    check_outputs(args.out)
     print(f"bitmaps kernels: {ops.native_status()}; torch {torch.__version__}", file=sys.stderr)
     rows: list[dict] = []
     if args.device in ("cpu", "all"):
@@ -295,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         else:
             print(f"GPU section skipped: {reason}", file=sys.stderr)
-    print(to_markdown(rows))
-    write_outputs(rows, args.out)
+    text = table(rows)
+    print(text)
+    write_outputs(args.out, rows, run_meta(native_status=ops.native_status()), text)
     return 0
 
 

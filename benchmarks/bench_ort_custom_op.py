@@ -11,43 +11,36 @@ ways in one run, samples taken in turn (bitmaps.runtime.onnxruntime.measure_cust
 
 ``overhead`` = ORT native − torch prepacked: what a session run adds around the same kernel.
 
-    PYTHONPATH=. python benchmarks/bench_ort_custom_op.py [--tokens 128 1024] [--threads N] [--out r.md]
+    PYTHONPATH=. python benchmarks/bench_ort_custom_op.py [--tokens 128 1024] [--threads N] [--out r.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
-from pathlib import Path
 
 import onnxruntime as ort
 import torch
+from bench_results import check_outputs, run_meta, write_outputs
 
 from bitmaps.core import ops
-from bitmaps.core.atomic import atomic_output
 from bitmaps.runtime.onnxruntime import measure_custom_op_overhead, native_status
+from bitmaps.runtime.report import markdown_table
 
 SHAPES = [(768, 768), (768, 3072), (3072, 768)]
-COLUMNS = (
-    "tokens", "k", "n", "direct_ms", "prepacked_ms", "ort_ms", "ort_fp32_ms", "overhead_ms",
-    "fp32_ratio",
-)  # fmt: skip
 
 
-def _markdown(rows: list[dict]) -> str:
-    head = (
-        "| tokens | K | N | torch ms | torch prepacked ms | ORT native ms | overhead ms "
-        "| ORT FP32 ms | FP32 / native |"
-    )
-    lines = [head, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        lines.append(
-            f"| {r['tokens']} | {r['k']} | {r['n']} | {r['direct_ms']:.3f} | "
-            f"{r['prepacked_ms']:.3f} | {r['ort_ms']:.3f} | {r['overhead_ms']:+.3f} | "
-            f"{r['ort_fp32_ms']:.3f} | {r['fp32_ratio']:.1f}x |"
-        )
-    return "\n".join(lines)
+def table(rows: list[dict]) -> str:
+    """The markdown table of the rows (what is printed, and what make_results.py renders)."""
+    head = ("tokens", "K", "N", "torch ms", "torch prepacked ms", "ORT native ms", "overhead ms",
+            "ORT FP32 ms", "FP32 / native")  # fmt: skip
+    cells = [
+        [r["tokens"], r["k"], r["n"]]
+        + [f"{r[k]:.3f}" for k in ("direct_ms", "prepacked_ms", "ort_ms")]
+        + [f"{r['overhead_ms']:+.3f}", f"{r['ort_fp32_ms']:.3f}", f"{r['fp32_ratio']:.1f}x"]
+        for r in rows
+    ]
+    return markdown_table(head, cells, "r" * len(head))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,29 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch and ONNX Runtime threads (0: their defaults)"
     )
-    parser.add_argument("--out", action="append", default=[], help="write .md or .csv")
+    parser.add_argument(
+        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
+    )
     args = parser.parse_args(argv)
+    check_outputs(args.out)
     rows = []
     for tokens in args.tokens:
         rows += measure_custom_op_overhead(
             SHAPES, tokens, repeats=args.repeats, threads=args.threads or None
         )
-    table = _markdown(rows)
+    text = table(rows)
     header = (
         f"{ops.native_status()}; ONNX Runtime {ort.__version__}: {native_status()}; "
         f"torch threads {torch.get_num_threads()}, ORT threads {args.threads or 'default'}"
     )
     print(header)
-    print(table)
-    for out in args.out:
-        with atomic_output(out) as tmp:
-            if Path(out).suffix == ".csv":
-                with open(tmp, "w", newline="") as f:
-                    writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-                    writer.writeheader()
-                    writer.writerows(rows)
-            else:
-                Path(tmp).write_text(f"{header}\n\n{table}\n", encoding="utf-8")
+    print(text)
+    meta = run_meta(native_status=header, onnxruntime=ort.__version__)
+    write_outputs(args.out, rows, meta, text)
     return 0
 
 

@@ -11,8 +11,7 @@ from typing import Any
 
 from bitmaps.core.atomic import atomic_output
 from bitmaps.runtime.profile import ProfileResult
-
-MODEL_ORDER = {"fp32": 0, "fp16": 1, "int8": 2, "binary": 3}
+from bitmaps.runtime.report import MODEL_ORDER
 
 
 def write_plot(result: ProfileResult, path: str | Path, png: bytes | None = None) -> None:
