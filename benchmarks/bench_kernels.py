@@ -34,10 +34,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from bench_results import check_outputs, run_meta, write_outputs
+from bench_results import check_outputs, markdown_table, run_meta, write_outputs
 
 from bitmaps.core import ops
-from bitmaps.runtime.report import markdown_table
 from bitmaps.runtime.timing import calls_per_sample, cpu_timer, cuda_event_timer, time_alternating
 
 SHAPES = ((768, 768), (768, 3072), (3072, 768))  # (K, N) of BERT-base's linears

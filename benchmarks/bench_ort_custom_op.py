@@ -21,11 +21,10 @@ import sys
 
 import onnxruntime as ort
 import torch
-from bench_results import check_outputs, run_meta, write_outputs
+from bench_results import check_outputs, markdown_table, run_meta, write_outputs
 
 from bitmaps.core import ops
 from bitmaps.runtime.onnxruntime import measure_custom_op_overhead, native_status
-from bitmaps.runtime.report import markdown_table
 
 SHAPES = [(768, 768), (768, 3072), (3072, 768)]
 

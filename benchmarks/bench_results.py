@@ -9,6 +9,10 @@ A result file holds the rows a benchmark measured and the run they came from::
 ``--out FILE`` (repeatable) on every benchmark picks the format by suffix: ``.json`` (the above:
 what make_results.py turns into the tables of RESULTS.md), ``.csv`` (the rows), ``.md`` (the
 printed table under one line naming the command and the machine). Files are written atomically.
+Every markdown table of benchmarks/ is :func:`markdown_table`'s.
+
+This module imports only the standard library and bitmaps.core (torch only inside
+:func:`run_meta`): ``make gpu-check`` runs the GPU benchmarks with a bare CUDA torch python.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import platform
 import shlex
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +32,29 @@ from bitmaps.core.atomic import atomic_output
 from bitmaps.core.errors import BitmapsError
 
 SUFFIXES = (".json", ".csv", ".md")
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str = "") -> str:
+    """A GitHub markdown table (no trailing newline): every table the benchmarks print or write.
+
+    Cells go through ``str``; a ``|`` inside one is escaped. ``align`` holds one letter per
+    column, ``l`` (``---``) or ``r`` (``---:``); columns past its end are left-aligned.
+    """
+    header = [str(h) for h in header]
+    if len(align) > len(header) or set(align) - {"l", "r"}:
+        raise ValueError(f"align {align!r}: one of l/r per column, {len(header)} columns")
+    rules = ["---:" if a == "r" else "---" for a in align.ljust(len(header), "l")]
+    lines = [_markdown_line(header), "|" + "|".join(rules) + "|"]
+    for row in rows:
+        cells = [str(c) for c in row]
+        if len(cells) != len(header):
+            raise ValueError(f"row {cells} has {len(cells)} cells, the header {len(header)}")
+        lines.append(_markdown_line(cells))
+    return "\n".join(lines)
+
+
+def _markdown_line(cells: list[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
 def cpu_model() -> str:

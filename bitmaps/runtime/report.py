@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,29 +49,6 @@ from bitmaps.runtime.profile import ACCURACY_KEYS, ROW_KEYS, ProfileResult
 MODEL_ORDER = {"fp32": 0, "fp16": 1, "int8": 2, "binary": 3}
 BASELINES = ("fp32", "fp16", "int8")  # every speed-up of binary is against each of these
 GOAL = {"device": "cpu", "batch": 1, "seq": 128, "speedup": 4.0, "aim": 8.0, "smaller": 7.0}
-
-
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]], align: str = "") -> str:
-    """A GitHub markdown table (no trailing newline), the one the benchmarks and RESULTS.md use.
-
-    Cells go through ``str``; a ``|`` inside one is escaped. ``align`` holds one letter per
-    column, ``l`` (``---``) or ``r`` (``---:``); columns past its end are left-aligned.
-    """
-    header = [str(h) for h in header]
-    if len(align) > len(header) or set(align) - {"l", "r"}:
-        raise ValueError(f"align {align!r}: one of l/r per column, {len(header)} columns")
-    rules = ["---:" if a == "r" else "---" for a in align.ljust(len(header), "l")]
-    lines = [_markdown_line(header), "|" + "|".join(rules) + "|"]
-    for row in rows:
-        cells = [str(c) for c in row]
-        if len(cells) != len(header):
-            raise ValueError(f"row {cells} has {len(cells)} cells, the header {len(header)}")
-        lines.append(_markdown_line(cells))
-    return "\n".join(lines)
-
-
-def _markdown_line(cells: list[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
 
 def save(result: ProfileResult, path: str | Path) -> None:
