@@ -114,6 +114,24 @@ def test_thread_modes_agree(monkeypatch, threads):
     assert np.array_equal(y, expected.numpy())
 
 
+@pytest.mark.parametrize("prepack", ["1", "0"])
+def test_weight_layouts_agree(monkeypatch, prepack):
+    """BITMAPS_ORT_PREPACK=0 reads W per call instead of panels laid out at session creation."""
+    monkeypatch.setenv("BITMAPS_ORT_PREPACK", prepack)
+    model, t = bort.single_node_model(100, 37, 0.1, 0.0, rank=3, act_unsigned=1)
+    x = torch.randn(3, 9, 100)
+    y = _run(bort.kernel_session(model, threads=2), x)
+    expected = ops.binary_linear(x, t["W"], t["w_scale"], t["bias"], 100, 0.1, 0.0, 1)
+    assert np.array_equal(y, expected.numpy())
+
+
+def test_bad_prepack_setting_fails_session_creation(monkeypatch):
+    monkeypatch.setenv("BITMAPS_ORT_PREPACK", "yes")
+    model, _ = bort.single_node_model(64, 8)
+    with pytest.raises(Exception, match="BITMAPS_ORT_PREPACK must be 1 or 0, got 'yes'"):
+        bort.kernel_session(model)
+
+
 # --------------------------------------------------------------------------- the exported student
 
 

@@ -12,6 +12,12 @@ Backends (the names ``ExportConfig.backends`` and ``bitmaps profile`` use):
   runs the compiled XNOR-popcount kernel inside ONNX Runtime. ONNX Runtime prefers a registered
   kernel to a model-local function of the same name, so the file needs no rewriting.
 
+Every session here (binary models and the FP32/FP16/INT8 baselines alike) is opened with
+ONNX Runtime's ``SkipLayerNormFusion`` off (:data:`DISABLED_OPTIMIZERS`): on the CPUs measured
+(Intel Xeon, onnxruntime 1.32) its fused ``SkipLayerNormalization`` kernel took 0.83–0.90 ms for one
+[1, 128, 768] residual + LayerNorm where the unfused ``Add`` + ``LayerNormalization`` took 0.17 ms,
+which cost a BERT-base encoder about 12 ms per batch-1 call (`benchmarks/bench_ort_fusions.py`).
+
 onnxruntime is imported inside the functions: it is an optional, heavy dependency that most
 commands (train, eval, --help) never touch.
 """
@@ -26,6 +32,20 @@ from bitmaps import get_library_path
 from bitmaps.core.errors import BitmapsError
 
 BACKENDS = ("function", "kernel")
+
+
+# ONNX Runtime graph transformers turned off in every session (see the module docstring)
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def inference_session(model: Any, so: Any) -> Any:  # path | ModelProto -> InferenceSession
+    """A CPU session on ``model`` with ``so``, without the :data:`DISABLED_OPTIMIZERS`."""
+    import onnxruntime as ort  # optional, heavy
+
+    return ort.InferenceSession(
+        _source(model), so, providers=["CPUExecutionProvider"],
+        disabled_optimizers=list(DISABLED_OPTIMIZERS),
+    )  # fmt: skip
 
 
 def session_options(threads: int | None = None) -> Any:  # onnxruntime.SessionOptions
@@ -90,19 +110,14 @@ def native_problem() -> str | None:
 
 def function_session(model: Any, threads: int | None = None) -> Any:
     """Plain onnxruntime: BinaryLinear runs through the model-local function."""
-    import onnxruntime as ort  # optional, heavy
-
-    so = session_options(threads)
-    return ort.InferenceSession(_source(model), so, providers=["CPUExecutionProvider"])
+    return inference_session(model, session_options(threads))
 
 
 def kernel_session(model: Any, threads: int | None = None) -> Any:
     """onnxruntime with ``libbitmaps_ort.so`` registered: BinaryLinear nodes run our kernel."""
-    import onnxruntime as ort  # optional, heavy
-
     so = session_options(threads)
     so.register_custom_ops_library(native_library())
-    return ort.InferenceSession(_source(model), so, providers=["CPUExecutionProvider"])
+    return inference_session(model, so)
 
 
 def open_session(

@@ -35,6 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bitmaps.core import ops
 from bitmaps.core.ort import (  # noqa: F401  (re-exported: the sessions this module measures)
     function_session,
+    inference_session,
     kernel_session,
     library_missing,
     native_library,
@@ -133,7 +134,7 @@ def _quiet_session(
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if native:
         so.register_custom_ops_library(native_library())
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return inference_session(model, so)
 
 
 def _sample_s(fn: Callable[[], object], calls: int) -> float:

@@ -114,6 +114,7 @@ struct Kernel {
   cpu::CpuPath path = cpu::CpuPath::kScalar;
   Threads threads = Threads::kOrt;
   std::vector<int32_t> panels;  // W laid out once when W is a constant initializer
+  bool prepack = true;     // BITMAPS_ORT_PREPACK
   bool prepacked = false;
 
   OrtStatus* invalid(const std::string& what) const {
@@ -232,9 +233,12 @@ OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* kern) {
   return nullptr;
 }
 
-// The CPU path (BITMAPS_CPU_PATH, as in bitmaps._C, else the best this CPU has) and the threads
+// The CPU path (BITMAPS_CPU_PATH, as in bitmaps._C, else the best this CPU has), the threads
 // (BITMAPS_ORT_THREADS: "ort", the session's intra-op pool, default; "std", threads of our own;
-// "serial").
+// "serial") and the weight layout (BITMAPS_ORT_PREPACK: "1", default, lays a constant W out into
+// panels once at session creation, a second copy of the weights beside ONNX Runtime's own, which
+// a custom op cannot release; "0" lays out one layer's panels per call, in a buffer freed after
+// the call: less resident memory, a little more time per call).
 OrtStatus* read_environment(Kernel* kern) {
   kern->path = cpu::best_cpu_path();
   const char* path = std::getenv("BITMAPS_CPU_PATH");
@@ -259,6 +263,15 @@ OrtStatus* read_environment(Kernel* kern) {
     kern->threads = Threads::kSerial;
   } else {
     return kern->invalid("BITMAPS_ORT_THREADS must be ort, std or serial, got '" + mode + "'");
+  }
+  const char* prepack = std::getenv("BITMAPS_ORT_PREPACK");
+  const std::string layout = prepack == nullptr ? "" : prepack;
+  if (layout.empty() || layout == "1") {
+    kern->prepack = true;
+  } else if (layout == "0") {
+    kern->prepack = false;
+  } else {
+    return kern->invalid("BITMAPS_ORT_PREPACK must be 1 or 0, got '" + layout + "'");
   }
   return nullptr;
 }
@@ -299,6 +312,7 @@ OrtStatus* check_inputs(const OrtKernelInfo* info, Kernel* kern) {
     if (status != nullptr) return status;
   }
 
+  if (!kern->prepack) return nullptr;  // BITMAPS_ORT_PREPACK=0: laid out on every call
   int is_constant = 0;
   const OrtValue* w = nullptr;
   if (OrtStatus* status = g_api->KernelInfoGetConstantInput_tensor(info, 1, &is_constant, &w)) {
