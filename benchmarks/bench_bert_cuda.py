@@ -10,7 +10,7 @@ in both. Both run as one captured CUDA graph per (batch, seq), so launch overhea
 
 Timing: CUDA events around graph replays, the two models alternated sample by sample; medians.
 
-    PYTHONPATH=. python benchmarks/bench_bert_cuda.py [--batch 1,8,32] [--seq 128] [--out r.md]
+    PYTHONPATH=. python benchmarks/bench_bert_cuda.py [--batch 1,8,32] [--seq 128] [--out r.json --out r.md]
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from bench_results import check_outputs, markdown_table, run_meta, write_outputs
 from torch import nn
 
 from bitmaps.core import ops
 from bitmaps.core.packed import BinaryLinearSpec, PackedBinaryLinear
+from bitmaps.runtime.timing import cuda_event_timer, time_alternating
 
 HIDDEN, LAYERS, HEADS, FFN, VOCAB, MAX_POS = 768, 12, 12, 3072, 30522, 512
 
@@ -104,20 +105,27 @@ def graphed(model: nn.Module, ids: torch.Tensor):  # noqa: ANN201 - a replay cal
 
 
 def time_pair(a, b, repeats: int, replays: int) -> tuple[float, float]:  # noqa: ANN001
-    def sample(fn) -> float:  # noqa: ANN001
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / replays
-
-    ta, tb = [], []
-    for _ in range(repeats):
-        ta.append(sample(a))
-        tb.append(sample(b))
+    """Median ms per call of two callables, CUDA events around ``replays`` calls, alternated."""
+    timers = [cuda_event_timer(lambda i, fn=fn: fn(), replays) for fn in (a, b)]
+    ta, tb = time_alternating(timers, repeats)
     return statistics.median(ta), statistics.median(tb)
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table of the rows (what is printed, and what make_results.py renders)."""
+    head = ("model part", "batch x seq", "FP16 ms", "binary ms", "speed-up", "target")
+    cells = [
+        [
+            r["part"],
+            f"{r['batch']} x {r['seq']}",
+            f"{r['fp16_ms']:.3f}",
+            f"{r['binary_ms']:.3f}",
+            f"{r['fp16_ms'] / r['binary_ms']:.2f}x",
+            r["target"],
+        ]  # fmt: skip
+        for r in rows
+    ]
+    return markdown_table(head, cells)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--replays", type=int, default=20)
-    p.add_argument("--out", default=None, help="write the markdown table here")
+    p.add_argument(
+        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
+    )
     args = p.parse_args(argv)
+    check_outputs(args.out)
     if not torch.cuda.is_available():
         print("bench_bert_cuda: needs a CUDA GPU visible to torch", file=sys.stderr)
         return 2
@@ -135,10 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_bert_cuda: bitmaps._C has no CUDA kernels (build with CUDA)", file=sys.stderr)
         return 2
     torch.manual_seed(0)
-    rows = [
-        "| model part | batch x seq | FP16 ms | binary ms | speed-up | target |",
-        "|---" * 6 + "|",
-    ]
+    rows = []
     for head in (False, True):
         fp16 = Bert(head).cuda().half().eval()
         binary = binarize(Bert(head)).cuda().half().eval()
@@ -149,18 +157,15 @@ def main(argv: list[str] | None = None) -> int:
                 graphed(fp16, ids), graphed(binary, ids), args.repeats, args.replays
             )
             target = ">= 1.3x (aim 2x)" if (batch == 32 and not head) else ""
-            rows.append(
-                f"| {part} | {batch} x {args.seq} | {t_fp16:.3f} | {t_bin:.3f} | "
-                f"{t_fp16 / t_bin:.2f}x | {target} |"
-            )
-            print(rows[-1], flush=True)
+            rows.append({"part": part, "batch": batch, "seq": args.seq, "fp16_ms": t_fp16,
+                         "binary_ms": t_bin, "target": target})  # fmt: skip
+            print(f"  {part}, batch {batch}: {t_fp16 / t_bin:.2f}x", file=sys.stderr, flush=True)
         del fp16, binary
         torch.cuda.empty_cache()
-    table = f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA graphs, fp16\n\n"
-    table += "\n".join(rows) + "\n"
-    if args.out:
-        Path(args.out).write_text(table)
-    print(table)
+    text = table(rows)
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA graphs, fp16\n")
+    print(text)
+    write_outputs(args.out, rows, run_meta(how="CUDA graphs, fp16"), text)
     return 0
 
 

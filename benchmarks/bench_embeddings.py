@@ -4,7 +4,7 @@ Exports the binary student (BERT-base shapes, random weights, seed 0: ``bitmaps 
 bert-base``'s model) once per choice through the real export pipeline (verified against PyTorch on
 ONNX Runtime before it is written), and reports the ONNX file size and the initializer bytes by
 part (embeddings + tied decoder table, encoder, head). The FP32-embeddings file is the baseline,
-measured in the same run. Writes a markdown table (and CSV with ``--csv``).
+measured in the same run. Prints a markdown table; ``--out FILE.json|csv|md`` writes the rows.
 
     .venv/bin/python benchmarks/bench_embeddings.py [--output logits|hidden] [--modes ...]
 """
@@ -12,11 +12,11 @@ measured in the same run. Writes a markdown table (and CSV with ``--csv``).
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 from pathlib import Path
 
 import onnx
+from bench_results import check_outputs, markdown_table, run_meta, write_outputs
 
 from bitmaps.core.config import ExportConfig
 from bitmaps.export.pipeline import export_verified, write_onnx
@@ -44,8 +44,11 @@ def main() -> None:
     ap.add_argument("--output", choices=["logits", "hidden"], default="logits")
     ap.add_argument("--modes", default="fp32,fp16,int8,int4")
     ap.add_argument("--group", type=int, default=64)
-    ap.add_argument("--csv", type=Path)
+    ap.add_argument(
+        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
+    )
     args = ap.parse_args()
+    check_outputs(args.out)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
@@ -62,22 +65,24 @@ def main() -> None:
                          **{f"{k}_mb": v / MB for k, v in p.items()},
                          "max_error": max(r.output_error for r in result.report.results)})  # fmt: skip
             print(f"{label}: file {size / MB:.2f} MB", flush=True)
-    base = rows[0]["file_mb"]
     print(f"\nBERT-base-shaped binary student, --output {args.output}\n")
-    print("| embeddings | file MB | x smaller than fp32-emb file | embeddings+tied table MB | "
-          "encoder MB | head MB | max error vs PyTorch |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['embeddings']} | {r['file_mb']:.2f} | {base / r['file_mb']:.2f} | "
-            f"{r['embeddings_mb']:.2f} | {r['encoder_mb']:.2f} | {r['head_mb']:.2f} | "
-            f"{r['max_error']:.2e} |"
-        )
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+    text = table(rows)
+    print(text)
+    write_outputs(args.out, rows, run_meta(output=args.output), text)
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table of the rows; the first row (fp32 embeddings) is the baseline."""
+    base = rows[0]["file_mb"]
+    head = ("embeddings", "file MB", "x smaller than fp32-emb file", "embeddings+tied table MB",
+            "encoder MB", "head MB", "max error vs PyTorch")  # fmt: skip
+    cells = [
+        [r["embeddings"], f"{r['file_mb']:.2f}", f"{base / r['file_mb']:.2f}"]
+        + [f"{r[k]:.2f}" for k in ("embeddings_mb", "encoder_mb", "head_mb")]
+        + [f"{r['max_error']:.2e}"]
+        for r in rows
+    ]
+    return markdown_table(head, cells)
 
 
 if __name__ == "__main__":

@@ -8,27 +8,27 @@ else (the remainder that the onnxruntime target's fused attention is meant to sh
 
     .venv/bin/python benchmarks/bench_export_targets.py [--batch 1] [--seq 128] [--runs 30]
 
-Prints a markdown table; with ``--csv FILE`` also writes the rows.
+Prints a markdown table; ``--out FILE.json|csv|md`` also writes the rows (benchmarks/bench_results.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import statistics
 import tempfile
-import time
 from collections import defaultdict
 
 import numpy as np
 import torch
+from bench_results import check_outputs, markdown_table, run_meta, write_outputs
 from transformers import BertConfig, BertForMaskedLM
 
 from bitmaps.core.config import BinarizeConfig, ExportConfig
 from bitmaps.core.ort import native_library, session_options
 from bitmaps.export.pipeline import export_verified
+from bitmaps.runtime.timing import cpu_timer, time_alternating
 from bitmaps.train.binary_linear import binarize_
 
 
@@ -70,24 +70,25 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
-    p.add_argument("--csv")
+    p.add_argument(
+        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
+    )
     args = p.parse_args()
+    check_outputs(args.out)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 30522, (args.batch, args.seq), dtype=np.int64)
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     targets = ("portable", "onnxruntime")
-    models, sessions, times = {}, {}, {t: [] for t in targets}
+    models, sessions = {}, {}
     for target in targets:
         cfg = ExportConfig(output="hidden", target=target, backends=("kernel",))
         models[target] = export_verified(_student(), cfg, binary=True).model
         sessions[target] = _session(models[target], args.threads)
         for _ in range(5):
             sessions[target].run(None, feed)
-    for _ in range(args.runs):  # interleaved, so load from other processes hits both alike
-        for target in targets:
-            t0 = time.perf_counter()
-            sessions[target].run(None, feed)
-            times[target].append((time.perf_counter() - t0) * 1e3)
+    # interleaved, so load from other processes hits both alike
+    timers = [cpu_timer(lambda i, s=sessions[t]: s.run(None, feed)) for t in targets]
+    times = dict(zip(targets, time_alternating(timers, args.runs), strict=True))
     rows = []
     for target in targets:
         by_op = _node_split(models[target], feed, max(5, args.runs // 3), args.threads)
@@ -100,18 +101,22 @@ def main() -> None:
             "binary_linear_ms": binary_ms, "remainder_ms": other_ms,
             "remainder_share": other_ms / (binary_ms + other_ms), "remainder_top_ms": top,
         })  # fmt: skip
-    print("| target | batch x seq | p50 ms | min ms | BinaryLinear ms | remainder ms | share | "
-          "largest remainder ops (ms) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['target']} | {r['batch']}x{r['seq']} | {r['p50_ms']:.1f} | {r['min_ms']:.1f} | "
-              f"{r['binary_linear_ms']:.1f} | {r['remainder_ms']:.1f} | "
-              f"{100 * r['remainder_share']:.0f} % | {r['remainder_top_ms']} |")  # fmt: skip
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    text = table(rows)
+    print(text)
+    write_outputs(args.out, rows, run_meta(), text)
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table of the rows (what is printed, and what make_results.py renders)."""
+    head = ("target", "batch x seq", "p50 ms", "min ms", "BinaryLinear ms", "remainder ms",
+            "share", "largest remainder ops (ms)")  # fmt: skip
+    cells = [
+        [r["target"], f"{r['batch']}x{r['seq']}"]
+        + [f"{r[k]:.1f}" for k in ("p50_ms", "min_ms", "binary_linear_ms", "remainder_ms")]
+        + [f"{100 * r['remainder_share']:.0f} %", r["remainder_top_ms"]]
+        for r in rows
+    ]
+    return markdown_table(head, cells)
 
 
 if __name__ == "__main__":

@@ -7,32 +7,45 @@ rest (attention's two matmuls and softmax, GELU, LayerNorm, embeddings) stays in
 floating point by design and bounds the speed-up over FP32 (Amdahl).
 
     PYTHONPATH=. python benchmarks/bench_model_breakdown.py [--batch 1] [--seq 128] [--threads 2]
+        [--out FILE.json|csv|md]
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
-import time
 
 import torch
+from bench_results import check_outputs, markdown_table, run_meta, write_outputs
 
 from bitmaps.core import ops
 from bitmaps.core.packed import PackedBinaryLinear
 from bitmaps.runtime.backends import ModelSource, inference_module, load_mlm
+from bitmaps.runtime.timing import cpu_timer, time_calls
 
 
 def _median_ms(module: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, calls: int) -> float:
-    times = []
+    """Median of ``calls`` timed calls after 3 untimed ones."""
+    timing = {"warmup": 3, "repeats": calls, "min_time": 0.0, "max_time": math.inf}
     with torch.inference_mode():
-        for _ in range(3):
-            module(input_ids=ids, attention_mask=mask)
-        for _ in range(calls):
-            start = time.perf_counter()
-            module(input_ids=ids, attention_mask=mask)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+        times = time_calls(cpu_timer(lambda i: module(input_ids=ids, attention_mask=mask)), timing)
+    return statistics.median(times)
+
+
+def table(rows: list[dict]) -> str:
+    """One line per round, then the medians (what is printed, and what make_results.py renders)."""
+    head = ("round", "binary model ms", "without the binary linears ms", "binary linears ms",
+            "share")  # fmt: skip
+    full = statistics.median(r["binary_ms"] for r in rows)
+    stubbed = statistics.median(r["without_linears_ms"] for r in rows)
+    lines = [(r["round"], r["binary_ms"], r["without_linears_ms"]) for r in rows]
+    cells = [
+        [name, f"{a:.2f}", f"{b:.2f}", f"{a - b:.2f}", f"{(a - b) / a:.0%}"]
+        for name, a, b in [*lines, ("median", full, stubbed)]
+    ]
+    return markdown_table(head, cells, "r" * len(head))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="0: torch's default")
     p.add_argument("--repeats", type=int, default=5, help="alternating rounds")
     p.add_argument("--calls", type=int, default=15, help="timed calls per round (median)")
+    p.add_argument(
+        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
+    )
     args = p.parse_args(argv)
+    check_outputs(args.out)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not ops.native_available():
@@ -67,13 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             PackedBinaryLinear.forward = real_forward
 
+    rows = [
+        {"round": i, "binary_ms": a, "without_linears_ms": b, "batch": args.batch, "seq": args.seq}
+        for i, (a, b) in enumerate(zip(full, stubbed, strict=True), 1)
+    ]
+    text = table(rows)
     print(f"{ops.native_status()}; torch threads {torch.get_num_threads()}")
-    print("| round | binary model ms | without the binary linears ms | binary linears ms | share |")
-    print("|---:|---:|---:|---:|---:|")
-    for i, (a, b) in enumerate(zip(full, stubbed, strict=True), 1):
-        print(f"| {i} | {a:.2f} | {b:.2f} | {a - b:.2f} | {(a - b) / a:.0%} |")
-    a, b = statistics.median(full), statistics.median(stubbed)
-    print(f"| median | {a:.2f} | {b:.2f} | {a - b:.2f} | {(a - b) / a:.0%} |")
+    print(text)
+    meta = run_meta(native_status=ops.native_status(), threads=torch.get_num_threads())
+    write_outputs(args.out, rows, meta, text)
     return 0
 
 

@@ -13,8 +13,13 @@ The ceiling is peak binary MAC/s over the measured FP32 GEMM MAC/s (and over the
 the speed-up an XNOR GEMM would reach at 100 % of the popcount peak. Loops run many short bursts
 (``--burst-us``) and keep each thread's fastest, so preemption by other processes on a shared
 machine does not lower the peaks; GEMMs report the best and the median of ``--repeats`` samples.
+The loops time themselves inside the C code (``clock_gettime`` around the asm loop, so a burst's
+time holds no Python or ctypes call); the GEMMs are timed with bitmaps/runtime/timing.py.
 
-    PYTHONPATH=. python benchmarks/bench_popcount_ceiling.py [--threads N] [--out ceiling.md]
+    PYTHONPATH=. python benchmarks/bench_popcount_ceiling.py [--threads N] [--out ceiling.json]
+
+``--out FILE.json`` holds ``{"meta", "rows"}``: one row per loop (``kind: "peak"``, ``gmacs``, None
+when the CPU lacks its instructions) and per GEMM (``kind: "gemm"``).
 """
 
 from __future__ import annotations
@@ -27,13 +32,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import torch
+from bench_results import check_outputs, cpu_model, markdown_table, run_meta, write_outputs
 
 from bitmaps.core import ops
-from bitmaps.core.atomic import atomic_output
+from bitmaps.runtime.timing import cpu_timer, time_alternating
 
 SOURCE = Path(__file__).with_name("popcount_ceiling.c")
 CHAINS = 12  # vector ops per loop iteration (see popcount_ceiling.c)
@@ -89,22 +94,18 @@ def gemm_rates_for_shape(m: int, k: int, n: int, repeats: int) -> list[dict]:
         fns["xnor_gemm"] = lambda: ops.xnor_gemm(a, b, k)
     for fn in fns.values():
         fn(), fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
+    samples = time_alternating([cpu_timer(lambda i, fn=fn: fn()) for fn in fns.values()], repeats)
     return [
         {
+            "kind": "gemm",
             "op": name,
             "M": m,
             "K": k,
             "N": n,
-            "best_gmacs": m * n * k / min(times) / 1e9,
-            "median_gmacs": m * n * k / statistics.median(times) / 1e9,
+            "best_gmacs": m * n * k / min(ms) / 1e6,
+            "median_gmacs": m * n * k / statistics.median(ms) / 1e6,
         }
-        for name, times in samples.items()
+        for name, ms in zip(fns, samples, strict=True)
     ]
 
 
@@ -114,23 +115,24 @@ def gemm_rates(threads: int, repeats: int) -> list[dict]:
     return [row for k, n in SHAPES for row in gemm_rates_for_shape(1024, k, n, repeats)]
 
 
-def report(peaks: dict, gemms: list[dict], threads: int) -> str:
-    lines = [f"threads: {threads}; CPU: {cpu_model()}", "", "| loop | peak GMAC/s |", "|---|---|"]
-    for name, rate in peaks.items():
-        value = f"{rate / 1e9:.0f}" if rate else "not supported by this CPU"
-        lines.append(f"| {LOOPS[name][1]} | {value} |")
-    binary = max((r for n, r in peaks.items() if n.startswith("xor") and r), default=None)
-    fp32 = max((r for n, r in peaks.items() if n.startswith("fma") and r), default=None)
-    lines += ["", "| GEMM (M=1024) | K | N | best GMAC/s | median GMAC/s | % of peak |"]
-    lines += ["|---|---|---|---|---|---|"]
+def report(rows: list[dict]) -> str:
+    """The two tables and the ceiling lines (what is printed, and what make_results.py renders)."""
+    peaks = {r["loop"]: r["gmacs"] for r in rows if r["kind"] == "peak"}
+    gemms = [r for r in rows if r["kind"] == "gemm"]
+    loops = [
+        [n, "not supported by this CPU" if v is None else f"{v:.0f}"] for n, v in peaks.items()
+    ]
+    binary = max((v for n, v in peaks.items() if n.startswith("binary") and v), default=None)
+    fp32 = max((v for n, v in peaks.items() if n.startswith("fp32") and v), default=None)
+    cells = []
     for g in gemms:
         peak = binary if g["op"] == "xnor_gemm" else fp32
-        share = f"{100 * g['best_gmacs'] * 1e9 / peak:.0f} %" if peak else "-"
-        lines.append(
-            f"| {g['op']} | {g['K']} | {g['N']} | {g['best_gmacs']:.1f} | "
-            f"{g['median_gmacs']:.1f} | {share} |"
-        )
-    matmul_best = max(g["best_gmacs"] for g in gemms if g["op"] == "matmul fp32") * 1e9
+        share = f"{100 * g['best_gmacs'] / peak:.0f} %" if peak else "-"
+        rates = [f"{g['best_gmacs']:.1f}", f"{g['median_gmacs']:.1f}"]
+        cells.append([g["op"], g["K"], g["N"], *rates, share])
+    head = ("GEMM (M=1024)", "K", "N", "best GMAC/s", "median GMAC/s", "% of peak")
+    lines = [markdown_table(("loop", "peak GMAC/s"), loops), "", markdown_table(head, cells)]
+    matmul_best = max(g["best_gmacs"] for g in gemms if g["op"] == "matmul fp32")
     if binary:
         lines += [
             "",
@@ -138,17 +140,7 @@ def report(peaks: dict, gemms: list[dict], threads: int) -> str:
             f"ceiling vs measured torch.matmul FP32 (best shape, best sample): "
             f"{binary / matmul_best:.1f}x",
         ]
-    return "\n".join(lines) + "\n"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,19 +149,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bursts", type=int, default=400, help="bursts per thread (fastest kept)")
     p.add_argument("--burst-us", type=float, default=500.0, help="length of one burst")
     p.add_argument("--repeats", type=int, default=15, help="GEMM samples")
-    p.add_argument("--out", action="append", default=[], help="write the report (markdown)")
+    p.add_argument(
+        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
+    )
     args = p.parse_args(argv)
+    check_outputs(args.out)
     with tempfile.TemporaryDirectory() as folder:
         dll = compile_loops(folder)
         peaks = {
             name: peak_rate(getattr(dll, name), macs, args.threads, args.bursts, args.burst_us)
             for name, (macs, _) in LOOPS.items()
         }
-    text = report(peaks, gemm_rates(args.threads, args.repeats), args.threads)
+    rows = [
+        {"kind": "peak", "loop": LOOPS[name][1], "gmacs": rate / 1e9 if rate else None}
+        for name, rate in peaks.items()
+    ]
+    rows += gemm_rates(args.threads, args.repeats)
+    text = report(rows)
+    print(f"threads: {args.threads}; CPU: {cpu_model()}\n")
     print(text)
-    for out in args.out:
-        with atomic_output(out) as tmp:
-            tmp.write_text(text)
+    write_outputs(args.out, rows, run_meta(threads=args.threads), text)
     return 0
 
 

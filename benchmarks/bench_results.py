@@ -95,7 +95,10 @@ def check_outputs(outs: list[str]) -> None:
     """Refuse an ``--out`` of an unknown kind before anything is measured."""
     for out in outs:
         if Path(out).suffix not in SUFFIXES:
-            raise SystemExit(f"--out {out}: the suffix picks the format: {', '.join(SUFFIXES)}")
+            print(
+                f"--out {out}: the suffix picks the format: {', '.join(SUFFIXES)}", file=sys.stderr
+            )
+            raise SystemExit(2)
 
 
 def write_outputs(outs: list[str], rows: list[dict], meta: dict[str, Any], table: str) -> None:
