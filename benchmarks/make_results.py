@@ -1,0 +1,258 @@
+"""Regenerate the measured tables of benchmarks/RESULTS.md from the committed result files.
+
+Each generated table sits in RESULTS.md between two markers::
+
+    <!-- make_results:NAME begin -->
+    ...
+    <!-- make_results:NAME end -->
+
+and is rewritten in place, preceded by the command and the machine (CPU model, from the result
+files) that produced its numbers. Text outside the markers is left alone. NAME is one of
+:data:`TABLES`:
+
+=================  ===========================================  ===================================
+NAME               result files (relative to the repository)    written by
+=================  ===========================================  ===================================
+ablation-recipe    benchmarks/ablation/results/r300-*.json       run_ablation.py --group recipe
+kernels-cpu        benchmarks/results/kernels-cpu.json           bench_kernels.py --device cpu
+kernels-cuda       benchmarks/results/kernels-cuda.json          bench_kernels.py --device cuda
+popcount-ceiling   benchmarks/results/popcount-ceiling.json      bench_popcount_ceiling.py
+ort-custom-op      benchmarks/results/ort-custom-op.json         bench_ort_custom_op.py
+model-breakdown    benchmarks/results/model-breakdown.json       bench_model_breakdown.py
+export-targets     benchmarks/results/export-targets.json        bench_export_targets.py
+embeddings         benchmarks/results/embeddings.json            bench_embeddings.py
+bert-cuda          benchmarks/results/bert-cuda.json             bench_bert_cuda.py
+=================  ===========================================  ===================================
+
+A benchmark writes its file with ``--out benchmarks/results/NAME.json`` (bench_results.py); the
+table is rendered by that benchmark's own table function, so RESULTS.md shows what it printed.
+The ablation table's retention is each row's held-out top-1 accuracy over the teacher's
+(``teacher-bert-tiny.eval.json`` in the same folder).
+
+    python benchmarks/make_results.py            # rewrite the blocks of RESULTS.md
+    python benchmarks/make_results.py --check    # exit 1 when RESULTS.md is out of date
+
+Exit status: 0 done (or up to date), 1 out of date (``--check``), 2 an error, in one line: a
+missing or unreadable result file, an unknown NAME, a marker without its pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from bench_results import describe, load_results, markdown_table
+
+from bitmaps.core.atomic import atomic_output
+from bitmaps.core.errors import BitmapsError
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+COMMAND = "python benchmarks/make_results.py"
+MARKER = re.compile(r"<!-- make_results:(?P<name>[\w-]+) (?P<end>begin|end) -->")
+TEACHER_EVAL = "teacher-bert-tiny.eval.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    pattern: str  # glob of the result files, relative to the root
+    render: Callable[[list[Path]], str]  # the files -> the block's text (without markers)
+
+
+def _script(name: str) -> ModuleType:
+    """A benchmark script of this folder, imported by path (benchmarks/ is not a package)."""
+    path = HERE / name
+    if path.stem in sys.modules:
+        return sys.modules[path.stem]
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _bench(script: str, function: str = "table") -> Callable[[list[Path]], str]:
+    """Render one ``--out FILE.json`` of ``script`` with the script's own table function."""
+
+    def render(paths: list[Path]) -> str:
+        if len(paths) != 1:
+            raise BitmapsError(f"{script}: expected one result file, found {len(paths)}")
+        data = load_results(paths[0])
+        try:
+            table = getattr(_script(script), function)(data["rows"])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            raise BitmapsError(f"{paths[0]}: rows do not fit {script}'s table ({exc!r})") from None
+        return f"{describe(data['meta'])}:\n\n{table}"
+
+    return render
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BitmapsError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BitmapsError(f"{path} is not a JSON file: {exc}") from None
+
+
+def _ablation_row(path: Path, record: Any, teacher_acc: float, effective: Callable) -> list:
+    try:
+        ev, steps, wall = record["eval"], effective(record, "steps"), record["train_wall_s"]
+        return [
+            f"`{record['name']}`",
+            record["label"],
+            steps,
+            effective(record, "batch_size"),
+            f"{ev['cross_entropy']:.3f}",
+            f"{ev['accuracy']:.4f}",
+            f"{ev['mrr']:.4f}",
+            f"{ev['accuracy'] / teacher_acc:.3f}",
+            f"{wall / 60:.1f}",
+            f"{wall / steps:.2f}",
+        ]
+    except (KeyError, TypeError, AttributeError, ValueError, ZeroDivisionError) as exc:
+        raise BitmapsError(f"{path}: not a run_ablation.py record ({exc!r})") from None
+
+
+def _machine(m: dict) -> str:
+    return f"{m.get('cpu', 'unknown CPU')}, {m.get('cores', '?')} cores, torch {m.get('torch')}"
+
+
+def ablation_table(paths: list[Path]) -> str:
+    """The rows of run_ablation.py's records against the teacher of their folder."""
+    if not paths:
+        raise BitmapsError("no ablation result files (benchmarks/ablation/results/r300-*.json)")
+    teacher_path = paths[0].parent / TEACHER_EVAL
+    teacher = _read_json(teacher_path)
+    if not isinstance(teacher, dict) or not isinstance(teacher.get("accuracy"), float | int):
+        raise BitmapsError(f"{teacher_path}: no 'accuracy' (a `bitmaps eval --json` file?)")
+    runner = _script("ablation/run_ablation.py")
+    order = {run.name: i for i, run in enumerate(runner.RUNS)}
+    records = [(p, _read_json(p)) for p in paths]
+    records.sort(key=lambda pr: (order.get(pr[0].stem, len(order)), pr[0].stem))
+    t_acc = teacher["accuracy"]
+    rows = [
+        [
+            "teacher (FP32)",
+            "fine-tuned BERT-tiny",
+            "",
+            "",
+            f"{teacher['cross_entropy']:.3f}",
+            f"{t_acc:.4f}",
+            f"{teacher['mrr']:.4f}",
+            "1.000",
+            "",
+            "",
+        ]  # fmt: skip
+    ]
+    rows += [_ablation_row(p, r, t_acc, runner.effective) for p, r in records]
+    head = ("row", "what it varies", "steps", "batch", "cross entropy", "accuracy", "MRR",
+            "retention", "train wall (min)", "s/step")  # fmt: skip
+    machines = sorted({_machine(r.get("machine") or {}) for _, r in records})
+    groups = sorted({str(r.get("group")) for _, r in records})
+    return (
+        f"`python benchmarks/ablation/run_ablation.py --group {','.join(groups)} --jobs 1` on "
+        f"{'; '.join(machines)} (each row's `bitmaps train` command is in its JSON); "
+        f"retention = accuracy / the teacher's ({teacher_path.name}):\n\n"
+        + markdown_table(head, rows, "ll" + "r" * (len(head) - 2))
+    )
+
+
+TABLES: dict[str, Source] = {
+    "ablation-recipe": Source("benchmarks/ablation/results/r300-*.json", ablation_table),
+    "kernels-cpu": Source("benchmarks/results/kernels-cpu.json", _bench("bench_kernels.py")),
+    "kernels-cuda": Source("benchmarks/results/kernels-cuda.json", _bench("bench_kernels.py")),
+    "popcount-ceiling": Source(
+        "benchmarks/results/popcount-ceiling.json", _bench("bench_popcount_ceiling.py", "report")
+    ),
+    "ort-custom-op": Source(
+        "benchmarks/results/ort-custom-op.json", _bench("bench_ort_custom_op.py")
+    ),
+    "model-breakdown": Source(
+        "benchmarks/results/model-breakdown.json", _bench("bench_model_breakdown.py")
+    ),
+    "export-targets": Source(
+        "benchmarks/results/export-targets.json", _bench("bench_export_targets.py")
+    ),
+    "embeddings": Source("benchmarks/results/embeddings.json", _bench("bench_embeddings.py")),
+    "bert-cuda": Source("benchmarks/results/bert-cuda.json", _bench("bench_bert_cuda.py")),
+}
+
+
+def render_block(name: str, root: Path) -> str:
+    """The text between NAME's markers: a generated-by line, then the table."""
+    if name not in TABLES:
+        raise BitmapsError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
+    source = TABLES[name]
+    paths = sorted(root.glob(source.pattern))
+    if not paths and "*" not in source.pattern:
+        raise BitmapsError(f"{root / source.pattern} does not exist (table {name})")
+    body = source.render(paths)
+    return f"<!-- generated by `{COMMAND}` from {source.pattern}; do not edit by hand -->\n{body}\n"
+
+
+def regenerate(text: str, root: Path) -> tuple[str, list[str]]:
+    """``text`` with every marked block rendered anew, and the names of the blocks that changed."""
+    out, changed, pos, begin = [], [], 0, None
+    for m in MARKER.finditer(text):
+        name, kind = m["name"], m["end"]
+        if kind == "begin":
+            if begin is not None:
+                raise BitmapsError(f"make_results:{begin['name']} begin has no end before {name}")
+            begin = m
+            continue
+        if begin is None or begin["name"] != name:
+            raise BitmapsError(f"make_results:{name} end without its begin")
+        old = text[begin.end() : m.start()]
+        new = "\n" + render_block(name, root)
+        if new != old:
+            changed.append(name)
+        out += [text[pos : begin.end()], new]
+        pos, begin = m.start(), None
+    if begin is not None:
+        raise BitmapsError(f"make_results:{begin['name']} begin has no end")
+    return "".join([*out, text[pos:]]), changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if RESULTS.md is out of date")
+    p.add_argument("--results", type=Path, default=HERE / "RESULTS.md", help="the markdown file")
+    p.add_argument("--root", type=Path, default=ROOT, help="where result-file paths start")
+    args = p.parse_args(argv)
+    try:
+        try:
+            text = args.results.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BitmapsError(f"cannot read {args.results}: {exc.strerror}") from None
+        new, changed = regenerate(text, args.root)
+    except BitmapsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        if changed:
+            print(
+                f"{args.results} is out of date ({', '.join(changed)}): run {COMMAND}",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"{args.results} is up to date")
+        return 0
+    if new != text:
+        with atomic_output(args.results) as tmp:
+            Path(tmp).write_text(new, encoding="utf-8")
+    print(f"{args.results}: {', '.join(changed) or 'nothing'} rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
