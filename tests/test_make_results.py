@@ -167,3 +167,9 @@ def test_a_record_without_its_fields_and_bad_markers_are_one_line(
     assert_one_line_error(*_run(make_results, capsys, md, root)[::2], "begin has no end")
     md.write_text("<!-- make_results:nope begin -->\n<!-- make_results:nope end -->\n")
     assert_one_line_error(*_run(make_results, capsys, md, root)[::2], "unknown table 'nope'")
+
+
+def test_the_committed_results_md_is_up_to_date(make_results, capsys) -> None:
+    # every generated table of benchmarks/RESULTS.md matches the committed result files
+    code = make_results.main(["--check"])
+    assert code == 0, capsys.readouterr().err
