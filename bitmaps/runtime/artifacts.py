@@ -93,20 +93,23 @@ def _initializer_bytes(path: Path) -> int:
 
 
 def onnx_artifact(
-    source: ModelSource, model: str, dtype: str, output: str, workdir: Path, log: Log
-) -> Artifact:
-    """The ONNX export of ``model`` (fp32/fp16 baseline or binary student), from cache or made.
-    The student's embeddings as ``bitmaps export`` ships them; the baselines' unchanged."""
+    source: ModelSource, model: str, dtype: str, output: str, workdir: Path, log: Log,
+    target: str = "portable",
+) -> Artifact:  # fmt: skip
+    """The ONNX export of ``model`` (fp32/fp16 baseline or binary student) for ``target`` (the
+    runtime it is for, bitmaps/export/targets.py), from cache or made. The student's embeddings
+    as ``bitmaps export`` ships them; the baselines' unchanged."""
     emb = STUDENT_EMBEDDINGS if model == "binary" else "fp32"
     cfg = ExportConfig(
         dtype=dtype, output=output, backends=("kernel",), embeddings=emb,
-        embedding_group=STUDENT_EMBEDDING_GROUP,
+        embedding_group=STUDENT_EMBEDDING_GROUP, target=target,
     )  # fmt: skip
     key = cache_key(
         source, model, dtype=dtype, output=output, opset=cfg.opset, embeddings=emb,
-        group=cfg.embedding_group,
+        group=cfg.embedding_group, target=target,
     )  # fmt: skip
-    path = workdir / f"{_stem(source, model)}-{model}-{dtype}-{output}-{key[:12]}.onnx"
+    name = f"{_stem(source, model)}-{model}-{dtype}-{output}-{target}-{key[:12]}.onnx"
+    path = workdir / name
     if path.is_file():
         log(f"reusing {path}")
     else:
@@ -185,12 +188,6 @@ def int8_artifact(fp32: Artifact, log: Log) -> Artifact:
             quantize_dynamic(str(fp32.path), str(tmp), weight_type=QuantType.QInt8)
         log(f"wrote {path} (quantize_dynamic of {fp32.path.name})")
     return Artifact(path, _initializer_bytes(path), path.stat().st_size)
-
-
-def kernel_artifact(onnx: Artifact, log: Log) -> Artifact:
-    """What the kernel session opens: the exported file itself (the native op needs no rewrite)."""
-    del log
-    return onnx
 
 
 def engine_artifact(

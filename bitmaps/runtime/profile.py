@@ -52,7 +52,6 @@ from bitmaps.runtime import backends as B
 from bitmaps.runtime.artifacts import (
     engine_artifact,
     int8_artifact,
-    kernel_artifact,
     onnx_artifact,
     onnx_weights_by_part,
 )
@@ -85,6 +84,9 @@ ROW_KEYS = (
     "file_mb",
     "peak_mem_mb",
 )
+
+# the export target of the ONNX Runtime rows' float32 graphs (bitmaps/export/targets.py)
+ORT_TARGET = "onnxruntime"
 ACCURACY_KEYS = ("cross_entropy", "accuracy", "mrr", "macro_f1")  # macro_f1: classifiers
 
 
@@ -159,26 +161,28 @@ def _artifacts(job: ProfileJob, targets: list[Target], workdir: Path, log: Log) 
 
     made: dict[tuple[str, str], Any] = {}
 
-    def onnx(model: str, dtype: str) -> Any:
-        if (model, dtype) not in made:
-            made[model, dtype] = onnx_artifact(
-                job.source, model, dtype, job.config.output, workdir, log
+    def onnx(model: str, dtype: str, target: str) -> Any:
+        if (model, dtype, target) not in made:
+            made[model, dtype, target] = onnx_artifact(
+                job.source, model, dtype, job.config.output, workdir, log, target
             )
-        return made[model, dtype]
+        return made[model, dtype, target]
 
     shapes = [(b, s) for b in job.config.batches for s in job.config.seqs]
     out: dict[Target, Any] = {}
     for t in targets:
-        if t.backend == "onnxruntime" and t.model == "binary":
-            out[t] = kernel_artifact(onnx(t.model, "fp32"), log)
+        # ONNX Runtime rows: float32 graphs are exported for ONNX Runtime (its fused
+        # MultiHeadAttention), binary and baselines alike; TensorRT rows: the tensorrt target
+        if t.backend == "onnxruntime" and t.model in ("binary", "fp32"):
+            out[t] = onnx(t.model, "fp32", ORT_TARGET)
         elif t.backend == "onnxruntime" and t.model == "int8":
-            out[t] = int8_artifact(onnx("fp32", "fp32"), log)
+            out[t] = int8_artifact(onnx("fp32", "fp32", ORT_TARGET), log)
         elif t.backend == "onnxruntime":
-            out[t] = onnx(t.model, t.model)
+            out[t] = onnx(t.model, t.model, "portable")
         elif t.backend == "tensorrt":
             fp16 = t.model != "fp32"
             out[t] = engine_artifact(
-                onnx(t.model, "fp16" if fp16 else "fp32"), fp16, shapes, workdir, log
+                onnx(t.model, "fp16" if fp16 else "fp32", "tensorrt"), fp16, shapes, workdir, log
             )
     return out
 
@@ -187,7 +191,7 @@ def _int8_session(job: ProfileJob, workdir: Path, log: Log) -> Any:
     """An ONNX Runtime session on the int8 model's ONNX file (with its head: MLM or classifier)."""
     import onnxruntime as ort
 
-    fp32 = onnx_artifact(job.source, "fp32", "fp32", "logits", workdir, log)
+    fp32 = onnx_artifact(job.source, "fp32", "fp32", "logits", workdir, log, ORT_TARGET)
     path = int8_artifact(fp32, log).path
     options = ort.SessionOptions()
     options.intra_op_num_threads = job.config.threads or default_threads()
