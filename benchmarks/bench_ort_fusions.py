@@ -13,34 +13,23 @@ and, with ``--model FILE.onnx``, a whole exported model both ways (input_ids/att
 in both sessions, so their idle threads do not steal the cores of the next call. Prints medians,
 the ratio, and the CPU.
 
-    PYTHONPATH=. python benchmarks/bench_ort_fusions.py [--threads 1] [--model M.onnx] [--json F]
+    PYTHONPATH=. python benchmarks/bench_ort_fusions.py [--threads 1] [--model M.onnx] [--out r.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import subprocess
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from bench_results import check_outputs, markdown_table, run_meta, write_outputs
 from onnx import TensorProto, helper, numpy_helper
 
 from bitmaps.core.ort import DISABLED_OPTIMIZERS, library_missing, native_library
 from bitmaps.runtime.timing import calls_per_sample, cpu_timer, time_alternating
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def residual_layernorm(batch: int, seq: int, hidden: int) -> onnx.ModelProto:
@@ -95,6 +84,21 @@ def compare(name: str, model: str | bytes, feed: dict, threads: int, rounds: int
     }
 
 
+def table(rows: list[dict]) -> str:
+    head = ("case", "fused ms", "unfused ms", "fused / unfused", "max abs diff")
+    cells = [
+        [
+            r["case"],
+            f"{r['fused_ms']:.3f}",
+            f"{r['unfused_ms']:.3f}",
+            f"{r['fused_over_unfused']:.2f}×",
+            f"{r['max_abs_diff']:.1e}",
+        ]
+        for r in rows
+    ]
+    return markdown_table(head, cells, "lrrrr")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
@@ -103,8 +107,9 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--rounds", type=int, default=15, help="alternating samples of each")
     p.add_argument("--model", help="an exported model (input_ids, attention_mask) to time too")
-    p.add_argument("--json", help="write the rows here")
+    p.add_argument("--out", action="append", default=[], help="write .json, .csv or .md")
     a = p.parse_args()
+    check_outputs(a.out)
     rng = np.random.default_rng(1)
     shape = (a.batch, a.seq, a.hidden)
     feed = {k: rng.standard_normal(shape).astype(np.float32) for k in ("x", "skip")}
@@ -113,19 +118,12 @@ def main() -> None:
     if a.model:
         ids = rng.integers(0, 1000, (a.batch, a.seq), dtype=np.int64)
         feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-        rows.append(compare(f"{a.model} {a.batch}x{a.seq}", a.model, feed, a.threads, a.rounds))
-    print(f"CPU: {cpu_model()}, {a.threads} thread(s), onnxruntime {ort.__version__}")
-    print("| case | fused ms | unfused ms | fused / unfused | max abs diff |")
-    print("|---|---:|---:|---:|---:|")
-    for r in rows:
-        print(
-            f"| {r['case']} | {r['fused_ms']:.3f} | {r['unfused_ms']:.3f} | "
-            f"{r['fused_over_unfused']:.2f}× | {r['max_abs_diff']:.1e} |"
-        )
-    if a.json:
-        meta = {"cpu": cpu_model(), "threads": a.threads, "onnxruntime": ort.__version__}
-        with open(a.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        name = f"model `{Path(a.model).name}` {a.batch}x{a.seq}"
+        rows.append(compare(name, a.model, feed, a.threads, a.rounds))
+    text = table(rows)
+    print(f"{a.threads} thread(s), onnxruntime {ort.__version__}")
+    print(text)
+    write_outputs(a.out, rows, run_meta(threads=a.threads, onnxruntime=ort.__version__), text)
 
 
 if __name__ == "__main__":

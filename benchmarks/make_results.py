@@ -14,6 +14,9 @@ files) that produced its numbers. Text outside the markers is left alone. NAME i
 NAME               result files (relative to the repository)    written by
 =================  ===========================================  ===================================
 ablation-recipe    benchmarks/ablation/results/r300-*.json       run_ablation.py --group recipe
+ablation-long      benchmarks/ablation/results/elastic_attn_4k…  run_ablation.py --group long
+profile-bert-base  benchmarks/results/profile-bert-base.json     bitmaps profile --shape bert-base
+ort-fusions        benchmarks/results/ort-fusions.json           bench_ort_fusions.py
 kernels-cpu        benchmarks/results/kernels-cpu.json           bench_kernels.py --device cpu
 kernels-cuda       benchmarks/results/kernels-cuda.json          bench_kernels.py --device cuda
 popcount-ceiling   benchmarks/results/popcount-ceiling.json      bench_popcount_ceiling.py
@@ -167,8 +170,50 @@ def ablation_table(paths: list[Path]) -> str:
     )
 
 
+def profile_table(paths: list[Path]) -> str:
+    """A ``bitmaps profile --json`` file: every row, then binary's p50 ratios against the fp32
+    and int8 rows of the same batch and sequence (each model on its own backend, same run)."""
+    if len(paths) != 1:
+        raise BitmapsError(f"profile: expected one result file, found {len(paths)}")
+    data = _read_json(paths[0])
+    try:
+        meta, rows = data["meta"], data["rows"]
+        m = meta["machine"]
+        p50 = {(r["model"], r["backend"], r["batch"], r["seq"]): r["latency_ms_p50"] for r in rows}
+        cells = []
+        for r in rows:
+            key = (r["batch"], r["seq"])
+            ratios = []
+            for base, backend in (
+                ("fp32", "onnxruntime"),
+                ("fp32", "torch"),
+                ("int8", "onnxruntime"),
+            ):
+                ref = p50.get((base, backend, *key))
+                mine = r["latency_ms_p50"]
+                ratios.append(f"{ref / mine:.2f}×" if ref and r["model"] == "binary" else "")
+            cells.append([
+                r["model"], r["backend"], r["batch"], r["seq"], f"{r['latency_ms_p50']:.1f}",
+                f"{r['latency_ms_p90']:.1f}", f"{r['weights_mb']:.1f}",
+                f"{r['file_mb']:.1f}" if r.get("file_mb") is not None else "",
+                f"{r['peak_mem_mb']:.1f}" if r.get("peak_mem_mb") is not None else "", *ratios,
+            ])  # fmt: skip
+        where = f"{m.get('cpu', 'unknown CPU')}, {m.get('cores', '?')} cores"
+        head = (f"`{meta['command']}` on {where}, {m.get('threads', '?')} threads "
+                f"({meta.get('date', 'date unknown')}); {m.get('native_status', '')}; other processes "
+                f"used {100 * float(m.get('other_cpu_load') or 0):.0f}% of the CPU while it ran")  # fmt: skip
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise BitmapsError(f"{paths[0]}: not a `bitmaps profile --json` file ({exc!r})") from None
+    titles = ("model", "backend", "batch", "seq", "p50 ms", "p90 ms", "weights MB", "file MB",
+              "peak MB", "binary vs ORT fp32", "binary vs torch fp32", "binary vs ORT int8")  # fmt: skip
+    return head + ":\n\n" + markdown_table(titles, cells, "llrr" + "r" * 8)
+
+
 TABLES: dict[str, Source] = {
     "ablation-recipe": Source("benchmarks/ablation/results/r300-*.json", ablation_table),
+    "ablation-long": Source("benchmarks/ablation/results/elastic_attn_4k.json", ablation_table),
+    "profile-bert-base": Source("benchmarks/results/profile-bert-base.json", profile_table),
+    "ort-fusions": Source("benchmarks/results/ort-fusions.json", _bench("bench_ort_fusions.py")),
     "kernels-cpu": Source("benchmarks/results/kernels-cpu.json", _bench("bench_kernels.py")),
     "kernels-cuda": Source("benchmarks/results/kernels-cuda.json", _bench("bench_kernels.py")),
     "popcount-ceiling": Source(
