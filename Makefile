@@ -46,11 +46,18 @@ assets: install
 
 setup: assets arm-tools
 
+# Two pytest workers, one test file each at a time (module fixtures stay in one process): much of
+# the suite is single-threaded Python (ONNX export tracing, subprocesses). Intel Xeon, 2 cores:
+# 707 s with two workers while a training job held one core; 810 s serially on a quieter machine.
+# TEST_WORKERS=1 runs serially.
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
 
 # --- the demo: BERT-tiny teacher → W1A1 student → ONNX → profile, on State of the Union text ---
 # Every stage resumes or is skipped when its output is complete, so a second `make demo` is fast.

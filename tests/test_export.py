@@ -391,7 +391,10 @@ def test_file_runs_in_plain_onnxruntime_without_bitmaps(exported_fp32, tmp_path)
     here = function_session(reloaded).run(
         None, {"input_ids": ids.numpy(), "attention_mask": np.ones((2, 9), np.int64)}
     )[0]
-    assert y.shape == (2, 9, 300) and np.array_equal(y, here)
+    # the plain client runs ONNX Runtime's default fusions (SkipLayerNormalization), bitmaps'
+    # sessions do not (bitmaps/core/ort.py): the same model up to float rounding
+    assert y.shape == (2, 9, 300)
+    np.testing.assert_allclose(y, here, rtol=1e-4, atol=1e-4)
 
 
 # --------------------------------------------------------------------------- BERT-base shapes
