@@ -129,7 +129,10 @@ def main() -> None:
     s_train = _run(s_args, a.threads, log)
     t_eval = _eval(teacher, data, a.seq, a.threads, log)
     s_eval = _eval(student, data, a.seq, a.threads, log)
-    shown = [shlex.join(["bitmaps", *x]).replace(data, "$SPAM") for x in (t_args, s_args)]
+    shown = [
+        shlex.join(["bitmaps", *x]).replace(data, "$SPAM").replace(f"{ROOT}/", "")
+        for x in (t_args, s_args)
+    ]
     row = {
         "teacher_model": a.teacher,
         "seq_len": a.seq,

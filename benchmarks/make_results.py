@@ -16,6 +16,7 @@ NAME               result files (relative to the repository)    written by
 ablation-recipe    benchmarks/ablation/results/r300-*.json       run_ablation.py --group recipe
 ablation-long      benchmarks/ablation/results/elastic_attn_4k…  run_ablation.py --group long
 profile-bert-base  benchmarks/results/profile-bert-base.json     bitmaps profile --shape bert-base
+spam               benchmarks/results/spam-*.json                bench_spam.py
 ort-fusions        benchmarks/results/ort-fusions.json           bench_ort_fusions.py
 kernels-cpu        benchmarks/results/kernels-cpu.json           bench_kernels.py --device cpu
 kernels-cuda       benchmarks/results/kernels-cuda.json          bench_kernels.py --device cuda
@@ -170,6 +171,21 @@ def ablation_table(paths: list[Path]) -> str:
     )
 
 
+def spam_table(paths: list[Path]) -> str:
+    """Every ``bench_spam.py --out`` file: one row per teacher model, with its commands."""
+    if not paths:
+        raise BitmapsError("no spam result files (benchmarks/results/spam-*.json)")
+    runs = [load_results(p) for p in paths]
+    rows = [r for data in runs for r in data["rows"]]
+    try:
+        text = _script("bench_spam.py").table(rows)
+        commands = [f"- `{c}`" for r in rows for c in r["commands"]]
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise BitmapsError(f"spam results do not fit bench_spam.py's table ({exc!r})") from None
+    lines = [f"- {describe(data['meta'])}" for data in runs]
+    return "\n".join(lines) + "\n\n" + text + "\n\nTraining commands:\n\n" + "\n".join(commands)
+
+
 def profile_table(paths: list[Path]) -> str:
     """A ``bitmaps profile --json`` file: every row, then binary's p50 ratios against the fp32
     and int8 rows of the same batch and sequence (each model on its own backend, same run)."""
@@ -212,6 +228,7 @@ def profile_table(paths: list[Path]) -> str:
 TABLES: dict[str, Source] = {
     "ablation-recipe": Source("benchmarks/ablation/results/r300-*.json", ablation_table),
     "ablation-long": Source("benchmarks/ablation/results/elastic_attn_4k.json", ablation_table),
+    "spam": Source("benchmarks/results/spam-*.json", spam_table),
     "profile-bert-base": Source("benchmarks/results/profile-bert-base.json", profile_table),
     "ort-fusions": Source("benchmarks/results/ort-fusions.json", _bench("bench_ort_fusions.py")),
     "kernels-cpu": Source("benchmarks/results/kernels-cpu.json", _bench("bench_kernels.py")),
