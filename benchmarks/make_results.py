@@ -17,6 +17,7 @@ ablation-recipe    benchmarks/ablation/results/r300-*.json       run_ablation.py
 ablation-long      benchmarks/ablation/results/elastic_attn_4k…  run_ablation.py --group long
 profile-bert-base  benchmarks/results/profile-bert-base.json     bitmaps profile --shape bert-base
 spam               benchmarks/results/spam-*.json                bench_spam.py
+embeddings-accuracy  benchmarks/results/embeddings-accuracy.json  bench_embeddings_accuracy.py
 ort-fusions        benchmarks/results/ort-fusions.json           bench_ort_fusions.py
 kernels-cpu        benchmarks/results/kernels-cpu.json           bench_kernels.py --device cpu
 kernels-cuda       benchmarks/results/kernels-cuda.json          bench_kernels.py --device cuda
@@ -229,6 +230,9 @@ TABLES: dict[str, Source] = {
     "ablation-recipe": Source("benchmarks/ablation/results/r300-*.json", ablation_table),
     "ablation-long": Source("benchmarks/ablation/results/elastic_attn_4k.json", ablation_table),
     "spam": Source("benchmarks/results/spam-*.json", spam_table),
+    "embeddings-accuracy": Source(
+        "benchmarks/results/embeddings-accuracy.json", _bench("bench_embeddings_accuracy.py")
+    ),
     "profile-bert-base": Source("benchmarks/results/profile-bert-base.json", profile_table),
     "ort-fusions": Source("benchmarks/results/ort-fusions.json", _bench("bench_ort_fusions.py")),
     "kernels-cpu": Source("benchmarks/results/kernels-cpu.json", _bench("bench_kernels.py")),
