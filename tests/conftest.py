@@ -132,3 +132,54 @@ def sotu_corpus(sotu_dir, bert_tiny_tokenizer, tmp_path_factory):
     cache = tmp_path_factory.mktemp("sotu-corpus-cache")
     tok = bert_tiny_tokenizer
     return build_corpus(sotu_dir, tok, DataConfig(), cache_dir=cache, log=lambda _m: None)
+
+
+# --------------------------------------------------------------------------- CUDA kernels
+
+
+def cuda_kernels_built() -> bool:
+    from bitmaps.core import ops
+
+    return (
+        torch.cuda.is_available()
+        and ops.native_available()
+        and torch._C._dispatch_has_kernel_for_dispatch_key("bitmaps::xnor_gemm", "CUDA")
+    )
+
+
+NEEDS_CUDA_KERNELS = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(
+        not cuda_kernels_built(), reason="needs an NVIDIA GPU and bitmaps._C built with CUDA"
+    ),
+]
+CUDA_GEMM_PATHS = ["popc", "mma", "wgmma"]
+
+
+def cuda_path_supported(path: str) -> bool:
+    """popc everywhere, mma.sync b1 on sm_80/sm_89-class GPUs, wgmma on sm_90a."""
+    major, minor = torch.cuda.get_device_capability()
+    if path == "mma":
+        return major in (8, 9)
+    if path == "wgmma":
+        return (major, minor) == (9, 0)
+    return True
+
+
+@pytest.fixture(params=CUDA_GEMM_PATHS)
+def gemm_path(request, monkeypatch) -> str:
+    """Each CUDA GEMM path forced through BITMAPS_CUDA_GEMM_PATH (skipped where it cannot run)."""
+    path = request.param
+    if not cuda_path_supported(path):
+        pytest.skip(
+            f"GEMM path {path} needs another GPU (this is sm_{torch.cuda.get_device_capability()})"
+        )
+    monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", path)
+    return path
+
+
+def packed_cuda(rows: int, k: int) -> torch.Tensor:
+    """``rows`` random rows of K signs, packed on the GPU by the reference."""
+    from bitmaps.core import ops
+
+    return ops.reference_pack_signs(torch.randn(rows, k, device="cuda"))

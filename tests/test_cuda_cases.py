@@ -22,49 +22,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CUDA_GEMM_PATHS, NEEDS_CUDA_KERNELS, cuda_path_supported, packed_cuda
 
 from bitmaps.core import ops
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cuda_kernels_built() -> bool:
-    return (
-        torch.cuda.is_available()
-        and ops.native_available()
-        and torch._C._dispatch_has_kernel_for_dispatch_key("bitmaps::xnor_gemm", "CUDA")
-    )
+pytestmark = NEEDS_CUDA_KERNELS
 
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        not _cuda_kernels_built(), reason="needs an NVIDIA GPU and bitmaps._C built with CUDA"
-    ),
-]
-
-PATHS = ["popc", "mma", "wgmma"]
-
-
-def _path_supported(path: str) -> bool:
-    major, minor = torch.cuda.get_device_capability()
-    if path == "mma":
-        return major in (8, 9)
-    if path == "wgmma":
-        return (major, minor) == (9, 0)
-    return True
-
-
-@pytest.fixture(params=PATHS)
-def gemm_path(request, monkeypatch) -> str:
-    if not _path_supported(request.param):
-        pytest.skip(f"GEMM path {request.param} needs another GPU")
-    monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", request.param)
-    return request.param
-
-
-def _packed(rows: int, k: int) -> torch.Tensor:
-    return ops.reference_pack_signs(torch.randn(rows, k, device="cuda"))
+PATHS = CUDA_GEMM_PATHS
 
 
 def _exact(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
@@ -84,7 +51,7 @@ ODD_K = [255, 256, 257, 300, 400, 480, 511, 512, 513, 4100]
 @pytest.mark.parametrize("k", ODD_K)
 def test_xnor_gemm_k256_steps_and_stages(gemm_path, k):
     for m, n in [(1, 1), (63, 65), (129, 8), (257, 136)]:
-        a, b = _packed(m, k), _packed(n, k)
+        a, b = packed_cuda(m, k), packed_cuda(n, k)
         _exact(ops.xnor_gemm(a, b, k), ops.reference_xnor_gemm(a, b, k), f"M={m} N={n} K={k}")
 
 
@@ -98,14 +65,14 @@ def _tail_shapes() -> list[tuple[int, int]]:
 def test_tile_tails_of_every_variant(gemm_path):
     for m, n in _tail_shapes():
         for k in (33, 1000):
-            a, b = _packed(m, k), _packed(n, k)
+            a, b = packed_cuda(m, k), packed_cuda(n, k)
             _exact(ops.xnor_gemm(a, b, k), ops.reference_xnor_gemm(a, b, k), f"{m}x{n}x{k}")
 
 
 @pytest.mark.parametrize("act_unsigned", [0, 1])
 def test_binary_linear_bias_none_and_3d_input(gemm_path, act_unsigned):
     for k, n in [(300, 77), (480, 129), (33, 8), (768, 3072)]:
-        w = _packed(n, k)
+        w = packed_cuda(n, k)
         w_scale = torch.rand(n, device="cuda") + 0.1
         for dtype in (torch.float32, torch.float16):
             x = torch.randn(2, 65, k, device="cuda").to(dtype)
@@ -117,9 +84,9 @@ def test_binary_linear_bias_none_and_3d_input(gemm_path, act_unsigned):
 
 def test_every_path_gives_the_same_bits(monkeypatch):
     m, n, k = 4096, 3072, 3072
-    a, b = _packed(m, k), _packed(n, k)
+    a, b = packed_cuda(m, k), packed_cuda(n, k)
     outs = {}
-    for path in [p for p in PATHS if _path_supported(p)]:
+    for path in [p for p in PATHS if cuda_path_supported(p)]:
         monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", path)
         outs[path] = ops.xnor_gemm(a, b, k)
     first = next(iter(outs))
@@ -133,7 +100,7 @@ def test_non_default_stream():
     k, n = 768, 3072
     x = torch.randn(4096, k, device="cuda", dtype=torch.float16)
     w, w_scale, bias = (
-        _packed(n, k),
+        packed_cuda(n, k),
         torch.rand(n, device="cuda") + 0.1,
         torch.randn(n, device="cuda"),
     )
@@ -197,7 +164,7 @@ def test_outputs_over_2_31_elements(gemm_path):
     need = m * n * 4 + m * n * 2 + (1 << 30)
     if free < need:
         pytest.skip(f"needs {need / 2**30:.0f} GiB of free GPU memory (free: {free / 2**30:.0f})")
-    a, b = _packed(m, k), _packed(n, k)
+    a, b = packed_cuda(m, k), packed_cuda(n, k)
     rows = torch.tensor([0, 1, 33333, m // 2, m - 2, m - 1], device="cuda")
     out = ops.xnor_gemm(a, b, k)
     _exact(out[rows], ops.reference_xnor_gemm(a[rows], b, k), f"xnor_gemm {m}x{n}")

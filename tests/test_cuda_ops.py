@@ -14,53 +14,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import CUDA_GEMM_PATHS, NEEDS_CUDA_KERNELS, cuda_path_supported, packed_cuda
 
 from bitmaps.core import ops
 from bitmaps.core.packing import packed_width
 
-
-def _cuda_kernels_built() -> bool:
-    return (
-        torch.cuda.is_available()
-        and ops.native_available()
-        and torch._C._dispatch_has_kernel_for_dispatch_key("bitmaps::xnor_gemm", "CUDA")
-    )
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(
-        not _cuda_kernels_built(), reason="needs an NVIDIA GPU and bitmaps._C built with CUDA"
-    ),
-]
+pytestmark = NEEDS_CUDA_KERNELS
 
 KS = [1, 31, 32, 33, 100, 768, 3072]
-PATHS = ["popc", "mma", "wgmma"]
-
-
-def _path_supported(path: str) -> bool:
-    major, minor = torch.cuda.get_device_capability()
-    if path == "mma":
-        return major in (8, 9)
-    if path == "wgmma":
-        return (major, minor) == (9, 0)
-    return True
-
-
-@pytest.fixture(params=PATHS)
-def gemm_path(request, monkeypatch) -> str:
-    path = request.param
-    if not _path_supported(path):
-        pytest.skip(
-            f"GEMM path {path} needs another GPU (this is sm_{torch.cuda.get_device_capability()})"
-        )
-    monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", path)
-    return path
-
-
-def _packed(rows: int, k: int) -> torch.Tensor:
-    x = torch.randn(rows, k, device="cuda")
-    return ops.reference_pack_signs(x)
+PATHS = CUDA_GEMM_PATHS
 
 
 @pytest.mark.parametrize("k", KS)
@@ -89,7 +51,7 @@ def test_pack_signs_takes_what_the_cpu_op_takes():
 @pytest.mark.parametrize("k", KS)
 @pytest.mark.parametrize("m,n", [(1, 1), (7, 13), (65, 129), (200, 77)])
 def test_xnor_gemm_exact(gemm_path, k, m, n):
-    a, b = _packed(m, k), _packed(n, k)
+    a, b = packed_cuda(m, k), packed_cuda(n, k)
     got = ops.xnor_gemm(a, b, k)
     torch.testing.assert_close(got, ops.reference_xnor_gemm(a, b, k), rtol=0, atol=0)
 
@@ -106,7 +68,7 @@ def _dirty(packed: torch.Tensor, k: int) -> torch.Tensor:
 @pytest.mark.parametrize("k", [1, 31, 33, 100, 300, 3071])
 @pytest.mark.parametrize("m,n", [(7, 13), (200, 136)])
 def test_xnor_gemm_ignores_padding_bits(gemm_path, k, m, n):
-    a, b = _packed(m, k), _packed(n, k)
+    a, b = packed_cuda(m, k), packed_cuda(n, k)
     want = ops.reference_xnor_gemm(a, b, k)
     got = ops.xnor_gemm(_dirty(a, k), _dirty(b, k), k)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -124,7 +86,7 @@ def test_binary_linear_ignores_padding_bits_of_w(gemm_path, k, act_unsigned):
 
 
 def test_xnor_gemm_bert_base_shape(gemm_path):
-    a, b = _packed(1024, 768), _packed(3072, 768)
+    a, b = packed_cuda(1024, 768), packed_cuda(3072, 768)
     torch.testing.assert_close(
         ops.xnor_gemm(a, b, 768), ops.reference_xnor_gemm(a, b, 768), rtol=0, atol=0
     )
@@ -132,7 +94,7 @@ def test_xnor_gemm_bert_base_shape(gemm_path):
 
 def _linear_args(batch: tuple[int, ...], k: int, n: int, dtype, bias: bool):
     x = torch.randn(*batch, k, device="cuda").to(dtype)
-    w = _packed(n, k)
+    w = packed_cuda(n, k)
     w_scale = torch.rand(n, device="cuda") + 0.1
     b = torch.randn(n, device="cuda") if bias else None
     return x, w, w_scale, b
@@ -182,7 +144,7 @@ def test_binary_linear_without_bias_and_many_rows(gemm_path, m):
 
 def test_opcheck_on_cuda():
     x, w, w_scale, bias = _linear_args((4, 6), 100, 33, torch.float16, bias=True)
-    a, b = _packed(9, 100), _packed(5, 100)
+    a, b = packed_cuda(9, 100), packed_cuda(5, 100)
     torch.library.opcheck(torch.ops.bitmaps.pack_signs.default, (x,))
     torch.library.opcheck(torch.ops.bitmaps.xnor_gemm.default, (a, b, 100))
     for act_unsigned in (0, 1):
@@ -206,16 +168,16 @@ def test_bad_input_is_a_clear_error(monkeypatch):
     with pytest.raises(RuntimeError, match="CUDA tensor"):
         ops.binary_linear(x, w, w_scale.cpu(), bias, 100, 0.0, 0.0)
     with pytest.raises(RuntimeError, match="words per row"):
-        ops.xnor_gemm(_packed(3, 100), _packed(3, 100), 200)
+        ops.xnor_gemm(packed_cuda(3, 100), packed_cuda(3, 100), 200)
     monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", "tensorcores")
     with pytest.raises(RuntimeError, match="BITMAPS_CUDA_GEMM_PATH"):
-        ops.xnor_gemm(_packed(3, 100), _packed(3, 100), 100)
+        ops.xnor_gemm(packed_cuda(3, 100), packed_cuda(3, 100), 100)
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_unavailable_path_is_refused(path, monkeypatch):
-    if _path_supported(path):
+    if cuda_path_supported(path):
         pytest.skip(f"{path} is available on this GPU")
     monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", path)
     with pytest.raises(RuntimeError, match="not available"):
-        ops.xnor_gemm(_packed(3, 100), _packed(3, 100), 100)
+        ops.xnor_gemm(packed_cuda(3, 100), packed_cuda(3, 100), 100)
