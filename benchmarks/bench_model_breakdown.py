@@ -2,7 +2,9 @@
 
 Times the binary BERT-base encoder (``bitmaps profile``'s torch binary model, batch x seq tokens),
 then the same model with every ``PackedBinaryLinear`` only allocating its output, alternately,
-``--repeats`` times each. The difference is what the 72 binary linears cost inside the model; the
+``--repeats`` times each, and this CPU's popcount ceiling with as many threads (the zmm loop of
+bench_popcount_ceiling.py), so the linears' binary MAC/s is quoted as a share of it. The
+difference is what the 72 binary linears cost inside the model; the
 rest (attention's two matmuls and softmax, GELU, LayerNorm, embeddings) stays in
 floating point by design and bounds the speed-up over FP32 (Amdahl).
 
@@ -45,7 +47,38 @@ def table(rows: list[dict]) -> str:
         [name, f"{a:.2f}", f"{b:.2f}", f"{a - b:.2f}", f"{(a - b) / a:.0%}"]
         for name, a, b in [*lines, ("median", full, stubbed)]
     ]
-    return markdown_table(head, cells, "r" * len(head))
+    text = markdown_table(head, cells, "r" * len(head))
+    ceiling = rows[0].get("ceiling_gmacs")
+    macs = rows[0].get("binary_macs")
+    if ceiling and macs:
+        rate = macs / ((full - stubbed) * 1e-3) / 1e9
+        text += (
+            f"\n\nThe binary linears: {macs / 1e9:.2f} G binary MACs per call in "
+            f"{full - stubbed:.2f} ms = {rate:.0f} G binary MAC/s, **{rate / ceiling:.0%}** of "
+            f"this CPU's popcount ceiling measured in the same run ({ceiling:.0f} G binary "
+            f"MAC/s: XOR + VPOPCNT + ADD on zmm, every thread, bench_popcount_ceiling.py)."
+        )
+    return text
+
+
+def popcount_ceiling_gmacs(threads: int) -> float | None:
+    """The peak binary MAC/s of ``threads`` threads (zmm loop, else ymm), G/s; None without a C
+    compiler or VPOPCNT."""
+    import tempfile
+
+    import bench_popcount_ceiling as pc
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            dll = pc.compile_loops(folder)
+        except SystemExit as exc:
+            print(f"no popcount ceiling: {exc}", file=sys.stderr)
+            return None
+        for name in ("xor_popcnt_zmm", "xor_popcnt_ymm"):
+            rate = pc.peak_rate(getattr(dll, name), pc.LOOPS[name][0], threads, 200, 500.0)
+            if rate:
+                return rate / 1e9
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +117,23 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             PackedBinaryLinear.forward = real_forward
 
+    tokens = args.batch * args.seq
+    macs = sum(
+        tokens * m.in_features * m.out_features
+        for m in module.modules()
+        if isinstance(m, PackedBinaryLinear)
+    )
+    ceiling = popcount_ceiling_gmacs(torch.get_num_threads())
     rows = [
-        {"round": i, "binary_ms": a, "without_linears_ms": b, "batch": args.batch, "seq": args.seq}
+        {
+            "round": i,
+            "binary_ms": a,
+            "without_linears_ms": b,
+            "batch": args.batch,
+            "seq": args.seq,
+            "binary_macs": macs,
+            "ceiling_gmacs": ceiling,
+        }  # fmt: skip
         for i, (a, b) in enumerate(zip(full, stubbed, strict=True), 1)
     ]
     text = table(rows)
