@@ -31,6 +31,15 @@ COPY . .
 # Fail early, with the versions in the log, if the base image lacks what the build needs.
 RUN python -c "import tensorrt, torch; print('TensorRT', tensorrt.__version__, '| torch', torch.__version__, '| CUDA', torch.version.cuda); assert torch.version.cuda"
 
+# ONNX Runtime's C API headers for libbitmaps_ort.so (the native BinaryLinear op; no ONNX Runtime
+# library is linked): the include/ folder of ONNX Runtime's release archive, which the Ubuntu base
+# has no package for. setup.py builds the library against $ORT_INCLUDE; a library built from 1.21
+# headers loads into any later ONNX Runtime.
+ARG ORT_VERSION=1.21.0
+RUN curl -fsSL "https://github.com/microsoft/onnxruntime/releases/download/v${ORT_VERSION}/onnxruntime-linux-x64-${ORT_VERSION}.tgz" \
+      | tar -xz -C /opt "onnxruntime-linux-x64-${ORT_VERSION}/include"
+ENV ORT_INCLUDE=/opt/onnxruntime-linux-x64-${ORT_VERSION}/include
+
 # The container's own torch stays: install bitmaps without letting pip replace it.
 # BITMAPS_REQUIRE_CUDA=1: a failed CUDA build fails the image instead of leaving CPU kernels only.
 ENV TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0a" BITMAPS_REQUIRE_CUDA=1
@@ -39,7 +48,8 @@ RUN pip install --no-cache-dir --no-deps --no-build-isolation -e . \
       "click>=8.2" "rich>=13" "onnx>=1.16" "onnxruntime>=1.18" "onnxscript>=0.5" \
       "matplotlib>=3.7" "pytest>=8" \
  && python setup.py build_ext --inplace \
- && python -c "import torch, bitmaps.core.ops as o; print(o.native_status()); assert torch._C._dispatch_has_kernel_for_dispatch_key('bitmaps::xnor_gemm', 'CUDA'), 'bitmaps._C was built without CUDA'"
+ && python -c "import torch, bitmaps.core.ops as o; print(o.native_status()); assert torch._C._dispatch_has_kernel_for_dispatch_key('bitmaps::xnor_gemm', 'CUDA'), 'bitmaps._C was built without CUDA'" \
+ && bitmaps ort-library
 
 # The TensorRT plugin, installed where bitmaps.runtime.tensorrt looks for it.
 RUN make plugin \
