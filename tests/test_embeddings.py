@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto
+from onnx import TensorProto, helper
 from test_export import small_student
 
 from bitmaps.cli import main
@@ -182,6 +182,33 @@ def test_one_table_in_the_file_and_the_expected_size(exports, mode):
         len(t.raw_data) or 8 for t in model.graph.initializer if t.name.startswith("embeddings_q/")
     )
     assert saved == rows * (4 * h - per_row) - consts
+
+
+def test_onnxruntime_target_decoder_reads_the_int4_table_with_matmul_nbits():
+    """--target onnxruntime: the tied decoder is MatMulNBits on the stored int4 table (ONNX
+    Runtime never expands it to float), still one table for the gathers and the decoder."""
+    cfg = ExportConfig(target="onnxruntime", embeddings="int4", embedding_group=32)
+    result = export_verified(small_student(), cfg, binary=True)
+    assert result.report.ok, result.report.failure()
+    model = result.model
+    (nbits,) = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    attrs = {a.name: helper.get_attribute_value(a) for a in nbits.attribute}
+    assert (nbits.domain, attrs["bits"], attrs["block_size"], attrs["K"], attrs["N"]) == (
+        "com.microsoft", 4, 32, 64, 300,
+    )  # fmt: skip
+    inits = {t.name: t for t in model.graph.initializer}
+    table = inits[nbits.input[1]]
+    assert table.data_type == TensorProto.UINT8 and list(table.dims) == [300, 2, 16]
+    word_gather = [
+        n for n in model.graph.node if n.op_type == "Gather" and n.input[0] == table.name
+    ]
+    assert len(word_gather) == 1  # the same initializer feeds the lookup
+    assert not any(n.op_type == "Transpose" and n.input[0] == table.name for n in model.graph.node)
+    assert not any(name.endswith(".dequantized") for n in model.graph.node for name in n.output)
+    portable = export_verified(
+        small_student(), ExportConfig(embeddings="int4", embedding_group=32), binary=True
+    ).model
+    assert abs(initializer_bytes(model) - initializer_bytes(portable)) < 64  # no second table
 
 
 def test_pass_is_a_no_op_for_fp32_and_for_fp16_tables_of_an_fp16_export():

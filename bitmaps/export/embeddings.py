@@ -19,7 +19,11 @@ Standard ops only, so every runtime runs it:
 
 ONNX Runtime constant-folds the whole-table dequantization of the decoder once at session start
 (only present with ``--output logits``): the file stays small, the session then holds that table in
-float.
+float. The ``onnxruntime`` target avoids that for int4 (float32 graphs): the decoder becomes ONNX
+Runtime's ``com.microsoft.MatMulNBits`` on the stored table (kept ``[V, G, group/2]``, the layout and
+zero point MatMulNBits reads), the lookups reshape their rows back. Binary BERT-base with logits,
+1 × 128, Intel Xeon: peak memory 179.4 → 85.4 MB, latency 102 → 108 ms at 1 thread (the 30522-way
+decoder dominates either way).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from bitmaps.core.errors import BitmapsError
 
 _FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
 PREFIX = "embeddings_q"
+MS_DOMAIN = "com.microsoft"
 
 
 def embedding_tables(model: onnx.ModelProto) -> list[str]:
@@ -114,9 +119,54 @@ def _dequantize(
             b.op("Slice", [flat, zero, ends, axes], out)
 
 
-def quantize_onnx_embeddings(model: onnx.ModelProto, mode: str, group: int = 64) -> list[str]:
+def _decoder_matmuls(graph: onnx.GraphProto, table: str) -> tuple[onnx.NodeProto, list] | None:
+    """The tied decoder's ``Transpose(table, perm [1, 0])`` and the MatMuls that read it as their
+    right operand (its only consumers), or None when the graph has another shape."""
+    for node in graph.node:
+        if node.op_type != "Transpose" or list(node.input) != [table]:
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        users = [n for n in graph.node if node.output[0] in n.input]
+        if (
+            perm == [1, 0]
+            and users
+            and all(n.op_type == "MatMul" and list(n.input[1:]) == [node.output[0]] for n in users)
+        ):
+            return node, users
+    return None
+
+
+def _matmul_nbits(
+    graph: onnx.GraphProto, table: str, data: str, scale: str, hidden: int, vocab: int, group: int
+) -> bool:
+    """Replace the tied decoder ``MatMul(h, Transpose(table))`` by ONNX Runtime's
+    ``com.microsoft.MatMulNBits(h, data, scale)``, which reads the int4 table as it is stored
+    (``data [V, G, group/2]``: the nibble order and zero point 8 of bitmaps.core.embeddings) and
+    never expands it to float. True when done."""
+    found = _decoder_matmuls(graph, table)
+    if found is None:
+        return False
+    transpose, users = found
+    for mm in users:
+        fused = helper.make_node(
+            "MatMulNBits", [mm.input[0], data, scale], list(mm.output), name=f"{mm.name}/nbits",
+            domain=MS_DOMAIN, K=hidden, N=vocab, bits=4, block_size=group,
+        )  # fmt: skip
+        graph.node.insert(list(graph.node).index(mm), fused)
+        graph.node.remove(mm)
+    graph.node.remove(transpose)
+    return True
+
+
+def quantize_onnx_embeddings(
+    model: onnx.ModelProto, mode: str, group: int = 64, matmul_nbits: bool = False
+) -> list[str]:
     """In place: rewrite the embedding tables of ``model`` (see module docstring). Returns their
-    names. ``fp32`` changes nothing; ``fp16`` on an FP16 export changes nothing either."""
+    names. ``fp32`` changes nothing; ``fp16`` on an FP16 export changes nothing either.
+
+    ``matmul_nbits`` (the ``onnxruntime`` target, float32 graphs): an int4 table read by the tied
+    decoder is stored as ``[V, G, group/2]`` and the decoder becomes ``MatMulNBits`` on it, so
+    ONNX Runtime holds the decoder in 4 bits instead of constant-folding a float table."""
     if mode not in EMBEDDING_MODES:
         raise BitmapsError(f"embeddings must be one of {', '.join(EMBEDDING_MODES)}, got {mode!r}")
     names = embedding_tables(model)
@@ -136,8 +186,19 @@ def quantize_onnx_embeddings(model: onnx.ModelProto, mode: str, group: int = 64)
         data, scale = quantize_table(weight, mode, group)
         hidden = int(table.dims[1])
         qname, sname = f"{name}.{mode}", (None if scale is None else f"{name}.scale")
-        graph.initializer.append(numpy_helper.from_array(data.numpy(), qname))
+        blocks = (
+            matmul_nbits
+            and mode == "int4"
+            and elem == TensorProto.FLOAT
+            and _decoder_matmuls(graph, name) is not None
+        )
+        stored = data.reshape(data.shape[0], scale.shape[1], -1) if blocks else data
+        graph.initializer.append(numpy_helper.from_array(stored.numpy(), qname))
         b.shapes[qname] = list(data.shape)
+        if blocks:
+            _matmul_nbits(graph, name, qname, sname, hidden, int(table.dims[0]), group)
+            if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+                model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
         if scale is not None:
             graph.initializer.append(numpy_helper.from_array(scale.numpy(), sname))
         groups = 0 if scale is None else int(scale.shape[1])
@@ -147,6 +208,10 @@ def quantize_onnx_embeddings(model: onnx.ModelProto, mode: str, group: int = 64)
             if node.op_type == "Gather" and node.input[0] == name:
                 b.nodes = []
                 rows = b.op("Gather", [qname, node.input[1]], axis=0)
+                if blocks:  # [..., G, group/2] -> [..., G * group/2], the stored row layout
+                    lead = b.op("Shape", [node.input[1]])
+                    width = b.const([int(data.shape[1])], np.int64)
+                    rows = b.op("Reshape", [rows, b.op("Concat", [lead, width], axis=0)])
                 b.shapes[rows] = [-1] + list(data.shape[1:])
                 srows = None if sname is None else b.op("Gather", [sname, node.input[1]], axis=0)
                 _dequantize(b, rows, srows, node.output[0], mode, hidden, groups, elem, opset)
@@ -176,12 +241,13 @@ def _drop_value_info(model: onnx.ModelProto, names: list[str]) -> None:
 
 
 def embeddings_pass(
-    model: onnx.ModelProto, torch_model: torch.nn.Module, mode: str, group: int = 64
-) -> list[str]:
+    model: onnx.ModelProto, torch_model: torch.nn.Module, mode: str, group: int = 64,
+    matmul_nbits: bool = False,
+) -> list[str]:  # fmt: skip
     """The export pipeline's ``embeddings`` pass on the traced model (in place): the same tables in
     the graph and in the PyTorch module it is verified against (``quantize_embeddings_``).
     Records ``bitmaps.embeddings`` in the model's metadata. Returns the tables rewritten."""
-    names = quantize_onnx_embeddings(model, mode, group)
+    names = quantize_onnx_embeddings(model, mode, group, matmul_nbits)
     if names:
         quantize_embeddings_(torch_model, mode, group)
     props = {p.key: p.value for p in model.metadata_props}

@@ -227,7 +227,8 @@ def embeddings(model: ir.Model, wrapper: ExportWrapper, cfg: ExportConfig) -> ir
     if cfg.embeddings == "fp32":
         return model
     proto = ir.to_proto(model)
-    embeddings_pass(proto, wrapper.model, cfg.embeddings, cfg.embedding_group)
+    nbits = cfg.target == "onnxruntime"  # the tied decoder as MatMulNBits on the int4 table
+    embeddings_pass(proto, wrapper.model, cfg.embeddings, cfg.embedding_group, nbits)
     return ir.from_proto(proto)
 
 
