@@ -75,8 +75,10 @@ CASES = [
     (TRAIN + ["--device", "tpu"], "not a device"),
     (TRAIN + ["--device", "cuda:0"], "not a device"),
     (["train", "--teacher", "bert-tiny", "-o", "{tmp}/out.pt"], "--data"),
-    (["train", "--teacher", "bert-tiny", "--data", "{tmp}/missing", "-o", "{tmp}/out.pt"],
-     "missing"),
+    (
+        ["train", "--teacher", "bert-tiny", "--data", "{tmp}/missing", "-o", "{tmp}/out.pt"],
+        "missing",
+    ),
     (["train", "--teacher", "bert-tiny", "--data", "{tmp}"], "--output"),
     # eval
     (EVAL + ["--batch-size", "0"], "--batch-size"),
@@ -228,7 +230,9 @@ def test_bare_environment_help_needs_no_torch() -> None:
     import subprocess
     import sys
 
-    code = "import sys; from bitmaps.cli import main; main(['--help']); print('torch' in sys.modules)"
+    code = (
+        "import sys; from bitmaps.cli import main; main(['--help']); print('torch' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -66,7 +66,8 @@ def test_plan_truth_table():
 
 
 @pytest.mark.parametrize(
-    "torch_cuda,home,missing", [(None, "/opt/cuda", "has no CUDA"), ("13.0", None, "no CUDA toolkit")]
+    "torch_cuda,home,missing",
+    [(None, "/opt/cuda", "has no CUDA"), ("13.0", None, "no CUDA toolkit")],
 )
 def test_required_but_impossible_says_what_is_missing(torch_cuda, home, missing):
     with pytest.raises(rules.CudaBuildError, match=missing):

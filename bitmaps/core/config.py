@@ -224,7 +224,8 @@ class TrainConfig(Config):
     """The shared trainer: optimiser, schedule, logging, evaluation and checkpoint cadence."""
 
     stage: str = "teacher"  # "teacher": MLM fine-tune; "student": binarized distillation
-    task: str = "mlm"  # "mlm": masked LM on text; "classify": sequence classification, labelled data
+    # "mlm": masked LM on text; "classify": sequence classification on labelled data
+    task: str = "mlm"
     steps: int = 1000
     batch_size: int = 32
     lr: float = 1e-4
