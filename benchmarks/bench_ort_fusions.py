@@ -28,7 +28,12 @@ import onnxruntime as ort
 from bench_results import check_outputs, markdown_table, run_meta, write_outputs
 from onnx import TensorProto, helper, numpy_helper
 
-from bitmaps.core.ort import DISABLED_OPTIMIZERS, library_missing, native_library
+from bitmaps.core.ort import (
+    inference_session,
+    library_missing,
+    native_library,
+    session_options,
+)
 from bitmaps.runtime.timing import calls_per_sample, cpu_timer, time_alternating
 
 
@@ -54,20 +59,19 @@ def residual_layernorm(batch: int, seq: int, hidden: int) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
 
 
-def session(model: str | bytes, threads: int, fused: bool) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = threads
+def session(model: str | onnx.ModelProto, threads: int, fused: bool) -> ort.InferenceSession:
+    """bitmaps' own session (bitmaps/core/ort.py), spinning off, with or without the fusion."""
+    so = session_options(threads)
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if library_missing() is None:
         so.register_custom_ops_library(native_library())
-    disabled = [] if fused else list(DISABLED_OPTIMIZERS)
-    return ort.InferenceSession(
-        model, so, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
-    )
+    if not fused:
+        return inference_session(model, so)
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
 
 
-def compare(name: str, model: str | bytes, feed: dict, threads: int, rounds: int) -> dict:
+def compare(name: str, model: str | onnx.ModelProto, feed: dict, threads: int, rounds: int) -> dict:
     sessions = {k: session(model, threads, k == "fused") for k in ("fused", "unfused")}
     timers = []
     for s in sessions.values():
@@ -113,7 +117,7 @@ def main() -> None:
     rng = np.random.default_rng(1)
     shape = (a.batch, a.seq, a.hidden)
     feed = {k: rng.standard_normal(shape).astype(np.float32) for k in ("x", "skip")}
-    model = residual_layernorm(*shape).SerializeToString()
+    model = residual_layernorm(*shape)
     rows = [compare(f"Add + LayerNorm {list(shape)}", model, feed, a.threads, a.rounds)]
     if a.model:
         ids = rng.integers(0, 1000, (a.batch, a.seq), dtype=np.int64)

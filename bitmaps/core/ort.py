@@ -14,9 +14,10 @@ Backends (the names ``ExportConfig.backends`` and ``bitmaps profile`` use):
 
 Every session here (binary models and the FP32/FP16/INT8 baselines alike) is opened with
 ONNX Runtime's ``SkipLayerNormFusion`` off (:data:`DISABLED_OPTIMIZERS`): on the CPUs measured
-(Intel Xeon, onnxruntime 1.32) its fused ``SkipLayerNormalization`` kernel took 0.83–0.90 ms for one
-[1, 128, 768] residual + LayerNorm where the unfused ``Add`` + ``LayerNormalization`` took 0.17 ms,
-which cost a BERT-base encoder about 12 ms per batch-1 call (`benchmarks/bench_ort_fusions.py`).
+(Intel Xeon, onnxruntime 1.32, 2 threads) its fused ``SkipLayerNormalization`` kernel took 0.43 ms
+for one [1, 128, 768] residual + LayerNorm where the unfused ``Add`` + ``LayerNormalization`` took
+0.11 ms: binary BERT-base at 1 x 128 ran in 43.4 ms fused, 35.4 ms unfused
+(`benchmarks/bench_ort_fusions.py`, benchmarks/results/ort-fusions.json).
 
 onnxruntime is imported inside the functions: it is an optional, heavy dependency that most
 commands (train, eval, --help) never touch.
@@ -55,7 +56,7 @@ def session_options(threads: int | None = None) -> Any:  # onnxruntime.SessionOp
     so.log_severity_level = 3  # errors only: fp16 constant-folding notices are not actionable
     # No memory pattern: ONNX Runtime then takes each intermediate from its arena as it runs
     # instead of one block planned from the first run. Binary BERT-base 1 x 128, Intel Xeon: peak
-    # 62.2 -> 56.5 MB, latency the same within noise (tables in benchmarks/RESULTS.md).
+    # 62.2 -> 56.5 MB, latency the same within noise (README, "ONNX: bitmaps::BinaryLinear").
     so.enable_mem_pattern = False
     if threads:
         so.intra_op_num_threads = threads

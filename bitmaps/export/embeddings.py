@@ -137,16 +137,14 @@ def _decoder_matmuls(graph: onnx.GraphProto, table: str) -> tuple[onnx.NodeProto
 
 
 def _matmul_nbits(
-    graph: onnx.GraphProto, table: str, data: str, scale: str, hidden: int, vocab: int, group: int
-) -> bool:
-    """Replace the tied decoder ``MatMul(h, Transpose(table))`` by ONNX Runtime's
-    ``com.microsoft.MatMulNBits(h, data, scale)``, which reads the int4 table as it is stored
-    (``data [V, G, group/2]``: the nibble order and zero point 8 of bitmaps.core.embeddings) and
-    never expands it to float. True when done."""
-    found = _decoder_matmuls(graph, table)
-    if found is None:
-        return False
-    transpose, users = found
+    graph: onnx.GraphProto, decoder: tuple[onnx.NodeProto, list], data: str, scale: str,
+    hidden: int, vocab: int, group: int,
+) -> None:  # fmt: skip
+    """Replace the tied decoder ``MatMul(h, Transpose(table))`` (``decoder``: what
+    :func:`_decoder_matmuls` found) by ONNX Runtime's ``com.microsoft.MatMulNBits(h, data,
+    scale)``, which reads the int4 table as it is stored (``data [V, G, group/2]``: the nibble
+    order and zero point 8 of bitmaps.core.embeddings) and never expands it to float."""
+    transpose, users = decoder
     for mm in users:
         fused = helper.make_node(
             "MatMulNBits", [mm.input[0], data, scale], list(mm.output), name=f"{mm.name}/nbits",
@@ -155,7 +153,6 @@ def _matmul_nbits(
         graph.node.insert(list(graph.node).index(mm), fused)
         graph.node.remove(mm)
     graph.node.remove(transpose)
-    return True
 
 
 def quantize_onnx_embeddings(
@@ -186,17 +183,14 @@ def quantize_onnx_embeddings(
         data, scale = quantize_table(weight, mode, group)
         hidden = int(table.dims[1])
         qname, sname = f"{name}.{mode}", (None if scale is None else f"{name}.scale")
-        blocks = (
-            matmul_nbits
-            and mode == "int4"
-            and elem == TensorProto.FLOAT
-            and _decoder_matmuls(graph, name) is not None
-        )
+        nbits = matmul_nbits and mode == "int4" and elem == TensorProto.FLOAT
+        decoder = _decoder_matmuls(graph, name) if nbits else None
+        blocks = decoder is not None
         stored = data.reshape(data.shape[0], scale.shape[1], -1) if blocks else data
         graph.initializer.append(numpy_helper.from_array(stored.numpy(), qname))
         b.shapes[qname] = list(data.shape)
         if blocks:
-            _matmul_nbits(graph, name, qname, sname, hidden, int(table.dims[0]), group)
+            _matmul_nbits(graph, decoder, qname, sname, hidden, int(table.dims[0]), group)
             if not any(o.domain == MS_DOMAIN for o in model.opset_import):
                 model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
         if scale is not None:

@@ -41,6 +41,7 @@ from bitmaps.core.embeddings import (
 )
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.ops import native_status
+from bitmaps.core.ort import function_session
 from bitmaps.core.progress import ProgressReporter
 from bitmaps.data.assets import cache_root
 from bitmaps.data.corpus import build_corpus, eval_batches
@@ -188,14 +189,11 @@ def _artifacts(job: ProfileJob, targets: list[Target], workdir: Path, log: Log) 
 
 
 def _int8_session(job: ProfileJob, workdir: Path, log: Log) -> Any:
-    """An ONNX Runtime session on the int8 model's ONNX file (with its head: MLM or classifier)."""
-    import onnxruntime as ort
-
+    """An ONNX Runtime session on the int8 model's ONNX file (with its head: MLM or classifier),
+    opened like every other ONNX Runtime session of bitmaps."""
     fp32 = onnx_artifact(job.source, "fp32", "fp32", "logits", workdir, log, ORT_TARGET)
     path = int8_artifact(fp32, log).path
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = job.config.threads or default_threads()
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return function_session(path, job.config.threads or default_threads())
 
 
 def _int8_scores(job: ProfileJob, workdir: Path, batches: Any, log: Log) -> dict[str, float]:
