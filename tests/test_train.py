@@ -193,3 +193,28 @@ def test_student_resume_is_equivalent_to_a_straight_run(
     teacher_w = load_checkpoint(teacher)["state_dict"]
     q = "bert.encoder.layer.0.attention.self.query.weight"
     assert not torch.allclose(wa[q], teacher_w[q])
+
+
+def test_dropout_option_sets_every_dropout_and_is_validated(bert_tiny_dir) -> None:
+    from bitmaps.core.errors import ConfigError
+    from bitmaps.train.models import load_model
+    from bitmaps.train.trainer import set_dropout_
+
+    model = load_model("bert-tiny").model
+    before = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert before == {0.1}  # BERT-tiny's own
+    assert set_dropout_(model, None) is model
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == before
+    set_dropout_(model, 0.0)
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
+    assert model.config.hidden_dropout_prob == model.config.attention_probs_dropout_prob == 0.0
+    # with no dropout, training mode computes what eval mode computes
+    ids = torch.randint(1000, 2000, (2, 16))
+    model.train()
+    train_out = model(input_ids=ids).logits
+    model.eval()
+    torch.testing.assert_close(train_out, model(input_ids=ids).logits)
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ConfigError, match="dropout"):
+            TrainConfig(dropout=bad).validate()
+    assert TrainConfig.from_dict({"dropout": 0.2}).dropout == 0.2

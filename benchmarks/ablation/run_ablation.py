@@ -181,6 +181,19 @@ RECIPE: tuple[Run, ...] = (
     ),
     _recipe("r300-attn-raw", "base + attn scores 0.1 (raw Σ MSE)", "distill.lambda_attn=0.1"),
     _recipe(
+        "r300-attn-nodrop",
+        "base + attn scores 0.1, student dropout 0 (0.1 above)",
+        "distill.lambda_attn=0.1",
+        "train.dropout=0",
+    ),
+    _recipe(
+        "r300-attn-nodrop-seed1",
+        "base + attn scores 0.1, student dropout 0, seed 1",
+        "distill.lambda_attn=0.1",
+        "train.dropout=0",
+        "train.seed=1",
+    ),
+    _recipe(
         "r300-attn-probs-norm",
         "base + attn probs 1 (per-layer normalized)",
         "distill.lambda_attn=1",

@@ -241,6 +241,8 @@ class TrainConfig(Config):
     save_every: int = 200  # 0: only at the end
     log_every: int = 10
     amp: str = "auto"  # "auto": bf16/fp16 autocast on CUDA, off on CPU; "off"; "fp16"; "bf16"
+    # dropout of the model being trained (hidden, attention, classifier); None: the model's own
+    dropout: float | None = None
     stop_after: int = 0  # testing aid: stop (as if killed) after this many steps in this process
 
     STAGES: ClassVar[tuple[str, ...]] = ("teacher", "student")
@@ -268,6 +270,8 @@ class TrainConfig(Config):
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         _fraction("warmup_ratio", self.warmup_ratio, open_top=True)
+        if self.dropout is not None:
+            _fraction("dropout", self.dropout, open_top=True)
         if self.grad_clip < 0:
             raise ConfigError(f"grad_clip must be >= 0 (0 disables), got {self.grad_clip}")
         self.adam_betas = tuple(self.adam_betas)  # JSON gives a list

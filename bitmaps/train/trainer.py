@@ -170,6 +170,7 @@ def _check_resumable(
         if key == "train_config":
             value, saved = comparable(value), comparable(saved)
             saved.setdefault("task", "mlm")  # written before the task field existed
+            saved.setdefault("dropout", None)  # written before the dropout field existed
             if saved and "adam_betas" in saved:
                 saved["adam_betas"] = tuple(saved["adam_betas"])
         if saved != value:
@@ -206,7 +207,7 @@ def _prepare_models(
             raise BitmapsError(
                 f"{job.model} is a binarized student; --stage teacher needs a full-precision model"
             )
-        return source, source.model
+        return source, set_dropout_(source.model, job.train.dropout)
     if source.is_binary:
         raise BitmapsError(
             f"{job.model} is a binarized student; --stage student needs the full-precision teacher"
@@ -215,7 +216,23 @@ def _prepare_models(
     student = copy.deepcopy(source.model)
     replaced = binarize_(student, job.binarize)
     log(f"binarized {len(replaced)} linear layers of {type(student).__name__} for the student")
-    return source, student
+    return source, set_dropout_(student, job.train.dropout)
+
+
+def set_dropout_(model: nn.Module, p: float | None) -> nn.Module:
+    """Every dropout of ``model`` (hidden, attention probabilities, classifier) set to ``p``, in
+    place, and recorded in its Hugging Face config so a saved model says what it was trained with;
+    ``None`` keeps the model's own. The teacher of a student run is another object, untouched."""
+    if p is None:
+        return model
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+    config = getattr(model, "config", None)
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+        if config is not None and hasattr(config, name):
+            setattr(config, name, p)
+    return model
 
 
 def _wrapper(job: TrainJob) -> type[MaskedLMModel]:
