@@ -14,7 +14,7 @@ files) that produced its numbers. Text outside the markers is left alone. NAME i
 NAME               result files (relative to the repository)    written by
 =================  ===========================================  ===================================
 ablation-recipe    benchmarks/ablation/results/r300-*.json       run_ablation.py --group recipe
-ablation-long      benchmarks/ablation/results/elastic_attn_2k…  run_ablation.py --group long
+ablation-long      benchmarks/ablation/results/elastic_attn_*…   run_ablation.py --group long
 profile-bert-base  benchmarks/results/profile-bert-base.json     bitmaps profile --shape bert-base
 spam               benchmarks/results/spam-*.json                bench_spam.py
 embeddings-accuracy  benchmarks/results/embeddings-accuracy.json  bench_embeddings_accuracy.py
@@ -228,7 +228,7 @@ def profile_table(paths: list[Path]) -> str:
 
 TABLES: dict[str, Source] = {
     "ablation-recipe": Source("benchmarks/ablation/results/r300-*.json", ablation_table),
-    "ablation-long": Source("benchmarks/ablation/results/elastic_attn_2k.json", ablation_table),
+    "ablation-long": Source("benchmarks/ablation/results/elastic_attn_*2k.json", ablation_table),
     "spam": Source("benchmarks/results/spam-*.json", spam_table),
     "embeddings-accuracy": Source(
         "benchmarks/results/embeddings-accuracy.json", _bench("bench_embeddings_accuracy.py")
