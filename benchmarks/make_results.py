@@ -17,7 +17,7 @@ ablation-recipe    benchmarks/ablation/results/r300-*.json       run_ablation.py
 ablation-long      benchmarks/ablation/results/elastic_attn_*…   run_ablation.py --group long
 profile-bert-base  benchmarks/results/profile-bert-base.json     bitmaps profile --shape bert-base
 spam               benchmarks/results/spam-*.json                bench_spam.py
-embeddings-accuracy  benchmarks/results/embeddings-accuracy.json  bench_embeddings_accuracy.py
+embeddings-accuracy  benchmarks/results/embeddings-accuracy*.json bench_embeddings_accuracy.py
 ort-fusions        benchmarks/results/ort-fusions.json           bench_ort_fusions.py
 kernels-cpu        benchmarks/results/kernels-cpu.json           bench_kernels.py --device cpu
 kernels-cuda       benchmarks/results/kernels-cuda.json          bench_kernels.py --device cuda
@@ -85,17 +85,19 @@ def _script(name: str) -> ModuleType:
 
 
 def _bench(script: str, function: str = "table") -> Callable[[list[Path]], str]:
-    """Render one ``--out FILE.json`` of ``script`` with the script's own table function."""
+    """Render each ``--out FILE.json`` of ``script`` (in name order) with the script's own table
+    function, one table per file under its command and machine."""
 
     def render(paths: list[Path]) -> str:
-        if len(paths) != 1:
-            raise BitmapsError(f"{script}: expected one result file, found {len(paths)}")
-        data = load_results(paths[0])
-        try:
-            table = getattr(_script(script), function)(data["rows"])
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
-            raise BitmapsError(f"{paths[0]}: rows do not fit {script}'s table ({exc!r})") from None
-        return f"{describe(data['meta'])}:\n\n{table}"
+        blocks = []
+        for path in paths:
+            data = load_results(path)
+            try:
+                table = getattr(_script(script), function)(data["rows"])
+            except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+                raise BitmapsError(f"{path}: rows do not fit {script}'s table ({exc!r})") from None
+            blocks.append(f"{describe(data['meta'])}:\n\n{table}")
+        return "\n\n".join(blocks)
 
     return render
 
@@ -231,7 +233,7 @@ TABLES: dict[str, Source] = {
     "ablation-long": Source("benchmarks/ablation/results/elastic_attn_*2k.json", ablation_table),
     "spam": Source("benchmarks/results/spam-*.json", spam_table),
     "embeddings-accuracy": Source(
-        "benchmarks/results/embeddings-accuracy.json", _bench("bench_embeddings_accuracy.py")
+        "benchmarks/results/embeddings-accuracy*.json", _bench("bench_embeddings_accuracy.py")
     ),
     "profile-bert-base": Source("benchmarks/results/profile-bert-base.json", profile_table),
     "ort-fusions": Source("benchmarks/results/ort-fusions.json", _bench("bench_ort_fusions.py")),
