@@ -232,3 +232,62 @@ def test_profile_parts_of_an_onnx_file(exports, tmp_path):
     assert parts["int4"]["encoder"] == parts["fp32"]["encoder"] > 0
     assert parts["int4"]["head"] == parts["fp32"]["head"] > 64 * 64 * 4  # transform dense + bias
     assert parts["int4"]["embeddings"] < parts["fp32"]["embeddings"] / 4
+
+
+def test_fp16_exact_tables_make_fp16_embeddings_lossless():
+    """A student whose tables are float16 values (BinarizeConfig.embeddings="fp16") computes the
+    same logits, bit for bit, with --embeddings fp16 as in FP32; an ordinary one does not."""
+    import copy
+
+    from bitmaps.train.binary_linear import round_embeddings_
+
+    model = small_student()
+    with torch.no_grad():  # tables far from float16 values, as after FP32 training
+        for t in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+            getattr(model.bert.embeddings, t).weight.add_(torch.rand_like(
+                getattr(model.bert.embeddings, t).weight) * 1e-3)  # fmt: skip
+    ids = torch.randint(0, 300, (4, 32))
+
+    def logits(m: torch.nn.Module) -> torch.Tensor:
+        with torch.no_grad():
+            return m(input_ids=ids).logits
+
+    round_embeddings_(model)
+    word = model.bert.embeddings.word_embeddings.weight
+    assert word is model.cls.predictions.decoder.weight  # still tied
+    for m in model.modules():
+        if isinstance(m, torch.nn.Embedding):
+            assert torch.equal(m.weight, m.weight.half().float())
+    fp16 = quantize_embeddings_(copy.deepcopy(model), "fp16")
+    assert torch.equal(logits(fp16), logits(model))
+
+
+def test_student_training_keeps_fp16_exact_tables(sotu_small, tmp_path, bert_tiny_dir):
+    from bitmaps.core.checkpoint import load_checkpoint
+    from bitmaps.core.config import BinarizeConfig, DataConfig, DistillConfig, TrainConfig
+    from bitmaps.train.trainer import TrainJob, run_training
+
+    def job(out, stage, model, **binarize):  # a student of the BERT-tiny asset
+        return TrainJob(
+            train=TrainConfig(stage=stage, steps=3, batch_size=4, lr=3e-3, eval_every=0,
+                              save_every=0, eval_sequences=8),  # fmt: skip
+            data=DataConfig(), data_paths=[str(sotu_small)], output=out, model=model,
+            binarize=BinarizeConfig(**binarize),
+            distill=DistillConfig(lambda_hidden=0, lambda_attn=0),
+        )  # fmt: skip
+
+    tables = ("word_embeddings", "position_embeddings", "token_type_embeddings")
+    for mode, exact in (("fp16", True), ("fp32", False)):
+        out = tmp_path / f"s-{mode}.pt"
+        run_training(job(out, "student", "bert-tiny", embeddings=mode), log=lambda _m: None)
+        ckpt = load_checkpoint(out)
+        assert ckpt["binarize"]["embeddings"] == mode
+        is_exact = {
+            t: torch.equal(w, w.half().float())
+            for t in tables
+            for w in [ckpt["state_dict"][f"bert.embeddings.{t}.weight"]]
+        }
+        # fp16: every table; fp32: trained tables are not float16 values (the word table is not)
+        assert all(is_exact.values()) if exact else not is_exact["word_embeddings"], is_exact
+    with pytest.raises(ConfigError, match="embeddings"):
+        BinarizeConfig(embeddings="int8").validate()

@@ -322,7 +322,11 @@ class BinarizeConfig(Config):
     activation: str = "gelu"  # the student's FFN activation: "gelu" (the teacher's) | "relu"
     unsigned_modules: tuple[str, ...] | None = None  # {0, 1} inputs; None: ("output",) if relu
     center_weights: bool = False  # sign(W − mean_k W) per output row (BiT)
+    # the student's embedding tables: "fp32", or "fp16": rounded to float16 values at the start and
+    # after every optimizer step, so `export --embeddings fp16` stores exactly the trained tables
+    embeddings: str = "fp32"
 
+    EMBEDDINGS: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
     ACTIVATIONS: ClassVar[tuple[str, ...]] = ("gelu", "relu")
     WEIGHT_QUANTIZERS: ClassVar[tuple[str, ...]] = ("scaled_sign",)
     ACTIVATION_QUANTIZERS: ClassVar[tuple[str, ...]] = ("ste", "approx_sign", "elastic")
@@ -357,6 +361,7 @@ class BinarizeConfig(Config):
         if self.schedule == "w1a1" and self.activation_start_step != 0:
             raise ConfigError("activation_start_step only applies to schedule bit_multistep")
         _one_of("activation", self.activation, self.ACTIVATIONS)
+        _one_of("embeddings", self.embeddings, self.EMBEDDINGS)
         if not isinstance(self.center_weights, bool):
             raise ConfigError(f"center_weights must be true or false, got {self.center_weights!r}")
         if self.unsigned_modules is not None:

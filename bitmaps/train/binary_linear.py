@@ -293,7 +293,20 @@ def binarize_(model: nn.Module, cfg: BinarizeConfig) -> list[str]:
         set_submodule(model, path, layer)
     for path in act_paths:
         set_submodule(model, path, nn.ReLU())
+    if cfg.embeddings == "fp16":
+        round_embeddings_(model)
     return targets
+
+
+@torch.no_grad()
+def round_embeddings_(model: nn.Module) -> None:
+    """Every embedding table of ``model`` (word, position, token type; the tied MLM decoder is the
+    word table) rounded in place to the nearest float16 value, kept in float32. A student trained
+    this way (``BinarizeConfig.embeddings = "fp16"``: after every optimizer step) is the same
+    model in FP32 and with ``--embeddings fp16``: no sign downstream can flip."""
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            module.weight.copy_(module.weight.to(torch.float16).to(module.weight.dtype))
 
 
 # the attribute holding the FFN activation, in the module that holds the intermediate linear

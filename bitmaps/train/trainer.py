@@ -37,7 +37,7 @@ from bitmaps.data.labelled import LabelledData
 from bitmaps.metrics.classify import SequenceClassifierModel
 from bitmaps.metrics.evaluate import evaluate_mlm
 from bitmaps.metrics.mlm import MaskedLMModel, batch_inputs
-from bitmaps.train.binary_linear import binarize_
+from bitmaps.train.binary_linear import binarize_, round_embeddings_
 from bitmaps.train.classify import (
     ClassificationObjective,
     TaskData,
@@ -383,6 +383,7 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
         _set_rng_state(env, resume_state["rng"][env.rank])
         step, history = resume_state["step"], list(resume_state.get("history", []))
     on_step = getattr(objective, "on_step", None)
+    fp16_tables = job.binarize is not None and job.binarize.embeddings == "fp16"
 
     def evaluate(at_step: int) -> dict[str, float]:
         metrics = data.evaluate(wrapped)
@@ -461,6 +462,8 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if fp16_tables:
+                round_embeddings_(wrapped)
             step += 1
             ran_here += 1
             tokens_seen += int(batch["attention_mask"].sum()) * env.world_size
