@@ -201,6 +201,13 @@ RECIPE: tuple[Run, ...] = (
         "train.dropout=0",
     ),
     _recipe(
+        "r300-attn-nodrop-fp16emb",
+        "base + attn scores 0.1, student dropout 0, fp16-exact embedding tables",
+        "distill.lambda_attn=0.1",
+        "train.dropout=0",
+        "binarize.embeddings=fp16",
+    ),
+    _recipe(
         "r300-attn-nodrop-seed1",
         "base + attn scores 0.1, student dropout 0, seed 1",
         "distill.lambda_attn=0.1",
