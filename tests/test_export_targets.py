@@ -217,3 +217,26 @@ def test_tensorrt_target_refuses_an_unsupported_op():
 
     with pytest.raises(BitmapsError, match="BitShift"):
         _check_target(model, Wrapper, ExportConfig(target="tensorrt"))
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int8"])
+def test_tensorrt_target_takes_fp16_and_int8_embeddings(mode):
+    """fp16 tables (Gather + Cast) and int8 ones (Gather + Cast + Mul below opset 21) stay inside
+    the ONNX-TensorRT parser's op list, and the export verifies against PyTorch; whether TensorRT
+    itself builds the int8 gather is for a machine with TensorRT (test_tensorrt_plugin.py)."""
+    cfg = ExportConfig(target="tensorrt", embeddings=mode, embedding_group=32)
+    result = export_verified(small_student(), cfg, binary=True)
+    model = ir.from_proto(result.model)
+    assert ops_outside_tensorrt(model) == []
+    tables = [t for t in result.model.graph.initializer if "word_embeddings" in t.name]
+    want = {"fp16": onnx.TensorProto.FLOAT16, "int8": onnx.TensorProto.INT8}[mode]
+    assert any(t.data_type == want for t in tables), [(t.name, t.data_type) for t in tables]
+
+
+def test_tensorrt_target_refuses_int4_embeddings():
+    from bitmaps.core.errors import BitmapsError
+
+    with pytest.raises(BitmapsError, match="tensorrt target cannot hold .*Bitwise"):
+        export_verified(
+            small_student(), ExportConfig(target="tensorrt", embeddings="int4"), binary=True
+        )
