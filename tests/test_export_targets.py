@@ -228,9 +228,10 @@ def test_tensorrt_target_takes_fp16_and_int8_embeddings(mode):
     result = export_verified(small_student(), cfg, binary=True)
     model = ir.from_proto(result.model)
     assert ops_outside_tensorrt(model) == []
-    tables = [t for t in result.model.graph.initializer if "word_embeddings" in t.name]
     want = {"fp16": onnx.TensorProto.FLOAT16, "int8": onnx.TensorProto.INT8}[mode]
-    assert any(t.data_type == want for t in tables), [(t.name, t.data_type) for t in tables]
+    # the word table (one, tied to the decoder): vocabulary 300 x hidden 64
+    word = [t for t in result.model.graph.initializer if list(t.dims) == [300, 64]]
+    assert [t.data_type for t in word] == [want], [(t.name, t.data_type) for t in word]
 
 
 def test_tensorrt_target_refuses_int4_embeddings():
