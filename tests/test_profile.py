@@ -35,7 +35,7 @@ SCHEMA = {
     "peak_mem_mb",
 }
 ACCURACY = {"cross_entropy", "accuracy", "mrr"}
-FAST = ["--repeats", "2", "--min-time", "0", "--warmup", "1"]
+FAST = ["--repeats", "2", "--min-time", "0", "--warmup", "1", "--warmup-time", "0"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
