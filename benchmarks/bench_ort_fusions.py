@@ -29,6 +29,7 @@ from bench_results import check_outputs, markdown_table, run_meta, write_outputs
 from onnx import TensorProto, helper, numpy_helper
 
 from bitmaps.core.ort import (
+    DISABLED_OPTIMIZERS,
     inference_session,
     library_missing,
     native_library,
@@ -65,10 +66,7 @@ def session(model: str | onnx.ModelProto, threads: int, fused: bool) -> ort.Infe
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if library_missing() is None:
         so.register_custom_ops_library(native_library())
-    if not fused:
-        return inference_session(model, so)
-    source = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+    return inference_session(model, so, () if fused else DISABLED_OPTIMIZERS)
 
 
 def compare(name: str, model: str | onnx.ModelProto, feed: dict, threads: int, rounds: int) -> dict:

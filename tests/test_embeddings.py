@@ -252,6 +252,8 @@ def test_fp16_exact_tables_make_fp16_embeddings_lossless():
         with torch.no_grad():
             return m(input_ids=ids).logits
 
+    ordinary = quantize_embeddings_(copy.deepcopy(model), "fp16")
+    assert not torch.equal(logits(ordinary), logits(model))
     round_embeddings_(model)
     word = model.bert.embeddings.word_embeddings.weight
     assert word is model.cls.predictions.decoder.weight  # still tied
@@ -267,11 +269,11 @@ def test_student_training_keeps_fp16_exact_tables(sotu_small, tmp_path, bert_tin
     from bitmaps.core.config import BinarizeConfig, DataConfig, DistillConfig, TrainConfig
     from bitmaps.train.trainer import TrainJob, run_training
 
-    def job(out, stage, model, **binarize):  # a student of the BERT-tiny asset
+    def student_job(out, **binarize):  # a student of the BERT-tiny asset
         return TrainJob(
-            train=TrainConfig(stage=stage, steps=3, batch_size=4, lr=3e-3, eval_every=0,
+            train=TrainConfig(stage="student", steps=3, batch_size=4, lr=3e-3, eval_every=0,
                               save_every=0, eval_sequences=8),  # fmt: skip
-            data=DataConfig(), data_paths=[str(sotu_small)], output=out, model=model,
+            data=DataConfig(), data_paths=[str(sotu_small)], output=out, model="bert-tiny",
             binarize=BinarizeConfig(**binarize),
             distill=DistillConfig(lambda_hidden=0, lambda_attn=0),
         )  # fmt: skip
@@ -279,7 +281,7 @@ def test_student_training_keeps_fp16_exact_tables(sotu_small, tmp_path, bert_tin
     tables = ("word_embeddings", "position_embeddings", "token_type_embeddings")
     for mode, exact in (("fp16", True), ("fp32", False)):
         out = tmp_path / f"s-{mode}.pt"
-        run_training(job(out, "student", "bert-tiny", embeddings=mode), log=lambda _m: None)
+        run_training(student_job(out, embeddings=mode), log=lambda _m: None)
         ckpt = load_checkpoint(out)
         assert ckpt["binarize"]["embeddings"] == mode
         is_exact = {

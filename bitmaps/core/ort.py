@@ -39,13 +39,16 @@ BACKENDS = ("function", "kernel")
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
-def inference_session(model: Any, so: Any) -> Any:  # path | ModelProto -> InferenceSession
-    """A CPU session on ``model`` with ``so``, without the :data:`DISABLED_OPTIMIZERS`."""
+def inference_session(
+    model: Any, so: Any, disabled_optimizers: tuple[str, ...] = DISABLED_OPTIMIZERS
+) -> Any:  # path | ModelProto -> InferenceSession
+    """A CPU session on ``model`` with ``so``, without ``disabled_optimizers`` (bitmaps always
+    passes the default, :data:`DISABLED_OPTIMIZERS`; bench_ort_fusions.py times it against ())."""
     import onnxruntime as ort  # optional, heavy
 
     return ort.InferenceSession(
         _source(model), so, providers=["CPUExecutionProvider"],
-        disabled_optimizers=list(DISABLED_OPTIMIZERS),
+        disabled_optimizers=list(disabled_optimizers),
     )  # fmt: skip
 
 

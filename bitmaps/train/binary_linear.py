@@ -28,6 +28,7 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 
 from bitmaps.core.config import BinarizeConfig
+from bitmaps.core.embeddings import quantize_table
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.packed import BinaryLinearSpec, PackedBinaryLinear, set_submodule
 from bitmaps.core.packing import pack_signs
@@ -301,12 +302,12 @@ def binarize_(model: nn.Module, cfg: BinarizeConfig) -> list[str]:
 @torch.no_grad()
 def round_embeddings_(model: nn.Module) -> None:
     """Every embedding table of ``model`` (word, position, token type; the tied MLM decoder is the
-    word table) rounded in place to the nearest float16 value, kept in float32. A student trained
-    this way (``BinarizeConfig.embeddings = "fp16"``: after every optimizer step) is the same
-    model in FP32 and with ``--embeddings fp16``: no sign downstream can flip."""
+    word table) rounded in place to the table ``--embeddings fp16`` stores (``quantize_table``),
+    kept in float32. A student trained this way (``BinarizeConfig.embeddings = "fp16"``: after
+    every optimizer step) is the same model in FP32 and with ``--embeddings fp16``."""
     for module in model.modules():
         if isinstance(module, nn.Embedding):
-            module.weight.copy_(module.weight.to(torch.float16).to(module.weight.dtype))
+            module.weight.copy_(quantize_table(module.weight, "fp16")[0])
 
 
 # the attribute holding the FFN activation, in the module that holds the intermediate linear
