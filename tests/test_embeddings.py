@@ -27,7 +27,7 @@ from bitmaps.core.embeddings import (
 )
 from bitmaps.core.errors import BitmapsError
 from bitmaps.export.embeddings import quantize_onnx_embeddings
-from bitmaps.export.onnx_graph import initializer_bytes
+from bitmaps.export.onnx_graph import initializer_bytes, packed_bytes
 from bitmaps.export.pipeline import export_verified
 
 
@@ -208,7 +208,11 @@ def test_onnxruntime_target_decoder_reads_the_int4_table_with_matmul_nbits():
     portable = export_verified(
         small_student(), ExportConfig(embeddings="int4", embedding_group=32), binary=True
     ).model
-    assert abs(initializer_bytes(model) - initializer_bytes(portable)) < 64  # no second table
+    # no second table (the binary weights differ by the panel layout's padding rows)
+    assert abs(
+        initializer_bytes(model) - packed_bytes(model)
+        - (initializer_bytes(portable) - packed_bytes(portable))
+    ) < 64  # fmt: skip
 
 
 def test_pass_is_a_no_op_for_fp32_and_for_fp16_tables_of_an_fp16_export():

@@ -19,7 +19,7 @@ from test_export import small_student
 from bitmaps import __version__
 from bitmaps.cli import main
 from bitmaps.core.config import BinarizeConfig, ExportConfig
-from bitmaps.core.ops import reference_binary_linear
+from bitmaps.core.ops import reference_binary_linear, reference_prepack_weights, unpack_panels
 from bitmaps.core.ort import function_session
 from bitmaps.export.onnx_export import model_metadata
 from bitmaps.export.onnx_function import binary_linear_function, binary_linear_nodes
@@ -81,6 +81,24 @@ def test_onnxruntime_target_fuses_attention_and_matches_pytorch(onnxruntime_expo
     mask[2, 11:] = 0
     report = verify_onnx(model, result.wrapper, [Batch("3x19", ids, mask)], 1e-4, ("function",))
     assert report.ok, report.failure()
+
+
+def test_onnxruntime_target_stores_weights_as_the_kernels_panels(onnxruntime_export):
+    """W is stored in the CPU GEMM's layout (bitmaps::prepack_weights), so the native op reads it
+    in place; the packed rows it came from are the PyTorch module's, panel for panel."""
+    result = onnxruntime_export
+    modules = dict(result.wrapper.model.named_modules())
+    inits = {t.name: t for t in result.model.graph.initializer}
+    nodes = binary_linear_nodes(result.model)
+    for node in nodes:
+        panels = torch.from_numpy(onnx.numpy_helper.to_array(inits[node.input[1]]).copy())
+        module = modules[node.name]
+        n, k = module.out_features, module.in_features
+        assert tuple(panels.shape) == (-(-n // 16), -(-k // 32), 16)
+        assert torch.equal(unpack_panels(panels, n), module.packed_weight)
+        assert torch.equal(panels, reference_prepack_weights(module.packed_weight, k))
+    function = next(f for f in result.model.functions if f.name == "BinaryLinear")
+    assert "W_rows" in {o for n in function.node for o in n.output}
 
 
 def test_onnxruntime_target_runs_in_plain_onnxruntime(onnxruntime_export):

@@ -84,6 +84,61 @@ def test_native_op_matches_reference_and_torch_kernel(
         assert np.array_equal(y, ops.binary_linear(*args).numpy())
 
 
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16])
+@pytest.mark.parametrize("k", [1, 33, 3072])
+def test_panel_layout_weights_give_the_same_result(cpu_path, monkeypatch, k, dtype):
+    """W stored as the GEMM's panels (the onnxruntime export) is read in place by the native op
+    and unpacked by the function: both equal the packed-rows model (n = 40: a partial panel)."""
+    monkeypatch.setenv("BITMAPS_CPU_PATH", cpu_path)
+    rows, t = bort.single_node_model(k, 40, 0.05, 0.0, dtype=dtype, rank=3)
+    panels, _ = bort.single_node_model(k, 40, 0.05, 0.0, dtype=dtype, rank=3, panels=True)
+    w = next(i for i in panels.graph.initializer if i.name == "W")
+    assert list(w.dims) == [3, (k + 31) // 32, 16]
+    x = _x((2, 7), k, dtype)
+    expected = _run(bort.kernel_session(rows), x)
+    assert np.array_equal(_run(bort.kernel_session(panels), x), expected)
+    ref = ops.reference_binary_linear(x, t["W"], t["w_scale"], t["bias"], k, 0.05, 0.0)
+    function = ort.InferenceSession(panels.SerializeToString(), bort.session_options())
+    tol = (1e-5 if dtype == TensorProto.FLOAT else 2e-3) * max(1.0, ref.abs().max().item())
+    assert np.abs(_run(function, x).astype(np.float64) - ref.double().numpy()).max() <= tol
+
+
+def test_native_op_reads_constant_panels_without_a_copy():
+    """A constant W in the panel layout adds nothing resident at session creation; rows do (the
+    kernel's laid-out copy). 6.3 MB of packed weights, so the difference stands out of the noise."""
+    k, n = 3072, 16384
+
+    def growth(panels: bool) -> int:
+        model, _ = bort.single_node_model(k, n, panels=panels)
+        data = model.SerializeToString()
+        del model
+        before = _rss_anon()
+        session = ort.InferenceSession(data, _native_options())
+        grown = _rss_anon() - before
+        del session
+        return grown
+
+    weights = n * k // 8
+    rows, panels = growth(False), growth(True)
+    assert rows - panels > 0.7 * weights, (rows, panels, weights)
+
+
+def _rss_anon() -> int:
+    import ctypes
+
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+def _native_options() -> ort.SessionOptions:
+    so = bort.session_options()
+    so.register_custom_ops_library(bitmaps.get_library_path())
+    return so
+
+
 def test_native_op_runs_instead_of_the_function():
     model, _ = bort.single_node_model(64, 8, 0.1, 0.0)
     feed = {"X": np.random.default_rng(0).standard_normal((3, 64), dtype=np.float32)}
@@ -102,6 +157,24 @@ def test_weights_as_graph_input_are_laid_out_per_call():
     y = session.run(None, {"X": x.numpy(), "W": t["W"].numpy()})[0]
     ref = ops.reference_binary_linear(x, t["W"], t["w_scale"], t["bias"], 100, 0.0, 0.5)
     np.testing.assert_allclose(y, ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_panel_weights_as_graph_input_are_read_per_call():
+    model, t = bort.single_node_model(100, 20, 0.0, 0.5, panels=True)
+    dims = ["panels", "words", "lanes"]  # not known before run time: checked per call
+    model.graph.input.append(helper.make_tensor_value_info("W", TensorProto.INT32, dims))
+    del model.graph.initializer[0]
+    session = bort.kernel_session(model)
+    x = torch.randn(5, 100)
+    feed = {"X": x.numpy(), "W": ops.reference_prepack_weights(t["W"], 100).numpy()}
+    y = session.run(None, feed)[0]
+    ref = ops.reference_binary_linear(x, t["W"], t["w_scale"], t["bias"], 100, 0.0, 0.5)
+    np.testing.assert_allclose(y, ref.numpy(), rtol=1e-5, atol=1e-5)
+    feed["W"] = np.zeros((3, 4, 16), np.int32)  # one panel too many: an error naming the node
+    with pytest.raises(
+        Exception, match="node 'binary_linear': W .* must have shape \\[2, 4, 16\\]"
+    ):
+        session.run(None, feed)
 
 
 @pytest.mark.parametrize("threads", ["ort", "std", "serial"])
@@ -291,10 +364,19 @@ def _set_attribute(model: onnx.ModelProto, name: str, value: object) -> onnx.Mod
         (lambda m: _set_attribute(m, "act_unsigned", 2), "act_unsigned must be 0"),
         (lambda m: _set_attribute(m, "plugin_version", "2"), 'plugin_version must be "1"'),
         (lambda m: _set_attribute(m, "out_features", 7), "must have shape [7"),
+        (
+            lambda m: _set_attribute(m, "out_features", 17),
+            "panel layout) must have shape [2, 2, 16]",
+        ),
+        (
+            lambda m: _set_attribute(m, "in_features", 90),
+            "panel layout) must have shape [1, 3, 16]",
+        ),
     ],
 )
 def test_invalid_node_fails_session_creation_naming_the_node(change, message):
-    model, _ = bort.single_node_model(64, 8, 0.0, 0.0)
+    panels = "panel layout" in message
+    model, _ = bort.single_node_model(64, 8, 0.0, 0.0, panels=panels)
     with pytest.raises(Exception, match="bitmaps::BinaryLinear node 'binary_linear'") as err:
         bort.kernel_session(change(model))
     assert message in str(err.value)

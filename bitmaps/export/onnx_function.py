@@ -21,6 +21,10 @@ bitmaps/core/ops.py: a ±1 dot product over K = 3072 is an integer up to 3072, w
 exactly (its integers stop at 2048), and ``w_scale``/``bias`` are float32 inputs by contract.
 BitShift is not used because ONNX defines it for unsigned types only; BitwiseAnd takes int32.
 
+The ONNX Runtime export (``--target onnxruntime``) stores W in the CPU GEMM's panel layout
+``[ceil(N/16), KW, 16]`` (``panels=True``): its function first turns either layout back into
+rows (:func:`_weight_rows`).
+
 The TensorRT export (``--target tensorrt``) carries the same function with the weight bits read by
 integer arithmetic instead (``unpack="arithmetic"``: Less/Where/Sub for the sign bit, then
 Div by 2^j and Mod 2, all int32), because the ONNX-TensorRT parser supports neither BitwiseAnd
@@ -103,17 +107,41 @@ def _bit_masks() -> np.ndarray:
 UNPACKS = ("bitwise", "arithmetic")
 
 
-def _weight_bits_bitwise() -> list[onnx.NodeProto]:
+def _weight_rows() -> list[onnx.NodeProto]:
+    """W as packed rows [N, KW] (``W_rows``) from either layout the op takes.
+
+    Rows ``[N, KW]`` or the CPU GEMM's panels ``[ceil(N/16), KW, 16]`` (``--target onnxruntime``):
+    both are read as ``[P, KW, L]`` (rows: L = 1), turned into ``[P·L, KW]`` and cut to N rows, so
+    one body serves both (for rows the nodes change nothing).
+    """
+    return [
+        _const_from_attr("n", "value_int", "out_features", onnx.AttributeProto.INT),
+        _const("lanes_last", np.array([0, 0, -1], np.int64)),
+        _const("any_rows", np.array([-1], np.int64)),
+        _const("first_axis", np.array([0], np.int64)),
+        helper.make_node("Reshape", ["W", "lanes_last"], ["w_lanes"]),
+        helper.make_node("Transpose", ["w_lanes"], ["w_lanes_t"], perm=[0, 2, 1]),
+        helper.make_node("Shape", ["W"], ["kw_1d"], start=1, end=2),
+        helper.make_node("Concat", ["any_rows", "kw_1d"], ["rows_shape"], axis=0),
+        helper.make_node("Reshape", ["w_lanes_t", "rows_shape"], ["w_padded_rows"]),
+        helper.make_node("Unsqueeze", ["n", "first_axis"], ["n_1d"]),
+        helper.make_node(
+            "Slice", ["w_padded_rows", "first_axis", "n_1d", "first_axis"], ["W_rows"]
+        ),
+    ]
+
+
+def _weight_bits_bitwise(w: str) -> list[onnx.NodeProto]:
     """W [N, KW] → ``w_positive`` [N, KW, 32]: BitwiseAnd with ``1 << j`` (opset 18)."""
     return [
         _const("bit_masks", _bit_masks()),
-        helper.make_node("Unsqueeze", ["W", "last_axis"], ["w_words"]),
+        helper.make_node("Unsqueeze", [w, "last_axis"], ["w_words"]),
         helper.make_node("BitwiseAnd", ["w_words", "bit_masks"], ["w_bits"]),
         helper.make_node("Equal", ["w_bits", "zero_i32"], ["w_positive"]),
     ]
 
 
-def _weight_bits_arithmetic() -> list[onnx.NodeProto]:
+def _weight_bits_arithmetic(w: str) -> list[onnx.NodeProto]:
     """W [N, KW] → ``w_positive`` [N, KW, 32] with integer Div/Mod only (no bitwise ops).
 
     Bit 31 is the sign of the int32 word. Bits 0..30 are those of ``low = W − (W < 0 ? −2³¹ : 0)``,
@@ -125,9 +153,9 @@ def _weight_bits_arithmetic() -> list[onnx.NodeProto]:
         _const("int_min", np.array(np.iinfo(np.int32).min, np.int32)),
         _const("two_i32", np.array(2, np.int32)),
         _const("powers_of_two", powers),
-        helper.make_node("Less", ["W", "zero_i32"], ["w_negative"]),
+        helper.make_node("Less", [w, "zero_i32"], ["w_negative"]),
         helper.make_node("Where", ["w_negative", "int_min", "zero_i32"], ["w_top"]),
-        helper.make_node("Sub", ["W", "w_top"], ["w_low"]),
+        helper.make_node("Sub", [w, "w_top"], ["w_low"]),
         helper.make_node("Unsqueeze", ["w_low", "last_axis"], ["w_low_3d"]),
         helper.make_node("Div", ["w_low_3d", "powers_of_two"], ["w_shifted"]),
         helper.make_node("Mod", ["w_shifted", "two_i32"], ["w_low_bits"]),
@@ -138,18 +166,23 @@ def _weight_bits_arithmetic() -> list[onnx.NodeProto]:
     ]
 
 
-def binary_linear_function(opset: int, unpack: str = "bitwise") -> onnx.FunctionProto:
+def binary_linear_function(
+    opset: int, unpack: str = "bitwise", panels: bool = False
+) -> onnx.FunctionProto:
     """The model-local function ``bitmaps::BinaryLinear`` for a model importing ``opset``.
 
     ``unpack``: how the weight bits are read, ``"bitwise"`` (BitwiseAnd; the portable export) or
     ``"arithmetic"`` (integer Div/Mod; the TensorRT export). Both give the same ±1 matrix.
+    ``panels``: the body also takes W in the CPU GEMM's panel layout (:func:`_weight_rows`; the
+    ``onnxruntime`` export stores its weights that way).
     """
     if opset < MIN_OPSET:
         raise ValueError(f"the BinaryLinear function needs opset >= {MIN_OPSET}, got {opset}")
     if unpack not in UNPACKS:
         raise ValueError(f"unpack must be one of {', '.join(UNPACKS)}, got {unpack!r}")
     f32 = TensorProto.FLOAT
-    weight_bits = _weight_bits_bitwise() if unpack == "bitwise" else _weight_bits_arithmetic()
+    w = "W_rows" if panels else "W"
+    weight_bits = _weight_bits_bitwise(w) if unpack == "bitwise" else _weight_bits_arithmetic(w)
     nodes = [
         _const_from_attr("k", "value_int", "in_features", onnx.AttributeProto.INT),
         _const_from_attr("beta", "value_float", "act_threshold", onnx.AttributeProto.FLOAT),
@@ -163,6 +196,7 @@ def binary_linear_function(opset: int, unpack: str = "bitwise") -> onnx.Function
         _const("start", np.array([0], np.int64)),
         _const("rows_by_bits", np.array([0, -1], np.int64)),
         # W [N, KW] → bits [N, KW, 32] → ±1 [N, 32·KW] → [N, K] (drop padding) → [K, N]
+        *(_weight_rows() if panels else []),
         *weight_bits,
         helper.make_node("Where", ["w_positive", "plus_one", "minus_one"], ["w_signs_3d"]),
         helper.make_node("Reshape", ["w_signs_3d", "rows_by_bits"], ["w_signs_padded"]),
@@ -199,7 +233,7 @@ def binary_linear_function(opset: int, unpack: str = "bitwise") -> onnx.Function
         attributes=[a for a in ATTRIBUTES if a not in ATTRIBUTE_DEFAULTS],
         attribute_protos=[helper.make_attribute(k, v) for k, v in ATTRIBUTE_DEFAULTS.items()],
         doc_string=f"bitmaps::BinaryLinear from standard ops (see DESIGN.md; {unpack} weight "
-        "unpacking); float32 inside.",
+        f"unpacking{'; W as rows or panels' if panels else ''}); float32 inside.",
     )
 
 

@@ -69,11 +69,14 @@ def native_cpu_path() -> str:
 def single_node_model(
     k: int, n: int, act_threshold: float = 0.0, act_scale: float = 0.0, opset: int = 20,
     dtype: int = TensorProto.FLOAT, seed: int = 0, rank: int = 2, act_unsigned: int = 0,
+    panels: bool = False,
 ) -> tuple[onnx.ModelProto, dict[str, torch.Tensor]]:  # fmt: skip
     """One BinaryLinear node, X ``[d0, .., K]`` of ``rank`` dims (float32 or float16) → ``[.., N]``.
 
-    Random weights; returns the model and its initializers (``W``, ``w_scale``, ``bias``). The
-    ``act_unsigned`` attribute is written only when set (a model without it means 0).
+    Random weights; returns the model and its tensors (``W`` as packed rows, ``w_scale``,
+    ``bias``). ``panels``: the W initializer is stored in the CPU GEMM's panel layout, as the
+    ``onnxruntime`` export stores it. The ``act_unsigned`` attribute is written only when set (a
+    model without it means 0).
     """
     g = torch.Generator().manual_seed(seed * 1_000_003 + k * 7919 + n)
     tensors = {
@@ -81,6 +84,9 @@ def single_node_model(
         "w_scale": torch.rand(n, generator=g) + 0.5,
         "bias": torch.randn(n, generator=g),
     }
+    stored = dict(tensors)
+    if panels:
+        stored["W"] = ops.reference_prepack_weights(tensors["W"], k)
     lead = [f"d{i}" for i in range(rank - 1)]
     extra = {"act_unsigned": act_unsigned} if act_unsigned else {}
     node = helper.make_node(
@@ -93,12 +99,12 @@ def single_node_model(
         "binary_linear",
         [helper.make_tensor_value_info("X", dtype, [*lead, k])],
         [helper.make_tensor_value_info("Y", dtype, [*lead, n])],
-        initializer=[numpy_helper.from_array(t.numpy(), name) for name, t in tensors.items()],
+        initializer=[numpy_helper.from_array(t.numpy(), name) for name, t in stored.items()],
     )
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)],
-        functions=[binary_linear_function(opset)],
+        functions=[binary_linear_function(opset, panels=panels)],
         ir_version=10,
     )
     return model, tensors

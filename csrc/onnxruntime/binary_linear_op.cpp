@@ -124,6 +124,10 @@ struct Kernel {
                           const std::vector<int64_t>& want, const std::string& why) const;
   // known_rank: false at session creation, where a rank of 0 means "shape not known yet".
   OrtStatus* check_x(const TensorDesc& d, bool known_rank) const;
+  // W as packed rows [n, ceil(k/32)] or as the GEMM's panels [ceil(n/16), ceil(k/32), 16] (the
+  // layout of cpu::prepack_weights, which `bitmaps export --target onnxruntime` stores); *panels
+  // says which (rank 3). Any other rank or shape is an error naming both.
+  OrtStatus* check_w(const TensorDesc& d, bool* panels) const;
 };
 
 OrtStatus* Kernel::check_tensor(const char* name, const TensorDesc& d,
@@ -151,6 +155,22 @@ OrtStatus* Kernel::check_x(const TensorDesc& d, bool known_rank) const {
                    shape_text(d.dims));
   }
   return nullptr;
+}
+
+OrtStatus* Kernel::check_w(const TensorDesc& d, bool* panels) const {
+  const int64_t kw = packed_width(k);
+  *panels = d.dims.size() == 3;
+  if (*panels) {
+    const int64_t rows = cpu::kPanelRows;
+    return check_tensor("W (packed weight signs, panel layout)", d,
+                        ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, {(n + rows - 1) / rows, kw, rows},
+                        "[ceil(out_features/16), ceil(in_features/32), 16] for in_features=" +
+                            std::to_string(k) + ", out_features=" + std::to_string(n));
+  }
+  return check_tensor("W (packed weight signs)", d, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, {n, kw},
+                      "[out_features, ceil(in_features/32)], or the panel layout [ceil(out_features"
+                      "/16), ceil(in_features/32), 16], for in_features=" +
+                          std::to_string(k) + ", out_features=" + std::to_string(n));
 }
 
 // ---------------------------------------------------------------------------- kernel creation
@@ -283,9 +303,6 @@ OrtStatus* check_inputs(const OrtKernelInfo* info, Kernel* kern) {
   if (inputs < 3 || inputs > 4) {
     return kern->invalid("expects inputs X, W, w_scale and bias, got " + std::to_string(inputs));
   }
-  const int64_t kw = packed_width(kern->k);
-  const std::string w_why = "[out_features, ceil(in_features/32)] for in_features=" +
-                            std::to_string(kern->k) + ", out_features=" + std::to_string(kern->n);
   // W first: an in_features that does not fit the packed width is the likelier mistake than X.
   for (const size_t i : {size_t{1}, size_t{2}, size_t{3}, size_t{0}}) {
     if (i >= inputs) continue;
@@ -303,9 +320,9 @@ OrtStatus* check_inputs(const OrtKernelInfo* info, Kernel* kern) {
     const auto f32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
     OrtStatus* status = nullptr;
     if (i == 0) status = kern->check_x(d, false);
-    if (i == 1) {
-      status = kern->check_tensor("W (packed weight signs)", d,
-                                  ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, {kern->n, kw}, w_why);
+    if (i == 1 && (d.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 || !d.dims.empty())) {
+      bool panels = false;  // rank 0 here: not known before run time, checked per call
+      status = kern->check_w(d, &panels);
     }
     if (i == 2) status = kern->check_tensor("w_scale", d, f32, {kern->n}, "out_features");
     if (i == 3) status = kern->check_tensor("bias", d, f32, {kern->n}, "out_features");
@@ -322,9 +339,9 @@ OrtStatus* check_inputs(const OrtKernelInfo* info, Kernel* kern) {
   if (!is_constant || w == nullptr) return nullptr;
   TensorDesc d;
   BITMAPS_ORT_RETURN_IF_ERROR(describe_value(w, &d));
-  BITMAPS_ORT_RETURN_IF_ERROR(kern->check_tensor("W (packed weight signs)", d,
-                                                 ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32,
-                                                 {kern->n, kw}, w_why));
+  bool panels = false;
+  BITMAPS_ORT_RETURN_IF_ERROR(kern->check_w(d, &panels));
+  if (panels) return nullptr;  // already laid out: read where ONNX Runtime holds it, no copy
   void* data = nullptr;
   BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetTensorMutableData(const_cast<OrtValue*>(w), &data));
   kern->panels.resize(static_cast<size_t>(cpu::prepacked_words(kern->n, kern->k)));
@@ -411,10 +428,9 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
     args.panels = kern.panels.data();
   } else {
     BITMAPS_ORT_RETURN_IF_ERROR(input(context, 1, &w, &wd));
-    BITMAPS_ORT_RETURN_IF_ERROR(kern.check_tensor(
-        "W (packed weight signs)", wd, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32,
-        {kern.n, packed_width(kern.k)}, "[out_features, ceil(in_features/32)]"));
-    BITMAPS_ORT_RETURN_IF_ERROR(data_of(w, &args.w));
+    bool panels = false;
+    BITMAPS_ORT_RETURN_IF_ERROR(kern.check_w(wd, &panels));
+    BITMAPS_ORT_RETURN_IF_ERROR(data_of(w, panels ? &args.panels : &args.w));
   }
   std::vector<int64_t> out_dims = xd.dims;
   out_dims.back() = kern.n;
