@@ -1,7 +1,8 @@
 """The non-binary remainder of binary BERT-base in ONNX Runtime, per export target.
 
 For each target (portable, onnxruntime) the binary BERT-base-shaped student (random weights,
-default binarization, encoder only: ``--output hidden``) is exported through the real pipeline
+default binarization, encoder only: ``--output hidden``, int4 embeddings as ``bitmaps export``
+ships them) is exported through the real pipeline
 (verified on the native op), opened with ``libbitmaps_ort.so`` registered, and timed at batch x seq.
 ONNX Runtime's own profiler then splits one run's node time into BinaryLinear nodes and everything
 else (the remainder that the onnxruntime target's fused attention is meant to shrink).
@@ -26,7 +27,8 @@ from bench_results import check_outputs, markdown_table, run_meta, write_outputs
 from transformers import BertConfig, BertForMaskedLM
 
 from bitmaps.core.config import BinarizeConfig, ExportConfig
-from bitmaps.core.ort import native_library, session_options
+from bitmaps.core.embeddings import STUDENT_EMBEDDING_GROUP, STUDENT_EMBEDDINGS
+from bitmaps.core.ort import inference_session, native_library, session_options
 from bitmaps.export.pipeline import export_verified
 from bitmaps.runtime.timing import cpu_timer, time_alternating
 from bitmaps.train.binary_linear import binarize_
@@ -39,15 +41,18 @@ def _student() -> BertForMaskedLM:
     return model
 
 
-def _session(model, threads: int, profile_dir: str | None = None):  # noqa: ANN001, ANN202
-    import onnxruntime as ort
-
+def _session(model, threads: int, profile_dir: str | None = None, spin: bool = True):  # noqa: ANN001, ANN202
+    """A session as bitmaps opens them (bitmaps/core/ort.py: its graph options included), on the
+    native op; ``spin=False`` for sessions timed in turns (a spinning pool steals the next call's
+    cores)."""
     so = session_options(threads)
     so.register_custom_ops_library(native_library())
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_dir:
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(profile_dir, "ort")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return inference_session(model, so)
 
 
 def _node_split(model, feed: dict, runs: int, threads: int) -> dict[str, float]:  # noqa: ANN001
@@ -81,9 +86,15 @@ def main() -> None:
     targets = ("portable", "onnxruntime")
     models, sessions = {}, {}
     for target in targets:
-        cfg = ExportConfig(output="hidden", target=target, backends=("kernel",))
+        cfg = ExportConfig(
+            output="hidden",
+            target=target,
+            backends=("kernel",),
+            embeddings=STUDENT_EMBEDDINGS,
+            embedding_group=STUDENT_EMBEDDING_GROUP,
+        )  # fmt: skip  (the embeddings `bitmaps export` ships by default)
         models[target] = export_verified(_student(), cfg, binary=True).model
-        sessions[target] = _session(models[target], args.threads)
+        sessions[target] = _session(models[target], args.threads, spin=False)
         for _ in range(5):
             sessions[target].run(None, feed)
     # interleaved, so load from other processes hits both alike
