@@ -39,9 +39,9 @@ from bitmaps.export.onnx_export import add_function, is_binary_linear, opset_of
 from bitmaps.export.onnx_function import binary_linear_function
 
 TARGETS = ExportConfig.TARGETS
-# What each target makes of the BinaryLinear nodes: the weight layout and the fused activation
-# (part of the profile cache's key: a cached file of an older format is exported again)
-NODE_FORMATS = {"portable": "rows", "onnxruntime": "panels+gelu", "tensorrt": "rows"}
+# How each target stores the BinaryLinear weights (part of the profile cache's key: a cached file
+# of an older layout is exported again)
+WEIGHT_LAYOUTS = {"portable": "rows", "onnxruntime": "panels", "tensorrt": "rows"}
 MS_DOMAIN = "com.microsoft"
 
 # Operators marked "Y" in onnx-tensorrt's docs/operators.md, ONNX-TensorRT 10.1 GA
