@@ -111,7 +111,6 @@ struct Kernel {
   int64_t k = 0, n = 0;
   float act_threshold = 0.0f, act_scale = 0.0f;
   bool act_unsigned = false;
-  bool gelu = false;  // activation = 1: GELU fused into the epilogue
   cpu::CpuPath path = cpu::CpuPath::kScalar;
   Threads threads = Threads::kOrt;
   std::vector<int32_t> panels;  // W laid out once when W is a constant initializer
@@ -233,8 +232,6 @@ OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* kern) {
   BITMAPS_ORT_RETURN_IF_ERROR(
       attribute(*kern, info, "act_scale", false, &kern->act_scale, get_float));
   BITMAPS_ORT_RETURN_IF_ERROR(attribute(*kern, info, "act_unsigned", false, &act_unsigned, get_int));
-  int64_t activation = 0;
-  BITMAPS_ORT_RETURN_IF_ERROR(attribute(*kern, info, "activation", false, &activation, get_int));
   BITMAPS_ORT_RETURN_IF_ERROR(string_attribute(*kern, info, "plugin_version", "1"));
   BITMAPS_ORT_RETURN_IF_ERROR(string_attribute(*kern, info, "plugin_namespace", "bitmaps"));
   if (kern->k < 1) return kern->invalid("in_features must be >= 1, got " + std::to_string(kern->k));
@@ -253,11 +250,6 @@ OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* kern) {
                          std::to_string(act_unsigned));
   }
   kern->act_unsigned = act_unsigned == 1;
-  if (activation != 0 && activation != 1) {
-    return kern->invalid("activation must be 0 (none) or 1 (GELU, erf form), got " +
-                         std::to_string(activation));
-  }
-  kern->gelu = activation == 1;
   return nullptr;
 }
 
@@ -460,7 +452,6 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   args.act_threshold = kern.act_threshold;
   args.act_scale = kern.act_scale;
   args.act_unsigned = kern.act_unsigned;
-  args.gelu = kern.gelu;
   cpu::binary_linear(kern.path, args, make_parallel(kern, context));
   return nullptr;
 }
