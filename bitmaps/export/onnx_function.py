@@ -118,16 +118,13 @@ def _weight_rows() -> list[onnx.NodeProto]:
         _const_from_attr("n", "value_int", "out_features", onnx.AttributeProto.INT),
         _const("lanes_last", np.array([0, 0, -1], np.int64)),
         _const("any_rows", np.array([-1], np.int64)),
-        _const("first_axis", np.array([0], np.int64)),
         helper.make_node("Reshape", ["W", "lanes_last"], ["w_lanes"]),
         helper.make_node("Transpose", ["w_lanes"], ["w_lanes_t"], perm=[0, 2, 1]),
         helper.make_node("Shape", ["W"], ["kw_1d"], start=1, end=2),
         helper.make_node("Concat", ["any_rows", "kw_1d"], ["rows_shape"], axis=0),
         helper.make_node("Reshape", ["w_lanes_t", "rows_shape"], ["w_padded_rows"]),
-        helper.make_node("Unsqueeze", ["n", "first_axis"], ["n_1d"]),
-        helper.make_node(
-            "Slice", ["w_padded_rows", "first_axis", "n_1d", "first_axis"], ["W_rows"]
-        ),
+        helper.make_node("Unsqueeze", ["n", "start"], ["n_1d"]),  # "start": [0], defined first
+        helper.make_node("Slice", ["w_padded_rows", "start", "n_1d", "start"], ["W_rows"]),
     ]
 
 
