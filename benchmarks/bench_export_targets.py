@@ -86,13 +86,14 @@ def main() -> None:
     targets = ("portable", "onnxruntime")
     models, sessions = {}, {}
     for target in targets:
+        # the embeddings `bitmaps export` ships by default
         cfg = ExportConfig(
             output="hidden",
             target=target,
             backends=("kernel",),
             embeddings=STUDENT_EMBEDDINGS,
             embedding_group=STUDENT_EMBEDDING_GROUP,
-        )  # fmt: skip  (the embeddings `bitmaps export` ships by default)
+        )
         models[target] = export_verified(_student(), cfg, binary=True).model
         sessions[target] = _session(models[target], args.threads, spin=False)
         for _ in range(5):

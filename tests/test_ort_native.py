@@ -98,7 +98,7 @@ def test_panel_layout_weights_give_the_same_result(cpu_path, monkeypatch, k, dty
     expected = _run(bort.kernel_session(rows), x)
     assert np.array_equal(_run(bort.kernel_session(panels), x), expected)
     ref = ops.reference_binary_linear(x, t["W"], t["w_scale"], t["bias"], k, 0.05, 0.0)
-    function = ort.InferenceSession(panels.SerializeToString(), bort.session_options())
+    function = bort.function_session(panels)
     tol = (1e-5 if dtype == TensorProto.FLOAT else 2e-3) * max(1.0, ref.abs().max().item())
     assert np.abs(_run(function, x).astype(np.float64) - ref.double().numpy()).max() <= tol
 
@@ -110,10 +110,8 @@ def test_native_op_reads_constant_panels_without_a_copy():
 
     def growth(panels: bool) -> int:
         model, _ = bort.single_node_model(k, n, panels=panels)
-        data = model.SerializeToString()
-        del model
         before = _rss_anon()
-        session = ort.InferenceSession(data, _native_options())
+        session = bort.kernel_session(model)
         grown = _rss_anon() - before
         del session
         return grown
@@ -131,12 +129,6 @@ def _rss_anon() -> int:
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no RssAnon in /proc/self/status")
-
-
-def _native_options() -> ort.SessionOptions:
-    so = bort.session_options()
-    so.register_custom_ops_library(bitmaps.get_library_path())
-    return so
 
 
 def test_native_op_runs_instead_of_the_function():
