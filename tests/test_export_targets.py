@@ -64,12 +64,16 @@ def _ops(model: onnx.ModelProto) -> set[str]:
 def test_onnxruntime_target_fuses_attention_and_matches_pytorch(onnxruntime_export):
     result = onnxruntime_export
     model, config = result.model, result.wrapper.model.config
-    mha = [n for n in model.graph.node if (n.domain, n.op_type) == (MS, "MultiHeadAttention")]
+    # a binary float32 model gets bitmaps' own attention op (native kernel in libbitmaps_ort.so,
+    # model-local function without it); no com.microsoft node is left
+    mha = [n for n in model.graph.node if (n.domain, n.op_type) == ("bitmaps", "MultiHeadAttention")]
     assert len(mha) == config.num_hidden_layers
+    assert f"{MS}::MultiHeadAttention" not in _ops(model)
+    assert {f.name for f in model.functions} == {"BinaryLinear", "MultiHeadAttention"}
     assert all(helper.get_attribute_value(a) == config.num_attention_heads
                for n in mha for a in n.attribute if a.name == "num_heads")  # fmt: skip
     # the eager attention (Softmax and the head transposes) is gone; BinaryLinear feeds MHA
-    assert "ai.onnx::Softmax" not in _ops(model)
+    assert "ai.onnx::Softmax" not in {f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in model.graph.node}
     producers = {o: n for n in model.graph.node for o in n.output}
     for node in mha:
         assert [producers[x].op_type for x in node.input[:3]] == ["BinaryLinear"] * 3

@@ -244,11 +244,13 @@ def strip_node_metadata(model: ir.Model) -> None:
         node.metadata_props.clear()
 
 
-def add_function(model: ir.Model, function: onnx.FunctionProto) -> None:
-    """Make ``function`` the model's only ``bitmaps::BinaryLinear`` function (replacing any)."""
+def add_function(model: ir.Model, function: onnx.FunctionProto, only: bool = True) -> None:
+    """Make ``function`` the model's only function (``only``; the BinaryLinear function, replacing
+    any), or add it beside the others (replacing one of the same name)."""
     model.graph.opset_imports.setdefault(DOMAIN, OP_VERSION)
     fn = ir.serde.deserialize_function(function)
-    model.functions.clear()
+    if only:
+        model.functions.clear()
     model.functions[fn.identifier()] = fn
 
 

@@ -234,6 +234,60 @@ def binary_linear_function(
     )
 
 
+ATTENTION_OP_TYPE = "MultiHeadAttention"
+ATTENTION_INPUTS = ("query", "key", "value", "attention_bias")
+ATTENTION_ATTRIBUTES = ("num_heads", "scale")
+
+
+def multi_head_attention_function(opset: int) -> onnx.FunctionProto:
+    """The model-local function ``bitmaps::MultiHeadAttention`` (``--target onnxruntime``, binary
+    float32 models): BERT's eager attention from standard ops, as torch.onnx traces it::
+
+        Qh = Transpose(Reshape(query, [0, 0, num_heads, -1]), 0 2 1 3)      (Vh the same)
+        Kᵀh = Transpose(Reshape(key, [0, 0, num_heads, -1]), 0 2 3 1)
+        out = Reshape(Transpose(Softmax(Qh·Kᵀh · scale + attention_bias) · Vh, 0 2 1 3), [0, 0, -1])
+
+    libbitmaps_ort.so runs the node on its own kernel instead (csrc/kernels/cpu_attention.h),
+    where ``attention_bias`` is optional; the function needs it (the export always passes BERT's
+    mask) and both attributes.
+    """
+    if opset < MIN_OPSET:
+        raise ValueError(f"the attention function needs opset >= {MIN_OPSET}, got {opset}")
+    nodes = [
+        _const_from_attr("heads", "value_int", "num_heads", onnx.AttributeProto.INT),
+        _const_from_attr("scale_value", "value_float", "scale", onnx.AttributeProto.FLOAT),
+        _const("zeros_2", np.array([0, 0], np.int64)),
+        _const("minus_one_1d", np.array([-1], np.int64)),
+        _const("axis_0", np.array([0], np.int64)),
+        _const("flat_shape", np.array([0, 0, -1], np.int64)),
+        helper.make_node("Unsqueeze", ["heads", "axis_0"], ["heads_1d"]),
+        helper.make_node("Concat", ["zeros_2", "heads_1d", "minus_one_1d"], ["heads_shape"], axis=0),
+        helper.make_node("Reshape", ["query", "heads_shape"], ["q_heads"]),
+        helper.make_node("Transpose", ["q_heads"], ["q_h"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["key", "heads_shape"], ["k_heads"]),
+        helper.make_node("Transpose", ["k_heads"], ["k_t"], perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", ["value", "heads_shape"], ["v_heads"]),
+        helper.make_node("Transpose", ["v_heads"], ["v_h"], perm=[0, 2, 1, 3]),
+        helper.make_node("MatMul", ["q_h", "k_t"], ["scores"]),
+        helper.make_node("Mul", ["scores", "scale_value"], ["scores_scaled"]),
+        helper.make_node("Add", ["scores_scaled", "attention_bias"], ["scores_biased"]),
+        helper.make_node("Softmax", ["scores_biased"], ["probs"], axis=-1),
+        helper.make_node("MatMul", ["probs", "v_h"], ["context"]),
+        helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["context_t", "flat_shape"], ["output"]),
+    ]
+    return helper.make_function(
+        DOMAIN,
+        ATTENTION_OP_TYPE,
+        list(ATTENTION_INPUTS),
+        ["output"],
+        nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=list(ATTENTION_ATTRIBUTES),
+        doc_string="bitmaps::MultiHeadAttention from standard ops (eager BERT attention).",
+    )
+
+
 def binary_linear_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The ``bitmaps::BinaryLinear`` nodes of the main graph, in graph order."""
     return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]

@@ -6,9 +6,14 @@
   BitwiseAnd unpacking (bitmaps/export/onnx_function.py). Any ONNX runtime with model-local
   functions and opset 18+ runs it, with or without bitmaps.
 - ``onnxruntime`` — the portable model with each attention block (Q·Kᵀ, scale, mask, Softmax, ·V,
-  and the head reshapes and transposes around them) replaced by one ``com.microsoft``
-  MultiHeadAttention node fed by the separate Q, K and V BinaryLinear outputs, the mask as
-  ``attention_bias``. Only what ONNX Runtime does not do itself: its session-level optimizer
+  and the head reshapes and transposes around them) replaced by one MultiHeadAttention node fed
+  by the separate Q, K and V projections, the mask as ``attention_bias``. In a binary float32
+  model the node is ``bitmaps::MultiHeadAttention`` (libbitmaps_ort.so's attention kernel, with a
+  model-local function of standard ops for ONNX Runtime without the library; Intel Xeon, 2 threads,
+  one [1, 128, 768] 12-head block with the mask: about 0.6 ms against 0.84 ms for ONNX Runtime's
+  own, ``benchmarks/bench_attention.py``); in the float baselines and float16 binary models it is
+  ONNX Runtime's ``com.microsoft`` MultiHeadAttention (the baselines stay what a user of plain
+  ONNX Runtime gets). Only what ONNX Runtime does not do itself: its session-level optimizer
   already fuses Add + LayerNormalization into SkipLayerNormalization and keeps Gelu as one kernel
   (checked with ``SessionOptions.optimized_model_filepath`` on onnxruntime 1.32, CPU EP: with
   the BinaryLinear nodes on our kernel it fuses SkipLayerNormalization but not attention). The
@@ -35,12 +40,19 @@ from bitmaps.core.config import ExportConfig
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.ops import reference_prepack_weights
 from bitmaps.export.onnx_export import add_function, is_binary_linear, opset_of
-from bitmaps.export.onnx_function import binary_linear_function
+from bitmaps.export.onnx_function import (
+    ATTENTION_OP_TYPE,
+    DOMAIN,
+    binary_linear_function,
+    multi_head_attention_function,
+)
 
 TARGETS = ExportConfig.TARGETS
 # How each target stores the BinaryLinear weights (part of the profile cache's key: a cached file
 # of an older layout is exported again)
 WEIGHT_LAYOUTS = {"portable": "rows", "onnxruntime": "panels", "tensorrt": "rows"}
+# Which attention op each target gives a binary float32 model (also part of that cache key)
+BINARY_ATTENTION = {"portable": "eager", "onnxruntime": "bitmaps", "tensorrt": "eager"}
 MS_DOMAIN = "com.microsoft"
 
 # Operators marked "Y" in onnx-tensorrt's docs/operators.md, ONNX-TensorRT 10.1 GA
@@ -80,8 +92,8 @@ def onnxruntime(model: ir.Model, num_heads: int) -> None:
     """The portable model with every attention block fused into MultiHeadAttention and the
     BinaryLinear weights stored in the CPU GEMM's panel layout."""
     add_function(model, binary_linear_function(opset_of(model), panels=True))
-    lay_out_panels(model)
-    fuse_attention(model, num_heads)
+    binary = lay_out_panels(model) > 0 or any(is_binary_linear(n) for n in model.graph)
+    fuse_attention(model, num_heads, own=binary)
 
 
 def lay_out_panels(model: ir.Model) -> int:
@@ -108,11 +120,21 @@ def lay_out_panels(model: ir.Model) -> int:
     return done
 
 
-def fuse_attention(model: ir.Model, num_heads: int) -> int:
-    """Fuse every attention block that matches (see :func:`_fuse_attention`); returns how many."""
-    fused = sum(_fuse_attention(model.graph, softmax, num_heads) for softmax in _softmaxes(model))
-    if fused:
+def fuse_attention(model: ir.Model, num_heads: int, own: bool = False) -> int:
+    """Fuse every attention block that matches (see :func:`_fuse_attention`); returns how many.
+
+    ``own``: float32 blocks become ``bitmaps::MultiHeadAttention`` (and the model gets its
+    function); other blocks, and all of them without ``own``, ``com.microsoft``'s."""
+    fused = ours = 0
+    for softmax in _softmaxes(model):
+        done, domain = _fuse_attention(model.graph, softmax, num_heads, own)
+        fused += done
+        ours += done and domain == DOMAIN
+    if fused > ours:
         model.graph.opset_imports.setdefault(MS_DOMAIN, 1)
+    if ours:
+        add_function(model, multi_head_attention_function(opset_of(model)), only=False)
+    if fused:
         RemoveUnusedNodesPass()(model)
     return fused
 
@@ -156,8 +178,11 @@ def _scalar(value: ir.Value | None) -> float | None:
     return float(tensor.numpy().reshape(()))
 
 
-def _fuse_attention(graph: ir.Graph, softmax: ir.Node, num_heads: int) -> int:
-    """Replace one eager attention block around ``softmax`` by MultiHeadAttention; 1 if done.
+def _fuse_attention(
+    graph: ir.Graph, softmax: ir.Node, num_heads: int, own: bool
+) -> tuple[int, str]:
+    """Replace one eager attention block around ``softmax`` by MultiHeadAttention; (1 if done,
+    the node's domain: ``bitmaps`` when ``own`` and the block is float32, else com.microsoft).
 
     Matched (BERT's eager attention as torch.onnx traces it; anything else is left alone)::
 
@@ -166,29 +191,32 @@ def _fuse_attention(graph: ir.Graph, softmax: ir.Node, num_heads: int) -> int:
     """
     add = _producer(softmax.inputs[0], "Add")
     if add is None or softmax.attributes.get("axis", ir.AttrInt64("axis", -1)).as_int() != -1:
-        return 0
+        return 0, ""
     mul = _producer(add.inputs[0], "Mul")
     scores = _producer(mul.inputs[0], "MatMul") if mul is not None else None
     scale = _scalar(mul.inputs[1]) if mul is not None else None
     context = _only_consumer(softmax.outputs[0], "MatMul")
     if scores is None or scale is None or context is None:
-        return 0
+        return 0, ""
     if context.inputs[0] is not softmax.outputs[0]:
-        return 0
+        return 0, ""
     merge = _only_consumer(context.outputs[0], "Transpose")
     if _perm(merge) != [0, 2, 1, 3]:
-        return 0
+        return 0, ""
     flatten = _only_consumer(merge.outputs[0], "Reshape")
     q = _heads_input(scores.inputs[0], [0, 2, 1, 3])
     k = _heads_input(scores.inputs[1], [0, 2, 3, 1])
     v = _heads_input(context.inputs[1], [0, 2, 1, 3])
     if flatten is None or q is None or k is None or v is None:
-        return 0
+        return 0, ""
+    ours = own and q.dtype == ir.DataType.FLOAT
+    # com.microsoft's inputs: query, key, value, bias, key_padding_mask, attention_bias
+    inputs = [q, k, v, add.inputs[1]] if ours else [q, k, v, None, None, add.inputs[1]]
     attention = ir.node(
-        "MultiHeadAttention",
-        [q, k, v, None, None, add.inputs[1]],  # bias, key_padding_mask unused; attention_bias
+        ATTENTION_OP_TYPE,
+        inputs,
         {"num_heads": num_heads, "scale": scale},
-        domain=MS_DOMAIN,
+        domain=DOMAIN if ours else MS_DOMAIN,
         name=f"{flatten.name or 'attention'}/multi_head_attention",
     )
     attention.outputs[0].type = flatten.outputs[0].type
@@ -199,11 +227,15 @@ def _fuse_attention(graph: ir.Graph, softmax: ir.Node, num_heads: int) -> int:
         raise BitmapsError("an attention block's output is a graph output; cannot fuse it")
     old.replace_all_uses_with(attention.outputs[0])
     attention.outputs[0].name = old.name + "_mha"
-    return 1
+    return 1, attention.domain
 
 
 def multi_head_attention_nodes(model: ir.Model) -> list[ir.Node]:
-    return [n for n in model.graph if n.domain == MS_DOMAIN and n.op_type == "MultiHeadAttention"]
+    """The fused attention nodes of either domain (bitmaps' or com.microsoft's)."""
+    return [
+        n for n in model.graph
+        if n.domain in (DOMAIN, MS_DOMAIN) and n.op_type == ATTENTION_OP_TYPE
+    ]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- tensorrt

@@ -6,104 +6,17 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include <iomanip>
 #include <memory>
-#include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "kernels/bit_layout.h"
 #include "kernels/cpu_binary_linear.h"
 #include "kernels/cpu_kernels.h"
+#include "onnxruntime/ort_common.h"
 
 namespace bitmaps::ort {
 namespace {
-
-const OrtApi* g_api = nullptr;
-
-#define BITMAPS_ORT_RETURN_IF_ERROR(expr)  \
-  do {                                     \
-    if (OrtStatus* status_ = (expr)) {     \
-      return status_;                      \
-    }                                      \
-  } while (0)
-
-OrtStatus* error(OrtErrorCode code, const std::string& message) {
-  return g_api->CreateStatus(code, message.c_str());
-}
-
-// Owns what the C API hands out and must be released.
-struct ReleaseTypeInfo {
-  void operator()(OrtTypeInfo* p) const { g_api->ReleaseTypeInfo(p); }
-};
-struct ReleaseShapeInfo {
-  void operator()(OrtTensorTypeAndShapeInfo* p) const { g_api->ReleaseTensorTypeAndShapeInfo(p); }
-};
-using TypeInfo = std::unique_ptr<OrtTypeInfo, ReleaseTypeInfo>;
-using ShapeInfo = std::unique_ptr<OrtTensorTypeAndShapeInfo, ReleaseShapeInfo>;
-
-// Element type and dimensions of a tensor (-1: not known before run time).
-struct TensorDesc {
-  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  std::vector<int64_t> dims;
-};
-
-OrtStatus* describe(const OrtTensorTypeAndShapeInfo* info, TensorDesc* out) {
-  BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetTensorElementType(info, &out->type));
-  size_t rank = 0;
-  BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetDimensionsCount(info, &rank));
-  out->dims.assign(rank, -1);
-  if (rank > 0) BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetDimensions(info, out->dims.data(), rank));
-  return nullptr;
-}
-
-OrtStatus* describe_value(const OrtValue* value, TensorDesc* out) {
-  OrtTensorTypeAndShapeInfo* raw = nullptr;
-  BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetTensorTypeAndShape(value, &raw));
-  const ShapeInfo info(raw);
-  return describe(info.get(), out);
-}
-
-std::string type_name(ONNXTensorElementDataType type) {
-  switch (type) {
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT32: return "uint32";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
-    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
-    default: return "element type " + std::to_string(static_cast<int>(type));
-  }
-}
-
-std::string number(double v) {
-  std::ostringstream text;
-  text << std::setprecision(9) << v;
-  return text.str();
-}
-
-std::string shape_text(const std::vector<int64_t>& dims) {
-  std::string text = "[";
-  for (size_t i = 0; i < dims.size(); ++i) {
-    text += (i ? ", " : "") + (dims[i] < 0 ? std::string("?") : std::to_string(dims[i]));
-  }
-  return text + "]";
-}
-
-// dims matches want, where a dimension of -1 (unknown) matches anything.
-bool fits(const std::vector<int64_t>& dims, const std::vector<int64_t>& want) {
-  if (dims.size() != want.size()) return false;
-  for (size_t i = 0; i < dims.size(); ++i) {
-    if (dims[i] >= 0 && dims[i] != want[i]) return false;
-  }
-  return true;
-}
-
-enum class Threads { kOrt, kStd, kSerial };
 
 // The node's attributes and everything that depends only on them and on constant inputs.
 struct Kernel {
@@ -175,31 +88,6 @@ OrtStatus* Kernel::check_w(const TensorDesc& d, bool* panels) const {
 
 // ---------------------------------------------------------------------------- kernel creation
 
-OrtStatus* node_name(const OrtKernelInfo* info, std::string* out) {
-  size_t size = 0;
-  BITMAPS_ORT_RETURN_IF_ERROR(g_api->KernelInfo_GetNodeName(info, nullptr, &size));
-  std::string name(size, '\0');
-  BITMAPS_ORT_RETURN_IF_ERROR(g_api->KernelInfo_GetNodeName(info, name.data(), &size));
-  name.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
-  *out = std::string("bitmaps::BinaryLinear node '") + name + "'";
-  return nullptr;
-}
-
-// An optional attribute: *out keeps its default when the node lacks it.
-template <class T, class Get>
-OrtStatus* attribute(const Kernel& kern, const OrtKernelInfo* info, const char* name, bool required,
-                     T* out, Get get) {
-  T value{};
-  if (OrtStatus* status = get(info, name, &value)) {
-    const std::string message = g_api->GetErrorMessage(status);
-    g_api->ReleaseStatus(status);
-    if (!required) return nullptr;
-    return kern.invalid(std::string("attribute ") + name + " is required (" + message + ")");
-  }
-  *out = value;
-  return nullptr;
-}
-
 OrtStatus* string_attribute(const Kernel& kern, const OrtKernelInfo* info, const char* name,
                             const char* expected) {
   size_t size = 0;
@@ -218,20 +106,14 @@ OrtStatus* string_attribute(const Kernel& kern, const OrtKernelInfo* info, const
 }
 
 OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* kern) {
-  const auto get_int = [](const OrtKernelInfo* i, const char* name, int64_t* v) {
-    return g_api->KernelInfoGetAttribute_int64(i, name, v);
-  };
-  const auto get_float = [](const OrtKernelInfo* i, const char* name, float* v) {
-    return g_api->KernelInfoGetAttribute_float(i, name, v);
-  };
+  const std::string& node = kern->node;
   int64_t act_unsigned = 0;
-  BITMAPS_ORT_RETURN_IF_ERROR(attribute(*kern, info, "in_features", true, &kern->k, get_int));
-  BITMAPS_ORT_RETURN_IF_ERROR(attribute(*kern, info, "out_features", true, &kern->n, get_int));
+  BITMAPS_ORT_RETURN_IF_ERROR(int_attribute(node, info, "in_features", true, &kern->k));
+  BITMAPS_ORT_RETURN_IF_ERROR(int_attribute(node, info, "out_features", true, &kern->n));
   BITMAPS_ORT_RETURN_IF_ERROR(
-      attribute(*kern, info, "act_threshold", false, &kern->act_threshold, get_float));
-  BITMAPS_ORT_RETURN_IF_ERROR(
-      attribute(*kern, info, "act_scale", false, &kern->act_scale, get_float));
-  BITMAPS_ORT_RETURN_IF_ERROR(attribute(*kern, info, "act_unsigned", false, &act_unsigned, get_int));
+      float_attribute(node, info, "act_threshold", false, &kern->act_threshold));
+  BITMAPS_ORT_RETURN_IF_ERROR(float_attribute(node, info, "act_scale", false, &kern->act_scale));
+  BITMAPS_ORT_RETURN_IF_ERROR(int_attribute(node, info, "act_unsigned", false, &act_unsigned));
   BITMAPS_ORT_RETURN_IF_ERROR(string_attribute(*kern, info, "plugin_version", "1"));
   BITMAPS_ORT_RETURN_IF_ERROR(string_attribute(*kern, info, "plugin_namespace", "bitmaps"));
   if (kern->k < 1) return kern->invalid("in_features must be >= 1, got " + std::to_string(kern->k));
@@ -253,37 +135,13 @@ OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* kern) {
   return nullptr;
 }
 
-// The CPU path (BITMAPS_CPU_PATH, as in bitmaps._C, else the best this CPU has), the threads
-// (BITMAPS_ORT_THREADS: "ort", the session's intra-op pool, default; "std", threads of our own;
-// "serial") and the weight layout (BITMAPS_ORT_PREPACK: "1", default, lays a constant W out into
-// panels once at session creation, a second copy of the weights beside ONNX Runtime's own, which
-// a custom op cannot release; "0" lays out one layer's panels per call, in a buffer freed after
-// the call: less resident memory, a little more time per call).
+// The CPU path and threads (ort_common.h's read_run_settings) and the weight layout
+// (BITMAPS_ORT_PREPACK: "1", default, lays a constant W out into panels once at session creation,
+// a second copy of the weights beside ONNX Runtime's own, which a custom op cannot release; "0"
+// lays out one layer's panels per call, in a buffer freed after the call: less resident memory,
+// a little more time per call).
 OrtStatus* read_environment(Kernel* kern) {
-  kern->path = cpu::best_cpu_path();
-  const char* path = std::getenv("BITMAPS_CPU_PATH");
-  if (path != nullptr && path[0] != '\0' && std::string(path) != "auto") {
-    if (!cpu::parse_cpu_path(path, &kern->path)) {
-      return kern->invalid(std::string("BITMAPS_CPU_PATH: unknown CPU path '") + path +
-                           "' (expected auto, avx512, avx2, neon or scalar)");
-    }
-    if (!cpu::cpu_path_supported(kern->path)) {
-      return kern->invalid(std::string("BITMAPS_CPU_PATH: CPU path '") + path + "' needs " +
-                           cpu::cpu_path_requirements(kern->path) +
-                           ", which this CPU or this build lacks");
-    }
-  }
-  const char* threads = std::getenv("BITMAPS_ORT_THREADS");
-  const std::string mode = threads == nullptr ? "" : threads;
-  if (mode.empty() || mode == "ort") {
-    kern->threads = Threads::kOrt;
-  } else if (mode == "std") {
-    kern->threads = Threads::kStd;
-  } else if (mode == "serial") {
-    kern->threads = Threads::kSerial;
-  } else {
-    return kern->invalid("BITMAPS_ORT_THREADS must be ort, std or serial, got '" + mode + "'");
-  }
+  BITMAPS_ORT_RETURN_IF_ERROR(read_run_settings(kern->node, &kern->path, &kern->threads));
   const char* prepack = std::getenv("BITMAPS_ORT_PREPACK");
   const std::string layout = prepack == nullptr ? "" : prepack;
   if (layout.empty() || layout == "1") {
@@ -354,7 +212,7 @@ OrtStatus* check_inputs(const OrtKernelInfo* info, Kernel* kern) {
 OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info,
                                       void** out) {
   auto kern = std::make_unique<Kernel>();
-  BITMAPS_ORT_RETURN_IF_ERROR(node_name(info, &kern->node));
+  BITMAPS_ORT_RETURN_IF_ERROR(node_name(info, kOpName, &kern->node));
   BITMAPS_ORT_RETURN_IF_ERROR(read_attributes(info, kern.get()));
   BITMAPS_ORT_RETURN_IF_ERROR(read_environment(kern.get()));
   BITMAPS_ORT_RETURN_IF_ERROR(check_inputs(info, kern.get()));
@@ -363,50 +221,6 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const O
 }
 
 // ---------------------------------------------------------------------------- compute
-
-void ORT_API_CALL parallel_trampoline(void* body, size_t worker) {
-  (*static_cast<const std::function<void(int64_t)>*>(body))(static_cast<int64_t>(worker));
-}
-
-cpu::Parallel make_parallel(const Kernel& kern, OrtKernelContext* context) {
-  cpu::Parallel p;
-  if (kern.threads == Threads::kSerial) return p;
-  // Workers beyond the threads that really exist find no item left and return at once.
-  p.max_workers = std::max(1u, std::thread::hardware_concurrency());
-  if (kern.threads == Threads::kOrt) {
-    p.run = [context](int64_t workers, const std::function<void(int64_t)>& body) {
-      OrtStatus* status = g_api->KernelContext_ParallelFor(
-          context, parallel_trampoline, static_cast<size_t>(workers), 0,
-          const_cast<void*>(static_cast<const void*>(&body)));
-      if (status != nullptr) {  // no pool to run on: the caller's thread does it all
-        g_api->ReleaseStatus(status);
-        body(0);
-      }
-    };
-  } else {
-    p.run = [](int64_t workers, const std::function<void(int64_t)>& body) {
-      std::vector<std::thread> pool;
-      for (int64_t w = 1; w < workers; ++w) pool.emplace_back(body, w);
-      body(0);
-      for (auto& t : pool) t.join();
-    };
-  }
-  return p;
-}
-
-OrtStatus* input(OrtKernelContext* context, size_t index, const OrtValue** value, TensorDesc* d) {
-  BITMAPS_ORT_RETURN_IF_ERROR(g_api->KernelContext_GetInput(context, index, value));
-  if (*value == nullptr) return nullptr;
-  return describe_value(*value, d);
-}
-
-template <class T>
-OrtStatus* data_of(const OrtValue* value, const T** out) {
-  void* data = nullptr;
-  BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetTensorMutableData(const_cast<OrtValue*>(value), &data));
-  *out = static_cast<const T*>(data);
-  return nullptr;
-}
 
 OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   size_t inputs = 0;
@@ -452,7 +266,7 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   args.act_threshold = kern.act_threshold;
   args.act_scale = kern.act_scale;
   args.act_unsigned = kern.act_unsigned;
-  cpu::binary_linear(kern.path, args, make_parallel(kern, context));
+  cpu::binary_linear(kern.path, args, make_parallel(kern.threads, context));
   return nullptr;
 }
 
@@ -500,24 +314,11 @@ OrtStatus* ORT_API_CALL infer_shape(const OrtCustomOp*, OrtShapeInferContext* co
 }
 
 const char* ORT_API_CALL op_name(const OrtCustomOp*) { return kOpName; }
-const char* ORT_API_CALL provider(const OrtCustomOp*) { return "CPUExecutionProvider"; }
-// Every input is declared "any type" and checked by the kernel, so a wrong dtype fails session
-// creation with this op's message (naming the node) rather than a generic type error.
-ONNXTensorElementDataType ORT_API_CALL any_type(const OrtCustomOp*, size_t) {
-  return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-}
 size_t ORT_API_CALL input_count(const OrtCustomOp*) { return 4; }
-size_t ORT_API_CALL output_count(const OrtCustomOp*) { return 1; }
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL input_characteristic(const OrtCustomOp*,
                                                                         size_t index) {
   return index == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
-OrtCustomOpInputOutputCharacteristic ORT_API_CALL output_characteristic(const OrtCustomOp*,
-                                                                         size_t) {
-  return INPUT_OUTPUT_REQUIRED;
-}
-OrtMemType ORT_API_CALL input_memory(const OrtCustomOp*, size_t) { return OrtMemTypeDefault; }
-int ORT_API_CALL op_version(const OrtCustomOp*) { return 1; }
 
 }  // namespace
 
@@ -528,20 +329,20 @@ const OrtCustomOp* binary_linear_op(const OrtApi* api) {
     std::memset(&o, 0, sizeof(o));  // ONNX Runtime reads only the fields of C API `version`
     o.version = kOrtApiVersion;
     o.GetName = op_name;
-    o.GetExecutionProviderType = provider;
+    o.GetExecutionProviderType = cpu_provider;
     o.GetInputType = any_type;
     o.GetInputTypeCount = input_count;
     o.GetOutputType = any_type;
-    o.GetOutputTypeCount = output_count;
+    o.GetOutputTypeCount = one_output;
     o.GetInputCharacteristic = input_characteristic;
-    o.GetOutputCharacteristic = output_characteristic;
-    o.GetInputMemoryType = input_memory;
+    o.GetOutputCharacteristic = required_output;
+    o.GetInputMemoryType = default_memory;
     o.KernelDestroy = destroy_kernel;
     o.CreateKernelV2 = create_kernel;
     o.KernelComputeV2 = compute_kernel;
     o.InferOutputShapeFn = infer_shape;
-    o.GetStartVersion = op_version;
-    o.GetEndVersion = op_version;
+    o.GetStartVersion = version_one;
+    o.GetEndVersion = version_one;
     return o;
   }();
   return &op;

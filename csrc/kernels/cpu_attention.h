@@ -1,0 +1,54 @@
+// Multi-head scaled dot-product attention on the CPU, torch-free: the float part of a binary
+// encoder layer that sits between its BinaryLinear projections (bitmaps::MultiHeadAttention, the
+// onnxruntime export target's attention node; csrc/onnxruntime/README.md).
+//
+//   out[b, s, h, :] = sum_t softmax_t(scale * <q[b, s, h, :], k[b, t, h, :]> + bias[b, h, s, t])
+//                     * v[b, t, h, :]
+//
+// q [B, S, H * D], k [B, T, H * D], v [B, T, H * Dv] and out [B, S, H * Dv] are row-major with
+// the heads side by side in the last dimension (the layout of the Q, K and V projections'
+// outputs, so no transpose is needed around the op). bias is additive (BERT's key-padding mask:
+// 0 or a large negative number) with its own strides, 0 to broadcast a dimension.
+//
+// One work item is one (b, h) pair: K of that head is transposed (and scaled) once into scratch,
+// then blocks of query rows go through scores (Q K^T), a row softmax (exp of x - max, sum) and
+// the product with V, normalized by 1 / sum at the end. The AVX-512 path computes exp with a
+// polynomial (Cephes' expf, about 1 ulp) and 2^n by VSCALEFPS; the other paths run a portable C++
+// version of the same steps that the compiler vectorizes.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cpu_binary_linear.h"
+#include "kernels/cpu_features.h"
+
+namespace bitmaps::cpu {
+
+struct AttentionArgs {
+  const float* q = nullptr;  // [batch, q_len, heads * head_dim]
+  const float* k = nullptr;  // [batch, kv_len, heads * head_dim]
+  const float* v = nullptr;  // [batch, kv_len, heads * v_head_dim]
+  // Additive bias or null: element (b, h, s, t) at b * bias_stride[0] + h * bias_stride[1] +
+  // s * bias_stride[2] + t.
+  const float* bias = nullptr;
+  int64_t bias_stride[3] = {0, 0, 0};
+  int64_t batch = 0, q_len = 0, kv_len = 0, heads = 0, head_dim = 0, v_head_dim = 0;
+  float scale = 1.0f;
+  float* out = nullptr;  // [batch, q_len, heads * v_head_dim]
+};
+
+// The whole op over the caller's threads (work items: batch * heads). Returns the workers used.
+int attention(CpuPath path, const AttentionArgs& args, const Parallel& parallel);
+
+namespace detail {
+constexpr int64_t kAttentionRows = 4;  // query rows whose scores the AVX-512 path keeps at once
+inline int64_t attention_padded_kv(int64_t kv_len) { return (kv_len + 15) / 16 * 16; }
+// One (b, h) item; scratch holds attention_scratch_floats(args) floats.
+int64_t attention_scratch_floats(const AttentionArgs& args);
+void attention_head_portable(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
+#if defined(BITMAPS_HAVE_X86_PATHS)
+void attention_head_avx512(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
+#endif
+}  // namespace detail
+
+}  // namespace bitmaps::cpu

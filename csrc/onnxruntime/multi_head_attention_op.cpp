@@ -1,0 +1,231 @@
+// The bitmaps::MultiHeadAttention custom op of multi_head_attention_op.h: attributes and static
+// input types and shapes checked once at session creation, every shape again at run time.
+#include "onnxruntime/multi_head_attention_op.h"
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/cpu_attention.h"
+#include "onnxruntime/binary_linear_op.h"
+#include "onnxruntime/ort_common.h"
+
+namespace bitmaps::ort {
+namespace {
+
+constexpr const char* kInputs[] = {"query", "key", "value", "attention_bias"};
+
+struct Kernel {
+  std::string node;  // "bitmaps::MultiHeadAttention node 'name'"
+  int64_t heads = 0;
+  float scale = 0.0f;  // 0: 1 / sqrt(head size)
+  cpu::CpuPath path = cpu::CpuPath::kScalar;
+  Threads threads = Threads::kOrt;
+
+  OrtStatus* invalid(const std::string& what) const {
+    return error(ORT_INVALID_ARGUMENT, node + ": " + what);
+  }
+  // Type and rank of input i; unknown ranks (0 dims at session creation) pass.
+  OrtStatus* check_input(size_t i, const TensorDesc& d, bool known_rank) const {
+    if (d.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
+      return invalid(std::string(kInputs[i]) + " must be float32, got " + type_name(d.type));
+    }
+    const size_t rank = i == 3 ? 4 : 3;
+    if (d.dims.empty() && !known_rank) return nullptr;
+    if (d.dims.size() != rank) {
+      return invalid(std::string(kInputs[i]) + " must have rank " + std::to_string(rank) +
+                     (i == 3 ? " [batch or 1, num_heads or 1, q_len or 1, kv_len]"
+                             : " [batch, length, num_heads * head_size]") +
+                     ", got " + shape_text(d.dims));
+    }
+    if (i < 3 && d.dims[2] >= 0 && (d.dims[2] == 0 || d.dims[2] % heads != 0)) {
+      return invalid(std::string(kInputs[i]) + "'s last dimension " +
+                     std::to_string(d.dims[2]) + " is not a positive multiple of num_heads=" +
+                     std::to_string(heads));
+    }
+    return nullptr;
+  }
+};
+
+OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* kern) {
+  BITMAPS_ORT_RETURN_IF_ERROR(int_attribute(kern->node, info, "num_heads", true, &kern->heads));
+  BITMAPS_ORT_RETURN_IF_ERROR(float_attribute(kern->node, info, "scale", false, &kern->scale));
+  if (kern->heads < 1) {
+    return kern->invalid("num_heads must be >= 1, got " + std::to_string(kern->heads));
+  }
+  if (!std::isfinite(kern->scale)) {
+    return kern->invalid("scale must be finite (0: 1/sqrt(head size)), got " +
+                         number(kern->scale));
+  }
+  return nullptr;
+}
+
+OrtStatus* check_inputs(const OrtKernelInfo* info, const Kernel& kern) {
+  size_t inputs = 0;
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->KernelInfo_GetInputCount(info, &inputs));
+  if (inputs < 3 || inputs > 4) {
+    return kern.invalid("expects inputs query, key, value and attention_bias, got " +
+                        std::to_string(inputs));
+  }
+  for (size_t i = 0; i < inputs; ++i) {
+    OrtTypeInfo* raw = nullptr;
+    if (OrtStatus* status = g_api->KernelInfo_GetInputTypeInfo(info, i, &raw)) {
+      g_api->ReleaseStatus(status);  // an omitted optional input (attention_bias, empty name)
+      continue;
+    }
+    const TypeInfo type_info(raw);
+    const OrtTensorTypeAndShapeInfo* tensor = nullptr;
+    BITMAPS_ORT_RETURN_IF_ERROR(g_api->CastTypeInfoToTensorInfo(type_info.get(), &tensor));
+    if (tensor == nullptr) return kern.invalid(std::string(kInputs[i]) + " is not a tensor");
+    TensorDesc d;
+    BITMAPS_ORT_RETURN_IF_ERROR(describe(tensor, &d));
+    BITMAPS_ORT_RETURN_IF_ERROR(kern.check_input(i, d, false));
+  }
+  return nullptr;
+}
+
+OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info,
+                                      void** out) {
+  auto kern = std::make_unique<Kernel>();
+  BITMAPS_ORT_RETURN_IF_ERROR(node_name(info, kAttentionOpName, &kern->node));
+  BITMAPS_ORT_RETURN_IF_ERROR(read_attributes(info, kern.get()));
+  BITMAPS_ORT_RETURN_IF_ERROR(read_run_settings(kern->node, &kern->path, &kern->threads));
+  BITMAPS_ORT_RETURN_IF_ERROR(check_inputs(info, *kern));
+  *out = kern.release();
+  return nullptr;
+}
+
+OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
+  size_t inputs = 0;
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->KernelContext_GetInputCount(context, &inputs));
+  const OrtValue* values[4] = {nullptr, nullptr, nullptr, nullptr};
+  TensorDesc d[4];
+  for (size_t i = 0; i < std::min<size_t>(inputs, 4); ++i) {
+    BITMAPS_ORT_RETURN_IF_ERROR(input(context, i, &values[i], &d[i]));
+    if (values[i] != nullptr) BITMAPS_ORT_RETURN_IF_ERROR(kern.check_input(i, d[i], true));
+  }
+  if (values[0] == nullptr || values[1] == nullptr || values[2] == nullptr) {
+    return kern.invalid("query, key and value are required");
+  }
+  const std::vector<int64_t>&q = d[0].dims, &k = d[1].dims, &v = d[2].dims;
+  cpu::AttentionArgs args;
+  args.batch = q[0];
+  args.q_len = q[1];
+  args.kv_len = k[1];
+  args.heads = kern.heads;
+  args.head_dim = q[2] / kern.heads;
+  args.v_head_dim = v[2] / kern.heads;
+  if (k[0] != q[0] || v[0] != q[0] || v[1] != k[1] || k[2] != q[2]) {
+    return kern.invalid("key must be [batch, kv_len, " + std::to_string(q[2]) +
+                        "] and value [batch, kv_len, num_heads * v_head_size] for query " +
+                        shape_text(q) + ", got key " + shape_text(k) + " and value " +
+                        shape_text(v));
+  }
+  if (values[3] != nullptr) {
+    const std::vector<int64_t>& b = d[3].dims;
+    const int64_t want[4] = {args.batch, args.heads, args.q_len, args.kv_len};
+    for (int i = 0; i < 4; ++i) {
+      if (b[i] != want[i] && (b[i] != 1 || i == 3)) {
+        return kern.invalid("attention_bias must be [batch or 1, num_heads or 1, q_len or 1, "
+                            "kv_len] = [" + std::to_string(args.batch) + " or 1, " +
+                            std::to_string(args.heads) + " or 1, " + std::to_string(args.q_len) +
+                            " or 1, " + std::to_string(args.kv_len) + "], got " + shape_text(b));
+      }
+    }
+    // Row-major strides of the bias, 0 along a broadcast dimension.
+    args.bias_stride[2] = b[2] == 1 ? 0 : b[3];
+    args.bias_stride[1] = b[1] == 1 ? 0 : b[2] * b[3];
+    args.bias_stride[0] = b[0] == 1 ? 0 : b[1] * b[2] * b[3];
+    BITMAPS_ORT_RETURN_IF_ERROR(data_of(values[3], &args.bias));
+  }
+  const std::vector<int64_t> out_dims = {args.batch, args.q_len, v[2]};
+  OrtValue* out = nullptr;
+  BITMAPS_ORT_RETURN_IF_ERROR(
+      g_api->KernelContext_GetOutput(context, 0, out_dims.data(), out_dims.size(), &out));
+  if (args.batch == 0 || args.q_len == 0 || v[2] == 0) return nullptr;
+  if (args.kv_len == 0) return kern.invalid("key and value must hold at least one position");
+  args.scale = kern.scale != 0.0f ? kern.scale
+                                  : 1.0f / std::sqrt(static_cast<float>(args.head_dim));
+  BITMAPS_ORT_RETURN_IF_ERROR(data_of(values[0], &args.q));
+  BITMAPS_ORT_RETURN_IF_ERROR(data_of(values[1], &args.k));
+  BITMAPS_ORT_RETURN_IF_ERROR(data_of(values[2], &args.v));
+  void* y = nullptr;
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetTensorMutableData(out, &y));
+  args.out = static_cast<float*>(y);
+  cpu::attention(kern.path, args, make_parallel(kern.threads, context));
+  return nullptr;
+}
+
+OrtStatus* ORT_API_CALL compute_kernel(void* kernel, OrtKernelContext* context) {
+  return compute(*static_cast<const Kernel*>(kernel), context);
+}
+
+void ORT_API_CALL destroy_kernel(void* kernel) { delete static_cast<Kernel*>(kernel); }
+
+// Output: [query batch, query length, value hidden] (symbolic dimensions kept).
+OrtStatus* ORT_API_CALL infer_shape(const OrtCustomOp*, OrtShapeInferContext* context) {
+  TensorDesc d[3];
+  std::vector<const char*> symbols[3];
+  for (size_t i = 0; i < 3; ++i) {
+    OrtTensorTypeAndShapeInfo* info = nullptr;  // owned by the context
+    BITMAPS_ORT_RETURN_IF_ERROR(g_api->ShapeInferContext_GetInputTypeShape(context, i, &info));
+    BITMAPS_ORT_RETURN_IF_ERROR(describe(info, &d[i]));
+    symbols[i].assign(d[i].dims.size(), nullptr);
+    if (!d[i].dims.empty()) {
+      BITMAPS_ORT_RETURN_IF_ERROR(
+          g_api->GetSymbolicDimensions(info, symbols[i].data(), symbols[i].size()));
+    }
+  }
+  OrtTensorTypeAndShapeInfo* out_raw = nullptr;
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->CreateTensorTypeAndShapeInfo(&out_raw));
+  const ShapeInfo y(out_raw);
+  // query's type (float32; any other fails at kernel creation with this op's message)
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->SetTensorElementType(y.get(), d[0].type));
+  if (d[0].dims.size() == 3 && d[2].dims.size() == 3) {
+    const std::vector<int64_t> dims = {d[0].dims[0], d[0].dims[1], d[2].dims[2]};
+    std::vector<const char*> names = {symbols[0][0], symbols[0][1], symbols[2][2]};
+    for (auto& name : names) name = name == nullptr ? "" : name;
+    BITMAPS_ORT_RETURN_IF_ERROR(g_api->SetDimensions(y.get(), dims.data(), dims.size()));
+    BITMAPS_ORT_RETURN_IF_ERROR(g_api->SetSymbolicDimensions(y.get(), names.data(), names.size()));
+  }
+  return g_api->ShapeInferContext_SetOutputTypeShape(context, 0, y.get());
+}
+
+const char* ORT_API_CALL op_name(const OrtCustomOp*) { return kAttentionOpName; }
+size_t ORT_API_CALL input_count(const OrtCustomOp*) { return 4; }
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL input_characteristic(const OrtCustomOp*,
+                                                                        size_t index) {
+  return index == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+}
+
+}  // namespace
+
+const OrtCustomOp* multi_head_attention_op(const OrtApi* api) {
+  g_api = api;
+  static const OrtCustomOp op = [] {
+    OrtCustomOp o;
+    std::memset(&o, 0, sizeof(o));  // ONNX Runtime reads only the fields of C API `version`
+    o.version = kOrtApiVersion;
+    o.GetName = op_name;
+    o.GetExecutionProviderType = cpu_provider;
+    o.GetInputType = any_type;
+    o.GetInputTypeCount = input_count;
+    o.GetOutputType = any_type;
+    o.GetOutputTypeCount = one_output;
+    o.GetInputCharacteristic = input_characteristic;
+    o.GetOutputCharacteristic = required_output;
+    o.GetInputMemoryType = default_memory;
+    o.KernelDestroy = destroy_kernel;
+    o.CreateKernelV2 = create_kernel;
+    o.KernelComputeV2 = compute_kernel;
+    o.InferOutputShapeFn = infer_shape;
+    o.GetStartVersion = version_one;
+    o.GetEndVersion = version_one;
+    return o;
+  }();
+  return &op;
+}
+
+}  // namespace bitmaps::ort

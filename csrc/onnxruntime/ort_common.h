@@ -1,0 +1,249 @@
+// What the two custom ops of libbitmaps_ort.so (bitmaps::BinaryLinear, bitmaps::MultiHeadAttention)
+// share: the OrtApi, status helpers, tensor descriptions and messages, node names and attributes,
+// the settings read from the environment (CPU path, threads) and the threads their work runs on.
+// Header-only, C API only (see binary_linear_op.h).
+#pragma once
+
+#include <onnxruntime_c_api.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <functional>
+#include <iomanip>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kernels/cpu_binary_linear.h"
+#include "kernels/cpu_features.h"
+
+namespace bitmaps::ort {
+
+// Set by each op's factory (binary_linear_op / multi_head_attention_op) from RegisterCustomOps.
+inline const OrtApi* g_api = nullptr;
+
+#define BITMAPS_ORT_RETURN_IF_ERROR(expr)  \
+  do {                                     \
+    if (OrtStatus* status_ = (expr)) {     \
+      return status_;                      \
+    }                                      \
+  } while (0)
+
+inline OrtStatus* error(OrtErrorCode code, const std::string& message) {
+  return g_api->CreateStatus(code, message.c_str());
+}
+
+// Owns what the C API hands out and must be released.
+struct ReleaseTypeInfo {
+  void operator()(OrtTypeInfo* p) const { g_api->ReleaseTypeInfo(p); }
+};
+struct ReleaseShapeInfo {
+  void operator()(OrtTensorTypeAndShapeInfo* p) const { g_api->ReleaseTensorTypeAndShapeInfo(p); }
+};
+using TypeInfo = std::unique_ptr<OrtTypeInfo, ReleaseTypeInfo>;
+using ShapeInfo = std::unique_ptr<OrtTensorTypeAndShapeInfo, ReleaseShapeInfo>;
+
+// Element type and dimensions of a tensor (-1: not known before run time).
+struct TensorDesc {
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> dims;
+};
+
+inline OrtStatus* describe(const OrtTensorTypeAndShapeInfo* info, TensorDesc* out) {
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetTensorElementType(info, &out->type));
+  size_t rank = 0;
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetDimensionsCount(info, &rank));
+  out->dims.assign(rank, -1);
+  if (rank > 0) BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetDimensions(info, out->dims.data(), rank));
+  return nullptr;
+}
+
+inline OrtStatus* describe_value(const OrtValue* value, TensorDesc* out) {
+  OrtTensorTypeAndShapeInfo* raw = nullptr;
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetTensorTypeAndShape(value, &raw));
+  const ShapeInfo info(raw);
+  return describe(info.get(), out);
+}
+
+inline std::string type_name(ONNXTensorElementDataType type) {
+  switch (type) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT32: return "uint32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
+    default: return "element type " + std::to_string(static_cast<int>(type));
+  }
+}
+
+inline std::string number(double v) {
+  std::ostringstream text;
+  text << std::setprecision(9) << v;
+  return text.str();
+}
+
+inline std::string shape_text(const std::vector<int64_t>& dims) {
+  std::string text = "[";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    text += (i ? ", " : "") + (dims[i] < 0 ? std::string("?") : std::to_string(dims[i]));
+  }
+  return text + "]";
+}
+
+// dims matches want, where a dimension of -1 (unknown) matches anything.
+inline bool fits(const std::vector<int64_t>& dims, const std::vector<int64_t>& want) {
+  if (dims.size() != want.size()) return false;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (dims[i] >= 0 && dims[i] != want[i]) return false;
+  }
+  return true;
+}
+
+enum class Threads { kOrt, kStd, kSerial };
+
+// "bitmaps::<op> node '<name>'", the start of every message about a node.
+inline OrtStatus* node_name(const OrtKernelInfo* info, const char* op, std::string* out) {
+  size_t size = 0;
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->KernelInfo_GetNodeName(info, nullptr, &size));
+  std::string name(size, '\0');
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->KernelInfo_GetNodeName(info, name.data(), &size));
+  name.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
+  *out = std::string("bitmaps::") + op + " node '" + name + "'";
+  return nullptr;
+}
+
+// An attribute of the node called `node`: *out keeps its default when an optional one is absent.
+template <class T, class Get>
+OrtStatus* attribute(const std::string& node, const OrtKernelInfo* info, const char* name,
+                     bool required, T* out, Get get) {
+  T value{};
+  if (OrtStatus* status = get(info, name, &value)) {
+    const std::string message = g_api->GetErrorMessage(status);
+    g_api->ReleaseStatus(status);
+    if (!required) return nullptr;
+    return error(ORT_INVALID_ARGUMENT,
+                 node + ": attribute " + name + " is required (" + message + ")");
+  }
+  *out = value;
+  return nullptr;
+}
+
+inline OrtStatus* int_attribute(const std::string& node, const OrtKernelInfo* info,
+                                const char* name, bool required, int64_t* out) {
+  return attribute(node, info, name, required, out,
+                   [](const OrtKernelInfo* i, const char* n, int64_t* v) {
+                     return g_api->KernelInfoGetAttribute_int64(i, n, v);
+                   });
+}
+
+inline OrtStatus* float_attribute(const std::string& node, const OrtKernelInfo* info,
+                                  const char* name, bool required, float* out) {
+  return attribute(node, info, name, required, out,
+                   [](const OrtKernelInfo* i, const char* n, float* v) {
+                     return g_api->KernelInfoGetAttribute_float(i, n, v);
+                   });
+}
+
+// The CPU path (BITMAPS_CPU_PATH, as in bitmaps._C, else the best this CPU has) and the threads
+// (BITMAPS_ORT_THREADS: "ort", the session's intra-op pool, default; "std", threads of our own;
+// "serial") of a node called `node`.
+inline OrtStatus* read_run_settings(const std::string& node, cpu::CpuPath* path,
+                                    Threads* threads) {
+  const auto invalid = [&](const std::string& what) {
+    return error(ORT_INVALID_ARGUMENT, node + ": " + what);
+  };
+  *path = cpu::best_cpu_path();
+  const char* name = std::getenv("BITMAPS_CPU_PATH");
+  if (name != nullptr && name[0] != '\0' && std::string(name) != "auto") {
+    if (!cpu::parse_cpu_path(name, path)) {
+      return invalid(std::string("BITMAPS_CPU_PATH: unknown CPU path '") + name +
+                     "' (expected auto, avx512, avx2, neon or scalar)");
+    }
+    if (!cpu::cpu_path_supported(*path)) {
+      return invalid(std::string("BITMAPS_CPU_PATH: CPU path '") + name + "' needs " +
+                     cpu::cpu_path_requirements(*path) + ", which this CPU or this build lacks");
+    }
+  }
+  const char* mode_env = std::getenv("BITMAPS_ORT_THREADS");
+  const std::string mode = mode_env == nullptr ? "" : mode_env;
+  if (mode.empty() || mode == "ort") {
+    *threads = Threads::kOrt;
+  } else if (mode == "std") {
+    *threads = Threads::kStd;
+  } else if (mode == "serial") {
+    *threads = Threads::kSerial;
+  } else {
+    return invalid("BITMAPS_ORT_THREADS must be ort, std or serial, got '" + mode + "'");
+  }
+  return nullptr;
+}
+
+inline void ORT_API_CALL parallel_trampoline(void* body, size_t worker) {
+  (*static_cast<const std::function<void(int64_t)>*>(body))(static_cast<int64_t>(worker));
+}
+
+// The threads an op's work runs on (cpu_binary_linear.h's Parallel).
+inline cpu::Parallel make_parallel(Threads threads, OrtKernelContext* context) {
+  cpu::Parallel p;
+  if (threads == Threads::kSerial) return p;
+  // Workers beyond the threads that really exist find no item left and return at once.
+  p.max_workers = std::max(1u, std::thread::hardware_concurrency());
+  if (threads == Threads::kOrt) {
+    p.run = [context](int64_t workers, const std::function<void(int64_t)>& body) {
+      OrtStatus* status = g_api->KernelContext_ParallelFor(
+          context, parallel_trampoline, static_cast<size_t>(workers), 0,
+          const_cast<void*>(static_cast<const void*>(&body)));
+      if (status != nullptr) {  // no pool to run on: the caller's thread does it all
+        g_api->ReleaseStatus(status);
+        body(0);
+      }
+    };
+  } else {
+    p.run = [](int64_t workers, const std::function<void(int64_t)>& body) {
+      std::vector<std::thread> pool;
+      for (int64_t w = 1; w < workers; ++w) pool.emplace_back(body, w);
+      body(0);
+      for (auto& t : pool) t.join();
+    };
+  }
+  return p;
+}
+
+inline OrtStatus* input(OrtKernelContext* context, size_t index, const OrtValue** value, TensorDesc* d) {
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->KernelContext_GetInput(context, index, value));
+  if (*value == nullptr) return nullptr;
+  return describe_value(*value, d);
+}
+
+template <class T>
+inline OrtStatus* data_of(const OrtValue* value, const T** out) {
+  void* data = nullptr;
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetTensorMutableData(const_cast<OrtValue*>(value), &data));
+  *out = static_cast<const T*>(data);
+  return nullptr;
+}
+
+// Schema callbacks both ops share. Every input is declared "any type" and checked by the kernel, so
+// a wrong dtype fails session creation with the op's message (naming the node) rather than a
+// generic type error.
+inline const char* ORT_API_CALL cpu_provider(const OrtCustomOp*) { return "CPUExecutionProvider"; }
+inline ONNXTensorElementDataType ORT_API_CALL any_type(const OrtCustomOp*, size_t) {
+  return ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+}
+inline size_t ORT_API_CALL one_output(const OrtCustomOp*) { return 1; }
+inline OrtCustomOpInputOutputCharacteristic ORT_API_CALL required_output(const OrtCustomOp*,
+                                                                         size_t) {
+  return INPUT_OUTPUT_REQUIRED;
+}
+inline OrtMemType ORT_API_CALL default_memory(const OrtCustomOp*, size_t) {
+  return OrtMemTypeDefault;
+}
+inline int ORT_API_CALL version_one(const OrtCustomOp*) { return 1; }
+
+}  // namespace bitmaps::ort
