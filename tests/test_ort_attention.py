@@ -9,49 +9,19 @@ session creation, and bad run-time shapes the run, with a message naming the nod
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from bitmaps.core.ort import function_session, kernel_session
-from bitmaps.export.onnx_function import MIN_OPSET, multi_head_attention_function
 from bitmaps.runtime import onnxruntime as bort
+from bitmaps.runtime.onnxruntime import attention_model
 
 MISSING = bort.library_missing()
 pytestmark = pytest.mark.skipif(
     MISSING is not None, reason=f"needs libbitmaps_ort.so (make install builds it): {MISSING}"
 )
-F32 = TensorProto.FLOAT
 NEG = np.float32(np.finfo(np.float32).min)  # what BERT's extended attention mask adds
-
-
-def attention_model(
-    heads: int, scale: float | None = 0.125, bias: bool = True, dtype: int = F32,
-    hidden: tuple[int | str, int | str] = ("hq", "hv"),
-) -> onnx.ModelProto:  # fmt: skip
-    """One bitmaps::MultiHeadAttention node with dynamic shapes, and its function."""
-    q = helper.make_tensor_value_info("query", dtype, ["B", "S", hidden[0]])
-    k = helper.make_tensor_value_info("key", dtype, ["B", "T", hidden[0]])
-    v = helper.make_tensor_value_info("value", dtype, ["B", "T", hidden[1]])
-    inputs = [q, k, v]
-    names = ["query", "key", "value"]
-    if bias:
-        inputs.append(helper.make_tensor_value_info("bias", dtype, ["b0", "b1", "b2", "T"]))
-        names.append("bias")
-    attrs = {"num_heads": heads} if scale is None else {"num_heads": heads, "scale": scale}
-    node = helper.make_node(
-        "MultiHeadAttention", names, ["out"], domain="bitmaps", name="attn", **attrs
-    )
-    out = helper.make_tensor_value_info("out", dtype, None)
-    graph = helper.make_graph([node], "g", inputs, [out])
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", MIN_OPSET), helper.make_opsetid("bitmaps", 1)],
-        functions=[multi_head_attention_function(MIN_OPSET)],
-    )
-    model.ir_version = 10
-    return model
 
 
 def reference(q, k, v, bias, heads: int, scale: float) -> np.ndarray:  # noqa: ANN001

@@ -44,7 +44,13 @@ from bitmaps.core.ort import (  # noqa: F401  (re-exported: the sessions this mo
     session_options,
 )
 from bitmaps.core.packing import pack_signs
-from bitmaps.export.onnx_function import DOMAIN, OP_TYPE, binary_linear_function
+from bitmaps.export.onnx_function import (
+    ATTENTION_OP_TYPE,
+    DOMAIN,
+    OP_TYPE,
+    binary_linear_function,
+    multi_head_attention_function,
+)
 
 
 def native_status() -> str:
@@ -143,6 +149,22 @@ def _quiet_session(
     return inference_session(model, so)
 
 
+def _interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int, sample_s: float
+) -> dict[str, float]:
+    """Median ms per call of each function: samples taken in turn (each the mean of enough calls
+    to last ``sample_s``), so load from other processes hits all alike."""
+    calls = {}
+    for name, fn in fns.items():
+        fn()  # warm-up
+        calls[name] = max(1, int(sample_s / max(_sample_s(fn, 1), 1e-6)))
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            samples[name].append(_sample_s(fn, calls[name]) * 1e3)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def _sample_s(fn: Callable[[], object], calls: int) -> float:
     t0 = time.perf_counter()
     for _ in range(calls):
@@ -188,16 +210,80 @@ def _measure_one(
         "ort_ms": lambda: session.run(None, feed),
         "ort_fp32_ms": lambda: fp32.run(None, feed),
     }
-    calls = {}
-    for name, fn in fns.items():
-        fn()  # warm-up
-        calls[name] = max(1, int(sample_s / max(_sample_s(fn, 1), 1e-6)))
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            samples[name].append(_sample_s(fn, calls[name]) * 1e3)
     row: dict[str, float] = {"k": k, "n": n, "tokens": tokens}
-    row.update({name: statistics.median(v) for name, v in samples.items()})
+    row.update(_interleaved_medians(fns, repeats, sample_s))
     row["overhead_ms"] = row["ort_ms"] - row["prepacked_ms"]
     row["fp32_ratio"] = row["ort_fp32_ms"] / row["ort_ms"]
     return row
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def attention_model(
+    heads: int, scale: float | None = 0.125, bias: bool = True, dtype: int = TensorProto.FLOAT,
+    hidden: tuple[int | str, int | str] = ("hq", "hv"), domain: str = DOMAIN, opset: int = 20,
+) -> onnx.ModelProto:  # fmt: skip
+    """One MultiHeadAttention node (``bitmaps`` with its function, or ``com.microsoft``'s) on
+    query/key ``[B, S|T, hidden[0]]``, value ``[B, T, hidden[1]]`` and, with ``bias``, an
+    additive ``attention_bias`` ``[b0, b1, b2, T]``; dynamic dimensions except those given."""
+    inputs = [
+        helper.make_tensor_value_info("query", dtype, ["B", "S", hidden[0]]),
+        helper.make_tensor_value_info("key", dtype, ["B", "T", hidden[0]]),
+        helper.make_tensor_value_info("value", dtype, ["B", "T", hidden[1]]),
+    ]
+    names = ["query", "key", "value"]
+    if bias:
+        inputs.append(helper.make_tensor_value_info("bias", dtype, ["b0", "b1", "b2", "T"]))
+        # com.microsoft's inputs: query, key, value, bias, key_padding_mask, attention_bias
+        names += ["bias"] if domain == DOMAIN else ["", "", "bias"]
+    attrs = {"num_heads": heads} if scale is None else {"num_heads": heads, "scale": scale}
+    node = helper.make_node(
+        ATTENTION_OP_TYPE, names, ["out"], domain=domain, name="attn", **attrs
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [node], "attention", inputs, [helper.make_tensor_value_info("out", dtype, None)]
+    )
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(domain, 1)],
+        functions=[multi_head_attention_function(opset)] if domain == DOMAIN else [],
+        ir_version=10,
+    )
+
+
+def measure_attention(
+    shapes: list[tuple[int, int, int, int]], repeats: int = 15, sample_s: float = 0.05,
+    threads: int | None = None,
+) -> list[dict[str, float]]:  # fmt: skip
+    """Per call: ``bitmaps::MultiHeadAttention`` (libbitmaps_ort.so) vs ONNX Runtime's
+    ``com.microsoft`` MultiHeadAttention, one row per (batch, seq, hidden, heads) with query = key
+    = value lengths ``seq`` and BERT's mask as ``attention_bias`` ``[batch, 1, seq, seq]`` (a
+    quarter of the keys masked): medians in ms (``bitmaps_ms``, ``ort_ms``; samples in turn, idle
+    threads not spinning), ``speedup`` = ort_ms / bitmaps_ms and the largest difference."""
+    import numpy as np
+
+    rows = []
+    for batch, seq, hidden, heads in shapes:
+        rng = np.random.default_rng(seq * 31 + hidden)
+        feed = {n: rng.standard_normal((batch, seq, hidden), dtype=np.float32)
+                for n in ("query", "key", "value")}  # fmt: skip
+        bias = np.zeros((batch, 1, seq, seq), np.float32)
+        bias[..., seq - seq // 4 :] = np.finfo(np.float32).min
+        feed["bias"] = bias
+        scale = float(1.0 / np.sqrt(hidden // heads))
+        ours = _quiet_session(attention_model(heads, scale), threads, native=True)
+        theirs = _quiet_session(
+            attention_model(heads, scale, domain="com.microsoft"), threads, native=False
+        )
+        diff = float(np.abs(ours.run(None, feed)[0] - theirs.run(None, feed)[0]).max())
+        row: dict[str, float] = {"batch": batch, "seq": seq, "hidden": hidden, "heads": heads,
+                                 "threads": threads or 0}  # fmt: skip
+        row.update(_interleaved_medians(
+            {"bitmaps_ms": lambda: ours.run(None, feed), "ort_ms": lambda: theirs.run(None, feed)},
+            repeats, sample_s,
+        ))  # fmt: skip
+        row["speedup"] = row["ort_ms"] / row["bitmaps_ms"]
+        row["max_abs_diff"] = diff
+        rows.append(row)
+    return rows
