@@ -27,6 +27,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
@@ -261,8 +262,6 @@ def measure_attention(
     = value lengths ``seq`` and BERT's mask as ``attention_bias`` ``[batch, 1, seq, seq]`` (a
     quarter of the keys masked): medians in ms (``bitmaps_ms``, ``ort_ms``; samples in turn, idle
     threads not spinning), ``speedup`` = ort_ms / bitmaps_ms and the largest difference."""
-    import numpy as np
-
     rows = []
     for batch, seq, hidden, heads in shapes:
         rng = np.random.default_rng(seq * 31 + hidden)
