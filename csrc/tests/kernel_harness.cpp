@@ -7,7 +7,10 @@
 // K in {1, 31, 32, 33, 100, 768, 3072}, odd M and N, garbage in the weights' padding bits, for
 // signed and unsigned activations. Bits, popcounts, int32 dot products and the fused epilogue
 // (float32 / float16, with and without bias, fixed and per-row mean scale) must match bit for bit.
-// The one tolerance: a row's mean |x'| is summed in a different order on each path (documented in
+// Attention (cpu_attention.h) is float arithmetic in another order than any reference: it is checked
+// against a float64 reference to kAttentionAtol, with masked keys (a large negative bias), every
+// broadcast form of the bias, head sizes with and without a 16-wide tail, S != T and Dv != D.
+// The one tolerance of the binary kernels: a row's mean |x'| is summed in a different order on each path (documented in
 // cpu_kernels.h), so it is checked to kMeanRtol; the epilogue is then checked exactly given the
 // scale the kernel produced.
 //
@@ -29,6 +32,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/cpu_attention.h"
 #include "kernels/cpu_features.h"
 #include "kernels/cpu_kernels.h"
 
@@ -356,6 +360,85 @@ void check_fused(Checker& c, CpuPath path, std::mt19937& rng, int64_t m, int64_t
   }
 }
 
+// ----------------------------------------------------------------------------- attention
+
+constexpr double kAttentionAtol = 4e-6;
+
+void check_attention(Checker& c, CpuPath path, std::mt19937& rng) {
+  struct Case {
+    int64_t b, s, t, h, d, dv;
+    int bias;  // 0: none, 1: [b, 1, 1, t], 2: [b, 1, s, t], 3: [1, h, s, t]
+  };
+  const Case cases[] = {{1, 20, 20, 3, 64, 64, 2}, {2, 7, 9, 2, 17, 17, 1}, {1, 5, 33, 4, 32, 20, 3},
+                        {2, 3, 1, 1, 1, 1, 0},     {1, 9, 16, 2, 16, 48, 2}};
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (const Case& k : cases) {
+    const int64_t hd = k.h * k.d, hv = k.h * k.dv;
+    std::vector<float> q(k.b * k.s * hd), key(k.b * k.t * hd), v(k.b * k.t * hv);
+    for (auto* buf : {&q, &key, &v}) {
+      for (float& x : *buf) x = normal(rng);
+    }
+    const int64_t bb = k.bias == 3 ? 1 : k.b, bh = k.bias == 3 ? k.h : 1;
+    const int64_t bs = k.bias >= 2 ? k.s : 1;
+    std::vector<float> bias(bb * bh * bs * k.t);
+    for (size_t i = 0; i < bias.size(); ++i) {
+      bias[i] = (i % k.t) % 3 == 2 ? -3.0e38f : normal(rng);
+    }
+    bitmaps::cpu::AttentionArgs a;
+    a.q = q.data();
+    a.k = key.data();
+    a.v = v.data();
+    if (k.bias != 0) {
+      a.bias = bias.data();
+      a.bias_stride[2] = bs == 1 ? 0 : k.t;
+      a.bias_stride[1] = bh == 1 ? 0 : bs * k.t;
+      a.bias_stride[0] = bb == 1 ? 0 : bh * bs * k.t;
+    }
+    a.batch = k.b;
+    a.q_len = k.s;
+    a.kv_len = k.t;
+    a.heads = k.h;
+    a.head_dim = k.d;
+    a.v_head_dim = k.dv;
+    a.scale = 1.0f / std::sqrt(static_cast<float>(k.d));
+    std::vector<float> out(k.b * k.s * hv, std::nanf(""));
+    a.out = out.data();
+    bitmaps::cpu::attention(path, a, bitmaps::cpu::Parallel{});
+    double worst = 0.0;
+    for (int64_t b = 0; b < k.b; ++b) {
+      for (int64_t h = 0; h < k.h; ++h) {
+        for (int64_t s = 0; s < k.s; ++s) {
+          std::vector<double> p(k.t);
+          double top = -1e300, sum = 0.0;
+          for (int64_t t = 0; t < k.t; ++t) {
+            double dot = 0.0;
+            for (int64_t d = 0; d < k.d; ++d) {
+              dot += double(q[(b * k.s + s) * hd + h * k.d + d]) * key[(b * k.t + t) * hd + h * k.d + d];
+            }
+            p[t] = dot * a.scale;
+            if (a.bias != nullptr) {
+              p[t] += a.bias[b * a.bias_stride[0] + h * a.bias_stride[1] + s * a.bias_stride[2] + t];
+            }
+            top = std::max(top, p[t]);
+          }
+          for (double& x : p) sum += (x = std::exp(x - top));
+          for (int64_t d = 0; d < k.dv; ++d) {
+            double y = 0.0;
+            for (int64_t t = 0; t < k.t; ++t) y += p[t] / sum * v[(b * k.t + t) * hv + h * k.dv + d];
+            const double err = std::fabs(y - out[(b * k.s + s) * hv + h * k.dv + d]);
+            worst = std::isnan(err) ? INFINITY : std::max(worst, err);
+          }
+        }
+      }
+    }
+    c.expect(worst <= kAttentionAtol,
+             describe("attention b=%lld s=%lld t=%lld h=%lld d=%lld dv=%lld bias=%d: max error %.3g",
+                      static_cast<long long>(k.b), static_cast<long long>(k.s),
+                      static_cast<long long>(k.t), static_cast<long long>(k.h),
+                      static_cast<long long>(k.d), static_cast<long long>(k.dv), k.bias, worst));
+  }
+}
+
 void check_path(Checker& c, CpuPath path, uint32_t seed) {
   std::mt19937 rng(seed);
   for (int64_t k : kSizesK) {
@@ -386,6 +469,7 @@ void check_path(Checker& c, CpuPath path, uint32_t seed) {
       }
     }
   }
+  check_attention(c, path, rng);
 }
 
 // pack_signs_f64 is scalar-only (no path argument): checked once.
