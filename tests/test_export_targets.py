@@ -69,7 +69,12 @@ def test_onnxruntime_target_fuses_attention_and_matches_pytorch(onnxruntime_expo
     mha = [n for n in model.graph.node if (n.domain, n.op_type) == ("bitmaps", "MultiHeadAttention")]
     assert len(mha) == config.num_hidden_layers
     assert f"{MS}::MultiHeadAttention" not in _ops(model)
-    assert {f.name for f in model.functions} == {"BinaryLinear", "MultiHeadAttention"}
+    functions = {"BinaryLinear", "MultiHeadAttention", "SkipLayerNormalization"}
+    assert {f.name for f in model.functions} == functions
+    # each sublayer's residual Add + LayerNorm is one bitmaps::SkipLayerNormalization
+    skip_norms = [n for n in model.graph.node if n.op_type == "SkipLayerNormalization"]
+    assert len(skip_norms) == 2 * config.num_hidden_layers
+    assert all(n.domain == "bitmaps" for n in skip_norms)
     assert all(helper.get_attribute_value(a) == config.num_attention_heads
                for n in mha for a in n.attribute if a.name == "num_heads")  # fmt: skip
     # the eager attention (Softmax and the head transposes) is gone; BinaryLinear feeds MHA

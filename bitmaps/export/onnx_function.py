@@ -288,6 +288,34 @@ def multi_head_attention_function(opset: int) -> onnx.FunctionProto:
     )
 
 
+SKIP_LAYER_NORM_OP_TYPE = "SkipLayerNormalization"
+SKIP_LAYER_NORM_INPUTS = ("input", "skip", "gamma", "beta")
+
+
+def skip_layer_norm_function(opset: int) -> onnx.FunctionProto:
+    """The model-local function ``bitmaps::SkipLayerNormalization`` (``--target onnxruntime``,
+    binary float32 models): ``LayerNormalization(input + skip, gamma, beta)`` over the last axis
+    with the node's ``epsilon``. libbitmaps_ort.so runs the node on its own kernel instead
+    (csrc/kernels/cpu_layer_norm.h), where ``beta`` is optional; the function needs it (BERT's
+    LayerNorms have one)."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"the SkipLayerNormalization function needs opset >= {MIN_OPSET}")
+    norm = helper.make_node("LayerNormalization", ["sum", "gamma", "beta"], ["output"], axis=-1)
+    norm.attribute.append(
+        onnx.AttributeProto(name="epsilon", ref_attr_name="epsilon", type=onnx.AttributeProto.FLOAT)
+    )
+    return helper.make_function(
+        DOMAIN,
+        SKIP_LAYER_NORM_OP_TYPE,
+        list(SKIP_LAYER_NORM_INPUTS),
+        ["output"],
+        [helper.make_node("Add", ["input", "skip"], ["sum"]), norm],
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=["epsilon"],
+        doc_string="bitmaps::SkipLayerNormalization from standard ops (Add + LayerNormalization).",
+    )
+
+
 def binary_linear_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The ``bitmaps::BinaryLinear`` nodes of the main graph, in graph order."""
     return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]

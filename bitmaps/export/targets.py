@@ -9,11 +9,12 @@
   and the head reshapes and transposes around them) replaced by one MultiHeadAttention node fed
   by the separate Q, K and V projections, the mask as ``attention_bias``. In a binary float32
   model the node is ``bitmaps::MultiHeadAttention`` (libbitmaps_ort.so's attention kernel, with a
-  model-local function of standard ops for ONNX Runtime without the library; Intel Xeon, 2 threads,
-  one [1, 128, 768] 12-head block with the mask: about 0.6 ms against 0.84 ms for ONNX Runtime's
-  own, ``benchmarks/bench_attention.py``); in the float baselines and float16 binary models it is
-  ONNX Runtime's ``com.microsoft`` MultiHeadAttention (the baselines stay what a user of plain
-  ONNX Runtime gets). Only what ONNX Runtime does not do itself: its session-level optimizer
+  model-local function of standard ops for ONNX Runtime without the library; about 1.6-2x
+  faster than ONNX Runtime's own per block, ``benchmarks/bench_ort_float_ops.py``); in the float
+  baselines and float16 binary models it is ONNX Runtime's ``com.microsoft`` MultiHeadAttention
+  (the baselines stay what a user of plain ONNX Runtime gets). A binary float32 model also gets
+  each residual Add + LayerNormalization as one ``bitmaps::SkipLayerNormalization``
+  (:func:`fuse_skip_layer_norms`). Only what ONNX Runtime does not do itself: its session-level optimizer
   already fuses Add + LayerNormalization into SkipLayerNormalization and keeps Gelu as one kernel
   (checked with ``SessionOptions.optimized_model_filepath`` on onnxruntime 1.32, CPU EP: with
   the BinaryLinear nodes on our kernel it fuses SkipLayerNormalization but not attention). The
@@ -43,16 +44,23 @@ from bitmaps.export.onnx_export import add_function, is_binary_linear, opset_of
 from bitmaps.export.onnx_function import (
     ATTENTION_OP_TYPE,
     DOMAIN,
+    SKIP_LAYER_NORM_OP_TYPE,
     binary_linear_function,
     multi_head_attention_function,
+    skip_layer_norm_function,
 )
 
 TARGETS = ExportConfig.TARGETS
 # How each target stores the BinaryLinear weights (part of the profile cache's key: a cached file
 # of an older layout is exported again)
 WEIGHT_LAYOUTS = {"portable": "rows", "onnxruntime": "panels", "tensorrt": "rows"}
-# Which attention op each target gives a binary float32 model (also part of that cache key)
-BINARY_ATTENTION = {"portable": "eager", "onnxruntime": "bitmaps", "tensorrt": "eager"}
+# The float ops each target gives a binary float32 model around its BinaryLinear nodes (also part
+# of that cache key)
+BINARY_FLOAT_OPS = {
+    "portable": "standard",
+    "onnxruntime": "bitmaps::MultiHeadAttention+SkipLayerNormalization",
+    "tensorrt": "standard",
+}
 MS_DOMAIN = "com.microsoft"
 
 # Operators marked "Y" in onnx-tensorrt's docs/operators.md, ONNX-TensorRT 10.1 GA
@@ -94,6 +102,8 @@ def onnxruntime(model: ir.Model, num_heads: int) -> None:
     add_function(model, binary_linear_function(opset_of(model), panels=True))
     binary = lay_out_panels(model) > 0 or any(is_binary_linear(n) for n in model.graph)
     fuse_attention(model, num_heads, own=binary)
+    if binary:
+        fuse_skip_layer_norms(model)
 
 
 def lay_out_panels(model: ir.Model) -> int:
@@ -228,6 +238,47 @@ def _fuse_attention(
     old.replace_all_uses_with(attention.outputs[0])
     attention.outputs[0].name = old.name + "_mha"
     return 1, attention.domain
+
+
+def fuse_skip_layer_norms(model: ir.Model) -> int:
+    """Every float32 ``LayerNormalization(Add(a, b))`` over the last axis, where a and b have the
+    same shape and the sum feeds nothing else, as one ``bitmaps::SkipLayerNormalization`` (the
+    residual add and LayerNorm after each sublayer: libbitmaps_ort.so's kernel does both in one
+    pass over the rows; ONNX Runtime's own SkipLayerNormalization was slower than the two nodes on
+    the CPUs measured, see bitmaps/core/ort.py). Returns how many; adds the function when any."""
+    done = 0
+    for norm in [n for n in model.graph if n.op_type == "LayerNormalization" and n.domain == ""]:
+        add = _producer(norm.inputs[0], "Add")
+        axis = norm.attributes.get("axis", ir.AttrInt64("axis", -1)).as_int()
+        if add is None or _only_consumer(add.outputs[0], "LayerNormalization") is not norm:
+            continue
+        a, b = add.inputs
+        rank = len(a.shape) if a.shape is not None else 0
+        if axis not in (-1, rank - 1) or len(norm.inputs) != 3 or norm.inputs[2] is None:
+            continue
+        if a.dtype != ir.DataType.FLOAT or a.shape is None or b.shape is None:
+            continue
+        if list(a.shape) != list(b.shape) or len(norm.outputs) != 1:
+            continue
+        eps = norm.attributes.get("epsilon", ir.AttrFloat32("epsilon", 1e-5)).as_float()
+        fused = ir.node(
+            SKIP_LAYER_NORM_OP_TYPE, [a, b, norm.inputs[1], norm.inputs[2]], {"epsilon": eps},
+            domain=DOMAIN, name=f"{norm.name or 'layer_norm'}/skip_layer_norm",
+        )  # fmt: skip
+        fused.outputs[0].type = norm.outputs[0].type
+        fused.outputs[0].shape = norm.outputs[0].shape
+        model.graph.insert_before(norm, fused)
+        old = norm.outputs[0]
+        name, was_output = old.name, old.is_graph_output()
+        old.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
+        if was_output:  # the graph output keeps its name (last_hidden_state)
+            old.name = f"{name}_unfused"
+        fused.outputs[0].name = name if was_output else f"{name}_skip"
+        done += 1
+    if done:
+        add_function(model, skip_layer_norm_function(opset_of(model)), only=False)
+        RemoveUnusedNodesPass()(model)
+    return done
 
 
 def multi_head_attention_nodes(model: ir.Model) -> list[ir.Node]:

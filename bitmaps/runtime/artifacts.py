@@ -31,7 +31,7 @@ from bitmaps.data.assets import ASSET_MODELS, resolve_model
 from bitmaps.export import pipeline
 from bitmaps.export.embeddings import PREFIX as EMBEDDING_CONSTANTS
 from bitmaps.export.onnx_graph import initializer_bytes
-from bitmaps.export.targets import BINARY_ATTENTION, WEIGHT_LAYOUTS
+from bitmaps.export.targets import BINARY_FLOAT_OPS, WEIGHT_LAYOUTS
 from bitmaps.runtime.backends import ModelSource, load_mlm
 from bitmaps.runtime.tensorrt import build_engine, import_tensorrt
 
@@ -108,7 +108,7 @@ def onnx_artifact(
     key = cache_key(
         source, model, dtype=dtype, output=output, opset=cfg.opset, embeddings=emb,
         group=cfg.embedding_group, target=target,
-        **({"weights": WEIGHT_LAYOUTS[target], "attention": BINARY_ATTENTION[target]}
+        **({"weights": WEIGHT_LAYOUTS[target], "float_ops": BINARY_FLOAT_OPS[target]}
            if model == "binary" else {}),
     )  # fmt: skip
     name = f"{_stem(source, model)}-{model}-{dtype}-{output}-{target}-{key[:12]}.onnx"

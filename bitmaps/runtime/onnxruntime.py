@@ -49,8 +49,10 @@ from bitmaps.export.onnx_function import (
     ATTENTION_OP_TYPE,
     DOMAIN,
     OP_TYPE,
+    SKIP_LAYER_NORM_OP_TYPE,
     binary_linear_function,
     multi_head_attention_function,
+    skip_layer_norm_function,
 )
 
 
@@ -277,6 +279,73 @@ def measure_attention(
         )
         diff = float(np.abs(ours.run(None, feed)[0] - theirs.run(None, feed)[0]).max())
         row: dict[str, float] = {"batch": batch, "seq": seq, "hidden": hidden, "heads": heads,
+                                 "threads": threads or 0}  # fmt: skip
+        row.update(_interleaved_medians(
+            {"bitmaps_ms": lambda: ours.run(None, feed), "ort_ms": lambda: theirs.run(None, feed)},
+            repeats, sample_s,
+        ))  # fmt: skip
+        row["speedup"] = row["ort_ms"] / row["bitmaps_ms"]
+        row["max_abs_diff"] = diff
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------- add + layer norm
+
+
+def skip_layer_norm_model(
+    hidden: int | str = "H", epsilon: float | None = 1e-12, beta: bool = True,
+    dtype: int = TensorProto.FLOAT, fused: bool = True, opset: int = 20,
+) -> onnx.ModelProto:  # fmt: skip
+    """``LayerNormalization(input + skip, gamma, beta)`` over the last axis, input and skip
+    ``[B, S, hidden]``, gamma and beta graph inputs ``[hidden]``: one
+    ``bitmaps::SkipLayerNormalization`` node with its function (``fused``), or ONNX Runtime's
+    own Add + LayerNormalization nodes."""
+    names = ["input", "skip", "gamma", "beta"] if beta else ["input", "skip", "gamma"]
+    shapes = [["B", "S", hidden], ["B", "S", hidden], [hidden], [hidden]]
+    inputs = [helper.make_tensor_value_info(n, dtype, shape) for n, shape in zip(names, shapes)]
+    eps = {} if epsilon is None else {"epsilon": epsilon}
+    if fused:
+        nodes = [helper.make_node(
+            SKIP_LAYER_NORM_OP_TYPE, names, ["out"], domain=DOMAIN, name="norm", **eps
+        )]  # fmt: skip
+    else:
+        nodes = [
+            helper.make_node("Add", ["input", "skip"], ["sum"]),
+            helper.make_node("LayerNormalization", ["sum", *names[2:]], ["out"], axis=-1, **eps),
+        ]
+    graph = helper.make_graph(
+        nodes, "skip_layer_norm", inputs, [helper.make_tensor_value_info("out", dtype, None)]
+    )
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)],
+        functions=[skip_layer_norm_function(opset)] if fused else [],
+        ir_version=10,
+    )
+
+
+def measure_skip_layer_norm(
+    shapes: list[tuple[int, int, int]], repeats: int = 15, sample_s: float = 0.05,
+    threads: int | None = None,
+) -> list[dict[str, float]]:  # fmt: skip
+    """Per call: ``bitmaps::SkipLayerNormalization`` (libbitmaps_ort.so) vs ONNX Runtime's Add +
+    LayerNormalization, one row per (batch, seq, hidden): medians in ms (``bitmaps_ms``,
+    ``ort_ms``; samples in turn, idle threads not spinning), ``speedup`` and the largest
+    difference."""
+    rows = []
+    for batch, seq, hidden in shapes:
+        rng = np.random.default_rng(seq * 17 + hidden)
+        feed = {
+            "input": rng.standard_normal((batch, seq, hidden), dtype=np.float32) * 4,
+            "skip": rng.standard_normal((batch, seq, hidden), dtype=np.float32),
+            "gamma": rng.standard_normal(hidden, dtype=np.float32),
+            "beta": rng.standard_normal(hidden, dtype=np.float32),
+        }
+        ours = _quiet_session(skip_layer_norm_model(hidden), threads, native=True)
+        theirs = _quiet_session(skip_layer_norm_model(hidden, fused=False), threads, native=False)
+        diff = float(np.abs(ours.run(None, feed)[0] - theirs.run(None, feed)[0]).max())
+        row: dict[str, float] = {"batch": batch, "seq": seq, "hidden": hidden,
                                  "threads": threads or 0}  # fmt: skip
         row.update(_interleaved_medians(
             {"bitmaps_ms": lambda: ours.run(None, feed), "ort_ms": lambda: theirs.run(None, feed)},

@@ -1,7 +1,8 @@
 // libbitmaps_ort.so's entry points. ONNX Runtime calls RegisterCustomOps when a program registers
 // the library (Python: SessionOptions.register_custom_ops_library(path); C: the
 // RegisterCustomOpsLibrary_V2 API; C++, C#, Java: their equivalents). It adds the "bitmaps" domain
-// with bitmaps::BinaryLinear v1 and bitmaps::MultiHeadAttention v1 to those session options.
+// with bitmaps::BinaryLinear, bitmaps::MultiHeadAttention and bitmaps::SkipLayerNormalization (v1)
+// to those session options.
 //
 // A runtime too old for this library (its C API lacks version kOrtApiVersion) gets an error status
 // that says so, made through the oldest API every runtime offers, instead of a crash.
@@ -12,6 +13,7 @@
 
 #include "onnxruntime/binary_linear_op.h"
 #include "onnxruntime/multi_head_attention_op.h"
+#include "onnxruntime/skip_layer_norm_op.h"
 
 namespace {
 
@@ -56,7 +58,8 @@ BITMAPS_ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* 
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* status = api->CreateCustomOpDomain(bitmaps::ort::kDomain, &domain)) return status;
   for (const OrtCustomOp* op :
-       {bitmaps::ort::binary_linear_op(api), bitmaps::ort::multi_head_attention_op(api)}) {
+       {bitmaps::ort::binary_linear_op(api), bitmaps::ort::multi_head_attention_op(api),
+        bitmaps::ort::skip_layer_norm_op(api)}) {
     if (OrtStatus* status = api->CustomOpDomain_Add(domain, op)) {
       api->ReleaseCustomOpDomain(domain);
       return status;
@@ -74,7 +77,8 @@ BITMAPS_ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* 
 // For tools that inspect the library without ONNX Runtime (bitmaps ort-library): what it was built
 // from and what it needs.
 BITMAPS_ORT_EXPORT const char* BitmapsOrtLibraryInfo() {
-  return "bitmaps::BinaryLinear v1, bitmaps::MultiHeadAttention v1; built with ONNX Runtime headers of C API " BITMAPS_STRINGIFY(
+  return "bitmaps::BinaryLinear v1, bitmaps::MultiHeadAttention v1, "
+         "bitmaps::SkipLayerNormalization v1; built with ONNX Runtime headers of C API " BITMAPS_STRINGIFY(
       ORT_API_VERSION) "; needs C API >= " BITMAPS_STRINGIFY(BITMAPS_ORT_API_VERSION);
 }
 

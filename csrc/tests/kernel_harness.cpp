@@ -10,6 +10,7 @@
 // Attention (cpu_attention.h) is float arithmetic in another order than any reference: it is checked
 // against a float64 reference to kAttentionAtol, with masked keys (a large negative bias), every
 // broadcast form of the bias, head sizes with and without a 16-wide tail, S != T and Dv != D.
+// Add + LayerNorm (cpu_layer_norm.h) likewise, to kLayerNormAtol, with and without skip and beta.
 // The one tolerance of the binary kernels: a row's mean |x'| is summed in a different order on each path (documented in
 // cpu_kernels.h), so it is checked to kMeanRtol; the epilogue is then checked exactly given the
 // scale the kernel produced.
@@ -35,6 +36,7 @@
 #include "kernels/cpu_attention.h"
 #include "kernels/cpu_features.h"
 #include "kernels/cpu_kernels.h"
+#include "kernels/cpu_layer_norm.h"
 
 namespace {
 
@@ -439,6 +441,55 @@ void check_attention(Checker& c, CpuPath path, std::mt19937& rng) {
   }
 }
 
+// ----------------------------------------------------------------------------- add + layer norm
+
+constexpr double kLayerNormAtol = 1e-5;
+
+void check_layer_norm(Checker& c, CpuPath path, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t n : {int64_t{1}, int64_t{15}, int64_t{16}, int64_t{100}, int64_t{768}}) {
+    for (int variant = 0; variant < 4; ++variant) {
+      const bool with_skip = variant & 1, with_beta = variant & 2;
+      const int64_t rows = 5;
+      std::vector<float> x(rows * n), skip(rows * n), gamma(n), beta(n), out(rows * n, NAN);
+      for (float& v : x) v = 3.0f * normal(rng) + 1.0f;
+      for (auto* buf : {&skip, &gamma, &beta}) {
+        for (float& v : *buf) v = normal(rng);
+      }
+      bitmaps::cpu::AddLayerNormArgs a;
+      a.x = x.data();
+      a.skip = with_skip ? skip.data() : nullptr;
+      a.gamma = gamma.data();
+      a.beta = with_beta ? beta.data() : nullptr;
+      a.rows = rows;
+      a.n = n;
+      a.epsilon = 1e-5f;
+      a.out = out.data();
+      bitmaps::cpu::add_layer_norm(path, a, bitmaps::cpu::Parallel{});
+      double worst = 0.0;
+      for (int64_t r = 0; r < rows; ++r) {
+        double mean = 0.0, var = 0.0;
+        std::vector<double> s(n);
+        for (int64_t i = 0; i < n; ++i) {
+          s[i] = double(x[r * n + i]) + (with_skip ? skip[r * n + i] : 0.0f);
+          mean += s[i];
+        }
+        mean /= double(n);
+        for (double v : s) var += (v - mean) * (v - mean);
+        var /= double(n);
+        for (int64_t i = 0; i < n; ++i) {
+          const double y = (s[i] - mean) / std::sqrt(var + 1e-5) * gamma[i] + (with_beta ? beta[i] : 0.0f);
+          const double err = std::fabs(y - out[r * n + i]);
+          worst = std::isnan(err) ? INFINITY : std::max(worst, err);
+        }
+      }
+      c.expect(worst <= kLayerNormAtol,
+               describe("add_layer_norm n=%lld skip=%d beta=%d: max error %.3g",
+                        static_cast<long long>(n), int(with_skip), int(with_beta), worst));
+    }
+  }
+}
+
 void check_path(Checker& c, CpuPath path, uint32_t seed) {
   std::mt19937 rng(seed);
   for (int64_t k : kSizesK) {
@@ -470,6 +521,7 @@ void check_path(Checker& c, CpuPath path, uint32_t seed) {
     }
   }
   check_attention(c, path, rng);
+  check_layer_norm(c, path, rng);
 }
 
 // pack_signs_f64 is scalar-only (no path argument): checked once.
