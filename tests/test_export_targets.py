@@ -83,6 +83,14 @@ def test_onnxruntime_target_fuses_attention_and_matches_pytorch(onnxruntime_expo
     for node in mha:
         assert [producers[x].op_type for x in node.input[:3]] == ["BinaryLinear"] * 3
     assert len(binary_linear_nodes(model)) == 6 * config.num_hidden_layers
+    # each FFN's Gelu is fused into the BinaryLinear before it (activation = 1)
+    gelus = [n for n in model.graph.node if n.op_type == "Gelu"]  # only the MLM head's is left
+    assert all(producers[n.input[0]].op_type != "BinaryLinear" for n in gelus) and len(gelus) == 1
+    fused = [n.name for n in binary_linear_nodes(model)
+             if any(a.name == "activation" and a.i == 1 for a in n.attribute)]  # fmt: skip
+    assert sorted(fused) == sorted(
+        f"bert.encoder.layer.{i}.intermediate.dense" for i in range(config.num_hidden_layers)
+    )
     # verified layer by layer against PyTorch on both ONNX Runtime paths before it was returned
     assert result.report.ok and result.report.worst() < 1e-5
     ids = torch.randint(0, config.vocab_size, (3, 19), generator=torch.Generator().manual_seed(3))

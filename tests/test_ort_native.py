@@ -103,6 +103,27 @@ def test_panel_layout_weights_give_the_same_result(cpu_path, monkeypatch, k, dty
     assert np.abs(_run(function, x).astype(np.float64) - ref.double().numpy()).max() <= tol
 
 
+@pytest.mark.parametrize("dtype", [TensorProto.FLOAT, TensorProto.FLOAT16])
+@pytest.mark.parametrize("k", [1, 33, 768, 3072])
+def test_fused_gelu_matches_torch_gelu(cpu_path, monkeypatch, k, dtype):
+    """activation = 1 (the onnxruntime export's BinaryLinear → Gelu fusion): the native op's
+    epilogue GELU and the function's Erf both match torch.nn.functional.gelu of the op."""
+    monkeypatch.setenv("BITMAPS_CPU_PATH", cpu_path)
+    model, t = bort.single_node_model(
+        k, 40, 0.05, 0.0, dtype=dtype, rank=3, panels=True, activation=1
+    )
+    x = _x((2, 7), k, dtype)
+    y32 = ops.reference_binary_linear(x.float(), t["W"], t["w_scale"], t["bias"], k, 0.05, 0.0)
+    ref = torch.nn.functional.gelu(y32).to(x.dtype).double()
+    scale = max(1.0, ref.abs().max().item())
+    tol = 1e-6 if dtype == TensorProto.FLOAT else 2e-3
+    for session in (bort.kernel_session(model), bort.function_session(model)):
+        got = torch.from_numpy(_run(session, x).astype(np.float64))
+        assert got.shape == ref.shape
+        assert (got - ref).abs().max().item() <= tol * scale
+    assert (y32 < 0).any() and (y32 > 0).any()  # both sides of GELU's knee were exercised
+
+
 def test_native_op_reads_constant_panels_without_a_copy():
     """A constant W in the panel layout adds nothing resident at session creation; rows do (the
     kernel's laid-out copy). 6.3 MB of packed weights, so the difference stands out of the noise."""
@@ -364,6 +385,7 @@ def _set_attribute(model: onnx.ModelProto, name: str, value: object) -> onnx.Mod
             lambda m: _set_attribute(m, "in_features", 90),
             "panel layout) must have shape [1, 3, 16]",
         ),
+        (lambda m: _set_attribute(m, "activation", 2), "activation must be 0 (none) or 1"),
     ],
 )
 def test_invalid_node_fails_session_creation_naming_the_node(change, message):

@@ -23,7 +23,8 @@ BitShift is not used because ONNX defines it for unsigned types only; BitwiseAnd
 
 The ONNX Runtime export (``--target onnxruntime``) stores W in the CPU GEMM's panel layout
 ``[ceil(N/16), KW, 16]`` (``panels=True``): its function first turns either layout back into
-rows (:func:`_weight_rows`).
+rows (:func:`_weight_rows`), and takes the optional ``activation`` attribute (1: GELU applied to
+Y, the target's fusion of BinaryLinear → Gelu; :func:`_activation`).
 
 The TensorRT export (``--target tensorrt``) carries the same function with the weight bits read by
 integer arithmetic instead (``unpack="arithmetic"``: Less/Where/Sub for the sign bit, then
@@ -163,15 +164,34 @@ def _weight_bits_arithmetic(w: str) -> list[onnx.NodeProto]:
     ]
 
 
+def _activation() -> list[onnx.NodeProto]:
+    """``y32`` → ``y_act``: GELU (erf form, as torch's ``gelu``) where the node's ``activation``
+    attribute is 1, else ``y32`` unchanged (both computed, Where selects)."""
+    return [
+        _const_from_attr("activation_i", "value_int", "activation", onnx.AttributeProto.INT),
+        _const("rsqrt2", np.array(1 / np.sqrt(2), np.float32)),
+        _const("half", np.array(0.5, np.float32)),
+        helper.make_node("Cast", ["activation_i"], ["use_gelu"], to=TensorProto.BOOL),
+        helper.make_node("Mul", ["y32", "rsqrt2"], ["y_over_sqrt2"]),
+        helper.make_node("Erf", ["y_over_sqrt2"], ["y_erf"]),
+        helper.make_node("Add", ["y_erf", "plus_one"], ["y_erf_plus_one"]),
+        helper.make_node("Mul", ["y32", "half"], ["y_half"]),
+        helper.make_node("Mul", ["y_half", "y_erf_plus_one"], ["y_gelu"]),
+        helper.make_node("Where", ["use_gelu", "y_gelu", "y32"], ["y_act"]),
+    ]
+
+
 def binary_linear_function(
-    opset: int, unpack: str = "bitwise", panels: bool = False
+    opset: int, unpack: str = "bitwise", panels: bool = False, activation: bool = False
 ) -> onnx.FunctionProto:
     """The model-local function ``bitmaps::BinaryLinear`` for a model importing ``opset``.
 
     ``unpack``: how the weight bits are read, ``"bitwise"`` (BitwiseAnd; the portable export) or
     ``"arithmetic"`` (integer Div/Mod; the TensorRT export). Both give the same ±1 matrix.
     ``panels``: the body also takes W in the CPU GEMM's panel layout (:func:`_weight_rows`; the
-    ``onnxruntime`` export stores its weights that way).
+    ``onnxruntime`` export stores its weights that way). ``activation``: the function declares
+    the optional ``activation`` attribute (0, default: none; 1: GELU applied to Y, the
+    ``onnxruntime`` export's fusion of BinaryLinear → Gelu) and applies it (:func:`_activation`).
     """
     if opset < MIN_OPSET:
         raise ValueError(f"the BinaryLinear function needs opset >= {MIN_OPSET}, got {opset}")
@@ -218,8 +238,10 @@ def binary_linear_function(
         helper.make_node("Mul", ["dot", "scale"], ["dot_scaled"]),
         helper.make_node("Mul", ["dot_scaled", "w_scale"], ["y_scaled"]),
         helper.make_node("Add", ["y_scaled", "bias"], ["y32"]),
-        helper.make_node("CastLike", ["y32", "X"], ["Y"]),
+        *(_activation() if activation else []),
+        helper.make_node("CastLike", ["y_act" if activation else "y32", "X"], ["Y"]),
     ]
+    defaults = {**ATTRIBUTE_DEFAULTS, **({"activation": 0} if activation else {})}
     return helper.make_function(
         DOMAIN,
         OP_TYPE,
@@ -228,9 +250,10 @@ def binary_linear_function(
         nodes,
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=[a for a in ATTRIBUTES if a not in ATTRIBUTE_DEFAULTS],
-        attribute_protos=[helper.make_attribute(k, v) for k, v in ATTRIBUTE_DEFAULTS.items()],
+        attribute_protos=[helper.make_attribute(k, v) for k, v in defaults.items()],
         doc_string=f"bitmaps::BinaryLinear from standard ops (see DESIGN.md; {unpack} weight "
-        f"unpacking{'; W as rows or panels' if panels else ''}); float32 inside.",
+        f"unpacking{'; W as rows or panels' if panels else ''}"
+        f"{'; optional GELU' if activation else ''}); float32 inside.",
     )
 
 

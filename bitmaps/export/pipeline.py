@@ -315,6 +315,9 @@ def _check_structure(model: onnx.ModelProto, wrapper: ExportWrapper, cfg: Export
         if m.act_unsigned:
             expected["act_unsigned"] = 1
         names = [a for a in ATTRIBUTES if a in expected or a not in ATTRIBUTE_DEFAULTS]
+        if cfg.target == "onnxruntime" and "activation" in attrs:  # a fused Gelu (fuse_gelu)
+            expected["activation"] = 1
+            names.append("activation")
         wrong = [k for k, v in expected.items() if attrs.get(k) != v]
         if sorted(attrs) != sorted(names) or wrong:
             raise ExportVerificationError(f"{node.name}: wrong attributes {attrs}")

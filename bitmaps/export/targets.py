@@ -19,7 +19,8 @@
   (checked with ``SessionOptions.optimized_model_filepath`` on onnxruntime 1.32, CPU EP: with
   the BinaryLinear nodes on our kernel it fuses SkipLayerNormalization but not attention). The
   BinaryLinear weights are stored in the CPU GEMM's panel layout (:func:`lay_out_panels`) and the
-  function reads both layouts. Runs in ONNX Runtime only (CPU EP: float32 and float16).
+  function reads both layouts; a Gelu after a BinaryLinear becomes its ``activation = 1``
+  (:func:`fuse_gelu`). Runs in ONNX Runtime only (CPU EP: float32 and float16).
 - ``tensorrt`` — only ops the ONNX-TensorRT parser accepts (:data:`TENSORRT_OPS`); the
   BinaryLinear nodes carry ``plugin_version``/``plugin_namespace``, so the parser maps them onto
   the bitmaps plugin. The fallback function unpacks the weights with integer Div/Mod instead of
@@ -58,7 +59,7 @@ WEIGHT_LAYOUTS = {"portable": "rows", "onnxruntime": "panels", "tensorrt": "rows
 # of that cache key)
 BINARY_FLOAT_OPS = {
     "portable": "standard",
-    "onnxruntime": "bitmaps::MultiHeadAttention+SkipLayerNormalization",
+    "onnxruntime": "bitmaps::MultiHeadAttention+SkipLayerNormalization+BinaryLinear(gelu)",
     "tensorrt": "standard",
 }
 MS_DOMAIN = "com.microsoft"
@@ -99,11 +100,38 @@ def portable(model: ir.Model, num_heads: int) -> None:
 def onnxruntime(model: ir.Model, num_heads: int) -> None:
     """The portable model with every attention block fused into MultiHeadAttention and the
     BinaryLinear weights stored in the CPU GEMM's panel layout."""
-    add_function(model, binary_linear_function(opset_of(model), panels=True))
+    add_function(model, binary_linear_function(opset_of(model), panels=True, activation=True))
     binary = lay_out_panels(model) > 0 or any(is_binary_linear(n) for n in model.graph)
     fuse_attention(model, num_heads, own=binary)
+    fuse_gelu(model)
     if binary:
         fuse_skip_layer_norms(model)
+
+
+def fuse_gelu(model: ir.Model) -> int:
+    """``Gelu(BinaryLinear(x))`` → one BinaryLinear with ``activation = 1``; returns how many.
+
+    The native op applies GELU in the GEMM's epilogue, on each value while it is in a register
+    (cpu_kernels_internal.h), instead of a second pass over the [tokens, 3072] intermediate; the
+    function applies it after its float32 result. Only the erf form (``approximate = "none"``,
+    torch's default) and only where the BinaryLinear output feeds nothing else.
+    """
+    fused = 0
+    for gelu in [n for n in model.graph if n.op_type == "Gelu" and n.domain in ("", "ai.onnx")]:
+        approximate = gelu.attributes.get("approximate")
+        if approximate is not None and approximate.as_string() != "none":
+            continue
+        linear = gelu.inputs[0].producer() if gelu.inputs[0] is not None else None
+        if linear is None or not is_binary_linear(linear):
+            continue
+        y = linear.outputs[0]
+        if len(list(y.uses())) != 1 or y.is_graph_output() or gelu.outputs[0].is_graph_output():
+            continue
+        linear.attributes["activation"] = ir.AttrInt64("activation", 1)
+        gelu.outputs[0].replace_all_uses_with(y)
+        model.graph.remove(gelu, safe=True)
+        fused += 1
+    return fused
 
 
 def lay_out_panels(model: ir.Model) -> int:

@@ -13,8 +13,10 @@ exports. We therefore check every piece of the graph on the same inputs, *teache
    X, so same sign bits: this tests the file's data and attributes and the runtime's op. The
    function backend is the reference math in standard ONNX ops, so this also cross-checks the
    torch op (native kernel when built) against it.
+   A node with a fused activation (``activation = 1``, the onnxruntime target's BinaryLinear →
+   Gelu) is checked against the layer followed by the module PyTorch applies to its output.
 2. **segment check** — PyTorch runs with each PackedBinaryLinear's output replaced by the ONNX
-   Runtime value of that node (forward hooks). Then every node's input X and the final output,
+   Runtime value of that node (forward hooks; for a fused node, its activation module's output). Then every node's input X and the final output,
    as PyTorch computes them, depend only on the float part of the graph since the previous binary
    layer, so they must agree with ONNX Runtime's within float tolerance; no flip can amplify.
 3. **end to end (reported, not enforced)** — plain PyTorch against ONNX Runtime, per sequence:
@@ -43,6 +45,7 @@ from bitmaps.core.errors import BitmapsError
 from bitmaps.core.ort import library_missing, open_session
 from bitmaps.core.packed import PackedBinaryLinear
 from bitmaps.export.onnx_export import ExportWrapper
+from bitmaps.export.onnx_function import binary_linear_nodes
 from bitmaps.export.onnx_graph import tap_binary_linears
 
 SENTENCES = (
@@ -173,23 +176,82 @@ def _binary_modules(wrapper: ExportWrapper, taps: list[tuple[str, str, str]]) ->
 TorchRun = tuple[torch.Tensor, dict[str, torch.Tensor]]  # output, input of each binary layer
 
 
-def _torch_run(
-    wrapper: ExportWrapper, batch: Batch, modules: dict, replace: dict[str, np.ndarray] | None
-) -> TorchRun:
-    """PyTorch, capturing each binary layer's input; with ``replace``, each layer's output is
-    replaced by that value (ONNX Runtime's) so later layers see what ONNX Runtime saw."""
-    seen: dict[str, torch.Tensor] = {}
+def _fused_nodes(model: onnx.ModelProto) -> set[str]:
+    """Names of the BinaryLinear nodes with a fused activation (``activation = 1``: GELU)."""
+    return {
+        n.name
+        for n in binary_linear_nodes(model)
+        if any(a.name == "activation" and a.i == 1 for a in n.attribute)
+    }
 
-    def hook_for(name: str):  # noqa: ANN202
+
+def _activation_modules(wrapper: ExportWrapper, batch: Batch, modules: dict, fused: set[str]):  # noqa: ANN202
+    """For each fused node, the module PyTorch applies to that layer's output (BERT's
+    ``intermediate_act_fn``): found by running once and watching which module takes the layer's
+    output tensor as its input."""
+    if not fused:
+        return {}
+    outputs: dict[int, str] = {}
+    found: dict[str, torch.nn.Module] = {}
+
+    def record(name: str):  # noqa: ANN202
         def hook(module, args, output):  # noqa: ANN001, ANN202
-            seen[name] = args[0].detach().clone()
-            if replace is None:
-                return None
-            return torch.from_numpy(replace[name]).to(output.dtype).reshape(output.shape)
+            outputs[id(output)] = name
 
         return hook
 
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in modules.items()]
+    def watch(module, args):  # noqa: ANN001, ANN202
+        if args and isinstance(args[0], torch.Tensor) and id(args[0]) in outputs:
+            found.setdefault(outputs[id(args[0])], module)
+
+    handles = [modules[n].register_forward_hook(record(n)) for n in fused]
+    handles.append(torch.nn.modules.module.register_module_forward_pre_hook(watch))
+    try:
+        with torch.no_grad():
+            wrapper(batch.input_ids, batch.attention_mask)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = sorted(fused - found.keys())
+    if missing:
+        raise ValueError(f"ONNX node {missing[0]} has a fused activation but PyTorch applies no "
+                         "module to its output")  # fmt: skip
+    if len({id(m) for m in found.values()}) < len(found):
+        raise ValueError("fused BinaryLinear nodes share one PyTorch activation module")
+    return found
+
+
+def _torch_run(
+    wrapper: ExportWrapper, batch: Batch, modules: dict, replace: dict[str, np.ndarray] | None,
+    activations: dict | None = None,
+) -> TorchRun:  # fmt: skip
+    """PyTorch, capturing each binary layer's input; with ``replace``, each layer's output is
+    replaced by that value (ONNX Runtime's) so later layers see what ONNX Runtime saw. A node with
+    a fused activation (``activations``: node → the activation module) replaces the activation's
+    output instead."""
+    seen: dict[str, torch.Tensor] = {}
+    activations = activations or {}
+
+    def replaced(name: str, output: torch.Tensor) -> torch.Tensor | None:
+        if replace is None:
+            return None
+        return torch.from_numpy(replace[name]).to(output.dtype).reshape(output.shape)
+
+    def linear_hook(name: str):  # noqa: ANN202
+        def hook(module, args, output):  # noqa: ANN001, ANN202
+            seen[name] = args[0].detach().clone()
+            return None if name in activations else replaced(name, output)
+
+        return hook
+
+    def activation_hook(name: str):  # noqa: ANN202
+        def hook(module, args, output):  # noqa: ANN001, ANN202
+            return replaced(name, output)
+
+        return hook
+
+    handles = [m.register_forward_hook(linear_hook(n)) for n, m in modules.items()]
+    handles += [m.register_forward_hook(activation_hook(n)) for n, m in activations.items()]
     try:
         with torch.no_grad():
             out = wrapper(batch.input_ids, batch.attention_mask)
@@ -214,14 +276,14 @@ def _first_flip(
 
 def _check_batch(
     session, backend: str, wrapper: ExportWrapper, batch: Batch, plain: TorchRun, taps: list,
-    modules: dict, tolerance: float,
+    modules: dict, tolerance: float, activations: dict,
 ) -> BatchResult:  # fmt: skip
     feed = {"input_ids": batch.input_ids.numpy(), "attention_mask": batch.attention_mask.numpy()}
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(None, feed), strict=True))
     onnx_out = values[names[0]]
     onnx_y = {node: values[y] for node, _, y in taps}
-    forced_out, torch_x = _torch_run(wrapper, batch, modules, onnx_y)
+    forced_out, torch_x = _torch_run(wrapper, batch, modules, onnx_y, activations)
     drift = None
     worst_node = worst_input = 0.0
     for node, x_name, _ in taps:
@@ -229,6 +291,8 @@ def _check_batch(
         input_error = scaled_error(x, torch_x[node])
         with torch.no_grad():
             ref = modules[node](x)
+            if node in activations:  # the node's fused GELU
+                ref = activations[node](ref)
         node_error = scaled_error(onnx_y[node], ref)
         worst_input, worst_node = max(worst_input, input_error), max(worst_node, node_error)
         if drift is None and input_error > tolerance:
@@ -267,12 +331,23 @@ def verify_onnx(
 
     tapped, taps = tap_binary_linears(model)
     modules = _binary_modules(wrapper, taps)
+    activations = _activation_modules(wrapper, batches[0], modules, _fused_nodes(model))
     plain = [_torch_run(wrapper, b, modules, None) for b in batches]
     results = []
     for backend in backends:
         session = open_session(tapped, backend, threads)
         for batch, expected in zip(batches, plain, strict=True):
             results.append(
-                _check_batch(session, backend, wrapper, batch, expected, taps, modules, tolerance)
+                _check_batch(
+                    session,
+                    backend,
+                    wrapper,
+                    batch,
+                    expected,
+                    taps,
+                    modules,
+                    tolerance,
+                    activations,
+                )  # fmt: skip
             )
     return VerificationReport(tolerance, results)

@@ -78,14 +78,14 @@ def native_cpu_path() -> str:
 def single_node_model(
     k: int, n: int, act_threshold: float = 0.0, act_scale: float = 0.0, opset: int = 20,
     dtype: int = TensorProto.FLOAT, seed: int = 0, rank: int = 2, act_unsigned: int = 0,
-    panels: bool = False,
+    panels: bool = False, activation: int = 0,
 ) -> tuple[onnx.ModelProto, dict[str, torch.Tensor]]:  # fmt: skip
     """One BinaryLinear node, X ``[d0, .., K]`` of ``rank`` dims (float32 or float16) → ``[.., N]``.
 
     Random weights; returns the model and its tensors (``W`` as packed rows, ``w_scale``,
     ``bias``). ``panels``: the W initializer is stored in the CPU GEMM's panel layout, as the
-    ``onnxruntime`` export stores it. The ``act_unsigned`` attribute is written only when set (a
-    model without it means 0).
+    ``onnxruntime`` export stores it. The ``act_unsigned`` and ``activation`` (1: fused GELU)
+    attributes are written only when set (a model without them means 0).
     """
     g = torch.Generator().manual_seed(seed * 1_000_003 + k * 7919 + n)
     tensors = {
@@ -98,6 +98,8 @@ def single_node_model(
         stored["W"] = ops.reference_prepack_weights(tensors["W"], k)
     lead = [f"d{i}" for i in range(rank - 1)]
     extra = {"act_unsigned": act_unsigned} if act_unsigned else {}
+    if activation:
+        extra["activation"] = activation
     node = helper.make_node(
         OP_TYPE, ["X", "W", "w_scale", "bias"], ["Y"], domain=DOMAIN, name="binary_linear",
         in_features=k, out_features=n, act_threshold=act_threshold, act_scale=act_scale,
@@ -113,7 +115,7 @@ def single_node_model(
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)],
-        functions=[binary_linear_function(opset, panels=panels)],
+        functions=[binary_linear_function(opset, panels=panels, activation=bool(activation))],
         ir_version=10,
     )
     return model, tensors

@@ -127,6 +127,7 @@ int binary_linear(CpuPath path, const BinaryLinearArgs& a, const Parallel& paral
   args.bias = a.bias;
   args.unsigned_a = a.act_unsigned;
   args.a_popcount = a.act_unsigned ? popcount.get() : nullptr;
+  args.gelu = a.gelu;
   return pack_and_gemm(path, args, parallel, panel_job.items() + row_items, pack);
 }
 

@@ -90,6 +90,7 @@ int xnor_gemm(CpuPath path, const int32_t* a, int64_t m, const int32_t* b, int64
 //   signed:   y[m, n] = s[m] * w_scale[n] * (k - 2 * popcount(sign_bits(x'[m]) XOR W[n])) + bias[n]
 //   unsigned: y[m, n] = s[m] * w_scale[n] * (popcount(a[m]) - 2 * popcount(a[m] AND W[n])) + bias[n]
 //             with a = (x' > 0)
+//   gelu:     y = gelu(y) before y is stored (and rounded to float16 for a float16 x)
 // y [m, n] has the dtype of x. The weights come prepacked (panels), or as packed rows (w) that are
 // laid out into panels inside the same parallel region.
 struct BinaryLinearArgs {
@@ -103,6 +104,7 @@ struct BinaryLinearArgs {
   float act_threshold = 0.0f;
   float act_scale = 0.0f;
   bool act_unsigned = false;
+  bool gelu = false;  // y = gelu(...) (erf form), fused into the epilogue (cpu_kernels_internal.h)
   void* y = nullptr;
 };
 

@@ -75,6 +75,8 @@ struct GemmArgs {
   // dot = a_popcount[m] - 2 * popcount(a[m] AND w[n]); a_popcount ([m]) is then required.
   bool unsigned_a = false;
   const int32_t* a_popcount = nullptr;
+  // Float outputs: GELU applied to each value before it is stored (cpu_kernels_internal.h, gelu).
+  bool gelu = false;
 };
 
 // Output rows [m0, m1) x columns [n0, n1) of the product; n0 must be a multiple of kPanelRows.

@@ -108,6 +108,22 @@ void pack_dispatch(const typename L::T* x, int64_t rows, int64_t k, bool subtrac
 
 // --------------------------------------------------------------------------------------- GEMM
 
+// gelu of cpu_kernels_internal.h on 8 lanes, the same operations in the same order.
+BITMAPS_AVX2_INLINE __m256 gelu8(__m256 y) {
+  __m256 z = _mm256_mul_ps(y, _mm256_set1_ps(kGeluRsqrt2));
+  z = _mm256_min_ps(_mm256_set1_ps(kErfClamp), _mm256_max_ps(_mm256_set1_ps(-kErfClamp), z));
+  const __m256 t = _mm256_mul_ps(z, z);
+  __m256 p = _mm256_set1_ps(kErfP[5]), q = _mm256_set1_ps(kErfQ[5]);
+  for (int i = 4; i >= 0; --i) {
+    p = _mm256_add_ps(_mm256_mul_ps(p, t), _mm256_set1_ps(kErfP[i]));
+    q = _mm256_add_ps(_mm256_mul_ps(q, t), _mm256_set1_ps(kErfQ[i]));
+  }
+  __m256 erf = _mm256_div_ps(_mm256_mul_ps(z, p), q);
+  erf = _mm256_min_ps(_mm256_set1_ps(1.0f), _mm256_max_ps(_mm256_set1_ps(-1.0f), erf));
+  return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), y),
+                       _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
+}
+
 template <int MR, int NV, bool kAnd>
 BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* a, int64_t kw, int64_t w, uint32_t mask,
                                    const int32_t* const (&b)[NV], __m256i (&bytes)[MR][NV]) {
@@ -191,6 +207,7 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n) {
         __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(g.row_scale[row]));
         y = _mm256_mul_ps(y, _mm256_loadu_ps(g.col_scale + col));
         if (g.bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(g.bias + col));
+        if (g.gelu) y = gelu8(y);
         if constexpr (kOut == GemmOutput::kFloat32) {
           _mm256_storeu_ps(static_cast<float*>(g.out) + at, y);
         } else {

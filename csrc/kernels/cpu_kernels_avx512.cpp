@@ -133,6 +133,22 @@ void pack_dispatch(const typename L::T* x, int64_t rows, int64_t k, bool subtrac
 
 // --------------------------------------------------------------------------------------- GEMM
 
+// gelu of cpu_kernels_internal.h on 16 lanes, the same operations in the same order.
+BITMAPS_AVX512_INLINE __m512 gelu16(__m512 y) {
+  __m512 z = _mm512_mul_ps(y, _mm512_set1_ps(kGeluRsqrt2));
+  z = _mm512_min_ps(_mm512_set1_ps(kErfClamp), _mm512_max_ps(_mm512_set1_ps(-kErfClamp), z));
+  const __m512 t = _mm512_mul_ps(z, z);
+  __m512 p = _mm512_set1_ps(kErfP[5]), q = _mm512_set1_ps(kErfQ[5]);
+  for (int i = 4; i >= 0; --i) {
+    p = _mm512_add_ps(_mm512_mul_ps(p, t), _mm512_set1_ps(kErfP[i]));
+    q = _mm512_add_ps(_mm512_mul_ps(q, t), _mm512_set1_ps(kErfQ[i]));
+  }
+  __m512 erf = _mm512_div_ps(_mm512_mul_ps(z, p), q);
+  erf = _mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_max_ps(_mm512_set1_ps(-1.0f), erf));
+  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), y),
+                       _mm512_add_ps(_mm512_set1_ps(1.0f), erf));
+}
+
 template <int MR, int NV, bool kAnd, bool kMask>
 BITMAPS_AVX512_INLINE void xnor_step(const uint32_t* a, int64_t kw, int64_t w, uint32_t mask,
                                      const int32_t* b, int64_t panel_stride,
@@ -198,6 +214,7 @@ BITMAPS_AVX512 void micro(const GemmArgs& g, int64_t m, int64_t n) {
       // (dot * s) * w_scale + bias, separately rounded, as in the reference.
       __m512 y = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), s), col_scale[v]);
       if (g.bias != nullptr) y = _mm512_add_ps(y, bias[v]);
+      if (g.gelu) y = gelu16(y);
       if (kOut == GemmOutput::kFloat32) {
         _mm512_mask_storeu_ps(static_cast<float*>(g.out) + row + v * 16, cols[v], y);
       } else {

@@ -6,6 +6,7 @@
 // sets.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/bit_layout.h"
@@ -67,6 +68,33 @@ inline int32_t gemm_dot(const GemmArgs& g, int64_t m, int64_t count) {
   return g.unsigned_a ? static_cast<int32_t>(g.a_popcount[m] - 2 * count) : binary_dot(g.k, count);
 }
 
+// GELU (erf form) for the fused epilogue, GemmArgs::gelu: gelu(y) = 0.5 y (1 + erf(y / sqrt 2)),
+// erf(z) = z P(z^2) / Q(z^2) on |z| <= 4 (beyond, erf is +-1 in float32), a (5, 5) rational fit
+// made for bitmaps (least squares on erf over [0, 4], reweighted toward its largest errors;
+// |error| <= 3.2e-7 evaluated in float32; gelu's error measured <= 2.3e-7 max(1, |y|) by the
+// kernel harness). Every path
+// evaluates it in this order without fused multiply-adds: mul, add per Horner step.
+constexpr float kGeluRsqrt2 = 0.70710678118654752f;
+constexpr float kErfClamp = 4.0f;
+constexpr float kErfP[6] = {1.128379028e+00f, 2.070394930e-01f, 5.493311928e-02f,
+                            4.471158557e-03f, 2.991484358e-04f, 1.902921722e-06f};
+constexpr float kErfQ[6] = {1.000000000e+00f, 5.168140200e-01f, 1.209690231e-01f,
+                            1.638816300e-02f, 1.330369362e-03f, 3.730995496e-05f};
+
+inline float gelu(float y) {
+  float z = y * kGeluRsqrt2;
+  z = std::min(std::max(z, -kErfClamp), kErfClamp);
+  const float t = z * z;
+  float p = kErfP[5], q = kErfQ[5];
+  for (int i = 4; i >= 0; --i) {
+    p = p * t + kErfP[i];
+    q = q * t + kErfQ[i];
+  }
+  float erf = (z * p) / q;
+  erf = std::min(std::max(erf, -1.0f), 1.0f);
+  return (0.5f * y) * (1.0f + erf);
+}
+
 // The epilogue for one output element, in the exact float32 operation order of the reference
 // ((dot * s) * w_scale + bias, no fused multiply-add), so every path rounds the same way.
 inline void store_output(const GemmArgs& g, int64_t m, int64_t col, int32_t dot) {
@@ -78,6 +106,7 @@ inline void store_output(const GemmArgs& g, int64_t m, int64_t col, int32_t dot)
   float y = static_cast<float>(dot) * g.row_scale[m];
   y = y * g.col_scale[col];
   if (g.bias != nullptr) y = y + g.bias[col];
+  if (g.gelu) y = gelu(y);
   if (g.output == GemmOutput::kFloat32) {
     static_cast<float*>(g.out)[at] = y;
   } else {

@@ -147,6 +147,22 @@ void pack_dispatch(const typename L::T* x, int64_t rows, int64_t k, bool subtrac
 // --------------------------------------------------------------------------------------- GEMM
 
 // An activation word XOR (AND) 4 panel rows, as bytes for CNT.
+// gelu of cpu_kernels_internal.h on 4 lanes, the same operations in the same order (FMAX/FMIN
+// keep a NaN, as the scalar clamp does).
+BITMAPS_NEON_INLINE float32x4_t gelu4(float32x4_t y) {
+  float32x4_t z = vmulq_f32(y, vdupq_n_f32(kGeluRsqrt2));
+  z = vminq_f32(vdupq_n_f32(kErfClamp), vmaxq_f32(vdupq_n_f32(-kErfClamp), z));
+  const float32x4_t t = vmulq_f32(z, z);
+  float32x4_t p = vdupq_n_f32(kErfP[5]), q = vdupq_n_f32(kErfQ[5]);
+  for (int i = 4; i >= 0; --i) {
+    p = vaddq_f32(vmulq_f32(p, t), vdupq_n_f32(kErfP[i]));
+    q = vaddq_f32(vmulq_f32(q, t), vdupq_n_f32(kErfQ[i]));
+  }
+  float32x4_t erf = vdivq_f32(vmulq_f32(z, p), q);
+  erf = vminq_f32(vdupq_n_f32(1.0f), vmaxq_f32(vdupq_n_f32(-1.0f), erf));
+  return vmulq_f32(vmulq_f32(vdupq_n_f32(0.5f), y), vaddq_f32(vdupq_n_f32(1.0f), erf));
+}
+
 template <bool kAnd>
 BITMAPS_NEON_INLINE uint8x16_t combine(uint32x4_t av, uint32x4_t bv) {
   return vreinterpretq_u8_u32(kAnd ? vandq_u32(av, bv) : veorq_u32(av, bv));
@@ -222,6 +238,7 @@ BITMAPS_NEON_INLINE void store_tile(const GemmArgs& g, int64_t m, int64_t n,
         float32x4_t y = vmulq_f32(vcvtq_f32_s32(dot), vdupq_n_f32(g.row_scale[row]));
         y = vmulq_f32(y, vld1q_f32(g.col_scale + col));
         if (g.bias != nullptr) y = vaddq_f32(y, vld1q_f32(g.bias + col));
+        if (g.gelu) y = gelu4(y);
         if constexpr (kOut == GemmOutput::kFloat32) {
           vst1q_f32(static_cast<float*>(g.out) + at, y);
         } else {

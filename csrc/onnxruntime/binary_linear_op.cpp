@@ -24,6 +24,7 @@ struct Kernel {
   int64_t k = 0, n = 0;
   float act_threshold = 0.0f, act_scale = 0.0f;
   bool act_unsigned = false;
+  bool gelu = false;  // activation = 1: GELU fused into the epilogue
   cpu::CpuPath path = cpu::CpuPath::kScalar;
   Threads threads = Threads::kOrt;
   std::vector<int32_t> panels;  // W laid out once when W is a constant initializer
@@ -114,6 +115,8 @@ OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* kern) {
       float_attribute(node, info, "act_threshold", false, &kern->act_threshold));
   BITMAPS_ORT_RETURN_IF_ERROR(float_attribute(node, info, "act_scale", false, &kern->act_scale));
   BITMAPS_ORT_RETURN_IF_ERROR(int_attribute(node, info, "act_unsigned", false, &act_unsigned));
+  int64_t activation = 0;
+  BITMAPS_ORT_RETURN_IF_ERROR(int_attribute(node, info, "activation", false, &activation));
   BITMAPS_ORT_RETURN_IF_ERROR(string_attribute(*kern, info, "plugin_version", "1"));
   BITMAPS_ORT_RETURN_IF_ERROR(string_attribute(*kern, info, "plugin_namespace", "bitmaps"));
   if (kern->k < 1) return kern->invalid("in_features must be >= 1, got " + std::to_string(kern->k));
@@ -132,6 +135,11 @@ OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* kern) {
                          std::to_string(act_unsigned));
   }
   kern->act_unsigned = act_unsigned == 1;
+  if (activation != 0 && activation != 1) {
+    return kern->invalid("activation must be 0 (none) or 1 (GELU, erf form), got " +
+                         std::to_string(activation));
+  }
+  kern->gelu = activation == 1;
   return nullptr;
 }
 
@@ -266,6 +274,7 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   args.act_threshold = kern.act_threshold;
   args.act_scale = kern.act_scale;
   args.act_unsigned = kern.act_unsigned;
+  args.gelu = kern.gelu;
   cpu::binary_linear(kern.path, args, make_parallel(kern.threads, context));
   return nullptr;
 }
