@@ -11,7 +11,7 @@
 // 0 or a large negative number) with its own strides, 0 to broadcast a dimension.
 //
 // One work item is one (b, h) pair: K of that head is transposed (and scaled) once into scratch,
-// then blocks of query rows go through scores (Q K^T), a row softmax (exp of x - max, sum) and
+// then blocks of six query rows go through scores (Q K^T), a row softmax (exp of x - max, sum) and
 // the product with V, normalized by 1 / sum at the end. The AVX-512 path computes exp with a
 // polynomial (Cephes' expf, about 1 ulp) and 2^n by VSCALEFPS; the other paths run a portable C++
 // version of the same steps that the compiler vectorizes.
@@ -41,7 +41,7 @@ struct AttentionArgs {
 int attention(CpuPath path, const AttentionArgs& args, const Parallel& parallel);
 
 namespace detail {
-constexpr int64_t kAttentionRows = 4;  // query rows whose scores the AVX-512 path keeps at once
+constexpr int64_t kAttentionRows = 6;  // query rows whose scores the AVX-512 path keeps at once
 inline int64_t attention_padded_kv(int64_t kv_len) { return (kv_len + 15) / 16 * 16; }
 // One (b, h) item; scratch holds attention_scratch_floats(args) floats.
 int64_t attention_scratch_floats(const AttentionArgs& args);
