@@ -1,7 +1,9 @@
 """Per-call cost of libbitmaps_ort.so's float ops against what ONNX Runtime runs for the same step:
 ``bitmaps::MultiHeadAttention`` vs ``com.microsoft`` MultiHeadAttention, and
 ``bitmaps::SkipLayerNormalization`` vs Add + LayerNormalization (the nodes the ``onnxruntime``
-export target gives a binary model around its BinaryLinear nodes).
+export target gives a binary model around its BinaryLinear nodes), and GELU in the BinaryLinear
+epilogue (``activation = 1``) vs a Gelu node after it (each measured as the difference to the
+BinaryLinear node alone, so its row's ms is the GELU's own cost).
 
 Attention: query = key = value length ``seq``, BERT's padding mask as ``attention_bias``
 [batch, 1, seq, seq]. Both ops of a pair in ONNX Runtime sessions, samples taken in turn with idle
@@ -21,6 +23,7 @@ from bench_results import check_outputs, markdown_table, run_meta, write_outputs
 
 from bitmaps.runtime.onnxruntime import (
     measure_attention,
+    measure_gelu_epilogue,
     measure_skip_layer_norm,
     native_cpu_path,
     native_status,
@@ -30,6 +33,8 @@ from bitmaps.runtime.onnxruntime import (
 ATTENTION = [(1, 128, 768, 12), (8, 128, 768, 12), (1, 128, 128, 2), (1, 128, 384, 12)]
 # (batch, seq, hidden)
 NORMS = [(1, 128, 768), (8, 128, 768), (1, 128, 128)]
+# (tokens, K, N): BERT-base's FFN intermediate at 1 x 128 and 8 x 128
+GELUS = [(128, 768, 3072), (1024, 768, 3072)]
 
 
 def table(rows: list[dict]) -> str:
@@ -37,8 +42,9 @@ def table(rows: list[dict]) -> str:
     head = ("op", "threads", "batch x seq", "hidden", "ONNX Runtime ms", "bitmaps ms", "speed-up",
             "max diff")  # fmt: skip
     cells = [
-        [r["op"], r["threads"] or "default", f"{r['batch']} x {r['seq']}",
-         f"{r['hidden']} / {r['heads']} heads" if "heads" in r else r["hidden"],
+        [r["op"], r["threads"] or "default",
+         f"{r['batch']} x {r['seq']}" if "batch" in r else f"{r['tokens']} tokens",
+         f"{r['hidden']} / {r['heads']} heads" if "heads" in r else r.get("hidden", r.get("n")),
          f"{r['ort_ms']:.3f}", f"{r['bitmaps_ms']:.3f}", f"{r['speedup']:.2f}x",
          f"{r['max_abs_diff']:.1e}"]
         for r in rows
@@ -65,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                  for r in measure_attention(ATTENTION, repeats=args.repeats, threads=t)]
         rows += [{"op": "add + layer norm", **r}
                  for r in measure_skip_layer_norm(NORMS, repeats=args.repeats, threads=t)]
+        rows += [{"op": "gelu (epilogue vs node)", **r}
+                 for r in measure_gelu_epilogue(GELUS, repeats=args.repeats, threads=t)]
     text = table(rows)
     header = f"ONNX Runtime {ort.__version__}; {native_status()}; CPU path {native_cpu_path()}"
     print(header)

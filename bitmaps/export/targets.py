@@ -151,7 +151,7 @@ def lay_out_panels(model: ir.Model) -> int:
         if tensor is None or len(tensor.shape) != 2:
             continue
         k = node.attributes["in_features"].as_int()
-        panels = reference_prepack_weights(torch.from_numpy(tensor.numpy()), k).numpy()
+        panels = reference_prepack_weights(torch.from_numpy(tensor.numpy().copy()), k).numpy()
         w.const_value = ir.tensor(panels, name=w.name)
         w.shape = ir.Shape(panels.shape)
         done += 1

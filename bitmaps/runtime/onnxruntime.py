@@ -357,3 +357,39 @@ def measure_skip_layer_norm(
         row["max_abs_diff"] = diff
         rows.append(row)
     return rows
+
+
+def measure_gelu_epilogue(
+    shapes: list[tuple[int, int, int]], repeats: int = 15, sample_s: float = 0.05,
+    threads: int | None = None,
+) -> list[dict[str, float]]:  # fmt: skip
+    """What the GELU fused into a BinaryLinear's epilogue (``activation = 1``) costs, against
+    ONNX Runtime's Gelu node on the same output: per (tokens, K, N) the node alone
+    (``plain_ms``), with GELU fused (``fused_ms``) and followed by a ``Gelu`` node
+    (``node_ms``), medians in ms (samples in turn, idle threads not spinning); ``ort_ms`` =
+    node_ms - plain_ms (the Gelu node), ``bitmaps_ms`` = fused_ms - plain_ms (the epilogue),
+    ``speedup`` = ort_ms / bitmaps_ms, and the largest difference of the two results."""
+    rows = []
+    for tokens, k, n in shapes:
+        plain, _ = single_node_model(k, n, panels=True)
+        fused, _ = single_node_model(k, n, panels=True, activation=1)
+        node = onnx.ModelProto()
+        node.CopyFrom(plain)
+        node.graph.node[0].output[0] = "Y_linear"
+        node.graph.node.append(helper.make_node("Gelu", ["Y_linear"], ["Y"]))
+        feed = {"X": np.random.default_rng(k + n).standard_normal((tokens, k), dtype=np.float32)}
+        sessions = {name: _quiet_session(m, threads, native=True)
+                    for name, m in (("plain_ms", plain), ("fused_ms", fused), ("node_ms", node))}
+        diff = float(np.abs(sessions["fused_ms"].run(None, feed)[0]
+                            - sessions["node_ms"].run(None, feed)[0]).max())  # fmt: skip
+        row: dict[str, float] = {"tokens": tokens, "k": k, "n": n, "threads": threads or 0}
+        row.update(_interleaved_medians(
+            {name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()},
+            repeats, sample_s,
+        ))  # fmt: skip
+        row["ort_ms"] = row["node_ms"] - row["plain_ms"]
+        row["bitmaps_ms"] = row["fused_ms"] - row["plain_ms"]
+        row["speedup"] = row["ort_ms"] / row["bitmaps_ms"] if row["bitmaps_ms"] > 0 else float("inf")
+        row["max_abs_diff"] = diff
+        rows.append(row)
+    return rows
