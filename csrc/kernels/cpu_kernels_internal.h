@@ -72,8 +72,9 @@ inline int32_t gemm_dot(const GemmArgs& g, int64_t m, int64_t count) {
 // erf(z) = z P(z^2) / Q(z^2) on |z| <= 4 (beyond, erf is +-1 in float32), a (5, 5) rational fit
 // made for bitmaps (least squares on erf over [0, 4], reweighted toward its largest errors;
 // |error| <= 3.2e-7 evaluated in float32; gelu's error measured <= 2.3e-7 max(1, |y|) by the
-// kernel harness). Every path
-// evaluates it in this order without fused multiply-adds: mul, add per Horner step.
+// kernel harness). The scalar, AVX2 and NEON paths evaluate it in this order without fused
+// multiply-adds (mul, add per Horner step), bit for bit alike; AVX-512 uses FMAs and a refined
+// reciprocal instead of the division (cpu_kernels_avx512.cpp), within 3e-7 max(1, |y|) of it.
 constexpr float kGeluRsqrt2 = 0.70710678118654752f;
 constexpr float kErfClamp = 4.0f;
 constexpr float kErfP[6] = {1.128379028e+00f, 2.070394930e-01f, 5.493311928e-02f,
