@@ -279,17 +279,26 @@ def measure_attention(
         theirs = _quiet_session(
             attention_model(heads, scale, domain="com.microsoft"), threads, native=False
         )
-        diff = float(np.abs(ours.run(None, feed)[0] - theirs.run(None, feed)[0]).max())
-        row: dict[str, float] = {"batch": batch, "seq": seq, "hidden": hidden, "heads": heads,
-                                 "threads": threads or 0}  # fmt: skip
-        row.update(_interleaved_medians(
-            {"bitmaps_ms": lambda: ours.run(None, feed), "ort_ms": lambda: theirs.run(None, feed)},
-            repeats, sample_s,
-        ))  # fmt: skip
-        row["speedup"] = row["ort_ms"] / row["bitmaps_ms"]
-        row["max_abs_diff"] = diff
-        rows.append(row)
+        row = {"batch": batch, "seq": seq, "hidden": hidden, "heads": heads}
+        rows.append(_ours_vs_theirs(row, ours, theirs, feed, repeats, sample_s, threads))
     return rows
+
+
+def _ours_vs_theirs(
+    row: dict, ours: ort.InferenceSession, theirs: ort.InferenceSession, feed: dict,
+    repeats: int, sample_s: float, threads: int | None,
+) -> dict[str, float]:  # fmt: skip
+    """``row`` with both sessions' medians (``bitmaps_ms``, ``ort_ms``), ``speedup`` and the
+    largest difference of their outputs."""
+    diff = float(np.abs(ours.run(None, feed)[0] - theirs.run(None, feed)[0]).max())
+    row = {**row, "threads": threads or 0}
+    row.update(_interleaved_medians(
+        {"bitmaps_ms": lambda: ours.run(None, feed), "ort_ms": lambda: theirs.run(None, feed)},
+        repeats, sample_s,
+    ))  # fmt: skip
+    row["speedup"] = row["ort_ms"] / row["bitmaps_ms"]
+    row["max_abs_diff"] = diff
+    return row
 
 
 # --------------------------------------------------------------------------- add + layer norm
@@ -346,16 +355,8 @@ def measure_skip_layer_norm(
         }
         ours = _quiet_session(skip_layer_norm_model(hidden), threads, native=True)
         theirs = _quiet_session(skip_layer_norm_model(hidden, fused=False), threads, native=False)
-        diff = float(np.abs(ours.run(None, feed)[0] - theirs.run(None, feed)[0]).max())
-        row: dict[str, float] = {"batch": batch, "seq": seq, "hidden": hidden,
-                                 "threads": threads or 0}  # fmt: skip
-        row.update(_interleaved_medians(
-            {"bitmaps_ms": lambda: ours.run(None, feed), "ort_ms": lambda: theirs.run(None, feed)},
-            repeats, sample_s,
-        ))  # fmt: skip
-        row["speedup"] = row["ort_ms"] / row["bitmaps_ms"]
-        row["max_abs_diff"] = diff
-        rows.append(row)
+        row = {"batch": batch, "seq": seq, "hidden": hidden}
+        rows.append(_ours_vs_theirs(row, ours, theirs, feed, repeats, sample_s, threads))
     return rows
 
 

@@ -279,12 +279,6 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   return nullptr;
 }
 
-OrtStatus* ORT_API_CALL compute_kernel(void* kernel, OrtKernelContext* context) {
-  return compute(*static_cast<const Kernel*>(kernel), context);
-}
-
-void ORT_API_CALL destroy_kernel(void* kernel) { delete static_cast<Kernel*>(kernel); }
-
 // ---------------------------------------------------------------------------- schema
 
 // Y: the type of X, shape X.shape[:-1] + [out_features] (symbolic dimensions kept).
@@ -323,37 +317,14 @@ OrtStatus* ORT_API_CALL infer_shape(const OrtCustomOp*, OrtShapeInferContext* co
 }
 
 const char* ORT_API_CALL op_name(const OrtCustomOp*) { return kOpName; }
-size_t ORT_API_CALL input_count(const OrtCustomOp*) { return 4; }
-OrtCustomOpInputOutputCharacteristic ORT_API_CALL input_characteristic(const OrtCustomOp*,
-                                                                        size_t index) {
-  return index == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-}
 
 }  // namespace
 
 const OrtCustomOp* binary_linear_op(const OrtApi* api) {
   g_api = api;
-  static const OrtCustomOp op = [] {
-    OrtCustomOp o;
-    std::memset(&o, 0, sizeof(o));  // ONNX Runtime reads only the fields of C API `version`
-    o.version = kOrtApiVersion;
-    o.GetName = op_name;
-    o.GetExecutionProviderType = cpu_provider;
-    o.GetInputType = any_type;
-    o.GetInputTypeCount = input_count;
-    o.GetOutputType = any_type;
-    o.GetOutputTypeCount = one_output;
-    o.GetInputCharacteristic = input_characteristic;
-    o.GetOutputCharacteristic = required_output;
-    o.GetInputMemoryType = default_memory;
-    o.KernelDestroy = destroy_kernel;
-    o.CreateKernelV2 = create_kernel;
-    o.KernelComputeV2 = compute_kernel;
-    o.InferOutputShapeFn = infer_shape;
-    o.GetStartVersion = version_one;
-    o.GetEndVersion = version_one;
-    return o;
-  }();
+  static const OrtCustomOp op =
+      cpu_custom_op(kOrtApiVersion, op_name, create_kernel, compute_kernel<Kernel, compute>,
+                    destroy_kernel<Kernel>, infer_shape);
   return &op;
 }
 

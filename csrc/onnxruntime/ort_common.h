@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <iomanip>
 #include <memory>
@@ -245,5 +246,51 @@ inline OrtMemType ORT_API_CALL default_memory(const OrtCustomOp*, size_t) {
   return OrtMemTypeDefault;
 }
 inline int ORT_API_CALL version_one(const OrtCustomOp*) { return 1; }
+// Inputs 0-2 required, input 3 optional (all three ops have four inputs, the last optional).
+inline size_t ORT_API_CALL four_inputs(const OrtCustomOp*) { return 4; }
+inline OrtCustomOpInputOutputCharacteristic ORT_API_CALL last_input_optional(const OrtCustomOp*,
+                                                                             size_t index) {
+  return index == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+}
+
+// Compute and destroy callbacks of an op whose kernel state is K, computed by compute(K, context).
+template <class K, OrtStatus* (*Compute)(const K&, OrtKernelContext*)>
+OrtStatus* ORT_API_CALL compute_kernel(void* kernel, OrtKernelContext* context) {
+  return Compute(*static_cast<const K*>(kernel), context);
+}
+template <class K>
+void ORT_API_CALL destroy_kernel(void* kernel) {
+  delete static_cast<K*>(kernel);
+}
+
+// The OrtCustomOp of a CPU op of version 1 with four inputs (the last optional) and one output,
+// every type checked by its kernel. `version`: the C API version the library asks for.
+inline OrtCustomOp cpu_custom_op(
+    uint32_t version, const char*(ORT_API_CALL* name)(const OrtCustomOp*),
+    OrtStatus*(ORT_API_CALL* create)(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*,
+                                     void**),
+    OrtStatus*(ORT_API_CALL* compute)(void*, OrtKernelContext*),
+    void(ORT_API_CALL* destroy)(void*),
+    OrtStatus*(ORT_API_CALL* infer)(const OrtCustomOp*, OrtShapeInferContext*)) {
+  OrtCustomOp o;
+  std::memset(&o, 0, sizeof(o));  // ONNX Runtime reads only the fields of C API `version`
+  o.version = version;
+  o.GetName = name;
+  o.GetExecutionProviderType = cpu_provider;
+  o.GetInputType = any_type;
+  o.GetInputTypeCount = four_inputs;
+  o.GetOutputType = any_type;
+  o.GetOutputTypeCount = one_output;
+  o.GetInputCharacteristic = last_input_optional;
+  o.GetOutputCharacteristic = required_output;
+  o.GetInputMemoryType = default_memory;
+  o.KernelDestroy = destroy;
+  o.CreateKernelV2 = create;
+  o.KernelComputeV2 = compute;
+  o.InferOutputShapeFn = infer;
+  o.GetStartVersion = version_one;
+  o.GetEndVersion = version_one;
+  return o;
+}
 
 }  // namespace bitmaps::ort

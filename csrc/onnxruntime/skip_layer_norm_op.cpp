@@ -120,12 +120,6 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   return nullptr;
 }
 
-OrtStatus* ORT_API_CALL compute_kernel(void* kernel, OrtKernelContext* context) {
-  return compute(*static_cast<const Kernel*>(kernel), context);
-}
-
-void ORT_API_CALL destroy_kernel(void* kernel) { delete static_cast<Kernel*>(kernel); }
-
 // Output: the input's type and shape (symbolic dimensions kept).
 OrtStatus* ORT_API_CALL infer_shape(const OrtCustomOp*, OrtShapeInferContext* context) {
   OrtTensorTypeAndShapeInfo* x = nullptr;  // owned by the context
@@ -134,37 +128,14 @@ OrtStatus* ORT_API_CALL infer_shape(const OrtCustomOp*, OrtShapeInferContext* co
 }
 
 const char* ORT_API_CALL op_name(const OrtCustomOp*) { return kSkipLayerNormOpName; }
-size_t ORT_API_CALL input_count(const OrtCustomOp*) { return 4; }
-OrtCustomOpInputOutputCharacteristic ORT_API_CALL input_characteristic(const OrtCustomOp*,
-                                                                        size_t index) {
-  return index == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
-}
 
 }  // namespace
 
 const OrtCustomOp* skip_layer_norm_op(const OrtApi* api) {
   g_api = api;
-  static const OrtCustomOp op = [] {
-    OrtCustomOp o;
-    std::memset(&o, 0, sizeof(o));  // ONNX Runtime reads only the fields of C API `version`
-    o.version = kOrtApiVersion;
-    o.GetName = op_name;
-    o.GetExecutionProviderType = cpu_provider;
-    o.GetInputType = any_type;
-    o.GetInputTypeCount = input_count;
-    o.GetOutputType = any_type;
-    o.GetOutputTypeCount = one_output;
-    o.GetInputCharacteristic = input_characteristic;
-    o.GetOutputCharacteristic = required_output;
-    o.GetInputMemoryType = default_memory;
-    o.KernelDestroy = destroy_kernel;
-    o.CreateKernelV2 = create_kernel;
-    o.KernelComputeV2 = compute_kernel;
-    o.InferOutputShapeFn = infer_shape;
-    o.GetStartVersion = version_one;
-    o.GetEndVersion = version_one;
-    return o;
-  }();
+  static const OrtCustomOp op =
+      cpu_custom_op(kOrtApiVersion, op_name, create_kernel, compute_kernel<Kernel, compute>,
+                    destroy_kernel<Kernel>, infer_shape);
   return &op;
 }
 
