@@ -283,14 +283,9 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
 
 // Y: the type of X, shape X.shape[:-1] + [out_features] (symbolic dimensions kept).
 OrtStatus* ORT_API_CALL infer_shape(const OrtCustomOp*, OrtShapeInferContext* context) {
-  OrtTensorTypeAndShapeInfo* x = nullptr;  // owned by the context (ONNX Runtime frees it)
-  BITMAPS_ORT_RETURN_IF_ERROR(g_api->ShapeInferContext_GetInputTypeShape(context, 0, &x));
   TensorDesc d;
-  BITMAPS_ORT_RETURN_IF_ERROR(describe(x, &d));
-  std::vector<const char*> symbols(d.dims.size(), nullptr);
-  if (!d.dims.empty()) {
-    BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetSymbolicDimensions(x, symbols.data(), symbols.size()));
-  }
+  std::vector<const char*> symbols;
+  BITMAPS_ORT_RETURN_IF_ERROR(infer_input(context, 0, &d, &symbols));
   int64_t n = -1;
   const OrtOpAttr* attr = nullptr;
   size_t read = 0;
@@ -302,18 +297,11 @@ OrtStatus* ORT_API_CALL infer_shape(const OrtCustomOp*, OrtShapeInferContext* co
       n = -1;
     }
   }
-  OrtTensorTypeAndShapeInfo* out_raw = nullptr;
-  BITMAPS_ORT_RETURN_IF_ERROR(g_api->CreateTensorTypeAndShapeInfo(&out_raw));
-  const ShapeInfo y(out_raw);
-  BITMAPS_ORT_RETURN_IF_ERROR(g_api->SetTensorElementType(y.get(), d.type));
   if (!d.dims.empty()) {
-    std::vector<int64_t> dims = d.dims;
-    dims.back() = n;
-    symbols.back() = "";
-    BITMAPS_ORT_RETURN_IF_ERROR(g_api->SetDimensions(y.get(), dims.data(), dims.size()));
-    BITMAPS_ORT_RETURN_IF_ERROR(g_api->SetSymbolicDimensions(y.get(), symbols.data(), symbols.size()));
+    d.dims.back() = n;
+    symbols.back() = nullptr;
   }
-  return g_api->ShapeInferContext_SetOutputTypeShape(context, 0, y.get());
+  return infer_output(context, d.type, d.dims, symbols);
 }
 
 const char* ORT_API_CALL op_name(const OrtCustomOp*) { return kOpName; }

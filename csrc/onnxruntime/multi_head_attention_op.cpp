@@ -163,28 +163,12 @@ OrtStatus* ORT_API_CALL infer_shape(const OrtCustomOp*, OrtShapeInferContext* co
   TensorDesc d[3];
   std::vector<const char*> symbols[3];
   for (size_t i = 0; i < 3; ++i) {
-    OrtTensorTypeAndShapeInfo* info = nullptr;  // owned by the context
-    BITMAPS_ORT_RETURN_IF_ERROR(g_api->ShapeInferContext_GetInputTypeShape(context, i, &info));
-    BITMAPS_ORT_RETURN_IF_ERROR(describe(info, &d[i]));
-    symbols[i].assign(d[i].dims.size(), nullptr);
-    if (!d[i].dims.empty()) {
-      BITMAPS_ORT_RETURN_IF_ERROR(
-          g_api->GetSymbolicDimensions(info, symbols[i].data(), symbols[i].size()));
-    }
+    BITMAPS_ORT_RETURN_IF_ERROR(infer_input(context, i, &d[i], &symbols[i]));
   }
-  OrtTensorTypeAndShapeInfo* out_raw = nullptr;
-  BITMAPS_ORT_RETURN_IF_ERROR(g_api->CreateTensorTypeAndShapeInfo(&out_raw));
-  const ShapeInfo y(out_raw);
   // query's type (float32; any other fails at kernel creation with this op's message)
-  BITMAPS_ORT_RETURN_IF_ERROR(g_api->SetTensorElementType(y.get(), d[0].type));
-  if (d[0].dims.size() == 3 && d[2].dims.size() == 3) {
-    const std::vector<int64_t> dims = {d[0].dims[0], d[0].dims[1], d[2].dims[2]};
-    std::vector<const char*> names = {symbols[0][0], symbols[0][1], symbols[2][2]};
-    for (auto& name : names) name = name == nullptr ? "" : name;
-    BITMAPS_ORT_RETURN_IF_ERROR(g_api->SetDimensions(y.get(), dims.data(), dims.size()));
-    BITMAPS_ORT_RETURN_IF_ERROR(g_api->SetSymbolicDimensions(y.get(), names.data(), names.size()));
-  }
-  return g_api->ShapeInferContext_SetOutputTypeShape(context, 0, y.get());
+  if (d[0].dims.size() != 3 || d[2].dims.size() != 3) return infer_output(context, d[0].type, {}, {});
+  return infer_output(context, d[0].type, {d[0].dims[0], d[0].dims[1], d[2].dims[2]},
+                      {symbols[0][0], symbols[0][1], symbols[2][2]});
 }
 
 const char* ORT_API_CALL op_name(const OrtCustomOp*) { return kAttentionOpName; }

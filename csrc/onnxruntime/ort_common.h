@@ -230,6 +230,34 @@ inline OrtStatus* data_of(const OrtValue* value, const T** out) {
   return nullptr;
 }
 
+// Shape inference: input i's type, dimensions and symbolic dimension names (null where none).
+inline OrtStatus* infer_input(OrtShapeInferContext* context, size_t i, TensorDesc* d,
+                              std::vector<const char*>* symbols) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;  // owned by the context (ONNX Runtime frees it)
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->ShapeInferContext_GetInputTypeShape(context, i, &info));
+  BITMAPS_ORT_RETURN_IF_ERROR(describe(info, d));
+  symbols->assign(d->dims.size(), nullptr);
+  if (d->dims.empty()) return nullptr;
+  return g_api->GetSymbolicDimensions(info, symbols->data(), symbols->size());
+}
+
+// Shape inference: output 0 of `type` and, unless dims is empty, those dimensions (symbolic names
+// where given, null or "" for none).
+inline OrtStatus* infer_output(OrtShapeInferContext* context, ONNXTensorElementDataType type,
+                               const std::vector<int64_t>& dims,
+                               std::vector<const char*> symbols) {
+  OrtTensorTypeAndShapeInfo* raw = nullptr;
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->CreateTensorTypeAndShapeInfo(&raw));
+  const ShapeInfo y(raw);
+  BITMAPS_ORT_RETURN_IF_ERROR(g_api->SetTensorElementType(y.get(), type));
+  if (!dims.empty()) {
+    for (auto& name : symbols) name = name == nullptr ? "" : name;
+    BITMAPS_ORT_RETURN_IF_ERROR(g_api->SetDimensions(y.get(), dims.data(), dims.size()));
+    BITMAPS_ORT_RETURN_IF_ERROR(g_api->SetSymbolicDimensions(y.get(), symbols.data(), symbols.size()));
+  }
+  return g_api->ShapeInferContext_SetOutputTypeShape(context, 0, y.get());
+}
+
 // Schema callbacks both ops share. Every input is declared "any type" and checked by the kernel, so
 // a wrong dtype fails session creation with the op's message (naming the node) rather than a
 // generic type error.
