@@ -101,7 +101,8 @@ def onnxruntime(model: ir.Model, num_heads: int) -> None:
     """The portable model with every attention block fused into MultiHeadAttention and the
     BinaryLinear weights stored in the CPU GEMM's panel layout."""
     add_function(model, binary_linear_function(opset_of(model), panels=True, activation=True))
-    binary = lay_out_panels(model) > 0 or any(is_binary_linear(n) for n in model.graph)
+    lay_out_panels(model)
+    binary = any(is_binary_linear(n) for n in model.graph)
     fuse_attention(model, num_heads, own=binary)
     fuse_gelu(model)
     if binary:
@@ -163,11 +164,9 @@ def fuse_attention(model: ir.Model, num_heads: int, own: bool = False) -> int:
 
     ``own``: float32 blocks become ``bitmaps::MultiHeadAttention`` (and the model gets its
     function); other blocks, and all of them without ``own``, ``com.microsoft``'s."""
-    fused = ours = 0
-    for softmax in _softmaxes(model):
-        done, domain = _fuse_attention(model.graph, softmax, num_heads, own)
-        fused += done
-        ours += done and domain == DOMAIN
+    nodes = [_fuse_attention(model.graph, softmax, num_heads, own) for softmax in _softmaxes(model)]
+    fused = sum(node is not None for node in nodes)
+    ours = sum(node is not None and node.domain == DOMAIN for node in nodes)
     if fused > ours:
         model.graph.opset_imports.setdefault(MS_DOMAIN, 1)
     if ours:
@@ -218,9 +217,9 @@ def _scalar(value: ir.Value | None) -> float | None:
 
 def _fuse_attention(
     graph: ir.Graph, softmax: ir.Node, num_heads: int, own: bool
-) -> tuple[int, str]:
-    """Replace one eager attention block around ``softmax`` by MultiHeadAttention; (1 if done,
-    the node's domain: ``bitmaps`` when ``own`` and the block is float32, else com.microsoft).
+) -> ir.Node | None:
+    """Replace one eager attention block around ``softmax`` by MultiHeadAttention; the new node
+    (domain ``bitmaps`` when ``own`` and the block is float32, else com.microsoft), or None.
 
     Matched (BERT's eager attention as torch.onnx traces it; anything else is left alone)::
 
@@ -229,24 +228,24 @@ def _fuse_attention(
     """
     add = _producer(softmax.inputs[0], "Add")
     if add is None or softmax.attributes.get("axis", ir.AttrInt64("axis", -1)).as_int() != -1:
-        return 0, ""
+        return None
     mul = _producer(add.inputs[0], "Mul")
     scores = _producer(mul.inputs[0], "MatMul") if mul is not None else None
     scale = _scalar(mul.inputs[1]) if mul is not None else None
     context = _only_consumer(softmax.outputs[0], "MatMul")
     if scores is None or scale is None or context is None:
-        return 0, ""
+        return None
     if context.inputs[0] is not softmax.outputs[0]:
-        return 0, ""
+        return None
     merge = _only_consumer(context.outputs[0], "Transpose")
     if _perm(merge) != [0, 2, 1, 3]:
-        return 0, ""
+        return None
     flatten = _only_consumer(merge.outputs[0], "Reshape")
     q = _heads_input(scores.inputs[0], [0, 2, 1, 3])
     k = _heads_input(scores.inputs[1], [0, 2, 3, 1])
     v = _heads_input(context.inputs[1], [0, 2, 1, 3])
     if flatten is None or q is None or k is None or v is None:
-        return 0, ""
+        return None
     ours = own and q.dtype == ir.DataType.FLOAT
     # com.microsoft's inputs: query, key, value, bias, key_padding_mask, attention_bias
     inputs = [q, k, v, add.inputs[1]] if ours else [q, k, v, None, None, add.inputs[1]]
@@ -265,7 +264,7 @@ def _fuse_attention(
         raise BitmapsError("an attention block's output is a graph output; cannot fuse it")
     old.replace_all_uses_with(attention.outputs[0])
     attention.outputs[0].name = old.name + "_mha"
-    return 1, attention.domain
+    return attention
 
 
 def fuse_skip_layer_norms(model: ir.Model) -> int:

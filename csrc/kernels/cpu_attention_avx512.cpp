@@ -2,7 +2,7 @@
 // rows of the left operand broadcast one value at a time against NV vectors of 16 neighbouring
 // columns of the right one, so the MR x NV accumulators hold whole output vectors:
 //   scores[r, t]  += q[s0 + r, d] * (scale * K^T)[d, t]    (K^T laid out once per head)
-//   out[r, d]     += p[r, t] * V[t, d]                     (V read in place, rows of the head)
+//   out[r, d]     += p[r, t] * V[t, d]                     (V of the head copied contiguous)
 // exp is Cephes' expf polynomial with 2^n applied by VSCALEFPS.
 #include "kernels/cpu_features.h"
 
@@ -18,6 +18,7 @@
 #include <algorithm>
 
 #include "kernels/cpu_attention.h"
+#include "kernels/cpu_kernels_internal.h"
 
 #define BITMAPS_AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma")))
 #define BITMAPS_AVX512_INLINE BITMAPS_AVX512 __attribute__((always_inline)) inline
@@ -28,10 +29,8 @@ namespace {
 constexpr int kMR = static_cast<int>(kAttentionRows);
 constexpr int kNV = 4;  // 16-float vectors per block: 6 x 4 accumulators (measured best of 3-8 x 2-4)
 
-inline __mmask16 lanes(int64_t valid) {
-  return valid >= 16 ? static_cast<__mmask16>(0xFFFF)
-                     : static_cast<__mmask16>(valid <= 0 ? 0 : (1u << valid) - 1u);
-}
+// The first `valid` of 16 lanes (cpu_kernels_internal.h's lane_mask).
+inline __mmask16 lanes(int64_t valid) { return static_cast<__mmask16>(lane_mask(valid, 16)); }
 
 // exp(x) for x <= 0 (NaN stays NaN; below -87.3 the result is 0, as in the portable kernel).
 BITMAPS_AVX512_INLINE __m512 exp_nonpositive(__m512 x) {

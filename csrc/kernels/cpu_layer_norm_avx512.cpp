@@ -14,6 +14,7 @@
 
 #include <cmath>
 
+#include "kernels/cpu_kernels_internal.h"
 #include "kernels/cpu_layer_norm.h"
 
 #define BITMAPS_AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma")))
@@ -23,11 +24,7 @@ namespace bitmaps::cpu::detail {
 BITMAPS_AVX512 void add_layer_norm_rows_avx512(const AddLayerNormArgs& a, int64_t r0,
                                                int64_t r1) {
   const int64_t n = a.n;
-  const auto mask = [n](int64_t i) {
-    const int64_t left = n - i;
-    return left >= 16 ? static_cast<__mmask16>(0xFFFF)
-                      : static_cast<__mmask16>((1u << left) - 1u);
-  };
+  const auto mask = [n](int64_t i) { return static_cast<__mmask16>(lane_mask(n - i, 16)); };
   for (int64_t r = r0; r < r1; ++r) {
     const float* x = a.x + r * n;
     const float* skip = a.skip == nullptr ? nullptr : a.skip + r * n;
