@@ -160,9 +160,17 @@ def test_export_parity_with_pytorch_on_both_sessions(exports, mode):
     tables = {
         n.input[0] for n in gathers if n.input[0] in inits and len(inits[n.input[0]].dims) == 2
     }
-    tables = {t for t in tables if not t.endswith(".scale")}
+    # the int4 value-pair table (embeddings_q/const_*) is gathered too, by the unpacking
+    tables = {t for t in tables if not t.endswith(".scale") and not t.startswith("embeddings_q/")}
     kind = {"fp16": TensorProto.FLOAT16, "int8": TensorProto.INT8, "int4": TensorProto.UINT8}
     assert {inits[t].data_type for t in tables} == {kind[mode.split("-")[0]]}
+    if mode == "int4":  # unpacked by a table lookup, without bitwise ops
+        ops = {n.op_type for n in model.graph.node}
+        assert not {"BitwiseAnd", "BitShift"} & ops
+        unpacks = sum(n.input[0].startswith("embeddings_q/") for n in gathers)
+        lookups = sum(n.input[0].endswith(".int4") for n in gathers)
+        whole = any(i.endswith(".dequantized") for n in model.graph.node for i in n.input)
+        assert unpacks == lookups + whole  # each row lookup, and the tied decoder's whole table
     if mode == "int8-opset21":
         assert any(n.op_type == "DequantizeLinear" for n in model.graph.node)
 
@@ -186,7 +194,8 @@ def test_one_table_in_the_file_and_the_expected_size(exports, mode):
 
 def test_onnxruntime_target_decoder_reads_the_int4_table_with_matmul_nbits():
     """--target onnxruntime: the tied decoder is MatMulNBits on the stored int4 table (ONNX
-    Runtime never expands it to float), still one table for the gathers and the decoder."""
+    Runtime never expands it to float), still one table for the gathers and the decoder; the
+    other tables are looked up by GatherBlockQuantized (verified against PyTorch like the rest)."""
     cfg = ExportConfig(target="onnxruntime", embeddings="int4", embedding_group=32)
     result = export_verified(small_student(), cfg, binary=True)
     assert result.report.ok, result.report.failure()
@@ -203,6 +212,13 @@ def test_onnxruntime_target_decoder_reads_the_int4_table_with_matmul_nbits():
         n for n in model.graph.node if n.op_type == "Gather" and n.input[0] == table.name
     ]
     assert len(word_gather) == 1  # the same initializer feeds the lookup
+    # the other tables' lookups: ONNX Runtime's GatherBlockQuantized, one node each
+    gbq = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    assert {inits[n.input[0]].name for n in gbq} == {
+        "model.bert.embeddings.position_embeddings.weight.int4",
+        "model.bert.embeddings.token_type_embeddings.weight.int4",
+    }
+    assert all(n.domain == "com.microsoft" for n in gbq)
     assert not any(n.op_type == "Transpose" and n.input[0] == table.name for n in model.graph.node)
     assert not any(name.endswith(".dequantized") for n in model.graph.node for name in n.output)
     portable = export_verified(
@@ -297,3 +313,13 @@ def test_student_training_keeps_fp16_exact_tables(sotu_small, tmp_path, bert_tin
         assert all(is_exact.values()) if exact else not is_exact["word_embeddings"], is_exact
     with pytest.raises(ConfigError, match="embeddings"):
         BinarizeConfig(embeddings="int8").validate()
+
+
+def test_int4_pairs_table_is_the_torch_unpacking():
+    """The graph's lookup table holds, per byte, what unpack_int4 gives minus the offset."""
+    from bitmaps.core.embeddings import INT4_OFFSET, unpack_int4
+    from bitmaps.export.embeddings import int4_pairs
+
+    data = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    expected = unpack_int4(data).to(torch.int64).reshape(256, 2) - INT4_OFFSET
+    assert np.array_equal(int4_pairs(), expected.numpy())

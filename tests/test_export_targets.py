@@ -269,10 +269,13 @@ def test_tensorrt_target_takes_fp16_and_int8_embeddings(mode):
     assert [t.data_type for t in word] == [want], [(t.name, t.data_type) for t in word]
 
 
-def test_tensorrt_target_refuses_int4_embeddings():
-    from bitmaps.core.errors import BitmapsError
-
-    with pytest.raises(BitmapsError, match="tensorrt target cannot hold .*Bitwise"):
-        export_verified(
-            small_student(), ExportConfig(target="tensorrt", embeddings="int4"), binary=True
-        )
+def test_tensorrt_target_takes_int4_embeddings_unpacked_by_table_lookup():
+    """int4 tables are unpacked by Gather from a value-pair table (no BitwiseAnd / BitShift), so
+    the tensorrt target holds them with parser-listed ops only (export refuses anything else)."""
+    result = export_verified(
+        small_student(), ExportConfig(target="tensorrt", embeddings="int4"), binary=True
+    )
+    assert result.report.ok, result.report.failure()
+    assert ops_outside_tensorrt(ir.from_proto(result.model)) == []
+    assert any(n.op_type == "Gather" and n.input[0].startswith("embeddings_q/")
+               for n in result.model.graph.node)  # fmt: skip

@@ -16,9 +16,10 @@ exports. We therefore check every piece of the graph on the same inputs, *teache
    A node with a fused activation (``activation = 1``, the onnxruntime target's BinaryLinear →
    Gelu) is checked against the layer followed by the module PyTorch applies to its output.
 2. **segment check** — PyTorch runs with each PackedBinaryLinear's output replaced by the ONNX
-   Runtime value of that node (forward hooks; for a fused node, its activation module's output). Then every node's input X and the final output,
-   as PyTorch computes them, depend only on the float part of the graph since the previous binary
-   layer, so they must agree with ONNX Runtime's within float tolerance; no flip can amplify.
+   Runtime value of that node (forward hooks; for a fused node, its activation module's output).
+   Then every node's input X and the final output, as PyTorch computes them, depend only on the
+   float part of the graph since the previous binary layer, so they must agree with ONNX
+   Runtime's within float tolerance; no flip can amplify.
 3. **end to end (reported, not enforced)** — plain PyTorch against ONNX Runtime, per sequence:
    how many sequences agree within tolerance and, for the others, the first node where their
    binary activations took a different sign (or that none did: float drift, reported as such).

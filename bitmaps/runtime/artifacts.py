@@ -29,6 +29,7 @@ from bitmaps.core.config import EngineBuildConfig, ExportConfig
 from bitmaps.core.embeddings import STUDENT_EMBEDDING_GROUP, STUDENT_EMBEDDINGS
 from bitmaps.data.assets import ASSET_MODELS, resolve_model
 from bitmaps.export import pipeline
+from bitmaps.export.embeddings import GRAPH_VERSION as EMBEDDING_GRAPH
 from bitmaps.export.embeddings import PREFIX as EMBEDDING_CONSTANTS
 from bitmaps.export.onnx_graph import initializer_bytes
 from bitmaps.export.targets import BINARY_FLOAT_OPS, WEIGHT_LAYOUTS
@@ -108,8 +109,8 @@ def onnx_artifact(
     key = cache_key(
         source, model, dtype=dtype, output=output, opset=cfg.opset, embeddings=emb,
         group=cfg.embedding_group, target=target,
-        **({"weights": WEIGHT_LAYOUTS[target], "float_ops": BINARY_FLOAT_OPS[target]}
-           if model == "binary" else {}),
+        **({"weights": WEIGHT_LAYOUTS[target], "float_ops": BINARY_FLOAT_OPS[target],
+            "embedding_graph": EMBEDDING_GRAPH} if model == "binary" else {}),
     )  # fmt: skip
     name = f"{_stem(source, model)}-{model}-{dtype}-{output}-{target}-{key[:12]}.onnx"
     path = workdir / name

@@ -314,7 +314,7 @@ def skip_layer_norm_model(
     own Add + LayerNormalization nodes."""
     names = ["input", "skip", "gamma", "beta"] if beta else ["input", "skip", "gamma"]
     shapes = [["B", "S", hidden], ["B", "S", hidden], [hidden], [hidden]]
-    inputs = [helper.make_tensor_value_info(n, dtype, shape) for n, shape in zip(names, shapes)]
+    inputs = [helper.make_tensor_value_info(n, dtype, shape) for n, shape in zip(names, shapes, strict=False)]
     eps = {} if epsilon is None else {"epsilon": epsilon}
     if fused:
         nodes = [helper.make_node(
@@ -385,7 +385,7 @@ def measure_gelu_epilogue(
                             - sessions["node_ms"].run(None, feed)[0]).max())  # fmt: skip
         row: dict[str, float] = {"tokens": tokens, "k": k, "n": n, "threads": threads or 0}
         row.update(_interleaved_medians(
-            {name: (lambda s=s: s.run(None, feed)) for name, s in sessions.items()},
+            {name: (lambda s=s, f=feed: s.run(None, f)) for name, s in sessions.items()},
             repeats, sample_s,
         ))  # fmt: skip
         row["ort_ms"] = row["node_ms"] - row["plain_ms"]
