@@ -65,11 +65,15 @@ def test_onnxruntime_target_fuses_attention_and_matches_pytorch(onnxruntime_expo
     result = onnxruntime_export
     model, config = result.model, result.wrapper.model.config
     # a binary float32 model gets bitmaps' own attention op (native kernel in libbitmaps_ort.so,
-    # model-local function without it); no com.microsoft node is left
-    mha = [n for n in model.graph.node if (n.domain, n.op_type) == ("bitmaps", "MultiHeadAttention")]
+    # model-local function without it), on Q, K and V stacked in one BinaryLinear (the three
+    # layers binarize their common input alike); no com.microsoft node is left
+    mha = [n for n in model.graph.node
+           if (n.domain, n.op_type) == ("bitmaps", "PackedMultiHeadAttention")]  # fmt: skip
     assert len(mha) == config.num_hidden_layers
     assert f"{MS}::MultiHeadAttention" not in _ops(model)
-    functions = {"BinaryLinear", "MultiHeadAttention", "SkipLayerNormalization"}
+    assert "bitmaps::MultiHeadAttention" not in {f"{n.domain}::{n.op_type}" for n in model.graph.node}
+    functions = {"BinaryLinear", "MultiHeadAttention", "PackedMultiHeadAttention",
+                 "SkipLayerNormalization"}  # fmt: skip
     assert {f.name for f in model.functions} == functions
     # each sublayer's residual Add + LayerNorm is one bitmaps::SkipLayerNormalization
     skip_norms = [n for n in model.graph.node if n.op_type == "SkipLayerNormalization"]
@@ -80,9 +84,14 @@ def test_onnxruntime_target_fuses_attention_and_matches_pytorch(onnxruntime_expo
     # the eager attention (Softmax and the head transposes) is gone; BinaryLinear feeds MHA
     assert "ai.onnx::Softmax" not in {f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in model.graph.node}
     producers = {o: n for n in model.graph.node for o in n.output}
-    for node in mha:
-        assert [producers[x].op_type for x in node.input[:3]] == ["BinaryLinear"] * 3
-    assert len(binary_linear_nodes(model)) == 6 * config.num_hidden_layers
+    for i, node in enumerate(mha):
+        qkv = producers[node.input[0]]
+        assert qkv.op_type == "BinaryLinear" and len(node.input) == 2
+        layer = f"bert.encoder.layer.{i}.attention.self"
+        assert qkv.name == f"{layer}.query+{layer}.key+{layer}.value"
+        attrs = {a.name: helper.get_attribute_value(a) for a in qkv.attribute}
+        assert attrs["out_features"] == 3 * config.hidden_size
+    assert len(binary_linear_nodes(model)) == 4 * config.num_hidden_layers
     # each FFN's Gelu is fused into the BinaryLinear before it (activation = 1)
     gelus = [n for n in model.graph.node if n.op_type == "Gelu"]  # only the MLM head's is left
     assert all(producers[n.input[0]].op_type != "BinaryLinear" for n in gelus) and len(gelus) == 1
@@ -100,6 +109,29 @@ def test_onnxruntime_target_fuses_attention_and_matches_pytorch(onnxruntime_expo
     assert report.ok, report.failure()
 
 
+def test_onnxruntime_target_stacks_qkv_only_where_the_layers_binarize_alike():
+    """The elastic quantizer learns each layer's α and β: Q, K and V of layer 0 made equal are
+    stacked (PackedMultiHeadAttention), layer 1's (all different) stay three nodes; both verified
+    against PyTorch, the stacked one third by third."""
+    model = small_student()  # elastic, random α and β per layer
+    attention = model.bert.encoder.layer[0].attention.self
+    with torch.no_grad():
+        for name in ("key", "value"):
+            quantizer = getattr(attention, name).input_quantizer
+            quantizer.alpha.copy_(attention.query.input_quantizer.alpha)
+            quantizer.beta.copy_(attention.query.input_quantizer.beta)
+    result = export_verified(model, ExportConfig(target="onnxruntime"), binary=True)
+    assert result.report.ok, result.report.failure()
+    ops = [(n.op_type, n.name) for n in result.model.graph.node if n.domain == "bitmaps"]
+    attention_ops = [op for op, _ in ops if op.endswith("MultiHeadAttention")]
+    assert attention_ops == ["PackedMultiHeadAttention", "MultiHeadAttention"]
+    names = [name for op, name in ops if op == "BinaryLinear"]
+    layer = "bert.encoder.layer.{}.attention.self.{}"
+    assert "+".join(layer.format(0, p) for p in ("query", "key", "value")) in names
+    assert all(layer.format(1, p) in names for p in ("query", "key", "value"))
+    assert len(names) == 4 + 6
+
+
 def test_onnxruntime_target_stores_weights_as_the_kernels_panels(onnxruntime_export):
     """W is stored in the CPU GEMM's layout (bitmaps::prepack_weights), so the native op reads it
     in place; the packed rows it came from are the PyTorch module's, panel for panel."""
@@ -109,11 +141,16 @@ def test_onnxruntime_target_stores_weights_as_the_kernels_panels(onnxruntime_exp
     nodes = binary_linear_nodes(result.model)
     for node in nodes:
         panels = torch.from_numpy(onnx.numpy_helper.to_array(inits[node.input[1]]).copy())
-        module = modules[node.name]
-        n, k = module.out_features, module.in_features
+        # a stacked node (Q, K, V): the layers' weights one after the other
+        layers = [modules[name] for name in node.name.split("+")]
+        packed = torch.cat([m.packed_weight for m in layers])
+        n, k = sum(m.out_features for m in layers), layers[0].in_features
         assert tuple(panels.shape) == (-(-n // 16), -(-k // 32), 16)
-        assert torch.equal(unpack_panels(panels, n), module.packed_weight)
-        assert torch.equal(panels, reference_prepack_weights(module.packed_weight, k))
+        assert torch.equal(unpack_panels(panels, n), packed)
+        assert torch.equal(panels, reference_prepack_weights(packed, k))
+        for i, part in enumerate(node.input[2:4]):  # w_scale, bias: concatenated alike
+            wanted = torch.cat([m.w_scale if i == 0 else m.bias for m in layers])
+            assert np.array_equal(onnx.numpy_helper.to_array(inits[part]), wanted.numpy())
     function = next(f for f in result.model.functions if f.name == "BinaryLinear")
     assert "W_rows" in {o for n in function.node for o in n.output}
 

@@ -15,7 +15,7 @@ from onnx import TensorProto
 
 from bitmaps.core.ort import function_session, kernel_session
 from bitmaps.runtime import onnxruntime as bort
-from bitmaps.runtime.onnxruntime import attention_model
+from bitmaps.runtime.onnxruntime import attention_model, packed_attention_model
 
 MISSING = bort.library_missing()
 pytestmark = pytest.mark.skipif(
@@ -135,3 +135,56 @@ def test_wrong_run_time_shapes_fail_naming_the_node(change, message):
         session.run(None, feed)
     assert "bitmaps::MultiHeadAttention node 'attn'" in str(info.value)
     assert message in str(info.value)
+
+
+# --------------------------------------------------------------------------- packed Q, K, V
+
+PACKED_CASES = [
+    # b, s, heads, d, bias shape
+    (1, 128, 12, 64, (1, 1, 128, 128)),  # BERT-base
+    (2, 7, 2, 64, (2, 1, 1, 7)),  # BERT-tiny heads
+    (3, 9, 3, 17, (1, 3, 9, 9)),  # ragged head size, per-head bias
+    (1, 4, 1, 1, None),  # no bias
+]
+
+
+@pytest.mark.parametrize("case", PACKED_CASES, ids=lambda c: "x".join(map(str, c[:4])))
+def test_packed_attention_matches_reference(cpu_path, monkeypatch, case):
+    """bitmaps::PackedMultiHeadAttention reads Q, K and V in place from one [B, S, 3 * hidden]
+    tensor (rows 3 * hidden apart): the same attention as on three separate tensors."""
+    monkeypatch.setenv("BITMAPS_CPU_PATH", cpu_path)
+    b, s, heads, d, bias_shape = case
+    feed = _inputs(np.random.default_rng(sum(case[:4])), b, s, s, heads, d, d, bias_shape)
+    qkv = np.concatenate([feed["query"], feed["key"], feed["value"]], axis=-1)
+    packed = {"qkv": qkv} | ({"bias": feed["bias"]} if bias_shape else {})
+    scale = 1.0 / np.sqrt(d)
+    model = packed_attention_model(heads, float(scale), bias=bias_shape is not None)
+    (out,) = kernel_session(model).run(None, packed)
+    ref = reference(feed["query"], feed["key"], feed["value"], feed.get("bias"), heads, scale)
+    assert out.shape == ref.shape
+    np.testing.assert_allclose(out, ref, rtol=0, atol=2e-6)
+    if bias_shape is not None:  # the model-local function (Split + eager attention) agrees
+        (function,) = function_session(model).run(None, packed)
+        np.testing.assert_allclose(out, function, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (lambda: packed_attention_model(2, hidden=64 * 3 + 2), "not a positive multiple of 3 * "),
+        (lambda: packed_attention_model(0), "num_heads must be >= 1, got 0"),
+    ],
+    ids=["hidden", "heads"],
+)
+def test_invalid_packed_node_fails_session_creation_naming_the_node(model, message):
+    with pytest.raises(Exception, match="bitmaps::PackedMultiHeadAttention node 'attn'") as info:
+        kernel_session(model())
+    assert message in str(info.value)
+
+
+def test_packed_run_time_shape_not_a_multiple_fails_naming_the_node():
+    session = kernel_session(packed_attention_model(2, bias=False))
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument) as info:
+        session.run(None, {"qkv": np.zeros((1, 3, 7), np.float32)})
+    assert "bitmaps::PackedMultiHeadAttention node 'attn'" in str(info.value)
+    assert "qkv's last dimension 7 is not a positive multiple of 3 * num_heads=6" in str(info.value)

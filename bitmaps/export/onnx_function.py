@@ -257,6 +257,10 @@ def binary_linear_function(
     )
 
 
+# A BinaryLinear node that holds several layers side by side in its output (the onnxruntime
+# target's stacked Q, K and V) is named after them, joined by this
+STACKED = "+"
+
 ATTENTION_OP_TYPE = "MultiHeadAttention"
 ATTENTION_INPUTS = ("query", "key", "value", "attention_bias")
 ATTENTION_ATTRIBUTES = ("num_heads", "scale")
@@ -274,9 +278,43 @@ def multi_head_attention_function(opset: int) -> onnx.FunctionProto:
     where ``attention_bias`` is optional; the function needs it (the export always passes BERT's
     mask) and both attributes.
     """
+    return _attention_function(
+        ATTENTION_OP_TYPE, ATTENTION_INPUTS, _attention_nodes(opset), opset,
+        "bitmaps::MultiHeadAttention from standard ops (eager BERT attention).",
+    )  # fmt: skip
+
+
+PACKED_ATTENTION_OP_TYPE = "PackedMultiHeadAttention"
+PACKED_ATTENTION_INPUTS = ("qkv", "attention_bias")
+
+
+def packed_multi_head_attention_function(opset: int) -> onnx.FunctionProto:
+    """The model-local function ``bitmaps::PackedMultiHeadAttention``: ``qkv [B, S, 3 * hidden]``
+    (Q, K and V side by side: one BinaryLinear with the three projections' weights stacked) split
+    in three, then :func:`multi_head_attention_function`'s nodes. libbitmaps_ort.so's kernel reads
+    Q, K and V in place instead."""
+    split = helper.make_node("Split", ["qkv"], ["query", "key", "value"], axis=-1, num_outputs=3)
+    return _attention_function(
+        PACKED_ATTENTION_OP_TYPE, PACKED_ATTENTION_INPUTS, [split, *_attention_nodes(opset)], opset,
+        "bitmaps::PackedMultiHeadAttention from standard ops (Split + eager attention).",
+    )  # fmt: skip
+
+
+def _attention_function(
+    op_type: str, inputs: tuple[str, ...], nodes: list[onnx.NodeProto], opset: int, doc: str
+) -> onnx.FunctionProto:
+    return helper.make_function(
+        DOMAIN, op_type, list(inputs), ["output"], nodes,
+        opset_imports=[helper.make_opsetid("", opset)], attributes=list(ATTENTION_ATTRIBUTES),
+        doc_string=doc,
+    )  # fmt: skip
+
+
+def _attention_nodes(opset: int) -> list[onnx.NodeProto]:
+    """The eager attention from ``query``, ``key``, ``value`` and ``attention_bias`` to ``output``."""
     if opset < MIN_OPSET:
         raise ValueError(f"the attention function needs opset >= {MIN_OPSET}, got {opset}")
-    nodes = [
+    return [
         _const_from_attr("heads", "value_int", "num_heads", onnx.AttributeProto.INT),
         _const_from_attr("scale_value", "value_float", "scale", onnx.AttributeProto.FLOAT),
         _const("zeros_2", np.array([0, 0], np.int64)),
@@ -299,16 +337,6 @@ def multi_head_attention_function(opset: int) -> onnx.FunctionProto:
         helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", ["context_t", "flat_shape"], ["output"]),
     ]
-    return helper.make_function(
-        DOMAIN,
-        ATTENTION_OP_TYPE,
-        list(ATTENTION_INPUTS),
-        ["output"],
-        nodes,
-        opset_imports=[helper.make_opsetid("", opset)],
-        attributes=list(ATTENTION_ATTRIBUTES),
-        doc_string="bitmaps::MultiHeadAttention from standard ops (eager BERT attention).",
-    )
 
 
 SKIP_LAYER_NORM_OP_TYPE = "SkipLayerNormalization"

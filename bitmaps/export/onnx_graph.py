@@ -19,18 +19,21 @@ import torch
 from onnx import TensorProto, helper
 from transformers import BertForMaskedLM
 
-from bitmaps.export.onnx_function import binary_linear_nodes
+from bitmaps.export.onnx_function import STACKED, binary_linear_nodes
 
 _FLOAT32 = TensorProto.FLOAT
 
 
-Tap = tuple[str, str, str]  # (node name, X name, Y name)
+# (layer name, X name, Y name, part, parts): the layer's output is part `part` of `parts` equal
+# slices of Y's last axis (one BinaryLinear node may hold several layers side by side, its name
+# their names joined by onnx_function.STACKED; otherwise part 0 of 1)
+Tap = tuple[str, str, str, int, int]
 
 
 def tap_binary_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Tap]]:
     """A copy with X and Y of every BinaryLinear node added as graph outputs.
 
-    Returns the copy and ``[(node name, X name, Y name)]`` in graph order.
+    Returns the copy and its :data:`Tap` per layer, in graph order.
     """
     tapped = onnx.ModelProto()
     tapped.CopyFrom(model)
@@ -41,7 +44,8 @@ def tap_binary_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Ta
     taps = []
     for node in binary_linear_nodes(tapped):
         x, y = node.input[0], node.output[0]
-        taps.append((node.name, x, y))
+        layers = node.name.split(STACKED)
+        taps += [(layer, x, y, i, len(layers)) for i, layer in enumerate(layers)]
         for name in (x, y):
             if name not in existing:
                 elem = types.get(name, fallback)

@@ -48,6 +48,7 @@ from bitmaps.export.onnx_function import (
     ATTRIBUTES,
     PLUGIN_NAMESPACE,
     PLUGIN_VERSION,
+    STACKED,
     binary_linear_nodes,
     node_attributes,
 )
@@ -298,17 +299,22 @@ def _check_structure(model: onnx.ModelProto, wrapper: ExportWrapper, cfg: Export
 
     packed = {n: m for n, m in wrapper.model.named_modules() if isinstance(m, PackedBinaryLinear)}
     nodes = binary_linear_nodes(model)
-    if sorted(n.name for n in nodes) != sorted(packed):
+    layers = [layer for n in nodes for layer in n.name.split(STACKED)]  # stacked Q, K, V: three
+    if sorted(layers) != sorted(packed):
         raise ExportVerificationError(
-            f"export produced {len(nodes)} bitmaps::BinaryLinear nodes for {len(packed)} binary "
-            "layers; refusing to write"
+            f"export produced bitmaps::BinaryLinear nodes for {len(layers)} layers for "
+            f"{len(packed)} binary layers; refusing to write"
         )
     floats = {t.name for t in model.graph.initializer if t.data_type in _FLOAT_TYPES}
     for node in nodes:
-        attrs, m = node_attributes(node), packed[node.name]
+        parts = [packed[layer] for layer in node.name.split(STACKED)]
+        attrs, m = node_attributes(node), parts[0]
+        same = ("in_features", "act_threshold", "act_scale", "act_unsigned")
+        if any(getattr(p, a) != getattr(m, a) for p in parts for a in same):
+            raise ExportVerificationError(f"{node.name}: stacks layers that binarize differently")
         expected = {
             "in_features": m.in_features,
-            "out_features": m.out_features,
+            "out_features": sum(p.out_features for p in parts),
             "plugin_version": PLUGIN_VERSION,
             "plugin_namespace": PLUGIN_NAMESPACE,
         }
@@ -321,7 +327,8 @@ def _check_structure(model: onnx.ModelProto, wrapper: ExportWrapper, cfg: Export
         wrong = [k for k, v in expected.items() if attrs.get(k) != v]
         if sorted(attrs) != sorted(names) or wrong:
             raise ExportVerificationError(f"{node.name}: wrong attributes {attrs}")
-        leftovers = [f for f in floats if f.removeprefix("model.").startswith(f"{node.name}.")]
+        leftovers = [f for f in floats for layer in node.name.split(STACKED)
+                     if f.removeprefix("model.").startswith(f"{layer}.")]  # fmt: skip
         leftovers = [f for f in leftovers if f not in node.input]
         if leftovers:
             raise ExportVerificationError(f"{node.name}: float weights left: {leftovers}")

@@ -14,10 +14,13 @@
   baselines and float16 binary models it is ONNX Runtime's ``com.microsoft`` MultiHeadAttention
   (the baselines stay what a user of plain ONNX Runtime gets). A binary float32 model also gets
   each residual Add + LayerNormalization as one ``bitmaps::SkipLayerNormalization``
-  (:func:`fuse_skip_layer_norms`). Only what ONNX Runtime does not do itself: its session-level optimizer
-  already fuses Add + LayerNormalization into SkipLayerNormalization and keeps Gelu as one kernel
-  (checked with ``SessionOptions.optimized_model_filepath`` on onnxruntime 1.32, CPU EP: with
-  the BinaryLinear nodes on our kernel it fuses SkipLayerNormalization but not attention). The
+  (:func:`fuse_skip_layer_norms`), and where a layer's Q, K and V binarize their input alike, the
+  three BinaryLinear nodes become one with the weights stacked, read in place by
+  ``bitmaps::PackedMultiHeadAttention`` (:func:`stack_qkv`). Only what ONNX Runtime does not do
+  itself: its session-level optimizer already fuses Add + LayerNormalization into
+  SkipLayerNormalization and keeps Gelu as one kernel (checked with
+  ``SessionOptions.optimized_model_filepath`` on onnxruntime 1.32, CPU EP: with the BinaryLinear
+  nodes on our kernel it fuses SkipLayerNormalization but not attention). The
   BinaryLinear weights are stored in the CPU GEMM's panel layout (:func:`lay_out_panels`) and the
   function reads both layouts; a Gelu after a BinaryLinear becomes its ``activation = 1``
   (:func:`fuse_gelu`). Runs in ONNX Runtime only (CPU EP: float32 and float16).
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import onnx_ir as ir
 import torch
 from onnx_ir.passes.common import RemoveUnusedNodesPass
@@ -45,9 +49,12 @@ from bitmaps.export.onnx_export import add_function, is_binary_linear, opset_of
 from bitmaps.export.onnx_function import (
     ATTENTION_OP_TYPE,
     DOMAIN,
+    PACKED_ATTENTION_OP_TYPE,
     SKIP_LAYER_NORM_OP_TYPE,
+    STACKED,
     binary_linear_function,
     multi_head_attention_function,
+    packed_multi_head_attention_function,
     skip_layer_norm_function,
 )
 
@@ -59,7 +66,8 @@ WEIGHT_LAYOUTS = {"portable": "rows", "onnxruntime": "panels", "tensorrt": "rows
 # of that cache key)
 BINARY_FLOAT_OPS = {
     "portable": "standard",
-    "onnxruntime": "bitmaps::MultiHeadAttention+SkipLayerNormalization+BinaryLinear(gelu)",
+    "onnxruntime": "bitmaps::PackedMultiHeadAttention(stacked QKV)+MultiHeadAttention"
+    "+SkipLayerNormalization+BinaryLinear(gelu)",
     "tensorrt": "standard",
 }
 MS_DOMAIN = "com.microsoft"
@@ -107,6 +115,7 @@ def onnxruntime(model: ir.Model, num_heads: int) -> None:
     fuse_gelu(model)
     if binary:
         fuse_skip_layer_norms(model)
+        stack_qkv(model)
 
 
 def fuse_gelu(model: ir.Model) -> int:
@@ -309,11 +318,107 @@ def fuse_skip_layer_norms(model: ir.Model) -> int:
 
 
 def multi_head_attention_nodes(model: ir.Model) -> list[ir.Node]:
-    """The fused attention nodes of either domain (bitmaps' or com.microsoft's)."""
+    """The fused attention nodes of either domain (bitmaps' or com.microsoft's), packed or not."""
     return [
         n for n in model.graph
-        if n.domain in (DOMAIN, MS_DOMAIN) and n.op_type == ATTENTION_OP_TYPE
+        if (n.domain in (DOMAIN, MS_DOMAIN) and n.op_type == ATTENTION_OP_TYPE)
+        or (n.domain == DOMAIN and n.op_type == PACKED_ATTENTION_OP_TYPE)
     ]  # fmt: skip
+
+
+def stack_qkv(model: ir.Model) -> int:
+    """Every ``bitmaps::MultiHeadAttention`` fed by three BinaryLinear nodes that binarize the
+    same input the same way (``act_threshold``, ``act_scale``, ``act_unsigned`` equal; no fused
+    activation) and have equal widths, a multiple of the panel height 16, as ONE BinaryLinear
+    with the three weights stacked (panels, scales and biases concatenated: Q, K, V side by side)
+    feeding ``bitmaps::PackedMultiHeadAttention``, which reads Q, K and V in place. Returns how
+    many.
+
+    One node binarizes and packs the input once instead of three times and runs one GEMM of
+    3 x the width in one parallel region. The node's name joins the three layers' names with
+    ``+`` (:data:`~bitmaps.export.onnx_function.STACKED`), so export verification checks each
+    third of its output against its own PyTorch layer. Layers trained with different activation
+    thresholds or scales (``--activation-quantizer elastic``) stay three nodes.
+    """
+    done = 0
+    for mha in [n for n in model.graph if n.domain == DOMAIN and n.op_type == ATTENTION_OP_TYPE]:
+        stacked = _stack(model.graph, mha)
+        if stacked is not None:
+            done += 1
+    if done:
+        add_function(model, packed_multi_head_attention_function(opset_of(model)), only=False)
+        RemoveUnusedNodesPass()(model)
+        used = {v.name for n in model.graph for v in n.inputs if v is not None}
+        for name in [n for n in model.graph.initializers if n not in used]:
+            model.graph.initializers.pop(name)
+    return done
+
+
+def _stack(graph: ir.Graph, mha: ir.Node) -> ir.Node | None:
+    """:func:`stack_qkv` for one attention node: the stacked BinaryLinear, or None."""
+    inputs = [*mha.inputs, None, None, None, None][:4]
+    linears = [v.producer() if v is not None else None for v in inputs[:3]]
+    if any(n is None or not is_binary_linear(n) for n in linears) or len(set(map(id, linears))) != 3:
+        return None
+    x = linears[0].inputs[0]
+    for node in linears:
+        y = node.outputs[0]
+        if node.inputs[0] is not x or len(list(y.uses())) != 1 or y.is_graph_output():
+            return None
+    attrs = [{k: a.value for k, a in n.attributes.items() if k != "out_features"} for n in linears]
+    width = {n.attributes["out_features"].as_int() for n in linears}
+    if attrs[1] != attrs[0] or attrs[2] != attrs[0] or attrs[0].get("activation", 0):
+        return None
+    if len(width) != 1 or next(iter(width)) % 16 or x.dtype != ir.DataType.FLOAT:
+        return None
+    consts = []  # per node: W panels, w_scale, bias (None when absent)
+    for node in linears:
+        values = [*node.inputs[1:], None, None, None][:3]
+        tensors = [ir.convenience.get_const_tensor(v) if v is not None else None for v in values]
+        if tensors[0] is None or len(tensors[0].shape) != 3 or tensors[1] is None:
+            return None  # not the panel layout (lay_out_panels), or scales computed at run time
+        if (values[2] is None) != (tensors[2] is None):
+            return None
+        consts.append([t.numpy() if t is not None else None for t in tensors])
+    if len({c[2] is None for c in consts}) != 1:
+        return None
+    name = STACKED.join(n.name for n in linears)
+    parts = ["packed_weight", "w_scale", "bias"]
+    stacked_inputs = [x]
+    for i, part in enumerate(parts):
+        if consts[0][i] is None:
+            continue
+        array = np.concatenate([c[i] for c in consts], axis=0)
+        value = ir.Value(name=f"{name}.{part}", const_value=ir.tensor(array, name=f"{name}.{part}"))
+        value.shape, value.dtype = ir.Shape(array.shape), value.const_value.dtype
+        graph.register_initializer(value)
+        stacked_inputs.append(value)
+    total = 3 * next(iter(width))
+    linear = ir.node(
+        linears[0].op_type, stacked_inputs,
+        {**{k: a for k, a in linears[0].attributes.items()},
+         "out_features": ir.AttrInt64("out_features", total)},
+        domain=linears[0].domain, name=name,
+    )  # fmt: skip
+    q = linears[0].outputs[0]
+    linear.outputs[0].dtype = ir.DataType.FLOAT
+    if q.shape is not None:
+        linear.outputs[0].shape = ir.Shape([*q.shape[:-1], total])
+    linear.outputs[0].name = f"{q.name}_qkv"
+    packed = ir.node(
+        PACKED_ATTENTION_OP_TYPE, [linear.outputs[0], inputs[3]],
+        {k: a for k, a in mha.attributes.items()}, domain=DOMAIN, name=f"{mha.name}_packed",
+    )  # fmt: skip
+    packed.outputs[0].type = mha.outputs[0].type
+    packed.outputs[0].shape = mha.outputs[0].shape
+    graph.insert_before(linears[0], linear)
+    graph.insert_before(mha, packed)
+    old = mha.outputs[0]
+    name_out = old.name
+    old.replace_all_uses_with(packed.outputs[0])
+    old.name = f"{name_out}_unpacked"
+    packed.outputs[0].name = name_out
+    return linear
 
 
 # --------------------------------------------------------------------------- tensorrt

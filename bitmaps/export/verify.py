@@ -47,7 +47,7 @@ from bitmaps.core.ort import library_missing, open_session
 from bitmaps.core.packed import PackedBinaryLinear
 from bitmaps.export.onnx_export import ExportWrapper
 from bitmaps.export.onnx_function import binary_linear_nodes
-from bitmaps.export.onnx_graph import tap_binary_linears
+from bitmaps.export.onnx_graph import Tap, tap_binary_linears
 
 SENTENCES = (
     "The president spoke to the nation about the economy and the state of the union.",
@@ -160,10 +160,10 @@ class VerificationReport:
         return text
 
 
-def _binary_modules(wrapper: ExportWrapper, taps: list[tuple[str, str, str]]) -> dict:
+def _binary_modules(wrapper: ExportWrapper, taps: list[Tap]) -> dict:
 
     modules = {}
-    for name, _, _ in taps:
+    for name, *_ in taps:
         try:
             mod = wrapper.model.get_submodule(name)
         except AttributeError:
@@ -266,13 +266,19 @@ def _first_flip(
     seq: int, taps: list, values: dict, plain_x: dict[str, torch.Tensor], modules: dict
 ) -> str | None:
     """The first node whose binary activations differ between the two runs, for one sequence."""
-    for node, x_name, _ in taps:
+    for node, x_name, *_ in taps:
         beta = modules[node].act_threshold
         onnx_bits = (torch.from_numpy(values[x_name][seq]).float() - beta) < 0
         torch_bits = (plain_x[node][seq].float() - beta) < 0
         if not torch.equal(onnx_bits, torch_bits):
             return node
     return None
+
+
+def _part(y: np.ndarray, i: int, parts: int) -> np.ndarray:
+    """Slice ``i`` of ``parts`` equal slices of ``y``'s last axis (a stacked node's layer)."""
+    width = y.shape[-1] // parts
+    return np.ascontiguousarray(y[..., i * width : (i + 1) * width])
 
 
 def _check_batch(
@@ -283,11 +289,11 @@ def _check_batch(
     names = [o.name for o in session.get_outputs()]
     values = dict(zip(names, session.run(None, feed), strict=True))
     onnx_out = values[names[0]]
-    onnx_y = {node: values[y] for node, _, y in taps}
+    onnx_y = {node: _part(values[y], i, parts) for node, _, y, i, parts in taps}
     forced_out, torch_x = _torch_run(wrapper, batch, modules, onnx_y, activations)
     drift = None
     worst_node = worst_input = 0.0
-    for node, x_name, _ in taps:
+    for node, x_name, *_ in taps:
         x = torch.from_numpy(values[x_name])
         input_error = scaled_error(x, torch_x[node])
         with torch.no_grad():
@@ -307,7 +313,7 @@ def _check_batch(
     diverged = [i for i in range(plain_out.shape[0])
                 if scaled_error(onnx_out[i], plain_out[i]) > tolerance]  # fmt: skip
     flips = [_first_flip(i, taps, values, plain_x, modules) for i in diverged]
-    order = [node for node, _, _ in taps]
+    order = [node for node, *_ in taps]
     first = min((f for f in flips if f), key=order.index, default=None)
     return BatchResult(backend, batch.label, worst_node, worst_input, output_error, drift,
                        plain_out.shape[0] - len(diverged), plain_out.shape[0],

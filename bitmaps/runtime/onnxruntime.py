@@ -49,9 +49,11 @@ from bitmaps.export.onnx_function import (
     ATTENTION_OP_TYPE,
     DOMAIN,
     OP_TYPE,
+    PACKED_ATTENTION_OP_TYPE,
     SKIP_LAYER_NORM_OP_TYPE,
     binary_linear_function,
     multi_head_attention_function,
+    packed_multi_head_attention_function,
     skip_layer_norm_function,
 )
 
@@ -253,6 +255,32 @@ def attention_model(
         graph,
         opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(domain, 1)],
         functions=[multi_head_attention_function(opset)] if domain == DOMAIN else [],
+        ir_version=10,
+    )
+
+
+def packed_attention_model(
+    heads: int, scale: float | None = 0.125, bias: bool = True, hidden: int | str = "h3",
+    opset: int = 20,
+) -> onnx.ModelProto:  # fmt: skip
+    """One ``bitmaps::PackedMultiHeadAttention`` node (with its function) on ``qkv [B, S,
+    hidden]`` (Q, K, V side by side) and, with ``bias``, ``attention_bias [b0, b1, b2, S]``."""
+    dtype = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("qkv", dtype, ["B", "S", hidden])]
+    if bias:
+        inputs.append(helper.make_tensor_value_info("bias", dtype, ["b0", "b1", "b2", "S"]))
+    attrs = {"num_heads": heads} if scale is None else {"num_heads": heads, "scale": scale}
+    node = helper.make_node(
+        PACKED_ATTENTION_OP_TYPE, [i.name for i in inputs], ["out"], domain=DOMAIN, name="attn",
+        **attrs,
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [node], "packed_attention", inputs, [helper.make_tensor_value_info("out", dtype, None)]
+    )
+    return helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)],
+        functions=[packed_multi_head_attention_function(opset)],
         ir_version=10,
     )
 

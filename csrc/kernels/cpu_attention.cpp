@@ -42,13 +42,14 @@ int64_t attention_scratch_floats(const AttentionArgs& a) {
 
 void attention_head_portable(const AttentionArgs& a, int64_t b, int64_t h, float* scratch) {
   const int64_t S = a.q_len, T = a.kv_len, D = a.head_dim, Dv = a.v_head_dim;
-  const int64_t tp = attention_padded_kv(T), ldq = a.heads * D, ldv = a.heads * Dv;
+  const int64_t tp = attention_padded_kv(T), ldq = a.q_row(), ldk = a.k_row(), ldv = a.v_row();
+  const int64_t ldo = a.heads * Dv;
   float* kt = scratch;                  // [D, tp]: scale * K of this head, transposed
   float* score = kt + D * tp;           // [T]
   float* acc = score + kAttentionRows * tp;  // [Dv]
-  const float* k = a.k + b * T * ldq + h * D;
+  const float* k = a.k + b * T * ldk + h * D;
   for (int64_t t = 0; t < T; ++t) {
-    for (int64_t d = 0; d < D; ++d) kt[d * tp + t] = k[t * ldq + d] * a.scale;
+    for (int64_t d = 0; d < D; ++d) kt[d * tp + t] = k[t * ldk + d] * a.scale;
   }
   const float* v = a.v + b * T * ldv + h * Dv;
   for (int64_t s = 0; s < S; ++s) {
@@ -78,7 +79,7 @@ void attention_head_portable(const AttentionArgs& a, int64_t b, int64_t h, float
       for (int64_t d = 0; d < Dv; ++d) acc[d] += p * row[d];
     }
     const float inv = 1.0f / sum;
-    float* out = a.out + (b * S + s) * ldv + h * Dv;
+    float* out = a.out + (b * S + s) * ldo + h * Dv;
     for (int64_t d = 0; d < Dv; ++d) out[d] = acc[d] * inv;
   }
 }

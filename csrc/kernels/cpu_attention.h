@@ -6,7 +6,8 @@
 //                     * v[b, t, h, :]
 //
 // q [B, S, H * D], k [B, T, H * D], v [B, T, H * Dv] and out [B, S, H * Dv] are row-major with
-// the heads side by side in the last dimension (the layout of the Q, K and V projections'
+// the heads side by side in the last dimension (q, k and v may have longer rows: AttentionArgs'
+// strides) (the layout of the Q, K and V projections'
 // outputs, so no transpose is needed around the op). bias is additive (BERT's key-padding mask:
 // 0 or a large negative number) with its own strides, 0 to broadcast a dimension.
 //
@@ -33,8 +34,16 @@ struct AttentionArgs {
   const float* bias = nullptr;
   int64_t bias_stride[3] = {0, 0, 0};
   int64_t batch = 0, q_len = 0, kv_len = 0, heads = 0, head_dim = 0, v_head_dim = 0;
+  // Elements from one position's row of q / k / v to the next; 0: the row is the heads alone
+  // (heads * head_dim, heads * v_head_dim). Q, K and V side by side in one [batch, len, 3 * hidden]
+  // tensor (bitmaps::PackedMultiHeadAttention) are three pointers into it with stride 3 * hidden.
+  int64_t q_stride = 0, k_stride = 0, v_stride = 0;
   float scale = 1.0f;
   float* out = nullptr;  // [batch, q_len, heads * v_head_dim]
+
+  int64_t q_row() const { return q_stride != 0 ? q_stride : heads * head_dim; }
+  int64_t k_row() const { return k_stride != 0 ? k_stride : heads * head_dim; }
+  int64_t v_row() const { return v_stride != 0 ? v_stride : heads * v_head_dim; }
 };
 
 // The whole op over the caller's threads (work items: batch * heads). Returns the workers used.

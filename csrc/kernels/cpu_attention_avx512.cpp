@@ -111,7 +111,7 @@ template <int MR>
 BITMAPS_AVX512 void query_rows(const AttentionArgs& a, int64_t b, int64_t h, int64_t s0,
                                const float* kt, const float* v, float* p) {
   const int64_t T = a.kv_len, D = a.head_dim, Dv = a.v_head_dim;
-  const int64_t tp = attention_padded_kv(T), ldq = a.heads * D, ldv = a.heads * Dv;
+  const int64_t tp = attention_padded_kv(T), ldq = a.q_row(), ldo = a.heads * Dv;
   const float* q = a.q + (b * a.q_len + s0) * ldq + h * D;
   rows_times<MR>(q, ldq, kt, tp, D, T, nullptr, p, tp);
   float inv[MR];
@@ -138,15 +138,15 @@ BITMAPS_AVX512 void query_rows(const AttentionArgs& a, int64_t b, int64_t h, int
     }
     inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
   }
-  float* out = a.out + (b * a.q_len + s0) * ldv + h * Dv;
-  rows_times<MR>(p, tp, v, Dv, T, Dv, inv, out, ldv);
+  float* out = a.out + (b * a.q_len + s0) * ldo + h * Dv;
+  rows_times<MR>(p, tp, v, Dv, T, Dv, inv, out, ldo);
 }
 
 }  // namespace
 
 BITMAPS_AVX512 void attention_head_avx512(const AttentionArgs& a, int64_t b, int64_t h,
                                           float* scratch) {
-  const int64_t T = a.kv_len, D = a.head_dim, tp = attention_padded_kv(T), ldk = a.heads * D;
+  const int64_t T = a.kv_len, D = a.head_dim, tp = attention_padded_kv(T), ldk = a.k_row();
   float* kt = scratch;        // [D, tp]: scale * K of this head, transposed
   float* p = kt + D * tp;     // [kMR, tp]: scores, then exp(score - max)
   // [T, Dv]: V of this head, contiguous (its rows in place are heads * Dv apart, a stride that
@@ -166,7 +166,7 @@ BITMAPS_AVX512 void attention_head_avx512(const AttentionArgs& a, int64_t b, int
       _mm512_storeu_ps(kt + d * tp + t, _mm512_mul_ps(col, scale));
     }
   }
-  const int64_t Dv = a.v_head_dim, ldv = a.heads * Dv;
+  const int64_t Dv = a.v_head_dim, ldv = a.v_row();
   for (int64_t t = 0; t < T; ++t) {
     std::copy_n(a.v + (b * T + t) * ldv + h * Dv, Dv, v + t * Dv);
   }

@@ -16,9 +16,11 @@ namespace bitmaps::ort {
 namespace {
 
 constexpr const char* kInputs[] = {"query", "key", "value", "attention_bias"};
+constexpr const char* kPackedInputs[] = {"qkv", "attention_bias"};
 
 struct Kernel {
   std::string node;  // "bitmaps::MultiHeadAttention node 'name'"
+  bool packed = false;  // PackedMultiHeadAttention: inputs qkv, attention_bias
   int64_t heads = 0;
   float scale = 0.0f;  // 0: 1 / sqrt(head size)
   cpu::CpuPath path = cpu::CpuPath::kScalar;
@@ -27,23 +29,29 @@ struct Kernel {
   OrtStatus* invalid(const std::string& what) const {
     return error(ORT_INVALID_ARGUMENT, node + ": " + what);
   }
+  size_t max_inputs() const { return packed ? 2 : 4; }
+  bool is_bias(size_t i) const { return i + 1 == max_inputs(); }
+  const char* input_name(size_t i) const { return packed ? kPackedInputs[i] : kInputs[i]; }
   // Type and rank of input i; unknown ranks (0 dims at session creation) pass.
   OrtStatus* check_input(size_t i, const TensorDesc& d, bool known_rank) const {
+    const std::string name = input_name(i);
     if (d.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
-      return invalid(std::string(kInputs[i]) + " must be float32, got " + type_name(d.type));
+      return invalid(name + " must be float32, got " + type_name(d.type));
     }
-    const size_t rank = i == 3 ? 4 : 3;
+    const size_t rank = is_bias(i) ? 4 : 3;
     if (d.dims.empty() && !known_rank) return nullptr;
     if (d.dims.size() != rank) {
-      return invalid(std::string(kInputs[i]) + " must have rank " + std::to_string(rank) +
-                     (i == 3 ? " [batch or 1, num_heads or 1, q_len or 1, kv_len]"
-                             : " [batch, length, num_heads * head_size]") +
+      return invalid(name + " must have rank " + std::to_string(rank) +
+                     (is_bias(i)  ? " [batch or 1, num_heads or 1, q_len or 1, kv_len]"
+                      : packed    ? " [batch, length, 3 * num_heads * head_size]"
+                                  : " [batch, length, num_heads * head_size]") +
                      ", got " + shape_text(d.dims));
     }
-    if (i < 3 && d.dims[2] >= 0 && (d.dims[2] == 0 || d.dims[2] % heads != 0)) {
-      return invalid(std::string(kInputs[i]) + "'s last dimension " +
-                     std::to_string(d.dims[2]) + " is not a positive multiple of num_heads=" +
-                     std::to_string(heads));
+    const int64_t multiple = packed ? 3 * heads : heads;
+    if (!is_bias(i) && d.dims[2] >= 0 && (d.dims[2] == 0 || d.dims[2] % multiple != 0)) {
+      return invalid(name + "'s last dimension " + std::to_string(d.dims[2]) +
+                     " is not a positive multiple of " + (packed ? "3 * " : "") +
+                     "num_heads=" + std::to_string(multiple));
     }
     return nullptr;
   }
@@ -65,9 +73,10 @@ OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* kern) {
 OrtStatus* check_inputs(const OrtKernelInfo* info, const Kernel& kern) {
   size_t inputs = 0;
   BITMAPS_ORT_RETURN_IF_ERROR(g_api->KernelInfo_GetInputCount(info, &inputs));
-  if (inputs < 3 || inputs > 4) {
-    return kern.invalid("expects inputs query, key, value and attention_bias, got " +
-                        std::to_string(inputs));
+  if (inputs < kern.max_inputs() - 1 || inputs > kern.max_inputs()) {
+    return kern.invalid(std::string("expects inputs ") +
+                        (kern.packed ? "qkv and attention_bias" : "query, key, value and attention_bias") +
+                        ", got " + std::to_string(inputs));
   }
   for (size_t i = 0; i < inputs; ++i) {
     OrtTypeInfo* raw = nullptr;
@@ -78,7 +87,7 @@ OrtStatus* check_inputs(const OrtKernelInfo* info, const Kernel& kern) {
     const TypeInfo type_info(raw);
     const OrtTensorTypeAndShapeInfo* tensor = nullptr;
     BITMAPS_ORT_RETURN_IF_ERROR(g_api->CastTypeInfoToTensorInfo(type_info.get(), &tensor));
-    if (tensor == nullptr) return kern.invalid(std::string(kInputs[i]) + " is not a tensor");
+    if (tensor == nullptr) return kern.invalid(std::string(kern.input_name(i)) + " is not a tensor");
     TensorDesc d;
     BITMAPS_ORT_RETURN_IF_ERROR(describe(tensor, &d));
     BITMAPS_ORT_RETURN_IF_ERROR(kern.check_input(i, d, false));
@@ -86,10 +95,13 @@ OrtStatus* check_inputs(const OrtKernelInfo* info, const Kernel& kern) {
   return nullptr;
 }
 
+template <bool kPacked>
 OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info,
                                       void** out) {
   auto kern = std::make_unique<Kernel>();
-  BITMAPS_ORT_RETURN_IF_ERROR(node_name(info, kAttentionOpName, &kern->node));
+  kern->packed = kPacked;
+  BITMAPS_ORT_RETURN_IF_ERROR(
+      node_name(info, kPacked ? kPackedAttentionOpName : kAttentionOpName, &kern->node));
   BITMAPS_ORT_RETURN_IF_ERROR(read_attributes(info, kern.get()));
   BITMAPS_ORT_RETURN_IF_ERROR(read_run_settings(kern->node, &kern->path, &kern->threads));
   BITMAPS_ORT_RETURN_IF_ERROR(check_inputs(info, *kern));
@@ -100,14 +112,21 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const O
 OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   size_t inputs = 0;
   BITMAPS_ORT_RETURN_IF_ERROR(g_api->KernelContext_GetInputCount(context, &inputs));
+  // Slots query, key, value, attention_bias; a packed op's qkv fills the first three.
   const OrtValue* values[4] = {nullptr, nullptr, nullptr, nullptr};
   TensorDesc d[4];
-  for (size_t i = 0; i < std::min<size_t>(inputs, 4); ++i) {
-    BITMAPS_ORT_RETURN_IF_ERROR(input(context, i, &values[i], &d[i]));
-    if (values[i] != nullptr) BITMAPS_ORT_RETURN_IF_ERROR(kern.check_input(i, d[i], true));
+  for (size_t i = 0; i < std::min<size_t>(inputs, kern.max_inputs()); ++i) {
+    const size_t slot = kern.is_bias(i) ? 3 : i;
+    BITMAPS_ORT_RETURN_IF_ERROR(input(context, i, &values[slot], &d[slot]));
+    if (values[slot] != nullptr) BITMAPS_ORT_RETURN_IF_ERROR(kern.check_input(i, d[slot], true));
+  }
+  if (kern.packed && values[0] != nullptr) {
+    d[0].dims[2] /= 3;  // each of Q, K and V: [batch, length, hidden] with rows 3 * hidden apart
+    values[1] = values[2] = values[0];
+    d[1] = d[2] = d[0];
   }
   if (values[0] == nullptr || values[1] == nullptr || values[2] == nullptr) {
-    return kern.invalid("query, key and value are required");
+    return kern.invalid(kern.packed ? "qkv is required" : "query, key and value are required");
   }
   const std::vector<int64_t>&q = d[0].dims, &k = d[1].dims, &v = d[2].dims;
   cpu::AttentionArgs args;
@@ -151,6 +170,12 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   BITMAPS_ORT_RETURN_IF_ERROR(data_of(values[0], &args.q));
   BITMAPS_ORT_RETURN_IF_ERROR(data_of(values[1], &args.k));
   BITMAPS_ORT_RETURN_IF_ERROR(data_of(values[2], &args.v));
+  if (kern.packed) {
+    const int64_t hidden = q[2];
+    args.k += hidden;
+    args.v += 2 * hidden;
+    args.q_stride = args.k_stride = args.v_stride = 3 * hidden;
+  }
   void* y = nullptr;
   BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetTensorMutableData(out, &y));
   args.out = static_cast<float*>(y);
@@ -171,15 +196,35 @@ OrtStatus* ORT_API_CALL infer_shape(const OrtCustomOp*, OrtShapeInferContext* co
                       {symbols[0][0], symbols[0][1], symbols[2][2]});
 }
 
+// Output: [batch, length, qkv's last dimension / 3] (batch and length symbols kept).
+OrtStatus* ORT_API_CALL infer_packed_shape(const OrtCustomOp*, OrtShapeInferContext* context) {
+  TensorDesc d;
+  std::vector<const char*> symbols;
+  BITMAPS_ORT_RETURN_IF_ERROR(infer_input(context, 0, &d, &symbols));
+  if (d.dims.size() != 3) return infer_output(context, d.type, {}, {});
+  return infer_output(context, d.type, {d.dims[0], d.dims[1], d.dims[2] < 0 ? -1 : d.dims[2] / 3},
+                      {symbols[0], symbols[1], nullptr});
+}
+
 const char* ORT_API_CALL op_name(const OrtCustomOp*) { return kAttentionOpName; }
+const char* ORT_API_CALL packed_op_name(const OrtCustomOp*) { return kPackedAttentionOpName; }
 
 }  // namespace
 
 const OrtCustomOp* multi_head_attention_op(const OrtApi* api) {
   g_api = api;
   static const OrtCustomOp op =
-      cpu_custom_op(kOrtApiVersion, op_name, create_kernel, compute_kernel<Kernel, compute>,
-                    destroy_kernel<Kernel>, infer_shape);
+      cpu_custom_op(kOrtApiVersion, op_name, create_kernel<false>,
+                    compute_kernel<Kernel, compute>, destroy_kernel<Kernel>, infer_shape);
+  return &op;
+}
+
+const OrtCustomOp* packed_multi_head_attention_op(const OrtApi* api) {
+  g_api = api;
+  static const OrtCustomOp op =
+      cpu_custom_op<2>(kOrtApiVersion, packed_op_name, create_kernel<true>,
+                       compute_kernel<Kernel, compute>, destroy_kernel<Kernel>,
+                       infer_packed_shape);
   return &op;
 }
 

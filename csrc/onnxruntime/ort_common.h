@@ -275,10 +275,14 @@ inline OrtMemType ORT_API_CALL default_memory(const OrtCustomOp*, size_t) {
 }
 inline int ORT_API_CALL version_one(const OrtCustomOp*) { return 1; }
 // Inputs 0-2 required, input 3 optional (all three ops have four inputs, the last optional).
-inline size_t ORT_API_CALL four_inputs(const OrtCustomOp*) { return 4; }
-inline OrtCustomOpInputOutputCharacteristic ORT_API_CALL last_input_optional(const OrtCustomOp*,
-                                                                             size_t index) {
-  return index == 3 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+template <size_t N>
+size_t ORT_API_CALL n_inputs(const OrtCustomOp*) {
+  return N;
+}
+template <size_t N>
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL last_input_optional(const OrtCustomOp*,
+                                                                      size_t index) {
+  return index + 1 == N ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
 
 // Compute and destroy callbacks of an op whose kernel state is K, computed by compute(K, context).
@@ -291,9 +295,10 @@ void ORT_API_CALL destroy_kernel(void* kernel) {
   delete static_cast<K*>(kernel);
 }
 
-// The OrtCustomOp of a CPU op of version 1 with four inputs (the last optional) and one output,
-// every type checked by its kernel. `version`: the C API version the library asks for.
-inline OrtCustomOp cpu_custom_op(
+// The OrtCustomOp of a CPU op of version 1 with `Inputs` inputs (the last optional) and one
+// output, every type checked by its kernel. `version`: the C API version the library asks for.
+template <size_t Inputs = 4>
+OrtCustomOp cpu_custom_op(
     uint32_t version, const char*(ORT_API_CALL* name)(const OrtCustomOp*),
     OrtStatus*(ORT_API_CALL* create)(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*,
                                      void**),
@@ -306,10 +311,10 @@ inline OrtCustomOp cpu_custom_op(
   o.GetName = name;
   o.GetExecutionProviderType = cpu_provider;
   o.GetInputType = any_type;
-  o.GetInputTypeCount = four_inputs;
+  o.GetInputTypeCount = n_inputs<Inputs>;
   o.GetOutputType = any_type;
   o.GetOutputTypeCount = one_output;
-  o.GetInputCharacteristic = last_input_optional;
+  o.GetInputCharacteristic = last_input_optional<Inputs>;
   o.GetOutputCharacteristic = required_output;
   o.GetInputMemoryType = default_memory;
   o.KernelDestroy = destroy;

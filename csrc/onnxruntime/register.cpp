@@ -1,7 +1,8 @@
 // libbitmaps_ort.so's entry points. ONNX Runtime calls RegisterCustomOps when a program registers
 // the library (Python: SessionOptions.register_custom_ops_library(path); C: the
 // RegisterCustomOpsLibrary_V2 API; C++, C#, Java: their equivalents). It adds the "bitmaps" domain
-// with bitmaps::BinaryLinear, bitmaps::MultiHeadAttention and bitmaps::SkipLayerNormalization (v1)
+// with bitmaps::BinaryLinear, bitmaps::MultiHeadAttention, bitmaps::PackedMultiHeadAttention and
+// bitmaps::SkipLayerNormalization (v1)
 // to those session options.
 //
 // A runtime too old for this library (its C API lacks version kOrtApiVersion) gets an error status
@@ -59,7 +60,7 @@ BITMAPS_ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* 
   if (OrtStatus* status = api->CreateCustomOpDomain(bitmaps::ort::kDomain, &domain)) return status;
   for (const OrtCustomOp* op :
        {bitmaps::ort::binary_linear_op(api), bitmaps::ort::multi_head_attention_op(api),
-        bitmaps::ort::skip_layer_norm_op(api)}) {
+        bitmaps::ort::packed_multi_head_attention_op(api), bitmaps::ort::skip_layer_norm_op(api)}) {
     if (OrtStatus* status = api->CustomOpDomain_Add(domain, op)) {
       api->ReleaseCustomOpDomain(domain);
       return status;
@@ -77,7 +78,7 @@ BITMAPS_ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* 
 // For tools that inspect the library without ONNX Runtime (bitmaps ort-library): what it was built
 // from and what it needs.
 BITMAPS_ORT_EXPORT const char* BitmapsOrtLibraryInfo() {
-  return "bitmaps::BinaryLinear v1, bitmaps::MultiHeadAttention v1, "
+  return "bitmaps::BinaryLinear v1, bitmaps::MultiHeadAttention v1, bitmaps::PackedMultiHeadAttention v1, "
          "bitmaps::SkipLayerNormalization v1; built with ONNX Runtime headers of C API " BITMAPS_STRINGIFY(
       ORT_API_VERSION) "; needs C API >= " BITMAPS_STRINGIFY(BITMAPS_ORT_API_VERSION);
 }
