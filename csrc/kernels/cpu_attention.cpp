@@ -37,7 +37,10 @@ inline float exp_nonpositive(float x) {
 
 int64_t attention_scratch_floats(const AttentionArgs& a) {
   const int64_t tp = attention_padded_kv(a.kv_len);
-  return a.head_dim * tp + kAttentionRows * tp + a.kv_len * a.v_head_dim + 64;
+  // AVX-512: K^T [D, tp], V [T, Dv], 1/sum [S], probabilities [S, tp]; portable: K^T, scores
+  // [kAttentionRows, tp] and [Dv] (less than that sum, plus the margin)
+  return a.head_dim * tp + a.kv_len * a.v_head_dim + (a.q_len + kAttentionRows) * (tp + 1) +
+         a.v_head_dim + 64;
 }
 
 void attention_head_portable(const AttentionArgs& a, int64_t b, int64_t h, float* scratch) {

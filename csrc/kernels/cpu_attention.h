@@ -13,7 +13,8 @@
 //
 // One work item is one (b, h) pair: K of that head is transposed (and scaled) once into scratch,
 // then blocks of six query rows go through scores (Q K^T), a row softmax (exp of x - max, sum) and
-// the product with V, normalized by 1 / sum at the end. The AVX-512 path computes exp with a
+// the product with V, normalized by 1 / sum at the end (the AVX-512 path: every block's scores
+// and softmax first, then every block's product with V). The AVX-512 path computes exp with a
 // polynomial (Cephes' expf, about 1 ulp) and 2^n by VSCALEFPS; the other paths run a portable C++
 // version of the same steps that the compiler vectorizes.
 #pragma once

@@ -16,6 +16,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "kernels/cpu_attention.h"
 #include "kernels/cpu_kernels_internal.h"
@@ -106,15 +107,14 @@ BITMAPS_AVX512_INLINE void rows_times(const float* a, int64_t lda, const float* 
   }
 }
 
-// MR query rows from s0: scores, softmax, product with V, normalized into out.
+// MR query rows from s0: scores, then exp(score - max) in p and 1 / sum in inv.
 template <int MR>
-BITMAPS_AVX512 void query_rows(const AttentionArgs& a, int64_t b, int64_t h, int64_t s0,
-                               const float* kt, const float* v, float* p) {
-  const int64_t T = a.kv_len, D = a.head_dim, Dv = a.v_head_dim;
-  const int64_t tp = attention_padded_kv(T), ldq = a.q_row(), ldo = a.heads * Dv;
+BITMAPS_AVX512 void score_rows(const AttentionArgs& a, int64_t b, int64_t h, int64_t s0,
+                               const float* kt, float* p, float* inv) {
+  const int64_t T = a.kv_len, D = a.head_dim;
+  const int64_t tp = attention_padded_kv(T), ldq = a.q_row();
   const float* q = a.q + (b * a.q_len + s0) * ldq + h * D;
   rows_times<MR>(q, ldq, kt, tp, D, T, nullptr, p, tp);
-  float inv[MR];
   for (int r = 0; r < MR; ++r) {
     float* row = p + r * tp;
     const float* bias = a.bias == nullptr ? nullptr
@@ -138,8 +138,32 @@ BITMAPS_AVX512 void query_rows(const AttentionArgs& a, int64_t b, int64_t h, int
     }
     inv[r] = 1.0f / _mm512_reduce_add_ps(sum);
   }
+}
+
+// MR query rows from s0: the product of their probabilities p with V, normalized by inv, into out.
+template <int MR>
+BITMAPS_AVX512 void value_rows(const AttentionArgs& a, int64_t b, int64_t h, int64_t s0,
+                               const float* v, const float* p, const float* inv) {
+  const int64_t T = a.kv_len, Dv = a.v_head_dim, tp = attention_padded_kv(T);
+  const int64_t ldo = a.heads * Dv;
   float* out = a.out + (b * a.q_len + s0) * ldo + h * Dv;
   rows_times<MR>(p, tp, v, Dv, T, Dv, inv, out, ldo);
+}
+
+// Every query row in blocks of kMR rows (a last block of 1 to 5), fn<MR>(s0) per block.
+template <class Fn>
+BITMAPS_AVX512_INLINE void row_blocks(int64_t rows, const Fn& fn) {
+  int64_t s = 0;
+  for (; s + kMR <= rows; s += kMR) fn(std::integral_constant<int, kMR>{}, s);
+  static_assert(kMR == 6, "the tail below covers 1 to 5 rows");
+  switch (rows - s) {
+    case 1: return fn(std::integral_constant<int, 1>{}, s);
+    case 2: return fn(std::integral_constant<int, 2>{}, s);
+    case 3: return fn(std::integral_constant<int, 3>{}, s);
+    case 4: return fn(std::integral_constant<int, 4>{}, s);
+    case 5: return fn(std::integral_constant<int, 5>{}, s);
+    default: return;
+  }
 }
 
 }  // namespace
@@ -148,10 +172,11 @@ BITMAPS_AVX512 void attention_head_avx512(const AttentionArgs& a, int64_t b, int
                                           float* scratch) {
   const int64_t T = a.kv_len, D = a.head_dim, tp = attention_padded_kv(T), ldk = a.k_row();
   float* kt = scratch;        // [D, tp]: scale * K of this head, transposed
-  float* p = kt + D * tp;     // [kMR, tp]: scores, then exp(score - max)
   // [T, Dv]: V of this head, contiguous (its rows in place are heads * Dv apart, a stride that
   // maps them onto few L1 sets)
-  float* v = p + kMR * tp;
+  float* v = kt + D * tp;
+  float* inv = v + T * a.v_head_dim;  // [q_len]: 1 / sum of each row's exp
+  float* p = inv + a.q_len;           // [q_len, tp]: scores, then exp(score - max)
   const float* k = a.k + b * T * ldk + h * D;
   // K^T by gathers of 16 keys at a time (a masked gather for the last, padding columns zero).
   const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5,
@@ -170,17 +195,15 @@ BITMAPS_AVX512 void attention_head_avx512(const AttentionArgs& a, int64_t b, int
   for (int64_t t = 0; t < T; ++t) {
     std::copy_n(a.v + (b * T + t) * ldv + h * Dv, Dv, v + t * Dv);
   }
-  int64_t s = 0;
-  for (; s + kMR <= a.q_len; s += kMR) query_rows<kMR>(a, b, h, s, kt, v, p);
-  static_assert(kMR == 6, "the tail below covers 1 to 5 rows");
-  switch (a.q_len - s) {
-    case 1: query_rows<1>(a, b, h, s, kt, v, p); break;
-    case 2: query_rows<2>(a, b, h, s, kt, v, p); break;
-    case 3: query_rows<3>(a, b, h, s, kt, v, p); break;
-    case 4: query_rows<4>(a, b, h, s, kt, v, p); break;
-    case 5: query_rows<5>(a, b, h, s, kt, v, p); break;
-    default: break;
-  }
+  // All scores first, then all products with V: each phase keeps one operand (K^T, then V) in L1
+  // instead of alternating between the two every six rows (BERT-base heads: 32 KB each).
+  // Measured 1-5 % faster per block at 1 thread, Intel Xeon (noisy machine).
+  row_blocks(a.q_len, [&](auto mr, int64_t s0) {
+    score_rows<mr()>(a, b, h, s0, kt, p + s0 * tp, inv + s0);
+  });
+  row_blocks(a.q_len, [&](auto mr, int64_t s0) {
+    value_rows<mr()>(a, b, h, s0, v, p + s0 * tp, inv + s0);
+  });
 }
 
 }  // namespace bitmaps::cpu::detail
