@@ -316,3 +316,22 @@ def test_tensorrt_target_takes_int4_embeddings_unpacked_by_table_lookup():
     assert ops_outside_tensorrt(ir.from_proto(result.model)) == []
     assert any(n.op_type == "Gather" and n.input[0].startswith("embeddings_q/")
                for n in result.model.graph.node)  # fmt: skip
+
+
+def test_verification_checks_each_third_of_a_stacked_qkv_node(onnxruntime_export):
+    """A wrong key projection inside the stacked Q, K, V node is caught and named: verification
+    compares each third of the node's output with its own PyTorch layer."""
+    result = onnxruntime_export
+    model = onnx.ModelProto()
+    model.CopyFrom(result.model)
+    stacked = next(n for n in binary_linear_nodes(model) if "+" in n.name)
+    scale = next(t for t in model.graph.initializer if t.name == stacked.input[2])
+    values = onnx.numpy_helper.to_array(scale).copy()
+    third = values.shape[0] // 3
+    values[third : 2 * third] *= 1.5  # the key layer's weight scales
+    scale.CopyFrom(onnx.numpy_helper.from_array(values, scale.name))
+    ids = torch.randint(0, 1000, (2, 9), generator=torch.Generator().manual_seed(5))
+    report = verify_onnx(model, result.wrapper, [Batch("2x9", ids, torch.ones_like(ids))], 1e-4,
+                         ("function",))  # fmt: skip
+    assert not report.ok
+    assert f"the output of {stacked.name.split('+')[1]} " in report.failure()
