@@ -88,7 +88,7 @@ int binary_linear(CpuPath path, const BinaryLinearArgs& a, const Parallel& paral
 
   // Packing items: the weight panels (unless prepacked), then the activation rows (x - beta,
   // their bits, mean |x - beta| and, for unsigned activations, their popcount).
-  const int64_t per_item = rows_per_item(k);
+  const int64_t per_item = rows_per_item(m, k, parallel.max_workers);
   const int64_t row_items = (m + per_item - 1) / per_item;
   const auto pack = [&](int64_t item) {
     if (item < panel_job.items()) return panel_job.run(item);

@@ -66,10 +66,15 @@ int parallel_claim(const Parallel& parallel, int64_t items, const Fn& fn) {
   return parallel_claim(parallel, 0, [](int64_t) {}, items, fn);
 }
 
-// Rows per work item when packing rows of k values: ~32K values, so an item outweighs the cost of
-// claiming it.
-inline int64_t rows_per_item(int64_t k) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(k, 1));
+// Rows per work item for `rows` rows of n values: about `values` values per item (so an item
+// outweighs the cost of claiming it) and, where the rows allow, a number of items that is a
+// multiple of `workers`, so the last round leaves no thread idle (128 rows of 768 in items of
+// ~32K values: 4 items of 32 rows, where 42-row items made 3 full ones and one of 2 rows).
+inline int64_t rows_per_item(int64_t rows, int64_t n, int64_t workers, int64_t values = 32768) {
+  const int64_t w = std::max<int64_t>(1, workers), r = std::max<int64_t>(1, rows);
+  int64_t items = std::max<int64_t>(1, r * std::max<int64_t>(n, 1) / values);
+  items = std::min(r, (items + w - 1) / w * w);
+  return (r + items - 1) / items;
 }
 
 // Int32 words of the prepacked weights of n rows of k bits: the panel layout of pack_panels,

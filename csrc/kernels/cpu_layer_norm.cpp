@@ -31,13 +31,10 @@ void detail::add_layer_norm_rows_portable(const AddLayerNormArgs& a, int64_t r0,
 
 int add_layer_norm(CpuPath path, const AddLayerNormArgs& args, const Parallel& parallel) {
   if (args.rows <= 0 || args.n <= 0) return 0;
-  // ~16K values per item (enough to outweigh claiming it), as many items as a multiple of the
-  // workers where the rows allow: 128 rows of 768 were 7 items of 21 rows, 4 + 3 on two threads.
-  const int64_t workers = std::max<int64_t>(1, parallel.max_workers);
-  int64_t items = std::max<int64_t>(1, args.rows * args.n / 16384);
-  items = std::min(args.rows, (items + workers - 1) / workers * workers);
-  const int64_t per_item = (args.rows + items - 1) / items;
-  items = (args.rows + per_item - 1) / per_item;
+  // ~16K values per item, items a multiple of the workers (128 rows of 768 were 7 items of 21
+  // rows: 4 + 3 on two threads)
+  const int64_t per_item = rows_per_item(args.rows, args.n, parallel.max_workers, 16384);
+  const int64_t items = (args.rows + per_item - 1) / per_item;
   return parallel_claim(parallel, items, [&](int64_t item) {
     const int64_t r0 = item * per_item, r1 = std::min(args.rows, r0 + per_item);
 #if defined(BITMAPS_HAVE_X86_PATHS)

@@ -87,9 +87,10 @@ at::Tensor pack_signs_cpu(const at::Tensor& x) {
   // bfloat16 -> float32 is exact (sign, zeros and NaNs included), so it reuses the float32 kernel.
   const at::Tensor xc = (dtype == at::kBFloat16 ? x.to(at::kFloat) : x).contiguous();
   const int64_t rows = xc.numel() / k;
-  const int64_t per_item = cpu::rows_per_item(k);
+  const cpu::Parallel parallel = current_threads();
+  const int64_t per_item = cpu::rows_per_item(rows, k, parallel.max_workers);
   int32_t* dst = out.data_ptr<int32_t>();
-  const int workers = cpu::parallel_claim(current_threads(), (rows + per_item - 1) / per_item, [&](int64_t item) {
+  const int workers = cpu::parallel_claim(parallel, (rows + per_item - 1) / per_item, [&](int64_t item) {
     const int64_t r0 = item * per_item, count = std::min(rows - r0, per_item);
     switch (xc.scalar_type()) {
       case at::kHalf:
