@@ -244,19 +244,9 @@ def attention_model(
         inputs.append(helper.make_tensor_value_info("bias", dtype, ["b0", "b1", "b2", "T"]))
         # com.microsoft's inputs: query, key, value, bias, key_padding_mask, attention_bias
         names += ["bias"] if domain == DOMAIN else ["", "", "bias"]
-    attrs = {"num_heads": heads} if scale is None else {"num_heads": heads, "scale": scale}
-    node = helper.make_node(
-        ATTENTION_OP_TYPE, names, ["out"], domain=domain, name="attn", **attrs
-    )  # fmt: skip
-    graph = helper.make_graph(
-        [node], "attention", inputs, [helper.make_tensor_value_info("out", dtype, None)]
-    )
-    return helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(domain, 1)],
-        functions=[multi_head_attention_function(opset)] if domain == DOMAIN else [],
-        ir_version=10,
-    )
+    functions = [multi_head_attention_function(opset)] if domain == DOMAIN else []
+    return _attention_node_model(ATTENTION_OP_TYPE, names, inputs, heads, scale, domain, opset,
+                                 functions)  # fmt: skip
 
 
 def packed_attention_model(
@@ -269,18 +259,27 @@ def packed_attention_model(
     inputs = [helper.make_tensor_value_info("qkv", dtype, ["B", "S", hidden])]
     if bias:
         inputs.append(helper.make_tensor_value_info("bias", dtype, ["b0", "b1", "b2", "S"]))
+    names = [i.name for i in inputs]
+    return _attention_node_model(PACKED_ATTENTION_OP_TYPE, names, inputs, heads, scale, DOMAIN,
+                                 opset, [packed_multi_head_attention_function(opset)])  # fmt: skip
+
+
+def _attention_node_model(
+    op_type: str, names: list[str], inputs: list, heads: int, scale: float | None, domain: str,
+    opset: int, functions: list,
+) -> onnx.ModelProto:  # fmt: skip
+    """One attention node named ``attn`` on ``inputs`` (``names``: its input list), output
+    ``out`` of the first input's type."""
     attrs = {"num_heads": heads} if scale is None else {"num_heads": heads, "scale": scale}
-    node = helper.make_node(
-        PACKED_ATTENTION_OP_TYPE, [i.name for i in inputs], ["out"], domain=DOMAIN, name="attn",
-        **attrs,
-    )  # fmt: skip
+    node = helper.make_node(op_type, names, ["out"], domain=domain, name="attn", **attrs)
+    dtype = inputs[0].type.tensor_type.elem_type
     graph = helper.make_graph(
-        [node], "packed_attention", inputs, [helper.make_tensor_value_info("out", dtype, None)]
+        [node], "attention", inputs, [helper.make_tensor_value_info("out", dtype, None)]
     )
     return helper.make_model(
         graph,
-        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(DOMAIN, 1)],
-        functions=[packed_multi_head_attention_function(opset)],
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(domain, 1)],
+        functions=functions,
         ir_version=10,
     )
 
