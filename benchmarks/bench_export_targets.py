@@ -11,7 +11,9 @@ A third row, ``onnxruntime, ORT float ops``, is the onnxruntime export with bitm
 ops swapped back for ONNX Runtime's (:func:`ort_float_ops`: com.microsoft MultiHeadAttention, after
 a Split of the stacked Q, K, V, Add + LayerNormalization, a Gelu node after the FFN's
 BinaryLinear): the same weights and the same BinaryLinear kernels, so its difference to the
-onnxruntime row is what those ops win. Note that
+onnxruntime row is what those ops win. A fourth row, ``onnxruntime, Q K V separate``, splits each
+stacked Q, K, V BinaryLinear back into three nodes feeding bitmaps::MultiHeadAttention
+(:func:`separate_qkv`): what the stacking wins. Note that
 in the onnxruntime row the FFN's GELU runs inside its BinaryLinear node (counted there).
 
     .venv/bin/python benchmarks/bench_export_targets.py [--batch 1] [--seq 128] [--runs 30]
@@ -98,6 +100,48 @@ def ort_float_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+def separate_qkv(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (an onnxruntime-target export) with each stacked Q, K, V BinaryLinear split back
+    into its three layers (panels, scales and biases sliced) feeding bitmaps::MultiHeadAttention:
+    what the target wrote before it stacked them, same weights and kernels."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {t.name: t for t in out.graph.initializer}
+    stacked = {}
+    nodes = []
+    for node in out.graph.node:
+        if node.domain == "bitmaps" and node.op_type == "PackedMultiHeadAttention":
+            qkv, bias = node.input
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            nodes.append(helper.make_node("MultiHeadAttention", [*stacked[qkv], bias],
+                                          list(node.output), name=node.name, domain="bitmaps",
+                                          **attrs))  # fmt: skip
+        elif node.op_type == "BinaryLinear" and "+" in node.name:
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            width = attrs["out_features"] // 3
+            outputs = []
+            for i, layer in enumerate(node.name.split("+")):
+                inputs = [node.input[0]]
+                for j, name in enumerate(node.input[1:]):
+                    array = onnx.numpy_helper.to_array(inits[name])
+                    rows = width // 16 if j == 0 else width  # panels of 16 rows, then per row
+                    part = f"{layer}.{name.rsplit('.', 1)[-1]}"
+                    out.graph.initializer.append(
+                        onnx.numpy_helper.from_array(array[i * rows : (i + 1) * rows], part)
+                    )
+                    inputs.append(part)
+                outputs.append(f"{node.output[0]}_{i}")
+                nodes.append(helper.make_node("BinaryLinear", inputs, [outputs[-1]], name=layer,
+                                              domain=node.domain,
+                                              **{**attrs, "out_features": width}))  # fmt: skip
+            stacked[node.output[0]] = outputs
+        else:
+            nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    return out
+
+
 def _session(model, threads: int, profile_dir: str | None = None, spin: bool = True):  # noqa: ANN001, ANN202
     """A session as bitmaps opens them (bitmaps/core/ort.py: its graph options included), on the
     native op; ``spin=False`` for sessions timed in turns (a spinning pool steals the next call's
@@ -141,7 +185,7 @@ def main() -> None:
     ids = rng.integers(0, 30522, (args.batch, args.seq), dtype=np.int64)
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     exports = ("portable", "onnxruntime")
-    targets = (*exports, "onnxruntime, ORT float ops")
+    targets = (*exports, "onnxruntime, ORT float ops", "onnxruntime, Q K V separate")
     models, sessions = {}, {}
     for target in exports:
         # the embeddings `bitmaps export` ships by default
@@ -154,6 +198,7 @@ def main() -> None:
         )
         models[target] = export_verified(_student(), cfg, binary=True).model
     models[targets[2]] = ort_float_ops(models["onnxruntime"])
+    models[targets[3]] = separate_qkv(models["onnxruntime"])
     outputs = {}
     for target in targets:
         sessions[target] = _session(models[target], args.threads, spin=False)
