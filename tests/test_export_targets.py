@@ -314,8 +314,16 @@ def test_tensorrt_target_takes_int4_embeddings_unpacked_by_table_lookup():
     )
     assert result.report.ok, result.report.failure()
     assert ops_outside_tensorrt(ir.from_proto(result.model)) == []
-    assert any(n.op_type == "Gather" and n.input[0].startswith("embeddings_q/")
-               for n in result.model.graph.node)  # fmt: skip
+    nodes = {n.output[0]: n for n in result.model.graph.node}
+    lookups = [n for n in result.model.graph.node
+               if n.op_type == "Gather" and n.input[0].startswith("embeddings_q/")]  # fmt: skip
+    assert lookups
+    for gather in lookups:  # uint8 -> float32 -> int32: the casts TensorRT's cast layer has
+        to_int = nodes[gather.input[1]]
+        to_float = nodes[to_int.input[0]]
+        assert (to_int.op_type, to_float.op_type) == ("Cast", "Cast")
+        casts = [helper.get_attribute_value(n.attribute[0]) for n in (to_float, to_int)]
+        assert casts == [onnx.TensorProto.FLOAT, onnx.TensorProto.INT32]
 
 
 def test_verification_checks_each_third_of_a_stacked_qkv_node(onnxruntime_export):

@@ -17,7 +17,9 @@ Standard ops only, so every runtime runs it:
   by a ``Gather`` from a 256 x 2 table of them, then ``Mul`` by the group scales. (ONNX's INT4
   tensor type cannot be gathered: ``Gather`` does not take int4 in any opset.) The lookup replaced
   ``BitwiseAnd`` / ``BitShift`` / ``Concat`` / ``Cast`` / ``Sub``: the same values in 9 nodes
-  instead of 14 per table, and ops that the ONNX-TensorRT parser lists (it has no bitwise ops).
+  instead of 14 per table, and ops that the ONNX-TensorRT parser lists (it has no bitwise ops;
+  the tensorrt target casts the bytes to float32 before int32, the casts TensorRT's cast layer
+  has — not run on TensorRT here).
 
 ONNX Runtime constant-folds the whole-table dequantization of the decoder once at session start
 (only present with ``--output logits``): the file stays small, the session then holds that table in
@@ -51,7 +53,7 @@ _FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
 PREFIX = "embeddings_q"
 # How the quantized lookups are written (part of profile's export cache key: a cached file of an
 # older graph is exported again)
-GRAPH_VERSION = "int4-pair-table+ort-GatherBlockQuantized"
+GRAPH_VERSION = "int4-pair-table+trt-float-cast+ort-GatherBlockQuantized"
 MS_DOMAIN = "com.microsoft"
 
 
@@ -100,7 +102,7 @@ class _Builder:
 
 def _dequantize(
     b: _Builder, data: str, scale: str | None, out: str, mode: str, hidden: int, groups: int,
-    elem: int, opset: int,
+    elem: int, opset: int, target: str = "portable",
 ) -> None:  # fmt: skip
     """Nodes that turn rows of ``data`` (+ ``scale``) into float ``out [..., hidden]``."""
     if mode == "fp16":
@@ -110,9 +112,11 @@ def _dequantize(
     elif mode == "int8":
         b.op("Mul", [b.op("Cast", [data], to=elem), scale], out)
     else:  # int4: bytes → value pairs [..., B, 2] → [..., G, size] · scale[..., G, 1] → [..., G·size]
-        # → [:hidden]. Gather takes int32/int64 indices only, hence the Cast.
+        # → [:hidden]. Gather takes int32/int64 indices only, hence the Cast; TensorRT's cast layer
+        # takes uint8 to float only, so the tensorrt target goes uint8 → float32 → int32 (exact).
         pairs = b.const(int4_pairs(), _FLOATS[elem])
-        index = b.op("Cast", [data], to=TensorProto.INT32)
+        source = b.op("Cast", [data], to=TensorProto.FLOAT) if target == "tensorrt" else data
+        index = b.op("Cast", [source], to=TensorProto.INT32)
         values = b.op("Gather", [pairs, index], axis=0)
         axes = b.const([-1], np.int64)
         lead = b.op("Shape", [data], end=-1)
@@ -170,12 +174,12 @@ def _matmul_nbits(
 
 
 def quantize_onnx_embeddings(
-    model: onnx.ModelProto, mode: str, group: int = 64, ort_ops: bool = False
+    model: onnx.ModelProto, mode: str, group: int = 64, target: str = "portable"
 ) -> list[str]:
     """In place: rewrite the embedding tables of ``model`` (see module docstring). Returns their
     names. ``fp32`` changes nothing; ``fp16`` on an FP16 export changes nothing either.
 
-    ``ort_ops`` (the ``onnxruntime`` target, float32 graphs), for int4 tables: one read by the tied
+    ``target`` ``onnxruntime`` (float32 graphs), for int4 tables: one read by the tied
     decoder is stored as ``[V, G, group/2]`` and the decoder becomes ``MatMulNBits`` on it, so
     ONNX Runtime holds the decoder in 4 bits instead of constant-folding a float table; the
     lookups of any other (hidden a multiple of the group) are ONNX Runtime's
@@ -200,7 +204,7 @@ def quantize_onnx_embeddings(
         data, scale = quantize_table(weight, mode, group)
         hidden = int(table.dims[1])
         qname, sname = f"{name}.{mode}", (None if scale is None else f"{name}.scale")
-        nbits = ort_ops and mode == "int4" and elem == TensorProto.FLOAT
+        nbits = target == "onnxruntime" and mode == "int4" and elem == TensorProto.FLOAT
         decoder = _decoder_matmuls(graph, name) if nbits else None
         blocks = decoder is not None
         stored = data.reshape(data.shape[0], scale.shape[1], -1) if blocks else data
@@ -231,13 +235,14 @@ def quantize_onnx_embeddings(
                     rows = b.op("Reshape", [rows, b.op("Concat", [lead, width], axis=0)])
                 b.shapes[rows] = [-1] + list(data.shape[1:])
                 srows = None if sname is None else b.op("Gather", [sname, node.input[1]], axis=0)
-                _dequantize(b, rows, srows, node.output[0], mode, hidden, groups, elem, opset)
+                _dequantize(b, rows, srows, node.output[0], mode, hidden, groups, elem, opset,
+                            target)  # fmt: skip
                 new_nodes.extend(b.nodes)
                 continue
             if name in node.input:
                 if full is None:
                     b.nodes, full = [], f"{name}.dequantized"
-                    _dequantize(b, qname, sname, full, mode, hidden, groups, elem, opset)
+                    _dequantize(b, qname, sname, full, mode, hidden, groups, elem, opset, target)
                     new_nodes.extend(b.nodes)
                 node.input[:] = [full if i == name else i for i in node.input]
             new_nodes.append(node)
@@ -259,12 +264,12 @@ def _drop_value_info(model: onnx.ModelProto, names: list[str]) -> None:
 
 def embeddings_pass(
     model: onnx.ModelProto, torch_model: torch.nn.Module, mode: str, group: int = 64,
-    ort_ops: bool = False,
+    target: str = "portable",
 ) -> list[str]:  # fmt: skip
     """The export pipeline's ``embeddings`` pass on the traced model (in place): the same tables in
     the graph and in the PyTorch module it is verified against (``quantize_embeddings_``).
     Records ``bitmaps.embeddings`` in the model's metadata. Returns the tables rewritten."""
-    names = quantize_onnx_embeddings(model, mode, group, ort_ops)
+    names = quantize_onnx_embeddings(model, mode, group, target)
     if names:
         quantize_embeddings_(torch_model, mode, group)
     props = {p.key: p.value for p in model.metadata_props}

@@ -228,8 +228,9 @@ def embeddings(model: ir.Model, wrapper: ExportWrapper, cfg: ExportConfig) -> ir
     if cfg.embeddings == "fp32":
         return model
     proto = ir.to_proto(model)
-    nbits = cfg.target == "onnxruntime"  # the tied decoder as MatMulNBits on the int4 table
-    embeddings_pass(proto, wrapper.model, cfg.embeddings, cfg.embedding_group, nbits)
+    # the target's forms: onnxruntime's contrib ops (MatMulNBits, GatherBlockQuantized), tensorrt's
+    # casts
+    embeddings_pass(proto, wrapper.model, cfg.embeddings, cfg.embedding_group, cfg.target)
     return ir.from_proto(proto)
 
 
