@@ -396,8 +396,7 @@ def _stack(graph: ir.Graph, mha: ir.Node) -> ir.Node | None:
     total = 3 * next(iter(width))
     linear = ir.node(
         linears[0].op_type, stacked_inputs,
-        {**{k: a for k, a in linears[0].attributes.items()},
-         "out_features": ir.AttrInt64("out_features", total)},
+        {**linears[0].attributes, "out_features": ir.AttrInt64("out_features", total)},
         domain=linears[0].domain, name=name,
     )  # fmt: skip
     q = linears[0].outputs[0]
@@ -407,7 +406,7 @@ def _stack(graph: ir.Graph, mha: ir.Node) -> ir.Node | None:
     linear.outputs[0].name = f"{q.name}_qkv"
     packed = ir.node(
         PACKED_ATTENTION_OP_TYPE, [linear.outputs[0], inputs[3]],
-        {k: a for k, a in mha.attributes.items()}, domain=DOMAIN, name=f"{mha.name}_packed",
+        dict(mha.attributes), domain=DOMAIN, name=f"{mha.name}_packed",
     )  # fmt: skip
     packed.outputs[0].type = mha.outputs[0].type
     packed.outputs[0].shape = mha.outputs[0].shape
