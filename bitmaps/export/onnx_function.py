@@ -261,6 +261,11 @@ def binary_linear_function(
 # target's stacked Q, K and V) is named after them, joined by this
 STACKED = "+"
 
+
+def node_layers(node: onnx.NodeProto) -> list[str]:
+    """The layers a BinaryLinear node holds, by name: its own, or those it stacks."""
+    return node.name.split(STACKED)
+
 ATTENTION_OP_TYPE = "MultiHeadAttention"
 ATTENTION_INPUTS = ("query", "key", "value", "attention_bias")
 ATTENTION_ATTRIBUTES = ("num_heads", "scale")

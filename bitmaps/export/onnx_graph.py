@@ -19,14 +19,14 @@ import torch
 from onnx import TensorProto, helper
 from transformers import BertForMaskedLM
 
-from bitmaps.export.onnx_function import STACKED, binary_linear_nodes
+from bitmaps.export.onnx_function import binary_linear_nodes, node_layers
 
 _FLOAT32 = TensorProto.FLOAT
 
 
 # (layer name, X name, Y name, part, parts): the layer's output is part `part` of `parts` equal
 # slices of Y's last axis (one BinaryLinear node may hold several layers side by side, its name
-# their names joined by onnx_function.STACKED; otherwise part 0 of 1)
+# their names joined by onnx_function.STACKED, node_layers; otherwise part 0 of 1)
 Tap = tuple[str, str, str, int, int]
 
 
@@ -44,7 +44,7 @@ def tap_binary_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Ta
     taps = []
     for node in binary_linear_nodes(tapped):
         x, y = node.input[0], node.output[0]
-        layers = node.name.split(STACKED)
+        layers = node_layers(node)
         taps += [(layer, x, y, i, len(layers)) for i, layer in enumerate(layers)]
         for name in (x, y):
             if name not in existing:

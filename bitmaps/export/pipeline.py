@@ -48,9 +48,9 @@ from bitmaps.export.onnx_function import (
     ATTRIBUTES,
     PLUGIN_NAMESPACE,
     PLUGIN_VERSION,
-    STACKED,
     binary_linear_nodes,
     node_attributes,
+    node_layers,
 )
 from bitmaps.export.onnx_graph import (
     float32_on_compute_path,
@@ -300,15 +300,15 @@ def _check_structure(model: onnx.ModelProto, wrapper: ExportWrapper, cfg: Export
 
     packed = {n: m for n, m in wrapper.model.named_modules() if isinstance(m, PackedBinaryLinear)}
     nodes = binary_linear_nodes(model)
-    layers = [layer for n in nodes for layer in n.name.split(STACKED)]  # stacked Q, K, V: three
+    layers = [layer for n in nodes for layer in node_layers(n)]  # stacked Q, K, V: three
     if sorted(layers) != sorted(packed):
         raise ExportVerificationError(
-            f"export produced bitmaps::BinaryLinear nodes for {len(layers)} layers for "
+            f"export produced bitmaps::BinaryLinear nodes for {len(layers)} layers, the model has "
             f"{len(packed)} binary layers; refusing to write"
         )
     floats = {t.name for t in model.graph.initializer if t.data_type in _FLOAT_TYPES}
     for node in nodes:
-        parts = [packed[layer] for layer in node.name.split(STACKED)]
+        parts = [packed[layer] for layer in node_layers(node)]
         attrs, m = node_attributes(node), parts[0]
         same = ("in_features", "act_threshold", "act_scale", "act_unsigned")
         if any(getattr(p, a) != getattr(m, a) for p in parts for a in same):
@@ -328,7 +328,7 @@ def _check_structure(model: onnx.ModelProto, wrapper: ExportWrapper, cfg: Export
         wrong = [k for k, v in expected.items() if attrs.get(k) != v]
         if sorted(attrs) != sorted(names) or wrong:
             raise ExportVerificationError(f"{node.name}: wrong attributes {attrs}")
-        leftovers = [f for f in floats for layer in node.name.split(STACKED)
+        leftovers = [f for f in floats for layer in node_layers(node)
                      if f.removeprefix("model.").startswith(f"{layer}.")]  # fmt: skip
         leftovers = [f for f in leftovers if f not in node.input]
         if leftovers:

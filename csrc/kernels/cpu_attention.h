@@ -6,9 +6,9 @@
 //                     * v[b, t, h, :]
 //
 // q [B, S, H * D], k [B, T, H * D], v [B, T, H * Dv] and out [B, S, H * Dv] are row-major with
-// the heads side by side in the last dimension (q, k and v may have longer rows: AttentionArgs'
-// strides) (the layout of the Q, K and V projections'
-// outputs, so no transpose is needed around the op). bias is additive (BERT's key-padding mask:
+// the heads side by side in the last dimension (the layout of the Q, K and V projections' outputs,
+// so no transpose is needed around the op; q, k and v may have longer rows, AttentionArgs'
+// strides, e.g. one stacked Q, K, V tensor). bias is additive (BERT's key-padding mask:
 // 0 or a large negative number) with its own strides, 0 to broadcast a dimension.
 //
 // One work item is one (b, h) pair: K of that head is transposed (and scaled) once into scratch,
