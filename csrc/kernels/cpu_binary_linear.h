@@ -3,12 +3,17 @@
 // all spread over threads the caller provides. Both front doors use it: csrc/torch (threads from
 // at::parallel_for) and csrc/onnxruntime (ONNX Runtime's intra-op pool, or serial).
 //
-// Work is split into items that threads claim one at a time, in order, from a shared counter
-// instead of taking a fixed share each: when one thread is descheduled (a busy machine) or its
-// items are slower (ragged edges), the others take over what it has not started. An op is ONE
-// parallel region: packing items first, then GEMM tiles that wait until every packing item is
-// done. Packing items are claimed before any tile and are run at once by the thread that claimed
-// them (kernels do not throw), so the wait always ends, also when the region runs serially.
+// Work is split into items that threads claim one at a time instead of taking a fixed share each:
+// when one thread is descheduled (a busy machine) or its items are slower (ragged edges), the others
+// take over what it has not started. The items (in row order in every op: activation rows, GEMM
+// tiles row block by row block, attention heads, LayerNorm rows) are cut into one range of
+// consecutive items per worker. A thread first claims the items of a range of its own, the range
+// with the same number as in the previous region where it is free, so from op to op each thread
+// keeps to the same rows, whose values its own core's caches still hold; then it helps with the
+// other ranges. An op is ONE parallel region: packing items first, then GEMM tiles that wait
+// until every packing item is done. Packing items are claimed before any tile and are run at once
+// by the thread that claimed them (kernels do not throw), so the wait always ends, also when the
+// region runs serially.
 #pragma once
 
 #include <algorithm>
@@ -31,6 +36,24 @@ struct Parallel {
   std::function<void(int64_t workers, const std::function<void(int64_t)>& body)> run;
 };
 
+namespace detail {
+
+// The range a thread claims first in a region of `ranges` ranges (taken[r]: claimed already): the
+// one it had in the previous region when that is free, else the first free one; -1 when every
+// range is taken (the thread then only helps).
+inline int64_t take_range(std::atomic<bool>* taken, int64_t ranges) {
+  thread_local int64_t last = -1;
+  if (last >= 0 && last < ranges && !taken[last].exchange(true, std::memory_order_relaxed)) {
+    return last;
+  }
+  for (int64_t r = 0; r < ranges; ++r) {
+    if (!taken[r].exchange(true, std::memory_order_relaxed)) return last = r;
+  }
+  return -1;
+}
+
+}  // namespace detail
+
 // Runs first(i) for i in [0, first_items), then main(j) for j in [0, main_items), claimed as the
 // header comment says. Returns how many workers took part.
 template <class First, class Main>
@@ -38,21 +61,36 @@ int parallel_claim(const Parallel& parallel, int64_t first_items, const First& f
                    int64_t main_items, const Main& main) {
   const int64_t items = first_items + main_items;
   if (items <= 0) return 0;
-  std::atomic<int64_t> next{0}, first_done{0};
+  const int64_t workers = std::max<int64_t>(1, std::min(parallel.max_workers, items));
+  constexpr int64_t kMaxRanges = 64;
+  const int64_t ranges = std::min(workers, kMaxRanges);
+  // range r: first items [r * first_items / ranges, ...) and main items likewise; next_*[r] is
+  // the next unclaimed item of range r
+  std::atomic<int64_t> next_first[kMaxRanges], next_main[kMaxRanges];
+  std::atomic<bool> taken[kMaxRanges];
+  for (int64_t r = 0; r < ranges; ++r) {
+    next_first[r].store(r * first_items / ranges, std::memory_order_relaxed);
+    next_main[r].store(r * main_items / ranges, std::memory_order_relaxed);
+    taken[r].store(false, std::memory_order_relaxed);
+  }
+  std::atomic<int64_t> first_done{0};
   std::atomic<int> started{0};
   const std::function<void(int64_t)> body = [&](int64_t) {
     started.fetch_add(1, std::memory_order_relaxed);
-    for (int64_t i = next.fetch_add(1); i < items; i = next.fetch_add(1)) {
-      if (i < first_items) {
+    const int64_t own = std::max<int64_t>(0, detail::take_range(taken, ranges));
+    for (int64_t d = 0; d < ranges; ++d) {
+      const int64_t r = (own + d) % ranges, end = (r + 1) * first_items / ranges;
+      for (int64_t i = next_first[r].fetch_add(1); i < end; i = next_first[r].fetch_add(1)) {
         first(i);
         first_done.fetch_add(1, std::memory_order_release);
-        continue;
       }
-      while (first_done.load(std::memory_order_acquire) < first_items) std::this_thread::yield();
-      main(i - first_items);
+    }
+    while (first_done.load(std::memory_order_acquire) < first_items) std::this_thread::yield();
+    for (int64_t d = 0; d < ranges; ++d) {
+      const int64_t r = (own + d) % ranges, end = (r + 1) * main_items / ranges;
+      for (int64_t i = next_main[r].fetch_add(1); i < end; i = next_main[r].fetch_add(1)) main(i);
     }
   };
-  const int64_t workers = std::max<int64_t>(1, std::min(parallel.max_workers, items));
   if (workers == 1 || !parallel.run) {
     body(0);
   } else {

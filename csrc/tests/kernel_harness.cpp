@@ -21,6 +21,8 @@
 // Prints one line per path and exits 0 when every check passed, 1 otherwise, 2 on bad arguments or
 // a path this CPU cannot run.
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <bitset>
 #include <cstdarg>
 #include <cmath>
@@ -30,6 +32,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -582,6 +585,68 @@ void check_pack_f64(Checker& c, uint32_t seed) {
   }
 }
 
+// parallel_claim (cpu_binary_linear.h): every item runs exactly once and every first item before
+// any main item, whether the workers are threads (one of them late, so others take over its
+// range), calls made one after another on one thread (a busy pool), or no pool; twice in a row,
+// so the second region starts from the ranges the threads kept.
+void check_scheduler(Checker& c) {
+  using bitmaps::cpu::Parallel;
+  const auto threads = [](bool late) {
+    Parallel p;
+    p.max_workers = 8;
+    p.run = [late](int64_t workers, const std::function<void(int64_t)>& body) {
+      std::vector<std::thread> pool;
+      for (int64_t w = 1; w < workers; ++w) {
+        pool.emplace_back([&body, w, late] {
+          if (late && w == 1) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+          body(w);
+        });
+      }
+      body(0);
+      for (auto& t : pool) t.join();
+    };
+    return p;
+  };
+  Parallel one_thread;
+  one_thread.max_workers = 3;
+  one_thread.run = [](int64_t workers, const std::function<void(int64_t)>& body) {
+    for (int64_t w = 0; w < workers; ++w) body(w);
+  };
+  const std::pair<const char*, Parallel> pools[] = {
+      {"threads", threads(false)}, {"threads, one late", threads(true)},
+      {"calls on one thread", one_thread}, {"no pool", Parallel{}}};
+  const std::pair<int64_t, int64_t> shapes[] = {{0, 5}, {4, 0}, {3, 17}, {7, 64}, {1, 1}, {0, 1}};
+  for (const auto& [name, pool] : pools) {
+    for (const auto& [first_items, main_items] : shapes) {
+      for (int round = 0; round < 2; ++round) {
+        std::vector<std::atomic<int>> firsts(first_items), mains(main_items);
+        std::atomic<int64_t> firsts_done{0};
+        std::atomic<bool> early{false};
+        const int workers = bitmaps::cpu::parallel_claim(
+            pool, first_items,
+            [&](int64_t i) {
+              firsts[i].fetch_add(1);
+              firsts_done.fetch_add(1);
+            },
+            main_items,
+            [&](int64_t i) {
+              if (firsts_done.load() < first_items) early = true;
+              mains[i].fetch_add(1);
+            });
+        bool once = true;
+        for (auto& n : firsts) once = once && n.load() == 1;
+        for (auto& n : mains) once = once && n.load() == 1;
+        const std::string what = describe("scheduler (%s): %lld first + %lld main items, round %d",
+                                          name, static_cast<long long>(first_items),
+                                          static_cast<long long>(main_items), round);
+        c.expect(once, what + ": every item exactly once");
+        c.expect(!early, what + ": no main item before every first item");
+        c.expect(workers >= 1, what + ": at least one worker");
+      }
+    }
+  }
+}
+
 int usage(const char* message) {
   std::fprintf(stderr, "kernel_harness: %s\nusage: kernel_harness [--path NAME]... [--seed N] "
                        "[--list]\n", message);
@@ -638,6 +703,7 @@ int main(int argc, char** argv) {
   Checker f64{"scalar"};
   check_pack_f64(f64, seed);
   check_gelu_accuracy(f64);
+  check_scheduler(f64);
   failures += f64.failures;
   for (CpuPath path : paths) {
     const std::string variant = bitmaps::cpu::cpu_path_variant(path);
