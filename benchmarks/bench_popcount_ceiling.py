@@ -7,10 +7,14 @@ and measures:
 - the peak binary multiply-accumulate rate: XOR + VPOPCNTQ + ADD on 512- and 256-bit vectors,
   one MAC per bit;
 - the peak FP32 multiply-accumulate rate: VFMADD on 512- and 256-bit vectors, one MAC per lane;
-- in the same run, torch.matmul FP32 and bitmaps' xnor_gemm on BERT-base shapes (M = 1024).
+- in the same run, torch.matmul FP32, bitmaps' xnor_gemm and ONNX Runtime's INT8 GEMM
+  (``MatMulInteger``, uint8 x int8: the GEMM of ``quantize_dynamic`` models, which a CPU user
+  would pick instead of a 1-bit model) on BERT-base shapes (M = 1024).
 
 The ceiling is peak binary MAC/s over the measured FP32 GEMM MAC/s (and over the FP32 FMA peak):
-the speed-up an XNOR GEMM would reach at 100 % of the popcount peak. Loops run many short bursts
+the speed-up an XNOR GEMM would reach at 100 % of the popcount peak. The INT8 rows say the same
+against INT8: on a CPU whose ONNX Runtime runs INT8 GEMMs on AMX (Intel Xeon since Sapphire
+Rapids), a binary multiply-accumulate at the popcount peak is not much cheaper than an INT8 one. Loops run many short bursts
 (``--burst-us``) and keep each thread's fastest, so preemption by other processes on a shared
 machine does not lower the peaks; GEMMs report the best and the median of ``--repeats`` samples.
 The loops time themselves inside the C code (``clock_gettime`` around the asm loop, so a burst's
@@ -111,6 +115,9 @@ def gemm_rates_for_shape(m: int, k: int, n: int, repeats: int) -> list[dict]:
     fns = {"matmul fp32": lambda: torch.matmul(x, w.t())}
     if ops.native_available():
         fns["xnor_gemm"] = lambda: ops.xnor_gemm(a, b, k)
+    int8 = int8_matmul(m, k, n, torch.get_num_threads())
+    if int8 is not None:
+        fns[INT8_OP] = int8
     for fn in fns.values():
         fn(), fn()
     samples = time_alternating([cpu_timer(lambda i, fn=fn: fn()) for fn in fns.values()], repeats)
@@ -126,6 +133,35 @@ def gemm_rates_for_shape(m: int, k: int, n: int, repeats: int) -> list[dict]:
         }
         for name, ms in zip(fns, samples, strict=True)
     ]
+
+
+INT8_OP = "onnxruntime int8 (MatMulInteger)"
+
+
+def int8_matmul(m: int, k: int, n: int, threads: int):  # noqa: ANN201 - a callable or None
+    """One call of ONNX Runtime's ``MatMulInteger`` (uint8 A [m, k] x constant int8 W [k, n] ->
+    int32), in a session of ``threads`` intra-op threads that do not spin between calls (they
+    alternate with torch's); None without onnxruntime."""
+    try:
+        import numpy as np
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["A", "W"], ["Y"])], "int8_gemm",
+        [helper.make_tensor_value_info("A", TensorProto.UINT8, [m, k])],
+        [helper.make_tensor_value_info("Y", TensorProto.INT32, [m, n])], [weight],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feed = {"A": rng.integers(0, 256, (m, k), dtype=np.uint8)}
+    return lambda: session.run(None, feed)
 
 
 def gemm_rates(threads: int, repeats: int) -> list[dict]:
@@ -146,7 +182,7 @@ def report(rows: list[dict]) -> str:
     fp32 = max((v for n, v in peaks.items() if n.startswith("fp32") and v), default=None)
     cells = []
     for g in gemms:
-        peak = binary if g["op"] == "xnor_gemm" else fp32
+        peak = {"xnor_gemm": binary, "matmul fp32": fp32}.get(g["op"])
         share = f"{100 * g['best_gmacs'] / peak:.0f} %" if peak else "-"
         rates = [f"{g['best_gmacs']:.1f}", f"{g['median_gmacs']:.1f}"]
         cells.append([g["op"], g["K"], g["N"], *rates, share])
@@ -159,6 +195,15 @@ def report(rows: list[dict]) -> str:
             f"ceiling vs FP32 FMA peak: {binary / fp32:.1f}x" if fp32 else "",
             f"ceiling vs measured torch.matmul FP32 (best shape, best sample): "
             f"{binary / matmul_best:.1f}x",
+        ]
+    int8 = [g for g in gemms if g["op"] == INT8_OP]
+    if binary and int8:
+        best = max(g["best_gmacs"] for g in int8)
+        xnor = [g["best_gmacs"] for g in gemms if g["op"] == "xnor_gemm"]
+        lines += [
+            f"ceiling vs measured ONNX Runtime INT8 GEMM (best shape, best sample: {best:.0f} "
+            f"G int8 MAC/s): {binary / best:.1f}x"
+            + (f"; xnor_gemm (best shape) vs it: {max(xnor) / best:.1f}x" if xnor else ""),
         ]
     return "\n".join(lines)
 

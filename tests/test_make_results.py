@@ -119,6 +119,15 @@ def test_a_benchmark_file_is_rendered_by_its_own_table(make_results, capsys, tmp
             "best_gmacs": 500.0,
             "median_gmacs": 400.0,
         },  # fmt: skip
+        {
+            "kind": "gemm",
+            "op": "onnxruntime int8 (MatMulInteger)",
+            "M": 1024,
+            "K": 8,
+            "N": 8,
+            "best_gmacs": 250.0,
+            "median_gmacs": 200.0,
+        },  # fmt: skip
     ]
     meta = {"command": "python benchmarks/bench_popcount_ceiling.py --threads 3",
             "date": "today", "machine": MACHINE}  # fmt: skip
@@ -134,6 +143,9 @@ def test_a_benchmark_file_is_rendered_by_its_own_table(make_results, capsys, tmp
     assert "| fp32: fake zmm | not supported by this CPU |" in text
     assert "| xnor_gemm | 8 | 8 | 500.0 | 400.0 | 50 % |" in text  # 500 of the 1000 peak
     assert "vs measured torch.matmul FP32 (best shape, best sample): 20.0x" in text
+    assert "| onnxruntime int8 (MatMulInteger) | 8 | 8 | 250.0 | 200.0 | - |" in text
+    assert "INT8 GEMM (best shape, best sample: 250 G int8 MAC/s): 4.0x; xnor_gemm" in text
+    assert "vs it: 2.0x" in text
 
 
 @pytest.mark.parametrize("damage", ["missing teacher", "corrupt record", "missing bench file"])
