@@ -419,3 +419,42 @@ def test_config_round_trip_and_old_dict_loads_as_it_computed() -> None:
 def test_bad_recipe_config_fails_with_one_line(kwargs, message) -> None:
     with pytest.raises(ConfigError, match=message):
         BinarizeConfig(**kwargs)
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
+def test_fuse_gelu_moves_bert_intermediate_gelu_into_the_kernel(hidden_act) -> None:
+    from bitmaps.core.packed import fuse_gelu_
+
+    torch.manual_seed(0)
+    model = _tiny_bert(layers=3)
+    model.config.hidden_act = hidden_act
+    for layer in model.bert.encoder.layer:  # rebuild the activation the config names
+        from transformers.activations import ACT2FN
+
+        layer.intermediate.intermediate_act_fn = ACT2FN[hidden_act]
+    binarize_(model, BinarizeConfig())
+    pack_binary_linears_(model)
+    ids = torch.randint(0, 120, (2, 11))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    fused = copy.deepcopy(model)
+    count = fuse_gelu_(fused)
+    if hidden_act != "gelu":  # tanh-approximate GELU is not the epilogue's erf form: untouched
+        assert count == 0
+        assert all(not m.activation for m in fused.modules() if isinstance(m, PackedBinaryLinear))
+        return
+    assert count == 3 and fuse_gelu_(fused) == 0  # once only
+    for layer in fused.bert.encoder.layer:
+        assert layer.intermediate.dense.activation == 1
+        assert isinstance(layer.intermediate.intermediate_act_fn, nn.Identity)
+        assert layer.output.dense.activation == 0  # no GELU after it
+        assert "activation=gelu" in repr(layer.intermediate.dense)
+    with torch.no_grad():
+        after = fused(input_ids=ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4 * float(before.abs().max()))
+    # the same module off the panels path (no prepacked weights) applies torch's GELU itself
+    for layer in fused.bert.encoder.layer:
+        layer.intermediate.dense.panels = None
+    with torch.no_grad():
+        unpacked = fused(input_ids=ids).logits
+    torch.testing.assert_close(unpacked, before, rtol=1e-4, atol=1e-4 * float(before.abs().max()))

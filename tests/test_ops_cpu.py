@@ -343,3 +343,41 @@ def test_unsigned_and_prepacked_reject_bad_input():
         ops.prepack_weights(w, 70)
     with pytest.raises(RuntimeError, match="act_unsigned must be 0 .* or 1 .*, got -1"):
         ops.binary_linear_prepacked(x, panels, w_scale, b, 64, 0.0, 0.0, -1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("act_unsigned", [0, 1])
+def test_prepacked_gelu_epilogue(cpu_path, dtype, act_unsigned):
+    # activation = 1: the kernel's epilogue GELU against torch's erf GELU of the same output
+    # (AVX-512: within 3e-7 max(1, |y|) of the scalar GELU, which is within 2.3e-7 of erf's;
+    # float16: one rounding of the result more)
+    k = 200
+    w, w_scale, b = _layer(53, k)
+    panels = ops.prepack_weights(w, k)
+    x = torch.randn(3, 17, k).to(dtype)
+    for scale in (0.0, 0.5):
+        plain = ops.binary_linear_prepacked(x, panels, w_scale, b, k, 0.1, scale, act_unsigned)
+        y = ops.binary_linear_prepacked(x, panels, w_scale, b, k, 0.1, scale, act_unsigned, 1)
+        want = torch.nn.functional.gelu(plain.double())
+        tol = 6e-7 if dtype == torch.float32 else 2.0**-10
+        assert y.dtype == dtype and y.shape == plain.shape
+        assert torch.all((y.double() - want).abs() <= tol * plain.double().abs().clamp(min=1.0))
+    ref = ops.reference_binary_linear_prepacked(x, panels, w_scale, b, k, 0.1, 0.5, act_unsigned, 1)
+    assert torch.allclose(ref.double(), want, rtol=0, atol=2e-3 * max(1.0, want.abs().max().item()))
+
+
+def test_prepacked_gelu_opcheck_and_bad_activation():
+    w, w_scale, b = _layer(20, 100)
+    panels = ops.prepack_weights(w, 100)
+    x = torch.randn(3, 100)
+    torch.library.opcheck(ops.binary_linear_prepacked, (x, panels, w_scale, b, 100, 0.1, 0.0, 0, 1))
+    impls = [ops.reference_binary_linear_prepacked]
+    if ops.native_available():
+        impls.append(ops.binary_linear_prepacked)
+    for impl in impls:
+        with pytest.raises(RuntimeError, match=r"activation must be 0 \(none\) or 1 .*, got 2"):
+            impl(x, panels, w_scale, b, 100, 0.0, 0.0, 0, 2)
+    with pytest.raises(RuntimeError, match="activation must be 0"):
+        with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+            fake = [mode.from_tensor(t) for t in (x, panels, w_scale, b)]
+            ops.binary_linear_prepacked(*fake[:3], fake[3], 100, 0.0, 0.0, 0, 2)

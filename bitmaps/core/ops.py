@@ -36,7 +36,8 @@ _lib.define(
 _lib.define("prepack_weights(Tensor w, int in_features) -> Tensor")
 _lib.define(
     "binary_linear_prepacked(Tensor x, Tensor panels, Tensor w_scale, Tensor? bias, "
-    "int in_features, float act_threshold, float act_scale, int act_unsigned=0) -> Tensor"
+    "int in_features, float act_threshold, float act_scale, int act_unsigned=0, "
+    "int activation=0) -> Tensor"
 )
 
 # Weight rows per panel of the prepacked layout (csrc/kernels/cpu_kernels.h kPanelRows): one
@@ -121,12 +122,23 @@ def reference_binary_linear_prepacked(
     act_threshold: float,
     act_scale: float,
     act_unsigned: int = 0,
+    activation: int = 0,
 ) -> torch.Tensor:
-    """:func:`reference_binary_linear` with the weights given as prepacked panels."""
+    """:func:`reference_binary_linear` with the weights given as prepacked panels; ``activation``
+    1 applies GELU (erf form, ``torch.nn.functional.gelu``) to the result, 0 nothing."""
+    _check_activation("binary_linear_prepacked", activation)
     w = unpack_panels(panels, w_scale.shape[0])
-    return reference_binary_linear(
+    y = reference_binary_linear(
         x, w, w_scale, bias, in_features, act_threshold, act_scale, act_unsigned
     )
+    return torch.nn.functional.gelu(y.float()).to(y.dtype) if activation else y
+
+
+def _check_activation(op: str, activation: int) -> None:
+    if activation not in (0, 1):
+        raise RuntimeError(
+            f"bitmaps::{op}: activation must be 0 (none) or 1 (GELU, erf form), got {activation}"
+        )
 
 
 # --------------------------------------------------------------------------- registrations
@@ -263,8 +275,10 @@ def _binary_linear_prepacked_fake(
     act_threshold: float,
     act_scale: float,
     act_unsigned: int = 0,
+    activation: int = 0,
 ) -> torch.Tensor:
     op = "binary_linear_prepacked"
+    _check_activation(op, activation)
     _check_same_device(op, x=x, panels=panels, w_scale=w_scale, bias=bias)
     n = w_scale.shape[0]
     want = (-(-n // PANEL_ROWS), packed_width(max(in_features, 1)), PANEL_ROWS)

@@ -61,6 +61,9 @@ class PackedBinaryLinear(nn.Module):
         if spec.act_unsigned not in (0, 1):
             raise BitmapsError(f"act_unsigned must be 0 or 1, got {spec.act_unsigned}")
         self.act_unsigned = int(spec.act_unsigned)
+        # 1: GELU (erf form) applied to the output, fused into the CPU kernel's epilogue when the
+        # panels path runs; set by fuse_gelu_ (inference only), not part of the state dict
+        self.activation = 0
         self.register_buffer("packed_weight", spec.packed_weight.to(torch.int32).contiguous())
         self.register_buffer("w_scale", spec.w_scale.float().contiguous())
         self.register_buffer("bias", spec.bias.float().contiguous())
@@ -82,7 +85,7 @@ class PackedBinaryLinear(nn.Module):
         if self.panels is not None and x.device.type == "cpu" and not torch.compiler.is_exporting():
             return ops.binary_linear_prepacked(
                 x.contiguous(), self.panels, self.w_scale, self.bias, self.in_features,
-                self.act_threshold, self.act_scale, self.act_unsigned,
+                self.act_threshold, self.act_scale, self.act_unsigned, self.activation,
             )  # fmt: skip
         args = (
             x.contiguous(),
@@ -95,11 +98,12 @@ class PackedBinaryLinear(nn.Module):
         )
         # act_unsigned travels only when set, so a traced signed layer has the op's 7-argument
         # form that every exporter and runtime already reads
-        return (
+        y = (
             ops.binary_linear(*args, self.act_unsigned)
             if self.act_unsigned
             else ops.binary_linear(*args)
         )
+        return torch.nn.functional.gelu(y) if self.activation else y
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202
         kept = {name: self._buffers[name] for name in ("w_scale", "bias")}
@@ -116,7 +120,33 @@ class PackedBinaryLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"act_threshold={self.act_threshold:.4g}, act_scale={self.act_scale:.4g}"
             + (", act_unsigned=1" if self.act_unsigned else "")
+            + (", activation=gelu" if self.activation else "")
         )
+
+
+def fuse_gelu_(model: nn.Module) -> int:
+    """For inference: each ``dense`` PackedBinaryLinear whose output goes straight into an erf
+    GELU (a module with ``dense`` and an ``intermediate_act_fn`` that is ``torch.nn.GELU()`` or
+    transformers' ``GELUActivation`` on ``torch.nn.functional.gelu``: BERT's intermediate layers)
+    takes the GELU into the GEMM's epilogue, and the activation becomes the identity. Returns how
+    many were fused. The output is the same function of the input (the epilogue GELU is within
+    3e-7 max(1, |y|) of torch's); ONNX export does not see the change (it traces
+    ``bitmaps::binary_linear`` and applies the GELU as a separate op)."""
+    fused = 0
+    for module in model.modules():
+        dense, act = getattr(module, "dense", None), getattr(module, "intermediate_act_fn", None)
+        if isinstance(dense, PackedBinaryLinear) and dense.activation == 0 and _is_erf_gelu(act):
+            dense.activation = 1
+            module.intermediate_act_fn = nn.Identity()
+            fused += 1
+    return fused
+
+
+def _is_erf_gelu(act: object) -> bool:
+    if isinstance(act, nn.GELU):
+        return act.approximate == "none"
+    # transformers.activations.GELUActivation: nn.functional.gelu unless use_gelu_python
+    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is nn.functional.gelu
 
 
 def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:

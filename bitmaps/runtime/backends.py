@@ -43,6 +43,7 @@ from bitmaps.core.embeddings import (
 )
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.ops import native_status
+from bitmaps.core.packed import fuse_gelu_
 from bitmaps.runtime.onnxruntime import (
     function_session,
     kernel_session,
@@ -121,6 +122,7 @@ def inference_module(mlm: nn.Module, model: str, output: str, device: str) -> nn
 
     if model == "binary":
         pack_binary_linears_(mlm)
+        fuse_gelu_(mlm)  # the CPU kernel applies the FFN's GELU in its epilogue
         quantize_embeddings_(mlm, STUDENT_EMBEDDINGS, STUDENT_EMBEDDING_GROUP)
     module = mlm.base_model if output == "hidden" else mlm
     return module.to(device=device, dtype=float_dtype(model, device)).eval()
@@ -217,7 +219,8 @@ def path_description(backend: str, device: str, model: str) -> str:
         what = "eager PyTorch" + (" + CUDA graph" if device == "cuda" else "")
         if model == "binary":
             op = (
-                "binary_linear_prepacked (weights laid out at load)"
+                "binary_linear_prepacked (weights laid out at load; the FFN's GELU in its "
+                "epilogue)"
                 if device == "cpu"
                 else "binary_linear"
             )

@@ -178,7 +178,8 @@ void check_act_unsigned(int64_t act_unsigned, const char* op) {
 at::Tensor run_binary_linear(const at::Tensor& x, const at::Tensor& weights, bool prepacked,
                              int64_t n, const at::Tensor& w_scale,
                              const std::optional<at::Tensor>& bias, int64_t in_features,
-                             double act_threshold, double act_scale, int64_t act_unsigned) {
+                             double act_threshold, double act_scale, int64_t act_unsigned,
+                             bool gelu = false) {
   const CpuPath path = current_path();
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = n;
@@ -201,6 +202,7 @@ at::Tensor run_binary_linear(const at::Tensor& x, const at::Tensor& weights, boo
   args.act_threshold = static_cast<float>(act_threshold);
   args.act_scale = act_scale > 0.0 ? static_cast<float>(act_scale) : 0.0f;
   args.act_unsigned = act_unsigned != 0;
+  args.gelu = gelu;
   args.y = out.data_ptr();
   record_parallel_workers(cpu::binary_linear(path, args, current_threads()));
   return out;
@@ -253,7 +255,8 @@ at::Tensor binary_linear_prepacked_cpu(const at::Tensor& x, const at::Tensor& pa
                                        const at::Tensor& w_scale,
                                        const std::optional<at::Tensor>& bias,
                                        int64_t in_features, double act_threshold,
-                                       double act_scale, int64_t act_unsigned) {
+                                       double act_scale, int64_t act_unsigned,
+                                       int64_t activation) {
   constexpr const char* op = "binary_linear_prepacked";
   check_cpu(x, op, "x");
   check_cpu(w_scale, op, "w_scale");
@@ -276,8 +279,10 @@ at::Tensor binary_linear_prepacked_cpu(const at::Tensor& x, const at::Tensor& pa
     check_contiguous(*bias, op, "bias");
   }
   check_act_unsigned(act_unsigned, op);
+  TORCH_CHECK(activation == 0 || activation == 1, "bitmaps::", op, ": activation must be 0 "
+              "(none) or 1 (GELU, erf form), got ", activation);
   return run_binary_linear(x, panels, true, n, w_scale, bias, in_features, act_threshold,
-                           act_scale, act_unsigned);
+                           act_scale, act_unsigned, activation == 1);
 }
 
 }  // namespace
