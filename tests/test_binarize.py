@@ -11,6 +11,7 @@ from torch import nn
 
 from bitmaps.core.config import BinarizeConfig
 from bitmaps.core.errors import BitmapsError, ConfigError
+from bitmaps.core import ops as ops_module
 from bitmaps.core.ops import reference_binary_linear
 from bitmaps.core.packed import PackedBinaryLinear
 from bitmaps.core.packing import pack_signs
@@ -458,3 +459,53 @@ def test_fuse_gelu_moves_bert_intermediate_gelu_into_the_kernel(hidden_act) -> N
     with torch.no_grad():
         unpacked = fused(input_ids=ids).logits
     torch.testing.assert_close(unpacked, before, rtol=1e-4, atol=1e-4 * float(before.abs().max()))
+
+
+def test_fuse_qkv_stacks_projections_and_runs_the_attention_kernel() -> None:
+    from bitmaps.core.packed import fuse_gelu_, fuse_qkv_
+
+    torch.manual_seed(0)
+    model = _tiny_bert(layers=3)
+    binarize_(model, BinarizeConfig())
+    pack_binary_linears_(model)
+    # layer 1's key binarizes its input differently: its Q, K, V cannot share one packed input
+    model.bert.encoder.layer[1].attention.self.key.act_threshold = 0.25
+    ids = torch.randint(0, 120, (3, 13))
+    mask = torch.ones_like(ids)
+    mask[1, 9:] = 0
+    mask[2, 4:] = 0
+    with torch.no_grad():
+        before = [model(input_ids=ids, attention_mask=m).logits for m in (mask, None)]
+    fused = copy.deepcopy(model)
+    fuse_gelu_(fused)
+    assert fuse_qkv_(fused) == 2 and fuse_qkv_(fused) == 0
+    kinds = [type(layer.attention.self).__name__ for layer in fused.bert.encoder.layer]
+    assert kinds == ["StackedBertSelfAttention", "BertSelfAttention", "StackedBertSelfAttention"]
+    stacked = fused.bert.encoder.layer[0].attention.self
+    assert stacked.qkv_panels.shape[0] == 3 * stacked.query.panels.shape[0]
+    assert "qkv_panels" not in fused.state_dict() and fused.state_dict().keys() == model.state_dict().keys()
+    calls = collections.Counter()
+    real = ops_module.packed_attention
+
+    def counting(*args):  # noqa: ANN002, ANN202
+        calls["packed_attention"] += 1
+        return real(*args)
+
+    ops_module.packed_attention = counting
+    try:
+        with torch.no_grad():
+            after = [fused(input_ids=ids, attention_mask=m).logits for m in (mask, None)]
+    finally:
+        ops_module.packed_attention = real
+    assert calls["packed_attention"] == 4  # two stacked layers, two calls
+    for a, b in zip(after, before, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+    # training mode runs transformers' own forward (no stacked call)
+    fused.train()
+    ops_module.packed_attention = counting
+    try:
+        with torch.no_grad():
+            fused(input_ids=ids, attention_mask=mask)
+    finally:
+        ops_module.packed_attention = real
+    assert calls["packed_attention"] == 4

@@ -381,3 +381,59 @@ def test_prepacked_gelu_opcheck_and_bad_activation():
         with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
             fake = [mode.from_tensor(t) for t in (x, panels, w_scale, b)]
             ops.binary_linear_prepacked(*fake[:3], fake[3], 100, 0.0, 0.0, 0, 2)
+
+
+# ----------------------------------------------------------------------------- packed_attention
+
+
+def _qkv_and_biases(batch: int, seq: int, heads: int, dim: int):
+    qkv = torch.randn(batch, seq, 3 * heads * dim)
+    keep = torch.rand(batch, 1, 1, seq) > 0.3
+    keep[..., 0] = True  # every row attends somewhere
+    padding = torch.zeros(batch, 1, 1, seq).masked_fill_(~keep, torch.finfo(torch.float32).min)
+    return qkv, [None, padding, torch.randn(batch, 1, seq, seq), torch.randn(1, heads, seq, seq),
+                 torch.randn(batch, heads, seq, seq)]  # fmt: skip
+
+
+@needs_c
+@pytest.mark.parametrize("batch,seq,heads,dim", [(2, 7, 2, 16), (1, 128, 12, 64), (3, 33, 4, 8)])
+def test_packed_attention_matches_reference(cpu_path, batch, seq, heads, dim):
+    # the native kernel on the forced path (cpu_attention.h: AVX-512, else portable code)
+    assert "packed_attention" in str(torch.ops.bitmaps.packed_attention.default._schema)
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("bitmaps::packed_attention", "CPU")
+    qkv, biases = _qkv_and_biases(batch, seq, heads, dim)
+    for bias in biases:
+        y = ops.packed_attention(qkv, bias, heads, dim**-0.5)
+        ref = ops.reference_packed_attention(qkv, bias, heads, dim**-0.5)
+        assert y.dtype == torch.float32 and y.shape == (batch, seq, heads * dim)
+        # float32 both, sums in different orders (outputs are averages of N(0, 1) values)
+        assert (y - ref).abs().max() <= 2e-5, (y - ref).abs().max()
+
+
+def test_packed_attention_reference_is_torch_attention():
+    qkv, biases = _qkv_and_biases(2, 9, 3, 8)
+    q, k, v = (t.reshape(2, 9, 3, 8).transpose(1, 2) for t in qkv.split(24, -1))
+    for bias in biases:
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.3)
+        got = ops.reference_packed_attention(qkv, bias, 3, 0.3)
+        torch.testing.assert_close(got, want.transpose(1, 2).reshape(2, 9, 24))
+
+
+def test_packed_attention_opcheck_and_bad_input():
+    qkv, biases = _qkv_and_biases(2, 5, 2, 4)
+    torch.library.opcheck(ops.packed_attention, (qkv, biases[1], 2, 0.5))
+    torch.library.opcheck(ops.packed_attention, (qkv, None, 2, 0.5))
+    impls = [ops.reference_packed_attention]
+    if ops.native_available():
+        impls.append(ops.packed_attention)
+    for impl in impls:
+        with pytest.raises(RuntimeError, match="qkv must be Float"):
+            impl(qkv.double(), None, 2, 0.5)
+        with pytest.raises(RuntimeError, match="num_heads must be >= 1, got 0"):
+            impl(qkv, None, 0, 0.5)
+        with pytest.raises(RuntimeError, match=r"qkv must have shape \[batch, seq, 3 \* num_heads"):
+            impl(qkv, None, 5, 0.5)
+        with pytest.raises(RuntimeError, match=r"bias must .*\[2, 2, 5, 5\], got"):
+            impl(qkv, torch.zeros(2, 1, 1, 4), 2, 0.5)
+        with pytest.raises(RuntimeError, match="scale must be finite"):
+            impl(qkv, None, 2, float("nan"))

@@ -6,6 +6,8 @@
 ``binary_linear``             fused binarize + pack + XNOR GEMM + scale + bias; the ONNX op of DESIGN.md
 ``prepack_weights``           packed ``[N, KW]`` → the CPU GEMM's panels ``[ceil(N/16), KW, 16]``
 ``binary_linear_prepacked``   ``binary_linear`` on prepacked weights (laid out once, at load)
+``packed_attention``          attention on Q, K, V side by side ``[B, S, 3·H·D]`` (the CPU kernel of
+                              csrc/kernels/cpu_attention.h; inference on the stacked projection)
 ============================  ====================================================================
 
 The reference implementations (``reference_*``) are the ground truth for every test. They are also
@@ -18,6 +20,7 @@ AVX2 or scalar path at run time; :func:`forced_cpu_path` pins one (tests, benchm
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 
 import torch
@@ -39,6 +42,7 @@ _lib.define(
     "int in_features, float act_threshold, float act_scale, int act_unsigned=0, "
     "int activation=0) -> Tensor"
 )
+_lib.define("packed_attention(Tensor qkv, Tensor? bias, int num_heads, float scale) -> Tensor")
 
 # Weight rows per panel of the prepacked layout (csrc/kernels/cpu_kernels.h kPanelRows): one
 # 512-bit vector of int32 words. The layout is the same on every CPU path.
@@ -141,6 +145,49 @@ def _check_activation(op: str, activation: int) -> None:
         )
 
 
+def reference_packed_attention(
+    qkv: torch.Tensor, bias: torch.Tensor | None, num_heads: int, scale: float
+) -> torch.Tensor:
+    """Attention over ``num_heads`` heads of Q, K and V side by side in ``qkv [B, S, 3·H·D]``:
+    ``softmax(scale · Q Kᵀ + bias) V`` per head (float32, ``bias`` additive, broadcast from
+    ``[B or 1, H or 1, S or 1, S]``), out ``[B, S, H·D]``: the eager math the CPU kernel
+    (csrc/kernels/cpu_attention.h) computes."""
+    _check_packed_attention(qkv, bias, num_heads, scale)
+    b, s, width = qkv.shape
+    q, k, v = (t.reshape(b, s, num_heads, -1).transpose(1, 2) for t in qkv.split(width // 3, -1))
+    scores = (q * scale) @ k.transpose(-1, -2)
+    if bias is not None:
+        scores = scores + bias
+    out = torch.softmax(scores, dim=-1) @ v
+    return out.transpose(1, 2).reshape(b, s, width // 3)
+
+
+def _check_packed_attention(
+    qkv: torch.Tensor, bias: torch.Tensor | None, num_heads: int, scale: float
+) -> None:
+    op = "packed_attention"
+    if qkv.dtype != torch.float32:
+        raise RuntimeError(f"bitmaps::{op}: qkv must be Float, got {qkv.dtype}")
+    if num_heads < 1:
+        raise RuntimeError(f"bitmaps::{op}: num_heads must be >= 1, got {num_heads}")
+    if qkv.dim() != 3 or qkv.shape[2] % (3 * num_heads):
+        raise RuntimeError(
+            f"bitmaps::{op}: qkv must have shape [batch, seq, 3 * num_heads * head_dim] "
+            f"(num_heads={num_heads}), got {list(qkv.shape)}"
+        )
+    if not math.isfinite(scale):
+        raise RuntimeError(f"bitmaps::{op}: scale must be finite, got {scale}")
+    if bias is not None:
+        b, s = qkv.shape[0], qkv.shape[1]
+        d = tuple(bias.shape)
+        fits = len(d) == 4 and d[0] in (1, b) and d[1] in (1, num_heads) and d[2] in (1, s)
+        if bias.dtype != torch.float32 or not (fits and d[3] == s):
+            raise RuntimeError(
+                f"bitmaps::{op}: bias must be Float of shape [batch or 1, num_heads or 1, seq or "
+                f"1, seq] = [{b}, {num_heads}, {s}, {s}], got {bias.dtype} {list(d)}"
+            )
+
+
 # --------------------------------------------------------------------------- registrations
 
 torch.library.impl(_lib, "pack_signs", "CompositeExplicitAutograd")(reference_pack_signs)
@@ -149,6 +196,9 @@ torch.library.impl(_lib, "binary_linear", "CompositeExplicitAutograd")(reference
 torch.library.impl(_lib, "prepack_weights", "CompositeExplicitAutograd")(reference_prepack_weights)
 torch.library.impl(_lib, "binary_linear_prepacked", "CompositeExplicitAutograd")(
     reference_binary_linear_prepacked
+)
+torch.library.impl(_lib, "packed_attention", "CompositeExplicitAutograd")(
+    reference_packed_attention
 )
 
 
@@ -294,6 +344,15 @@ def _binary_linear_prepacked_fake(
     return x.new_empty((*x.shape[:-1], n))
 
 
+@torch.library.register_fake("bitmaps::packed_attention")
+def _packed_attention_fake(
+    qkv: torch.Tensor, bias: torch.Tensor | None, num_heads: int, scale: float
+) -> torch.Tensor:
+    _check_same_device("packed_attention", qkv=qkv, bias=bias)
+    _check_packed_attention(qkv, bias, num_heads, scale)
+    return qkv.new_empty((qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3))
+
+
 # --------------------------------------------------------------------------- native kernels
 
 try:  # registers CPU (and CUDA, where built) kernels for the schemas above
@@ -357,3 +416,4 @@ xnor_gemm = torch.ops.bitmaps.xnor_gemm
 binary_linear = torch.ops.bitmaps.binary_linear
 prepack_weights = torch.ops.bitmaps.prepack_weights
 binary_linear_prepacked = torch.ops.bitmaps.binary_linear_prepacked
+packed_attention = torch.ops.bitmaps.packed_attention

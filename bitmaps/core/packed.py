@@ -9,6 +9,7 @@ the torch op. The training module that produces a spec lives in :mod:`bitmaps.tr
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 from torch import nn
@@ -153,3 +154,117 @@ def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     """Replace the submodule at dotted ``path`` of ``root`` by ``module``."""
     parent, _, child = path.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def fuse_qkv_(model: nn.Module) -> int:
+    """For inference on the CPU: each transformers ``BertSelfAttention`` whose ``query``, ``key``
+    and ``value`` are PackedBinaryLinear layers that binarize their common input alike (same
+    ``act_threshold``, ``act_scale``, ``act_unsigned``, no fused activation) and have equal
+    shapes, a multiple of 16 wide, computes the three in ONE ``binary_linear_prepacked`` call on
+    their panels side by side (the input binarized and packed once, one GEMM region of three times
+    the width, as the onnxruntime export's stacked node); the attention itself is transformers'
+    ``bitmaps::packed_attention`` (the CPU attention kernel, reading Q, K and V in place) where
+    transformers would run its eager or SDPA attention without returning weights, else
+    transformers' own attention on slices of that output. A call with a cache, in
+    training mode, off the CPU or while exporting runs transformers' forward unchanged. Returns how
+    many were fused; 0 when this transformers version lacks the attention interface it relies on.
+    The layers' own modules, weights and state dict are untouched (the stacked panels are an extra,
+    non-persistent buffer)."""
+    try:
+        from transformers.models.bert import modeling_bert as mb
+
+        base = mb.BertSelfAttention
+        getattr(mb, "ALL_ATTENTION_FUNCTIONS"), getattr(mb, "eager_attention_forward")  # noqa: B009
+    except (ImportError, AttributeError):
+        return 0
+    fused = 0
+    for module in model.modules():
+        if type(module) is not base or not hasattr(module, "scaling"):
+            continue
+        layers = (module.query, module.key, module.value)
+        if not _stackable(layers):
+            continue
+        module.register_buffer("qkv_panels", torch.cat([m.panels for m in layers]), persistent=False)
+        module.register_buffer("qkv_scale", torch.cat([m.w_scale for m in layers]), persistent=False)
+        module.register_buffer("qkv_bias", torch.cat([m.bias for m in layers]), persistent=False)
+        module.__class__ = _stacked_class()
+        fused += 1
+    return fused
+
+
+def _stackable(layers: tuple[nn.Module, ...]) -> bool:
+    first = layers[0]
+    if not all(isinstance(m, PackedBinaryLinear) and m.panels is not None for m in layers):
+        return False
+    same = ("in_features", "out_features", "act_threshold", "act_scale", "act_unsigned")
+    return (
+        first.out_features % ops.PANEL_ROWS == 0
+        and all(m.activation == 0 for m in layers)
+        and all(getattr(m, a) == getattr(first, a) for m in layers for a in same)
+        and all(m.w_scale.dtype == m.bias.dtype == torch.float32 for m in layers)
+    )
+
+
+def _additive_bias(mask: torch.Tensor | None) -> torch.Tensor | None | bool:
+    """transformers' attention mask as an additive float32 bias ``[B, 1, S or 1, T]``: None for
+    none, 0 / the float32 minimum for a boolean one (True: attend), a float one as it is; False
+    when it has another form (then transformers' own attention runs)."""
+    if mask is None:
+        return None
+    if mask.dim() != 4:
+        return False
+    if mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
+        return bias.masked_fill_(~mask, torch.finfo(torch.float32).min)
+    return mask if mask.dtype == torch.float32 else False
+
+
+@functools.cache
+def _stacked_class() -> type:
+    from transformers.models.bert import modeling_bert as mb
+
+    class StackedBertSelfAttention(mb.BertSelfAttention):
+        """BertSelfAttention with Q, K and V from one stacked ``binary_linear_prepacked`` call
+        (:func:`fuse_qkv_`); transformers' forward wherever that does not apply."""
+
+        def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
+            if (
+                cache is not None
+                or self.training
+                or hidden_states.device.type != "cpu"
+                or self.qkv_panels is None
+                or self.query.panels is None  # moved off the CPU and back: re-fuse to use it
+                or torch.compiler.is_exporting()
+            ):
+                return super().forward(hidden_states, attention_mask, cache, **kwargs)
+            q = self.query
+            qkv = ops.binary_linear_prepacked(
+                hidden_states.contiguous(), self.qkv_panels, self.qkv_scale, self.qkv_bias,
+                q.in_features, q.act_threshold, q.act_scale, q.act_unsigned,
+            )  # fmt: skip
+            input_shape = hidden_states.shape[:-1]
+            bias = _additive_bias(attention_mask)
+            if (
+                qkv.dim() == 3
+                and bias is not False
+                and kwargs.get("encoder_hidden_states") is None
+                and not kwargs.get("output_attentions")
+                and self.config._attn_implementation in ("sdpa", "eager")
+            ):
+                # the CPU attention kernel reads Q, K and V in place in the stacked output
+                out = ops.packed_attention(qkv, bias, self.num_attention_heads, self.scaling)
+                return out, None
+            hidden_shape = (*input_shape, -1, self.attention_head_size)
+            width = q.out_features
+            query, key, value = (
+                qkv[..., i * width : (i + 1) * width].view(*hidden_shape).transpose(1, 2)
+                for i in range(3)
+            )
+            attention = mb.ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, mb.eager_attention_forward
+            )
+            out, weights = attention(self, query, key, value, attention_mask, dropout=0.0,
+                                     scaling=self.scaling, **kwargs)  # fmt: skip
+            return out.reshape(*input_shape, -1).contiguous(), weights
+
+    return StackedBertSelfAttention

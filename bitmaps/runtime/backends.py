@@ -43,7 +43,7 @@ from bitmaps.core.embeddings import (
 )
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.ops import native_status
-from bitmaps.core.packed import fuse_gelu_
+from bitmaps.core.packed import fuse_gelu_, fuse_qkv_
 from bitmaps.runtime.onnxruntime import (
     function_session,
     kernel_session,
@@ -122,7 +122,9 @@ def inference_module(mlm: nn.Module, model: str, output: str, device: str) -> nn
 
     if model == "binary":
         pack_binary_linears_(mlm)
-        fuse_gelu_(mlm)  # the CPU kernel applies the FFN's GELU in its epilogue
+        if device == "cpu":  # the CPU kernels: GELU in the FFN's epilogue, stacked Q, K, V
+            fuse_gelu_(mlm)
+            fuse_qkv_(mlm)
         quantize_embeddings_(mlm, STUDENT_EMBEDDINGS, STUDENT_EMBEDDING_GROUP)
     module = mlm.base_model if output == "hidden" else mlm
     return module.to(device=device, dtype=float_dtype(model, device)).eval()
@@ -220,7 +222,8 @@ def path_description(backend: str, device: str, model: str) -> str:
         if model == "binary":
             op = (
                 "binary_linear_prepacked (weights laid out at load; the FFN's GELU in its "
-                "epilogue)"
+                "epilogue; where Q, K, V binarize alike, one stacked call and attention = "
+                "torch.ops.bitmaps.packed_attention)"
                 if device == "cpu"
                 else "binary_linear"
             )

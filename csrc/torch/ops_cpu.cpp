@@ -10,11 +10,13 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <optional>
 
 #include "cpu_dispatch.h"
 #include "kernels/bit_layout.h"
+#include "kernels/cpu_attention.h"
 #include "kernels/cpu_binary_linear.h"
 #include "kernels/cpu_kernels.h"
 
@@ -285,6 +287,54 @@ at::Tensor binary_linear_prepacked_cpu(const at::Tensor& x, const at::Tensor& pa
                            act_scale, act_unsigned, activation == 1);
 }
 
+// Q, K and V side by side in qkv [B, S, 3 * H * D] (a stacked projection's output), attention
+// over the heads with an additive bias broadcast from [B or 1, H or 1, S or 1, S] (or none): the
+// kernel of cpu_attention.h, which reads Q, K and V in place (row stride 3 * H * D).
+at::Tensor packed_attention_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& bias,
+                                int64_t num_heads, double scale) {
+  constexpr const char* op = "packed_attention";
+  check_cpu(qkv, op, "qkv");
+  check_dtype(qkv, at::kFloat, op, "qkv");
+  TORCH_CHECK(num_heads >= 1, "bitmaps::", op, ": num_heads must be >= 1, got ", num_heads);
+  TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) % (3 * num_heads) == 0, "bitmaps::", op,
+              ": qkv must have shape [batch, seq, 3 * num_heads * head_dim] (num_heads=",
+              num_heads, "), got ", qkv.sizes());
+  TORCH_CHECK(std::isfinite(scale), "bitmaps::", op, ": scale must be finite, got ", scale);
+  const at::Tensor x = qkv.contiguous();
+  const int64_t batch = x.size(0), seq = x.size(1), hidden = x.size(2) / 3;
+  cpu::AttentionArgs a;
+  a.q = x.const_data_ptr<float>();
+  a.k = a.q + hidden;
+  a.v = a.q + 2 * hidden;
+  a.q_stride = a.k_stride = a.v_stride = 3 * hidden;
+  a.batch = batch;
+  a.q_len = a.kv_len = seq;
+  a.heads = num_heads;
+  a.head_dim = a.v_head_dim = hidden / num_heads;
+  a.scale = static_cast<float>(scale);
+  at::Tensor b;
+  if (bias.has_value()) {
+    check_cpu(*bias, op, "bias");
+    check_dtype(*bias, at::kFloat, op, "bias");
+    const auto d = bias->sizes();
+    const bool fits = d.size() == 4 && (d[0] == 1 || d[0] == batch) &&
+                      (d[1] == 1 || d[1] == num_heads) && (d[2] == 1 || d[2] == seq) &&
+                      d[3] == seq;
+    TORCH_CHECK(fits, "bitmaps::", op, ": bias must have shape [batch or 1, num_heads or 1, seq "
+                "or 1, seq] = [", batch, ", ", num_heads, ", ", seq, ", ", seq, "], got ", d);
+    b = bias->contiguous();
+    a.bias = b.const_data_ptr<float>();
+    a.bias_stride[0] = d[0] == 1 ? 0 : d[1] * d[2] * d[3];
+    a.bias_stride[1] = d[1] == 1 ? 0 : d[2] * d[3];
+    a.bias_stride[2] = d[2] == 1 ? 0 : d[3];
+  }
+  at::Tensor out = at::empty({batch, seq, hidden}, x.options());
+  if (out.numel() == 0) return out;
+  a.out = out.data_ptr<float>();
+  record_parallel_workers(cpu::attention(current_path(), a, current_threads()));
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(bitmaps, CPU, m) {
@@ -293,6 +343,7 @@ TORCH_LIBRARY_IMPL(bitmaps, CPU, m) {
   m.impl("binary_linear", &binary_linear_cpu);
   m.impl("prepack_weights", &prepack_weights_cpu);
   m.impl("binary_linear_prepacked", &binary_linear_prepacked_cpu);
+  m.impl("packed_attention", &packed_attention_cpu);
 }
 
 }  // namespace bitmaps
