@@ -461,8 +461,8 @@ def test_fuse_gelu_moves_bert_intermediate_gelu_into_the_kernel(hidden_act) -> N
     torch.testing.assert_close(unpacked, before, rtol=1e-4, atol=1e-4 * float(before.abs().max()))
 
 
-def test_fuse_qkv_stacks_projections_and_runs_the_attention_kernel() -> None:
-    from bitmaps.core.packed import fuse_gelu_, fuse_qkv_
+def test_cpu_inference_fusions_stack_qkv_and_norm_with_the_kernels() -> None:
+    from bitmaps.core.packed import fuse_gelu_, fuse_qkv_, fuse_skip_layer_norm_
 
     torch.manual_seed(0)
     model = _tiny_bert(layers=3)
@@ -479,33 +479,39 @@ def test_fuse_qkv_stacks_projections_and_runs_the_attention_kernel() -> None:
     fused = copy.deepcopy(model)
     fuse_gelu_(fused)
     assert fuse_qkv_(fused) == 2 and fuse_qkv_(fused) == 0
+    assert fuse_skip_layer_norm_(fused) == 6 and fuse_skip_layer_norm_(fused) == 0
+    assert type(fused.bert.encoder.layer[0].output).__name__ == "SkipNormBertOutput"
     kinds = [type(layer.attention.self).__name__ for layer in fused.bert.encoder.layer]
     assert kinds == ["StackedBertSelfAttention", "BertSelfAttention", "StackedBertSelfAttention"]
     stacked = fused.bert.encoder.layer[0].attention.self
     assert stacked.qkv_panels.shape[0] == 3 * stacked.query.panels.shape[0]
     assert "qkv_panels" not in fused.state_dict() and fused.state_dict().keys() == model.state_dict().keys()
     calls = collections.Counter()
-    real = ops_module.packed_attention
+    real = {name: getattr(ops_module, name) for name in ("packed_attention", "skip_layer_norm")}
 
-    def counting(*args):  # noqa: ANN002, ANN202
-        calls["packed_attention"] += 1
-        return real(*args)
+    def counting(name):  # noqa: ANN001, ANN202
+        def call(*args):  # noqa: ANN002, ANN202
+            calls[name] += 1
+            return real[name](*args)
 
-    ops_module.packed_attention = counting
-    try:
-        with torch.no_grad():
-            after = [fused(input_ids=ids, attention_mask=m).logits for m in (mask, None)]
-    finally:
-        ops_module.packed_attention = real
+        return call
+
+    def run_counted(*masks):  # noqa: ANN002, ANN202
+        for name in real:
+            setattr(ops_module, name, counting(name))
+        try:
+            with torch.no_grad():
+                return [fused(input_ids=ids, attention_mask=m).logits for m in masks]
+        finally:
+            for name, op in real.items():
+                setattr(ops_module, name, op)
+
+    after = run_counted(mask, None)
     assert calls["packed_attention"] == 4  # two stacked layers, two calls
+    assert calls["skip_layer_norm"] == 12  # two per layer, three layers, two calls
     for a, b in zip(after, before, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
-    # training mode runs transformers' own forward (no stacked call)
+    # training mode runs transformers' own forward (no fused call)
     fused.train()
-    ops_module.packed_attention = counting
-    try:
-        with torch.no_grad():
-            fused(input_ids=ids, attention_mask=mask)
-    finally:
-        ops_module.packed_attention = real
-    assert calls["packed_attention"] == 4
+    run_counted(mask)
+    assert calls["packed_attention"] == 4 and calls["skip_layer_norm"] == 12

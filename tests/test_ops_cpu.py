@@ -437,3 +437,44 @@ def test_packed_attention_opcheck_and_bad_input():
             impl(qkv, torch.zeros(2, 1, 1, 4), 2, 0.5)
         with pytest.raises(RuntimeError, match="scale must be finite"):
             impl(qkv, None, 2, float("nan"))
+
+
+# ------------------------------------------------------------------------------ skip_layer_norm
+
+
+@needs_c
+@pytest.mark.parametrize("shape", [(2, 5, 768), (3, 100), (1, 1), (4, 33)])
+def test_skip_layer_norm_matches_reference(cpu_path, shape):
+    x, skip = torch.randn(shape) * 3, torch.randn(shape)
+    gamma, beta = torch.rand(shape[-1]) + 0.5, torch.randn(shape[-1])
+    for b in (beta, None):
+        y = ops.skip_layer_norm(x, skip, gamma, b, 1e-12)
+        ref = ops.reference_skip_layer_norm(x.double().float(), skip, gamma, b, 1e-12)
+        assert y.shape == x.shape and y.dtype == torch.float32
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=2e-5)
+    # non-contiguous inputs are read as their values
+    xt = torch.randn(shape[-1], 6).t()
+    st = torch.randn(6, shape[-1])
+    torch.testing.assert_close(ops.skip_layer_norm(xt, st, gamma, beta, 1e-5),
+                               ops.reference_skip_layer_norm(xt, st, gamma, beta, 1e-5),
+                               rtol=1e-5, atol=2e-5)  # fmt: skip
+
+
+def test_skip_layer_norm_opcheck_and_bad_input():
+    x, skip, gamma, beta = torch.randn(3, 8), torch.randn(3, 8), torch.rand(8), torch.randn(8)
+    torch.library.opcheck(ops.skip_layer_norm, (x, skip, gamma, beta, 1e-5))
+    torch.library.opcheck(ops.skip_layer_norm, (x, skip, gamma, None, 1e-5))
+    impls = [ops.reference_skip_layer_norm]
+    if ops.native_available():
+        impls.append(ops.skip_layer_norm)
+    for impl in impls:
+        with pytest.raises(RuntimeError, match="skip must be Float"):
+            impl(x, skip.double(), gamma, beta, 1e-5)
+        with pytest.raises(RuntimeError, match=r"skip must have the shape of x \[3, 8\]"):
+            impl(x, torch.randn(3, 7), gamma, beta, 1e-5)
+        with pytest.raises(RuntimeError, match=r"gamma must have shape \[8\]"):
+            impl(x, skip, torch.rand(7), beta, 1e-5)
+        with pytest.raises(RuntimeError, match=r"beta must have shape \[8\]"):
+            impl(x, skip, gamma, torch.rand(9), 1e-5)
+        with pytest.raises(RuntimeError, match="epsilon must be finite and >= 0"):
+            impl(x, skip, gamma, beta, -1.0)

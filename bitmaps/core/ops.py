@@ -8,6 +8,7 @@
 ``binary_linear_prepacked``   ``binary_linear`` on prepacked weights (laid out once, at load)
 ``packed_attention``          attention on Q, K, V side by side ``[B, S, 3·H·D]`` (the CPU kernel of
                               csrc/kernels/cpu_attention.h; inference on the stacked projection)
+``skip_layer_norm``           ``LayerNorm(x + skip)`` over the last axis (csrc/kernels/cpu_layer_norm.h)
 ============================  ====================================================================
 
 The reference implementations (``reference_*``) are the ground truth for every test. They are also
@@ -43,6 +44,9 @@ _lib.define(
     "int activation=0) -> Tensor"
 )
 _lib.define("packed_attention(Tensor qkv, Tensor? bias, int num_heads, float scale) -> Tensor")
+_lib.define(
+    "skip_layer_norm(Tensor x, Tensor skip, Tensor gamma, Tensor? beta, float epsilon) -> Tensor"
+)
 
 # Weight rows per panel of the prepacked layout (csrc/kernels/cpu_kernels.h kPanelRows): one
 # 512-bit vector of int32 words. The layout is the same on every CPU path.
@@ -162,6 +166,38 @@ def reference_packed_attention(
     return out.transpose(1, 2).reshape(b, s, width // 3)
 
 
+def reference_skip_layer_norm(
+    x: torch.Tensor, skip: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None,
+    epsilon: float,
+) -> torch.Tensor:  # fmt: skip
+    """``layer_norm(x + skip)`` over the last axis with ``gamma``, ``beta`` (or none), float32."""
+    _check_skip_layer_norm(x, skip, gamma, beta, epsilon)
+    return torch.nn.functional.layer_norm(x + skip, (x.shape[-1],), gamma, beta, epsilon)
+
+
+def _check_skip_layer_norm(
+    x: torch.Tensor, skip: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None,
+    epsilon: float,
+) -> None:  # fmt: skip
+    op = "skip_layer_norm"
+    for name, t in (("x", x), ("skip", skip), ("gamma", gamma), ("beta", beta)):
+        if t is not None and t.dtype != torch.float32:
+            raise RuntimeError(f"bitmaps::{op}: {name} must be Float, got {t.dtype}")
+    if x.dim() < 1 or x.shape[-1] < 1:
+        raise RuntimeError(f"bitmaps::{op}: x must have at least one dimension, the last not "
+                           f"empty, got shape {list(x.shape)}")  # fmt: skip
+    if skip.shape != x.shape:
+        raise RuntimeError(f"bitmaps::{op}: skip must have the shape of x {list(x.shape)}, got "
+                           f"{list(skip.shape)}")  # fmt: skip
+    n = x.shape[-1]
+    for name, t in (("gamma", gamma), ("beta", beta)):
+        if t is not None and tuple(t.shape) != (n,):
+            raise RuntimeError(f"bitmaps::{op}: {name} must have shape [{n}] (x's last "
+                               f"dimension), got {list(t.shape)}")  # fmt: skip
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        raise RuntimeError(f"bitmaps::{op}: epsilon must be finite and >= 0, got {epsilon}")
+
+
 def _check_packed_attention(
     qkv: torch.Tensor, bias: torch.Tensor | None, num_heads: int, scale: float
 ) -> None:
@@ -199,6 +235,9 @@ torch.library.impl(_lib, "binary_linear_prepacked", "CompositeExplicitAutograd")
 )
 torch.library.impl(_lib, "packed_attention", "CompositeExplicitAutograd")(
     reference_packed_attention
+)
+torch.library.impl(_lib, "skip_layer_norm", "CompositeExplicitAutograd")(
+    reference_skip_layer_norm
 )
 
 
@@ -353,6 +392,16 @@ def _packed_attention_fake(
     return qkv.new_empty((qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3))
 
 
+@torch.library.register_fake("bitmaps::skip_layer_norm")
+def _skip_layer_norm_fake(
+    x: torch.Tensor, skip: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None,
+    epsilon: float,
+) -> torch.Tensor:  # fmt: skip
+    _check_same_device("skip_layer_norm", x=x, skip=skip, gamma=gamma, beta=beta)
+    _check_skip_layer_norm(x, skip, gamma, beta, epsilon)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 # --------------------------------------------------------------------------- native kernels
 
 try:  # registers CPU (and CUDA, where built) kernels for the schemas above
@@ -417,3 +466,4 @@ binary_linear = torch.ops.bitmaps.binary_linear
 prepack_weights = torch.ops.bitmaps.prepack_weights
 binary_linear_prepacked = torch.ops.bitmaps.binary_linear_prepacked
 packed_attention = torch.ops.bitmaps.packed_attention
+skip_layer_norm = torch.ops.bitmaps.skip_layer_norm

@@ -268,3 +268,41 @@ def _stacked_class() -> type:
             return out.reshape(*input_shape, -1).contiguous(), weights
 
     return StackedBertSelfAttention
+
+
+def fuse_skip_layer_norm_(model: nn.Module) -> int:
+    """For inference on the CPU: each transformers ``BertSelfOutput`` / ``BertOutput`` (dense,
+    dropout, ``LayerNorm(dense + residual)``) normalizes with ``bitmaps::skip_layer_norm``, the
+    residual add and LayerNorm in one pass (csrc/kernels/cpu_layer_norm.h); in training, off
+    the CPU, for other dtypes or while exporting it runs transformers' forward. Returns how many."""
+    try:
+        from transformers.models.bert import modeling_bert as mb
+    except ImportError:
+        return 0
+    fused = 0
+    for module in model.modules():
+        if type(module) in (mb.BertSelfOutput, mb.BertOutput) and isinstance(
+            getattr(module, "LayerNorm", None), nn.LayerNorm
+        ):
+            module.__class__ = _skip_norm_class(type(module))
+            fused += 1
+    return fused
+
+
+@functools.cache
+def _skip_norm_class(base: type) -> type:
+    def forward(self, hidden_states, input_tensor):  # noqa: ANN001, ANN202
+        norm = self.LayerNorm
+        h = self.dense(hidden_states)
+        if (
+            self.training
+            or h.device.type != "cpu"
+            or h.dtype != torch.float32
+            or input_tensor.shape != h.shape
+            or norm.weight is None
+            or torch.compiler.is_exporting()
+        ):
+            return norm(self.dropout(h) + input_tensor)
+        return ops.skip_layer_norm(h, input_tensor, norm.weight, norm.bias, norm.eps)
+
+    return type(f"SkipNorm{base.__name__}", (base,), {"forward": forward, "__module__": __name__})

@@ -13,12 +13,14 @@
 #include <cmath>
 #include <functional>
 #include <optional>
+#include <utility>
 
 #include "cpu_dispatch.h"
 #include "kernels/bit_layout.h"
 #include "kernels/cpu_attention.h"
 #include "kernels/cpu_binary_linear.h"
 #include "kernels/cpu_kernels.h"
+#include "kernels/cpu_layer_norm.h"
 
 namespace bitmaps {
 namespace {
@@ -335,6 +337,48 @@ at::Tensor packed_attention_cpu(const at::Tensor& qkv, const std::optional<at::T
   return out;
 }
 
+// LayerNorm(x + skip) over the last dimension (cpu_layer_norm.h): a post-LN encoder's residual
+// add and normalization in one pass over the rows.
+at::Tensor skip_layer_norm_cpu(const at::Tensor& x, const at::Tensor& skip, const at::Tensor& gamma,
+                               const std::optional<at::Tensor>& beta, double epsilon) {
+  constexpr const char* op = "skip_layer_norm";
+  for (const auto& [t, name] : {std::pair<const at::Tensor*, const char*>{&x, "x"}, {&skip, "skip"},
+                                {&gamma, "gamma"}}) {
+    check_cpu(*t, op, name);
+    check_dtype(*t, at::kFloat, op, name);
+  }
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) >= 1, "bitmaps::", op,
+              ": x must have at least one dimension, the last not empty, got shape ", x.sizes());
+  TORCH_CHECK(skip.sizes() == x.sizes(), "bitmaps::", op, ": skip must have the shape of x ",
+              x.sizes(), ", got ", skip.sizes());
+  const int64_t n = x.size(-1);
+  TORCH_CHECK(gamma.dim() == 1 && gamma.size(0) == n, "bitmaps::", op, ": gamma must have shape [",
+              n, "] (x's last dimension), got ", gamma.sizes());
+  if (beta.has_value()) {
+    check_cpu(*beta, op, "beta");
+    check_dtype(*beta, at::kFloat, op, "beta");
+    TORCH_CHECK(beta->dim() == 1 && beta->size(0) == n, "bitmaps::", op, ": beta must have "
+                "shape [", n, "] (x's last dimension), got ", beta->sizes());
+  }
+  TORCH_CHECK(epsilon >= 0.0 && std::isfinite(epsilon), "bitmaps::", op,
+              ": epsilon must be finite and >= 0, got ", epsilon);
+  const at::Tensor xc = x.contiguous(), sc = skip.contiguous(), gc = gamma.contiguous();
+  const at::Tensor bc = beta.has_value() ? beta->contiguous() : at::Tensor();
+  at::Tensor out = at::empty_like(xc);
+  if (out.numel() == 0) return out;
+  cpu::AddLayerNormArgs a;
+  a.x = xc.const_data_ptr<float>();
+  a.skip = sc.const_data_ptr<float>();
+  a.gamma = gc.const_data_ptr<float>();
+  a.beta = beta.has_value() ? bc.const_data_ptr<float>() : nullptr;
+  a.rows = xc.numel() / n;
+  a.n = n;
+  a.epsilon = static_cast<float>(epsilon);
+  a.out = out.data_ptr<float>();
+  record_parallel_workers(cpu::add_layer_norm(current_path(), a, current_threads()));
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(bitmaps, CPU, m) {
@@ -344,6 +388,7 @@ TORCH_LIBRARY_IMPL(bitmaps, CPU, m) {
   m.impl("prepack_weights", &prepack_weights_cpu);
   m.impl("binary_linear_prepacked", &binary_linear_prepacked_cpu);
   m.impl("packed_attention", &packed_attention_cpu);
+  m.impl("skip_layer_norm", &skip_layer_norm_cpu);
 }
 
 }  // namespace bitmaps
