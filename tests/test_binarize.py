@@ -515,3 +515,52 @@ def test_cpu_inference_fusions_stack_qkv_and_norm_with_the_kernels() -> None:
     fused.train()
     run_counted(mask)
     assert calls["packed_attention"] == 4 and calls["skip_layer_norm"] == 12
+
+
+def test_fuse_encoder_runs_the_layers_as_one_loop_and_steps_aside_when_asked() -> None:
+    from bitmaps.core import packed as packed_module
+    from bitmaps.core.packed import fuse_encoder_, fuse_for_cpu_inference_
+
+    torch.manual_seed(1)
+    model = _tiny_bert(layers=2)
+    binarize_(model, BinarizeConfig())
+    pack_binary_linears_(model)
+    ids = torch.randint(0, 120, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    fused = copy.deepcopy(model)
+    assert fuse_encoder_(fused) == 0  # its layers are not fused yet
+    counts = fuse_for_cpu_inference_(fused)
+    assert counts == {"gelu": 2, "qkv": 2, "skip_layer_norm": 4, "encoder": 1}
+    assert fuse_encoder_(fused) == 0 and set(fuse_for_cpu_inference_(fused).values()) == {0}
+    assert type(fused.bert.encoder).__name__ == "LoopBertEncoder"
+    loops = collections.Counter()
+    real = packed_module._prepacked
+
+    def counted(m, x):  # noqa: ANN001, ANN202
+        loops["prepacked"] += 1
+        return real(m, x)
+
+    packed_module._prepacked = counted
+    try:
+        with torch.no_grad():
+            got = fused(input_ids=ids, attention_mask=mask).logits
+            assert loops["prepacked"] == 6  # three per layer: the loop ran
+            # hidden states asked for (transformers captures them with hooks): its own forward
+            full = fused(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            assert loops["prepacked"] == 6
+            handle = fused.bert.encoder.layer[1].output.register_forward_hook(lambda *a: None)
+            fused(input_ids=ids, attention_mask=mask)
+            handle.remove()
+            assert loops["prepacked"] == 6
+            fused(input_ids=ids, attention_mask=mask)
+            assert loops["prepacked"] == 12
+    finally:
+        packed_module._prepacked = real
+    scale = float(want.logits.abs().max())
+    torch.testing.assert_close(got, want.logits, rtol=1e-4, atol=1e-4 * scale)
+    assert len(full.hidden_states) == len(want.hidden_states) == 3
+    for a, b in zip(full.hidden_states, want.hidden_states, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))

@@ -43,7 +43,7 @@ from bitmaps.core.embeddings import (
 )
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.ops import native_status
-from bitmaps.core.packed import fuse_gelu_, fuse_qkv_, fuse_skip_layer_norm_
+from bitmaps.core.packed import fuse_for_cpu_inference_
 from bitmaps.runtime.onnxruntime import (
     function_session,
     kernel_session,
@@ -122,10 +122,8 @@ def inference_module(mlm: nn.Module, model: str, output: str, device: str) -> nn
 
     if model == "binary":
         pack_binary_linears_(mlm)
-        if device == "cpu":  # the CPU kernels: GELU in the FFN's epilogue, stacked Q, K, V
-            fuse_gelu_(mlm)
-            fuse_qkv_(mlm)
-            fuse_skip_layer_norm_(mlm)
+        if device == "cpu":  # GELU in the FFN's epilogue, stacked Q, K, V, the bitmaps float ops
+            fuse_for_cpu_inference_(mlm)
         quantize_embeddings_(mlm, STUDENT_EMBEDDINGS, STUDENT_EMBEDDING_GROUP)
     module = mlm.base_model if output == "hidden" else mlm
     return module.to(device=device, dtype=float_dtype(model, device)).eval()
@@ -225,7 +223,8 @@ def path_description(backend: str, device: str, model: str) -> str:
                 "binary_linear_prepacked (weights laid out at load; the FFN's GELU in its "
                 "epilogue; where Q, K, V binarize alike, one stacked call and attention = "
                 "torch.ops.bitmaps.packed_attention; residual add + LayerNorm = "
-                "torch.ops.bitmaps.skip_layer_norm)"
+                "torch.ops.bitmaps.skip_layer_norm; fully fused encoders as one loop over "
+                "these ops: bitmaps.core.packed.fuse_for_cpu_inference_)"
                 if device == "cpu"
                 else "binary_linear"
             )
