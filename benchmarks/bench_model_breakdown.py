@@ -1,10 +1,12 @@
 """Where the binary BERT-base encoder spends its time on CPU: the binary linears vs the rest.
 
-Times the binary BERT-base encoder (``bitmaps profile``'s torch binary model, batch x seq tokens),
-then the same model with every ``PackedBinaryLinear`` only allocating its output, alternately,
+Times the binary BERT-base encoder (``bitmaps profile``'s torch binary model, batch x seq tokens,
+with its CPU inference fusions), then the same model with every binary linear call
+(``bitmaps::binary_linear_prepacked``, which the packed layers, the stacked Q, K, V and the fused
+encoder loop all call) only allocating its output, alternately,
 ``--repeats`` times each, and this CPU's popcount ceiling with as many threads (the zmm loop of
 bench_popcount_ceiling.py), so the linears' binary MAC/s is quoted as a share of it. The
-difference is what the 72 binary linears cost inside the model; the
+difference is what the 72 binary layers (48 calls, Q, K, V stacked) cost inside the model; the
 rest (attention's two matmuls and softmax, GELU, LayerNorm, embeddings) stays in
 floating point by design and bounds the speed-up over FP32 (Amdahl).
 
@@ -104,18 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     ids = torch.randint(1000, module.config.vocab_size, (args.batch, args.seq), generator=g)
     mask = torch.ones_like(ids)
 
-    def empty_output(self: PackedBinaryLinear, x: torch.Tensor) -> torch.Tensor:
-        return x.new_empty((*x.shape[:-1], self.out_features))
+    def empty_output(x: torch.Tensor, panels: torch.Tensor, w_scale: torch.Tensor, *_):  # noqa: ANN002, ANN202
+        return x.new_empty((*x.shape[:-1], w_scale.shape[0]))
 
-    real_forward = PackedBinaryLinear.forward
+    real_op = ops.binary_linear_prepacked
     full, stubbed = [], []
     for _ in range(args.repeats):
         full.append(_median_ms(module, ids, mask, args.calls))
-        PackedBinaryLinear.forward = empty_output
+        ops.binary_linear_prepacked = empty_output
         try:
             stubbed.append(_median_ms(module, ids, mask, args.calls))
         finally:
-            PackedBinaryLinear.forward = real_forward
+            ops.binary_linear_prepacked = real_op
 
     tokens = args.batch * args.seq
     macs = sum(
