@@ -24,6 +24,7 @@ kernels-cuda       benchmarks/results/kernels-cuda.json          bench_kernels.p
 popcount-ceiling   benchmarks/results/popcount-ceiling.json      bench_popcount_ceiling.py
 ort-custom-op      benchmarks/results/ort-custom-op.json         bench_ort_custom_op.py
 ort-float-ops      benchmarks/results/ort-float-ops.json         bench_ort_float_ops.py
+torch-float-ops    benchmarks/results/torch-float-ops.json       bench_torch_float_ops.py
 model-breakdown    benchmarks/results/model-breakdown.json       bench_model_breakdown.py
 export-targets     benchmarks/results/export-targets.json        bench_export_targets.py
 embeddings         benchmarks/results/embeddings.json            bench_embeddings.py
@@ -248,6 +249,9 @@ TABLES: dict[str, Source] = {
     ),
     "ort-float-ops": Source(
         "benchmarks/results/ort-float-ops.json", _bench("bench_ort_float_ops.py")
+    ),
+    "torch-float-ops": Source(
+        "benchmarks/results/torch-float-ops.json", _bench("bench_torch_float_ops.py")
     ),
     "model-breakdown": Source(
         "benchmarks/results/model-breakdown.json", _bench("bench_model_breakdown.py")
