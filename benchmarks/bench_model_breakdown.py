@@ -22,7 +22,7 @@ import statistics
 import sys
 
 import torch
-from bench_results import check_outputs, markdown_table, run_meta, write_outputs
+from bench_results import check_outputs, markdown_table, publish_torch_run
 
 from bitmaps.core import ops
 from bitmaps.core.packed import PackedBinaryLinear
@@ -138,11 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         }  # fmt: skip
         for i, (a, b) in enumerate(zip(full, stubbed, strict=True), 1)
     ]
-    text = table(rows)
-    print(f"{ops.native_status()}; torch threads {torch.get_num_threads()}")
-    print(text)
-    meta = run_meta(native_status=ops.native_status(), threads=torch.get_num_threads())
-    write_outputs(args.out, rows, meta, text)
+    publish_torch_run(args.out, rows, table(rows))
     return 0
 
 

@@ -14,9 +14,10 @@ and measures:
 The ceiling is peak binary MAC/s over the measured FP32 GEMM MAC/s (and over the FP32 FMA peak):
 the speed-up an XNOR GEMM would reach at 100 % of the popcount peak. The INT8 rows say the same
 against INT8: on a CPU whose ONNX Runtime runs INT8 GEMMs on AMX (Intel Xeon since Sapphire
-Rapids), a binary multiply-accumulate at the popcount peak is not much cheaper than an INT8 one. Loops run many short bursts
-(``--burst-us``) and keep each thread's fastest, so preemption by other processes on a shared
-machine does not lower the peaks; GEMMs report the best and the median of ``--repeats`` samples.
+Rapids), a binary multiply-accumulate at the popcount peak is not much cheaper than an INT8 one.
+Loops run many short bursts (``--burst-us``) and keep each thread's fastest, so preemption by
+other processes on a shared machine does not lower the peaks; GEMMs report the best and the median
+of ``--repeats`` samples.
 The loops time themselves inside the C code (``clock_gettime`` around the asm loop, so a burst's
 time holds no Python or ctypes call); the GEMMs are timed with bitmaps/runtime/timing.py.
 
@@ -159,7 +160,9 @@ def int8_matmul(m: int, k: int, n: int, threads: int):  # noqa: ANN201 - a calla
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model.SerializeToString(), so, providers=["CPUExecutionProvider"]
+    )
     feed = {"A": rng.integers(0, 256, (m, k), dtype=np.uint8)}
     return lambda: session.run(None, feed)
 

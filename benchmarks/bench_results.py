@@ -120,6 +120,19 @@ def write_outputs(outs: list[str], rows: list[dict], meta: dict[str, Any], table
         print(f"wrote {out}", file=sys.stderr)
 
 
+def publish_torch_run(outs: list[str], rows: list[dict], table: str) -> None:
+    """Print and write the rows of a benchmark of bitmaps' torch ops: the native kernels' status
+    and torch's threads go in the printout and the meta."""
+    import torch
+
+    from bitmaps.core import ops
+
+    print(f"{ops.native_status()}; torch threads {torch.get_num_threads()}")
+    print(table)
+    meta = run_meta(native_status=ops.native_status(), threads=torch.get_num_threads())
+    write_outputs(outs, rows, meta, table)
+
+
 def describe(meta: dict[str, Any]) -> str:
     """One line: the command and the machine of a run."""
     m = meta.get("machine") or {}

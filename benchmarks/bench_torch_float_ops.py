@@ -18,7 +18,7 @@ import statistics
 import sys
 
 import torch
-from bench_results import check_outputs, markdown_table, run_meta, write_outputs
+from bench_results import check_outputs, markdown_table, publish_torch_run
 
 from bitmaps.core import ops
 from bitmaps.runtime.timing import cpu_timer, time_alternating
@@ -73,7 +73,10 @@ def attention_row(batch: int, seq: int, hidden: int, heads: int, repeats: int) -
 
 def norm_row(batch: int, seq: int, hidden: int, repeats: int) -> dict:
     g = torch.Generator().manual_seed(0)
-    x, skip = torch.randn(batch, seq, hidden, generator=g), torch.randn(batch, seq, hidden, generator=g)
+    x, skip = (
+        torch.randn(batch, seq, hidden, generator=g),
+        torch.randn(batch, seq, hidden, generator=g),
+    )
     gamma, beta = torch.rand(hidden, generator=g) + 0.5, torch.randn(hidden, generator=g)
 
     def theirs() -> torch.Tensor:
@@ -103,11 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.inference_mode():
         rows = [attention_row(*shape, args.repeats) for shape in ATTENTION]
         rows += [norm_row(*shape, args.repeats) for shape in NORMS]
-    text = table(rows)
-    print(f"{ops.native_status()}; torch threads {torch.get_num_threads()}")
-    print(text)
-    meta = run_meta(native_status=ops.native_status(), threads=torch.get_num_threads())
-    write_outputs(args.out, rows, meta, text)
+    publish_torch_run(args.out, rows, table(rows))
     return 0
 
 

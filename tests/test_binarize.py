@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from bitmaps.core import ops as ops_module
 from bitmaps.core.config import BinarizeConfig
 from bitmaps.core.errors import BitmapsError, ConfigError
-from bitmaps.core import ops as ops_module
 from bitmaps.core.ops import reference_binary_linear
 from bitmaps.core.packed import PackedBinaryLinear
 from bitmaps.core.packing import pack_signs
@@ -485,7 +485,10 @@ def test_cpu_inference_fusions_stack_qkv_and_norm_with_the_kernels() -> None:
     assert kinds == ["StackedBertSelfAttention", "BertSelfAttention", "StackedBertSelfAttention"]
     stacked = fused.bert.encoder.layer[0].attention.self
     assert stacked.qkv_panels.shape[0] == 3 * stacked.query.panels.shape[0]
-    assert "qkv_panels" not in fused.state_dict() and fused.state_dict().keys() == model.state_dict().keys()
+    assert (
+        "qkv_panels" not in fused.state_dict()
+        and fused.state_dict().keys() == model.state_dict().keys()
+    )
     calls = collections.Counter()
     real = {name: getattr(ops_module, name) for name in ("packed_attention", "skip_layer_norm")}
 

@@ -236,9 +236,7 @@ torch.library.impl(_lib, "binary_linear_prepacked", "CompositeExplicitAutograd")
 torch.library.impl(_lib, "packed_attention", "CompositeExplicitAutograd")(
     reference_packed_attention
 )
-torch.library.impl(_lib, "skip_layer_norm", "CompositeExplicitAutograd")(
-    reference_skip_layer_norm
-)
+torch.library.impl(_lib, "skip_layer_norm", "CompositeExplicitAutograd")(reference_skip_layer_norm)
 
 
 # The fake kernels check what the compiled kernels check (same messages), so shape and dtype errors

@@ -147,7 +147,9 @@ def _is_erf_gelu(act: object) -> bool:
     if isinstance(act, nn.GELU):
         return act.approximate == "none"
     # transformers.activations.GELUActivation: nn.functional.gelu unless use_gelu_python
-    return type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is nn.functional.gelu
+    return (
+        type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is nn.functional.gelu
+    )
 
 
 def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -184,8 +186,12 @@ def fuse_qkv_(model: nn.Module) -> int:
         layers = (module.query, module.key, module.value)
         if not _stackable(layers):
             continue
-        module.register_buffer("qkv_panels", torch.cat([m.panels for m in layers]), persistent=False)
-        module.register_buffer("qkv_scale", torch.cat([m.w_scale for m in layers]), persistent=False)
+        module.register_buffer(
+            "qkv_panels", torch.cat([m.panels for m in layers]), persistent=False
+        )
+        module.register_buffer(
+            "qkv_scale", torch.cat([m.w_scale for m in layers]), persistent=False
+        )
         module.register_buffer("qkv_bias", torch.cat([m.bias for m in layers]), persistent=False)
         module.__class__ = _stacked_class()
         fused += 1
@@ -390,8 +396,16 @@ def _encoder_class() -> type:
     class LoopBertEncoder(mb.BertEncoder):
         """BertEncoder whose layers run as one loop over the bitmaps ops (:func:`fuse_encoder_`)."""
 
-        def forward(self, hidden_states, attention_mask=None, encoder_hidden_states=None,  # noqa: ANN001, ANN201
-                    encoder_attention_mask=None, cache=None, use_cache=None, **kwargs):  # noqa: ANN001, ANN003
+        def forward(
+            self,
+            hidden_states,
+            attention_mask=None,
+            encoder_hidden_states=None,  # noqa: ANN001, ANN201
+            encoder_attention_mask=None,
+            cache=None,
+            use_cache=None,
+            **kwargs,
+        ):  # noqa: ANN001, ANN003
             bias = _additive_bias(attention_mask)
             unserved = {k for k, v in kwargs.items() if v is not None and k != "position_ids"}
             first = self.layer[0].attention.self
@@ -423,10 +437,14 @@ def _encoder_class() -> type:
                                                   q.act_unsigned)  # fmt: skip
                 a = ops.packed_attention(qkv, bias, sa.num_attention_heads, sa.scaling)
                 norm = so.LayerNorm
-                h = ops.skip_layer_norm(_prepacked(so.dense, a), h, norm.weight, norm.bias, norm.eps)
+                h = ops.skip_layer_norm(
+                    _prepacked(so.dense, a), h, norm.weight, norm.bias, norm.eps
+                )
                 i = _prepacked(layer.intermediate.dense, h)
                 norm = out.LayerNorm
-                h = ops.skip_layer_norm(_prepacked(out.dense, i), h, norm.weight, norm.bias, norm.eps)
+                h = ops.skip_layer_norm(
+                    _prepacked(out.dense, i), h, norm.weight, norm.bias, norm.eps
+                )
             return mb.BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=h, cache=None)
 
     return LoopBertEncoder
