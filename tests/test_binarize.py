@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import warnings
 
 import pytest
 import torch
@@ -560,6 +561,14 @@ def test_fuse_encoder_runs_the_layers_as_one_loop_and_steps_aside_when_asked() -
             assert loops["prepacked"] == 6
             fused(input_ids=ids, attention_mask=mask)
             assert loops["prepacked"] == 12
+        # gradients enabled: the ops have no backward, so transformers' forward runs and a
+        # gradient reaches the LayerNorm weights (around the packed layers, which have none
+        # either: torch warns about those, as it always did for packed models)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            fused(input_ids=ids, attention_mask=mask).logits.sum().backward()
+        assert loops["prepacked"] == 12
+        assert fused.bert.encoder.layer[0].output.LayerNorm.weight.grad is not None
     finally:
         packed_module._prepacked = real
     scale = float(want.logits.abs().max())

@@ -168,7 +168,9 @@ def fuse_qkv_(model: nn.Module) -> int:
     ``bitmaps::packed_attention`` (the CPU attention kernel, reading Q, K and V in place) where
     transformers would run its eager or SDPA attention without returning weights, else
     transformers' own attention on slices of that output. A call with a cache, in
-    training mode, off the CPU or while exporting runs transformers' forward unchanged. Returns how
+    training mode, with gradients enabled (the ops have no backward: run inference under
+    ``torch.no_grad()`` or ``torch.inference_mode()``), off the CPU or while exporting runs
+    transformers' forward unchanged. Returns how
     many were fused; 0 when this transformers version lacks the attention interface it relies on.
     The layers' own modules, weights and state dict are untouched (the stacked panels are an extra,
     non-persistent buffer)."""
@@ -241,6 +243,7 @@ def _stacked_class() -> type:
                 or self.qkv_panels is None
                 or self.query.panels is None  # moved off the CPU and back: re-fuse to use it
                 or torch.compiler.is_exporting()
+                or torch.is_grad_enabled()  # the ops have no backward: autograd's own path
             ):
                 return super().forward(hidden_states, attention_mask, cache, **kwargs)
             q = self.query
@@ -279,8 +282,9 @@ def _stacked_class() -> type:
 def fuse_skip_layer_norm_(model: nn.Module) -> int:
     """For inference on the CPU: each transformers ``BertSelfOutput`` / ``BertOutput`` (dense,
     dropout, ``LayerNorm(dense + residual)``) normalizes with ``bitmaps::skip_layer_norm``, the
-    residual add and LayerNorm in one pass (csrc/kernels/cpu_layer_norm.h); in training, off
-    the CPU, for other dtypes or while exporting it runs transformers' forward. Returns how many."""
+    residual add and LayerNorm in one pass (csrc/kernels/cpu_layer_norm.h); in training, with
+    gradients enabled, off the CPU, for other dtypes or while exporting it runs transformers'
+    forward. Returns how many."""
     try:
         from transformers.models.bert import modeling_bert as mb
     except ImportError:
@@ -307,6 +311,7 @@ def _skip_norm_class(base: type) -> type:
             or input_tensor.shape != h.shape
             or norm.weight is None
             or torch.compiler.is_exporting()
+            or torch.is_grad_enabled()  # the op has no backward: autograd's own path
         ):
             return norm(self.dropout(h) + input_tensor)
         return ops.skip_layer_norm(h, input_tensor, norm.weight, norm.bias, norm.eps)
@@ -321,7 +326,8 @@ def fuse_encoder_(model: nn.Module) -> int:
     LayerNorm; intermediate dense with its GELU; output dense + add & LayerNorm), without the
     module calls in between (a third of binary BERT-base's time at 1 x 128 on 2 cores went to
     them). transformers' forward runs instead whenever anything asks for more than the last hidden
-    state: a cache, cross-attention inputs, training, a forward hook or pre-hook on any module in
+    state: a cache, cross-attention inputs, training, gradients enabled, a forward hook or
+    pre-hook on any module in
     the encoder (transformers' output capturing, export verification), another device or dtype,
     or a kwarg this loop does not serve. Returns how many encoders."""
     try:
@@ -423,6 +429,7 @@ def _encoder_class() -> type:
                 or first.qkv_panels is None
                 or first.query.panels is None
                 or torch.compiler.is_exporting()
+                or torch.is_grad_enabled()  # the ops have no backward: autograd's own path
                 or _hooked(self)
             ):
                 return super().forward(hidden_states, attention_mask, encoder_hidden_states,
@@ -454,8 +461,10 @@ def fuse_for_cpu_inference_(model: nn.Module) -> dict[str, int]:
     """Every CPU inference fusion of a packed binary transformers BERT, in order:
     :func:`fuse_gelu_`, :func:`fuse_qkv_`, :func:`fuse_skip_layer_norm_`, :func:`fuse_encoder_`.
     Returns how many modules each changed. Call it after ``pack_binary_linears_`` on a model kept
-    for inference on the CPU (``bitmaps profile``'s torch rows do); the state dict stays the same,
-    and each fused module runs transformers' own code wherever the fusion does not apply."""
+    for inference on the CPU and call it under ``torch.no_grad()`` or ``torch.inference_mode()``
+    (``bitmaps profile``'s torch rows do); the state dict stays the same, and each fused module
+    runs transformers' own code wherever the fusion does not apply (with gradients enabled too:
+    the bitmaps ops have no backward)."""
     return {
         "gelu": fuse_gelu_(model),
         "qkv": fuse_qkv_(model),
