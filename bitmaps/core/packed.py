@@ -84,10 +84,7 @@ class PackedBinaryLinear(nn.Module):
         # torch.export (and so ONNX export) must see bitmaps::binary_linear on packed_weight;
         # eager calls and torch.compile use the panels (both ops have fake kernels).
         if self.panels is not None and x.device.type == "cpu" and not torch.compiler.is_exporting():
-            return ops.binary_linear_prepacked(
-                x.contiguous(), self.panels, self.w_scale, self.bias, self.in_features,
-                self.act_threshold, self.act_scale, self.act_unsigned, self.activation,
-            )  # fmt: skip
+            return _prepacked(self, x.contiguous())
         args = (
             x.contiguous(),
             self.packed_weight,
@@ -164,14 +161,14 @@ def fuse_qkv_(model: nn.Module) -> int:
     ``act_threshold``, ``act_scale``, ``act_unsigned``, no fused activation) and have equal
     shapes, a multiple of 16 wide, computes the three in ONE ``binary_linear_prepacked`` call on
     their panels side by side (the input binarized and packed once, one GEMM region of three times
-    the width, as the onnxruntime export's stacked node); the attention itself is transformers'
+    the width, as the onnxruntime export's stacked node). The attention is then
     ``bitmaps::packed_attention`` (the CPU attention kernel, reading Q, K and V in place) where
     transformers would run its eager or SDPA attention without returning weights, else
-    transformers' own attention on slices of that output. A call with a cache, in
-    training mode, with gradients enabled (the ops have no backward: run inference under
-    ``torch.no_grad()`` or ``torch.inference_mode()``), off the CPU or while exporting runs
-    transformers' forward unchanged. Returns how
-    many were fused; 0 when this transformers version lacks the attention interface it relies on.
+    transformers' own attention on slices of that output. A call with a cache, in training mode,
+    with gradients enabled (the ops have no backward: run inference under ``torch.no_grad()`` or
+    ``torch.inference_mode()``), off the CPU or while exporting runs transformers' forward
+    unchanged. Returns how many were fused; 0 when this transformers version lacks the attention
+    interface it relies on.
     The layers' own modules, weights and state dict are untouched (the stacked panels are an extra,
     non-persistent buffer)."""
     try:
@@ -359,6 +356,7 @@ def _layer_fused(layer: nn.Module) -> bool:
 
 
 def _prepacked(m: PackedBinaryLinear, x: torch.Tensor) -> torch.Tensor:
+    """``m`` on contiguous CPU ``x`` through its panels (its fused GELU included)."""
     return ops.binary_linear_prepacked(x, m.panels, m.w_scale, m.bias, m.in_features,
                                        m.act_threshold, m.act_scale, m.act_unsigned,
                                        m.activation)  # fmt: skip
