@@ -1,7 +1,7 @@
 """Per-call cost of bitmaps' float torch ops against what PyTorch runs for the same step, on CPU:
 ``bitmaps::packed_attention`` (Q, K, V side by side, the stacked projection's output) vs
 ``scaled_dot_product_attention`` on the same Q, K, V views, and ``bitmaps::skip_layer_norm`` vs
-``layer_norm(x + skip)``: the ops ``bitmaps.core.packed.fuse_for_cpu_inference_`` gives a binary
+``layer_norm(x + skip)``: the ops ``bitmaps.runtime.fusion.fuse_for_cpu_inference_`` gives a binary
 BERT on the CPU (``bitmaps profile``'s torch rows).
 
 Attention: query = key = value length ``seq``, BERT's padding mask as an additive bias

@@ -425,7 +425,7 @@ def test_bad_recipe_config_fails_with_one_line(kwargs, message) -> None:
 
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new"])
 def test_fuse_gelu_moves_bert_intermediate_gelu_into_the_kernel(hidden_act) -> None:
-    from bitmaps.core.packed import fuse_gelu_
+    from bitmaps.runtime.fusion import fuse_gelu_
 
     torch.manual_seed(0)
     model = _tiny_bert(layers=3)
@@ -463,7 +463,7 @@ def test_fuse_gelu_moves_bert_intermediate_gelu_into_the_kernel(hidden_act) -> N
 
 
 def test_cpu_inference_fusions_stack_qkv_and_norm_with_the_kernels() -> None:
-    from bitmaps.core.packed import fuse_gelu_, fuse_qkv_, fuse_skip_layer_norm_
+    from bitmaps.runtime.fusion import fuse_gelu_, fuse_qkv_, fuse_skip_layer_norm_
 
     torch.manual_seed(0)
     model = _tiny_bert(layers=3)
@@ -522,7 +522,7 @@ def test_cpu_inference_fusions_stack_qkv_and_norm_with_the_kernels() -> None:
 
 
 def test_fuse_encoder_runs_the_layers_as_one_loop_and_steps_aside_when_asked() -> None:
-    from bitmaps.core.packed import fuse_encoder_, fuse_for_cpu_inference_
+    from bitmaps.runtime.fusion import fuse_encoder_, fuse_for_cpu_inference_
 
     torch.manual_seed(1)
     model = _tiny_bert(layers=2)

@@ -9,7 +9,6 @@ the torch op. The training module that produces a spec lives in :mod:`bitmaps.tr
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 from torch import nn
@@ -63,7 +62,8 @@ class PackedBinaryLinear(nn.Module):
             raise BitmapsError(f"act_unsigned must be 0 or 1, got {spec.act_unsigned}")
         self.act_unsigned = int(spec.act_unsigned)
         # 1: GELU (erf form) applied to the output, fused into the CPU kernel's epilogue when the
-        # panels path runs; set by fuse_gelu_ (inference only), not part of the state dict
+        # panels path runs; set by bitmaps.runtime.fusion.fuse_gelu_ (inference only), not part
+        # of the state dict
         self.activation = 0
         self.register_buffer("packed_weight", spec.packed_weight.to(torch.int32).contiguous())
         self.register_buffer("w_scale", spec.w_scale.float().contiguous())
@@ -84,7 +84,7 @@ class PackedBinaryLinear(nn.Module):
         # torch.export (and so ONNX export) must see bitmaps::binary_linear on packed_weight;
         # eager calls and torch.compile use the panels (both ops have fake kernels).
         if self.panels is not None and x.device.type == "cpu" and not torch.compiler.is_exporting():
-            return _prepacked(self, x.contiguous())
+            return run_prepacked(self, x.contiguous())
         args = (
             x.contiguous(),
             self.packed_weight,
@@ -122,350 +122,14 @@ class PackedBinaryLinear(nn.Module):
         )
 
 
-def fuse_gelu_(model: nn.Module) -> int:
-    """For inference: each ``dense`` PackedBinaryLinear whose output goes straight into an erf
-    GELU (a module with ``dense`` and an ``intermediate_act_fn`` that is ``torch.nn.GELU()`` or
-    transformers' ``GELUActivation`` on ``torch.nn.functional.gelu``: BERT's intermediate layers)
-    takes the GELU into the GEMM's epilogue, and the activation becomes the identity. Returns how
-    many were fused. The output is the same function of the input (the epilogue GELU is within
-    3e-7 max(1, |y|) of torch's); ONNX export does not see the change (it traces
-    ``bitmaps::binary_linear`` and applies the GELU as a separate op)."""
-    fused = 0
-    for module in model.modules():
-        dense, act = getattr(module, "dense", None), getattr(module, "intermediate_act_fn", None)
-        if isinstance(dense, PackedBinaryLinear) and dense.activation == 0 and _is_erf_gelu(act):
-            dense.activation = 1
-            module.intermediate_act_fn = nn.Identity()
-            fused += 1
-    return fused
-
-
-def _is_erf_gelu(act: object) -> bool:
-    if isinstance(act, nn.GELU):
-        return act.approximate == "none"
-    # transformers.activations.GELUActivation: nn.functional.gelu unless use_gelu_python
-    return (
-        type(act).__name__ == "GELUActivation" and getattr(act, "act", None) is nn.functional.gelu
-    )
-
-
 def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     """Replace the submodule at dotted ``path`` of ``root`` by ``module``."""
     parent, _, child = path.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
-def fuse_qkv_(model: nn.Module) -> int:
-    """For inference on the CPU: each transformers ``BertSelfAttention`` whose ``query``, ``key``
-    and ``value`` are PackedBinaryLinear layers that binarize their common input alike (same
-    ``act_threshold``, ``act_scale``, ``act_unsigned``, no fused activation) and have equal
-    shapes, a multiple of 16 wide, computes the three in ONE ``binary_linear_prepacked`` call on
-    their panels side by side (the input binarized and packed once, one GEMM region of three times
-    the width, as the onnxruntime export's stacked node). The attention is then
-    ``bitmaps::packed_attention`` (the CPU attention kernel, reading Q, K and V in place) where
-    transformers would run its eager or SDPA attention without returning weights, else
-    transformers' own attention on slices of that output. A call with a cache, in training mode,
-    with gradients enabled (the ops have no backward: run inference under ``torch.no_grad()`` or
-    ``torch.inference_mode()``), off the CPU or while exporting runs transformers' forward
-    unchanged. Returns how many were fused; 0 when this transformers version lacks the attention
-    interface it relies on.
-    The layers' own modules, weights and state dict are untouched (the stacked panels are an extra,
-    non-persistent buffer)."""
-    try:
-        from transformers.models.bert import modeling_bert as mb
-
-        base = mb.BertSelfAttention
-        getattr(mb, "ALL_ATTENTION_FUNCTIONS"), getattr(mb, "eager_attention_forward")  # noqa: B009
-    except (ImportError, AttributeError):
-        return 0
-    fused = 0
-    for module in model.modules():
-        if type(module) is not base or not hasattr(module, "scaling"):
-            continue
-        layers = (module.query, module.key, module.value)
-        if not _stackable(layers):
-            continue
-        module.register_buffer(
-            "qkv_panels", torch.cat([m.panels for m in layers]), persistent=False
-        )
-        module.register_buffer(
-            "qkv_scale", torch.cat([m.w_scale for m in layers]), persistent=False
-        )
-        module.register_buffer("qkv_bias", torch.cat([m.bias for m in layers]), persistent=False)
-        module.__class__ = _stacked_class()
-        fused += 1
-    return fused
-
-
-def _stackable(layers: tuple[nn.Module, ...]) -> bool:
-    first = layers[0]
-    if not all(isinstance(m, PackedBinaryLinear) and m.panels is not None for m in layers):
-        return False
-    same = ("in_features", "out_features", "act_threshold", "act_scale", "act_unsigned")
-    return (
-        first.out_features % ops.PANEL_ROWS == 0
-        and all(m.activation == 0 for m in layers)
-        and all(getattr(m, a) == getattr(first, a) for m in layers for a in same)
-        and all(m.w_scale.dtype == m.bias.dtype == torch.float32 for m in layers)
-    )
-
-
-def _additive_bias(mask: torch.Tensor | None) -> torch.Tensor | None | bool:
-    """transformers' attention mask as an additive float32 bias ``[B, 1, S or 1, T]``: None for
-    none, 0 / the float32 minimum for a boolean one (True: attend), a float one as it is; False
-    when it has another form (then transformers' own attention runs)."""
-    if mask is None:
-        return None
-    if mask.dim() != 4:
-        return False
-    if mask.dtype == torch.bool:
-        bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device)
-        return bias.masked_fill_(~mask, torch.finfo(torch.float32).min)
-    return mask if mask.dtype == torch.float32 else False
-
-
-@functools.cache
-def _stacked_class() -> type:
-    from transformers.models.bert import modeling_bert as mb
-
-    class StackedBertSelfAttention(mb.BertSelfAttention):
-        """BertSelfAttention with Q, K and V from one stacked ``binary_linear_prepacked`` call
-        (:func:`fuse_qkv_`); transformers' forward wherever that does not apply."""
-
-        def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
-            if (
-                cache is not None
-                or self.training
-                or hidden_states.device.type != "cpu"
-                or self.qkv_panels is None
-                or self.query.panels is None  # moved off the CPU and back: re-fuse to use it
-                or torch.compiler.is_exporting()
-                or torch.is_grad_enabled()  # the ops have no backward: autograd's own path
-            ):
-                return super().forward(hidden_states, attention_mask, cache, **kwargs)
-            q = self.query
-            qkv = ops.binary_linear_prepacked(
-                hidden_states.contiguous(), self.qkv_panels, self.qkv_scale, self.qkv_bias,
-                q.in_features, q.act_threshold, q.act_scale, q.act_unsigned,
-            )  # fmt: skip
-            input_shape = hidden_states.shape[:-1]
-            bias = _additive_bias(attention_mask)
-            if (
-                qkv.dim() == 3
-                and bias is not False
-                and kwargs.get("encoder_hidden_states") is None
-                and not kwargs.get("output_attentions")
-                and self.config._attn_implementation in ("sdpa", "eager")
-            ):
-                # the CPU attention kernel reads Q, K and V in place in the stacked output
-                out = ops.packed_attention(qkv, bias, self.num_attention_heads, self.scaling)
-                return out, None
-            hidden_shape = (*input_shape, -1, self.attention_head_size)
-            width = q.out_features
-            query, key, value = (
-                qkv[..., i * width : (i + 1) * width].view(*hidden_shape).transpose(1, 2)
-                for i in range(3)
-            )
-            attention = mb.ALL_ATTENTION_FUNCTIONS.get_interface(
-                self.config._attn_implementation, mb.eager_attention_forward
-            )
-            out, weights = attention(self, query, key, value, attention_mask, dropout=0.0,
-                                     scaling=self.scaling, **kwargs)  # fmt: skip
-            return out.reshape(*input_shape, -1).contiguous(), weights
-
-    return StackedBertSelfAttention
-
-
-def fuse_skip_layer_norm_(model: nn.Module) -> int:
-    """For inference on the CPU: each transformers ``BertSelfOutput`` / ``BertOutput`` (dense,
-    dropout, ``LayerNorm(dense + residual)``) normalizes with ``bitmaps::skip_layer_norm``, the
-    residual add and LayerNorm in one pass (csrc/kernels/cpu_layer_norm.h); in training, with
-    gradients enabled, off the CPU, for other dtypes or while exporting it runs transformers'
-    forward. Returns how many."""
-    try:
-        from transformers.models.bert import modeling_bert as mb
-    except ImportError:
-        return 0
-    fused = 0
-    for module in model.modules():
-        if type(module) in (mb.BertSelfOutput, mb.BertOutput) and isinstance(
-            getattr(module, "LayerNorm", None), nn.LayerNorm
-        ):
-            module.__class__ = _skip_norm_class(type(module))
-            fused += 1
-    return fused
-
-
-@functools.cache
-def _skip_norm_class(base: type) -> type:
-    def forward(self, hidden_states, input_tensor):  # noqa: ANN001, ANN202
-        norm = self.LayerNorm
-        h = self.dense(hidden_states)
-        if (
-            self.training
-            or h.device.type != "cpu"
-            or h.dtype != torch.float32
-            or input_tensor.shape != h.shape
-            or norm.weight is None
-            or torch.compiler.is_exporting()
-            or torch.is_grad_enabled()  # the op has no backward: autograd's own path
-        ):
-            return norm(self.dropout(h) + input_tensor)
-        return ops.skip_layer_norm(h, input_tensor, norm.weight, norm.bias, norm.eps)
-
-    return type(f"SkipNorm{base.__name__}", (base,), {"forward": forward, "__module__": __name__})
-
-
-def fuse_encoder_(model: nn.Module) -> int:
-    """For inference on the CPU: a transformers ``BertEncoder`` whose every layer went through
-    :func:`fuse_qkv_`, :func:`fuse_gelu_` and :func:`fuse_skip_layer_norm_` runs its layers as one
-    loop over the bitmaps ops (per layer: stacked Q, K, V; attention; output dense + add &
-    LayerNorm; intermediate dense with its GELU; output dense + add & LayerNorm), without the
-    module calls in between (a third of binary BERT-base's time at 1 x 128 on 2 cores went to
-    them). transformers' forward runs instead whenever anything asks for more than the last hidden
-    state: a cache, cross-attention inputs, training, gradients enabled, a forward hook or
-    pre-hook on any module in
-    the encoder (transformers' output capturing, export verification), another device or dtype,
-    or a kwarg this loop does not serve. Returns how many encoders."""
-    try:
-        from transformers.models.bert import modeling_bert as mb
-    except ImportError:
-        return 0
-    fused = 0
-    for module in model.modules():
-        if type(module) is mb.BertEncoder and all(_layer_fused(layer) for layer in module.layer):
-            module.__class__ = _encoder_class()
-            fused += 1
-    return fused
-
-
-def _layer_fused(layer: nn.Module) -> bool:
-    stacked = _stacked_class()
-    return (
-        type(layer.attention.self) is stacked
-        and type(layer.attention.output).__name__ == "SkipNormBertSelfOutput"
-        and type(layer.output).__name__ == "SkipNormBertOutput"
-        and isinstance(layer.intermediate.dense, PackedBinaryLinear)
-        and layer.intermediate.dense.activation == 1
-        and isinstance(layer.intermediate.intermediate_act_fn, nn.Identity)
-        and isinstance(layer.attention.output.dense, PackedBinaryLinear)
-        and isinstance(layer.output.dense, PackedBinaryLinear)
-        and not getattr(layer, "crossattention", None)
-        and getattr(layer, "chunk_size_feed_forward", 0) == 0
-    )
-
-
-def _prepacked(m: PackedBinaryLinear, x: torch.Tensor) -> torch.Tensor:
+def run_prepacked(m: PackedBinaryLinear, x: torch.Tensor) -> torch.Tensor:
     """``m`` on contiguous CPU ``x`` through its panels (its fused GELU included)."""
     return ops.binary_linear_prepacked(x, m.panels, m.w_scale, m.bias, m.in_features,
                                        m.act_threshold, m.act_scale, m.act_unsigned,
                                        m.activation)  # fmt: skip
-
-
-def _hooked(module: nn.Module) -> bool:
-    """A forward hook or pre-hook that would miss calls if the loop skipped the modules: any
-    global one, any on ``module`` or below, except transformers' output-capturing hooks while
-    they capture nothing (transformers installs them for good the first time a call asks for
-    hidden states or attentions, and switches them on per call)."""
-    from torch.nn.modules import module as torch_module
-
-    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
-        return True
-    capturing = _transformers_capturing()
-    for m in module.modules():
-        for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()):
-            if capturing or "install_output_capuring_hook" not in getattr(hook, "__qualname__", ""):
-                return True
-    return False
-
-
-def _transformers_capturing() -> bool:
-    """Whether transformers' output capturing collects anything in this call (True when this
-    transformers version does not say)."""
-    try:
-        from transformers.utils import output_capturing
-    except ImportError:
-        return False
-    collector = getattr(output_capturing, "_active_collector", None)
-    try:
-        return bool(collector.get())  # None or {} outside a capturing call
-    except (AttributeError, TypeError, LookupError):
-        return True
-
-
-@functools.cache
-def _encoder_class() -> type:
-    from transformers.models.bert import modeling_bert as mb
-
-    class LoopBertEncoder(mb.BertEncoder):
-        """BertEncoder whose layers run as one loop over the bitmaps ops (:func:`fuse_encoder_`)."""
-
-        def forward(
-            self,
-            hidden_states,
-            attention_mask=None,
-            encoder_hidden_states=None,  # noqa: ANN001, ANN201
-            encoder_attention_mask=None,
-            cache=None,
-            use_cache=None,
-            **kwargs,
-        ):  # noqa: ANN001, ANN003
-            bias = _additive_bias(attention_mask)
-            unserved = {k for k, v in kwargs.items() if v is not None and k != "position_ids"}
-            first = self.layer[0].attention.self
-            if (
-                encoder_hidden_states is not None
-                or encoder_attention_mask is not None
-                or cache is not None
-                or use_cache
-                or unserved
-                or bias is False
-                or self.training
-                or hidden_states.device.type != "cpu"
-                or hidden_states.dtype != torch.float32
-                or hidden_states.dim() != 3
-                or first.qkv_panels is None
-                or first.query.panels is None
-                or torch.compiler.is_exporting()
-                or torch.is_grad_enabled()  # the ops have no backward: autograd's own path
-                or _hooked(self)
-            ):
-                return super().forward(hidden_states, attention_mask, encoder_hidden_states,
-                                       encoder_attention_mask, cache=cache, use_cache=use_cache,
-                                       **kwargs)  # fmt: skip
-            h = hidden_states.contiguous()
-            for layer in self.layer:
-                sa, so, out = layer.attention.self, layer.attention.output, layer.output
-                q = sa.query
-                qkv = ops.binary_linear_prepacked(h, sa.qkv_panels, sa.qkv_scale, sa.qkv_bias,
-                                                  q.in_features, q.act_threshold, q.act_scale,
-                                                  q.act_unsigned)  # fmt: skip
-                a = ops.packed_attention(qkv, bias, sa.num_attention_heads, sa.scaling)
-                norm = so.LayerNorm
-                h = ops.skip_layer_norm(
-                    _prepacked(so.dense, a), h, norm.weight, norm.bias, norm.eps
-                )
-                i = _prepacked(layer.intermediate.dense, h)
-                norm = out.LayerNorm
-                h = ops.skip_layer_norm(
-                    _prepacked(out.dense, i), h, norm.weight, norm.bias, norm.eps
-                )
-            return mb.BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=h, cache=None)
-
-    return LoopBertEncoder
-
-
-def fuse_for_cpu_inference_(model: nn.Module) -> dict[str, int]:
-    """Every CPU inference fusion of a packed binary transformers BERT, in order:
-    :func:`fuse_gelu_`, :func:`fuse_qkv_`, :func:`fuse_skip_layer_norm_`, :func:`fuse_encoder_`.
-    Returns how many modules each changed. Call it after ``pack_binary_linears_`` on a model kept
-    for inference on the CPU and call it under ``torch.no_grad()`` or ``torch.inference_mode()``
-    (``bitmaps profile``'s torch rows do); the state dict stays the same, and each fused module
-    runs transformers' own code wherever the fusion does not apply (with gradients enabled too:
-    the bitmaps ops have no backward)."""
-    return {
-        "gelu": fuse_gelu_(model),
-        "qkv": fuse_qkv_(model),
-        "skip_layer_norm": fuse_skip_layer_norm_(model),
-        "encoder": fuse_encoder_(model),
-    }

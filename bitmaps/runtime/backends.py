@@ -43,7 +43,7 @@ from bitmaps.core.embeddings import (
 )
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.ops import native_status
-from bitmaps.core.packed import fuse_for_cpu_inference_
+from bitmaps.runtime.fusion import fuse_for_cpu_inference_
 from bitmaps.runtime.onnxruntime import (
     function_session,
     kernel_session,
@@ -224,7 +224,7 @@ def path_description(backend: str, device: str, model: str) -> str:
                 "epilogue; where Q, K, V binarize alike, one stacked call and attention = "
                 "torch.ops.bitmaps.packed_attention; residual add + LayerNorm = "
                 "torch.ops.bitmaps.skip_layer_norm; fully fused encoders as one loop over "
-                "these ops: bitmaps.core.packed.fuse_for_cpu_inference_)"
+                "these ops: bitmaps.runtime.fusion.fuse_for_cpu_inference_)"
                 if device == "cpu"
                 else "binary_linear"
             )
