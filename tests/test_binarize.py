@@ -469,7 +469,8 @@ def test_cpu_inference_fusions_stack_qkv_and_norm_with_the_kernels() -> None:
     model = _tiny_bert(layers=3)
     binarize_(model, BinarizeConfig())
     pack_binary_linears_(model)
-    # layer 1's key binarizes its input differently: its Q, K, V cannot share one packed input
+    # layer 1's key binarizes its input differently (as the elastic quantizer's layers do): its
+    # Q, K, V cannot share one packed input, so they are three calls, concatenated
     model.bert.encoder.layer[1].attention.self.key.act_threshold = 0.25
     ids = torch.randint(0, 120, (3, 13))
     mask = torch.ones_like(ids)
@@ -479,13 +480,14 @@ def test_cpu_inference_fusions_stack_qkv_and_norm_with_the_kernels() -> None:
         before = [model(input_ids=ids, attention_mask=m).logits for m in (mask, None)]
     fused = copy.deepcopy(model)
     fuse_gelu_(fused)
-    assert fuse_qkv_(fused) == 2 and fuse_qkv_(fused) == 0
+    assert fuse_qkv_(fused) == 3 and fuse_qkv_(fused) == 0
     assert fuse_skip_layer_norm_(fused) == 6 and fuse_skip_layer_norm_(fused) == 0
     assert type(fused.bert.encoder.layer[0].output).__name__ == "SkipNormBertOutput"
     kinds = [type(layer.attention.self).__name__ for layer in fused.bert.encoder.layer]
-    assert kinds == ["StackedBertSelfAttention", "BertSelfAttention", "StackedBertSelfAttention"]
+    assert kinds == ["StackedBertSelfAttention"] * 3
     stacked = fused.bert.encoder.layer[0].attention.self
     assert stacked.qkv_panels.shape[0] == 3 * stacked.query.panels.shape[0]
+    assert fused.bert.encoder.layer[1].attention.self.qkv_panels is None
     assert (
         "qkv_panels" not in fused.state_dict()
         and fused.state_dict().keys() == model.state_dict().keys()
@@ -511,14 +513,14 @@ def test_cpu_inference_fusions_stack_qkv_and_norm_with_the_kernels() -> None:
                 setattr(ops_module, name, op)
 
     after = run_counted(mask, None)
-    assert calls["packed_attention"] == 4  # two stacked layers, two calls
+    assert calls["packed_attention"] == 6  # three layers, two calls
     assert calls["skip_layer_norm"] == 12  # two per layer, three layers, two calls
     for a, b in zip(after, before, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
     # training mode runs transformers' own forward (no fused call)
     fused.train()
     run_counted(mask)
-    assert calls["packed_attention"] == 4 and calls["skip_layer_norm"] == 12
+    assert calls["packed_attention"] == 6 and calls["skip_layer_norm"] == 12
 
 
 def test_fuse_encoder_runs_the_layers_as_one_loop_and_steps_aside_when_asked() -> None:
@@ -528,6 +530,8 @@ def test_fuse_encoder_runs_the_layers_as_one_loop_and_steps_aside_when_asked() -
     model = _tiny_bert(layers=2)
     binarize_(model, BinarizeConfig())
     pack_binary_linears_(model)
+    # layer 0's Q, K, V binarize differently (three calls, concatenated), layer 1's alike (one)
+    model.bert.encoder.layer[0].attention.self.value.act_threshold = -0.1
     ids = torch.randint(0, 120, (2, 9))
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
@@ -539,6 +543,8 @@ def test_fuse_encoder_runs_the_layers_as_one_loop_and_steps_aside_when_asked() -
     assert counts == {"gelu": 2, "qkv": 2, "skip_layer_norm": 4, "encoder": 1}
     assert fuse_encoder_(fused) == 0 and set(fuse_for_cpu_inference_(fused).values()) == {0}
     assert type(fused.bert.encoder).__name__ == "LoopBertEncoder"
+    assert fused.bert.encoder.layer[0].attention.self.qkv_panels is None
+    assert fused.bert.encoder.layer[1].attention.self.qkv_panels is not None
     # transformers' own forward calls each BertLayer; the loop calls none
     layer_class = type(fused.bert.encoder.layer[0])
     real = layer_class.forward

@@ -50,20 +50,21 @@ def _is_erf_gelu(act: object) -> bool:
 
 def fuse_qkv_(model: nn.Module) -> int:
     """For inference on the CPU: each transformers ``BertSelfAttention`` whose ``query``, ``key``
-    and ``value`` are PackedBinaryLinear layers that binarize their common input alike (same
-    ``act_threshold``, ``act_scale``, ``act_unsigned``, no fused activation) and have equal
-    shapes, a multiple of 16 wide, computes the three in ONE ``binary_linear_prepacked`` call on
-    their panels side by side (the input binarized and packed once, one GEMM region of three times
-    the width, as the onnxruntime export's stacked node). The attention is then
-    ``bitmaps::packed_attention`` (the CPU attention kernel, reading Q, K and V in place) where
-    transformers would run its eager or SDPA attention without returning weights, else
-    transformers' own attention on slices of that output. A call with a cache, in training mode,
-    with gradients enabled (the ops have no backward: run inference under ``torch.no_grad()`` or
+    and ``value`` are PackedBinaryLinear layers of equal shapes computes Q, K and V side by side
+    in one ``[B, S, 3·hidden]`` tensor and runs ``bitmaps::packed_attention`` (the CPU attention
+    kernel, reading them in place) where transformers would run its eager or SDPA attention
+    without returning weights (else transformers' own attention on slices of that tensor). Where
+    the three binarize their common input alike (same ``act_threshold``, ``act_scale``,
+    ``act_unsigned``; the default STE quantizer) and are a multiple of 16 wide, that tensor is ONE
+    ``binary_linear_prepacked`` call on their panels side by side (the input binarized and packed
+    once, one GEMM region of three times the width, as the onnxruntime export's stacked node);
+    otherwise (students of the elastic quantizer learn a threshold and scale per layer) three calls
+    whose outputs are concatenated. A call with a cache, in training mode, with gradients enabled
+    (the ops have no backward: run inference under ``torch.no_grad()`` or
     ``torch.inference_mode()``), off the CPU or while exporting runs transformers' forward
     unchanged. Returns how many were fused; 0 when this transformers version lacks the attention
-    interface it relies on.
-    The layers' own modules, weights and state dict are untouched (the stacked panels are an extra,
-    non-persistent buffer)."""
+    interface it relies on. The layers' own modules, weights and state dict are untouched (the
+    stacked panels are an extra, non-persistent buffer)."""
     if not (hasattr(mb, "ALL_ATTENTION_FUNCTIONS") and hasattr(mb, "eager_attention_forward")):
         return 0
     base = mb.BertSelfAttention
@@ -72,31 +73,53 @@ def fuse_qkv_(model: nn.Module) -> int:
         if type(module) is not base or not hasattr(module, "scaling"):
             continue
         layers = (module.query, module.key, module.value)
-        if not _stackable(layers):
+        if not _fusable(layers):
             continue
-        module.register_buffer(
-            "qkv_panels", torch.cat([m.panels for m in layers]), persistent=False
-        )
-        module.register_buffer(
-            "qkv_scale", torch.cat([m.w_scale for m in layers]), persistent=False
-        )
-        module.register_buffer("qkv_bias", torch.cat([m.bias for m in layers]), persistent=False)
+        stack = _stackable(layers)
+        for name, part in (
+            ("qkv_panels", "panels"),
+            ("qkv_scale", "w_scale"),
+            ("qkv_bias", "bias"),
+        ):
+            stacked = torch.cat([getattr(m, part) for m in layers]) if stack else None
+            module.register_buffer(name, stacked, persistent=False)
         module.__class__ = _stacked_class()
         fused += 1
     return fused
 
 
-def _stackable(layers: tuple[nn.Module, ...]) -> bool:
+def _fusable(layers: tuple[nn.Module, ...]) -> bool:
+    """Q, K and V as packed layers of one shape, on the CPU, with no fused activation."""
     first = layers[0]
-    if not all(isinstance(m, PackedBinaryLinear) and m.panels is not None for m in layers):
-        return False
-    same = ("in_features", "out_features", "act_threshold", "act_scale", "act_unsigned")
+    return all(
+        isinstance(m, PackedBinaryLinear)
+        and m.panels is not None
+        and m.activation == 0
+        and (m.in_features, m.out_features) == (first.in_features, first.out_features)
+        for m in layers
+    )
+
+
+def _stackable(layers: tuple[nn.Module, ...]) -> bool:
+    """Fusable layers that binarize their input alike: one call on their panels side by side."""
+    first = layers[0]
+    same = ("act_threshold", "act_scale", "act_unsigned")
     return (
         first.out_features % ops.PANEL_ROWS == 0
-        and all(m.activation == 0 for m in layers)
         and all(getattr(m, a) == getattr(first, a) for m in layers for a in same)
         and all(m.w_scale.dtype == m.bias.dtype == torch.float32 for m in layers)
     )
+
+
+def _qkv(attention: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """Q, K and V of contiguous ``h`` side by side, ``[..., 3·hidden]``: one stacked call where
+    :func:`fuse_qkv_` stacked the layers, else three calls concatenated."""
+    q = attention.query
+    if attention.qkv_panels is None:
+        return torch.cat([run_prepacked(m, h) for m in (q, attention.key, attention.value)], -1)
+    return ops.binary_linear_prepacked(h, attention.qkv_panels, attention.qkv_scale,
+                                       attention.qkv_bias, q.in_features, q.act_threshold,
+                                       q.act_scale, q.act_unsigned)  # fmt: skip
 
 
 def _additive_bias(mask: torch.Tensor | None) -> torch.Tensor | None | bool:
@@ -116,7 +139,7 @@ def _additive_bias(mask: torch.Tensor | None) -> torch.Tensor | None | bool:
 @functools.cache
 def _stacked_class() -> type:
     class StackedBertSelfAttention(mb.BertSelfAttention):
-        """BertSelfAttention with Q, K and V from one stacked ``binary_linear_prepacked`` call
+        """BertSelfAttention with Q, K and V side by side and bitmaps' attention kernel
         (:func:`fuse_qkv_`); transformers' forward wherever that does not apply."""
 
         def forward(self, hidden_states, attention_mask=None, cache=None, **kwargs):  # noqa: ANN001, ANN003, ANN201
@@ -124,17 +147,13 @@ def _stacked_class() -> type:
                 cache is not None
                 or self.training
                 or hidden_states.device.type != "cpu"
-                or self.qkv_panels is None
-                or self.query.panels is None  # moved off the CPU and back: re-fuse to use it
+                or any(m.panels is None for m in (self.query, self.key, self.value))
                 or torch.compiler.is_exporting()
                 or torch.is_grad_enabled()  # the ops have no backward: autograd's own path
             ):
                 return super().forward(hidden_states, attention_mask, cache, **kwargs)
             q = self.query
-            qkv = ops.binary_linear_prepacked(
-                hidden_states.contiguous(), self.qkv_panels, self.qkv_scale, self.qkv_bias,
-                q.in_features, q.act_threshold, q.act_scale, q.act_unsigned,
-            )  # fmt: skip
+            qkv = _qkv(self, hidden_states.contiguous())
             input_shape = hidden_states.shape[:-1]
             bias = _additive_bias(attention_mask)
             if (
@@ -290,7 +309,6 @@ def _encoder_class() -> type:
                 or hidden_states.device.type != "cpu"
                 or hidden_states.dtype != torch.float32
                 or hidden_states.dim() != 3
-                or first.qkv_panels is None
                 or first.query.panels is None
                 or torch.compiler.is_exporting()
                 or torch.is_grad_enabled()  # the ops have no backward: autograd's own path
@@ -302,11 +320,7 @@ def _encoder_class() -> type:
             h = hidden_states.contiguous()
             for layer in self.layer:
                 sa, so, out = layer.attention.self, layer.attention.output, layer.output
-                q = sa.query
-                qkv = ops.binary_linear_prepacked(h, sa.qkv_panels, sa.qkv_scale, sa.qkv_bias,
-                                                  q.in_features, q.act_threshold, q.act_scale,
-                                                  q.act_unsigned)  # fmt: skip
-                a = ops.packed_attention(qkv, bias, sa.num_attention_heads, sa.scaling)
+                a = ops.packed_attention(_qkv(sa, h), bias, sa.num_attention_heads, sa.scaling)
                 norm = so.LayerNorm
                 h = ops.skip_layer_norm(
                     run_prepacked(so.dense, a), h, norm.weight, norm.bias, norm.eps
