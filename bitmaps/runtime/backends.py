@@ -221,8 +221,8 @@ def path_description(backend: str, device: str, model: str) -> str:
         if model == "binary":
             op = (
                 "binary_linear_prepacked (weights laid out at load; the FFN's GELU in its "
-                "epilogue; where Q, K, V binarize alike, one stacked call and attention = "
-                "torch.ops.bitmaps.packed_attention; residual add + LayerNorm = "
+                "epilogue; Q, K, V side by side, one stacked call where they binarize alike; "
+                "attention = torch.ops.bitmaps.packed_attention; residual add + LayerNorm = "
                 "torch.ops.bitmaps.skip_layer_norm; fully fused encoders as one loop over "
                 "these ops: bitmaps.runtime.fusion.fuse_for_cpu_inference_)"
                 if device == "cpu"
