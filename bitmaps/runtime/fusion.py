@@ -1,5 +1,5 @@
 """CPU inference fusions of a packed binary transformers BERT (``fuse_for_cpu_inference_``): the
-FFN's GELU in its GEMM's epilogue, Q, K and V in one call with bitmaps' attention kernel, the
+FFN's GELU in its GEMM's epilogue, Q, K and V side by side with bitmaps' attention kernel, the
 residual add + LayerNorm kernel, and the encoder as one loop over these ops. Each fused module
 keeps its state dict and runs transformers' own code wherever the fusion does not apply."""
 
@@ -152,7 +152,6 @@ def _stacked_class() -> type:
                 or torch.is_grad_enabled()  # the ops have no backward: autograd's own path
             ):
                 return super().forward(hidden_states, attention_mask, cache, **kwargs)
-            q = self.query
             qkv = _qkv(self, hidden_states.contiguous())
             input_shape = hidden_states.shape[:-1]
             bias = _additive_bias(attention_mask)
@@ -167,7 +166,7 @@ def _stacked_class() -> type:
                 out = ops.packed_attention(qkv, bias, self.num_attention_heads, self.scaling)
                 return out, None
             hidden_shape = (*input_shape, -1, self.attention_head_size)
-            width = q.out_features
+            width = self.query.out_features
             query, key, value = (
                 qkv[..., i * width : (i + 1) * width].view(*hidden_shape).transpose(1, 2)
                 for i in range(3)
@@ -221,14 +220,13 @@ def _skip_norm_class(base: type) -> type:
 def fuse_encoder_(model: nn.Module) -> int:
     """For inference on the CPU: a transformers ``BertEncoder`` whose every layer went through
     :func:`fuse_qkv_`, :func:`fuse_gelu_` and :func:`fuse_skip_layer_norm_` runs its layers as one
-    loop over the bitmaps ops (per layer: stacked Q, K, V; attention; output dense + add &
+    loop over the bitmaps ops (per layer: Q, K, V; attention; output dense + add &
     LayerNorm; intermediate dense with its GELU; output dense + add & LayerNorm), without the
     module calls in between (a third of binary BERT-base's time at 1 x 128 on 2 cores went to
     them). transformers' forward runs instead whenever anything asks for more than the last hidden
     state: a cache, cross-attention inputs, training, gradients enabled, a forward hook or
-    pre-hook on any module in
-    the encoder (transformers' output capturing, export verification), another device or dtype,
-    or a kwarg this loop does not serve. Returns how many encoders."""
+    pre-hook on any module in the encoder (transformers' output capturing, export verification),
+    another device or dtype, or a kwarg this loop does not serve. Returns how many encoders."""
     fused = 0
     for module in model.modules():
         if type(module) is mb.BertEncoder and all(_layer_fused(layer) for layer in module.layer):
@@ -238,11 +236,10 @@ def fuse_encoder_(model: nn.Module) -> int:
 
 
 def _layer_fused(layer: nn.Module) -> bool:
-    stacked = _stacked_class()
     return (
-        type(layer.attention.self) is stacked
-        and type(layer.attention.output).__name__ == "SkipNormBertSelfOutput"
-        and type(layer.output).__name__ == "SkipNormBertOutput"
+        type(layer.attention.self) is _stacked_class()
+        and type(layer.attention.output) is _skip_norm_class(mb.BertSelfOutput)
+        and type(layer.output) is _skip_norm_class(mb.BertOutput)
         and isinstance(layer.intermediate.dense, PackedBinaryLinear)
         and layer.intermediate.dense.activation == 1
         and isinstance(layer.intermediate.intermediate_act_fn, nn.Identity)
@@ -285,16 +282,16 @@ def _encoder_class() -> type:
     class LoopBertEncoder(mb.BertEncoder):
         """BertEncoder whose layers run as one loop over the bitmaps ops (:func:`fuse_encoder_`)."""
 
-        def forward(
+        def forward(  # noqa: ANN201
             self,
-            hidden_states,
-            attention_mask=None,
-            encoder_hidden_states=None,  # noqa: ANN001, ANN201
-            encoder_attention_mask=None,
-            cache=None,
-            use_cache=None,
-            **kwargs,
-        ):  # noqa: ANN001, ANN003
+            hidden_states,  # noqa: ANN001
+            attention_mask=None,  # noqa: ANN001
+            encoder_hidden_states=None,  # noqa: ANN001
+            encoder_attention_mask=None,  # noqa: ANN001
+            cache=None,  # noqa: ANN001
+            use_cache=None,  # noqa: ANN001
+            **kwargs,  # noqa: ANN003
+        ):
             bias = _additive_bias(attention_mask)
             unserved = {k for k, v in kwargs.items() if v is not None and k != "position_ids"}
             first = self.layer[0].attention.self

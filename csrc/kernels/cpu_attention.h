@@ -45,6 +45,22 @@ struct AttentionArgs {
   int64_t q_row() const { return q_stride != 0 ? q_stride : heads * head_dim; }
   int64_t k_row() const { return k_stride != 0 ? k_stride : heads * head_dim; }
   int64_t v_row() const { return v_stride != 0 ? v_stride : heads * v_head_dim; }
+  // Whether a row-major bias of `dims` [4] broadcasts to [batch, heads, q_len, kv_len]: each of
+  // the first three dimensions 1 or full, the last full (the shape fields must be set).
+  bool bias_fits(const int64_t* dims) const {
+    const int64_t want[4] = {batch, heads, q_len, kv_len};
+    for (int i = 0; i < 4; ++i) {
+      if (dims[i] != want[i] && (dims[i] != 1 || i == 3)) return false;
+    }
+    return true;
+  }
+  // The bias: row-major data of `dims` (bias_fits), strides 0 along a broadcast dimension.
+  void set_bias(const float* data, const int64_t* dims) {
+    bias = data;
+    bias_stride[0] = dims[0] == 1 ? 0 : dims[1] * dims[2] * dims[3];
+    bias_stride[1] = dims[1] == 1 ? 0 : dims[2] * dims[3];
+    bias_stride[2] = dims[2] == 1 ? 0 : dims[3];
+  }
 };
 
 // The whole op over the caller's threads (work items: batch * heads). Returns the workers used.

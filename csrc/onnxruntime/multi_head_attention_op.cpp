@@ -144,20 +144,15 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   }
   if (values[3] != nullptr) {
     const std::vector<int64_t>& b = d[3].dims;
-    const int64_t want[4] = {args.batch, args.heads, args.q_len, args.kv_len};
-    for (int i = 0; i < 4; ++i) {
-      if (b[i] != want[i] && (b[i] != 1 || i == 3)) {
-        return kern.invalid("attention_bias must be [batch or 1, num_heads or 1, q_len or 1, "
-                            "kv_len] = [" + std::to_string(args.batch) + " or 1, " +
-                            std::to_string(args.heads) + " or 1, " + std::to_string(args.q_len) +
-                            " or 1, " + std::to_string(args.kv_len) + "], got " + shape_text(b));
-      }
+    if (b.size() != 4 || !args.bias_fits(b.data())) {
+      return kern.invalid("attention_bias must be [batch or 1, num_heads or 1, q_len or 1, "
+                          "kv_len] = [" + std::to_string(args.batch) + " or 1, " +
+                          std::to_string(args.heads) + " or 1, " + std::to_string(args.q_len) +
+                          " or 1, " + std::to_string(args.kv_len) + "], got " + shape_text(b));
     }
-    // Row-major strides of the bias, 0 along a broadcast dimension.
-    args.bias_stride[2] = b[2] == 1 ? 0 : b[3];
-    args.bias_stride[1] = b[1] == 1 ? 0 : b[2] * b[3];
-    args.bias_stride[0] = b[0] == 1 ? 0 : b[1] * b[2] * b[3];
-    BITMAPS_ORT_RETURN_IF_ERROR(data_of(values[3], &args.bias));
+    const float* bias = nullptr;
+    BITMAPS_ORT_RETURN_IF_ERROR(data_of(values[3], &bias));
+    args.set_bias(bias, b.data());
   }
   const std::vector<int64_t> out_dims = {args.batch, args.q_len, v[2]};
   OrtValue* out = nullptr;

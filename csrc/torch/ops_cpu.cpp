@@ -319,16 +319,11 @@ at::Tensor packed_attention_cpu(const at::Tensor& qkv, const std::optional<at::T
     check_cpu(*bias, op, "bias");
     check_dtype(*bias, at::kFloat, op, "bias");
     const auto d = bias->sizes();
-    const bool fits = d.size() == 4 && (d[0] == 1 || d[0] == batch) &&
-                      (d[1] == 1 || d[1] == num_heads) && (d[2] == 1 || d[2] == seq) &&
-                      d[3] == seq;
-    TORCH_CHECK(fits, "bitmaps::", op, ": bias must have shape [batch or 1, num_heads or 1, seq "
-                "or 1, seq] = [", batch, ", ", num_heads, ", ", seq, ", ", seq, "], got ", d);
+    TORCH_CHECK(d.size() == 4 && a.bias_fits(d.data()), "bitmaps::", op, ": bias must have shape "
+                "[batch or 1, num_heads or 1, seq or 1, seq] = [", batch, ", ", num_heads, ", ",
+                seq, ", ", seq, "], got ", d);
     b = bias->contiguous();
-    a.bias = b.const_data_ptr<float>();
-    a.bias_stride[0] = d[0] == 1 ? 0 : d[1] * d[2] * d[3];
-    a.bias_stride[1] = d[1] == 1 ? 0 : d[2] * d[3];
-    a.bias_stride[2] = d[2] == 1 ? 0 : d[3];
+    a.set_bias(b.const_data_ptr<float>(), d.data());
   }
   at::Tensor out = at::empty({batch, seq, hidden}, x.options());
   if (out.numel() == 0) return out;
