@@ -30,6 +30,9 @@
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,avx2,fma,f16c," \
                         "popcnt")))
 #define BITMAPS_AVX512_INLINE BITMAPS_AVX512 __attribute__((always_inline)) inline
+#ifndef BITMAPS_PF_HINT
+#define BITMAPS_PF_HINT _MM_HINT_T0
+#endif
 
 namespace bitmaps::cpu::detail {
 namespace {
@@ -154,12 +157,18 @@ BITMAPS_AVX512_INLINE __m512 gelu16(__m512 y) {
   return _mm512_fmadd_ps(half_y, erf, half_y);
 }
 
-template <int MR, int NV, bool kAnd, bool kMask>
+template <int MR, int NV, bool kAnd, bool kMask, bool kPrefetch>
 BITMAPS_AVX512_INLINE void xnor_step(const uint32_t* a, int64_t kw, int64_t w, uint32_t mask,
                                      const int32_t* b, int64_t panel_stride,
                                      __m512i (&acc)[MR][NV]) {
   __m512i bv[NV];
   for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(b + v * panel_stride + w * kPanelRows);
+  if (kPrefetch) {
+    for (int v = 0; v < kNV; ++v) {
+      _mm_prefetch(reinterpret_cast<const char*>(b + (NV + v) * panel_stride + w * kPanelRows),
+                   BITMAPS_PF_HINT);
+    }
+  }
   for (int r = 0; r < MR; ++r) {
     const uint32_t word = kMask ? (a[r * kw + w] & mask) : a[r * kw + w];
     const __m512i av = _mm512_set1_epi32(static_cast<int>(word));
@@ -170,7 +179,7 @@ BITMAPS_AVX512_INLINE void xnor_step(const uint32_t* a, int64_t kw, int64_t w, u
   }
 }
 
-template <int MR, int NV, GemmOutput kOut, bool kAnd>
+template <int MR, int NV, GemmOutput kOut, bool kAnd, bool kPrefetch>
 BITMAPS_AVX512 void micro(const GemmArgs& g, int64_t m, int64_t n) {
   const int64_t kw = g.kw;
   const uint32_t* a = reinterpret_cast<const uint32_t*>(g.a) + m * kw;
@@ -189,10 +198,10 @@ BITMAPS_AVX512 void micro(const GemmArgs& g, int64_t m, int64_t n) {
     for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
   }
   for (int64_t w = 0; w + 1 < kw; ++w) {
-    xnor_step<MR, NV, kAnd, false>(a, kw, w, 0, b, panel_stride, acc);
+    xnor_step<MR, NV, kAnd, false, kPrefetch>(a, kw, w, 0, b, panel_stride, acc);
   }
   // The activation's padding bits are cleared here (the panels' were in pack_panels).
-  xnor_step<MR, NV, kAnd, true>(a, kw, kw - 1, last_word_mask(g.k), b, panel_stride, acc);
+  xnor_step<MR, NV, kAnd, true, kPrefetch>(a, kw, kw - 1, last_word_mask(g.k), b, panel_stride, acc);
 
   const __m512i kvec = _mm512_set1_epi32(static_cast<int>(g.k));
   __mmask16 cols[NV];
@@ -232,14 +241,18 @@ BITMAPS_AVX512 void micro(const GemmArgs& g, int64_t m, int64_t n) {
 
 // Picks the micro-kernel instantiation for the ragged edges (mr < kMR rows, nv < kNV panels).
 template <GemmOutput kOut, bool kAnd, int MR, int NV>
-BITMAPS_AVX512_INLINE void run_micro(int mr, int nv, const GemmArgs& g, int64_t m, int64_t n) {
+BITMAPS_AVX512_INLINE void run_micro(int mr, int nv, bool prefetch, const GemmArgs& g, int64_t m,
+                                     int64_t n) {
   if constexpr (MR > 1) {
-    if (mr < MR) return run_micro<kOut, kAnd, MR - 1, NV>(mr, nv, g, m, n);
+    if (mr < MR) return run_micro<kOut, kAnd, MR - 1, NV>(mr, nv, prefetch, g, m, n);
   }
   if constexpr (NV > 1) {
-    if (nv < NV) return run_micro<kOut, kAnd, MR, NV - 1>(mr, nv, g, m, n);
+    if (nv < NV) return run_micro<kOut, kAnd, MR, NV - 1>(mr, nv, prefetch, g, m, n);
   }
-  micro<MR, NV, kOut, kAnd>(g, m, n);
+  if constexpr (NV == kNV) {
+    if (prefetch) return micro<MR, NV, kOut, kAnd, true>(g, m, n);
+  }
+  micro<MR, NV, kOut, kAnd, false>(g, m, n);
 }
 
 template <GemmOutput kOut, bool kAnd>
@@ -247,9 +260,12 @@ BITMAPS_AVX512 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t
   // Weight panels outer: their kNV * 16 rows stay in L1 while activation rows stream past.
   for (int64_t n = n0; n < n1; n += kNV * kPanelRows) {
     const int nv = static_cast<int>(std::min<int64_t>(kNV, (n1 - n + kPanelRows - 1) / kPanelRows));
+    // The first micro-kernel of a group of panels also prefetches the next group's (the weights
+    // come from memory once per op: BERT's do not stay in the caches from one call to the next)
+    const bool prefetch = n + 2 * kNV * kPanelRows <= (g.n + kPanelRows - 1) / kPanelRows * kPanelRows;
     for (int64_t m = m0; m < m1; m += kMR) {
       const int mr = static_cast<int>(std::min<int64_t>(kMR, m1 - m));
-      run_micro<kOut, kAnd, kMR, kNV>(mr, nv, g, m, n);
+      run_micro<kOut, kAnd, kMR, kNV>(mr, nv, prefetch && m == m0, g, m, n);
     }
   }
 }
