@@ -7,6 +7,9 @@ and measures:
 - the peak binary multiply-accumulate rate: XOR + VPOPCNTQ + ADD on 512- and 256-bit vectors,
   one MAC per bit;
 - the peak FP32 multiply-accumulate rate: VFMADD on 512- and 256-bit vectors, one MAC per lane;
+- the peak INT8 multiply-accumulate rate, the ceiling of the INT8 GEMM a CPU user picks instead:
+  VPDPBUSD (AVX512-VNNI, 64 MACs per 512-bit op) and TDPBSSD on the AMX tile unit (16 x 16 x 64
+  MACs per op) where the CPU has them;
 - in the same run, torch.matmul FP32, bitmaps' xnor_gemm and ONNX Runtime's INT8 GEMM
   (``MatMulInteger``, uint8 x int8: the GEMM of ``quantize_dynamic`` models, which a CPU user
   would pick instead of a 1-bit model) on BERT-base shapes (M = 1024).
@@ -53,6 +56,8 @@ LOOPS = {  # function -> (MACs per vector op, what it is)
     "xor_popcnt_ymm": (256, "binary: vpxorq+vpopcntq+vpaddq ymm"),
     "fma_f32_zmm": (16, "fp32: vfmadd231ps zmm"),
     "fma_f32_ymm": (8, "fp32: vfmadd231ps ymm"),
+    "vnni_int8_zmm": (64, "int8: vpdpbusd zmm (AVX512-VNNI)"),
+    "amx_int8": (16 * 16 * 64, "int8: tdpbssd (AMX tiles)"),
 }
 SHAPES = ((768, 768), (768, 3072), (3072, 768))
 
@@ -183,9 +188,10 @@ def report(rows: list[dict]) -> str:
     ] + [[r["loop"], f"{r['gmacs']:.0f}"] for r in sustained]
     binary = max((v for n, v in peaks.items() if n.startswith("binary") and v), default=None)
     fp32 = max((v for n, v in peaks.items() if n.startswith("fp32") and v), default=None)
+    int8_peak = max((v for n, v in peaks.items() if n.startswith("int8") and v), default=None)
     cells = []
     for g in gemms:
-        peak = {"xnor_gemm": binary, "matmul fp32": fp32}.get(g["op"])
+        peak = {"xnor_gemm": binary, "matmul fp32": fp32, INT8_OP: int8_peak}.get(g["op"])
         share = f"{100 * g['best_gmacs'] / peak:.0f} %" if peak else "-"
         rates = [f"{g['best_gmacs']:.1f}", f"{g['median_gmacs']:.1f}"]
         cells.append([g["op"], g["K"], g["N"], *rates, share])
@@ -199,6 +205,11 @@ def report(rows: list[dict]) -> str:
             f"ceiling vs measured torch.matmul FP32 (best shape, best sample): "
             f"{binary / matmul_best:.1f}x",
         ]
+    if binary and int8_peak:
+        lines.append(
+            f"popcount ceiling vs INT8 peak of the same cores (per multiply-accumulate): "
+            f"{binary / int8_peak:.2f}x"
+        )
     int8 = [g for g in gemms if g["op"] == INT8_OP]
     if binary and int8:
         best = max(g["best_gmacs"] for g in int8)

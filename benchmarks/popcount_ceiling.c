@@ -5,11 +5,20 @@
  * measures issue throughput only:
  *   xor_popcnt_*  t = a XOR b; t = popcount64(t); acc += t  (a binary MAC per bit: XNOR-popcount)
  *   fma_f32_*     acc = acc + a * b                          (one FP32 MAC per lane)
+ *   vnni_int8_zmm acc += u8 a . s8 b, four bytes per lane    (VPDPBUSD: 64 int8 MACs)
+ *   amx_int8      C += A . B on the AMX tile unit            (TDPBSSD: 16 x 16 x 64 int8 MACs)
+ * The last two are the ceilings of an INT8 GEMM (what ONNX Runtime's quantize_dynamic models run):
+ * VNNI on AVX-512 CPUs without AMX, the tile unit on Intel Xeons since Sapphire Rapids.
  * The loops are written in asm so the compiler can neither hoist the loop-invariant XOR/popcount
  * nor spill the chains to memory: exactly these instructions run. Each function returns -1 when the
  * CPU lacks the instructions, else the seconds taken for `iters` iterations of 12 vector ops. */
 #include <stdint.h>
 #include <time.h>
+
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 static double now_s(void) {
   struct timespec t;
@@ -23,6 +32,7 @@ static double now_s(void) {
   "vpopcntq %%" R #t ", %%" R #t "\n\t"                       \
   "vpaddq %%" R #t ", %%" R #j ", %%" R #j "\n\t"
 #define FMAC(R, j) "vfmadd231ps %%" R "30, %%" R "31, %%" R #j "\n\t"
+#define DPBC(R, j) "vpdpbusd %%" R "30, %%" R "31, %%" R #j "\n\t"
 
 #define XPC12(R)                                                                       \
   XPC(R, 0, 12) XPC(R, 1, 13) XPC(R, 2, 14) XPC(R, 3, 15) XPC(R, 4, 16) XPC(R, 5, 17) \
@@ -30,6 +40,10 @@ static double now_s(void) {
 #define FMA12(R)                                                                       \
   FMAC(R, 0) FMAC(R, 1) FMAC(R, 2) FMAC(R, 3) FMAC(R, 4) FMAC(R, 5) FMAC(R, 6)         \
   FMAC(R, 7) FMAC(R, 8) FMAC(R, 9) FMAC(R, 10) FMAC(R, 11)
+
+#define DPB12(R)                                                                       \
+  DPBC(R, 0) DPBC(R, 1) DPBC(R, 2) DPBC(R, 3) DPBC(R, 4) DPBC(R, 5) DPBC(R, 6)         \
+  DPBC(R, 7) DPBC(R, 8) DPBC(R, 9) DPBC(R, 10) DPBC(R, 11)
 
 #define CLOBBERS                                                                         \
   "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",        \
@@ -62,6 +76,67 @@ __attribute__((target("avx512f,avx512vl,fma"))) static double fy(int64_t iters) 
   RUN("ymm", FMA12("ymm"))
 }
 
+__attribute__((target("avx512f,avx512vl,avx512vnni"))) static double vz(int64_t iters) {
+  RUN("zmm", DPB12("zmm"))
+}
+
+/* AMX: 8 tiles of 16 rows x 64 bytes (palette 1); 12 TDPBSSDs per iteration into the four C
+ * tiles tmm0-3 from A tiles tmm4-5 and B tiles tmm6-7 (each C tile's chain of 3 per iteration is
+ * longer than the unit's issue interval, so throughput is what is timed). Tile contents do not
+ * matter for the time; the tiles are zeroed first. */
+struct tile_config {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t bytes_per_row[16];
+  uint8_t rows[16];
+};
+#define TDP(c, a, b) "tdpbssd %%tmm" #b ", %%tmm" #a ", %%tmm" #c "\n\t"
+static double az(int64_t iters) {
+  struct tile_config config __attribute__((aligned(64))) = {1, 0, {0}, {0}, {0}};
+  for (int t = 0; t < 8; ++t) {
+    config.bytes_per_row[t] = 64;
+    config.rows[t] = 16;
+  }
+  __asm__ volatile("ldtilecfg %0\n\t"
+                   "tilezero %%tmm0\n\ttilezero %%tmm1\n\ttilezero %%tmm2\n\ttilezero %%tmm3\n\t"
+                   "tilezero %%tmm4\n\ttilezero %%tmm5\n\ttilezero %%tmm6\n\ttilezero %%tmm7\n\t"
+                   :
+                   : "m"(config));
+  const double t0 = now_s();
+  __asm__ volatile("1:\n\t" TDP(0, 4, 6) TDP(1, 4, 7) TDP(2, 5, 6) TDP(3, 5, 7) TDP(0, 4, 6)
+                       TDP(1, 4, 7) TDP(2, 5, 6) TDP(3, 5, 7) TDP(0, 4, 6) TDP(1, 4, 7)
+                           TDP(2, 5, 6) TDP(3, 5, 7) "dec %0\n\t"
+                                                     "jnz 1b\n\t"
+                   : "+r"(iters)
+                   :
+                   : "cc");
+  const double t = now_s() - t0;
+  __asm__ volatile("tilerelease" ::: "memory");
+  return t;
+}
+
+static int has_avx512_vnni(void) {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+
+/* The CPU has the tile unit and Linux lets this process use its registers (asked once: Linux
+ * 5.16 on hands the tile data only to processes that request it, ARCH_REQ_XCOMP_PERM). */
+static int amx_usable(void) {
+  static int usable = -1;
+  if (usable < 0) {
+    __builtin_cpu_init();
+    usable = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8");
+#if defined(__linux__) && defined(SYS_arch_prctl)
+    if (usable) usable = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */,
+                                 18 /* XFEATURE_XTILEDATA */) == 0;
+#else
+    usable = 0;
+#endif
+  }
+  return usable;
+}
+
 static int has_avx512_popcnt(void) {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
@@ -79,3 +154,5 @@ double xor_popcnt_zmm(int64_t iters) { return has_avx512_popcnt() ? xz(iters) : 
 double xor_popcnt_ymm(int64_t iters) { return has_avx512_popcnt() ? xy(iters) : -1.0; }
 double fma_f32_zmm(int64_t iters) { return has_avx512_fma() ? fz(iters) : -1.0; }
 double fma_f32_ymm(int64_t iters) { return has_avx512_fma() ? fy(iters) : -1.0; }
+double vnni_int8_zmm(int64_t iters) { return has_avx512_vnni() ? vz(iters) : -1.0; }
+double amx_int8(int64_t iters) { return amx_usable() ? az(iters) : -1.0; }

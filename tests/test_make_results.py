@@ -97,10 +97,14 @@ def test_check_detects_a_stale_table_and_writes_nothing(make_results, capsys, tr
     assert md.read_text() == before
 
 
-def test_a_benchmark_file_is_rendered_by_its_own_table(make_results, capsys, tmp_path) -> None:
+@pytest.mark.parametrize("int8_peak", [None, 2500.0])
+def test_a_benchmark_file_is_rendered_by_its_own_table(
+    make_results, capsys, tmp_path, int8_peak
+) -> None:
     rows = [
         {"kind": "peak", "loop": "binary: fake zmm", "gmacs": 1000.0},
         {"kind": "peak", "loop": "fp32: fake zmm", "gmacs": None},
+        {"kind": "peak", "loop": "int8: fake tiles", "gmacs": int8_peak},
         {
             "kind": "gemm",
             "op": "matmul fp32",
@@ -143,9 +147,15 @@ def test_a_benchmark_file_is_rendered_by_its_own_table(make_results, capsys, tmp
     assert "| fp32: fake zmm | not supported by this CPU |" in text
     assert "| xnor_gemm | 8 | 8 | 500.0 | 400.0 | 50 % |" in text  # 500 of the 1000 peak
     assert "vs measured torch.matmul FP32 (best shape, best sample): 20.0x" in text
-    assert "| onnxruntime int8 (MatMulInteger) | 8 | 8 | 250.0 | 200.0 | - |" in text
+    # the INT8 GEMM against the INT8 peak where the CPU has one (250 of 2500)
+    share = "-" if int8_peak is None else "10 %"
+    assert f"| onnxruntime int8 (MatMulInteger) | 8 | 8 | 250.0 | 200.0 | {share} |" in text
     assert "INT8 GEMM (best shape, best sample: 250 G int8 MAC/s): 4.0x; xnor_gemm" in text
     assert "vs it: 2.0x" in text
+    per_mac = "popcount ceiling vs INT8 peak of the same cores (per multiply-accumulate): 0.40x"
+    assert (per_mac in text) == (int8_peak is not None)
+    if int8_peak is None:
+        assert "| int8: fake tiles | not supported by this CPU |" in text
 
 
 @pytest.mark.parametrize("damage", ["missing teacher", "corrupt record", "missing bench file"])
