@@ -8,6 +8,8 @@
 // for unsigned activations), so the 16 lanes of an accumulator are 16 neighbouring outputs: no
 // horizontal sums, and the epilogue (K - 2 * acc or popcount(a) - 2 * acc, scales, bias, fp16
 // rounding) works on whole vectors.
+// A model's weights do not stay in the caches from one call to the next, so each group of panels
+// comes from memory: the first micro-kernel of a group prefetches the next group's as it goes.
 #include "kernels/cpu_features.h"
 
 #if defined(BITMAPS_HAVE_X86_PATHS)
@@ -30,9 +32,6 @@
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vpopcntdq,avx2,fma,f16c," \
                         "popcnt")))
 #define BITMAPS_AVX512_INLINE BITMAPS_AVX512 __attribute__((always_inline)) inline
-#ifndef BITMAPS_PF_HINT
-#define BITMAPS_PF_HINT _MM_HINT_T0
-#endif
 
 namespace bitmaps::cpu::detail {
 namespace {
@@ -163,10 +162,10 @@ BITMAPS_AVX512_INLINE void xnor_step(const uint32_t* a, int64_t kw, int64_t w, u
                                      __m512i (&acc)[MR][NV]) {
   __m512i bv[NV];
   for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(b + v * panel_stride + w * kPanelRows);
-  if (kPrefetch) {
+  if (kPrefetch) {  // the same word of the next group's panels (gemm_tile)
     for (int v = 0; v < kNV; ++v) {
       _mm_prefetch(reinterpret_cast<const char*>(b + (NV + v) * panel_stride + w * kPanelRows),
-                   BITMAPS_PF_HINT);
+                   _MM_HINT_T0);
     }
   }
   for (int r = 0; r < MR; ++r) {
