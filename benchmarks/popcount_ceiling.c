@@ -114,11 +114,11 @@ static double az(int64_t iters) {
   return t;
 }
 
-static int has_avx512_vnni(void) {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512vnni");
-}
+/* AVX-512 (F, VL) and one more feature (a string literal, as __builtin_cpu_supports needs). */
+#define HAS_AVX512_WITH(feature)                                                     \
+  (__builtin_cpu_init(), __builtin_cpu_supports("avx512f") &&                        \
+                             __builtin_cpu_supports("avx512vl") &&                   \
+                             __builtin_cpu_supports(feature))
 
 /* The CPU has the tile unit and Linux lets this process use its registers (asked once: Linux
  * 5.16 on hands the tile data only to processes that request it, ARCH_REQ_XCOMP_PERM). */
@@ -137,22 +137,14 @@ static int amx_usable(void) {
   return usable;
 }
 
-static int has_avx512_popcnt(void) {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("avx512vpopcntdq");
-}
-
-static int has_avx512_fma(void) {
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-         __builtin_cpu_supports("fma");
-}
-
 /* 512-bit and 256-bit forms (on some CPUs, e.g. AMD Zen 4, a 512-bit op issues as two halves). */
-double xor_popcnt_zmm(int64_t iters) { return has_avx512_popcnt() ? xz(iters) : -1.0; }
-double xor_popcnt_ymm(int64_t iters) { return has_avx512_popcnt() ? xy(iters) : -1.0; }
-double fma_f32_zmm(int64_t iters) { return has_avx512_fma() ? fz(iters) : -1.0; }
-double fma_f32_ymm(int64_t iters) { return has_avx512_fma() ? fy(iters) : -1.0; }
-double vnni_int8_zmm(int64_t iters) { return has_avx512_vnni() ? vz(iters) : -1.0; }
+double xor_popcnt_zmm(int64_t iters) {
+  return HAS_AVX512_WITH("avx512vpopcntdq") ? xz(iters) : -1.0;
+}
+double xor_popcnt_ymm(int64_t iters) {
+  return HAS_AVX512_WITH("avx512vpopcntdq") ? xy(iters) : -1.0;
+}
+double fma_f32_zmm(int64_t iters) { return HAS_AVX512_WITH("fma") ? fz(iters) : -1.0; }
+double fma_f32_ymm(int64_t iters) { return HAS_AVX512_WITH("fma") ? fy(iters) : -1.0; }
+double vnni_int8_zmm(int64_t iters) { return HAS_AVX512_WITH("avx512vnni") ? vz(iters) : -1.0; }
 double amx_int8(int64_t iters) { return amx_usable() ? az(iters) : -1.0; }
