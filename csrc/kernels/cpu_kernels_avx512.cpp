@@ -200,7 +200,8 @@ BITMAPS_AVX512 void micro(const GemmArgs& g, int64_t m, int64_t n) {
     xnor_step<MR, NV, kAnd, false, kPrefetch>(a, kw, w, 0, b, panel_stride, acc);
   }
   // The activation's padding bits are cleared here (the panels' were in pack_panels).
-  xnor_step<MR, NV, kAnd, true, kPrefetch>(a, kw, kw - 1, last_word_mask(g.k), b, panel_stride, acc);
+  xnor_step<MR, NV, kAnd, true, kPrefetch>(a, kw, kw - 1, last_word_mask(g.k), b, panel_stride,
+                                           acc);
 
   const __m512i kvec = _mm512_set1_epi32(static_cast<int>(g.k));
   __mmask16 cols[NV];
@@ -260,8 +261,10 @@ BITMAPS_AVX512 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t
   for (int64_t n = n0; n < n1; n += kNV * kPanelRows) {
     const int nv = static_cast<int>(std::min<int64_t>(kNV, (n1 - n + kPanelRows - 1) / kPanelRows));
     // The first micro-kernel of a group of panels also prefetches the next group's (the weights
-    // come from memory once per op: BERT's do not stay in the caches from one call to the next)
-    const bool prefetch = n + 2 * kNV * kPanelRows <= (g.n + kPanelRows - 1) / kPanelRows * kPanelRows;
+    // come from memory once per op: BERT's do not stay in the caches from one call to the next),
+    // where that group is a whole one
+    const int64_t padded_n = (g.n + kPanelRows - 1) / kPanelRows * kPanelRows;
+    const bool prefetch = n + 2 * kNV * kPanelRows <= padded_n;
     for (int64_t m = m0; m < m1; m += kMR) {
       const int mr = static_cast<int>(std::min<int64_t>(kMR, m1 - m));
       run_micro<kOut, kAnd, kMR, kNV>(mr, nv, prefetch && m == m0, g, m, n);
