@@ -21,7 +21,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from bench_results import check_outputs, markdown_table, run_meta, write_outputs
+from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 from torch import nn
 
 from bitmaps.core import ops
@@ -134,11 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--replays", type=int, default=20)
-    p.add_argument(
-        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
-    )
-    args = p.parse_args(argv)
-    check_outputs(args.out)
+    args = parse_with_outputs(p, argv)
     if not torch.cuda.is_available():
         print("bench_bert_cuda: needs a CUDA GPU visible to torch", file=sys.stderr)
         return 2

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from bench_results import check_outputs, markdown_table, run_meta, write_outputs
+from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 
 from bitmaps.core.config import ExportConfig
 from bitmaps.export.pipeline import export_verified, write_onnx
@@ -44,11 +44,7 @@ def main() -> None:
     ap.add_argument("--output", choices=["logits", "hidden"], default="logits")
     ap.add_argument("--modes", default="fp32,fp16,int8,int4")
     ap.add_argument("--group", type=int, default=64)
-    ap.add_argument(
-        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
-    )
-    args = ap.parse_args()
-    check_outputs(args.out)
+    args = parse_with_outputs(ap)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):

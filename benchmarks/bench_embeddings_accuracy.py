@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench_results import check_outputs, markdown_table, run_meta, write_outputs
+from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = (("fp32", 64), ("fp16", 64), ("int8", 64), ("int4", 64), ("int4", 32))
@@ -59,9 +59,7 @@ def main() -> None:
     p.add_argument("student", help="a masked-LM student checkpoint")
     p.add_argument("--data", required=True, help="the text it was trained on (held-out split)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", action="append", default=[], help="write .json, .csv or .md")
-    a = p.parse_args()
-    check_outputs(a.out)
+    a = parse_with_outputs(p)
     rows = []
     for mode, group in MODES:
         ev = evaluate(a.student, a.data, mode, group, a.threads)

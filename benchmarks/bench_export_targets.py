@@ -33,7 +33,7 @@ from collections import defaultdict
 import numpy as np
 import onnx
 import torch
-from bench_results import check_outputs, markdown_table, run_meta, write_outputs
+from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 from onnx import helper
 from transformers import BertConfig, BertForMaskedLM
 
@@ -83,7 +83,9 @@ def ort_float_ops(model: onnx.ModelProto) -> onnx.ModelProto:
                 helper.make_node("LayerNormalization", [total, gamma, beta], list(node.output),
                                  axis=-1, epsilon=attrs["epsilon"]),
             ]  # fmt: skip
-        elif node.domain == "bitmaps" and node.op_type == "BinaryLinear" and attrs.get("activation"):
+        elif (
+            node.domain == "bitmaps" and node.op_type == "BinaryLinear" and attrs.get("activation")
+        ):
             linear = onnx.NodeProto()
             linear.CopyFrom(node)
             kept = [a for a in linear.attribute if a.name != "activation"]
@@ -176,11 +178,7 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--threads", type=int, default=0, help="intra-op threads (0: all cores)")
-    p.add_argument(
-        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
-    )
-    args = p.parse_args()
-    check_outputs(args.out)
+    args = parse_with_outputs(p)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 30522, (args.batch, args.seq), dtype=np.int64)
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}

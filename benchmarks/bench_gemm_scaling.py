@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from bench_results import check_outputs, markdown_table, run_meta, write_outputs
+from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 
 from bitmaps.core import ops
 from bitmaps.runtime.timing import calls_per_sample, cpu_timer, time_calls
@@ -40,9 +40,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--out", action="append", default=[], help="write .json, .csv or .md")
-    a = p.parse_args()
-    check_outputs(a.out)
+    a = parse_with_outputs(p)
     rows = [measure(th, *shape) for th in a.threads for shape in SHAPES]
     text = table(rows)
     print(ops.native_status())

@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from bench_results import check_outputs, markdown_table, run_meta, write_outputs
+from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 
 from bitmaps.core import ops
 from bitmaps.runtime.timing import calls_per_sample, cpu_timer, cuda_event_timer, time_alternating
@@ -218,16 +218,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cpu-path", default="auto", help="force a CPU path: avx512, avx2, scalar")
     p.add_argument("--cpu-m", type=_ints, default=CPU_M, help="comma-separated M values (CPU)")
     p.add_argument("--gpu-m", type=_ints, default=GPU_M, help="comma-separated M values (GPU)")
-    p.add_argument(
-        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
-    )
     p.add_argument("--hbm-tbps", type=float, default=None, help="GPU memory bandwidth, TB/s")
-    return p.parse_args(argv)
+    return parse_with_outputs(p, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_outputs(args.out)
     print(f"bitmaps kernels: {ops.native_status()}; torch {torch.__version__}", file=sys.stderr)
     rows: list[dict] = []
     if args.device in ("cpu", "all"):

@@ -22,7 +22,7 @@ import statistics
 import sys
 
 import torch
-from bench_results import check_outputs, markdown_table, publish_torch_run
+from bench_results import markdown_table, parse_with_outputs, publish_torch_run
 
 from bitmaps.core import ops
 from bitmaps.core.packed import PackedBinaryLinear
@@ -90,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="0: torch's default")
     p.add_argument("--repeats", type=int, default=5, help="alternating rounds")
     p.add_argument("--calls", type=int, default=15, help="timed calls per round (median)")
-    p.add_argument(
-        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
-    )
-    args = p.parse_args(argv)
-    check_outputs(args.out)
+    args = parse_with_outputs(p, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not ops.native_available():

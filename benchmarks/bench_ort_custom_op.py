@@ -21,7 +21,7 @@ import sys
 
 import onnxruntime as ort
 import torch
-from bench_results import check_outputs, markdown_table, run_meta, write_outputs
+from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 
 from bitmaps.core import ops
 from bitmaps.runtime.onnxruntime import measure_custom_op_overhead, native_status
@@ -49,11 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch and ONNX Runtime threads (0: their defaults)"
     )
-    parser.add_argument(
-        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
-    )
-    args = parser.parse_args(argv)
-    check_outputs(args.out)
+    args = parse_with_outputs(parser, argv)
     rows = []
     for tokens in args.tokens:
         rows += measure_custom_op_overhead(

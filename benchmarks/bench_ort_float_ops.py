@@ -19,7 +19,7 @@ import argparse
 import sys
 
 import onnxruntime as ort
-from bench_results import check_outputs, markdown_table, run_meta, write_outputs
+from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 
 from bitmaps.runtime.onnxruntime import (
     measure_attention,
@@ -56,23 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument(
-        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
-    )
-    args = parser.parse_args(argv)
-    check_outputs(args.out)
+    args = parse_with_outputs(parser, argv)
     if native_status().startswith("model-local"):
         print(f"bench_ort_float_ops: {native_status()}", file=sys.stderr)
         return 2
     rows = []
     for threads in args.threads:
         t = threads or None
-        rows += [{"op": "attention", **r}
-                 for r in measure_attention(ATTENTION, repeats=args.repeats, threads=t)]
-        rows += [{"op": "add + layer norm", **r}
-                 for r in measure_skip_layer_norm(NORMS, repeats=args.repeats, threads=t)]
-        rows += [{"op": "gelu (epilogue vs node)", **r}
-                 for r in measure_gelu_epilogue(GELUS, repeats=args.repeats, threads=t)]
+        rows += [
+            {"op": "attention", **r}
+            for r in measure_attention(ATTENTION, repeats=args.repeats, threads=t)
+        ]
+        rows += [
+            {"op": "add + layer norm", **r}
+            for r in measure_skip_layer_norm(NORMS, repeats=args.repeats, threads=t)
+        ]
+        rows += [
+            {"op": "gelu (epilogue vs node)", **r}
+            for r in measure_gelu_epilogue(GELUS, repeats=args.repeats, threads=t)
+        ]
     text = table(rows)
     header = f"ONNX Runtime {ort.__version__}; {native_status()}; CPU path {native_cpu_path()}"
     print(header)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from bench_results import check_outputs, markdown_table, run_meta, write_outputs
+from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 from onnx import TensorProto, helper, numpy_helper
 
 from bitmaps.core.ort import (
@@ -109,9 +109,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--rounds", type=int, default=15, help="alternating samples of each")
     p.add_argument("--model", help="an exported model (input_ids, attention_mask) to time too")
-    p.add_argument("--out", action="append", default=[], help="write .json, .csv or .md")
-    a = p.parse_args()
-    check_outputs(a.out)
+    a = parse_with_outputs(p)
     rng = np.random.default_rng(1)
     shape = (a.batch, a.seq, a.hidden)
     feed = {k: rng.standard_normal(shape).astype(np.float32) for k in ("x", "skip")}

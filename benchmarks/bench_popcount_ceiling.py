@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_results import check_outputs, cpu_model, markdown_table, run_meta, write_outputs
+from bench_results import cpu_model, markdown_table, parse_with_outputs, run_meta, write_outputs
 
 from bitmaps.core import ops
 from bitmaps.runtime.timing import cpu_timer, time_alternating
@@ -228,11 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bursts", type=int, default=400, help="bursts per thread (fastest kept)")
     p.add_argument("--burst-us", type=float, default=500.0, help="length of one burst")
     p.add_argument("--repeats", type=int, default=15, help="GEMM samples")
-    p.add_argument(
-        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
-    )
-    args = p.parse_args(argv)
-    check_outputs(args.out)
+    args = parse_with_outputs(p, argv)
     with tempfile.TemporaryDirectory() as folder:
         dll = compile_loops(folder)
         peaks = {

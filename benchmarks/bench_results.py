@@ -17,6 +17,7 @@ This module imports only the standard library and bitmaps.core (torch only insid
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import json
@@ -99,6 +100,19 @@ def check_outputs(outs: list[str]) -> None:
                 f"--out {out}: the suffix picks the format: {', '.join(SUFFIXES)}", file=sys.stderr
             )
             raise SystemExit(2)
+
+
+def parse_with_outputs(
+    parser: argparse.ArgumentParser, argv: list[str] | None = None
+) -> argparse.Namespace:
+    """``parser``'s arguments plus every benchmark's ``--out`` (repeatable; the suffix picks the
+    format), parsed, each ``--out`` checked (check_outputs) before anything is measured."""
+    parser.add_argument(
+        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    check_outputs(args.out)
+    return args
 
 
 def write_outputs(outs: list[str], rows: list[dict], meta: dict[str, Any], table: str) -> None:

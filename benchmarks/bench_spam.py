@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench_results import check_outputs, markdown_table, run_meta, write_outputs
+from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 BITMAPS = [sys.executable, "-m", "bitmaps"]
@@ -108,9 +108,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--dir", default=None, help="checkpoints and logs [runs/spam/TEACHER]")
-    p.add_argument("--out", action="append", default=[], help="write .json, .csv or .md")
-    a = p.parse_args()
-    check_outputs(a.out)
+    a = parse_with_outputs(p)
     name = Path(a.teacher).name
     folder = ROOT / (a.dir or f"runs/spam/{name}")
     folder.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import statistics
 import sys
 
 import torch
-from bench_results import check_outputs, markdown_table, publish_torch_run
+from bench_results import markdown_table, parse_with_outputs, publish_torch_run
 
 from bitmaps.core import ops
 from bitmaps.runtime.timing import cpu_timer, time_alternating
@@ -93,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--repeats", type=int, default=30, help="samples of each op (median)")
-    p.add_argument(
-        "--out", action="append", default=[], help="write .json, .csv or .md (repeatable)"
-    )
-    args = p.parse_args(argv)
-    check_outputs(args.out)
+    args = parse_with_outputs(p, argv)
     if not ops.native_available():
         print(f"needs bitmaps._C: {ops.native_status()}", file=sys.stderr)
         return 2
