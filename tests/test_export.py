@@ -71,6 +71,29 @@ def batches_of(shapes: list[tuple[int, int]], vocab: int) -> list[Batch]:
     return out
 
 
+@pytest.mark.parametrize("output", ["hidden", "logits"])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_export_wrapper_masks_padding_as_the_model_does(output: str, dtype: str) -> None:
+    """ExportWrapper hands the attention its key-padding mask as an additive bias (transformers 5)
+    instead of the 2-D mask; export verifies against the wrapper, so this checks the wrapper
+    against the model called the usual way, padded rows included."""
+    from bitmaps.export.onnx_export import prepare_model
+
+    wrapper = prepare_model(small_student(), dtype, output)
+    ids = torch.randint(0, 300, (3, 13), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[0, 7:] = 0
+    mask[2, 1:] = 0
+    with torch.no_grad():
+        got = wrapper(ids, mask)
+        model = wrapper.model
+        base = model.base_model if output == "hidden" else model
+        want = base(input_ids=ids, attention_mask=mask)
+        want = want.last_hidden_state if output == "hidden" else want.logits
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.fixture(scope="module")
 def exported_fp32():
     return export_verified(small_student(), ExportConfig(), binary=True)
