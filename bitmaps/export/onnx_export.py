@@ -90,7 +90,8 @@ class ExportWrapper(nn.Module):
             # The key-padding mask as the additive [batch, 1, seq, seq] bias the attention adds (0
             # or the dtype's lowest; every query row alike, as ONNX Runtime's MultiHeadAttention
             # wants it): a handful of ops in the graph, where transformers' own mask builder traces
-            # into about 25 index ops (0.2 ms a call in ONNX Runtime on BERT-base).
+            # into about 25 index ops (BERT-base in ONNX Runtime: the small ops 0.36 ms of node time
+            # a call with those, 0.26 with these; benchmarks/RESULTS.md, stop 25).
             dtype = self.model.dtype
             seq = attention_mask.shape[1]
             keep = attention_mask[:, None, None, :].expand(-1, 1, seq, -1).to(dtype)
