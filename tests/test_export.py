@@ -453,3 +453,16 @@ def test_bert_base_student(bert_base_export):
     tol = 1e-4 if dtype == torch.float32 else 2e-2
     report = verify_onnx(model, result.wrapper, batches, tol, ("function", "kernel"))
     assert report.ok, report.failure()
+
+
+def test_profile_cache_key_names_the_mask_graph(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A profile export cached with the other attention-mask subgraph is exported again."""
+    from bitmaps.runtime import artifacts
+    from bitmaps.runtime.backends import ModelSource
+
+    source = ModelSource(shape="bert-tiny")
+    monkeypatch.setattr(artifacts, "MASK_GRAPH", "additive-bias")
+    first = artifacts.cache_key(source, "binary", target="onnxruntime")
+    assert artifacts.cache_key(source, "binary", target="onnxruntime") == first
+    monkeypatch.setattr(artifacts, "MASK_GRAPH", "transformers")
+    assert artifacts.cache_key(source, "binary", target="onnxruntime") != first

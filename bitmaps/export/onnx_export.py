@@ -73,6 +73,9 @@ METADATA_PREFIX = "bitmaps."
 # transformers 5 takes a 4-D float attention mask as the additive bias itself (masking_utils:
 # "returned as-is"); 4.x turned any mask m into (1 - m) * min, so there the 2-D mask goes in.
 _ADDITIVE_MASK_AS_IS = int(transformers.__version__.split(".")[0]) >= 5
+# Which mask subgraph an export holds (part of the profile cache's key, so a file exported with
+# the other one is exported again).
+MASK_GRAPH = "additive-bias" if _ADDITIVE_MASK_AS_IS else "transformers"
 
 
 class ExportWrapper(nn.Module):

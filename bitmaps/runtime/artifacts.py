@@ -31,6 +31,7 @@ from bitmaps.data.assets import ASSET_MODELS, resolve_model
 from bitmaps.export import pipeline
 from bitmaps.export.embeddings import GRAPH_VERSION as EMBEDDING_GRAPH
 from bitmaps.export.embeddings import PREFIX as EMBEDDING_CONSTANTS
+from bitmaps.export.onnx_export import MASK_GRAPH
 from bitmaps.export.onnx_graph import initializer_bytes
 from bitmaps.export.targets import BINARY_FLOAT_OPS, WEIGHT_LAYOUTS
 from bitmaps.runtime.backends import ModelSource, load_mlm
@@ -79,6 +80,7 @@ def cache_key(source: ModelSource, model: str, **extra: object) -> str:
         "model": model,
         "bitmaps": __version__,
         "torch": torch.__version__,
+        "mask_graph": MASK_GRAPH,
         **extra,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
