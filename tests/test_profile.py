@@ -391,6 +391,7 @@ def test_speedups_from_rows() -> None:
         (["--shape", "bert-base", "--data", "x.txt"], "--data"),
         (["--repeats", "0"], "repeats"),
         (["--min-time", "5", "--max-time", "1"], "max_time"),
+        (["--amx", "off"], "--amx"),
     ],
 )
 def test_bad_input_one_line_no_output(capsys, tmp_path, monkeypatch, args, needle) -> None:
@@ -399,6 +400,39 @@ def test_bad_input_one_line_no_output(capsys, tmp_path, monkeypatch, args, needl
     code, _, err = run(capsys, *args, *out, "--workdir", str(tmp_path / "w"))
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "p.json").exists() and not (tmp_path / "p.png").exists()
+
+
+def test_amx_withhold_elsewhere_is_one_line(capsys, tmp_path, monkeypatch) -> None:
+    """--amx withhold where it cannot work (not Linux on x86-64): refused before any work."""
+    from bitmaps.runtime import amx
+
+    monkeypatch.setattr(amx, "supported", lambda: False)
+    code, _, err = run(capsys, "--amx", "withhold", "--json", str(tmp_path / "p.json"))
+    assert_one_line_error(code, err, "--amx withhold needs Linux on x86-64")
+    assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.slow
+def test_amx_withhold_run(capsys, tmp_path, tiny_pair) -> None:
+    """A real run with --amx withhold: the measuring processes refuse the tiles (their INT8 runs
+    on VNNI where the CPU has AMX), and the JSON, the command and the machine line say so."""
+    from bitmaps.runtime import amx
+
+    if not amx.supported():
+        pytest.skip("--amx withhold needs Linux on x86-64")
+    teacher, student = tiny_pair
+    json_path = tmp_path / "p.json"
+    args = ["--model", str(student), "--teacher", str(teacher), "--backend", "onnxruntime"]
+    args += ["--models", "int8,binary", "--batch", "1", "--seq", "8", "--amx", "withhold"]
+    args += ["--json", str(json_path), "--workdir", str(tmp_path / "w"), *FAST]
+    code, out, _ = run(capsys, *args)
+    assert code == 0
+    meta = json.loads(json_path.read_text())["meta"]
+    assert meta["machine"]["amx"] == "withheld" and "--amx withhold" in meta["command"]
+    assert meta["config"]["amx"] == "withhold"
+    assert "AMX withheld from every backend" in out
+    rows = json.loads(json_path.read_text())["rows"]
+    assert {r["model"] for r in rows} == {"int8", "binary"}
 
 
 def test_tensorrt_not_installed(capsys, tmp_path) -> None:

@@ -568,11 +568,13 @@ class ProfileConfig(Config):
     threads: int = 0
     seed: int = 0  # random weights of --shape models and the input token ids
     eval_sequences: int = 0  # --data: held-out sequences scored (0: all)
+    amx: str = "allow"  # "withhold": the measuring processes get no AMX (bitmaps/runtime/amx.py)
 
     BACKENDS: ClassVar[tuple[str, ...]] = ("torch", "onnxruntime", "tensorrt")
     MODELS: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8", "binary")
     OUTPUTS: ClassVar[tuple[str, ...]] = ("hidden", "logits")
     DEVICES: ClassVar[tuple[str, ...]] = ("auto", "cpu", "cuda")
+    AMX: ClassVar[tuple[str, ...]] = ("allow", "withhold")
 
     def validate(self) -> None:
         self.backends, self.models = tuple(self.backends), tuple(self.models)
@@ -585,6 +587,7 @@ class ProfileConfig(Config):
             _one_of("model", m, self.MODELS)
         _one_of("output", self.output, self.OUTPUTS)
         _one_of("device", self.device, self.DEVICES)
+        _one_of("amx", self.amx, self.AMX)
         for name, values in (("batch size", self.batches), ("sequence length", self.seqs)):
             if not values:
                 raise ConfigError(f"give at least one {name}")

@@ -48,6 +48,7 @@ import bitmaps.runtime.onnxruntime  # noqa: F401  (idem)
 import bitmaps.runtime.tensorrt  # noqa: F401  (idem; TensorRT itself is imported lazily)
 from bitmaps.core.errors import BitmapsError
 from bitmaps.runtime import backends as B
+from bitmaps.runtime.amx import tile_data_permitted
 from bitmaps.runtime.backends import ModelSource
 from bitmaps.runtime.timing import cpu_timer, cuda_event_timer, time_calls
 
@@ -242,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         run_job(job, emit)
+        if job.get("amx") == "withhold" and tile_data_permitted():
+            raise BitmapsError("--amx withhold: the measuring process held AMX after all")
     except BitmapsError as exc:
         emit({"error": str(exc)})
         return 2

@@ -177,6 +177,7 @@ def command_line(job: ProfileJob) -> str:
     args += ["--models", ",".join(c.models)] if c.models else []
     args += ["--batch", ",".join(map(str, c.batches)), "--seq", ",".join(map(str, c.seqs))]
     args += ["--output", c.output, "--device", c.device]
+    args += ["--amx", c.amx] if c.amx != "allow" else []
     for p in job.data:
         args += ["--data", str(p)]
     for opt in ("repeats", "min_time", "max_time", "warmup", "threads", "seed", "eval_sequences"):

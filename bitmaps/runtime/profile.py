@@ -49,6 +49,7 @@ from bitmaps.data.labelled import build_labelled, classify_batches, read_labelle
 from bitmaps.metrics.classify import ConfusionCounts, evaluate_classifier
 from bitmaps.metrics.evaluate import evaluate_model
 from bitmaps.metrics.mlm import MLMSums
+from bitmaps.runtime import amx
 from bitmaps.runtime import backends as B
 from bitmaps.runtime.artifacts import (
     engine_artifact,
@@ -114,6 +115,7 @@ def _worker_job(job: ProfileJob, t: Target, artifact: Any, vocab: int, workdir: 
         "vocab_size": vocab,
         "seed": cfg.seed,
         "threads": cfg.threads or default_threads(),
+        "amx": cfg.amx,
         "workdir": str(workdir),
         "timing": {
             k: getattr(cfg, k)
@@ -133,8 +135,10 @@ def run_worker(worker_job: dict[str, Any], on_result: Callable[[dict], None]) ->
         job_file, err_file = Path(tmp) / "job.json", Path(tmp) / "stderr.txt"
         job_file.write_text(json.dumps(worker_job))
         with open(err_file, "w") as err:
+            # --amx withhold: the filter goes in before the worker imports ONNX Runtime
+            launcher = ["-m", "bitmaps.runtime.amx"] if worker_job.get("amx") == "withhold" else []
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bitmaps.runtime.measure", str(job_file)],
+                [sys.executable, *launcher, "-m", "bitmaps.runtime.measure", str(job_file)],
                 stdout=subprocess.PIPE,
                 stderr=err,
                 text=True,
@@ -292,6 +296,17 @@ def _classify_accuracy(
     return scores, meta
 
 
+def _amx_state(setting: str) -> str:
+    """What the measuring processes had: withheld (--amx withhold), available or absent."""
+    if setting == "withhold":
+        return "withheld"
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "absent"
+    return "available" if " amx_tile" in flags else "absent"
+
+
 def _machine(threads: int) -> dict[str, Any]:
 
     cpu = platform.processor() or platform.machine()
@@ -370,6 +385,8 @@ def _other_cpu_load(before: tuple | None, after: tuple | None, cores: int) -> fl
 def _validate(job: ProfileJob) -> tuple[list[Target], list[dict], list[str], Any, Path]:
     """Every check that needs no measuring; returns targets, skipped, models, config, workdir."""
     check_outputs(job)
+    if job.config.amx == "withhold":
+        amx.check_supported()
     targets, skipped = plan(job)
     models = sorted({t.model for t in targets}, key=ProfileConfig.MODELS.index)
     hf_config = model_config(job, set(models))
@@ -472,6 +489,7 @@ def run_profile(job: ProfileJob, log: Log = print) -> ProfileResult:
     machine["other_cpu_load"] = _other_cpu_load(cpu_before, cpu_after, machine["cores"] or 1)
     machine["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     machine["scheduling"] = _scheduling()
+    machine["amx"] = _amx_state(cfg.amx)
     meta = {
         "format": "bitmaps-profile",
         "version": 1,

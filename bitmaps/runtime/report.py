@@ -339,6 +339,11 @@ def print_report(result: ProfileResult, console: Console | None = None) -> None:
         console.print(
             f"machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('threads')} threads"
             + (f", GPU {m['gpu']}" if m.get("gpu") else "")
+            + (
+                ", AMX withheld from every backend (--amx withhold)"
+                if m.get("amx") == "withheld"
+                else ""
+            )
             + f"; {m.get('native_status')}",
             highlight=False,
             markup=False,
