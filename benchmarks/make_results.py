@@ -31,6 +31,9 @@ embeddings         benchmarks/results/embeddings.json            bench_embedding
 bert-cuda          benchmarks/results/bert-cuda.json             bench_bert_cuda.py
 =================  ===========================================  ===================================
 
+and ``profile-bert-base-amx-withheld`` (benchmarks/results/profile-bert-base-amx-withheld.json:
+the same ``bitmaps profile`` command with ``--amx withhold``).
+
 A benchmark writes its file with ``--out benchmarks/results/NAME.json`` (bench_results.py); the
 table is rendered by that benchmark's own table function, so RESULTS.md shows what it printed.
 The ablation table's retention is each row's held-out top-1 accuracy over the teacher's
@@ -220,6 +223,7 @@ def profile_table(paths: list[Path]) -> str:
                 f"{r['peak_mem_mb']:.1f}" if r.get("peak_mem_mb") is not None else "", *ratios,
             ])  # fmt: skip
         where = f"{m.get('cpu', 'unknown CPU')}, {m.get('cores', '?')} cores"
+        where += ", AMX withheld from every backend" if m.get("amx") == "withheld" else ""
         head = (f"`{meta['command']}` on {where}, {m.get('threads', '?')} threads "
                 f"({meta.get('date', 'date unknown')}); {m.get('native_status', '')}; other processes "
                 f"used {100 * float(m.get('other_cpu_load') or 0):.0f}% of the CPU while it ran")  # fmt: skip
@@ -238,6 +242,9 @@ TABLES: dict[str, Source] = {
         "benchmarks/results/embeddings-accuracy*.json", _bench("bench_embeddings_accuracy.py")
     ),
     "profile-bert-base": Source("benchmarks/results/profile-bert-base.json", profile_table),
+    "profile-bert-base-amx-withheld": Source(
+        "benchmarks/results/profile-bert-base-amx-withheld.json", profile_table
+    ),
     "ort-fusions": Source("benchmarks/results/ort-fusions.json", _bench("bench_ort_fusions.py")),
     "kernels-cpu": Source("benchmarks/results/kernels-cpu.json", _bench("bench_kernels.py")),
     "kernels-cuda": Source("benchmarks/results/kernels-cuda.json", _bench("bench_kernels.py")),

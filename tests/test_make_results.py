@@ -195,3 +195,19 @@ def test_the_committed_results_md_is_up_to_date(make_results, capsys) -> None:
     # every generated table of benchmarks/RESULTS.md matches the committed result files
     code = make_results.main(["--check"])
     assert code == 0, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("amx", "said"), [("withheld", True), ("available", False)])
+def test_profile_table_says_when_amx_was_withheld(make_results, tmp_path, amx, said) -> None:
+    rows = [
+        {"model": m, "backend": "onnxruntime", "batch": 1, "seq": 128, "latency_ms_p50": p50,
+         "latency_ms_p90": p50, "weights_mb": 1.0, "file_mb": 1.0, "peak_mem_mb": 2.0}
+        for m, p50 in (("int8", 40.0), ("binary", 16.0))
+    ]  # fmt: skip
+    meta = {"command": "bitmaps profile --amx withhold", "date": "today",
+            "machine": {**MACHINE, "threads": 2, "amx": amx}}  # fmt: skip
+    path = tmp_path / "profile.json"
+    _write(path, {"meta": meta, "rows": rows})
+    text = make_results.profile_table([path])
+    assert ("Fake CPU 9000, 3 cores, AMX withheld from every backend" in text) == said
+    assert "| binary | onnxruntime | 1 | 128 | 16.0 |" in text and "2.50×" in text
