@@ -121,3 +121,25 @@ def test_onnxruntime_int8_runs_without_the_tiles(tmp_path, mode: str, tiles: str
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [tiles, "True"]
+
+
+def test_a_launcher_refusal_is_one_bitmaps_error(tmp_path, monkeypatch) -> None:
+    """When the AMX launcher cannot withhold (it prints ``bitmaps: ...`` and exits 2), profile's
+    worker runner raises that line as a BitmapsError (one line and exit 2 from the CLI), not a
+    crash report."""
+    from bitmaps.core.errors import BitmapsError
+    from bitmaps.runtime import profile
+
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\necho "bitmaps: --amx withhold: refused for the test" >&2\nexit 2\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(profile.sys, "executable", str(fake))
+    job = {
+        "amx": "withhold",
+        "threads": 1,
+        "model": "int8",
+        "backend": "onnxruntime",
+        "device": "cpu",
+    }
+    with pytest.raises(BitmapsError, match=r"^--amx withhold: refused for the test$"):
+        profile.run_worker(job, lambda result: None)

@@ -158,6 +158,8 @@ def run_worker(worker_job: dict[str, Any], on_result: Callable[[dict], None]) ->
             raise BitmapsError(error)
         if code != 0:
             tail = err_file.read_text(errors="replace").strip().splitlines()[-20:]
+            if code == 2 and tail and tail[-1].startswith("bitmaps: "):  # the AMX launcher's line
+                raise BitmapsError(tail[-1].removeprefix("bitmaps: "))
             where = f"{worker_job['model']} on {worker_job['backend']} ({worker_job['device']})"
             raise RuntimeError(f"measuring {where} failed (exit {code}):\n" + "\n".join(tail))
 
