@@ -412,7 +412,6 @@ def test_amx_withhold_elsewhere_is_one_line(capsys, tmp_path, monkeypatch) -> No
     assert not (tmp_path / "p.json").exists()
 
 
-@pytest.mark.slow
 def test_amx_withhold_run(capsys, tmp_path, tiny_pair) -> None:
     """A real run with --amx withhold: the measuring processes refuse the tiles (their INT8 runs
     on VNNI where the CPU has AMX), and the JSON, the command and the machine line say so."""
