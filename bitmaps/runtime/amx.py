@@ -8,12 +8,12 @@ VNNI / dot-product instructions. On an AMX machine the closest honest measuremen
 same cores with AMX withheld.
 
 Linux hands the tile registers only to a process that asks for them
-(``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``, Linux 5.16 on); MLAS and oneDNN ask on
-first use and fall back to their AVX-512 (VNNI) kernels when refused. :func:`withhold_amx` installs
-a seccomp filter that refuses exactly that request (EPERM) for this process and every thread and
-child it starts; nothing else changes. It must run before anything has asked: a permission once
-granted cannot be taken back (then it raises). ONNX Runtime asks when it is imported (MLAS's
-platform set-up), so a process that imports it at start runs under
+(``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``, Linux 5.16 on); ONNX Runtime's MLAS asks
+when ONNX Runtime is imported, torch's oneDNN at its first matrix product, and both fall back to
+their AVX-512 (VNNI) kernels when refused. :func:`withhold_amx` installs a seccomp filter that
+refuses exactly that request (EPERM) for this process and every thread and child it starts;
+nothing else changes. It must run before anything has asked: a permission once granted cannot be
+taken back (then it raises). A process that imports ONNX Runtime at start therefore runs under
 ``python -m bitmaps.runtime.amx ARGS...``: the filter first, then ``python ARGS...`` in its place.
 """
 
