@@ -183,3 +183,25 @@ def packed_cuda(rows: int, k: int) -> torch.Tensor:
     from bitmaps.core import ops
 
     return ops.reference_pack_signs(torch.randn(rows, k, device="cuda"))
+
+
+def amx_withhold_problem() -> str | None:
+    """Why `--amx withhold` cannot run here (for a skip reason), or None: Linux on x86-64 and a
+    kernel that lets a process install a seccomp filter (some sandboxes forbid it)."""
+    import functools
+    import subprocess
+    import sys
+
+    @functools.cache
+    def probe() -> str | None:
+        from bitmaps.runtime import amx
+
+        if not amx.supported():
+            return "needs Linux on x86-64"
+        code = "from bitmaps.runtime import amx; amx.withhold_amx()"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if proc.returncode != 0:
+            return "needs a kernel that allows seccomp filters: " + proc.stderr.strip()[-200:]
+        return None
+
+    return probe()

@@ -12,10 +12,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import amx_withhold_problem
 
-from bitmaps.runtime import amx
-
-pytestmark = pytest.mark.skipif(not amx.supported(), reason="needs Linux on x86-64")
+pytestmark = pytest.mark.skipif(
+    amx_withhold_problem() is not None, reason=str(amx_withhold_problem())
+)
 
 
 def _cpu_has_amx() -> bool:

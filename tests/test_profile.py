@@ -16,7 +16,7 @@ import time
 
 import pytest
 import torch
-from conftest import assert_one_line_error
+from conftest import amx_withhold_problem, assert_one_line_error
 
 from bitmaps.cli import main
 
@@ -415,10 +415,8 @@ def test_amx_withhold_elsewhere_is_one_line(capsys, tmp_path, monkeypatch) -> No
 def test_amx_withhold_run(capsys, tmp_path, tiny_pair) -> None:
     """A real run with --amx withhold: the measuring processes refuse the tiles (their INT8 runs
     on VNNI where the CPU has AMX), and the JSON, the command and the machine line say so."""
-    from bitmaps.runtime import amx
-
-    if not amx.supported():
-        pytest.skip("--amx withhold needs Linux on x86-64")
+    if amx_withhold_problem() is not None:
+        pytest.skip(amx_withhold_problem())
     teacher, student = tiny_pair
     json_path = tmp_path / "p.json"
     args = ["--model", str(student), "--teacher", str(teacher), "--backend", "onnxruntime"]
