@@ -184,7 +184,8 @@ def report(rows: list[dict]) -> str:
     sustained = [r for r in rows if r["kind"] == "sustained"]
     gemms = [r for r in rows if r["kind"] == "gemm"]
     loops = [
-        [n, "not supported by this CPU" if v is None else f"{v:.0f}"] for n, v in peaks.items()
+        [n, "not available (no such unit, or its use refused)" if v is None else f"{v:.0f}"]
+        for n, v in peaks.items()
     ] + [[r["loop"], f"{r['gmacs']:.0f}"] for r in sustained]
     binary = max((v for n, v in peaks.items() if n.startswith("binary") and v), default=None)
     fp32 = max((v for n, v in peaks.items() if n.startswith("fp32") and v), default=None)

@@ -144,7 +144,7 @@ def test_a_benchmark_file_is_rendered_by_its_own_table(
     assert code == 0, err
     text = md.read_text()
     assert "`python benchmarks/bench_popcount_ceiling.py --threads 3` on Fake CPU 9000" in text
-    assert "| fp32: fake zmm | not supported by this CPU |" in text
+    assert "| fp32: fake zmm | not available (no such unit, or its use refused) |" in text
     assert "| xnor_gemm | 8 | 8 | 500.0 | 400.0 | 50 % |" in text  # 500 of the 1000 peak
     assert "vs measured torch.matmul FP32 (best shape, best sample): 20.0x" in text
     # the INT8 GEMM against the INT8 peak where the CPU has one (250 of 2500)
@@ -155,7 +155,7 @@ def test_a_benchmark_file_is_rendered_by_its_own_table(
     per_mac = "popcount ceiling vs INT8 peak of the same cores (per multiply-accumulate): 0.40x"
     assert (per_mac in text) == (int8_peak is not None)
     if int8_peak is None:
-        assert "| int8: fake tiles | not supported by this CPU |" in text
+        assert "| int8: fake tiles | not available (no such unit, or its use refused) |" in text
 
 
 @pytest.mark.parametrize("damage", ["missing teacher", "corrupt record", "missing bench file"])
