@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -185,23 +189,16 @@ def packed_cuda(rows: int, k: int) -> torch.Tensor:
     return ops.reference_pack_signs(torch.randn(rows, k, device="cuda"))
 
 
+@functools.cache
 def amx_withhold_problem() -> str | None:
     """Why `--amx withhold` cannot run here (for a skip reason), or None: Linux on x86-64 and a
-    kernel that lets a process install a seccomp filter (some sandboxes forbid it)."""
-    import functools
-    import subprocess
-    import sys
+    kernel that lets a process install a seccomp filter (some sandboxes forbid it). Probed once."""
+    from bitmaps.runtime import amx
 
-    @functools.cache
-    def probe() -> str | None:
-        from bitmaps.runtime import amx
-
-        if not amx.supported():
-            return "needs Linux on x86-64"
-        code = "from bitmaps.runtime import amx; amx.withhold_amx()"
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        if proc.returncode != 0:
-            return "needs a kernel that allows seccomp filters: " + proc.stderr.strip()[-200:]
-        return None
-
-    return probe()
+    if not amx.supported():
+        return "needs Linux on x86-64"
+    code = "from bitmaps.runtime import amx; amx.withhold_amx()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return "needs a kernel that allows seccomp filters: " + proc.stderr.strip()[-200:]
+    return None

@@ -9,21 +9,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 from conftest import amx_withhold_problem
 
+from bitmaps.runtime import amx
+
 pytestmark = pytest.mark.skipif(
     amx_withhold_problem() is not None, reason=str(amx_withhold_problem())
 )
-
-
-def _cpu_has_amx() -> bool:
-    try:
-        return " amx_tile" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
 
 
 def child(code: str) -> str:
@@ -65,7 +59,9 @@ def test_the_filter_refuses_the_tile_request_and_nothing_else() -> None:
     assert thread == "thread -1 1"  # threads started afterwards inherit the filter
 
 
-@pytest.mark.skipif(not _cpu_has_amx(), reason="needs a CPU with AMX (amx_tile in /proc/cpuinfo)")
+@pytest.mark.skipif(
+    not amx.cpu_has_amx(), reason="needs a CPU with AMX (amx_tile in /proc/cpuinfo)"
+)
 def test_a_permission_already_granted_cannot_be_withheld() -> None:
     out = child(
         REQUEST
@@ -111,7 +107,9 @@ ORT_INT8 = """
 """
 
 
-@pytest.mark.skipif(not _cpu_has_amx(), reason="needs a CPU with AMX (amx_tile in /proc/cpuinfo)")
+@pytest.mark.skipif(
+    not amx.cpu_has_amx(), reason="needs a CPU with AMX (amx_tile in /proc/cpuinfo)"
+)
 @pytest.mark.parametrize(("mode", "tiles"), [("allow", "True"), ("withhold", "False")])
 def test_onnxruntime_int8_runs_without_the_tiles(tmp_path, mode: str, tiles: str) -> None:
     """ONNX Runtime's INT8 GEMM asks for the tiles on an AMX CPU (allow: granted), and runs just

@@ -48,6 +48,15 @@ def supported() -> bool:
     return sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
 
 
+def cpu_has_amx() -> bool:
+    """Whether the CPU reports the AMX tile unit (``amx_tile`` in /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return " amx_tile" in f.read()
+    except OSError:
+        return False
+
+
 def check_supported() -> None:
     """Raises BitmapsError (one line for the CLI) where :func:`withhold_amx` cannot work."""
     if not supported():

@@ -302,11 +302,7 @@ def _amx_state(setting: str) -> str:
     """What the measuring processes had: withheld (--amx withhold), available or absent."""
     if setting == "withhold":
         return "withheld"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "absent"
-    return "available" if " amx_tile" in flags else "absent"
+    return "available" if amx.cpu_has_amx() else "absent"
 
 
 def _machine(threads: int) -> dict[str, Any]:
