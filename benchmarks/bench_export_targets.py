@@ -5,7 +5,12 @@ default binarization, encoder only: ``--output hidden``, int4 embeddings as ``bi
 ships them) is exported through the real pipeline
 (verified on the native op), opened with ``libbitmaps_ort.so`` registered, and timed at batch x seq.
 ONNX Runtime's own profiler then splits one run's node time into BinaryLinear nodes and everything
-else (the remainder that the onnxruntime target's float ops are meant to shrink).
+else (the remainder that the onnxruntime target's float ops are meant to shrink). The BinaryLinear
+nodes' binary multiply-accumulates per second are then quoted as a share of this CPU's popcount
+ceiling measured in the same run, on as many threads as the sessions use (the zmm loop of
+bench_popcount_ceiling.py, as bench_model_breakdown.py does for the PyTorch path): issue 12's
+"binary linears >= 70 % of the ceiling", measured on the ONNX Runtime engine. The FFN's GELU is
+fused into its BinaryLinear node and counted there.
 
 A third row, ``onnxruntime, ORT float ops``, is the onnxruntime export with bitmaps' own float
 ops swapped back for ONNX Runtime's (:func:`ort_float_ops`: com.microsoft MultiHeadAttention, after
@@ -33,6 +38,7 @@ from collections import defaultdict
 import numpy as np
 import onnx
 import torch
+from bench_model_breakdown import popcount_ceiling_gmacs
 from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 from onnx import helper
 from transformers import BertConfig, BertForMaskedLM
@@ -158,6 +164,17 @@ def _session(model, threads: int, profile_dir: str | None = None, spin: bool = T
     return inference_session(model, so)
 
 
+def binary_macs(model: onnx.ModelProto, rows: int) -> int:
+    """Binary multiply-accumulates of one run: in_features x out_features per row of every
+    BinaryLinear node."""
+    total = 0
+    for node in model.graph.node:
+        if node.op_type == "BinaryLinear":
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            total += int(attrs["in_features"]) * int(attrs["out_features"]) * rows
+    return total
+
+
 def _node_split(model, feed: dict, runs: int, threads: int) -> dict[str, float]:  # noqa: ANN001
     """Node time per run by op type (ms), from ONNX Runtime's profiler."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,6 +222,8 @@ def main() -> None:
     # interleaved, so load from other processes hits both alike
     timers = [cpu_timer(lambda i, s=sessions[t]: s.run(None, feed)) for t in targets]
     times = dict(zip(targets, time_alternating(timers, args.runs), strict=True))
+    threads = args.threads or os.cpu_count() or 1
+    ceiling = popcount_ceiling_gmacs(threads)  # after the timing: its loops heat the cores alike
     rows = []
     for target in targets:
         diff = float(np.abs(outputs[target] - outputs["portable"]).max())
@@ -218,6 +237,8 @@ def main() -> None:
             "binary_linear_ms": binary_ms, "remainder_ms": other_ms,
             "remainder_share": other_ms / (binary_ms + other_ms), "remainder_top_ms": top,
             "max_abs_diff_vs_portable": diff,
+            "binary_macs": binary_macs(models[target], args.batch * args.seq),
+            "ceiling_gmacs": ceiling, "ceiling_threads": threads,
         })  # fmt: skip
     text = table(rows)
     print(text)
@@ -234,7 +255,20 @@ def table(rows: list[dict]) -> str:
         + [f"{100 * r['remainder_share']:.0f} %", r["remainder_top_ms"]]
         for r in rows
     ]
-    return markdown_table(head, cells)
+    text = markdown_table(head, cells)
+    for r in rows:  # files written before the ceiling was measured have no such fields
+        ceiling, macs = r.get("ceiling_gmacs"), r.get("binary_macs")
+        if r["target"] != "onnxruntime" or not ceiling or not macs or not r["binary_linear_ms"]:
+            continue
+        rate = macs / (r["binary_linear_ms"] / 1e3) / 1e9
+        text += (
+            f"\n\nThe onnxruntime target's BinaryLinear nodes (the FFN's GELU fused in): "
+            f"{macs / 1e9:.2f} G binary MACs per run in {r['binary_linear_ms']:.2f} ms of node "
+            f"time = {rate:.0f} G binary MAC/s, **{rate / ceiling:.0%}** of this CPU's popcount "
+            f"ceiling measured in the same run ({ceiling:.0f} G binary MAC/s on "
+            f"{r['ceiling_threads']} threads: XOR + VPOPCNT + ADD on zmm, bench_popcount_ceiling.py)."
+        )
+    return text
 
 
 if __name__ == "__main__":
