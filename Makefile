@@ -153,7 +153,8 @@ ARM_PACKAGES    := g++-aarch64-linux-gnu qemu-user
 HARNESS_DIR     := build/kernel-harness
 HARNESS_SOURCES := csrc/tests/kernel_harness.cpp csrc/kernels/cpu_features.cpp \
                    $(wildcard csrc/kernels/cpu_kernels*.cpp) \
-                   $(wildcard csrc/kernels/cpu_attention*.cpp) $(wildcard csrc/kernels/cpu_layer_norm*.cpp)
+                   $(wildcard csrc/kernels/cpu_attention*.cpp) $(wildcard csrc/kernels/cpu_layer_norm*.cpp) \
+                   $(wildcard csrc/kernels/cpu_embed*.cpp)
 HARNESS_DEPS    := $(HARNESS_SOURCES) $(wildcard csrc/kernels/*.h)
 HARNESS_FLAGS   := -std=c++17 -O3 -Wall -Wextra -ffp-contract=off -Icsrc
 CROSS_DIR       := build/cross-aarch64

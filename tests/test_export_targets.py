@@ -71,7 +71,9 @@ def test_onnxruntime_target_fuses_attention_and_matches_pytorch(onnxruntime_expo
            if (n.domain, n.op_type) == ("bitmaps", "PackedMultiHeadAttention")]  # fmt: skip
     assert len(mha) == config.num_hidden_layers
     assert f"{MS}::MultiHeadAttention" not in _ops(model)
-    assert "bitmaps::MultiHeadAttention" not in {f"{n.domain}::{n.op_type}" for n in model.graph.node}
+    assert "bitmaps::MultiHeadAttention" not in {
+        f"{n.domain}::{n.op_type}" for n in model.graph.node
+    }
     functions = {"BinaryLinear", "MultiHeadAttention", "PackedMultiHeadAttention",
                  "SkipLayerNormalization"}  # fmt: skip
     assert {f.name for f in model.functions} == functions
@@ -82,7 +84,9 @@ def test_onnxruntime_target_fuses_attention_and_matches_pytorch(onnxruntime_expo
     assert all(helper.get_attribute_value(a) == config.num_attention_heads
                for n in mha for a in n.attribute if a.name == "num_heads")  # fmt: skip
     # the eager attention (Softmax and the head transposes) is gone; BinaryLinear feeds MHA
-    assert "ai.onnx::Softmax" not in {f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in model.graph.node}
+    assert "ai.onnx::Softmax" not in {
+        f"{n.domain or 'ai.onnx'}::{n.op_type}" for n in model.graph.node
+    }
     producers = {o: n for n in model.graph.node for o in n.output}
     for i, node in enumerate(mha):
         qkv = producers[node.input[0]]
@@ -106,6 +110,33 @@ def test_onnxruntime_target_fuses_attention_and_matches_pytorch(onnxruntime_expo
     mask = torch.ones_like(ids)
     mask[2, 11:] = 0
     report = verify_onnx(model, result.wrapper, [Batch("3x19", ids, mask)], 1e-4, ("function",))
+    assert report.ok, report.failure()
+
+
+def test_onnxruntime_target_fuses_int4_lookups_and_their_layer_norm(bert_tiny_dir):
+    # encoder only (no tied decoder): the word, token-type and position lookups are
+    # GatherBlockQuantized; with their two Adds and the LayerNorm they become one node
+    loaded = _bert_tiny_student()
+    cfg = ExportConfig(target="onnxruntime", output="hidden", embeddings="int4")
+    result = export_verified(loaded.model, cfg, binary=True, tokenizer=loaded.tokenizer)
+    model = result.model
+    fused = [n for n in model.graph.node if n.op_type == "EmbedLayerNormalization"]
+    assert len(fused) == 1 and fused[0].domain == "bitmaps"
+    node = fused[0]
+    assert node.input[2] == "input_ids"  # word ids first, as the graph added them
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["block_size"] == 64 and attrs["epsilon"] == pytest.approx(1e-12)
+    left = {n.op_type for n in model.graph.node}
+    assert not left & {"GatherBlockQuantized", "LayerNormalization", "Gather"}
+    assert "EmbedLayerNormalization" in {f.name for f in model.functions}
+    # verified against PyTorch on both ONNX Runtime paths (native op, function) before returned
+    assert result.report.ok and result.report.worst() < 1e-5
+    ids = torch.randint(0, loaded.model.config.vocab_size, (3, 19),
+                        generator=torch.Generator().manual_seed(4))  # fmt: skip
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    batches = [Batch("3x19", ids, mask)]
+    report = verify_onnx(model, result.wrapper, batches, 1e-4, ("function", "kernel"))
     assert report.ok, report.failure()
 
 

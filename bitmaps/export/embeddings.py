@@ -27,7 +27,9 @@ float. The ``onnxruntime`` target avoids that for int4 (float32 graphs): the dec
 Runtime's ``com.microsoft.MatMulNBits`` on the stored table (kept ``[V, G, group/2]``, the layout and
 zero point MatMulNBits reads), the lookups reshape their rows back. Its other int4 lookups are one
 ``com.microsoft.GatherBlockQuantized`` node each (gather + dequantize, zero point 8, the same
-values): binary BERT-base (``--output hidden``), 1 x 128, Intel Xeon, 2 threads: the three
+values; in a binary float32 model the target's pass then makes the three lookups, their Adds and
+the LayerNorm one ``bitmaps::EmbedLayerNormalization``, bitmaps/export/targets.py): binary
+BERT-base (``--output hidden``), 1 x 128, Intel Xeon, 2 threads: the three
 lookups' node time 1.5 ms (14 + 2 nodes each, bitwise unpacking) -> 1.3 ms (table lookup) -> 0.36
 ms (GatherBlockQuantized), ONNX Runtime's profiler. Binary BERT-base with logits,
 1 × 128, Intel Xeon: peak memory 179.4 → 85.4 MB, latency 102 → 108 ms at 1 thread (the 30522-way

@@ -266,6 +266,7 @@ def node_layers(node: onnx.NodeProto) -> list[str]:
     """The layers a BinaryLinear node holds, by name: its own, or those it stacks."""
     return node.name.split(STACKED)
 
+
 ATTENTION_OP_TYPE = "MultiHeadAttention"
 ATTENTION_INPUTS = ("query", "key", "value", "attention_bias")
 ATTENTION_ATTRIBUTES = ("num_heads", "scale")
@@ -327,7 +328,9 @@ def _attention_nodes(opset: int) -> list[onnx.NodeProto]:
         _const("axis_0", np.array([0], np.int64)),
         _const("flat_shape", np.array([0, 0, -1], np.int64)),
         helper.make_node("Unsqueeze", ["heads", "axis_0"], ["heads_1d"]),
-        helper.make_node("Concat", ["zeros_2", "heads_1d", "minus_one_1d"], ["heads_shape"], axis=0),
+        helper.make_node(
+            "Concat", ["zeros_2", "heads_1d", "minus_one_1d"], ["heads_shape"], axis=0
+        ),
         helper.make_node("Reshape", ["query", "heads_shape"], ["q_heads"]),
         helper.make_node("Transpose", ["q_heads"], ["q_h"], perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", ["key", "heads_shape"], ["k_heads"]),
@@ -369,6 +372,54 @@ def skip_layer_norm_function(opset: int) -> onnx.FunctionProto:
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=["epsilon"],
         doc_string="bitmaps::SkipLayerNormalization from standard ops (Add + LayerNormalization).",
+    )
+
+
+EMBED_LAYER_NORM_OP_TYPE = "EmbedLayerNormalization"
+EMBED_LAYER_NORM_INPUTS = (
+    "gamma", "beta", "ids_0", "table_0", "scale_0", "ids_1", "table_1", "scale_1",
+    "ids_2", "table_2", "scale_2",
+)  # fmt: skip
+MS_DOMAIN = "com.microsoft"
+
+
+def embed_layer_norm_function(opset: int) -> onnx.FunctionProto:
+    """The model-local function ``bitmaps::EmbedLayerNormalization`` (``--target onnxruntime``,
+    binary float32 models with int4 embeddings): three ``com.microsoft.GatherBlockQuantized``
+    lookups (4 bits, zero point 8, the node's ``block_size``), added in order, then
+    ``LayerNormalization`` over the last axis with the node's ``epsilon``: the nodes the export
+    replaced. libbitmaps_ort.so runs the node on its own kernel instead (csrc/kernels/cpu_embed.h).
+    ONNX Runtime only (the lookups are its contrib op), like the target."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"the EmbedLayerNormalization function needs opset >= {MIN_OPSET}")
+    block = onnx.AttributeProto(
+        name="block_size", ref_attr_name="block_size", type=onnx.AttributeProto.INT
+    )
+    nodes = []
+    for i in range(3):
+        lookup = helper.make_node(
+            "GatherBlockQuantized", [f"table_{i}", f"ids_{i}", f"scale_{i}"], [f"rows_{i}"],
+            domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, bits=4,
+        )  # fmt: skip
+        lookup.attribute.append(block)
+        nodes.append(lookup)
+    nodes.append(helper.make_node("Add", ["rows_0", "rows_1"], ["sum_01"]))
+    nodes.append(helper.make_node("Add", ["sum_01", "rows_2"], ["sum"]))
+    norm = helper.make_node("LayerNormalization", ["sum", "gamma", "beta"], ["output"], axis=-1)
+    norm.attribute.append(
+        onnx.AttributeProto(name="epsilon", ref_attr_name="epsilon", type=onnx.AttributeProto.FLOAT)
+    )
+    nodes.append(norm)
+    return helper.make_function(
+        DOMAIN,
+        EMBED_LAYER_NORM_OP_TYPE,
+        list(EMBED_LAYER_NORM_INPUTS),
+        ["output"],
+        nodes,
+        opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid(MS_DOMAIN, 1)],
+        attributes=["epsilon", "block_size"],
+        doc_string="bitmaps::EmbedLayerNormalization from ONNX Runtime's ops (three "
+        "GatherBlockQuantized, two Add, LayerNormalization).",
     )
 
 

@@ -341,7 +341,10 @@ def skip_layer_norm_model(
     own Add + LayerNormalization nodes."""
     names = ["input", "skip", "gamma", "beta"] if beta else ["input", "skip", "gamma"]
     shapes = [["B", "S", hidden], ["B", "S", hidden], [hidden], [hidden]]
-    inputs = [helper.make_tensor_value_info(n, dtype, shape) for n, shape in zip(names, shapes, strict=False)]
+    inputs = [
+        helper.make_tensor_value_info(n, dtype, shape)
+        for n, shape in zip(names, shapes, strict=False)
+    ]
     eps = {} if epsilon is None else {"epsilon": epsilon}
     if fused:
         nodes = [helper.make_node(
@@ -406,8 +409,10 @@ def measure_gelu_epilogue(
         node.graph.node[0].output[0] = "Y_linear"
         node.graph.node.append(helper.make_node("Gelu", ["Y_linear"], ["Y"]))
         feed = {"X": np.random.default_rng(k + n).standard_normal((tokens, k), dtype=np.float32)}
-        sessions = {name: _quiet_session(m, threads, native=True)
-                    for name, m in (("plain_ms", plain), ("fused_ms", fused), ("node_ms", node))}
+        sessions = {
+            name: _quiet_session(m, threads, native=True)
+            for name, m in (("plain_ms", plain), ("fused_ms", fused), ("node_ms", node))
+        }
         diff = float(np.abs(sessions["fused_ms"].run(None, feed)[0]
                             - sessions["node_ms"].run(None, feed)[0]).max())  # fmt: skip
         row: dict[str, float] = {"tokens": tokens, "k": k, "n": n, "threads": threads or 0}
@@ -417,7 +422,9 @@ def measure_gelu_epilogue(
         ))  # fmt: skip
         row["ort_ms"] = row["node_ms"] - row["plain_ms"]
         row["bitmaps_ms"] = row["fused_ms"] - row["plain_ms"]
-        row["speedup"] = row["ort_ms"] / row["bitmaps_ms"] if row["bitmaps_ms"] > 0 else float("inf")
+        row["speedup"] = (
+            row["ort_ms"] / row["bitmaps_ms"] if row["bitmaps_ms"] > 0 else float("inf")
+        )
         row["max_abs_diff"] = diff
         rows.append(row)
     return rows

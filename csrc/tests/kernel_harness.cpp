@@ -11,6 +11,8 @@
 // against a float64 reference to kAttentionAtol, with masked keys (a large negative bias), every
 // broadcast form of the bias, head sizes with and without a 16-wide tail, S != T and Dv != D.
 // Add + LayerNorm (cpu_layer_norm.h) likewise, to kLayerNormAtol, with and without skip and beta.
+// The int4 embedding lookups + LayerNorm (cpu_embed.h) likewise: 2 and 3 lookups, negative and
+// broadcast indices, blocks from 2 values to a whole row; and its index check.
 // The one tolerance of the binary kernels: a row's mean |x'| is summed in a different order on each path (documented in
 // cpu_kernels.h), so it is checked to kMeanRtol; the epilogue is then checked exactly given the
 // scale the kernel produced.
@@ -37,6 +39,7 @@
 #include <vector>
 
 #include "kernels/cpu_attention.h"
+#include "kernels/cpu_embed.h"
 #include "kernels/cpu_features.h"
 #include "kernels/cpu_kernels.h"
 #include "kernels/cpu_kernels_internal.h"
@@ -516,6 +519,89 @@ void check_layer_norm(Checker& c, CpuPath path, std::mt19937& rng) {
   }
 }
 
+void check_embed_layer_norm(Checker& c, CpuPath path, std::mt19937& rng) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (auto [n, block] : {std::pair{int64_t{2}, int64_t{2}}, std::pair{int64_t{34}, int64_t{2}},
+                          std::pair{int64_t{96}, int64_t{32}}, std::pair{int64_t{64}, int64_t{64}},
+                          std::pair{int64_t{768}, int64_t{64}}}) {
+    for (int count : {2, 3}) {
+      const int64_t batch = 3, seq = 5;
+      const int64_t vocab[3] = {11, 2, 7};
+      std::vector<uint8_t> data[3];
+      std::vector<float> scale[3];
+      std::vector<int64_t> ids[3];
+      bitmaps::cpu::EmbedLayerNormArgs a;
+      a.count = count;
+      a.lead_dims = {batch, seq};
+      a.n = n;
+      a.block = block;
+      for (int t = 0; t < count; ++t) {
+        data[t].resize(vocab[t] * n / 2);
+        for (auto& b : data[t]) b = static_cast<uint8_t>(rng());
+        scale[t].resize(vocab[t] * n / block);
+        for (float& v : scale[t]) v = 0.1f * normal(rng);
+        // lookup 0: [batch, seq] with negative indices; the last: [1, seq] (position ids)
+        const bool broadcast = t == count - 1;
+        ids[t].resize(broadcast ? seq : batch * seq);
+        for (auto& v : ids[t]) v = static_cast<int64_t>(rng() % (2 * vocab[t])) - vocab[t];
+        a.lookups[t].ids = ids[t].data();
+        a.lookups[t].ids_dims = {broadcast ? 1 : batch, seq};
+        a.lookups[t].data = data[t].data();
+        a.lookups[t].scale = scale[t].data();
+        a.lookups[t].rows = vocab[t];
+        c.expect(bitmaps::cpu::check_embedding_ids(a.lookups[t]).empty(),
+                 describe("check_embedding_ids refused indices in range (lookup %d)", t));
+      }
+      std::vector<float> gamma(n), beta(n), out(batch * seq * n, NAN);
+      for (float& v : gamma) v = normal(rng);
+      for (float& v : beta) v = normal(rng);
+      a.gamma = gamma.data();
+      a.beta = beta.data();
+      a.epsilon = 1e-12f;
+      a.out = out.data();
+      bitmaps::cpu::embed_layer_norm(path, a, bitmaps::cpu::Parallel{});
+      const auto value = [&](int t, int64_t id, int64_t j) {
+        const int64_t v = id < 0 ? id + vocab[t] : id;
+        const uint8_t byte = data[t][v * (n / 2) + j / 2];
+        const int q = ((j % 2) != 0 ? byte >> 4 : byte & 15) - 8;
+        return static_cast<float>(q) * scale[t][v * (n / block) + j / block];
+      };
+      double worst = 0.0;
+      for (int64_t r = 0; r < batch * seq; ++r) {
+        std::vector<double> s(n);
+        double mean = 0.0, var = 0.0;
+        for (int64_t j = 0; j < n; ++j) {
+          float x = value(0, ids[0][r], j);  // float32 sums in the graph's order
+          for (int t = 1; t + 1 < count; ++t) x = x + value(t, ids[t][r], j);
+          const float last = value(count - 1, ids[count - 1][r % seq], j);
+          s[j] = static_cast<double>(x + last);
+          mean += s[j];
+        }
+        mean /= double(n);
+        for (double v : s) var += (v - mean) * (v - mean);
+        var /= double(n);
+        for (int64_t j = 0; j < n; ++j) {
+          const double y = (s[j] - mean) / std::sqrt(var + 1e-12) * gamma[j] + beta[j];
+          const double err = std::fabs(y - out[r * n + j]);
+          worst = std::isnan(err) ? INFINITY : std::max(worst, err);
+        }
+      }
+      c.expect(worst <= kLayerNormAtol,
+               describe("embed_layer_norm n=%lld block=%lld lookups=%d: max error %.3g",
+                        static_cast<long long>(n), static_cast<long long>(block), count, worst));
+    }
+  }
+  bitmaps::cpu::EmbeddingLookup bad;
+  const int32_t outside[3] = {0, -4, 3};  // int32 indices; -4 is outside [-3, 3)
+  bad.ids = outside;
+  bad.ids_int32 = true;
+  bad.ids_dims = {3};
+  bad.rows = 3;
+  const std::string message = bitmaps::cpu::check_embedding_ids(bad);
+  c.expect(message == "holds -4 at position 1, outside [-3, 3)",
+           describe("check_embedding_ids: '%s'", message.c_str()));
+}
+
 void check_path(Checker& c, CpuPath path, uint32_t seed) {
   std::mt19937 rng(seed);
   for (int64_t k : kSizesK) {
@@ -552,6 +638,7 @@ void check_path(Checker& c, CpuPath path, uint32_t seed) {
   }
   check_attention(c, path, rng);
   check_layer_norm(c, path, rng);
+  check_embed_layer_norm(c, path, rng);
 }
 
 // The GELU approximation itself against erf in double precision, over the range that matters

@@ -1,0 +1,113 @@
+// cpu_embed.h: the driver (work items of rows), the portable dequantization and the index check.
+#include "kernels/cpu_embed.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "kernels/cpu_layer_norm.h"
+
+namespace bitmaps::cpu {
+namespace {
+
+int64_t id_at(const EmbeddingLookup& l, int64_t i) {
+  return l.ids_int32 ? static_cast<const int32_t*>(l.ids)[i] : static_cast<const int64_t*>(l.ids)[i];
+}
+
+int64_t element_count(const std::vector<int64_t>& dims) {
+  int64_t count = 1;
+  for (int64_t d : dims) count *= d;
+  return count;
+}
+
+// Row `v` of a table (v in [-rows, rows), checked before), dequantized into out [n]; with `add`,
+// added to what out holds (out[j] + value, one float32 rounding each, as the graph's Add).
+template <bool kAdd>
+void dequantize_row(CpuPath path, const EmbeddingLookup& l, int64_t v, int64_t n, int64_t block,
+                    float* out) {
+  if (v < 0) v += l.rows;
+  const uint8_t* data = l.data + v * (n / 2);
+  const float* scale = l.scale + v * (n / block);
+#if defined(BITMAPS_HAVE_X86_PATHS)
+  if (path == CpuPath::kAvx512) return detail::dequantize_row_avx512(data, scale, n, block, kAdd, out);
+#endif
+  (void)path;
+  for (int64_t g = 0; g < n / block; ++g) {
+    const float s = scale[g];
+    const uint8_t* d = data + g * (block / 2);
+    float* o = out + g * block;
+    for (int64_t b = 0; b < block / 2; ++b) {
+      const float lo = static_cast<float>((d[b] & 15) - 8) * s;
+      const float hi = static_cast<float>((d[b] >> 4) - 8) * s;
+      o[2 * b] = kAdd ? o[2 * b] + lo : lo;
+      o[2 * b + 1] = kAdd ? o[2 * b + 1] + hi : hi;
+    }
+  }
+}
+
+}  // namespace
+
+std::string check_embedding_ids(const EmbeddingLookup& l) {
+  const int64_t count = element_count(l.ids_dims);
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t v = id_at(l, i);
+    if (v < -l.rows || v >= l.rows) {
+      return "holds " + std::to_string(v) + " at position " + std::to_string(i) + ", outside [" +
+             std::to_string(-l.rows) + ", " + std::to_string(l.rows) + ")";
+    }
+  }
+  return "";
+}
+
+int embed_layer_norm(CpuPath path, const EmbedLayerNormArgs& a, const Parallel& parallel) {
+  const int64_t rows = element_count(a.lead_dims), n = a.n, rank = a.lead_dims.size();
+  if (rows <= 0 || n <= 0) return 0;
+  // Each lookup's element stride along each output dimension (0 where it broadcasts).
+  std::vector<int64_t> strides(3 * rank, 0);
+  for (int t = 0; t < a.count; ++t) {
+    int64_t stride = 1;
+    for (int64_t d = rank - 1; d >= 0; --d) {
+      strides[t * rank + d] = a.lookups[t].ids_dims[d] == 1 ? 0 : stride;
+      stride *= a.lookups[t].ids_dims[d];
+    }
+  }
+  const int64_t per_item = rows_per_item(rows, n, parallel.max_workers, 16384);
+  const int64_t items = (rows + per_item - 1) / per_item;
+  return parallel_claim(parallel, items, [&](int64_t item) {
+    std::vector<float> sum(n), last(n);
+    const int64_t r0 = item * per_item, r1 = std::min(rows, r0 + per_item);
+    for (int64_t r = r0; r < r1; ++r) {
+      int64_t at[3] = {0, 0, 0};  // element of each index tensor for output row r
+      for (int64_t d = rank - 1, rest = r; d >= 0; --d) {
+        const int64_t i = rest % a.lead_dims[d];
+        rest /= a.lead_dims[d];
+        for (int t = 0; t < a.count; ++t) at[t] += i * strides[t * rank + d];
+      }
+      // e = T0 + T1 (+ T2): the last lookup is the LayerNorm's skip, the sum before it its x
+      dequantize_row<false>(path, a.lookups[0], id_at(a.lookups[0], at[0]), n, a.block, sum.data());
+      for (int t = 1; t + 1 < a.count; ++t) {
+        dequantize_row<true>(path, a.lookups[t], id_at(a.lookups[t], at[t]), n, a.block, sum.data());
+      }
+      const EmbeddingLookup& l = a.lookups[a.count - 1];
+      dequantize_row<false>(path, l, id_at(l, at[a.count - 1]), n, a.block, last.data());
+      AddLayerNormArgs norm;
+      norm.x = sum.data();
+      norm.skip = last.data();
+      norm.gamma = a.gamma;
+      norm.beta = a.beta;
+      norm.rows = 1;
+      norm.n = n;
+      norm.epsilon = a.epsilon;
+      norm.out = a.out + r * n;
+#if defined(BITMAPS_HAVE_X86_PATHS)
+      if (path == CpuPath::kAvx512) {
+        detail::add_layer_norm_rows_avx512(norm, 0, 1);
+        continue;
+      }
+#endif
+      (void)path;
+      detail::add_layer_norm_rows_portable(norm, 0, 1);
+    }
+  });
+}
+
+}  // namespace bitmaps::cpu
