@@ -14,12 +14,12 @@ fused into its BinaryLinear node and counted there.
 
 A third row, ``onnxruntime, ORT float ops``, is the onnxruntime export with bitmaps' own float
 ops swapped back for ONNX Runtime's (:func:`ort_float_ops`: com.microsoft MultiHeadAttention, after
-a Split of the stacked Q, K, V, Add + LayerNormalization, a Gelu node after the FFN's
-BinaryLinear): the same weights and the same BinaryLinear kernels, so its difference to the
-onnxruntime row is what those ops win. A fourth row, ``onnxruntime, Q K V separate``, splits each
-stacked Q, K, V BinaryLinear back into three nodes feeding bitmaps::MultiHeadAttention
-(:func:`separate_qkv`): what the stacking wins. Note that
-in the onnxruntime row the FFN's GELU runs inside its BinaryLinear node (counted there).
+a Split of the stacked Q, K, V, Add + LayerNormalization, the embeddings' GatherBlockQuantized +
+Add + LayerNormalization, a Gelu node after the FFN's BinaryLinear): the same weights and the
+same BinaryLinear kernels, so its difference to the onnxruntime row is what those ops win. A
+fourth row, ``onnxruntime, Q K V separate``, splits each stacked Q, K, V BinaryLinear back into
+three nodes feeding bitmaps::MultiHeadAttention (:func:`separate_qkv`): what the stacking wins.
+Note that in the onnxruntime row the FFN's GELU runs inside its BinaryLinear node (counted there).
 
     .venv/bin/python benchmarks/bench_export_targets.py [--batch 1] [--seq 128] [--runs 30]
 
@@ -61,7 +61,9 @@ def _student() -> BertForMaskedLM:
 def ort_float_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (an onnxruntime-target export) with bitmaps::MultiHeadAttention as
     com.microsoft MultiHeadAttention, bitmaps::SkipLayerNormalization as Add +
-    LayerNormalization and each BinaryLinear's fused GELU (``activation = 1``) as a Gelu node."""
+    LayerNormalization, bitmaps::EmbedLayerNormalization as the three GatherBlockQuantized, two
+    Add and the LayerNormalization it replaced, and each BinaryLinear's fused GELU
+    (``activation = 1``) as a Gelu node."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     nodes = []
@@ -88,6 +90,22 @@ def ort_float_ops(model: onnx.ModelProto) -> onnx.ModelProto:
                 helper.make_node("Add", [x, skip], [total]),
                 helper.make_node("LayerNormalization", [total, gamma, beta], list(node.output),
                                  axis=-1, epsilon=attrs["epsilon"]),
+            ]  # fmt: skip
+        elif node.domain == "bitmaps" and node.op_type == "EmbedLayerNormalization":
+            gamma, beta, *lookups = node.input  # (ids, table, scale) three times
+            rows = [f"{node.output[0]}_rows{i}" for i in range(3)]
+            for i, out_rows in enumerate(rows):
+                ids, table, scale = lookups[3 * i : 3 * i + 3]
+                nodes.append(helper.make_node(
+                    "GatherBlockQuantized", [table, ids, scale], [out_rows], domain="com.microsoft",
+                    gather_axis=0, quantize_axis=1, bits=4, block_size=attrs["block_size"],
+                ))  # fmt: skip
+            nodes += [
+                helper.make_node("Add", rows[:2], [f"{node.output[0]}_sum01"]),
+                helper.make_node("Add", [f"{node.output[0]}_sum01", rows[2]],
+                                 [f"{node.output[0]}_sum"]),
+                helper.make_node("LayerNormalization", [f"{node.output[0]}_sum", gamma, beta],
+                                 list(node.output), axis=-1, epsilon=attrs["epsilon"]),
             ]  # fmt: skip
         elif (
             node.domain == "bitmaps" and node.op_type == "BinaryLinear" and attrs.get("activation")
