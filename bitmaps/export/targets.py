@@ -278,6 +278,33 @@ def _fuse_attention(graph: ir.Graph, softmax: ir.Node, num_heads: int, own: bool
     return attention
 
 
+def _norms_of_sums(model: ir.Model) -> list[tuple[ir.Node, ir.Node, int]]:
+    """Each (default domain) LayerNormalization whose input is an Add that feeds nothing else: the
+    norm, that Add and the norm's axis."""
+    found = []
+    for norm in [n for n in model.graph if n.op_type == "LayerNormalization" and n.domain == ""]:
+        add = _producer(norm.inputs[0], "Add")
+        if add is None or _only_consumer(add.outputs[0], "LayerNormalization") is not norm:
+            continue
+        found.append((norm, add, norm.attributes.get("axis", ir.AttrInt64("axis", -1)).as_int()))
+    return found
+
+
+def _replace_norm(model: ir.Model, norm: ir.Node, fused: ir.Node, suffix: str) -> None:
+    """Put ``fused`` (one output, the LayerNormalization's type and shape) before ``norm`` and
+    move every use of norm's output to it; a graph output keeps its name (last_hidden_state), any
+    other value is renamed ``<name>_<suffix>``. The nodes left unused go in the caller's cleanup."""
+    fused.outputs[0].type = norm.outputs[0].type
+    fused.outputs[0].shape = norm.outputs[0].shape
+    model.graph.insert_before(norm, fused)
+    old = norm.outputs[0]
+    name, was_output = old.name, old.is_graph_output()
+    old.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
+    if was_output:
+        old.name = f"{name}_unfused"
+    fused.outputs[0].name = name if was_output else f"{name}_{suffix}"
+
+
 def _int4_lookup(value: ir.Value) -> ir.Node | None:
     """The ``com.microsoft.GatherBlockQuantized`` that makes ``value`` when it is an int4 lookup of
     the form the embeddings pass writes (bitmaps/export/embeddings.py: rows of a uint8 table, no
@@ -304,11 +331,7 @@ def fuse_embed_layer_norms(model: ir.Model) -> int:
     each Add does not matter; the sum is made in the graph's order. Returns how many; adds the
     function when any."""
     done = 0
-    for norm in [n for n in model.graph if n.op_type == "LayerNormalization" and n.domain == ""]:
-        outer = _producer(norm.inputs[0], "Add")
-        axis = norm.attributes.get("axis", ir.AttrInt64("axis", -1)).as_int()
-        if outer is None or _only_consumer(outer.outputs[0], "LayerNormalization") is not norm:
-            continue
+    for norm, outer, axis in _norms_of_sums(model):
         if axis != -1 or len(norm.inputs) != 3 or norm.inputs[2] is None or len(norm.outputs) != 1:
             continue
         inner, last = _producer(outer.inputs[0], "Add"), outer.inputs[1]
@@ -331,15 +354,7 @@ def fuse_embed_layer_norms(model: ir.Model) -> int:
             EMBED_LAYER_NORM_OP_TYPE, inputs, {"epsilon": eps, "block_size": blocks.pop()},
             domain=DOMAIN, name=f"{norm.name or 'layer_norm'}/embed_layer_norm",
         )  # fmt: skip
-        fused.outputs[0].type = norm.outputs[0].type
-        fused.outputs[0].shape = norm.outputs[0].shape
-        model.graph.insert_before(norm, fused)
-        old = norm.outputs[0]
-        name, was_output = old.name, old.is_graph_output()
-        old.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
-        if was_output:
-            old.name = f"{name}_unfused"
-        fused.outputs[0].name = name if was_output else f"{name}_embed"
+        _replace_norm(model, norm, fused, "embed")
         done += 1
     if done:
         add_function(model, embed_layer_norm_function(opset_of(model)), only=False)
@@ -355,11 +370,7 @@ def fuse_skip_layer_norms(model: ir.Model) -> int:
     pass over the rows; ONNX Runtime's own SkipLayerNormalization was slower than the two nodes on
     the CPUs measured, see bitmaps/core/ort.py). Returns how many; adds the function when any."""
     done = 0
-    for norm in [n for n in model.graph if n.op_type == "LayerNormalization" and n.domain == ""]:
-        add = _producer(norm.inputs[0], "Add")
-        axis = norm.attributes.get("axis", ir.AttrInt64("axis", -1)).as_int()
-        if add is None or _only_consumer(add.outputs[0], "LayerNormalization") is not norm:
-            continue
+    for norm, add, axis in _norms_of_sums(model):
         a, b = add.inputs
         rank = len(a.shape) if a.shape is not None else 0
         if axis not in (-1, rank - 1) or len(norm.inputs) != 3 or norm.inputs[2] is None:
@@ -373,15 +384,7 @@ def fuse_skip_layer_norms(model: ir.Model) -> int:
             SKIP_LAYER_NORM_OP_TYPE, [a, b, norm.inputs[1], norm.inputs[2]], {"epsilon": eps},
             domain=DOMAIN, name=f"{norm.name or 'layer_norm'}/skip_layer_norm",
         )  # fmt: skip
-        fused.outputs[0].type = norm.outputs[0].type
-        fused.outputs[0].shape = norm.outputs[0].shape
-        model.graph.insert_before(norm, fused)
-        old = norm.outputs[0]
-        name, was_output = old.name, old.is_graph_output()
-        old.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
-        if was_output:  # the graph output keeps its name (last_hidden_state)
-            old.name = f"{name}_unfused"
-        fused.outputs[0].name = name if was_output else f"{name}_skip"
+        _replace_norm(model, norm, fused, "skip")
         done += 1
     if done:
         add_function(model, skip_layer_norm_function(opset_of(model)), only=False)

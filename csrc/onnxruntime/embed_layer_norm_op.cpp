@@ -70,10 +70,7 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const O
                                       void** out) {
   auto kern = std::make_unique<Kernel>();
   BITMAPS_ORT_RETURN_IF_ERROR(node_name(info, kEmbedLayerNormOpName, &kern->node));
-  BITMAPS_ORT_RETURN_IF_ERROR(float_attribute(kern->node, info, "epsilon", false, &kern->epsilon));
-  if (!(kern->epsilon > 0.0f) || !std::isfinite(kern->epsilon)) {
-    return kern->invalid("epsilon must be > 0 and finite, got " + number(kern->epsilon));
-  }
+  BITMAPS_ORT_RETURN_IF_ERROR(epsilon_attribute(kern->node, info, &kern->epsilon));
   BITMAPS_ORT_RETURN_IF_ERROR(int_attribute(kern->node, info, "block_size", true, &kern->block));
   if (kern->block < 2 || kern->block % 2 != 0) {
     return kern->invalid("block_size must be even and >= 2, got " + std::to_string(kern->block));
@@ -82,8 +79,8 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const O
   size_t inputs = 0;
   BITMAPS_ORT_RETURN_IF_ERROR(g_api->KernelInfo_GetInputCount(info, &inputs));
   if (inputs != kInputCount) {
-    return kern->invalid("expects gamma, beta and three (ids, table, scale) lookups, 11 inputs, got " +
-                         std::to_string(inputs));
+    return kern->invalid("expects gamma, beta and three (ids, table, scale) lookups, 11 inputs, " +
+                         std::string("got ") + std::to_string(inputs));
   }
   for (size_t i = 0; i < inputs; ++i) {
     OrtTypeInfo* raw = nullptr;
@@ -162,9 +159,9 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
     l.ids_int32 = ids.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
     l.ids_dims = ids.dims;
     l.rows = table.dims[0];
-    const void* raw = nullptr;
+    void* raw = nullptr;
     BITMAPS_ORT_RETURN_IF_ERROR(
-        g_api->GetTensorMutableData(const_cast<OrtValue*>(values[2 + 3 * t]), const_cast<void**>(&raw)));
+        g_api->GetTensorMutableData(const_cast<OrtValue*>(values[2 + 3 * t]), &raw));
     l.ids = raw;
     BITMAPS_ORT_RETURN_IF_ERROR(data_of(values[3 + 3 * t], &l.data));
     BITMAPS_ORT_RETURN_IF_ERROR(data_of(values[4 + 3 * t], &l.scale));
@@ -223,9 +220,9 @@ OrtStatus* ORT_API_CALL infer_shape(const OrtCustomOp*, OrtShapeInferContext* co
 const char* ORT_API_CALL op_name(const OrtCustomOp*) { return kEmbedLayerNormOpName; }
 
 OrtCustomOp make_op() {
-  OrtCustomOp op =
-      cpu_custom_op<kInputCount>(kOrtApiVersion, op_name, create_kernel,
-                                 compute_kernel<Kernel, compute>, destroy_kernel<Kernel>, infer_shape);
+  OrtCustomOp op = cpu_custom_op<kInputCount>(kOrtApiVersion, op_name, create_kernel,
+                                              compute_kernel<Kernel, compute>,
+                                              destroy_kernel<Kernel>, infer_shape);
   op.GetInputCharacteristic = input_characteristic;
   return op;
 }

@@ -7,6 +7,7 @@
 #include <onnxruntime_c_api.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -149,6 +150,16 @@ inline OrtStatus* float_attribute(const std::string& node, const OrtKernelInfo* 
                    [](const OrtKernelInfo* i, const char* n, float* v) {
                      return g_api->KernelInfoGetAttribute_float(i, n, v);
                    });
+}
+
+// A LayerNorm op's `epsilon` attribute (optional; *out keeps its default): > 0 and finite.
+inline OrtStatus* epsilon_attribute(const std::string& node, const OrtKernelInfo* info, float* out) {
+  BITMAPS_ORT_RETURN_IF_ERROR(float_attribute(node, info, "epsilon", false, out));
+  if (!(*out > 0.0f) || !std::isfinite(*out)) {
+    return error(ORT_INVALID_ARGUMENT,
+                 node + ": epsilon must be > 0 and finite, got " + number(*out));
+  }
+  return nullptr;
 }
 
 // The CPU path (BITMAPS_CPU_PATH, as in bitmaps._C, else the best this CPU has) and the threads

@@ -48,10 +48,7 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const O
                                       void** out) {
   auto kern = std::make_unique<Kernel>();
   BITMAPS_ORT_RETURN_IF_ERROR(node_name(info, kSkipLayerNormOpName, &kern->node));
-  BITMAPS_ORT_RETURN_IF_ERROR(float_attribute(kern->node, info, "epsilon", false, &kern->epsilon));
-  if (!(kern->epsilon > 0.0f) || !std::isfinite(kern->epsilon)) {
-    return kern->invalid("epsilon must be > 0 and finite, got " + number(kern->epsilon));
-  }
+  BITMAPS_ORT_RETURN_IF_ERROR(epsilon_attribute(kern->node, info, &kern->epsilon));
   BITMAPS_ORT_RETURN_IF_ERROR(read_run_settings(kern->node, &kern->path, &kern->threads));
   size_t inputs = 0;
   BITMAPS_ORT_RETURN_IF_ERROR(g_api->KernelInfo_GetInputCount(info, &inputs));
