@@ -168,6 +168,16 @@ def test_bad_run_time_indices_fail_naming_the_node(change, message):
     assert message in str(info.value)
 
 
+def test_a_scalar_gamma_fails_the_run_not_reads_past_it():
+    rng = np.random.default_rng(4)
+    scalar = {"gamma": numpy_helper.from_array(np.array(1.0, np.float32), "gamma")}
+    session = kernel_session(embed_model(_tables(rng, 16, 8), 8, overrides=scalar))
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument) as info:
+        session.run(None, _ids(rng, 1, 4))
+    assert NODE in str(info.value)
+    assert "gamma must have shape [hidden], got []" in str(info.value)
+
+
 def test_tables_that_do_not_fit_the_hidden_size_fail_the_run():
     rng = np.random.default_rng(3)
     session = kernel_session(embed_model(_tables(rng, 16, 8), 8, overrides=_bad_scale()))

@@ -103,3 +103,16 @@ def test_wrong_run_time_shapes_fail_naming_the_node(change, message):
         session.run(None, feed)
     assert "bitmaps::SkipLayerNormalization node 'norm'" in str(info.value)
     assert message in str(info.value)
+
+
+def test_a_scalar_gamma_fails_the_run_not_reads_past_it():
+    model = skip_layer_norm_model()
+    gamma = next(i for i in model.graph.input if i.name == "gamma")
+    gamma.type.tensor_type.ClearField("shape")  # any rank: ONNX Runtime lets a scalar through
+    session = kernel_session(model)
+    feed = _feed(np.random.default_rng(3), (1, 4), 8, True)
+    feed["gamma"] = np.array(1.0, np.float32)
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument) as info:
+        session.run(None, feed)
+    assert "bitmaps::SkipLayerNormalization node 'norm'" in str(info.value)
+    assert "gamma must have shape [hidden], got []" in str(info.value)

@@ -32,11 +32,12 @@ struct Kernel {
   OrtStatus* invalid(const std::string& what) const {
     return error(ORT_INVALID_ARGUMENT, node + ": " + what);
   }
-  // Type and (where known) rank of input i.
-  OrtStatus* check_input(size_t i, const TensorDesc& d) const {
+  // Type and rank of input i. Before run time no dimensions can also mean a rank not known yet;
+  // at run time (`run_time`) it is a scalar.
+  OrtStatus* check_input(size_t i, const TensorDesc& d, bool run_time) const {
     const std::string name = kInputs[i];
     const size_t role = i < 2 ? 0 : 1 + (i - 2) % 3;  // 0 gamma/beta, 1 ids, 2 table, 3 scale
-    const bool known = !d.dims.empty();
+    const bool known = run_time || !d.dims.empty();
     if (role == 0 || role == 3) {
       if (d.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
         return invalid(name + " must be float32, got " + type_name(d.type));
@@ -94,7 +95,7 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const O
     if (tensor == nullptr) return kern->invalid(std::string(kInputs[i]) + " is not a tensor");
     TensorDesc d;
     BITMAPS_ORT_RETURN_IF_ERROR(describe(tensor, &d));
-    BITMAPS_ORT_RETURN_IF_ERROR(kern->check_input(i, d));
+    BITMAPS_ORT_RETURN_IF_ERROR(kern->check_input(i, d, false));
   }
   *out = kern.release();
   return nullptr;
@@ -111,7 +112,7 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   const int count = 3;
   for (size_t i = 0; i < kInputCount; ++i) {
     if (values[i] == nullptr) return kern.invalid(std::string(kInputs[i]) + " is required");
-    BITMAPS_ORT_RETURN_IF_ERROR(kern.check_input(i, d[i]));
+    BITMAPS_ORT_RETURN_IF_ERROR(kern.check_input(i, d[i], true));
   }
   const int64_t n = d[0].dims[0];
   if (d[1].dims[0] != n) {

@@ -26,16 +26,18 @@ struct Kernel {
   OrtStatus* invalid(const std::string& what) const {
     return error(ORT_INVALID_ARGUMENT, node + ": " + what);
   }
-  // Type of input i and, where known, its rank and last dimension (-1: not known yet).
-  OrtStatus* check_input(size_t i, const TensorDesc& d, int64_t hidden) const {
+  // Type of input i and, where known, its rank and last dimension (-1: not known yet). Before run
+  // time no dimensions can mean a rank not known yet; at run time (`run_time`) it is a scalar.
+  OrtStatus* check_input(size_t i, const TensorDesc& d, int64_t hidden, bool run_time) const {
     if (d.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) {
       return invalid(std::string(kInputs[i]) + " must be float32, got " + type_name(d.type));
     }
-    if (d.dims.empty()) return nullptr;  // rank not known before run time
+    if (d.dims.empty() && !run_time) return nullptr;
     if (i >= 2 && d.dims.size() != 1) {
       return invalid(std::string(kInputs[i]) + " must have shape [hidden], got " +
                      shape_text(d.dims));
     }
+    if (d.dims.empty()) return nullptr;  // a scalar input or skip: the kernel reports it
     if (hidden >= 0 && d.dims.back() >= 0 && d.dims.back() != hidden) {
       return invalid(std::string(kInputs[i]) + " must have last dimension " +
                      std::to_string(hidden) + " (the input's), got " + shape_text(d.dims));
@@ -69,7 +71,7 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const O
     if (tensor == nullptr) return kern->invalid(std::string(kInputs[i]) + " is not a tensor");
     TensorDesc d;
     BITMAPS_ORT_RETURN_IF_ERROR(describe(tensor, &d));
-    BITMAPS_ORT_RETURN_IF_ERROR(kern->check_input(i, d, hidden));
+    BITMAPS_ORT_RETURN_IF_ERROR(kern->check_input(i, d, hidden, false));
     if (hidden < 0 && !d.dims.empty()) hidden = d.dims.back();
   }
   *out = kern.release();
@@ -94,7 +96,8 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   }
   const int64_t hidden = d[0].dims.back();
   for (size_t i = 2; i < 4; ++i) {
-    if (values[i] != nullptr) BITMAPS_ORT_RETURN_IF_ERROR(kern.check_input(i, d[i], hidden));
+    if (values[i] == nullptr) continue;
+    BITMAPS_ORT_RETURN_IF_ERROR(kern.check_input(i, d[i], hidden, true));
   }
   OrtValue* out = nullptr;
   BITMAPS_ORT_RETURN_IF_ERROR(
