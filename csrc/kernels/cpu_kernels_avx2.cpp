@@ -124,7 +124,7 @@ BITMAPS_AVX2_INLINE __m256 gelu8(__m256 y) {
                        _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
 }
 
-template <int MR, int NV, bool kAnd>
+template <int MR, int NV, bool kAnd, bool kMask>
 BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* a, int64_t kw, int64_t w, uint32_t mask,
                                    const int32_t* const (&b)[NV], __m256i (&bytes)[MR][NV]) {
   const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
@@ -135,7 +135,8 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* a, int64_t kw, int64_t w, uin
     bv[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[v] + w * kPanelRows));
   }
   for (int r = 0; r < MR; ++r) {
-    const __m256i av = _mm256_set1_epi32(static_cast<int>(a[r * kw + w] & mask));
+    const uint32_t word = kMask ? (a[r * kw + w] & mask) : a[r * kw + w];
+    const __m256i av = _mm256_set1_epi32(static_cast<int>(word));
     for (int v = 0; v < NV; ++v) {
       const __m256i x = kAnd ? _mm256_and_si256(av, bv[v]) : _mm256_xor_si256(av, bv[v]);
       const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, low4));
@@ -174,9 +175,12 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n) {
     for (int r = 0; r < MR; ++r) {
       for (int v = 0; v < NV; ++v) bytes[r][v] = _mm256_setzero_si256();
     }
-    for (int64_t w = w0; w < w1; ++w) {
-      xnor_step<MR, NV, kAnd>(a, kw, w, w == kw - 1 ? last_mask : 0xFFFFFFFFu, b, bytes);
-    }
+    // Plain steps broadcast the activation word from memory; only a ragged K's last word (whose
+    // padding bits are cleared here) goes through a general register.
+    const int64_t plain = (w1 == kw && last_mask != 0xFFFFFFFFu) ? w1 - 1 : w1;
+#pragma GCC unroll 4
+    for (int64_t w = w0; w < plain; ++w) xnor_step<MR, NV, kAnd, false>(a, kw, w, 0, b, bytes);
+    if (plain < w1) xnor_step<MR, NV, kAnd, true>(a, kw, plain, last_mask, b, bytes);
     for (int r = 0; r < MR; ++r) {
       for (int v = 0; v < NV; ++v) {
         const __m256i pairs = _mm256_maddubs_epi16(bytes[r][v], ones8);

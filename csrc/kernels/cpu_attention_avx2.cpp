@@ -1,0 +1,217 @@
+// The AVX2 + FMA head kernel of cpu_attention.h: the AVX-512 kernel's scheme (cpu_attention_avx512.cpp)
+// on 8-float vectors. MR rows of the left operand are broadcast one value at a time against NV
+// vectors of 8 neighbouring columns of the right one (6 x 2 accumulators, 15 of the 16 registers):
+//   scores[r, t]  += q[s0 + r, d] * (scale * K^T)[d, t]    (K^T laid out once per head)
+//   out[r, d]     += p[r, t] * V[t, d]                     (V of the head copied contiguous)
+// exp is the same Cephes expf polynomial, 2^n put into the exponent bits. Used on the AVX2 path
+// where the CPU also has FMA (cpu_attention.cpp checks); the portable kernel otherwise.
+#include "kernels/cpu_features.h"
+
+#if defined(BITMAPS_HAVE_X86_PATHS)
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <type_traits>
+
+#include "kernels/cpu_attention.h"
+#include "kernels/cpu_kernels_internal.h"
+
+#define BITMAPS_AVX2 __attribute__((target("avx2,fma")))
+#define BITMAPS_AVX2_INLINE BITMAPS_AVX2 __attribute__((always_inline)) inline
+
+namespace bitmaps::cpu::detail {
+namespace {
+
+constexpr int kMR = static_cast<int>(kAttentionRows);
+constexpr int kNV = 2;  // 8-float vectors per block
+
+// Lanes [0, valid) of 8 set (all lanes when valid >= 8).
+BITMAPS_AVX2_INLINE __m256i lanes(int64_t valid) {
+  const int n = static_cast<int>(std::min<int64_t>(std::max<int64_t>(valid, 0), 8));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+BITMAPS_AVX2_INLINE float reduce_max(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+BITMAPS_AVX2_INLINE float reduce_add(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+// exp(x) for x <= 0 (NaN stays NaN; below -87.3 the result is 0, as in the other kernels).
+BITMAPS_AVX2_INLINE __m256 exp_nonpositive(__m256 x) {
+  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // 2^n for n in [-126, 0] (x >= -87.3): the biased exponent n + 127 in the exponent bits
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
+                                                          _mm256_set1_epi32(127)), 23);
+  const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+  return _mm256_andnot_ps(tiny, e);  // NaN compares false: stays NaN
+}
+
+// c[r, 8 j + i] (r < MR, j < NV) = sum_l a[r * lda + l] * b[l * ldb + 8 j + i] for l < len,
+// times row_mul[r] when row_mul is given; only the first `cols` columns are read and written
+// (kFull: all 8 * NV of them, with plain loads and stores).
+template <int MR, int NV, bool kFull>
+BITMAPS_AVX2_INLINE void block(const float* a, int64_t lda, const float* b, int64_t ldb,
+                               int64_t len, int64_t cols, const float* row_mul, float* c,
+                               int64_t ldc) {
+  __m256i mask[NV];
+  for (int j = 0; j < NV; ++j) mask[j] = lanes(kFull ? 8 : cols - 8 * j);
+  __m256 acc[MR][NV];
+  for (int r = 0; r < MR; ++r) {
+    for (int j = 0; j < NV; ++j) acc[r][j] = _mm256_setzero_ps();
+  }
+  for (int64_t l = 0; l < len; ++l) {
+    __m256 bv[NV];
+    for (int j = 0; j < NV; ++j) {
+      bv[j] = kFull ? _mm256_loadu_ps(b + l * ldb + 8 * j)
+                    : _mm256_maskload_ps(b + l * ldb + 8 * j, mask[j]);
+    }
+    for (int r = 0; r < MR; ++r) {
+      const __m256 av = _mm256_broadcast_ss(a + r * lda + l);
+      for (int j = 0; j < NV; ++j) acc[r][j] = _mm256_fmadd_ps(av, bv[j], acc[r][j]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    const __m256 mul = row_mul != nullptr ? _mm256_set1_ps(row_mul[r]) : _mm256_set1_ps(1.0f);
+    for (int j = 0; j < NV; ++j) {
+      const __m256 y = _mm256_mul_ps(acc[r][j], mul);
+      if (kFull) {
+        _mm256_storeu_ps(c + r * ldc + 8 * j, y);
+      } else {
+        _mm256_maskstore_ps(c + r * ldc + 8 * j, mask[j], y);
+      }
+    }
+  }
+}
+
+// block() over `cols` columns: full chunks of kNV vectors, then the rest.
+template <int MR>
+BITMAPS_AVX2_INLINE void rows_times(const float* a, int64_t lda, const float* b, int64_t ldb,
+                                    int64_t len, int64_t cols, const float* row_mul, float* c,
+                                    int64_t ldc) {
+  int64_t c0 = 0;
+  for (; c0 + 8 * kNV <= cols; c0 += 8 * kNV) {
+    block<MR, kNV, true>(a, lda, b + c0, ldb, len, 8 * kNV, row_mul, c + c0, ldc);
+  }
+  const int64_t rest = cols - c0;
+  if (rest > 8) {
+    block<MR, 2, false>(a, lda, b + c0, ldb, len, rest, row_mul, c + c0, ldc);
+  } else if (rest > 0) {
+    block<MR, 1, false>(a, lda, b + c0, ldb, len, rest, row_mul, c + c0, ldc);
+  }
+}
+
+// MR query rows from s0: scores, then exp(score - max) in p and 1 / sum in inv.
+template <int MR>
+BITMAPS_AVX2 void score_rows(const AttentionArgs& a, int64_t b, int64_t h, int64_t s0,
+                             const float* kt, float* p, float* inv) {
+  const int64_t T = a.kv_len, D = a.head_dim;
+  const int64_t tp = attention_padded_kv(T), ldq = a.q_row();
+  const float* q = a.q + (b * a.q_len + s0) * ldq + h * D;
+  rows_times<MR>(q, ldq, kt, tp, D, T, nullptr, p, tp);
+  for (int r = 0; r < MR; ++r) {
+    float* row = p + r * tp;
+    const float* bias = a.bias == nullptr ? nullptr
+                                          : a.bias + b * a.bias_stride[0] + h * a.bias_stride[1] +
+                                                (s0 + r) * a.bias_stride[2];
+    __m256 top = _mm256_set1_ps(-__builtin_inff());
+    for (int64_t t = 0; t < T; t += 8) {
+      const __m256i m = lanes(T - t);
+      __m256 x = _mm256_maskload_ps(row + t, m);
+      if (bias != nullptr) x = _mm256_add_ps(x, _mm256_maskload_ps(bias + t, m));
+      _mm256_maskstore_ps(row + t, m, x);
+      top = _mm256_blendv_ps(top, _mm256_max_ps(top, x), _mm256_castsi256_ps(m));
+    }
+    const __m256 vmax = _mm256_set1_ps(reduce_max(top));
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t t = 0; t < T; t += 8) {
+      const __m256i m = lanes(T - t);
+      const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_maskload_ps(row + t, m), vmax));
+      _mm256_maskstore_ps(row + t, m, e);
+      sum = _mm256_add_ps(sum, _mm256_and_ps(e, _mm256_castsi256_ps(m)));
+    }
+    inv[r] = 1.0f / reduce_add(sum);
+  }
+}
+
+// MR query rows from s0: the product of their probabilities p with V, normalized by inv, into out.
+template <int MR>
+BITMAPS_AVX2 void value_rows(const AttentionArgs& a, int64_t b, int64_t h, int64_t s0,
+                             const float* v, const float* p, const float* inv) {
+  const int64_t T = a.kv_len, Dv = a.v_head_dim, tp = attention_padded_kv(T);
+  const int64_t ldo = a.heads * Dv;
+  float* out = a.out + (b * a.q_len + s0) * ldo + h * Dv;
+  rows_times<MR>(p, tp, v, Dv, T, Dv, inv, out, ldo);
+}
+
+// Every query row in blocks of kMR rows (a last block of 1 to 5), fn<MR>(s0) per block.
+template <class Fn>
+BITMAPS_AVX2_INLINE void row_blocks(int64_t rows, const Fn& fn) {
+  int64_t s = 0;
+  for (; s + kMR <= rows; s += kMR) fn(std::integral_constant<int, kMR>{}, s);
+  static_assert(kMR == 6, "the tail below covers 1 to 5 rows");
+  switch (rows - s) {
+    case 1: return fn(std::integral_constant<int, 1>{}, s);
+    case 2: return fn(std::integral_constant<int, 2>{}, s);
+    case 3: return fn(std::integral_constant<int, 3>{}, s);
+    case 4: return fn(std::integral_constant<int, 4>{}, s);
+    case 5: return fn(std::integral_constant<int, 5>{}, s);
+    default: return;
+  }
+}
+
+}  // namespace
+
+BITMAPS_AVX2 void attention_head_avx2(const AttentionArgs& a, int64_t b, int64_t h,
+                                      float* scratch) {
+  const int64_t T = a.kv_len, D = a.head_dim, tp = attention_padded_kv(T), ldk = a.k_row();
+  float* kt = scratch;  // [D, tp]: scale * K of this head, transposed (padding columns zero)
+  float* v = kt + D * tp;              // [T, Dv]: V of this head, contiguous
+  float* inv = v + T * a.v_head_dim;   // [q_len]: 1 / sum of each row's exp
+  float* p = inv + a.q_len;            // [q_len, tp]: scores, then exp(score - max)
+  const float* k = a.k + b * T * ldk + h * D;
+  // K^T by gathers of 8 keys at a time (masked for the last, padding columns zero).
+  const __m256i rows = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                          _mm256_set1_epi32(static_cast<int>(ldk)));
+  const __m256 scale = _mm256_set1_ps(a.scale);
+  for (int64_t t = 0; t < tp; t += 8) {
+    const __m256 m = _mm256_castsi256_ps(lanes(T - t));
+    const float* kt0 = k + std::min(t, T - 1) * ldk;
+    for (int64_t d = 0; d < D; ++d) {
+      const __m256 col = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), kt0 + d, rows, m, 4);
+      _mm256_storeu_ps(kt + d * tp + t, _mm256_mul_ps(col, scale));
+    }
+  }
+  const int64_t Dv = a.v_head_dim, ldv = a.v_row();
+  for (int64_t t = 0; t < T; ++t) {
+    std::copy_n(a.v + (b * T + t) * ldv + h * Dv, Dv, v + t * Dv);
+  }
+  row_blocks(a.q_len, [&](auto mr, int64_t s0) {
+    score_rows<mr()>(a, b, h, s0, kt, p + s0 * tp, inv + s0);
+  });
+  row_blocks(a.q_len, [&](auto mr, int64_t s0) {
+    value_rows<mr()>(a, b, h, s0, v, p + s0 * tp, inv + s0);
+  });
+}
+
+}  // namespace bitmaps::cpu::detail
+
+#endif  // BITMAPS_HAVE_X86_PATHS
