@@ -98,14 +98,7 @@ int embed_layer_norm(CpuPath path, const EmbedLayerNormArgs& a, const Parallel& 
       norm.n = n;
       norm.epsilon = a.epsilon;
       norm.out = a.out + r * n;
-#if defined(BITMAPS_HAVE_X86_PATHS)
-      if (path == CpuPath::kAvx512) {
-        detail::add_layer_norm_rows_avx512(norm, 0, 1);
-        continue;
-      }
-#endif
-      (void)path;
-      detail::add_layer_norm_rows_portable(norm, 0, 1);
+      detail::add_layer_norm_rows(path, norm, 0, 1);
     }
   });
 }

@@ -37,12 +37,18 @@ int add_layer_norm(CpuPath path, const AddLayerNormArgs& args, const Parallel& p
   const int64_t items = (args.rows + per_item - 1) / per_item;
   return parallel_claim(parallel, items, [&](int64_t item) {
     const int64_t r0 = item * per_item, r1 = std::min(args.rows, r0 + per_item);
-#if defined(BITMAPS_HAVE_X86_PATHS)
-    if (path == CpuPath::kAvx512) return detail::add_layer_norm_rows_avx512(args, r0, r1);
-#endif
-    (void)path;
-    detail::add_layer_norm_rows_portable(args, r0, r1);
+    detail::add_layer_norm_rows(path, args, r0, r1);
   });
+}
+
+void detail::add_layer_norm_rows(CpuPath path, const AddLayerNormArgs& args, int64_t r0,
+                                 int64_t r1) {
+#if defined(BITMAPS_HAVE_X86_PATHS)
+  if (path == CpuPath::kAvx512) return add_layer_norm_rows_avx512(args, r0, r1);
+  if (path == CpuPath::kAvx2) return add_layer_norm_rows_avx2(args, r0, r1);
+#endif
+  (void)path;
+  add_layer_norm_rows_portable(args, r0, r1);
 }
 
 }  // namespace bitmaps::cpu

@@ -5,8 +5,9 @@
 //   s = x + skip;  out = (s - mean(s)) / sqrt(var(s) + epsilon) * gamma + beta      (per row)
 //
 // mean and the (biased) variance are taken in two passes over the row in float32, the variance of
-// s - mean; rows are independent, so rows are the work items. The AVX-512 path is the same C++
-// compiled for AVX-512 (cpu_layer_norm_avx512.cpp), the others run it at the build's baseline.
+// s - mean; rows are independent, so rows are the work items. The AVX-512 and AVX2 paths have
+// loops of their own (cpu_layer_norm_avx512.cpp, cpu_layer_norm_avx2.cpp), the others run the
+// portable one at the build's baseline.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +34,10 @@ namespace detail {
 void add_layer_norm_rows_portable(const AddLayerNormArgs& args, int64_t r0, int64_t r1);
 #if defined(BITMAPS_HAVE_X86_PATHS)
 void add_layer_norm_rows_avx512(const AddLayerNormArgs& args, int64_t r0, int64_t r1);
+void add_layer_norm_rows_avx2(const AddLayerNormArgs& args, int64_t r0, int64_t r1);
 #endif
+// The rows of [r0, r1) on `path`'s loop (AVX-512, AVX2, else the portable one).
+void add_layer_norm_rows(CpuPath path, const AddLayerNormArgs& args, int64_t r0, int64_t r1);
 }  // namespace detail
 
 }  // namespace bitmaps::cpu

@@ -1,0 +1,80 @@
+// The rows of cpu_layer_norm.h on AVX2: the AVX-512 kernel's steps (cpu_layer_norm_avx512.cpp) on
+// 8-float vectors, the sums in four accumulators, masked loads and stores for a row's last values.
+#include "kernels/cpu_features.h"
+
+#if defined(BITMAPS_HAVE_X86_PATHS)
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cpu_layer_norm.h"
+
+#define BITMAPS_AVX2 __attribute__((target("avx2")))
+
+namespace bitmaps::cpu::detail {
+namespace {
+
+// Lanes [0, valid) of 8 set (all lanes when valid >= 8).
+BITMAPS_AVX2 inline __m256i lanes8(int64_t valid) {
+  const int n = static_cast<int>(std::min<int64_t>(valid, 8));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Calls step(i, mask, u) for the 8-float vectors of a row of n values: four at a time with
+// u = 0..3 (independent accumulators), then the rest with u = 0 and a mask on the last.
+template <class Step>
+BITMAPS_AVX2 inline void each_vector(int64_t n, const Step& step) {
+  int64_t i = 0;
+  const __m256i all = _mm256_set1_epi32(-1);
+  for (; i + 32 <= n; i += 32) {
+    for (int u = 0; u < 4; ++u) step(i + 8 * u, all, u);
+  }
+  for (; i < n; i += 8) step(i, lanes8(n - i), 0);
+}
+
+BITMAPS_AVX2 inline float sum4(const __m256 (&acc)[4]) {
+  const __m256 v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+}  // namespace
+
+BITMAPS_AVX2 void add_layer_norm_rows_avx2(const AddLayerNormArgs& a, int64_t r0, int64_t r1) {
+  const int64_t n = a.n;
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* x = a.x + r * n;
+    const float* skip = a.skip == nullptr ? nullptr : a.skip + r * n;
+    float* out = a.out + r * n;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    each_vector(n, [&](int64_t i, __m256i m, int u) BITMAPS_AVX2 {
+      __m256 s = _mm256_maskload_ps(x + i, m);
+      if (skip != nullptr) s = _mm256_add_ps(s, _mm256_maskload_ps(skip + i, m));
+      _mm256_maskstore_ps(out + i, m, s);
+      acc[u] = _mm256_add_ps(acc[u], s);  // masked lanes loaded as 0
+    });
+    const __m256 mean = _mm256_set1_ps(sum4(acc) / static_cast<float>(n));
+    for (auto& v : acc) v = _mm256_setzero_ps();
+    each_vector(n, [&](int64_t i, __m256i m, int u) BITMAPS_AVX2 {
+      const __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(out + i, m), mean),
+                                     _mm256_castsi256_ps(m));
+      acc[u] = _mm256_add_ps(acc[u], _mm256_mul_ps(d, d));
+    });
+    const float var = sum4(acc) / static_cast<float>(n);
+    const __m256 inv = _mm256_set1_ps(1.0f / std::sqrt(var + a.epsilon));
+    each_vector(n, [&](int64_t i, __m256i m, int) BITMAPS_AVX2 {
+      const __m256 d = _mm256_sub_ps(_mm256_maskload_ps(out + i, m), mean);
+      __m256 y = _mm256_mul_ps(_mm256_mul_ps(d, inv), _mm256_maskload_ps(a.gamma + i, m));
+      if (a.beta != nullptr) y = _mm256_add_ps(y, _mm256_maskload_ps(a.beta + i, m));
+      _mm256_maskstore_ps(out + i, m, y);
+    });
+  }
+}
+
+}  // namespace bitmaps::cpu::detail
+
+#endif  // BITMAPS_HAVE_X86_PATHS
