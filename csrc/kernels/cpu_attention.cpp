@@ -1,5 +1,5 @@
 // cpu_attention.h: the driver (one work item per (batch, head)) and the portable head kernel that
-// every path without its own (scalar, NEON, AVX2 without FMA) runs.
+// every path without its own (scalar, AVX2 without FMA) runs.
 #include "kernels/cpu_attention.h"
 
 #include <algorithm>
@@ -102,7 +102,12 @@ int attention(CpuPath path, const AttentionArgs& args, const Parallel& parallel)
     if (path == CpuPath::kAvx512) return detail::attention_head_avx512(args, b, h, scratch.data());
     // the AVX2 path asks for AVX2 and F16C only; its attention kernel also uses FMA
     static const bool fma = __builtin_cpu_supports("fma");
-    if (path == CpuPath::kAvx2 && fma) return detail::attention_head_avx2(args, b, h, scratch.data());
+    if (path == CpuPath::kAvx2 && fma) {
+      return detail::attention_head_avx2(args, b, h, scratch.data());
+    }
+#endif
+#if defined(BITMAPS_HAVE_NEON_PATH)
+    if (path == CpuPath::kNeon) return detail::attention_head_neon(args, b, h, scratch.data());
 #endif
     (void)path;
     detail::attention_head_portable(args, b, h, scratch.data());

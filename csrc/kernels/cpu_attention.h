@@ -13,11 +13,11 @@
 //
 // One work item is one (b, h) pair: K of that head is transposed (and scaled) once into scratch,
 // then blocks of six query rows go through scores (Q K^T), a row softmax (exp of x - max, sum) and
-// the product with V, normalized by 1 / sum at the end (the AVX-512 and AVX2 paths: every block's
-// scores and softmax first, then every block's product with V). They compute exp with a
-// polynomial (Cephes' expf, about 1 ulp) and 2^n by VSCALEFPS or the exponent bits; the AVX2 path
-// on a CPU without FMA and the other paths (scalar, NEON) run a portable C++ version of the same
-// steps that the compiler vectorizes.
+// the product with V, normalized by 1 / sum at the end (the AVX-512, AVX2 and NEON paths: every
+// block's scores and softmax first, then every block's product with V). They compute exp with a
+// polynomial (Cephes' expf, about 1 ulp) and 2^n by VSCALEFPS or the exponent bits; the scalar
+// path and the AVX2 path on a CPU without FMA run a portable C++ version of the same steps that
+// the compiler vectorizes.
 #pragma once
 
 #include <cstdint>
@@ -77,6 +77,9 @@ void attention_head_portable(const AttentionArgs& args, int64_t b, int64_t h, fl
 void attention_head_avx512(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
 // The AVX2 path's kernel; it needs FMA too (attention() checks).
 void attention_head_avx2(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
+#endif
+#if defined(BITMAPS_HAVE_NEON_PATH)
+void attention_head_neon(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
 #endif
 }  // namespace detail
 

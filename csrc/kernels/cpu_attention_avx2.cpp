@@ -1,5 +1,5 @@
-// The AVX2 + FMA head kernel of cpu_attention.h: the AVX-512 kernel's scheme (cpu_attention_avx512.cpp)
-// on 8-float vectors. MR rows of the left operand are broadcast one value at a time against NV
+// The AVX2 + FMA head kernel of cpu_attention.h: the AVX-512 kernel's scheme
+// (cpu_attention_avx512.cpp) on 8-float vectors. MR rows of the left operand are broadcast one value at a time against NV
 // vectors of 8 neighbouring columns of the right one (6 x 2 accumulators, 15 of the 16 registers):
 //   scores[r, t]  += q[s0 + r, d] * (scale * K^T)[d, t]    (K^T laid out once per head)
 //   out[r, d]     += p[r, t] * V[t, d]                     (V of the head copied contiguous)
