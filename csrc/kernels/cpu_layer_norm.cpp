@@ -47,6 +47,9 @@ void detail::add_layer_norm_rows(CpuPath path, const AddLayerNormArgs& args, int
   if (path == CpuPath::kAvx512) return add_layer_norm_rows_avx512(args, r0, r1);
   if (path == CpuPath::kAvx2) return add_layer_norm_rows_avx2(args, r0, r1);
 #endif
+#if defined(BITMAPS_HAVE_NEON_PATH)
+  if (path == CpuPath::kNeon) return add_layer_norm_rows_neon(args, r0, r1);
+#endif
   (void)path;
   add_layer_norm_rows_portable(args, r0, r1);
 }

@@ -5,8 +5,8 @@
 //   s = x + skip;  out = (s - mean(s)) / sqrt(var(s) + epsilon) * gamma + beta      (per row)
 //
 // mean and the (biased) variance are taken in two passes over the row in float32, the variance of
-// s - mean; rows are independent, so rows are the work items. The AVX-512 and AVX2 paths have
-// loops of their own (cpu_layer_norm_avx512.cpp, cpu_layer_norm_avx2.cpp), the others run the
+// s - mean; rows are independent, so rows are the work items. The AVX-512, AVX2 and NEON paths
+// have loops of their own (cpu_layer_norm_{avx512,avx2,neon}.cpp), the scalar path runs the
 // portable one at the build's baseline.
 #pragma once
 
@@ -36,7 +36,10 @@ void add_layer_norm_rows_portable(const AddLayerNormArgs& args, int64_t r0, int6
 void add_layer_norm_rows_avx512(const AddLayerNormArgs& args, int64_t r0, int64_t r1);
 void add_layer_norm_rows_avx2(const AddLayerNormArgs& args, int64_t r0, int64_t r1);
 #endif
-// The rows of [r0, r1) on `path`'s loop (AVX-512, AVX2, else the portable one).
+#if defined(BITMAPS_HAVE_NEON_PATH)
+void add_layer_norm_rows_neon(const AddLayerNormArgs& args, int64_t r0, int64_t r1);
+#endif
+// The rows of [r0, r1) on `path`'s loop (AVX-512, AVX2, NEON, else the portable one).
 void add_layer_norm_rows(CpuPath path, const AddLayerNormArgs& args, int64_t r0, int64_t r1);
 }  // namespace detail
 
