@@ -162,31 +162,13 @@ BITMAPS_AVX2 void value_rows(const AttentionArgs& a, int64_t b, int64_t h, int64
   rows_times<MR>(p, tp, v, Dv, T, Dv, inv, out, ldo);
 }
 
-// Every query row in blocks of kMR rows (a last block of 1 to 5), fn<MR>(s0) per block.
-template <class Fn>
-BITMAPS_AVX2_INLINE void row_blocks(int64_t rows, const Fn& fn) {
-  int64_t s = 0;
-  for (; s + kMR <= rows; s += kMR) fn(std::integral_constant<int, kMR>{}, s);
-  static_assert(kMR == 6, "the tail below covers 1 to 5 rows");
-  switch (rows - s) {
-    case 1: return fn(std::integral_constant<int, 1>{}, s);
-    case 2: return fn(std::integral_constant<int, 2>{}, s);
-    case 3: return fn(std::integral_constant<int, 3>{}, s);
-    case 4: return fn(std::integral_constant<int, 4>{}, s);
-    case 5: return fn(std::integral_constant<int, 5>{}, s);
-    default: return;
-  }
-}
-
 }  // namespace
 
 BITMAPS_AVX2 void attention_head_avx2(const AttentionArgs& a, int64_t b, int64_t h,
                                       float* scratch) {
   const int64_t T = a.kv_len, D = a.head_dim, tp = attention_padded_kv(T), ldk = a.k_row();
-  float* kt = scratch;  // [D, tp]: scale * K of this head, transposed (padding columns zero)
-  float* v = kt + D * tp;              // [T, Dv]: V of this head, contiguous
-  float* inv = v + T * a.v_head_dim;   // [q_len]: 1 / sum of each row's exp
-  float* p = inv + a.q_len;            // [q_len, tp]: scores, then exp(score - max)
+  const HeadScratch hs = head_scratch(a, scratch);
+  float* kt = hs.kt;
   const float* k = a.k + b * T * ldk + h * D;
   // K^T by gathers of 8 keys at a time (masked for the last, padding columns zero).
   const __m256i rows = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
@@ -200,15 +182,12 @@ BITMAPS_AVX2 void attention_head_avx2(const AttentionArgs& a, int64_t b, int64_t
       _mm256_storeu_ps(kt + d * tp + t, _mm256_mul_ps(col, scale));
     }
   }
-  const int64_t Dv = a.v_head_dim, ldv = a.v_row();
-  for (int64_t t = 0; t < T; ++t) {
-    std::copy_n(a.v + (b * T + t) * ldv + h * Dv, Dv, v + t * Dv);
-  }
+  copy_head_values(a, b, h, hs.v);
   row_blocks(a.q_len, [&](auto mr, int64_t s0) {
-    score_rows<mr()>(a, b, h, s0, kt, p + s0 * tp, inv + s0);
+    score_rows<mr()>(a, b, h, s0, kt, hs.p + s0 * tp, hs.inv + s0);
   });
   row_blocks(a.q_len, [&](auto mr, int64_t s0) {
-    value_rows<mr()>(a, b, h, s0, v, p + s0 * tp, inv + s0);
+    value_rows<mr()>(a, b, h, s0, hs.v, hs.p + s0 * tp, hs.inv + s0);
   });
 }
 

@@ -35,18 +35,19 @@ BITMAPS_NEON_INLINE uint32x4_t valid_lanes(int64_t n) {
   return vcltq_u32(vld1q_u32(ids), vdupq_n_u32(static_cast<uint32_t>(n)));
 }
 
-// The first n (1..4) floats at p, the other lanes zero; and their store.
+// The first n (1..4) floats at p, the other lanes zero; and their store. (n is clamped to [0, 4]
+// so the compiler sees the copy's bound.)
 BITMAPS_NEON_INLINE float32x4_t load_part(const float* p, int64_t n) {
   if (n >= 4) return vld1q_f32(p);
   float buf[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  std::memcpy(buf, p, static_cast<size_t>(n) * sizeof(float));
+  std::memcpy(buf, p, static_cast<size_t>(std::clamp<int64_t>(n, 0, 4)) * sizeof(float));
   return vld1q_f32(buf);
 }
 BITMAPS_NEON_INLINE void store_part(float* p, int64_t n, float32x4_t v) {
   if (n >= 4) return vst1q_f32(p, v);
   float buf[4];
   vst1q_f32(buf, v);
-  std::memcpy(p, buf, static_cast<size_t>(n) * sizeof(float));
+  std::memcpy(p, buf, static_cast<size_t>(std::clamp<int64_t>(n, 0, 4)) * sizeof(float));
 }
 
 // exp(x) for x <= 0 (NaN stays NaN; below -87.3 the result is 0, as in the other kernels).
@@ -168,43 +169,22 @@ void value_rows(const AttentionArgs& a, int64_t b, int64_t h, int64_t s0, const 
   rows_times<MR>(p, tp, v, Dv, T, Dv, inv, out, ldo);
 }
 
-// Every query row in blocks of kMR rows (a last block of 1 to 5), fn<MR>(s0) per block.
-template <class Fn>
-BITMAPS_NEON_INLINE void row_blocks(int64_t rows, const Fn& fn) {
-  int64_t s = 0;
-  for (; s + kMR <= rows; s += kMR) fn(std::integral_constant<int, kMR>{}, s);
-  static_assert(kMR == 6, "the tail below covers 1 to 5 rows");
-  switch (rows - s) {
-    case 1: return fn(std::integral_constant<int, 1>{}, s);
-    case 2: return fn(std::integral_constant<int, 2>{}, s);
-    case 3: return fn(std::integral_constant<int, 3>{}, s);
-    case 4: return fn(std::integral_constant<int, 4>{}, s);
-    case 5: return fn(std::integral_constant<int, 5>{}, s);
-    default: return;
-  }
-}
-
 }  // namespace
 
 void attention_head_neon(const AttentionArgs& a, int64_t b, int64_t h, float* scratch) {
   const int64_t T = a.kv_len, D = a.head_dim, tp = attention_padded_kv(T), ldk = a.k_row();
-  float* kt = scratch;  // [D, tp]: scale * K of this head, transposed (padding columns zero)
-  float* v = kt + D * tp;              // [T, Dv]: V of this head, contiguous
-  float* inv = v + T * a.v_head_dim;   // [q_len]: 1 / sum of each row's exp
-  float* p = inv + a.q_len;            // [q_len, tp]: scores, then exp(score - max)
+  const HeadScratch hs = head_scratch(a, scratch);
+  float* kt = hs.kt;
   const float* k = a.k + b * T * ldk + h * D;
   for (int64_t t = 0; t < tp; ++t) {
     for (int64_t d = 0; d < D; ++d) kt[d * tp + t] = t < T ? k[t * ldk + d] * a.scale : 0.0f;
   }
-  const int64_t Dv = a.v_head_dim, ldv = a.v_row();
-  for (int64_t t = 0; t < T; ++t) {
-    std::copy_n(a.v + (b * T + t) * ldv + h * Dv, Dv, v + t * Dv);
-  }
+  copy_head_values(a, b, h, hs.v);
   row_blocks(a.q_len, [&](auto mr, int64_t s0) {
-    score_rows<mr()>(a, b, h, s0, kt, p + s0 * tp, inv + s0);
+    score_rows<mr()>(a, b, h, s0, kt, hs.p + s0 * tp, hs.inv + s0);
   });
   row_blocks(a.q_len, [&](auto mr, int64_t s0) {
-    value_rows<mr()>(a, b, h, s0, v, p + s0 * tp, inv + s0);
+    value_rows<mr()>(a, b, h, s0, hs.v, hs.p + s0 * tp, hs.inv + s0);
   });
 }
 
