@@ -37,6 +37,7 @@ from collections import defaultdict
 
 import numpy as np
 import onnx
+import onnx.inliner
 import torch
 from bench_model_breakdown import popcount_ceiling_gmacs
 from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
@@ -91,22 +92,6 @@ def ort_float_ops(model: onnx.ModelProto) -> onnx.ModelProto:
                 helper.make_node("LayerNormalization", [total, gamma, beta], list(node.output),
                                  axis=-1, epsilon=attrs["epsilon"]),
             ]  # fmt: skip
-        elif node.domain == "bitmaps" and node.op_type == "EmbedLayerNormalization":
-            gamma, beta, *lookups = node.input  # (ids, table, scale) three times
-            rows = [f"{node.output[0]}_rows{i}" for i in range(3)]
-            for i, out_rows in enumerate(rows):
-                ids, table, scale = lookups[3 * i : 3 * i + 3]
-                nodes.append(helper.make_node(
-                    "GatherBlockQuantized", [table, ids, scale], [out_rows], domain="com.microsoft",
-                    gather_axis=0, quantize_axis=1, bits=4, block_size=attrs["block_size"],
-                ))  # fmt: skip
-            nodes += [
-                helper.make_node("Add", rows[:2], [f"{node.output[0]}_sum01"]),
-                helper.make_node("Add", [f"{node.output[0]}_sum01", rows[2]],
-                                 [f"{node.output[0]}_sum"]),
-                helper.make_node("LayerNormalization", [f"{node.output[0]}_sum", gamma, beta],
-                                 list(node.output), axis=-1, epsilon=attrs["epsilon"]),
-            ]  # fmt: skip
         elif (
             node.domain == "bitmaps" and node.op_type == "BinaryLinear" and attrs.get("activation")
         ):
@@ -123,7 +108,8 @@ def ort_float_ops(model: onnx.ModelProto) -> onnx.ModelProto:
     out.graph.node.extend(nodes)
     if not any(o.domain == "com.microsoft" for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return out
+    # the embeddings node: its model-local function is exactly the nodes it replaced
+    return onnx.inliner.inline_selected_functions(out, [("bitmaps", "EmbedLayerNormalization")])
 
 
 def separate_qkv(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -50,13 +50,13 @@ from bitmaps.core.embeddings import (
     quantize_table,
 )
 from bitmaps.core.errors import BitmapsError
+from bitmaps.export.onnx_function import MS_DOMAIN
 
 _FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
 PREFIX = "embeddings_q"
 # How the quantized lookups are written (part of profile's export cache key: a cached file of an
 # older graph is exported again)
 GRAPH_VERSION = "int4-pair-table+trt-float-cast+ort-GatherBlockQuantized"
-MS_DOMAIN = "com.microsoft"
 
 
 def embedding_tables(model: onnx.ModelProto) -> list[str]:

@@ -1,6 +1,7 @@
 // The AVX2 + FMA head kernel of cpu_attention.h: the AVX-512 kernel's scheme
-// (cpu_attention_avx512.cpp) on 8-float vectors. MR rows of the left operand are broadcast one value at a time against NV
-// vectors of 8 neighbouring columns of the right one (6 x 2 accumulators, 15 of the 16 registers):
+// (cpu_attention_avx512.cpp) on 8-float vectors. MR rows of the left operand are broadcast one
+// value at a time against NV vectors of 8 neighbouring columns of the right one (6 x 2
+// accumulators, 15 of the 16 registers):
 //   scores[r, t]  += q[s0 + r, d] * (scale * K^T)[d, t]    (K^T laid out once per head)
 //   out[r, d]     += p[r, t] * V[t, d]                     (V of the head copied contiguous)
 // exp is the same Cephes expf polynomial, 2^n put into the exponent bits. Used on the AVX2 path
@@ -15,6 +16,7 @@
 #include <type_traits>
 
 #include "kernels/cpu_attention.h"
+#include "kernels/cpu_avx2_util.h"
 #include "kernels/cpu_kernels_internal.h"
 
 #define BITMAPS_AVX2 __attribute__((target("avx2,fma")))
@@ -25,24 +27,6 @@ namespace {
 
 constexpr int kMR = static_cast<int>(kAttentionRows);
 constexpr int kNV = 2;  // 8-float vectors per block
-
-// Lanes [0, valid) of 8 set (all lanes when valid >= 8).
-BITMAPS_AVX2_INLINE __m256i lanes(int64_t valid) {
-  const int n = static_cast<int>(std::min<int64_t>(std::max<int64_t>(valid, 0), 8));
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-BITMAPS_AVX2_INLINE float reduce_max(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-}
-
-BITMAPS_AVX2_INLINE float reduce_add(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
 
 // exp(x) for x <= 0 (NaN stays NaN; below -87.3 the result is 0, as in the other kernels).
 BITMAPS_AVX2_INLINE __m256 exp_nonpositive(__m256 x) {
@@ -73,7 +57,7 @@ BITMAPS_AVX2_INLINE void block(const float* a, int64_t lda, const float* b, int6
                                int64_t len, int64_t cols, const float* row_mul, float* c,
                                int64_t ldc) {
   __m256i mask[NV];
-  for (int j = 0; j < NV; ++j) mask[j] = lanes(kFull ? 8 : cols - 8 * j);
+  for (int j = 0; j < NV; ++j) mask[j] = lanes8(kFull ? 8 : cols - 8 * j);
   __m256 acc[MR][NV];
   for (int r = 0; r < MR; ++r) {
     for (int j = 0; j < NV; ++j) acc[r][j] = _mm256_setzero_ps();
@@ -134,21 +118,21 @@ BITMAPS_AVX2 void score_rows(const AttentionArgs& a, int64_t b, int64_t h, int64
                                                 (s0 + r) * a.bias_stride[2];
     __m256 top = _mm256_set1_ps(-__builtin_inff());
     for (int64_t t = 0; t < T; t += 8) {
-      const __m256i m = lanes(T - t);
+      const __m256i m = lanes8(T - t);
       __m256 x = _mm256_maskload_ps(row + t, m);
       if (bias != nullptr) x = _mm256_add_ps(x, _mm256_maskload_ps(bias + t, m));
       _mm256_maskstore_ps(row + t, m, x);
       top = _mm256_blendv_ps(top, _mm256_max_ps(top, x), _mm256_castsi256_ps(m));
     }
-    const __m256 vmax = _mm256_set1_ps(reduce_max(top));
+    const __m256 vmax = _mm256_set1_ps(reduce_max8(top));
     __m256 sum = _mm256_setzero_ps();
     for (int64_t t = 0; t < T; t += 8) {
-      const __m256i m = lanes(T - t);
+      const __m256i m = lanes8(T - t);
       const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_maskload_ps(row + t, m), vmax));
       _mm256_maskstore_ps(row + t, m, e);
       sum = _mm256_add_ps(sum, _mm256_and_ps(e, _mm256_castsi256_ps(m)));
     }
-    inv[r] = 1.0f / reduce_add(sum);
+    inv[r] = 1.0f / reduce_add8(sum);
   }
 }
 
@@ -175,7 +159,7 @@ BITMAPS_AVX2 void attention_head_avx2(const AttentionArgs& a, int64_t b, int64_t
                                           _mm256_set1_epi32(static_cast<int>(ldk)));
   const __m256 scale = _mm256_set1_ps(a.scale);
   for (int64_t t = 0; t < tp; t += 8) {
-    const __m256 m = _mm256_castsi256_ps(lanes(T - t));
+    const __m256 m = _mm256_castsi256_ps(lanes8(T - t));
     const float* kt0 = k + std::min(t, T - 1) * ldk;
     for (int64_t d = 0; d < D; ++d) {
       const __m256 col = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), kt0 + d, rows, m, 4);

@@ -9,18 +9,13 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu_avx2_util.h"
 #include "kernels/cpu_layer_norm.h"
 
 #define BITMAPS_AVX2 __attribute__((target("avx2")))
 
 namespace bitmaps::cpu::detail {
 namespace {
-
-// Lanes [0, valid) of 8 set (all lanes when valid >= 8).
-BITMAPS_AVX2 inline __m256i lanes8(int64_t valid) {
-  const int n = static_cast<int>(std::min<int64_t>(valid, 8));
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
 
 // Calls step(i, mask, u) for the 8-float vectors of a row of n values: four at a time with
 // u = 0..3 (independent accumulators), then the rest with u = 0 and a mask on the last.
@@ -35,10 +30,7 @@ BITMAPS_AVX2 inline void each_vector(int64_t n, const Step& step) {
 }
 
 BITMAPS_AVX2 inline float sum4(const __m256 (&acc)[4]) {
-  const __m256 v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  return reduce_add8(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
 }
 
 }  // namespace
