@@ -151,7 +151,7 @@ QEMU_AARCH64    ?= qemu-aarch64
 AARCH64_SYSROOT ?= /usr/aarch64-linux-gnu
 ARM_PACKAGES    := g++-aarch64-linux-gnu qemu-user
 HARNESS_DIR     := build/kernel-harness
-HARNESS_SOURCES := csrc/tests/kernel_harness.cpp csrc/kernels/cpu_features.cpp \
+HARNESS_SOURCES := csrc/tests/kernel_harness.cpp csrc/kernels/cpu_features.cpp csrc/kernels/cpu_binary_linear.cpp \
                    $(wildcard csrc/kernels/cpu_kernels*.cpp) \
                    $(wildcard csrc/kernels/cpu_attention*.cpp) $(wildcard csrc/kernels/cpu_layer_norm*.cpp) \
                    $(wildcard csrc/kernels/cpu_embed*.cpp)

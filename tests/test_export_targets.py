@@ -160,7 +160,11 @@ def test_onnxruntime_target_stacks_qkv_only_where_the_layers_binarize_alike():
     layer = "bert.encoder.layer.{}.attention.self.{}"
     assert "+".join(layer.format(0, p) for p in ("query", "key", "value")) in names
     assert all(layer.format(1, p) in names for p in ("query", "key", "value"))
-    assert len(names) == 4 + 6
+    # each layer's FFN (fixed activation scales: elastic) is one BinaryFeedForward node
+    ffns = [name for op, name in ops if op == "BinaryFeedForward"]
+    assert ffns == [f"bert.encoder.layer.{i}.intermediate.dense>bert.encoder.layer.{i}.output.dense"
+                    for i in range(2)]  # fmt: skip
+    assert len(names) == 2 + 4
 
 
 def test_onnxruntime_target_stores_weights_as_the_kernels_panels(onnxruntime_export):

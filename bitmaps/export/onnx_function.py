@@ -260,10 +260,16 @@ def binary_linear_function(
 # A BinaryLinear node that holds several layers side by side in its output (the onnxruntime
 # target's stacked Q, K and V) is named after them, joined by this
 STACKED = "+"
+# A bitmaps::BinaryFeedForward node (two layers, the first feeding the second) is named after its
+# layers, joined by this
+FEEDS = ">"
 
 
 def node_layers(node: onnx.NodeProto) -> list[str]:
-    """The layers a BinaryLinear node holds, by name: its own, or those it stacks."""
+    """The layers a BinaryLinear node holds, by name: its own, or those it stacks; for a
+    BinaryFeedForward node, its two layers in order."""
+    if node.op_type == BINARY_FFN_OP_TYPE:
+        return node.name.split(FEEDS)
     return node.name.split(STACKED)
 
 
@@ -423,9 +429,84 @@ def embed_layer_norm_function(opset: int) -> onnx.FunctionProto:
     )
 
 
+BINARY_FFN_OP_TYPE = "BinaryFeedForward"
+BINARY_FFN_INPUTS = ("X", "W1", "w_scale1", "bias1", "W2", "w_scale2", "bias2")
+# the fused node's attribute → (layer, that layer's BinaryLinear attribute)
+BINARY_FFN_ATTRIBUTES: dict[str, tuple[int, str]] = {
+    "in_features": (0, "in_features"),
+    "hidden_features": (0, "out_features"),
+    "act_threshold": (0, "act_threshold"),
+    "act_scale": (0, "act_scale"),
+    "act_unsigned": (0, "act_unsigned"),
+    "activation": (0, "activation"),
+    "out_features": (1, "out_features"),
+    "hidden_act_threshold": (1, "act_threshold"),
+    "hidden_act_scale": (1, "act_scale"),
+    "hidden_act_unsigned": (1, "act_unsigned"),
+}
+
+
+def binary_ffn_function(opset: int) -> onnx.FunctionProto:
+    """The model-local function ``bitmaps::BinaryFeedForward`` (``--target onnxruntime``, binary
+    float32 models): the two ``bitmaps::BinaryLinear`` nodes it replaced, written out as two
+    copies of the BinaryLinear function's body (the first with its ``activation``, GELU; the
+    second binarizing the first's output), their attribute references renamed to the fused
+    node's (onnx's checker does not resolve a nested function call's references).
+    libbitmaps_ort.so runs the node on one driver instead (csrc/kernels/cpu_binary_linear.h,
+    ``binary_ffn``), where the first GEMM writes the second's input bits."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"the BinaryFeedForward function needs opset >= {MIN_OPSET}")
+    body = binary_linear_function(opset, panels=True, activation=True)
+    nodes = []
+    for layer, (inputs, output) in enumerate(
+        [(("X", "W1", "w_scale1", "bias1"), "hidden"), (("hidden", "W2", "w_scale2", "bias2"), "Y")]
+    ):
+        names = {**dict(zip(INPUTS, inputs, strict=True)), "Y": output}
+        refs = {a: name for name, (i, a) in BINARY_FFN_ATTRIBUTES.items() if i == layer}
+        if layer == 1:
+            refs["in_features"] = "hidden_features"  # the first layer's out_features
+        for node in body.node:
+            copy = onnx.NodeProto()
+            copy.CopyFrom(node)
+            copy.input[:] = [names.get(v, f"l{layer}_{v}") if v else v for v in node.input]
+            copy.output[:] = [names.get(v, f"l{layer}_{v}") for v in node.output]
+            for a in copy.attribute:
+                if not a.ref_attr_name:
+                    continue
+                if a.ref_attr_name in refs:
+                    a.ref_attr_name = refs[a.ref_attr_name]
+                else:  # the second layer's activation: none
+                    value = ATTRIBUTE_DEFAULTS.get(a.ref_attr_name, 0)
+                    copy.attribute.remove(a)
+                    copy.attribute.append(helper.make_attribute("value_int", value))
+                    break
+            nodes.append(copy)
+    return helper.make_function(
+        DOMAIN,
+        BINARY_FFN_OP_TYPE,
+        list(BINARY_FFN_INPUTS),
+        ["Y"],
+        nodes,
+        opset_imports=[helper.make_opsetid("", opset)],
+        attributes=list(BINARY_FFN_ATTRIBUTES),
+        doc_string="bitmaps::BinaryFeedForward as two bitmaps::BinaryLinear bodies (standard ops).",
+    )
+
+
 def binary_linear_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """The ``bitmaps::BinaryLinear`` nodes of the main graph, in graph order."""
     return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == OP_TYPE]
+
+
+def binary_ffn_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The ``bitmaps::BinaryFeedForward`` nodes of the main graph, in graph order."""
+    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type == BINARY_FFN_OP_TYPE]
+
+
+def binary_layer_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The nodes that hold binary layers (BinaryLinear and BinaryFeedForward), in graph order."""
+    kinds = (OP_TYPE, BINARY_FFN_OP_TYPE)
+    return [n for n in model.graph.node if n.domain == DOMAIN and n.op_type in kinds]
 
 
 def node_attributes(node: onnx.NodeProto) -> dict[str, object]:

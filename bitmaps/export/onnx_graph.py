@@ -19,7 +19,7 @@ import torch
 from onnx import TensorProto, helper
 from transformers import BertForMaskedLM
 
-from bitmaps.export.onnx_function import binary_linear_nodes, node_layers
+from bitmaps.export.onnx_function import BINARY_FFN_OP_TYPE, binary_layer_nodes, binary_linear_nodes, node_layers
 
 _FLOAT32 = TensorProto.FLOAT
 
@@ -31,9 +31,11 @@ Tap = tuple[str, str, str, int, int]
 
 
 def tap_binary_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Tap]]:
-    """A copy with X and Y of every BinaryLinear node added as graph outputs.
+    """A copy with X and Y of every BinaryLinear and BinaryFeedForward node added as graph
+    outputs.
 
-    Returns the copy and its :data:`Tap` per layer, in graph order.
+    Returns the copy and its :data:`Tap` per layer (per BinaryFeedForward node: one, named after
+    the node, ``first>second``), in graph order.
     """
     tapped = onnx.ModelProto()
     tapped.CopyFrom(model)
@@ -42,9 +44,9 @@ def tap_binary_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Ta
     fallback = tapped.graph.output[0].type.tensor_type.elem_type
     existing = {o.name for o in tapped.graph.output}
     taps = []
-    for node in binary_linear_nodes(tapped):
+    for node in binary_layer_nodes(tapped):
         x, y = node.input[0], node.output[0]
-        layers = node_layers(node)
+        layers = [node.name] if node.op_type == BINARY_FFN_OP_TYPE else node_layers(node)
         taps += [(layer, x, y, i, len(layers)) for i, layer in enumerate(layers)]
         for name in (x, y):
             if name not in existing:

@@ -48,6 +48,7 @@ from bitmaps.export.onnx_function import (
     ATTRIBUTES,
     PLUGIN_NAMESPACE,
     PLUGIN_VERSION,
+    binary_ffn_nodes,
     binary_linear_nodes,
     node_attributes,
     node_layers,
@@ -299,8 +300,9 @@ def _check_structure(model: onnx.ModelProto, wrapper: ExportWrapper, cfg: Export
     """Node count, attributes, no leftover float weights; the FP16 audit. Bugs, not user errors."""
 
     packed = {n: m for n, m in wrapper.model.named_modules() if isinstance(m, PackedBinaryLinear)}
-    nodes = binary_linear_nodes(model)
-    layers = [layer for n in nodes for layer in node_layers(n)]  # stacked Q, K, V: three
+    nodes, ffns = binary_linear_nodes(model), binary_ffn_nodes(model)
+    # stacked Q, K, V: three layers; a BinaryFeedForward node: two
+    layers = [layer for n in (*nodes, *ffns) for layer in node_layers(n)]
     if sorted(layers) != sorted(packed):
         raise ExportVerificationError(
             f"export produced bitmaps::BinaryLinear nodes for {len(layers)} layers, the model has "
@@ -333,6 +335,8 @@ def _check_structure(model: onnx.ModelProto, wrapper: ExportWrapper, cfg: Export
         leftovers = [f for f in leftovers if f not in node.input]
         if leftovers:
             raise ExportVerificationError(f"{node.name}: float weights left: {leftovers}")
+    for node in ffns:
+        _check_ffn_node(node, packed, floats)
     if cfg.dtype == "fp16":
         found = float32_on_compute_path(model)
         if found:
@@ -340,6 +344,31 @@ def _check_structure(model: onnx.ModelProto, wrapper: ExportWrapper, cfg: Export
                 f"the FP16 export has {len(found)} float32 tensor(s) on the compute path, "
                 f"e.g. {found[0]}"
             )
+
+
+def _check_ffn_node(node: onnx.NodeProto, packed: dict, floats: set[str]) -> None:
+    """A BinaryFeedForward node's attributes against its two layers; no float weights left."""
+    first, second = (packed[layer] for layer in node_layers(node))
+    attrs = node_attributes(node)
+    expected = {
+        "in_features": first.in_features,
+        "hidden_features": first.out_features,
+        "out_features": second.out_features,
+        "act_threshold": first.act_threshold,
+        "act_scale": first.act_scale,
+        "act_unsigned": first.act_unsigned,
+        "activation": attrs.get("activation") if attrs.get("activation") in (0, 1) else -1,
+        "hidden_act_threshold": second.act_threshold,
+        "hidden_act_scale": second.act_scale,
+        "hidden_act_unsigned": second.act_unsigned,
+    }
+    wrong = [k for k, v in expected.items() if attrs.get(k) != v]
+    if sorted(attrs) != sorted(expected) or wrong or second.in_features != first.out_features:
+        raise ExportVerificationError(f"{node.name}: wrong attributes {attrs}")
+    leftovers = [f for f in floats for layer in node_layers(node)
+                 if f.removeprefix("model.").startswith(f"{layer}.") and f not in node.input]  # fmt: skip
+    if leftovers:
+        raise ExportVerificationError(f"{node.name}: float weights left: {leftovers}")
 
 
 # --------------------------------------------------------------------------- verify, write

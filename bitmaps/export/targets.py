@@ -50,12 +50,16 @@ from bitmaps.core.ops import reference_prepack_weights
 from bitmaps.export.onnx_export import add_function, is_binary_linear, opset_of
 from bitmaps.export.onnx_function import (
     ATTENTION_OP_TYPE,
+    BINARY_FFN_ATTRIBUTES,
+    BINARY_FFN_OP_TYPE,
     DOMAIN,
     EMBED_LAYER_NORM_OP_TYPE,
+    FEEDS,
     MS_DOMAIN,
     PACKED_ATTENTION_OP_TYPE,
     SKIP_LAYER_NORM_OP_TYPE,
     STACKED,
+    binary_ffn_function,
     binary_linear_function,
     embed_layer_norm_function,
     multi_head_attention_function,
@@ -72,7 +76,7 @@ WEIGHT_LAYOUTS = {"portable": "rows", "onnxruntime": "panels", "tensorrt": "rows
 BINARY_FLOAT_OPS = {
     "portable": "standard",
     "onnxruntime": "bitmaps::PackedMultiHeadAttention(stacked QKV)+MultiHeadAttention"
-    "+SkipLayerNormalization+BinaryLinear(gelu)+EmbedLayerNormalization",
+    "+SkipLayerNormalization+BinaryLinear(gelu)+EmbedLayerNormalization+BinaryFeedForward",
     "tensorrt": "standard",
 }
 # Operators marked "Y" in onnx-tensorrt's docs/operators.md, ONNX-TensorRT 10.1 GA
@@ -120,6 +124,7 @@ def onnxruntime(model: ir.Model, num_heads: int) -> None:
         fuse_embed_layer_norms(model)
         fuse_skip_layer_norms(model)
         stack_qkv(model)
+        fuse_binary_ffns(model)
 
 
 def fuse_gelu(model: ir.Model) -> int:
@@ -146,6 +151,63 @@ def fuse_gelu(model: ir.Model) -> int:
         model.graph.remove(gelu, safe=True)
         fused += 1
     return fused
+
+
+def _attribute(node: ir.Node, name: str, default: float) -> float:
+    attr = node.attributes.get(name)
+    return default if attr is None else attr.value
+
+
+def fuse_binary_ffns(model: ir.Model) -> int:
+    """Every float32 ``BinaryLinear → BinaryLinear`` pair where the second reads only the first's
+    output (GELU fused in or not; BERT's intermediate and output dense) and both binarize with a
+    fixed activation scale (``act_scale > 0``, the elastic quantizer's), with biases, as one
+    ``bitmaps::BinaryFeedForward``. Returns how many; adds the function when any.
+
+    libbitmaps_ort.so's kernel then has the first GEMM write the second's input bits from a table
+    of dot-product ranges made at session creation (csrc/kernels/cpu_binary_linear.h,
+    ``ffn_bit_table``): no [tokens, 3072] float intermediate, no GELU, no second packing pass. Its
+    bits are those of the exact GELU (float64) of the first layer's float32 output, where the two
+    nodes round GELU to float32 first: they can differ only where GELU(y) is within a float32
+    rounding of the second layer's threshold (export verification allows those bits either way,
+    bitmaps/export/verify.py). The node is named ``first>second`` (:data:`FEEDS`).
+    """
+    done = 0
+    for second in [n for n in model.graph if is_binary_linear(n)]:
+        first = second.inputs[0].producer() if second.inputs[0] is not None else None
+        if first is None or not is_binary_linear(first):
+            continue
+        hidden = first.outputs[0]
+        if len(list(hidden.uses())) != 1 or hidden.is_graph_output():
+            continue
+        if len(first.inputs) != 4 or len(second.inputs) != 4 or None in (*first.inputs, *second.inputs):
+            continue
+        if first.inputs[0].dtype != ir.DataType.FLOAT or _attribute(second, "activation", 0):
+            continue
+        if not (_attribute(first, "act_scale", 0.0) > 0 and _attribute(second, "act_scale", 0.0) > 0):
+            continue
+        attrs = {}
+        for name, (layer, attribute) in BINARY_FFN_ATTRIBUTES.items():
+            node = (first, second)[layer]
+            default = 0.0 if attribute in ("act_threshold", "act_scale") else 0
+            attrs[name] = _attribute(node, attribute, default)
+        fused = ir.node(
+            BINARY_FFN_OP_TYPE, [*first.inputs, *second.inputs[1:]], attrs, domain=DOMAIN,
+            name=f"{first.name}{FEEDS}{second.name}",
+        )  # fmt: skip
+        fused.outputs[0].type = second.outputs[0].type
+        fused.outputs[0].shape = second.outputs[0].shape
+        model.graph.insert_before(second, fused)
+        old = second.outputs[0]
+        name, was_output = old.name, old.is_graph_output()
+        old.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
+        old.name = f"{name}_unfused"
+        fused.outputs[0].name = name if was_output else f"{name}_ffn"
+        done += 1
+    if done:
+        add_function(model, binary_ffn_function(opset_of(model)), only=False)
+        RemoveUnusedNodesPass()(model)
+    return done
 
 
 def lay_out_panels(model: ir.Model) -> int:

@@ -34,7 +34,7 @@ from bitmaps.export.embeddings import PREFIX as EMBEDDING_CONSTANTS
 from bitmaps.export.onnx_export import MASK_GRAPH
 from bitmaps.export.onnx_graph import initializer_bytes
 from bitmaps.export.targets import BINARY_FLOAT_OPS, WEIGHT_LAYOUTS
-from bitmaps.runtime.backends import ModelSource, load_mlm
+from bitmaps.runtime.backends import SHAPE_BINARIZE, ModelSource, load_mlm
 from bitmaps.runtime.tensorrt import build_engine, import_tensorrt
 
 Log = Callable[[str], None]
@@ -71,7 +71,8 @@ def _identity(spec: str) -> dict[str, object]:
 
 def cache_key(source: ModelSource, model: str, **extra: object) -> str:
     what = (
-        {"shape": source.shape, "seed": source.seed}
+        {"shape": source.shape, "seed": source.seed,
+         "binarize": dataclasses.asdict(SHAPE_BINARIZE)}
         if source.shape
         else {"spec": _identity(source.spec(model))}
     )

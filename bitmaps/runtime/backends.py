@@ -60,6 +60,13 @@ BACKEND_DEVICES = {"torch": ("cpu", "cuda"), "onnxruntime": ("cpu",), "tensorrt"
 MB = 1e6  # every "MB" in bitmaps' reports is 10^6 bytes
 
 
+# How a bare shape's binary model is binarized: the recipe of `make demo` and the README
+# (``--act-quantizer elastic``: a learned, fixed activation scale and threshold per layer, at
+# their initial values 1 and 0 here), so its export is what that recipe's students export to
+# (the onnxruntime target's BinaryFeedForward needs fixed scales). Part of the profile cache key.
+SHAPE_BINARIZE = BinarizeConfig(activation_quantizer="elastic")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
     """Where the models come from: a bare shape (random weights), or teacher + student."""
@@ -80,7 +87,8 @@ class ModelSource:
 
     def describe(self) -> str:
         if self.shape:
-            return f"{self.shape} shapes, random weights (seed {self.seed})"
+            quantizer = SHAPE_BINARIZE.activation_quantizer
+            return f"{self.shape} shapes, random weights (seed {self.seed}; {quantizer} activations)"
         parts = [
             f"teacher {self.teacher}" if self.teacher else "",
             f"student {self.student}" if self.student else "",
@@ -98,7 +106,7 @@ def load_mlm(source: ModelSource, model: str) -> nn.Module:
         torch.manual_seed(source.seed)  # same weights in every process of a run
         mlm = load_model(source.shape, require_tokenizer=False).model
         if model == "binary":
-            binarize_(mlm, BinarizeConfig())
+            binarize_(mlm, SHAPE_BINARIZE)
         return mlm.eval()
     loaded = load_model(source.spec(model), require_tokenizer=False)
     if loaded.is_binary != (model == "binary"):

@@ -1,9 +1,13 @@
 // The CPU op driver of cpu_binary_linear.h: work items over the kernels of cpu_kernels.h.
 #include "kernels/cpu_binary_linear.h"
 
+#include <cmath>
+#include <limits>
 #include <memory>
+#include <utility>
 
 #include "kernels/bit_layout.h"
+#include "kernels/cpu_kernels_internal.h"
 
 namespace bitmaps::cpu {
 namespace {
@@ -71,32 +75,27 @@ int xnor_gemm(CpuPath path, const int32_t* a, int64_t m, const int32_t* b, int64
   return pack_and_gemm(path, args, parallel, job.items(), [&](int64_t i) { job.run(i); });
 }
 
-int binary_linear(CpuPath path, const BinaryLinearArgs& a, const Parallel& parallel) {
-  const int64_t m = a.m, k = a.k, kw = packed_width(k);
-  const bool mean_scale = !(a.act_scale > 0.0f);
-  const auto bits = uninitialized<int32_t>(m * kw);
-  const auto row_scale = uninitialized<float>(m);
-  const auto popcount = uninitialized<int32_t>(a.act_unsigned ? m : 0);
-  if (!mean_scale) std::fill(row_scale.get(), row_scale.get() + m, a.act_scale);
-  std::unique_ptr<int32_t[]> own_panels;
-  const int32_t* panels = a.panels;
-  if (panels == nullptr) {
-    own_panels = uninitialized<int32_t>(panel_words(a.n, kw));
-    panels = own_panels.get();
-  }
-  const PanelJob panel_job{a.panels == nullptr ? a.w : nullptr, a.n, kw, k, own_panels.get()};
+namespace {
 
-  // Packing items: the weight panels (unless prepacked), then the activation rows (x - beta,
-  // their bits, mean |x - beta| and, for unsigned activations, their popcount).
-  const int64_t per_item = rows_per_item(m, k, parallel.max_workers);
-  const int64_t row_items = (m + per_item - 1) / per_item;
-  const auto pack = [&](int64_t item) {
-    if (item < panel_job.items()) return panel_job.run(item);
-    const int64_t r0 = (item - panel_job.items()) * per_item, rows = std::min(m - r0, per_item);
-    float* mean = mean_scale ? row_scale.get() + r0 : nullptr;
-    int32_t* out = bits.get() + r0 * kw;
+// Packing one op's activation rows as work items: x - beta, their bits, mean |x - beta| (when the
+// scale is per row) and, for unsigned activations, their popcount.
+struct ActivationJob {
+  CpuPath path;
+  const BinaryLinearArgs& a;
+  int32_t* bits;        // [m, ceil(k/32)]
+  float* row_scale;     // [m]: filled with act_scale here when it is fixed
+  int32_t* popcount;    // [m] (unsigned activations) or null
+  int64_t per_item;
+  int64_t items() const { return (a.m + per_item - 1) / per_item; }
+  void run(int64_t item) const {
+    const int64_t k = a.k, kw = packed_width(k);
+    const int64_t r0 = item * per_item, rows = std::min(a.m - r0, per_item);
+    const bool mean_scale = !(a.act_scale > 0.0f);
+    float* mean = mean_scale ? row_scale + r0 : nullptr;
+    if (!mean_scale) std::fill(row_scale + r0, row_scale + r0 + rows, a.act_scale);
+    int32_t* out = bits + r0 * kw;
     if (a.act_unsigned) {
-      int32_t* pop = popcount.get() + r0;
+      int32_t* pop = popcount + r0;
       if (a.x_half) {
         pack_positive_f16(path, static_cast<const uint16_t*>(a.x) + r0 * k, rows, k, true,
                           a.act_threshold, mean, pop, out);
@@ -111,24 +110,153 @@ int binary_linear(CpuPath path, const BinaryLinearArgs& a, const Parallel& paral
       pack_signs_f32(path, static_cast<const float*>(a.x) + r0 * k, rows, k, true,
                      a.act_threshold, mean, out);
     }
-  };
+  }
+};
 
-  GemmArgs args;
-  args.a = bits.get();
-  args.panels = panels;
-  args.m = m;
-  args.n = a.n;
-  args.kw = kw;
-  args.k = k;
-  args.output = a.x_half ? GemmOutput::kFloat16 : GemmOutput::kFloat32;
-  args.out = a.y;
-  args.row_scale = row_scale.get();
-  args.col_scale = a.w_scale;
-  args.bias = a.bias;
-  args.unsigned_a = a.act_unsigned;
-  args.a_popcount = a.act_unsigned ? popcount.get() : nullptr;
-  args.gelu = a.gelu;
-  return pack_and_gemm(path, args, parallel, panel_job.items() + row_items, pack);
+// One op's operands: its packed activations, row scales and popcounts, and its weight panels
+// (prepacked, or laid out by panel_job's items into own_panels).
+struct LinearOperands {
+  std::unique_ptr<int32_t[]> bits;
+  std::unique_ptr<float[]> row_scale;
+  std::unique_ptr<int32_t[]> popcount;
+  std::unique_ptr<int32_t[]> own_panels;
+  const int32_t* panels;
+  PanelJob panel_job;
+
+  explicit LinearOperands(const BinaryLinearArgs& a)
+      : bits(uninitialized<int32_t>(a.m * packed_width(a.k))),
+        row_scale(uninitialized<float>(a.m)),
+        popcount(uninitialized<int32_t>(a.act_unsigned ? a.m : 0)),
+        own_panels(a.panels == nullptr ? uninitialized<int32_t>(panel_words(a.n, packed_width(a.k)))
+                                       : nullptr),
+        panels(a.panels != nullptr ? a.panels : own_panels.get()),
+        panel_job{a.panels == nullptr ? a.w : nullptr, a.n, packed_width(a.k), a.k,
+                  own_panels.get()} {}
+
+  // The GEMM of the op (its output fields left to the caller).
+  GemmArgs gemm(const BinaryLinearArgs& a) const {
+    GemmArgs g;
+    g.a = bits.get();
+    g.panels = panels;
+    g.m = a.m;
+    g.n = a.n;
+    g.kw = packed_width(a.k);
+    g.k = a.k;
+    g.row_scale = row_scale.get();
+    g.col_scale = a.w_scale;
+    g.bias = a.bias;
+    g.unsigned_a = a.act_unsigned;
+    g.a_popcount = a.act_unsigned ? popcount.get() : nullptr;
+    return g;
+  }
+};
+
+// Packs `a`'s weights (unless prepacked) and activations, then runs `g` over its tiles: one
+// parallel region.
+int pack_and_run(CpuPath path, const BinaryLinearArgs& a, LinearOperands& ops, const GemmArgs& g,
+                 const Parallel& parallel) {
+  const ActivationJob act{path, a, ops.bits.get(), ops.row_scale.get(), ops.popcount.get(),
+                          rows_per_item(a.m, a.k, parallel.max_workers)};
+  const PanelJob& panel_job = ops.panel_job;
+  return pack_and_gemm(path, g, parallel, panel_job.items() + act.items(), [&](int64_t item) {
+    if (item < panel_job.items()) return panel_job.run(item);
+    act.run(item - panel_job.items());
+  });
+}
+
+}  // namespace
+
+int binary_linear(CpuPath path, const BinaryLinearArgs& a, const Parallel& parallel) {
+  LinearOperands ops(a);
+  GemmArgs g = ops.gemm(a);
+  g.output = a.x_half ? GemmOutput::kFloat16 : GemmOutput::kFloat32;
+  g.out = a.y;
+  g.gelu = a.gelu;
+  return pack_and_run(path, a, ops, g, parallel);
+}
+
+bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second,
+                   FfnBitTable* table) {
+  if (first.x_half || !(first.act_scale > 0.0f) || !(second.act_scale > 0.0f)) return false;
+  const int64_t k = first.k, n = first.n;
+  // The dot products the first GEMM can produce: K - 2 p for signed activations (p in [0, K]),
+  // popcount(a) - 2 popcount(a AND w) for unsigned ones (every integer in [-K, K]).
+  const int64_t step = first.act_unsigned ? 1 : 2;
+  const int64_t count = 2 * k / step + 1;
+  const double beta = second.act_threshold;
+  std::vector<std::vector<std::pair<int32_t, int32_t>>> ranges(static_cast<size_t>(n));
+  int runs = 0;
+  for (int64_t c = 0; c < n; ++c) {
+    auto& r = ranges[c];
+    bool open = false;
+    for (int64_t i = 0; i < count; ++i) {
+      const auto d = static_cast<int32_t>(-k + i * step);
+      // y as the epilogue rounds it (store_output), then GELU in float64 with erfc, so that the
+      // tail keeps its sign (1 + erf(z) in float32 is 0 or a few ulps there)
+      float y = static_cast<float>(d) * first.act_scale;
+      y = y * first.w_scale[c];
+      if (first.bias != nullptr) y = y + first.bias[c];
+      const double v = first.gelu ? 0.5 * y * std::erfc(-static_cast<double>(y) * M_SQRT1_2) : y;
+      const bool bit = second.act_unsigned ? v - beta > 0.0 : v - beta < 0.0;
+      if (bit && !open) r.emplace_back(d, d);
+      if (bit) r.back().second = d;
+      open = bit;
+    }
+    if (static_cast<int64_t>(r.size()) > kMaxFfnRuns) return false;
+    runs = std::max(runs, static_cast<int>(r.size()));
+  }
+  table->n = n;
+  table->runs = runs;
+  table->lo.assign(static_cast<size_t>(runs * n), std::numeric_limits<int32_t>::max());
+  table->hi.assign(static_cast<size_t>(runs * n), std::numeric_limits<int32_t>::min());
+  for (int64_t c = 0; c < n; ++c) {
+    for (size_t i = 0; i < ranges[c].size(); ++i) {
+      table->lo[i * n + c] = ranges[c][i].first;
+      table->hi[i * n + c] = ranges[c][i].second;
+    }
+  }
+  return true;
+}
+
+int binary_ffn(CpuPath path, const BinaryFfnArgs& args, const Parallel& parallel) {
+  const BinaryLinearArgs& first = args.first;
+  BinaryLinearArgs second = args.second;
+  second.m = first.m;
+  second.x_half = first.x_half;
+  second.y = args.y;
+  const int64_t m = first.m, hidden = first.n;
+  if (args.table == nullptr) {  // the two ops one after the other, through a float intermediate
+    const auto h = uninitialized<uint32_t>(m * hidden);  // float32, or float16 in its first half
+    BinaryLinearArgs a = first;
+    a.y = h.get();
+    const int used = binary_linear(path, a, parallel);
+    second.x = h.get();
+    return std::max(used, binary_linear(path, second, parallel));
+  }
+
+  // The first GEMM writes the second's input bits (FfnBitTable), then the second GEMM reads them.
+  LinearOperands ops1(first);
+  const int64_t kw2 = packed_width(hidden);
+  BinaryLinearArgs bits_in = second;  // the second op, its activations packed already
+  LinearOperands ops2(bits_in);
+  std::fill(ops2.bits.get(), ops2.bits.get() + m * kw2, 0);
+  GemmArgs g1 = ops1.gemm(first);
+  g1.output = GemmOutput::kBits;
+  g1.out = ops2.bits.get();
+  g1.bit_lo = args.table->lo.data();
+  g1.bit_hi = args.table->hi.data();
+  g1.bit_runs = args.table->runs;
+  const int used = pack_and_run(path, first, ops1, g1, parallel);
+
+  std::fill(ops2.row_scale.get(), ops2.row_scale.get() + m, second.act_scale);
+  if (second.act_unsigned) detail::row_popcounts(ops2.bits.get(), m, kw2, ops2.popcount.get());
+  GemmArgs g2 = ops2.gemm(second);
+  g2.output = GemmOutput::kFloat32;
+  g2.out = args.y;
+  g2.gelu = second.gelu;
+  const PanelJob& panel_job = ops2.panel_job;
+  return std::max(used, pack_and_gemm(path, g2, parallel, panel_job.items(),
+                                      [&](int64_t item) { panel_job.run(item); }));
 }
 
 }  // namespace bitmaps::cpu

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <functional>
 #include <thread>
+#include <vector>
 
 #include "kernels/cpu_kernels.h"
 
@@ -152,5 +153,49 @@ struct BinaryLinearArgs {
 };
 
 int binary_linear(CpuPath path, const BinaryLinearArgs& args, const Parallel& parallel);
+
+// A binary feed-forward block: two BinaryLinear ops where the second binarizes the first's output
+// (GELU applied or not), as `bitmaps export --target onnxruntime` fuses them
+// (bitmaps::BinaryFeedForward, csrc/onnxruntime/README.md):
+//   h = binary_linear(first) on x;  y = binary_linear(second) on h
+// When both activation scales are fixed (act_scale > 0) and x is float32, the second op's input
+// bit of column c depends only on the first op's integer dot product d at c: y = (d * s) *
+// w_scale[c] + bias[c] (float32, as the epilogue rounds it), GELU, minus the second op's
+// threshold, compared with 0. The table below holds, per column, the ranges of d that give bit 1,
+// computed once from the first op's scales and bias by evaluating every reachable d, so the first
+// GEMM writes the second's packed input bits straight from its popcounts: no float intermediate,
+// no GELU at run time, no second packing pass.
+// GELU is evaluated there in float64 (0.5 y erfc(-y / sqrt 2)): its sign pattern is then that of
+// GELU itself, one or two ranges per column. The two ops run one after the other round GELU to
+// float32 first, and in GELU's far negative tail (y < -5.3) a float32 GELU is 0 (torch's) or
+// flips between 0 and -1.7e-7 (the epilogue's rational erf), so with threshold 0 those bits
+// differ: there the table keeps GELU's true sign. Elsewhere the bits are the same unless GELU(y)
+// is within a float32 rounding of the threshold.
+struct FfnBitTable {
+  int64_t n = 0;            // columns (the first op's out_features)
+  int runs = 0;             // ranges per column
+  std::vector<int32_t> lo;  // [runs, n]; an empty range has lo > hi
+  std::vector<int32_t> hi;
+};
+
+// The most ranges a column may need: GELU(y) - beta changes sign at most twice (GELU has one
+// minimum), so at most two ranges of 1 bits.
+constexpr int kMaxFfnRuns = 2;
+
+// Fills *table for `first` (its k, n, w_scale, bias, act_scale, act_unsigned, gelu) feeding
+// `second` (its act_threshold, act_unsigned). False (table untouched) where the shortcut does not
+// apply: a float16 x, act_scale 0 in either op (a scale per row), or a column whose bits need more
+// than kMaxFfnRuns ranges (not seen: a guard); binary_ffn then runs the two ops one after the other.
+bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second,
+                   FfnBitTable* table);
+
+struct BinaryFfnArgs {
+  BinaryLinearArgs first;   // x, m, k, n (hidden), its weights, scales and activation; y unused
+  BinaryLinearArgs second;  // k = first.n, n, its weights, scales and activation; x, m unused
+  const FfnBitTable* table = nullptr;  // ffn_bit_table of these ops on this path, or null
+  void* y = nullptr;                   // [m, second.n], the dtype of x
+};
+
+int binary_ffn(CpuPath path, const BinaryFfnArgs& args, const Parallel& parallel);
 
 }  // namespace bitmaps::cpu

@@ -60,6 +60,14 @@ void xnor_gemm_tile(CpuPath path, const GemmArgs& args, int64_t m0, int64_t m1, 
 
 #undef BITMAPS_DISPATCH
 
+void gelu_f32(CpuPath path, const float* y, int64_t count, float* out) {
+#if defined(BITMAPS_HAVE_X86_PATHS)
+  if (path == CpuPath::kAvx512) return detail::gelu_f32_avx512(y, count, out);
+#endif
+  (void)path;  // the scalar definition, which the AVX2 and NEON epilogues match bit for bit
+  for (int64_t i = 0; i < count; ++i) out[i] = detail::gelu(y[i]);
+}
+
 void pack_signs_f64(const double* x, int64_t rows, int64_t k, int32_t* out) {
   const int64_t kw = packed_width(k);
   for (int64_t r = 0; r < rows; ++r) {

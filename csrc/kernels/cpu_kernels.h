@@ -60,6 +60,9 @@ enum class GemmOutput : int {
   kDotInt32 = 0,  // out int32: K - 2 * popcount
   kFloat32 = 1,   // out float: (float(dot) * row_scale[m]) * col_scale[n] (+ bias[n])
   kFloat16 = 2,   // the float32 value above rounded to binary16 (nearest even)
+  kBits = 3,      // out int32 words [m, ceil(n/32)], zeroed by the caller: bit n % 32 of word
+                  // [m, n / 32] is 1 where dot lies in one of the bit_runs ranges
+                  // [bit_lo[i * n + col], bit_hi[i * n + col]] of its column (cpu_binary_ffn.h)
 };
 
 struct GemmArgs {
@@ -77,10 +80,19 @@ struct GemmArgs {
   const int32_t* a_popcount = nullptr;
   // Float outputs: GELU applied to each value before it is stored (cpu_kernels_internal.h, gelu).
   bool gelu = false;
+  // kBits: the ranges of dot values that set a column's bit, bit_runs of them per column
+  // ([bit_runs, n] each; an empty range has lo > hi).
+  const int32_t* bit_lo = nullptr;
+  const int32_t* bit_hi = nullptr;
+  int bit_runs = 0;
 };
 
 // Output rows [m0, m1) x columns [n0, n1) of the product; n0 must be a multiple of kPanelRows.
 void xnor_gemm_tile(CpuPath path, const GemmArgs& args, int64_t m0, int64_t m1, int64_t n0,
                     int64_t n1);
+
+// out[i] = gelu(y[i]) exactly as `path`'s GEMM epilogue computes it (GemmArgs::gelu): the scalar
+// definition of cpu_kernels_internal.h, or the AVX-512 path's own vector form.
+void gelu_f32(CpuPath path, const float* y, int64_t count, float* out);
 
 }  // namespace bitmaps::cpu

@@ -159,7 +159,7 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n) {
   // Output lines prefetched for writing, as in the AVX-512 path (store misses overlap the K loop).
   constexpr int kOutBytes = kOut == GemmOutput::kFloat16 ? 2 : 4;
   const int64_t out_bytes = std::min<int64_t>(NV * 8, g.n - n) * kOutBytes;
-  for (int r = 0; r < MR; ++r) {
+  for (int r = 0; r < MR && kOut != GemmOutput::kBits; ++r) {
     const char* row = static_cast<const char*>(g.out) + ((m + r) * g.n + n) * kOutBytes;
     for (int64_t line = 0; line < out_bytes; line += 64) __builtin_prefetch(row + line, 1, 3);
   }
@@ -197,14 +197,15 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n) {
       const int64_t col = n + v * 8;
       if (col >= g.n) break;
       const __m256i dot = _mm256_sub_epi32(base, _mm256_slli_epi32(acc[r][v], 1));
-      if (col + 8 > g.n) {  // ragged right edge: element by element, same arithmetic
+      // Bits (the fused FFN's intermediate) and a ragged right edge: element by element.
+      if (kOut == GemmOutput::kBits || col + 8 > g.n) {
         alignas(32) int32_t dots[8];
         _mm256_store_si256(reinterpret_cast<__m256i*>(dots), dot);
-        for (int64_t l = 0; col + l < g.n; ++l) store_output(g, row, col + l, dots[l]);
+        for (int64_t l = 0; l < 8 && col + l < g.n; ++l) store_output(g, row, col + l, dots[l]);
         continue;
       }
       const int64_t at = row * g.n + col;
-      if constexpr (kOut == GemmOutput::kDotInt32) {
+      if constexpr (kOut == GemmOutput::kDotInt32 || kOut == GemmOutput::kBits) {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<int32_t*>(g.out) + at), dot);
         continue;
       } else {
@@ -249,6 +250,8 @@ void gemm_dispatch(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_
       return gemm_tile<GemmOutput::kFloat32, kAnd>(g, m0, m1, n0, n1);
     case GemmOutput::kFloat16:
       return gemm_tile<GemmOutput::kFloat16, kAnd>(g, m0, m1, n0, n1);
+    case GemmOutput::kBits:
+      return gemm_tile<GemmOutput::kBits, kAnd>(g, m0, m1, n0, n1);
   }
 }
 

@@ -188,7 +188,7 @@ BITMAPS_AVX512 void micro(const GemmArgs& g, int64_t m, int64_t n) {
   // once the output outgrows the caches, then overlap the K loop instead of stalling the stores.
   constexpr int kOutBytes = kOut == GemmOutput::kFloat16 ? 2 : 4;
   const int64_t out_bytes = std::min<int64_t>(NV * 16, g.n - n) * kOutBytes;
-  for (int r = 0; r < MR; ++r) {
+  for (int r = 0; r < MR && kOut != GemmOutput::kBits; ++r) {
     const char* row = static_cast<const char*>(g.out) + ((m + r) * g.n + n) * kOutBytes;
     for (int64_t line = 0; line < out_bytes; line += 64) __builtin_prefetch(row + line, 1, 3);
   }
@@ -230,6 +230,23 @@ BITMAPS_AVX512 void micro(const GemmArgs& g, int64_t m, int64_t n) {
     const __m512i base = kAnd ? _mm512_set1_epi32(g.a_popcount[m + r]) : kvec;
     for (int v = 0; v < NV; ++v) {
       const __m512i dot = _mm512_sub_epi32(base, _mm512_slli_epi32(acc[r][v], 1));
+      if constexpr (kOut == GemmOutput::kBits) {
+        // 16 columns' bits at once: dot in one of the column's ranges. Panels start at multiples
+        // of 16 columns, so they fill half-words of the output rows (zeroed by the caller).
+        __mmask16 bits = 0;
+        for (int i = 0; i < g.bit_runs; ++i) {
+          const int64_t at = i * g.n + n + v * 16;
+          const __m512i lo = _mm512_maskz_loadu_epi32(cols[v], g.bit_lo + at);
+          const __m512i hi = _mm512_maskz_loadu_epi32(cols[v], g.bit_hi + at);
+          bits |= _mm512_mask_cmp_epi32_mask(_mm512_mask_cmp_epi32_mask(cols[v], dot, lo,
+                                                                        _MM_CMPINT_NLT),
+                                             dot, hi, _MM_CMPINT_LE);
+        }
+        uint16_t* words = reinterpret_cast<uint16_t*>(static_cast<int32_t*>(g.out) +
+                                                      (m + r) * packed_width(g.n));
+        words[(n + v * 16) / 16] = static_cast<uint16_t>(bits);
+        continue;
+      }
       if (kOut == GemmOutput::kDotInt32) {
         _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.out) + row + v * 16, cols[v], dot);
         continue;
@@ -290,6 +307,8 @@ void gemm_dispatch(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_
       return gemm_tile<GemmOutput::kFloat32, kAnd>(g, m0, m1, n0, n1);
     case GemmOutput::kFloat16:
       return gemm_tile<GemmOutput::kFloat16, kAnd>(g, m0, m1, n0, n1);
+    case GemmOutput::kBits:
+      return gemm_tile<GemmOutput::kBits, kAnd>(g, m0, m1, n0, n1);
   }
 }
 
@@ -316,6 +335,13 @@ void pack_positive_f16_avx512(const uint16_t* x, int64_t rows, int64_t k, bool s
                               int32_t* out) {
   pack_dispatch<LoadF16, true>(x, rows, k, subtract, beta, row_abs_mean, out);
   if (row_popcount != nullptr) row_popcounts(out, rows, packed_width(k), row_popcount);
+}
+
+BITMAPS_AVX512 void gelu_f32_avx512(const float* y, int64_t count, float* out) {
+  for (int64_t i = 0; i < count; i += 16) {
+    const auto valid = static_cast<__mmask16>(lane_mask(count - i, 16));
+    _mm512_mask_storeu_ps(out + i, valid, gelu16(_mm512_maskz_loadu_ps(valid, y + i)));
+  }
 }
 
 void xnor_gemm_tile_avx512(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {

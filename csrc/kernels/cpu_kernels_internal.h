@@ -40,6 +40,10 @@ BITMAPS_DECLARE_CPU_PATH(neon)
 
 #undef BITMAPS_DECLARE_CPU_PATH
 
+#if defined(BITMAPS_HAVE_X86_PATHS)
+void gelu_f32_avx512(const float* y, int64_t count, float* out);
+#endif
+
 // Mask of the valid lanes of a `lanes`-wide vector of which `valid` (may exceed lanes) exist.
 inline uint32_t lane_mask(int64_t valid, int lanes) {
   if (valid >= lanes) return lanes >= 32 ? 0xFFFFFFFFu : ((1u << lanes) - 1u);
@@ -100,6 +104,17 @@ inline float gelu(float y) {
 // ((dot * s) * w_scale + bias, no fused multiply-add), so every path rounds the same way.
 inline void store_output(const GemmArgs& g, int64_t m, int64_t col, int32_t dot) {
   const int64_t at = m * g.n + col;
+  if (g.output == GemmOutput::kBits) {
+    bool set = false;
+    for (int i = 0; i < g.bit_runs; ++i) {
+      set |= dot >= g.bit_lo[i * g.n + col] && dot <= g.bit_hi[i * g.n + col];
+    }
+    if (set) {
+      static_cast<uint32_t*>(g.out)[m * packed_width(g.n) + col / kWordBits] |=
+          1u << (col % kWordBits);
+    }
+    return;
+  }
   if (g.output == GemmOutput::kDotInt32) {
     static_cast<int32_t*>(g.out)[at] = dot;
     return;

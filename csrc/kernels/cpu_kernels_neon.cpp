@@ -224,14 +224,15 @@ BITMAPS_NEON_INLINE void store_tile(const GemmArgs& g, int64_t m, int64_t n,
       const int64_t col = n + 4 * v;
       if (col >= g.n) break;
       const int32x4_t dot = vsubq_s32(base, vshlq_n_s32(vreinterpretq_s32_u32(acc[r][v]), 1));
-      if (col + 4 > g.n) {  // ragged right edge: element by element, same arithmetic
+      // Bits (the fused FFN's intermediate) and a ragged right edge: element by element.
+      if (kOut == GemmOutput::kBits || col + 4 > g.n) {
         int32_t dots[4];
         vst1q_s32(dots, dot);
-        for (int64_t l = 0; col + l < g.n; ++l) store_output(g, row, col + l, dots[l]);
+        for (int64_t l = 0; l < 4 && col + l < g.n; ++l) store_output(g, row, col + l, dots[l]);
         continue;
       }
       const int64_t at = row * g.n + col;
-      if constexpr (kOut == GemmOutput::kDotInt32) {
+      if constexpr (kOut == GemmOutput::kDotInt32 || kOut == GemmOutput::kBits) {
         vst1q_s32(static_cast<int32_t*>(g.out) + at, dot);
       } else {
         // (dot * s) * w_scale + bias, separately rounded, as in the reference.
@@ -329,6 +330,8 @@ void gemm_output(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t 
       return gemm_tile<GemmOutput::kFloat32, kAnd, kDot>(g, m0, m1, n0, n1);
     case GemmOutput::kFloat16:
       return gemm_tile<GemmOutput::kFloat16, kAnd, kDot>(g, m0, m1, n0, n1);
+    case GemmOutput::kBits:
+      return gemm_tile<GemmOutput::kBits, kAnd, kDot>(g, m0, m1, n0, n1);
   }
 }
 

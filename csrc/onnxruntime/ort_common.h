@@ -290,10 +290,10 @@ template <size_t N>
 size_t ORT_API_CALL n_inputs(const OrtCustomOp*) {
   return N;
 }
-template <size_t N>
+template <size_t N, bool LastOptional = true>
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL last_input_optional(const OrtCustomOp*,
                                                                       size_t index) {
-  return index + 1 == N ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+  return LastOptional && index + 1 == N ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
 
 // Compute and destroy callbacks of an op whose kernel state is K, computed by compute(K, context).
@@ -306,9 +306,10 @@ void ORT_API_CALL destroy_kernel(void* kernel) {
   delete static_cast<K*>(kernel);
 }
 
-// The OrtCustomOp of a CPU op of version 1 with `Inputs` inputs (the last optional) and one
+// The OrtCustomOp of a CPU op of version 1 with `Inputs` inputs (the last optional unless
+// LastOptional is false) and one
 // output, every type checked by its kernel. `version`: the C API version the library asks for.
-template <size_t Inputs = 4>
+template <size_t Inputs = 4, bool LastOptional = true>
 OrtCustomOp cpu_custom_op(
     uint32_t version, const char*(ORT_API_CALL* name)(const OrtCustomOp*),
     OrtStatus*(ORT_API_CALL* create)(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*,
@@ -325,7 +326,7 @@ OrtCustomOp cpu_custom_op(
   o.GetInputTypeCount = n_inputs<Inputs>;
   o.GetOutputType = any_type;
   o.GetOutputTypeCount = one_output;
-  o.GetInputCharacteristic = last_input_optional<Inputs>;
+  o.GetInputCharacteristic = last_input_optional<Inputs, LastOptional>;
   o.GetOutputCharacteristic = required_output;
   o.GetInputMemoryType = default_memory;
   o.KernelDestroy = destroy;

@@ -2,8 +2,8 @@
 // the library (Python: SessionOptions.register_custom_ops_library(path); C: the
 // RegisterCustomOpsLibrary_V2 API; C++, C#, Java: their equivalents). It adds the "bitmaps" domain
 // with bitmaps::BinaryLinear, bitmaps::MultiHeadAttention, bitmaps::PackedMultiHeadAttention,
-// bitmaps::SkipLayerNormalization and bitmaps::EmbedLayerNormalization (v1) to those session
-// options.
+// bitmaps::SkipLayerNormalization, bitmaps::EmbedLayerNormalization and
+// bitmaps::BinaryFeedForward (v1) to those session options.
 //
 // A runtime too old for this library (its C API lacks version kOrtApiVersion) gets an error status
 // that says so, made through the oldest API every runtime offers, instead of a crash.
@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "onnxruntime/binary_ffn_op.h"
 #include "onnxruntime/binary_linear_op.h"
 #include "onnxruntime/embed_layer_norm_op.h"
 #include "onnxruntime/multi_head_attention_op.h"
@@ -62,7 +63,7 @@ BITMAPS_ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* 
   for (const OrtCustomOp* op :
        {bitmaps::ort::binary_linear_op(api), bitmaps::ort::multi_head_attention_op(api),
         bitmaps::ort::packed_multi_head_attention_op(api), bitmaps::ort::skip_layer_norm_op(api),
-        bitmaps::ort::embed_layer_norm_op(api)}) {
+        bitmaps::ort::embed_layer_norm_op(api), bitmaps::ort::binary_ffn_op(api)}) {
     if (OrtStatus* status = api->CustomOpDomain_Add(domain, op)) {
       api->ReleaseCustomOpDomain(domain);
       return status;
@@ -81,7 +82,8 @@ BITMAPS_ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* 
 // from and what it needs.
 BITMAPS_ORT_EXPORT const char* BitmapsOrtLibraryInfo() {
   return "bitmaps::BinaryLinear v1, bitmaps::MultiHeadAttention v1, bitmaps::PackedMultiHeadAttention v1, "
-         "bitmaps::SkipLayerNormalization v1, bitmaps::EmbedLayerNormalization v1; built with ONNX Runtime headers of C API " BITMAPS_STRINGIFY(
+         "bitmaps::SkipLayerNormalization v1, bitmaps::EmbedLayerNormalization v1, "
+         "bitmaps::BinaryFeedForward v1; built with ONNX Runtime headers of C API " BITMAPS_STRINGIFY(
       ORT_API_VERSION) "; needs C API >= " BITMAPS_STRINGIFY(BITMAPS_ORT_API_VERSION);
 }
 

@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "kernels/cpu_attention.h"
+#include "kernels/cpu_binary_linear.h"
 #include "kernels/cpu_embed.h"
 #include "kernels/cpu_features.h"
 #include "kernels/cpu_kernels.h"
@@ -391,6 +392,124 @@ void check_fused(Checker& c, CpuPath path, std::mt19937& rng, int64_t m, int64_t
   }
 }
 
+// A pool of real threads for the drivers of cpu_binary_linear.h.
+bitmaps::cpu::Parallel thread_pool(int64_t max_workers) {
+  bitmaps::cpu::Parallel p;
+  p.max_workers = max_workers;
+  p.run = [](int64_t workers, const std::function<void(int64_t)>& body) {
+    std::vector<std::thread> pool;
+    for (int64_t w = 1; w < workers; ++w) pool.emplace_back([&body, w] { body(w); });
+    body(0);
+    for (auto& t : pool) t.join();
+  };
+  return p;
+}
+
+struct FfnCase {
+  int64_t m, k, hidden, n;
+  bool unsigned1, unsigned2, gelu, bias;
+  float beta2;
+};
+
+// binary_ffn (cpu_binary_linear.h) with its table (the first GEMM writing the second's input bits
+// from ranges of dot products) against the reference chain with GELU in float64 (the table's
+// definition), and without its table (binary_linear twice) against the chain with this path's
+// float32 GELU; bit for bit. act_scale 0 and float16 inputs get no table.
+void check_binary_ffn(Checker& c, CpuPath path, std::mt19937& rng, const FfnCase& f) {
+  using bitmaps::cpu::BinaryLinearArgs;
+  const float beta1 = f.unsigned1 ? 0.25f : -0.5f, s1 = 0.37f, s2 = 0.61f;
+  const std::vector<float> x = random_activations(rng, f.m * f.k, beta1);
+  const int64_t kw1 = ref_words(f.k), kw2 = ref_words(f.hidden);
+  const std::vector<uint32_t> w1 = random_words(rng, f.hidden * kw1), w2 = random_words(rng, f.n * kw2);
+  const std::vector<int32_t> panels1 = make_panels(w1, f.hidden, f.k);
+  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  std::vector<float> ws1(f.hidden), b1(f.hidden), ws2(f.n), b2(f.n);
+  // |dot| ~ sqrt(k): scales that spread the first output over GELU's whole shape, tails included
+  const float spread = 6.0f / (s1 * std::sqrt(static_cast<float>(f.k)));
+  for (auto& v : ws1) v = uni(rng) * spread;
+  for (auto& v : b1) v = uni(rng);
+  for (auto& v : ws2) v = uni(rng) * 0.05f;
+  for (auto& v : b2) v = uni(rng);
+
+  // The reference chains: the first linear, its GELU (float64 / this path's), the second's bits.
+  const RefPack p1 = ref_pack(x, f.m, f.k, true, beta1, f.unsigned1);
+  const std::vector<int32_t> dot1 = ref_gemm(p1.words, w1, f.m, f.hidden, f.k, f.unsigned1);
+  std::vector<float> h(f.m * f.hidden), h_path(f.m * f.hidden);
+  for (int64_t i = 0; i < f.m * f.hidden; ++i) {
+    h[i] = ref_epilogue(dot1[i], s1, ws1[i % f.hidden], f.bias ? &b1[i % f.hidden] : nullptr);
+  }
+  h_path = h;
+  if (f.gelu) bitmaps::cpu::gelu_f32(path, h.data(), f.m * f.hidden, h_path.data());
+  std::vector<uint32_t> bits_exact(f.m * kw2, 0);
+  for (int64_t i = 0; i < f.m * f.hidden; ++i) {
+    const double y = h[i], beta = f.beta2;
+    const double v = f.gelu ? 0.5 * y * std::erfc(-y / std::sqrt(2.0)) : y;
+    if (f.unsigned2 ? v - beta > 0.0 : v - beta < 0.0) {
+      const int64_t r = i / f.hidden, col = i % f.hidden;
+      bits_exact[r * kw2 + col / 32] |= uint32_t{1} << (col % 32);
+    }
+  }
+  const RefPack p2 = ref_pack(h_path, f.m, f.hidden, true, f.beta2, f.unsigned2);
+  const std::vector<int32_t> dot2_exact = ref_gemm(bits_exact, w2, f.m, f.n, f.hidden, f.unsigned2);
+  const std::vector<int32_t> dot2_path = ref_gemm(p2.words, w2, f.m, f.n, f.hidden, f.unsigned2);
+  int64_t differ = 0;
+  for (size_t i = 0; i < bits_exact.size(); ++i) differ += bits_exact[i] != p2.words[i];
+
+  bitmaps::cpu::BinaryFfnArgs a;
+  BinaryLinearArgs& first = a.first;
+  first.x = x.data();
+  first.m = f.m, first.k = f.k, first.n = f.hidden;
+  first.panels = panels1.data();
+  first.w_scale = ws1.data();
+  first.bias = f.bias ? b1.data() : nullptr;
+  first.act_threshold = beta1, first.act_scale = s1, first.act_unsigned = f.unsigned1;
+  first.gelu = f.gelu;
+  BinaryLinearArgs& second = a.second;
+  second.k = f.hidden, second.n = f.n;
+  second.w = reinterpret_cast<const int32_t*>(w2.data());  // packed rows: laid out per call
+  second.w_scale = ws2.data();
+  second.bias = f.bias ? b2.data() : nullptr;
+  second.act_threshold = f.beta2, second.act_scale = s2, second.act_unsigned = f.unsigned2;
+
+  bitmaps::cpu::FfnBitTable table;
+  const bool shortcut = bitmaps::cpu::ffn_bit_table(first, second, &table);
+  const std::string what = describe(
+      "binary_ffn m=%lld k=%lld hidden=%lld n=%lld %s->%s gelu=%d bias=%d beta2=%g",
+      static_cast<long long>(f.m), static_cast<long long>(f.k), static_cast<long long>(f.hidden),
+      static_cast<long long>(f.n), f.unsigned1 ? "unsigned" : "signed",
+      f.unsigned2 ? "unsigned" : "signed", f.gelu, f.bias, f.beta2);
+  c.expect(shortcut, what + ": no table");
+  for (const bool use_table : {true, false}) {
+    std::vector<float> y(f.m * f.n, NAN);
+    a.table = use_table && shortcut ? &table : nullptr;
+    a.y = y.data();
+    bitmaps::cpu::binary_ffn(path, a, thread_pool(3));
+    for (int64_t i = 0; i < f.m * f.n; ++i) {
+      const int32_t dot2 = use_table ? dot2_exact[i] : dot2_path[i];
+      const float want = ref_epilogue(dot2, s2, ws2[i % f.n], f.bias ? &b2[i % f.n] : nullptr);
+      uint32_t got_bits, want_bits;
+      std::memcpy(&got_bits, &y[i], 4);
+      std::memcpy(&want_bits, &want, 4);
+      if (got_bits != want_bits) {
+        c.expect(false, what + describe(" table=%d at %lld: %.9g != %.9g", use_table,
+                                        static_cast<long long>(i), y[i], want));
+        break;
+      }
+      if (i + 1 == f.m * f.n) c.expect(true, what);
+    }
+  }
+  // Only GELU's far tail and values within a rounding of beta2 may differ between the two.
+  c.expect(f.gelu || differ == 0, what + describe(": %lld words of bits differ without GELU",
+                                                  static_cast<long long>(differ)));
+  BinaryLinearArgs mean_scale = first, half = first;
+  mean_scale.act_scale = 0.0f;
+  half.x_half = true;
+  c.expect(!bitmaps::cpu::ffn_bit_table(mean_scale, second, &table),
+           what + ": a table for a per-row mean scale");
+  c.expect(!bitmaps::cpu::ffn_bit_table(half, second, &table),
+           what + ": a table for float16 input");
+}
+
 // ----------------------------------------------------------------------------- attention
 
 constexpr double kAttentionAtol = 4e-6;
@@ -636,6 +755,17 @@ void check_path(Checker& c, CpuPath path, uint32_t seed) {
       }
     }
   }
+  // The fused feed-forward block: beta2 = 0 (GELU's far tail flips bits where float32 erf is
+  // flat), above 0, inside GELU's dip (two crossings) and below its minimum (no bit set).
+  const FfnCase ffn_cases[] = {
+      {37, 768, 3072, 48, false, false, true, true, 0.0f},
+      {5, 33, 100, 17, false, false, true, true, 0.3f},
+      {9, 100, 67, 33, true, false, true, false, -0.1f},
+      {3, 31, 40, 20, false, true, true, true, -0.1f},
+      {7, 64, 96, 16, true, true, false, true, 0.2f},
+      {4, 32, 33, 5, false, false, true, true, -0.2f},
+  };
+  for (const FfnCase& f : ffn_cases) check_binary_ffn(c, path, rng, f);
   check_attention(c, path, rng);
   check_layer_norm(c, path, rng);
   check_embed_layer_norm(c, path, rng);
