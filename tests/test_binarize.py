@@ -540,7 +540,7 @@ def test_fuse_encoder_runs_the_layers_as_one_loop_and_steps_aside_when_asked() -
     fused = copy.deepcopy(model)
     assert fuse_encoder_(fused) == 0  # its layers are not fused yet
     counts = fuse_for_cpu_inference_(fused)
-    assert counts == {"gelu": 2, "qkv": 2, "skip_layer_norm": 4, "encoder": 1}
+    assert counts == {"gelu": 2, "qkv": 2, "skip_layer_norm": 4, "ffn": 0, "encoder": 1}
     assert fuse_encoder_(fused) == 0 and set(fuse_for_cpu_inference_(fused).values()) == {0}
     assert type(fused.bert.encoder).__name__ == "LoopBertEncoder"
     assert fused.bert.encoder.layer[0].attention.self.qkv_panels is None
@@ -583,3 +583,46 @@ def test_fuse_encoder_runs_the_layers_as_one_loop_and_steps_aside_when_asked() -
     assert len(full.hidden_states) == len(want.hidden_states) == 3
     for a, b in zip(full.hidden_states, want.hidden_states, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+def test_fuse_ffn_runs_each_fixed_scale_ffn_as_one_call() -> None:
+    """Elastic quantizers (fixed activation scales): each layer's FFN becomes one
+    bitmaps::binary_ffn_prepacked call through its table in the encoder loop, with the same
+    output as transformers' forward (no first-layer output of this model lies in GELU's far tail
+    or within a rounding of a threshold); a reloaded state dict rebuilds the table."""
+    from bitmaps.core import ops as ops_module
+    from bitmaps.runtime.fusion import fuse_for_cpu_inference_
+
+    torch.manual_seed(2)
+    model = _tiny_bert(layers=2)
+    binarize_(model, BinarizeConfig(activation_quantizer="elastic"))
+    pack_binary_linears_(model)
+    ids = torch.randint(0, 120, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=mask).logits
+    fused = copy.deepcopy(model)
+    assert fuse_for_cpu_inference_(fused)["ffn"] == 2
+    intermediate = fused.bert.encoder.layer[0].intermediate
+    table = intermediate.ffn_table
+    assert table.dtype == torch.int32 and table.shape[0] == 2 and table.shape[2] == 48
+    calls = collections.Counter()
+    real = ops_module.binary_ffn_prepacked
+
+    def counting(*args):  # noqa: ANN002, ANN202
+        calls["ffn"] += 1
+        return real(*args)
+
+    ops_module.binary_ffn_prepacked = counting
+    try:
+        with torch.no_grad():
+            got = fused(input_ids=ids, attention_mask=mask).logits
+    finally:
+        ops_module.binary_ffn_prepacked = real
+    assert calls["ffn"] == 2
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    state = {k: v.clone() for k, v in fused.state_dict().items()}
+    state["bert.encoder.layer.0.intermediate.dense.bias"] += 1.0
+    fused.load_state_dict(state)
+    assert not torch.equal(intermediate.ffn_table, table)

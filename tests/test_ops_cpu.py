@@ -478,3 +478,54 @@ def test_skip_layer_norm_opcheck_and_bad_input():
             impl(x, skip, gamma, torch.rand(9), 1e-5)
         with pytest.raises(RuntimeError, match="epsilon must be finite and >= 0"):
             impl(x, skip, gamma, beta, -1.0)
+
+
+# ------------------------------------------------ the FFN's two layers in one call (fixed scales)
+
+
+def _ffn_args(k: int, h: int, n: int, act_unsigned: int, next_unsigned: int, beta: float):
+    """Arguments of binary_ffn_prepacked (without the table): the first layer's outputs spread
+    over GELU's shape, tail included."""
+    g = torch.Generator().manual_seed(k * 31 + h)
+    w1, w2 = _packed(h, k), _packed(n, h)
+    ws1 = (torch.rand(h, generator=g) * 2 - 1) * 6.0 / (0.37 * k**0.5)
+    b1 = torch.rand(h, generator=g) * 2 - 1
+    ws2, b2 = torch.rand(n, generator=g) * 0.05 + 0.01, torch.randn(n, generator=g)
+    first = (ops.prepack_weights(w1, k), ws1, b1, k, -0.2, 0.37, act_unsigned, 1)
+    second = (ops.prepack_weights(w2, h), ws2, b2, beta, 0.61, next_unsigned)
+    return first, second
+
+
+@pytest.mark.parametrize("k,h,n", [(33, 100, 17), (768, 3072, 40)])
+@pytest.mark.parametrize("act_unsigned,next_unsigned,beta", [(0, 0, 0.0), (1, 0, 0.3), (0, 1, -0.1)])
+def test_binary_ffn_matches_reference(cpu_path, k, h, n, act_unsigned, next_unsigned, beta):
+    # the table: exactly the reference's; the two layers through it: the reference bit for bit
+    first, second = _ffn_args(k, h, n, act_unsigned, next_unsigned, beta)
+    _, ws1, b1, _, _, scale, unsigned, activation = first
+    table_args = (ws1, b1, k, scale, unsigned, activation, beta, next_unsigned)
+    table = ops.ffn_bit_table(*table_args)
+    assert torch.equal(table, ops.reference_ffn_bit_table(*table_args))
+    x = torch.randn(3, 11, k)
+    y = ops.binary_ffn_prepacked(x, *first, table, *second)
+    ref = ops.reference_binary_ffn_prepacked(x, *first, table, *second)
+    assert y.shape == (3, 11, n) and torch.equal(y, ref), (y - ref).abs().max()
+
+
+def test_binary_ffn_opcheck_and_bad_input():
+    first, second = _ffn_args(100, 64, 9, 0, 0, 0.1)
+    _, ws1, b1, k, _, scale, unsigned, activation = first
+    table = ops.ffn_bit_table(ws1, b1, k, scale, unsigned, activation, 0.1, 0)
+    x = torch.randn(2, 5, 100)
+    torch.library.opcheck(ops.binary_ffn_prepacked, (x, *first, table, *second))
+    impls = [(ops.reference_ffn_bit_table, ops.reference_binary_ffn_prepacked)]
+    if ops.native_available():
+        impls.append((ops.ffn_bit_table, ops.binary_ffn_prepacked))
+    for make_table, ffn in impls:
+        with pytest.raises(RuntimeError, match="act_scale must be > 0"):
+            make_table(ws1, b1, k, 0.0, unsigned, activation, 0.1, 0)
+        with pytest.raises(RuntimeError, match=r"table must .*shape \[2, runs <= 2, 64\]"):
+            ffn(x, *first, table[:, :, :10], *second)
+        with pytest.raises(RuntimeError, match="act_scale and next_act_scale must be > 0"):
+            ffn(x, *first, table, *second[:4], 0.0, 0)
+        with pytest.raises(RuntimeError, match="x must be Float"):
+            ffn(x.half(), *first, table, *second)

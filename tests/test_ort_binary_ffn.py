@@ -100,7 +100,10 @@ def reference(x: np.ndarray, layers: dict, attrs: dict) -> np.ndarray:
         torch.from_numpy(layers["w_scale1"]), torch.from_numpy(layers["bias1"]),
         attrs["in_features"], attrs["act_threshold"], attrs["act_scale"], attrs["act_unsigned"],
     ).double()  # fmt: skip
-    v = 0.5 * y * torch.special.erfc(-y / math.sqrt(2.0)) if attrs["activation"] else y
+    v = y
+    if attrs["activation"]:  # GELU < 0 for every y < 0, also where erfc underflows (y < -38.5)
+        v = 0.5 * y * torch.special.erfc(-y / math.sqrt(2.0))
+        v = torch.where(y < 0, v.clamp(max=-1e-300), v)
     beta = float(np.float32(attrs["hidden_act_threshold"]))
     unsigned = attrs["hidden_act_unsigned"]
     bits = v - beta > 0 if unsigned else v - beta < 0

@@ -9,6 +9,10 @@
 ``packed_attention``          attention on Q, K, V side by side ``[B, S, 3·H·D]`` (the CPU kernel of
                               csrc/kernels/cpu_attention.h; inference on the stacked projection)
 ``skip_layer_norm``           ``LayerNorm(x + skip)`` over the last axis (csrc/kernels/cpu_layer_norm.h)
+``ffn_bit_table``             per column, the ranges of a binary layer's dot products whose output,
+                              after GELU, the next binary layer binarizes to 1 (fixed scales)
+``binary_ffn_prepacked``      two prepacked binary layers, the second binarizing the first's
+                              (GELU'd) output, through that table: bitmaps::BinaryFeedForward
 ============================  ====================================================================
 
 The reference implementations (``reference_*``) are the ground truth for every test. They are also
@@ -46,6 +50,16 @@ _lib.define(
 _lib.define("packed_attention(Tensor qkv, Tensor? bias, int num_heads, float scale) -> Tensor")
 _lib.define(
     "skip_layer_norm(Tensor x, Tensor skip, Tensor gamma, Tensor? beta, float epsilon) -> Tensor"
+)
+_lib.define(
+    "ffn_bit_table(Tensor w_scale, Tensor? bias, int in_features, float act_scale, "
+    "int act_unsigned, int activation, float next_act_threshold, int next_act_unsigned) -> Tensor"
+)
+_lib.define(
+    "binary_ffn_prepacked(Tensor x, Tensor panels, Tensor w_scale, Tensor? bias, "
+    "int in_features, float act_threshold, float act_scale, int act_unsigned, int activation, "
+    "Tensor table, Tensor next_panels, Tensor next_w_scale, Tensor? next_bias, "
+    "float next_act_threshold, float next_act_scale, int next_act_unsigned) -> Tensor"
 )
 
 # Weight rows per panel of the prepacked layout (csrc/kernels/cpu_kernels.h kPanelRows): one
@@ -175,6 +189,127 @@ def reference_skip_layer_norm(
     return torch.nn.functional.layer_norm(x + skip, (x.shape[-1],), gamma, beta, epsilon)
 
 
+# At most this many ranges per column in an ffn_bit_table (GELU(y) − β changes sign at most twice);
+# csrc/kernels/cpu_binary_linear.h kMaxFfnRuns
+MAX_FFN_RUNS = 2
+
+
+def ffn_bits(
+    y: torch.Tensor, activation: int, next_threshold: float, next_unsigned: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The next layer's input bits of the float32 outputs ``y`` (bitmaps::BinaryFeedForward),
+    and GELU(y) − β: bit 1 where GELU(y) − β < 0 (> 0 for {0, 1} activations), GELU in float64
+    as 0.5·y·erfc(−y/√2) and kept below 0 for every y < 0 (where erfc underflows, y < −38.5):
+    GELU's true sign, also in the far negative tail where a float32 GELU rounds to 0."""
+    v = y.double()
+    if activation:
+        gelu = 0.5 * v * torch.special.erfc(-v / math.sqrt(2.0))
+        v = torch.where(v < 0, gelu.clamp(max=-torch.finfo(torch.float64).tiny), gelu)
+    beta = float(torch.tensor(next_threshold, dtype=torch.float32))
+    return (v - beta > 0 if next_unsigned else v - beta < 0), v - beta
+
+
+def reference_ffn_bit_table(
+    w_scale: torch.Tensor, bias: torch.Tensor | None, in_features: int, act_scale: float,
+    act_unsigned: int, activation: int, next_act_threshold: float, next_act_unsigned: int,
+) -> torch.Tensor:  # fmt: skip
+    """int32 ``[2, runs, N]``: for each output column n of a binary layer with a fixed activation
+    scale, the ranges ``[lo, hi]`` (``[0]`` and ``[1]``) of its integer dot products d whose output
+    ``y = (d · act_scale) · w_scale[n] + bias[n]`` (float32) the next layer binarizes to 1 after
+    GELU (``activation`` 1) or as it is: :func:`ffn_bits`. d runs over what the layer can produce
+    (K − 2p for ±1 inputs, every integer in [−K, K] for {0, 1} inputs); an unused range has
+    lo > hi. Raises where it does not apply (``act_scale`` not > 0, more than MAX_FFN_RUNS ranges)."""
+    _check_ffn_bit_table(w_scale, bias, in_features, act_scale, act_unsigned, activation)
+    step = 1 if act_unsigned else 2
+    d = torch.arange(-in_features, in_features + 1, step, dtype=torch.int32)
+    scale = torch.tensor(act_scale, dtype=torch.float32)
+    y = (d.float() * scale)[None, :] * w_scale.float()[:, None]
+    if bias is not None:
+        y = y + bias.float()[:, None]
+    bits, _ = ffn_bits(y, activation, next_act_threshold, next_act_unsigned)  # [N, count]
+    n = bits.shape[0]
+    pad = torch.zeros(n, 1, dtype=torch.bool)
+    starts = bits & ~torch.cat([pad, bits[:, :-1]], 1)
+    ends = bits & ~torch.cat([bits[:, 1:], pad], 1)
+    runs = int(starts.sum(1).max()) if n else 0
+    if runs > MAX_FFN_RUNS:
+        raise RuntimeError(f"bitmaps::ffn_bit_table: a column needs {runs} ranges (at most "
+                           f"{MAX_FFN_RUNS})")  # fmt: skip
+    table = torch.empty(2, runs, n, dtype=torch.int32)
+    table[0].fill_(torch.iinfo(torch.int32).max)
+    table[1].fill_(torch.iinfo(torch.int32).min)
+    for part, marks in ((0, starts), (1, ends)):
+        rows, cols = marks.nonzero(as_tuple=True)
+        order = marks.cumsum(1)[rows, cols] - 1  # which range of its column
+        table[part, order, rows] = d[cols]
+    return table
+
+
+def _check_ffn_bit_table(
+    w_scale: torch.Tensor, bias: torch.Tensor | None, in_features: int, act_scale: float,
+    act_unsigned: int, activation: int,
+) -> None:  # fmt: skip
+    op = "ffn_bit_table"
+    if in_features < 1:
+        raise RuntimeError(f"bitmaps::{op}: in_features must be >= 1, got {in_features}")
+    if not act_scale > 0:
+        raise RuntimeError(f"bitmaps::{op}: act_scale must be > 0 (a fixed scale), got {act_scale}")
+    if w_scale.dtype != torch.float32 or w_scale.dim() != 1:
+        raise RuntimeError(f"bitmaps::{op}: w_scale must be Float of shape [out_features], got "
+                           f"{w_scale.dtype} {list(w_scale.shape)}")  # fmt: skip
+    if bias is not None and (bias.dtype != torch.float32 or bias.shape != w_scale.shape):
+        raise RuntimeError(f"bitmaps::{op}: bias must be Float of shape {list(w_scale.shape)}, "
+                           f"got {bias.dtype} {list(bias.shape)}")  # fmt: skip
+    if act_unsigned not in (0, 1):
+        raise RuntimeError(f"bitmaps::{op}: act_unsigned must be 0 or 1, got {act_unsigned}")
+    _check_activation(op, activation)
+
+
+def reference_binary_ffn_prepacked(
+    x: torch.Tensor, panels: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+    in_features: int, act_threshold: float, act_scale: float, act_unsigned: int, activation: int,
+    table: torch.Tensor, next_panels: torch.Tensor, next_w_scale: torch.Tensor,
+    next_bias: torch.Tensor | None, next_act_threshold: float, next_act_scale: float,
+    next_act_unsigned: int,
+) -> torch.Tensor:  # fmt: skip
+    """Two binary layers (bitmaps::BinaryFeedForward, csrc/onnxruntime/README.md): the first
+    (prepacked) on float32 ``x``, its output's bits for the second as :func:`ffn_bits` defines
+    them, the second (prepacked) on those bits. ``table`` (:func:`reference_ffn_bit_table` of the
+    first layer and the second's threshold) is what the native kernel reads instead; here only
+    its shape is checked."""
+    _check_binary_ffn(x, w_scale, next_w_scale, table, act_scale, next_act_scale)
+    y = reference_binary_linear_prepacked(x, panels, w_scale, bias, in_features, act_threshold,
+                                          act_scale, act_unsigned)  # fmt: skip
+    bits, _ = ffn_bits(y, activation, next_act_threshold, next_act_unsigned)
+    beta = float(torch.tensor(next_act_threshold, dtype=torch.float32))
+    on, off = (beta + 1.0, beta - 1.0) if next_act_unsigned else (beta - 1.0, beta + 1.0)
+    h = torch.where(bits, torch.tensor(on), torch.tensor(off)).float()  # 1 from beta: exact signs
+    return reference_binary_linear_prepacked(h, next_panels, next_w_scale, next_bias,
+                                             w_scale.shape[0], next_act_threshold, next_act_scale,
+                                             next_act_unsigned)  # fmt: skip
+
+
+def _check_binary_ffn(
+    x: torch.Tensor, w_scale: torch.Tensor, next_w_scale: torch.Tensor, table: torch.Tensor,
+    act_scale: float, next_act_scale: float,
+) -> None:  # fmt: skip
+    op = "binary_ffn_prepacked"
+    if x.dtype != torch.float32:
+        raise RuntimeError(f"bitmaps::{op}: x must be Float, got {x.dtype}")
+    if not (act_scale > 0 and next_act_scale > 0):
+        raise RuntimeError(f"bitmaps::{op}: act_scale and next_act_scale must be > 0 (fixed "
+                           f"scales), got {act_scale} and {next_act_scale}")  # fmt: skip
+    n = w_scale.shape[0]
+    if (table.dtype != torch.int32 or table.dim() != 3 or table.shape[0] != 2
+            or table.shape[1] > MAX_FFN_RUNS or table.shape[2] != n):  # fmt: skip
+        raise RuntimeError(f"bitmaps::{op}: table must be int32 of shape [2, runs <= "
+                           f"{MAX_FFN_RUNS}, {n}] (bitmaps::ffn_bit_table), got {table.dtype} "
+                           f"{list(table.shape)}")  # fmt: skip
+    if next_w_scale.dim() != 1:
+        raise RuntimeError(f"bitmaps::{op}: next_w_scale must have shape [out_features], got "
+                           f"{list(next_w_scale.shape)}")  # fmt: skip
+
+
 def _check_skip_layer_norm(
     x: torch.Tensor, skip: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor | None,
     epsilon: float,
@@ -237,6 +372,10 @@ torch.library.impl(_lib, "packed_attention", "CompositeExplicitAutograd")(
     reference_packed_attention
 )
 torch.library.impl(_lib, "skip_layer_norm", "CompositeExplicitAutograd")(reference_skip_layer_norm)
+torch.library.impl(_lib, "ffn_bit_table", "CompositeExplicitAutograd")(reference_ffn_bit_table)
+torch.library.impl(_lib, "binary_ffn_prepacked", "CompositeExplicitAutograd")(
+    reference_binary_ffn_prepacked
+)
 
 
 # The fake kernels check what the compiled kernels check (same messages), so shape and dtype errors
@@ -400,6 +539,34 @@ def _skip_layer_norm_fake(
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+@torch.library.register_fake("bitmaps::ffn_bit_table")
+def _ffn_bit_table_fake(
+    w_scale: torch.Tensor, bias: torch.Tensor | None, in_features: int, act_scale: float,
+    act_unsigned: int, activation: int, next_act_threshold: float, next_act_unsigned: int,
+) -> torch.Tensor:  # fmt: skip
+    _check_same_device("ffn_bit_table", w_scale=w_scale, bias=bias)
+    _check_ffn_bit_table(w_scale, bias, in_features, act_scale, act_unsigned, activation)
+    runs = torch.library.get_ctx().new_dynamic_size(max=MAX_FFN_RUNS)
+    return w_scale.new_empty((2, runs, w_scale.shape[0]), dtype=torch.int32)
+
+
+@torch.library.register_fake("bitmaps::binary_ffn_prepacked")
+def _binary_ffn_prepacked_fake(
+    x: torch.Tensor, panels: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
+    in_features: int, act_threshold: float, act_scale: float, act_unsigned: int, activation: int,
+    table: torch.Tensor, next_panels: torch.Tensor, next_w_scale: torch.Tensor,
+    next_bias: torch.Tensor | None, next_act_threshold: float, next_act_scale: float,
+    next_act_unsigned: int,
+) -> torch.Tensor:  # fmt: skip
+    op = "binary_ffn_prepacked"
+    _check_same_device(op, x=x, panels=panels, w_scale=w_scale, bias=bias, table=table,
+                       next_panels=next_panels, next_w_scale=next_w_scale, next_bias=next_bias)  # fmt: skip
+    _check_binary_ffn(x, w_scale, next_w_scale, table, act_scale, next_act_scale)
+    _binary_linear_prepacked_fake(x, panels, w_scale, bias, in_features, act_threshold,
+                                  act_scale, act_unsigned, activation)  # fmt: skip
+    return x.new_empty((*x.shape[:-1], next_w_scale.shape[0]))
+
+
 # --------------------------------------------------------------------------- native kernels
 
 try:  # registers CPU (and CUDA, where built) kernels for the schemas above
@@ -465,3 +632,5 @@ prepack_weights = torch.ops.bitmaps.prepack_weights
 binary_linear_prepacked = torch.ops.bitmaps.binary_linear_prepacked
 packed_attention = torch.ops.bitmaps.packed_attention
 skip_layer_norm = torch.ops.bitmaps.skip_layer_norm
+ffn_bit_table = torch.ops.bitmaps.ffn_bit_table
+binary_ffn_prepacked = torch.ops.bitmaps.binary_ffn_prepacked

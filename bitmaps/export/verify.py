@@ -43,13 +43,13 @@ MatMul differently: measured ≤ 2e-3).
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import onnx
 import torch
 
 from bitmaps.core.errors import BitmapsError
+from bitmaps.core.ops import ffn_bits
 from bitmaps.core.ort import library_missing, open_session
 from bitmaps.core.packed import PackedBinaryLinear
 from bitmaps.export.onnx_export import ExportWrapper
@@ -131,19 +131,19 @@ class FeedForward:
         self.act_threshold = first.act_threshold  # of the node's input X (_first_flip)
 
     def reference(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        second = self.second
         with torch.no_grad():
-            y = self.first(x).double()
-            v = 0.5 * y * torch.special.erfc(-y / math.sqrt(2.0)) if self.gelu else y
-            beta = self.second.act_threshold
-            bits = v - beta > 0 if self.second.act_unsigned else v - beta < 0
+            y = self.first(x)
+            bits, margin = ffn_bits(y, int(self.gelu), second.act_threshold, second.act_unsigned)
+            beta = float(torch.tensor(second.act_threshold, dtype=torch.float32))
             # an input whose bit is set / clear after subtracting beta (exact in float32: 1 apart)
-            on, off = (beta + 1.0, beta - 1.0) if self.second.act_unsigned else (beta - 1.0, beta + 1.0)
+            on, off = (beta + 1.0, beta - 1.0) if second.act_unsigned else (beta - 1.0, beta + 1.0)
             inputs = torch.where(bits, torch.tensor(on), torch.tensor(off)).float()
-            out = self.second(inputs)
-            ambiguous = (v - beta).abs() <= AMBIGUOUS_GELU * max(1.0, abs(beta))
-            per_flip = (1.0 if self.second.act_unsigned else 2.0) * self.second.act_scale
+            out = second(inputs)
+            ambiguous = margin.abs() <= AMBIGUOUS_GELU * max(1.0, abs(beta))
+            per_flip = (1.0 if second.act_unsigned else 2.0) * second.act_scale
             allowance = ambiguous.sum(-1, keepdim=True).double() * per_flip
-            allowance = allowance * self.second.w_scale.double().abs()
+            allowance = allowance * second.w_scale.double().abs()
         return out, allowance
 
 

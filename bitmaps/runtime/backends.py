@@ -229,7 +229,9 @@ def path_description(backend: str, device: str, model: str) -> str:
         if model == "binary":
             op = (
                 "binary_linear_prepacked (weights laid out at load; the FFN's GELU in its "
-                "epilogue; Q, K, V side by side, one stacked call where they binarize alike; "
+                "epilogue, or with fixed activation scales the FFN as one "
+                "torch.ops.bitmaps.binary_ffn_prepacked call through its table of bits; "
+                "Q, K, V side by side, one stacked call where they binarize alike; "
                 "attention = torch.ops.bitmaps.packed_attention; residual add + LayerNorm = "
                 "torch.ops.bitmaps.skip_layer_norm; fully fused encoders as one loop over "
                 "these ops: bitmaps.runtime.fusion.fuse_for_cpu_inference_)"
@@ -244,8 +246,9 @@ def path_description(backend: str, device: str, model: str) -> str:
         if model == "binary":
             if library_missing() is None:  # a library that does not load fails the row
                 return (
-                    "ONNX Runtime CPUExecutionProvider; bitmaps::BinaryLinear = native op "
-                    f"libbitmaps_ort.so (CPU path {native_cpu_path()})"
+                    "ONNX Runtime CPUExecutionProvider; bitmaps::BinaryLinear (and "
+                    "bitmaps::BinaryFeedForward, the FFN with fixed activation scales) = native "
+                    f"op libbitmaps_ort.so (CPU path {native_cpu_path()})"
                 )
             return (
                 "ONNX Runtime CPUExecutionProvider; bitmaps::BinaryLinear = model-local ONNX "

@@ -1,5 +1,6 @@
 """CPU inference fusions of a packed binary transformers BERT (``fuse_for_cpu_inference_``): the
-FFN's GELU in its GEMM's epilogue, Q, K and V side by side with bitmaps' attention kernel, the
+FFN's GELU in its GEMM's epilogue (or, with fixed activation scales, the FFN's two layers as one
+call through a table of bits), Q, K and V side by side with bitmaps' attention kernel, the
 residual add + LayerNorm kernel, and the encoder as one loop over these ops. Each fused module
 keeps its state dict and runs transformers' own code wherever the fusion does not apply."""
 
@@ -235,6 +236,56 @@ def fuse_encoder_(model: nn.Module) -> int:
     return fused
 
 
+def fuse_ffn_(model: nn.Module) -> int:
+    """For inference on the CPU: each transformers ``BertLayer`` whose FFN is two
+    PackedBinaryLinear layers with fixed activation scales (``act_scale > 0``: the elastic
+    quantizer), the first with its GELU fused (:func:`fuse_gelu_`), gets the table of
+    ``bitmaps::ffn_bit_table`` (a non-persistent buffer ``ffn_table`` of its ``intermediate``,
+    rebuilt when a state dict is loaded), and the encoder loop of :func:`fuse_encoder_` runs the
+    two layers as one ``bitmaps::binary_ffn_prepacked`` call: the first GEMM writes the second's
+    input bits (the sign of the exact GELU, as the onnxruntime export's BinaryFeedForward node),
+    no float intermediate, no GELU, no second packing pass. Returns how many layers."""
+    fused = 0
+    for module in model.modules():
+        intermediate, output = getattr(module, "intermediate", None), getattr(module, "output", None)
+        first = getattr(intermediate, "dense", None)
+        second = getattr(output, "dense", None)
+        if not (isinstance(first, PackedBinaryLinear) and isinstance(second, PackedBinaryLinear)):
+            continue
+        if not (first.act_scale > 0 and second.act_scale > 0 and first.activation == 1):
+            continue
+        if first.panels is None or second.panels is None:
+            continue
+        _set_ffn_table(intermediate, first, second)
+        intermediate.register_load_state_dict_post_hook(
+            lambda m, _, first=first, second=second: _set_ffn_table(m, first, second)
+        )
+        fused += 1
+    return fused
+
+
+def _set_ffn_table(
+    intermediate: nn.Module, first: PackedBinaryLinear, second: PackedBinaryLinear
+) -> None:
+    table = ops.ffn_bit_table(first.w_scale, first.bias, first.in_features, first.act_scale,
+                              first.act_unsigned, 1, second.act_threshold, second.act_unsigned)  # fmt: skip
+    intermediate.register_buffer("ffn_table", table, persistent=False)
+
+
+def _ffn(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The layer's FFN output before its add + LayerNorm: one binary_ffn_prepacked call where
+    :func:`fuse_ffn_` made a table, else the two layers."""
+    first, second = layer.intermediate.dense, layer.output.dense
+    table = getattr(layer.intermediate, "ffn_table", None)
+    if table is None or table.device != h.device:
+        return run_prepacked(second, run_prepacked(first, h))
+    return ops.binary_ffn_prepacked(
+        h, first.panels, first.w_scale, first.bias, first.in_features, first.act_threshold,
+        first.act_scale, first.act_unsigned, 1, table, second.panels, second.w_scale,
+        second.bias, second.act_threshold, second.act_scale, second.act_unsigned,
+    )  # fmt: skip
+
+
 def _layer_fused(layer: nn.Module) -> bool:
     return (
         type(layer.attention.self) is _stacked_class()
@@ -322,11 +373,8 @@ def _encoder_class() -> type:
                 h = ops.skip_layer_norm(
                     run_prepacked(so.dense, a), h, norm.weight, norm.bias, norm.eps
                 )
-                i = run_prepacked(layer.intermediate.dense, h)
                 norm = out.LayerNorm
-                h = ops.skip_layer_norm(
-                    run_prepacked(out.dense, i), h, norm.weight, norm.bias, norm.eps
-                )
+                h = ops.skip_layer_norm(_ffn(layer, h), h, norm.weight, norm.bias, norm.eps)
             return mb.BaseModelOutputWithPastAndCrossAttentions(last_hidden_state=h, cache=None)
 
     return LoopBertEncoder
@@ -334,7 +382,8 @@ def _encoder_class() -> type:
 
 def fuse_for_cpu_inference_(model: nn.Module) -> dict[str, int]:
     """Every CPU inference fusion of a packed binary transformers BERT, in order:
-    :func:`fuse_gelu_`, :func:`fuse_qkv_`, :func:`fuse_skip_layer_norm_`, :func:`fuse_encoder_`.
+    :func:`fuse_gelu_`, :func:`fuse_qkv_`, :func:`fuse_skip_layer_norm_`, :func:`fuse_ffn_`,
+    :func:`fuse_encoder_`.
     Returns how many modules each changed. Call it after ``pack_binary_linears_`` on a model kept
     for inference on the CPU and call it under ``torch.no_grad()`` or ``torch.inference_mode()``
     (``bitmaps profile``'s torch rows do); the state dict stays the same, and each fused module
@@ -344,5 +393,6 @@ def fuse_for_cpu_inference_(model: nn.Module) -> dict[str, int]:
         "gelu": fuse_gelu_(model),
         "qkv": fuse_qkv_(model),
         "skip_layer_norm": fuse_skip_layer_norm_(model),
+        "ffn": fuse_ffn_(model),
         "encoder": fuse_encoder_(model),
     }

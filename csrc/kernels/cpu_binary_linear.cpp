@@ -196,7 +196,13 @@ bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second
       float y = static_cast<float>(d) * first.act_scale;
       y = y * first.w_scale[c];
       if (first.bias != nullptr) y = y + first.bias[c];
-      const double v = first.gelu ? 0.5 * y * std::erfc(-static_cast<double>(y) * M_SQRT1_2) : y;
+      double v = y;
+      if (first.gelu) {
+        v = 0.5 * y * std::erfc(-static_cast<double>(y) * M_SQRT1_2);
+        // GELU is negative for every y < 0; erfc underflows below y ~ -38.5 (libms differ in
+        // where): kept below 0, which no float32 threshold lies between
+        if (y < 0.0f) v = std::min(v, -std::numeric_limits<double>::min());
+      }
       const bool bit = second.act_unsigned ? v - beta > 0.0 : v - beta < 0.0;
       if (bit && !open) r.emplace_back(d, d);
       if (bit) r.back().second = d;
@@ -225,7 +231,7 @@ int binary_ffn(CpuPath path, const BinaryFfnArgs& args, const Parallel& parallel
   second.x_half = first.x_half;
   second.y = args.y;
   const int64_t m = first.m, hidden = first.n;
-  if (args.table == nullptr) {  // the two ops one after the other, through a float intermediate
+  if (args.bit_runs < 0) {  // the two ops one after the other, through a float intermediate
     const auto h = uninitialized<uint32_t>(m * hidden);  // float32, or float16 in its first half
     BinaryLinearArgs a = first;
     a.y = h.get();
@@ -243,9 +249,9 @@ int binary_ffn(CpuPath path, const BinaryFfnArgs& args, const Parallel& parallel
   GemmArgs g1 = ops1.gemm(first);
   g1.output = GemmOutput::kBits;
   g1.out = ops2.bits.get();
-  g1.bit_lo = args.table->lo.data();
-  g1.bit_hi = args.table->hi.data();
-  g1.bit_runs = args.table->runs;
+  g1.bit_lo = args.bit_lo;
+  g1.bit_hi = args.bit_hi;
+  g1.bit_runs = args.bit_runs;
   const int used = pack_and_run(path, first, ops1, g1, parallel);
 
   std::fill(ops2.row_scale.get(), ops2.row_scale.get() + m, second.act_scale);

@@ -192,8 +192,17 @@ bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second
 struct BinaryFfnArgs {
   BinaryLinearArgs first;   // x, m, k, n (hidden), its weights, scales and activation; y unused
   BinaryLinearArgs second;  // k = first.n, n, its weights, scales and activation; x, m unused
-  const FfnBitTable* table = nullptr;  // ffn_bit_table of these ops on this path, or null
-  void* y = nullptr;                   // [m, second.n], the dtype of x
+  // The table of ffn_bit_table for these ops ([bit_runs, first.n] each), or bit_runs < 0: none
+  const int32_t* bit_lo = nullptr;
+  const int32_t* bit_hi = nullptr;
+  int bit_runs = -1;
+  void* y = nullptr;  // [m, second.n], the dtype of x
+
+  void use(const FfnBitTable& table) {
+    bit_lo = table.lo.data();
+    bit_hi = table.hi.data();
+    bit_runs = table.runs;
+  }
 };
 
 int binary_ffn(CpuPath path, const BinaryFfnArgs& args, const Parallel& parallel);

@@ -86,7 +86,7 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   if (args.first.m == 0) return nullptr;
   BITMAPS_ORT_RETURN_IF_ERROR(data_of(x, &args.first.x));
   args.first.x_half = xd.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
-  args.table = kern.use_table && !args.first.x_half ? &kern.table : nullptr;
+  if (kern.use_table && !args.first.x_half) args.use(kern.table);
   cpu::binary_ffn(kern.first.path, args, make_parallel(kern.first.threads, context));
   return nullptr;
 }

@@ -13,6 +13,7 @@
 #include <cmath>
 #include <functional>
 #include <optional>
+#include <tuple>
 #include <utility>
 
 #include "cpu_dispatch.h"
@@ -374,6 +375,132 @@ at::Tensor skip_layer_norm_cpu(const at::Tensor& x, const at::Tensor& skip, cons
   return out;
 }
 
+// The FFN's table (cpu::ffn_bit_table) as int32 [2, runs, n]: lo, then hi.
+at::Tensor ffn_bit_table_cpu(const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
+                             int64_t in_features, double act_scale, int64_t act_unsigned,
+                             int64_t activation, double next_act_threshold,
+                             int64_t next_act_unsigned) {
+  constexpr const char* op = "ffn_bit_table";
+  check_cpu(w_scale, op, "w_scale");
+  check_dtype(w_scale, at::kFloat, op, "w_scale");
+  TORCH_CHECK(in_features >= 1, "bitmaps::", op, ": in_features must be >= 1, got ", in_features);
+  TORCH_CHECK(act_scale > 0.0, "bitmaps::", op, ": act_scale must be > 0 (a fixed scale), got ",
+              act_scale);
+  TORCH_CHECK(w_scale.dim() == 1, "bitmaps::", op, ": w_scale must have shape [out_features], "
+              "got ", w_scale.sizes());
+  const at::Tensor ws = w_scale.contiguous();
+  at::Tensor b;
+  if (bias.has_value()) {
+    check_cpu(*bias, op, "bias");
+    check_dtype(*bias, at::kFloat, op, "bias");
+    TORCH_CHECK(bias->sizes() == w_scale.sizes(), "bitmaps::", op, ": bias must have shape ",
+                w_scale.sizes(), ", got ", bias->sizes());
+    b = bias->contiguous();
+  }
+  check_act_unsigned(act_unsigned, op);
+  check_act_unsigned(next_act_unsigned, op);
+  TORCH_CHECK(activation == 0 || activation == 1, "bitmaps::", op, ": activation must be 0 "
+              "(none) or 1 (GELU, erf form), got ", activation);
+  cpu::BinaryLinearArgs first, second;
+  first.k = in_features;
+  first.n = ws.size(0);
+  first.w_scale = ws.const_data_ptr<float>();
+  first.bias = bias.has_value() ? b.const_data_ptr<float>() : nullptr;
+  first.act_scale = static_cast<float>(act_scale);
+  first.act_unsigned = act_unsigned != 0;
+  first.gelu = activation == 1;
+  second.act_threshold = static_cast<float>(next_act_threshold);
+  second.act_scale = 1.0f;  // any fixed scale: the table does not depend on it
+  second.act_unsigned = next_act_unsigned != 0;
+  cpu::FfnBitTable table;
+  TORCH_CHECK(cpu::ffn_bit_table(first, second, &table), "bitmaps::", op, ": a column needs "
+              "more than ", cpu::kMaxFfnRuns, " ranges");
+  at::Tensor out = at::empty({2, table.runs, first.n}, ws.options().dtype(at::kInt));
+  std::copy(table.lo.begin(), table.lo.end(), out.data_ptr<int32_t>());
+  std::copy(table.hi.begin(), table.hi.end(), out.data_ptr<int32_t>() + table.lo.size());
+  return out;
+}
+
+// Two prepacked binary layers through the table (cpu::binary_ffn): bitmaps::BinaryFeedForward.
+at::Tensor binary_ffn_prepacked_cpu(
+    const at::Tensor& x, const at::Tensor& panels, const at::Tensor& w_scale,
+    const std::optional<at::Tensor>& bias, int64_t in_features, double act_threshold,
+    double act_scale, int64_t act_unsigned, int64_t activation, const at::Tensor& table,
+    const at::Tensor& next_panels, const at::Tensor& next_w_scale,
+    const std::optional<at::Tensor>& next_bias, double next_act_threshold,
+    double next_act_scale, int64_t next_act_unsigned) {
+  constexpr const char* op = "binary_ffn_prepacked";
+  check_cpu(x, op, "x");
+  check_dtype(x, at::kFloat, op, "x");
+  TORCH_CHECK(act_scale > 0.0 && next_act_scale > 0.0, "bitmaps::", op, ": act_scale and "
+              "next_act_scale must be > 0 (fixed scales), got ", act_scale, " and ",
+              next_act_scale);
+  const int64_t hidden = w_scale.size(0);
+  check_cpu(table, op, "table");
+  check_dtype(table, at::kInt, op, "table");
+  TORCH_CHECK(table.dim() == 3 && table.size(0) == 2 && table.size(1) <= cpu::kMaxFfnRuns &&
+                  table.size(2) == hidden, "bitmaps::", op, ": table must have shape [2, runs <= ",
+              cpu::kMaxFfnRuns, ", ", hidden, "] (bitmaps::ffn_bit_table), got ", table.sizes());
+  check_contiguous(table, op, "table");
+  // Each layer's own checks (shapes, dtypes, panels) are binary_linear_prepacked's.
+  for (const auto& [ps, sc, bi, k, un, name] :
+       {std::tuple{&panels, &w_scale, &bias, in_features, act_unsigned, "the first layer"},
+        std::tuple{&next_panels, &next_w_scale, &next_bias, hidden, next_act_unsigned,
+                   "the second layer"}}) {
+    check_cpu(*sc, op, "w_scale");
+    check_dtype(*sc, at::kFloat, op, "w_scale");
+    TORCH_CHECK(sc->dim() == 1, "bitmaps::", op, ": ", name, "'s w_scale must have shape "
+                "[out_features], got ", sc->sizes());
+    check_contiguous(*sc, op, "w_scale");
+    check_panels(*ps, sc->size(0), k, op);
+    if (bi->has_value()) {
+      check_cpu(**bi, op, "bias");
+      check_dtype(**bi, at::kFloat, op, "bias");
+      TORCH_CHECK((*bi)->sizes() == sc->sizes(), "bitmaps::", op, ": ", name, "'s bias must have "
+                  "shape ", sc->sizes(), ", got ", (*bi)->sizes());
+      check_contiguous(**bi, op, "bias");
+    }
+    check_act_unsigned(un, op);
+  }
+  TORCH_CHECK(activation == 0 || activation == 1, "bitmaps::", op, ": activation must be 0 "
+              "(none) or 1 (GELU, erf form), got ", activation);
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "bitmaps::", op, ": x.shape[-1] must "
+              "equal in_features=", in_features, ", got x of shape ", x.sizes());
+  const CpuPath path = current_path();
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = next_w_scale.size(0);
+  at::Tensor out = at::empty(shape, x.options());
+  count_cpu_call(kOpBinaryLinear, path);
+  if (out.numel() == 0) return out;
+  const at::Tensor xc = x.contiguous();
+  cpu::BinaryFfnArgs a;
+  a.first.x = xc.const_data_ptr();
+  a.first.m = xc.numel() / in_features;
+  a.first.k = in_features;
+  a.first.n = hidden;
+  a.first.panels = panels.const_data_ptr<int32_t>();
+  a.first.w_scale = w_scale.const_data_ptr<float>();
+  a.first.bias = bias.has_value() ? bias->const_data_ptr<float>() : nullptr;
+  a.first.act_threshold = static_cast<float>(act_threshold);
+  a.first.act_scale = static_cast<float>(act_scale);
+  a.first.act_unsigned = act_unsigned != 0;
+  a.first.gelu = activation == 1;
+  a.second.k = hidden;
+  a.second.n = next_w_scale.size(0);
+  a.second.panels = next_panels.const_data_ptr<int32_t>();
+  a.second.w_scale = next_w_scale.const_data_ptr<float>();
+  a.second.bias = next_bias.has_value() ? next_bias->const_data_ptr<float>() : nullptr;
+  a.second.act_threshold = static_cast<float>(next_act_threshold);
+  a.second.act_scale = static_cast<float>(next_act_scale);
+  a.second.act_unsigned = next_act_unsigned != 0;
+  a.bit_lo = table.const_data_ptr<int32_t>();
+  a.bit_hi = a.bit_lo + table.size(1) * hidden;
+  a.bit_runs = static_cast<int>(table.size(1));
+  a.y = out.data_ptr();
+  record_parallel_workers(cpu::binary_ffn(path, a, current_threads()));
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(bitmaps, CPU, m) {
@@ -384,6 +511,8 @@ TORCH_LIBRARY_IMPL(bitmaps, CPU, m) {
   m.impl("binary_linear_prepacked", &binary_linear_prepacked_cpu);
   m.impl("packed_attention", &packed_attention_cpu);
   m.impl("skip_layer_norm", &skip_layer_norm_cpu);
+  m.impl("ffn_bit_table", &ffn_bit_table_cpu);
+  m.impl("binary_ffn_prepacked", &binary_ffn_prepacked_cpu);
 }
 
 }  // namespace bitmaps
