@@ -14,12 +14,19 @@
 
 from __future__ import annotations
 
+import math
+
 import onnx
 import torch
 from onnx import TensorProto, helper
 from transformers import BertForMaskedLM
 
-from bitmaps.export.onnx_function import BINARY_FFN_OP_TYPE, binary_layer_nodes, binary_linear_nodes, node_layers
+from bitmaps.export.onnx_function import (
+    BINARY_FFN_OP_TYPE,
+    binary_layer_nodes,
+    binary_linear_nodes,
+    node_layers,
+)
 
 _FLOAT32 = TensorProto.FLOAT
 
@@ -57,7 +64,12 @@ def tap_binary_linears(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Ta
 
 
 def _op_inputs_allowed(model: onnx.ModelProto) -> set[str]:
-    return {name for node in binary_linear_nodes(model) for name in node.input[2:4]}
+    """The binary nodes' w_scale and bias inputs (float32 by the op's contract)."""
+    allowed = {name for node in binary_linear_nodes(model) for name in node.input[2:4]}
+    for node in binary_layer_nodes(model):
+        if node.op_type == BINARY_FFN_OP_TYPE:
+            allowed.update((*node.input[2:4], *node.input[5:7]))
+    return allowed
 
 
 def float32_on_compute_path(model: onnx.ModelProto) -> list[str]:
@@ -86,15 +98,13 @@ def float32_on_compute_path(model: onnx.ModelProto) -> list[str]:
 
 
 def packed_bytes(model: onnx.ModelProto) -> int:
-    """Bytes of the packed int32 weights of all BinaryLinear nodes."""
+    """Bytes of the packed int32 weights of all BinaryLinear and BinaryFeedForward nodes."""
     inits = {t.name: t for t in model.graph.initializer}
     total = 0
-    for node in binary_linear_nodes(model):
-        t = inits[node.input[1]]
-        count = 1
-        for d in t.dims:
-            count *= d
-        total += 4 * count
+    for node in binary_layer_nodes(model):
+        weights = (1, 4) if node.op_type == BINARY_FFN_OP_TYPE else (1,)
+        for i in weights:
+            total += 4 * math.prod(inits[node.input[i]].dims)
     return total
 
 

@@ -49,6 +49,7 @@ from bitmaps.export.onnx_function import (
     PLUGIN_NAMESPACE,
     PLUGIN_VERSION,
     binary_ffn_nodes,
+    binary_layer_nodes,
     binary_linear_nodes,
     node_attributes,
     node_layers,
@@ -75,7 +76,7 @@ class ExportSummary:
     path: Path
     binary: bool
     dtype: str
-    binary_linear_nodes: int
+    binary_layers: int  # held by its bitmaps::BinaryLinear / BinaryFeedForward nodes
     packed_bytes: int
     file_bytes: int
     fp32_baseline_bytes: int  # computed: parameter bytes of the FP32 architecture
@@ -88,7 +89,8 @@ class ExportSummary:
         if not self.binary:
             return f"wrote {self.path}: full-precision {self.dtype} baseline, {size} ({base})"
         return (
-            f"wrote {self.path}: {self.binary_linear_nodes} bitmaps::BinaryLinear nodes, packed "
+            f"wrote {self.path}: {self.binary_layers} binary layers (bitmaps::BinaryLinear / "
+            f"BinaryFeedForward nodes), packed "
             f"weights {self.packed_bytes / MB:.2f} MB, {size} ({self.dtype}) vs {base}: "
             f"{ratio:.1f}x smaller"
         )
@@ -120,7 +122,8 @@ def export_student(
         loaded.model, cfg, binary=True, tokenizer=loaded.tokenizer, source=str(checkpoint), log=log
     )
     return ExportSummary(
-        out, True, cfg.dtype, len(binary_linear_nodes(result.model)), packed_bytes(result.model),
+        out, True, cfg.dtype, sum(len(node_layers(n)) for n in binary_layer_nodes(result.model)),
+        packed_bytes(result.model),
         write_onnx(result.model, out), fp32_parameter_bytes(loaded.model.config), result.report,
     )  # fmt: skip
 
