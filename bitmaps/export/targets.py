@@ -195,14 +195,7 @@ def fuse_binary_ffns(model: ir.Model) -> int:
             BINARY_FFN_OP_TYPE, [*first.inputs, *second.inputs[1:]], attrs, domain=DOMAIN,
             name=f"{first.name}{FEEDS}{second.name}",
         )  # fmt: skip
-        fused.outputs[0].type = second.outputs[0].type
-        fused.outputs[0].shape = second.outputs[0].shape
-        model.graph.insert_before(second, fused)
-        old = second.outputs[0]
-        name, was_output = old.name, old.is_graph_output()
-        old.replace_all_uses_with(fused.outputs[0], replace_graph_outputs=True)
-        old.name = f"{name}_unfused"
-        fused.outputs[0].name = name if was_output else f"{name}_ffn"
+        _replace_node(model, second, fused, "ffn")
         done += 1
     if done:
         add_function(model, binary_ffn_function(opset_of(model)), only=False)
@@ -352,9 +345,9 @@ def _norms_of_sums(model: ir.Model) -> list[tuple[ir.Node, ir.Node, int]]:
     return found
 
 
-def _replace_norm(model: ir.Model, norm: ir.Node, fused: ir.Node, suffix: str) -> None:
-    """Put ``fused`` (one output, the LayerNormalization's type and shape) before ``norm`` and
-    move every use of norm's output to it; a graph output keeps its name (last_hidden_state), any
+def _replace_node(model: ir.Model, norm: ir.Node, fused: ir.Node, suffix: str) -> None:
+    """Put ``fused`` (one output, the type and shape of ``norm``'s: a LayerNormalization or the
+    last node of what it replaces) before ``norm`` and move every use of norm's output to it; a graph output keeps its name (last_hidden_state), any
     other value is renamed ``<name>_<suffix>``. The nodes left unused go in the caller's cleanup."""
     fused.outputs[0].type = norm.outputs[0].type
     fused.outputs[0].shape = norm.outputs[0].shape
@@ -416,7 +409,7 @@ def fuse_embed_layer_norms(model: ir.Model) -> int:
             EMBED_LAYER_NORM_OP_TYPE, inputs, {"epsilon": eps, "block_size": blocks.pop()},
             domain=DOMAIN, name=f"{norm.name or 'layer_norm'}/embed_layer_norm",
         )  # fmt: skip
-        _replace_norm(model, norm, fused, "embed")
+        _replace_node(model, norm, fused, "embed")
         done += 1
     if done:
         add_function(model, embed_layer_norm_function(opset_of(model)), only=False)
@@ -446,7 +439,7 @@ def fuse_skip_layer_norms(model: ir.Model) -> int:
             SKIP_LAYER_NORM_OP_TYPE, [a, b, norm.inputs[1], norm.inputs[2]], {"epsilon": eps},
             domain=DOMAIN, name=f"{norm.name or 'layer_norm'}/skip_layer_norm",
         )  # fmt: skip
-        _replace_norm(model, norm, fused, "skip")
+        _replace_node(model, norm, fused, "skip")
         done += 1
     if done:
         add_function(model, skip_layer_norm_function(opset_of(model)), only=False)

@@ -375,6 +375,20 @@ at::Tensor skip_layer_norm_cpu(const at::Tensor& x, const at::Tensor& skip, cons
   return out;
 }
 
+// One prepacked layer's weights, sizes and activation settings (checked by the caller).
+void set_layer(cpu::BinaryLinearArgs* a, const at::Tensor& panels, const at::Tensor& w_scale,
+               const std::optional<at::Tensor>& bias, int64_t in_features, double act_threshold,
+               double act_scale, int64_t act_unsigned) {
+  a->k = in_features;
+  a->n = w_scale.size(0);
+  a->panels = panels.const_data_ptr<int32_t>();
+  a->w_scale = w_scale.const_data_ptr<float>();
+  a->bias = bias.has_value() ? bias->const_data_ptr<float>() : nullptr;
+  a->act_threshold = static_cast<float>(act_threshold);
+  a->act_scale = act_scale > 0.0 ? static_cast<float>(act_scale) : 0.0f;
+  a->act_unsigned = act_unsigned != 0;
+}
+
 // The FFN's table (cpu::ffn_bit_table) as int32 [2, runs, n]: lo, then hi.
 at::Tensor ffn_bit_table_cpu(const at::Tensor& w_scale, const std::optional<at::Tensor>& bias,
                              int64_t in_features, double act_scale, int64_t act_unsigned,
@@ -474,25 +488,12 @@ at::Tensor binary_ffn_prepacked_cpu(
   if (out.numel() == 0) return out;
   const at::Tensor xc = x.contiguous();
   cpu::BinaryFfnArgs a;
+  set_layer(&a.first, panels, w_scale, bias, in_features, act_threshold, act_scale, act_unsigned);
   a.first.x = xc.const_data_ptr();
   a.first.m = xc.numel() / in_features;
-  a.first.k = in_features;
-  a.first.n = hidden;
-  a.first.panels = panels.const_data_ptr<int32_t>();
-  a.first.w_scale = w_scale.const_data_ptr<float>();
-  a.first.bias = bias.has_value() ? bias->const_data_ptr<float>() : nullptr;
-  a.first.act_threshold = static_cast<float>(act_threshold);
-  a.first.act_scale = static_cast<float>(act_scale);
-  a.first.act_unsigned = act_unsigned != 0;
   a.first.gelu = activation == 1;
-  a.second.k = hidden;
-  a.second.n = next_w_scale.size(0);
-  a.second.panels = next_panels.const_data_ptr<int32_t>();
-  a.second.w_scale = next_w_scale.const_data_ptr<float>();
-  a.second.bias = next_bias.has_value() ? next_bias->const_data_ptr<float>() : nullptr;
-  a.second.act_threshold = static_cast<float>(next_act_threshold);
-  a.second.act_scale = static_cast<float>(next_act_scale);
-  a.second.act_unsigned = next_act_unsigned != 0;
+  set_layer(&a.second, next_panels, next_w_scale, next_bias, hidden, next_act_threshold,
+            next_act_scale, next_act_unsigned);
   a.bit_lo = table.const_data_ptr<int32_t>();
   a.bit_hi = a.bit_lo + table.size(1) * hidden;
   a.bit_runs = static_cast<int>(table.size(1));
