@@ -198,7 +198,7 @@ bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second
       if (first.bias != nullptr) y = y + first.bias[c];
       double v = y;
       if (first.gelu) {
-        v = 0.5 * y * std::erfc(-static_cast<double>(y) * M_SQRT1_2);
+        v = 0.5 * y * std::erfc(-static_cast<double>(y) * 0.70710678118654752440);
         // GELU is negative for every y < 0; erfc underflows below y ~ -38.5 (libms differ in
         // where): kept below 0, which no float32 threshold lies between
         if (y < 0.0f) v = std::min(v, -std::numeric_limits<double>::min());

@@ -62,7 +62,7 @@ enum class GemmOutput : int {
   kFloat16 = 2,   // the float32 value above rounded to binary16 (nearest even)
   kBits = 3,      // out int32 words [m, ceil(n/32)], zeroed by the caller: bit n % 32 of word
                   // [m, n / 32] is 1 where dot lies in one of the bit_runs ranges
-                  // [bit_lo[i * n + col], bit_hi[i * n + col]] of its column (cpu_binary_ffn.h)
+                  // [bit_lo[i * n + col], bit_hi[i * n + col]] of its column (binary_ffn, cpu_binary_linear.h)
 };
 
 struct GemmArgs {
