@@ -211,7 +211,6 @@ bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second
     if (static_cast<int64_t>(r.size()) > kMaxFfnRuns) return false;
     runs = std::max(runs, static_cast<int>(r.size()));
   }
-  table->n = n;
   table->runs = runs;
   table->lo.assign(static_cast<size_t>(runs * n), std::numeric_limits<int32_t>::max());
   table->hi.assign(static_cast<size_t>(runs * n), std::numeric_limits<int32_t>::min());

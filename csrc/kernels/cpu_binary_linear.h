@@ -172,9 +172,8 @@ int binary_linear(CpuPath path, const BinaryLinearArgs& args, const Parallel& pa
 // differ: there the table keeps GELU's true sign. Elsewhere the bits are the same unless GELU(y)
 // is within a float32 rounding of the threshold.
 struct FfnBitTable {
-  int64_t n = 0;            // columns (the first op's out_features)
   int runs = 0;             // ranges per column
-  std::vector<int32_t> lo;  // [runs, n]; an empty range has lo > hi
+  std::vector<int32_t> lo;  // [runs, n] for the first op's n columns; an empty range: lo > hi
   std::vector<int32_t> hi;
 };
 
