@@ -111,7 +111,9 @@ def test_export_writes_a_verified_binary_model(checkpoints, tmp_path, capsys):
     out = tmp_path / "student.onnx"
     code, stdout, stderr = _run(["export", str(paths["student"]), str(out)], capsys)
     assert code == 0, stderr
-    assert f"{6 * layers} binary layers (bitmaps::BinaryLinear" in stdout and "FP32 baseline" in stdout
+    assert (
+        f"{6 * layers} binary layers (bitmaps::BinaryLinear" in stdout and "FP32 baseline" in stdout
+    )
     assert "verified with function, kernel" in stderr
     model = onnx.load(str(out))
     onnx.checker.check_model(model, full_check=True)

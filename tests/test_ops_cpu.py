@@ -497,7 +497,9 @@ def _ffn_args(k: int, h: int, n: int, act_unsigned: int, next_unsigned: int, bet
 
 
 @pytest.mark.parametrize("k,h,n", [(33, 100, 17), (768, 3072, 40)])
-@pytest.mark.parametrize("act_unsigned,next_unsigned,beta", [(0, 0, 0.0), (1, 0, 0.3), (0, 1, -0.1)])
+@pytest.mark.parametrize(
+    "act_unsigned,next_unsigned,beta", [(0, 0, 0.0), (1, 0, 0.3), (0, 1, -0.1)]
+)
 def test_binary_ffn_matches_reference(cpu_path, k, h, n, act_unsigned, next_unsigned, beta):
     # the table: exactly the reference's; the two layers through it: the reference bit for bit
     first, second = _ffn_args(k, h, n, act_unsigned, next_unsigned, beta)

@@ -180,11 +180,17 @@ def fuse_binary_ffns(model: ir.Model) -> int:
         hidden = first.outputs[0]
         if len(list(hidden.uses())) != 1 or hidden.is_graph_output():
             continue
-        if len(first.inputs) != 4 or len(second.inputs) != 4 or None in (*first.inputs, *second.inputs):
+        if (
+            len(first.inputs) != 4
+            or len(second.inputs) != 4
+            or None in (*first.inputs, *second.inputs)
+        ):
             continue
         if first.inputs[0].dtype != ir.DataType.FLOAT or _attribute(second, "activation", 0):
             continue
-        if not (_attribute(first, "act_scale", 0.0) > 0 and _attribute(second, "act_scale", 0.0) > 0):
+        if not (
+            _attribute(first, "act_scale", 0.0) > 0 and _attribute(second, "act_scale", 0.0) > 0
+        ):
             continue
         attrs = {}
         for name, (layer, attribute) in BINARY_FFN_ATTRIBUTES.items():
@@ -347,8 +353,9 @@ def _norms_of_sums(model: ir.Model) -> list[tuple[ir.Node, ir.Node, int]]:
 
 def _replace_node(model: ir.Model, norm: ir.Node, fused: ir.Node, suffix: str) -> None:
     """Put ``fused`` (one output, the type and shape of ``norm``'s: a LayerNormalization or the
-    last node of what it replaces) before ``norm`` and move every use of norm's output to it; a graph output keeps its name (last_hidden_state), any
-    other value is renamed ``<name>_<suffix>``. The nodes left unused go in the caller's cleanup."""
+    last node of what it replaces) before ``norm`` and move every use of norm's output to it; a
+    graph output keeps its name (last_hidden_state), any other value is renamed
+    ``<name>_<suffix>``. The nodes left unused go in the caller's cleanup."""
     fused.outputs[0].type = norm.outputs[0].type
     fused.outputs[0].shape = norm.outputs[0].shape
     model.graph.insert_before(norm, fused)

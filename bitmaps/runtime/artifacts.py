@@ -71,8 +71,7 @@ def _identity(spec: str) -> dict[str, object]:
 
 def cache_key(source: ModelSource, model: str, **extra: object) -> str:
     what = (
-        {"shape": source.shape, "seed": source.seed,
-         "binarize": dataclasses.asdict(SHAPE_BINARIZE)}
+        {"shape": source.shape, "seed": source.seed, "binarize": dataclasses.asdict(SHAPE_BINARIZE)}
         if source.shape
         else {"spec": _identity(source.spec(model))}
     )

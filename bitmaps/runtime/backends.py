@@ -88,7 +88,9 @@ class ModelSource:
     def describe(self) -> str:
         if self.shape:
             quantizer = SHAPE_BINARIZE.activation_quantizer
-            return f"{self.shape} shapes, random weights (seed {self.seed}; {quantizer} activations)"
+            return (
+                f"{self.shape} shapes, random weights (seed {self.seed}; {quantizer} activations)"
+            )
         parts = [
             f"teacher {self.teacher}" if self.teacher else "",
             f"student {self.student}" if self.student else "",

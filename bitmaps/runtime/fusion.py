@@ -247,7 +247,10 @@ def fuse_ffn_(model: nn.Module) -> int:
     no float intermediate, no GELU, no second packing pass. Returns how many layers."""
     fused = 0
     for module in model.modules():
-        intermediate, output = getattr(module, "intermediate", None), getattr(module, "output", None)
+        intermediate, output = (
+            getattr(module, "intermediate", None),
+            getattr(module, "output", None),
+        )
         first = getattr(intermediate, "dense", None)
         second = getattr(output, "dense", None)
         if not (isinstance(first, PackedBinaryLinear) and isinstance(second, PackedBinaryLinear)):
