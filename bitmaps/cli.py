@@ -129,7 +129,7 @@ DEVICE = _Device()
 @click.option("--log-every", type=int, help="log line every N steps when not on a terminal [10]")
 @click.option("--amp", type=click.Choice(["auto", "off", "fp16", "bf16"]), help="mixed precision on GPU")
 @click.option("--stop-after", type=int, hidden=True, help="testing aid: stop as if killed after N steps")
-@click.option("--act-quantizer", help="student: activation binarizer (ste, approx_sign, elastic)")
+@click.option("--act-quantizer", help="student: activation binarizer, elastic, ste or approx_sign [elastic]")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="JSON file with sections train, data, binarize, distill")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",

@@ -339,7 +339,8 @@ def test_unsigned_layer_equals_reference_op(quantizer, center, k, n) -> None:
 
 
 def test_centred_weights_pack_the_forward_signs() -> None:
-    layer = BinaryLinear.from_linear(nn.Linear(40, 6), BinarizeConfig(center_weights=True))
+    cfg = BinarizeConfig(center_weights=True, activation_quantizer="ste")  # per-row scales, β = 0
+    layer = BinaryLinear.from_linear(nn.Linear(40, 6), cfg)
     with torch.no_grad():
         layer.weight.add_(torch.linspace(-0.2, 0.2, 6)[:, None])
     spec = layer.export_spec()
@@ -383,6 +384,19 @@ OLD_BINARIZE_DICT = {
     "activation_start_step": 0,
     "version": 1,
 }
+
+
+def test_elastic_is_the_default_and_older_dicts_keep_theirs() -> None:
+    assert BinarizeConfig().activation_quantizer == "elastic"
+    assert BinarizeConfig.from_dict({}).activation_quantizer == "elastic"
+    for version in (1, 2):  # written when the default was the clipped STE
+        cfg = BinarizeConfig.from_dict({"version": version})
+        assert cfg.activation_quantizer == "ste"
+        assert cfg.to_dict()["activation_quantizer"] == "ste"
+        explicit = BinarizeConfig.from_dict({"version": version, "activation_quantizer": "elastic"})
+        assert explicit.activation_quantizer == "elastic"
+    saved = BinarizeConfig(activation_quantizer="approx_sign").to_dict()
+    assert BinarizeConfig.from_dict(saved).activation_quantizer == "approx_sign"
 
 
 def test_config_round_trip_and_old_dict_loads_as_it_computed() -> None:
@@ -528,7 +542,7 @@ def test_fuse_encoder_runs_the_layers_as_one_loop_and_steps_aside_when_asked() -
 
     torch.manual_seed(1)
     model = _tiny_bert(layers=2)
-    binarize_(model, BinarizeConfig())
+    binarize_(model, BinarizeConfig(activation_quantizer="ste"))  # Q, K, V stack
     pack_binary_linears_(model)
     # layer 0's Q, K, V binarize differently (three calls, concatenated), layer 1's alike (one)
     model.bert.encoder.layer[0].attention.self.value.act_threshold = -0.1

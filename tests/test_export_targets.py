@@ -37,7 +37,9 @@ def _bert_tiny_student():  # noqa: ANN202
 
     torch.manual_seed(0)
     loaded = load_model("bert-tiny")
-    binarize_(loaded.model, BinarizeConfig())
+    # the STE (one threshold, 0, for every layer): Q, K and V stack; elastic students are
+    # small_student()'s below
+    binarize_(loaded.model, BinarizeConfig(activation_quantizer="ste"))
     return loaded
 
 

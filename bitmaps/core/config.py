@@ -298,15 +298,19 @@ class BinarizeConfig(Config):
     activation of the student (GELU in BERT) by ReLU; ``unsigned_modules`` take {0, 1}
     activations (two-set binarization, the op's ``act_unsigned``) — ``None`` means the FFN output
     dense when the activation is ReLU (its input is then non-negative), none otherwise;
-    ``center_weights`` binarizes sign(W − row mean); ``activation_quantizer="elastic"`` learns the
-    activation scale and threshold. Version 1 dicts (written before these fields) load as what they
-    computed: GELU, no unsigned inputs, uncentred weights.
+    ``center_weights`` binarizes sign(W − row mean); ``activation_quantizer="elastic"`` (the
+    default since version 3) learns the activation scale and threshold: the deployed op then has a
+    fixed ``act_scale`` (no per-row mean |x| at run time) and an FFN's two binary layers run as one
+    node (``bitmaps::BinaryFeedForward``), and the ablation (benchmarks/RESULTS.md) found it as
+    accurate as the clipped STE or better. Version 1 dicts (written before these fields) load as
+    what they computed: GELU, no unsigned inputs, uncentred weights; version 1 and 2 dicts without
+    an ``activation_quantizer`` load with the default of their time, "ste".
     """
 
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
 
     weight_quantizer: str = "scaled_sign"  # α_n·sign(W_n), α_n = mean |W_n|
-    activation_quantizer: str = "ste"  # "ste" | "approx_sign" | "elastic" (BiT: learned α, β)
+    activation_quantizer: str = "elastic"  # "elastic" (BiT: learned α, β) | "ste" | "approx_sign"
     clip: float = 1.0  # gradient window of the activation STE / ApproxSign
     weight_clip: float = 1.0  # gradient window of the weight STE
     modules: tuple[str, ...] = (
@@ -382,8 +386,11 @@ class BinarizeConfig(Config):
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BinarizeConfig:
         d = dict(d)
-        if d.get("version", cls.VERSION) == 1:  # before two-set binarization: what it computed
+        version = d.get("version", cls.VERSION)
+        if version == 1:  # before two-set binarization: what it computed
             d.setdefault("unsigned_modules", ())
+        if isinstance(version, int) and version < 3:  # before elastic became the default
+            d.setdefault("activation_quantizer", "ste")
         return super().from_dict(d)
 
 
