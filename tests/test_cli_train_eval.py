@@ -133,3 +133,27 @@ def test_real_process_exit_code_and_single_line(tmp_path) -> None:
 def test_binarize_options_need_student_stage(capsys, tmp_path, sotu_small, stage_args) -> None:
     code, _, err = run(capsys, *train_args(sotu_small, tmp_path / "o.pt", *stage_args))
     assert_one_line_error(code, err, "student")
+
+
+def test_default_student_is_elastic_and_exports_one_ffn_node(capsys, tmp_path, sotu_small) -> None:
+    """Without --act-quantizer a student gets the elastic binarizer (BinarizeConfig v3): fixed
+    activation scales, so `export --target onnxruntime` writes each FFN as one
+    bitmaps::BinaryFeedForward node."""
+    import onnx
+
+    from bitmaps.core.checkpoint import load_checkpoint
+
+    teacher, student, model = tmp_path / "t.pt", tmp_path / "s.pt", tmp_path / "s.onnx"
+    code, _, err = run(
+        capsys, *train_args(sotu_small, teacher, "--steps", "1", "--batch-size", "2")
+    )
+    assert code == 0, err
+    args = ["train", "--stage", "student", "--teacher", str(teacher), "--data", str(sotu_small),
+            "-o", str(student), "--steps", "2", "--batch-size", "2"]  # fmt: skip
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    assert load_checkpoint(student)["binarize"]["activation_quantizer"] == "elastic"
+    code, _, err = run(capsys, "export", str(student), str(model), "--target", "onnxruntime")
+    assert code == 0, err
+    ops = [n.op_type for n in onnx.load(str(model)).graph.node if n.domain == "bitmaps"]
+    assert ops.count("BinaryFeedForward") == 2, ops  # BERT-tiny: two layers
