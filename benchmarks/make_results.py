@@ -27,6 +27,7 @@ ort-float-ops      benchmarks/results/ort-float-ops.json         bench_ort_float
 torch-float-ops    benchmarks/results/torch-float-ops.json       bench_torch_float_ops.py
 model-breakdown    benchmarks/results/model-breakdown.json       bench_model_breakdown.py
 export-targets     benchmarks/results/export-targets.json        bench_export_targets.py
+ort-thread-scaling benchmarks/results/ort-thread-scaling.json    bench_ort_thread_scaling.py
 embeddings         benchmarks/results/embeddings.json            bench_embeddings.py
 bert-cuda          benchmarks/results/bert-cuda.json             bench_bert_cuda.py
 =================  ===========================================  ===================================
@@ -265,6 +266,9 @@ TABLES: dict[str, Source] = {
     ),
     "export-targets": Source(
         "benchmarks/results/export-targets.json", _bench("bench_export_targets.py")
+    ),
+    "ort-thread-scaling": Source(
+        "benchmarks/results/ort-thread-scaling.json", _bench("bench_ort_thread_scaling.py")
     ),
     "embeddings": Source("benchmarks/results/embeddings.json", _bench("bench_embeddings.py")),
     "bert-cuda": Source("benchmarks/results/bert-cuda.json", _bench("bench_bert_cuda.py")),
