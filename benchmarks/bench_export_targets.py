@@ -66,6 +66,19 @@ def _student() -> BertForMaskedLM:
     return model
 
 
+def export_student(target: str) -> onnx.ModelProto:
+    """:func:`_student` exported for ``target`` through the real pipeline (verified on the native
+    op), encoder only, with the embeddings `bitmaps export` ships by default."""
+    cfg = ExportConfig(
+        output="hidden",
+        target=target,
+        backends=("kernel",),
+        embeddings=STUDENT_EMBEDDINGS,
+        embedding_group=STUDENT_EMBEDDING_GROUP,
+    )
+    return export_verified(_student(), cfg, binary=True).model
+
+
 def split_ffns(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (an onnxruntime-target export) with each bitmaps::BinaryFeedForward as the two
     BinaryLinear nodes it replaced (the first with its fused GELU): the same weights and GEMM
@@ -244,15 +257,7 @@ def main() -> None:
                "onnxruntime, FFN as two nodes")  # fmt: skip
     models, sessions = {}, {}
     for target in exports:
-        # the embeddings `bitmaps export` ships by default
-        cfg = ExportConfig(
-            output="hidden",
-            target=target,
-            backends=("kernel",),
-            embeddings=STUDENT_EMBEDDINGS,
-            embedding_group=STUDENT_EMBEDDING_GROUP,
-        )
-        models[target] = export_verified(_student(), cfg, binary=True).model
+        models[target] = export_student(target)
     models[targets[2]] = ort_float_ops(models["onnxruntime"])
     models[targets[3]] = separate_qkv(models["onnxruntime"])
     models[targets[4]] = split_ffns(models["onnxruntime"])

@@ -24,29 +24,15 @@ import statistics
 
 import numpy as np
 import onnx
-from bench_export_targets import _node_split, _session, _student
+from bench_export_targets import _node_split, _session, export_student
 from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 from onnx import helper
 
-from bitmaps.core.config import ExportConfig
-from bitmaps.core.embeddings import STUDENT_EMBEDDING_GROUP, STUDENT_EMBEDDINGS
-from bitmaps.export.pipeline import export_verified
 from bitmaps.runtime.timing import cpu_timer, time_alternating
 
 # what runs alone: the ops of one encoder layer
 ALONE = ("BinaryLinear", "PackedMultiHeadAttention", "MultiHeadAttention", "BinaryFeedForward",
          "SkipLayerNormalization")  # fmt: skip
-
-
-def _export() -> onnx.ModelProto:
-    cfg = ExportConfig(
-        output="hidden",
-        target="onnxruntime",
-        backends=("kernel",),
-        embeddings=STUDENT_EMBEDDINGS,
-        embedding_group=STUDENT_EMBEDDING_GROUP,
-    )
-    return export_verified(_student(), cfg, binary=True).model
 
 
 def _middle_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
@@ -125,7 +111,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 30522, (1, 128), dtype=np.int64)
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    model = _export()
+    model = export_student("onnxruntime")
     in_model = {t: _node_split(model, feed, args.runs, t) for t in (1, args.threads)}
     nodes = _middle_nodes(model)
     seen = _inputs_seen(model, nodes, feed)
