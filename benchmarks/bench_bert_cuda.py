@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -128,12 +129,53 @@ def table(rows: list[dict]) -> str:
     return markdown_table(head, cells)
 
 
+def kernel_shares(
+    model: nn.Module, ids: torch.Tensor, forwards: int = 5, top: int = 8
+) -> list[dict]:
+    """Where ``model``'s CUDA time goes, by kernel: torch.profiler over ``forwards`` eager
+    forwards (no graph, so each kernel is seen), the ``top`` kernels by total time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        for _ in range(3):
+            model(ids)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(forwards):
+                model(ids)
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.device_time_total for e in events)
+    events.sort(key=lambda e: e.device_time_total, reverse=True)
+    return [
+        {
+            "kernel": e.key[:60],
+            "calls_per_forward": e.count / forwards,
+            "us_per_call": e.device_time_total / e.count,
+            "share": e.device_time_total / total,
+        }
+        for e in events[:top]
+    ]
+
+
+def kernels_table(batch: int, rows: list[dict]) -> str:
+    head = (f"kernel (binary encoder, {batch} x 128, eager)", "calls/forward", "us/call", "share")
+    cells = [[f"`{r['kernel']}`", f"{r['calls_per_forward']:.0f}", f"{r['us_per_call']:.1f}",
+              f"{100 * r['share']:.1f} %"] for r in rows]  # fmt: skip
+    return markdown_table(head, cells)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", default="1,8,32")
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--replays", type=int, default=20)
+    p.add_argument(
+        "--kernels",
+        metavar="FILE.md",
+        help="also profile the binary encoder per kernel (torch.profiler) at each batch into FILE",
+    )
     args = parse_with_outputs(p, argv)
     if not torch.cuda.is_available():
         print("bench_bert_cuda: needs a CUDA GPU visible to torch", file=sys.stderr)
@@ -142,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_bert_cuda: bitmaps._C has no CUDA kernels (build with CUDA)", file=sys.stderr)
         return 2
     torch.manual_seed(0)
-    rows = []
+    rows, profiles = [], []
     for head in (False, True):
         fp16 = Bert(head).cuda().half().eval()
         binary = binarize(Bert(head)).cuda().half().eval()
@@ -156,8 +198,14 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"part": part, "batch": batch, "seq": args.seq, "fp16_ms": t_fp16,
                          "binary_ms": t_bin, "target": target})  # fmt: skip
             print(f"  {part}, batch {batch}: {t_fp16 / t_bin:.2f}x", file=sys.stderr, flush=True)
+        if args.kernels and not head:
+            for batch in (int(v) for v in args.batch.split(",")):
+                ids = torch.randint(0, VOCAB, (batch, args.seq), device="cuda")
+                profiles.append(kernels_table(batch, kernel_shares(binary, ids)))
         del fp16, binary
         torch.cuda.empty_cache()
+    if args.kernels:
+        Path(args.kernels).write_text("\n\n".join(profiles) + "\n")
     text = table(rows)
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA graphs, fp16\n")
     print(text)

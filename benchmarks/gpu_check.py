@@ -11,13 +11,17 @@ made and nothing is installed), in this order, each stage with a time limit:
   sanitizer  compute-sanitizer memcheck, racecheck, synccheck on small launches of every path
   bench      benchmarks/bench_kernels.py --device cuda (auto path, then mma and popc forced): vs
              cuBLAS FP16, the memory-bound ceiling per shape, the kernel that ran; xnor_gemm
-             8192^3 binary TOPS per path
+             8192^3 binary TOPS per path; benchmarks/bench_cuda_parts.py (pack, GEMM, epilogue)
   bert       benchmarks/bench_bert_cuda.py: binary BERT-base vs FP16, CUDA graphs, batch 1/8/32
   sass       b1 tensor-core instructions in the built bitmaps._C (cuobjdump)
   tensorrt   where `import tensorrt` works: make plugin, pytest -m tensorrt
+  errors     bad input to the CPU and CUDA ops, one process per case: each must raise, never crash;
+             a crash gets its native backtrace and the toolchain in errors.log, and where the
+             build's compiler is not /usr/bin/g++, a rebuild with it and the cases again
 
-Writes runs/gpu-check/report.md, summary.json and one log per stage (and copies them to
-$GPU_CHECK_OUT when set). Exit 0 when no stage failed, 1 otherwise, 2 (one line) when there is
+Writes runs/gpu-check/report.md, summary.json, one log per stage and the benchmarks' .json (for
+benchmarks/results/); with $GPU_CHECK_OUT set, copies report.md, summary.json and gpu-check.tgz
+(everything else) there. Exit 0 when no stage failed, 1 otherwise, 2 (one line) when there is
 no GPU to check. Optional helpers found in build/gpu-pydeps (``make gpu-check-deps`` puts pytest
 and ninja there, for GPU machines without them or without network) are used when present.
 Knobs: GPU_CHECK_BUDGET_S (420: optional stages stop once the run has used this long).
@@ -31,6 +35,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -156,18 +161,32 @@ def allowed_skips(info: dict) -> list[str]:
     return allowed
 
 
+def last_started_test(text: str) -> str | None:
+    """The node id of the last test that pytest -v started in ``text`` (the one a crash killed)."""
+    started = re.findall(r"^(tests/\S+::\S+) ", text, re.M)
+    return started[-1] if started else None
+
+
 def stage_pytest(info: dict) -> None:
     xml = OUT / "pytest-gpu.xml"
     files = ["tests/test_cuda_ops.py", "tests/test_cuda_cases.py"]
-    cmd = [PY, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider"]
+    cmd = [PY, "-m", "pytest", "-m", "gpu", "-v", "-rs", "-p", "no:cacheprovider"]
     if subprocess.run([PY, "-c", "import pytest"], env=ENV, capture_output=True).returncode:
         record("pytest", "FAIL", f"pytest is not importable with {PY}: run `make gpu-check-deps` on "
                "a machine with network and bring build/gpu-pydeps along")  # fmt: skip
         return
     rc, text = run("pytest", [*cmd, f"--junitxml={xml}", *files], 330)
     if not xml.is_file():
-        record("pytest", "FAIL", f"pytest did not finish (exit {rc}): {tail(text, 1)[:200]}")
-        return
+        # a crash (segfault) takes the whole run down: name the test that was running, then run
+        # the rest without it so that one crash does not hide every other result
+        crashed = last_started_test(text)
+        record("pytest", "FAIL", f"pytest died (exit {rc}) in {crashed}: {tail(text, 1)[:160]}")
+        if crashed is None:
+            return
+        rc, text = run("pytest", [*cmd, f"--junitxml={xml}", "--deselect", crashed, *files], 330)
+        if not xml.is_file():
+            record("pytest", "FAIL", f"pytest died again (exit {rc}): {tail(text, 1)[:160]}")
+            return
     counts = {"passed": 0, "failed": 0, "error": 0, "skipped": 0}
     unexpected = []
     allowed = allowed_skips(info)
@@ -267,7 +286,8 @@ for path in os.environ["GPU_CHECK_PATHS"].split(","):
 def stage_bench(paths: str) -> None:
     bench = [PY, "benchmarks/bench_kernels.py", "--device", "cuda", "--repeats", "7"]
     md, csv = OUT / "bench-auto.md", OUT / "bench-auto.csv"
-    rc, text = run("bench", [*bench, "--sample-ms", "10", "--out", str(md), "--out", str(csv)], 200)
+    outs = ["--out", str(md), "--out", str(csv), "--out", str(OUT / "bench-auto.json")]
+    rc, text = run("bench", [*bench, "--sample-ms", "10", *outs], 200)
     if rc != 0:
         record("bench", "FAIL", f"bench_kernels.py exit {rc}: {tail(text, 1)[:200]}")
         return
@@ -286,6 +306,9 @@ def stage_bench(paths: str) -> None:
         cmd = [*bench, "--sample-ms", "5", "--gpu-m", "128,8192", "--out", str(out)]
         rc, _ = run("bench", cmd, 120, env)
         record(f"bench-{path}", "PASS" if rc == 0 else "FAIL", out.name)
+    parts = ["--out", str(OUT / "parts.md"), "--out", str(OUT / "parts.json")]
+    rc, _ = run("bench", [PY, "benchmarks/bench_cuda_parts.py", *parts], 120)
+    record("parts", "PASS" if rc == 0 else "FAIL", "binary_linear's parts: parts.md")
     rc, text = run("bench", [PY, "-c", TOPS_CASE], 120, {**ENV, "GPU_CHECK_PATHS": paths})
     tops = [line for line in text.splitlines() if line.startswith("xnor_gemm 8192^3")]
     (OUT / "tops.txt").write_text("\n".join(tops) + "\n")
@@ -293,14 +316,113 @@ def stage_bench(paths: str) -> None:
 
 
 def stage_bert() -> None:
-    out = OUT / "bert.md"
-    rc, text = run("bert", [PY, "benchmarks/bench_bert_cuda.py", "--out", str(out)], 240)
-    note = " / ".join(re.findall(r"\| encoder \| (\d+) x \d+ \|[^|]*\|[^|]*\| ([\d.]+x)", text))
+    outs = ["--out", str(OUT / "bert.md"), "--out", str(OUT / "bert.json")]
+    cmd = [PY, "benchmarks/bench_bert_cuda.py", *outs, "--kernels", str(OUT / "bert-kernels.md")]
+    rc, text = run("bert", cmd, 240)
+    found = re.findall(r"\| encoder \| (\d+) x \d+ \|[^|]*\|[^|]*\| ([\d.]+x)", text)
+    note = " / ".join(f"b{batch} {speedup}" for batch, speedup in found)
     record(
         "bert",
         "PASS" if rc == 0 else "FAIL",
         f"encoder batch/speed-up: {note}" if rc == 0 else tail(text, 1)[:200],
     )
+
+
+ERROR_CASE = """
+import sys, torch
+from bitmaps.core import ops
+case = sys.argv[1]
+dev = "cpu" if case.startswith("cpu") else "cuda"
+x = torch.randn(4, 100, device=dev)
+w = ops.reference_pack_signs(torch.randn(33, 100, device=dev))
+s, b = torch.rand(33, device=dev), torch.randn(33, device=dev)
+calls = {
+    "in_features": lambda: ops.binary_linear(x, w, s, b, 64, 0.0, 0.0),
+    "dtype": lambda: ops.binary_linear(x.double(), w, s, b, 100, 0.0, 0.0),
+    "pack_int": lambda: ops.pack_signs(torch.ones(3, 4, dtype=torch.int32, device=dev)),
+    "gemm_words": lambda: ops.xnor_gemm(w, w, 200),
+    "torch_view": lambda: torch.empty(3, device=dev).view(5),
+}
+try:
+    calls[case.split("_", 1)[1]]()
+    print("NO ERROR")
+except RuntimeError as exc:
+    print("raised:", str(exc).splitlines()[0][:160])
+"""
+ERROR_CASES = [f"{d}_{c}" for d in ("cpu", "cuda")
+               for c in ("in_features", "dtype", "pack_int", "gemm_words", "torch_view")]  # fmt: skip
+
+# On SIGSEGV: every native frame to stderr (Python's faulthandler shows only the Python ones).
+SEGV_C = r"""
+#include <execinfo.h>
+#include <signal.h>
+#include <unistd.h>
+static void on_segv(int sig) { void *f[128]; int n = backtrace(f, 128);
+  backtrace_symbols_fd(f, n, 2); _exit(128 + sig); }
+__attribute__((constructor)) static void install(void) { signal(SIGSEGV, on_segv); }
+"""
+
+
+def run_error_cases(tag: str) -> list[str]:
+    """Each bad-input case in its own process; returns the cases that crashed instead of raising."""
+    env = dict(ENV)
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc:
+        (OUT / "segv.c").write_text(SEGV_C)
+        so = OUT / "segv.so"
+        built = subprocess.run([cc, "-shared", "-fPIC", "-o", str(so), str(OUT / "segv.c")])
+        if built.returncode == 0:
+            env["LD_PRELOAD"] = str(so)
+    crashed = []
+    for case in ERROR_CASES:
+        rc, text = run("errors", [PY, "-c", ERROR_CASE, case], 60, env)
+        if rc != 0 or "raised:" not in text:
+            crashed.append(f"{case}(exit {rc})")
+    with (OUT / "errors.log").open("a") as fh:
+        fh.write(f"[{tag}] crashed or did not raise: {crashed or 'none'}\n")
+    return crashed
+
+
+def toolchain_report() -> None:
+    """What built bitmaps._C and what it loads, into errors.log (a crash's first suspects)."""
+    build_log = (OUT / "build.log").read_text() if (OUT / "build.log").is_file() else ""
+    cxx = re.search(r"^\[\d+/\d+\] (\S+g\+\+|\S+c\+\+) ", build_log, re.M)
+    libs = [str(so) for so in (ROOT / "bitmaps").glob("_C*.so")]
+    probes = [[cxx.group(1) if cxx else "c++", "--version"], ["ldd", *libs],
+              [PY, "-c", "import torch; print(torch.__config__.show())"]]  # fmt: skip
+    for cmd in probes:
+        run("errors", cmd, 60)
+
+
+def stage_errors(info: dict) -> None:
+    """Bad input must raise, never crash: the CPU and CUDA ops' checks, one process per case.
+    A crash gets the native backtrace and the toolchain in errors.log; where the build's C++
+    compiler is not the system one, the extension is rebuilt with /usr/bin/g++ and the cases run
+    again (errors-system-cxx), so that one report says whether the compiler is the cause."""
+    crashed = run_error_cases("build as made")
+    record("errors", "FAIL" if crashed else "PASS", f"crashed: {crashed}" if crashed else
+           f"{len(ERROR_CASES)} bad-input cases raised RuntimeError")  # fmt: skip
+    if not crashed:
+        return
+    toolchain_report()
+    build_log = (OUT / "build.log").read_text()
+    if "/usr/bin/g++" in build_log or not Path("/usr/bin/g++").is_file() or elapsed() > BUDGET:
+        return
+    for temp in (ROOT / "build").glob("temp.*"):
+        shutil.rmtree(temp, ignore_errors=True)
+    major, minor = info["cc"]
+    env = {**ENV, "CC": "/usr/bin/gcc", "CXX": "/usr/bin/g++", "BITMAPS_REQUIRE_CUDA": "1",
+           "BITMAPS_SKIP_ORT": "1", "TORCH_CUDA_ARCH_LIST": "9.0a" if (major, minor) == (9, 0)
+           else f"{major}.{minor}", "MAX_JOBS": str(os.cpu_count() or 8)}  # fmt: skip
+    rc, text = run("errors", [PY, "setup.py", "build_ext", "--inplace"], 300, env)
+    if rc != 0:
+        record(
+            "errors-system-cxx", "FAIL", f"rebuild with /usr/bin/g++ failed: {tail(text, 1)[:160]}"
+        )
+        return
+    again = run_error_cases("rebuilt with /usr/bin/g++")
+    record("errors-system-cxx", "FAIL" if again else "PASS",
+           f"crashed: {again}" if again else "no crash once built with /usr/bin/g++")  # fmt: skip
 
 
 def stage_sass(info: dict) -> None:
@@ -349,7 +471,15 @@ def write_report(info: dict) -> None:
               f"toolkit {info.get('cuda_home')}", f"- commit: {git_head()}", ""]  # fmt: skip
     lines += ["| stage | status | note |", "|---|---|---|"]
     lines += [f"| {r['stage']} | {r['status']} | {r['note']} |" for r in RESULTS]
-    for name in ("bench-auto.md", "bench-mma.md", "bench-popc.md", "tops.txt", "bert.md"):
+    for name in (
+        "bench-auto.md",
+        "bench-mma.md",
+        "bench-popc.md",
+        "parts.md",
+        "tops.txt",
+        "bert.md",
+        "bert-kernels.md",
+    ):
         if (OUT / name).is_file():
             lines += ["", f"## {name}", "", (OUT / name).read_text().strip()]
     (OUT / "report.md").write_text("\n".join(lines) + "\n")
@@ -357,9 +487,13 @@ def write_report(info: dict) -> None:
     dest = os.environ.get("GPU_CHECK_OUT")
     if dest:
         Path(dest).mkdir(parents=True, exist_ok=True)
-        for f in OUT.iterdir():
-            if f.is_file():
-                shutil.copy2(f, Path(dest) / f.name)
+        for name in ("report.md", "summary.json"):
+            shutil.copy2(OUT / name, Path(dest) / name)
+        # everything else in one archive (sass.log is a full SASS dump: its counts are in the report)
+        with tarfile.open(Path(dest) / "gpu-check.tgz", "w:gz") as tar:
+            for f in sorted(OUT.iterdir()):
+                if f.is_file() and f.name not in ("sass.log", "segv.so"):
+                    tar.add(f, arcname=f.name)
     print(f"report: {OUT / 'report.md'}" + (f" (and {dest})" if dest else ""))
 
 
@@ -370,6 +504,14 @@ def git_head() -> str:
     return proc.stdout.strip() or "?"
 
 
+def guarded(stage: str, fn, *args) -> None:
+    """A bug in one stage's bookkeeping is that stage's FAIL, not the end of the check."""
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001 - reported, and the next stage runs
+        record(stage, "FAIL", f"gpu_check.py raised {type(exc).__name__}: {str(exc)[:160]}")
+
+
 def main() -> int:
     info = check_env()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -378,19 +520,22 @@ def main() -> int:
             old.unlink()
     record("env", "PASS", f"{info['name']} cc {info['cc'][0]}.{info['cc'][1]}, torch {info['torch']}, "
            f"CUDA {info['cuda']}, toolkit {info['cuda_home']}")  # fmt: skip
-    if stage_build(info):
-        paths = available_paths()
-        record("paths", "PASS", paths)
-        stage_pytest(info)
-        stage_sanitizer(info, paths)
-        if elapsed() < BUDGET:
-            stage_bench(paths)
-        if elapsed() < BUDGET:
-            stage_bert()
-        stage_sass(info)
-        if elapsed() < BUDGET:
-            stage_tensorrt()
-    write_report(info)
+    try:
+        if stage_build(info):
+            paths = available_paths()
+            record("paths", "PASS", paths)
+            guarded("pytest", stage_pytest, info)
+            guarded("sanitizer", stage_sanitizer, info, paths)
+            if elapsed() < BUDGET:
+                guarded("bench", stage_bench, paths)
+            if elapsed() < BUDGET:
+                guarded("bert", stage_bert)
+            guarded("sass", stage_sass, info)
+            if elapsed() < BUDGET:
+                guarded("tensorrt", stage_tensorrt)
+            guarded("errors", stage_errors, info)  # last: it may rebuild the extension
+    finally:
+        write_report(info)  # the report and the logs leave the machine whatever broke above
     failed = [r["stage"] for r in RESULTS if r["status"] == "FAIL"]
     print("RESULT:", "FAIL " + ", ".join(failed) if failed else "PASS")
     return 1 if failed else 0
