@@ -30,6 +30,7 @@ export-targets     benchmarks/results/export-targets.json        bench_export_ta
 ort-thread-scaling benchmarks/results/ort-thread-scaling.json    bench_ort_thread_scaling.py
 embeddings         benchmarks/results/embeddings.json            bench_embeddings.py
 bert-cuda          benchmarks/results/bert-cuda.json             bench_bert_cuda.py
+gpu-check-h200     benchmarks/results/gpu-check-h200/report.md   make gpu-check (gpu_check.py)
 =================  ===========================================  ===================================
 
 and ``profile-bert-base-amx-withheld`` (benchmarks/results/profile-bert-base-amx-withheld.json:
@@ -235,6 +236,25 @@ def profile_table(paths: list[Path]) -> str:
     return head + ":\n\n" + markdown_table(titles, cells, "llrr" + "r" * 8)
 
 
+def gpu_check_report(paths: list[Path]) -> str:
+    """``make gpu-check``'s report.md (benchmarks/gpu_check.py), as it was written on the GPU
+    machine: its stage table and the benchmarks' tables, headings one level down."""
+    if len(paths) != 1:
+        raise BitmapsError(f"gpu-check: expected one report.md, found {len(paths)}")
+    try:
+        lines = paths[0].read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BitmapsError(f"{paths[0]} is not readable: {exc}") from None
+    title = re.fullmatch(
+        r"# gpu-check \((?P<when>[^,]+), (?P<took>\d+ s)\)", lines[0] if lines else ""
+    )
+    if title is None:
+        raise BitmapsError(f"{paths[0]}: not a gpu_check.py report (first line {lines[:1]})")
+    body = [f"#### {line[3:]}" if line.startswith("## ") else line for line in lines[1:]]
+    head = f"`make gpu-check` ({title['when']}, {title['took']} in all)"
+    return head + ":\n" + "\n".join(body).rstrip()
+
+
 TABLES: dict[str, Source] = {
     "ablation-recipe": Source("benchmarks/ablation/results/r300-*.json", ablation_table),
     "ablation-long": Source("benchmarks/ablation/results/elastic_attn_*2k.json", ablation_table),
@@ -272,6 +292,7 @@ TABLES: dict[str, Source] = {
     ),
     "embeddings": Source("benchmarks/results/embeddings.json", _bench("bench_embeddings.py")),
     "bert-cuda": Source("benchmarks/results/bert-cuda.json", _bench("bench_bert_cuda.py")),
+    "gpu-check-h200": Source("benchmarks/results/gpu-check-h200/report.md", gpu_check_report),
 }
 
 

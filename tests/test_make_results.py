@@ -211,3 +211,19 @@ def test_profile_table_says_when_amx_was_withheld(make_results, tmp_path, amx, s
     text = make_results.profile_table([path])
     assert ("Fake CPU 9000, 3 cores, AMX withheld from every backend" in text) == said
     assert "| binary | onnxruntime | 1 | 128 | 16.0 |" in text and "2.50×" in text
+
+
+def test_gpu_check_report_is_rendered_as_written_and_a_foreign_file_refused(
+    make_results, tmp_path
+) -> None:
+    report = tmp_path / "report.md"
+    report.write_text(
+        "# gpu-check (2026-12-04 12:02 UTC, 196 s)\n\n- GPU: NVIDIA H200\n\n"
+        "| stage | status | note |\n|---|---|---|\n| env | PASS | ok |\n\n## bert.md\n\n| a |\n"
+    )
+    text = make_results.gpu_check_report([report])
+    assert text.startswith("`make gpu-check` (2026-12-04 12:02 UTC, 196 s in all):")
+    assert "| env | PASS | ok |" in text and "#### bert.md" in text
+    report.write_text("# something else\n")
+    with pytest.raises(make_results.BitmapsError, match="not a gpu_check.py report"):
+        make_results.gpu_check_report([report])

@@ -174,10 +174,14 @@ cudaError_t current_device_info(DeviceInfo* info) {
 }
 
 GemmPath auto_path(const DeviceInfo& d) {
-  // wgmma only on sm_90 (sm_90a code); mma.sync on sm_80..sm_90 (on sm_100+ ptxas emulates b1
-  // MMA with integer MMAs, so plain popcount is the honest default there until measured).
-  if (d.major == 9 && d.minor == 0 && (d.mask & bit(GemmPath::kWgmma))) return GemmPath::kWgmma;
+  // mma.sync on sm_80..sm_90, sm_90 included: on an H200 (the first GPU run, 2026-12-04,
+  // benchmarks/results/gpu-check-h200) binary_linear fp16 on the mma path took 0.68x, 0.99x, 0.71x
+  // the wgmma path's time at M = 128 on BERT's three shapes and 0.95-1.02x at M = 8192, and
+  // xnor_gemm 8192^3 ran at 1427 vs 1413 binary TOPS; wgmma stays available
+  // (BITMAPS_CUDA_GEMM_PATH=wgmma) until its kernel wins. On sm_100+ ptxas emulates b1 MMA with
+  // integer MMAs, so plain popcount is the honest default there until measured.
   if (d.major >= 8 && d.major <= 9 && (d.mask & bit(GemmPath::kMma))) return GemmPath::kMma;
+  if (d.major == 9 && d.minor == 0 && (d.mask & bit(GemmPath::kWgmma))) return GemmPath::kWgmma;
   return GemmPath::kPopc;
 }
 
