@@ -9,10 +9,12 @@ made and nothing is installed), in this order, each stage with a time limit:
   pytest     pytest -m gpu on tests/test_cuda_ops.py and tests/test_cuda_cases.py; failures,
              errors and skips that this GPU does not explain all fail the stage
   sanitizer  compute-sanitizer memcheck, racecheck, synccheck on small launches of every path
-  bench      benchmarks/bench_kernels.py --device cuda (auto path, then mma and popc forced): vs
-             cuBLAS FP16, the memory-bound ceiling per shape, the kernel that ran; xnor_gemm
-             8192^3 binary TOPS per path; benchmarks/bench_cuda_parts.py (pack, GEMM, epilogue)
-  bert       benchmarks/bench_bert_cuda.py: binary BERT-base vs FP16, CUDA graphs, batch 1/8/32
+  bench      benchmarks/bench_kernels.py --device cuda (auto path, then mma, mma with the pair
+             epilogue and popc forced): vs cuBLAS FP16, the memory-bound ceiling per shape, the
+             kernel that ran; xnor_gemm 8192^3 binary TOPS per path; bench_cuda_parts.py (pack,
+             GEMM, epilogue), with and without the pair epilogue
+  bert       benchmarks/bench_bert_cuda.py: binary BERT-base vs FP16, CUDA graphs, batch 1/8/32;
+             the CUDA kernels' shares; then again with BITMAPS_CUDA_EPILOGUE=pair (A/B)
   sass       b1 tensor-core instructions in the built bitmaps._C (cuobjdump)
   tensorrt   where `import tensorrt` works: make plugin, pytest -m tensorrt
   errors     bad input to the CPU and CUDA ops, one process per case: each must raise, never crash;
@@ -209,8 +211,9 @@ import os, torch
 from bitmaps.core import ops
 torch.manual_seed(0)
 def packed(r, k): return ops.reference_pack_signs(torch.randn(r, k, device="cuda"))
-for path in os.environ["GPU_CHECK_PATHS"].split(","):
+for path, epilogue in [(p, e) for p in os.environ["GPU_CHECK_PATHS"].split(",") for e in ("", "pair")]:
     os.environ["BITMAPS_CUDA_GEMM_PATH"] = path
+    os.environ["BITMAPS_CUDA_EPILOGUE"] = epilogue  # pair: the mma path's 2-wide stores
     for m, n, k in ((65, 129, 300), (1, 1, 1), (130, 77, 33), (200, 136, 1000), (33, 40, 480)):
         ops.xnor_gemm(packed(m, k), packed(n, k), k)
     w, s, b = packed(77, 300), torch.rand(77, device="cuda"), torch.randn(77, device="cuda")
@@ -283,6 +286,10 @@ for path in os.environ["GPU_CHECK_PATHS"].split(","):
 """
 
 
+PAIR = {"BITMAPS_CUDA_EPILOGUE": "pair"}
+PATH_RUNS = (("mma", "mma", {}), ("mma-pair", "mma", PAIR), ("popc", "popc", {}))
+
+
 def stage_bench(paths: str) -> None:
     bench = [PY, "benchmarks/bench_kernels.py", "--device", "cuda", "--repeats", "7"]
     md, csv = OUT / "bench-auto.md", OUT / "bench-auto.csv"
@@ -298,17 +305,20 @@ def stage_bench(paths: str) -> None:
         "PASS",
         f"auto path: {len(met) - misses}/{len(met)} speed-up targets met (bench-auto.md)",
     )
-    for path in ("mma", "popc"):
+    # each path forced, and the mma path's two-at-a-time epilogue (an A/B: not the default until
+    # this measures it faster)
+    for name, path, extra in PATH_RUNS:
         if path not in paths.split(",") or elapsed() > BUDGET:
             continue
-        env = {**ENV, "BITMAPS_CUDA_GEMM_PATH": path}
-        out = OUT / f"bench-{path}.md"
+        env = {**ENV, "BITMAPS_CUDA_GEMM_PATH": path, **extra}
+        out = OUT / f"bench-{name}.md"
         cmd = [*bench, "--sample-ms", "5", "--gpu-m", "128,8192", "--out", str(out)]
         rc, _ = run("bench", cmd, 120, env)
-        record(f"bench-{path}", "PASS" if rc == 0 else "FAIL", out.name)
-    parts = ["--out", str(OUT / "parts.md"), "--out", str(OUT / "parts.json")]
-    rc, _ = run("bench", [PY, "benchmarks/bench_cuda_parts.py", *parts], 120)
-    record("parts", "PASS" if rc == 0 else "FAIL", "binary_linear's parts: parts.md")
+        record(f"bench-{name}", "PASS" if rc == 0 else "FAIL", out.name)
+    for name, extra in (("parts", {}), ("parts-pair", PAIR)):
+        outs = ["--out", str(OUT / f"{name}.md"), "--out", str(OUT / f"{name}.json")]
+        rc, _ = run("bench", [PY, "benchmarks/bench_cuda_parts.py", *outs], 120, {**ENV, **extra})
+        record(name, "PASS" if rc == 0 else "FAIL", f"binary_linear's parts: {name}.md")
     rc, text = run("bench", [PY, "-c", TOPS_CASE], 120, {**ENV, "GPU_CHECK_PATHS": paths})
     tops = [line for line in text.splitlines() if line.startswith("xnor_gemm 8192^3")]
     (OUT / "tops.txt").write_text("\n".join(tops) + "\n")
@@ -319,12 +329,20 @@ def stage_bert() -> None:
     outs = ["--out", str(OUT / "bert.md"), "--out", str(OUT / "bert.json")]
     cmd = [PY, "benchmarks/bench_bert_cuda.py", *outs, "--kernels", str(OUT / "bert-kernels.md")]
     rc, text = run("bert", cmd, 240)
+    record("bert", "PASS" if rc == 0 else "FAIL", bert_note(rc, text))
+    if elapsed() < BUDGET:
+        outs = ["--out", str(OUT / "bert-pair.md"), "--out", str(OUT / "bert-pair.json")]
+        cmd = [PY, "benchmarks/bench_bert_cuda.py", *outs]
+        rc, text = run("bert", cmd, 240, {**ENV, **PAIR})
+        record("bert-pair", "PASS" if rc == 0 else "FAIL", bert_note(rc, text))
+
+
+def bert_note(rc: int, text: str) -> str:
+    if rc != 0:
+        return tail(text, 1)[:200]
     found = re.findall(r"\| encoder \| (\d+) x \d+ \|[^|]*\|[^|]*\| ([\d.]+x)", text)
-    note = " / ".join(f"b{batch} {speedup}" for batch, speedup in found)
-    record(
-        "bert",
-        "PASS" if rc == 0 else "FAIL",
-        f"encoder batch/speed-up: {note}" if rc == 0 else tail(text, 1)[:200],
+    return "encoder batch/speed-up: " + " / ".join(
+        f"b{batch} {speedup}" for batch, speedup in found
     )
 
 
@@ -474,10 +492,13 @@ def write_report(info: dict) -> None:
     for name in (
         "bench-auto.md",
         "bench-mma.md",
+        "bench-mma-pair.md",
         "bench-popc.md",
         "parts.md",
+        "parts-pair.md",
         "tops.txt",
         "bert.md",
+        "bert-pair.md",
         "bert-kernels.md",
     ):
         if (OUT / name).is_file():

@@ -6,7 +6,8 @@
   launcher picks 128 x 128 once those tiles alone fill the GPU), wgmma 128 x 128;
 - bias None and 3-D input; a non-default stream; the first call inside CUDA-graph capture, then
   replays; outputs of more than 2^31 elements (int64 indexing);
-- every available path bit-identical to every other on one large GEMM.
+- every available path bit-identical to every other on one large GEMM;
+- the mma path's two-at-a-time epilogue (BITMAPS_CUDA_EPILOGUE=pair) bit-identical to the default.
 
 Integer results match the reference exactly; binary_linear with a fixed act_scale too (see
 test_cuda_ops.py for the tolerance with the per-row mean scale).
@@ -80,6 +81,35 @@ def test_binary_linear_bias_none_and_3d_input(gemm_path, act_unsigned):
                 got = ops.binary_linear(x, w, w_scale, bias, k, 0.05, 0.37, act_unsigned)
                 want = ops.reference_binary_linear(x, w, w_scale, bias, k, 0.05, 0.37, act_unsigned)
                 _exact(got, want, f"x {tuple(x.shape)} {dtype} N={n} bias={bias is not None}")
+
+
+@pytest.mark.parametrize("act_unsigned", [0, 1])
+def test_pair_epilogue_gives_the_same_bits(monkeypatch, act_unsigned):
+    """BITMAPS_CUDA_EPILOGUE=pair (mma path: two outputs per store) against the one-at-a-time
+    epilogue and the reference: even N (2-wide stores), odd N (the element-wise fallback), row and
+    column tails of both tile variants, both float outputs, bias or none, and xnor_gemm's int32."""
+    if not cuda_path_supported("mma"):
+        pytest.skip(
+            f"the pair epilogue is the mma path's (sm_{torch.cuda.get_device_capability()})"
+        )
+    monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", "mma")
+    for m, n in [(17, 16), (65, 63), *_tail_shapes()]:
+        for k in (33, 768):
+            a, w = packed_cuda(m, k), packed_cuda(n, k)
+            w_scale, bias = torch.rand(n, device="cuda") + 0.1, torch.randn(n, device="cuda")
+            x = torch.randn(m, k, device="cuda")
+            for dtype in (torch.float32, torch.float16):
+                for b in (bias, None):
+                    args = (x.to(dtype), w, w_scale, b, k, 0.05, 0.37, act_unsigned)
+                    monkeypatch.delenv("BITMAPS_CUDA_EPILOGUE", raising=False)
+                    single = ops.binary_linear(*args)
+                    monkeypatch.setenv("BITMAPS_CUDA_EPILOGUE", "pair")
+                    what = f"{m}x{n}x{k} {dtype} bias={b is not None}"
+                    _exact(ops.binary_linear(*args), single, f"pair vs single, {what}")
+                    if m <= 129:
+                        _exact(single, ops.reference_binary_linear(*args), f"reference, {what}")
+            monkeypatch.setenv("BITMAPS_CUDA_EPILOGUE", "pair")
+            _exact(ops.xnor_gemm(a, w, k), ops.reference_xnor_gemm(a, w, k), f"int32 {m}x{n}x{k}")
 
 
 def test_every_path_gives_the_same_bits(monkeypatch):

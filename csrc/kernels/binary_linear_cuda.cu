@@ -260,6 +260,13 @@ bool parse_gemm_path(const char* name, GemmPath* path) {
   return false;
 }
 
+namespace detail {
+bool pair_epilogue_from_env() {
+  const char* value = std::getenv("BITMAPS_CUDA_EPILOGUE");
+  return value != nullptr && std::strcmp(value, "pair") == 0;
+}
+}  // namespace detail
+
 bool gemm_path_from_env(GemmPath* path) {
   const char* value = std::getenv("BITMAPS_CUDA_GEMM_PATH");
   if (value == nullptr || value[0] == '\0') {

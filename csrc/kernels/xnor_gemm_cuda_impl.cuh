@@ -52,8 +52,16 @@ __device__ __forceinline__ int32_t dot_from_xor(int32_t k, int32_t xor_pop, int3
   }
 }
 
-// Writes one output element. Products in the reference's order, with explicit round-to-nearest
+// One float output value. Products in the reference's order, with explicit round-to-nearest
 // intrinsics so nvcc cannot contract them into an FMA: (dot * s) * alpha + bias.
+__device__ __forceinline__ float output_value(const Epilogue& ep, int64_t col, int32_t dot,
+                                              float row_scale) {
+  float v = __fmul_rn(__fmul_rn(static_cast<float>(dot), row_scale), ep.w_scale[col]);
+  if (ep.bias != nullptr) v = __fadd_rn(v, ep.bias[col]);
+  return v;
+}
+
+// Writes one output element.
 template <OutKind kOut>
 __device__ __forceinline__ void store_output(const Epilogue& ep, int64_t n_cols, int64_t row,
                                              int64_t col, int32_t dot) {
@@ -61,8 +69,7 @@ __device__ __forceinline__ void store_output(const Epilogue& ep, int64_t n_cols,
   if constexpr (kOut == OutKind::kInt32) {
     static_cast<int32_t*>(ep.out)[idx] = dot;
   } else {
-    float v = __fmul_rn(__fmul_rn(static_cast<float>(dot), ep.row_scale[row]), ep.w_scale[col]);
-    if (ep.bias != nullptr) v = __fadd_rn(v, ep.bias[col]);
+    const float v = output_value(ep, col, dot, ep.row_scale[row]);
     if constexpr (kOut == OutKind::kFloat32) {
       static_cast<float*>(ep.out)[idx] = v;
     } else {
@@ -70,6 +77,39 @@ __device__ __forceinline__ void store_output(const Epilogue& ep, int64_t n_cols,
     }
   }
 }
+
+// Writes the elements (row, col) and (row, col + 1) (col even): one 2-wide store (int2, float2,
+// half2) where `vector_ok` (N even and `out` 8-byte aligned, so the pair is aligned) and both
+// columns exist, else one element at a time. `row_scale` is ep.row_scale[row], loaded once by the
+// caller for all its columns. Same values, bit for bit, as store_output.
+template <OutKind kOut>
+__device__ __forceinline__ void store_output_pair(const Epilogue& ep, int64_t n_cols, int64_t row,
+                                                  int64_t col, int32_t dot0, int32_t dot1,
+                                                  float row_scale, bool vector_ok) {
+  if (!vector_ok || col + 1 >= n_cols) {
+    if (col < n_cols) store_output<kOut>(ep, n_cols, row, col, dot0);
+    if (col + 1 < n_cols) store_output<kOut>(ep, n_cols, row, col + 1, dot1);
+    return;
+  }
+  const int64_t idx = row * n_cols + col;
+  if constexpr (kOut == OutKind::kInt32) {
+    *reinterpret_cast<int2*>(static_cast<int32_t*>(ep.out) + idx) = make_int2(dot0, dot1);
+  } else {
+    const float v0 = output_value(ep, col, dot0, row_scale);
+    const float v1 = output_value(ep, col + 1, dot1, row_scale);
+    if constexpr (kOut == OutKind::kFloat32) {
+      *reinterpret_cast<float2*>(static_cast<float*>(ep.out) + idx) = make_float2(v0, v1);
+    } else {
+      *reinterpret_cast<__half2*>(static_cast<__half*>(ep.out) + idx) =
+          __halves2half2(__float2half_rn(v0), __float2half_rn(v1));
+    }
+  }
+}
+
+// BITMAPS_CUDA_EPILOGUE=pair (read on every launch): the mma path stores its outputs two at a time
+// (store_output_pair). Unset, empty or anything else: one element at a time, the default until a
+// GPU has measured the pair form faster (make gpu-check times both).
+bool pair_epilogue_from_env();
 
 // 4-byte global -> shared asynchronous copy (sm_80+); zero-fills when !valid, which is how tiles
 // are padded past M, N and KW: zero words in both operands add nothing to popcount(a XOR b).

@@ -80,9 +80,9 @@ __device__ __forceinline__ void load_stage(uint32_t* smem, const uint32_t* g, in
   }
 }
 
-template <int kBM, int kBN, int kWarpsM, int kWarpsN, OutKind kOut, bool kUnsigned>
+template <int kBM, int kBN, int kWarpsM, int kWarpsN, OutKind kOut, bool kUnsigned, bool kPair>
 __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
-    xnor_gemm_mma_kernel(GemmProblem p, Epilogue ep) {
+    xnor_gemm_mma_kernel(GemmProblem p, Epilogue ep, bool vector_ok) {
 #if BITMAPS_HAS_MMA_B1
   constexpr int kThreads = kWarpsM * kWarpsN * 32;
   constexpr int kWarpRows = kBM / kWarpsM;
@@ -221,17 +221,40 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
     }
   }
 
+  if constexpr (kPair) {
+    // c = 2h and 2h + 1 are columns 2t and 2t + 1 of row g + 8h: one 2-wide store per pair.
 #pragma unroll
-  for (int i = 0; i < kMTiles; ++i) {
+    for (int i = 0; i < kMTiles; ++i) {
 #pragma unroll
-    for (int j = 0; j < kNTiles; ++j) {
+      for (int h = 0; h < 2; ++h) {
+        const int64_t row = m0 + warp_m * kWarpRows + i * 16 + g + 8 * h;
+        if (row >= p.m) continue;
+        float row_scale = 0.0f;
+        if constexpr (kOut != OutKind::kInt32) row_scale = ep.row_scale[row];
 #pragma unroll
-      for (int c = 0; c < 4; ++c) {
-        const int64_t row = m0 + warp_m * kWarpRows + i * 16 + g + (c >= 2 ? 8 : 0);
-        const int64_t col = n0 + warp_n * kWarpCols + j * 8 + 2 * t + (c & 1);
-        if (row < p.m && col < p.n) {
-          store_output<kOut>(ep, p.n, row, col,
-                             dot_from_xor<kUnsigned>(p.k, acc[i][j][c], pop_col[j][c & 1]));
+        for (int j = 0; j < kNTiles; ++j) {
+          const int64_t col = n0 + warp_n * kWarpCols + j * 8 + 2 * t;
+          store_output_pair<kOut>(
+              ep, p.n, row, col, dot_from_xor<kUnsigned>(p.k, acc[i][j][2 * h], pop_col[j][0]),
+              dot_from_xor<kUnsigned>(p.k, acc[i][j][2 * h + 1], pop_col[j][1]), row_scale,
+              vector_ok);
+        }
+      }
+    }
+  } else {
+    (void)vector_ok;
+#pragma unroll
+    for (int i = 0; i < kMTiles; ++i) {
+#pragma unroll
+      for (int j = 0; j < kNTiles; ++j) {
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int64_t row = m0 + warp_m * kWarpRows + i * 16 + g + (c >= 2 ? 8 : 0);
+          const int64_t col = n0 + warp_n * kWarpCols + j * 8 + 2 * t + (c & 1);
+          if (row < p.m && col < p.n) {
+            store_output<kOut>(ep, p.n, row, col,
+                               dot_from_xor<kUnsigned>(p.k, acc[i][j][c], pop_col[j][c & 1]));
+          }
         }
       }
     }
@@ -245,8 +268,15 @@ cudaError_t launch_tile(const GemmProblem& p, const Epilogue& ep, cudaStream_t s
   const int64_t grid_n = (p.n + kBN - 1) / kBN;
   if (grid_m > 0x7FFFFFFF || grid_n > 65535) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(grid_m), static_cast<unsigned>(grid_n));
-  xnor_gemm_mma_kernel<kBM, kBN, kWarpsM, kWarpsN, kOut, kUnsigned>
-      <<<grid, kWarpsM * kWarpsN * 32, 0, stream>>>(p, ep);
+  // A pair of outputs is 8-byte aligned when N is even and `out` is (int32 / float32; 4 for fp16).
+  const bool vector_ok = p.n % 2 == 0 && reinterpret_cast<uintptr_t>(ep.out) % 8 == 0;
+  if (pair_epilogue_from_env()) {
+    xnor_gemm_mma_kernel<kBM, kBN, kWarpsM, kWarpsN, kOut, kUnsigned, true>
+        <<<grid, kWarpsM * kWarpsN * 32, 0, stream>>>(p, ep, vector_ok);
+  } else {
+    xnor_gemm_mma_kernel<kBM, kBN, kWarpsM, kWarpsN, kOut, kUnsigned, false>
+        <<<grid, kWarpsM * kWarpsN * 32, 0, stream>>>(p, ep, vector_ok);
+  }
   return cudaGetLastError();
 }
 
