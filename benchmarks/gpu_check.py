@@ -13,6 +13,8 @@ made and nothing is installed), in this order, each stage with a time limit:
              epilogue and popc forced): vs cuBLAS FP16, the memory-bound ceiling per shape, the
              kernel that ran; xnor_gemm 8192^3 binary TOPS per path; bench_cuda_parts.py (pack,
              GEMM, epilogue), with and without the pair epilogue
+  peak       benchmarks/bench_cuda_peak.py: mma.sync b1 / s8 / f16 ceilings (register-only loops),
+             cuBLAS FP16 and xnor_gemm at 8192^3 against them
   bert       benchmarks/bench_bert_cuda.py: binary BERT-base vs FP16, CUDA graphs, batch 1/8/32;
              the CUDA kernels' shares; then again with BITMAPS_CUDA_EPILOGUE=pair (A/B)
   sass       b1 tensor-core instructions in the built bitmaps._C (cuobjdump)
@@ -325,6 +327,14 @@ def stage_bench(paths: str) -> None:
     record("tops", "PASS" if rc == 0 else "FAIL", "; ".join(t.split(": ", 1)[1] for t in tops))
 
 
+def stage_peak() -> None:
+    outs = ["--out", str(OUT / "peak.md"), "--out", str(OUT / "peak.json")]
+    rc, text = run("peak", [PY, "benchmarks/bench_cuda_peak.py", *outs], 180)
+    rates = re.findall(r"^\| (?:mma.sync peak|GEMM 8192\^3) \| (\w+) \| (\d+) \|", text, re.M)
+    note = ", ".join(f"{kind} {tops}" for kind, tops in rates) + " TOPS (peak.md)"
+    record("peak", "PASS" if rc == 0 else "FAIL", note if rc == 0 else tail(text, 1)[:200])
+
+
 def stage_bert() -> None:
     outs = ["--out", str(OUT / "bert.md"), "--out", str(OUT / "bert.json")]
     cmd = [PY, "benchmarks/bench_bert_cuda.py", *outs, "--kernels", str(OUT / "bert-kernels.md")]
@@ -497,6 +507,7 @@ def write_report(info: dict) -> None:
         "parts.md",
         "parts-pair.md",
         "tops.txt",
+        "peak.md",
         "bert.md",
         "bert-pair.md",
         "bert-kernels.md",
@@ -549,6 +560,8 @@ def main() -> int:
             guarded("sanitizer", stage_sanitizer, info, paths)
             if elapsed() < BUDGET:
                 guarded("bench", stage_bench, paths)
+            if elapsed() < BUDGET:
+                guarded("peak", stage_peak)
             if elapsed() < BUDGET:
                 guarded("bert", stage_bert)
             guarded("sass", stage_sass, info)

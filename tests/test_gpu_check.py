@@ -120,3 +120,20 @@ def test_what_leaves_the_gpu_machine_fits_the_device_tool(tmp_path, monkeypatch)
         names = set(tar.getnames())
     assert {"build.log", "pytest.log", "bench-auto.md", "bert.json", "report.md"} <= names
     assert "sass.log" not in names
+
+
+def test_the_tensor_core_peak_loops_compile_to_their_instructions(tmp_path):
+    """benchmarks/cuda_peak.cu (gpu-check's `peak` stage) builds for Hopper, and each loop is the
+    instruction it is named for: b1 AND+popc, s8 and f16 mma.sync (not an emulation)."""
+    from test_tensorrt_plugin import NVCC, _sass
+
+    if NVCC is None:
+        pytest.skip("needs nvcc (the CUDA toolkit) on PATH")
+    exe = tmp_path / "cuda_peak"
+    cmd = [NVCC, "-O3", "-std=c++17", "-gencode=arch=compute_90a,code=sm_90a", "-o", str(exe)]
+    proc = subprocess.run([*cmd, str(ROOT / "benchmarks" / "cuda_peak.cu")], capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    sass = _sass(exe, "sm_90a")
+    for instruction in ("BMMA.168256.AND.POPC", "IMMA.16832.S8.S8", "HMMA.16816.F32"):
+        assert instruction in sass, instruction
+    assert "BMMA.168256.XOR" not in sass  # Hopper has no XOR b1 MMA: that loop is left out there
