@@ -12,11 +12,12 @@ made and nothing is installed), in this order, each stage with a time limit:
   bench      benchmarks/bench_kernels.py --device cuda (auto path, then mma, mma with the pair
              epilogue and popc forced): vs cuBLAS FP16, the memory-bound ceiling per shape, the
              kernel that ran; xnor_gemm 8192^3 binary TOPS per path; bench_cuda_parts.py (pack,
-             GEMM, epilogue), with and without the pair epilogue
+             GEMM, epilogue): as built, with the pair epilogue, with the vector pack
   peak       benchmarks/bench_cuda_peak.py: mma.sync b1 / s8 / f16 ceilings (register-only loops),
              cuBLAS FP16 and xnor_gemm at 8192^3 against them
   bert       benchmarks/bench_bert_cuda.py: binary BERT-base vs FP16, CUDA graphs, batch 1/8/32;
-             the CUDA kernels' shares; then again with BITMAPS_CUDA_EPILOGUE=pair (A/B)
+             the CUDA kernels' shares; then again with the two candidates on (A/B):
+             BITMAPS_CUDA_EPILOGUE=pair and BITMAPS_CUDA_PACK=vector
   sass       b1 tensor-core instructions in the built bitmaps._C (cuobjdump)
   tensorrt   where `import tensorrt` works: make plugin, pytest -m tensorrt
   errors     bad input to the CPU and CUDA ops, one process per case: each must raise, never crash;
@@ -213,9 +214,10 @@ import os, torch
 from bitmaps.core import ops
 torch.manual_seed(0)
 def packed(r, k): return ops.reference_pack_signs(torch.randn(r, k, device="cuda"))
-for path, epilogue in [(p, e) for p in os.environ["GPU_CHECK_PATHS"].split(",") for e in ("", "pair")]:
+for path, new in [(p, n) for p in os.environ["GPU_CHECK_PATHS"].split(",") for n in (0, 1)]:
     os.environ["BITMAPS_CUDA_GEMM_PATH"] = path
-    os.environ["BITMAPS_CUDA_EPILOGUE"] = epilogue  # pair: the mma path's 2-wide stores
+    os.environ["BITMAPS_CUDA_EPILOGUE"] = "pair" if new else ""  # the mma path's 2-wide stores
+    os.environ["BITMAPS_CUDA_PACK"] = "vector" if new else ""  # 16-byte loads in the pack
     for m, n, k in ((65, 129, 300), (1, 1, 1), (130, 77, 33), (200, 136, 1000), (33, 40, 480)):
         ops.xnor_gemm(packed(m, k), packed(n, k), k)
     w, s, b = packed(77, 300), torch.rand(77, device="cuda"), torch.randn(77, device="cuda")
@@ -289,6 +291,7 @@ for path in os.environ["GPU_CHECK_PATHS"].split(","):
 
 
 PAIR = {"BITMAPS_CUDA_EPILOGUE": "pair"}
+VECTOR = {"BITMAPS_CUDA_PACK": "vector"}
 PATH_RUNS = (("mma", "mma", {}), ("mma-pair", "mma", PAIR), ("popc", "popc", {}))
 
 
@@ -317,7 +320,7 @@ def stage_bench(paths: str) -> None:
         cmd = [*bench, "--sample-ms", "5", "--gpu-m", "128,8192", "--out", str(out)]
         rc, _ = run("bench", cmd, 120, env)
         record(f"bench-{name}", "PASS" if rc == 0 else "FAIL", out.name)
-    for name, extra in (("parts", {}), ("parts-pair", PAIR)):
+    for name, extra in (("parts", {}), ("parts-pair", PAIR), ("parts-vector", VECTOR)):
         outs = ["--out", str(OUT / f"{name}.md"), "--out", str(OUT / f"{name}.json")]
         rc, _ = run("bench", [PY, "benchmarks/bench_cuda_parts.py", *outs], 120, {**ENV, **extra})
         record(name, "PASS" if rc == 0 else "FAIL", f"binary_linear's parts: {name}.md")
@@ -341,10 +344,15 @@ def stage_bert() -> None:
     rc, text = run("bert", cmd, 240)
     record("bert", "PASS" if rc == 0 else "FAIL", bert_note(rc, text))
     if elapsed() < BUDGET:
-        outs = ["--out", str(OUT / "bert-pair.md"), "--out", str(OUT / "bert-pair.json")]
+        outs = [
+            "--out",
+            str(OUT / "bert-pair-vector.md"),
+            "--out",
+            str(OUT / "bert-pair-vector.json"),
+        ]
         cmd = [PY, "benchmarks/bench_bert_cuda.py", *outs]
-        rc, text = run("bert", cmd, 240, {**ENV, **PAIR})
-        record("bert-pair", "PASS" if rc == 0 else "FAIL", bert_note(rc, text))
+        rc, text = run("bert", cmd, 240, {**ENV, **PAIR, **VECTOR})
+        record("bert-pair-vector", "PASS" if rc == 0 else "FAIL", bert_note(rc, text))
 
 
 def bert_note(rc: int, text: str) -> str:
@@ -506,10 +514,11 @@ def write_report(info: dict) -> None:
         "bench-popc.md",
         "parts.md",
         "parts-pair.md",
+        "parts-vector.md",
         "tops.txt",
         "peak.md",
         "bert.md",
-        "bert-pair.md",
+        "bert-pair-vector.md",
         "bert-kernels.md",
     ):
         if (OUT / name).is_file():

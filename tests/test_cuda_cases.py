@@ -7,7 +7,8 @@
 - bias None and 3-D input; a non-default stream; the first call inside CUDA-graph capture, then
   replays; outputs of more than 2^31 elements (int64 indexing);
 - every available path bit-identical to every other on one large GEMM;
-- the mma path's two-at-a-time epilogue (BITMAPS_CUDA_EPILOGUE=pair) bit-identical to the default.
+- the mma path's two-at-a-time epilogue (BITMAPS_CUDA_EPILOGUE=pair) bit-identical to the default;
+- the 16-byte-load pack (BITMAPS_CUDA_PACK=vector) bit-identical to the default.
 
 Integer results match the reference exactly; binary_linear with a fixed act_scale too (see
 test_cuda_ops.py for the tolerance with the per-row mean scale).
@@ -110,6 +111,39 @@ def test_pair_epilogue_gives_the_same_bits(monkeypatch, act_unsigned):
                         _exact(single, ops.reference_binary_linear(*args), f"reference, {what}")
             monkeypatch.setenv("BITMAPS_CUDA_EPILOGUE", "pair")
             _exact(ops.xnor_gemm(a, w, k), ops.reference_xnor_gemm(a, w, k), f"int32 {m}x{n}x{k}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_vector_pack_gives_the_same_bits(monkeypatch, dtype):
+    """BITMAPS_CUDA_PACK=vector (16-byte loads) against the default pack and the reference: K that
+    the vector form takes (a multiple of 16 / element size) and K that falls back, rows that start
+    misaligned (a view one element in) and, through binary_linear, {0, 1} activations and the row
+    scales (exact with a fixed act_scale; the mean |x| to float rounding)."""
+    for k in (1, 8, 31, 32, 33, 256, 264, 768, 1000, 3072):
+        base = torch.randn(70, k + 1, device="cuda", dtype=dtype)
+        for x in (base[:, :k].contiguous(), base.flatten()[1 : 1 + 70 * k].view(70, k)):
+            monkeypatch.delenv("BITMAPS_CUDA_PACK", raising=False)
+            single = ops.pack_signs(x)
+            monkeypatch.setenv("BITMAPS_CUDA_PACK", "vector")
+            _exact(ops.pack_signs(x), single, f"pack K={k} {dtype}")
+            _exact(single, ops.reference_pack_signs(x), f"reference K={k} {dtype}")
+    if dtype not in (torch.float32, torch.float16):
+        return  # binary_linear takes float32 and float16
+    for k, n in ((768, 96), (264, 40), (100, 8)):
+        x = torch.randn(3, 41, k, device="cuda").to(dtype)
+        w, w_scale = packed_cuda(n, k), torch.rand(n, device="cuda") + 0.1
+        for act_unsigned in (0, 1):
+            for act_scale in (0.37, 0.0):
+                args = (x, w, w_scale, None, k, 0.05, act_scale, act_unsigned)
+                monkeypatch.delenv("BITMAPS_CUDA_PACK", raising=False)
+                single = ops.binary_linear(*args)
+                monkeypatch.setenv("BITMAPS_CUDA_PACK", "vector")
+                got = ops.binary_linear(*args)
+                what = f"binary_linear K={k} unsigned={act_unsigned} act_scale={act_scale}"
+                if act_scale > 0:
+                    _exact(got, single, what)
+                else:
+                    torch.testing.assert_close(got, single, rtol=1e-5, atol=1e-5, msg=what)
 
 
 def test_every_path_gives_the_same_bits(monkeypatch):

@@ -69,10 +69,75 @@ __global__ void __launch_bounds__(kPackWarps * 32)
   if (lane == 0) row_scale[row] = act_scale > 0.0f ? act_scale : abs_sum / static_cast<float>(k);
 }
 
+// The same packing with 16-byte loads (BITMAPS_CUDA_PACK=vector; for rows that start 16-byte
+// aligned, K a multiple of 16 / sizeof(T)): lane l reads kE = 16 / sizeof(T) consecutive elements,
+// makes their kE bits, and the kGroup = 32 / kE lanes of a word OR theirs together, so one trip of
+// the warp packs kE words (8 for fp16) where pack_rows_kernel packs one. The same bits; the row's
+// sum of |x - beta| is added in another order (a rounding-level difference in the mean scale).
+template <typename T>
+__global__ void __launch_bounds__(kPackWarps * 32)
+    pack_rows_vector_kernel(const T* __restrict__ x, int64_t m, int32_t k, int32_t kw, float beta,
+                            float act_scale, bool act_unsigned, uint32_t* __restrict__ packed,
+                            float* __restrict__ row_scale) {
+  constexpr int kE = 16 / static_cast<int>(sizeof(T));
+  constexpr int kGroup = 32 / kE;
+  using Centred = decltype(centred(T{}, 0.0f));
+  const int lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kPackWarps + threadIdx.x / 32;
+  if (row >= m) return;  // whole warps leave together: row is uniform across the warp
+  const T* xr = x + row * k;
+  uint32_t* out = packed + row * kw;
+  const int shift = (lane * kE) % 32;
+  float abs_sum = 0.0f;
+#pragma unroll 4
+  for (int32_t base = 0; base < k; base += 32 * kE) {
+    const int32_t col = base + lane * kE;
+    uint32_t bits = 0;
+    if (col < k) {  // K % kE == 0: a vector lies wholly inside the row or wholly past it
+      const uint4 raw = *reinterpret_cast<const uint4*>(xr + col);
+      T vals[kE];
+      memcpy(vals, &raw, sizeof(raw));
+#pragma unroll
+      for (int e = 0; e < kE; ++e) {
+        const Centred v = centred(vals[e], beta);
+        const bool bit = act_unsigned ? v > Centred(0) : v < Centred(0);
+        bits |= static_cast<uint32_t>(bit) << e;
+        abs_sum += fabsf(static_cast<float>(v));
+      }
+    }
+    uint32_t word = bits << shift;
+#pragma unroll
+    for (int step = 1; step < kGroup; step *= 2) word |= __shfl_xor_sync(0xFFFFFFFFu, word, step);
+    const int32_t w = base / 32 + lane / kGroup;
+    if (lane % kGroup == 0 && w < kw) out[w] = word;
+  }
+  if (row_scale == nullptr) return;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    abs_sum += __shfl_xor_sync(0xFFFFFFFFu, abs_sum, offset);
+  }
+  if (lane == 0) row_scale[row] = act_scale > 0.0f ? act_scale : abs_sum / static_cast<float>(k);
+}
+
+// BITMAPS_CUDA_PACK=vector (read on every launch): pack_rows_vector_kernel where the rows allow it.
+// Unset, empty or anything else: pack_rows_kernel, the default until a GPU has measured the
+// vector form faster (make gpu-check times both).
+bool vector_pack_from_env() {
+  const char* value = std::getenv("BITMAPS_CUDA_PACK");
+  return value != nullptr && std::strcmp(value, "vector") == 0;
+}
+
 template <typename T>
 void launch_pack_rows(const void* x, unsigned grid, int64_t m, int32_t k, int32_t kw, float beta,
                       float act_scale, bool act_unsigned, uint32_t* out, float* row_scale,
                       cudaStream_t stream) {
+  constexpr int kE = 16 / static_cast<int>(sizeof(T));
+  const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && k % kE == 0;
+  if (aligned && vector_pack_from_env()) {
+    pack_rows_vector_kernel<T><<<grid, kPackWarps * 32, 0, stream>>>(
+        static_cast<const T*>(x), m, k, kw, beta, act_scale, act_unsigned, out, row_scale);
+    return;
+  }
   pack_rows_kernel<T><<<grid, kPackWarps * 32, 0, stream>>>(
       static_cast<const T*>(x), m, k, kw, beta, act_scale, act_unsigned, out, row_scale);
 }
