@@ -36,11 +36,16 @@ __device__ __forceinline__ double centred(double x, float beta) {
   return __dsub_rn(x, static_cast<double>(beta));
 }
 
-// One warp per row: lane l reads element 32 w + l of word w (coalesced), the ballot is the word.
-// Bit 1 where x - beta < 0 (signed activations) or where x - beta > 0 ({0, 1} activations);
-// padding bits are 0. Also sums |x - beta| for the row mean (float32, as the reference), when
-// row_scale is wanted.
-template <typename T>
+// One warp per row. Bit 1 where x - beta < 0 (signed activations) or where x - beta > 0 ({0, 1}
+// activations); padding bits are 0. Also sums |x - beta| for the row mean (float32, as the
+// reference), when row_scale is wanted. Two ways to read the row:
+//   kVector false: lane l reads element 32 w + l of word w (coalesced), the ballot is the word;
+//   kVector true (BITMAPS_CUDA_PACK=vector; rows that start 16-byte aligned, K a multiple of
+//     kE = 16 / sizeof(T)): lane l reads kE consecutive elements with one 16-byte load, makes their
+//     kE bits, and the kGroup = 32 / kE lanes of a word OR theirs together, so one trip of the warp
+//     packs kE words (8 for fp16) instead of one. The same bits; the row's sum of |x - beta| is
+//     added in another order (a rounding-level difference in the mean scale).
+template <typename T, bool kVector>
 __global__ void __launch_bounds__(kPackWarps * 32)
     pack_rows_kernel(const T* __restrict__ x, int64_t m, int32_t k, int32_t kw, float beta,
                      float act_scale, bool act_unsigned, uint32_t* __restrict__ packed,
@@ -52,64 +57,44 @@ __global__ void __launch_bounds__(kPackWarps * 32)
   const T* xr = x + row * k;
   uint32_t* out = packed + row * kw;
   float abs_sum = 0.0f;
-  for (int32_t w = 0; w < kw; ++w) {
-    const int32_t col = w * 32 + lane;
-    const bool in_row = col < k;
-    const Centred v = in_row ? centred(xr[col], beta) : Centred(0);
-    const bool bit = act_unsigned ? v > Centred(0) : v < Centred(0);
-    const unsigned word = __ballot_sync(0xFFFFFFFFu, in_row && bit);
-    abs_sum += fabsf(static_cast<float>(v));
-    if (lane == 0) out[w] = word;
-  }
-  if (row_scale == nullptr) return;
-#pragma unroll
-  for (int offset = 16; offset > 0; offset /= 2) {
-    abs_sum += __shfl_xor_sync(0xFFFFFFFFu, abs_sum, offset);
-  }
-  if (lane == 0) row_scale[row] = act_scale > 0.0f ? act_scale : abs_sum / static_cast<float>(k);
-}
-
-// The same packing with 16-byte loads (BITMAPS_CUDA_PACK=vector; for rows that start 16-byte
-// aligned, K a multiple of 16 / sizeof(T)): lane l reads kE = 16 / sizeof(T) consecutive elements,
-// makes their kE bits, and the kGroup = 32 / kE lanes of a word OR theirs together, so one trip of
-// the warp packs kE words (8 for fp16) where pack_rows_kernel packs one. The same bits; the row's
-// sum of |x - beta| is added in another order (a rounding-level difference in the mean scale).
-template <typename T>
-__global__ void __launch_bounds__(kPackWarps * 32)
-    pack_rows_vector_kernel(const T* __restrict__ x, int64_t m, int32_t k, int32_t kw, float beta,
-                            float act_scale, bool act_unsigned, uint32_t* __restrict__ packed,
-                            float* __restrict__ row_scale) {
-  constexpr int kE = 16 / static_cast<int>(sizeof(T));
-  constexpr int kGroup = 32 / kE;
-  using Centred = decltype(centred(T{}, 0.0f));
-  const int lane = threadIdx.x % 32;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kPackWarps + threadIdx.x / 32;
-  if (row >= m) return;  // whole warps leave together: row is uniform across the warp
-  const T* xr = x + row * k;
-  uint32_t* out = packed + row * kw;
-  const int shift = (lane * kE) % 32;
-  float abs_sum = 0.0f;
-#pragma unroll 4
-  for (int32_t base = 0; base < k; base += 32 * kE) {
-    const int32_t col = base + lane * kE;
-    uint32_t bits = 0;
-    if (col < k) {  // K % kE == 0: a vector lies wholly inside the row or wholly past it
-      const uint4 raw = *reinterpret_cast<const uint4*>(xr + col);
-      T vals[kE];
-      memcpy(vals, &raw, sizeof(raw));
-#pragma unroll
-      for (int e = 0; e < kE; ++e) {
-        const Centred v = centred(vals[e], beta);
-        const bool bit = act_unsigned ? v > Centred(0) : v < Centred(0);
-        bits |= static_cast<uint32_t>(bit) << e;
-        abs_sum += fabsf(static_cast<float>(v));
-      }
+  if constexpr (!kVector) {
+    for (int32_t w = 0; w < kw; ++w) {
+      const int32_t col = w * 32 + lane;
+      const bool in_row = col < k;
+      const Centred v = in_row ? centred(xr[col], beta) : Centred(0);
+      const bool bit = act_unsigned ? v > Centred(0) : v < Centred(0);
+      const unsigned word = __ballot_sync(0xFFFFFFFFu, in_row && bit);
+      abs_sum += fabsf(static_cast<float>(v));
+      if (lane == 0) out[w] = word;
     }
-    uint32_t word = bits << shift;
+  } else {
+    constexpr int kE = 16 / static_cast<int>(sizeof(T));
+    constexpr int kGroup = 32 / kE;
+    const int shift = (lane * kE) % 32;
+#pragma unroll 4
+    for (int32_t base = 0; base < k; base += 32 * kE) {
+      const int32_t col = base + lane * kE;
+      uint32_t bits = 0;
+      if (col < k) {  // K % kE == 0: a vector lies wholly inside the row or wholly past it
+        const uint4 raw = *reinterpret_cast<const uint4*>(xr + col);
+        T vals[kE];
+        memcpy(vals, &raw, sizeof(raw));
 #pragma unroll
-    for (int step = 1; step < kGroup; step *= 2) word |= __shfl_xor_sync(0xFFFFFFFFu, word, step);
-    const int32_t w = base / 32 + lane / kGroup;
-    if (lane % kGroup == 0 && w < kw) out[w] = word;
+        for (int e = 0; e < kE; ++e) {
+          const Centred v = centred(vals[e], beta);
+          const bool bit = act_unsigned ? v > Centred(0) : v < Centred(0);
+          bits |= static_cast<uint32_t>(bit) << e;
+          abs_sum += fabsf(static_cast<float>(v));
+        }
+      }
+      uint32_t word = bits << shift;
+#pragma unroll
+      for (int step = 1; step < kGroup; step *= 2) {
+        word |= __shfl_xor_sync(0xFFFFFFFFu, word, step);
+      }
+      const int32_t w = base / 32 + lane / kGroup;
+      if (lane % kGroup == 0 && w < kw) out[w] = word;
+    }
   }
   if (row_scale == nullptr) return;
 #pragma unroll
@@ -119,8 +104,8 @@ __global__ void __launch_bounds__(kPackWarps * 32)
   if (lane == 0) row_scale[row] = act_scale > 0.0f ? act_scale : abs_sum / static_cast<float>(k);
 }
 
-// BITMAPS_CUDA_PACK=vector (read on every launch): pack_rows_vector_kernel where the rows allow it.
-// Unset, empty or anything else: pack_rows_kernel, the default until a GPU has measured the
+// BITMAPS_CUDA_PACK=vector (read on every launch): the vector form where the rows allow it.
+// Unset, empty or anything else: the per-word form, the default until a GPU has measured the
 // vector form faster (make gpu-check times both).
 bool vector_pack_from_env() {
   const char* value = std::getenv("BITMAPS_CUDA_PACK");
@@ -134,11 +119,11 @@ void launch_pack_rows(const void* x, unsigned grid, int64_t m, int32_t k, int32_
   constexpr int kE = 16 / static_cast<int>(sizeof(T));
   const bool aligned = reinterpret_cast<uintptr_t>(x) % 16 == 0 && k % kE == 0;
   if (aligned && vector_pack_from_env()) {
-    pack_rows_vector_kernel<T><<<grid, kPackWarps * 32, 0, stream>>>(
+    pack_rows_kernel<T, true><<<grid, kPackWarps * 32, 0, stream>>>(
         static_cast<const T*>(x), m, k, kw, beta, act_scale, act_unsigned, out, row_scale);
     return;
   }
-  pack_rows_kernel<T><<<grid, kPackWarps * 32, 0, stream>>>(
+  pack_rows_kernel<T, false><<<grid, kPackWarps * 32, 0, stream>>>(
       static_cast<const T*>(x), m, k, kw, beta, act_scale, act_unsigned, out, row_scale);
 }
 
