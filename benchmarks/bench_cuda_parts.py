@@ -53,8 +53,17 @@ def measure(m: int, k: int, n: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("M", "K", "N", *(f"{p} us" for p in PARTS))
-    cells = [[r["m"], r["k"], r["n"], *(f"{r[p]:.1f}" for p in PARTS)] for r in rows]
+    head = ("M", "K", "N", *(f"{p} us" for p in PARTS), "binary_linear vs cuBLAS")
+    cells = [
+        [
+            r["m"],
+            r["k"],
+            r["n"],
+            *(f"{r[p]:.1f}" for p in PARTS),
+            f"{r['cublas_fp16'] / r['binary_linear']:.2f}x",
+        ]  # fmt: skip
+        for r in rows
+    ]
     return markdown_table(head, cells)
 
 
