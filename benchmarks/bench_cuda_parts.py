@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 
 from bitmaps.core import ops
+from bitmaps.runtime.timing import cuda_event_timer
 
 SHAPES = ((128, 768, 768), (128, 768, 3072), (8192, 768, 3072), (8192, 3072, 768))
 PARTS = ("pack", "gemm_i32", "binary_linear", "cublas_fp16", "empty_launch")
@@ -25,16 +26,8 @@ PARTS = ("pack", "gemm_i32", "binary_linear", "cublas_fp16", "empty_launch")
 def per_call_us(fn, calls: int = 50, repeats: int = 7) -> float:  # noqa: ANN001 - a callable
     for _ in range(5):
         fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(calls):
-            fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / calls)
-    return statistics.median(times)
+    timer = cuda_event_timer(lambda _i: fn(), calls)
+    return statistics.median(timer(r) for r in range(repeats)) * 1e3
 
 
 def measure(m: int, k: int, n: int) -> dict:

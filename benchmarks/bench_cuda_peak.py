@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 
+from bitmaps.runtime.timing import cuda_event_timer
+
 HERE = Path(__file__).resolve().parent
 GEMM_N = 8192
 KIND_OF = {"cublas_fp16": "f16", "popc": "b1_and", "mma": "b1_and", "wgmma": "b1_and"}
@@ -53,13 +55,7 @@ def peaks(iters: int) -> tuple[dict, list[dict]]:
 def gemm_tops(fn, ops: float, reps: int = 5) -> float:  # noqa: ANN001 - a callable
     for _ in range(2):
         fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    end.synchronize()
-    return ops / (start.elapsed_time(end) / 1e3 / reps) / 1e12
+    return ops / (cuda_event_timer(lambda _i: fn(), reps)(0) / 1e3) / 1e12
 
 
 def gemms() -> list[dict]:
