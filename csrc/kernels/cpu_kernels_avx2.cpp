@@ -193,19 +193,51 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n) {
   for (int r = 0; r < MR; ++r) {
     const int64_t row = m + r;
     const __m256i base = kAnd ? _mm256_set1_epi32(g.a_popcount[row]) : kvec;
+    if constexpr (kOut == GemmOutput::kBits) {
+      // The fused FFN's intermediate: the panel's 16 columns' bits at once (dot in one of the
+      // column's ranges), written as one half-word of the output row (zeroed by the caller;
+      // panels start at multiples of 16 columns), as the AVX-512 path does.
+      uint32_t bits = 0;
+      for (int v = 0; v < NV; ++v) {
+        const int64_t col = n + v * 8;
+        if (col >= g.n) break;
+        const __m256i dot = _mm256_sub_epi32(base, _mm256_slli_epi32(acc[r][v], 1));
+        if (col + 8 > g.n) {  // a ragged right edge: element by element
+          alignas(32) int32_t dots[8];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(dots), dot);
+          for (int64_t l = 0; l < 8 && col + l < g.n; ++l) {
+            bits |= static_cast<uint32_t>(output_bit(g, col + l, dots[l])) << (v * 8 + l);
+          }
+          continue;
+        }
+        __m256i in_range = _mm256_setzero_si256();
+        for (int i = 0; i < g.bit_runs; ++i) {
+          const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.bit_lo + i * g.n + col));
+          const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.bit_hi + i * g.n + col));
+          // lo <= dot <= hi: neither lo > dot nor dot > hi
+          const __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(lo, dot), _mm256_cmpgt_epi32(dot, hi));
+          in_range = _mm256_or_si256(in_range, _mm256_xor_si256(out, _mm256_set1_epi32(-1)));
+        }
+        bits |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(in_range))) << (v * 8);
+      }
+      uint16_t* words = reinterpret_cast<uint16_t*>(static_cast<int32_t*>(g.out) +
+                                                    row * packed_width(g.n));
+      words[n / 16] = static_cast<uint16_t>(bits);
+      continue;
+    }
     for (int v = 0; v < NV; ++v) {
       const int64_t col = n + v * 8;
       if (col >= g.n) break;
       const __m256i dot = _mm256_sub_epi32(base, _mm256_slli_epi32(acc[r][v], 1));
-      // Bits (the fused FFN's intermediate) and a ragged right edge: element by element.
-      if (kOut == GemmOutput::kBits || col + 8 > g.n) {
+      // A ragged right edge: element by element.
+      if (col + 8 > g.n) {
         alignas(32) int32_t dots[8];
         _mm256_store_si256(reinterpret_cast<__m256i*>(dots), dot);
         for (int64_t l = 0; l < 8 && col + l < g.n; ++l) store_output(g, row, col + l, dots[l]);
         continue;
       }
       const int64_t at = row * g.n + col;
-      if constexpr (kOut == GemmOutput::kDotInt32 || kOut == GemmOutput::kBits) {
+      if constexpr (kOut == GemmOutput::kDotInt32) {
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<int32_t*>(g.out) + at), dot);
         continue;
       } else {

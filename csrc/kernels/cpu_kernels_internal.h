@@ -102,14 +102,20 @@ inline float gelu(float y) {
 
 // The epilogue for one output element, in the exact float32 operation order of the reference
 // ((dot * s) * w_scale + bias, no fused multiply-add), so every path rounds the same way.
+// GemmOutput::kBits: whether column col's bit is 1 for the dot product `dot` (dot in one of the
+// column's ranges of GemmArgs::bit_lo / bit_hi).
+inline bool output_bit(const GemmArgs& g, int64_t col, int32_t dot) {
+  bool set = false;
+  for (int i = 0; i < g.bit_runs; ++i) {
+    set |= dot >= g.bit_lo[i * g.n + col] && dot <= g.bit_hi[i * g.n + col];
+  }
+  return set;
+}
+
 inline void store_output(const GemmArgs& g, int64_t m, int64_t col, int32_t dot) {
   const int64_t at = m * g.n + col;
   if (g.output == GemmOutput::kBits) {
-    bool set = false;
-    for (int i = 0; i < g.bit_runs; ++i) {
-      set |= dot >= g.bit_lo[i * g.n + col] && dot <= g.bit_hi[i * g.n + col];
-    }
-    if (set) {
+    if (output_bit(g, col, dot)) {
       static_cast<uint32_t*>(g.out)[m * packed_width(g.n) + col / kWordBits] |=
           1u << (col % kWordBits);
     }
