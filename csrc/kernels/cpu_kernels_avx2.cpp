@@ -212,10 +212,12 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n) {
         }
         __m256i in_range = _mm256_setzero_si256();
         for (int i = 0; i < g.bit_runs; ++i) {
-          const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.bit_lo + i * g.n + col));
-          const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.bit_hi + i * g.n + col));
+          const int64_t at = i * g.n + col;
+          const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.bit_lo + at));
+          const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.bit_hi + at));
           // lo <= dot <= hi: neither lo > dot nor dot > hi
-          const __m256i out = _mm256_or_si256(_mm256_cmpgt_epi32(lo, dot), _mm256_cmpgt_epi32(dot, hi));
+          const __m256i out =
+              _mm256_or_si256(_mm256_cmpgt_epi32(lo, dot), _mm256_cmpgt_epi32(dot, hi));
           in_range = _mm256_or_si256(in_range, _mm256_xor_si256(out, _mm256_set1_epi32(-1)));
         }
         bits |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(in_range))) << (v * 8);
