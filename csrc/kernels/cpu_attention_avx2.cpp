@@ -116,22 +116,26 @@ BITMAPS_AVX2 void score_rows(const AttentionArgs& a, int64_t b, int64_t h, int64
     const float* bias = a.bias == nullptr ? nullptr
                                           : a.bias + b * a.bias_stride[0] + h * a.bias_stride[1] +
                                                 (s0 + r) * a.bias_stride[2];
+    // Whole vectors with plain loads and stores, the last partial one masked (cpu_avx2_util.h).
     __m256 top = _mm256_set1_ps(-__builtin_inff());
-    for (int64_t t = 0; t < T; t += 8) {
-      const __m256i m = lanes8(T - t);
-      __m256 x = _mm256_maskload_ps(row + t, m);
-      if (bias != nullptr) x = _mm256_add_ps(x, _mm256_maskload_ps(bias + t, m));
-      _mm256_maskstore_ps(row + t, m, x);
-      top = _mm256_blendv_ps(top, _mm256_max_ps(top, x), _mm256_castsi256_ps(m));
-    }
+    const auto bias_max = [&](int64_t t, auto full, __m256i m) BITMAPS_AVX2 {
+      constexpr bool kFull = decltype(full)::value;
+      __m256 x = load8<kFull>(row + t, m);
+      if (bias != nullptr) x = _mm256_add_ps(x, load8<kFull>(bias + t, m));
+      store8<kFull>(row + t, m, x);
+      top = kFull ? _mm256_max_ps(top, x)
+                  : _mm256_blendv_ps(top, _mm256_max_ps(top, x), _mm256_castsi256_ps(m));
+    };
+    each_vector8(T, bias_max);
     const __m256 vmax = _mm256_set1_ps(reduce_max8(top));
     __m256 sum = _mm256_setzero_ps();
-    for (int64_t t = 0; t < T; t += 8) {
-      const __m256i m = lanes8(T - t);
-      const __m256 e = exp_nonpositive(_mm256_sub_ps(_mm256_maskload_ps(row + t, m), vmax));
-      _mm256_maskstore_ps(row + t, m, e);
-      sum = _mm256_add_ps(sum, _mm256_and_ps(e, _mm256_castsi256_ps(m)));
-    }
+    const auto exp_sum = [&](int64_t t, auto full, __m256i m) BITMAPS_AVX2 {
+      constexpr bool kFull = decltype(full)::value;
+      const __m256 e = exp_nonpositive(_mm256_sub_ps(load8<kFull>(row + t, m), vmax));
+      store8<kFull>(row + t, m, e);
+      sum = _mm256_add_ps(sum, kFull ? e : _mm256_and_ps(e, _mm256_castsi256_ps(m)));
+    };
+    each_vector8(T, exp_sum);
     inv[r] = 1.0f / reduce_add8(sum);
   }
 }

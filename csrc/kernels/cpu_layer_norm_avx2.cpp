@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/cpu_avx2_util.h"
 #include "kernels/cpu_layer_norm.h"
@@ -17,16 +18,18 @@
 namespace bitmaps::cpu::detail {
 namespace {
 
-// Calls step(i, mask, u) for the 8-float vectors of a row of n values: four at a time with
-// u = 0..3 (independent accumulators), then the rest with u = 0 and a mask on the last.
+// Calls step(i, full, mask, u) for the 8-float vectors of a row of n values: four at a time with
+// u = 0..3 (independent accumulators), then the rest with u = 0; full is std::true_type for whole
+// vectors (plain loads and stores) and std::false_type, with its mask, for a partial last one.
 template <class Step>
 BITMAPS_AVX2 inline void each_vector(int64_t n, const Step& step) {
   int64_t i = 0;
   const __m256i all = _mm256_set1_epi32(-1);
   for (; i + 32 <= n; i += 32) {
-    for (int u = 0; u < 4; ++u) step(i + 8 * u, all, u);
+    for (int u = 0; u < 4; ++u) step(i + 8 * u, std::true_type{}, all, u);
   }
-  for (; i < n; i += 8) step(i, lanes8(n - i), 0);
+  for (; i + 8 <= n; i += 8) step(i, std::true_type{}, all, 0);
+  if (i < n) step(i, std::false_type{}, lanes8(n - i), 0);
 }
 
 BITMAPS_AVX2 inline float sum4(const __m256 (&acc)[4]) {
@@ -43,26 +46,28 @@ BITMAPS_AVX2 void add_layer_norm_rows_avx2(const AddLayerNormArgs& a, int64_t r0
     float* out = a.out + r * n;
     __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                      _mm256_setzero_ps()};
-    each_vector(n, [&](int64_t i, __m256i m, int u) BITMAPS_AVX2 {
-      __m256 s = _mm256_maskload_ps(x + i, m);
-      if (skip != nullptr) s = _mm256_add_ps(s, _mm256_maskload_ps(skip + i, m));
-      _mm256_maskstore_ps(out + i, m, s);
+    each_vector(n, [&](int64_t i, auto full, __m256i m, int u) BITMAPS_AVX2 {
+      constexpr bool kFull = decltype(full)::value;
+      __m256 s = load8<kFull>(x + i, m);
+      if (skip != nullptr) s = _mm256_add_ps(s, load8<kFull>(skip + i, m));
+      store8<kFull>(out + i, m, s);
       acc[u] = _mm256_add_ps(acc[u], s);  // masked lanes loaded as 0
     });
     const __m256 mean = _mm256_set1_ps(sum4(acc) / static_cast<float>(n));
     for (auto& v : acc) v = _mm256_setzero_ps();
-    each_vector(n, [&](int64_t i, __m256i m, int u) BITMAPS_AVX2 {
-      const __m256 d = _mm256_and_ps(_mm256_sub_ps(_mm256_maskload_ps(out + i, m), mean),
-                                     _mm256_castsi256_ps(m));
+    each_vector(n, [&](int64_t i, auto full, __m256i m, int u) BITMAPS_AVX2 {
+      __m256 d = _mm256_sub_ps(load8<decltype(full)::value>(out + i, m), mean);
+      if constexpr (!decltype(full)::value) d = _mm256_and_ps(d, _mm256_castsi256_ps(m));
       acc[u] = _mm256_add_ps(acc[u], _mm256_mul_ps(d, d));
     });
     const float var = sum4(acc) / static_cast<float>(n);
     const __m256 inv = _mm256_set1_ps(1.0f / std::sqrt(var + a.epsilon));
-    each_vector(n, [&](int64_t i, __m256i m, int) BITMAPS_AVX2 {
-      const __m256 d = _mm256_sub_ps(_mm256_maskload_ps(out + i, m), mean);
-      __m256 y = _mm256_mul_ps(_mm256_mul_ps(d, inv), _mm256_maskload_ps(a.gamma + i, m));
-      if (a.beta != nullptr) y = _mm256_add_ps(y, _mm256_maskload_ps(a.beta + i, m));
-      _mm256_maskstore_ps(out + i, m, y);
+    each_vector(n, [&](int64_t i, auto full, __m256i m, int) BITMAPS_AVX2 {
+      constexpr bool kFull = decltype(full)::value;
+      const __m256 d = _mm256_sub_ps(load8<kFull>(out + i, m), mean);
+      __m256 y = _mm256_mul_ps(_mm256_mul_ps(d, inv), load8<kFull>(a.gamma + i, m));
+      if (a.beta != nullptr) y = _mm256_add_ps(y, load8<kFull>(a.beta + i, m));
+      store8<kFull>(out + i, m, y);
     });
   }
 }
