@@ -7,6 +7,8 @@
  *   fma_f32_*     acc = acc + a * b                          (one FP32 MAC per lane)
  *   vnni_int8_zmm acc += u8 a . s8 b, four bytes per lane    (VPDPBUSD: 64 int8 MACs)
  *   amx_int8      C += A . B on the AMX tile unit            (TDPBSSD: 16 x 16 x 64 int8 MACs)
+ * and, for CPUs without AVX-512 (below): the AVX2 path's nibble-lookup popcount, scalar POPCNT,
+ * FP32 FMA on ymm0-15 and INT8 by VPMADDUBSW + VPMADDWD (ONNX Runtime's INT8 GEMM without VNNI).
  * The last two are the ceilings of an INT8 GEMM (what ONNX Runtime's quantize_dynamic models run):
  * VNNI on AVX-512 CPUs without AMX, the tile unit on Intel Xeons since Sapphire Rapids.
  * The loops are written in asm so the compiler can neither hoist the loop-invariant XOR/popcount
@@ -114,6 +116,72 @@ static double az(int64_t iters) {
   return t;
 }
 
+/* AVX2 CPUs (no AVX-512: ymm0-15 only). The binary loop is the AVX2 path's popcount by nibble
+ * lookup (cpu_kernels_avx2.cpp): t = a XOR b; the low and high nibbles of each byte through
+ * VPSHUFB of a 16-entry table; both counts added into byte accumulators. Four chains (accumulator
+ * ymm0-3, two temporaries each in ymm4-11; a, b, table, nibble mask in ymm12-15), three rounds:
+ * 12 XNOR-popcounts of 256 bits per iteration. */
+#define LUT(j, t, u)                                                                   \
+  "vpxor %%ymm13, %%ymm12, %%ymm" #t "\n\t"                                           \
+  "vpsrlw $4, %%ymm" #t ", %%ymm" #u "\n\t"                                            \
+  "vpand %%ymm15, %%ymm" #t ", %%ymm" #t "\n\t"                                        \
+  "vpand %%ymm15, %%ymm" #u ", %%ymm" #u "\n\t"                                        \
+  "vpshufb %%ymm" #t ", %%ymm14, %%ymm" #t "\n\t"                                      \
+  "vpshufb %%ymm" #u ", %%ymm14, %%ymm" #u "\n\t"                                      \
+  "vpaddb %%ymm" #t ", %%ymm" #j ", %%ymm" #j "\n\t"                                    \
+  "vpaddb %%ymm" #u ", %%ymm" #j ", %%ymm" #j "\n\t"
+#define LUT4 LUT(0, 4, 5) LUT(1, 6, 7) LUT(2, 8, 9) LUT(3, 10, 11)
+/* INT8 on AVX2, as ONNX Runtime's MLAS runs u8 x s8 without VNNI: VPMADDUBSW (32 byte products
+ * summed in pairs), VPMADDWD by ones (to int32), VPADDD: 32 int8 MACs per op. Six chains
+ * (accumulator ymm0-5, temporary ymm6-11; a, b, ones in ymm12-14), two rounds. */
+#define MUB(j, t)                                                                      \
+  "vpmaddubsw %%ymm13, %%ymm12, %%ymm" #t "\n\t"                                      \
+  "vpmaddwd %%ymm14, %%ymm" #t ", %%ymm" #t "\n\t"                                    \
+  "vpaddd %%ymm" #t ", %%ymm" #j ", %%ymm" #j "\n\t"
+#define MUB6 MUB(0, 6) MUB(1, 7) MUB(2, 8) MUB(3, 9) MUB(4, 10) MUB(5, 11)
+#define FMA2(j) "vfmadd231ps %%ymm14, %%ymm15, %%ymm" #j "\n\t"
+#define FMA2_12                                                                        \
+  FMA2(0) FMA2(1) FMA2(2) FMA2(3) FMA2(4) FMA2(5) FMA2(6) FMA2(7) FMA2(8) FMA2(9)       \
+  FMA2(10) FMA2(11)
+#define CLOBBERS_AVX2                                                                    \
+  "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",        \
+  "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc"
+#define RUN_AVX2(BODY)                                                               \
+  const double t0 = now_s();                                                         \
+  __asm__ volatile("vpxor %%ymm12, %%ymm12, %%ymm12\n\t"                             \
+                   "vpcmpeqb %%ymm13, %%ymm13, %%ymm13\n\t"                          \
+                   "1:\n\t" BODY "dec %0\n\t"                                       \
+                   "jnz 1b\n\t"                                                      \
+                   : "+r"(iters)                                                     \
+                   :                                                                 \
+                   : CLOBBERS_AVX2);                                                 \
+  return now_s() - t0;
+
+__attribute__((target("avx2"))) static double lut_y(int64_t iters) { RUN_AVX2(LUT4 LUT4 LUT4) }
+__attribute__((target("avx2"))) static double mub_y(int64_t iters) { RUN_AVX2(MUB6 MUB6) }
+__attribute__((target("avx2,fma"))) static double fma2_y(int64_t iters) { RUN_AVX2(FMA2_12) }
+
+/* Scalar: t = a XOR b; POPCNT; add (64 binary MACs per op), as a CPU without vector popcount may
+ * also count. Four chains (accumulators r10-r13, temporaries rax, rcx, rdx, rsi; a, b in r8, r9),
+ * three rounds. */
+#define XP64(acc, t)                                                                   \
+  "mov %%r8, %%" t "\n\t"                                                              \
+  "xor %%r9, %%" t "\n\t"                                                              \
+  "popcnt %%" t ", %%" t "\n\t"                                                        \
+  "add %%" t ", %%" acc "\n\t"
+#define XP64_4 XP64("r10", "rax") XP64("r11", "rcx") XP64("r12", "rdx") XP64("r13", "rsi")
+__attribute__((target("popcnt"))) static double xp64(int64_t iters) {
+  const double t0 = now_s();
+  __asm__ volatile("xor %%r8, %%r8\n\t"
+                   "mov $-1, %%r9\n\t"
+                   "1:\n\t" XP64_4 XP64_4 XP64_4 "dec %0\n\t"
+                   "jnz 1b\n\t"
+                   : "+r"(iters)
+                   :
+                   : "rax", "rcx", "rdx", "rsi", "r8", "r9", "r10", "r11", "r12", "r13", "cc");
+  return now_s() - t0;
+}
+
 /* AVX-512 (F, VL) and one more feature (a string literal, as __builtin_cpu_supports needs). */
 #define HAS_AVX512_WITH(feature)                                                     \
   (__builtin_cpu_init(), __builtin_cpu_supports("avx512f") &&                        \
@@ -148,3 +216,13 @@ double fma_f32_zmm(int64_t iters) { return HAS_AVX512_WITH("fma") ? fz(iters) : 
 double fma_f32_ymm(int64_t iters) { return HAS_AVX512_WITH("fma") ? fy(iters) : -1.0; }
 double vnni_int8_zmm(int64_t iters) { return HAS_AVX512_WITH("avx512vnni") ? vz(iters) : -1.0; }
 double amx_int8(int64_t iters) { return amx_usable() ? az(iters) : -1.0; }
+
+static int has(int avx2, int fma, int popcnt) {
+  __builtin_cpu_init();
+  return (!avx2 || __builtin_cpu_supports("avx2")) && (!fma || __builtin_cpu_supports("fma")) &&
+         (!popcnt || __builtin_cpu_supports("popcnt"));
+}
+double xor_lut_ymm(int64_t iters) { return has(1, 0, 0) ? lut_y(iters) : -1.0; }
+double xor_popcnt_r64(int64_t iters) { return has(0, 0, 1) ? xp64(iters) : -1.0; }
+double fma_f32_ymm_avx2(int64_t iters) { return has(1, 1, 0) ? fma2_y(iters) : -1.0; }
+double int8_avx2_ymm(int64_t iters) { return has(1, 0, 0) ? mub_y(iters) : -1.0; }
