@@ -31,6 +31,7 @@ ort-thread-scaling benchmarks/results/ort-thread-scaling.json    bench_ort_threa
 embeddings         benchmarks/results/embeddings.json            bench_embeddings.py
 bert-cuda          benchmarks/results/bert-cuda.json             bench_bert_cuda.py
 gpu-check-h200     benchmarks/results/gpu-check-h200/report.md   make gpu-check (gpu_check.py)
+*-epyc-avx2        the same benchmarks' files on an AVX2-only AMD EPYC (stop 29)
 =================  ===========================================  ===================================
 
 and ``profile-bert-base-amx-withheld`` (benchmarks/results/profile-bert-base-amx-withheld.json:
@@ -283,6 +284,21 @@ TABLES: dict[str, Source] = {
     ),
     "model-breakdown": Source(
         "benchmarks/results/model-breakdown.json", _bench("bench_model_breakdown.py")
+    ),
+    # the same benchmarks on an AVX2-only AMD EPYC (no AVX-512, no AMX; stop 29)
+    "popcount-ceiling-epyc-avx2": Source(
+        "benchmarks/results/popcount-ceiling-epyc-avx2.json",
+        _bench("bench_popcount_ceiling.py", "report"),
+    ),
+    "model-breakdown-epyc-avx2": Source(
+        "benchmarks/results/model-breakdown-epyc-avx2.json", _bench("bench_model_breakdown.py")
+    ),
+    "ort-thread-scaling-epyc-avx2": Source(
+        "benchmarks/results/ort-thread-scaling-epyc-avx2.json",
+        _bench("bench_ort_thread_scaling.py"),
+    ),
+    "profile-bert-base-epyc-avx2": Source(
+        "benchmarks/results/profile-bert-base-stop29-epyc-avx2-after-run3.json", profile_table
     ),
     "export-targets": Source(
         "benchmarks/results/export-targets.json", _bench("bench_export_targets.py")
