@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -33,10 +32,12 @@ KIND_OF = {"cublas_fp16": "f16", "popc": "b1_and", "mma": "b1_and", "wgmma": "b1
 
 
 def nvcc() -> str | None:
-    home = os.environ.get("CUDA_HOME") or "/usr/local/cuda"
-    return shutil.which("nvcc") or next(
-        (str(p) for p in (Path(home) / "bin" / "nvcc",) if p.is_file()), None
-    )
+    """nvcc of the CUDA toolkit as setup.py finds it (csrc/cuda_build.py), or None."""
+    sys.path.insert(0, str(HERE.parent / "csrc"))
+    import cuda_build
+
+    home = cuda_build.find_cuda_home(os.environ)
+    return str(Path(home) / "bin" / "nvcc") if home else None
 
 
 def peaks(iters: int) -> tuple[dict, list[dict]]:

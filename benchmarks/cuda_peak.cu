@@ -5,7 +5,7 @@
 //
 // Kinds (ops = 2 * M * N * K per instruction, the convention of TOPS and of bench_kernels.py):
 //   b1_and  mma.sync.m16n8k256 .b1 .and.popc  (sm_80+; the form Hopper runs natively)
-//   b1_xor  mma.sync.m16n8k256 .b1 .xor.popc  (sm_80..sm_89; Hopper emulates it, not measured there)
+//   b1_xor  mma.sync.m16n8k256 .b1 .xor.popc  (sm_80..sm_89; Hopper emulates it: not run there)
 //   s8      mma.sync.m16n8k32  .s8 x .s8 -> s32 (the INT8 GEMM's instruction)
 //   f16     mma.sync.m16n8k16  .f16 x .f16 -> f32 (cuBLAS FP16's class of instruction)
 // Each warp runs kChains independent accumulator chains so that issue, not latency, bounds it.
@@ -21,36 +21,27 @@ namespace {
 constexpr int kChains = 8;
 enum Kind { kB1And = 0, kB1Xor = 1, kS8 = 2, kF16 = 3 };
 
+// One mma.sync of shape and types `form`, d += a x b: the same registers for every kind (A four
+// b32, B two, C/D four 32-bit).
+#define BITMAPS_MMA(form)                                                             \
+  asm volatile("mma.sync.aligned." form " {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n" \
+               : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])                          \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+
 template <int kKind>
 __device__ __forceinline__ void mma(uint32_t (&d)[4], const uint32_t (&a)[4],
                                     const uint32_t (&b)[2]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   if constexpr (kKind == kB1And) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.and.popc "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    BITMAPS_MMA("m16n8k256.row.col.s32.b1.b1.s32.and.popc");
   } else if constexpr (kKind == kB1Xor) {
 #if __CUDA_ARCH__ < 900
-    asm volatile(
-        "mma.sync.aligned.m16n8k256.row.col.s32.b1.b1.s32.xor.popc "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    BITMAPS_MMA("m16n8k256.row.col.s32.b1.b1.s32.xor.popc");
 #endif
   } else if constexpr (kKind == kS8) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    BITMAPS_MMA("m16n8k32.row.col.s32.s8.s8.s32");
   } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
-        "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    BITMAPS_MMA("m16n8k16.row.col.f32.f16.f16.f32");
   }
 #endif
 }

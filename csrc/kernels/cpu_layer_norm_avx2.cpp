@@ -28,8 +28,9 @@ BITMAPS_AVX2 inline void each_vector(int64_t n, const Step& step) {
   for (; i + 32 <= n; i += 32) {
     for (int u = 0; u < 4; ++u) step(i + 8 * u, std::true_type{}, all, u);
   }
-  for (; i + 8 <= n; i += 8) step(i, std::true_type{}, all, 0);
-  if (i < n) step(i, std::false_type{}, lanes8(n - i), 0);
+  each_vector8(n - i, [&](int64_t j, auto full, __m256i m) BITMAPS_AVX2 {
+    step(i + j, full, m, 0);
+  });
 }
 
 BITMAPS_AVX2 inline float sum4(const __m256 (&acc)[4]) {
