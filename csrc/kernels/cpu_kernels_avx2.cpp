@@ -2,8 +2,10 @@
 // AVX-512 VPOPCNTDQ. Compiled with per-function target attributes like the AVX-512 path.
 //
 // Same micro-kernel shape as the AVX-512 path (broadcast one activation word, XOR it -- AND it for
-// unsigned activations -- with 8 weight rows per vector), but the lookup gives per-byte counts: they are summed in bytes for up to 31
-// words (31 * 8 = 248 < 256) and then widened to the int32 accumulators (VPMADDUBSW + VPMADDWD).
+// unsigned activations -- with 8 weight rows per vector), but on operands split into their bytes'
+// low and high nibbles (split_rows, xnor_step), so that the logic op's result indexes the lookup
+// directly. The lookup gives per-byte counts: they are summed in bytes for up to 31 words
+// (31 * 8 = 248 < 256) and then widened to the int32 accumulators (VPMADDUBSW + VPMADDWD).
 #include "kernels/cpu_features.h"
 
 #if defined(BITMAPS_HAVE_X86_PATHS)
@@ -12,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/bit_layout.h"
 #include "kernels/cpu_kernels_internal.h"
@@ -124,33 +127,126 @@ BITMAPS_AVX2_INLINE __m256 gelu8(__m256 y) {
                        _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
 }
 
-template <int MR, int NV, bool kAnd, bool kMask>
-BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* a, int64_t kw, int64_t w, uint32_t mask,
-                                   const int32_t* const (&b)[NV], __m256i (&bytes)[MR][NV]) {
-  const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,  //
-                                       0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-  const __m256i low4 = _mm256_set1_epi8(0x0F);
-  __m256i bv[NV];
+// The nibble-lookup table (per 128-bit lane) and the low-nibble mask, as memory operands.
+alignas(32) constexpr uint8_t kNibbleCounts[32] = {0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                                   0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4};
+alignas(32) constexpr uint8_t kLow4[32] = {
+    0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F,
+    0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F, 0x0F};
+
+// The activation rows of a micro-kernel, split (split_rows): kMR rows of kw words with their
+// bytes' low nibbles, then the same rows with their high nibbles shifted down. A logic op of a
+// split activation word with a split weight vector is then already a table index: per 8 columns
+// x 32 bits, two logic ops, two lookups and two byte adds instead of the XOR, shift, two ANDs, two
+// lookups and two adds of a whole-byte lookup. The weight vectors are split once per K word for
+// all MR rows.
+constexpr int64_t kSplitRows = 2 * kMR;  // split rows per micro-kernel
+
+// One K word of a micro-kernel of MR < kMR rows (a tile's last rows), in intrinsics.
+template <int MR, int NV, bool kAnd>
+BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w,
+                                   const int32_t* const (&b)[NV],
+                                   __m256i (&bytes)[MR][NV]) {
+  const __m256i lut = _mm256_load_si256(reinterpret_cast<const __m256i*>(kNibbleCounts));
+  const __m256i low4 = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLow4));
+  __m256i b_lo[NV], b_hi[NV];
   for (int v = 0; v < NV; ++v) {
-    bv[v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[v] + w * kPanelRows));
+    const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[v] + w * kPanelRows));
+    b_lo[v] = _mm256_and_si256(bv, low4);
+    b_hi[v] = _mm256_and_si256(_mm256_srli_epi16(bv, 4), low4);
   }
   for (int r = 0; r < MR; ++r) {
-    const uint32_t word = kMask ? (a[r * kw + w] & mask) : a[r * kw + w];
-    const __m256i av = _mm256_set1_epi32(static_cast<int>(word));
-    for (int v = 0; v < NV; ++v) {
-      const __m256i x = kAnd ? _mm256_and_si256(av, bv[v]) : _mm256_xor_si256(av, bv[v]);
-      const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, low4));
-      const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), low4));
-      bytes[r][v] = _mm256_add_epi8(bytes[r][v], _mm256_add_epi8(lo, hi));
+    for (int h = 0; h < 2; ++h) {
+      const __m256i av = _mm256_set1_epi32(static_cast<int>(s[(h * kMR + r) * kw + w]));
+      for (int v = 0; v < NV; ++v) {
+        const __m256i bh = h == 0 ? b_lo[v] : b_hi[v];
+        const __m256i x = kAnd ? _mm256_and_si256(av, bh) : _mm256_xor_si256(av, bh);
+        bytes[r][v] = _mm256_add_epi8(bytes[r][v], _mm256_shuffle_epi8(lut, x));
+      }
     }
   }
 }
 
+// K words [w0, w1) of the full 4 x 2 micro-kernel: its byte counts (zeroed first) into bytes.
+// s: word w0 of the first split row; split row i at s + i * kw (addressed from s, s + 3 kw and
+// s + 6 kw with the row stride in a register).
+// Hand-allocated: compiled from intrinsics, GCC kept 7 of the 8 byte accumulators on the stack.
+// ymm0-7 the accumulators (row r, vector v in ymm(2r + v)), ymm8 the table, ymm9-12 the split
+// weight vectors (v0 low, v1 low, v0 high, v1 high), ymm13 the broadcast activation word,
+// ymm14-15 temporaries; per K word: 2 weight loads, 8 broadcasts, 54 ALU ops for 2048 MACs.
+#define BITMAPS_AVX2_PAIR(op, row, half, acc, bv, t)                                     \
+  #op " %%ymm13, %%ymm" #bv ", %%ymm" #t "\n\t"                                          \
+  "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                        \
+  "vpaddb %%ymm" #t ", %%ymm" #acc ", %%ymm" #acc "\n\t"
+#define BITMAPS_AVX2_ROW(op, row, lo, hi, a0, a1)                                       \
+  "vpbroadcastd " lo ", %%ymm13\n\t"                                                     \
+  BITMAPS_AVX2_PAIR(op, row, 0, a0, 9, 14) BITMAPS_AVX2_PAIR(op, row, 0, a1, 10, 15)    \
+  "vpbroadcastd " hi ", %%ymm13\n\t"                                                     \
+  BITMAPS_AVX2_PAIR(op, row, 1, a0, 11, 14) BITMAPS_AVX2_PAIR(op, row, 1, a1, 12, 15)
+#define BITMAPS_AVX2_BLOCK(op)                                                          \
+  "vpxor %%xmm0, %%xmm0, %%xmm0\n\tvpxor %%xmm1, %%xmm1, %%xmm1\n\t"                    \
+  "vpxor %%xmm2, %%xmm2, %%xmm2\n\tvpxor %%xmm3, %%xmm3, %%xmm3\n\t"                    \
+  "vpxor %%xmm4, %%xmm4, %%xmm4\n\tvpxor %%xmm5, %%xmm5, %%xmm5\n\t"                    \
+  "vpxor %%xmm6, %%xmm6, %%xmm6\n\tvpxor %%xmm7, %%xmm7, %%xmm7\n\t"                    \
+  "vmovdqa %[lut], %%ymm8\n\t"                                                          \
+  "1:\n\t"                                                                              \
+  "vmovdqu (%[b]), %%ymm14\n\t"                                                         \
+  "vmovdqu 32(%[b]), %%ymm15\n\t"                                                       \
+  "vpand %[low4], %%ymm14, %%ymm9\n\t"                                                  \
+  "vpand %[low4], %%ymm15, %%ymm10\n\t"                                                 \
+  "vpsrlw $4, %%ymm14, %%ymm14\n\t"                                                     \
+  "vpsrlw $4, %%ymm15, %%ymm15\n\t"                                                     \
+  "vpand %[low4], %%ymm14, %%ymm11\n\t"                                                 \
+  "vpand %[low4], %%ymm15, %%ymm12\n\t"                                                 \
+  BITMAPS_AVX2_ROW(op, 0, "(%[s])", "(%[s],%[st],4)", 0, 1)                            \
+  BITMAPS_AVX2_ROW(op, 1, "(%[s],%[st],1)", "(%[s3],%[st],2)", 2, 3)                   \
+  BITMAPS_AVX2_ROW(op, 2, "(%[s],%[st],2)", "(%[s6])", 4, 5)                           \
+  BITMAPS_AVX2_ROW(op, 3, "(%[s3])", "(%[s6],%[st],1)", 6, 7)                          \
+  "add $64, %[b]\n\t"                                                                   \
+  "add $4, %[s]\n\t"                                                                    \
+  "add $4, %[s3]\n\t"                                                                   \
+  "add $4, %[s6]\n\t"                                                                   \
+  "dec %[count]\n\t"                                                                    \
+  "jnz 1b\n\t"                                                                          \
+  "vmovdqu %%ymm0, 0(%[out])\n\tvmovdqu %%ymm1, 32(%[out])\n\t"                         \
+  "vmovdqu %%ymm2, 64(%[out])\n\tvmovdqu %%ymm3, 96(%[out])\n\t"                        \
+  "vmovdqu %%ymm4, 128(%[out])\n\tvmovdqu %%ymm5, 160(%[out])\n\t"                      \
+  "vmovdqu %%ymm6, 192(%[out])\n\tvmovdqu %%ymm7, 224(%[out])\n\t"
+
+template <bool kAnd>
+BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const int32_t* b,
+                                        int64_t count, __m256i (&bytes)[kMR][2]) {
+  static_assert(kMR == 4, "the assembly block is 4 rows x 2 vectors");
+  __m256i* out = &bytes[0][0];
+  const auto& lut = *reinterpret_cast<const __m256i*>(kNibbleCounts);
+  const auto& low4 = *reinterpret_cast<const __m256i*>(kLow4);
+  const int64_t st = kw * 4;  // bytes from one split row to the next
+  const uint32_t* s3 = s + 3 * kw;
+  const uint32_t* s6 = s + 6 * kw;
+  if constexpr (kAnd) {
+    __asm__ volatile(BITMAPS_AVX2_BLOCK(vpand)
+                     : [s] "+r"(s), [s3] "+r"(s3), [s6] "+r"(s6), [b] "+r"(b), [count] "+r"(count)
+                     : [st] "r"(st), [out] "r"(out), [lut] "m"(lut), [low4] "m"(low4)
+                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+                       "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc",
+                       "memory");
+  } else {
+    __asm__ volatile(BITMAPS_AVX2_BLOCK(vpxor)
+                     : [s] "+r"(s), [s3] "+r"(s3), [s6] "+r"(s6), [b] "+r"(b), [count] "+r"(count)
+                     : [st] "r"(st), [out] "r"(out), [lut] "m"(lut), [low4] "m"(low4)
+                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
+                       "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc",
+                       "memory");
+  }
+}
+#undef BITMAPS_AVX2_BLOCK
+#undef BITMAPS_AVX2_ROW
+#undef BITMAPS_AVX2_PAIR
+
+// s: rows m.. of the activation, split (split_rows).
 template <int MR, int NV, GemmOutput kOut, bool kAnd>
-BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n) {
+BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t* s) {
   const int64_t kw = g.kw;
-  const uint32_t* a = reinterpret_cast<const uint32_t*>(g.a) + m * kw;
-  const uint32_t last_mask = last_word_mask(g.k);
   const int32_t* b[NV];
   for (int v = 0; v < NV; ++v) {
     // Vector v: half (v % 2) of panel n / 16 + v / 2.
@@ -172,15 +268,14 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n) {
   for (int64_t w0 = 0; w0 < kw; w0 += kByteWords) {
     const int64_t w1 = std::min(kw, w0 + kByteWords);
     __m256i bytes[MR][NV];
-    for (int r = 0; r < MR; ++r) {
-      for (int v = 0; v < NV; ++v) bytes[r][v] = _mm256_setzero_si256();
+    if constexpr (MR == kMR && NV == 2) {
+      xnor_block_4x2<kAnd>(s + w0, kw, b[0] + w0 * kPanelRows, w1 - w0, bytes);
+    } else {
+      for (int r = 0; r < MR; ++r) {
+        for (int v = 0; v < NV; ++v) bytes[r][v] = _mm256_setzero_si256();
+      }
+      for (int64_t w = w0; w < w1; ++w) xnor_step<MR, NV, kAnd>(s, kw, w, b, bytes);
     }
-    // Plain steps broadcast the activation word from memory; only a ragged K's last word (whose
-    // padding bits are cleared here) goes through a general register.
-    const int64_t plain = (w1 == kw && last_mask != 0xFFFFFFFFu) ? w1 - 1 : w1;
-#pragma GCC unroll 4
-    for (int64_t w = w0; w < plain; ++w) xnor_step<MR, NV, kAnd, false>(a, kw, w, 0, b, bytes);
-    if (plain < w1) xnor_step<MR, NV, kAnd, true>(a, kw, plain, last_mask, b, bytes);
     for (int r = 0; r < MR; ++r) {
       for (int v = 0; v < NV; ++v) {
         const __m256i pairs = _mm256_maddubs_epi16(bytes[r][v], ones8);
@@ -259,18 +354,53 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n) {
 }
 
 template <GemmOutput kOut, bool kAnd, int MR>
-BITMAPS_AVX2_INLINE void run_micro(int mr, const GemmArgs& g, int64_t m, int64_t n) {
+BITMAPS_AVX2_INLINE void run_micro(int mr, const GemmArgs& g, int64_t m, int64_t n,
+                                   const uint32_t* s) {
   if constexpr (MR > 1) {
-    if (mr < MR) return run_micro<kOut, kAnd, MR - 1>(mr, g, m, n);
+    if (mr < MR) return run_micro<kOut, kAnd, MR - 1>(mr, g, m, n, s);
   }
-  micro<MR, kNV, kOut, kAnd>(g, m, n);
+  micro<MR, kNV, kOut, kAnd>(g, m, n, s);
+}
+
+// Activation rows [m0, m1) split into their bytes' low nibbles and high nibbles shifted down, in
+// the micro-kernels' layout (kSplitRows above; rows in groups of kMR, a last group's missing rows
+// left unset); a ragged K's padding bits cleared in the last word, so that the micro-kernels need
+// no mask. Once per tile: three vector ops per 8 words, against the tile's 8 panels of GEMM.
+BITMAPS_AVX2 void split_rows(const GemmArgs& g, int64_t m0, int64_t m1, uint32_t* s) {
+  const int64_t kw = g.kw;
+  const uint32_t last_mask = last_word_mask(g.k);
+  const __m256i low4 = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLow4));
+  for (int64_t r = 0; r < m1 - m0; ++r) {
+    const auto* a = reinterpret_cast<const uint32_t*>(g.a) + (m0 + r) * kw;
+    uint32_t* lo = s + ((r / kMR) * kSplitRows + r % kMR) * kw;
+    uint32_t* hi = lo + kMR * kw;
+    int64_t w = 0;
+    for (; w + 8 <= kw; w += 8) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + w));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(lo + w), _mm256_and_si256(v, low4));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(hi + w),
+                          _mm256_and_si256(_mm256_srli_epi32(v, 4), low4));
+    }
+    for (; w < kw; ++w) {
+      lo[w] = a[w] & 0x0F0F0F0Fu;
+      hi[w] = (a[w] >> 4) & 0x0F0F0F0Fu;
+    }
+    lo[kw - 1] &= last_mask;
+    hi[kw - 1] &= last_mask >> 4;
+  }
 }
 
 template <GemmOutput kOut, bool kAnd>
 BITMAPS_AVX2 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  thread_local std::vector<uint32_t> split;
+  const int64_t group_words = kSplitRows * g.kw;
+  const int64_t words = (m1 - m0 + kMR - 1) / kMR * group_words;
+  if (static_cast<int64_t>(split.size()) < words) split.resize(static_cast<size_t>(words));
+  split_rows(g, m0, m1, split.data());
   for (int64_t n = n0; n < n1; n += kPanelRows) {
     for (int64_t m = m0; m < m1; m += kMR) {
-      run_micro<kOut, kAnd, kMR>(static_cast<int>(std::min<int64_t>(kMR, m1 - m)), g, m, n);
+      run_micro<kOut, kAnd, kMR>(static_cast<int>(std::min<int64_t>(kMR, m1 - m)), g, m, n,
+                                 split.data() + (m - m0) / kMR * group_words);
     }
   }
 }
