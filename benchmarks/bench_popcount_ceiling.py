@@ -60,6 +60,7 @@ LOOPS = {  # function -> (MACs per vector op, what it is)
     "amx_int8": (16 * 16 * 64, "int8: tdpbssd (AMX tiles)"),
     # CPUs without AVX-512 (AVX2 only: older Xeons, AMD before Zen 4)
     "xor_lut_ymm": (256, "binary: vpxor+2 vpshufb nibble lookup ymm (AVX2)"),
+    "xor_split_lut_ymm": (256, "binary: 2 vpxor+2 vpshufb on nibble-split operands ymm (AVX2)"),
     "xor_popcnt_r64": (64, "binary: xor+popcnt+add r64 (scalar)"),
     "fma_f32_ymm_avx2": (8, "fp32: vfmadd231ps ymm (AVX2 + FMA)"),
     "int8_avx2_ymm": (32, "int8: vpmaddubsw+vpmaddwd+vpaddd ymm (AVX2)"),

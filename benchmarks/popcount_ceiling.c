@@ -7,7 +7,8 @@
  *   fma_f32_*     acc = acc + a * b                          (one FP32 MAC per lane)
  *   vnni_int8_zmm acc += u8 a . s8 b, four bytes per lane    (VPDPBUSD: 64 int8 MACs)
  *   amx_int8      C += A . B on the AMX tile unit            (TDPBSSD: 16 x 16 x 64 int8 MACs)
- * and, for CPUs without AVX-512 (below): the AVX2 path's nibble-lookup popcount, scalar POPCNT,
+ * and, for CPUs without AVX-512 (below): the AVX2 path's nibble-lookup popcount (whole bytes, and
+ * on operands split into nibbles beforehand as the AVX2 GEMM holds them), scalar POPCNT,
  * FP32 FMA on ymm0-15 and INT8 by VPMADDUBSW + VPMADDWD (ONNX Runtime's INT8 GEMM without VNNI).
  * The last two are the ceilings of an INT8 GEMM (what ONNX Runtime's quantize_dynamic models run):
  * VNNI on AVX-512 CPUs without AMX, the tile unit on Intel Xeons since Sapphire Rapids.
@@ -131,6 +132,18 @@ static double az(int64_t iters) {
   "vpaddb %%ymm" #t ", %%ymm" #j ", %%ymm" #j "\n\t"                                    \
   "vpaddb %%ymm" #u ", %%ymm" #j ", %%ymm" #j "\n\t"
 #define LUT4 LUT(0, 4, 5) LUT(1, 6, 7) LUT(2, 8, 9) LUT(3, 10, 11)
+/* The same count on operands already split into their bytes' low nibbles and high nibbles
+ * shifted down (the AVX2 GEMM splits each operand once and reuses it across a register block):
+ * per 256 bits, XOR of the low halves and of the high halves, each a table index as it stands,
+ * two VPSHUFB, two byte adds. Same chains (a low / high in ymm12 / ymm15, b in ymm13). */
+#define SPLIT(j, t, u)                                                                 \
+  "vpxor %%ymm13, %%ymm12, %%ymm" #t "\n\t"                                           \
+  "vpxor %%ymm13, %%ymm15, %%ymm" #u "\n\t"                                           \
+  "vpshufb %%ymm" #t ", %%ymm14, %%ymm" #t "\n\t"                                      \
+  "vpshufb %%ymm" #u ", %%ymm14, %%ymm" #u "\n\t"                                      \
+  "vpaddb %%ymm" #t ", %%ymm" #j ", %%ymm" #j "\n\t"                                    \
+  "vpaddb %%ymm" #u ", %%ymm" #j ", %%ymm" #j "\n\t"
+#define SPLIT4 SPLIT(0, 4, 5) SPLIT(1, 6, 7) SPLIT(2, 8, 9) SPLIT(3, 10, 11)
 /* INT8 on AVX2, as ONNX Runtime's MLAS runs u8 x s8 without VNNI: VPMADDUBSW (32 byte products
  * summed in pairs), VPMADDWD by ones (to int32), VPADDD: 32 int8 MACs per op. Six chains
  * (accumulator ymm0-5, temporary ymm6-11; a, b, ones in ymm12-14), two rounds. */
@@ -158,6 +171,9 @@ static double az(int64_t iters) {
   return now_s() - t0;
 
 __attribute__((target("avx2"))) static double lut_y(int64_t iters) { RUN_AVX2(LUT4 LUT4 LUT4) }
+__attribute__((target("avx2"))) static double split_y(int64_t iters) {
+  RUN_AVX2(SPLIT4 SPLIT4 SPLIT4)
+}
 __attribute__((target("avx2"))) static double mub_y(int64_t iters) { RUN_AVX2(MUB6 MUB6) }
 __attribute__((target("avx2,fma"))) static double fma2_y(int64_t iters) { RUN_AVX2(FMA2_12) }
 
@@ -223,6 +239,7 @@ static int has(int avx2, int fma, int popcnt) {
          (!popcnt || __builtin_cpu_supports("popcnt"));
 }
 double xor_lut_ymm(int64_t iters) { return has(1, 0, 0) ? lut_y(iters) : -1.0; }
+double xor_split_lut_ymm(int64_t iters) { return has(1, 0, 0) ? split_y(iters) : -1.0; }
 double xor_popcnt_r64(int64_t iters) { return has(0, 0, 1) ? xp64(iters) : -1.0; }
 double fma_f32_ymm_avx2(int64_t iters) { return has(1, 1, 0) ? fma2_y(iters) : -1.0; }
 double int8_avx2_ymm(int64_t iters) { return has(1, 0, 0) ? mub_y(iters) : -1.0; }

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LOOPS = {  # loop -> the CPU features it needs (/proc/cpuinfo flags)
     "xor_lut_ymm": {"avx2"},
+    "xor_split_lut_ymm": {"avx2"},
     "xor_popcnt_r64": {"popcnt"},
     "fma_f32_ymm_avx2": {"avx2", "fma"},
     "int8_avx2_ymm": {"avx2"},
