@@ -32,6 +32,8 @@ embeddings         benchmarks/results/embeddings.json            bench_embedding
 bert-cuda          benchmarks/results/bert-cuda.json             bench_bert_cuda.py
 gpu-check-h200     benchmarks/results/gpu-check-h200/report.md   make gpu-check (gpu_check.py)
 *-epyc-avx2        the same benchmarks' files on an AVX2-only AMD EPYC (stop 29)
+*-epyc-avx2-stop30 the same again after the nibble-split AVX2 GEMM (stop 30)
+ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 =================  ===========================================  ===================================
 
 and ``profile-bert-base-amx-withheld`` (benchmarks/results/profile-bert-base-amx-withheld.json:
@@ -299,6 +301,26 @@ TABLES: dict[str, Source] = {
     ),
     "profile-bert-base-epyc-avx2": Source(
         "benchmarks/results/profile-bert-base-stop29-epyc-avx2-after-run3.json", profile_table
+    ),
+    # the same benchmarks on an AVX2-only AMD EPYC again, after the nibble-split GEMM (stop 30)
+    "popcount-ceiling-epyc-avx2-stop30": Source(
+        "benchmarks/results/popcount-ceiling-epyc-avx2-stop30.json",
+        _bench("bench_popcount_ceiling.py", "report"),
+    ),
+    "model-breakdown-epyc-avx2-stop30": Source(
+        "benchmarks/results/model-breakdown-epyc-avx2-stop30.json",
+        _bench("bench_model_breakdown.py"),
+    ),
+    "ort-thread-scaling-epyc-avx2-stop30": Source(
+        "benchmarks/results/ort-thread-scaling-epyc-avx2-stop30.json",
+        _bench("bench_ort_thread_scaling.py"),
+    ),
+    "profile-bert-base-epyc-avx2-stop30": Source(
+        "benchmarks/results/profile-bert-base-stop30-epyc-avx2-run3.json", profile_table
+    ),
+    "ort-library-ab-nibble-split-epyc-avx2": Source(
+        "benchmarks/results/ort-library-ab-nibble-split-epyc-avx2*.json",
+        _bench("bench_ort_library_ab.py"),
     ),
     "export-targets": Source(
         "benchmarks/results/export-targets.json", _bench("bench_export_targets.py")
