@@ -138,28 +138,23 @@ alignas(32) constexpr uint8_t kLow4[32] = {
 // bytes' low nibbles, then the same rows with their high nibbles shifted down. A logic op of a
 // split activation word with a split weight vector is then already a table index: per 8 columns
 // x 32 bits, two logic ops, two lookups and two byte adds instead of the XOR, shift, two ANDs, two
-// lookups and two adds of a whole-byte lookup. The weight vectors are split once per K word for
-// all MR rows.
-constexpr int64_t kSplitRows = 2 * kMR;  // split rows per micro-kernel
+// lookups and two adds of a whole-byte lookup. The weight panel is split likewise, once per tile
+// for all its row groups (split_panel): per K word its two 8-row vectors' low nibbles, then their
+// high nibbles (kSplitVectors).
+constexpr int64_t kSplitRows = 2 * kMR;   // split rows per micro-kernel
+constexpr int64_t kSplitVectors = 2 * kNV;  // split weight vectors per K word of a panel
 
 // One K word of a micro-kernel of MR < kMR rows (a tile's last rows), in intrinsics.
 template <int MR, int NV, bool kAnd>
-BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w,
-                                   const int32_t* const (&b)[NV],
+BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w, const __m256i* b,
                                    __m256i (&bytes)[MR][NV]) {
+  static_assert(NV == kNV, "the split panel holds kNV vectors per half");
   const __m256i lut = _mm256_load_si256(reinterpret_cast<const __m256i*>(kNibbleCounts));
-  const __m256i low4 = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLow4));
-  __m256i b_lo[NV], b_hi[NV];
-  for (int v = 0; v < NV; ++v) {
-    const __m256i bv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[v] + w * kPanelRows));
-    b_lo[v] = _mm256_and_si256(bv, low4);
-    b_hi[v] = _mm256_and_si256(_mm256_srli_epi16(bv, 4), low4);
-  }
   for (int r = 0; r < MR; ++r) {
     for (int h = 0; h < 2; ++h) {
       const __m256i av = _mm256_set1_epi32(static_cast<int>(s[(h * kMR + r) * kw + w]));
       for (int v = 0; v < NV; ++v) {
-        const __m256i bh = h == 0 ? b_lo[v] : b_hi[v];
+        const __m256i bh = _mm256_load_si256(b + w * kSplitVectors + h * NV + v);
         const __m256i x = kAnd ? _mm256_and_si256(av, bh) : _mm256_xor_si256(av, bh);
         bytes[r][v] = _mm256_add_epi8(bytes[r][v], _mm256_shuffle_epi8(lut, x));
       }
@@ -173,7 +168,7 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w,
 // Hand-allocated: compiled from intrinsics, GCC kept 7 of the 8 byte accumulators on the stack.
 // ymm0-7 the accumulators (row r, vector v in ymm(2r + v)), ymm8 the table, ymm9-12 the split
 // weight vectors (v0 low, v1 low, v0 high, v1 high), ymm13 the broadcast activation word,
-// ymm14-15 temporaries; per K word: 2 weight loads, 8 broadcasts, 54 ALU ops for 2048 MACs.
+// ymm14-15 temporaries; per K word: 4 weight loads, 8 broadcasts, 48 ALU ops for 2048 MACs.
 #define BITMAPS_AVX2_PAIR(op, row, half, acc, bv, t)                                     \
   #op " %%ymm13, %%ymm" #bv ", %%ymm" #t "\n\t"                                          \
   "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                        \
@@ -190,19 +185,15 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w,
   "vpxor %%xmm6, %%xmm6, %%xmm6\n\tvpxor %%xmm7, %%xmm7, %%xmm7\n\t"                    \
   "vmovdqa %[lut], %%ymm8\n\t"                                                          \
   "1:\n\t"                                                                              \
-  "vmovdqu (%[b]), %%ymm14\n\t"                                                         \
-  "vmovdqu 32(%[b]), %%ymm15\n\t"                                                       \
-  "vpand %[low4], %%ymm14, %%ymm9\n\t"                                                  \
-  "vpand %[low4], %%ymm15, %%ymm10\n\t"                                                 \
-  "vpsrlw $4, %%ymm14, %%ymm14\n\t"                                                     \
-  "vpsrlw $4, %%ymm15, %%ymm15\n\t"                                                     \
-  "vpand %[low4], %%ymm14, %%ymm11\n\t"                                                 \
-  "vpand %[low4], %%ymm15, %%ymm12\n\t"                                                 \
+  "vmovdqa (%[b]), %%ymm9\n\t"                                                          \
+  "vmovdqa 32(%[b]), %%ymm10\n\t"                                                       \
+  "vmovdqa 64(%[b]), %%ymm11\n\t"                                                       \
+  "vmovdqa 96(%[b]), %%ymm12\n\t"                                                       \
   BITMAPS_AVX2_ROW(op, 0, "(%[s])", "(%[s],%[st],4)", 0, 1)                            \
   BITMAPS_AVX2_ROW(op, 1, "(%[s],%[st],1)", "(%[s3],%[st],2)", 2, 3)                   \
   BITMAPS_AVX2_ROW(op, 2, "(%[s],%[st],2)", "(%[s6])", 4, 5)                           \
   BITMAPS_AVX2_ROW(op, 3, "(%[s3])", "(%[s6],%[st],1)", 6, 7)                          \
-  "add $64, %[b]\n\t"                                                                   \
+  "add $128, %[b]\n\t"                                                                   \
   "add $4, %[s]\n\t"                                                                    \
   "add $4, %[s3]\n\t"                                                                   \
   "add $4, %[s6]\n\t"                                                                   \
@@ -214,26 +205,25 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w,
   "vmovdqu %%ymm6, 192(%[out])\n\tvmovdqu %%ymm7, 224(%[out])\n\t"
 
 template <bool kAnd>
-BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const int32_t* b,
+BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m256i* b,
                                         int64_t count, __m256i (&bytes)[kMR][2]) {
   static_assert(kMR == 4, "the assembly block is 4 rows x 2 vectors");
   __m256i* out = &bytes[0][0];
   const auto& lut = *reinterpret_cast<const __m256i*>(kNibbleCounts);
-  const auto& low4 = *reinterpret_cast<const __m256i*>(kLow4);
   const int64_t st = kw * 4;  // bytes from one split row to the next
   const uint32_t* s3 = s + 3 * kw;
   const uint32_t* s6 = s + 6 * kw;
   if constexpr (kAnd) {
     __asm__ volatile(BITMAPS_AVX2_BLOCK(vpand)
                      : [s] "+r"(s), [s3] "+r"(s3), [s6] "+r"(s6), [b] "+r"(b), [count] "+r"(count)
-                     : [st] "r"(st), [out] "r"(out), [lut] "m"(lut), [low4] "m"(low4)
+                     : [st] "r"(st), [out] "r"(out), [lut] "m"(lut)
                      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
                        "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc",
                        "memory");
   } else {
     __asm__ volatile(BITMAPS_AVX2_BLOCK(vpxor)
                      : [s] "+r"(s), [s3] "+r"(s3), [s6] "+r"(s6), [b] "+r"(b), [count] "+r"(count)
-                     : [st] "r"(st), [out] "r"(out), [lut] "m"(lut), [low4] "m"(low4)
+                     : [st] "r"(st), [out] "r"(out), [lut] "m"(lut)
                      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
                        "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc",
                        "memory");
@@ -243,15 +233,11 @@ BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const int
 #undef BITMAPS_AVX2_ROW
 #undef BITMAPS_AVX2_PAIR
 
-// s: rows m.. of the activation, split (split_rows).
+// s: rows m.. of the activation, split (split_rows); b: panel n / 16, split (split_panel).
 template <int MR, int NV, GemmOutput kOut, bool kAnd>
-BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t* s) {
+BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t* s,
+                        const __m256i* b) {
   const int64_t kw = g.kw;
-  const int32_t* b[NV];
-  for (int v = 0; v < NV; ++v) {
-    // Vector v: half (v % 2) of panel n / 16 + v / 2.
-    b[v] = g.panels + (n / kPanelRows + v / 2) * kw * kPanelRows + (v % 2) * 8;
-  }
   // Output lines prefetched for writing, as in the AVX-512 path (store misses overlap the K loop).
   constexpr int kOutBytes = kOut == GemmOutput::kFloat16 ? 2 : 4;
   const int64_t out_bytes = std::min<int64_t>(NV * 8, g.n - n) * kOutBytes;
@@ -269,7 +255,7 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
     const int64_t w1 = std::min(kw, w0 + kByteWords);
     __m256i bytes[MR][NV];
     if constexpr (MR == kMR && NV == 2) {
-      xnor_block_4x2<kAnd>(s + w0, kw, b[0] + w0 * kPanelRows, w1 - w0, bytes);
+      xnor_block_4x2<kAnd>(s + w0, kw, b + w0 * kSplitVectors, w1 - w0, bytes);
     } else {
       for (int r = 0; r < MR; ++r) {
         for (int v = 0; v < NV; ++v) bytes[r][v] = _mm256_setzero_si256();
@@ -355,11 +341,11 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
 
 template <GemmOutput kOut, bool kAnd, int MR>
 BITMAPS_AVX2_INLINE void run_micro(int mr, const GemmArgs& g, int64_t m, int64_t n,
-                                   const uint32_t* s) {
+                                   const uint32_t* s, const __m256i* b) {
   if constexpr (MR > 1) {
-    if (mr < MR) return run_micro<kOut, kAnd, MR - 1>(mr, g, m, n, s);
+    if (mr < MR) return run_micro<kOut, kAnd, MR - 1>(mr, g, m, n, s, b);
   }
-  micro<MR, kNV, kOut, kAnd>(g, m, n, s);
+  micro<MR, kNV, kOut, kAnd>(g, m, n, s, b);
 }
 
 // Activation rows [m0, m1) split into their bytes' low nibbles and high nibbles shifted down, in
@@ -390,17 +376,45 @@ BITMAPS_AVX2 void split_rows(const GemmArgs& g, int64_t m0, int64_t m1, uint32_t
   }
 }
 
+// Panel p's weight vectors split like the activations, [kw][kSplitVectors] (low nibbles of its
+// two 8-row halves, then their high nibbles shifted down). Once per panel of a tile, for all the
+// tile's row groups: three vector ops per vector, instead of once per micro-kernel.
+BITMAPS_AVX2 void split_panel(const GemmArgs& g, int64_t p, __m256i* out) {
+  const __m256i low4 = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLow4));
+  const int32_t* panel = g.panels + p * g.kw * kPanelRows;
+  for (int64_t w = 0; w < g.kw; ++w) {
+    for (int v = 0; v < kNV; ++v) {
+      const __m256i b =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(panel + w * kPanelRows + v * 8));
+      out[w * kSplitVectors + v] = _mm256_and_si256(b, low4);
+      out[w * kSplitVectors + kNV + v] = _mm256_and_si256(_mm256_srli_epi16(b, 4), low4);
+    }
+  }
+}
+
+// 32-byte aligned scratch (std::vector<__m256i> would drop the type's alignment).
+struct alignas(32) Vector32 {
+  uint8_t bytes[32];
+};
+
 template <GemmOutput kOut, bool kAnd>
 BITMAPS_AVX2 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   thread_local std::vector<uint32_t> split;
+  thread_local std::vector<Vector32> panel_split;
   const int64_t group_words = kSplitRows * g.kw;
   const int64_t words = (m1 - m0 + kMR - 1) / kMR * group_words;
   if (static_cast<int64_t>(split.size()) < words) split.resize(static_cast<size_t>(words));
+  const int64_t vectors = g.kw * kSplitVectors;
+  if (static_cast<int64_t>(panel_split.size()) < vectors) {
+    panel_split.resize(static_cast<size_t>(vectors));
+  }
+  auto* const b = reinterpret_cast<__m256i*>(panel_split.data());
   split_rows(g, m0, m1, split.data());
   for (int64_t n = n0; n < n1; n += kPanelRows) {
+    split_panel(g, n / kPanelRows, b);
     for (int64_t m = m0; m < m1; m += kMR) {
       run_micro<kOut, kAnd, kMR>(static_cast<int>(std::min<int64_t>(kMR, m1 - m)), g, m, n,
-                                 split.data() + (m - m0) / kMR * group_words);
+                                 split.data() + (m - m0) / kMR * group_words, b);
     }
   }
 }
