@@ -34,6 +34,7 @@ gpu-check-h200     benchmarks/results/gpu-check-h200/report.md   make gpu-check 
 *-epyc-avx2        the same benchmarks' files on an AVX2-only AMD EPYC (stop 29)
 *-epyc-avx2-stop30 the same again after the nibble-split AVX2 GEMM (stop 30)
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
+ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
 
 and ``profile-bert-base-amx-withheld`` (benchmarks/results/profile-bert-base-amx-withheld.json:
@@ -317,6 +318,10 @@ TABLES: dict[str, Source] = {
     ),
     "profile-bert-base-epyc-avx2-stop30": Source(
         "benchmarks/results/profile-bert-base-stop30-epyc-avx2-run3.json", profile_table
+    ),
+    "ort-library-ab-panel-split-epyc-avx2": Source(
+        "benchmarks/results/ort-library-ab-panel-split-epyc-avx2.json",
+        _bench("bench_ort_library_ab.py"),
     ),
     "ort-library-ab-nibble-split-epyc-avx2": Source(
         "benchmarks/results/ort-library-ab-nibble-split-epyc-avx2*.json",
