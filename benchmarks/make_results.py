@@ -319,6 +319,10 @@ TABLES: dict[str, Source] = {
     "profile-bert-base-epyc-avx2-stop30": Source(
         "benchmarks/results/profile-bert-base-stop30-epyc-avx2-run3.json", profile_table
     ),
+    "torch-float-ops-epyc-avx2-stop30": Source(
+        "benchmarks/results/torch-float-ops-epyc-avx2-stop30.json",
+        _bench("bench_torch_float_ops.py"),
+    ),
     "ort-library-ab-panel-split-epyc-avx2": Source(
         "benchmarks/results/ort-library-ab-panel-split-epyc-avx2.json",
         _bench("bench_ort_library_ab.py"),

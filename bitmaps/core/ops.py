@@ -9,6 +9,8 @@
 ``packed_attention``          attention on Q, K, V side by side ``[B, S, 3·H·D]`` (the CPU kernel of
                               csrc/kernels/cpu_attention.h; inference on the stacked projection)
 ``skip_layer_norm``           ``LayerNorm(x + skip)`` over the last axis (csrc/kernels/cpu_layer_norm.h)
+``embed_layer_norm``          2 or 3 int4 embedding lookups summed, then LayerNorm: BERT's
+                              embeddings (csrc/kernels/cpu_embed.h, bitmaps::EmbedLayerNormalization)
 ``ffn_bit_table``             per column, the ranges of a binary layer's dot products whose output,
                               after GELU, the next binary layer binarizes to 1 (fixed scales)
 ``binary_ffn_prepacked``      two prepacked binary layers, the second binarizing the first's
@@ -50,6 +52,10 @@ _lib.define(
 _lib.define("packed_attention(Tensor qkv, Tensor? bias, int num_heads, float scale) -> Tensor")
 _lib.define(
     "skip_layer_norm(Tensor x, Tensor skip, Tensor gamma, Tensor? beta, float epsilon) -> Tensor"
+)
+_lib.define(
+    "embed_layer_norm(Tensor[] ids, Tensor[] data, Tensor[] scale, Tensor gamma, Tensor? beta, "
+    "float epsilon) -> Tensor"
 )
 _lib.define(
     "ffn_bit_table(Tensor w_scale, Tensor? bias, int in_features, float act_scale, "
@@ -187,6 +193,27 @@ def reference_skip_layer_norm(
     """``layer_norm(x + skip)`` over the last axis with ``gamma``, ``beta`` (or none), float32."""
     _check_skip_layer_norm(x, skip, gamma, beta, epsilon)
     return torch.nn.functional.layer_norm(x + skip, (x.shape[-1],), gamma, beta, epsilon)
+
+
+def reference_embed_layer_norm(
+    ids: list[torch.Tensor], data: list[torch.Tensor], scale: list[torch.Tensor],
+    gamma: torch.Tensor, beta: torch.Tensor | None, epsilon: float,
+) -> torch.Tensor:  # fmt: skip
+    """``layer_norm(T0[ids0] + T1[ids1] (+ T2[ids2]))`` over the last axis, float32, the sum in
+    list order (broadcast over the ids' shapes). Table ``i`` is ``data[i]`` ``[rows, hidden / 2]``
+    uint8 (two values per byte, low nibble first, zero point 8) times ``scale[i]`` ``[rows,
+    hidden / block]`` per block of values: the int4 layout of bitmaps.core.embeddings."""
+    _check_embed_layer_norm(ids, data, scale, gamma, beta, epsilon)
+    n = gamma.shape[0]
+    total = None
+    for i, d, s in zip(ids, data, scale, strict=True):
+        idx = i.long()
+        rows = d[idx]
+        nibbles = torch.stack((rows & 0x0F, rows >> 4), dim=-1).flatten(-2).float() - 8.0
+        block = n // s.shape[1]
+        values = (nibbles.reshape(*nibbles.shape[:-1], -1, block) * s[idx][..., None]).flatten(-2)
+        total = values if total is None else total + values
+    return torch.nn.functional.layer_norm(total, (n,), gamma, beta, epsilon)
 
 
 # At most this many ranges per column in an ffn_bit_table (GELU(y) − β changes sign at most twice);
@@ -333,6 +360,64 @@ def _check_skip_layer_norm(
         raise RuntimeError(f"bitmaps::{op}: epsilon must be finite and >= 0, got {epsilon}")
 
 
+def _check_embed_layer_norm(
+    ids: list[torch.Tensor], data: list[torch.Tensor], scale: list[torch.Tensor],
+    gamma: torch.Tensor, beta: torch.Tensor | None, epsilon: float,
+) -> None:  # fmt: skip
+    """The shape and dtype checks of every embed_layer_norm kernel (index ranges: the native one
+    and the reference's indexing)."""
+    op = "embed_layer_norm"
+    if not (2 <= len(ids) <= 3 and len(data) == len(ids) and len(scale) == len(ids)):
+        raise RuntimeError(f"bitmaps::{op}: ids, data and scale must be lists of 2 or 3 tensors "
+                           f"each (one per lookup), got {len(ids)}, {len(data)} and "
+                           f"{len(scale)}")  # fmt: skip
+    for name, t in (("gamma", gamma), ("beta", beta)):
+        if t is not None and t.dtype != torch.float32:
+            raise RuntimeError(f"bitmaps::{op}: {name} must be Float, got {t.dtype}")
+    if gamma.dim() != 1:
+        raise RuntimeError(f"bitmaps::{op}: gamma must have shape [hidden], got "
+                           f"{list(gamma.shape)}")  # fmt: skip
+    n = gamma.shape[0]
+    if n < 2 or n % 2:
+        raise RuntimeError(f"bitmaps::{op}: the hidden size (gamma's length) must be even and "
+                           f">= 2, got {n}")  # fmt: skip
+    if beta is not None and tuple(beta.shape) != (n,):
+        raise RuntimeError(f"bitmaps::{op}: beta must have gamma's shape [{n}], got "
+                           f"{list(beta.shape)}")  # fmt: skip
+    if not (math.isfinite(epsilon) and epsilon >= 0):
+        raise RuntimeError(f"bitmaps::{op}: epsilon must be finite and >= 0, got {epsilon}")
+    rank, blocks = ids[0].dim(), set()
+    if rank < 1:
+        raise RuntimeError(f"bitmaps::{op}: ids[0] must have at least one dimension")
+    for t, (i, d, s) in enumerate(zip(ids, data, scale, strict=True)):
+        if i.dtype not in (torch.int64, torch.int32):
+            raise RuntimeError(f"bitmaps::{op}: ids[{t}] must be Long or Int, got {i.dtype}")
+        if d.dtype != torch.uint8:
+            raise RuntimeError(f"bitmaps::{op}: data[{t}] must be Byte, got {d.dtype}")
+        if s.dtype != torch.float32:
+            raise RuntimeError(f"bitmaps::{op}: scale[{t}] must be Float, got {s.dtype}")
+        if i.dim() != rank:
+            raise RuntimeError(f"bitmaps::{op}: ids[{t}] must have ids[0]'s rank {rank}, got "
+                               f"shape {list(i.shape)}")  # fmt: skip
+        if d.dim() != 2 or d.shape[1] * 2 != n:
+            raise RuntimeError(f"bitmaps::{op}: data[{t}] must have shape [rows, {n // 2}] "
+                               f"(hidden / 2), got {list(d.shape)}")  # fmt: skip
+        if s.dim() != 2 or s.shape[0] != d.shape[0] or s.shape[1] < 1 or n % s.shape[1]:
+            raise RuntimeError(f"bitmaps::{op}: scale[{t}] must have shape [{d.shape[0]}, "
+                               f"hidden / block] with block dividing hidden {n}, got "
+                               f"{list(s.shape)}")  # fmt: skip
+        blocks.add(n // s.shape[1])
+    if len(blocks) != 1 or next(iter(blocks)) % 2:
+        raise RuntimeError(f"bitmaps::{op}: every lookup must have one even block size (hidden / "
+                           f"scale.size(1)), got {sorted(blocks)}")  # fmt: skip
+    try:
+        torch.broadcast_shapes(*(tuple(i.shape) for i in ids))
+    except RuntimeError:
+        raise RuntimeError(
+            f"bitmaps::{op}: the ids' shapes {[list(i.shape) for i in ids]} do not broadcast"
+        ) from None
+
+
 def _check_packed_attention(
     qkv: torch.Tensor, bias: torch.Tensor | None, num_heads: int, scale: float
 ) -> None:
@@ -372,6 +457,9 @@ torch.library.impl(_lib, "packed_attention", "CompositeExplicitAutograd")(
     reference_packed_attention
 )
 torch.library.impl(_lib, "skip_layer_norm", "CompositeExplicitAutograd")(reference_skip_layer_norm)
+torch.library.impl(_lib, "embed_layer_norm", "CompositeExplicitAutograd")(
+    reference_embed_layer_norm
+)
 torch.library.impl(_lib, "ffn_bit_table", "CompositeExplicitAutograd")(reference_ffn_bit_table)
 torch.library.impl(_lib, "binary_ffn_prepacked", "CompositeExplicitAutograd")(
     reference_binary_ffn_prepacked
@@ -539,6 +627,18 @@ def _skip_layer_norm_fake(
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
+@torch.library.register_fake("bitmaps::embed_layer_norm")
+def _embed_layer_norm_fake(
+    ids: list[torch.Tensor], data: list[torch.Tensor], scale: list[torch.Tensor],
+    gamma: torch.Tensor, beta: torch.Tensor | None, epsilon: float,
+) -> torch.Tensor:  # fmt: skip
+    tensors = {f"ids[{t}]": i for t, i in enumerate(ids)} | {"gamma": gamma, "beta": beta}
+    _check_same_device("embed_layer_norm", **tensors)
+    _check_embed_layer_norm(ids, data, scale, gamma, beta, epsilon)
+    lead = torch.broadcast_shapes(*(tuple(i.shape) for i in ids))
+    return gamma.new_empty((*lead, gamma.shape[0]))
+
+
 @torch.library.register_fake("bitmaps::ffn_bit_table")
 def _ffn_bit_table_fake(
     w_scale: torch.Tensor, bias: torch.Tensor | None, in_features: int, act_scale: float,
@@ -632,5 +732,6 @@ prepack_weights = torch.ops.bitmaps.prepack_weights
 binary_linear_prepacked = torch.ops.bitmaps.binary_linear_prepacked
 packed_attention = torch.ops.bitmaps.packed_attention
 skip_layer_norm = torch.ops.bitmaps.skip_layer_norm
+embed_layer_norm = torch.ops.bitmaps.embed_layer_norm
 ffn_bit_table = torch.ops.bitmaps.ffn_bit_table
 binary_ffn_prepacked = torch.ops.bitmaps.binary_ffn_prepacked

@@ -132,9 +132,9 @@ def inference_module(mlm: nn.Module, model: str, output: str, device: str) -> nn
 
     if model == "binary":
         pack_binary_linears_(mlm)
+        quantize_embeddings_(mlm, STUDENT_EMBEDDINGS, STUDENT_EMBEDDING_GROUP)
         if device == "cpu":  # GELU in the FFN's epilogue, stacked Q, K, V, the bitmaps float ops
             fuse_for_cpu_inference_(mlm)
-        quantize_embeddings_(mlm, STUDENT_EMBEDDINGS, STUDENT_EMBEDDING_GROUP)
     module = mlm.base_model if output == "hidden" else mlm
     return module.to(device=device, dtype=float_dtype(model, device)).eval()
 
@@ -235,7 +235,8 @@ def path_description(backend: str, device: str, model: str) -> str:
                 "torch.ops.bitmaps.binary_ffn_prepacked call through its table of bits; "
                 "Q, K, V side by side, one stacked call where they binarize alike; "
                 "attention = torch.ops.bitmaps.packed_attention; residual add + LayerNorm = "
-                "torch.ops.bitmaps.skip_layer_norm; fully fused encoders as one loop over "
+                "torch.ops.bitmaps.skip_layer_norm; int4 embeddings + LayerNorm = "
+                "torch.ops.bitmaps.embed_layer_norm; fully fused encoders as one loop over "
                 "these ops: bitmaps.runtime.fusion.fuse_for_cpu_inference_)"
                 if device == "cpu"
                 else "binary_linear"

@@ -1,8 +1,9 @@
 """CPU inference fusions of a packed binary transformers BERT (``fuse_for_cpu_inference_``): the
 FFN's GELU in its GEMM's epilogue (or, with fixed activation scales, the FFN's two layers as one
 call through a table of bits), Q, K and V side by side with bitmaps' attention kernel, the
-residual add + LayerNorm kernel, and the encoder as one loop over these ops. Each fused module
-keeps its state dict and runs transformers' own code wherever the fusion does not apply."""
+residual add + LayerNorm kernel, the encoder as one loop over these ops, and the int4 embedding
+lookups with their LayerNorm as one op. Each fused module keeps its state dict and runs
+transformers' own code wherever the fusion does not apply."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from torch.nn.modules import module as torch_module
 from transformers.models.bert import modeling_bert as mb
 
 from bitmaps.core import ops
+from bitmaps.core.embeddings import QuantizedEmbedding
 from bitmaps.core.packed import PackedBinaryLinear, run_prepacked
 
 try:  # transformers' output capturing (5.x): hooks it installs once and switches on per call
@@ -218,6 +220,81 @@ def _skip_norm_class(base: type) -> type:
     return type(f"SkipNorm{base.__name__}", (base,), {"forward": forward, "__module__": __name__})
 
 
+def fuse_embed_layer_norm_(model: nn.Module) -> int:
+    """For inference on the CPU: each transformers ``BertEmbeddings`` whose word, token-type and
+    position tables are int4 :class:`~bitmaps.core.embeddings.QuantizedEmbedding` of one group
+    size runs its three lookups, their two additions and its LayerNorm as one
+    ``bitmaps::embed_layer_norm`` (csrc/kernels/cpu_embed.h, the kernel of the onnxruntime
+    target's ``bitmaps::EmbedLayerNormalization``) instead of some twenty aten ops. Default token
+    types are the zeros they are in transformers (when its buffer holds zeros); with
+    ``inputs_embeds``, in training, with gradients enabled, off the CPU, for other dtypes or while
+    exporting it runs transformers' forward. Returns how many."""
+    fused = 0
+    for module in model.modules():
+        if type(module) is not mb.BertEmbeddings or not _int4_tables(module):
+            continue
+        norm = getattr(module, "LayerNorm", None)
+        if not isinstance(norm, nn.LayerNorm) or norm.weight is None:
+            continue
+        types = getattr(module, "token_type_ids", None)
+        module._bitmaps_zero_types = types is None or not bool(types.any())
+        module.__class__ = _embed_norm_class(type(module))
+        fused += 1
+    return fused
+
+
+def _int4_tables(module: nn.Module) -> bool:
+    tables = [getattr(module, name, None) for name in _EMBEDDING_TABLES]
+    if not all(isinstance(t, QuantizedEmbedding) and t.mode == "int4" for t in tables):
+        return False
+    return len({(t.group, t.embedding_dim) for t in tables}) == 1
+
+
+# the order of transformers' additions: (word + token type) + position
+_EMBEDDING_TABLES = ("word_embeddings", "token_type_embeddings", "position_embeddings")
+
+
+@functools.cache
+def _embed_norm_class(base: type) -> type:
+    def forward(  # noqa: ANN202
+        self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None,  # noqa: ANN001
+        **kwargs,  # noqa: ANN003
+    ):  # fmt: skip
+        norm = self.LayerNorm
+        start = kwargs.get("cache_length", 0)
+        tables = [getattr(self, name) for name in _EMBEDDING_TABLES]
+        if (
+            input_ids is None
+            or inputs_embeds is not None
+            or set(kwargs) - {"cache_length"}
+            or not isinstance(start, int)
+            or input_ids.dim() != 2
+            or any(t is not None and t.dim() != 2 for t in (token_type_ids, position_ids))
+            or input_ids.device.type != "cpu"
+            or self.training
+            or norm.weight.dtype != torch.float32
+            or any(t.scale.dtype != torch.float32 for t in tables)
+            or (token_type_ids is None and not self._bitmaps_zero_types)
+            or torch.compiler.is_exporting()
+            or torch.is_grad_enabled()  # the op has no backward: autograd's own path
+        ):
+            return base.forward(self, input_ids=input_ids, token_type_ids=token_type_ids,
+                                position_ids=position_ids, inputs_embeds=inputs_embeds,
+                                **kwargs)  # fmt: skip
+        seq = input_ids.shape[1]
+        if position_ids is None:
+            position_ids = self.position_ids[:, start : seq + start]
+        if token_type_ids is None:  # zeros, broadcast over every token
+            token_type_ids = input_ids.new_zeros((1, 1))
+        ids = [input_ids, token_type_ids, position_ids]
+        return ops.embed_layer_norm(
+            ids, [t.data for t in tables], [t.scale for t in tables], norm.weight, norm.bias,
+            norm.eps,
+        )  # fmt: skip
+
+    return type(f"EmbedNorm{base.__name__}", (base,), {"forward": forward, "__module__": __name__})
+
+
 def fuse_encoder_(model: nn.Module) -> int:
     """For inference on the CPU: a transformers ``BertEncoder`` whose every layer went through
     :func:`fuse_qkv_`, :func:`fuse_gelu_` and :func:`fuse_skip_layer_norm_` runs its layers as one
@@ -386,7 +463,7 @@ def _encoder_class() -> type:
 def fuse_for_cpu_inference_(model: nn.Module) -> dict[str, int]:
     """Every CPU inference fusion of a packed binary transformers BERT, in order:
     :func:`fuse_gelu_`, :func:`fuse_qkv_`, :func:`fuse_skip_layer_norm_`, :func:`fuse_ffn_`,
-    :func:`fuse_encoder_`.
+    :func:`fuse_encoder_`, :func:`fuse_embed_layer_norm_`.
     Returns how many modules each changed. Call it after ``pack_binary_linears_`` on a model kept
     for inference on the CPU and call it under ``torch.no_grad()`` or ``torch.inference_mode()``
     (``bitmaps profile``'s torch rows do); the state dict stays the same, and each fused module
@@ -398,4 +475,5 @@ def fuse_for_cpu_inference_(model: nn.Module) -> dict[str, int]:
         "skip_layer_norm": fuse_skip_layer_norm_(model),
         "ffn": fuse_ffn_(model),
         "encoder": fuse_encoder_(model),
+        "embed_layer_norm": fuse_embed_layer_norm_(model),
     }

@@ -13,12 +13,15 @@
 #include <cmath>
 #include <functional>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "cpu_dispatch.h"
 #include "kernels/bit_layout.h"
 #include "kernels/cpu_attention.h"
+#include "kernels/cpu_embed.h"
 #include "kernels/cpu_binary_linear.h"
 #include "kernels/cpu_kernels.h"
 #include "kernels/cpu_layer_norm.h"
@@ -375,6 +378,103 @@ at::Tensor skip_layer_norm_cpu(const at::Tensor& x, const at::Tensor& skip, cons
   return out;
 }
 
+// Int4 embedding lookups summed, then LayerNorm (cpu_embed.h): BERT's word, token-type and
+// position embeddings with their LayerNorm in one pass over the rows. ids[i] indexes the table
+// data[i] ([rows, hidden / 2] uint8, two values per byte) with scale[i] ([rows, hidden / block]);
+// the ids have one rank and broadcast (dimensions of 1), as bitmaps::EmbedLayerNormalization.
+at::Tensor embed_layer_norm_cpu(at::TensorList ids, at::TensorList data, at::TensorList scale,
+                                const at::Tensor& gamma, const std::optional<at::Tensor>& beta,
+                                double epsilon) {
+  constexpr const char* op = "embed_layer_norm";
+  const int64_t count = static_cast<int64_t>(ids.size());
+  TORCH_CHECK(count >= 2 && count <= 3 && data.size() == ids.size() && scale.size() == ids.size(),
+              "bitmaps::", op, ": ids, data and scale must be lists of 2 or 3 tensors each (one "
+              "per lookup), got ", ids.size(), ", ", data.size(), " and ", scale.size());
+  check_cpu(gamma, op, "gamma");
+  check_dtype(gamma, at::kFloat, op, "gamma");
+  TORCH_CHECK(gamma.dim() == 1, "bitmaps::", op, ": gamma must have shape [hidden], got ",
+              gamma.sizes());
+  const int64_t n = gamma.size(0);
+  TORCH_CHECK(n >= 2 && n % 2 == 0, "bitmaps::", op,
+              ": the hidden size (gamma's length) must be even and >= 2, got ", n);
+  if (beta.has_value()) {
+    check_cpu(*beta, op, "beta");
+    check_dtype(*beta, at::kFloat, op, "beta");
+    TORCH_CHECK(beta->dim() == 1 && beta->size(0) == n, "bitmaps::", op,
+                ": beta must have gamma's shape [", n, "], got ", beta->sizes());
+  }
+  TORCH_CHECK(epsilon >= 0.0 && std::isfinite(epsilon), "bitmaps::", op,
+              ": epsilon must be finite and >= 0, got ", epsilon);
+  const int64_t rank = ids[0].dim();
+  TORCH_CHECK(rank >= 1, "bitmaps::", op, ": ids[0] must have at least one dimension");
+  cpu::EmbedLayerNormArgs args;
+  args.count = static_cast<int>(count);
+  args.n = n;
+  args.epsilon = static_cast<float>(epsilon);
+  args.lead_dims.assign(static_cast<size_t>(rank), 1);
+  std::vector<at::Tensor> keep;  // the contiguous copies the kernel reads
+  for (int64_t t = 0; t < count; ++t) {
+    const std::string i = std::to_string(t);
+    const std::string ids_name = "ids[" + i + "]", data_name = "data[" + i + "]",
+                      scale_name = "scale[" + i + "]";
+    const at::Tensor& id = ids[t];
+    check_cpu(id, op, ids_name.c_str());
+    check_cpu(data[t], op, data_name.c_str());
+    check_cpu(scale[t], op, scale_name.c_str());
+    TORCH_CHECK(id.scalar_type() == at::kLong || id.scalar_type() == at::kInt, "bitmaps::", op,
+                ": ", ids_name, " must be Long or Int, got ", id.scalar_type());
+    check_dtype(data[t], at::kByte, op, data_name.c_str());
+    check_dtype(scale[t], at::kFloat, op, scale_name.c_str());
+    TORCH_CHECK(id.dim() == rank, "bitmaps::", op, ": ", ids_name, " must have ids[0]'s rank ",
+                rank, ", got shape ", id.sizes());
+    for (int64_t k = 0; k < rank; ++k) {
+      const int64_t size = id.size(k);
+      if (size == 1) continue;
+      TORCH_CHECK(args.lead_dims[k] == 1 || args.lead_dims[k] == size, "bitmaps::", op, ": ",
+                  ids_name, " of shape ", id.sizes(), " does not broadcast with the other ids "
+                  "(dimension ", k, ")");
+      args.lead_dims[k] = size;
+    }
+    TORCH_CHECK(data[t].dim() == 2 && data[t].size(1) * 2 == n, "bitmaps::", op, ": ", data_name,
+                " must have shape [rows, ", n / 2, "] (hidden / 2), got ", data[t].sizes());
+    const int64_t rows = data[t].size(0);
+    TORCH_CHECK(scale[t].dim() == 2 && scale[t].size(0) == rows && scale[t].size(1) >= 1 &&
+                    n % scale[t].size(1) == 0,
+                "bitmaps::", op, ": ", scale_name, " must have shape [", rows,
+                ", hidden / block] with block dividing hidden ", n, ", got ", scale[t].sizes());
+    const int64_t block = n / scale[t].size(1);
+    TORCH_CHECK(block % 2 == 0, "bitmaps::", op, ": the block size (hidden / ", scale_name,
+                ".size(1) = ", block, ") must be even");
+    TORCH_CHECK(t == 0 || block == args.block, "bitmaps::", op, ": every lookup must have one "
+                "block size; ", scale_name, " has ", block, ", scale[0] ", args.block);
+    args.block = block;
+    keep.push_back(id.contiguous());
+    keep.push_back(data[t].contiguous());
+    keep.push_back(scale[t].contiguous());
+    cpu::EmbeddingLookup& l = args.lookups[t];
+    l.ids = keep[keep.size() - 3].const_data_ptr();
+    l.ids_int32 = id.scalar_type() == at::kInt;
+    l.ids_dims = id.sizes().vec();
+    l.data = keep[keep.size() - 2].const_data_ptr<uint8_t>();
+    l.scale = keep[keep.size() - 1].const_data_ptr<float>();
+    l.rows = rows;
+    const std::string bad = cpu::check_embedding_ids(l);
+    TORCH_CHECK(bad.empty(), "bitmaps::", op, ": ", ids_name, " ", bad, " (", data_name,
+                "'s rows)");
+  }
+  const at::Tensor gc = gamma.contiguous();
+  const at::Tensor bc = beta.has_value() ? beta->contiguous() : at::Tensor();
+  std::vector<int64_t> out_dims = args.lead_dims;
+  out_dims.push_back(n);
+  at::Tensor out = at::empty(out_dims, gamma.options());
+  if (out.numel() == 0) return out;
+  args.gamma = gc.const_data_ptr<float>();
+  args.beta = beta.has_value() ? bc.const_data_ptr<float>() : nullptr;
+  args.out = out.data_ptr<float>();
+  record_parallel_workers(cpu::embed_layer_norm(current_path(), args, current_threads()));
+  return out;
+}
+
 // One prepacked layer's weights, sizes and activation settings (checked by the caller).
 void set_layer(cpu::BinaryLinearArgs* a, const at::Tensor& panels, const at::Tensor& w_scale,
                const std::optional<at::Tensor>& bias, int64_t in_features, double act_threshold,
@@ -512,6 +612,7 @@ TORCH_LIBRARY_IMPL(bitmaps, CPU, m) {
   m.impl("binary_linear_prepacked", &binary_linear_prepacked_cpu);
   m.impl("packed_attention", &packed_attention_cpu);
   m.impl("skip_layer_norm", &skip_layer_norm_cpu);
+  m.impl("embed_layer_norm", &embed_layer_norm_cpu);
   m.impl("ffn_bit_table", &ffn_bit_table_cpu);
   m.impl("binary_ffn_prepacked", &binary_ffn_prepacked_cpu);
 }
