@@ -317,7 +317,7 @@ TABLES: dict[str, Source] = {
         _bench("bench_ort_thread_scaling.py"),
     ),
     "profile-bert-base-epyc-avx2-stop30": Source(
-        "benchmarks/results/profile-bert-base-stop30-epyc-avx2-run3.json", profile_table
+        "benchmarks/results/profile-bert-base-stop30-final-epyc-avx2-run3.json", profile_table
     ),
     "torch-float-ops-epyc-avx2-stop30": Source(
         "benchmarks/results/torch-float-ops-epyc-avx2-stop30.json",
