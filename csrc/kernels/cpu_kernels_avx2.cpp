@@ -204,6 +204,13 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w, con
   "vmovdqu %%ymm4, 128(%[out])\n\tvmovdqu %%ymm5, 160(%[out])\n\t"                      \
   "vmovdqu %%ymm6, 192(%[out])\n\tvmovdqu %%ymm7, 224(%[out])\n\t"
 
+// The block's operands (s, s3, s6, b, count advance; st, out, lut are read) and clobbers.
+#define BITMAPS_AVX2_BLOCK_OPERANDS                                                       \
+  : [s] "+r"(s), [s3] "+r"(s3), [s6] "+r"(s6), [b] "+r"(b), [count] "+r"(count)          \
+  : [st] "r"(st), [out] "r"(out), [lut] "m"(lut)                                         \
+  : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",       \
+    "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory"
+
 template <bool kAnd>
 BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m256i* b,
                                         int64_t count, __m256i (&bytes)[kMR][2]) {
@@ -214,21 +221,12 @@ BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m
   const uint32_t* s3 = s + 3 * kw;
   const uint32_t* s6 = s + 6 * kw;
   if constexpr (kAnd) {
-    __asm__ volatile(BITMAPS_AVX2_BLOCK(vpand)
-                     : [s] "+r"(s), [s3] "+r"(s3), [s6] "+r"(s6), [b] "+r"(b), [count] "+r"(count)
-                     : [st] "r"(st), [out] "r"(out), [lut] "m"(lut)
-                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
-                       "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc",
-                       "memory");
+    __asm__ volatile(BITMAPS_AVX2_BLOCK(vpand) BITMAPS_AVX2_BLOCK_OPERANDS);
   } else {
-    __asm__ volatile(BITMAPS_AVX2_BLOCK(vpxor)
-                     : [s] "+r"(s), [s3] "+r"(s3), [s6] "+r"(s6), [b] "+r"(b), [count] "+r"(count)
-                     : [st] "r"(st), [out] "r"(out), [lut] "m"(lut)
-                     : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8",
-                       "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc",
-                       "memory");
+    __asm__ volatile(BITMAPS_AVX2_BLOCK(vpxor) BITMAPS_AVX2_BLOCK_OPERANDS);
   }
 }
+#undef BITMAPS_AVX2_BLOCK_OPERANDS
 #undef BITMAPS_AVX2_BLOCK
 #undef BITMAPS_AVX2_ROW
 #undef BITMAPS_AVX2_PAIR
