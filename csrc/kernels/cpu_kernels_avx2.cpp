@@ -169,15 +169,15 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w, con
 // ymm0-7 the accumulators (row r, vector v in ymm(2r + v)), ymm8 the table, ymm9-12 the split
 // weight vectors (v0 low, v1 low, v0 high, v1 high), ymm13 the broadcast activation word,
 // ymm14-15 temporaries; per K word: 4 weight loads, 8 broadcasts, 48 ALU ops for 2048 MACs.
-#define BITMAPS_AVX2_PAIR(op, row, half, acc, bv, t)                                     \
+#define BITMAPS_AVX2_PAIR(op, acc, bv, t)                                                 \
   #op " %%ymm13, %%ymm" #bv ", %%ymm" #t "\n\t"                                          \
   "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                        \
   "vpaddb %%ymm" #t ", %%ymm" #acc ", %%ymm" #acc "\n\t"
-#define BITMAPS_AVX2_ROW(op, row, lo, hi, a0, a1)                                       \
+#define BITMAPS_AVX2_ROW(op, lo, hi, a0, a1)                                            \
   "vpbroadcastd " lo ", %%ymm13\n\t"                                                     \
-  BITMAPS_AVX2_PAIR(op, row, 0, a0, 9, 14) BITMAPS_AVX2_PAIR(op, row, 0, a1, 10, 15)    \
+  BITMAPS_AVX2_PAIR(op, a0, 9, 14) BITMAPS_AVX2_PAIR(op, a1, 10, 15)                    \
   "vpbroadcastd " hi ", %%ymm13\n\t"                                                     \
-  BITMAPS_AVX2_PAIR(op, row, 1, a0, 11, 14) BITMAPS_AVX2_PAIR(op, row, 1, a1, 12, 15)
+  BITMAPS_AVX2_PAIR(op, a0, 11, 14) BITMAPS_AVX2_PAIR(op, a1, 12, 15)
 #define BITMAPS_AVX2_BLOCK(op)                                                          \
   "vpxor %%xmm0, %%xmm0, %%xmm0\n\tvpxor %%xmm1, %%xmm1, %%xmm1\n\t"                    \
   "vpxor %%xmm2, %%xmm2, %%xmm2\n\tvpxor %%xmm3, %%xmm3, %%xmm3\n\t"                    \
@@ -189,10 +189,10 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w, con
   "vmovdqa 32(%[b]), %%ymm10\n\t"                                                       \
   "vmovdqa 64(%[b]), %%ymm11\n\t"                                                       \
   "vmovdqa 96(%[b]), %%ymm12\n\t"                                                       \
-  BITMAPS_AVX2_ROW(op, 0, "(%[s])", "(%[s],%[st],4)", 0, 1)                            \
-  BITMAPS_AVX2_ROW(op, 1, "(%[s],%[st],1)", "(%[s3],%[st],2)", 2, 3)                   \
-  BITMAPS_AVX2_ROW(op, 2, "(%[s],%[st],2)", "(%[s6])", 4, 5)                           \
-  BITMAPS_AVX2_ROW(op, 3, "(%[s3])", "(%[s6],%[st],1)", 6, 7)                          \
+  BITMAPS_AVX2_ROW(op, "(%[s])", "(%[s],%[st],4)", 0, 1)                               \
+  BITMAPS_AVX2_ROW(op, "(%[s],%[st],1)", "(%[s3],%[st],2)", 2, 3)                      \
+  BITMAPS_AVX2_ROW(op, "(%[s],%[st],2)", "(%[s6])", 4, 5)                              \
+  BITMAPS_AVX2_ROW(op, "(%[s3])", "(%[s6],%[st],1)", 6, 7)                             \
   "add $128, %[b]\n\t"                                                                   \
   "add $4, %[s]\n\t"                                                                    \
   "add $4, %[s3]\n\t"                                                                   \
