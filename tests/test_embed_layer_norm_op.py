@@ -92,8 +92,15 @@ def test_reference_equals_transformers_embeddings() -> None:
         (lambda a: a.update(ids=[a["ids"][0]]), "lists of 2 or 3 tensors"),
         (lambda a: a.update(ids=[a["ids"][0].float(), a["ids"][1]]), "ids[0] must be Long or Int"),
         (lambda a: a.update(data=[a["data"][0].int(), a["data"][1]]), "data[0] must be Byte"),
-        (lambda a: a.update(scale=[a["scale"][0], a["scale"][1][:, :1]]), "block size"),
-        (lambda a: a.update(data=[a["data"][0][:, :3], a["data"][1]]), "data[0] must have shape"),
+        (
+            lambda a: a.update(scale=[a["scale"][0], a["scale"][1][:, :1]]),
+            "data[1] [2, 4] and scale[1] [2, 1] must be [rows, 4] and [rows, 2]",
+        ),
+        (
+            lambda a: a.update(data=[a["data"][0][:, :3], a["data"][1]]),
+            "data[0] [10, 3] and scale[0] [10, 2] must be [rows, 4] and [rows, 2]",
+        ),
+        (lambda a: a.update(scale=[torch.ones(10, 3), a["scale"][1]]), "an even block dividing"),
         (lambda a: a.update(ids=[a["ids"][0], torch.zeros(3, dtype=torch.long)]), "rank"),
         (lambda a: a.update(ids=[a["ids"][0], torch.zeros(2, 4, dtype=torch.long)]), "broadcast"),
         (lambda a: a.update(gamma=torch.ones(7)), "even"),

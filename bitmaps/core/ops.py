@@ -386,9 +386,14 @@ def _check_embed_layer_norm(
                            f"{list(beta.shape)}")  # fmt: skip
     if not (math.isfinite(epsilon) and epsilon >= 0):
         raise RuntimeError(f"bitmaps::{op}: epsilon must be finite and >= 0, got {epsilon}")
-    rank, blocks = ids[0].dim(), set()
+    rank = ids[0].dim()
     if rank < 1:
         raise RuntimeError(f"bitmaps::{op}: ids[0] must have at least one dimension")
+    groups = scale[0].shape[1] if scale[0].dim() == 2 else 0
+    if groups < 1 or n % groups or (n // groups) % 2:
+        raise RuntimeError(f"bitmaps::{op}: scale[0] must have shape [rows, hidden / block] with "
+                           f"an even block dividing hidden {n}, got {list(scale[0].shape)}")  # fmt: skip
+    block, lead = n // groups, [1] * rank
     for t, (i, d, s) in enumerate(zip(ids, data, scale, strict=True)):
         if i.dtype not in (torch.int64, torch.int32):
             raise RuntimeError(f"bitmaps::{op}: ids[{t}] must be Long or Int, got {i.dtype}")
@@ -396,26 +401,20 @@ def _check_embed_layer_norm(
             raise RuntimeError(f"bitmaps::{op}: data[{t}] must be Byte, got {d.dtype}")
         if s.dtype != torch.float32:
             raise RuntimeError(f"bitmaps::{op}: scale[{t}] must be Float, got {s.dtype}")
+        # the messages of csrc/kernels/cpu_embed.cpp fit_embedding_lookup
         if i.dim() != rank:
             raise RuntimeError(f"bitmaps::{op}: ids[{t}] must have ids[0]'s rank {rank}, got "
-                               f"shape {list(i.shape)}")  # fmt: skip
-        if d.dim() != 2 or d.shape[1] * 2 != n:
-            raise RuntimeError(f"bitmaps::{op}: data[{t}] must have shape [rows, {n // 2}] "
-                               f"(hidden / 2), got {list(d.shape)}")  # fmt: skip
-        if s.dim() != 2 or s.shape[0] != d.shape[0] or s.shape[1] < 1 or n % s.shape[1]:
-            raise RuntimeError(f"bitmaps::{op}: scale[{t}] must have shape [{d.shape[0]}, "
-                               f"hidden / block] with block dividing hidden {n}, got "
-                               f"{list(s.shape)}")  # fmt: skip
-        blocks.add(n // s.shape[1])
-    if len(blocks) != 1 or next(iter(blocks)) % 2:
-        raise RuntimeError(f"bitmaps::{op}: every lookup must have one even block size (hidden / "
-                           f"scale.size(1)), got {sorted(blocks)}")  # fmt: skip
-    try:
-        torch.broadcast_shapes(*(tuple(i.shape) for i in ids))
-    except RuntimeError:
-        raise RuntimeError(
-            f"bitmaps::{op}: the ids' shapes {[list(i.shape) for i in ids]} do not broadcast"
-        ) from None
+                               f"{list(i.shape)}")  # fmt: skip
+        for k, size in enumerate(i.shape):
+            if size != 1 and lead[k] not in (1, size):
+                raise RuntimeError(f"bitmaps::{op}: ids[{t}] {list(i.shape)} does not broadcast "
+                                   f"with the other lookups' ids (dimension {k})")  # fmt: skip
+            lead[k] = size if size != 1 else lead[k]
+        if (d.dim() != 2 or s.dim() != 2 or d.shape[1] * 2 != n or s.shape[0] != d.shape[0]
+                or s.shape[1] * block != n):  # fmt: skip
+            raise RuntimeError(f"bitmaps::{op}: data[{t}] {list(d.shape)} and scale[{t}] "
+                               f"{list(s.shape)} must be [rows, {n // 2}] and [rows, {n // block}] "
+                               f"(hidden {n}, block_size {block})")  # fmt: skip
 
 
 def _check_packed_attention(

@@ -2,6 +2,7 @@
 #include "kernels/cpu_embed.h"
 
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu_layer_norm.h"
@@ -55,6 +56,43 @@ std::string check_embedding_ids(const EmbeddingLookup& l) {
              std::to_string(-l.rows) + ", " + std::to_string(l.rows) + ")";
     }
   }
+  return "";
+}
+
+std::string fit_embedding_lookup(EmbedLayerNormArgs* args, int t, const std::vector<int64_t>& ids,
+                                 const std::vector<int64_t>& table,
+                                 const std::vector<int64_t>& scale, const std::string (&names)[3],
+                                 const std::string& first_ids) {
+  const auto text = [](const std::vector<int64_t>& dims) {
+    std::string out = "[";
+    for (size_t i = 0; i < dims.size(); ++i) {
+      out += (i ? ", " : "") + (dims[i] < 0 ? std::string("?") : std::to_string(dims[i]));
+    }
+    return out + "]";
+  };
+  const size_t rank = args->lead_dims.size();
+  if (ids.size() != rank) {
+    return names[0] + " must have " + first_ids + "'s rank " + std::to_string(rank) + ", got " +
+           text(ids);
+  }
+  for (size_t k = 0; k < rank; ++k) {
+    if (ids[k] == 1) continue;
+    if (args->lead_dims[k] != 1 && args->lead_dims[k] != ids[k]) {
+      return names[0] + " " + text(ids) + " does not broadcast with the other lookups' ids " +
+             "(dimension " + std::to_string(k) + ")";
+    }
+    args->lead_dims[k] = ids[k];
+  }
+  const int64_t n = args->n, block = args->block;
+  if (table.size() != 2 || scale.size() != 2 || table[1] * 2 != n || scale[0] != table[0] ||
+      scale[1] * block != n) {
+    return names[1] + " " + text(table) + " and " + names[2] + " " + text(scale) +
+           " must be [rows, " + std::to_string(n / 2) + "] and [rows, " +
+           std::to_string(n / block) + "] (hidden " + std::to_string(n) + ", block_size " +
+           std::to_string(block) + ")";
+  }
+  args->lookups[t].ids_dims = ids;
+  args->lookups[t].rows = table[0];
   return "";
 }
 

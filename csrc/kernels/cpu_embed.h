@@ -50,6 +50,17 @@ struct EmbedLayerNormArgs {
 // outside [-30522, 30522)"), or "" when every index is in range.
 std::string check_embedding_ids(const EmbeddingLookup& lookup);
 
+// Lookup t of args (args->n and args->block set; lead_dims sized to the ids' rank, all 1, before
+// lookup 0): checks the shapes of its ids (args' rank, broadcasting with the lookups before it),
+// table [rows, n / 2] and scale [rows, n / block], widens args->lead_dims by its ids and sets its
+// ids_dims and rows. Returns "" or what is wrong, the inputs called by `names` (ids, table, scale)
+// with `first_ids` the name of lookup 0's ids. Both front doors (the torch op and the ONNX Runtime
+// node) check their inputs through it; the caller still sets the pointers and checks the indices.
+std::string fit_embedding_lookup(EmbedLayerNormArgs* args, int t, const std::vector<int64_t>& ids,
+                                 const std::vector<int64_t>& table,
+                                 const std::vector<int64_t>& scale, const std::string (&names)[3],
+                                 const std::string& first_ids);
+
 // The whole op over the caller's threads. Returns the workers used.
 int embed_layer_norm(CpuPath path, const EmbedLayerNormArgs& args, const Parallel& parallel);
 

@@ -136,38 +136,20 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
     const TensorDesc& table = d[3 + 3 * t];
     const TensorDesc& scale = d[4 + 3 * t];
     const std::string i = std::to_string(t);
-    if (ids.dims.size() != rank) {
-      return kern.invalid("ids_" + i + " must have ids_0's rank " + std::to_string(rank) +
-                          ", got " + shape_text(ids.dims));
-    }
-    for (size_t k = 0; k < rank; ++k) {
-      if (ids.dims[k] == 1) continue;
-      if (args.lead_dims[k] != 1 && args.lead_dims[k] != ids.dims[k]) {
-        return kern.invalid("ids_" + i + " " + shape_text(ids.dims) +
-                            " does not broadcast with the other lookups' ids (dimension " +
-                            std::to_string(k) + ")");
-      }
-      args.lead_dims[k] = ids.dims[k];
-    }
-    if (table.dims[1] * 2 != n || scale.dims[0] != table.dims[0] ||
-        scale.dims[1] * kern.block != n) {
-      return kern.invalid("table_" + i + " " + shape_text(table.dims) + " and scale_" + i + " " +
-                          shape_text(scale.dims) + " must be [rows, " + std::to_string(n / 2) +
-                          "] and [rows, " + std::to_string(n / kern.block) + "] (hidden " +
-                          std::to_string(n) + ", block_size " + std::to_string(kern.block) + ")");
-    }
+    const std::string names[3] = {"ids_" + i, "table_" + i, "scale_" + i};
+    const std::string bad = cpu::fit_embedding_lookup(&args, t, ids.dims, table.dims, scale.dims,
+                                                      names, "ids_0");
+    if (!bad.empty()) return kern.invalid(bad);
     cpu::EmbeddingLookup& l = args.lookups[t];
     l.ids_int32 = ids.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
-    l.ids_dims = ids.dims;
-    l.rows = table.dims[0];
     void* raw = nullptr;
     BITMAPS_ORT_RETURN_IF_ERROR(
         g_api->GetTensorMutableData(const_cast<OrtValue*>(values[2 + 3 * t]), &raw));
     l.ids = raw;
     BITMAPS_ORT_RETURN_IF_ERROR(data_of(values[3 + 3 * t], &l.data));
     BITMAPS_ORT_RETURN_IF_ERROR(data_of(values[4 + 3 * t], &l.scale));
-    const std::string bad = cpu::check_embedding_ids(l);
-    if (!bad.empty()) return kern.invalid("ids_" + i + " " + bad + " (table_" + i + "'s rows)");
+    const std::string range = cpu::check_embedding_ids(l);
+    if (!range.empty()) return kern.invalid("ids_" + i + " " + range + " (table_" + i + "'s rows)");
   }
   std::vector<int64_t> out_dims = args.lead_dims;
   out_dims.push_back(n);

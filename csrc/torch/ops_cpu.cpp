@@ -407,59 +407,44 @@ at::Tensor embed_layer_norm_cpu(at::TensorList ids, at::TensorList data, at::Ten
               ": epsilon must be finite and >= 0, got ", epsilon);
   const int64_t rank = ids[0].dim();
   TORCH_CHECK(rank >= 1, "bitmaps::", op, ": ids[0] must have at least one dimension");
+  // The block size from scale[0] (ONNX Runtime's node has it as an attribute); every lookup's
+  // shapes are then checked against it by fit_embedding_lookup.
+  const int64_t groups = scale[0].dim() == 2 ? scale[0].size(1) : 0;
+  TORCH_CHECK(groups >= 1 && n % groups == 0 && (n / groups) % 2 == 0, "bitmaps::", op,
+              ": scale[0] must have shape [rows, hidden / block] with an even block dividing "
+              "hidden ", n, ", got ", scale[0].sizes());
   cpu::EmbedLayerNormArgs args;
   args.count = static_cast<int>(count);
   args.n = n;
+  args.block = n / groups;
   args.epsilon = static_cast<float>(epsilon);
   args.lead_dims.assign(static_cast<size_t>(rank), 1);
   std::vector<at::Tensor> keep;  // the contiguous copies the kernel reads
   for (int64_t t = 0; t < count; ++t) {
     const std::string i = std::to_string(t);
-    const std::string ids_name = "ids[" + i + "]", data_name = "data[" + i + "]",
-                      scale_name = "scale[" + i + "]";
+    const std::string names[3] = {"ids[" + i + "]", "data[" + i + "]", "scale[" + i + "]"};
     const at::Tensor& id = ids[t];
-    check_cpu(id, op, ids_name.c_str());
-    check_cpu(data[t], op, data_name.c_str());
-    check_cpu(scale[t], op, scale_name.c_str());
+    check_cpu(id, op, names[0].c_str());
+    check_cpu(data[t], op, names[1].c_str());
+    check_cpu(scale[t], op, names[2].c_str());
     TORCH_CHECK(id.scalar_type() == at::kLong || id.scalar_type() == at::kInt, "bitmaps::", op,
-                ": ", ids_name, " must be Long or Int, got ", id.scalar_type());
-    check_dtype(data[t], at::kByte, op, data_name.c_str());
-    check_dtype(scale[t], at::kFloat, op, scale_name.c_str());
-    TORCH_CHECK(id.dim() == rank, "bitmaps::", op, ": ", ids_name, " must have ids[0]'s rank ",
-                rank, ", got shape ", id.sizes());
-    for (int64_t k = 0; k < rank; ++k) {
-      const int64_t size = id.size(k);
-      if (size == 1) continue;
-      TORCH_CHECK(args.lead_dims[k] == 1 || args.lead_dims[k] == size, "bitmaps::", op, ": ",
-                  ids_name, " of shape ", id.sizes(), " does not broadcast with the other ids "
-                  "(dimension ", k, ")");
-      args.lead_dims[k] = size;
-    }
-    TORCH_CHECK(data[t].dim() == 2 && data[t].size(1) * 2 == n, "bitmaps::", op, ": ", data_name,
-                " must have shape [rows, ", n / 2, "] (hidden / 2), got ", data[t].sizes());
-    const int64_t rows = data[t].size(0);
-    TORCH_CHECK(scale[t].dim() == 2 && scale[t].size(0) == rows && scale[t].size(1) >= 1 &&
-                    n % scale[t].size(1) == 0,
-                "bitmaps::", op, ": ", scale_name, " must have shape [", rows,
-                ", hidden / block] with block dividing hidden ", n, ", got ", scale[t].sizes());
-    const int64_t block = n / scale[t].size(1);
-    TORCH_CHECK(block % 2 == 0, "bitmaps::", op, ": the block size (hidden / ", scale_name,
-                ".size(1) = ", block, ") must be even");
-    TORCH_CHECK(t == 0 || block == args.block, "bitmaps::", op, ": every lookup must have one "
-                "block size; ", scale_name, " has ", block, ", scale[0] ", args.block);
-    args.block = block;
+                ": ", names[0], " must be Long or Int, got ", id.scalar_type());
+    check_dtype(data[t], at::kByte, op, names[1].c_str());
+    check_dtype(scale[t], at::kFloat, op, names[2].c_str());
+    const std::string bad = cpu::fit_embedding_lookup(&args, static_cast<int>(t), id.sizes().vec(),
+                                                      data[t].sizes().vec(),
+                                                      scale[t].sizes().vec(), names, "ids[0]");
+    TORCH_CHECK(bad.empty(), "bitmaps::", op, ": ", bad);
     keep.push_back(id.contiguous());
     keep.push_back(data[t].contiguous());
     keep.push_back(scale[t].contiguous());
     cpu::EmbeddingLookup& l = args.lookups[t];
     l.ids = keep[keep.size() - 3].const_data_ptr();
     l.ids_int32 = id.scalar_type() == at::kInt;
-    l.ids_dims = id.sizes().vec();
     l.data = keep[keep.size() - 2].const_data_ptr<uint8_t>();
     l.scale = keep[keep.size() - 1].const_data_ptr<float>();
-    l.rows = rows;
-    const std::string bad = cpu::check_embedding_ids(l);
-    TORCH_CHECK(bad.empty(), "bitmaps::", op, ": ", ids_name, " ", bad, " (", data_name,
+    const std::string range = cpu::check_embedding_ids(l);
+    TORCH_CHECK(range.empty(), "bitmaps::", op, ": ", names[0], " ", range, " (", names[1],
                 "'s rows)");
   }
   const at::Tensor gc = gamma.contiguous();
