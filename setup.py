@@ -54,11 +54,11 @@ def _build_ort_library(build_ext) -> None:  # noqa: ANN001
         )
 
 
-def _cuda_build_rules():  # noqa: ANN202 - the module csrc/cuda_build.py (no torch import)
+def _rules(name: str):  # noqa: ANN202 - the module csrc/<name>.py (no torch import)
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "bitmaps_cuda_build", os.path.join(ROOT, "csrc", "cuda_build.py")
+        f"bitmaps_{name}", os.path.join(ROOT, "csrc", f"{name}.py")
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -71,7 +71,7 @@ def _cuda_plan():  # noqa: ANN202 - a cuda_build.CudaPlan
 
     import torch
 
-    rules = _cuda_build_rules()
+    rules = _rules("cuda_build")
     cuda_home = None
     if torch.version.cuda is not None and os.environ.get("BITMAPS_SKIP_CUDA", "0") != "1":
         cuda_home = rules.find_cuda_home(os.environ)
@@ -149,11 +149,29 @@ def _extensions() -> tuple[list, dict]:
                 self._warn(exc)
             _build_ort_library(self)
 
+        def build_extensions(self) -> None:
+            self._shared_cxx_runtime()
+            super().build_extensions()
+
         def build_extension(self, ext) -> None:
             try:
                 super().build_extension(ext)
+                if sys.platform.startswith("linux"):
+                    _rules("cxx_build").check_extension(self.get_ext_fullpath(ext.name))
             except Exception as exc:  # noqa: BLE001
                 self._warn(exc)
+
+        def _shared_cxx_runtime(self) -> None:
+            """Compile and link with a C++ compiler that links libstdc++ as a shared library
+            (csrc/cxx_build.py says why); ninja compiles with $CXX, the link with compiler_cxx."""
+            if not sys.platform.startswith("linux") or not getattr(self.compiler, "compiler_cxx", None):
+                return
+            current = self.compiler.compiler_cxx[0]
+            chosen, why = _rules("cxx_build").pick_cxx(current)
+            if why is not None:
+                print(f"bitmaps: {why}", file=sys.stderr)
+                self.compiler.compiler_cxx[0] = chosen
+                os.environ["CXX"] = chosen
 
         @staticmethod
         def _warn(exc: Exception) -> None:

@@ -64,9 +64,9 @@ def gemms() -> list[dict]:
     ops = 2.0 * n**3
     a = torch.randn(n, n, device="cuda", dtype=torch.half)
     rows = [{"what": "GEMM 8192^3", "kind": "cublas_fp16", "tops": gemm_tops(lambda: a @ a, ops)}]
-    if torch._C._dispatch_has_kernel_for_dispatch_key("bitmaps::xnor_gemm", "CUDA"):
-        from bitmaps.core import ops as bops
+    from bitmaps.core import ops as bops  # defines bitmaps::xnor_gemm (bitmaps._C adds kernels)
 
+    if torch._C._dispatch_has_kernel_for_dispatch_key("bitmaps::xnor_gemm", "CUDA"):
         packed = bops.reference_pack_signs(a.float())
         for path in ("popc", "mma", "wgmma"):
             os.environ["BITMAPS_CUDA_GEMM_PATH"] = path

@@ -9,15 +9,15 @@ made and nothing is installed), in this order, each stage with a time limit:
   pytest     pytest -m gpu on tests/test_cuda_ops.py and tests/test_cuda_cases.py; failures,
              errors and skips that this GPU does not explain all fail the stage
   sanitizer  compute-sanitizer memcheck, racecheck, synccheck on small launches of every path
-  bench      benchmarks/bench_kernels.py --device cuda (auto path, then mma, mma with the pair
-             epilogue and popc forced): vs cuBLAS FP16, the memory-bound ceiling per shape, the
+  bench      benchmarks/bench_kernels.py --device cuda (auto path, then mma, mma with the
+             one-at-a-time epilogue and popc forced): vs cuBLAS FP16, the memory-bound ceiling per shape, the
              kernel that ran; xnor_gemm 8192^3 binary TOPS per path; bench_cuda_parts.py (pack,
-             GEMM, epilogue): as built, with the pair epilogue, with the vector pack
+             GEMM, epilogue): as built, with the single epilogue, with the per-word pack
   peak       benchmarks/bench_cuda_peak.py: mma.sync b1 / s8 / f16 ceilings (register-only loops),
              cuBLAS FP16 and xnor_gemm at 8192^3 against them
   bert       benchmarks/bench_bert_cuda.py: binary BERT-base vs FP16, CUDA graphs, batch 1/8/32;
-             the CUDA kernels' shares; then again with the two candidates on (A/B):
-             BITMAPS_CUDA_EPILOGUE=pair and BITMAPS_CUDA_PACK=vector
+             the CUDA kernels' shares; then again with the forms the defaults replaced (A/B):
+             BITMAPS_CUDA_EPILOGUE=single and BITMAPS_CUDA_PACK=word
   sass       b1 tensor-core instructions in the built bitmaps._C (cuobjdump)
   tensorrt   where `import tensorrt` works: make plugin, pytest -m tensorrt
   errors     bad input to the CPU and CUDA ops, one process per case: each must raise, never crash;
@@ -216,8 +216,8 @@ torch.manual_seed(0)
 def packed(r, k): return ops.reference_pack_signs(torch.randn(r, k, device="cuda"))
 for path, new in [(p, n) for p in os.environ["GPU_CHECK_PATHS"].split(",") for n in (0, 1)]:
     os.environ["BITMAPS_CUDA_GEMM_PATH"] = path
-    os.environ["BITMAPS_CUDA_EPILOGUE"] = "pair" if new else ""  # the mma path's 2-wide stores
-    os.environ["BITMAPS_CUDA_PACK"] = "vector" if new else ""  # 16-byte loads in the pack
+    os.environ["BITMAPS_CUDA_EPILOGUE"] = "" if new else "single"  # the mma path's 1-wide stores
+    os.environ["BITMAPS_CUDA_PACK"] = "" if new else "word"  # the pack's 2- or 4-byte loads
     for m, n, k in ((65, 129, 300), (1, 1, 1), (130, 77, 33), (200, 136, 1000), (33, 40, 480)):
         ops.xnor_gemm(packed(m, k), packed(n, k), k)
     w, s, b = packed(77, 300), torch.rand(77, device="cuda"), torch.randn(77, device="cuda")
@@ -290,9 +290,9 @@ for path in os.environ["GPU_CHECK_PATHS"].split(","):
 """
 
 
-PAIR = {"BITMAPS_CUDA_EPILOGUE": "pair"}
-VECTOR = {"BITMAPS_CUDA_PACK": "vector"}
-PATH_RUNS = (("mma", "mma", {}), ("mma-pair", "mma", PAIR), ("popc", "popc", {}))
+SINGLE = {"BITMAPS_CUDA_EPILOGUE": "single"}
+WORD = {"BITMAPS_CUDA_PACK": "word"}
+PATH_RUNS = (("mma", "mma", {}), ("mma-single", "mma", SINGLE), ("popc", "popc", {}))
 
 
 def stage_bench(paths: str) -> None:
@@ -320,7 +320,7 @@ def stage_bench(paths: str) -> None:
         cmd = [*bench, "--sample-ms", "5", "--gpu-m", "128,8192", "--out", str(out)]
         rc, _ = run("bench", cmd, 120, env)
         record(f"bench-{name}", "PASS" if rc == 0 else "FAIL", out.name)
-    for name, extra in (("parts", {}), ("parts-pair", PAIR), ("parts-vector", VECTOR)):
+    for name, extra in (("parts", {}), ("parts-single", SINGLE), ("parts-word", WORD)):
         outs = ["--out", str(OUT / f"{name}.md"), "--out", str(OUT / f"{name}.json")]
         rc, _ = run("bench", [PY, "benchmarks/bench_cuda_parts.py", *outs], 120, {**ENV, **extra})
         record(name, "PASS" if rc == 0 else "FAIL", f"binary_linear's parts: {name}.md")
@@ -346,13 +346,13 @@ def stage_bert() -> None:
     if elapsed() < BUDGET:
         outs = [
             "--out",
-            str(OUT / "bert-pair-vector.md"),
+            str(OUT / "bert-single-word.md"),
             "--out",
-            str(OUT / "bert-pair-vector.json"),
+            str(OUT / "bert-single-word.json"),
         ]
         cmd = [PY, "benchmarks/bench_bert_cuda.py", *outs]
-        rc, text = run("bert", cmd, 240, {**ENV, **PAIR, **VECTOR})
-        record("bert-pair-vector", "PASS" if rc == 0 else "FAIL", bert_note(rc, text))
+        rc, text = run("bert", cmd, 240, {**ENV, **SINGLE, **WORD})
+        record("bert-single-word", "PASS" if rc == 0 else "FAIL", bert_note(rc, text))
 
 
 def bert_note(rc: int, text: str) -> str:
@@ -510,15 +510,15 @@ def write_report(info: dict) -> None:
     for name in (
         "bench-auto.md",
         "bench-mma.md",
-        "bench-mma-pair.md",
+        "bench-mma-single.md",
         "bench-popc.md",
         "parts.md",
-        "parts-pair.md",
-        "parts-vector.md",
+        "parts-single.md",
+        "parts-word.md",
         "tops.txt",
         "peak.md",
         "bert.md",
-        "bert-pair-vector.md",
+        "bert-single-word.md",
         "bert-kernels.md",
     ):
         if (OUT / name).is_file():

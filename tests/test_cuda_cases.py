@@ -7,8 +7,9 @@
 - bias None and 3-D input; a non-default stream; the first call inside CUDA-graph capture, then
   replays; outputs of more than 2^31 elements (int64 indexing);
 - every available path bit-identical to every other on one large GEMM;
-- the mma path's two-at-a-time epilogue (BITMAPS_CUDA_EPILOGUE=pair) bit-identical to the default;
-- the 16-byte-load pack (BITMAPS_CUDA_PACK=vector) bit-identical to the default.
+- the mma path's two-at-a-time epilogue (the default) bit-identical to the one-at-a-time form
+  (BITMAPS_CUDA_EPILOGUE=single);
+- the 16-byte-load pack (the default) bit-identical to the per-word form (BITMAPS_CUDA_PACK=word).
 
 Integer results match the reference exactly; binary_linear with a fixed act_scale too (see
 test_cuda_ops.py for the tolerance with the per-row mean scale).
@@ -86,9 +87,10 @@ def test_binary_linear_bias_none_and_3d_input(gemm_path, act_unsigned):
 
 @pytest.mark.parametrize("act_unsigned", [0, 1])
 def test_pair_epilogue_gives_the_same_bits(monkeypatch, act_unsigned):
-    """BITMAPS_CUDA_EPILOGUE=pair (mma path: two outputs per store) against the one-at-a-time
-    epilogue and the reference: even N (2-wide stores), odd N (the element-wise fallback), row and
-    column tails of both tile variants, both float outputs, bias or none, and xnor_gemm's int32."""
+    """The pair epilogue (mma path: two outputs per store, the default) against the one-at-a-time
+    form (BITMAPS_CUDA_EPILOGUE=single) and the reference: even N (2-wide stores), odd N (the
+    element-wise fallback), row and column tails of both tile variants, both float outputs, bias
+    or none, and xnor_gemm's int32."""
     if not cuda_path_supported("mma"):
         pytest.skip(
             f"the pair epilogue is the mma path's (sm_{torch.cuda.get_device_capability()})"
@@ -102,29 +104,30 @@ def test_pair_epilogue_gives_the_same_bits(monkeypatch, act_unsigned):
             for dtype in (torch.float32, torch.float16):
                 for b in (bias, None):
                     args = (x.to(dtype), w, w_scale, b, k, 0.05, 0.37, act_unsigned)
-                    monkeypatch.delenv("BITMAPS_CUDA_EPILOGUE", raising=False)
+                    monkeypatch.setenv("BITMAPS_CUDA_EPILOGUE", "single")
                     single = ops.binary_linear(*args)
-                    monkeypatch.setenv("BITMAPS_CUDA_EPILOGUE", "pair")
+                    monkeypatch.delenv("BITMAPS_CUDA_EPILOGUE", raising=False)
                     what = f"{m}x{n}x{k} {dtype} bias={b is not None}"
                     _exact(ops.binary_linear(*args), single, f"pair vs single, {what}")
                     if m <= 129:
                         _exact(single, ops.reference_binary_linear(*args), f"reference, {what}")
-            monkeypatch.setenv("BITMAPS_CUDA_EPILOGUE", "pair")
+            monkeypatch.delenv("BITMAPS_CUDA_EPILOGUE", raising=False)
             _exact(ops.xnor_gemm(a, w, k), ops.reference_xnor_gemm(a, w, k), f"int32 {m}x{n}x{k}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_vector_pack_gives_the_same_bits(monkeypatch, dtype):
-    """BITMAPS_CUDA_PACK=vector (16-byte loads) against the default pack and the reference: K that
+    """The vector pack (16-byte loads, the default) against the per-word form
+    (BITMAPS_CUDA_PACK=word) and the reference: K that
     the vector form takes (a multiple of 16 / element size) and K that falls back, rows that start
     misaligned (a view one element in) and, through binary_linear, {0, 1} activations and the row
     scales (exact with a fixed act_scale; the mean |x| to float rounding)."""
     for k in (1, 8, 31, 32, 33, 256, 264, 768, 1000, 3072):
         base = torch.randn(70, k + 1, device="cuda", dtype=dtype)
         for x in (base[:, :k].contiguous(), base.flatten()[1 : 1 + 70 * k].view(70, k)):
-            monkeypatch.delenv("BITMAPS_CUDA_PACK", raising=False)
+            monkeypatch.setenv("BITMAPS_CUDA_PACK", "word")
             single = ops.pack_signs(x)
-            monkeypatch.setenv("BITMAPS_CUDA_PACK", "vector")
+            monkeypatch.delenv("BITMAPS_CUDA_PACK", raising=False)
             _exact(ops.pack_signs(x), single, f"pack K={k} {dtype}")
             _exact(single, ops.reference_pack_signs(x), f"reference K={k} {dtype}")
     if dtype not in (torch.float32, torch.float16):
@@ -135,9 +138,9 @@ def test_vector_pack_gives_the_same_bits(monkeypatch, dtype):
         for act_unsigned in (0, 1):
             for act_scale in (0.37, 0.0):
                 args = (x, w, w_scale, None, k, 0.05, act_scale, act_unsigned)
-                monkeypatch.delenv("BITMAPS_CUDA_PACK", raising=False)
+                monkeypatch.setenv("BITMAPS_CUDA_PACK", "word")
                 single = ops.binary_linear(*args)
-                monkeypatch.setenv("BITMAPS_CUDA_PACK", "vector")
+                monkeypatch.delenv("BITMAPS_CUDA_PACK", raising=False)
                 got = ops.binary_linear(*args)
                 what = f"binary_linear K={k} unsigned={act_unsigned} act_scale={act_scale}"
                 if act_scale > 0:

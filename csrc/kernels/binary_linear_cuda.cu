@@ -104,12 +104,12 @@ __global__ void __launch_bounds__(kPackWarps * 32)
   if (lane == 0) row_scale[row] = act_scale > 0.0f ? act_scale : abs_sum / static_cast<float>(k);
 }
 
-// BITMAPS_CUDA_PACK=vector (read on every launch): the vector form where the rows allow it.
-// Unset, empty or anything else: the per-word form, the default until a GPU has measured the
-// vector form faster (make gpu-check times both).
+// The vector form where the rows allow it: the default since the H200 measured it faster (pack
+// at K = 3072: 16 us vs 30 us; benchmarks/results/gpu-check-h200). BITMAPS_CUDA_PACK=word (read
+// on every launch) forces the per-word form, which make gpu-check times against it.
 bool vector_pack_from_env() {
   const char* value = std::getenv("BITMAPS_CUDA_PACK");
-  return value != nullptr && std::strcmp(value, "vector") == 0;
+  return value == nullptr || std::strcmp(value, "word") != 0;
 }
 
 template <typename T>
@@ -313,7 +313,7 @@ bool parse_gemm_path(const char* name, GemmPath* path) {
 namespace detail {
 bool pair_epilogue_from_env() {
   const char* value = std::getenv("BITMAPS_CUDA_EPILOGUE");
-  return value != nullptr && std::strcmp(value, "pair") == 0;
+  return value == nullptr || std::strcmp(value, "single") != 0;
 }
 }  // namespace detail
 

@@ -106,9 +106,10 @@ __device__ __forceinline__ void store_output_pair(const Epilogue& ep, int64_t n_
   }
 }
 
-// BITMAPS_CUDA_EPILOGUE=pair (read on every launch): the mma path stores its outputs two at a time
-// (store_output_pair). Unset, empty or anything else: one element at a time, the default until a
-// GPU has measured the pair form faster (make gpu-check times both).
+// The mma path stores its outputs two at a time (store_output_pair): the default since the H200
+// measured it faster (binary_linear 8192 x 768 x 3072: 86 us vs 146 us; benchmarks/results/
+// gpu-check-h200). BITMAPS_CUDA_EPILOGUE=single (read on every launch) forces one element at a
+// time, which make gpu-check times against it.
 bool pair_epilogue_from_env();
 
 // 4-byte global -> shared asynchronous copy (sm_80+); zero-fills when !valid, which is how tiles
