@@ -31,6 +31,7 @@ ort-thread-scaling benchmarks/results/ort-thread-scaling.json    bench_ort_threa
 embeddings         benchmarks/results/embeddings.json            bench_embeddings.py
 bert-cuda          benchmarks/results/bert-cuda.json             bench_bert_cuda.py
 gpu-check-h200     benchmarks/results/gpu-check-h200/report.md   make gpu-check (gpu_check.py)
+gpu-check-h200-stop31  …/gpu-check-h200-stop31/report.md         make gpu-check (stop 31)
 *-epyc-avx2        the same benchmarks' files on an AVX2-only AMD EPYC (stop 29)
 *-epyc-avx2-stop30 the same again after the nibble-split AVX2 GEMM (stop 30)
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
@@ -340,6 +341,9 @@ TABLES: dict[str, Source] = {
     "embeddings": Source("benchmarks/results/embeddings.json", _bench("bench_embeddings.py")),
     "bert-cuda": Source("benchmarks/results/bert-cuda.json", _bench("bench_bert_cuda.py")),
     "gpu-check-h200": Source("benchmarks/results/gpu-check-h200/report.md", gpu_check_report),
+    "gpu-check-h200-stop31": Source(
+        "benchmarks/results/gpu-check-h200-stop31/report.md", gpu_check_report
+    ),
 }
 
 
