@@ -12,12 +12,14 @@ made and nothing is installed), in this order, each stage with a time limit:
   bench      benchmarks/bench_kernels.py --device cuda (auto path, then mma, mma with the
              one-at-a-time epilogue and popc forced): vs cuBLAS FP16, the memory-bound ceiling per shape, the
              kernel that ran; xnor_gemm 8192^3 binary TOPS per path; bench_cuda_parts.py (pack,
-             GEMM, epilogue): as built, with the single epilogue, with the per-word pack
+             GEMM, epilogue): as built, with the single epilogue, with the per-word pack, with
+             each mma candidate (16-byte copies, ldmatrix fragments)
   peak       benchmarks/bench_cuda_peak.py: mma.sync b1 / s8 / f16 ceilings (register-only loops),
              cuBLAS FP16 and xnor_gemm at 8192^3 against them
   bert       benchmarks/bench_bert_cuda.py: binary BERT-base vs FP16, CUDA graphs, batch 1/8/32;
              the CUDA kernels' shares; then again with the forms the defaults replaced (A/B):
-             BITMAPS_CUDA_EPILOGUE=single and BITMAPS_CUDA_PACK=word
+             BITMAPS_CUDA_EPILOGUE=single and BITMAPS_CUDA_PACK=word; and with the mma path's
+             candidates on: BITMAPS_CUDA_COPY=wide and BITMAPS_CUDA_FRAGMENTS=ldmatrix (bert-feed)
   sass       b1 tensor-core instructions in the built bitmaps._C (cuobjdump)
   tensorrt   where `import tensorrt` works: make plugin, pytest -m tensorrt
   errors     bad input to the CPU and CUDA ops, one process per case: each must raise, never crash;
@@ -218,6 +220,8 @@ for path, new in [(p, n) for p in os.environ["GPU_CHECK_PATHS"].split(",") for n
     os.environ["BITMAPS_CUDA_GEMM_PATH"] = path
     os.environ["BITMAPS_CUDA_EPILOGUE"] = "" if new else "single"  # the mma path's 1-wide stores
     os.environ["BITMAPS_CUDA_PACK"] = "" if new else "word"  # the pack's 2- or 4-byte loads
+    os.environ["BITMAPS_CUDA_COPY"] = "wide" if new else ""  # candidate: 16-byte cp.async
+    os.environ["BITMAPS_CUDA_FRAGMENTS"] = "ldmatrix" if new else ""  # candidate: ldmatrix.x4
     for m, n, k in ((65, 129, 300), (1, 1, 1), (130, 77, 33), (200, 136, 1000), (33, 40, 480)):
         ops.xnor_gemm(packed(m, k), packed(n, k), k)
     w, s, b = packed(77, 300), torch.rand(77, device="cuda"), torch.randn(77, device="cuda")
@@ -277,8 +281,13 @@ import os, torch
 from bitmaps.core import ops
 n = 8192
 a = ops.reference_pack_signs(torch.randn(n, n, device="cuda"))
-for path in os.environ["GPU_CHECK_PATHS"].split(","):
+runs = [(p, p, {}) for p in os.environ["GPU_CHECK_PATHS"].split(",")]
+if "mma" in os.environ["GPU_CHECK_PATHS"].split(","):  # the mma path's candidates, both on
+    runs.append(("mma+wide+ldmatrix", "mma",
+                 {"BITMAPS_CUDA_COPY": "wide", "BITMAPS_CUDA_FRAGMENTS": "ldmatrix"}))
+for label, path, extra in runs:
     os.environ["BITMAPS_CUDA_GEMM_PATH"] = path
+    os.environ.update(extra)
     for _ in range(2): ops.xnor_gemm(a, a, n)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     reps = 5 if path != "popc" else 2
@@ -286,12 +295,15 @@ for path in os.environ["GPU_CHECK_PATHS"].split(","):
     for _ in range(reps): ops.xnor_gemm(a, a, n)
     end.record(); end.synchronize()
     s = start.elapsed_time(end) / 1e3 / reps
-    print(f"xnor_gemm 8192^3 {path}: {s * 1e3:.2f} ms, {2 * n**3 / s / 1e12:.0f} binary TOPS")
+    print(f"xnor_gemm 8192^3 {label}: {s * 1e3:.2f} ms, {2 * n**3 / s / 1e12:.0f} binary TOPS")
+    for key in extra: os.environ.pop(key)
 """
 
 
 SINGLE = {"BITMAPS_CUDA_EPILOGUE": "single"}
 WORD = {"BITMAPS_CUDA_PACK": "word"}
+# the mma path's opt-in candidates (each the default only once this measures it faster)
+FEED = {"BITMAPS_CUDA_COPY": "wide", "BITMAPS_CUDA_FRAGMENTS": "ldmatrix"}
 PATH_RUNS = (("mma", "mma", {}), ("mma-single", "mma", SINGLE), ("popc", "popc", {}))
 
 
@@ -320,7 +332,14 @@ def stage_bench(paths: str) -> None:
         cmd = [*bench, "--sample-ms", "5", "--gpu-m", "128,8192", "--out", str(out)]
         rc, _ = run("bench", cmd, 120, env)
         record(f"bench-{name}", "PASS" if rc == 0 else "FAIL", out.name)
-    for name, extra in (("parts", {}), ("parts-single", SINGLE), ("parts-word", WORD)):
+    parts = (
+        ("parts", {}),
+        ("parts-single", SINGLE),
+        ("parts-word", WORD),
+        ("parts-wide", {"BITMAPS_CUDA_COPY": "wide"}),
+        ("parts-ldmatrix", {"BITMAPS_CUDA_FRAGMENTS": "ldmatrix"}),
+    )
+    for name, extra in parts:
         outs = ["--out", str(OUT / f"{name}.md"), "--out", str(OUT / f"{name}.json")]
         rc, _ = run("bench", [PY, "benchmarks/bench_cuda_parts.py", *outs], 120, {**ENV, **extra})
         record(name, "PASS" if rc == 0 else "FAIL", f"binary_linear's parts: {name}.md")
@@ -353,6 +372,10 @@ def stage_bert() -> None:
         cmd = [PY, "benchmarks/bench_bert_cuda.py", *outs]
         rc, text = run("bert", cmd, 240, {**ENV, **SINGLE, **WORD})
         record("bert-single-word", "PASS" if rc == 0 else "FAIL", bert_note(rc, text))
+    if elapsed() < BUDGET:
+        outs = ["--out", str(OUT / "bert-feed.md"), "--out", str(OUT / "bert-feed.json")]
+        rc, text = run("bert", [PY, "benchmarks/bench_bert_cuda.py", *outs], 240, {**ENV, **FEED})
+        record("bert-feed", "PASS" if rc == 0 else "FAIL", bert_note(rc, text))
 
 
 def bert_note(rc: int, text: str) -> str:
@@ -515,10 +538,13 @@ def write_report(info: dict) -> None:
         "parts.md",
         "parts-single.md",
         "parts-word.md",
+        "parts-wide.md",
+        "parts-ldmatrix.md",
         "tops.txt",
         "peak.md",
         "bert.md",
         "bert-single-word.md",
+        "bert-feed.md",
         "bert-kernels.md",
     ):
         if (OUT / name).is_file():

@@ -115,6 +115,52 @@ def test_pair_epilogue_gives_the_same_bits(monkeypatch, act_unsigned):
             _exact(ops.xnor_gemm(a, w, k), ops.reference_xnor_gemm(a, w, k), f"int32 {m}x{n}x{k}")
 
 
+@pytest.mark.parametrize(
+    "knob", ["BITMAPS_CUDA_COPY=wide", "BITMAPS_CUDA_FRAGMENTS=ldmatrix", "both"]
+)
+@pytest.mark.parametrize("act_unsigned", [0, 1])
+def test_mma_feed_candidates_give_the_same_bits(monkeypatch, knob, act_unsigned):
+    """The mma path's opt-in candidates (16-byte cp.async copies; ldmatrix fragment loads) against
+    the default feed: K whose words are a multiple of 4 (the wide copies) and not (their 4-byte
+    fallback), a misaligned operand (a view one word in: the fallback too), row and column tails
+    of both tile variants, both float outputs, bias or none, and xnor_gemm's int32."""
+    if not cuda_path_supported("mma"):
+        pytest.skip(f"the candidates are the mma path's (sm_{torch.cuda.get_device_capability()})")
+    knobs = (
+        ["BITMAPS_CUDA_COPY=wide", "BITMAPS_CUDA_FRAGMENTS=ldmatrix"] if knob == "both" else [knob]
+    )
+
+    def run(fn, *args):  # noqa: ANN001, ANN202 - the default feed, then the candidates'
+        for k in knobs:
+            monkeypatch.delenv(k.split("=")[0], raising=False)
+        base = fn(*args)
+        for k in knobs:
+            monkeypatch.setenv(*k.split("="))
+        return base, fn(*args)
+
+    monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", "mma")
+    for m, n in [(17, 16), (65, 63), *_tail_shapes()]:
+        for k in (33, 512, 768, 3072 + 32):
+            a, w = packed_cuda(m, k), packed_cuda(n, k)
+            w_scale, bias = torch.rand(n, device="cuda") + 0.1, torch.randn(n, device="cuda")
+            x = torch.randn(m, k, device="cuda")
+            for dtype in (torch.float32, torch.float16):
+                for b in (bias, None):
+                    args = (x.to(dtype), w, w_scale, b, k, 0.05, 0.37, act_unsigned)
+                    base, got = run(ops.binary_linear, *args)
+                    _exact(got, base, f"{knob} {m}x{n}x{k} {dtype} bias={b is not None}")
+            base, got = run(ops.xnor_gemm, a, w, k)
+            _exact(got, base, f"{knob} int32 {m}x{n}x{k}")
+            _exact(got, ops.reference_xnor_gemm(a, w, k), f"{knob} reference int32 {m}x{n}x{k}")
+    # an operand whose rows start 4 bytes past a 16-byte boundary: the launcher keeps 4-byte copies
+    k = 512
+    words = packed_cuda(1, 33 * k + 32).flatten()[1 : 1 + 33 * (k // 32)].view(33, k // 32)
+    w = packed_cuda(40, k)
+    base, got = run(ops.xnor_gemm, words, w, k)
+    _exact(got, base, f"{knob} misaligned a")
+    _exact(got, ops.reference_xnor_gemm(words, w, k), f"{knob} reference, misaligned a")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_vector_pack_gives_the_same_bits(monkeypatch, dtype):
     """The vector pack (16-byte loads, the default) against the per-word form

@@ -125,6 +125,10 @@ def _sass(obj: Path, arch: str) -> str:
         ("xnor_gemm_mma", "sm_90a", "BMMA.168256.AND.POPC", "BMMA.168256.XOR"),
         ("xnor_gemm_wgmma", "sm_90a", "BGMMA.64x128x256.AND.POPC", "BMMA"),
         ("xnor_gemm_popc", "sm_80", "POPC", "BMMA"),
+        # the mma path's two opt-in candidates (BITMAPS_CUDA_COPY=wide, BITMAPS_CUDA_FRAGMENTS=
+        # ldmatrix): 16-byte cp.async copies that bypass L1, ldmatrix.x4 fragment loads
+        ("xnor_gemm_mma", "sm_90a", "LDGSTS.E.BYPASS.128", "LDGSTS.E.128 "),
+        ("xnor_gemm_mma", "sm_80", "LDSM.16.M88.4", "LDSM.16.MT88"),
     ],
 )
 def test_sass_holds_the_intended_instructions(compiled_kernels, stem, arch, instruction, absent):

@@ -315,6 +315,16 @@ bool pair_epilogue_from_env() {
   const char* value = std::getenv("BITMAPS_CUDA_EPILOGUE");
   return value == nullptr || std::strcmp(value, "single") != 0;
 }
+
+bool wide_copy_from_env() {
+  const char* value = std::getenv("BITMAPS_CUDA_COPY");
+  return value != nullptr && std::strcmp(value, "wide") == 0;
+}
+
+bool ldmatrix_fragments_from_env() {
+  const char* value = std::getenv("BITMAPS_CUDA_FRAGMENTS");
+  return value != nullptr && std::strcmp(value, "ldmatrix") == 0;
+}
 }  // namespace detail
 
 bool gemm_path_from_env(GemmPath* path) {

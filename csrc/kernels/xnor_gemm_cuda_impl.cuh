@@ -112,6 +112,16 @@ __device__ __forceinline__ void store_output_pair(const Epilogue& ep, int64_t n_
 // time, which make gpu-check times against it.
 bool pair_epilogue_from_env();
 
+// Two candidates for the mma path, each opt-in (read on every launch) and bit-identical to the
+// default, until make gpu-check measures them faster (the H200 run of stop 31 measured the GEMM at
+// 15 % of the b1 mma.sync peak; both change how the tensor cores are fed):
+//   BITMAPS_CUDA_COPY=wide: global -> shared in 16-byte cp.async copies instead of 4-byte ones,
+//     where KW is a multiple of 4 and both operands start 16-byte aligned (else 4-byte copies);
+//   BITMAPS_CUDA_FRAGMENTS=ldmatrix: each warp loads its A and B fragments with ldmatrix.x4 (4
+//     matrices of 8 rows x 16 bytes per instruction) instead of one 32-bit shared load per word.
+bool wide_copy_from_env();
+bool ldmatrix_fragments_from_env();
+
 // 4-byte global -> shared asynchronous copy (sm_80+); zero-fills when !valid, which is how tiles
 // are padded past M, N and KW: zero words in both operands add nothing to popcount(a XOR b).
 __device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, bool valid) {
@@ -122,6 +132,34 @@ __device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, bool va
                "r"(src_bytes));
 #else
   *static_cast<uint32_t*>(smem) = valid ? *static_cast<const uint32_t*>(gmem) : 0u;
+#endif
+}
+
+// 16-byte global -> shared asynchronous copy (sm_80+; both addresses 16-byte aligned, L1
+// bypassed); zero-fills when !valid, like cp_async_4.
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int src_bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+               "r"(src_bytes));
+#else
+  *static_cast<uint4*>(smem) = valid ? *static_cast<const uint4*>(gmem) : make_uint4(0, 0, 0, 0);
+#endif
+}
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lane l gives the shared address of row l % 8 of
+// matrix l / 8 (16 bytes, 16-byte aligned); register q of lane l receives 32-bit word l % 4 of
+// row l / 4 of matrix q, which is where the b1 mma fragments want word t of row g.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint32_t* smem_row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+#else
+  (void)smem_row;
+  r[0] = r[1] = r[2] = r[3] = 0;
 #endif
 }
 

@@ -69,7 +69,21 @@ __device__ __forceinline__ void mma_b1(int32_t (&d)[4], const uint32_t (&a)[4],
 
 template <int kRows, int kThreads>
 __device__ __forceinline__ void load_stage(uint32_t* smem, const uint32_t* g, int64_t row0,
-                                           int64_t rows, int kw, int w0) {
+                                           int64_t rows, int kw, int w0, bool wide) {
+  if (wide) {
+    // 16-byte copies of 4 words: KW % 4 == 0 and g 16-byte aligned (the launcher checks), w0 a
+    // multiple of kBkWords and the row stride 80 bytes, so both sides are aligned and a copy lies
+    // wholly inside or wholly past a row's KW words.
+    constexpr int kChunks = kBkWords / 4;
+    for (int i = threadIdx.x; i < kRows * kChunks; i += kThreads) {
+      const int r = i / kChunks;
+      const int w = (i % kChunks) * 4;
+      const int64_t gr = row0 + r;
+      const bool valid = gr < rows && (w0 + w) < kw;
+      cp_async_16(smem + r * kStride + w, valid ? g + gr * kw + w0 + w : g, valid);
+    }
+    return;
+  }
   // Consecutive threads copy consecutive words of a row: 64-byte coalesced segments.
   for (int i = threadIdx.x; i < kRows * kBkWords; i += kThreads) {
     const int r = i / kBkWords;
@@ -82,7 +96,7 @@ __device__ __forceinline__ void load_stage(uint32_t* smem, const uint32_t* g, in
 
 template <int kBM, int kBN, int kWarpsM, int kWarpsN, OutKind kOut, bool kUnsigned, bool kPair>
 __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
-    xnor_gemm_mma_kernel(GemmProblem p, Epilogue ep, bool vector_ok) {
+    xnor_gemm_mma_kernel(GemmProblem p, Epilogue ep, bool vector_ok, bool wide, bool ldmatrix) {
 #if BITMAPS_HAS_MMA_B1
   constexpr int kThreads = kWarpsM * kWarpsN * 32;
   constexpr int kWarpRows = kBM / kWarpsM;
@@ -123,15 +137,15 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
   for (int j = 0; j < kNTiles; ++j) pop_b[j] = 0;
 
   const int num_k_tiles = (p.kw + kBkWords - 1) / kBkWords;
-  load_stage<kBM, kThreads>(sa[0], p.a, m0, p.m, p.kw, 0);
-  load_stage<kBN, kThreads>(sb[0], p.b, n0, p.n, p.kw, 0);
+  load_stage<kBM, kThreads>(sa[0], p.a, m0, p.m, p.kw, 0, wide);
+  load_stage<kBN, kThreads>(sb[0], p.b, n0, p.n, p.kw, 0, wide);
   cp_async_commit();
 
   for (int kt = 0; kt < num_k_tiles; ++kt) {
     const int stage = kt & 1;
     if (kt + 1 < num_k_tiles) {
-      load_stage<kBM, kThreads>(sa[stage ^ 1], p.a, m0, p.m, p.kw, (kt + 1) * kBkWords);
-      load_stage<kBN, kThreads>(sb[stage ^ 1], p.b, n0, p.n, p.kw, (kt + 1) * kBkWords);
+      load_stage<kBM, kThreads>(sa[stage ^ 1], p.a, m0, p.m, p.kw, (kt + 1) * kBkWords, wide);
+      load_stage<kBN, kThreads>(sb[stage ^ 1], p.b, n0, p.n, p.kw, (kt + 1) * kBkWords, wide);
       cp_async_commit();
       cp_async_wait<1>();
     } else {
@@ -154,19 +168,42 @@ __global__ void __launch_bounds__(kWarpsM * kWarpsN * 32)
       const int w = step * 8 + t;
       uint32_t af[kMTiles][4];
       uint32_t bf[kNTiles][2];
+      if (ldmatrix) {
+        // A: matrices (rows 0-7 | 8-15) x (words 0-3 | 4-7) of the m tile, in fragment order;
+        // B: words 0-3 and 4-7 of n tile j, then of n tile j + 1 (kNTiles is even).
+        const int q = lane / 8;
+        const int wq = step * 8 + (q / 2) * 4;
 #pragma unroll
-      for (int i = 0; i < kMTiles; ++i) {
-        const int r = warp_m * kWarpRows + i * 16 + g;
-        af[i][0] = a_s[r * kStride + w];
-        af[i][1] = a_s[(r + 8) * kStride + w];
-        af[i][2] = a_s[r * kStride + w + 4];
-        af[i][3] = a_s[(r + 8) * kStride + w + 4];
-      }
+        for (int i = 0; i < kMTiles; ++i) {
+          const int r = warp_m * kWarpRows + i * 16 + (q % 2) * 8 + lane % 8;
+          ldmatrix_x4(af[i], a_s + r * kStride + wq);
+        }
+        static_assert(kNTiles % 2 == 0, "B fragments are loaded two n tiles at a time");
 #pragma unroll
-      for (int j = 0; j < kNTiles; ++j) {
-        const int c = warp_n * kWarpCols + j * 8 + g;
-        bf[j][0] = b_s[c * kStride + w];
-        bf[j][1] = b_s[c * kStride + w + 4];
+        for (int j = 0; j < kNTiles; j += 2) {
+          const int c = warp_n * kWarpCols + (j + q / 2) * 8 + lane % 8;
+          uint32_t r4[4];
+          ldmatrix_x4(r4, b_s + c * kStride + step * 8 + (q % 2) * 4);
+          bf[j][0] = r4[0];
+          bf[j][1] = r4[1];
+          bf[j + 1][0] = r4[2];
+          bf[j + 1][1] = r4[3];
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < kMTiles; ++i) {
+          const int r = warp_m * kWarpRows + i * 16 + g;
+          af[i][0] = a_s[r * kStride + w];
+          af[i][1] = a_s[(r + 8) * kStride + w];
+          af[i][2] = a_s[r * kStride + w + 4];
+          af[i][3] = a_s[(r + 8) * kStride + w + 4];
+        }
+#pragma unroll
+        for (int j = 0; j < kNTiles; ++j) {
+          const int c = warp_n * kWarpCols + j * 8 + g;
+          bf[j][0] = b_s[c * kStride + w];
+          bf[j][1] = b_s[c * kStride + w + 4];
+        }
       }
       if constexpr (kAndForm) {
 #pragma unroll
@@ -270,12 +307,17 @@ cudaError_t launch_tile(const GemmProblem& p, const Epilogue& ep, cudaStream_t s
   const dim3 grid(static_cast<unsigned>(grid_m), static_cast<unsigned>(grid_n));
   // A pair of outputs is 8-byte aligned when N is even and `out` is (int32 / float32; 4 for fp16).
   const bool vector_ok = p.n % 2 == 0 && reinterpret_cast<uintptr_t>(ep.out) % 8 == 0;
+  // 16-byte copies where every row's words start 16-byte aligned (wide_copy_from_env)
+  const bool wide = wide_copy_from_env() && p.kw % 4 == 0 &&
+                    reinterpret_cast<uintptr_t>(p.a) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(p.b) % 16 == 0;
+  const bool ldmatrix = ldmatrix_fragments_from_env();
   if (pair_epilogue_from_env()) {
     xnor_gemm_mma_kernel<kBM, kBN, kWarpsM, kWarpsN, kOut, kUnsigned, true>
-        <<<grid, kWarpsM * kWarpsN * 32, 0, stream>>>(p, ep, vector_ok);
+        <<<grid, kWarpsM * kWarpsN * 32, 0, stream>>>(p, ep, vector_ok, wide, ldmatrix);
   } else {
     xnor_gemm_mma_kernel<kBM, kBN, kWarpsM, kWarpsN, kOut, kUnsigned, false>
-        <<<grid, kWarpsM * kWarpsN * 32, 0, stream>>>(p, ep, vector_ok);
+        <<<grid, kWarpsM * kWarpsN * 32, 0, stream>>>(p, ep, vector_ok, wide, ldmatrix);
   }
   return cudaGetLastError();
 }
