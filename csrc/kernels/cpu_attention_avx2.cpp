@@ -49,13 +49,44 @@ BITMAPS_AVX2_INLINE __m256 exp_nonpositive(__m256 x) {
   return _mm256_andnot_ps(tiny, e);  // NaN compares false: stays NaN
 }
 
+// What a block of scores does after its products (Scores::bias null: no bias): adds row r's bias
+// (bias + r * bias_ld, at the block's columns) and keeps the running maximum of each row's valid
+// columns in max[r], so that the softmax needs no pass of its own for them.
+struct Scores {
+  const float* bias = nullptr;
+  int64_t bias_ld = 0;
+  __m256* max = nullptr;
+};
+
+// v[i] (row i of an 8 x 8 block) -> v[j] = column j of it.
+BITMAPS_AVX2_INLINE void transpose8(__m256 (&v)[8]) {
+  __m256 t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);      // r_i0 r_(i+1)0 r_i1 r_(i+1)1 | same, 4-5
+    t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);  // r_i2 r_(i+1)2 r_i3 r_(i+1)3 | 6-7
+  }
+  __m256 u[8];
+  for (int i = 0; i < 8; i += 4) {
+    for (int h = 0; h < 2; ++h) {
+      u[i + 2 * h] = _mm256_shuffle_ps(t[i + h], t[i + 2 + h], 0x44);      // columns 2h (and +4)
+      u[i + 2 * h + 1] = _mm256_shuffle_ps(t[i + h], t[i + 2 + h], 0xEE);  // 2h + 1 (and +4)
+    }
+  }
+  // u[0..3]: columns 0, 1, 2, 3 of rows 0-3 (low half) and columns 4-7 (high half); u[4..7]: rows 4-7
+  for (int j = 0; j < 4; ++j) {
+    v[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+    v[j + 4] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+  }
+}
+
 // c[r, 8 j + i] (r < MR, j < NV) = sum_l a[r * lda + l] * b[l * ldb + 8 j + i] for l < len,
 // times row_mul[r] when row_mul is given; only the first `cols` columns are read and written
-// (kFull: all 8 * NV of them, with plain loads and stores).
-template <int MR, int NV, bool kFull>
+// (kFull: all 8 * NV of them, with plain loads and stores). kScores: then `scores`' bias and
+// maxima (row_mul is null there).
+template <int MR, int NV, bool kFull, bool kScores = false>
 BITMAPS_AVX2_INLINE void block(const float* a, int64_t lda, const float* b, int64_t ldb,
                                int64_t len, int64_t cols, const float* row_mul, float* c,
-                               int64_t ldc) {
+                               int64_t ldc, const Scores& scores = {}) {
   __m256i mask[NV];
   for (int j = 0; j < NV; ++j) mask[j] = lanes8(kFull ? 8 : cols - 8 * j);
   __m256 acc[MR][NV];
@@ -76,7 +107,15 @@ BITMAPS_AVX2_INLINE void block(const float* a, int64_t lda, const float* b, int6
   for (int r = 0; r < MR; ++r) {
     const __m256 mul = row_mul != nullptr ? _mm256_set1_ps(row_mul[r]) : _mm256_set1_ps(1.0f);
     for (int j = 0; j < NV; ++j) {
-      const __m256 y = _mm256_mul_ps(acc[r][j], mul);
+      __m256 y = _mm256_mul_ps(acc[r][j], mul);
+      if constexpr (kScores) {
+        if (scores.bias != nullptr) {
+          y = _mm256_add_ps(y, load8<kFull>(scores.bias + r * scores.bias_ld + 8 * j, mask[j]));
+        }
+        const __m256 top = _mm256_max_ps(scores.max[r], y);
+        scores.max[r] = kFull ? top : _mm256_blendv_ps(scores.max[r], top,
+                                                       _mm256_castsi256_ps(mask[j]));
+      }
       if (kFull) {
         _mm256_storeu_ps(c + r * ldc + 8 * j, y);
       } else {
@@ -86,20 +125,27 @@ BITMAPS_AVX2_INLINE void block(const float* a, int64_t lda, const float* b, int6
   }
 }
 
-// block() over `cols` columns: full chunks of kNV vectors, then the rest.
-template <int MR>
+// block() over `cols` columns: full chunks of kNV vectors, then the rest (kScores: `scores`' bias
+// from its column 0 on).
+template <int MR, bool kScores = false>
 BITMAPS_AVX2_INLINE void rows_times(const float* a, int64_t lda, const float* b, int64_t ldb,
                                     int64_t len, int64_t cols, const float* row_mul, float* c,
-                                    int64_t ldc) {
+                                    int64_t ldc, const Scores& scores = {}) {
+  const auto at = [&](int64_t c0) {
+    Scores s = scores;
+    if (s.bias != nullptr) s.bias += c0;
+    return s;
+  };
   int64_t c0 = 0;
   for (; c0 + 8 * kNV <= cols; c0 += 8 * kNV) {
-    block<MR, kNV, true>(a, lda, b + c0, ldb, len, 8 * kNV, row_mul, c + c0, ldc);
+    block<MR, kNV, true, kScores>(a, lda, b + c0, ldb, len, 8 * kNV, row_mul, c + c0, ldc,
+                                  at(c0));
   }
   const int64_t rest = cols - c0;
   if (rest > 8) {
-    block<MR, 2, false>(a, lda, b + c0, ldb, len, rest, row_mul, c + c0, ldc);
+    block<MR, 2, false, kScores>(a, lda, b + c0, ldb, len, rest, row_mul, c + c0, ldc, at(c0));
   } else if (rest > 0) {
-    block<MR, 1, false>(a, lda, b + c0, ldb, len, rest, row_mul, c + c0, ldc);
+    block<MR, 1, false, kScores>(a, lda, b + c0, ldb, len, rest, row_mul, c + c0, ldc, at(c0));
   }
 }
 
@@ -110,24 +156,19 @@ BITMAPS_AVX2 void score_rows(const AttentionArgs& a, int64_t b, int64_t h, int64
   const int64_t T = a.kv_len, D = a.head_dim;
   const int64_t tp = attention_padded_kv(T), ldq = a.q_row();
   const float* q = a.q + (b * a.q_len + s0) * ldq + h * D;
-  rows_times<MR>(q, ldq, kt, tp, D, T, nullptr, p, tp);
+  // the scores with their bias added and each row's maximum, in the products' own pass
+  __m256 top[MR];
+  for (int r = 0; r < MR; ++r) top[r] = _mm256_set1_ps(-__builtin_inff());
+  Scores scores;
+  scores.max = top;
+  if (a.bias != nullptr) {
+    scores.bias = a.bias + b * a.bias_stride[0] + h * a.bias_stride[1] + s0 * a.bias_stride[2];
+    scores.bias_ld = a.bias_stride[2];
+  }
+  rows_times<MR, true>(q, ldq, kt, tp, D, T, nullptr, p, tp, scores);
   for (int r = 0; r < MR; ++r) {
     float* row = p + r * tp;
-    const float* bias = a.bias == nullptr ? nullptr
-                                          : a.bias + b * a.bias_stride[0] + h * a.bias_stride[1] +
-                                                (s0 + r) * a.bias_stride[2];
-    // Whole vectors with plain loads and stores, the last partial one masked (cpu_avx2_util.h).
-    __m256 top = _mm256_set1_ps(-__builtin_inff());
-    const auto bias_max = [&](int64_t t, auto full, __m256i m) BITMAPS_AVX2 {
-      constexpr bool kFull = decltype(full)::value;
-      __m256 x = load8<kFull>(row + t, m);
-      if (bias != nullptr) x = _mm256_add_ps(x, load8<kFull>(bias + t, m));
-      store8<kFull>(row + t, m, x);
-      top = kFull ? _mm256_max_ps(top, x)
-                  : _mm256_blendv_ps(top, _mm256_max_ps(top, x), _mm256_castsi256_ps(m));
-    };
-    each_vector8(T, bias_max);
-    const __m256 vmax = _mm256_set1_ps(reduce_max8(top));
+    const __m256 vmax = _mm256_set1_ps(reduce_max8(top[r]));
     __m256 sum = _mm256_setzero_ps();
     const auto exp_sum = [&](int64_t t, auto full, __m256i m) BITMAPS_AVX2 {
       constexpr bool kFull = decltype(full)::value;
@@ -158,11 +199,28 @@ BITMAPS_AVX2 void attention_head_avx2(const AttentionArgs& a, int64_t b, int64_t
   const HeadScratch hs = head_scratch(a, scratch);
   float* kt = hs.kt;
   const float* k = a.k + b * T * ldk + h * D;
-  // K^T by gathers of 8 keys at a time (masked for the last, padding columns zero).
+  // K^T: 8 keys x 8 dimensions at a time transposed in registers; the last dimensions (D not a
+  // multiple of 8) and the last keys (T not a multiple of 8; padding columns zero) by gathers,
+  // 8 keys at a time (masked). On Zen 3 the gathers were 7 % of a BERT-base head.
   const __m256i rows = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
                                           _mm256_set1_epi32(static_cast<int>(ldk)));
   const __m256 scale = _mm256_set1_ps(a.scale);
-  for (int64_t t = 0; t < tp; t += 8) {
+  const int64_t full_t = T / 8 * 8, full_d = D / 8 * 8;
+  for (int64_t t = 0; t < full_t; t += 8) {
+    for (int64_t d = 0; d < full_d; d += 8) {
+      __m256 v[8];
+      for (int i = 0; i < 8; ++i) v[i] = _mm256_loadu_ps(k + (t + i) * ldk + d);
+      transpose8(v);
+      for (int j = 0; j < 8; ++j) {
+        _mm256_storeu_ps(kt + (d + j) * tp + t, _mm256_mul_ps(v[j], scale));
+      }
+    }
+    for (int64_t d = full_d; d < D; ++d) {
+      const __m256 col = _mm256_i32gather_ps(k + t * ldk + d, rows, 4);
+      _mm256_storeu_ps(kt + d * tp + t, _mm256_mul_ps(col, scale));
+    }
+  }
+  for (int64_t t = full_t; t < tp; t += 8) {
     const __m256 m = _mm256_castsi256_ps(lanes8(T - t));
     const float* kt0 = k + std::min(t, T - 1) * ldk;
     for (int64_t d = 0; d < D; ++d) {
