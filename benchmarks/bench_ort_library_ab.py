@@ -5,8 +5,10 @@ A kernel change is judged by this: the binary BERT-base-shaped student of ``bitm
 run by one session per library, sessions in turns (``--rounds`` samples of ``--calls`` calls
 each; idle threads not spinning, so that neither session's pool takes the other's cores), at 1 × 128
 tokens. The outputs of the two must be identical, or the largest difference is printed. Then
-one node of each op type of a middle layer (BinaryLinear: each width) runs alone with the
-inputs it received in the full model, one session per library, in turns, at ``--threads``.
+the time to create a session from the model file with each library (in turns: what the kernels
+do once per session, prepacking and the FFN's bit tables, beside ONNX Runtime's loading), and
+one node of each op type of a middle layer (BinaryLinear: each width) runs alone with the inputs
+it received in the full model, one session per library, in turns, at ``--threads``.
 
     .venv/bin/python benchmarks/bench_ort_library_ab.py OLD.so NEW.so [--threads 1] [--rounds 11]
 
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +36,7 @@ from bitmaps.core.ort import inference_session, session_options
 from bitmaps.runtime.timing import cpu_timer, time_alternating
 
 
-def _session(model: onnx.ModelProto, library: str, threads: int):  # noqa: ANN202
+def _session(model: onnx.ModelProto | Path, library: str, threads: int):  # noqa: ANN202
     so = session_options(threads)
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.register_custom_ops_library(library)
@@ -50,6 +54,24 @@ def _compare(
     timers = [cpu_timer(lambda i, s=s: s.run(None, feed), calls) for s in sessions]
     old, new = time_alternating(timers, rounds)
     return statistics.median(old), statistics.median(new), diff
+
+
+def _creation(
+    model: onnx.ModelProto, libraries: list[str], threads: int, rounds: int
+) -> list[float]:
+    """Median ms to create a session of the model with each library (in turns): what the op
+    kernels do once per session (prepacking weights, the FFN's bit tables) beside ONNX Runtime's
+    own loading."""
+    times: list[list[float]] = [[] for _ in libraries]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"  # from a file, as a deployment loads it
+        path.write_bytes(model.SerializeToString())
+        for _ in range(rounds):
+            for i, lib in enumerate(libraries):
+                start = time.perf_counter()
+                _session(path, lib, threads)
+                times[i].append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(t) for t in times]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     old, new, diff = _compare(model, feed, libraries, args.threads, args.rounds, args.calls)
     rows.append({"what": "whole model, 1x128", "old_ms": old, "new_ms": new,
                  "ratio": old / new, "max_abs_diff": diff})  # fmt: skip
+    old, new = _creation(model, libraries, args.threads, max(3, args.rounds // 2))
+    rows.append({"what": "session creation", "old_ms": old, "new_ms": new, "ratio": old / new,
+                 "max_abs_diff": None})  # fmt: skip
     nodes = _middle_nodes(model)
     seen = _inputs_seen(model, nodes, feed)
     for node in nodes:
@@ -95,7 +120,8 @@ def table(rows: list[dict], threads: int | None = None) -> str:
     """The markdown table of the rows (what is printed, and what make_results.py renders)."""
     head = ("what", "old ms", "new ms", "old / new", "max abs diff")
     cells = [[r["what"], f"{r['old_ms']:.3f}", f"{r['new_ms']:.3f}", f"{r['ratio']:.3f}",
-              f"{r['max_abs_diff']:.1e}"] for r in rows]  # fmt: skip
+              "" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.1e}"]
+             for r in rows]  # fmt: skip
     note = "" if threads is None else f"\n\nthreads: {threads or 'all cores'}"
     return markdown_table(head, cells, "lrrrr") + note
 

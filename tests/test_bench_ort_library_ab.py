@@ -41,6 +41,10 @@ def test_same_library_compares_equal(ab) -> None:
     old, new, diff = ab._compare(model, feed, [lib, lib], 1, rounds=3, calls=2)
     assert diff == 0.0
     assert old > 0 and new > 0
+    created = ab._creation(model, [lib, lib], 1, rounds=2)
+    assert len(created) == 2 and min(created) > 0
     table = ab.table([{"what": "x", "old_ms": old, "new_ms": new, "ratio": old / new,
-                       "max_abs_diff": diff}])  # fmt: skip
-    assert "| x |" in table
+                       "max_abs_diff": diff},
+                      {"what": "session creation", "old_ms": created[0], "new_ms": created[1],
+                       "ratio": created[0] / created[1], "max_abs_diff": None}])  # fmt: skip
+    assert "| x |" in table and "| session creation |" in table

@@ -175,6 +175,50 @@ int binary_linear(CpuPath path, const BinaryLinearArgs& a, const Parallel& paral
   return pack_and_run(path, a, ops, g, parallel);
 }
 
+namespace {
+
+// The sign of GELU(y) - beta where bounds decide it without erfc: +1, -1, or 0 (evaluate it).
+// GELU(y) = (0.5 y) erfc(-y / sqrt 2) lies in [y / 2, y] for y >= 0 (erfc in [1, 2]) and in
+// [y / 2, 0) for y < 0 (erfc in (0, 1], and ffn_bit_exact keeps it below 0); the 1e-9 relative
+// margins keep a decision clear of libm's last-bit errors. Only a narrow band of y around the
+// threshold is left to erfc (BERT-base: the table of each FFN took ~50 ms in erfc alone).
+int gelu_sign_bound(float y, double beta) {
+  if (!std::isfinite(y)) return 0;
+  constexpr double kMargin = 1e-9;
+  const double half = 0.5 * static_cast<double>(y);
+  if (y >= 0.0f) {
+    if (half * (1.0 - kMargin) > beta) return 1;
+    if (static_cast<double>(y) * (1.0 + kMargin) < beta) return -1;
+  } else {
+    if (beta >= 0.0) return -1;
+    if (half * (1.0 + kMargin) > beta) return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+bool ffn_bit_exact(const BinaryLinearArgs& first, const BinaryLinearArgs& second, int64_t c,
+                   int32_t d, bool bounds) {
+  // y as the epilogue rounds it (store_output), then GELU in float64 with erfc, so that the
+  // tail keeps its sign (1 + erf(z) in float32 is 0 or a few ulps there)
+  float y = static_cast<float>(d) * first.act_scale;
+  y = y * first.w_scale[c];
+  if (first.bias != nullptr) y = y + first.bias[c];
+  const double beta = second.act_threshold;
+  double v = y;
+  if (first.gelu) {
+    if (const int sign = bounds ? gelu_sign_bound(y, beta) : 0; sign != 0) {
+      return second.act_unsigned ? sign > 0 : sign < 0;
+    }
+    v = 0.5 * y * std::erfc(-static_cast<double>(y) * 0.70710678118654752440);
+    // GELU is negative for every y < 0; erfc underflows below y ~ -38.5 (libms differ in
+    // where): kept below 0, which no float32 threshold lies between
+    if (y < 0.0f) v = std::min(v, -std::numeric_limits<double>::min());
+  }
+  return second.act_unsigned ? v - beta > 0.0 : v - beta < 0.0;
+}
+
 bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second,
                    FfnBitTable* table) {
   if (first.x_half || !(first.act_scale > 0.0f) || !(second.act_scale > 0.0f)) return false;
@@ -183,7 +227,6 @@ bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second
   // popcount(a) - 2 popcount(a AND w) for unsigned ones (every integer in [-K, K]).
   const int64_t step = first.act_unsigned ? 1 : 2;
   const int64_t count = 2 * k / step + 1;
-  const double beta = second.act_threshold;
   std::vector<std::vector<std::pair<int32_t, int32_t>>> ranges(static_cast<size_t>(n));
   int runs = 0;
   for (int64_t c = 0; c < n; ++c) {
@@ -191,19 +234,7 @@ bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second
     bool open = false;
     for (int64_t i = 0; i < count; ++i) {
       const auto d = static_cast<int32_t>(-k + i * step);
-      // y as the epilogue rounds it (store_output), then GELU in float64 with erfc, so that the
-      // tail keeps its sign (1 + erf(z) in float32 is 0 or a few ulps there)
-      float y = static_cast<float>(d) * first.act_scale;
-      y = y * first.w_scale[c];
-      if (first.bias != nullptr) y = y + first.bias[c];
-      double v = y;
-      if (first.gelu) {
-        v = 0.5 * y * std::erfc(-static_cast<double>(y) * 0.70710678118654752440);
-        // GELU is negative for every y < 0; erfc underflows below y ~ -38.5 (libms differ in
-        // where): kept below 0, which no float32 threshold lies between
-        if (y < 0.0f) v = std::min(v, -std::numeric_limits<double>::min());
-      }
-      const bool bit = second.act_unsigned ? v - beta > 0.0 : v - beta < 0.0;
+      const bool bit = ffn_bit_exact(first, second, c, d);
       if (bit && !open) r.emplace_back(d, d);
       if (bit) r.back().second = d;
       open = bit;

@@ -188,6 +188,12 @@ constexpr int kMaxFfnRuns = 2;
 bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second,
                    FfnBitTable* table);
 
+// The bit the table holds for the first op's column c and integer dot product d: GELU (or the
+// identity) of the epilogue's float32 y, in float64, against the second op's threshold. bounds:
+// GELU's bounds decide it where they can (the same bit; false: erfc for every d, for tests).
+bool ffn_bit_exact(const BinaryLinearArgs& first, const BinaryLinearArgs& second, int64_t c,
+                   int32_t d, bool bounds = true);
+
 struct BinaryFfnArgs {
   BinaryLinearArgs first;   // x, m, k, n (hidden), its weights, scales and activation; y unused
   BinaryLinearArgs second;  // k = first.n, n, its weights, scales and activation; x, m unused

@@ -405,6 +405,46 @@ bitmaps::cpu::Parallel thread_pool(int64_t max_workers) {
   return p;
 }
 
+// ffn_bit_exact's GELU bounds (the table without erfc where they decide) against erfc for every
+// dot product of every column: the same bit, also at extreme scales, biases and thresholds.
+void check_ffn_bounds(Checker& c, const bitmaps::cpu::BinaryLinearArgs& first,
+                      const bitmaps::cpu::BinaryLinearArgs& second) {
+  const int64_t step = first.act_unsigned ? 1 : 2;
+  int64_t wrong = 0;
+  for (int64_t col = 0; col < first.n; ++col) {
+    for (int64_t d = -first.k; d <= first.k; d += step) {
+      const auto dot = static_cast<int32_t>(d);
+      wrong += bitmaps::cpu::ffn_bit_exact(first, second, col, dot, true) !=
+               bitmaps::cpu::ffn_bit_exact(first, second, col, dot, false);
+    }
+  }
+  c.expect(wrong == 0, describe("ffn_bit_exact: GELU bounds change %lld bits (k=%lld n=%lld "
+                                "beta2=%g)", static_cast<long long>(wrong),
+                                static_cast<long long>(first.k), static_cast<long long>(first.n),
+                                second.act_threshold));
+}
+
+// The bounds on columns whose y sweeps GELU's whole range and far beyond, thresholds on both
+// sides of 0, inside GELU's dip and below its minimum, both activation kinds.
+void check_ffn_bounds_extremes(Checker& c, std::mt19937& rng) {
+  std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
+  std::vector<float> ws(64), bias(64);
+  for (size_t i = 0; i < ws.size(); ++i) {
+    ws[i] = uni(rng) * std::pow(10.0f, static_cast<float>(i % 9) - 4.0f);  // 1e-4 .. 1e4
+    bias[i] = uni(rng) * std::pow(10.0f, static_cast<float>(i % 5) - 2.0f);
+  }
+  for (const float beta : {0.0f, 1e-30f, -1e-30f, 0.05f, -0.05f, -0.1699f, -0.17f, -0.2f, 3.0f,
+                           -3.0e38f, 3.0e38f}) {
+    for (const bool unsigned2 : {false, true}) {
+      bitmaps::cpu::BinaryLinearArgs first, second;
+      first.k = 300, first.n = 64, first.act_scale = 0.37f, first.gelu = true;
+      first.w_scale = ws.data(), first.bias = bias.data();
+      second.act_threshold = beta, second.act_unsigned = unsigned2;
+      check_ffn_bounds(c, first, second);
+    }
+  }
+}
+
 struct FfnCase {
   int64_t m, k, hidden, n;
   bool unsigned1, unsigned2, gelu, bias;
@@ -477,6 +517,7 @@ void check_binary_ffn(Checker& c, CpuPath path, std::mt19937& rng, const FfnCase
 
   bitmaps::cpu::FfnBitTable table;
   const bool shortcut = bitmaps::cpu::ffn_bit_table(first, second, &table);
+  check_ffn_bounds(c, first, second);
   const std::string what = describe(
       "binary_ffn m=%lld k=%lld hidden=%lld n=%lld %s->%s gelu=%d bias=%d beta2=%g",
       static_cast<long long>(f.m), static_cast<long long>(f.k), static_cast<long long>(f.hidden),
@@ -771,6 +812,7 @@ void check_path(Checker& c, CpuPath path, uint32_t seed) {
       {4, 32, 33, 5, false, false, true, true, -0.2f},
   };
   for (const FfnCase& f : ffn_cases) check_binary_ffn(c, path, rng, f);
+  check_ffn_bounds_extremes(c, rng);
   check_attention(c, path, rng);
   check_layer_norm(c, path, rng);
   check_embed_layer_norm(c, path, rng);
