@@ -269,6 +269,13 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
   }
 
   const __m256i kvec = _mm256_set1_epi32(static_cast<int>(g.k));
+  // g's fields in locals: the vector stores below may alias anything (their types carry
+  // may_alias), so read through g the compiler reloads each field after every store.
+  const int64_t n_cols = g.n;
+  const float* const col_scale = g.col_scale;
+  const float* const bias = g.bias;
+  const bool gelu = g.gelu;
+  void* const out = g.out;
   for (int r = 0; r < MR; ++r) {
     const int64_t row = m + r;
     const __m256i base = kAnd ? _mm256_set1_epi32(g.a_popcount[row]) : kvec;
@@ -306,31 +313,33 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
       words[n / 16] = static_cast<uint16_t>(bits);
       continue;
     }
+    const __m256 row_scale =
+        kOut == GemmOutput::kDotInt32 ? _mm256_setzero_ps() : _mm256_set1_ps(g.row_scale[row]);
     for (int v = 0; v < NV; ++v) {
       const int64_t col = n + v * 8;
-      if (col >= g.n) break;
+      if (col >= n_cols) break;
       const __m256i dot = _mm256_sub_epi32(base, _mm256_slli_epi32(acc[r][v], 1));
       // A ragged right edge: element by element.
-      if (col + 8 > g.n) {
+      if (col + 8 > n_cols) {
         alignas(32) int32_t dots[8];
         _mm256_store_si256(reinterpret_cast<__m256i*>(dots), dot);
-        for (int64_t l = 0; l < 8 && col + l < g.n; ++l) store_output(g, row, col + l, dots[l]);
+        for (int64_t l = 0; l < 8 && col + l < n_cols; ++l) store_output(g, row, col + l, dots[l]);
         continue;
       }
-      const int64_t at = row * g.n + col;
+      const int64_t at = row * n_cols + col;
       if constexpr (kOut == GemmOutput::kDotInt32) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<int32_t*>(g.out) + at), dot);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<int32_t*>(out) + at), dot);
         continue;
       } else {
-        __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(g.row_scale[row]));
-        y = _mm256_mul_ps(y, _mm256_loadu_ps(g.col_scale + col));
-        if (g.bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(g.bias + col));
-        if (g.gelu) y = gelu8(y);
+        __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), row_scale);
+        y = _mm256_mul_ps(y, _mm256_loadu_ps(col_scale + col));
+        if (bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(bias + col));
+        if (gelu) y = gelu8(y);
         if constexpr (kOut == GemmOutput::kFloat32) {
-          _mm256_storeu_ps(static_cast<float*>(g.out) + at, y);
+          _mm256_storeu_ps(static_cast<float*>(out) + at, y);
         } else {
           const __m128i h = _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(g.out) + at), h);
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + at), h);
         }
       }
     }
