@@ -34,6 +34,8 @@ gpu-check-h200     benchmarks/results/gpu-check-h200/report.md   make gpu-check 
 gpu-check-h200-stop31  …/gpu-check-h200-stop31/report.md         make gpu-check (stop 31)
 *-epyc-avx2        the same benchmarks' files on an AVX2-only AMD EPYC (stop 29)
 *-epyc-avx2-stop30 the same again after the nibble-split AVX2 GEMM (stop 30)
+ort-library-ab-stop31-epyc-avx2  …-ab-*stop31-epyc-avx2*.json  bench_ort_library_ab.py (stop 31)
+profile-bert-base-epyc-avx2-stop31  …/profile-bert-base-stop31-epyc-avx2-run1.json  bitmaps profile
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -323,6 +325,13 @@ TABLES: dict[str, Source] = {
     "torch-float-ops-epyc-avx2-stop30": Source(
         "benchmarks/results/torch-float-ops-epyc-avx2-stop30.json",
         _bench("bench_torch_float_ops.py"),
+    ),
+    "ort-library-ab-stop31-epyc-avx2": Source(
+        "benchmarks/results/ort-library-ab-*stop31-epyc-avx2*.json",
+        _bench("bench_ort_library_ab.py"),
+    ),
+    "profile-bert-base-epyc-avx2-stop31": Source(
+        "benchmarks/results/profile-bert-base-stop31-epyc-avx2-run1.json", profile_table
     ),
     "ort-library-ab-panel-split-epyc-avx2": Source(
         "benchmarks/results/ort-library-ab-panel-split-epyc-avx2.json",
