@@ -15,6 +15,19 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
+def csrc_module(name: str):  # noqa: ANN201 - the module csrc/<name>.py
+    """setup.py's rule modules (csrc/cuda_build.py, csrc/cxx_build.py), loaded as setup.py loads
+    them: from their file, without importing torch or bitmaps."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "csrc" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     """Exit code 2, exactly one ``error:`` line holding every needle, no traceback."""
     assert code == 2, err

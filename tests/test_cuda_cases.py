@@ -85,6 +85,24 @@ def test_binary_linear_bias_none_and_3d_input(gemm_path, act_unsigned):
                 _exact(got, want, f"x {tuple(x.shape)} {dtype} N={n} bias={bias is not None}")
 
 
+def _mma_cases(ks: tuple[int, ...], act_unsigned: int):  # noqa: ANN202 - a generator
+    """The mma path's shapes for comparing two forms of it: (M, N, K, a, w, linears), where
+    linears are (binary_linear args, what) for both float outputs, bias or none; M and N with the
+    tails of both tile variants."""
+    for m, n in [(17, 16), (65, 63), *_tail_shapes()]:
+        for k in ks:
+            a, w = packed_cuda(m, k), packed_cuda(n, k)
+            w_scale, bias = torch.rand(n, device="cuda") + 0.1, torch.randn(n, device="cuda")
+            x = torch.randn(m, k, device="cuda")
+            linears = [
+                ((x.to(dtype), w, w_scale, b, k, 0.05, 0.37, act_unsigned),
+                 f"{m}x{n}x{k} {dtype} bias={b is not None}")
+                for dtype in (torch.float32, torch.float16)
+                for b in (bias, None)
+            ]  # fmt: skip
+            yield m, n, k, a, w, linears
+
+
 @pytest.mark.parametrize("act_unsigned", [0, 1])
 def test_pair_epilogue_gives_the_same_bits(monkeypatch, act_unsigned):
     """The pair epilogue (mma path: two outputs per store, the default) against the one-at-a-time
@@ -96,23 +114,16 @@ def test_pair_epilogue_gives_the_same_bits(monkeypatch, act_unsigned):
             f"the pair epilogue is the mma path's (sm_{torch.cuda.get_device_capability()})"
         )
     monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", "mma")
-    for m, n in [(17, 16), (65, 63), *_tail_shapes()]:
-        for k in (33, 768):
-            a, w = packed_cuda(m, k), packed_cuda(n, k)
-            w_scale, bias = torch.rand(n, device="cuda") + 0.1, torch.randn(n, device="cuda")
-            x = torch.randn(m, k, device="cuda")
-            for dtype in (torch.float32, torch.float16):
-                for b in (bias, None):
-                    args = (x.to(dtype), w, w_scale, b, k, 0.05, 0.37, act_unsigned)
-                    monkeypatch.setenv("BITMAPS_CUDA_EPILOGUE", "single")
-                    single = ops.binary_linear(*args)
-                    monkeypatch.delenv("BITMAPS_CUDA_EPILOGUE", raising=False)
-                    what = f"{m}x{n}x{k} {dtype} bias={b is not None}"
-                    _exact(ops.binary_linear(*args), single, f"pair vs single, {what}")
-                    if m <= 129:
-                        _exact(single, ops.reference_binary_linear(*args), f"reference, {what}")
+    for m, n, k, a, w, linears in _mma_cases((33, 768), act_unsigned):
+        for args, what in linears:
+            monkeypatch.setenv("BITMAPS_CUDA_EPILOGUE", "single")
+            single = ops.binary_linear(*args)
             monkeypatch.delenv("BITMAPS_CUDA_EPILOGUE", raising=False)
-            _exact(ops.xnor_gemm(a, w, k), ops.reference_xnor_gemm(a, w, k), f"int32 {m}x{n}x{k}")
+            _exact(ops.binary_linear(*args), single, f"pair vs single, {what}")
+            if m <= 129:
+                _exact(single, ops.reference_binary_linear(*args), f"reference, {what}")
+        monkeypatch.delenv("BITMAPS_CUDA_EPILOGUE", raising=False)
+        _exact(ops.xnor_gemm(a, w, k), ops.reference_xnor_gemm(a, w, k), f"int32 {m}x{n}x{k}")
 
 
 @pytest.mark.parametrize(
@@ -139,19 +150,13 @@ def test_mma_feed_candidates_give_the_same_bits(monkeypatch, knob, act_unsigned)
         return base, fn(*args)
 
     monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", "mma")
-    for m, n in [(17, 16), (65, 63), *_tail_shapes()]:
-        for k in (33, 512, 768, 3072 + 32):
-            a, w = packed_cuda(m, k), packed_cuda(n, k)
-            w_scale, bias = torch.rand(n, device="cuda") + 0.1, torch.randn(n, device="cuda")
-            x = torch.randn(m, k, device="cuda")
-            for dtype in (torch.float32, torch.float16):
-                for b in (bias, None):
-                    args = (x.to(dtype), w, w_scale, b, k, 0.05, 0.37, act_unsigned)
-                    base, got = run(ops.binary_linear, *args)
-                    _exact(got, base, f"{knob} {m}x{n}x{k} {dtype} bias={b is not None}")
-            base, got = run(ops.xnor_gemm, a, w, k)
-            _exact(got, base, f"{knob} int32 {m}x{n}x{k}")
-            _exact(got, ops.reference_xnor_gemm(a, w, k), f"{knob} reference int32 {m}x{n}x{k}")
+    for m, n, k, a, w, linears in _mma_cases((33, 512, 768, 3072 + 32), act_unsigned):
+        for args, what in linears:
+            base, got = run(ops.binary_linear, *args)
+            _exact(got, base, f"{knob} {what}")
+        base, got = run(ops.xnor_gemm, a, w, k)
+        _exact(got, base, f"{knob} int32 {m}x{n}x{k}")
+        _exact(got, ops.reference_xnor_gemm(a, w, k), f"{knob} reference int32 {m}x{n}x{k}")
     # an operand whose rows start 4 bytes past a 16-byte boundary: the launcher keeps 4-byte copies
     k = 512
     words = packed_cuda(1, 33 * k + 32).flatten()[1 : 1 + 33 * (k // 32)].view(33, k // 32)

@@ -7,25 +7,18 @@ shared runtime is refused. The probes are one-line C++ files built with this mac
 from __future__ import annotations
 
 import glob
-import importlib.util
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import csrc_module
 
 ROOT = Path(__file__).resolve().parents[1]
 GXX = shutil.which("g++")
 needs_gxx = pytest.mark.skipif(GXX is None, reason="needs a C++ compiler (g++) on PATH")
 
 
-def _rules():
-    spec = importlib.util.spec_from_file_location("cxx_build", ROOT / "csrc" / "cxx_build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rules = _rules()
+rules = csrc_module("cxx_build")
 
 
 def _static_wrapper(tmp_path: Path) -> Path:

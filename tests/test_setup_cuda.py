@@ -6,25 +6,18 @@ here are fake folders, and the failing builds stop before any compiler runs.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import csrc_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _rules():
-    spec = importlib.util.spec_from_file_location("cuda_build", ROOT / "csrc" / "cuda_build.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rules = _rules()
+rules = csrc_module("cuda_build")
 
 
 def _script(path: Path, body: str) -> Path:

@@ -7,6 +7,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/bit_layout.h"
 
@@ -122,29 +123,25 @@ bool pair_epilogue_from_env();
 bool wide_copy_from_env();
 bool ldmatrix_fragments_from_env();
 
-// 4-byte global -> shared asynchronous copy (sm_80+); zero-fills when !valid, which is how tiles
-// are padded past M, N and KW: zero words in both operands add nothing to popcount(a XOR b).
-__device__ __forceinline__ void cp_async_4(void* smem, const void* gmem, bool valid) {
+// kBytes (4 or 16) global -> shared asynchronous copy (sm_80+; both addresses kBytes-aligned;
+// the 16-byte form bypasses L1); zero-fills when !valid, which is how tiles are padded past M, N
+// and KW: zero words in both operands add nothing to popcount(a XOR b).
+template <int kBytes>
+__device__ __forceinline__ void cp_async(void* smem, const void* gmem, bool valid) {
+  static_assert(kBytes == 4 || kBytes == 16, "cp.async copies 4 or 16 bytes here");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int src_bytes = valid ? 4 : 0;
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem),
-               "r"(src_bytes));
+  const int src_bytes = valid ? kBytes : 0;
+  if constexpr (kBytes == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+                 "r"(src_bytes));
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(gmem),
+                 "r"(src_bytes));
+  }
 #else
-  *static_cast<uint32_t*>(smem) = valid ? *static_cast<const uint32_t*>(gmem) : 0u;
-#endif
-}
-
-// 16-byte global -> shared asynchronous copy (sm_80+; both addresses 16-byte aligned, L1
-// bypassed); zero-fills when !valid, like cp_async_4.
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, bool valid) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
-               "r"(src_bytes));
-#else
-  *static_cast<uint4*>(smem) = valid ? *static_cast<const uint4*>(gmem) : make_uint4(0, 0, 0, 0);
+  using Chunk = std::conditional_t<kBytes == 16, uint4, uint32_t>;
+  *static_cast<Chunk*>(smem) = valid ? *static_cast<const Chunk*>(gmem) : Chunk{};
 #endif
 }
 

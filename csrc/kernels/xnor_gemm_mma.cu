@@ -80,7 +80,7 @@ __device__ __forceinline__ void load_stage(uint32_t* smem, const uint32_t* g, in
       const int w = (i % kChunks) * 4;
       const int64_t gr = row0 + r;
       const bool valid = gr < rows && (w0 + w) < kw;
-      cp_async_16(smem + r * kStride + w, valid ? g + gr * kw + w0 + w : g, valid);
+      cp_async<16>(smem + r * kStride + w, valid ? g + gr * kw + w0 + w : g, valid);
     }
     return;
   }
@@ -90,7 +90,7 @@ __device__ __forceinline__ void load_stage(uint32_t* smem, const uint32_t* g, in
     const int w = i % kBkWords;
     const int64_t gr = row0 + r;
     const bool valid = gr < rows && (w0 + w) < kw;
-    cp_async_4(smem + r * kStride + w, valid ? g + gr * kw + w0 + w : g, valid);
+    cp_async<4>(smem + r * kStride + w, valid ? g + gr * kw + w0 + w : g, valid);
   }
 }
 

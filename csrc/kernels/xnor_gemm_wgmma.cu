@@ -140,14 +140,14 @@ __device__ __forceinline__ void load_stage(uint32_t* sa, uint32_t* sb, const Gem
     const int w = i % kBkWords;
     const int64_t gm = m0 + r;
     const bool valid = gm < p.m && (w0 + w) < p.kw;
-    cp_async_4(sa + r * kStrideA + w, valid ? p.a + gm * p.kw + w0 + w : p.a, valid);
+    cp_async<4>(sa + r * kStrideA + w, valid ? p.a + gm * p.kw + w0 + w : p.a, valid);
   }
   for (int i = threadIdx.x; i < kBN * kBkWords; i += kThreads) {
     const int r = i / kBkWords;
     const int w = i % kBkWords;
     const int64_t gn = n0 + r;
     const bool valid = gn < p.n && (w0 + w) < p.kw;
-    cp_async_4(sb + b_offset(r, w), valid ? p.b + gn * p.kw + w0 + w : p.b, valid);
+    cp_async<4>(sb + b_offset(r, w), valid ? p.b + gn * p.kw + w0 + w : p.b, valid);
   }
 }
 #endif  // BITMAPS_HAS_WGMMA_B1
