@@ -196,10 +196,9 @@ int gelu_sign_bound(float y, double beta) {
   return 0;
 }
 
-}  // namespace
-
-bool ffn_bit_exact(const BinaryLinearArgs& first, const BinaryLinearArgs& second, int64_t c,
-                   int32_t d, bool bounds) {
+// ffn_bit_exact, inlined into the table's loop over every dot product of every column.
+inline bool ffn_bit(const BinaryLinearArgs& first, const BinaryLinearArgs& second, int64_t c,
+                    int32_t d, bool bounds) {
   // y as the epilogue rounds it (store_output), then GELU in float64 with erfc, so that the
   // tail keeps its sign (1 + erf(z) in float32 is 0 or a few ulps there)
   float y = static_cast<float>(d) * first.act_scale;
@@ -219,6 +218,13 @@ bool ffn_bit_exact(const BinaryLinearArgs& first, const BinaryLinearArgs& second
   return second.act_unsigned ? v - beta > 0.0 : v - beta < 0.0;
 }
 
+}  // namespace
+
+bool ffn_bit_exact(const BinaryLinearArgs& first, const BinaryLinearArgs& second, int64_t c,
+                   int32_t d, bool bounds) {
+  return ffn_bit(first, second, c, d, bounds);
+}
+
 bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second,
                    FfnBitTable* table) {
   if (first.x_half || !(first.act_scale > 0.0f) || !(second.act_scale > 0.0f)) return false;
@@ -234,7 +240,7 @@ bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second
     bool open = false;
     for (int64_t i = 0; i < count; ++i) {
       const auto d = static_cast<int32_t>(-k + i * step);
-      const bool bit = ffn_bit_exact(first, second, c, d);
+      const bool bit = ffn_bit(first, second, c, d, true);
       if (bit && !open) r.emplace_back(d, d);
       if (bit) r.back().second = d;
       open = bit;
