@@ -157,16 +157,22 @@ def _extensions() -> tuple[list, dict]:
             try:
                 super().build_extension(ext)
                 if sys.platform.startswith("linux"):
-                    _rules("cxx_build").check_extension(self.get_ext_fullpath(ext.name))
+                    built = self.get_ext_fullpath(ext.name)
+                    try:
+                        _rules("cxx_build").check_extension(built)
+                    except Exception:
+                        os.remove(built)  # a _C that would crash on its errors is not left behind
+                        raise
             except Exception as exc:  # noqa: BLE001
                 self._warn(exc)
 
         def _shared_cxx_runtime(self) -> None:
             """Compile and link with a C++ compiler that links libstdc++ as a shared library
             (csrc/cxx_build.py says why); ninja compiles with $CXX, the link with compiler_cxx."""
-            if not sys.platform.startswith("linux") or not getattr(self.compiler, "compiler_cxx", None):
+            linker = getattr(self.compiler, "compiler_cxx", None)
+            if not sys.platform.startswith("linux") or not linker:
                 return
-            current = self.compiler.compiler_cxx[0]
+            current = linker[0]
             chosen, why = _rules("cxx_build").pick_cxx(current)
             if why is not None:
                 print(f"bitmaps: {why}", file=sys.stderr)
