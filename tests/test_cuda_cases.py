@@ -142,11 +142,11 @@ def test_mma_feed_candidates_give_the_same_bits(monkeypatch, knob, act_unsigned)
     )
 
     def run(fn, *args):  # noqa: ANN001, ANN202 - the default feed, then the candidates'
-        for k in knobs:
-            monkeypatch.delenv(k.split("=")[0], raising=False)
+        for setting in knobs:
+            monkeypatch.delenv(setting.split("=")[0], raising=False)
         base = fn(*args)
-        for k in knobs:
-            monkeypatch.setenv(*k.split("="))
+        for setting in knobs:
+            monkeypatch.setenv(*setting.split("="))
         return base, fn(*args)
 
     monkeypatch.setenv("BITMAPS_CUDA_GEMM_PATH", "mma")
