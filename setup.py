@@ -18,6 +18,7 @@ installed). Best effort as well: without it ONNX Runtime runs the model-local fu
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import sys
@@ -54,7 +55,8 @@ def _build_ort_library(build_ext) -> None:  # noqa: ANN001
         )
 
 
-def _rules(name: str):  # noqa: ANN202 - the module csrc/<name>.py (no torch import)
+@functools.cache
+def _rules(name: str):  # noqa: ANN202 - the module csrc/<name>.py (no torch import), loaded once
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(

@@ -212,7 +212,7 @@ def stage_pytest(info: dict) -> None:
 
 
 SANITIZE_CASE = """
-import os, torch
+import json, os, torch
 from bitmaps.core import ops
 torch.manual_seed(0)
 def packed(r, k): return ops.reference_pack_signs(torch.randn(r, k, device="cuda"))
@@ -220,8 +220,8 @@ for path, new in [(p, n) for p in os.environ["GPU_CHECK_PATHS"].split(",") for n
     os.environ["BITMAPS_CUDA_GEMM_PATH"] = path
     os.environ["BITMAPS_CUDA_EPILOGUE"] = "" if new else "single"  # the mma path's 1-wide stores
     os.environ["BITMAPS_CUDA_PACK"] = "" if new else "word"  # the pack's 2- or 4-byte loads
-    os.environ["BITMAPS_CUDA_COPY"] = "wide" if new else ""  # candidate: 16-byte cp.async
-    os.environ["BITMAPS_CUDA_FRAGMENTS"] = "ldmatrix" if new else ""  # candidate: ldmatrix.x4
+    for key, value in json.loads(os.environ["GPU_CHECK_FEED"]).items():  # the mma candidates
+        os.environ[key] = value if new else ""
     for m, n, k in ((65, 129, 300), (1, 1, 1), (130, 77, 33), (200, 136, 1000), (33, 40, 480)):
         ops.xnor_gemm(packed(m, k), packed(n, k), k)
     w, s, b = packed(77, 300), torch.rand(77, device="cuda"), torch.randn(77, device="cuda")
@@ -277,14 +277,14 @@ def available_paths() -> str:
 
 
 TOPS_CASE = """
-import os, torch
+import json, os, torch
 from bitmaps.core import ops
 n = 8192
 a = ops.reference_pack_signs(torch.randn(n, n, device="cuda"))
 runs = [(p, p, {}) for p in os.environ["GPU_CHECK_PATHS"].split(",")]
+feed = json.loads(os.environ["GPU_CHECK_FEED"])
 if "mma" in os.environ["GPU_CHECK_PATHS"].split(","):  # the mma path's candidates, both on
-    runs.append(("mma+wide+ldmatrix", "mma",
-                 {"BITMAPS_CUDA_COPY": "wide", "BITMAPS_CUDA_FRAGMENTS": "ldmatrix"}))
+    runs.append(("+".join(["mma", *feed.values()]), "mma", feed))
 for label, path, extra in runs:
     os.environ["BITMAPS_CUDA_GEMM_PATH"] = path
     os.environ.update(extra)
@@ -336,8 +336,7 @@ def stage_bench(paths: str) -> None:
         ("parts", {}),
         ("parts-single", SINGLE),
         ("parts-word", WORD),
-        ("parts-wide", {"BITMAPS_CUDA_COPY": "wide"}),
-        ("parts-ldmatrix", {"BITMAPS_CUDA_FRAGMENTS": "ldmatrix"}),
+        *((f"parts-{value}", {key: value}) for key, value in FEED.items()),
     )
     for name, extra in parts:
         outs = ["--out", str(OUT / f"{name}.md"), "--out", str(OUT / f"{name}.json")]
@@ -612,6 +611,7 @@ def main() -> int:
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}  # fmt: skip
+ENV["GPU_CHECK_FEED"] = json.dumps(FEED)  # the mma candidates, for the python -c cases above
 for var in ("BITMAPS_CUDA_GEMM_PATH", "BITMAPS_SKIP_CUDA", "BITMAPS_NO_EXT"):
     ENV.pop(var, None)
 if PYDEPS.is_dir():  # pytest / ninja for GPU machines without them (make gpu-check-deps)

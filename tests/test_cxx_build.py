@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,6 @@ def _static_wrapper(tmp_path: Path) -> Path:
 
 
 def _probe(tmp_path: Path, *flags: str) -> Path:
-    import subprocess
-
     src, out = tmp_path / "probe.cpp", tmp_path / f"probe{len(flags)}.so"
     src.write_text(rules.PROBE)
     subprocess.run([GXX, "-shared", "-fPIC", *flags, "-o", str(out), str(src)], check=True)

@@ -107,10 +107,7 @@ __global__ void __launch_bounds__(kPackWarps * 32)
 // The vector form where the rows allow it: the default since the H200 measured it faster (pack
 // at K = 3072: 16 us vs 30 us; benchmarks/results/gpu-check-h200). BITMAPS_CUDA_PACK=word (read
 // on every launch) forces the per-word form, which make gpu-check times against it.
-bool vector_pack_from_env() {
-  const char* value = std::getenv("BITMAPS_CUDA_PACK");
-  return value == nullptr || std::strcmp(value, "word") != 0;
-}
+bool vector_pack_from_env() { return !detail::env_is("BITMAPS_CUDA_PACK", "word"); }
 
 template <typename T>
 void launch_pack_rows(const void* x, unsigned grid, int64_t m, int32_t k, int32_t kw, float beta,
@@ -311,20 +308,14 @@ bool parse_gemm_path(const char* name, GemmPath* path) {
 }
 
 namespace detail {
-bool pair_epilogue_from_env() {
-  const char* value = std::getenv("BITMAPS_CUDA_EPILOGUE");
-  return value == nullptr || std::strcmp(value, "single") != 0;
+bool env_is(const char* name, const char* value) {
+  const char* set = std::getenv(name);
+  return set != nullptr && std::strcmp(set, value) == 0;
 }
 
-bool wide_copy_from_env() {
-  const char* value = std::getenv("BITMAPS_CUDA_COPY");
-  return value != nullptr && std::strcmp(value, "wide") == 0;
-}
-
-bool ldmatrix_fragments_from_env() {
-  const char* value = std::getenv("BITMAPS_CUDA_FRAGMENTS");
-  return value != nullptr && std::strcmp(value, "ldmatrix") == 0;
-}
+bool pair_epilogue_from_env() { return !env_is("BITMAPS_CUDA_EPILOGUE", "single"); }
+bool wide_copy_from_env() { return env_is("BITMAPS_CUDA_COPY", "wide"); }
+bool ldmatrix_fragments_from_env() { return env_is("BITMAPS_CUDA_FRAGMENTS", "ldmatrix"); }
 }  // namespace detail
 
 bool gemm_path_from_env(GemmPath* path) {

@@ -113,6 +113,10 @@ __device__ __forceinline__ void store_output_pair(const Epilogue& ep, int64_t n_
 // time, which make gpu-check times against it.
 bool pair_epilogue_from_env();
 
+// Whether environment variable `name` is set to exactly `value`: how the knobs of this header and
+// the pack's (binary_linear_cuda.cu) are read, on every launch.
+bool env_is(const char* name, const char* value);
+
 // Two candidates for the mma path, each opt-in (read on every launch) and bit-identical to the
 // default, until make gpu-check measures them faster (the H200 run of stop 31 measured the GEMM at
 // 15 % of the b1 mma.sync peak; both change how the tensor cores are fed):
