@@ -51,7 +51,7 @@ setup: assets arm-tools
 # 707 s with two workers while a training job held one core; 810 s serially on a quieter machine.
 # TEST_WORKERS=1 runs serially.
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+PYTEST_PARALLEL = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 # --durations: CI's log names the slowest tests, so the suite's time can be kept in check.
 test: setup
@@ -155,7 +155,6 @@ HARNESS_SOURCES := csrc/tests/kernel_harness.cpp csrc/kernels/cpu_features.cpp c
                    $(wildcard csrc/kernels/cpu_kernels*.cpp) \
                    $(wildcard csrc/kernels/cpu_attention*.cpp) $(wildcard csrc/kernels/cpu_layer_norm*.cpp) \
                    $(wildcard csrc/kernels/cpu_embed*.cpp)
-HARNESS_DEPS    := $(HARNESS_SOURCES) $(wildcard csrc/kernels/*.h)
 HARNESS_FLAGS   := -std=c++17 -O3 -Wall -Wextra -ffp-contract=off -Icsrc
 CROSS_DIR       := build/cross-aarch64
 # The flags setup.py / BuildExtension give bitmaps._C (torch 2.13's headers need C++20).
@@ -181,32 +180,42 @@ arm-tools:
 	    apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1; }; } || \
 	  echo "arm-tools: apt-get install$$missing failed; the aarch64 tests will skip"
 
-$(HARNESS_DIR)/kernel_harness: $(HARNESS_DEPS)
+# One object per source (native in obj/, aarch64 in obj-aarch64/): an edit recompiles only its file,
+# and neon-asm disassembles the aarch64 harness's own NEON object instead of compiling it again.
+HARNESS_OBJS         := $(patsubst csrc/%.cpp,$(HARNESS_DIR)/obj/%.o,$(HARNESS_SOURCES))
+HARNESS_OBJS_AARCH64 := $(patsubst csrc/%.cpp,$(HARNESS_DIR)/obj-aarch64/%.o,$(HARNESS_SOURCES))
+NEON_OBJ             := $(HARNESS_DIR)/obj-aarch64/kernels/cpu_kernels_neon.o
+
+$(HARNESS_DIR)/obj/%.o: csrc/%.cpp $(wildcard csrc/kernels/*.h)
 	@mkdir -p $(@D)
-	$(CXX) $(HARNESS_FLAGS) $(HARNESS_SOURCES) -o $@
+	$(CXX) $(HARNESS_FLAGS) -c $< -o $@
 
-$(HARNESS_DIR)/kernel_harness_aarch64: $(HARNESS_DEPS)
-	$(NEED_AARCH64_CXX)
-	@mkdir -p $(@D)
-	$(AARCH64_CXX) $(HARNESS_FLAGS) $(HARNESS_SOURCES) -o $@
-
-kernel-harness: $(HARNESS_DIR)/kernel_harness
-	$<
-
-kernel-harness-aarch64: $(HARNESS_DIR)/kernel_harness_aarch64
-	@command -v $(QEMU_AARCH64) >/dev/null || { echo "$@: $(QEMU_AARCH64) not found \
-	  (Debian: apt-get install qemu-user; make arm-tools does it as root)"; exit 2; }
-	@for cpu in max cortex-a53; do for path in neon scalar; do \
-	  echo "$(QEMU_AARCH64) -cpu $$cpu $< --path $$path"; \
-	  $(QEMU_AARCH64) -cpu $$cpu -L $(AARCH64_SYSROOT) $< --path $$path || exit 1; \
-	done; done
-
-$(CROSS_DIR)/cpu_kernels_neon.o: csrc/kernels/cpu_kernels_neon.cpp $(wildcard csrc/kernels/*.h)
+$(HARNESS_DIR)/obj-aarch64/%.o: csrc/%.cpp $(wildcard csrc/kernels/*.h)
 	$(NEED_AARCH64_CXX)
 	@mkdir -p $(@D)
 	$(AARCH64_CXX) $(HARNESS_FLAGS) -c $< -o $@
 
-neon-asm: $(CROSS_DIR)/cpu_kernels_neon.o
+$(HARNESS_DIR)/kernel_harness: $(HARNESS_OBJS)
+	$(CXX) $^ -o $@
+
+$(HARNESS_DIR)/kernel_harness_aarch64: $(HARNESS_OBJS_AARCH64)
+	$(AARCH64_CXX) $^ -o $@
+
+kernel-harness: $(HARNESS_DIR)/kernel_harness
+	$<
+
+# The NEON path on a CPU with the dot-product extension (-cpu max: UDOT) and on one without
+# (cortex-a53: CNT + UADALP); the scalar path once (it is the same code on either CPU).
+kernel-harness-aarch64: $(HARNESS_DIR)/kernel_harness_aarch64
+	@command -v $(QEMU_AARCH64) >/dev/null || { echo "$@: $(QEMU_AARCH64) not found \
+	  (Debian: apt-get install qemu-user; make arm-tools does it as root)"; exit 2; }
+	@for run in "max neon" "max scalar" "cortex-a53 neon"; do set -- $$run; \
+	  echo "$(QEMU_AARCH64) -cpu $$1 $< --path $$2"; \
+	  $(QEMU_AARCH64) -cpu $$1 -L $(AARCH64_SYSROOT) $< --path $$2 || exit 1; \
+	done
+
+neon-asm: $(NEON_OBJ)
+	@mkdir -p $(CROSS_DIR)
 	$(AARCH64_OBJDUMP) -d --no-show-raw-insn -C $< > $(CROSS_DIR)/cpu_kernels_neon.dis
 	@echo "disassembly in $(CROSS_DIR)/cpu_kernels_neon.dis"
 

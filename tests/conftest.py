@@ -215,3 +215,25 @@ def amx_withhold_problem() -> str | None:
     if proc.returncode != 0:
         return "needs a kernel that allows seccomp filters: " + proc.stderr.strip()[-200:]
     return None
+
+
+# The files that take longest on 2 cores (CI's --durations), longest first. `make test` hands
+# whole files to its two workers (--dist loadfile) in collection order (--no-loadscope-reorder):
+# started first, a long file no longer runs alone at the end while the other worker idles.
+LONGEST_FIRST = (
+    "test_kernel_harness.py",
+    "test_profile.py",
+    "test_export.py",
+    "test_tensorrt_plugin.py",
+    "test_export_cli.py",
+    "test_train.py",
+    "test_embeddings.py",
+    "test_export_targets.py",
+    "test_classify.py",
+    "test_ort_native.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept

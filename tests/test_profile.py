@@ -105,14 +105,21 @@ def tiny_pair(tmp_path_factory, bert_tiny_dir):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tiny_pair, tmp_path_factory, sotu_dir):
+def tiny_workdir(tmp_path_factory):
+    """One --workdir for the runs on tiny_pair: an export one run made (same checkpoint, model,
+    dtype, output and target: the same cache key) is reused by the next, as in `make demo`."""
+    return tmp_path_factory.mktemp("profile-work")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_pair, tiny_workdir, tmp_path_factory, sotu_dir):
     """One real run over every backend installed here, with --data, --json and --plot."""
     teacher, student = tiny_pair
     out = tmp_path_factory.mktemp("profile")
     json_path, plot_path = out / "profile.json", out / "profile.png"
     args = ["--model", str(student), "--teacher", str(teacher), "--backend", "all"]
     args += ["--batch", "1,2", "--seq", "8,16", "--data", str(sotu_dir), "--eval-sequences", "16"]
-    args += ["--json", str(json_path), "--plot", str(plot_path), "--workdir", str(out / "work")]
+    args += ["--json", str(json_path), "--plot", str(plot_path), "--workdir", str(tiny_workdir)]
     args += FAST
     code = main(["profile", *args])
     assert code == 0
@@ -412,7 +419,7 @@ def test_amx_withhold_elsewhere_is_one_line(capsys, tmp_path, monkeypatch) -> No
     assert not (tmp_path / "p.json").exists()
 
 
-def test_amx_withhold_run(capsys, tmp_path, tiny_pair) -> None:
+def test_amx_withhold_run(capsys, tmp_path, tiny_pair, tiny_workdir) -> None:
     """A real run with --amx withhold: the measuring processes refuse the tiles (their INT8 runs
     on VNNI where the CPU has AMX), and the JSON, the command and the machine line say so."""
     if amx_withhold_problem() is not None:
@@ -421,7 +428,7 @@ def test_amx_withhold_run(capsys, tmp_path, tiny_pair) -> None:
     json_path = tmp_path / "p.json"
     args = ["--model", str(student), "--teacher", str(teacher), "--backend", "onnxruntime"]
     args += ["--models", "int8,binary", "--batch", "1", "--seq", "8", "--amx", "withhold"]
-    args += ["--json", str(json_path), "--workdir", str(tmp_path / "w"), *FAST]
+    args += ["--json", str(json_path), "--workdir", str(tiny_workdir), *FAST]
     code, out, _ = run(capsys, *args)
     assert code == 0
     meta = json.loads(json_path.read_text())["meta"]

@@ -44,13 +44,8 @@ from bitmaps.core.embeddings import (
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.ops import native_status
 from bitmaps.runtime.fusion import fuse_for_cpu_inference_
-from bitmaps.runtime.onnxruntime import (
-    function_session,
-    kernel_session,
-    library_missing,
-    native_cpu_path,
-)
-from bitmaps.runtime.tensorrt import TensorRTEngine, find_plugin_library, import_tensorrt
+from bitmaps.runtime.onnxruntime import library_missing, native_cpu_path
+from bitmaps.runtime.tensorrt import find_plugin_library, import_tensorrt
 from bitmaps.train.binary_linear import binarize_, pack_binary_linears_
 from bitmaps.train.models import load_model
 
@@ -272,60 +267,3 @@ def path_description(backend: str, device: str, model: str) -> str:
     if model == "binary":
         return "TensorRT engine (fp16), bitmaps::BinaryLinear = the bitmaps TensorRT plugin"
     return f"TensorRT engine ({'fp16' if model == 'fp16' else 'fp32'})"
-
-
-# --------------------------------------------------------------------------- runners
-
-
-class TorchRunner:
-    """A module called as ``module(input_ids=..., attention_mask=...)`` under inference_mode."""
-
-    def __init__(self, module: nn.Module, device: str) -> None:
-        self.module = module
-        self.device = device
-
-    def prepare(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return ids.to(self.device), mask.to(self.device)
-
-    def __call__(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> Any:
-        with torch.inference_mode():
-            return self.module(input_ids=inputs[0], attention_mask=inputs[1])
-
-
-class OrtRunner:
-    """An ONNX Runtime session: plain (``function``), or with our native op (``kernel``; the
-    function when the library is unavailable, as :func:`path_description` reports)."""
-
-    device = "cpu"
-
-    def __init__(self, onnx_path: str, session: str, threads: int) -> None:
-
-        if session == "kernel" and library_missing() is None:
-            self.session = kernel_session(onnx_path, threads)
-        else:
-            self.session = function_session(onnx_path, threads)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def prepare(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
-        given = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-        return {name: given[name] for name in self.input_names}
-
-    def __call__(self, feed: dict[str, Any]) -> Any:
-        return self.session.run(None, feed)
-
-
-class TrtRunner:
-    """A TensorRT engine through :class:`bitmaps.runtime.tensorrt.TensorRTEngine`."""
-
-    device = "cuda"
-
-    def __init__(self, engine_path: str) -> None:
-
-        self.engine = TensorRTEngine(engine_path)
-
-    def prepare(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        given = {"input_ids": ids.cuda(), "attention_mask": mask.cuda()}
-        return {name: given[name] for name in self.engine.inputs}
-
-    def __call__(self, feed: dict[str, torch.Tensor]) -> Any:
-        return self.engine.run(feed)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import gc
+import importlib
 import json
 import os
 import sys
@@ -41,15 +42,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import transformers.models.bert.modeling_bert  # noqa: F401  (loaded before the memory baseline)
 
-import bitmaps.runtime.backends
-import bitmaps.runtime.onnxruntime  # noqa: F401  (idem)
-import bitmaps.runtime.tensorrt  # noqa: F401  (idem; TensorRT itself is imported lazily)
 from bitmaps.core.errors import BitmapsError
-from bitmaps.runtime import backends as B
 from bitmaps.runtime.amx import tile_data_permitted
-from bitmaps.runtime.backends import ModelSource
+from bitmaps.runtime.runners import OrtRunner, TorchRunner, TrtRunner
 from bitmaps.runtime.timing import cpu_timer, cuda_event_timer, time_calls
 
 RESULT_PREFIX = "BITMAPS-PROFILE "
@@ -128,18 +124,34 @@ def _cuda_graph_timer(runner: Any, feeds: list) -> Callable[[int], float] | None
     return call
 
 
+# What each backend's process imports before its memory baseline (so that the libraries' own
+# memory is not counted as the model's); only its own: ONNX Runtime's process needs neither
+# transformers nor the torch model code (about 8 s of imports on a 2-core machine).
+PRELOAD = {
+    "torch": ("transformers.models.bert.modeling_bert", "bitmaps.runtime.backends"),
+    "onnxruntime": ("onnxruntime", "bitmaps.core.ort"),
+    "tensorrt": ("bitmaps.runtime.tensorrt",),  # TensorRT itself is imported lazily
+}
+
+
+def preload(backend: str) -> None:
+    for module in PRELOAD[backend]:
+        importlib.import_module(module)
+
+
 def _load_runner(job: dict[str, Any]) -> Any:
 
     backend, device = job["backend"], job["device"]
     if backend == "torch":
-        source = ModelSource(**job["source"])
-        mlm = B.load_mlm(source, job["model"])
+        from bitmaps.runtime import backends as B
+
+        mlm = B.load_mlm(B.ModelSource(**job["source"]), job["model"])
         module = B.inference_module(mlm, job["model"], job["output"], device)
         del mlm
-        return B.TorchRunner(module, device)
+        return TorchRunner(module, device)
     if backend == "onnxruntime":
-        return B.OrtRunner(job["artifact"], job["session"], job["threads"])
-    return B.TrtRunner(job["artifact"])
+        return OrtRunner(job["artifact"], job["session"], job["threads"])
+    return TrtRunner(job["artifact"])
 
 
 @dataclasses.dataclass
@@ -156,6 +168,8 @@ def _describe(runner: Any, job: dict[str, Any]) -> dict[str, Any]:
 
     if job["backend"] != "torch":
         return {}
+    from bitmaps.runtime import backends as B
+
     module = runner.module
     return {
         "weights": B.weight_breakdown(module),
@@ -220,6 +234,7 @@ def run_job(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None
 
     threads = job["threads"]
     torch.set_num_threads(threads)
+    preload(job["backend"])
     base = Baseline(rss_bytes())
     if job["device"] == "cuda":
         torch.cuda.init()

@@ -3,9 +3,13 @@
 // built with BITMAPS_WITH_CUDA), which override the plain-PyTorch reference kernels of
 // bitmaps/core/ops.py for their device. This file is the only module init; adapters register ops only.
 //
-// The functions below let tests and users see and force which CPU path runs.
-#include <torch/extension.h>
+// The functions below let tests and users see and force which CPU path runs. Only pybind11 is
+// included (not torch/extension.h, which takes 4x as long to compile and brings nothing used here).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <optional>
+#include <stdexcept>
 #include <string>
 
 #include "cpu_dispatch.h"

@@ -5,7 +5,9 @@
 // Contiguity: the float activations x are made contiguous here (a copy when they are not); the
 // packed int32 operands, w_scale and bias must already be contiguous (a strided packed matrix is
 // almost always a bug, e.g. a transposed weight), and the error says so.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
