@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 from bitmaps.core.errors import BitmapsError
+from bitmaps.core.ort import function_session, kernel_session, library_missing
 from bitmaps.runtime.amx import tile_data_permitted
-from bitmaps.runtime.runners import OrtRunner, TorchRunner, TrtRunner
 from bitmaps.runtime.timing import cpu_timer, cuda_event_timer, time_calls
 
 RESULT_PREFIX = "BITMAPS-PROFILE "
@@ -124,6 +124,63 @@ def _cuda_graph_timer(runner: Any, feeds: list) -> Callable[[int], float] | None
     return call
 
 
+# --------------------------------------------------------------------------- runners
+
+
+class TorchRunner:
+    """A module called as ``module(input_ids=..., attention_mask=...)`` under inference_mode."""
+
+    def __init__(self, module: torch.nn.Module, device: str) -> None:
+        self.module = module
+        self.device = device
+
+    def prepare(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return ids.to(self.device), mask.to(self.device)
+
+    def __call__(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> Any:
+        with torch.inference_mode():
+            return self.module(input_ids=inputs[0], attention_mask=inputs[1])
+
+
+class OrtRunner:
+    """An ONNX Runtime session: plain (``function``), or with our native op (``kernel``; the
+    function when the library is unavailable, as ``backends.path_description`` reports)."""
+
+    device = "cpu"
+
+    def __init__(self, onnx_path: str, session: str, threads: int) -> None:
+        if session == "kernel" and library_missing() is None:
+            self.session = kernel_session(onnx_path, threads)
+        else:
+            self.session = function_session(onnx_path, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def prepare(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+        given = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+        return {name: given[name] for name in self.input_names}
+
+    def __call__(self, feed: dict[str, Any]) -> Any:
+        return self.session.run(None, feed)
+
+
+class TrtRunner:
+    """A TensorRT engine through :class:`bitmaps.runtime.tensorrt.TensorRTEngine`."""
+
+    device = "cuda"
+
+    def __init__(self, engine_path: str) -> None:
+        from bitmaps.runtime.tensorrt import TensorRTEngine  # this process's backend (PRELOAD)
+
+        self.engine = TensorRTEngine(engine_path)
+
+    def prepare(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        given = {"input_ids": ids.cuda(), "attention_mask": mask.cuda()}
+        return {name: given[name] for name in self.engine.inputs}
+
+    def __call__(self, feed: dict[str, torch.Tensor]) -> Any:
+        return self.engine.run(feed)
+
+
 # What each backend's process imports before its memory baseline (so that the libraries' own
 # memory is not counted as the model's); only its own: ONNX Runtime's process needs neither
 # transformers nor the torch model code (about 8 s of imports on a 2-core machine).
@@ -143,7 +200,7 @@ def _load_runner(job: dict[str, Any]) -> Any:
 
     backend, device = job["backend"], job["device"]
     if backend == "torch":
-        from bitmaps.runtime import backends as B
+        from bitmaps.runtime import backends as B  # this process's backend (PRELOAD)
 
         mlm = B.load_mlm(B.ModelSource(**job["source"]), job["model"])
         module = B.inference_module(mlm, job["model"], job["output"], device)
@@ -168,7 +225,7 @@ def _describe(runner: Any, job: dict[str, Any]) -> dict[str, Any]:
 
     if job["backend"] != "torch":
         return {}
-    from bitmaps.runtime import backends as B
+    from bitmaps.runtime import backends as B  # a torch job's process: imported (PRELOAD)
 
     module = runner.module
     return {
