@@ -9,7 +9,7 @@ TORCH_VERSION := 2.13.0
 NATIVE_SOURCES := $(wildcard csrc/kernels/*.cpp csrc/kernels/*.h csrc/torch/*.cpp csrc/torch/*.h \
                     csrc/onnxruntime/*.cpp csrc/onnxruntime/*.h)
 
-.PHONY: setup install assets test test-fast demo lint format bench cuda-check plugin clean help \
+.PHONY: FORCE setup install assets test test-fast demo lint format bench cuda-check plugin clean help \
         gpu-check gpu-check-deps \
         arm-tools kernel-harness kernel-harness-aarch64 neon-asm cross-check-aarch64 \
         cross-check-aarch64-torch cross-check-aarch64-ort
@@ -151,10 +151,6 @@ QEMU_AARCH64    ?= qemu-aarch64
 AARCH64_SYSROOT ?= /usr/aarch64-linux-gnu
 ARM_PACKAGES    := g++-aarch64-linux-gnu qemu-user
 HARNESS_DIR     := build/kernel-harness
-HARNESS_SOURCES := csrc/tests/kernel_harness.cpp csrc/kernels/cpu_features.cpp csrc/kernels/cpu_binary_linear.cpp \
-                   $(wildcard csrc/kernels/cpu_kernels*.cpp) \
-                   $(wildcard csrc/kernels/cpu_attention*.cpp) $(wildcard csrc/kernels/cpu_layer_norm*.cpp) \
-                   $(wildcard csrc/kernels/cpu_embed*.cpp)
 HARNESS_FLAGS   := -std=c++17 -O3 -Wall -Wextra -ffp-contract=off -Icsrc
 CROSS_DIR       := build/cross-aarch64
 # The flags setup.py / BuildExtension give bitmaps._C (torch 2.13's headers need C++20).
@@ -180,26 +176,29 @@ arm-tools:
 	    apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1; }; } || \
 	  echo "arm-tools: apt-get install$$missing failed; the aarch64 tests will skip"
 
-# One object per source (native in obj/, aarch64 in obj-aarch64/): an edit recompiles only its file,
-# and neon-asm disassembles the aarch64 harness's own NEON object instead of compiling it again.
-HARNESS_OBJS         := $(patsubst csrc/%.cpp,$(HARNESS_DIR)/obj/%.o,$(HARNESS_SOURCES))
-HARNESS_OBJS_AARCH64 := $(patsubst csrc/%.cpp,$(HARNESS_DIR)/obj-aarch64/%.o,$(HARNESS_SOURCES))
-NEON_OBJ             := $(HARNESS_DIR)/obj-aarch64/kernels/cpu_kernels_neon.o
+# The harness links csrc/kernels' objects as csrc/onnxruntime/build.py --kernel-objects compiles
+# them for libbitmaps_ort.so (cached in build/ort/kernels-<compiler and flags>/, rebuilt when a
+# source or header is newer): the kernels are compiled once per compiler, not once per program.
+# The python that runs build.py needs nothing but the standard library.
+HOST_PYTHON  := $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+KERNEL_OBJS  = $(HOST_PYTHON) csrc/onnxruntime/build.py --kernel-objects
 
-$(HARNESS_DIR)/obj/%.o: csrc/%.cpp $(wildcard csrc/kernels/*.h)
+$(HARNESS_DIR)/kernel_harness.o: csrc/tests/kernel_harness.cpp $(wildcard csrc/kernels/*.h)
 	@mkdir -p $(@D)
 	$(CXX) $(HARNESS_FLAGS) -c $< -o $@
 
-$(HARNESS_DIR)/obj-aarch64/%.o: csrc/%.cpp $(wildcard csrc/kernels/*.h)
+$(HARNESS_DIR)/kernel_harness_aarch64.o: csrc/tests/kernel_harness.cpp $(wildcard csrc/kernels/*.h)
 	$(NEED_AARCH64_CXX)
 	@mkdir -p $(@D)
 	$(AARCH64_CXX) $(HARNESS_FLAGS) -c $< -o $@
 
-$(HARNESS_DIR)/kernel_harness: $(HARNESS_OBJS)
-	$(CXX) $^ -o $@
+$(HARNESS_DIR)/kernel_harness: $(HARNESS_DIR)/kernel_harness.o FORCE
+	@objs=$$(CXX=$(CXX) $(KERNEL_OBJS)) || exit 2; $(CXX) -pthread $< $$objs -o $@
 
-$(HARNESS_DIR)/kernel_harness_aarch64: $(HARNESS_OBJS_AARCH64)
-	$(AARCH64_CXX) $^ -o $@
+$(HARNESS_DIR)/kernel_harness_aarch64: $(HARNESS_DIR)/kernel_harness_aarch64.o FORCE
+	@objs=$$(CXX=$(AARCH64_CXX) $(KERNEL_OBJS)) || exit 2; $(AARCH64_CXX) -pthread $< $$objs -o $@
+
+FORCE:
 
 kernel-harness: $(HARNESS_DIR)/kernel_harness
 	$<
@@ -214,18 +213,28 @@ kernel-harness-aarch64: $(HARNESS_DIR)/kernel_harness_aarch64
 	  $(QEMU_AARCH64) -cpu $$1 -L $(AARCH64_SYSROOT) $< --path $$2 || exit 1; \
 	done
 
-neon-asm: $(NEON_OBJ)
+neon-asm:
+	$(NEED_AARCH64_CXX)
 	@mkdir -p $(CROSS_DIR)
-	$(AARCH64_OBJDUMP) -d --no-show-raw-insn -C $< > $(CROSS_DIR)/cpu_kernels_neon.dis
+	@obj=$$(CXX=$(AARCH64_CXX) $(KERNEL_OBJS) | grep '/cpu_kernels_neon\.o$$') || exit 2; \
+	echo "$(AARCH64_OBJDUMP) -d $$obj"; \
+	$(AARCH64_OBJDUMP) -d --no-show-raw-insn -C $$obj > $(CROSS_DIR)/cpu_kernels_neon.dis
 	@echo "disassembly in $(CROSS_DIR)/cpu_kernels_neon.dis"
 
 cross-check-aarch64: cross-check-aarch64-torch cross-check-aarch64-ort
 
+# bitmaps._C's adapters (csrc/torch) compiled for aarch64 against torch's headers; its kernels
+# checked with the same flags (-fsyntax-only: their aarch64 objects are the harness's and the ORT
+# library's, compiled by csrc/onnxruntime/build.py).
 cross-check-aarch64-torch:
 	$(NEED_AARCH64_CXX)
 	@mkdir -p $(CROSS_DIR)/torch
 	@inc="$(CROSS_TORCH_INCLUDES)"; [ -n "$$inc" ] || { echo "$@: torch not importable from $(BIN)/python"; exit 2; }; \
-	for f in csrc/kernels/*.cpp csrc/torch/*.cpp; do \
+	for f in csrc/kernels/*.cpp; do \
+	  echo "$(AARCH64_CXX) -fsyntax-only $$f"; \
+	  $(AARCH64_CXX) $(CROSS_TORCH_FLAGS) $$inc -fsyntax-only $$f || exit 1; \
+	done; \
+	for f in csrc/torch/*.cpp; do \
 	  obj=$(CROSS_DIR)/torch/$$(basename $$(dirname $$f))_$$(basename $$f .cpp).o; \
 	  echo "$(AARCH64_CXX) -c $$f"; \
 	  $(AARCH64_CXX) $(CROSS_TORCH_FLAGS) $$inc -c $$f -o $$obj || exit 1; \

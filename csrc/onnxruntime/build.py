@@ -18,8 +18,12 @@ Standard library only: ``setup.py`` runs it during ``pip install`` / ``build_ext
 failure prints one warning and bitmaps runs the model-local ONNX function instead). By hand::
 
     python csrc/onnxruntime/build.py [--out PATH] [--define NAME=VALUE] [--headers-only]
+    python csrc/onnxruntime/build.py --kernel-objects   # csrc/kernels' objects, one path a line
 
-Objects are cached in ``build/ort/`` and rebuilt only when a source or header is newer.
+Objects are cached in ``build/ort/`` and rebuilt only when a source or header is newer. The
+kernels' objects need no ONNX Runtime header and are kept apart (``build/ort/kernels-<key>/``, the
+key from the compiler and flags): the torch-free kernel harness (``make kernel-harness``, natively
+and with ``CXX=aarch64-linux-gnu-g++``) links the same objects instead of compiling them again.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ DEB_PACKAGE = "libonnxruntime-dev"
 DEB_SUITE = "trixie"
 DEFAULT_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 CXXFLAGS = ["-std=c++17", "-O3", "-fPIC", "-fvisibility=hidden", "-ffp-contract=off", "-pthread"]
+WARNINGS = ["-Wall", "-Wextra"]
 
 
 class BuildError(RuntimeError):
@@ -201,9 +206,12 @@ def find_headers(fetch: bool = True) -> Path:
 # --------------------------------------------------------------------------- compile
 
 
-def sources() -> list[Path]:
-    kernels = sorted((ROOT / "csrc" / "kernels").glob("*.cpp"))
-    return kernels + sorted((ROOT / "csrc" / "onnxruntime").glob("*.cpp"))
+def kernel_sources() -> list[Path]:
+    return sorted((ROOT / "csrc" / "kernels").glob("*.cpp"))
+
+
+def adapter_sources() -> list[Path]:
+    return sorted((ROOT / "csrc" / "onnxruntime").glob("*.cpp"))
 
 
 def _headers_of_tree() -> list[Path]:
@@ -217,33 +225,59 @@ def _compiler() -> str:
     return cxx
 
 
+def _objdir(prefix: str, cxx: str, flags: list[str]) -> Path:
+    # The compiler by its resolved path: `c++` and `g++` are one compiler on Debian (one cache).
+    found = shutil.which(cxx)
+    real = os.path.realpath(found) if found else cxx
+    key = hashlib.sha256(" ".join([real, *flags]).encode()).hexdigest()[:12]
+    return _mkdir(ROOT / "build" / "ort" / f"{prefix}{key}")
+
+
+def _compile_all(cxx: str, flags: list[str], jobs: int, work: list[tuple[Path, Path]]) -> None:
+    """Compile each (source, object) whose object is older than its source or any header."""
+    newest_header = max((p.stat().st_mtime for p in _headers_of_tree()), default=0.0)
+
+    def compile_one(item: tuple[Path, Path]) -> None:
+        src, obj = item
+        if obj.is_file() and obj.stat().st_mtime >= max(src.stat().st_mtime, newest_header):
+            return
+        tmp = obj.with_name(f".{obj.name}.{os.getpid()}.tmp")  # a killed compile leaves no object
+        proc = subprocess.run([cxx, *flags, "-c", str(src), "-o", str(tmp)], capture_output=True,
+                              text=True)  # fmt: skip
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr)
+            raise BuildError(f"compiling {src.relative_to(ROOT)} failed: {first.strip()}")
+        os.replace(tmp, obj)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(compile_one, work))
+
+
+def kernel_objects(jobs: int = 2) -> list[Path]:
+    """csrc/kernels compiled (no ONNX Runtime header needed), reused when fresh."""
+    cxx = _compiler()
+    flags = [*CXXFLAGS, *WARNINGS, f"-I{ROOT / 'csrc'}"]
+    objdir = _objdir("kernels-", cxx, flags)
+    work = [(src, objdir / f"{src.stem}.o") for src in kernel_sources()]
+    _compile_all(cxx, flags, jobs, work)
+    return [obj for _, obj in work]
+
+
 def build(out: Path, defines: list[str] | None = None, jobs: int = 2) -> Path:
     """Compile and link the library into ``out``; objects reused from build/ort/ when fresh."""
     include = find_headers()
     cxx = _compiler()
-    flags = [*CXXFLAGS, f"-I{ROOT / 'csrc'}", "-isystem", str(include)]
-    key = hashlib.sha256(" ".join([cxx, *flags]).encode()).hexdigest()[:12]
-    objdir = _mkdir(ROOT / "build" / "ort" / key)
-    newest_header = max((p.stat().st_mtime for p in _headers_of_tree()), default=0.0)
+    flags = [*CXXFLAGS, *WARNINGS, f"-I{ROOT / 'csrc'}", "-isystem", str(include)]
     # --define applies to the adapter only (e.g. BITMAPS_ORT_API_VERSION): kernels are reused.
     extra = [f"-D{d}" for d in defines or []]
     tag = hashlib.sha256(" ".join(extra).encode()).hexdigest()[:8] if extra else ""
-
-    def compile_one(src: Path) -> Path:
-        adapter = src.parent.name == "onnxruntime"
-        suffix = f"_{tag}" if adapter and tag else ""
-        obj = objdir / f"{src.parent.name}_{src.stem}{suffix}.o"
-        fresh = obj.is_file() and obj.stat().st_mtime >= max(src.stat().st_mtime, newest_header)
-        if not fresh:
-            cmd = [cxx, *flags, *(extra if adapter else []), "-c", str(src), "-o", str(obj)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            if proc.returncode != 0:
-                first = next((ln for ln in proc.stderr.splitlines() if "error" in ln), proc.stderr)
-                raise BuildError(f"compiling {src.relative_to(ROOT)} failed: {first.strip()}")
-        return obj
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        objects = list(pool.map(compile_one, sources()))
+    objdir = _objdir("", cxx, flags)
+    suffix = f"_{tag}" if tag else ""
+    work = [(src, objdir / f"onnxruntime_{src.stem}{suffix}.o") for src in adapter_sources()]
+    objects = kernel_objects(jobs)
+    _compile_all(cxx, [*flags, *extra], jobs, work)
+    objects += [obj for _, obj in work]
     out = out.resolve()
     _mkdir(out.parent)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -265,10 +299,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--define", action="append", default=[], help="NAME=VALUE for the compiler")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--headers-only", action="store_true", help="find or fetch headers, print")
+    parser.add_argument(
+        "--kernel-objects", action="store_true", help="compile csrc/kernels only, print the objects"
+    )
     args = parser.parse_args(argv)
     try:
         if args.headers_only:
             print(find_headers())
+            return 0
+        if args.kernel_objects:
+            print("\n".join(map(str, kernel_objects(args.jobs))))
             return 0
         print(build(args.out, args.define, args.jobs))
     except BuildError as exc:
