@@ -36,6 +36,8 @@ gpu-check-h200-stop31  …/gpu-check-h200-stop31/report.md         make gpu-chec
 *-epyc-avx2-stop30 the same again after the nibble-split AVX2 GEMM (stop 30)
 ort-library-ab-stop31-epyc-avx2  …-ab-*stop31-epyc-avx2*.json  bench_ort_library_ab.py (stop 31)
 profile-bert-base-epyc-avx2-stop31  …/profile-bert-base-stop31-epyc-avx2-run1.json  bitmaps profile
+popcount-ceiling-epyc-avx2-stop32  …/popcount-ceiling-epyc-avx2-stop32.json  bench_popcount_ceiling.py
+ort-library-ab-stop32-epyc-avx2  …-ab-*stop32-epyc-avx2*.json  bench_ort_library_ab.py (stop 32)
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -332,6 +334,15 @@ TABLES: dict[str, Source] = {
     ),
     "profile-bert-base-epyc-avx2-stop31": Source(
         "benchmarks/results/profile-bert-base-stop31-epyc-avx2-run1.json", profile_table
+    ),
+    # stop 32 (the same kind of AVX2 EPYC): the GEMM's K loop beside the ceiling, the epilogue A/B
+    "popcount-ceiling-epyc-avx2-stop32": Source(
+        "benchmarks/results/popcount-ceiling-epyc-avx2-stop32.json",
+        _bench("bench_popcount_ceiling.py", "report"),
+    ),
+    "ort-library-ab-stop32-epyc-avx2": Source(
+        "benchmarks/results/ort-library-ab-*stop32-epyc-avx2*.json",
+        _bench("bench_ort_library_ab.py"),
     ),
     "ort-library-ab-panel-split-epyc-avx2": Source(
         "benchmarks/results/ort-library-ab-panel-split-epyc-avx2.json",

@@ -177,6 +177,49 @@ __attribute__((target("avx2"))) static double split_y(int64_t iters) {
 __attribute__((target("avx2"))) static double mub_y(int64_t iters) { RUN_AVX2(MUB6 MUB6) }
 __attribute__((target("avx2,fma"))) static double fma2_y(int64_t iters) { RUN_AVX2(FMA2_12) }
 
+/* Not a ceiling: the AVX2 GEMM's own K loop (cpu_kernels_avx2.cpp, xnor_block_4x2), its operands
+ * in memory as the GEMM reads them -- per K word one 8-column x 4-row block of two weight vectors'
+ * split halves (4 loads) against 4 activation rows' split words (8 broadcasts from memory) -- over
+ * a BERT-base row (K = 768: 24 words), all in L1. Against the split loop above it shows what the
+ * loads and broadcasts cost; what the GEMM loses beyond it is outside its K loop. One iteration of
+ * the timing = 3 K words (6144 binary MACs = 12 x 512, so CHAINS and the MAC count stay exact). */
+#define KL_PAIR(acc, bv, t)                                                            \
+  "vpxor %%ymm13, %%ymm" #bv ", %%ymm" #t "\n\t"                                      \
+  "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                      \
+  "vpaddb %%ymm" #t ", %%ymm" #acc ", %%ymm" #acc "\n\t"
+#define KL_ROW(lo, hi, a0, a1)                                                         \
+  "vpbroadcastd " lo ", %%ymm13\n\t" KL_PAIR(a0, 9, 14) KL_PAIR(a1, 10, 15)            \
+  "vpbroadcastd " hi ", %%ymm13\n\t" KL_PAIR(a0, 11, 14) KL_PAIR(a1, 12, 15)
+enum { KL_WORDS = 24 };
+static uint32_t kl_rows[8 * KL_WORDS] __attribute__((aligned(64)));          /* 4 rows lo, hi */
+static uint8_t kl_weights[KL_WORDS * 128] __attribute__((aligned(64)));      /* 4 vectors/word */
+static const uint8_t kl_table[32] __attribute__((aligned(32))) = {
+    0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4};
+__attribute__((target("avx2"))) static void kloop_words(int64_t count) {
+  const int64_t st = 4 * KL_WORDS; /* bytes from one split row to the next */
+  const uint32_t *s = kl_rows, *s3 = kl_rows + 3 * KL_WORDS, *s6 = kl_rows + 6 * KL_WORDS;
+  const uint8_t* b = kl_weights;
+  __asm__ volatile("vmovdqa %[lut], %%ymm8\n\t"
+                   "1:\n\t"
+                   "vmovdqa (%[b]), %%ymm9\n\tvmovdqa 32(%[b]), %%ymm10\n\t"
+                   "vmovdqa 64(%[b]), %%ymm11\n\tvmovdqa 96(%[b]), %%ymm12\n\t"
+                   KL_ROW("(%[s])", "(%[s],%[st],4)", 0, 1)
+                   KL_ROW("(%[s],%[st],1)", "(%[s3],%[st],2)", 2, 3)
+                   KL_ROW("(%[s],%[st],2)", "(%[s6])", 4, 5)
+                   KL_ROW("(%[s3])", "(%[s6],%[st],1)", 6, 7)
+                   "add $128, %[b]\n\tadd $4, %[s]\n\tadd $4, %[s3]\n\tadd $4, %[s6]\n\t"
+                   "dec %[count]\n\tjnz 1b\n\t"
+                   : [s] "+r"(s), [s3] "+r"(s3), [s6] "+r"(s6), [b] "+r"(b), [count] "+r"(count)
+                   : [st] "r"(st), [lut] "m"(*(const uint8_t(*)[32])kl_table)
+                   : CLOBBERS_AVX2, "memory");
+}
+__attribute__((target("avx2"))) static double kloop_y(int64_t iters) {
+  const double t0 = now_s();
+  for (int64_t pass = 0; pass < iters / (KL_WORDS / 3); ++pass) kloop_words(KL_WORDS);
+  if (iters % (KL_WORDS / 3)) kloop_words(3 * (iters % (KL_WORDS / 3)));
+  return now_s() - t0;
+}
+
 /* Scalar: t = a XOR b; POPCNT; add (64 binary MACs per op), as a CPU without vector popcount may
  * also count. Four chains (accumulators r10-r13, temporaries rax, rcx, rdx, rsi; a, b in r8, r9),
  * three rounds. */
@@ -240,6 +283,7 @@ static int has(int avx2, int fma, int popcnt) {
 }
 double xor_lut_ymm(int64_t iters) { return has(1, 0, 0) ? lut_y(iters) : -1.0; }
 double xor_split_lut_ymm(int64_t iters) { return has(1, 0, 0) ? split_y(iters) : -1.0; }
+double gemm_kloop_avx2(int64_t iters) { return has(1, 0, 0) ? kloop_y(iters) : -1.0; }
 double xor_popcnt_r64(int64_t iters) { return has(0, 0, 1) ? xp64(iters) : -1.0; }
 double fma_f32_ymm_avx2(int64_t iters) { return has(1, 1, 0) ? fma2_y(iters) : -1.0; }
 double int8_avx2_ymm(int64_t iters) { return has(1, 0, 0) ? mub_y(iters) : -1.0; }

@@ -166,23 +166,25 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w, con
 // s: word w0 of the first split row; split row i at s + i * kw (addressed from s, s + 3 kw and
 // s + 6 kw with the row stride in a register).
 // Hand-allocated: compiled from intrinsics, GCC kept 7 of the 8 byte accumulators on the stack.
-// ymm0-7 the accumulators (row r, vector v in ymm(2r + v)), ymm8 the table, ymm9-12 the split
-// weight vectors (v0 low, v1 low, v0 high, v1 high), ymm13 the broadcast activation word,
-// ymm14-15 temporaries; per K word: 4 weight loads, 8 broadcasts, 48 ALU ops for 2048 MACs.
+// The 8 accumulators (row r, vector v: operand a(2r + v)) are register outputs, so that the
+// widening after the block reads them where they are (ymm0-7: the only registers left); ymm8 the
+// table, ymm9-12 the split weight vectors (v0 low, v1 low, v0 high, v1 high), ymm13 the broadcast
+// activation word, ymm14-15 temporaries; per K word: 4 weight loads, 8 broadcasts, 48 ALU ops for
+// 2048 MACs.
 #define BITMAPS_AVX2_PAIR(op, acc, bv, t)                                                 \
   #op " %%ymm13, %%ymm" #bv ", %%ymm" #t "\n\t"                                          \
   "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                        \
-  "vpaddb %%ymm" #t ", %%ymm" #acc ", %%ymm" #acc "\n\t"
+  "vpaddb %%ymm" #t ", %[a" #acc "], %[a" #acc "]\n\t"
 #define BITMAPS_AVX2_ROW(op, lo, hi, a0, a1)                                            \
   "vpbroadcastd " lo ", %%ymm13\n\t"                                                     \
   BITMAPS_AVX2_PAIR(op, a0, 9, 14) BITMAPS_AVX2_PAIR(op, a1, 10, 15)                    \
   "vpbroadcastd " hi ", %%ymm13\n\t"                                                     \
   BITMAPS_AVX2_PAIR(op, a0, 11, 14) BITMAPS_AVX2_PAIR(op, a1, 12, 15)
 #define BITMAPS_AVX2_BLOCK(op)                                                          \
-  "vpxor %%xmm0, %%xmm0, %%xmm0\n\tvpxor %%xmm1, %%xmm1, %%xmm1\n\t"                    \
-  "vpxor %%xmm2, %%xmm2, %%xmm2\n\tvpxor %%xmm3, %%xmm3, %%xmm3\n\t"                    \
-  "vpxor %%xmm4, %%xmm4, %%xmm4\n\tvpxor %%xmm5, %%xmm5, %%xmm5\n\t"                    \
-  "vpxor %%xmm6, %%xmm6, %%xmm6\n\tvpxor %%xmm7, %%xmm7, %%xmm7\n\t"                    \
+  "vpxor %[a0], %[a0], %[a0]\n\tvpxor %[a1], %[a1], %[a1]\n\t"                             \
+  "vpxor %[a2], %[a2], %[a2]\n\tvpxor %[a3], %[a3], %[a3]\n\t"                             \
+  "vpxor %[a4], %[a4], %[a4]\n\tvpxor %[a5], %[a5], %[a5]\n\t"                             \
+  "vpxor %[a6], %[a6], %[a6]\n\tvpxor %[a7], %[a7], %[a7]\n\t"                             \
   "vmovdqa %[lut], %%ymm8\n\t"                                                          \
   "1:\n\t"                                                                              \
   "vmovdqa (%[b]), %%ymm9\n\t"                                                          \
@@ -198,24 +200,22 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w, con
   "add $4, %[s3]\n\t"                                                                   \
   "add $4, %[s6]\n\t"                                                                   \
   "dec %[count]\n\t"                                                                    \
-  "jnz 1b\n\t"                                                                          \
-  "vmovdqu %%ymm0, 0(%[out])\n\tvmovdqu %%ymm1, 32(%[out])\n\t"                         \
-  "vmovdqu %%ymm2, 64(%[out])\n\tvmovdqu %%ymm3, 96(%[out])\n\t"                        \
-  "vmovdqu %%ymm4, 128(%[out])\n\tvmovdqu %%ymm5, 160(%[out])\n\t"                      \
-  "vmovdqu %%ymm6, 192(%[out])\n\tvmovdqu %%ymm7, 224(%[out])\n\t"
+  "jnz 1b\n\t"
 
-// The block's operands (s, s3, s6, b, count advance; st, out, lut are read) and clobbers.
+// The block's operands (the accumulators written; s, s3, s6, b, count advance; st, lut are
+// read; the operands' memory through "memory") and clobbers.
 #define BITMAPS_AVX2_BLOCK_OPERANDS                                                       \
-  : [s] "+r"(s), [s3] "+r"(s3), [s6] "+r"(s6), [b] "+r"(b), [count] "+r"(count)          \
-  : [st] "r"(st), [out] "r"(out), [lut] "m"(lut)                                         \
-  : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",       \
-    "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory"
+  : [a0] "=&x"(bytes[0][0]), [a1] "=&x"(bytes[0][1]), [a2] "=&x"(bytes[1][0]),            \
+    [a3] "=&x"(bytes[1][1]), [a4] "=&x"(bytes[2][0]), [a5] "=&x"(bytes[2][1]),            \
+    [a6] "=&x"(bytes[3][0]), [a7] "=&x"(bytes[3][1]), [s] "+r"(s), [s3] "+r"(s3),         \
+    [s6] "+r"(s6), [b] "+r"(b), [count] "+r"(count)                                       \
+  : [st] "r"(st), [lut] "m"(lut)                                                         \
+  : "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "cc", "memory"
 
 template <bool kAnd>
 BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m256i* b,
                                         int64_t count, __m256i (&bytes)[kMR][2]) {
   static_assert(kMR == 4, "the assembly block is 4 rows x 2 vectors");
-  __m256i* out = &bytes[0][0];
   const auto& lut = *reinterpret_cast<const __m256i*>(kNibbleCounts);
   const int64_t st = kw * 4;  // bytes from one split row to the next
   const uint32_t* s3 = s + 3 * kw;
@@ -230,6 +230,59 @@ BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m
 #undef BITMAPS_AVX2_BLOCK
 #undef BITMAPS_AVX2_ROW
 #undef BITMAPS_AVX2_PAIR
+
+// 8 outputs at element `at` of a float output (float32, or float16 rounded to nearest).
+template <GemmOutput kOut>
+BITMAPS_AVX2_INLINE void store8(void* out, int64_t at, __m256 y) {
+  if constexpr (kOut == GemmOutput::kFloat32) {
+    _mm256_storeu_ps(static_cast<float*>(out) + at, y);
+  } else {
+    const __m128i h = _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + at), h);
+  }
+}
+
+// A micro-kernel's block of MR rows x NV * 8 columns inside a float output: the columns' scales
+// and biases loaded once for its rows, the row scales and (AND) activation popcounts per row.
+template <int MR, int NV>
+struct FloatBlock {
+  BITMAPS_AVX2_INLINE FloatBlock(const GemmArgs& g, int64_t m, int64_t n)
+      : out(g.out), row0(m * g.n + n), ld(g.n), bias(g.bias != nullptr), k(static_cast<int32_t>(g.k)),
+        a_popcount(g.a_popcount != nullptr ? g.a_popcount + m : nullptr) {
+    for (int v = 0; v < NV; ++v) {
+      col_scales[v] = _mm256_loadu_ps(g.col_scale + n + v * 8);
+      biases[v] = bias ? _mm256_loadu_ps(g.bias + n + v * 8) : _mm256_setzero_ps();
+    }
+    for (int r = 0; r < MR; ++r) row_scales[r] = g.row_scale[m + r];
+  }
+  void* out;
+  int64_t row0, ld;
+  bool bias;
+  int32_t k;                   // dot = k - 2 * popcount(a XOR w)
+  const int32_t* a_popcount;   // unsigned activations: dot = a_popcount[r] - 2 * popcount(a AND w)
+  __m256 col_scales[NV], biases[NV];
+  float row_scales[MR];
+};
+
+// The epilogue of a whole float block, unrolled (GELU a template flag: its polynomial inside the
+// loop kept GCC from unrolling it): the same float32 operations in the same order as store_output.
+template <GemmOutput kOut, bool kGelu, bool kAnd, int MR, int NV>
+BITMAPS_AVX2_INLINE void float_block(const FloatBlock<MR, NV>& f, const __m256i (&acc)[MR][NV]) {
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r) {
+    const __m256i base = _mm256_set1_epi32(kAnd ? f.a_popcount[r] : f.k);
+    const __m256 row_scale = _mm256_set1_ps(f.row_scales[r]);
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      const __m256i dot = _mm256_sub_epi32(base, _mm256_slli_epi32(acc[r][v], 1));
+      __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), row_scale);
+      y = _mm256_mul_ps(y, f.col_scales[v]);
+      if (f.bias) y = _mm256_add_ps(y, f.biases[v]);
+      if constexpr (kGelu) y = gelu8(y);
+      store8<kOut>(f.out, f.row0 + r * f.ld + v * 8, y);
+    }
+  }
+}
 
 // s: rows m.. of the activation, split (split_rows); b: panel n / 16, split (split_panel).
 template <int MR, int NV, GemmOutput kOut, bool kAnd>
@@ -246,9 +299,6 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
   const __m256i ones8 = _mm256_set1_epi8(1);
   const __m256i ones16 = _mm256_set1_epi16(1);
   __m256i acc[MR][NV];
-  for (int r = 0; r < MR; ++r) {
-    for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_setzero_si256();
-  }
   for (int64_t w0 = 0; w0 < kw; w0 += kByteWords) {
     const int64_t w1 = std::min(kw, w0 + kByteWords);
     __m256i bytes[MR][NV];
@@ -262,8 +312,9 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
     }
     for (int r = 0; r < MR; ++r) {
       for (int v = 0; v < NV; ++v) {
-        const __m256i pairs = _mm256_maddubs_epi16(bytes[r][v], ones8);
-        acc[r][v] = _mm256_add_epi32(acc[r][v], _mm256_madd_epi16(pairs, ones16));
+        const __m256i counts = _mm256_madd_epi16(_mm256_maddubs_epi16(bytes[r][v], ones8), ones16);
+        // the first block's counts are the accumulator (K <= 992, one block: no zeroing, no add)
+        acc[r][v] = w0 == 0 ? counts : _mm256_add_epi32(acc[r][v], counts);
       }
     }
   }
@@ -276,6 +327,13 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
   const float* const bias = g.bias;
   const bool gelu = g.gelu;
   void* const out = g.out;
+  if constexpr (kOut == GemmOutput::kFloat32 || kOut == GemmOutput::kFloat16) {
+    if (n + NV * 8 <= n_cols) {  // the whole block inside the output: no edge checks
+      const FloatBlock<MR, NV> f{g, m, n};
+      if (gelu) return float_block<kOut, true, kAnd>(f, acc);
+      return float_block<kOut, false, kAnd>(f, acc);
+    }
+  }
   for (int r = 0; r < MR; ++r) {
     const int64_t row = m + r;
     const __m256i base = kAnd ? _mm256_set1_epi32(g.a_popcount[row]) : kvec;
@@ -335,12 +393,7 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
         y = _mm256_mul_ps(y, _mm256_loadu_ps(col_scale + col));
         if (bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(bias + col));
         if (gelu) y = gelu8(y);
-        if constexpr (kOut == GemmOutput::kFloat32) {
-          _mm256_storeu_ps(static_cast<float*>(out) + at, y);
-        } else {
-          const __m128i h = _mm256_cvtps_ph(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(static_cast<uint16_t*>(out) + at), h);
-        }
+        store8<kOut>(out, at, y);
       }
     }
   }
