@@ -247,7 +247,8 @@ BITMAPS_AVX2_INLINE void store8(void* out, int64_t at, __m256 y) {
 template <int MR, int NV>
 struct FloatBlock {
   BITMAPS_AVX2_INLINE FloatBlock(const GemmArgs& g, int64_t m, int64_t n)
-      : out(g.out), row0(m * g.n + n), ld(g.n), bias(g.bias != nullptr), k(static_cast<int32_t>(g.k)),
+      : out(g.out), row0(m * g.n + n), ld(g.n), bias(g.bias != nullptr),
+        k(static_cast<int32_t>(g.k)),
         a_popcount(g.a_popcount != nullptr ? g.a_popcount + m : nullptr) {
     for (int v = 0; v < NV; ++v) {
       col_scales[v] = _mm256_loadu_ps(g.col_scale + n + v * 8);
