@@ -38,7 +38,7 @@ ort-library-ab-stop31-epyc-avx2  …-ab-*stop31-epyc-avx2*.json  bench_ort_libra
 profile-bert-base-epyc-avx2-stop31  …/profile-bert-base-stop31-epyc-avx2-run1.json  bitmaps profile
 popcount-ceiling-epyc-avx2-stop32  …/popcount-ceiling-epyc-avx2-stop32.json  bench_popcount_ceiling.py
 ort-library-ab-stop32-epyc-avx2  …-ab-*stop32-epyc-avx2*.json  bench_ort_library_ab.py (stop 32)
-model-breakdown-epyc-avx2-stop32  …/model-breakdown-epyc-avx2-stop32.json  bench_model_breakdown.py
+model-breakdown-epyc-avx2-stop32  …/model-breakdown-epyc-avx2-stop32*.json  bench_model_breakdown.py
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -342,7 +342,7 @@ TABLES: dict[str, Source] = {
         _bench("bench_popcount_ceiling.py", "report"),
     ),
     "model-breakdown-epyc-avx2-stop32": Source(
-        "benchmarks/results/model-breakdown-epyc-avx2-stop32.json",
+        "benchmarks/results/model-breakdown-epyc-avx2-stop32*.json",
         _bench("bench_model_breakdown.py"),
     ),
     "ort-library-ab-stop32-epyc-avx2": Source(
