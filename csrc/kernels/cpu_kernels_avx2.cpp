@@ -231,6 +231,16 @@ BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m
 #undef BITMAPS_AVX2_ROW
 #undef BITMAPS_AVX2_PAIR
 
+// 8 float outputs from their dot products: store_output's float32 operations in its order
+// ((dot * row scale) * column scale, + bias where there is one, then GELU); one copy for the
+// whole-block and the edge epilogue, so that both round as every other path does.
+BITMAPS_AVX2_INLINE __m256 scale8(__m256i dot, __m256 row_scale, __m256 col_scale, bool has_bias,
+                                  __m256 bias, bool gelu) {
+  __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), row_scale), col_scale);
+  if (has_bias) y = _mm256_add_ps(y, bias);
+  return gelu ? gelu8(y) : y;
+}
+
 // 8 outputs at element `at` of a float output (float32, or float16 rounded to nearest).
 template <GemmOutput kOut>
 BITMAPS_AVX2_INLINE void store8(void* out, int64_t at, __m256 y) {
@@ -276,11 +286,8 @@ BITMAPS_AVX2_INLINE void float_block(const FloatBlock<MR, NV>& f, const __m256i 
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) {
       const __m256i dot = _mm256_sub_epi32(base, _mm256_slli_epi32(acc[r][v], 1));
-      __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), row_scale);
-      y = _mm256_mul_ps(y, f.col_scales[v]);
-      if (f.bias) y = _mm256_add_ps(y, f.biases[v]);
-      if constexpr (kGelu) y = gelu8(y);
-      store8<kOut>(f.out, f.row0 + r * f.ld + v * 8, y);
+      store8<kOut>(f.out, f.row0 + r * f.ld + v * 8,
+                   scale8(dot, row_scale, f.col_scales[v], f.bias, f.biases[v], kGelu));
     }
   }
 }
@@ -390,11 +397,10 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(static_cast<int32_t*>(out) + at), dot);
         continue;
       } else {
-        __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(dot), row_scale);
-        y = _mm256_mul_ps(y, _mm256_loadu_ps(col_scale + col));
-        if (bias != nullptr) y = _mm256_add_ps(y, _mm256_loadu_ps(bias + col));
-        if (gelu) y = gelu8(y);
-        store8<kOut>(out, at, y);
+        const __m256 b = bias != nullptr ? _mm256_loadu_ps(bias + col) : _mm256_setzero_ps();
+        store8<kOut>(out, at,
+                     scale8(dot, row_scale, _mm256_loadu_ps(col_scale + col), bias != nullptr, b,
+                            gelu));
       }
     }
   }
