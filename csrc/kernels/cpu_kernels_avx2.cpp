@@ -292,6 +292,47 @@ BITMAPS_AVX2_INLINE void float_block(const FloatBlock<MR, NV>& f, const __m256i 
   }
 }
 
+// The fused FFN's intermediate for a whole block of MR rows x NV * 8 columns inside the output,
+// unrolled (kRuns ranges per column: the common 1 and 2): each column's ranges loaded once for
+// its rows; a column's bit is 1 unless its dot product lies outside every range. The same bits as
+// output_bit.
+template <int kRuns, bool kAnd, int MR, int NV>
+BITMAPS_AVX2_INLINE void bit_block(const GemmArgs& g, int64_t m, int64_t n,
+                                   const __m256i (&acc)[MR][NV]) {
+  static_assert(NV * 8 == 16, "one half-word of output bits per row");
+  __m256i lo[kRuns][NV], hi[kRuns][NV];
+  for (int i = 0; i < kRuns; ++i) {
+    for (int v = 0; v < NV; ++v) {
+      const int64_t at = i * g.n + n + v * 8;
+      lo[i][v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.bit_lo + at));
+      hi[i][v] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.bit_hi + at));
+    }
+  }
+  const int64_t row_halves = 2 * packed_width(g.n);  // output half-words per row
+  uint16_t* const words =
+      reinterpret_cast<uint16_t*>(static_cast<int32_t*>(g.out) + m * packed_width(g.n)) + n / 16;
+  const __m256i kvec = _mm256_set1_epi32(static_cast<int>(g.k));
+#pragma GCC unroll 4
+  for (int r = 0; r < MR; ++r) {
+    const __m256i base = kAnd ? _mm256_set1_epi32(g.a_popcount[m + r]) : kvec;
+    uint32_t outside_bits = 0;
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      const __m256i dot = _mm256_sub_epi32(base, _mm256_slli_epi32(acc[r][v], 1));
+      // outside range i: lo > dot or dot > hi; outside all of them: the AND over the ranges
+      __m256i outside = _mm256_or_si256(_mm256_cmpgt_epi32(lo[0][v], dot),
+                                        _mm256_cmpgt_epi32(dot, hi[0][v]));
+      for (int i = 1; i < kRuns; ++i) {
+        outside = _mm256_and_si256(outside, _mm256_or_si256(_mm256_cmpgt_epi32(lo[i][v], dot),
+                                                            _mm256_cmpgt_epi32(dot, hi[i][v])));
+      }
+      outside_bits |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(outside)))
+                      << (v * 8);
+    }
+    words[r * row_halves] = static_cast<uint16_t>(~outside_bits);
+  }
+}
+
 // s: rows m.. of the activation, split (split_rows); b: panel n / 16, split (split_panel).
 template <int MR, int NV, GemmOutput kOut, bool kAnd>
 BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t* s,
@@ -340,6 +381,12 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
       const FloatBlock<MR, NV> f{g, m, n};
       if (gelu) return float_block<kOut, true, kAnd>(f, acc);
       return float_block<kOut, false, kAnd>(f, acc);
+    }
+  }
+  if constexpr (kOut == GemmOutput::kBits && NV * 8 == 16) {
+    if (n + NV * 8 <= n_cols) {
+      if (g.bit_runs == 1) return bit_block<1, kAnd>(g, m, n, acc);
+      if (g.bit_runs == 2) return bit_block<2, kAnd>(g, m, n, acc);
     }
   }
   for (int r = 0; r < MR; ++r) {
@@ -459,6 +506,13 @@ BITMAPS_AVX2 void split_panel(const GemmArgs& g, int64_t p, __m256i* out) {
   }
 }
 
+// Panel p's cache lines requested into L2 (prefetcht1), for split_panel's loads later.
+BITMAPS_AVX2_INLINE void prefetch_panel(const GemmArgs& g, int64_t p) {
+  const char* panel = reinterpret_cast<const char*>(g.panels + p * g.kw * kPanelRows);
+  const int64_t bytes = g.kw * kPanelRows * static_cast<int64_t>(sizeof(int32_t));
+  for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(panel + line, 0, 2);
+}
+
 // 32-byte aligned scratch (std::vector<__m256i> would drop the type's alignment).
 struct alignas(32) Vector32 {
   uint8_t bytes[32];
@@ -477,8 +531,13 @@ BITMAPS_AVX2 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n
   }
   auto* const b = reinterpret_cast<__m256i*>(panel_split.data());
   split_rows(g, m0, m1, split.data());
+  const int64_t panels = (g.n + kPanelRows - 1) / kPanelRows;
   for (int64_t n = n0; n < n1; n += kPanelRows) {
     split_panel(g, n / kPanelRows, b);
+    // The next panel (of this tile, or the first of the next tile, which a thread usually claims
+    // next) fetched towards L2 while this one's micro-kernels run: in a whole model the weights
+    // come from L3 or memory, and split_panel waited on each of its lines.
+    if (n / kPanelRows + 1 < panels) prefetch_panel(g, n / kPanelRows + 1);
     for (int64_t m = m0; m < m1; m += kMR) {
       run_micro<kOut, kAnd, kMR>(static_cast<int>(std::min<int64_t>(kMR, m1 - m)), g, m, n,
                                  split.data() + (m - m0) / kMR * group_words, b);
