@@ -8,9 +8,9 @@ registered, and timed at batch x seq. ONNX Runtime's own profiler then splits on
 into the binary nodes (BinaryLinear, BinaryFeedForward) and everything else (the remainder that
 the onnxruntime target's float ops are meant to shrink). The binary nodes' binary
 multiply-accumulates per second are then quoted as a share of this CPU's popcount ceiling
-measured in the same run, on as many threads as the sessions use (the zmm loop of
-bench_popcount_ceiling.py, as bench_model_breakdown.py does for the PyTorch path): issue 12's
-"binary linears >= 70 % of the ceiling", measured on the ONNX Runtime engine. In the onnxruntime
+measured in the same run, on as many threads as the sessions use (the fastest binary loop of
+bench_popcount_ceiling.py on this CPU, as bench_model_breakdown.py does for the PyTorch path):
+issue 12's "binary linears >= 70 % of the ceiling", measured on the ONNX Runtime engine. In the onnxruntime
 row each FFN is one BinaryFeedForward node (no GELU evaluated at run time); where it is two
 nodes, the GELU is fused into the first and counted there.
 
@@ -314,7 +314,7 @@ def table(rows: list[dict]) -> str:
             f"{macs / 1e9:.2f} G binary MACs per run in {r['binary_linear_ms']:.2f} ms of node "
             f"time = {rate:.0f} G binary MAC/s, **{rate / ceiling:.0%}** of this CPU's popcount "
             f"ceiling measured in the same run ({ceiling:.0f} G binary MAC/s on "
-            f"{r['ceiling_threads']} threads: XOR + VPOPCNT + ADD on zmm, bench_popcount_ceiling.py)."
+            f"{r['ceiling_threads']} threads: the fastest binary loop of bench_popcount_ceiling.py)."
         )
     return text
 
