@@ -29,10 +29,13 @@ struct PanelJob {
 // The GEMM over tiles of kTileRows x kTileCols outputs, after `pack_items` packing items (which
 // must produce the operands args points to): one parallel region for the whole op.
 template <class Pack>
-int pack_and_gemm(CpuPath path, const GemmArgs& args, const Parallel& parallel,
+int pack_and_gemm(CpuPath path, const GemmArgs& gemm, const Parallel& parallel,
                   int64_t pack_items, const Pack& pack) {
   constexpr int64_t kTileRows = 32;   // multiple of every path's micro-kernel rows
   constexpr int64_t kTileCols = 128;  // multiple of kPanelRows
+  static std::atomic<uint64_t> calls{0};
+  GemmArgs args = gemm;
+  args.call = calls.fetch_add(1, std::memory_order_relaxed) + 1;
   const int64_t col_tiles = (args.n + kTileCols - 1) / kTileCols;
   const int64_t tiles = (args.m + kTileRows - 1) / kTileRows * col_tiles;
   return parallel_claim(parallel, pack_items, pack, tiles, [&](int64_t t) {

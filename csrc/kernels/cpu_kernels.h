@@ -85,6 +85,10 @@ struct GemmArgs {
   const int32_t* bit_lo = nullptr;
   const int32_t* bit_hi = nullptr;
   int bit_runs = 0;
+  // Unique per GEMM call (cpu_binary_linear.cpp sets it; 0: not known): a path may keep what it
+  // derived from rows of `a` for a tile (the AVX2 path's nibble-split rows) for the next tile the
+  // same thread runs on the same rows in the same call, where it would derive the same again.
+  uint64_t call = 0;
 };
 
 // Output rows [m0, m1) x columns [n0, n1) of the product; n0 must be a multiple of kPanelRows.

@@ -522,15 +522,21 @@ template <GemmOutput kOut, bool kAnd>
 BITMAPS_AVX2 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   thread_local std::vector<uint32_t> split;
   thread_local std::vector<Vector32> panel_split;
+  // the call and rows `split` holds (tiles of one row block in turn: split once, not per tile)
+  thread_local uint64_t split_call = 0;
+  thread_local int64_t split_m0 = -1, split_m1 = -1;
   const int64_t group_words = kSplitRows * g.kw;
   const int64_t words = (m1 - m0 + kMR - 1) / kMR * group_words;
-  if (static_cast<int64_t>(split.size()) < words) split.resize(static_cast<size_t>(words));
+  if (g.call == 0 || g.call != split_call || m0 != split_m0 || m1 != split_m1) {
+    if (static_cast<int64_t>(split.size()) < words) split.resize(static_cast<size_t>(words));
+    split_rows(g, m0, m1, split.data());
+    split_call = g.call, split_m0 = m0, split_m1 = m1;
+  }
   const int64_t vectors = g.kw * kSplitVectors;
   if (static_cast<int64_t>(panel_split.size()) < vectors) {
     panel_split.resize(static_cast<size_t>(vectors));
   }
   auto* const b = reinterpret_cast<__m256i*>(panel_split.data());
-  split_rows(g, m0, m1, split.data());
   const int64_t panels = (g.n + kPanelRows - 1) / kPanelRows;
   for (int64_t n = n0; n < n1; n += kPanelRows) {
     split_panel(g, n / kPanelRows, b);
