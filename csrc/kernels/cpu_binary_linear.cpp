@@ -31,7 +31,7 @@ struct PanelJob {
 template <class Pack>
 int pack_and_gemm(CpuPath path, const GemmArgs& gemm, const Parallel& parallel,
                   int64_t pack_items, const Pack& pack) {
-  constexpr int64_t kTileRows = 32;   // multiple of every path's micro-kernel rows
+  constexpr int64_t kTileRows = 64;   // multiple of every path's micro-kernel rows
   constexpr int64_t kTileCols = 128;  // multiple of kPanelRows
   static std::atomic<uint64_t> calls{0};
   GemmArgs args = gemm;
