@@ -277,6 +277,7 @@ struct FloatBlock {
 
 // The epilogue of a whole float block, unrolled (GELU a template flag: its polynomial inside the
 // loop kept GCC from unrolling it): the same float32 operations in the same order as store_output.
+// acc: 2 * popcount per output (micro's widening).
 template <GemmOutput kOut, bool kGelu, bool kAnd, int MR, int NV>
 BITMAPS_AVX2_INLINE void float_block(const FloatBlock<MR, NV>& f, const __m256i (&acc)[MR][NV]) {
 #pragma GCC unroll 4
@@ -285,7 +286,7 @@ BITMAPS_AVX2_INLINE void float_block(const FloatBlock<MR, NV>& f, const __m256i 
     const __m256 row_scale = _mm256_set1_ps(f.row_scales[r]);
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) {
-      const __m256i dot = _mm256_sub_epi32(base, _mm256_slli_epi32(acc[r][v], 1));
+      const __m256i dot = _mm256_sub_epi32(base, acc[r][v]);
       store8<kOut>(f.out, f.row0 + r * f.ld + v * 8,
                    scale8(dot, row_scale, f.col_scales[v], f.bias, f.biases[v], kGelu));
     }
@@ -295,7 +296,7 @@ BITMAPS_AVX2_INLINE void float_block(const FloatBlock<MR, NV>& f, const __m256i 
 // The fused FFN's intermediate for a whole block of MR rows x NV * 8 columns inside the output,
 // unrolled (kRuns ranges per column: the common 1 and 2): each column's ranges loaded once for
 // its rows; a column's bit is 1 unless its dot product lies outside every range. The same bits as
-// output_bit.
+// output_bit. acc: 2 * popcount per output (micro's widening).
 template <int kRuns, bool kAnd, int MR, int NV>
 BITMAPS_AVX2_INLINE void bit_block(const GemmArgs& g, int64_t m, int64_t n,
                                    const __m256i (&acc)[MR][NV]) {
@@ -318,7 +319,7 @@ BITMAPS_AVX2_INLINE void bit_block(const GemmArgs& g, int64_t m, int64_t n,
     uint32_t outside_bits = 0;
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) {
-      const __m256i dot = _mm256_sub_epi32(base, _mm256_slli_epi32(acc[r][v], 1));
+      const __m256i dot = _mm256_sub_epi32(base, acc[r][v]);
       // outside range i: lo > dot or dot > hi; outside all of them: the AND over the ranges
       __m256i outside = _mm256_or_si256(_mm256_cmpgt_epi32(lo[0][v], dot),
                                         _mm256_cmpgt_epi32(dot, hi[0][v]));
@@ -345,7 +346,9 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
     const char* row = static_cast<const char*>(g.out) + ((m + r) * g.n + n) * kOutBytes;
     for (int64_t line = 0; line < out_bytes; line += 64) __builtin_prefetch(row + line, 1, 3);
   }
-  const __m256i ones8 = _mm256_set1_epi8(1);
+  // The byte counts widened doubled (VPMADDUBSW by 2: at most 2 * 2 * 248 per 16-bit pair), so
+  // that acc holds 2 * popcount and every epilogue's dot is base - acc.
+  const __m256i twos8 = _mm256_set1_epi8(2);
   const __m256i ones16 = _mm256_set1_epi16(1);
   __m256i acc[MR][NV];
   for (int64_t w0 = 0; w0 < kw; w0 += kByteWords) {
@@ -361,7 +364,7 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
     }
     for (int r = 0; r < MR; ++r) {
       for (int v = 0; v < NV; ++v) {
-        const __m256i counts = _mm256_madd_epi16(_mm256_maddubs_epi16(bytes[r][v], ones8), ones16);
+        const __m256i counts = _mm256_madd_epi16(_mm256_maddubs_epi16(bytes[r][v], twos8), ones16);
         // the first block's counts are the accumulator (K <= 992, one block: no zeroing, no add)
         acc[r][v] = w0 == 0 ? counts : _mm256_add_epi32(acc[r][v], counts);
       }
@@ -400,7 +403,7 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
       for (int v = 0; v < NV; ++v) {
         const int64_t col = n + v * 8;
         if (col >= g.n) break;
-        const __m256i dot = _mm256_sub_epi32(base, _mm256_slli_epi32(acc[r][v], 1));
+        const __m256i dot = _mm256_sub_epi32(base, acc[r][v]);
         if (col + 8 > g.n) {  // a ragged right edge: element by element
           alignas(32) int32_t dots[8];
           _mm256_store_si256(reinterpret_cast<__m256i*>(dots), dot);
@@ -431,7 +434,7 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
     for (int v = 0; v < NV; ++v) {
       const int64_t col = n + v * 8;
       if (col >= n_cols) break;
-      const __m256i dot = _mm256_sub_epi32(base, _mm256_slli_epi32(acc[r][v], 1));
+      const __m256i dot = _mm256_sub_epi32(base, acc[r][v]);
       // A ragged right edge: element by element.
       if (col + 8 > n_cols) {
         alignas(32) int32_t dots[8];
