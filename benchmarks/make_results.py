@@ -39,6 +39,11 @@ profile-bert-base-epyc-avx2-stop31  …/profile-bert-base-stop31-epyc-avx2-run1.
 popcount-ceiling-epyc-avx2-stop32  …/popcount-ceiling-epyc-avx2-stop32.json  bench_popcount_ceiling.py
 ort-library-ab-stop32-epyc-avx2  …-ab-*stop32-epyc-avx2*.json  bench_ort_library_ab.py (stop 32)
 model-breakdown-epyc-avx2-stop32  …/model-breakdown-epyc-avx2-stop32*.json  bench_model_breakdown.py
+popcount-ceiling-epyc-avx2-stop33  …/popcount-ceiling-epyc-avx2-stop33.json  bench_popcount_ceiling.py
+ort-library-ab-stop33-epyc-avx2  …/ort-library-ab-stop33-epyc-avx2-*.json  bench_ort_library_ab.py
+export-targets-epyc-avx2-stop33  …/export-targets-stop33-epyc-avx2-final.json  bench_export_targets.py
+model-breakdown-epyc-avx2-stop33  …/model-breakdown-epyc-avx2-stop33.json  bench_model_breakdown.py
+profile-bert-base-epyc-avx2-stop33  …/profile-bert-base-stop33-epyc-avx2-run4.json  bitmaps profile
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -348,6 +353,26 @@ TABLES: dict[str, Source] = {
     "ort-library-ab-stop32-epyc-avx2": Source(
         "benchmarks/results/ort-library-ab-*stop32-epyc-avx2*.json",
         _bench("bench_ort_library_ab.py"),
+    ),
+    # stop 33 (the same kind of AVX2 EPYC): the GEMM's per-tile work, the FFN's bit epilogue
+    "popcount-ceiling-epyc-avx2-stop33": Source(
+        "benchmarks/results/popcount-ceiling-epyc-avx2-stop33.json",
+        _bench("bench_popcount_ceiling.py", "report"),
+    ),
+    "ort-library-ab-stop33-epyc-avx2": Source(
+        "benchmarks/results/ort-library-ab-stop33-epyc-avx2-*.json",
+        _bench("bench_ort_library_ab.py"),
+    ),
+    "export-targets-epyc-avx2-stop33": Source(
+        "benchmarks/results/export-targets-stop33-epyc-avx2-final.json",
+        _bench("bench_export_targets.py"),
+    ),
+    "profile-bert-base-epyc-avx2-stop33": Source(
+        "benchmarks/results/profile-bert-base-stop33-epyc-avx2-run4.json", profile_table
+    ),
+    "model-breakdown-epyc-avx2-stop33": Source(
+        "benchmarks/results/model-breakdown-epyc-avx2-stop33.json",
+        _bench("bench_model_breakdown.py"),
     ),
     "ort-library-ab-panel-split-epyc-avx2": Source(
         "benchmarks/results/ort-library-ab-panel-split-epyc-avx2.json",
