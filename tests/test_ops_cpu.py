@@ -84,6 +84,22 @@ def test_xnor_gemm_extremes(cpu_path, k):
 # -------------------------------------------------------------------------------- binary_linear
 
 
+def test_xnor_gemm_back_to_back_on_the_same_buffers(cpu_path):
+    """The same operand tensors changed in place between calls: each call's own product. A path
+    may keep what it derived from a block of rows across that call's tiles (the AVX2 path's split
+    rows), never into the next call, whose rows sit at the same addresses."""
+    k, m, n = 768, 128, 300  # several row blocks and column tiles, on 2 threads
+    a, b = _packed(m, k), _packed(n, k)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for _ in range(3):
+            assert torch.equal(ops.xnor_gemm(a, b, k), ops.reference_xnor_gemm(a, b, k))
+            a.copy_(_packed(m, k))  # new rows, same storage
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("k", K_VALUES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("act_scale", [0.0, 0.37])

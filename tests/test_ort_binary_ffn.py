@@ -15,6 +15,8 @@ export fuses only fixed-scale FFNs, and verification catches a node whose attrib
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -141,6 +143,44 @@ def test_native_op_matches_its_definition_on_every_path(cpu_path, case, monkeypa
         got = kernel_session(model, threads=2).run(None, {"X": x})[0]
         assert got.shape == (*shape, n)
         np.testing.assert_array_equal(got, want)
+
+
+FRESH_PROCESS_RUN = """
+import sys
+
+import numpy as np
+import onnx
+
+from bitmaps.core.ort import kernel_session
+
+linear, ffn, x_path, y_path = sys.argv[1:5]
+x = np.load(x_path)
+kernel_session(onnx.load(linear), threads=1).run(None, {"X": x[0]})
+np.save(y_path, kernel_session(onnx.load(ffn), threads=1).run(None, {"X": x})[0])
+"""
+
+
+@needs_library
+def test_gemm_calls_of_different_ops_share_no_scratch(tmp_path):
+    """A fresh process runs one BinaryLinear node, then a BinaryFeedForward node on as many rows,
+    on one thread: the FFN's float GEMM must not take the split rows the AVX2 path kept from the
+    linear's GEMM for its next tile (each per-op counter once numbered both calls 1)."""
+    k, h, n = 33, 100, 17
+    rng = np.random.default_rng(7)
+    layers = _layers(rng, k, h, n, spread=6.0 / (0.37 * math.sqrt(k)))
+    attrs = _attrs(k, h, n)
+    x = rng.standard_normal((1, 5, k)).astype(np.float32)
+    linear, _ = bort.single_node_model(k, 24, act_scale=0.37, panels=True)
+    onnx.save(linear, tmp_path / "linear.onnx")
+    onnx.save(ffn_model(layers, attrs), tmp_path / "ffn.onnx")
+    np.save(tmp_path / "x.npy", x)
+    args = [str(tmp_path / f) for f in ("linear.onnx", "ffn.onnx", "x.npy", "y.npy")]
+    proc = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_RUN, *args], capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), reference(x, layers, attrs))
 
 
 @needs_library

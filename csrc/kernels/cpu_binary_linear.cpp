@@ -26,6 +26,14 @@ struct PanelJob {
   }
 };
 
+// A number for GemmArgs::call that no other GEMM call of this process has had. One counter for
+// every caller (not a static inside the template below: each instantiation would count alone, and
+// two GEMMs of different ops would share numbers).
+uint64_t next_gemm_call() {
+  static std::atomic<uint64_t> calls{0};
+  return calls.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
 // The GEMM over tiles of kTileRows x kTileCols outputs, after `pack_items` packing items (which
 // must produce the operands args points to): one parallel region for the whole op.
 template <class Pack>
@@ -33,9 +41,8 @@ int pack_and_gemm(CpuPath path, const GemmArgs& gemm, const Parallel& parallel,
                   int64_t pack_items, const Pack& pack) {
   constexpr int64_t kTileRows = 64;   // multiple of every path's micro-kernel rows
   constexpr int64_t kTileCols = 128;  // multiple of kPanelRows
-  static std::atomic<uint64_t> calls{0};
   GemmArgs args = gemm;
-  args.call = calls.fetch_add(1, std::memory_order_relaxed) + 1;
+  args.call = next_gemm_call();
   const int64_t col_tiles = (args.n + kTileCols - 1) / kTileCols;
   const int64_t tiles = (args.m + kTileRows - 1) / kTileRows * col_tiles;
   return parallel_claim(parallel, pack_items, pack, tiles, [&](int64_t t) {
