@@ -81,9 +81,6 @@ def test_xnor_gemm_extremes(cpu_path, k):
     assert ops.xnor_gemm(a, b, k).tolist() == [[k, -k] * 9, [-k, k] * 9]
 
 
-# -------------------------------------------------------------------------------- binary_linear
-
-
 def test_xnor_gemm_back_to_back_on_the_same_buffers(cpu_path):
     """The same operand tensors changed in place between calls: each call's own product. A path
     may keep what it derived from a block of rows across that call's tiles (the AVX2 path's split
@@ -98,6 +95,9 @@ def test_xnor_gemm_back_to_back_on_the_same_buffers(cpu_path):
             a.copy_(_packed(m, k))  # new rows, same storage
     finally:
         torch.set_num_threads(threads)
+
+
+# -------------------------------------------------------------------------------- binary_linear
 
 
 @pytest.mark.parametrize("k", K_VALUES)

@@ -293,6 +293,11 @@ BITMAPS_AVX2_INLINE void float_block(const FloatBlock<MR, NV>& f, const __m256i 
   }
 }
 
+// Lanes whose dot lies outside [lo, hi] (lo > dot or dot > hi): all ones there, zero inside.
+BITMAPS_AVX2_INLINE __m256i outside8(__m256i lo, __m256i hi, __m256i dot) {
+  return _mm256_or_si256(_mm256_cmpgt_epi32(lo, dot), _mm256_cmpgt_epi32(dot, hi));
+}
+
 // The fused FFN's intermediate for a whole block of MR rows x NV * 8 columns inside the output,
 // unrolled (kRuns ranges per column: the common 1 and 2): each column's ranges loaded once for
 // its rows; a column's bit is 1 unless its dot product lies outside every range. The same bits as
@@ -321,11 +326,9 @@ BITMAPS_AVX2_INLINE void bit_block(const GemmArgs& g, int64_t m, int64_t n,
     for (int v = 0; v < NV; ++v) {
       const __m256i dot = _mm256_sub_epi32(base, acc[r][v]);
       // outside range i: lo > dot or dot > hi; outside all of them: the AND over the ranges
-      __m256i outside = _mm256_or_si256(_mm256_cmpgt_epi32(lo[0][v], dot),
-                                        _mm256_cmpgt_epi32(dot, hi[0][v]));
+      __m256i outside = outside8(lo[0][v], hi[0][v], dot);
       for (int i = 1; i < kRuns; ++i) {
-        outside = _mm256_and_si256(outside, _mm256_or_si256(_mm256_cmpgt_epi32(lo[i][v], dot),
-                                                            _mm256_cmpgt_epi32(dot, hi[i][v])));
+        outside = _mm256_and_si256(outside, outside8(lo[i][v], hi[i][v], dot));
       }
       outside_bits |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(outside)))
                       << (v * 8);
@@ -417,10 +420,8 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
           const int64_t at = i * g.n + col;
           const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.bit_lo + at));
           const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g.bit_hi + at));
-          // lo <= dot <= hi: neither lo > dot nor dot > hi
-          const __m256i out =
-              _mm256_or_si256(_mm256_cmpgt_epi32(lo, dot), _mm256_cmpgt_epi32(dot, hi));
-          in_range = _mm256_or_si256(in_range, _mm256_xor_si256(out, _mm256_set1_epi32(-1)));
+          in_range = _mm256_or_si256(
+              in_range, _mm256_xor_si256(outside8(lo, hi, dot), _mm256_set1_epi32(-1)));
         }
         bits |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(in_range))) << (v * 8);
       }
@@ -493,12 +494,17 @@ BITMAPS_AVX2 void split_rows(const GemmArgs& g, int64_t m0, int64_t m1, uint32_t
   }
 }
 
+// Panel p of the weights (pack_panels layout: kw words of kPanelRows rows each).
+inline const int32_t* panel_of(const GemmArgs& g, int64_t p) {
+  return g.panels + p * g.kw * kPanelRows;
+}
+
 // Panel p's weight vectors split like the activations, [kw][kSplitVectors] (low nibbles of its
 // two 8-row halves, then their high nibbles shifted down). Once per panel of a tile, for all the
 // tile's row groups: three vector ops per vector, instead of once per micro-kernel.
 BITMAPS_AVX2 void split_panel(const GemmArgs& g, int64_t p, __m256i* out) {
   const __m256i low4 = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLow4));
-  const int32_t* panel = g.panels + p * g.kw * kPanelRows;
+  const int32_t* panel = panel_of(g, p);
   for (int64_t w = 0; w < g.kw; ++w) {
     for (int v = 0; v < kNV; ++v) {
       const __m256i b =
@@ -511,7 +517,7 @@ BITMAPS_AVX2 void split_panel(const GemmArgs& g, int64_t p, __m256i* out) {
 
 // Panel p's cache lines requested into L2 (prefetcht1), for split_panel's loads later.
 BITMAPS_AVX2_INLINE void prefetch_panel(const GemmArgs& g, int64_t p) {
-  const char* panel = reinterpret_cast<const char*>(g.panels + p * g.kw * kPanelRows);
+  const char* panel = reinterpret_cast<const char*>(panel_of(g, p));
   const int64_t bytes = g.kw * kPanelRows * static_cast<int64_t>(sizeof(int32_t));
   for (int64_t line = 0; line < bytes; line += 64) __builtin_prefetch(panel + line, 0, 2);
 }
