@@ -1,0 +1,127 @@
+"""Would the residual add + LayerNorm fused into the binary GEMM before it pay on this CPU?
+
+Compiles benchmarks/add_layer_norm_fusion.cpp with the kernels of csrc/kernels (``$CXX``, default
+``g++``, at -O3 as bitmaps._C and libbitmaps_ort.so are built; no torch, no ONNX Runtime) and runs
+it: BERT-base's attention output (BinaryLinear 768 -> 768, 128 rows, prepacked weights) and its
+add + LayerNorm on all cores of one spinning pool, as two parallel regions one after the other
+(``separate``: what the onnxruntime target's BinaryLinear and SkipLayerNormalization nodes do)
+and as one region in which each worker runs the GEMM of its own rows and then their add +
+LayerNorm (``fused``: the GEMM's output still in that core's caches, no second region: the most a
+fused epilogue could win), beside each part alone; every variant in turns, with the caches
+``warm`` (the same buffers again) and ``cold`` (a 64 MB sweep before each call, as when the
+model's other layers ran in between). Medians of ``--rounds`` means of ``--reps`` calls.
+
+    .venv/bin/python benchmarks/bench_add_layer_norm_fusion.py [--rounds 7] [--reps 200]
+
+Prints a markdown table (fused / separate below 1: the fusion is faster); ``--out FILE.json|csv|md``
+also writes the rows (bench_results.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench_results import cpu_model, markdown_table, parse_with_outputs, run_meta, write_outputs
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = Path(__file__).with_name("add_layer_norm_fusion.cpp")
+KERNELS = [
+    "cpu_binary_linear.cpp",
+    "cpu_features.cpp",
+    "cpu_kernels.cpp",
+    "cpu_kernels_avx2.cpp",
+    "cpu_kernels_avx512.cpp",
+    "cpu_kernels_neon.cpp",
+    "cpu_kernels_scalar.cpp",
+    "cpu_layer_norm.cpp",
+    "cpu_layer_norm_avx2.cpp",
+    "cpu_layer_norm_avx512.cpp",
+    "cpu_layer_norm_neon.cpp",
+]
+VARIANTS = ("separate", "fused", "gemm", "ln")
+
+
+def build(folder: str) -> Path:
+    """The experiment's binary, or SystemExit naming what failed."""
+    exe = Path(folder) / "add_layer_norm_fusion"
+    cxx = os.environ.get("CXX", "g++")
+    sources = [str(SOURCE)] + [str(ROOT / "csrc" / "kernels" / k) for k in KERNELS]
+    cmd = [cxx, "-std=c++17", "-O3", "-pthread", f"-I{ROOT / 'csrc'}", "-o", str(exe), *sources]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"cannot compile {SOURCE.name} with {cxx}: {done.stderr.strip()[:400]}")
+    return exe
+
+
+def measure(rounds: int, reps: int) -> list[dict]:
+    """One row per cache state and variant: the median and fastest of the rounds' means."""
+    with tempfile.TemporaryDirectory() as folder:
+        exe = build(folder)
+        done = subprocess.run([str(exe), str(rounds), str(reps)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{SOURCE.stem} failed: {done.stderr.strip()[:400]}")
+    samples: dict[tuple[str, str], list[float]] = {}
+    workers = 0
+    for line in done.stdout.splitlines():
+        r = json.loads(line)
+        samples.setdefault((r["cache"], r["variant"]), []).append(r["us"])
+        workers = r["workers"]
+    rows = []
+    for cache in ("warm", "cold"):
+        separate = statistics.median(samples[(cache, "separate")])
+        for v in VARIANTS:
+            us = samples[(cache, v)]
+            rows.append(
+                {
+                    "cache": cache,
+                    "variant": v,
+                    "workers": workers,
+                    "median_us": statistics.median(us),
+                    "min_us": min(us),
+                    "vs_separate": statistics.median(us) / separate,
+                }
+            )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    body = [
+        (
+            r["cache"],
+            r["variant"],
+            r["workers"],
+            f"{r['median_us']:.1f}",
+            f"{r['min_us']:.1f}",
+            f"{r['vs_separate']:.3f}",
+        )
+        for r in rows
+    ]
+    return markdown_table(
+        ("caches", "variant", "threads", "median µs", "min µs", "/ separate"), body, "llrrrr"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=7, help="rounds (median of their means)")
+    p.add_argument("--reps", type=int, default=200, help="calls per variant per round")
+    args = parse_with_outputs(p, argv)
+    if args.rounds < 1 or args.reps < 1:
+        p.error("--rounds and --reps must be >= 1")
+    rows = measure(args.rounds, args.reps)
+    text = table(rows)
+    print(f"CPU: {cpu_model()}\n")
+    print(text)
+    write_outputs(args.out, rows, run_meta(rounds=args.rounds, reps=args.reps), text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
