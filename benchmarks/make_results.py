@@ -44,6 +44,8 @@ ort-library-ab-stop33-epyc-avx2  …/ort-library-ab-stop33-epyc-avx2-*.json  ben
 export-targets-epyc-avx2-stop33  …/export-targets-stop33-epyc-avx2-final.json  bench_export_targets.py
 model-breakdown-epyc-avx2-stop33  …/model-breakdown-epyc-avx2-stop33.json  bench_model_breakdown.py
 profile-bert-base-epyc-avx2-stop33  …/profile-bert-base-stop33-epyc-avx2-run4.json  bitmaps profile
+add-layer-norm-fusion-epyc-avx2-stop34  …/add-layer-norm-fusion-epyc-avx2-stop34.json  bench_add_layer_norm_fusion.py
+export-targets-epyc-avx2-stop34  …/export-targets-stop34-epyc-avx2.json  bench_export_targets.py
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -373,6 +375,15 @@ TABLES: dict[str, Source] = {
     "model-breakdown-epyc-avx2-stop33": Source(
         "benchmarks/results/model-breakdown-epyc-avx2-stop33.json",
         _bench("bench_model_breakdown.py"),
+    ),
+    # stop 34 (the same kind of AVX2 EPYC): would a fused add + LayerNorm pay; the node split again
+    "add-layer-norm-fusion-epyc-avx2-stop34": Source(
+        "benchmarks/results/add-layer-norm-fusion-epyc-avx2-stop34.json",
+        _bench("bench_add_layer_norm_fusion.py"),
+    ),
+    "export-targets-epyc-avx2-stop34": Source(
+        "benchmarks/results/export-targets-stop34-epyc-avx2.json",
+        _bench("bench_export_targets.py"),
     ),
     "ort-library-ab-panel-split-epyc-avx2": Source(
         "benchmarks/results/ort-library-ab-panel-split-epyc-avx2.json",
