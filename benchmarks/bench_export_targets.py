@@ -228,11 +228,24 @@ def binary_macs(model: onnx.ModelProto, rows: int) -> int:
     return total
 
 
-def _node_split(model, feed: dict, runs: int, threads: int) -> dict[str, float]:  # noqa: ANN001
-    """Node time per run by op type (ms), from ONNX Runtime's profiler: each op type's time summed
-    within each run (its ``model_run`` event's window), then the median over the runs, so that a
-    few runs slowed by the shared machine do not move the split (a mean did: one profiled window
-    summed to 25.7 ms per run beside a 20.5 ms p50 of the timed runs)."""
+def _main_thread_wait_us(args: dict) -> float:
+    """The calling thread's wait for the pool in a node event's ``thread_scheduling_stats`` (an
+    object, or a JSON string, or absent where the node ran no parallel section)."""
+    stats = args.get("thread_scheduling_stats", {})
+    if isinstance(stats, str):
+        try:
+            stats = json.loads(stats) if stats.strip() else {}
+        except ValueError:
+            return 0.0
+    main = stats.get("main_thread", {}) if isinstance(stats, dict) else {}
+    return float(main.get("Wait", 0)) if isinstance(main, dict) else 0.0
+
+
+def profile_runs(model, feed: dict, runs: int, threads: int) -> list[dict[str, dict[str, float]]]:  # noqa: ANN001
+    """ONNX Runtime's profiler over ``runs`` runs: per run (its ``model_run`` event's window), per
+    op type, ``ms``: the node time summed, and ``wait_ms``: the time the calling thread waited in
+    the op's parallel sections for the pool's other threads (``thread_scheduling_stats``; 0 at one
+    thread)."""
     with tempfile.TemporaryDirectory() as tmp:
         session = _session(model, threads, tmp)
         for _ in range(runs):
@@ -243,17 +256,36 @@ def _node_split(model, feed: dict, runs: int, threads: int) -> dict[str, float]:
         for e in events
         if e.get("cat") == "Session" and e["name"] == "model_run"
     )
-    per_run: list[dict[str, float]] = [defaultdict(float) for _ in windows]
+    per_run = [defaultdict(lambda: {"ms": 0.0, "wait_ms": 0.0}) for _ in windows]
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
             continue
         for i, (start, end) in enumerate(windows):
             if start <= e["ts"] <= end:
-                per_run[i][e["args"]["op_name"]] += e["dur"] / 1e3
+                entry = per_run[i][e["args"]["op_name"]]
+                entry["ms"] += e["dur"] / 1e3
+                entry["wait_ms"] += _main_thread_wait_us(e["args"]) / 1e3
                 break
+    return per_run
+
+
+def per_op_median(
+    per_run: list[dict[str, dict[str, float]]], field: str = "ms"
+) -> dict[str, float]:
+    """Each op type's median over the runs of :func:`profile_runs`' ``field``, largest first."""
     ops = {op for run in per_run for op in run}
-    by_op = {op: statistics.median(run.get(op, 0.0) for run in per_run) for op in ops}
+    by_op = {
+        op: statistics.median(run[op][field] if op in run else 0.0 for run in per_run) for op in ops
+    }
     return dict(sorted(by_op.items(), key=lambda kv: -kv[1]))
+
+
+def _node_split(model, feed: dict, runs: int, threads: int) -> dict[str, float]:  # noqa: ANN001
+    """Node time per run by op type (ms), from ONNX Runtime's profiler: each op type's time summed
+    within each run, then the median over the runs, so that a few runs slowed by the shared
+    machine do not move the split (a mean did: one profiled window summed to 25.7 ms per run beside
+    a 20.5 ms p50 of the timed runs)."""
+    return per_op_median(profile_runs(model, feed, runs, threads))
 
 
 def main() -> None:

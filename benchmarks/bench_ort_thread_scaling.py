@@ -3,7 +3,10 @@ model, and alone on the same inputs.
 
 The binary BERT-base-shaped student of ``bitmaps profile --shape`` (random weights, the elastic
 quantizer; the onnxruntime target, native op library) is timed by ONNX Runtime's profiler at one
-thread and at ``--threads`` (default: all cores), node time summed per op type. Then one node of
+thread and at ``--threads`` (default: all cores), node time summed per op type within each run,
+the median over the runs; at ``--threads`` also the time the calling thread waited in each op's
+parallel sections for the pool's other threads (the profiler's ``thread_scheduling_stats``: the
+op's load imbalance, plus a late start of the others). Then one node of
 each op type (from the middle layer) runs alone: a one-node model with that node's weights and
 the inputs it received in the full model, timed at both thread counts in turns (idle threads
 spinning, as in the model's sessions; the one-thread session has no pool to spin). An op that
@@ -24,7 +27,7 @@ import statistics
 
 import numpy as np
 import onnx
-from bench_export_targets import _node_split, _session, export_student
+from bench_export_targets import _session, export_student, per_op_median, profile_runs
 from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 from onnx import helper
 
@@ -112,7 +115,9 @@ def main() -> None:
     ids = rng.integers(0, 30522, (1, 128), dtype=np.int64)
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     model = export_student("onnxruntime")
-    in_model = {t: _node_split(model, feed, args.runs, t) for t in (1, args.threads)}
+    profiled = {t: profile_runs(model, feed, args.runs, t) for t in (1, args.threads)}
+    in_model = {t: per_op_median(runs) for t, runs in profiled.items()}
+    waits = per_op_median(profiled[args.threads], "wait_ms")
     nodes = _middle_nodes(model)
     seen = _inputs_seen(model, nodes, feed)
     rows = []
@@ -123,6 +128,11 @@ def main() -> None:
         rows.append({"scope": "model", "op": op, "what": "all nodes, ms per run",
                      "one_thread": one, "threads": args.threads, "multi_thread": many,
                      "scaling": one / many if many else 0.0})  # fmt: skip
+        if args.threads > 1:
+            rows.append({"scope": "model", "op": op, "threads": args.threads,
+                         "what": "of which the calling thread waited for the others, ms per run",
+                         "one_thread": 0.0, "multi_thread": waits.get(op, 0.0),
+                         "scaling": None})  # fmt: skip
     for node in nodes:
         alone, node_feed = _alone(model, node, seen)
         sessions = [_session(alone, t) for t in (1, args.threads)]
@@ -148,7 +158,8 @@ def table(rows: list[dict]) -> str:
     """The markdown table of the rows (what is printed, and what make_results.py renders)."""
     head = ("scope", "op", "what", "1 thread", "threads", "N threads", "scaling")
     cells = [[r["scope"], r["op"], r["what"], f"{r['one_thread']:.3f}", r["threads"],
-              f"{r['multi_thread']:.3f}", f"{r['scaling']:.2f}x"] for r in rows]  # fmt: skip
+              f"{r['multi_thread']:.3f}",
+              "" if r["scaling"] is None else f"{r['scaling']:.2f}x"] for r in rows]  # fmt: skip
     return markdown_table(head, cells)
 
 

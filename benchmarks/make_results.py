@@ -44,8 +44,9 @@ ort-library-ab-stop33-epyc-avx2  …/ort-library-ab-stop33-epyc-avx2-*.json  ben
 export-targets-epyc-avx2-stop33  …/export-targets-stop33-epyc-avx2-final.json  bench_export_targets.py
 model-breakdown-epyc-avx2-stop33  …/model-breakdown-epyc-avx2-stop33.json  bench_model_breakdown.py
 profile-bert-base-epyc-avx2-stop33  …/profile-bert-base-stop33-epyc-avx2-run4.json  bitmaps profile
-add-layer-norm-fusion-epyc-avx2-stop34  …/add-layer-norm-fusion-epyc-avx2-stop34.json  bench_add_layer_norm_fusion.py
+add-layer-norm-fusion-epyc-avx2-stop34  …/add-layer-norm-fusion-…-stop34.json  bench_add_layer_norm_fusion.py
 export-targets-epyc-avx2-stop34  …/export-targets-stop34-epyc-avx2.json  bench_export_targets.py
+ort-thread-scaling-epyc-avx2-stop34  …/ort-thread-scaling-epyc-avx2-stop34.json  bench_ort_thread_scaling.py
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -380,6 +381,10 @@ TABLES: dict[str, Source] = {
     "add-layer-norm-fusion-epyc-avx2-stop34": Source(
         "benchmarks/results/add-layer-norm-fusion-epyc-avx2-stop34.json",
         _bench("bench_add_layer_norm_fusion.py"),
+    ),
+    "ort-thread-scaling-epyc-avx2-stop34": Source(
+        "benchmarks/results/ort-thread-scaling-epyc-avx2-stop34.json",
+        _bench("bench_ort_thread_scaling.py"),
     ),
     "export-targets-epyc-avx2-stop34": Source(
         "benchmarks/results/export-targets-stop34-epyc-avx2.json",
