@@ -59,8 +59,11 @@ def int8_attention(quantize_qk: bool, quantize_pv: bool):  # noqa: ANN201 - the 
             scores = (qi @ ki.transpose(2, 3)) * (sq * sk.transpose(2, 3)) * scaling
         else:
             scores = (q @ k.transpose(2, 3)) * scaling
-        if attention_mask is not None:
-            scores = scores + attention_mask
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            # the mask prepared for SDPA: True where a key is attended
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        elif attention_mask is not None:
+            scores = scores + attention_mask  # the eager path's additive mask
         if quantize_pv:
             p = torch.exp(scores - scores.amax(dim=-1, keepdim=True))  # (0, 1], 1 at the max
             pi = torch.round(p * 127)

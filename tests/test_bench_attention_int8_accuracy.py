@@ -41,6 +41,17 @@ def test_float_variant_is_berts_attention(bench) -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+def test_a_boolean_mask_masks_like_the_additive_one(bench) -> None:
+    # transformers hands SDPA-configured models a boolean mask (True: attend)
+    q, k, v, mask = _qkv(2)
+    module = torch.nn.Module().eval()
+    for qk, pv in ((False, False), (True, True)):
+        fn = bench.int8_attention(qk, pv)
+        additive, _ = fn(module, q, k, v, mask, scaling=0.125)
+        boolean, _ = fn(module, q, k, v, mask == 0, scaling=0.125)
+        torch.testing.assert_close(boolean, additive)
+
+
 def test_int8_variants_round_their_operands_only(bench) -> None:
     q, k, v, mask = _qkv(1)
     module = torch.nn.Module().eval()
