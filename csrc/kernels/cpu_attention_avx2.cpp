@@ -58,27 +58,6 @@ struct Scores {
   __m256* max = nullptr;
 };
 
-// v[i] (row i of an 8 x 8 block) -> v[j] = column j of it.
-BITMAPS_AVX2_INLINE void transpose8(__m256 (&v)[8]) {
-  __m256 t[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);      // r_i0 r_(i+1)0 r_i1 r_(i+1)1 | same, 4-5
-    t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);  // r_i2 r_(i+1)2 r_i3 r_(i+1)3 | 6-7
-  }
-  __m256 u[8];
-  for (int i = 0; i < 8; i += 4) {
-    for (int h = 0; h < 2; ++h) {
-      u[i + 2 * h] = _mm256_shuffle_ps(t[i + h], t[i + 2 + h], 0x44);      // columns 2h (and +4)
-      u[i + 2 * h + 1] = _mm256_shuffle_ps(t[i + h], t[i + 2 + h], 0xEE);  // 2h + 1 (and +4)
-    }
-  }
-  // u[0..3]: columns 0, 1, 2, 3 of rows 0-3 (low half) and columns 4-7 (high half); u[4..7]: rows 4-7
-  for (int j = 0; j < 4; ++j) {
-    v[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
-    v[j + 4] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
-  }
-}
-
 // c[r, 8 j + i] (r < MR, j < NV) = sum_l a[r * lda + l] * b[l * ldb + 8 j + i] for l < len,
 // times row_mul[r] when row_mul is given; only the first `cols` columns are read and written
 // (kFull: all 8 * NV of them, with plain loads and stores). kScores: then `scores`' bias and

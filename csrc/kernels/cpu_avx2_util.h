@@ -1,5 +1,5 @@
 // Small AVX2 helpers the AVX2 float kernels share (cpu_attention_avx2.cpp,
-// cpu_layer_norm_avx2.cpp).
+// cpu_layer_norm_avx2.cpp; benchmarks/attention_int8_speed.cpp).
 // Each carries the avx2 target attribute, so including this header needs no special flags; call
 // them only on the AVX2 path.
 #pragma once
@@ -66,6 +66,27 @@ BITMAPS_AVX2_UTIL float reduce_max8(__m256 v) {
   __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
   return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+// v[i] (row i of an 8 x 8 block) -> v[j] = column j of it.
+BITMAPS_AVX2_UTIL void transpose8(__m256 (&v)[8]) {
+  __m256 t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);      // r_i0 r_(i+1)0 r_i1 r_(i+1)1 | same, 4-5
+    t[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);  // r_i2 r_(i+1)2 r_i3 r_(i+1)3 | 6-7
+  }
+  __m256 u[8];
+  for (int i = 0; i < 8; i += 4) {
+    for (int h = 0; h < 2; ++h) {
+      u[i + 2 * h] = _mm256_shuffle_ps(t[i + h], t[i + 2 + h], 0x44);      // columns 2h (and +4)
+      u[i + 2 * h + 1] = _mm256_shuffle_ps(t[i + h], t[i + 2 + h], 0xEE);  // 2h + 1 (and +4)
+    }
+  }
+  // u[0..3]: columns 0, 1, 2, 3 of rows 0-3 (low half) and columns 4-7 (high half); u[4..7]: rows 4-7
+  for (int j = 0; j < 4; ++j) {
+    v[j] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x20);
+    v[j + 4] = _mm256_permute2f128_ps(u[j], u[4 + j], 0x31);
+  }
 }
 
 }  // namespace bitmaps::cpu::detail
