@@ -1,9 +1,9 @@
 """Would the residual add + LayerNorm fused into the binary GEMM before it pay on this CPU?
 
-Compiles benchmarks/add_layer_norm_fusion.cpp with the kernels of csrc/kernels (``$CXX``, default
-``g++``, at -O3 as bitmaps._C and libbitmaps_ort.so are built; no torch, no ONNX Runtime) and runs
-it: BERT-base's attention output (BinaryLinear 768 -> 768, 128 rows, prepacked weights) and its
-add + LayerNorm on all cores of one spinning pool, as two parallel regions one after the other
+Compiles benchmarks/add_layer_norm_fusion.cpp with the kernels of csrc/kernels (cxx_experiment.py:
+``$CXX``, default ``g++``, at -O3; no torch, no ONNX Runtime) and runs it: BERT-base's attention
+output (BinaryLinear 768 -> 768, 128 rows, prepacked weights) and its add + LayerNorm on all
+cores of one spinning pool, as two parallel regions one after the other
 (``separate``: what the onnxruntime target's BinaryLinear and SkipLayerNormalization nodes do)
 and as one region in which each worker runs the GEMM of its own rows and then their add +
 LayerNorm (``fused``: the GEMM's output still in that core's caches, no second region: the most a
@@ -20,17 +20,14 @@ also writes the rows (bench_results.py).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from bench_results import cpu_model, markdown_table, parse_with_outputs, run_meta, write_outputs
+from cxx_experiment import build, run_lines
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCE = Path(__file__).with_name("add_layer_norm_fusion.cpp")
 KERNELS = [
     "cpu_binary_linear.cpp",
@@ -48,29 +45,13 @@ KERNELS = [
 VARIANTS = ("separate", "fused", "gemm", "ln")
 
 
-def build(folder: str) -> Path:
-    """The experiment's binary, or SystemExit naming what failed."""
-    exe = Path(folder) / "add_layer_norm_fusion"
-    cxx = os.environ.get("CXX", "g++")
-    sources = [str(SOURCE)] + [str(ROOT / "csrc" / "kernels" / k) for k in KERNELS]
-    cmd = [cxx, "-std=c++17", "-O3", "-pthread", f"-I{ROOT / 'csrc'}", "-o", str(exe), *sources]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"cannot compile {SOURCE.name} with {cxx}: {done.stderr.strip()[:400]}")
-    return exe
-
-
 def measure(rounds: int, reps: int) -> list[dict]:
     """One row per cache state and variant: the median and fastest of the rounds' means."""
     with tempfile.TemporaryDirectory() as folder:
-        exe = build(folder)
-        done = subprocess.run([str(exe), str(rounds), str(reps)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{SOURCE.stem} failed: {done.stderr.strip()[:400]}")
+        lines = run_lines(build(SOURCE, KERNELS, folder), rounds, reps)
     samples: dict[tuple[str, str], list[float]] = {}
     workers = 0
-    for line in done.stdout.splitlines():
-        r = json.loads(line)
+    for r in lines:
         samples.setdefault((r["cache"], r["variant"]), []).append(r["us"])
         workers = r["workers"]
     rows = []

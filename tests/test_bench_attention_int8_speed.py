@@ -1,0 +1,48 @@
+"""benchmarks/bench_attention_int8_speed.py: the int8 prototype builds against csrc/kernels, agrees
+with the scalar version of its integer scheme, stays near the float kernel, and both are timed."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    if shutil.which("g++") is None:
+        pytest.skip("needs a C++ compiler (g++) to build the prototype")
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip(f"needs an x86 CPU (the prototype is AVX2 code); this is {platform.machine()}")
+    sys.path.insert(0, str(BENCHMARKS))  # the script imports bench_results as a sibling
+    try:
+        import bench_attention_int8_speed
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return bench_attention_int8_speed
+
+
+def test_prototype_matches_its_scalar_scheme_and_is_timed(bench, tmp_path: Path) -> None:
+    out = tmp_path / "int8.json"
+    assert bench.main(["--rounds", "1", "--reps", "2", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["kernel"].split()[0] for r in rows] == ["float32", "int8"]
+    for r in rows:
+        assert 0 < r["min_us"] <= r["median_us"]
+        assert r["max_abs_vs_scalar"] < 1e-4  # the AVX2 kernel computes the scalar scheme
+        # rounded operands: near the float kernel's output, not equal to it
+        assert 0 < r["max_abs_vs_float"] < 0.1 * r["max_abs_float"]
+    assert rows[0]["speedup_vs_float"] == 1.0
+    assert "int8 prototype" in bench.table(rows)
+
+
+def test_bad_counts_are_refused(bench) -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--reps", "0"])
+    assert exc.value.code == 2
