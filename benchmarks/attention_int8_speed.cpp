@@ -127,7 +127,9 @@ AVX2 void layout_avx2(const float* qkv, int h, Head& w) {
     }
     for (int half = 0; half < 2; ++half) {  // 4-byte groups 0-7, then 8-15
       __m256 g[8];
-      for (int j = 0; j < 8; ++j) g[j] = _mm256_load_ps(reinterpret_cast<const float*>(k[j]) + 8 * half);
+      for (int j = 0; j < 8; ++j) {
+        g[j] = _mm256_load_ps(reinterpret_cast<const float*>(k[j]) + 8 * half);
+      }
       bitmaps::cpu::detail::transpose8(g);
       for (int dg = 0; dg < 8; ++dg) {
         _mm256_store_ps(reinterpret_cast<float*>(w.kl[tb][8 * half + dg]), g[dg]);
@@ -139,7 +141,9 @@ AVX2 void layout_avx2(const float* qkv, int h, Head& w) {
   __m256 m[Dv / 8];
   for (auto& x : m) x = _mm256_setzero_ps();
   for (int t = 0; t < T; ++t) {
-    for (int c = 0; c < Dv / 8; ++c) m[c] = _mm256_max_ps(m[c], _mm256_and_ps(_mm256_loadu_ps(v + t * LD + 8 * c), abs));
+    for (int c = 0; c < Dv / 8; ++c) {
+      m[c] = _mm256_max_ps(m[c], _mm256_and_ps(_mm256_loadu_ps(v + t * LD + 8 * c), abs));
+    }
   }
   __m256 mul[Dv / 8];
   for (int c = 0; c < Dv / 8; ++c) {
@@ -159,40 +163,39 @@ AVX2 void layout_avx2(const float* qkv, int h, Head& w) {
     for (int c = 0; c < Dv / 8; ++c) {
       __m256i r[4];
       for (int i = 0; i < 4; ++i) {
-        r[i] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(v + (4 * tg + i) * LD + 8 * c), mul[c]));
+        const __m256 x = _mm256_loadu_ps(v + (4 * tg + i) * LD + 8 * c);
+        r[i] = _mm256_cvtps_epi32(_mm256_mul_ps(x, mul[c]));
       }
       // per 128-bit lane: rows 0-3 x columns 0-3 (low lane) / 4-7 (high lane), row-major
       const __m256i bytes =
           _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
-      _mm256_store_si256(reinterpret_cast<__m256i*>(w.vl[tg][c]), _mm256_shuffle_epi8(bytes, interleave));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(w.vl[tg][c]),
+                         _mm256_shuffle_epi8(bytes, interleave));
     }
   }
 }
 
-// exp(x) for x <= 0 on 8 lanes: Cephes' expf polynomial as in cpu_attention_avx2.cpp (below
-// -87.3: 0).
-__attribute__((target("avx2,fma"), always_inline)) inline __m256 exp8(__m256 x) {
-  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  const __m256i bits =
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
+// 32 bytes at p (32-byte aligned).
+AVX2_INLINE __m256i load32(const void* p) {
+  return _mm256_load_si256(static_cast<const __m256i*>(p));
 }
 
-inline float broadcast_bits(const void* p) {
+// The 4 bytes at p in every 32-bit lane.
+AVX2_INLINE __m256i broadcast4(const void* p) {
   float f;
   std::memcpy(&f, p, 4);
-  return f;
+  return _mm256_castps_si256(_mm256_set1_ps(f));
+}
+
+// acc + the sums of 4 products u8 x s8 per 32-bit lane (VPMADDUBSW, then VPMADDWD by ones).
+AVX2_INLINE __m256i dot4(__m256i acc, __m256i u8, __m256i s8, __m256i ones) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u8, s8), ones));
+}
+
+// exp(score - max) of 8 scores at p, rounded to 0..127.
+AVX2_INLINE __m256i probs8(const float* p, __m256 vmax) {
+  const __m256 e = bitmaps::cpu::detail::exp_nonpositive(_mm256_sub_ps(_mm256_load_ps(p), vmax));
+  return _mm256_cvtps_epi32(_mm256_mul_ps(e, _mm256_set1_ps(127.0f)));
 }
 
 AVX2 void head_avx2(const float* qkv, const float* bias, int h, float scale, Head& w,
@@ -207,16 +210,12 @@ AVX2 void head_avx2(const float* qkv, const float* bias, int h, float scale, Hea
       __m256i acc[MR][2];
       for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
       for (int dg = 0; dg < D / 4; ++dg) {
-        const __m256i k0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.kl[2 * tb][dg]));
-        const __m256i k1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.kl[2 * tb + 1][dg]));
+        const __m256i k0 = load32(w.kl[2 * tb][dg]), k1 = load32(w.kl[2 * tb + 1][dg]);
         for (int r = 0; r < MR; ++r) {
-          const __m256i qs = _mm256_castps_si256(_mm256_broadcast_ss(
-              reinterpret_cast<const float*>(&w.q[s0 + r][4 * dg])));
+          const __m256i qs = broadcast4(&w.q[s0 + r][4 * dg]);
           const __m256i qa = _mm256_abs_epi8(qs);
-          acc[r][0] = _mm256_add_epi32(
-              acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(k0, qs)), ones));
-          acc[r][1] = _mm256_add_epi32(
-              acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(qa, _mm256_sign_epi8(k1, qs)), ones));
+          acc[r][0] = dot4(acc[r][0], qa, _mm256_sign_epi8(k0, qs), ones);
+          acc[r][1] = dot4(acc[r][1], qa, _mm256_sign_epi8(k1, qs), ones);
         }
       }
       for (int j = 0; j < 2; ++j) {
@@ -239,10 +238,8 @@ AVX2 void head_avx2(const float* qkv, const float* bias, int h, float scale, Hea
       const __m256 vmax = _mm256_set1_ps(_mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m))));
       __m256i sum = _mm256_setzero_si256();
       for (int t = 0; t < T; t += 16) {
-        const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(
-            exp8(_mm256_sub_ps(_mm256_load_ps(&w.scores[s0 + r][t]), vmax)), _mm256_set1_ps(127.0f)));
-        const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(
-            exp8(_mm256_sub_ps(_mm256_load_ps(&w.scores[s0 + r][t + 8]), vmax)), _mm256_set1_ps(127.0f)));
+        const __m256i a = probs8(&w.scores[s0 + r][t], vmax);
+        const __m256i b = probs8(&w.scores[s0 + r][t + 8], vmax);
         sum = _mm256_add_epi32(sum, _mm256_add_epi32(a, b));
         const __m256i w16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);
         const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(w16),
@@ -261,12 +258,11 @@ AVX2 void head_avx2(const float* qkv, const float* bias, int h, float scale, Hea
       __m256i acc[MR][2];
       for (int r = 0; r < MR; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
       for (int tg = 0; tg < T / 4; ++tg) {
-        const __m256i v0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.vl[tg][2 * db]));
-        const __m256i v1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(w.vl[tg][2 * db + 1]));
+        const __m256i v0 = load32(w.vl[tg][2 * db]), v1 = load32(w.vl[tg][2 * db + 1]);
         for (int r = 0; r < MR; ++r) {
-          const __m256i pb = _mm256_castps_si256(_mm256_set1_ps(broadcast_bits(&w.p[s0 + r][4 * tg])));
-          acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(_mm256_maddubs_epi16(pb, v0), ones));
-          acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(_mm256_maddubs_epi16(pb, v1), ones));
+          const __m256i pb = broadcast4(&w.p[s0 + r][4 * tg]);
+          acc[r][0] = dot4(acc[r][0], pb, v0, ones);
+          acc[r][1] = dot4(acc[r][1], pb, v1, ones);
         }
       }
       for (int j = 0; j < 2; ++j) {
@@ -321,16 +317,8 @@ int main(int argc, char** argv) {
   auto* head = static_cast<Head*>(std::aligned_alloc(64, (sizeof(Head) + 63) / 64 * 64));
 
   bitmaps::cpu::AttentionArgs a;
-  a.q = qkv.data();
-  a.k = qkv.data() + H * D;
-  a.v = qkv.data() + 2 * H * D;
-  a.q_stride = a.k_stride = a.v_stride = LD;
-  a.batch = 1;
-  a.q_len = S;
-  a.kv_len = T;
-  a.heads = H;
-  a.head_dim = D;
-  a.v_head_dim = Dv;
+  static_assert(S == T && D == Dv, "one packed Q K V tensor");
+  a.set_packed(qkv.data(), 1, S, H, D);
   a.scale = scale;
   const int64_t dims[4] = {1, 1, 1, T};
   a.set_bias(bias.data(), dims);

@@ -19,15 +19,14 @@ also writes the rows (bench_results.py).
 
 from __future__ import annotations
 
-import argparse
 import platform
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from bench_results import cpu_model, markdown_table, parse_with_outputs, run_meta, write_outputs
-from cxx_experiment import build, run_lines
+from bench_results import markdown_table
+from cxx_experiment import build, experiment_main, run_lines
 
 SOURCE = Path(__file__).with_name("attention_int8_speed.cpp")
 KERNELS = [
@@ -90,18 +89,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=7, help="rounds (median of their means)")
-    p.add_argument("--reps", type=int, default=50, help="calls per kernel per round")
-    args = parse_with_outputs(p, argv)
-    if args.rounds < 1 or args.reps < 1:
-        p.error("--rounds and --reps must be >= 1")
-    rows = measure(args.rounds, args.reps)
-    text = table(rows)
-    print(f"CPU: {cpu_model()}\n")
-    print(text)
-    write_outputs(args.out, rows, run_meta(rounds=args.rounds, reps=args.reps), text)
-    return 0
+    return experiment_main(argv, __doc__, measure, table, rounds=7, reps=50)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,14 @@ Runtime) and prints one JSON object per line."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+
+from bench_results import cpu_model, parse_with_outputs, run_meta, write_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,3 +36,28 @@ def run_lines(exe: Path, *args: object) -> list[dict]:
     if done.returncode != 0:
         raise SystemExit(f"{exe.name} failed: {done.stderr.strip()[:400]}")
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def experiment_main(
+    argv: list[str] | None,
+    doc: str,
+    measure: Callable[[int, int], list[dict]],
+    table: Callable[[list[dict]], str],
+    *,
+    rounds: int,
+    reps: int,
+) -> int:
+    """An experiment's command line: ``--rounds``, ``--reps`` (checked), ``--out``; measure, print
+    the table under the CPU's name, write the files."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=rounds, help="rounds (median of their means)")
+    p.add_argument("--reps", type=int, default=reps, help="calls per variant per round")
+    args = parse_with_outputs(p, argv)
+    if args.rounds < 1 or args.reps < 1:
+        p.error("--rounds and --reps must be >= 1")
+    rows = measure(args.rounds, args.reps)
+    text = table(rows)
+    print(f"CPU: {cpu_model()}\n")
+    print(text)
+    write_outputs(args.out, rows, run_meta(rounds=args.rounds, reps=args.reps), text)
+    return 0

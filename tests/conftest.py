@@ -28,6 +28,24 @@ def csrc_module(name: str):  # noqa: ANN201 - the module csrc/<name>.py
     return module
 
 
+def benchmark_module(name: str, needs_cxx: bool = False):  # noqa: ANN201 - benchmarks/<name>.py
+    """A script of benchmarks/, imported as it runs (its sibling modules importable); with
+    ``needs_cxx`` the test skips where no C++ compiler (g++) can build its experiment."""
+    import importlib
+    import shutil
+    import sys
+    from pathlib import Path
+
+    if needs_cxx and shutil.which("g++") is None:
+        pytest.skip(f"needs a C++ compiler (g++) to build {name}'s experiment")
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(folder)
+
+
 def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     """Exit code 2, exactly one ``error:`` line holding every needle, no traceback."""
     assert code == 2, err

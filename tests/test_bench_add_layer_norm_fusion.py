@@ -4,25 +4,15 @@ runs, every variant of both cache states yields a time, and the table and files 
 from __future__ import annotations
 
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    if shutil.which("g++") is None:
-        pytest.skip("needs a C++ compiler (g++) to build the experiment")
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports bench_results as a sibling
-    try:
-        import bench_add_layer_norm_fusion
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return bench_add_layer_norm_fusion
+    return benchmark_module("bench_add_layer_norm_fusion", needs_cxx=True)
 
 
 def test_every_variant_is_timed_in_both_cache_states(bench, tmp_path: Path) -> None:

@@ -3,26 +3,17 @@ int8 variants round exactly what they say, and the attention interface is restor
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import benchmark_module
 from transformers import BertConfig, BertModel
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import eager_attention_forward
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports bench_results as a sibling
-    try:
-        import bench_attention_int8_accuracy
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return bench_attention_int8_accuracy
+    return benchmark_module("bench_attention_int8_accuracy")
 
 
 def _qkv(seed: int = 0):

@@ -5,27 +5,17 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from conftest import benchmark_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    if shutil.which("g++") is None:
-        pytest.skip("needs a C++ compiler (g++) to build the prototype")
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip(f"needs an x86 CPU (the prototype is AVX2 code); this is {platform.machine()}")
-    sys.path.insert(0, str(BENCHMARKS))  # the script imports bench_results as a sibling
-    try:
-        import bench_attention_int8_speed
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return bench_attention_int8_speed
+    return benchmark_module("bench_attention_int8_speed", needs_cxx=True)
 
 
 def test_prototype_matches_its_scalar_scheme_and_is_timed(bench, tmp_path: Path) -> None:

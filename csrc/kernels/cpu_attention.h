@@ -48,6 +48,20 @@ struct AttentionArgs {
   int64_t q_row() const { return q_stride != 0 ? q_stride : heads * head_dim; }
   int64_t k_row() const { return k_stride != 0 ? k_stride : heads * head_dim; }
   int64_t v_row() const { return v_stride != 0 ? v_stride : heads * v_head_dim; }
+  // Q, K and V side by side in one [batch, seq, 3 * heads * head_dim] tensor (a stacked
+  // projection's output): the three pointers into it, their row stride and the shapes.
+  void set_packed(const float* qkv, int64_t batch_size, int64_t seq, int64_t num_heads,
+                  int64_t dim) {
+    const int64_t hidden = num_heads * dim;
+    q = qkv;
+    k = qkv + hidden;
+    v = qkv + 2 * hidden;
+    q_stride = k_stride = v_stride = 3 * hidden;
+    batch = batch_size;
+    q_len = kv_len = seq;
+    heads = num_heads;
+    head_dim = v_head_dim = dim;
+  }
   // Whether a row-major bias of `dims` [4] broadcasts to [batch, heads, q_len, kv_len]: each of
   // the first three dimensions 1 or full, the last full (the shape fields must be set).
   bool bias_fits(const int64_t* dims) const {

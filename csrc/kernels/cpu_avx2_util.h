@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #define BITMAPS_AVX2_UTIL __attribute__((target("avx2"), always_inline)) inline
+#define BITMAPS_AVX2_FMA_UTIL __attribute__((target("avx2,fma"), always_inline)) inline
 
 namespace bitmaps::cpu::detail {
 
@@ -89,8 +90,31 @@ BITMAPS_AVX2_UTIL void transpose8(__m256 (&v)[8]) {
   }
 }
 
+// exp(x) for x <= 0 (NaN stays NaN; below -87.3 the result is 0, as in the other paths' attention
+// kernels): Cephes' expf polynomial, 2^n put into the exponent bits. Needs FMA besides AVX2.
+BITMAPS_AVX2_FMA_UTIL __m256 exp_nonpositive(__m256 x) {
+  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // 2^n for n in [-126, 0] (x >= -87.3): the biased exponent n + 127 in the exponent bits
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
+                                                          _mm256_set1_epi32(127)), 23);
+  const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+  return _mm256_andnot_ps(tiny, e);  // NaN compares false: stays NaN
+}
+
 }  // namespace bitmaps::cpu::detail
 
 #undef BITMAPS_AVX2_UTIL
+#undef BITMAPS_AVX2_FMA_UTIL
 
 #endif  // BITMAPS_HAVE_X86_PATHS

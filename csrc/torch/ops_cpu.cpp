@@ -311,14 +311,7 @@ at::Tensor packed_attention_cpu(const at::Tensor& qkv, const std::optional<at::T
   const at::Tensor x = qkv.contiguous();
   const int64_t batch = x.size(0), seq = x.size(1), hidden = x.size(2) / 3;
   cpu::AttentionArgs a;
-  a.q = x.const_data_ptr<float>();
-  a.k = a.q + hidden;
-  a.v = a.q + 2 * hidden;
-  a.q_stride = a.k_stride = a.v_stride = 3 * hidden;
-  a.batch = batch;
-  a.q_len = a.kv_len = seq;
-  a.heads = num_heads;
-  a.head_dim = a.v_head_dim = hidden / num_heads;
+  a.set_packed(x.const_data_ptr<float>(), batch, seq, num_heads, hidden / num_heads);
   a.scale = static_cast<float>(scale);
   at::Tensor b;
   if (bias.has_value()) {
