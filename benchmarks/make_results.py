@@ -48,6 +48,7 @@ add-layer-norm-fusion-epyc-avx2-stop34  …/add-layer-norm-fusion-…-stop34.jso
 export-targets-epyc-avx2-stop34  …/export-targets-stop34-epyc-avx2.json  bench_export_targets.py
 attention-int8-accuracy-stop34  …/attention-int8-accuracy-*-stop34.json  bench_attention_int8_accuracy.py
 attention-int8-speed-epyc-avx2-stop34  …/attention-int8-speed-…-stop34.json  bench_attention_int8_speed.py
+profile-bert-base-epyc-avx2-stop34  …/profile-bert-base-stop34-epyc-avx2-run2.json  bitmaps profile
 ort-thread-scaling-epyc-avx2-stop34  …/ort-thread-scaling-epyc-avx2-stop34.json  bench_ort_thread_scaling.py
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
@@ -395,6 +396,9 @@ TABLES: dict[str, Source] = {
     "attention-int8-speed-epyc-avx2-stop34": Source(
         "benchmarks/results/attention-int8-speed-epyc-avx2-stop34.json",
         _bench("bench_attention_int8_speed.py"),
+    ),
+    "profile-bert-base-epyc-avx2-stop34": Source(
+        "benchmarks/results/profile-bert-base-stop34-epyc-avx2-run2.json", profile_table
     ),
     "export-targets-epyc-avx2-stop34": Source(
         "benchmarks/results/export-targets-stop34-epyc-avx2.json",
