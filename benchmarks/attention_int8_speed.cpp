@@ -59,11 +59,11 @@ inline RowScale row_scale(float amax) {
 
 // Rounds n values to int8 with one scale.
 template <class Get>
-float round_row(int n, const Get& get, int8_t* out, int stride) {
+float round_row(int n, const Get& get, int8_t* out) {
   float amax = 0.0f;
   for (int i = 0; i < n; ++i) amax = std::max(amax, std::fabs(get(i)));
   const RowScale rs = row_scale(amax);
-  for (int i = 0; i < n; ++i) out[i * stride] = static_cast<int8_t>(std::lrintf(get(i) * rs.mul));
+  for (int i = 0; i < n; ++i) out[i] = static_cast<int8_t>(std::lrintf(get(i) * rs.mul));
   return rs.scale;
 }
 
@@ -71,18 +71,18 @@ float round_row(int n, const Get& get, int8_t* out, int stride) {
 void layout(const float* qkv, int h, Head& w) {
   for (int s = 0; s < S; ++s) {
     const float* row = qkv + s * LD + h * D;
-    w.sq[s] = round_row(D, [&](int i) { return row[i]; }, w.q[s], 1);
+    w.sq[s] = round_row(D, [&](int i) { return row[i]; }, w.q[s]);
   }
   for (int t = 0; t < T; ++t) {
     const float* row = qkv + t * LD + H * D + h * D;
     int8_t k[D];
-    w.sk[t] = round_row(D, [&](int i) { return row[i]; }, k, 1);
+    w.sk[t] = round_row(D, [&](int i) { return row[i]; }, k);
     for (int d = 0; d < D; ++d) w.kl[t / 8][d / 4][t % 8][d % 4] = k[d];
   }
   for (int d = 0; d < Dv; ++d) {
     const float* col = qkv + 2 * H * D + h * Dv + d;
     int8_t v[T];
-    w.sv[d] = round_row(T, [&](int i) { return col[i * LD]; }, v, 1);
+    w.sv[d] = round_row(T, [&](int i) { return col[i * LD]; }, v);
     for (int t = 0; t < T; ++t) w.vl[t / 4][d / 8][d % 8][t % 4] = v[t];
   }
 }

@@ -68,8 +68,9 @@ def int8_attention(quantize_qk: bool, quantize_pv: bool):  # noqa: ANN201 - the 
             p = torch.exp(scores - scores.amax(dim=-1, keepdim=True))  # (0, 1], 1 at the max
             pi = torch.round(p * 127)
             vi, sv = _round_rows(v, -2)  # one scale per column, over the keys
-            out = (pi @ vi) * sv / pi.sum(dim=-1, keepdim=True)
-            weights = pi / pi.sum(dim=-1, keepdim=True)
+            total = pi.sum(dim=-1, keepdim=True)
+            out = (pi @ vi) * sv / total
+            weights = pi / total
         else:
             weights = torch.softmax(scores, dim=-1)
             out = weights @ v

@@ -32,6 +32,7 @@ Prints a markdown table; ``--out FILE.json|csv|md`` also writes the rows (benchm
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import statistics
@@ -256,16 +257,17 @@ def profile_runs(model, feed: dict, runs: int, threads: int) -> list[dict[str, d
         for e in events
         if e.get("cat") == "Session" and e["name"] == "model_run"
     )
+    starts = [start for start, _ in windows]
     per_run = [defaultdict(lambda: {"ms": 0.0, "wait_ms": 0.0}) for _ in windows]
     for e in events:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
             continue
-        for i, (start, end) in enumerate(windows):
-            if start <= e["ts"] <= end:
-                entry = per_run[i][e["args"]["op_name"]]
-                entry["ms"] += e["dur"] / 1e3
-                entry["wait_ms"] += _main_thread_wait_us(e["args"]) / 1e3
-                break
+        i = bisect.bisect_right(starts, e["ts"]) - 1  # the last run that started before it
+        if i < 0 or e["ts"] > windows[i][1]:
+            continue  # outside every run (warm-up work of the session)
+        entry = per_run[i][e["args"]["op_name"]]
+        entry["ms"] += e["dur"] / 1e3
+        entry["wait_ms"] += _main_thread_wait_us(e["args"]) / 1e3
     return per_run
 
 
