@@ -33,6 +33,7 @@ KERNELS = [
     "cpu_attention.cpp",
     "cpu_attention_avx2.cpp",
     "cpu_attention_avx512.cpp",
+    "cpu_attention_int8.cpp",
     "cpu_attention_neon.cpp",
     "cpu_features.cpp",
 ]

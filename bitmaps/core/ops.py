@@ -33,6 +33,7 @@ from collections.abc import Iterator
 import torch
 
 from bitmaps.core.errors import BitmapsError
+from bitmaps.core.int8_attention import int8_attention
 from bitmaps.core.packing import pack_signs as _pack_signs_reference
 from bitmaps.core.packing import packed_width, unpack_signs
 
@@ -49,7 +50,10 @@ _lib.define(
     "int in_features, float act_threshold, float act_scale, int act_unsigned=0, "
     "int activation=0) -> Tensor"
 )
-_lib.define("packed_attention(Tensor qkv, Tensor? bias, int num_heads, float scale) -> Tensor")
+_lib.define(
+    "packed_attention(Tensor qkv, Tensor? bias, int num_heads, float scale, bool int8=False) "
+    "-> Tensor"
+)
 _lib.define(
     "skip_layer_norm(Tensor x, Tensor skip, Tensor gamma, Tensor? beta, float epsilon) -> Tensor"
 )
@@ -170,15 +174,19 @@ def _check_activation(op: str, activation: int) -> None:
 
 
 def reference_packed_attention(
-    qkv: torch.Tensor, bias: torch.Tensor | None, num_heads: int, scale: float
+    qkv: torch.Tensor, bias: torch.Tensor | None, num_heads: int, scale: float, int8: bool = False
 ) -> torch.Tensor:
     """Attention over ``num_heads`` heads of Q, K and V side by side in ``qkv [B, S, 3·H·D]``:
     ``softmax(scale · Q Kᵀ + bias) V`` per head (float32, ``bias`` additive, broadcast from
     ``[B or 1, H or 1, S or 1, S]``), out ``[B, S, H·D]``: the eager math the CPU kernel
-    (csrc/kernels/cpu_attention.h) computes."""
+    (csrc/kernels/cpu_attention.h) computes. ``int8``: the int8 scheme of
+    :mod:`bitmaps.core.int8_attention` (the same bits as the kernel's)."""
     _check_packed_attention(qkv, bias, num_heads, scale)
     b, s, width = qkv.shape
     q, k, v = (t.reshape(b, s, num_heads, -1).transpose(1, 2) for t in qkv.split(width // 3, -1))
+    if int8:
+        out = int8_attention(q, k, v, bias, scale)
+        return out.transpose(1, 2).reshape(b, s, width // 3)
     scores = (q * scale) @ k.transpose(-1, -2)
     if bias is not None:
         scores = scores + bias
@@ -609,8 +617,9 @@ def _binary_linear_prepacked_fake(
 
 @torch.library.register_fake("bitmaps::packed_attention")
 def _packed_attention_fake(
-    qkv: torch.Tensor, bias: torch.Tensor | None, num_heads: int, scale: float
+    qkv: torch.Tensor, bias: torch.Tensor | None, num_heads: int, scale: float, int8: bool = False
 ) -> torch.Tensor:
+    del int8
     _check_same_device("packed_attention", qkv=qkv, bias=bias)
     _check_packed_attention(qkv, bias, num_heads, scale)
     return qkv.new_empty((qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3))

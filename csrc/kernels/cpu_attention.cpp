@@ -92,16 +92,23 @@ void attention_head_portable(const AttentionArgs& a, int64_t b, int64_t h, float
 int attention(CpuPath path, const AttentionArgs& args, const Parallel& parallel) {
   const int64_t items = args.batch * args.heads;
   if (items <= 0 || args.q_len <= 0) return 0;
-  const int64_t floats = detail::attention_scratch_floats(args);
+  const int64_t floats = args.int8 ? detail::attention_int8_scratch_floats(args)
+                                    : detail::attention_scratch_floats(args);
   return parallel_claim(parallel, items, [&](int64_t item) {
     // One buffer per thread, kept between calls (a few tens of KB for BERT's heads).
     thread_local std::vector<float> scratch;
     if (static_cast<int64_t>(scratch.size()) < floats) scratch.resize(static_cast<size_t>(floats));
     const int64_t b = item / args.heads, h = item % args.heads;
 #if defined(BITMAPS_HAVE_X86_PATHS)
-    if (path == CpuPath::kAvx512) return detail::attention_head_avx512(args, b, h, scratch.data());
-    // the AVX2 path asks for AVX2 and F16C only; its attention kernel also uses FMA
+    // the AVX2 path asks for AVX2 and F16C only; its float attention kernel also uses FMA
     static const bool fma = __builtin_cpu_supports("fma");
+    if (args.int8 && (path == CpuPath::kAvx512 || path == CpuPath::kAvx2)) {
+      return detail::attention_head_int8_avx2(args, b, h, scratch.data());
+    }
+#endif
+    if (args.int8) return detail::attention_head_int8_portable(args, b, h, scratch.data());
+#if defined(BITMAPS_HAVE_X86_PATHS)
+    if (path == CpuPath::kAvx512) return detail::attention_head_avx512(args, b, h, scratch.data());
     if (path == CpuPath::kAvx2 && fma) {
       return detail::attention_head_avx2(args, b, h, scratch.data());
     }

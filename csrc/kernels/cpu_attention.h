@@ -18,6 +18,19 @@
 // polynomial (Cephes' expf, about 1 ulp) and 2^n by VSCALEFPS or the exponent bits; the scalar
 // path and the AVX2 path on a CPU without FMA run a portable C++ version of the same steps that
 // the compiler vectorizes.
+//
+// int8 attention (AttentionArgs::int8; opt-in, `bitmaps export --attention int8`): per (b, h),
+// each row of Q and of K (D values), and each column of V (over the T keys), is rounded to integers
+// in [-127, 127]: x * (127 / max|x|) rounded to nearest even, standing for x * (max|x| / 127) (a
+// zero row: all 0, scale 1). Then, in this order of float32 operations, none fused,
+//   score[s, t] = (float(sum_d q8[s, d] k8[t, d]) * sq[s]) * (sk[t] * scale) + bias[b, h, s, t]
+//   p[s, t]     = level(score[s, t] - max_t score[s, t])       (0..127, cpu_attention_int8.cpp:
+//                 round(exp(x) * 127) with exp = 2^n times a degree-4 polynomial, x >= -6)
+//   out[s, d]   = (float(sum_t p[s, t] v8[t, d]) * sv[d]) * (1 / float(sum_t p[s, t]))
+// The integer sums are exact; every other step is one IEEE float32 operation, so
+// bitmaps.core.int8_attention (torch) and the model-local function (ONNX standard ops) compute the
+// same bits. The AVX2 and AVX-512 paths run an AVX2 kernel (VPMADDUBSW), every other path a
+// portable one (cpu_attention_int8.cpp).
 #pragma once
 
 #include <algorithm>
@@ -44,6 +57,8 @@ struct AttentionArgs {
   int64_t q_stride = 0, k_stride = 0, v_stride = 0;
   float scale = 1.0f;
   float* out = nullptr;  // [batch, q_len, heads * v_head_dim]
+  // int8 attention (bitmaps::MultiHeadAttention's int8 = 1; the header comment's second scheme)
+  bool int8 = false;
 
   int64_t q_row() const { return q_stride != 0 ? q_stride : heads * head_dim; }
   int64_t k_row() const { return k_stride != 0 ? k_stride : heads * head_dim; }
@@ -134,10 +149,16 @@ inline void row_blocks(int64_t rows, const Fn& fn) {
 // One (b, h) item; scratch holds attention_scratch_floats(args) floats.
 int64_t attention_scratch_floats(const AttentionArgs& args);
 void attention_head_portable(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
+// The int8 scheme (cpu_attention_int8.cpp): scratch of attention_int8_scratch_floats(args).
+constexpr int64_t kAttentionInt8Rows = 4;  // query rows per block of the AVX2 int8 kernel
+int64_t attention_int8_scratch_floats(const AttentionArgs& args);
+void attention_head_int8_portable(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
 #if defined(BITMAPS_HAVE_X86_PATHS)
 void attention_head_avx512(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
 // The AVX2 path's kernel; it needs FMA too (attention() checks).
 void attention_head_avx2(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
+// The int8 scheme on AVX2: the AVX2 and AVX-512 paths' int8 kernel.
+void attention_head_int8_avx2(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
 #endif
 #if defined(BITMAPS_HAVE_NEON_PATH)
 void attention_head_neon(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);

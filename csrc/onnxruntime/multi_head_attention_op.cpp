@@ -23,6 +23,7 @@ struct Kernel {
   bool packed = false;  // PackedMultiHeadAttention: inputs qkv, attention_bias
   int64_t heads = 0;
   float scale = 0.0f;  // 0: 1 / sqrt(head size)
+  bool int8 = false;   // attribute int8 = 1: cpu_attention.h's int8 scheme
   cpu::CpuPath path = cpu::CpuPath::kScalar;
   Threads threads = Threads::kOrt;
 
@@ -63,6 +64,13 @@ OrtStatus* read_attributes(const OrtKernelInfo* info, Kernel* kern) {
   if (kern->heads < 1) {
     return kern->invalid("num_heads must be >= 1, got " + std::to_string(kern->heads));
   }
+  int64_t int8 = 0;
+  BITMAPS_ORT_RETURN_IF_ERROR(int_attribute(kern->node, info, "int8", false, &int8));
+  if (int8 != 0 && int8 != 1) {
+    return kern->invalid("int8 must be 0 (float32 attention) or 1 (int8), got " +
+                         std::to_string(int8));
+  }
+  kern->int8 = int8 == 1;
   if (!std::isfinite(kern->scale)) {
     return kern->invalid("scale must be finite (0: 1/sqrt(head size)), got " +
                          number(kern->scale));
@@ -174,6 +182,7 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
   void* y = nullptr;
   BITMAPS_ORT_RETURN_IF_ERROR(g_api->GetTensorMutableData(out, &y));
   args.out = static_cast<float*>(y);
+  args.int8 = kern.int8;
   cpu::attention(kern.path, args, make_parallel(kern.threads, context));
   return nullptr;
 }

@@ -297,9 +297,10 @@ at::Tensor binary_linear_prepacked_cpu(const at::Tensor& x, const at::Tensor& pa
 
 // Q, K and V side by side in qkv [B, S, 3 * H * D] (a stacked projection's output), attention
 // over the heads with an additive bias broadcast from [B or 1, H or 1, S or 1, S] (or none): the
-// kernel of cpu_attention.h, which reads Q, K and V in place (row stride 3 * H * D).
+// kernel of cpu_attention.h, which reads Q, K and V in place (row stride 3 * H * D); int8: its
+// int8 scheme.
 at::Tensor packed_attention_cpu(const at::Tensor& qkv, const std::optional<at::Tensor>& bias,
-                                int64_t num_heads, double scale) {
+                                int64_t num_heads, double scale, bool int8) {
   constexpr const char* op = "packed_attention";
   check_cpu(qkv, op, "qkv");
   check_dtype(qkv, at::kFloat, op, "qkv");
@@ -313,6 +314,7 @@ at::Tensor packed_attention_cpu(const at::Tensor& qkv, const std::optional<at::T
   cpu::AttentionArgs a;
   a.set_packed(x.const_data_ptr<float>(), batch, seq, num_heads, hidden / num_heads);
   a.scale = static_cast<float>(scale);
+  a.int8 = int8;
   at::Tensor b;
   if (bias.has_value()) {
     check_cpu(*bias, op, "bias");

@@ -1,0 +1,124 @@
+"""Int8 attention: the scheme of csrc/kernels/cpu_attention.h (``AttentionArgs::int8``) in torch.
+
+Opt-in (``bitmaps export --target onnxruntime --attention int8``, ``bitmaps eval --attention
+int8``), a departure from DESIGN.md, which keeps the two attention matmuls and the softmax in
+float. Per (batch, head):
+
+- Q and K rounded to int8 per row (D values), V per column (over the keys): ``x · (127 / max|x|)``
+  rounded to nearest even, standing for ``x · (max|x| / 127)``; a zero row: 0, scale 1;
+- ``score = (Σ q8·k8 · sq) · (sk · scale) + bias``;
+- ``p = level(score − row max)`` in 0..127: ``round(exp(x) · 127)`` with ``exp(x) = 2ⁿ · e^r``,
+  ``n = round(x · log2 e)``, ``r = x − n · ln 2``, ``e^r`` by its Taylor polynomial to ``r⁴``, on
+  ``max(x, −6)`` (``exp(−6) · 127 < 0.5``);
+- ``out = (Σ p·v8 · sv) · (1 / Σ p)``.
+
+The integer sums are exact (computed in float64 here, int32 in the kernel) and every other step is
+one IEEE float32 operation, none fused, so this module, the CPU kernel (libbitmaps_ort.so and
+``torch.ops.bitmaps.packed_attention(..., int8=True)``) and the model-local function in ONNX's
+standard ops compute the same bits. :func:`int8_attention_everywhere` makes a transformers model's
+attention use it (evaluation and export verification).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+LEVELS = 127.0
+EXP_FLOOR = -6.0  # exp(-6) * 127 < 0.5: level 0 below
+LOG2E = 1.44269504088896341
+LN2 = 0.693147180559945309
+EXP_POLY = (1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0)  # e^r = ((((c0 r + c1) r + c2) r + c3) r + 1
+TWO_POW = tuple(2.0**-i for i in range(10))  # 2^n for n = 0, -1, ..., -9 (x >= -6)
+
+
+def _f32(x: float) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def round_int8(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` (float32) rounded to integers in [-127, 127] with one scale per slice along ``dim``:
+    (the integers as float32, the scales, keepdim)."""
+    amax = x.abs().amax(dim=dim, keepdim=True)
+    nonzero = amax > 0
+    mul = torch.where(nonzero, _f32(LEVELS) / amax, _f32(0.0))
+    scale = torch.where(nonzero, amax / _f32(LEVELS), _f32(1.0))
+    return torch.round(x * mul), scale
+
+
+def exp_level(x: torch.Tensor) -> torch.Tensor:
+    """``round(exp(x) · 127)`` for ``x <= 0`` (float32) as the kernel computes it (module doc)."""
+    x = torch.clamp(x, min=EXP_FLOOR)
+    n = torch.round(x * _f32(LOG2E))
+    r = x - n * _f32(LN2)
+    p = torch.full_like(x, EXP_POLY[0])
+    for c in EXP_POLY[1:]:
+        p = p * r + _f32(c)
+    p = p * r + _f32(1.0)
+    two_n = torch.tensor(TWO_POW, dtype=torch.float32)[(-n).long()]
+    return torch.round((p * two_n) * _f32(LEVELS))
+
+
+def int8_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float
+) -> torch.Tensor:
+    """Attention of ``q [B, H, S, D]``, ``k [B, H, T, D]``, ``v [B, H, T, Dv]`` with an additive
+    ``bias`` broadcast to ``[B, H, S, T]`` (or None), in the int8 scheme; float32 ``[B, H, S, Dv]``."""
+    q8, sq = round_int8(q.float(), -1)
+    k8, sk = round_int8(k.float(), -1)
+    v8, sv = round_int8(v.float(), -2)
+    dot = (q8.double() @ k8.double().transpose(-1, -2)).float()
+    scores = (dot * sq) * (sk.transpose(-1, -2) * _f32(scale))
+    if bias is not None:
+        scores = scores + bias.float()
+    p = exp_level(scores - scores.amax(dim=-1, keepdim=True))
+    total = p.sum(dim=-1, keepdim=True)  # exact: integers below 2^24
+    acc = (p.double() @ v8.double()).float()
+    return (acc * sv) * (_f32(1.0) / total)
+
+
+def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """transformers' attention mask as an additive bias: SDPA's boolean one (True: attended)
+    becomes 0 / the dtype's lowest, as the eager path's additive mask is."""
+    if mask is None or mask.dtype != torch.bool:
+        return mask
+    zero = torch.zeros((), dtype=dtype)
+    return torch.where(mask, zero, torch.tensor(torch.finfo(dtype).min, dtype=dtype))
+
+
+def _transformers_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):  # noqa: ANN001, ANN202, ARG001
+    """transformers' attention-interface signature (BERT's eager attention, no dropout: inference)."""
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    out = int8_attention(query, key, value, _additive(attention_mask, torch.float32), scaling)
+    return out.to(query.dtype).transpose(1, 2).contiguous(), None
+
+
+@contextlib.contextmanager
+def int8_attention_everywhere() -> Iterator[None]:
+    """Inside the block, every attention that transformers looks up through its attention
+    interface (BERT's, whatever its ``_attn_implementation``) runs :func:`int8_attention`."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    saved = ALL_ATTENTION_FUNCTIONS.__dict__.get("get_interface")
+    ALL_ATTENTION_FUNCTIONS.get_interface = lambda name, default: _transformers_attention
+    try:
+        yield
+    finally:
+        if saved is None:
+            del ALL_ATTENTION_FUNCTIONS.get_interface
+        else:
+            ALL_ATTENTION_FUNCTIONS.get_interface = saved
+
+
+@contextlib.contextmanager
+def attention_precision(precision: str) -> Iterator[None]:
+    """``"float"``: nothing changes; ``"int8"``: :func:`int8_attention_everywhere`."""
+    if precision == "int8":
+        with int8_attention_everywhere():
+            yield
+    elif precision == "float":
+        yield
+    else:
+        raise ValueError(f"attention precision must be 'float' or 'int8', got {precision!r}")
