@@ -10,7 +10,7 @@ float. Per (batch, head):
 - ``p = level(score − row max)`` in 0..127: ``round(exp(x) · 127)`` with ``exp(x) = 2ⁿ · e^r``,
   ``n = round(x · log2 e)``, ``r = x − n · ln 2``, ``e^r`` by its Taylor polynomial to ``r⁴``, on
   ``max(x, −6)`` (``exp(−6) · 127 < 0.5``);
-- ``out = (Σ p·v8 · sv) · (1 / Σ p)``.
+- ``out = (Σ p·v8 · sv) / Σ p`` (a division: ONNX Runtime rewrites ``x · (1 / y)`` as ``x / y``).
 
 The integer sums are exact (computed in float64 here, int32 in the kernel) and every other step is
 one IEEE float32 operation, none fused, so this module, the CPU kernel (libbitmaps_ort.so and
@@ -76,7 +76,7 @@ def int8_attention(
     p = exp_level(scores - scores.amax(dim=-1, keepdim=True))
     total = p.sum(dim=-1, keepdim=True)  # exact: integers below 2^24
     acc = (p.double() @ v8.double()).float()
-    return (acc * sv) * (_f32(1.0) / total)
+    return (acc * sv) / total
 
 
 def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:

@@ -278,7 +278,7 @@ ATTENTION_INPUTS = ("query", "key", "value", "attention_bias")
 ATTENTION_ATTRIBUTES = ("num_heads", "scale")
 
 
-def multi_head_attention_function(opset: int) -> onnx.FunctionProto:
+def multi_head_attention_function(opset: int, int8: bool = False) -> onnx.FunctionProto:
     """The model-local function ``bitmaps::MultiHeadAttention`` (``--target onnxruntime``, binary
     float32 models): BERT's eager attention from standard ops, as torch.onnx traces it::
 
@@ -290,6 +290,12 @@ def multi_head_attention_function(opset: int) -> onnx.FunctionProto:
     where ``attention_bias`` is optional; the function needs it (the export always passes BERT's
     mask) and both attributes.
     """
+    if int8:
+        return _attention_function(
+            ATTENTION_OP_TYPE, ATTENTION_INPUTS, _attention_nodes(opset, int8=True), opset,
+            "bitmaps::MultiHeadAttention (int8 = 1) from standard ops: the int8 scheme of "
+            "csrc/kernels/cpu_attention.h, the same bits as the kernel.", int8=True,
+        )  # fmt: skip
     return _attention_function(
         ATTENTION_OP_TYPE, ATTENTION_INPUTS, _attention_nodes(opset), opset,
         "bitmaps::MultiHeadAttention from standard ops (eager BERT attention).",
@@ -300,32 +306,132 @@ PACKED_ATTENTION_OP_TYPE = "PackedMultiHeadAttention"
 PACKED_ATTENTION_INPUTS = ("qkv", "attention_bias")
 
 
-def packed_multi_head_attention_function(opset: int) -> onnx.FunctionProto:
+def packed_multi_head_attention_function(opset: int, int8: bool = False) -> onnx.FunctionProto:
     """The model-local function ``bitmaps::PackedMultiHeadAttention``: ``qkv [B, S, 3 * hidden]``
     (Q, K and V side by side: one BinaryLinear with the three projections' weights stacked) split
     in three, then :func:`multi_head_attention_function`'s nodes. libbitmaps_ort.so's kernel reads
     Q, K and V in place instead."""
     split = helper.make_node("Split", ["qkv"], ["query", "key", "value"], axis=-1, num_outputs=3)
     return _attention_function(
-        PACKED_ATTENTION_OP_TYPE, PACKED_ATTENTION_INPUTS, [split, *_attention_nodes(opset)], opset,
-        "bitmaps::PackedMultiHeadAttention from standard ops (Split + eager attention).",
+        PACKED_ATTENTION_OP_TYPE, PACKED_ATTENTION_INPUTS,
+        [split, *_attention_nodes(opset, int8=int8)], opset,
+        "bitmaps::PackedMultiHeadAttention from standard ops (Split + "
+        + ("the int8 scheme of csrc/kernels/cpu_attention.h)." if int8 else "eager attention)."),
+        int8=int8,
     )  # fmt: skip
 
 
+# The optional attribute of both attention ops: 1 selects the int8 scheme (cpu_attention.h); a
+# file's functions implement the scheme its nodes ask for (the export writes both).
+ATTENTION_INT8 = "int8"
+
+
 def _attention_function(
-    op_type: str, inputs: tuple[str, ...], nodes: list[onnx.NodeProto], opset: int, doc: str
-) -> onnx.FunctionProto:
+    op_type: str, inputs: tuple[str, ...], nodes: list[onnx.NodeProto], opset: int, doc: str,
+    int8: bool = False,
+) -> onnx.FunctionProto:  # fmt: skip
+    attributes = [*ATTENTION_ATTRIBUTES, *([ATTENTION_INT8] if int8 else [])]
     return helper.make_function(
         DOMAIN, op_type, list(inputs), ["output"], nodes,
-        opset_imports=[helper.make_opsetid("", opset)], attributes=list(ATTENTION_ATTRIBUTES),
+        opset_imports=[helper.make_opsetid("", opset)], attributes=attributes,
         doc_string=doc,
     )  # fmt: skip
 
 
-def _attention_nodes(opset: int) -> list[onnx.NodeProto]:
-    """The eager attention from ``query``, ``key``, ``value`` and ``attention_bias`` to ``output``."""
+def _round_int8_nodes(x: str, axis: str) -> list[onnx.NodeProto]:
+    """``{x}8`` (integers in [-127, 127], float32) and ``{x}_sc`` (scales, keepdims) along the
+    axis held by the constant ``axis``: bitmaps.core.int8_attention.round_int8."""
+    return [
+        helper.make_node("Abs", [x], [f"{x}_abs"]),
+        helper.make_node("ReduceMax", [f"{x}_abs", axis], [f"{x}_amax"], keepdims=1),
+        helper.make_node("Greater", [f"{x}_amax", "f_zero"], [f"{x}_nonzero"]),
+        helper.make_node("Div", ["f_levels", f"{x}_amax"], [f"{x}_mul_any"]),
+        helper.make_node("Where", [f"{x}_nonzero", f"{x}_mul_any", "f_zero"], [f"{x}_mul"]),
+        helper.make_node("Div", [f"{x}_amax", "f_levels"], [f"{x}_sc_any"]),
+        helper.make_node("Where", [f"{x}_nonzero", f"{x}_sc_any", "f_one"], [f"{x}_sc"]),
+        helper.make_node("Mul", [x, f"{x}_mul"], [f"{x}_scaled"]),
+        helper.make_node("Round", [f"{x}_scaled"], [f"{x}8"]),
+    ]
+
+
+def _int8_attention_nodes() -> list[onnx.NodeProto]:
+    """From the heads ``q_h [B, H, S, D]``, ``k_h [B, H, T, D]``, ``v_h [B, H, T, Dv]``,
+    ``scale_value`` and ``attention_bias`` to ``context [B, H, S, Dv]`` in the int8 scheme, one
+    standard op per float32 operation of bitmaps.core.int8_attention (so the same bits)."""
+    from bitmaps.core import int8_attention as i8
+
+    f32 = np.float32
+    poly = []
+    for i, c in enumerate(i8.EXP_POLY[1:], start=1):
+        prev = "exp_c0" if i == 1 else f"exp_p{i - 1}"
+        poly += [
+            helper.make_node("Mul", [prev, "exp_r"], [f"exp_pr{i}"]),
+            helper.make_node("Add", [f"exp_pr{i}", f"exp_c{i}"], [f"exp_p{i}"]),
+        ]
+    last = f"exp_p{len(i8.EXP_POLY) - 1}"
+    return [
+        _const("f_zero", np.array(0.0, f32)),
+        _const("f_one", np.array(1.0, f32)),
+        _const("f_levels", np.array(i8.LEVELS, f32)),
+        _const("exp_floor", np.array(i8.EXP_FLOOR, f32)),
+        _const("log2e", np.array(i8.LOG2E, f32)),
+        _const("ln2", np.array(i8.LN2, f32)),
+        *[_const(f"exp_c{i}", np.array(c, f32)) for i, c in enumerate(i8.EXP_POLY)],
+        _const("two_pow", np.array(i8.TWO_POW, f32)),
+        _const("axis_last", np.array([-1], np.int64)),
+        _const("axis_keys", np.array([-2], np.int64)),
+        *_round_int8_nodes("q_h", "axis_last"),
+        *_round_int8_nodes("k_h", "axis_last"),
+        *_round_int8_nodes("v_h", "axis_keys"),
+        helper.make_node("Transpose", ["k_h8"], ["k_h8_t"], perm=[0, 1, 3, 2]),
+        helper.make_node("Transpose", ["k_h_sc"], ["k_h_sc_t"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q_h8", "k_h8_t"], ["dot"]),  # exact: integers below 2^24
+        helper.make_node("Mul", ["dot", "q_h_sc"], ["dot_q"]),
+        helper.make_node("Mul", ["k_h_sc_t", "scale_value"], ["k_scale"]),
+        helper.make_node("Mul", ["dot_q", "k_scale"], ["scores_scaled"]),
+        helper.make_node("Add", ["scores_scaled", "attention_bias"], ["scores_biased"]),
+        helper.make_node("ReduceMax", ["scores_biased", "axis_last"], ["row_max"], keepdims=1),
+        helper.make_node("Sub", ["scores_biased", "row_max"], ["exp_x_any"]),
+        helper.make_node("Max", ["exp_x_any", "exp_floor"], ["exp_x"]),
+        helper.make_node("Mul", ["exp_x", "log2e"], ["exp_x2"]),
+        helper.make_node("Round", ["exp_x2"], ["exp_n"]),
+        helper.make_node("Mul", ["exp_n", "ln2"], ["exp_nln2"]),
+        helper.make_node("Sub", ["exp_x", "exp_nln2"], ["exp_r"]),
+        *poly,
+        helper.make_node("Mul", [last, "exp_r"], ["exp_pr_last"]),
+        helper.make_node("Add", ["exp_pr_last", "f_one"], ["exp_poly"]),
+        helper.make_node("Neg", ["exp_n"], ["exp_minus_n"]),
+        helper.make_node("Cast", ["exp_minus_n"], ["exp_index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["two_pow", "exp_index"], ["exp_two_n"]),
+        helper.make_node("Mul", ["exp_poly", "exp_two_n"], ["exp_e"]),
+        helper.make_node("Mul", ["exp_e", "f_levels"], ["levels_any"]),
+        helper.make_node("Round", ["levels_any"], ["levels"]),
+        helper.make_node("ReduceSum", ["levels", "axis_last"], ["levels_sum"], keepdims=1),
+        helper.make_node("MatMul", ["levels", "v_h8"], ["acc"]),  # exact: integers below 2^24
+        helper.make_node("Mul", ["acc", "v_h_sc"], ["acc_scaled"]),
+        helper.make_node("Div", ["acc_scaled", "levels_sum"], ["context"]),
+    ]
+
+
+def _attention_nodes(opset: int, int8: bool = False) -> list[onnx.NodeProto]:
+    """The eager attention from ``query``, ``key``, ``value`` and ``attention_bias`` to ``output``
+    (``int8``: the int8 scheme between the heads' split and merge)."""
     if opset < MIN_OPSET:
         raise ValueError(f"the attention function needs opset >= {MIN_OPSET}, got {opset}")
+    if int8:
+        middle = [
+            helper.make_node("Transpose", ["k_heads"], ["k_h"], perm=[0, 2, 1, 3]),
+            *_int8_attention_nodes(),
+        ]
+    else:
+        middle = [
+            helper.make_node("Transpose", ["k_heads"], ["k_t"], perm=[0, 2, 3, 1]),
+            helper.make_node("MatMul", ["q_h", "k_t"], ["scores"]),
+            helper.make_node("Mul", ["scores", "scale_value"], ["scores_scaled"]),
+            helper.make_node("Add", ["scores_scaled", "attention_bias"], ["scores_biased"]),
+            helper.make_node("Softmax", ["scores_biased"], ["probs"], axis=-1),
+            helper.make_node("MatMul", ["probs", "v_h"], ["context"]),
+        ]
     return [
         _const_from_attr("heads", "value_int", "num_heads", onnx.AttributeProto.INT),
         _const_from_attr("scale_value", "value_float", "scale", onnx.AttributeProto.FLOAT),
@@ -340,14 +446,9 @@ def _attention_nodes(opset: int) -> list[onnx.NodeProto]:
         helper.make_node("Reshape", ["query", "heads_shape"], ["q_heads"]),
         helper.make_node("Transpose", ["q_heads"], ["q_h"], perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", ["key", "heads_shape"], ["k_heads"]),
-        helper.make_node("Transpose", ["k_heads"], ["k_t"], perm=[0, 2, 3, 1]),
         helper.make_node("Reshape", ["value", "heads_shape"], ["v_heads"]),
         helper.make_node("Transpose", ["v_heads"], ["v_h"], perm=[0, 2, 1, 3]),
-        helper.make_node("MatMul", ["q_h", "k_t"], ["scores"]),
-        helper.make_node("Mul", ["scores", "scale_value"], ["scores_scaled"]),
-        helper.make_node("Add", ["scores_scaled", "attention_bias"], ["scores_biased"]),
-        helper.make_node("Softmax", ["scores_biased"], ["probs"], axis=-1),
-        helper.make_node("MatMul", ["probs", "v_h"], ["context"]),
+        *middle,
         helper.make_node("Transpose", ["context"], ["context_t"], perm=[0, 2, 1, 3]),
         helper.make_node("Reshape", ["context_t", "flat_shape"], ["output"]),
     ]

@@ -46,6 +46,7 @@ from bitmaps.core.ort import (  # noqa: F401  (re-exported: the sessions this mo
 )
 from bitmaps.core.packing import pack_signs
 from bitmaps.export.onnx_function import (
+    ATTENTION_INT8,
     ATTENTION_OP_TYPE,
     DOMAIN,
     OP_TYPE,
@@ -230,10 +231,12 @@ def _measure_one(
 def attention_model(
     heads: int, scale: float | None = 0.125, bias: bool = True, dtype: int = TensorProto.FLOAT,
     hidden: tuple[int | str, int | str] = ("hq", "hv"), domain: str = DOMAIN, opset: int = 20,
+    int8: bool = False,
 ) -> onnx.ModelProto:  # fmt: skip
     """One MultiHeadAttention node (``bitmaps`` with its function, or ``com.microsoft``'s) on
     query/key ``[B, S|T, hidden[0]]``, value ``[B, T, hidden[1]]`` and, with ``bias``, an
-    additive ``attention_bias`` ``[b0, b1, b2, T]``; dynamic dimensions except those given."""
+    additive ``attention_bias`` ``[b0, b1, b2, T]``; dynamic dimensions except those given.
+    ``int8``: the bitmaps node's attribute ``int8 = 1`` and the int8 function."""
     inputs = [
         helper.make_tensor_value_info("query", dtype, ["B", "S", hidden[0]]),
         helper.make_tensor_value_info("key", dtype, ["B", "T", hidden[0]]),
@@ -244,33 +247,37 @@ def attention_model(
         inputs.append(helper.make_tensor_value_info("bias", dtype, ["b0", "b1", "b2", "T"]))
         # com.microsoft's inputs: query, key, value, bias, key_padding_mask, attention_bias
         names += ["bias"] if domain == DOMAIN else ["", "", "bias"]
-    functions = [multi_head_attention_function(opset)] if domain == DOMAIN else []
+    functions = [multi_head_attention_function(opset, int8)] if domain == DOMAIN else []
     return _attention_node_model(ATTENTION_OP_TYPE, names, inputs, heads, scale, domain, opset,
-                                 functions)  # fmt: skip
+                                 functions, int8)  # fmt: skip
 
 
 def packed_attention_model(
     heads: int, scale: float | None = 0.125, bias: bool = True, hidden: int | str = "h3",
-    opset: int = 20,
+    opset: int = 20, int8: bool = False,
 ) -> onnx.ModelProto:  # fmt: skip
     """One ``bitmaps::PackedMultiHeadAttention`` node (with its function) on ``qkv [B, S,
-    hidden]`` (Q, K, V side by side) and, with ``bias``, ``attention_bias [b0, b1, b2, S]``."""
+    hidden]`` (Q, K, V side by side) and, with ``bias``, ``attention_bias [b0, b1, b2, S]``;
+    ``int8`` as :func:`attention_model`'s."""
     dtype = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("qkv", dtype, ["B", "S", hidden])]
     if bias:
         inputs.append(helper.make_tensor_value_info("bias", dtype, ["b0", "b1", "b2", "S"]))
     names = [i.name for i in inputs]
     return _attention_node_model(PACKED_ATTENTION_OP_TYPE, names, inputs, heads, scale, DOMAIN,
-                                 opset, [packed_multi_head_attention_function(opset)])  # fmt: skip
+                                 opset, [packed_multi_head_attention_function(opset, int8)],
+                                 int8)  # fmt: skip
 
 
 def _attention_node_model(
     op_type: str, names: list[str], inputs: list, heads: int, scale: float | None, domain: str,
-    opset: int, functions: list,
+    opset: int, functions: list, int8: bool = False,
 ) -> onnx.ModelProto:  # fmt: skip
     """One attention node named ``attn`` on ``inputs`` (``names``: its input list), output
     ``out`` of the first input's type."""
     attrs = {"num_heads": heads} if scale is None else {"num_heads": heads, "scale": scale}
+    if int8:
+        attrs[ATTENTION_INT8] = 1
     node = helper.make_node(op_type, names, ["out"], domain=domain, name="attn", **attrs)
     dtype = inputs[0].type.tensor_type.elem_type
     graph = helper.make_graph(

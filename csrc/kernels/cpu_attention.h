@@ -26,7 +26,7 @@
 //   score[s, t] = (float(sum_d q8[s, d] k8[t, d]) * sq[s]) * (sk[t] * scale) + bias[b, h, s, t]
 //   p[s, t]     = level(score[s, t] - max_t score[s, t])       (0..127, cpu_attention_int8.cpp:
 //                 round(exp(x) * 127) with exp = 2^n times a degree-4 polynomial, x >= -6)
-//   out[s, d]   = (float(sum_t p[s, t] v8[t, d]) * sv[d]) * (1 / float(sum_t p[s, t]))
+//   out[s, d]   = (float(sum_t p[s, t] v8[t, d]) * sv[d]) / float(sum_t p[s, t])
 // The integer sums are exact; every other step is one IEEE float32 operation, so
 // bitmaps.core.int8_attention (torch) and the model-local function (ONNX standard ops) compute the
 // same bits. The AVX2 and AVX-512 paths run an AVX2 kernel (VPMADDUBSW), every other path a

@@ -116,12 +116,12 @@ void attention_head_int8_portable(const AttentionArgs& a, int64_t b, int64_t h, 
       p[t] = static_cast<uint8_t>(exp_level(score[t] - top));
       sum += p[t];
     }
-    const float inv = 1.0f / static_cast<float>(sum);
+    const float total = static_cast<float>(sum);
     float* out = a.out + (b * S + s) * ldo + h * Dv;
     for (int64_t d = 0; d < Dv; ++d) {
       int32_t acc = 0;
       for (int64_t t = 0; t < T; ++t) acc += p[t] * v8[t * Dv + d];
-      out[d] = static_cast<float>(acc) * sv[d] * inv;
+      out[d] = static_cast<float>(acc) * sv[d] / total;
     }
   }
 }
@@ -217,7 +217,7 @@ struct Int8Head {
   float* ksc;     // [tp]
   float* vmul;    // [dvp]
   float* sv;      // [dvp]
-  float* inv;     // [S]
+  float* total;   // [S]: the sum of each row's levels
   float* scores;  // [kMR][tp]
 };
 
@@ -244,7 +244,7 @@ Int8Head int8_head(const AttentionArgs& a, float* scratch) {
   w.ksc = reinterpret_cast<float*>(take(4 * w.tp));
   w.vmul = reinterpret_cast<float*>(take(4 * w.dvp));
   w.sv = reinterpret_cast<float*>(take(4 * w.dvp));
-  w.inv = reinterpret_cast<float*>(take(4 * S));
+  w.total = reinterpret_cast<float*>(take(4 * S));
   w.scores = reinterpret_cast<float*>(take(4 * kMR * w.tp));
   return w;
 }
@@ -326,7 +326,7 @@ BITMAPS_INT8 void int8_layout(const AttentionArgs& a, int64_t b, int64_t h, cons
   }
 }
 
-// Rows [s0, s0 + MR): scores, their maximum, the rounded probabilities and 1 / their sum.
+// Rows [s0, s0 + MR): scores, their maximum, the rounded probabilities and their sum.
 // kGroups: w.dp / 4 when known at compile time (head sizes 32 and 64), else 0.
 template <int MR, int kGroups>
 BITMAPS_INT8 void int8_scores(const AttentionArgs& a, int64_t b, int64_t h, int64_t s0,
@@ -389,7 +389,7 @@ BITMAPS_INT8 void int8_scores(const AttentionArgs& a, int64_t b, int64_t h, int6
     __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(sum), _mm256_extracti128_si256(sum, 1));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
     s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
-    w.inv[s0 + r] = 1.0f / static_cast<float>(_mm_cvtsi128_si32(s4));
+    w.total[s0 + r] = static_cast<float>(_mm_cvtsi128_si32(s4));
   }
 }
 
@@ -419,8 +419,8 @@ BITMAPS_INT8 void int8_values(const AttentionArgs& a, int64_t b, int64_t h, int6
       if (d >= Dv) break;
       const __m256 sv = _mm256_load_ps(w.sv + d);
       for (int r = 0; r < MR; ++r) {
-        const __m256 y = _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][j]), sv),
-                                       _mm256_set1_ps(w.inv[s0 + r]));
+        const __m256 y = _mm256_div_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(acc[r][j]), sv),
+                                       _mm256_set1_ps(w.total[s0 + r]));
         if (d + 8 <= Dv) {
           _mm256_storeu_ps(out + r * ldo + d, y);
         } else {
