@@ -401,8 +401,11 @@ def _export_options(f):  # noqa: ANN001, ANN202
               "tensorrt, whose parser has no integer bit ops]")
 @click.option("--embedding-group", type=click.Choice(["32", "64"]), default="64",
               show_default=True, help="int4 embeddings: values per scale along the hidden axis")
+@click.option("--attention", type=click.Choice(["float", "int8"]), default="float",
+              show_default=True, help="int8: the onnxruntime target's attention in int8 (Q, K, "
+              "V and the softmax's probabilities rounded; opt-in, fp32 only; see README)")
 def export_cmd(checkpoint, output, target, dtype, opset, output_kind, tolerance, embeddings,
-               embedding_group) -> None:  # fmt: skip
+               embedding_group, attention) -> None:  # fmt: skip
     """ONNX with every binary linear as one bitmaps::BinaryLinear node (packed int32 weights),
     verified in ONNX Runtime against PyTorch before it is written."""
     from bitmaps.core.config import ExportConfig
@@ -413,7 +416,7 @@ def export_cmd(checkpoint, output, target, dtype, opset, output_kind, tolerance,
         embeddings = "fp16" if target == "tensorrt" else STUDENT_EMBEDDINGS
     cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance,
                        embeddings=embeddings, embedding_group=int(embedding_group),
-                       target=target)  # fmt: skip
+                       target=target, attention=attention)  # fmt: skip
     summary = export_student(checkpoint, output, cfg, log=lambda m: click.echo(m, err=True))
     click.echo(summary.line())
 

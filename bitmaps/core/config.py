@@ -515,7 +515,11 @@ class ExportConfig(Config):
     )
     embedding_group: int = 64  # int4 embeddings: scale group size along the hidden axis
     target: str = "portable"  # "portable" | "onnxruntime" | "tensorrt"
+    # "int8": the onnxruntime target's attention nodes in the int8 scheme (opt-in, binary fp32
+    # students; csrc/kernels/cpu_attention.h, bitmaps/core/int8_attention.py)
+    attention: str = "float"
 
+    ATTENTIONS: ClassVar[tuple[str, ...]] = ("float", "int8")
     DTYPES: ClassVar[tuple[str, ...]] = ("fp32", "fp16")
     TARGETS: ClassVar[tuple[str, ...]] = ("portable", "onnxruntime", "tensorrt")
     EMBEDDINGS: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8", "int4")
@@ -530,6 +534,12 @@ class ExportConfig(Config):
         _one_of("output", self.output, self.OUTPUTS)
         _one_of("target", self.target, self.TARGETS)
         _one_of("embeddings", self.embeddings, self.EMBEDDINGS)
+        _one_of("attention", self.attention, self.ATTENTIONS)
+        if self.attention == "int8" and (self.target != "onnxruntime" or self.dtype != "fp32"):
+            raise ConfigError(
+                "attention int8 needs --target onnxruntime and --dtype fp32 (the int8 scheme is "
+                f"libbitmaps_ort.so's attention op), got target {self.target}, dtype {self.dtype}"
+            )
         if self.embedding_group not in self.EMBEDDING_GROUPS:
             raise ConfigError(f"embedding_group must be 32 or 64, got {self.embedding_group}")
         lo, hi = self.OPSETS

@@ -30,6 +30,7 @@ from bitmaps import __version__
 from bitmaps.core.atomic import atomic_output, check_writable
 from bitmaps.core.config import ExportConfig
 from bitmaps.core.errors import BitmapsError
+from bitmaps.core.int8_attention import attention_precision
 from bitmaps.core.packed import PackedBinaryLinear
 from bitmaps.data.assets import ASSET_MODELS
 from bitmaps.export import targets
@@ -132,6 +133,11 @@ def export_baseline(
     spec: str | os.PathLike, out: str | os.PathLike, cfg: ExportConfig, log: Log = _nothing
 ) -> ExportSummary:
     """Export a full-precision model (checkpoint, folder, asset or ``bert-base``) unchanged."""
+    if cfg.attention != "float":
+        raise BitmapsError(
+            f"attention {cfg.attention} is for binary students; a baseline keeps ONNX Runtime's "
+            "float attention"
+        )
     out = check_writable(out)
     loaded = load_baseline(spec)
     result = export_verified(
@@ -248,6 +254,11 @@ def target(model: ir.Model, cfg: ExportConfig, wrapper: ExportWrapper, *, binary
         targets.PASSES[cfg.target](model, heads)
     elif cfg.target == "onnxruntime":
         targets.fuse_attention(model, heads)
+    if cfg.attention == "int8" and not targets.int8_attention(model):
+        raise BitmapsError(
+            "attention int8 applies to a binary student's bitmaps attention nodes; this model has "
+            "none (a baseline keeps ONNX Runtime's com.microsoft attention)"
+        )
 
 
 def metadata(model: ir.Model, cfg: ExportConfig, *, binary: bool, source: str) -> dict[str, str]:
@@ -260,6 +271,7 @@ def metadata(model: ir.Model, cfg: ExportConfig, *, binary: bool, source: str) -
         "version": __version__,
         "source": Path(source).name,
         "binary_linear_nodes": str(len(binary_linears(model))),
+        "attention": cfg.attention,
     }
 
 
@@ -385,7 +397,8 @@ def verify(
     backends = cfg.backends if binary else ("function",)
     batches = verification_batches(wrapper.model.config.vocab_size, tokenizer)
     log(f"verifying in ONNX Runtime ({', '.join(backends)}) against PyTorch ...")
-    report = verify_onnx(model, wrapper, batches, cfg.effective_tolerance(), backends)
+    with attention_precision(cfg.attention):  # int8: PyTorch's attention in the same scheme
+        report = verify_onnx(model, wrapper, batches, cfg.effective_tolerance(), backends)
     if not report.ok:
         raise ExportVerificationError(f"refusing to write the model: {report.failure()}")
     log(report.summary())

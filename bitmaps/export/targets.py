@@ -49,6 +49,7 @@ from bitmaps.core.errors import BitmapsError
 from bitmaps.core.ops import reference_prepack_weights
 from bitmaps.export.onnx_export import add_function, is_binary_linear, opset_of
 from bitmaps.export.onnx_function import (
+    ATTENTION_INT8,
     ATTENTION_OP_TYPE,
     BINARY_FFN_ATTRIBUTES,
     BINARY_FFN_OP_TYPE,
@@ -461,6 +462,26 @@ def multi_head_attention_nodes(model: ir.Model) -> list[ir.Node]:
         if (n.domain in (DOMAIN, MS_DOMAIN) and n.op_type == ATTENTION_OP_TYPE)
         or (n.domain == DOMAIN and n.op_type == PACKED_ATTENTION_OP_TYPE)
     ]  # fmt: skip
+
+
+def int8_attention(model: ir.Model) -> int:
+    """Every ``bitmaps`` attention node (packed or not) set to the int8 scheme (attribute
+    ``int8 = 1``, csrc/kernels/cpu_attention.h) and the model's attention functions replaced by
+    their int8 versions (the same bits, in standard ops). Returns how many nodes; 0 means the model
+    has none (a float16 or baseline export keeps com.microsoft's attention)."""
+    nodes = [
+        n for n in model.graph
+        if n.domain == DOMAIN and n.op_type in (ATTENTION_OP_TYPE, PACKED_ATTENTION_OP_TYPE)
+    ]  # fmt: skip
+    for node in nodes:
+        node.attributes[ATTENTION_INT8] = ir.AttrInt64(ATTENTION_INT8, 1)
+    opset = opset_of(model)
+    for op_type in {n.op_type for n in nodes}:
+        if op_type == ATTENTION_OP_TYPE:
+            add_function(model, multi_head_attention_function(opset, int8=True), only=False)
+        else:
+            add_function(model, packed_multi_head_attention_function(opset, int8=True), only=False)
+    return len(nodes)
 
 
 def stack_qkv(model: ir.Model) -> int:
