@@ -211,17 +211,30 @@ def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio,
               "stored as the export's --embeddings stores them")
 @click.option("--embedding-group", type=click.Choice(["32", "64"]), default="64",
               show_default=True, help="int4 embeddings: values per scale")
+@click.option("--attention", type=click.Choice(["float", "int8"]), default="float",
+              show_default=True, help="int8: score with attention computed as `export "
+              "--attention int8` computes it (bit for bit)")
 def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, device,
-             embeddings, embedding_group) -> None:  # fmt: skip
+             embeddings, embedding_group, attention) -> None:  # fmt: skip
     """Masked-LM cross entropy, top-1 accuracy and MRR on held-out text (teacher or student);
     for a classifier: accuracy, macro-F1 and the confusion matrix on held-out labelled data."""
+    from bitmaps.core.int8_attention import attention_precision
 
+    with attention_precision(attention):
+        _evaluate(model, data, batch_size, max_sequences, split, as_json, overrides, device,
+                  embeddings, embedding_group, attention)  # fmt: skip
+
+
+def _evaluate(model, data, batch_size, max_sequences, split, as_json, overrides, device,
+              embeddings, embedding_group, attention) -> None:  # fmt: skip
+    """`bitmaps eval` inside its attention precision."""
     from bitmaps.core.config import DataConfig
     from bitmaps.train.evaluate import evaluate_on_text
     from bitmaps.train.models import model_task
 
     sections = _configs(None, overrides, {"data": {}})
     data_cfg = DataConfig.from_dict(sections["data"])
+    suffix = "" if attention == "float" else f", {attention} attention"
     if model_task(model) == "classify":
         from bitmaps.metrics.classify import format_confusion
         from bitmaps.train.classify import evaluate_classifier_on_data
@@ -231,13 +244,14 @@ def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, 
             batch_size=batch_size, max_examples=max_sequences, split=split, device=device,
             trained_seq_len="seq_len" not in sections["data"], log=lambda m: click.echo(m, err=True),
         )
+        result["attention"] = attention
         if as_json:
             click.echo(json.dumps(result, indent=2))
             return
         click.echo(
             f"{result['model']}: accuracy {result['accuracy']:.4f}  macro-F1 "
             f"{result['macro_f1']:.4f}  (majority class {result['majority_accuracy']:.4f}, "
-            f"{result['examples']} {result['split']} documents)"
+            f"{result['examples']} {result['split']} documents{suffix})"
         )
         click.echo(format_confusion(result))
         return
@@ -247,13 +261,14 @@ def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, 
         log=lambda m: click.echo(m, err=True),
         embeddings=embeddings, embedding_group=int(embedding_group),
     )
+    result["attention"] = attention
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         click.echo(
             f"{result['model']}: cross entropy {result['cross_entropy']:.4f}  "
             f"accuracy {result['accuracy']:.4f}  MRR {result['mrr']:.4f}  "
-            f"({result['masked_tokens']} masked tokens, {result['sequences']} sequences)"
+            f"({result['masked_tokens']} masked tokens, {result['sequences']} sequences{suffix})"
         )
 
 

@@ -33,6 +33,23 @@ def test_eval_real_bert_tiny_json_is_deterministic(capsys, sotu_small, bert_tiny
     assert json.loads(out)["cross_entropy"] == first["cross_entropy"]  # same masks, same model
 
 
+def test_eval_int8_attention(capsys, sotu_small, bert_tiny_dir) -> None:
+    args = ["eval", "bert-tiny", "--data", str(sotu_small), "--json", "--max-sequences", "24"]
+    results = {}
+    for attention in ("float", "int8"):
+        code, out, err = run(capsys, *args, "--attention", attention)
+        assert code == 0, err
+        results[attention] = json.loads(out)
+        assert results[attention]["attention"] == attention
+    f, i = results["float"], results["int8"]
+    # the same masked tokens, scored through the rounded attention: close, not identical
+    assert f["masked_tokens"] == i["masked_tokens"]
+    assert f["cross_entropy"] != i["cross_entropy"]
+    assert abs(f["cross_entropy"] - i["cross_entropy"]) < 0.05 * f["cross_entropy"]
+    code, _, err = run(capsys, *args, "--attention", "int4")
+    assert code == 2 and "int4" in err and "Traceback" not in err
+
+
 def test_eval_missing_data(capsys, tmp_path, bert_tiny_dir) -> None:
     code, _, err = run(capsys, "eval", "bert-tiny", "--data", str(tmp_path / "nope.txt"))
     assert_one_line_error(code, err, "nope.txt")

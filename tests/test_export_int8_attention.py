@@ -114,6 +114,8 @@ def test_export_cli_attention_option(tmp_path, capsys):
     code = main(["export", "student.pt", str(out), "--attention", "int8"])
     assert_one_line_error(code, capsys.readouterr().err, "--target onnxruntime")
     assert not out.exists()
-    code = main(["export", "student.pt", str(out), "--target", "onnxruntime", "--attention", "int4"])
+    code = main(
+        ["export", "student.pt", str(out), "--target", "onnxruntime", "--attention", "int4"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "int4" in err and "Traceback" not in err

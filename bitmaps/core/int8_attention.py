@@ -4,8 +4,10 @@ Opt-in (``bitmaps export --target onnxruntime --attention int8``, ``bitmaps eval
 int8``), a departure from DESIGN.md, which keeps the two attention matmuls and the softmax in
 float. Per (batch, head):
 
-- Q and K rounded to int8 per row (D values), V per column (over the keys): ``x · (127 / max|x|)``
-  rounded to nearest even, standing for ``x · (max|x| / 127)``; a zero row: 0, scale 1;
+- Q and K rounded to int8 per row (D values), V per column over the attended keys (those some
+  query row gives a level > 0 below; the others' values become 0, so padding changes nothing):
+  ``x · (127 / max|x|)`` rounded to nearest even, standing for ``x · (max|x| / 127)``; a zero row:
+  0, scale 1;
 - ``score = (Σ q8·k8 · sq) · (sk · scale) + bias``;
 - ``p = level(score − row max)`` in 0..127: ``round(exp(x) · 127)`` with ``exp(x) = 2ⁿ · e^r``,
   ``n = round(x · log2 e)``, ``r = x − n · ln 2``, ``e^r`` by its Taylor polynomial to ``r⁴``, on
@@ -38,14 +40,19 @@ def _f32(x: float) -> torch.Tensor:
     return torch.tensor(x, dtype=torch.float32)
 
 
-def round_int8(x: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+def round_int8(
+    x: torch.Tensor, dim: int, use: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` (float32) rounded to integers in [-127, 127] with one scale per slice along ``dim``:
-    (the integers as float32, the scales, keepdim)."""
-    amax = x.abs().amax(dim=dim, keepdim=True)
+    (the integers as float32, the scales, keepdim). ``use`` (boolean, broadcast to ``x``): only
+    those elements set the scale; the others become 0."""
+    magnitude = x.abs() if use is None else torch.where(use, x.abs(), _f32(0.0))
+    amax = magnitude.amax(dim=dim, keepdim=True)
     nonzero = amax > 0
     mul = torch.where(nonzero, _f32(LEVELS) / amax, _f32(0.0))
     scale = torch.where(nonzero, amax / _f32(LEVELS), _f32(1.0))
-    return torch.round(x * mul), scale
+    rounded = torch.round(x * mul)
+    return (rounded if use is None else torch.where(use, rounded, _f32(0.0))), scale
 
 
 def exp_level(x: torch.Tensor) -> torch.Tensor:
@@ -68,12 +75,15 @@ def int8_attention(
     ``bias`` broadcast to ``[B, H, S, T]`` (or None), in the int8 scheme; float32 ``[B, H, S, Dv]``."""
     q8, sq = round_int8(q.float(), -1)
     k8, sk = round_int8(k.float(), -1)
-    v8, sv = round_int8(v.float(), -2)
     dot = (q8.double() @ k8.double().transpose(-1, -2)).float()
     scores = (dot * sq) * (sk.transpose(-1, -2) * _f32(scale))
     if bias is not None:
         scores = scores + bias.float()
     p = exp_level(scores - scores.amax(dim=-1, keepdim=True))
+    # V's column scales over the keys some query row gives a level > 0 (a padding key's value
+    # then changes nothing); the other keys' values become 0
+    attended = (p > 0).any(dim=-2, keepdim=True).transpose(-1, -2)
+    v8, sv = round_int8(v.float(), -2, attended)
     total = p.sum(dim=-1, keepdim=True)  # exact: integers below 2^24
     acc = (p.double() @ v8.double()).float()
     return (acc * sv) / total
@@ -88,8 +98,13 @@ def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | N
     return torch.where(mask, zero, torch.tensor(torch.finfo(dtype).min, dtype=dtype))
 
 
-def _transformers_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):  # noqa: ANN001, ANN202, ARG001
+def _transformers_attention(  # noqa: ANN202
+    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+    **kwargs: object,
+):  # fmt: skip
     """transformers' attention-interface signature (BERT's eager attention, no dropout: inference)."""
+    del module, dropout, kwargs
     scaling = query.size(-1) ** -0.5 if scaling is None else scaling
     out = int8_attention(query, key, value, _additive(attention_mask, torch.float32), scaling)
     return out.to(query.dtype).transpose(1, 2).contiguous(), None

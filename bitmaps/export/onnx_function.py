@@ -338,11 +338,16 @@ def _attention_function(
     )  # fmt: skip
 
 
-def _round_int8_nodes(x: str, axis: str) -> list[onnx.NodeProto]:
+def _round_int8_nodes(x: str, axis: str, use: str | None = None) -> list[onnx.NodeProto]:
     """``{x}8`` (integers in [-127, 127], float32) and ``{x}_sc`` (scales, keepdims) along the
-    axis held by the constant ``axis``: bitmaps.core.int8_attention.round_int8."""
+    axis held by the constant ``axis``, only the elements where the boolean ``use`` is set (if
+    given): bitmaps.core.int8_attention.round_int8."""
+    magnitude = [helper.make_node("Abs", [x], [f"{x}_abs" if use is None else f"{x}_abs_any"])]
+    if use is not None:
+        magnitude.append(helper.make_node("Where", [use, f"{x}_abs_any", "f_zero"], [f"{x}_abs"]))
+    rounded = f"{x}8" if use is None else f"{x}8_any"
     return [
-        helper.make_node("Abs", [x], [f"{x}_abs"]),
+        *magnitude,
         helper.make_node("ReduceMax", [f"{x}_abs", axis], [f"{x}_amax"], keepdims=1),
         helper.make_node("Greater", [f"{x}_amax", "f_zero"], [f"{x}_nonzero"]),
         helper.make_node("Div", ["f_levels", f"{x}_amax"], [f"{x}_mul_any"]),
@@ -350,7 +355,8 @@ def _round_int8_nodes(x: str, axis: str) -> list[onnx.NodeProto]:
         helper.make_node("Div", [f"{x}_amax", "f_levels"], [f"{x}_sc_any"]),
         helper.make_node("Where", [f"{x}_nonzero", f"{x}_sc_any", "f_one"], [f"{x}_sc"]),
         helper.make_node("Mul", [x, f"{x}_mul"], [f"{x}_scaled"]),
-        helper.make_node("Round", [f"{x}_scaled"], [f"{x}8"]),
+        helper.make_node("Round", [f"{x}_scaled"], [rounded]),
+        *([] if use is None else [helper.make_node("Where", [use, rounded, "f_zero"], [f"{x}8"])]),
     ]
 
 
@@ -362,7 +368,7 @@ def _int8_attention_nodes() -> list[onnx.NodeProto]:
 
     f32 = np.float32
     poly = []
-    for i, c in enumerate(i8.EXP_POLY[1:], start=1):
+    for i in range(1, len(i8.EXP_POLY)):
         prev = "exp_c0" if i == 1 else f"exp_p{i - 1}"
         poly += [
             helper.make_node("Mul", [prev, "exp_r"], [f"exp_pr{i}"]),
@@ -382,7 +388,6 @@ def _int8_attention_nodes() -> list[onnx.NodeProto]:
         _const("axis_keys", np.array([-2], np.int64)),
         *_round_int8_nodes("q_h", "axis_last"),
         *_round_int8_nodes("k_h", "axis_last"),
-        *_round_int8_nodes("v_h", "axis_keys"),
         helper.make_node("Transpose", ["k_h8"], ["k_h8_t"], perm=[0, 1, 3, 2]),
         helper.make_node("Transpose", ["k_h_sc"], ["k_h_sc_t"], perm=[0, 1, 3, 2]),
         helper.make_node("MatMul", ["q_h8", "k_h8_t"], ["dot"]),  # exact: integers below 2^24
@@ -406,6 +411,11 @@ def _int8_attention_nodes() -> list[onnx.NodeProto]:
         helper.make_node("Mul", ["exp_poly", "exp_two_n"], ["exp_e"]),
         helper.make_node("Mul", ["exp_e", "f_levels"], ["levels_any"]),
         helper.make_node("Round", ["levels_any"], ["levels"]),
+        # V over the keys some row gives a level > 0 (the rest 0)
+        helper.make_node("ReduceMax", ["levels", "axis_keys"], ["key_top"], keepdims=1),
+        helper.make_node("Greater", ["key_top", "f_zero"], ["attended_row"]),
+        helper.make_node("Transpose", ["attended_row"], ["attended"], perm=[0, 1, 3, 2]),
+        *_round_int8_nodes("v_h", "axis_keys", "attended"),
         helper.make_node("ReduceSum", ["levels", "axis_last"], ["levels_sum"], keepdims=1),
         helper.make_node("MatMul", ["levels", "v_h8"], ["acc"]),  # exact: integers below 2^24
         helper.make_node("Mul", ["acc", "v_h_sc"], ["acc_scaled"]),

@@ -20,12 +20,15 @@
 // the compiler vectorizes.
 //
 // int8 attention (AttentionArgs::int8; opt-in, `bitmaps export --attention int8`): per (b, h),
-// each row of Q and of K (D values), and each column of V (over the T keys), is rounded to integers
-// in [-127, 127]: x * (127 / max|x|) rounded to nearest even, standing for x * (max|x| / 127) (a
-// zero row: all 0, scale 1). Then, in this order of float32 operations, none fused,
+// each row of Q and of K (D values), and each column of V over the attended keys (below), is
+// rounded to integers in [-127, 127]: x * (127 / max|x|) rounded to nearest even, standing for
+// x * (max|x| / 127) (a zero row: all 0, scale 1). Then, in this order of float32 operations,
+// none fused,
 //   score[s, t] = (float(sum_d q8[s, d] k8[t, d]) * sq[s]) * (sk[t] * scale) + bias[b, h, s, t]
 //   p[s, t]     = level(score[s, t] - max_t score[s, t])       (0..127, cpu_attention_int8.cpp:
 //                 round(exp(x) * 127) with exp = 2^n times a degree-4 polynomial, x >= -6)
+//   attended[t] = some p[s, t] > 0: V's column scales over those keys only, v8 = 0 at the others
+//                 (a masked padding key's value changes nothing)
 //   out[s, d]   = (float(sum_t p[s, t] v8[t, d]) * sv[d]) / float(sum_t p[s, t])
 // The integer sums are exact; every other step is one IEEE float32 operation, so
 // bitmaps.core.int8_attention (torch) and the model-local function (ONNX standard ops) compute the

@@ -71,34 +71,44 @@ inline int8_t round_int8(float x, float mul) { return static_cast<int8_t>(std::l
 int64_t attention_int8_scratch_floats(const AttentionArgs& a) {
   const int64_t S = a.q_len, dp = round_up(a.head_dim, 32), tp = round_up(a.kv_len, 16),
                 dvp = round_up(a.v_head_dim, 16);
-  const int64_t bytes = S * dp + tp * dp + tp * dvp + S * tp + 8 * dp;  // + the AVX2 key block
+  // + the AVX2 key block and the attended keys
+  const int64_t bytes = S * dp + tp * dp + tp * dvp + S * tp + 8 * dp + tp;
   const int64_t floats = 2 * S + tp + 2 * dvp + kAttentionInt8Rows * tp;
-  return (bytes + 3) / 4 + floats + 11 * 8 + 8;  // + 32-byte alignment of each of 11 arrays
+  return (bytes + 3) / 4 + floats + 12 * 8 + 8;  // + 32-byte alignment of each of 12 arrays
 }
 
 void attention_head_int8_portable(const AttentionArgs& a, int64_t b, int64_t h, float* scratch) {
   const int64_t S = a.q_len, T = a.kv_len, D = a.head_dim, Dv = a.v_head_dim;
   const int64_t ldq = a.q_row(), ldk = a.k_row(), ldv = a.v_row(), ldo = a.heads * Dv;
-  float* ksc = scratch;   // [T]: key scale * attention scale
-  float* sv = ksc + T;    // [Dv]: value column scales
-  float* score = sv + Dv; // [T]
-  auto* k8 = reinterpret_cast<int8_t*>(score + T);  // [T][D]
+  float* ksc = scratch;     // [T]: key scale * attention scale
+  float* sv = ksc + T;      // [Dv]: value column scales
+  float* score = sv + Dv;   // [T]
+  float* total = score + T; // [S]: each row's sum of levels
+  auto* k8 = reinterpret_cast<int8_t*>(total + S);  // [T][D]
   int8_t* v8 = k8 + T * D;                           // [T][Dv]
   int8_t* q8 = v8 + T * Dv;                          // [D]
-  auto* p = reinterpret_cast<uint8_t*>(q8 + D);      // [T]
-  auto round_into = [](const float* x, int64_t n, int64_t stride, int8_t* out, int64_t out_stride) {
+  auto* p = reinterpret_cast<uint8_t*>(q8 + D);      // [S][T]
+  uint8_t* attended = p + S * T;                     // [T]: some row's level > 0
+  auto round_into = [](const float* x, int64_t n, int64_t stride, int8_t* out, int64_t out_stride,
+                       const uint8_t* use) {
     float amax = 0.0f;
-    for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i * stride]));
+    for (int64_t i = 0; i < n; ++i) {
+      if (use == nullptr || use[i] != 0) amax = std::max(amax, std::fabs(x[i * stride]));
+    }
     const RowScale rs = row_scale(amax);
-    for (int64_t i = 0; i < n; ++i) out[i * out_stride] = round_int8(x[i * stride], rs.mul);
+    for (int64_t i = 0; i < n; ++i) {
+      const bool used = use == nullptr || use[i] != 0;
+      out[i * out_stride] = used ? round_int8(x[i * stride], rs.mul) : int8_t{0};
+    }
     return rs.scale;
   };
   const float* k = a.k + b * T * ldk + h * D;
-  for (int64_t t = 0; t < T; ++t) ksc[t] = round_into(k + t * ldk, D, 1, k8 + t * D, 1) * a.scale;
-  const float* v = a.v + b * T * ldv + h * Dv;
-  for (int64_t d = 0; d < Dv; ++d) sv[d] = round_into(v + d, T, ldv, v8 + d, Dv);
+  for (int64_t t = 0; t < T; ++t) {
+    ksc[t] = round_into(k + t * ldk, D, 1, k8 + t * D, 1, nullptr) * a.scale;
+  }
+  std::fill(attended, attended + T, uint8_t{0});
   for (int64_t s = 0; s < S; ++s) {
-    const float sq = round_into(a.q + (b * S + s) * ldq + h * D, D, 1, q8, 1);
+    const float sq = round_into(a.q + (b * S + s) * ldq + h * D, D, 1, q8, 1, nullptr);
     const float* bias = a.bias == nullptr ? nullptr
                         : a.bias + b * a.bias_stride[0] + h * a.bias_stride[1] +
                               s * a.bias_stride[2];
@@ -113,15 +123,22 @@ void attention_head_int8_portable(const AttentionArgs& a, int64_t b, int64_t h, 
     }
     int32_t sum = 0;
     for (int64_t t = 0; t < T; ++t) {
-      p[t] = static_cast<uint8_t>(exp_level(score[t] - top));
-      sum += p[t];
+      const auto level = static_cast<uint8_t>(exp_level(score[t] - top));
+      p[s * T + t] = level;
+      attended[t] |= level;
+      sum += level;
     }
-    const float total = static_cast<float>(sum);
+    total[s] = static_cast<float>(sum);
+  }
+  // V's column scales over the attended keys only (a padding key's value changes nothing)
+  const float* v = a.v + b * T * ldv + h * Dv;
+  for (int64_t d = 0; d < Dv; ++d) sv[d] = round_into(v + d, T, ldv, v8 + d, Dv, attended);
+  for (int64_t s = 0; s < S; ++s) {
     float* out = a.out + (b * S + s) * ldo + h * Dv;
     for (int64_t d = 0; d < Dv; ++d) {
       int32_t acc = 0;
-      for (int64_t t = 0; t < T; ++t) acc += p[t] * v8[t * Dv + d];
-      out[d] = static_cast<float>(acc) * sv[d] / total;
+      for (int64_t t = 0; t < T; ++t) acc += p[s * T + t] * v8[t * Dv + d];
+      out[d] = static_cast<float>(acc) * sv[d] / total[s];
     }
   }
 }
@@ -213,6 +230,7 @@ struct Int8Head {
   int8_t* v;      // [tp / 4][dvp / 8][8][4]
   uint8_t* p;     // [S][tp]
   int8_t* kblock; // [8][dp]: one block of keys rounded, before its transpose
+  uint8_t* attended;  // [tp]: nonzero where some row's level is (V's scales use those keys)
   float* sq;      // [S]
   float* ksc;     // [tp]
   float* vmul;    // [dvp]
@@ -240,6 +258,7 @@ Int8Head int8_head(const AttentionArgs& a, float* scratch) {
   w.v = reinterpret_cast<int8_t*>(take(w.tp * w.dvp));
   w.p = reinterpret_cast<uint8_t*>(take(S * w.tp));
   w.kblock = reinterpret_cast<int8_t*>(take(8 * w.dp));
+  w.attended = reinterpret_cast<uint8_t*>(take(w.tp));
   w.sq = reinterpret_cast<float*>(take(4 * S));
   w.ksc = reinterpret_cast<float*>(take(4 * w.tp));
   w.vmul = reinterpret_cast<float*>(take(4 * w.dvp));
@@ -249,10 +268,10 @@ Int8Head int8_head(const AttentionArgs& a, float* scratch) {
   return w;
 }
 
-// Q, K and V of head h of batch b rounded into w's layout.
-BITMAPS_INT8 void int8_layout(const AttentionArgs& a, int64_t b, int64_t h, const Int8Head& w) {
-  const int64_t S = a.q_len, T = a.kv_len, D = a.head_dim, Dv = a.v_head_dim;
-  const int64_t ldq = a.q_row(), ldk = a.k_row(), ldv = a.v_row();
+// Q and K of head h of batch b rounded into w's layout.
+BITMAPS_INT8 void int8_layout_qk(const AttentionArgs& a, int64_t b, int64_t h, const Int8Head& w) {
+  const int64_t S = a.q_len, T = a.kv_len, D = a.head_dim;
+  const int64_t ldq = a.q_row(), ldk = a.k_row();
   for (int64_t s = 0; s < S; ++s) {
     w.sq[s] = round_row(a.q + (b * S + s) * ldq + h * D, D, w.dp, w.q + s * w.dp);
   }
@@ -281,7 +300,13 @@ BITMAPS_INT8 void int8_layout(const AttentionArgs& a, int64_t b, int64_t h, cons
       }
     }
   }
-  // V: per column, a scale over the keys; groups of 4 keys x 8 columns interleaved
+}
+
+// V of head h of batch b rounded into w's layout: per column, a scale over the attended keys
+// (w.attended, after every row's levels); groups of 4 keys x 8 columns interleaved, the other
+// keys 0.
+BITMAPS_INT8 void int8_layout_v(const AttentionArgs& a, int64_t b, int64_t h, const Int8Head& w) {
+  const int64_t T = a.kv_len, Dv = a.v_head_dim, ldv = a.v_row();
   const float* v = a.v + b * T * ldv + h * Dv;
   const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
   for (int64_t c0 = 0; c0 < w.dvp; c0 += 64) {  // 8 vectors of column maxima at a time
@@ -289,6 +314,7 @@ BITMAPS_INT8 void int8_layout(const AttentionArgs& a, int64_t b, int64_t h, cons
     __m256 m[8];
     for (auto& x : m) x = _mm256_setzero_ps();
     for (int64_t t = 0; t < T; ++t) {
+      if (w.attended[t] == 0) continue;
       for (int64_t j = 0; j < vectors; ++j) {
         m[j] = _mm256_max_ps(m[j], _mm256_and_ps(row8(v + t * ldv, c0 + 8 * j, Dv), abs));
       }
@@ -314,7 +340,8 @@ BITMAPS_INT8 void int8_layout(const AttentionArgs& a, int64_t b, int64_t h, cons
       __m256i r[4];
       for (int i = 0; i < 4; ++i) {
         const int64_t t = t0 + i;
-        const __m256 x = t < T ? row8(v + t * ldv, 8 * c, Dv) : _mm256_setzero_ps();
+        const __m256 x =
+            t < T && w.attended[t] != 0 ? row8(v + t * ldv, 8 * c, Dv) : _mm256_setzero_ps();
         r[i] = _mm256_cvtps_epi32(_mm256_mul_ps(x, mul));
       }
       // per 128-bit lane: keys 0-3 x columns 0-3 (low lane) / 4-7 (high lane), key-major
@@ -450,7 +477,7 @@ inline void int8_row_blocks(int64_t rows, const Fn& fn) {
 BITMAPS_INT8 void attention_head_int8_avx2(const AttentionArgs& a, int64_t b, int64_t h,
                                            float* scratch) {
   const Int8Head w = int8_head(a, scratch);
-  int8_layout(a, b, h, w);
+  int8_layout_qk(a, b, h, w);
   if (w.dp == 64) {
     int8_row_blocks(a.q_len, [&](auto mr, int64_t s0) { int8_scores<mr(), 16>(a, b, h, s0, w); });
   } else if (w.dp == 32) {
@@ -458,6 +485,15 @@ BITMAPS_INT8 void attention_head_int8_avx2(const AttentionArgs& a, int64_t b, in
   } else {
     int8_row_blocks(a.q_len, [&](auto mr, int64_t s0) { int8_scores<mr(), 0>(a, b, h, s0, w); });
   }
+  // the keys some row gives a level > 0: the OR of every row's levels
+  for (int64_t t = 0; t < w.tp; t += 16) {
+    __m128i any = _mm_setzero_si128();
+    for (int64_t s = 0; s < a.q_len; ++s) {
+      any = _mm_or_si128(any, _mm_load_si128(reinterpret_cast<const __m128i*>(w.p + s * w.tp + t)));
+    }
+    _mm_store_si128(reinterpret_cast<__m128i*>(w.attended + t), any);
+  }
+  int8_layout_v(a, b, h, w);
   int8_row_blocks(a.q_len, [&](auto mr, int64_t s0) { int8_values<mr()>(a, b, h, s0, w); });
 }
 
