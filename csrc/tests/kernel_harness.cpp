@@ -10,6 +10,10 @@
 // Attention (cpu_attention.h) is float arithmetic in another order than any reference: it is checked
 // against a float64 reference to kAttentionAtol, with masked keys (a large negative bias), every
 // broadcast form of the bias, head sizes with and without a 16-wide tail, S != T and Dv != D.
+// Its int8 scheme (AttentionArgs::int8) fixes every float32 operation and their order: checked bit
+// for bit against a reference written from the header's comment, with strided and packed rows, zero
+// rows, rounding ties, masked keys (whose values must not count), and the level function on its
+// exact ties and below its floor.
 // Add + LayerNorm (cpu_layer_norm.h) likewise, to kLayerNormAtol, with and without skip and beta.
 // The int4 embedding lookups + LayerNorm (cpu_embed.h) likewise: 2 and 3 lookups, negative and
 // broadcast indices, blocks from 2 values to a whole row; and its index check.
@@ -32,6 +36,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <thread>
@@ -635,6 +640,309 @@ void check_attention(Checker& c, CpuPath path, std::mt19937& rng) {
   }
 }
 
+// ----------------------------------------------------------------------------- int8 attention
+
+// The int8 scheme of cpu_attention.h's header comment, written from that comment (the level from
+// exp_level's definition) and none of the kernels' code: integer sums in int32, every other step
+// one float32 operation in the comment's order (the harness is built with -ffp-contract=off, so
+// none is fused into an FMA). Every path must give its bits.
+
+// x[i * stride], i < n, rounded to x * (127 / max|x|), ties to even, into out; returns the scale
+// max|x| / 127 that the integers stand for (a zero row: all 0, scale 1).
+float ref_round_int8(const float* x, int64_t n, int64_t stride, int32_t* out) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i) amax = std::max(amax, std::fabs(x[i * stride]));
+  if (amax == 0.0f) {
+    std::fill_n(out, n, 0);
+    return 1.0f;
+  }
+  const float mul = 127.0f / amax;
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = static_cast<int32_t>(std::nearbyint(x[i * stride] * mul));
+  }
+  return amax / 127.0f;
+}
+
+constexpr float kRefLog2e = 1.44269504088896341f, kRefLn2 = 0.693147180559945309f;
+
+// exp(x) * 127 as cpu_attention_int8.cpp's exp_level makes it before its last rounding: x >= -6,
+// 2^n (n = x log2 e to nearest even, 2^n here by ldexp) times a Taylor polynomial of r to r^4.
+float ref_exp_times_127(float x) {
+  x = std::max(x, -6.0f);
+  const float n = std::nearbyint(x * kRefLog2e);
+  const float r = x - n * kRefLn2;
+  float p = 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const float two_n = std::ldexp(1.0f, static_cast<int>(n));
+  return p * two_n * 127.0f;
+}
+
+// The probability level (0..127) of x = score - row max: the above to nearest even.
+int32_t ref_exp_level(float x) {
+  return static_cast<int32_t>(std::nearbyint(ref_exp_times_127(x)));
+}
+
+// Q, K or V as the reference reads it: the width values of head h at position pos of batch b.
+struct Int8Operand {
+  float* data;
+  int64_t len, row, width;  // positions per batch, floats from one position to the next, per head
+  float* at(int64_t b, int64_t pos, int64_t h) const {
+    return data + (b * len + pos) * row + h * width;
+  }
+};
+
+// Head h of batch b of the scheme into out [batch, q_len, heads * v_width]; bias null or row-major
+// of bias_dims, each of its first three dimensions 1 (broadcast) or full.
+void ref_int8_head(const Int8Operand& q, const Int8Operand& k, const Int8Operand& v,
+                   const float* bias, const int64_t* bias_dims, int64_t b, int64_t h,
+                   int64_t heads, float scale, float* out) {
+  const int64_t S = q.len, T = k.len, D = q.width, Dv = v.width;
+  std::vector<int32_t> q8(D), k8(T * D), v8(Dv * T), p(S * T);  // v8: column-major
+  std::vector<float> sk(T), sv(Dv), total(S), column(T);
+  std::vector<bool> attended(T, false);  // some row's level > 0
+  for (int64_t t = 0; t < T; ++t) sk[t] = ref_round_int8(k.at(b, t, h), D, 1, &k8[t * D]);
+  for (int64_t s = 0; s < S; ++s) {
+    const float sq = ref_round_int8(q.at(b, s, h), D, 1, q8.data());
+    const int64_t* bd = bias_dims;
+    const float* bias_row =
+        bias == nullptr ? nullptr
+                        : bias + (((bd[0] == 1 ? 0 : b) * bd[1] + (bd[1] == 1 ? 0 : h)) * bd[2] +
+                                  (bd[2] == 1 ? 0 : s)) * bd[3];
+    std::vector<float> score(T);
+    float top = -INFINITY;
+    for (int64_t t = 0; t < T; ++t) {
+      int32_t dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += q8[d] * k8[t * D + d];
+      float y = static_cast<float>(dot) * sq;
+      y = y * (sk[t] * scale);
+      if (bias_row != nullptr) y = y + bias_row[t];
+      score[t] = y;
+      top = std::max(top, y);
+    }
+    int32_t sum = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      p[s * T + t] = ref_exp_level(score[t] - top);
+      sum += p[s * T + t];
+      attended[t] = attended[t] || p[s * T + t] > 0;
+    }
+    total[s] = static_cast<float>(sum);
+  }
+  // V's columns over the attended keys: the others count as 0 (in the scale and in v8)
+  for (int64_t d = 0; d < Dv; ++d) {
+    for (int64_t t = 0; t < T; ++t) column[t] = attended[t] ? v.at(b, t, h)[d] : 0.0f;
+    sv[d] = ref_round_int8(column.data(), T, 1, &v8[d * T]);
+  }
+  for (int64_t s = 0; s < S; ++s) {
+    for (int64_t d = 0; d < Dv; ++d) {
+      int32_t acc = 0;
+      for (int64_t t = 0; t < T; ++t) acc += p[s * T + t] * v8[d * T + t];
+      const float y = static_cast<float>(acc) * sv[d];
+      out[((b * S + s) * heads + h) * Dv + d] = y / total[s];
+    }
+  }
+}
+
+void ref_int8_attention(const Int8Operand& q, const Int8Operand& k, const Int8Operand& v,
+                        const float* bias, const int64_t* bias_dims, int64_t batch,
+                        int64_t heads, float scale, float* out) {
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t h = 0; h < heads; ++h) {
+      ref_int8_head(q, k, v, bias, bias_dims, b, h, heads, scale, out);
+    }
+  }
+}
+
+struct Int8Case {
+  int64_t b, s, t, h, d, dv;
+  int bias;     // 0: none, [b, 1, 1, t] with keys masked by 1: -1e30, 2: lowest(); 3: [b, h, s, t]
+  int layout;   // 0: rows of the heads alone, 1: rows with padding (strides), 2: packed QKV
+  bool grid;    // halves of integers, max |row| (|column| of V) 127: roundings of exact ties
+  bool zeros;   // a zero row of Q, of K and of V, a zero column of V (scale 1)
+  float spread; // the attention scale times sqrt(d): the scores' spread
+  int threads;  // 0: no pool
+};
+
+// Q, K and V of a case in one buffer: three regions (layouts 0, 1; the padding 1e3, which a
+// read by mistake would make a row's maximum) or one packed [b, s, 3 * h * d] tensor.
+struct Int8Inputs {
+  std::vector<float> buf;
+  Int8Operand q, k, v;
+};
+
+Int8Inputs int8_inputs(std::mt19937& rng, const Int8Case& c) {
+  const int64_t hd = c.h * c.d, hv = c.h * c.dv;
+  Int8Inputs in;
+  if (c.layout == 2) {
+    in.buf.assign(c.b * c.s * 3 * hd, 0.0f);
+    in.q = {in.buf.data(), c.s, 3 * hd, c.d};
+    in.k = {in.buf.data() + hd, c.t, 3 * hd, c.d};
+    in.v = {in.buf.data() + 2 * hd, c.t, 3 * hd, c.dv};
+  } else {
+    const int64_t pad = c.layout == 1 ? 3 : 0;
+    in.buf.assign(c.b * (c.s * (hd + pad) + c.t * (hd + 2 * pad) + c.t * (hv + pad)), 1e3f);
+    in.q = {in.buf.data(), c.s, hd + pad, c.d};
+    in.k = {in.q.data + c.b * c.s * in.q.row, c.t, hd + 2 * pad, c.d};
+    in.v = {in.k.data + c.b * c.t * in.k.row, c.t, hv + pad, c.dv};
+  }
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_int_distribution<int> half(-254, 254);
+  for (const Int8Operand* x : {&in.q, &in.k, &in.v}) {
+    for (int64_t b = 0; b < c.b; ++b) {
+      for (int64_t pos = 0; pos < x->len; ++pos) {
+        for (int64_t h = 0; h < c.h; ++h) {
+          float* row = x->at(b, pos, h);
+          for (int64_t i = 0; i < x->width; ++i) row[i] = c.grid ? half(rng) * 0.5f : normal(rng);
+          if (c.grid && x != &in.v) row[0] = pos % 2 ? -127.0f : 127.0f;  // the row's maximum
+          if (c.grid && x == &in.v && pos == 0) {  // every column's maximum
+            for (int64_t i = 0; i < x->width; ++i) row[i] = i % 2 ? -127.0f : 127.0f;
+          }
+        }
+      }
+    }
+  }
+  if (c.zeros) {
+    std::fill_n(in.q.at(c.b - 1, c.s - 1, c.h - 1), c.d, 0.0f);
+    std::fill_n(in.k.at(0, c.t - 1, 0), c.d, 0.0f);
+    std::fill_n(in.v.at(0, 0, c.h - 1), c.dv, 0.0f);
+    for (int64_t t = 0; t < c.t; ++t) in.v.at(c.b - 1, t, 0)[c.dv - 1] = 0.0f;
+  }
+  return in;
+}
+
+// Empty when out and want hold the same bits, else how many floats differ and the first.
+std::string bit_difference(const std::vector<float>& out, const std::vector<float>& want) {
+  int64_t differ = 0, first = -1;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (std::memcmp(&out[i], &want[i], sizeof(float)) == 0) continue;
+    if (differ++ == 0) first = static_cast<int64_t>(i);
+  }
+  if (differ == 0) return "";
+  return describe("%lld of %zu floats differ, first [%lld]: %.9g, reference %.9g",
+                  static_cast<long long>(differ), out.size(), static_cast<long long>(first),
+                  out[first], want[first]);
+}
+
+// The int8 scheme (AttentionArgs::int8) on this path against ref_int8_attention, bit for bit,
+// output and a guard past it (NaN before the call) compared whole.
+void check_attention_int8(Checker& c, CpuPath path, std::mt19937& rng) {
+  const Int8Case cases[] = {
+      {1, 1, 1, 1, 1, 1, 0, 0, false, false, 1.0f, 0},
+      {2, 3, 5, 2, 5, 9, 1, 0, false, true, 1.0f, 0},
+      {1, 5, 3, 3, 1, 9, 3, 1, false, false, 2.0f, 0},
+      {1, 6, 6, 2, 5, 5, 2, 2, true, true, 1.0f, 0},
+      {2, 16, 16, 2, 32, 32, 2, 2, false, false, 1.0f, 0},
+      {1, 17, 33, 3, 64, 9, 2, 1, true, true, 1.0f, 0},
+      {2, 33, 17, 1, 72, 72, 3, 0, true, false, 1.0f, 0},
+      {1, 128, 128, 2, 64, 64, 1, 2, false, true, 3.0f, 3},
+      {1, 3, 128, 1, 72, 9, 0, 1, false, false, 1.0f, 0},
+      {2, 128, 1, 2, 5, 5, 3, 1, false, true, 1.0f, 0},
+      {1, 5, 17, 3, 32, 9, 1, 0, true, false, 1.0f, 0},
+      {2, 1, 33, 2, 64, 64, 0, 1, false, true, 1.0f, 2},
+      {1, 17, 17, 3, 72, 72, 3, 2, true, true, 1.0f, 0},
+  };
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  constexpr int64_t kGuard = 8;
+  for (const Int8Case& k : cases) {
+    Int8Inputs in = int8_inputs(rng, k);
+    const int64_t dims[4] = {k.b, k.bias == 3 ? k.h : 1, k.bias == 3 ? k.s : 1, k.t};
+    std::vector<float> bias(dims[0] * dims[1] * dims[2] * dims[3]);
+    for (size_t i = 0; i < bias.size(); ++i) {
+      const bool masked = k.bias != 3 && (i % k.t) % 3 == 2;
+      bias[i] = !masked ? normal(rng)
+                : k.bias == 1 ? -1e30f : std::numeric_limits<float>::lowest();
+    }
+    // a masked key's value leaves V's column scales alone: large values there would change them
+    for (int64_t b = 0; b < k.b && (k.bias == 1 || k.bias == 2); ++b) {
+      for (int64_t t = 2; t < k.t; t += 3) {
+        for (int64_t h = 0; h < k.h; ++h) {
+          for (int64_t i = 0; i < k.dv; ++i) in.v.at(b, t, h)[i] *= 100.0f;
+        }
+      }
+    }
+    bitmaps::cpu::AttentionArgs a;
+    if (k.layout == 2) {
+      a.set_packed(in.buf.data(), k.b, k.s, k.h, k.d);
+    } else {
+      a.q = in.q.data, a.k = in.k.data, a.v = in.v.data;
+      a.batch = k.b, a.q_len = k.s, a.kv_len = k.t, a.heads = k.h;
+      a.head_dim = k.d, a.v_head_dim = k.dv;
+      if (k.layout == 1) a.q_stride = in.q.row, a.k_stride = in.k.row, a.v_stride = in.v.row;
+    }
+    if (k.bias != 0) a.set_bias(bias.data(), dims);
+    a.scale = k.spread / std::sqrt(static_cast<float>(k.d)) / (k.grid ? 4096.0f : 1.0f);
+    a.int8 = true;
+    const int64_t n = k.b * k.s * k.h * k.dv;
+    std::vector<float> out(n + kGuard, std::nanf("")), want(out);
+    a.out = out.data();
+    bitmaps::cpu::Parallel pool;
+    if (k.threads != 0) pool = thread_pool(k.threads);
+    bitmaps::cpu::attention(path, a, pool);
+    ref_int8_attention(in.q, in.k, in.v, k.bias != 0 ? bias.data() : nullptr, dims, k.b, k.h,
+                       a.scale, want.data());
+    const std::string diff = bit_difference(out, want);
+    c.expect(diff.empty(),
+             describe("int8 attention b=%lld s=%lld t=%lld h=%lld d=%lld dv=%lld bias=%d "
+                      "layout=%d: ", static_cast<long long>(k.b), static_cast<long long>(k.s),
+                      static_cast<long long>(k.t), static_cast<long long>(k.h),
+                      static_cast<long long>(k.d), static_cast<long long>(k.dv), k.bias,
+                      k.layout) + diff);
+  }
+}
+
+// Values of x = score - row max that random scores rarely reach: those whose exp(x) * 127 the
+// level function finds exactly halfway between two levels (searched among the floats near where
+// each must lie; ties go to even), a sweep of [-6.5, 0], -6 and below.
+std::vector<float> int8_level_probes() {
+  std::vector<float> x;
+  const auto walk = [&x](double centre, const auto& halfway) {
+    float down = static_cast<float>(centre), up = down;
+    for (int i = 0; i < 64; ++i) {
+      if (halfway(down)) return x.push_back(down);
+      if (halfway(up)) return x.push_back(up);
+      down = std::nextafter(down, -7.0f);
+      up = std::nextafter(up, 0.0f);
+    }
+  };
+  for (int m = 0; m < 127; ++m) {
+    walk(std::log((m + 0.5) / 127.0), [m](float y) { return ref_exp_times_127(y) == m + 0.5f; });
+  }
+  for (int i = 0; i <= 130; ++i) x.push_back(-0.05f * static_cast<float>(i));
+  for (float y : {-6.0f, std::nextafter(-6.0f, 0.0f), -6.0001f, -50.0f, -1e30f,
+                  std::numeric_limits<float>::lowest(), -INFINITY}) {
+    x.push_back(y);
+  }
+  return x;
+}
+
+// The level function on the probes, through the whole kernel: a zero query (each score is its
+// bias; key 0's bias 0 is every row's maximum) and V the identity (out[s, d] = p[s, d] / the
+// row's sum), so that each level shows in the output; bit for bit against ref_int8_attention.
+void check_attention_int8_levels(Checker& c, CpuPath path) {
+  const std::vector<float> probes = int8_level_probes();
+  constexpr int64_t T = 16;
+  const int64_t S = (static_cast<int64_t>(probes.size()) + T - 2) / (T - 1);
+  std::vector<float> q(S, 0.0f), k(T, 1.0f), v(T * T, 0.0f), bias(S * T, -1e30f);
+  for (int64_t t = 0; t < T; ++t) v[t * T + t] = 1.0f;
+  for (int64_t s = 0; s < S; ++s) bias[s * T] = 0.0f;
+  for (size_t i = 0; i < probes.size(); ++i) bias[i / (T - 1) * T + 1 + i % (T - 1)] = probes[i];
+  bitmaps::cpu::AttentionArgs a;
+  a.q = q.data(), a.k = k.data(), a.v = v.data();
+  a.batch = 1, a.q_len = S, a.kv_len = T, a.heads = 1, a.head_dim = 1, a.v_head_dim = T;
+  const int64_t dims[4] = {1, 1, S, T};
+  a.set_bias(bias.data(), dims);
+  a.int8 = true;
+  std::vector<float> out(S * T + 8, std::nanf("")), want(out);
+  a.out = out.data();
+  bitmaps::cpu::attention(path, a, bitmaps::cpu::Parallel{});
+  ref_int8_attention({q.data(), S, 1, 1}, {k.data(), T, 1, 1}, {v.data(), T, T, T}, bias.data(),
+                     dims, 1, 1, 1.0f, want.data());
+  const std::string diff = bit_difference(out, want);
+  c.expect(diff.empty(), describe("int8 attention levels (%zu probes): ", probes.size()) + diff);
+}
+
 // ----------------------------------------------------------------------------- add + layer norm
 
 constexpr double kLayerNormAtol = 1e-5;
@@ -816,6 +1124,8 @@ void check_path(Checker& c, CpuPath path, uint32_t seed) {
   check_attention(c, path, rng);
   check_layer_norm(c, path, rng);
   check_embed_layer_norm(c, path, rng);
+  check_attention_int8(c, path, rng);
+  check_attention_int8_levels(c, path);
 }
 
 // The GELU approximation itself against erf in double precision, over the range that matters
