@@ -483,6 +483,9 @@ def export_baseline_cmd(model, output, target, dtype, opset, output_kind, tolera
 @click.option("--threads", type=int, default=0, show_default=True, help="CPU threads, 0: all cores")
 @click.option("--seed", type=int, default=0, show_default=True, help="random weights and inputs")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--attention", type=click.Choice(["float", "int8"]), default="float",
+              show_default=True, help="int8: the binary model's attention in int8 (ONNX Runtime "
+              "and torch CPU rows, and its accuracy; see `export --attention`)")
 @click.option("--amx", type=click.Choice(["allow", "withhold"]), default="allow", show_default=True,
               help="withhold: no Intel AMX in the measuring processes (ONNX Runtime INT8 then runs "
                    "on VNNI, as on a CPU without AMX; Linux x86-64)")
@@ -492,7 +495,7 @@ def export_baseline_cmd(model, output, target, dtype, opset, output_kind, tolera
               help="print the tables of an earlier --json FILE (and --plot it); measure nothing")
 def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output_kind, data,
                 eval_sequences, json_path, plot_path, repeats, min_time, max_time, warmup,
-                warmup_time, threads, seed, device, amx, workdir, show_path) -> None:
+                warmup_time, threads, seed, device, attention, amx, workdir, show_path) -> None:
     """Latency (p50/p90/p99, throughput) and memory (weights, file, peak) of binary vs FP32 and
     FP16, per backend; with --data also cross entropy, accuracy and MRR."""
 
@@ -514,7 +517,7 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
         batches=parse_int_list(batches, "--batch"), seqs=parse_int_list(seqs, "--seq"),
         output=output_kind, device=device, repeats=repeats, min_time=min_time, max_time=max_time,
         warmup=warmup, warmup_time=warmup_time, threads=threads, seed=seed, eval_sequences=eval_sequences,
-        amx=amx,
+        amx=amx, attention=attention,
     )
     source = ModelSource(shape=shape or (None if student or teacher else "bert-base"),
                          teacher=teacher, student=student, seed=seed)

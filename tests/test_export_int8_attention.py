@@ -119,3 +119,59 @@ def test_export_cli_attention_option(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 2 and "int4" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- torch and profile
+
+
+def test_fused_cpu_inference_runs_the_int8_kernel(monkeypatch):
+    import copy
+
+    import torch
+
+    from bitmaps.core import ops as ops_module
+    from bitmaps.core.int8_attention import int8_attention_everywhere
+    from bitmaps.runtime.fusion import fuse_for_cpu_inference_
+    from bitmaps.train.binary_linear import pack_binary_linears_
+
+    model = small_student("ste").eval()
+    pack_binary_linears_(model)
+    ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    fused = {}
+    for attention in ("float", "int8"):
+        fused[attention] = copy.deepcopy(model)
+        fuse_for_cpu_inference_(fused[attention], attention)
+    flags = []
+    real = ops_module.packed_attention
+
+    def spy(*args):  # noqa: ANN002, ANN202
+        flags.append(args[4] if len(args) > 4 else False)
+        return real(*args)
+
+    monkeypatch.setattr(ops_module, "packed_attention", spy)
+    with torch.no_grad():
+        out = {a: m(input_ids=ids, attention_mask=mask).logits for a, m in fused.items()}
+        with int8_attention_everywhere():
+            unfused = model(input_ids=ids, attention_mask=mask).logits
+    assert flags == [False, False, True, True]  # the fused encoder loop: one call per layer
+    assert not torch.equal(out["int8"], out["float"])
+    # the fused int8 model against transformers' own layers running the same scheme
+    scale = float(unfused.abs().max())
+    torch.testing.assert_close(out["int8"], unfused, rtol=0, atol=0.05 * scale)
+    with pytest.raises(ValueError, match="attention"):
+        fuse_for_cpu_inference_(copy.deepcopy(model), "int4")
+
+
+def test_profile_attention_option(tmp_path):
+    from bitmaps.core.config import ProfileConfig
+    from bitmaps.runtime.backends import path_description
+
+    assert ProfileConfig().attention == "float"
+    with pytest.raises(ConfigError, match="attention"):
+        ProfileConfig(attention="int4")
+    for backend in ("onnxruntime", "torch"):
+        assert "int8" in path_description(backend, "cpu", "binary", "int8")
+        assert "attention in int8" not in path_description(backend, "cpu", "binary")
+        assert "attention in int8" not in path_description(backend, "cpu", "fp32", "int8")

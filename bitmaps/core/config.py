@@ -586,6 +586,9 @@ class ProfileConfig(Config):
     seed: int = 0  # random weights of --shape models and the input token ids
     eval_sequences: int = 0  # --data: held-out sequences scored (0: all)
     amx: str = "allow"  # "withhold": the measuring processes get no AMX (bitmaps/runtime/amx.py)
+    # "int8": the binary model's attention in the int8 scheme (ONNX Runtime rows: `export
+    # --attention int8`; torch CPU rows: packed_attention(int8=True); accuracy scored so)
+    attention: str = "float"
 
     BACKENDS: ClassVar[tuple[str, ...]] = ("torch", "onnxruntime", "tensorrt")
     MODELS: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8", "binary")
@@ -605,6 +608,7 @@ class ProfileConfig(Config):
         _one_of("output", self.output, self.OUTPUTS)
         _one_of("device", self.device, self.DEVICES)
         _one_of("amx", self.amx, self.AMX)
+        _one_of("attention", self.attention, ExportConfig.ATTENTIONS)
         for name, values in (("batch size", self.batches), ("sequence length", self.seqs)):
             if not values:
                 raise ConfigError(f"give at least one {name}")

@@ -98,21 +98,25 @@ def _initializer_bytes(path: Path) -> int:
 
 def onnx_artifact(
     source: ModelSource, model: str, dtype: str, output: str, workdir: Path, log: Log,
-    target: str = "portable",
+    target: str = "portable", attention: str = "float",
 ) -> Artifact:  # fmt: skip
     """The ONNX export of ``model`` (fp32/fp16 baseline or binary student) for ``target`` (the
     runtime it is for, bitmaps/export/targets.py), from cache or made. The student's embeddings
-    as ``bitmaps export`` ships them; the baselines' unchanged."""
+    as ``bitmaps export`` ships them; the baselines' unchanged. ``attention`` "int8": a binary
+    fp32 student's onnxruntime export with ``--attention int8`` (ignored otherwise)."""
     emb = STUDENT_EMBEDDINGS if model == "binary" else "fp32"
+    int8 = attention == "int8" and model == "binary" and target == "onnxruntime" and dtype == "fp32"
     cfg = ExportConfig(
         dtype=dtype, output=output, backends=("kernel",), embeddings=emb,
         embedding_group=STUDENT_EMBEDDING_GROUP, target=target,
+        attention="int8" if int8 else "float",
     )  # fmt: skip
     key = cache_key(
         source, model, dtype=dtype, output=output, opset=cfg.opset, embeddings=emb,
         group=cfg.embedding_group, target=target,
         **({"weights": WEIGHT_LAYOUTS[target], "float_ops": BINARY_FLOAT_OPS[target],
             "embedding_graph": EMBEDDING_GRAPH} if model == "binary" else {}),
+        **({"attention": "int8"} if int8 else {}),
     )  # fmt: skip
     name = f"{_stem(source, model)}-{model}-{dtype}-{output}-{target}-{key[:12]}.onnx"
     path = workdir / name

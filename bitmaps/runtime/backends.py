@@ -119,8 +119,11 @@ def float_dtype(model: str, device: str) -> torch.dtype:
     return torch.float32
 
 
-def inference_module(mlm: nn.Module, model: str, output: str, device: str) -> nn.Module:
-    """What is timed: packed binary layers, the encoder alone for ``hidden``, dtype, device.
+def inference_module(
+    mlm: nn.Module, model: str, output: str, device: str, attention: str = "float"
+) -> nn.Module:
+    """What is timed: packed binary layers, the encoder alone for ``hidden``, dtype, device;
+    ``attention`` "int8": the binary model's fused CPU attention in the int8 scheme.
 
     Changes ``mlm`` in place (callers pass a model they own).
     """
@@ -129,7 +132,7 @@ def inference_module(mlm: nn.Module, model: str, output: str, device: str) -> nn
         pack_binary_linears_(mlm)
         quantize_embeddings_(mlm, STUDENT_EMBEDDINGS, STUDENT_EMBEDDING_GROUP)
         if device == "cpu":  # GELU in the FFN's epilogue, stacked Q, K, V, the bitmaps float ops
-            fuse_for_cpu_inference_(mlm)
+            fuse_for_cpu_inference_(mlm, attention)
     module = mlm.base_model if output == "hidden" else mlm
     return module.to(device=device, dtype=float_dtype(model, device)).eval()
 
@@ -218,8 +221,17 @@ def model_problem(backend: str, device: str, model: str, named: bool) -> str | N
     return None
 
 
-def path_description(backend: str, device: str, model: str) -> str:
+def path_description(backend: str, device: str, model: str, attention: str = "float") -> str:
     """One line: which code produced a row."""
+    what = _path_description(backend, device, model)
+    if model == "binary" and attention == "int8" and (backend, device) in (
+        ("onnxruntime", "cpu"), ("torch", "cpu"),
+    ):  # fmt: skip
+        what += "; attention in int8 (--attention int8: Q, K, V and the probabilities rounded)"
+    return what
+
+
+def _path_description(backend: str, device: str, model: str) -> str:
 
     if backend == "torch":
         what = "eager PyTorch" + (" + CUDA graph" if device == "cuda" else "")

@@ -166,7 +166,9 @@ def _stacked_class() -> type:
                 and self.config._attn_implementation in ("sdpa", "eager")
             ):
                 # the CPU attention kernel reads Q, K and V in place in the stacked output
-                out = ops.packed_attention(qkv, bias, self.num_attention_heads, self.scaling)
+                out = ops.packed_attention(
+                    qkv, bias, self.num_attention_heads, self.scaling, _int8_attention(self)
+                )
                 return out, None
             hidden_shape = (*input_shape, -1, self.attention_head_size)
             width = self.query.out_features
@@ -448,7 +450,9 @@ def _encoder_class() -> type:
             h = hidden_states.contiguous()
             for layer in self.layer:
                 sa, so, out = layer.attention.self, layer.attention.output, layer.output
-                a = ops.packed_attention(_qkv(sa, h), bias, sa.num_attention_heads, sa.scaling)
+                a = ops.packed_attention(
+                    _qkv(sa, h), bias, sa.num_attention_heads, sa.scaling, _int8_attention(sa)
+                )
                 norm = so.LayerNorm
                 h = ops.skip_layer_norm(
                     run_prepacked(so.dense, a), h, norm.weight, norm.bias, norm.eps
@@ -460,15 +464,30 @@ def _encoder_class() -> type:
     return LoopBertEncoder
 
 
-def fuse_for_cpu_inference_(model: nn.Module) -> dict[str, int]:
+# The model config's field that makes the fused CPU attention run the int8 scheme
+# (csrc/kernels/cpu_attention.h; fuse_for_cpu_inference_'s ``attention``)
+INT8_ATTENTION_FIELD = "bitmaps_attention"
+
+
+def _int8_attention(module: nn.Module) -> bool:
+    return getattr(module.config, INT8_ATTENTION_FIELD, "float") == "int8"
+
+
+def fuse_for_cpu_inference_(model: nn.Module, attention: str = "float") -> dict[str, int]:
     """Every CPU inference fusion of a packed binary transformers BERT, in order:
     :func:`fuse_gelu_`, :func:`fuse_qkv_`, :func:`fuse_skip_layer_norm_`, :func:`fuse_ffn_`,
-    :func:`fuse_encoder_`, :func:`fuse_embed_layer_norm_`.
+    :func:`fuse_encoder_`, :func:`fuse_embed_layer_norm_`. ``attention`` "int8": the fused
+    attention in the int8 scheme (``packed_attention(int8=True)``, recorded in the model's config;
+    where transformers' own attention runs instead, wrap the call in
+    :func:`bitmaps.core.int8_attention.int8_attention_everywhere`).
     Returns how many modules each changed. Call it after ``pack_binary_linears_`` on a model kept
     for inference on the CPU and call it under ``torch.no_grad()`` or ``torch.inference_mode()``
     (``bitmaps profile``'s torch rows do); the state dict stays the same, and each fused module
     runs transformers' own code wherever the fusion does not apply (with gradients enabled too:
     the bitmaps ops have no backward)."""
+    if attention not in ("float", "int8"):
+        raise ValueError(f"attention must be 'float' or 'int8', got {attention!r}")
+    setattr(model.config, INT8_ATTENTION_FIELD, attention)
     return {
         "gelu": fuse_gelu_(model),
         "qkv": fuse_qkv_(model),

@@ -203,7 +203,9 @@ def _load_runner(job: dict[str, Any]) -> Any:
         from bitmaps.runtime import backends as B  # this process's backend (PRELOAD)
 
         mlm = B.load_mlm(B.ModelSource(**job["source"]), job["model"])
-        module = B.inference_module(mlm, job["model"], job["output"], device)
+        module = B.inference_module(
+            mlm, job["model"], job["output"], device, job.get("attention", "float")
+        )
         del mlm
         return TorchRunner(module, device)
     if backend == "onnxruntime":

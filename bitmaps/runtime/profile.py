@@ -40,6 +40,7 @@ from bitmaps.core.embeddings import (
     quantize_embeddings_,
 )
 from bitmaps.core.errors import BitmapsError
+from bitmaps.core.int8_attention import attention_precision
 from bitmaps.core.ops import native_status
 from bitmaps.core.ort import function_session
 from bitmaps.core.progress import ProgressReporter
@@ -116,6 +117,7 @@ def _worker_job(job: ProfileJob, t: Target, artifact: Any, vocab: int, workdir: 
         "seed": cfg.seed,
         "threads": cfg.threads or default_threads(),
         "amx": cfg.amx,
+        "attention": cfg.attention,
         "workdir": str(workdir),
         "timing": {
             k: getattr(cfg, k)
@@ -170,8 +172,9 @@ def _artifacts(job: ProfileJob, targets: list[Target], workdir: Path, log: Log) 
 
     def onnx(model: str, dtype: str, target: str) -> Any:
         if (model, dtype, target) not in made:
+            attention = job.config.attention if model == "binary" else "float"
             made[model, dtype, target] = onnx_artifact(
-                job.source, model, dtype, job.config.output, workdir, log, target
+                job.source, model, dtype, job.config.output, workdir, log, target, attention
             )
         return made[model, dtype, target]
 
@@ -244,7 +247,8 @@ def _accuracy(job: ProfileJob, models: list[str], workdir: Path, log: Log) -> tu
             pack_binary_linears_(model)
             quantize_embeddings_(model, STUDENT_EMBEDDINGS, STUDENT_EMBEDDING_GROUP)
         model = model.to(B.float_dtype(m, device))
-        scores[m] = evaluate_model(model, batches, device=device)
+        with attention_precision(job.config.attention if m == "binary" else "float"):
+            scores[m] = evaluate_model(model, batches, device=device)
     meta = {
         "data": [str(p) for p in job.data],
         "sequences": len(heldout),
@@ -285,7 +289,8 @@ def _classify_accuracy(
         if m == "binary":
             pack_binary_linears_(model)
         model = model.to(device=device, dtype=B.float_dtype(m, device))
-        r = evaluate_classifier(model, batches, len(labels), label_names=labels)
+        with attention_precision(job.config.attention if m == "binary" else "float"):
+            r = evaluate_classifier(model, batches, len(labels), label_names=labels)
         scores[m] = {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
     meta = {
         "data": [str(p) for p in job.data],
@@ -504,7 +509,7 @@ def run_profile(job: ProfileJob, log: Log = print) -> ProfileResult:
                 "backend": t.backend,
                 "device": t.device,
                 "model": t.model,
-                "path": B.path_description(t.backend, t.device, t.model),
+                "path": B.path_description(t.backend, t.device, t.model, cfg.attention),
                 "file": str(artifacts[t].path) if t in artifacts else None,
             }
             for t in targets
