@@ -1,4 +1,5 @@
-"""What attention in int8 would cost in accuracy: an emulation, before any int8 kernel exists.
+"""What attention in int8 costs in accuracy: an emulation (stop 34, before any int8 kernel) and the
+scheme bitmaps ships (``shipped``).
 
 DESIGN.md keeps softmax and the two attention matmuls in float; on CPUs without AVX-512 that
 leaves attention the largest part of the binary model after its linears (benchmarks/RESULTS.md
@@ -15,7 +16,10 @@ kernel would:
   head, column) over the keys; the integer products normalized by the sum of the rounded
   probabilities;
 - ``qk+pv``: both. ``float``: the same function without rounding (checks the emulation's
-  plumbing: it must reproduce the model's own scores).
+  plumbing: it must reproduce the model's own scores);
+- ``shipped``: the int8 scheme bitmaps now ships (stop 35: ``export --attention int8``,
+  bitmaps/core/int8_attention.py, bit for bit what the kernels compute): ``qk+pv`` with V's
+  scales over the attended keys, the levels from a polynomial exp, the output divided by the sum.
 
     .venv/bin/python benchmarks/bench_attention_int8_accuracy.py runs/demo/teacher.pt \\
         runs/demo/student.pt --data "$(bitmaps assets path sotu)"
@@ -29,13 +33,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from collections.abc import Iterator
 
 import torch
 from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-VARIANTS = ("float", "qk", "pv", "qk+pv")
+from bitmaps.core.int8_attention import attention_function_everywhere, int8_attention_everywhere
+
+VARIANTS = ("float", "qk", "pv", "qk+pv", "shipped")
 
 
 def _round_rows(x: torch.Tensor, dim: int, levels: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,20 +83,13 @@ def int8_attention(quantize_qk: bool, quantize_pv: bool):  # noqa: ANN201 - the 
     return attention
 
 
-@contextlib.contextmanager
-def attention_as(variant: str) -> Iterator[None]:
+def attention_as(variant: str) -> contextlib.AbstractContextManager[None]:
     """Every attention looked up through transformers' AttentionInterface (BERT's, whatever its
-    ``_attn_implementation``) runs ``variant`` inside the block."""
-    fn = int8_attention("qk" in variant, "pv" in variant)
-    saved = ALL_ATTENTION_FUNCTIONS.__dict__.get("get_interface")
-    ALL_ATTENTION_FUNCTIONS.get_interface = lambda name, default: fn  # instance attribute
-    try:
-        yield
-    finally:
-        if saved is None:
-            del ALL_ATTENTION_FUNCTIONS.get_interface
-        else:
-            ALL_ATTENTION_FUNCTIONS.get_interface = saved
+    ``_attn_implementation``) runs ``variant`` inside the block; ``shipped``: the int8 scheme
+    bitmaps ships (bitmaps/core/int8_attention.py, ``--attention int8``)."""
+    if variant == "shipped":
+        return int8_attention_everywhere()
+    return attention_function_everywhere(int8_attention("qk" in variant, "pv" in variant))
 
 
 def score(model: str, data: list[str], variant: str, max_sequences: int) -> dict[str, float]:

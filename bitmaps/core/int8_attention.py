@@ -24,7 +24,7 @@ attention use it (evaluation and export verification).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -111,13 +111,14 @@ def _transformers_attention(  # noqa: ANN202
 
 
 @contextlib.contextmanager
-def int8_attention_everywhere() -> Iterator[None]:
+def attention_function_everywhere(fn: Callable[..., object]) -> Iterator[None]:
     """Inside the block, every attention that transformers looks up through its attention
-    interface (BERT's, whatever its ``_attn_implementation``) runs :func:`int8_attention`."""
+    interface (BERT's, whatever its ``_attn_implementation``) runs ``fn`` (transformers'
+    attention-function signature)."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     saved = ALL_ATTENTION_FUNCTIONS.__dict__.get("get_interface")
-    ALL_ATTENTION_FUNCTIONS.get_interface = lambda name, default: _transformers_attention
+    ALL_ATTENTION_FUNCTIONS.get_interface = lambda name, default: fn  # instance attribute
     try:
         yield
     finally:
@@ -125,6 +126,11 @@ def int8_attention_everywhere() -> Iterator[None]:
             del ALL_ATTENTION_FUNCTIONS.get_interface
         else:
             ALL_ATTENTION_FUNCTIONS.get_interface = saved
+
+
+def int8_attention_everywhere() -> contextlib.AbstractContextManager[None]:
+    """:func:`attention_function_everywhere` with :func:`int8_attention`."""
+    return attention_function_everywhere(_transformers_attention)
 
 
 @contextlib.contextmanager
