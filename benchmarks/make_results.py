@@ -49,6 +49,11 @@ export-targets-epyc-avx2-stop34  …/export-targets-stop34-epyc-avx2.json  bench
 attention-int8-accuracy-stop34  …/attention-int8-accuracy-*-stop34.json  bench_attention_int8_accuracy.py
 attention-int8-speed-epyc-avx2-stop34  …/attention-int8-speed-…-stop34.json  bench_attention_int8_speed.py
 profile-bert-base-epyc-avx2-stop34  …/profile-bert-base-stop34-epyc-avx2-run2.json  bitmaps profile
+attention-int8-model-epyc-avx2-stop35  …/attention-int8-model-…-stop35.json  bench_attention_int8_model.py
+attention-int8-speed-epyc-avx2-stop35  …/attention-int8-speed-…-stop35.json  bench_attention_int8_speed.py
+attention-int8-accuracy-stop35  …/attention-int8-accuracy-*-stop35.json  bench_attention_int8_accuracy.py
+profile-bert-base-epyc-avx2-stop35  …/profile-bert-base-stop35-epyc-avx2-float-run3.json  bitmaps profile
+profile-bert-base-int8-attention-epyc-avx2-stop35  …-stop35-epyc-avx2-int8-run1.json  … --attention int8
 ort-thread-scaling-epyc-avx2-stop34  …/ort-thread-scaling-epyc-avx2-stop34.json  bench_ort_thread_scaling.py
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
@@ -399,6 +404,25 @@ TABLES: dict[str, Source] = {
     ),
     "profile-bert-base-epyc-avx2-stop34": Source(
         "benchmarks/results/profile-bert-base-stop34-epyc-avx2-run2.json", profile_table
+    ),
+    # stop 35 (the same kind of AVX2 EPYC): int8 attention shipped (opt-in) and measured
+    "attention-int8-model-epyc-avx2-stop35": Source(
+        "benchmarks/results/attention-int8-model-epyc-avx2-stop35.json",
+        _bench("bench_attention_int8_model.py"),
+    ),
+    "attention-int8-speed-epyc-avx2-stop35": Source(
+        "benchmarks/results/attention-int8-speed-epyc-avx2-stop35.json",
+        _bench("bench_attention_int8_speed.py"),
+    ),
+    "attention-int8-accuracy-stop35": Source(
+        "benchmarks/results/attention-int8-accuracy-*-stop35.json",
+        _bench("bench_attention_int8_accuracy.py"),
+    ),
+    "profile-bert-base-epyc-avx2-stop35": Source(
+        "benchmarks/results/profile-bert-base-stop35-epyc-avx2-float-run3.json", profile_table
+    ),
+    "profile-bert-base-int8-attention-epyc-avx2-stop35": Source(
+        "benchmarks/results/profile-bert-base-stop35-epyc-avx2-int8-run1.json", profile_table
     ),
     "export-targets-epyc-avx2-stop34": Source(
         "benchmarks/results/export-targets-stop34-epyc-avx2.json",
