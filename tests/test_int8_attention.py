@@ -24,6 +24,7 @@ import pytest
 import torch
 from conftest import NEEDS_C
 from onnx import helper
+from test_ort_attention import _inputs
 
 from bitmaps.core import ops
 from bitmaps.core.int8_attention import (
@@ -244,17 +245,7 @@ def _with_int8(model, value: int):  # noqa: ANN001, ANN202 - onnx.ModelProto
 
 
 def _feed(seed: int, b: int, s: int, t: int, heads: int, d: int, dv: int, bias_shape):  # noqa: ANN001, ANN202
-    rng = np.random.default_rng(seed)
-    feed = {
-        "query": rng.standard_normal((b, s, heads * d), dtype=np.float32),
-        "key": rng.standard_normal((b, t, heads * d), dtype=np.float32),
-        "value": rng.standard_normal((b, t, heads * dv), dtype=np.float32),
-    }
-    if bias_shape is not None:
-        bias = rng.standard_normal(bias_shape, dtype=np.float32)
-        bias[..., t // 2 :: 3] = NEG  # masked keys, as BERT's padding mask gives
-        feed["bias"] = bias
-    return feed
+    return _inputs(np.random.default_rng(seed), b, s, t, heads, d, dv, bias_shape)
 
 
 def _reference(feed: dict, heads: int, scale: float, int8: bool) -> np.ndarray:
