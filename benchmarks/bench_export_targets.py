@@ -22,7 +22,9 @@ weights and GEMM kernels, so its difference to the onnxruntime row is what those
 fourth row, ``onnxruntime, Q K V separate``, splits each stacked Q, K, V BinaryLinear back into
 three nodes feeding bitmaps::MultiHeadAttention (:func:`separate_qkv`): what the stacking wins. A
 fifth, ``onnxruntime, FFN as two nodes``, splits each BinaryFeedForward back into its two
-BinaryLinear nodes (:func:`split_ffns`): what that fusion wins.
+BinaryLinear nodes (:func:`split_ffns`): what that fusion wins. A sixth, ``onnxruntime, int8
+attention``, is the onnxruntime export with ``--attention int8`` (stop 35; its output differs from
+the others': rounded attention, and random weights let a flipped activation bit cascade).
 
     .venv/bin/python benchmarks/bench_export_targets.py [--batch 1] [--seq 128] [--runs 30]
 
@@ -67,15 +69,17 @@ def _student() -> BertForMaskedLM:
     return model
 
 
-def export_student(target: str) -> onnx.ModelProto:
+def export_student(target: str, attention: str = "float") -> onnx.ModelProto:
     """:func:`_student` exported for ``target`` through the real pipeline (verified on the native
-    op), encoder only, with the embeddings `bitmaps export` ships by default."""
+    op), encoder only, with the embeddings `bitmaps export` ships by default; ``attention`` as
+    ``bitmaps export --attention``."""
     cfg = ExportConfig(
         output="hidden",
         target=target,
         backends=("kernel",),
         embeddings=STUDENT_EMBEDDINGS,
         embedding_group=STUDENT_EMBEDDING_GROUP,
+        attention=attention,
     )
     return export_verified(_student(), cfg, binary=True).model
 
@@ -302,13 +306,14 @@ def main() -> None:
     feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     exports = ("portable", "onnxruntime")
     targets = (*exports, "onnxruntime, ORT float ops", "onnxruntime, Q K V separate",
-               "onnxruntime, FFN as two nodes")  # fmt: skip
+               "onnxruntime, FFN as two nodes", "onnxruntime, int8 attention")  # fmt: skip
     models, sessions = {}, {}
     for target in exports:
         models[target] = export_student(target)
     models[targets[2]] = ort_float_ops(models["onnxruntime"])
     models[targets[3]] = separate_qkv(models["onnxruntime"])
     models[targets[4]] = split_ffns(models["onnxruntime"])
+    models[targets[5]] = export_student("onnxruntime", attention="int8")
     outputs = {}
     for target in targets:
         sessions[target] = _session(models[target], args.threads, spin=False)

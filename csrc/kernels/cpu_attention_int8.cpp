@@ -9,8 +9,9 @@
 //   k  [tp / 8][Dp / 4][8][4] 8 keys x 4 consecutive dimensions per 32-byte vector
 //   v  [tp / 4][Dvp / 8][8][4] 8 columns x 4 consecutive keys per 32-byte vector
 //   p  [S][tp]                the rounded probabilities (0 past T)
-// Blocks of 4 query rows x 16 keys (scores) or 16 columns (P V); the scores of a block's rows
-// are made, their softmax rounded, then (after every block) the products with V.
+// Blocks of 4 query rows x 16 keys (scores) or 16 columns (P V): every block's scores and rounded
+// probabilities first, then the attended keys (the OR of the levels), V rounded over them, then
+// every block's products with V.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -52,7 +53,8 @@ constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.693147180559945309f;
 constexpr float kExpPoly[4] = {1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f};  // then * r + 1
 
 inline float exp_level(float x) {
-  x = std::max(x, kExpFloor);  // -inf (a masked key of a row with a finite maximum) -> -6
+  // -inf (a masked key of a row with a finite maximum) -> -6; NaN -> -6 as VMAXPS gives it
+  x = x > kExpFloor ? x : kExpFloor;
   const float n = std::nearbyint(x * kLog2e);  // to nearest even, as VROUNDPS
   const float r = x - n * kLn2;
   float p = kExpPoly[0];
