@@ -54,6 +54,7 @@ attention-int8-speed-epyc-avx2-stop35  …/attention-int8-speed-…-stop35.json 
 attention-int8-accuracy-stop35  …/attention-int8-accuracy-*-stop35.json  bench_attention_int8_accuracy.py
 profile-bert-base-epyc-avx2-stop35  …/profile-bert-base-stop35-epyc-avx2-float-run3.json  bitmaps profile
 profile-bert-base-int8-attention-epyc-avx2-stop35  …-stop35-epyc-avx2-int8-run1.json  … --attention int8
+export-targets-epyc-avx2-stop35  …/export-targets-stop35-epyc-avx2.json  bench_export_targets.py
 ort-thread-scaling-epyc-avx2-stop34  …/ort-thread-scaling-epyc-avx2-stop34.json  bench_ort_thread_scaling.py
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
@@ -420,6 +421,10 @@ TABLES: dict[str, Source] = {
     ),
     "profile-bert-base-epyc-avx2-stop35": Source(
         "benchmarks/results/profile-bert-base-stop35-epyc-avx2-float-run3.json", profile_table
+    ),
+    "export-targets-epyc-avx2-stop35": Source(
+        "benchmarks/results/export-targets-stop35-epyc-avx2.json",
+        _bench("bench_export_targets.py"),
     ),
     "profile-bert-base-int8-attention-epyc-avx2-stop35": Source(
         "benchmarks/results/profile-bert-base-stop35-epyc-avx2-int8-run1.json", profile_table
