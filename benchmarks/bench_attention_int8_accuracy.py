@@ -37,7 +37,7 @@ import sys
 import torch
 from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 
-from bitmaps.core.int8_attention import attention_function_everywhere, int8_attention_everywhere
+from bitmaps.train.attention import attention_function_everywhere, int8_attention_everywhere
 
 VARIANTS = ("float", "qk", "pv", "qk+pv", "shipped")
 

@@ -218,7 +218,7 @@ def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, 
              embeddings, embedding_group, attention) -> None:  # fmt: skip
     """Masked-LM cross entropy, top-1 accuracy and MRR on held-out text (teacher or student);
     for a classifier: accuracy, macro-F1 and the confusion matrix on held-out labelled data."""
-    from bitmaps.core.int8_attention import attention_precision
+    from bitmaps.train.attention import attention_precision
 
     with attention_precision(attention):
         _evaluate(model, data, batch_size, max_sequences, split, as_json, overrides, device,

@@ -130,8 +130,8 @@ def test_fused_cpu_inference_runs_the_int8_kernel(monkeypatch):
     import torch
 
     from bitmaps.core import ops as ops_module
-    from bitmaps.core.int8_attention import int8_attention_everywhere
     from bitmaps.runtime.fusion import fuse_for_cpu_inference_
+    from bitmaps.train.attention import int8_attention_everywhere
     from bitmaps.train.binary_linear import pack_binary_linears_
 
     model = small_student("ste").eval()

@@ -27,13 +27,8 @@ from onnx import helper
 from test_ort_attention import _inputs
 
 from bitmaps.core import ops
-from bitmaps.core.int8_attention import (
-    attention_precision,
-    exp_level,
-    int8_attention,
-    int8_attention_everywhere,
-    round_int8,
-)
+from bitmaps.core.int8_attention import exp_level, int8_attention, round_int8
+from bitmaps.train.attention import attention_precision, int8_attention_everywhere
 
 NEG = torch.finfo(torch.float32).min  # what BERT's extended attention mask adds
 EXP_MARGIN = 127 * (math.log(2) / 2) ** 5 / 120 + 1e-4

@@ -17,23 +17,15 @@ float. Per (batch, head):
 The integer sums are exact (computed in float64 here, int32 in the kernel) and every other step is
 one IEEE float32 operation, none fused, so this module, the CPU kernel (libbitmaps_ort.so and
 ``torch.ops.bitmaps.packed_attention(..., int8=True)``) and the model-local function in ONNX's
-standard ops compute the same bits. :func:`int8_attention_everywhere` makes a transformers model's
-attention use it (evaluation and export verification).
+standard ops compute the same bits. :func:`bitmaps.train.attention.int8_attention_everywhere` makes a
+transformers model's attention use it (evaluation and export verification).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
-
 import torch
 
-LEVELS = 127.0
-EXP_FLOOR = -6.0  # exp(-6) * 127 < 0.5: level 0 below
-LOG2E = 1.44269504088896341
-LN2 = 0.693147180559945309
-EXP_POLY = (1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0)  # e^r = ((((c0 r + c1) r + c2) r + c3) r + 1
-TWO_POW = tuple(2.0**-i for i in range(10))  # 2^n for n = 0, -1, ..., -9 (x >= -6)
+from bitmaps.core.attention_scheme import EXP_FLOOR, EXP_POLY, LEVELS, LN2, LOG2E, TWO_POW
 
 
 def _f32(x: float) -> torch.Tensor:
@@ -87,59 +79,3 @@ def int8_attention(
     total = p.sum(dim=-1, keepdim=True)  # exact: integers below 2^24
     acc = (p.double() @ v8.double()).float()
     return (acc * sv) / total
-
-
-def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """transformers' attention mask as an additive bias: SDPA's boolean one (True: attended)
-    becomes 0 / the dtype's lowest, as the eager path's additive mask is."""
-    if mask is None or mask.dtype != torch.bool:
-        return mask
-    zero = torch.zeros((), dtype=dtype)
-    return torch.where(mask, zero, torch.tensor(torch.finfo(dtype).min, dtype=dtype))
-
-
-def _transformers_attention(  # noqa: ANN202
-    module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-    attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
-    **kwargs: object,
-):  # fmt: skip
-    """transformers' attention-interface signature (BERT's eager attention, no dropout: inference)."""
-    del module, dropout, kwargs
-    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
-    out = int8_attention(query, key, value, _additive(attention_mask, torch.float32), scaling)
-    return out.to(query.dtype).transpose(1, 2).contiguous(), None
-
-
-@contextlib.contextmanager
-def attention_function_everywhere(fn: Callable[..., object]) -> Iterator[None]:
-    """Inside the block, every attention that transformers looks up through its attention
-    interface (BERT's, whatever its ``_attn_implementation``) runs ``fn`` (transformers'
-    attention-function signature)."""
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    saved = ALL_ATTENTION_FUNCTIONS.__dict__.get("get_interface")
-    ALL_ATTENTION_FUNCTIONS.get_interface = lambda name, default: fn  # instance attribute
-    try:
-        yield
-    finally:
-        if saved is None:
-            del ALL_ATTENTION_FUNCTIONS.get_interface
-        else:
-            ALL_ATTENTION_FUNCTIONS.get_interface = saved
-
-
-def int8_attention_everywhere() -> contextlib.AbstractContextManager[None]:
-    """:func:`attention_function_everywhere` with :func:`int8_attention`."""
-    return attention_function_everywhere(_transformers_attention)
-
-
-@contextlib.contextmanager
-def attention_precision(precision: str) -> Iterator[None]:
-    """``"float"``: nothing changes; ``"int8"``: :func:`int8_attention_everywhere`."""
-    if precision == "int8":
-        with int8_attention_everywhere():
-            yield
-    elif precision == "float":
-        yield
-    else:
-        raise ValueError(f"attention precision must be 'float' or 'int8', got {precision!r}")

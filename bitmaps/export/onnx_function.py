@@ -39,6 +39,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from bitmaps.core import attention_scheme as i8
+
 DOMAIN = "bitmaps"
 OP_TYPE = "BinaryLinear"
 OP_VERSION = 1
@@ -364,8 +366,6 @@ def _int8_attention_nodes() -> list[onnx.NodeProto]:
     """From the heads ``q_h [B, H, S, D]``, ``k_h [B, H, T, D]``, ``v_h [B, H, T, Dv]``,
     ``scale_value`` and ``attention_bias`` to ``context [B, H, S, Dv]`` in the int8 scheme, one
     standard op per float32 operation of bitmaps.core.int8_attention (so the same bits)."""
-    from bitmaps.core import int8_attention as i8
-
     f32 = np.float32
     poly = []
     for i in range(1, len(i8.EXP_POLY)):

@@ -30,7 +30,6 @@ from bitmaps import __version__
 from bitmaps.core.atomic import atomic_output, check_writable
 from bitmaps.core.config import ExportConfig
 from bitmaps.core.errors import BitmapsError
-from bitmaps.core.int8_attention import attention_precision
 from bitmaps.core.packed import PackedBinaryLinear
 from bitmaps.data.assets import ASSET_MODELS
 from bitmaps.export import targets
@@ -66,6 +65,7 @@ from bitmaps.export.verify import (
     verification_batches,
     verify_onnx,
 )
+from bitmaps.train.attention import attention_precision
 from bitmaps.train.models import SHAPE_NAMES, load_model
 
 Log = Callable[[str], None]

@@ -479,7 +479,7 @@ def fuse_for_cpu_inference_(model: nn.Module, attention: str = "float") -> dict[
     :func:`fuse_encoder_`, :func:`fuse_embed_layer_norm_`. ``attention`` "int8": the fused
     attention in the int8 scheme (``packed_attention(int8=True)``, recorded in the model's config;
     where transformers' own attention runs instead, wrap the call in
-    :func:`bitmaps.core.int8_attention.int8_attention_everywhere`).
+    :func:`bitmaps.train.attention.int8_attention_everywhere`).
     Returns how many modules each changed. Call it after ``pack_binary_linears_`` on a model kept
     for inference on the CPU and call it under ``torch.no_grad()`` or ``torch.inference_mode()``
     (``bitmaps profile``'s torch rows do); the state dict stays the same, and each fused module

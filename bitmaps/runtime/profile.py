@@ -40,7 +40,6 @@ from bitmaps.core.embeddings import (
     quantize_embeddings_,
 )
 from bitmaps.core.errors import BitmapsError
-from bitmaps.core.int8_attention import attention_precision
 from bitmaps.core.ops import native_status
 from bitmaps.core.ort import function_session
 from bitmaps.core.progress import ProgressReporter
@@ -69,6 +68,7 @@ from bitmaps.runtime.plan import (
     model_config,
     plan,
 )
+from bitmaps.train.attention import attention_precision
 from bitmaps.train.binary_linear import pack_binary_linears_
 from bitmaps.train.models import load_model
 
