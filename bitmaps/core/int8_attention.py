@@ -56,7 +56,7 @@ def exp_level(x: torch.Tensor) -> torch.Tensor:
     for c in EXP_POLY[1:]:
         p = p * r + _f32(c)
     p = p * r + _f32(1.0)
-    two_n = torch.tensor(TWO_POW, dtype=torch.float32)[(-n).long()]
+    two_n = torch.tensor(TWO_POW, dtype=torch.float32, device=x.device)[(-n).long()]
     return torch.round((p * two_n) * _f32(LEVELS))
 
 
