@@ -160,11 +160,9 @@ BITMAPS_INT8_INLINE __m256i pack32(__m256i a, __m256i b, __m256i c, __m256i d) {
   return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-// The 8 floats at x + i of a row of n (lanes past n: 0, unread).
+// The 8 floats at x + i of a row of n (lanes past n: 0, unread; lanes8 clamps to no lane).
 BITMAPS_INT8_INLINE __m256 row8(const float* x, int64_t i, int64_t n) {
-  if (i + 8 <= n) return _mm256_loadu_ps(x + i);
-  if (i >= n) return _mm256_setzero_ps();
-  return _mm256_maskload_ps(x + i, lanes8(n - i));
+  return i + 8 <= n ? load8<true>(x + i, __m256i{}) : load8<false>(x + i, lanes8(n - i));
 }
 
 // n floats at x rounded into out[padded] (padded a multiple of 32; zeros past n); the scale.
