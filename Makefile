@@ -141,8 +141,8 @@ bench: install
 # built at -O3 like bitmaps._C and libbitmaps_ort.so (what ships is what is tested).
 # kernel-harness-aarch64: the same program cross-built and run by qemu-aarch64 as a CPU with the
 # dot-product extension (-cpu max: NEON via UDOT) and one without (cortex-a53: CNT + UADALP), each
-# on the neon and the scalar path. neon-asm: the disassembly of the NEON kernels (the inner-loop
-# instruction mix, checked by tests/test_kernel_harness.py). cross-check-aarch64: bitmaps._C's CPU
+# on the neon and the scalar path. neon-asm: the disassembly of the NEON GEMM and int8 attention
+# kernels (the inner-loop instruction mix, checked by tests/test_kernel_harness.py). cross-check-aarch64: bitmaps._C's CPU
 # sources compiled for aarch64 (torch's headers from the venv) and libbitmaps_ort.so built for it.
 # arm-tools (part of setup, best effort, never fails): Debian's g++-aarch64-linux-gnu + qemu-user.
 AARCH64_CXX     ?= aarch64-linux-gnu-g++
@@ -213,13 +213,18 @@ kernel-harness-aarch64: $(HARNESS_DIR)/kernel_harness_aarch64
 	  $(QEMU_AARCH64) -cpu $$1 -L $(AARCH64_SYSROOT) $< --path $$2 || exit 1; \
 	done
 
+NEON_ASM := cpu_kernels_neon cpu_attention_int8_neon
+
 neon-asm:
 	$(NEED_AARCH64_CXX)
 	@mkdir -p $(CROSS_DIR)
-	@obj=$$(CXX=$(AARCH64_CXX) $(KERNEL_OBJS) | grep '/cpu_kernels_neon\.o$$') || exit 2; \
-	echo "$(AARCH64_OBJDUMP) -d $$obj"; \
-	$(AARCH64_OBJDUMP) -d --no-show-raw-insn -C $$obj > $(CROSS_DIR)/cpu_kernels_neon.dis
-	@echo "disassembly in $(CROSS_DIR)/cpu_kernels_neon.dis"
+	@objs=$$(CXX=$(AARCH64_CXX) $(KERNEL_OBJS)) || exit 2; \
+	for name in $(NEON_ASM); do \
+	  obj=$$(echo "$$objs" | tr ' ' '\n' | grep "/$$name\.o$$") || exit 2; \
+	  echo "$(AARCH64_OBJDUMP) -d $$obj"; \
+	  $(AARCH64_OBJDUMP) -d --no-show-raw-insn -C $$obj > $(CROSS_DIR)/$$name.dis || exit 2; \
+	  echo "disassembly in $(CROSS_DIR)/$$name.dis"; \
+	done
 
 cross-check-aarch64: cross-check-aarch64-torch cross-check-aarch64-ort
 

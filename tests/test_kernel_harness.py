@@ -25,6 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 HARNESS = ROOT / "build" / "kernel-harness" / "kernel_harness"
 NEON_DIS = ROOT / "build" / "cross-aarch64" / "cpu_kernels_neon.dis"
+NEON_INT8_ATTENTION_DIS = ROOT / "build" / "cross-aarch64" / "cpu_attention_int8_neon.dis"
 AARCH64_CXX = "aarch64-linux-gnu-g++"
 TOOLS = {
     AARCH64_CXX: "g++-aarch64-linux-gnu",
@@ -114,8 +115,9 @@ def test_aarch64_harness_under_qemu() -> None:
     assert proc.stdout.count("\nOK (seed") == 3
 
 
-def inner_loop(disassembly: str, function: str) -> list[tuple[str, str]]:
-    """(mnemonic, operands) of the smallest loop of `function` (a backward branch) holding a CNT."""
+def inner_loop(disassembly: str, function: str, marker: str = "cnt") -> list[tuple[str, str]]:
+    """(mnemonic, operands) of the smallest loop of `function` (a backward branch) holding a
+    `marker` instruction."""
     start = disassembly.find(f"<{function}>:\n")
     assert start >= 0, f"{function} not in the disassembly"
     body = disassembly[start:].split("\n\n", 1)[0]
@@ -129,9 +131,9 @@ def inner_loop(disassembly: str, function: str) -> list[tuple[str, str]]:
         target = re.match(r"([0-9a-f]+) <", operands)
         if mnemonic.startswith(("b", "cb", "tb")) and target and int(target.group(1), 16) <= addr:
             loop = [(mn, ops) for a, mn, ops in insns if int(target.group(1), 16) <= a <= addr]
-            if any(mn == "cnt" for mn, _ in loop):
+            if any(mn == marker for mn, _ in loop):
                 loops.append(loop)
-    assert loops, f"no loop with CNT in {function}"
+    assert loops, f"no loop with {marker} in {function}"
     return min(loops, key=len)
 
 
@@ -168,6 +170,41 @@ def test_neon_inner_loop_instruction_mix(function: str) -> None:
             )
     # Nothing scalar besides loop control: no popcount fallback, no spills, no stores.
     other = set(mix) - {combine, "cnt", accumulate} - LOOP_OVERHEAD
+    assert all(m.startswith(("b.", "cbnz")) for m in other), f"unexpected instructions: {mix}"
+    assert not any("sp" in re.split(r"[\s,\[\]]+", ops) for _, ops in loop), f"stack access: {loop}"
+    print(f"{function}: {dict(mix)}", file=sys.stderr)
+
+
+# The int8 attention's two products (cpu_attention_int8_neon.cpp), 4-row blocks: 16 accumulators.
+NEON_INT8_ATTENTION = ("scores<4>", "values<4>")
+
+
+@pytest.mark.parametrize("function", NEON_INT8_ATTENTION)
+def test_neon_int8_attention_instruction_mix(function: str) -> None:
+    need(AARCH64_CXX, "aarch64-linux-gnu-objdump")
+    proc = make("neon-asm")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    dis = NEON_INT8_ATTENTION_DIS.read_text()
+    # No fused multiply-add anywhere in the kernel: each float32 step must round on its own for
+    # the levels to match the other paths, torch and ONNX bit for bit (the harness checks the bits
+    # under qemu; this keeps a compiler from contracting them on a real CPU's build either).
+    fused = re.findall(r"^\s*[0-9a-f]+:\s+(fn?m(?:la|ls|add|sub))\s", dis, flags=re.M)
+    assert not fused, f"fused multiply-adds in the int8 attention kernel: {sorted(set(fused))}"
+    prefix = "void bitmaps::cpu::detail::(anonymous namespace)::"
+    args = (
+        "(bitmaps::cpu::AttentionArgs const&, long, long, long, "
+        "bitmaps::cpu::detail::Int8Head const&)"
+    )
+    loop = inner_loop(dis, f"{prefix}{function}{args}", marker="sdot")
+    mix = Counter(mn for mn, _ in loop)
+    # Per 16 int8 products of 4 rows x 16 keys (or columns): 64 SDOT by element against 4 row
+    # vectors and 16 operand vectors, loaded once each; nothing else but loop control and the
+    # operands' addresses (integer shifts and MADD).
+    assert mix["sdot"] >= 64, mix
+    for mn, ops in loop:
+        if mn == "sdot":
+            assert re.fullmatch(r"v\d+\.4s, v\d+\.16b, v\d+\.4b\[[0-3]\]", ops), (mn, ops)
+    other = set(mix) - {"sdot", "asr", "lsl", "lsr", "madd"} - LOOP_OVERHEAD
     assert all(m.startswith(("b.", "cbnz")) for m in other), f"unexpected instructions: {mix}"
     assert not any("sp" in re.split(r"[\s,\[\]]+", ops) for _, ops in loop), f"stack access: {loop}"
     print(f"{function}: {dict(mix)}", file=sys.stderr)

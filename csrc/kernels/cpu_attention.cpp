@@ -106,6 +106,12 @@ int attention(CpuPath path, const AttentionArgs& args, const Parallel& parallel)
       return detail::attention_head_int8_avx2(args, b, h, scratch.data());
     }
 #endif
+#if defined(BITMAPS_HAVE_NEON_PATH)
+    static const bool dotprod = cpu_has_neon_dotprod();
+    if (args.int8 && path == CpuPath::kNeon && dotprod) {
+      return detail::attention_head_int8_neon(args, b, h, scratch.data());
+    }
+#endif
     if (args.int8) return detail::attention_head_int8_portable(args, b, h, scratch.data());
 #if defined(BITMAPS_HAVE_X86_PATHS)
     if (path == CpuPath::kAvx512) return detail::attention_head_avx512(args, b, h, scratch.data());

@@ -32,8 +32,9 @@
 //   out[s, d]   = (float(sum_t p[s, t] v8[t, d]) * sv[d]) / float(sum_t p[s, t])
 // The integer sums are exact; every other step is one IEEE float32 operation, so
 // bitmaps.core.int8_attention (torch) and the model-local function (ONNX standard ops) compute the
-// same bits. The AVX2 and AVX-512 paths run an AVX2 kernel (VPMADDUBSW), every other path a
-// portable one (cpu_attention_int8.cpp).
+// same bits. The AVX2 and AVX-512 paths run an AVX2 kernel (VPMADDUBSW), the NEON path on a CPU
+// with the dot-product extension an SDOT kernel (cpu_attention_int8_neon.cpp), every other path
+// a portable one (cpu_attention_int8.cpp).
 #pragma once
 
 #include <algorithm>
@@ -153,7 +154,7 @@ inline void row_blocks(int64_t rows, const Fn& fn) {
 int64_t attention_scratch_floats(const AttentionArgs& args);
 void attention_head_portable(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
 // The int8 scheme (cpu_attention_int8.cpp): scratch of attention_int8_scratch_floats(args).
-constexpr int64_t kAttentionInt8Rows = 4;  // query rows per block of the AVX2 int8 kernel
+constexpr int64_t kAttentionInt8Rows = 4;  // query rows per block of the AVX2 and NEON int8 kernels
 int64_t attention_int8_scratch_floats(const AttentionArgs& args);
 void attention_head_int8_portable(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
 #if defined(BITMAPS_HAVE_X86_PATHS)
@@ -165,6 +166,9 @@ void attention_head_int8_avx2(const AttentionArgs& args, int64_t b, int64_t h, f
 #endif
 #if defined(BITMAPS_HAVE_NEON_PATH)
 void attention_head_neon(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
+// The int8 scheme with SDOT (cpu_attention_int8_neon.cpp): the NEON path's int8 kernel on a CPU
+// with the dot-product extension (cpu_has_neon_dotprod(); without it the portable one runs).
+void attention_head_int8_neon(const AttentionArgs& args, int64_t b, int64_t h, float* scratch);
 #endif
 }  // namespace detail
 

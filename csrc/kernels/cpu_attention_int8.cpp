@@ -19,6 +19,7 @@
 #include <limits>
 
 #include "kernels/cpu_attention.h"
+#include "kernels/cpu_attention_int8.h"
 
 #if defined(BITMAPS_HAVE_X86_PATHS)
 #include <immintrin.h>
@@ -29,29 +30,7 @@
 namespace bitmaps::cpu::detail {
 namespace {
 
-constexpr float kLevels = 127.0f;
-
-inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
-
-// What one row (or column) is rounded with: x * mul, rounded to nearest even; the integers stand
-// for x / scale. A zero row: mul 0, scale 1.
-struct RowScale {
-  float mul, scale;
-};
-inline RowScale row_scale(float amax) {
-  return amax > 0.0f ? RowScale{kLevels / amax, amax / kLevels} : RowScale{0.0f, 1.0f};
-}
-
-// The probability level of x = score - row max (<= 0): round(exp(x) * 127), exp(x) = 2^n e^r
-// (n = round(x log2 e), r = x - n ln 2 in [-0.35, 0.35]) with e^r by its Taylor polynomial to
-// r^4 (relative error < 5e-5, far inside a level's 0.4 %), on max(x, -6) (exp(-6) * 127 < 0.5:
-// level 0 below). Every multiply and add a separate float32 rounding (no FMA) and 2^n exact: the
-// same bits in torch and in ONNX's standard ops (bitmaps.core.int8_attention, the model-local
-// function); no libm exp anywhere.
-constexpr float kExpFloor = -6.0f;
-constexpr float kLog2e = 1.44269504088896341f, kLn2 = 0.693147180559945309f;
-constexpr float kExpPoly[4] = {1.0f / 24.0f, 1.0f / 6.0f, 0.5f, 1.0f};  // then * r + 1
-
+// The probability level of x = score - row max (cpu_attention_int8.h), in scalar code.
 inline float exp_level(float x) {
   // -inf (a masked key of a row with a finite maximum) -> -6; NaN -> -6 as VMAXPS gives it
   x = x > kExpFloor ? x : kExpFloor;
@@ -63,7 +42,7 @@ inline float exp_level(float x) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n, n in [-9, 0]
   float two_n;
   std::memcpy(&two_n, &bits, sizeof two_n);
-  return std::nearbyint(p * two_n * kLevels);
+  return std::nearbyint(p * two_n * kInt8Levels);
 }
 
 inline int8_t round_int8(float x, float mul) { return static_cast<int8_t>(std::lrintf(x * mul)); }
@@ -71,8 +50,8 @@ inline int8_t round_int8(float x, float mul) { return static_cast<int8_t>(std::l
 }  // namespace
 
 int64_t attention_int8_scratch_floats(const AttentionArgs& a) {
-  const int64_t S = a.q_len, dp = round_up(a.head_dim, 32), tp = round_up(a.kv_len, 16),
-                dvp = round_up(a.v_head_dim, 16);
+  const int64_t S = a.q_len, dp = int8_round_up(a.head_dim, 32),
+                tp = int8_round_up(a.kv_len, 16), dvp = int8_round_up(a.v_head_dim, 16);
   // + the AVX2 key block and the attended keys
   const int64_t bytes = S * dp + tp * dp + tp * dvp + S * tp + 8 * dp + tp;
   const int64_t floats = 2 * S + tp + 2 * dvp + kAttentionInt8Rows * tp;
@@ -152,7 +131,7 @@ void attention_head_int8_portable(const AttentionArgs& a, int64_t b, int64_t h, 
 
 namespace {
 
-constexpr int kMR = static_cast<int>(kAttentionInt8Rows);
+constexpr int kMR = kInt8MR;
 
 // 32 int32 lanes of a, b, c, d (8 each) -> 32 int8 in that order (|x| <= 127: no saturation).
 BITMAPS_INT8_INLINE __m256i pack32(__m256i a, __m256i b, __m256i c, __m256i d) {
@@ -208,7 +187,7 @@ BITMAPS_INT8_INLINE __m256i level8(__m256 x) {
   const __m256i bits = _mm256_slli_epi32(
       _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-  return _mm256_cvtps_epi32(_mm256_mul_ps(e, _mm256_set1_ps(kLevels)));
+  return _mm256_cvtps_epi32(_mm256_mul_ps(e, _mm256_set1_ps(kInt8Levels)));
 }
 
 // The 4 bytes at p in every 32-bit lane.
@@ -221,51 +200,6 @@ BITMAPS_INT8_INLINE __m256i broadcast4(const void* p) {
 // acc + the sums of 4 products u8 x s8 per 32-bit lane (VPMADDUBSW, VPMADDWD by ones).
 BITMAPS_INT8_INLINE __m256i dot4(__m256i acc, __m256i u8, __m256i s8, __m256i ones) {
   return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u8, s8), ones));
-}
-
-struct Int8Head {
-  int64_t dp, tp, dvp;
-  int8_t* q;      // [S][dp]
-  int8_t* k;      // [tp / 8][dp / 4][8][4]
-  int8_t* v;      // [tp / 4][dvp / 8][8][4]
-  uint8_t* p;     // [S][tp]
-  int8_t* kblock; // [8][dp]: one block of keys rounded, before its transpose
-  uint8_t* attended;  // [tp]: nonzero where some row's level is (V's scales use those keys)
-  float* sq;      // [S]
-  float* ksc;     // [tp]
-  float* vmul;    // [dvp]
-  float* sv;      // [dvp]
-  float* total;   // [S]: the sum of each row's levels
-  float* scores;  // [kMR][tp]
-};
-
-Int8Head int8_head(const AttentionArgs& a, float* scratch) {
-  Int8Head w;
-  const int64_t S = a.q_len;
-  w.dp = round_up(a.head_dim, 32);
-  w.tp = round_up(a.kv_len, 16);
-  w.dvp = round_up(a.v_head_dim, 16);
-  // every array 32-byte aligned (attention_int8_scratch_floats counts the margins)
-  auto next = reinterpret_cast<uintptr_t>(scratch);
-  auto take = [&next](int64_t bytes) {
-    next = (next + 31) / 32 * 32;
-    const uintptr_t at = next;
-    next += static_cast<uintptr_t>(bytes);
-    return at;
-  };
-  w.q = reinterpret_cast<int8_t*>(take(S * w.dp));
-  w.k = reinterpret_cast<int8_t*>(take(w.tp * w.dp));
-  w.v = reinterpret_cast<int8_t*>(take(w.tp * w.dvp));
-  w.p = reinterpret_cast<uint8_t*>(take(S * w.tp));
-  w.kblock = reinterpret_cast<int8_t*>(take(8 * w.dp));
-  w.attended = reinterpret_cast<uint8_t*>(take(w.tp));
-  w.sq = reinterpret_cast<float*>(take(4 * S));
-  w.ksc = reinterpret_cast<float*>(take(4 * w.tp));
-  w.vmul = reinterpret_cast<float*>(take(4 * w.dvp));
-  w.sv = reinterpret_cast<float*>(take(4 * w.dvp));
-  w.total = reinterpret_cast<float*>(take(4 * S));
-  w.scores = reinterpret_cast<float*>(take(4 * kMR * w.tp));
-  return w;
 }
 
 // Q and K of head h of batch b rounded into w's layout.
@@ -455,20 +389,6 @@ BITMAPS_INT8 void int8_values(const AttentionArgs& a, int64_t b, int64_t h, int6
         }
       }
     }
-  }
-}
-
-template <class Fn>
-inline void int8_row_blocks(int64_t rows, const Fn& fn) {
-  int64_t s = 0;
-  for (; s + kMR <= rows; s += kMR) fn(std::integral_constant<int, kMR>{}, s);
-  switch (rows - s) {
-    case 1: return fn(std::integral_constant<int, 1>{}, s);
-    case 2: if constexpr (kMR > 2) return fn(std::integral_constant<int, 2>{}, s);
-            return;
-    case 3: if constexpr (kMR > 3) return fn(std::integral_constant<int, 3>{}, s);
-            return;
-    default: return;
   }
 }
 
