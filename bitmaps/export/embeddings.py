@@ -56,7 +56,7 @@ _FLOATS = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16}
 PREFIX = "embeddings_q"
 # How the quantized lookups are written (part of profile's export cache key: a cached file of an
 # older graph is exported again)
-GRAPH_VERSION = "int4-pair-table+trt-float-cast+ort-GatherBlockQuantized"
+GRAPH_VERSION = "int4-pair-table+trt-float-cast+ort-GatherBlockQuantized-default-bits"
 
 
 def embedding_tables(model: onnx.ModelProto) -> list[str]:
@@ -225,9 +225,11 @@ def quantize_onnx_embeddings(
             if node.op_type == "Gather" and node.input[0] == name:
                 b.nodes = []
                 if nbits and not blocks and 2 * int(data.shape[1]) == hidden:
+                    # no `bits` attribute: 4 is its default since ONNX Runtime 1.22 added it,
+                    # and ONNX Runtime 1.21 and older reject the attribute (4 bits only there)
                     b.op("GatherBlockQuantized", [qname, node.input[1], sname], node.output[0],
-                         domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, block_size=group,
-                         bits=4)  # fmt: skip
+                         domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
+                         block_size=group)  # fmt: skip
                     new_nodes.extend(b.nodes)
                     continue
                 rows = b.op("Gather", [qname, node.input[1]], axis=0)

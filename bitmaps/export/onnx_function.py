@@ -514,9 +514,10 @@ def embed_layer_norm_function(opset: int) -> onnx.FunctionProto:
     )
     nodes = []
     for i in range(3):
+        # 4 bits: the default (ONNX Runtime 1.21 and older reject a `bits` attribute)
         lookup = helper.make_node(
             "GatherBlockQuantized", [f"table_{i}", f"ids_{i}", f"scale_{i}"], [f"rows_{i}"],
-            domain=MS_DOMAIN, gather_axis=0, quantize_axis=1, bits=4,
+            domain=MS_DOMAIN, gather_axis=0, quantize_axis=1,
         )  # fmt: skip
         lookup.attribute.append(block)
         nodes.append(lookup)

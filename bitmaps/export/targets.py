@@ -375,7 +375,7 @@ def _int4_lookup(value: ir.Value) -> ir.Node | None:
     node = value.producer()
     if node is None or (node.domain, node.op_type) != (MS_DOMAIN, "GatherBlockQuantized"):
         return None
-    attrs = {k: a.as_int() for k, a in node.attributes.items()}
+    attrs = {"bits": 4} | {k: a.as_int() for k, a in node.attributes.items()}  # 4: the default
     wanted = {"bits": 4, "gather_axis": 0, "quantize_axis": 1}
     if any(attrs.get(k, -1) != v for k, v in wanted.items()) or "block_size" not in attrs:
         return None

@@ -32,12 +32,14 @@ import argparse
 import glob
 import hashlib
 import os
+import platform
 import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -132,32 +134,64 @@ def _is_debian_archive(uri: str, suites: str) -> bool:
     return "debian" in uri and "security" not in uri and "security" not in suites
 
 
-def fetch_headers() -> Path:
-    """apt-get download libonnxruntime-dev (trixie) in a private apt state; dpkg -x into the cache."""
-    for tool in ("apt-get", "dpkg"):
-        if shutil.which(tool) is None:
-            raise BuildError(f"{tool} not found: set ORT_INCLUDE to ONNX Runtime's C API headers")
-    uri, keyring = debian_mirror()
-    log(f"fetching {DEB_PACKAGE} ({DEB_SUITE}) from {uri}")
-    with tempfile.TemporaryDirectory(prefix="bitmaps-apt-") as tmp:
-        t = Path(tmp)
-        for sub in ("state/lists/partial", "cache/archives/partial", "download"):
-            (t / sub).mkdir(parents=True)
-        sources = t / "sources.list"
-        sources.write_text(f"deb [signed-by={keyring}] {uri} {DEB_SUITE} main\n")
-        apt = [
-            "apt-get", "-q",
-            "-o", f"Dir::State={t / 'state'}",
-            "-o", f"Dir::Cache={t / 'cache'}",
+class _PrivateApt:
+    """apt-get / apt-cache over Debian's `suite` (for `arch`, else this machine's) in a private
+    state folder under `tmp`: the system's apt lists and sources stay untouched; apt checks the
+    signed release file and each package's hash."""
+
+    def __init__(self, tmp: Path, suite: str, arch: str | None = None) -> None:
+        for tool in ("apt-get", "apt-cache", "dpkg"):
+            if shutil.which(tool) is None:
+                raise BuildError(f"{tool} not found")
+        uri, keyring = debian_mirror()
+        for sub in ("state/lists/partial", "cache/archives/partial"):
+            (tmp / sub).mkdir(parents=True, exist_ok=True)
+        sources = tmp / "sources.list"
+        arch_option = f"arch={arch} " if arch else ""
+        sources.write_text(f"deb [{arch_option}signed-by={keyring}] {uri} {suite} main\n")
+        self.tmp, self.uri = tmp, uri
+        self.options = [
+            "-o", f"Dir::State={tmp / 'state'}",
+            "-o", f"Dir::Cache={tmp / 'cache'}",
             "-o", f"Dir::Etc::sourcelist={sources}",
             "-o", "Dir::Etc::sourceparts=-",
             "-o", "APT::Get::List-Cleanup=0",
         ]  # fmt: skip
+        if arch:
+            self.options += ["-o", f"APT::Architecture={arch}", "-o", f"APT::Architectures={arch}"]
         if os.geteuid() == 0:  # root: apt would hand the download to _apt, who cannot write here
-            apt += ["-o", "APT::Sandbox::User=root"]
-        _run([*apt, "update"], t)
-        _run([*apt, "download", DEB_PACKAGE], t / "download")
-        debs = sorted((t / "download").glob(f"{DEB_PACKAGE}_*.deb"))
+            self.options += ["-o", "APT::Sandbox::User=root"]
+        _run(["apt-get", "-q", *self.options, "update"], tmp)
+
+    def depends(self, package: str) -> list[str]:
+        """`package` and every package it needs, recursively (no recommends or suggests)."""
+        out = _run(
+            ["apt-cache", *self.options, "depends", "--recurse", "--no-recommends",
+             "--no-suggests", "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances",
+             package],
+            self.tmp,
+        )  # fmt: skip
+        names = {ln.strip() for ln in out.splitlines() if ln and not ln.startswith(" ")}
+        return sorted(n for n in names if not n.startswith("<"))  # <virtual> names: provided
+
+    def download(self, packages: list[str], folder: Path) -> list[Path]:
+        folder.mkdir(parents=True, exist_ok=True)
+        _run(["apt-get", "-q", *self.options, "download", *packages], folder)
+        return sorted(folder.glob("*.deb"))
+
+
+def fetch_headers() -> Path:
+    """apt-get download libonnxruntime-dev (trixie) in a private apt state; dpkg -x into the cache."""
+    uri, _ = debian_mirror()
+    log(f"fetching {DEB_PACKAGE} ({DEB_SUITE}) from {uri}")
+    with tempfile.TemporaryDirectory(prefix="bitmaps-apt-") as tmp:
+        t = Path(tmp)
+        try:
+            apt = _PrivateApt(t, DEB_SUITE)
+        except BuildError as exc:
+            raise BuildError(f"{exc}: set ORT_INCLUDE to ONNX Runtime's C API headers") from exc
+        debs = [d for d in apt.download([DEB_PACKAGE], t / "download")
+                if d.name.startswith(f"{DEB_PACKAGE}_")]  # fmt: skip
         if not debs:
             raise BuildError(f"apt-get download {DEB_PACKAGE} produced no .deb")
         version = debs[0].name.split("_")[1]
@@ -171,6 +205,79 @@ def fetch_headers() -> Path:
         staging.rename(dest)
     log(f"ONNX Runtime {version} headers in {dest}")
     return _header_dir(dest / "usr" / "include")  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- runtimes to test with
+# ONNX Runtime shared libraries the C++ client (csrc/onnxruntime/example/run_model.cpp) is tested
+# against, besides the one in this machine's onnxruntime wheel: an older wheel's, and Debian's
+# build for another architecture (run under qemu-user). Fetched into the cache on first use.
+
+RUNTIME_PACKAGE = "libonnxruntime1.21"  # trixie's ONNX Runtime: 1.21
+DEBIAN_TRIPLETS = {"arm64": "aarch64-linux-gnu", "amd64": "x86_64-linux-gnu"}
+
+
+def debian_runtime(arch: str, fetch: bool = True) -> Path:
+    """Debian's ONNX Runtime library for `arch` (trixie's libonnxruntime1.21 and the packages it
+    needs, as apt resolves them for that architecture) unpacked into a sysroot in the cache
+    (``ort-runtime/debian-trixie-<arch>``, with ``lib`` -> ``usr/lib`` as Debian's merged /usr
+    has it: qemu-user's ``-L``). Returns the library's path inside the sysroot."""
+    if arch not in DEBIAN_TRIPLETS:
+        raise BuildError(f"architecture must be one of {', '.join(DEBIAN_TRIPLETS)}, got {arch!r}")
+    sysroot = cache_root() / "ort-runtime" / f"debian-{DEB_SUITE}-{arch}"
+    lib = sysroot / "usr" / "lib" / DEBIAN_TRIPLETS[arch] / "libonnxruntime.so.1.21"
+    if lib.exists():
+        return lib
+    if not fetch:
+        raise BuildError(f"no Debian ONNX Runtime for {arch} in {sysroot.parent}")
+    log(f"fetching {RUNTIME_PACKAGE} ({DEB_SUITE}, {arch}) and what it needs")
+    with tempfile.TemporaryDirectory(prefix="bitmaps-apt-") as tmp:
+        t = Path(tmp)
+        apt = _PrivateApt(t, DEB_SUITE, arch)
+        debs = apt.download(apt.depends(RUNTIME_PACKAGE), t / "download")
+        staging = Path(tempfile.mkdtemp(prefix=".debian-", dir=_mkdir(sysroot.parent)))
+        for deb in debs:
+            _run(["dpkg", "-x", str(deb), str(staging)], t)
+        (staging / "lib").symlink_to("usr/lib")
+        shutil.rmtree(sysroot, ignore_errors=True)
+        staging.rename(sysroot)
+    if not lib.exists():
+        raise BuildError(f"{RUNTIME_PACKAGE} for {arch} holds no {lib.name}")
+    log(f"ONNX Runtime for {arch} in {sysroot}")
+    return lib
+
+
+def pypi_runtime(version: str, fetch: bool = True) -> Path:
+    """``libonnxruntime.so`` of the onnxruntime wheel `version` for this machine and Python (pip
+    download, nothing installed; the wheels ship it from 1.19 on), kept in the cache
+    (``ort-runtime/pypi-<version>-<machine>``). Returns its path."""
+    folder = cache_root() / "ort-runtime" / f"pypi-{version}-{platform.machine()}"
+    found = sorted(folder.glob("libonnxruntime.so.*"))
+    if found:
+        return found[0]
+    if not fetch:
+        raise BuildError(f"no onnxruntime {version} library in {folder}")
+    log(f"fetching onnxruntime {version} from PyPI")
+    with tempfile.TemporaryDirectory(prefix="bitmaps-wheel-") as tmp:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+             "--disable-pip-version-check", f"onnxruntime=={version}", "-d", tmp],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        wheels = sorted(Path(tmp).glob("onnxruntime-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
+            raise BuildError(f"pip download onnxruntime=={version} failed: {last}")
+        with zipfile.ZipFile(wheels[0]) as wheel:
+            members = [n for n in wheel.namelist()
+                       if re.fullmatch(r"onnxruntime/capi/libonnxruntime\.so[.0-9]*", n)]  # fmt: skip
+            if not members:
+                raise BuildError(f"{wheels[0].name} ships no libonnxruntime.so")
+            staging = Path(tempfile.mkdtemp(prefix=".pypi-", dir=_mkdir(folder.parent)))
+            target = staging / Path(members[0]).name
+            target.write_bytes(wheel.read(members[0]))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return folder / target.name
 
 
 def _mkdir(path: Path) -> Path:
@@ -302,10 +409,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--kernel-objects", action="store_true", help="compile csrc/kernels only, print the objects"
     )
+    parser.add_argument(
+        "--runtime",
+        metavar="debian-ARCH|pypi-VERSION",
+        help="fetch an ONNX Runtime library to test with into the cache (or find it), print it",
+    )
     args = parser.parse_args(argv)
     try:
         if args.headers_only:
             print(find_headers())
+            return 0
+        if args.runtime:
+            kind, _, value = args.runtime.partition("-")
+            if kind not in ("debian", "pypi") or not value:
+                raise BuildError(f"--runtime must be debian-ARCH or pypi-VERSION: {args.runtime!r}")
+            print(debian_runtime(value) if kind == "debian" else pypi_runtime(value))
             return 0
         if args.kernel_objects:
             print("\n".join(map(str, kernel_objects(args.jobs))))

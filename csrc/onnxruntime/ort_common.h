@@ -296,6 +296,24 @@ OrtCustomOpInputOutputCharacteristic ORT_API_CALL last_input_optional(const OrtC
   return LastOptional && index + 1 == N ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
 
+// ONNX Runtime 1.21 and older refuse an op whose required output has "any type" when more than
+// one of its inputs has any type (custom_ops.cc: "There must be one (and only one) dynamic typed
+// input to the custom op"); 1.22 dropped that rule, and takes the output's type from the op's shape
+// inference. For those older runtimes register.cpp adds each op with its output's type fixed,
+// once per type the output can have (the inputs keep any type, so that their kernel still checks
+// them and names the node); ONNX Runtime picks the copy whose type matches the node.
+constexpr unsigned kOrtMinorWithDynamicOutputs = 22;
+template <ONNXTensorElementDataType T>
+ONNXTensorElementDataType ORT_API_CALL fixed_type(const OrtCustomOp*, size_t) {
+  return T;
+}
+inline OrtCustomOp with_output_type(OrtCustomOp op, ONNXTensorElementDataType type) {
+  op.GetOutputType = type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16
+                         ? fixed_type<ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16>
+                         : fixed_type<ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT>;
+  return op;
+}
+
 // Compute and destroy callbacks of an op whose kernel state is K, computed by compute(K, context).
 template <class K, OrtStatus* (*Compute)(const K&, OrtKernelContext*)>
 OrtStatus* ORT_API_CALL compute_kernel(void* kernel, OrtKernelContext* context) {

@@ -16,6 +16,7 @@
 #include "onnxruntime/binary_linear_op.h"
 #include "onnxruntime/embed_layer_norm_op.h"
 #include "onnxruntime/multi_head_attention_op.h"
+#include "onnxruntime/ort_common.h"
 #include "onnxruntime/skip_layer_norm_op.h"
 
 namespace {
@@ -34,6 +35,34 @@ std::vector<OrtCustomOpDomain*> g_domains;
 
 #define BITMAPS_STRINGIFY2(x) #x
 #define BITMAPS_STRINGIFY(x) BITMAPS_STRINGIFY2(x)
+
+// Every op of the library (each output of any type: ONNX Runtime 1.22 and later).
+std::vector<const OrtCustomOp*> ops(const OrtApi* api) {
+  using namespace bitmaps::ort;
+  return {binary_linear_op(api),    multi_head_attention_op(api),
+          packed_multi_head_attention_op(api), skip_layer_norm_op(api),
+          embed_layer_norm_op(api), binary_ffn_op(api)};
+}
+
+// The same ops for ONNX Runtime 1.21 and older (ort_common.h, with_output_type): float32 outputs,
+// and a float16 copy of the two whose output follows a float16 X. Made once; ONNX Runtime keeps
+// the pointers.
+std::vector<const OrtCustomOp*> ops_with_fixed_outputs(const OrtApi* api) {
+  using namespace bitmaps::ort;
+  static const std::vector<OrtCustomOp> fixed = [api] {
+    std::vector<OrtCustomOp> v;
+    for (const OrtCustomOp* op : ops(api)) {
+      v.push_back(with_output_type(*op, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT));
+    }
+    for (const OrtCustomOp* op : {binary_linear_op(api), binary_ffn_op(api)}) {
+      v.push_back(with_output_type(*op, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16));
+    }
+    return v;
+  }();
+  std::vector<const OrtCustomOp*> out;
+  for (const OrtCustomOp& op : fixed) out.push_back(&op);
+  return out;
+}
 
 }  // namespace
 
@@ -60,10 +89,9 @@ BITMAPS_ORT_EXPORT OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* 
   }
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* status = api->CreateCustomOpDomain(bitmaps::ort::kDomain, &domain)) return status;
-  for (const OrtCustomOp* op :
-       {bitmaps::ort::binary_linear_op(api), bitmaps::ort::multi_head_attention_op(api),
-        bitmaps::ort::packed_multi_head_attention_op(api), bitmaps::ort::skip_layer_norm_op(api),
-        bitmaps::ort::embed_layer_norm_op(api), bitmaps::ort::binary_ffn_op(api)}) {
+  const bool fixed_outputs =
+      parsed && major == 1 && minor < bitmaps::ort::kOrtMinorWithDynamicOutputs;
+  for (const OrtCustomOp* op : fixed_outputs ? ops_with_fixed_outputs(api) : ops(api)) {
     if (OrtStatus* status = api->CustomOpDomain_Add(domain, op)) {
       api->ReleaseCustomOpDomain(domain);
       return status;

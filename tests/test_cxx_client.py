@@ -1,0 +1,196 @@
+"""The C++ client (csrc/onnxruntime/example/run_model.cpp): an exported student run through ONNX
+Runtime's C++ API, with libbitmaps_ort.so and without it (the model-local functions), against
+bitmaps' PyTorch output. Three runtimes:
+
+- this machine's onnxruntime wheel (its ``libonnxruntime.so``);
+- onnxruntime 1.21.1 from PyPI (x86-64): a runtime older than 1.22, which refused every op of the
+  library until stop 36 (an output of "any type" with several inputs of any type; ort_common.h);
+- Debian's ONNX Runtime 1.21 for arm64 under qemu-aarch64 (-cpu max: the NEON path with UDOT and
+  the SDOT int8 attention kernel), the client and the library cross-built: the Arm deployment.
+
+The older runtimes come from PyPI and Debian's archive into the bitmaps cache on first use
+(csrc/onnxruntime/build.py --runtime); a test whose runtime cannot be fetched skips saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import csrc_module
+from test_export import small_student
+
+import bitmaps
+from bitmaps.core.config import ExportConfig
+from bitmaps.export.pipeline import export_verified, write_onnx
+from bitmaps.train.attention import attention_precision
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCE = ROOT / "csrc" / "onnxruntime" / "example" / "run_model.cpp"
+AARCH64_CXX = "aarch64-linux-gnu-g++"
+build = csrc_module("onnxruntime/build")
+
+# name -> export settings. fp32 embeddings or int8 ones: the int4 lookups of the onnxruntime
+# target are com.microsoft.GatherBlockQuantized on uint8, which ONNX Runtime runs from 1.22 on.
+MODELS = {
+    "portable": ExportConfig(),
+    "portable-fp16": ExportConfig(dtype="fp16"),
+    "onnxruntime-int8": ExportConfig(target="onnxruntime", attention="int8", embeddings="int8"),
+    "onnxruntime-int4": ExportConfig(target="onnxruntime", embeddings="int4"),
+}
+BATCH, SEQ = 2, 11
+
+
+@pytest.fixture(scope="module")
+def headers() -> Path:
+    try:
+        return build.find_headers(fetch=False)
+    except build.BuildError as exc:
+        pytest.skip(f"needs ONNX Runtime's C/C++ headers (make setup fetches them): {exc}")
+
+
+def compile_client(cxx: str, headers: Path, out: Path) -> Path:
+    if shutil.which(cxx) is None:
+        pytest.skip(f"needs {cxx} to build the C++ client")
+    proc = subprocess.run(
+        [cxx, "-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{headers}", str(SOURCE),
+         "-ldl", "-o", str(out)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(headers, tmp_path_factory) -> Path:
+    return compile_client("g++", headers, tmp_path_factory.mktemp("client") / "run_model")
+
+
+@pytest.fixture(scope="module")
+def students(tmp_path_factory) -> dict[str, tuple[Path, np.ndarray, np.ndarray]]:
+    """name -> (file, ids, PyTorch's logits for them)."""
+    folder = tmp_path_factory.mktemp("students")
+    ids = torch.randint(0, 300, (BATCH, SEQ), generator=torch.Generator().manual_seed(5))
+    out = {}
+    for name, cfg in MODELS.items():
+        result = export_verified(small_student(), cfg, binary=True)
+        path = folder / f"{name}.onnx"
+        write_onnx(result.model, path)
+        with torch.no_grad(), attention_precision(cfg.attention):
+            expected = result.wrapper(ids, torch.ones_like(ids)).float().numpy()
+        out[name] = (path, ids.numpy().astype(np.int64), expected)
+    return out
+
+
+def run_client(
+    command: list[str], model: Path, ids: np.ndarray, out: Path, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    ids_file = out.with_suffix(".ids")
+    ids.tofile(ids_file)
+    return subprocess.run(
+        [*command, "--model", str(model), "--ids", str(ids_file), "--batch", str(BATCH),
+         "--seq", str(SEQ), "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+
+
+def check_run(proc: subprocess.CompletedProcess, out: Path, expected: np.ndarray, what: str):
+    assert proc.returncode == 0, f"{what}: {proc.stderr[-2000:]}"
+    assert '"shape": [2, 11, 300]' in proc.stdout, proc.stdout
+    y = np.fromfile(out, dtype=np.float32).reshape(expected.shape)
+    # fp16 files: their own tolerance (ExportConfig.DEFAULT_TOLERANCE), relative to the logits
+    tolerance = 2e-2 if "fp16" in what else 1e-4
+    scale = np.abs(expected).max()
+    assert np.abs(y - expected).max() <= tolerance * scale, what
+
+
+def wheel_runtime() -> Path:
+    capi = Path(ort.__file__).parent / "capi"
+    found = sorted(capi.glob("libonnxruntime.so*"))
+    if not found:
+        pytest.skip(f"needs an onnxruntime wheel that ships libonnxruntime.so ({capi})")
+    return found[0]
+
+
+def test_client_with_this_machines_onnxruntime(client, students, tmp_path):
+    runtime = wheel_runtime()
+    for name, (model, ids, expected) in students.items():
+        for lib in ([], ["--ops", bitmaps.get_library_path()]):
+            out = tmp_path / f"{name}-{len(lib)}.bin"
+            proc = run_client([str(client), "--ort", str(runtime), *lib], model, ids, out)
+            check_run(proc, out, expected, f"{name}, library={bool(lib)}, {ort.__version__}")
+
+
+def test_client_with_onnxruntime_1_21(client, students, tmp_path):
+    if platform.machine() != "x86_64":
+        pytest.skip("the onnxruntime 1.21.1 wheel is fetched for x86-64 hosts")
+    try:
+        runtime = build.pypi_runtime("1.21.1")
+    except build.BuildError as exc:
+        pytest.skip(f"needs onnxruntime 1.21.1 from PyPI: {exc}")
+    for name, (model, ids, expected) in students.items():
+        if name == "onnxruntime-int4":
+            continue  # GatherBlockQuantized on uint8: ONNX Runtime 1.22 and later
+        for lib in ([], ["--ops", bitmaps.get_library_path()]):
+            out = tmp_path / f"{name}-{len(lib)}.bin"
+            proc = run_client([str(client), "--ort", str(runtime), *lib], model, ids, out)
+            check_run(proc, out, expected, f"{name}, library={bool(lib)}, 1.21.1")
+
+
+def test_client_errors_are_one_line_and_exit_2(client, students, tmp_path):
+    runtime = str(wheel_runtime())
+    model, ids, _ = students["portable"]
+    cases = [
+        ([str(client), "--ort", str(tmp_path / "missing.so")], model, "cannot load ONNX Runtime"),
+        ([str(client), "--ort", bitmaps.get_library_path()], model, "is not ONNX Runtime"),
+        ([str(client), "--ort", runtime], tmp_path / "missing.onnx", "missing.onnx"),
+        ([str(client), "--ort", runtime, "--ops", str(tmp_path / "no.so")], model, "no.so"),
+    ]
+    for command, path, needle in cases:
+        out = tmp_path / "y.bin"
+        proc = run_client(command, path, ids, out)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+        assert not out.exists() and not out.with_name("y.bin.partial").exists()
+    proc = subprocess.run([str(client), "--ort", runtime, "--batch", "0"], capture_output=True,
+                          text=True)  # fmt: skip
+    assert proc.returncode == 2 and "--batch must be a positive integer" in proc.stderr
+
+
+@pytest.mark.slow
+def test_client_on_aarch64_under_qemu(headers, students, tmp_path):
+    for tool in (AARCH64_CXX, "qemu-aarch64"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool} (make arm-tools installs it)")
+    try:
+        runtime = build.debian_runtime("arm64")
+    except build.BuildError as exc:
+        pytest.skip(f"needs Debian's ONNX Runtime for arm64: {exc}")
+    sysroot = runtime.parents[3]
+    client = compile_client(AARCH64_CXX, headers, tmp_path / "run_model_aarch64")
+    library = tmp_path / "libbitmaps_ort_aarch64.so"
+    proc = subprocess.run(
+        [shutil.which("python3") or "python3", str(ROOT / "csrc" / "onnxruntime" / "build.py"),
+         "--out", str(library)],
+        capture_output=True, text=True, env={**os.environ, "CXX": AARCH64_CXX},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    qemu = ["qemu-aarch64", "-cpu", "max", "-L", str(sysroot), str(client), "--ort", str(runtime)]
+    runs = [
+        ("neon", ["--ops", str(library)], {}),  # UDOT GEMM, SDOT int8 attention
+        ("scalar", ["--ops", str(library)], {"BITMAPS_CPU_PATH": "scalar"}),
+        ("function", [], {}),
+    ]
+    for name in ("portable", "onnxruntime-int8"):
+        model, ids, expected = students[name]
+        for run, lib, env in runs:
+            out = tmp_path / f"{name}-{run}.bin"
+            proc = run_client([*qemu, *lib], model, ids, out, env={**os.environ, **env})
+            check_run(proc, out, expected, f"{name}, {run}, aarch64 (Debian ONNX Runtime 1.21)")
