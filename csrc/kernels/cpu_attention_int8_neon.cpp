@@ -29,34 +29,14 @@
 
 #include "kernels/cpu_attention.h"
 #include "kernels/cpu_attention_int8.h"
+#include "kernels/cpu_neon_util.h"
 
-#if defined(__clang__)
-#define BITMAPS_DOTPROD __attribute__((target("dotprod")))
-#else
-#define BITMAPS_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
-#endif
 #define BITMAPS_DOTPROD_INLINE BITMAPS_DOTPROD __attribute__((always_inline)) inline
-// The block loops must unroll completely so the accumulators live in registers.
-#define BITMAPS_UNROLL _Pragma("GCC unroll 16")
 
 namespace bitmaps::cpu::detail {
 namespace {
 
 constexpr int kMR = kInt8MR;
-
-// The first n floats at p (n clamped to [0, 4]), the other lanes zero; and their store.
-BITMAPS_DOTPROD_INLINE float32x4_t load_part(const float* p, int64_t n) {
-  if (n >= 4) return vld1q_f32(p);
-  float buf[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  std::memcpy(buf, p, static_cast<size_t>(std::clamp<int64_t>(n, 0, 4)) * sizeof(float));
-  return vld1q_f32(buf);
-}
-BITMAPS_DOTPROD_INLINE void store_part(float* p, int64_t n, float32x4_t v) {
-  if (n >= 4) return vst1q_f32(p, v);
-  float buf[4];
-  vst1q_f32(buf, v);
-  std::memcpy(p, buf, static_cast<size_t>(std::clamp<int64_t>(n, 0, 4)) * sizeof(float));
-}
 
 // x * mul rounded to nearest even (as lrintf), 16 lanes narrowed to int8 (|x * mul| <= 127).
 BITMAPS_DOTPROD_INLINE int8x16_t round16(const float32x4_t (&x)[4], float32x4_t mul) {
@@ -166,8 +146,6 @@ BITMAPS_DOTPROD void scores(const AttentionArgs& a, int64_t b, int64_t h, int64_
                     (s0 + r) * a.bias_stride[2];
     top[r] = minus_inf;
   }
-  const uint32_t lane_ids[4] = {0, 1, 2, 3};
-  const uint32x4_t ids = vld1q_u32(lane_ids);
   for (int64_t t0 = 0; t0 < w.tp; t0 += 16) {
     int32x4_t acc[MR][4];
     BITMAPS_UNROLL
@@ -197,8 +175,7 @@ BITMAPS_DOTPROD void scores(const AttentionArgs& a, int64_t b, int64_t h, int64_
     for (int j = 0; j < 4; ++j) {
       const int64_t t = t0 + 4 * j;
       const float32x4_t ksc = vld1q_f32(w.ksc + t);
-      const uint32x4_t valid = vcltq_u32(ids, vdupq_n_u32(static_cast<uint32_t>(
-                                                   std::clamp<int64_t>(T - t, 0, 4))));
+      const uint32x4_t valid = valid_lanes(std::clamp<int64_t>(T - t, 0, 4));
       BITMAPS_UNROLL
       for (int r = 0; r < MR; ++r) {
         float32x4_t y = vmulq_f32(

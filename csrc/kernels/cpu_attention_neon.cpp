@@ -17,38 +17,13 @@
 #include <type_traits>
 
 #include "kernels/cpu_attention.h"
-
-#define BITMAPS_NEON_INLINE __attribute__((always_inline)) inline
-// The loops over a block's rows and vectors must unroll completely so the accumulators live in
-// registers (as in cpu_kernels_neon.cpp).
-#define BITMAPS_UNROLL _Pragma("GCC unroll 16")
+#include "kernels/cpu_neon_util.h"
 
 namespace bitmaps::cpu::detail {
 namespace {
 
 constexpr int kMR = static_cast<int>(kAttentionRows);
 constexpr int kNV = 4;  // 4-float vectors per block
-
-// All ones in lanes [0, n), zero in the others.
-BITMAPS_NEON_INLINE uint32x4_t valid_lanes(int64_t n) {
-  const uint32_t ids[4] = {0, 1, 2, 3};
-  return vcltq_u32(vld1q_u32(ids), vdupq_n_u32(static_cast<uint32_t>(n)));
-}
-
-// The first n (1..4) floats at p, the other lanes zero; and their store. (n is clamped to [0, 4]
-// so the compiler sees the copy's bound.)
-BITMAPS_NEON_INLINE float32x4_t load_part(const float* p, int64_t n) {
-  if (n >= 4) return vld1q_f32(p);
-  float buf[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-  std::memcpy(buf, p, static_cast<size_t>(std::clamp<int64_t>(n, 0, 4)) * sizeof(float));
-  return vld1q_f32(buf);
-}
-BITMAPS_NEON_INLINE void store_part(float* p, int64_t n, float32x4_t v) {
-  if (n >= 4) return vst1q_f32(p, v);
-  float buf[4];
-  vst1q_f32(buf, v);
-  std::memcpy(p, buf, static_cast<size_t>(std::clamp<int64_t>(n, 0, 4)) * sizeof(float));
-}
 
 // exp(x) for x <= 0 (NaN stays NaN; below -87.3 the result is 0, as in the other kernels).
 BITMAPS_NEON_INLINE float32x4_t exp_nonpositive(float32x4_t x) {

@@ -22,16 +22,7 @@
 
 #include "kernels/bit_layout.h"
 #include "kernels/cpu_kernels_internal.h"
-
-#if defined(__clang__)
-#define BITMAPS_DOTPROD __attribute__((target("dotprod")))
-#else
-#define BITMAPS_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
-#endif
-#define BITMAPS_NEON_INLINE __attribute__((always_inline)) inline
-// The loops over a micro-kernel's rows and vectors must unroll completely, at -O2 too, so the
-// accumulators live in registers (GCC 12 at -O2 keeps them in memory otherwise).
-#define BITMAPS_UNROLL _Pragma("GCC unroll 16")
+#include "kernels/cpu_neon_util.h"
 // GCC's pre-allocation scheduler hoists all 16 EORs / CNTs of a word above the accumulations, and
 // with the UDOT variant's vector of ones that needs 33 registers: two accumulators would spill to
 // the stack inside the loop. The micro-kernels skip that pass (register allocation decides order).
