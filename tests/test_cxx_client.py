@@ -3,8 +3,9 @@ Runtime's C++ API, with libbitmaps_ort.so and without it (the model-local functi
 bitmaps' PyTorch output. Three runtimes:
 
 - this machine's onnxruntime wheel (its ``libonnxruntime.so``);
-- onnxruntime 1.21.1 from PyPI (x86-64): a runtime older than 1.22, which refused every op of the
-  library until stop 36 (an output of "any type" with several inputs of any type; ort_common.h);
+- onnxruntime 1.19.2 and 1.21.1 from PyPI (x86-64): runtimes older than 1.22, which refused every
+  op of the library until stop 36 (an output of "any type" with several inputs of any type;
+  ort_common.h);
 - Debian's ONNX Runtime 1.21 for arm64 under qemu-aarch64 (-cpu max: the NEON path with UDOT and
   the SDOT int8 attention kernel), the client and the library cross-built: the Arm deployment.
 
@@ -128,20 +129,26 @@ def test_client_with_this_machines_onnxruntime(client, students, tmp_path):
             check_run(proc, out, expected, f"{name}, library={bool(lib)}, {ort.__version__}")
 
 
-def test_client_with_onnxruntime_1_21(client, students, tmp_path):
+# Older runtimes from PyPI: the oldest wheel that ships libonnxruntime.so, and the last release
+# before 1.22 dropped the "one dynamic typed input" rule.
+OLD_RUNTIMES = ("1.19.2", "1.21.1")
+
+
+@pytest.mark.parametrize("version", OLD_RUNTIMES)
+def test_client_with_an_older_onnxruntime(client, students, tmp_path, version):
     if platform.machine() != "x86_64":
-        pytest.skip("the onnxruntime 1.21.1 wheel is fetched for x86-64 hosts")
+        pytest.skip(f"the onnxruntime {version} wheel is fetched for x86-64 hosts")
     try:
-        runtime = build.pypi_runtime("1.21.1")
+        runtime = build.pypi_runtime(version)
     except build.BuildError as exc:
-        pytest.skip(f"needs onnxruntime 1.21.1 from PyPI: {exc}")
+        pytest.skip(f"needs onnxruntime {version} from PyPI: {exc}")
     for name, (model, ids, expected) in students.items():
         if name == "onnxruntime-int4":
             continue  # GatherBlockQuantized on uint8: ONNX Runtime 1.22 and later
         for lib in ([], ["--ops", bitmaps.get_library_path()]):
             out = tmp_path / f"{name}-{len(lib)}.bin"
             proc = run_client([str(client), "--ort", str(runtime), *lib], model, ids, out)
-            check_run(proc, out, expected, f"{name}, library={bool(lib)}, 1.21.1")
+            check_run(proc, out, expected, f"{name}, library={bool(lib)}, {version}")
 
 
 def test_client_errors_are_one_line_and_exit_2(client, students, tmp_path):

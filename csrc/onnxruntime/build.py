@@ -19,6 +19,12 @@ failure prints one warning and bitmaps runs the model-local ONNX function instea
 
     python csrc/onnxruntime/build.py [--out PATH] [--define NAME=VALUE] [--headers-only]
     python csrc/onnxruntime/build.py --kernel-objects   # csrc/kernels' objects, one path a line
+    python csrc/onnxruntime/build.py --runtime debian-arm64   # an ONNX Runtime to test with:
+    python csrc/onnxruntime/build.py --runtime pypi-1.21.1    # fetched into the cache, printed
+
+The last two fetch ONNX Runtime libraries that tests/test_cxx_client.py runs the C++ client
+(csrc/onnxruntime/example/run_model.cpp) against: Debian trixie's for another architecture (with
+the packages it needs, as a sysroot for qemu-user) and an older onnxruntime wheel's.
 
 Objects are cached in ``build/ort/`` and rebuilt only when a source or header is newer. The
 kernels' objects need no ONNX Runtime header and are kept apart (``build/ort/kernels-<key>/``, the
