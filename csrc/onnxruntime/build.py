@@ -243,7 +243,8 @@ def debian_runtime(arch: str, fetch: bool = True) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=".debian-", dir=_mkdir(sysroot.parent)))
         for deb in debs:
             _run(["dpkg", "-x", str(deb), str(staging)], t)
-        (staging / "lib").symlink_to("usr/lib")
+        if not (staging / "lib").exists():  # merged /usr: packages ship nothing under /lib
+            (staging / "lib").symlink_to("usr/lib")
         shutil.rmtree(sysroot, ignore_errors=True)
         staging.rename(sysroot)
     if not lib.exists():
