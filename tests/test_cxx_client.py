@@ -6,8 +6,10 @@ bitmaps' PyTorch output. Three runtimes:
 - onnxruntime 1.19.2 and 1.21.1 from PyPI (x86-64): runtimes older than 1.22, which refused every
   op of the library until stop 36 (an output of "any type" with several inputs of any type;
   ort_common.h);
-- Debian's ONNX Runtime 1.21 for arm64 under qemu-aarch64 (-cpu max: the NEON path with UDOT and
-  the SDOT int8 attention kernel), the client and the library cross-built: the Arm deployment.
+- under qemu-aarch64, the client and the library cross-built (the Arm deployment): Debian's ONNX
+  Runtime 1.21 for arm64 (-cpu max: the NEON path with UDOT and the SDOT int8 attention kernel)
+  and the onnxruntime wheel for aarch64 of this machine's version (cortex-a53, an Armv8.0 core:
+  the CNT path; and -cpu max), in Debian's arm64 sysroot.
 
 The older runtimes come from PyPI and Debian's archive into the bitmaps cache on first use
 (csrc/onnxruntime/build.py --runtime); a test whose runtime cannot be fetched skips saying so.
@@ -171,8 +173,9 @@ def test_client_errors_are_one_line_and_exit_2(client, students, tmp_path):
     assert proc.returncode == 2 and "--batch must be a positive integer" in proc.stderr
 
 
-@pytest.mark.slow
-def test_client_on_aarch64_under_qemu(headers, students, tmp_path):
+@pytest.fixture(scope="module")
+def aarch64(headers, tmp_path_factory) -> tuple[Path, Path, Path]:
+    """(Debian's arm64 sysroot, the client, libbitmaps_ort.so), both cross-built for aarch64."""
     for tool in (AARCH64_CXX, "qemu-aarch64"):
         if shutil.which(tool) is None:
             pytest.skip(f"needs {tool} (make arm-tools installs it)")
@@ -180,24 +183,55 @@ def test_client_on_aarch64_under_qemu(headers, students, tmp_path):
         runtime = build.debian_runtime("arm64")
     except build.BuildError as exc:
         pytest.skip(f"needs Debian's ONNX Runtime for arm64: {exc}")
-    sysroot = runtime.parents[3]
-    client = compile_client(AARCH64_CXX, headers, tmp_path / "run_model_aarch64")
-    library = tmp_path / "libbitmaps_ort_aarch64.so"
+    folder = tmp_path_factory.mktemp("aarch64")
+    client = compile_client(AARCH64_CXX, headers, folder / "run_model")
+    library = folder / "libbitmaps_ort.so"
     proc = subprocess.run(
         [shutil.which("python3") or "python3", str(ROOT / "csrc" / "onnxruntime" / "build.py"),
          "--out", str(library)],
         capture_output=True, text=True, env={**os.environ, "CXX": AARCH64_CXX},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    qemu = ["qemu-aarch64", "-cpu", "max", "-L", str(sysroot), str(client), "--ort", str(runtime)]
-    runs = [
-        ("neon", ["--ops", str(library)], {}),  # UDOT GEMM, SDOT int8 attention
-        ("scalar", ["--ops", str(library)], {"BITMAPS_CPU_PATH": "scalar"}),
-        ("function", [], {}),
-    ]
-    for name in ("portable", "onnxruntime-int8"):
+    return runtime.parents[3], client, library
+
+
+def run_aarch64(aarch64, students, tmp_path, runtime: Path, runs) -> None:
+    """Each (cpu, model, library?, environment) of `runs` under qemu-aarch64 in the sysroot."""
+    sysroot, client, library = aarch64
+    for cpu, name, with_library, env in runs:
         model, ids, expected = students[name]
-        for run, lib, env in runs:
-            out = tmp_path / f"{name}-{run}.bin"
-            proc = run_client([*qemu, *lib], model, ids, out, env={**os.environ, **env})
-            check_run(proc, out, expected, f"{name}, {run}, aarch64 (Debian ONNX Runtime 1.21)")
+        qemu = ["qemu-aarch64", "-cpu", cpu, "-L", str(sysroot), str(client), "--ort", str(runtime)]
+        lib = ["--ops", str(library)] if with_library else []
+        out = tmp_path / f"{name}-{cpu}-{len(lib)}-{len(env)}.bin"
+        proc = run_client([*qemu, *lib], model, ids, out, env={**os.environ, **env})
+        what = f"{name}, {cpu}, library={with_library}, {env or ''}, aarch64 ({runtime.name})"
+        check_run(proc, out, expected, what)
+
+
+@pytest.mark.slow
+def test_client_on_aarch64_with_debian_onnxruntime(aarch64, students, tmp_path):
+    """Debian's ONNX Runtime 1.21 (its own build needs Armv8.2: it dies with SIGILL on
+    cortex-a53 and cortex-a72 with or without the library), on `-cpu max`."""
+    sysroot = aarch64[0]
+    runtime = sysroot / "usr" / "lib" / "aarch64-linux-gnu" / "libonnxruntime.so.1.21"
+    run_aarch64(aarch64, students, tmp_path, runtime, [
+        ("max", "portable", True, {}),  # the NEON path: UDOT GEMM
+        ("max", "onnxruntime-int8", True, {}),  # and the SDOT int8 attention
+        ("max", "onnxruntime-int8", True, {"BITMAPS_CPU_PATH": "scalar"}),
+        ("max", "portable", False, {}),  # the model-local functions
+    ])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_client_on_aarch64_with_the_onnxruntime_wheel(aarch64, students, tmp_path):
+    """The onnxruntime wheel for aarch64 of this machine's version (int4 embeddings too), on an
+    Armv8.0 core (cortex-a53: the CNT GEMM, the portable int8 attention) and on `-cpu max`."""
+    try:
+        runtime = build.pypi_runtime(ort.__version__, "aarch64")
+    except build.BuildError as exc:
+        pytest.skip(f"needs the onnxruntime {ort.__version__} wheel for aarch64: {exc}")
+    run_aarch64(aarch64, students, tmp_path, runtime, [
+        ("cortex-a53", "onnxruntime-int4", True, {}),
+        ("cortex-a53", "onnxruntime-int8", True, {}),
+        ("max", "onnxruntime-int4", True, {}),
+    ])  # fmt: skip

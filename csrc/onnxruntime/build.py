@@ -21,10 +21,12 @@ failure prints one warning and bitmaps runs the model-local ONNX function instea
     python csrc/onnxruntime/build.py --kernel-objects   # csrc/kernels' objects, one path a line
     python csrc/onnxruntime/build.py --runtime debian-arm64   # an ONNX Runtime to test with:
     python csrc/onnxruntime/build.py --runtime pypi-1.21.1    # fetched into the cache, printed
+    python csrc/onnxruntime/build.py --runtime pypi-1.32.0-aarch64
 
 The last two fetch ONNX Runtime libraries that tests/test_cxx_client.py runs the C++ client
 (csrc/onnxruntime/example/run_model.cpp) against: Debian trixie's for another architecture (with
-the packages it needs, as a sysroot for qemu-user) and an older onnxruntime wheel's.
+the packages it needs, as a sysroot for qemu-user) and an onnxruntime wheel's (an older one, or
+one for another machine: its library runs in that sysroot).
 
 Objects are cached in ``build/ort/`` and rebuilt only when a source or header is newer. The
 kernels' objects need no ONNX Runtime header and are kept apart (``build/ort/kernels-<key>/``, the
@@ -232,6 +234,7 @@ def debian_runtime(arch: str, fetch: bool = True) -> Path:
     sysroot = cache_root() / "ort-runtime" / f"debian-{DEB_SUITE}-{arch}"
     lib = sysroot / "usr" / "lib" / DEBIAN_TRIPLETS[arch] / "libonnxruntime.so.1.21"
     if lib.exists():
+        _emulated_cpuinfo(sysroot, arch)
         return lib
     if not fetch:
         raise BuildError(f"no Debian ONNX Runtime for {arch} in {sysroot.parent}")
@@ -249,31 +252,62 @@ def debian_runtime(arch: str, fetch: bool = True) -> Path:
         staging.rename(sysroot)
     if not lib.exists():
         raise BuildError(f"{RUNTIME_PACKAGE} for {arch} holds no {lib.name}")
+    _emulated_cpuinfo(sysroot, arch)
     log(f"ONNX Runtime for {arch} in {sysroot}")
     return lib
 
 
-def pypi_runtime(version: str, fetch: bool = True) -> Path:
-    """``libonnxruntime.so`` of the onnxruntime wheel `version` for this machine and Python (pip
-    download, nothing installed; the wheels ship it from 1.19 on), kept in the cache
-    (``ort-runtime/pypi-<version>-<machine>``). Returns its path."""
-    folder = cache_root() / "ort-runtime" / f"pypi-{version}-{platform.machine()}"
+# /proc/cpuinfo of two Armv8.0 cores (Cortex-A53: fp, asimd). Under qemu-user a program reads the
+# host's /proc/cpuinfo unless the sysroot (-L) has one; the cpuinfo library inside the onnxruntime
+# wheels finds no Arm core in an x86 host's and crashes, so the arm64 sysroot carries this one.
+# Only ONNX Runtime's own thread and kernel choices read it; bitmaps reads HWCAP (the CPU qemu
+# emulates), so `-cpu max` still runs the dot-product paths.
+ARM64_CPUINFO = "".join(
+    f"processor\t: {i}\nFeatures\t: fp asimd evtstrm crc32 cpuid\nCPU implementer\t: 0x41\n"
+    "CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd03\nCPU revision\t: 4\n\n"
+    for i in range(2)
+)
+
+
+def _emulated_cpuinfo(sysroot: Path, arch: str) -> None:
+    if arch != "arm64":
+        return
+    cpuinfo = _mkdir(sysroot / "proc") / "cpuinfo"
+    if not cpuinfo.is_file() or cpuinfo.read_text() != ARM64_CPUINFO:
+        cpuinfo.write_text(ARM64_CPUINFO)
+
+
+# manylinux tags a wheel for another machine may carry (pip download --platform)
+MANYLINUX = ("manylinux_2_28", "manylinux_2_27", "manylinux2014", "manylinux_2_17")
+
+
+def pypi_runtime(version: str, machine: str | None = None, fetch: bool = True) -> Path:
+    """``libonnxruntime.so`` of the onnxruntime wheel `version` for `machine` (default: this one;
+    e.g. ``aarch64``) and this Python (pip download, nothing installed; the wheels ship it from
+    1.19 on), kept in the cache (``ort-runtime/pypi-<version>-<machine>``). Returns its path."""
+    machine = machine or platform.machine()
+    folder = cache_root() / "ort-runtime" / f"pypi-{version}-{machine}"
     found = sorted(folder.glob("libonnxruntime.so.*"))
     if found:
         return found[0]
     if not fetch:
         raise BuildError(f"no onnxruntime {version} library in {folder}")
-    log(f"fetching onnxruntime {version} from PyPI")
+    log(f"fetching onnxruntime {version} for {machine} from PyPI")
+    target_options: list[str] = []
+    if machine != platform.machine():
+        target_options = ["--python-version", f"{sys.version_info[0]}.{sys.version_info[1]}"]
+        for tag in MANYLINUX:
+            target_options += ["--platform", f"{tag}_{machine}"]
     with tempfile.TemporaryDirectory(prefix="bitmaps-wheel-") as tmp:
         proc = subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-             "--disable-pip-version-check", f"onnxruntime=={version}", "-d", tmp],
+             "--disable-pip-version-check", *target_options, f"onnxruntime=={version}", "-d", tmp],
             capture_output=True, text=True,
         )  # fmt: skip
         wheels = sorted(Path(tmp).glob("onnxruntime-*.whl"))
         if proc.returncode != 0 or not wheels:
             last = (proc.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise BuildError(f"pip download onnxruntime=={version} failed: {last}")
+            raise BuildError(f"pip download onnxruntime=={version} ({machine}) failed: {last}")
         with zipfile.ZipFile(wheels[0]) as wheel:
             members = [n for n in wheel.namelist()
                        if re.fullmatch(r"onnxruntime/capi/libonnxruntime\.so[.0-9]*", n)]  # fmt: skip
@@ -418,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--runtime",
-        metavar="debian-ARCH|pypi-VERSION",
+        metavar="debian-ARCH|pypi-VERSION[-MACHINE]",
         help="fetch an ONNX Runtime library to test with into the cache (or find it), print it",
     )
     args = parser.parse_args(argv)
@@ -430,7 +464,11 @@ def main(argv: list[str] | None = None) -> int:
             kind, _, value = args.runtime.partition("-")
             if kind not in ("debian", "pypi") or not value:
                 raise BuildError(f"--runtime must be debian-ARCH or pypi-VERSION: {args.runtime!r}")
-            print(debian_runtime(value) if kind == "debian" else pypi_runtime(value))
+            if kind == "debian":
+                print(debian_runtime(value))
+            else:  # pypi-VERSION or pypi-VERSION-MACHINE
+                version, _, machine = value.partition("-")
+                print(pypi_runtime(version, machine or None))
             return 0
         if args.kernel_objects:
             print("\n".join(map(str, kernel_objects(args.jobs))))
