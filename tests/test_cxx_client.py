@@ -235,3 +235,10 @@ def test_client_on_aarch64_with_the_onnxruntime_wheel(aarch64, students, tmp_pat
         ("cortex-a53", "onnxruntime-int8", True, {}),
         ("max", "onnxruntime-int4", True, {}),
     ])  # fmt: skip
+
+
+def test_runtime_fetch_bad_input_is_one_line_and_exit_2(capsys):
+    for argument in ("bogus", "debian-sparc", "pypi-"):
+        assert build.main(["--runtime", argument]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("bitmaps ort: "), err
