@@ -218,6 +218,7 @@ def test_client_on_aarch64_with_debian_onnxruntime(aarch64, students, tmp_path):
         ("max", "portable", True, {}),  # the NEON path: UDOT GEMM
         ("max", "onnxruntime-int8", True, {}),  # and the SDOT int8 attention
         ("max", "onnxruntime-int8", True, {"BITMAPS_CPU_PATH": "scalar"}),
+        ("max", "portable-fp16", True, {}),  # float16 X and Y (the op's float16 copy on 1.21)
         ("max", "portable", False, {}),  # the model-local functions
     ])  # fmt: skip
 
@@ -233,6 +234,7 @@ def test_client_on_aarch64_with_the_onnxruntime_wheel(aarch64, students, tmp_pat
     run_aarch64(aarch64, students, tmp_path, runtime, [
         ("cortex-a53", "onnxruntime-int4", True, {}),
         ("cortex-a53", "onnxruntime-int8", True, {}),
+        ("cortex-a53", "portable-fp16", True, {}),
         ("max", "onnxruntime-int4", True, {}),
     ])  # fmt: skip
 
