@@ -21,9 +21,11 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -32,7 +34,7 @@ from test_export import small_student
 
 import bitmaps
 from bitmaps.core.config import ExportConfig
-from bitmaps.export.pipeline import export_verified, write_onnx
+from bitmaps.export.pipeline import export_verified, oldest_ir_version, write_onnx
 from bitmaps.train.attention import attention_precision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -244,3 +246,62 @@ def test_runtime_fetch_bad_input_is_one_line_and_exit_2(capsys):
         assert build.main(["--runtime", argument]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("bitmaps ort: "), err
+
+
+CLIENT_PY = """
+import sys
+import numpy as np, onnxruntime as ort
+model, ids_file, out, lib = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+so = ort.SessionOptions()
+if lib:
+    so.register_custom_ops_library(lib[0])
+s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+ids = np.load(ids_file)
+np.save(out, s.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0])
+print(ort.__version__)
+"""
+
+
+def test_exports_use_the_oldest_ir_version_of_their_opset(students):
+    for model, _, _ in students.values():
+        assert onnx.load(str(model), load_external_data=False).ir_version == 9  # opset 20
+    proto = onnx.helper.make_model(
+        onnx.helper.make_graph([], "g", [], []),
+        opset_imports=[onnx.helper.make_opsetid("", 21), onnx.helper.make_opsetid("bitmaps", 1)],
+    )
+    assert oldest_ir_version(proto) == 10
+
+
+@pytest.mark.slow
+def test_onnxruntime_1_17_from_python(students, tmp_path):
+    """The oldest runtime the library asks for (C API 17): onnxruntime 1.17.3 in a fresh venv
+    (its wheel ships no libonnxruntime.so for the C++ client), with the library and without."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    python = str(venv / "bin" / "python")
+    pip = subprocess.run(
+        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         "onnxruntime==1.17.3", "numpy<2"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if pip.returncode != 0:
+        last = (pip.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"needs pip to install onnxruntime 1.17.3 into a fresh venv: {last}")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # A float16 file with the library needs 1.19 or later: 1.17 schemas an op by its first
+    # registration (the float32 copy, ort_common.h) instead of merging the copies' types.
+    runs = [("portable", True), ("portable", False), ("onnxruntime-int8", True),
+            ("onnxruntime-int8", False), ("portable-fp16", False)]  # fmt: skip
+    for name, with_library in runs:
+        model, ids, expected = students[name]
+        np.save(tmp_path / "ids.npy", ids)
+        lib = [bitmaps.get_library_path()] if with_library else []
+        out = tmp_path / f"{name}-{len(lib)}.npy"
+        proc = subprocess.run(
+            [python, "-c", CLIENT_PY, str(model), str(tmp_path / "ids.npy"), str(out), *lib],
+            capture_output=True, text=True, timeout=300, env=env,
+        )  # fmt: skip
+        assert proc.returncode == 0 and proc.stdout.strip() == "1.17.3", proc.stderr[-2000:]
+        y = np.load(out).astype(np.float32)
+        tolerance = 2e-2 if "fp16" in name else 1e-4
+        assert np.abs(y - expected).max() <= tolerance * np.abs(expected).max(), (name, lib)

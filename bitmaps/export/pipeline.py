@@ -285,12 +285,22 @@ def check(model: ir.Model, wrapper: ExportWrapper, cfg: ExportConfig) -> onnx.Mo
     """onnx.checker, structure, the FP16 audit, the target's rules; returns the ModelProto."""
     _check_target(model, wrapper, cfg)
     proto = ir.to_proto(model)
+    proto.ir_version = oldest_ir_version(proto)
     try:
         onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportVerificationError(f"onnx.checker rejects the export: {exc}") from None
     _check_structure(proto, wrapper, cfg)
     return proto
+
+
+def oldest_ir_version(proto: onnx.ModelProto) -> int:
+    """The oldest IR version that holds ``proto``'s default-domain opset (9 for opsets up to 20),
+    so that older runtimes load the file too (ONNX Runtime 1.17-1.19 read IR 9 at most); never
+    newer than what it has. The exports use nothing of IR 10 (int4 tables are stored as uint8)."""
+    opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    oldest = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
+    return min(proto.ir_version, oldest)
 
 
 def _check_target(model: ir.Model, wrapper: ExportWrapper, cfg: ExportConfig) -> None:
