@@ -296,7 +296,7 @@ def check(model: ir.Model, wrapper: ExportWrapper, cfg: ExportConfig) -> onnx.Mo
 
 def oldest_ir_version(proto: onnx.ModelProto) -> int:
     """The oldest IR version that holds ``proto``'s default-domain opset (9 for opsets up to 20),
-    so that older runtimes load the file too (ONNX Runtime 1.17-1.19 read IR 9 at most); never
+    so that older runtimes load the file too (ONNX Runtime 1.17 reads IR 9 at most); never
     newer than what it has. The exports use nothing of IR 10 (int4 tables are stored as uint8)."""
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     oldest = onnx.helper.find_min_ir_version_for([onnx.helper.make_opsetid("", opset)])
