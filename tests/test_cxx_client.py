@@ -31,6 +31,7 @@ import pytest
 import torch
 from conftest import csrc_module
 from test_export import small_student
+from test_ort_native import CLIENT
 
 import bitmaps
 from bitmaps.core.config import ExportConfig
@@ -106,14 +107,19 @@ def run_client(
     )  # fmt: skip
 
 
-def check_run(proc: subprocess.CompletedProcess, out: Path, expected: np.ndarray, what: str):
+def assert_close(y: np.ndarray, expected: np.ndarray, name: str, what: str) -> None:
+    """Within the export's own tolerance (ExportConfig.DEFAULT_TOLERANCE of the file's dtype),
+    relative to the logits' scale."""
+    tolerance = ExportConfig.DEFAULT_TOLERANCE[MODELS[name].dtype]
+    assert np.abs(y - expected).max() <= tolerance * np.abs(expected).max(), what
+
+
+def check_run(
+    proc: subprocess.CompletedProcess, out: Path, expected: np.ndarray, name: str, what: str
+) -> None:
     assert proc.returncode == 0, f"{what}: {proc.stderr[-2000:]}"
     assert '"shape": [2, 11, 300]' in proc.stdout, proc.stdout
-    y = np.fromfile(out, dtype=np.float32).reshape(expected.shape)
-    # fp16 files: their own tolerance (ExportConfig.DEFAULT_TOLERANCE), relative to the logits
-    tolerance = 2e-2 if "fp16" in what else 1e-4
-    scale = np.abs(expected).max()
-    assert np.abs(y - expected).max() <= tolerance * scale, what
+    assert_close(np.fromfile(out, dtype=np.float32).reshape(expected.shape), expected, name, what)
 
 
 def wheel_runtime() -> Path:
@@ -130,7 +136,7 @@ def test_client_with_this_machines_onnxruntime(client, students, tmp_path):
         for lib in ([], ["--ops", bitmaps.get_library_path()]):
             out = tmp_path / f"{name}-{len(lib)}.bin"
             proc = run_client([str(client), "--ort", str(runtime), *lib], model, ids, out)
-            check_run(proc, out, expected, f"{name}, library={bool(lib)}, {ort.__version__}")
+            check_run(proc, out, expected, name, f"{name}, library={bool(lib)}, {ort.__version__}")
 
 
 # Older runtimes from PyPI: the oldest wheel that ships libonnxruntime.so, and the last release
@@ -152,7 +158,7 @@ def test_client_with_an_older_onnxruntime(client, students, tmp_path, version):
         for lib in ([], ["--ops", bitmaps.get_library_path()]):
             out = tmp_path / f"{name}-{len(lib)}.bin"
             proc = run_client([str(client), "--ort", str(runtime), *lib], model, ids, out)
-            check_run(proc, out, expected, f"{name}, library={bool(lib)}, {version}")
+            check_run(proc, out, expected, name, f"{name}, library={bool(lib)}, {version}")
 
 
 def test_client_errors_are_one_line_and_exit_2(client, students, tmp_path):
@@ -207,7 +213,7 @@ def run_aarch64(aarch64, students, tmp_path, runtime: Path, runs) -> None:
         out = tmp_path / f"{name}-{cpu}-{len(lib)}-{len(env)}.bin"
         proc = run_client([*qemu, *lib], model, ids, out, env={**os.environ, **env})
         what = f"{name}, {cpu}, library={with_library}, {env or ''}, aarch64 ({runtime.name})"
-        check_run(proc, out, expected, what)
+        check_run(proc, out, expected, name, what)
 
 
 @pytest.mark.slow
@@ -248,20 +254,6 @@ def test_runtime_fetch_bad_input_is_one_line_and_exit_2(capsys):
         assert len(err) == 1 and err[0].startswith("bitmaps ort: "), err
 
 
-CLIENT_PY = """
-import sys
-import numpy as np, onnxruntime as ort
-model, ids_file, out, lib = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-so = ort.SessionOptions()
-if lib:
-    so.register_custom_ops_library(lib[0])
-s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-ids = np.load(ids_file)
-np.save(out, s.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0])
-print(ort.__version__)
-"""
-
-
 def test_exports_use_the_oldest_ir_version_of_their_opset(students):
     for model, _, _ in students.values():
         assert onnx.load(str(model), load_external_data=False).ir_version == 9  # opset 20
@@ -287,6 +279,11 @@ def test_onnxruntime_1_17_from_python(students, tmp_path):
     if pip.returncode != 0:
         last = (pip.stderr.strip().splitlines() or ["?"])[-1]
         pytest.skip(f"needs pip to install onnxruntime 1.17.3 into a fresh venv: {last}")
+    version = subprocess.run(
+        [python, "-c", "import onnxruntime; print(onnxruntime.__version__)"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert version.stdout.strip() == "1.17.3", version.stderr[-2000:]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     # A float16 file with the library needs 1.19 or later: 1.17 schemas an op by its first
     # registration (the float32 copy, ort_common.h) instead of merging the copies' types.
@@ -294,14 +291,12 @@ def test_onnxruntime_1_17_from_python(students, tmp_path):
             ("onnxruntime-int8", False), ("portable-fp16", False)]  # fmt: skip
     for name, with_library in runs:
         model, ids, expected = students[name]
-        np.save(tmp_path / "ids.npy", ids)
         lib = [bitmaps.get_library_path()] if with_library else []
         out = tmp_path / f"{name}-{len(lib)}.npy"
+        np.save(str(out) + ".ids.npy", ids)
         proc = subprocess.run(
-            [python, "-c", CLIENT_PY, str(model), str(tmp_path / "ids.npy"), str(out), *lib],
+            [python, "-c", CLIENT, str(model), str(out), *lib],
             capture_output=True, text=True, timeout=300, env=env,
         )  # fmt: skip
-        assert proc.returncode == 0 and proc.stdout.strip() == "1.17.3", proc.stderr[-2000:]
-        y = np.load(out).astype(np.float32)
-        tolerance = 2e-2 if "fp16" in name else 1e-4
-        assert np.abs(y - expected).max() <= tolerance * np.abs(expected).max(), (name, lib)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert_close(np.load(out).astype(np.float32), expected, name, f"{name}, {lib}, 1.17.3")

@@ -107,8 +107,7 @@ int attention(CpuPath path, const AttentionArgs& args, const Parallel& parallel)
     }
 #endif
 #if defined(BITMAPS_HAVE_NEON_PATH)
-    static const bool dotprod = cpu_has_neon_dotprod();
-    if (args.int8 && path == CpuPath::kNeon && dotprod) {
+    if (args.int8 && path == CpuPath::kNeon && cpu_has_neon_dotprod()) {  // (cached there)
       return detail::attention_head_int8_neon(args, b, h, scratch.data());
     }
 #endif

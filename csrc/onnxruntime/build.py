@@ -157,7 +157,7 @@ class _PrivateApt:
         sources = tmp / "sources.list"
         arch_option = f"arch={arch} " if arch else ""
         sources.write_text(f"deb [{arch_option}signed-by={keyring}] {uri} {suite} main\n")
-        self.tmp, self.uri = tmp, uri
+        self.tmp = tmp
         self.options = [
             "-o", f"Dir::State={tmp / 'state'}",
             "-o", f"Dir::Cache={tmp / 'cache'}",
@@ -169,6 +169,7 @@ class _PrivateApt:
             self.options += ["-o", f"APT::Architecture={arch}", "-o", f"APT::Architectures={arch}"]
         if os.geteuid() == 0:  # root: apt would hand the download to _apt, who cannot write here
             self.options += ["-o", "APT::Sandbox::User=root"]
+        log(f"reading Debian {suite}{f' ({arch})' if arch else ''} from {uri}")
         _run(["apt-get", "-q", *self.options, "update"], tmp)
 
     def depends(self, package: str) -> list[str]:
@@ -190,8 +191,7 @@ class _PrivateApt:
 
 def fetch_headers() -> Path:
     """apt-get download libonnxruntime-dev (trixie) in a private apt state; dpkg -x into the cache."""
-    uri, _ = debian_mirror()
-    log(f"fetching {DEB_PACKAGE} ({DEB_SUITE}) from {uri}")
+    log(f"fetching {DEB_PACKAGE} ({DEB_SUITE})")
     with tempfile.TemporaryDirectory(prefix="bitmaps-apt-") as tmp:
         t = Path(tmp)
         try:
