@@ -213,11 +213,44 @@ __attribute__((target("avx2"))) static void kloop_words(int64_t count) {
                    : [st] "r"(st), [lut] "m"(*(const uint8_t(*)[32])kl_table)
                    : CLOBBERS_AVX2, "memory");
 }
-__attribute__((target("avx2"))) static double kloop_y(int64_t iters) {
+/* The same K loop in its other form (cpu_features.h, Avx2KLoop::kFolded; the GEMM runs it on CPUs
+ * that split 256-bit ops, AMD Zen 1 / Zen+): no weight loads into registers, each logic op reads
+ * its weight vector from L1 (16 folded loads per K word instead of 4 loads). */
+#define KF_PAIR(acc, off, t)                                                           \
+  "vpxor " off "(%[b]), %%ymm13, %%ymm" #t "\n\t"                                       \
+  "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                      \
+  "vpaddb %%ymm" #t ", %%ymm" #acc ", %%ymm" #acc "\n\t"
+#define KF_ROW(lo, hi, a0, a1)                                                         \
+  "vpbroadcastd " lo ", %%ymm13\n\t" KF_PAIR(a0, "0", 14) KF_PAIR(a1, "32", 15)        \
+  "vpbroadcastd " hi ", %%ymm13\n\t" KF_PAIR(a0, "64", 14) KF_PAIR(a1, "96", 15)
+__attribute__((target("avx2"))) static void kloop_words_folded(int64_t count) {
+  const int64_t st = 4 * KL_WORDS;
+  const uint32_t *s = kl_rows, *s3 = kl_rows + 3 * KL_WORDS, *s6 = kl_rows + 6 * KL_WORDS;
+  const uint8_t* b = kl_weights;
+  __asm__ volatile("vmovdqa %[lut], %%ymm8\n\t"
+                   "1:\n\t"
+                   KF_ROW("(%[s])", "(%[s],%[st],4)", 0, 1)
+                   KF_ROW("(%[s],%[st],1)", "(%[s3],%[st],2)", 2, 3)
+                   KF_ROW("(%[s],%[st],2)", "(%[s6])", 4, 5)
+                   KF_ROW("(%[s3])", "(%[s6],%[st],1)", 6, 7)
+                   "add $128, %[b]\n\tadd $4, %[s]\n\tadd $4, %[s3]\n\tadd $4, %[s6]\n\t"
+                   "dec %[count]\n\tjnz 1b\n\t"
+                   : [s] "+r"(s), [s3] "+r"(s3), [s6] "+r"(s6), [b] "+r"(b), [count] "+r"(count)
+                   : [st] "r"(st), [lut] "m"(*(const uint8_t(*)[32])kl_table)
+                   : CLOBBERS_AVX2, "memory");
+}
+typedef void (*kloop_fn)(int64_t);
+__attribute__((target("avx2"))) static double kloop_time(kloop_fn words, int64_t iters) {
   const double t0 = now_s();
-  for (int64_t pass = 0; pass < iters / (KL_WORDS / 3); ++pass) kloop_words(KL_WORDS);
-  if (iters % (KL_WORDS / 3)) kloop_words(3 * (iters % (KL_WORDS / 3)));
+  for (int64_t pass = 0; pass < iters / (KL_WORDS / 3); ++pass) words(KL_WORDS);
+  if (iters % (KL_WORDS / 3)) words(3 * (iters % (KL_WORDS / 3)));
   return now_s() - t0;
+}
+__attribute__((target("avx2"))) static double kloop_y(int64_t iters) {
+  return kloop_time(kloop_words, iters);
+}
+__attribute__((target("avx2"))) static double kloop_folded_y(int64_t iters) {
+  return kloop_time(kloop_words_folded, iters);
 }
 
 /* Scalar: t = a XOR b; POPCNT; add (64 binary MACs per op), as a CPU without vector popcount may
@@ -284,6 +317,9 @@ static int has(int avx2, int fma, int popcnt) {
 double xor_lut_ymm(int64_t iters) { return has(1, 0, 0) ? lut_y(iters) : -1.0; }
 double xor_split_lut_ymm(int64_t iters) { return has(1, 0, 0) ? split_y(iters) : -1.0; }
 double gemm_kloop_avx2(int64_t iters) { return has(1, 0, 0) ? kloop_y(iters) : -1.0; }
+double gemm_kloop_avx2_folded(int64_t iters) {
+  return has(1, 0, 0) ? kloop_folded_y(iters) : -1.0;
+}
 double xor_popcnt_r64(int64_t iters) { return has(0, 0, 1) ? xp64(iters) : -1.0; }
 double fma_f32_ymm_avx2(int64_t iters) { return has(1, 1, 0) ? fma2_y(iters) : -1.0; }
 double int8_avx2_ymm(int64_t iters) { return has(1, 0, 0) ? mub_y(iters) : -1.0; }

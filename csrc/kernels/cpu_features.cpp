@@ -1,6 +1,12 @@
 // Run-time CPU feature detection for the kernel paths of cpu_features.h.
 #include "kernels/cpu_features.h"
 
+#include <atomic>
+
+#if defined(BITMAPS_HAVE_X86_PATHS)
+#include <cpuid.h>
+#endif
+
 #if defined(BITMAPS_HAVE_NEON_PATH) && defined(__linux__)
 #include <sys/auxv.h>
 // The bits of asm/hwcap.h, spelled out so the build needs no kernel headers.
@@ -65,8 +71,44 @@ bool cpu_has_neon_dotprod() {
 }
 
 const char* cpu_path_variant(CpuPath path) {
+  if (path == CpuPath::kAvx2) return avx2_kloop() == Avx2KLoop::kFolded ? "folded" : "registers";
   if (path != CpuPath::kNeon) return "";
   return cpu_has_neon_dotprod() ? "udot" : "cnt";
+}
+
+Avx2KLoop avx2_kloop_of_cpu() {
+#if defined(BITMAPS_HAVE_X86_PATHS)
+  // Zen 1 / Zen+: AMD family 17h below model 30h (Zen 2 starts there), and Hygon's family 18h
+  // (Dhyana, a Zen 1). Family and model as the CPUID leaf 1 signature composes them.
+  static const Avx2KLoop loop = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return Avx2KLoop::kRegisters;
+    const bool amd = ebx == 0x68747541u && edx == 0x69746e65u && ecx == 0x444d4163u;  // AuthenticAMD
+    const bool hygon = ebx == 0x6f677948u && edx == 0x6e65476eu && ecx == 0x656e6975u;  // HygonGenuine
+    if ((!amd && !hygon) || !__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return Avx2KLoop::kRegisters;
+    const unsigned family = ((eax >> 8) & 0xF) + ((eax >> 20) & 0xFF);
+    const unsigned model = ((eax >> 4) & 0xF) | ((eax >> 12) & 0xF0);
+    const bool zen1 = (amd && family == 0x17 && model < 0x30) || (hygon && family == 0x18);
+    return zen1 ? Avx2KLoop::kFolded : Avx2KLoop::kRegisters;
+  }();
+  return loop;
+#else
+  return Avx2KLoop::kRegisters;
+#endif
+}
+
+namespace {
+// -1: not set (this CPU's form); else an Avx2KLoop value.
+std::atomic<int> avx2_kloop_choice{-1};
+}  // namespace
+
+Avx2KLoop avx2_kloop() {
+  const int choice = avx2_kloop_choice.load(std::memory_order_relaxed);
+  return choice < 0 ? avx2_kloop_of_cpu() : static_cast<Avx2KLoop>(choice);
+}
+
+void set_avx2_kloop(Avx2KLoop loop) {
+  avx2_kloop_choice.store(static_cast<int>(loop), std::memory_order_relaxed);
 }
 
 bool cpu_path_supported(CpuPath path) {

@@ -42,8 +42,30 @@ CpuPath best_cpu_path();
 const char* cpu_path_requirements(CpuPath path);
 
 // Which variant of a path runs on this CPU, for logs and tests: "udot" or "cnt" for neon (the
-// Armv8.2 dot-product extension, HWCAP_ASIMDDP, or CNT + UADALP), "" for the other paths.
+// Armv8.2 dot-product extension, HWCAP_ASIMDDP, or CNT + UADALP), "registers" or "folded" for avx2
+// (the K loop in use, avx2_kloop below), "" for the other paths.
 const char* cpu_path_variant(CpuPath path);
+
+// The AVX2 GEMM's K loop comes in two forms (cpu_kernels_avx2.cpp, xnor_block_4x2) that give the
+// same bits. kRegisters loads a K word's four split weight vectors into registers once and uses
+// each for the micro-kernel's 4 rows; kFolded reads them from L1 in each row's logic op (the load
+// folded into the VPXOR / VPAND). On CPUs that issue each 256-bit op as two 128-bit halves (AMD
+// Zen 1 / Zen+) a 256-bit load takes as many op slots as the logic op it folds into, and the loop
+// is bound by op slots: there kFolded runs 5-9 % faster (benchmarks/RESULTS.md, stop 37). Where
+// 256-bit ops are whole (Zen 2 on, Intel) it would quadruple the vector loads for no op slot saved,
+// and is not used (not measured there yet: benchmarks/bench_avx2_kloop.py compares the two).
+enum class Avx2KLoop : int { kRegisters = 0, kFolded = 1 };
+
+// This CPU's form: kFolded on AMD Zen 1 / Zen+ (family 17h, models below 30h) and Hygon Dhyana
+// (family 18h), else kRegisters.
+Avx2KLoop avx2_kloop_of_cpu();
+
+// The form the AVX2 path runs: set_avx2_kloop's, else avx2_kloop_of_cpu().
+Avx2KLoop avx2_kloop();
+
+// Chooses the form for every later AVX2 GEMM of the process (the kernel harness and the benchmark
+// run both on any CPU); not meant to change while GEMMs run on other threads.
+void set_avx2_kloop(Avx2KLoop loop);
 
 // Whether the NEON path may use UDOT (aarch64 with the dot-product extension; false elsewhere).
 bool cpu_has_neon_dotprod();

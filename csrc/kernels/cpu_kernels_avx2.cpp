@@ -167,34 +167,42 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w, con
 // s + 6 kw with the row stride in a register).
 // Hand-allocated: compiled from intrinsics, GCC kept 7 of the 8 byte accumulators on the stack.
 // The 8 accumulators (row r, vector v: operand a(2r + v)) are register outputs, so that the
-// widening after the block reads them where they are (ymm0-7: the only registers left); ymm8 the
-// table, ymm9-12 the split weight vectors (v0 low, v1 low, v0 high, v1 high), ymm13 the broadcast
-// activation word, ymm14-15 temporaries; per K word: 4 weight loads, 8 broadcasts, 48 ALU ops for
-// 2048 MACs.
-#define BITMAPS_AVX2_PAIR(op, acc, bv, t)                                                 \
-  #op " %%ymm13, %%ymm" #bv ", %%ymm" #t "\n\t"                                          \
+// widening after the block reads them where they are (ymm0-7); ymm8 the table, ymm13 the broadcast
+// activation word, ymm14-15 temporaries. Per K word: 8 broadcasts and 48 ALU ops for 2048 MACs,
+// and the split weight vectors (v0 low, v1 low, v0 high, v1 high) in one of two forms
+// (cpu_features.h, Avx2KLoop): loaded into ymm9-12 once (4 loads), or read by each logic op from
+// memory (16 folded loads, ymm9-12 unused).
+// PAIR: one logic op, lookup and byte add; w is the weight operand ("%%ymm9" or "32(%[b])").
+#define BITMAPS_AVX2_PAIR(op, acc, w, t)                                                  \
+  #op " " w ", %%ymm13, %%ymm" #t "\n\t"                                                  \
   "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                        \
   "vpaddb %%ymm" #t ", %[a" #acc "], %[a" #acc "]\n\t"
-#define BITMAPS_AVX2_ROW(op, lo, hi, a0, a1)                                            \
+// ROW: one row's low and high split words against the four weight operands w0-w3.
+#define BITMAPS_AVX2_ROW(op, lo, hi, a0, a1, w0, w1, w2, w3)                             \
   "vpbroadcastd " lo ", %%ymm13\n\t"                                                     \
-  BITMAPS_AVX2_PAIR(op, a0, 9, 14) BITMAPS_AVX2_PAIR(op, a1, 10, 15)                    \
+  BITMAPS_AVX2_PAIR(op, a0, w0, 14) BITMAPS_AVX2_PAIR(op, a1, w1, 15)                   \
   "vpbroadcastd " hi ", %%ymm13\n\t"                                                     \
-  BITMAPS_AVX2_PAIR(op, a0, 11, 14) BITMAPS_AVX2_PAIR(op, a1, 12, 15)
-#define BITMAPS_AVX2_BLOCK(op)                                                          \
+  BITMAPS_AVX2_PAIR(op, a0, w2, 14) BITMAPS_AVX2_PAIR(op, a1, w3, 15)
+#define BITMAPS_AVX2_ROWS(op, w0, w1, w2, w3)                                            \
+  BITMAPS_AVX2_ROW(op, "(%[s])", "(%[s],%[st],4)", 0, 1, w0, w1, w2, w3)               \
+  BITMAPS_AVX2_ROW(op, "(%[s],%[st],1)", "(%[s3],%[st],2)", 2, 3, w0, w1, w2, w3)      \
+  BITMAPS_AVX2_ROW(op, "(%[s],%[st],2)", "(%[s6])", 4, 5, w0, w1, w2, w3)              \
+  BITMAPS_AVX2_ROW(op, "(%[s3])", "(%[s6],%[st],1)", 6, 7, w0, w1, w2, w3)
+#define BITMAPS_AVX2_REGISTERS(op)                                                      \
+  "vmovdqa (%[b]), %%ymm9\n\t"                                                          \
+  "vmovdqa 32(%[b]), %%ymm10\n\t"                                                       \
+  "vmovdqa 64(%[b]), %%ymm11\n\t"                                                       \
+  "vmovdqa 96(%[b]), %%ymm12\n\t"                                                       \
+  BITMAPS_AVX2_ROWS(op, "%%ymm9", "%%ymm10", "%%ymm11", "%%ymm12")
+#define BITMAPS_AVX2_FOLDED(op) BITMAPS_AVX2_ROWS(op, "(%[b])", "32(%[b])", "64(%[b])", "96(%[b])")
+#define BITMAPS_AVX2_BLOCK(body)                                                        \
   "vpxor %[a0], %[a0], %[a0]\n\tvpxor %[a1], %[a1], %[a1]\n\t"                             \
   "vpxor %[a2], %[a2], %[a2]\n\tvpxor %[a3], %[a3], %[a3]\n\t"                             \
   "vpxor %[a4], %[a4], %[a4]\n\tvpxor %[a5], %[a5], %[a5]\n\t"                             \
   "vpxor %[a6], %[a6], %[a6]\n\tvpxor %[a7], %[a7], %[a7]\n\t"                             \
   "vmovdqa %[lut], %%ymm8\n\t"                                                          \
   "1:\n\t"                                                                              \
-  "vmovdqa (%[b]), %%ymm9\n\t"                                                          \
-  "vmovdqa 32(%[b]), %%ymm10\n\t"                                                       \
-  "vmovdqa 64(%[b]), %%ymm11\n\t"                                                       \
-  "vmovdqa 96(%[b]), %%ymm12\n\t"                                                       \
-  BITMAPS_AVX2_ROW(op, "(%[s])", "(%[s],%[st],4)", 0, 1)                               \
-  BITMAPS_AVX2_ROW(op, "(%[s],%[st],1)", "(%[s3],%[st],2)", 2, 3)                      \
-  BITMAPS_AVX2_ROW(op, "(%[s],%[st],2)", "(%[s6])", 4, 5)                              \
-  BITMAPS_AVX2_ROW(op, "(%[s3])", "(%[s6],%[st],1)", 6, 7)                             \
+  body                                                                                  \
   "add $128, %[b]\n\t"                                                                   \
   "add $4, %[s]\n\t"                                                                    \
   "add $4, %[s3]\n\t"                                                                   \
@@ -214,20 +222,31 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w, con
 
 template <bool kAnd>
 BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m256i* b,
-                                        int64_t count, __m256i (&bytes)[kMR][2]) {
+                                        int64_t count, bool folded, __m256i (&bytes)[kMR][2]) {
   static_assert(kMR == 4, "the assembly block is 4 rows x 2 vectors");
   const auto& lut = *reinterpret_cast<const __m256i*>(kNibbleCounts);
   const int64_t st = kw * 4;  // bytes from one split row to the next
   const uint32_t* s3 = s + 3 * kw;
   const uint32_t* s6 = s + 6 * kw;
+  if (folded) {
+    if constexpr (kAnd) {
+      __asm__ volatile(BITMAPS_AVX2_BLOCK(BITMAPS_AVX2_FOLDED(vpand)) BITMAPS_AVX2_BLOCK_OPERANDS);
+    } else {
+      __asm__ volatile(BITMAPS_AVX2_BLOCK(BITMAPS_AVX2_FOLDED(vpxor)) BITMAPS_AVX2_BLOCK_OPERANDS);
+    }
+    return;
+  }
   if constexpr (kAnd) {
-    __asm__ volatile(BITMAPS_AVX2_BLOCK(vpand) BITMAPS_AVX2_BLOCK_OPERANDS);
+    __asm__ volatile(BITMAPS_AVX2_BLOCK(BITMAPS_AVX2_REGISTERS(vpand)) BITMAPS_AVX2_BLOCK_OPERANDS);
   } else {
-    __asm__ volatile(BITMAPS_AVX2_BLOCK(vpxor) BITMAPS_AVX2_BLOCK_OPERANDS);
+    __asm__ volatile(BITMAPS_AVX2_BLOCK(BITMAPS_AVX2_REGISTERS(vpxor)) BITMAPS_AVX2_BLOCK_OPERANDS);
   }
 }
 #undef BITMAPS_AVX2_BLOCK_OPERANDS
 #undef BITMAPS_AVX2_BLOCK
+#undef BITMAPS_AVX2_FOLDED
+#undef BITMAPS_AVX2_REGISTERS
+#undef BITMAPS_AVX2_ROWS
 #undef BITMAPS_AVX2_ROW
 #undef BITMAPS_AVX2_PAIR
 
@@ -337,10 +356,11 @@ BITMAPS_AVX2_INLINE void bit_block(const GemmArgs& g, int64_t m, int64_t n,
   }
 }
 
-// s: rows m.. of the activation, split (split_rows); b: panel n / 16, split (split_panel).
+// s: rows m.. of the activation, split (split_rows); b: panel n / 16, split (split_panel);
+// folded: the K loop's form (Avx2KLoop::kFolded).
 template <int MR, int NV, GemmOutput kOut, bool kAnd>
 BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t* s,
-                        const __m256i* b) {
+                        const __m256i* b, bool folded) {
   const int64_t kw = g.kw;
   // Output lines prefetched for writing, as in the AVX-512 path (store misses overlap the K loop).
   constexpr int kOutBytes = kOut == GemmOutput::kFloat16 ? 2 : 4;
@@ -358,7 +378,7 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
     const int64_t w1 = std::min(kw, w0 + kByteWords);
     __m256i bytes[MR][NV];
     if constexpr (MR == kMR && NV == 2) {
-      xnor_block_4x2<kAnd>(s + w0, kw, b + w0 * kSplitVectors, w1 - w0, bytes);
+      xnor_block_4x2<kAnd>(s + w0, kw, b + w0 * kSplitVectors, w1 - w0, folded, bytes);
     } else {
       for (int r = 0; r < MR; ++r) {
         for (int v = 0; v < NV; ++v) bytes[r][v] = _mm256_setzero_si256();
@@ -459,11 +479,11 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
 
 template <GemmOutput kOut, bool kAnd, int MR>
 BITMAPS_AVX2_INLINE void run_micro(int mr, const GemmArgs& g, int64_t m, int64_t n,
-                                   const uint32_t* s, const __m256i* b) {
+                                   const uint32_t* s, const __m256i* b, bool folded) {
   if constexpr (MR > 1) {
-    if (mr < MR) return run_micro<kOut, kAnd, MR - 1>(mr, g, m, n, s, b);
+    if (mr < MR) return run_micro<kOut, kAnd, MR - 1>(mr, g, m, n, s, b, folded);
   }
-  micro<MR, kNV, kOut, kAnd>(g, m, n, s, b);
+  micro<MR, kNV, kOut, kAnd>(g, m, n, s, b, folded);
 }
 
 // Activation rows [m0, m1) split into their bytes' low nibbles and high nibbles shifted down, in
@@ -546,6 +566,7 @@ BITMAPS_AVX2 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n
     panel_split.resize(static_cast<size_t>(vectors));
   }
   auto* const b = reinterpret_cast<__m256i*>(panel_split.data());
+  const bool folded = avx2_kloop() == Avx2KLoop::kFolded;
   const int64_t panels = (g.n + kPanelRows - 1) / kPanelRows;
   for (int64_t n = n0; n < n1; n += kPanelRows) {
     split_panel(g, n / kPanelRows, b);
@@ -555,7 +576,7 @@ BITMAPS_AVX2 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n
     if (n / kPanelRows + 1 < panels) prefetch_panel(g, n / kPanelRows + 1);
     for (int64_t m = m0; m < m1; m += kMR) {
       run_micro<kOut, kAnd, kMR>(static_cast<int>(std::min<int64_t>(kMR, m1 - m)), g, m, n,
-                                 split.data() + (m - m0) / kMR * group_words, b);
+                                 split.data() + (m - m0) / kMR * group_words, b, folded);
     }
   }
 }

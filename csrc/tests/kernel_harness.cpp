@@ -23,7 +23,8 @@
 //
 //   kernel_harness [--path NAME]... [--seed N] [--list]
 //
-// Without --path it tests every path this CPU supports (BITMAPS_CPU_PATH, when set, names one).
+// Without --path it tests every path this CPU supports (BITMAPS_CPU_PATH, when set, names one);
+// the AVX2 path twice, once per form of its K loop (registers, folded: cpu_features.h).
 // Prints one line per path and exits 0 when every check passed, 1 otherwise, 2 on bad arguments or
 // a path this CPU cannot run.
 #include <algorithm>
@@ -1279,14 +1280,22 @@ int main(int argc, char** argv) {
   check_gelu_accuracy(f64);
   check_scheduler(f64);
   failures += f64.failures;
+  using bitmaps::cpu::Avx2KLoop;
   for (CpuPath path : paths) {
-    const std::string variant = bitmaps::cpu::cpu_path_variant(path);
-    Checker c{std::string(bitmaps::cpu::cpu_path_name(path)) +
-              (variant.empty() ? "" : " (" + variant + ")")};
-    check_path(c, path, seed);
-    std::printf("path %s: %lld checks, %lld failed\n", c.path.c_str(),
-                static_cast<long long>(c.checks), static_cast<long long>(c.failures));
-    failures += c.failures;
+    // The AVX2 path in both forms of its K loop (cpu_features.h), whichever this CPU runs.
+    std::vector<Avx2KLoop> kloops{bitmaps::cpu::avx2_kloop_of_cpu()};
+    if (path == CpuPath::kAvx2) kloops = {Avx2KLoop::kRegisters, Avx2KLoop::kFolded};
+    for (Avx2KLoop kloop : kloops) {
+      bitmaps::cpu::set_avx2_kloop(kloop);
+      const std::string variant = bitmaps::cpu::cpu_path_variant(path);
+      Checker c{std::string(bitmaps::cpu::cpu_path_name(path)) +
+                (variant.empty() ? "" : " (" + variant + ")")};
+      check_path(c, path, seed);
+      std::printf("path %s: %lld checks, %lld failed\n", c.path.c_str(),
+                  static_cast<long long>(c.checks), static_cast<long long>(c.failures));
+      failures += c.failures;
+    }
+    bitmaps::cpu::set_avx2_kloop(bitmaps::cpu::avx2_kloop_of_cpu());
   }
   std::printf("%s (seed %u)\n", failures == 0 ? "OK" : "FAILED", seed);
   return failures == 0 ? 0 : 1;
