@@ -56,6 +56,9 @@ profile-bert-base-epyc-avx2-stop35  …/profile-bert-base-stop35-epyc-avx2-float
 profile-bert-base-int8-attention-epyc-avx2-stop35  …-stop35-epyc-avx2-int8-run1.json  … --attention int8
 export-targets-epyc-avx2-stop35  …/export-targets-stop35-epyc-avx2.json  bench_export_targets.py
 ort-thread-scaling-epyc-avx2-stop34  …/ort-thread-scaling-epyc-avx2-stop34.json  bench_ort_thread_scaling.py
+*-epyc-zen1-stop37 the same benchmarks on an AMD Zen 1 EPYC (stop 37): popcount-ceiling,
+                   avx2-kloop (bench_avx2_kloop.py), ort-library-ab (the folded K loop),
+                   export-targets, profile-bert-base (float run 3), profile-bert-base-int8-attention (run 3)
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -428,6 +431,28 @@ TABLES: dict[str, Source] = {
     ),
     "profile-bert-base-int8-attention-epyc-avx2-stop35": Source(
         "benchmarks/results/profile-bert-base-stop35-epyc-avx2-int8-run1.json", profile_table
+    ),
+    # stop 37: an AMD Zen 1 EPYC (cpu family 23, model 1); the AVX2 K loop with folded loads
+    "popcount-ceiling-epyc-zen1-stop37": Source(
+        "benchmarks/results/popcount-ceiling-epyc-zen1-stop37.json",
+        _bench("bench_popcount_ceiling.py", "report"),
+    ),
+    "avx2-kloop-epyc-zen1-stop37": Source(
+        "benchmarks/results/avx2-kloop-epyc-zen1-stop37.json", _bench("bench_avx2_kloop.py")
+    ),
+    "ort-library-ab-epyc-zen1-stop37": Source(
+        "benchmarks/results/ort-library-ab-folded-kloop-epyc-zen1-stop37-*.json",
+        _bench("bench_ort_library_ab.py"),
+    ),
+    "export-targets-epyc-zen1-stop37": Source(
+        "benchmarks/results/export-targets-stop37-epyc-zen1.json",
+        _bench("bench_export_targets.py"),
+    ),
+    "profile-bert-base-epyc-zen1-stop37": Source(
+        "benchmarks/results/profile-bert-base-stop37-epyc-zen1-float-run3.json", profile_table
+    ),
+    "profile-bert-base-int8-attention-epyc-zen1-stop37": Source(
+        "benchmarks/results/profile-bert-base-stop37-epyc-zen1-int8-run3.json", profile_table
     ),
     "export-targets-epyc-avx2-stop34": Source(
         "benchmarks/results/export-targets-stop34-epyc-avx2.json",
