@@ -183,62 +183,46 @@ __attribute__((target("avx2,fma"))) static double fma2_y(int64_t iters) { RUN_AV
  * a BERT-base row (K = 768: 24 words), all in L1. Against the split loop above it shows what the
  * loads and broadcasts cost; what the GEMM loses beyond it is outside its K loop. One iteration of
  * the timing = 3 K words (6144 binary MACs = 12 x 512, so CHAINS and the MAC count stay exact). */
-#define KL_PAIR(acc, bv, t)                                                            \
-  "vpxor %%ymm13, %%ymm" #bv ", %%ymm" #t "\n\t"                                      \
+#define KL_PAIR(acc, w, t)                                                             \
+  "vpxor " w ", %%ymm13, %%ymm" #t "\n\t"                                              \
   "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                      \
   "vpaddb %%ymm" #t ", %%ymm" #acc ", %%ymm" #acc "\n\t"
-#define KL_ROW(lo, hi, a0, a1)                                                         \
-  "vpbroadcastd " lo ", %%ymm13\n\t" KL_PAIR(a0, 9, 14) KL_PAIR(a1, 10, 15)            \
-  "vpbroadcastd " hi ", %%ymm13\n\t" KL_PAIR(a0, 11, 14) KL_PAIR(a1, 12, 15)
+#define KL_ROW(lo, hi, a0, a1, w0, w1, w2, w3)                                         \
+  "vpbroadcastd " lo ", %%ymm13\n\t" KL_PAIR(a0, w0, 14) KL_PAIR(a1, w1, 15)           \
+  "vpbroadcastd " hi ", %%ymm13\n\t" KL_PAIR(a0, w2, 14) KL_PAIR(a1, w3, 15)
+#define KL_ROWS(w0, w1, w2, w3)                                                        \
+  KL_ROW("(%[s])", "(%[s],%[st],4)", 0, 1, w0, w1, w2, w3)                             \
+  KL_ROW("(%[s],%[st],1)", "(%[s3],%[st],2)", 2, 3, w0, w1, w2, w3)                    \
+  KL_ROW("(%[s],%[st],2)", "(%[s6])", 4, 5, w0, w1, w2, w3)                            \
+  KL_ROW("(%[s3])", "(%[s6],%[st],1)", 6, 7, w0, w1, w2, w3)
 enum { KL_WORDS = 24 };
 static uint32_t kl_rows[8 * KL_WORDS] __attribute__((aligned(64)));          /* 4 rows lo, hi */
 static uint8_t kl_weights[KL_WORDS * 128] __attribute__((aligned(64)));      /* 4 vectors/word */
 static const uint8_t kl_table[32] __attribute__((aligned(32))) = {
     0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, 0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4};
-__attribute__((target("avx2"))) static void kloop_words(int64_t count) {
-  const int64_t st = 4 * KL_WORDS; /* bytes from one split row to the next */
-  const uint32_t *s = kl_rows, *s3 = kl_rows + 3 * KL_WORDS, *s6 = kl_rows + 6 * KL_WORDS;
-  const uint8_t* b = kl_weights;
-  __asm__ volatile("vmovdqa %[lut], %%ymm8\n\t"
-                   "1:\n\t"
-                   "vmovdqa (%[b]), %%ymm9\n\tvmovdqa 32(%[b]), %%ymm10\n\t"
-                   "vmovdqa 64(%[b]), %%ymm11\n\tvmovdqa 96(%[b]), %%ymm12\n\t"
-                   KL_ROW("(%[s])", "(%[s],%[st],4)", 0, 1)
-                   KL_ROW("(%[s],%[st],1)", "(%[s3],%[st],2)", 2, 3)
-                   KL_ROW("(%[s],%[st],2)", "(%[s6])", 4, 5)
-                   KL_ROW("(%[s3])", "(%[s6],%[st],1)", 6, 7)
-                   "add $128, %[b]\n\tadd $4, %[s]\n\tadd $4, %[s3]\n\tadd $4, %[s6]\n\t"
-                   "dec %[count]\n\tjnz 1b\n\t"
-                   : [s] "+r"(s), [s3] "+r"(s3), [s6] "+r"(s6), [b] "+r"(b), [count] "+r"(count)
-                   : [st] "r"(st), [lut] "m"(*(const uint8_t(*)[32])kl_table)
-                   : CLOBBERS_AVX2, "memory");
-}
+/* count K words of the loop whose body (per K word) is BODY. */
+#define KL_WORDS_FN(name, BODY)                                                                \
+  __attribute__((target("avx2"))) static void name(int64_t count) {                            \
+    const int64_t st = 4 * KL_WORDS; /* bytes from one split row to the next */                \
+    const uint32_t *s = kl_rows, *s3 = kl_rows + 3 * KL_WORDS, *s6 = kl_rows + 6 * KL_WORDS;   \
+    const uint8_t* b = kl_weights;                                                             \
+    __asm__ volatile("vmovdqa %[lut], %%ymm8\n\t"                                             \
+                     "1:\n\t" BODY                                                             \
+                     "add $128, %[b]\n\tadd $4, %[s]\n\tadd $4, %[s3]\n\tadd $4, %[s6]\n\t"    \
+                     "dec %[count]\n\tjnz 1b\n\t"                                              \
+                     : [s] "+r"(s), [s3] "+r"(s3), [s6] "+r"(s6), [b] "+r"(b),                 \
+                       [count] "+r"(count)                                                     \
+                     : [st] "r"(st), [lut] "m"(*(const uint8_t(*)[32])kl_table)                \
+                     : CLOBBERS_AVX2, "memory");                                               \
+  }
+KL_WORDS_FN(kloop_words,
+            "vmovdqa (%[b]), %%ymm9\n\tvmovdqa 32(%[b]), %%ymm10\n\t"
+            "vmovdqa 64(%[b]), %%ymm11\n\tvmovdqa 96(%[b]), %%ymm12\n\t"
+            KL_ROWS("%%ymm9", "%%ymm10", "%%ymm11", "%%ymm12"))
 /* The same K loop in its other form (cpu_features.h, Avx2KLoop::kFolded; the GEMM runs it on CPUs
  * that split 256-bit ops, AMD Zen 1 / Zen+): no weight loads into registers, each logic op reads
  * its weight vector from L1 (16 folded loads per K word instead of 4 loads). */
-#define KF_PAIR(acc, off, t)                                                           \
-  "vpxor " off "(%[b]), %%ymm13, %%ymm" #t "\n\t"                                       \
-  "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                      \
-  "vpaddb %%ymm" #t ", %%ymm" #acc ", %%ymm" #acc "\n\t"
-#define KF_ROW(lo, hi, a0, a1)                                                         \
-  "vpbroadcastd " lo ", %%ymm13\n\t" KF_PAIR(a0, "0", 14) KF_PAIR(a1, "32", 15)        \
-  "vpbroadcastd " hi ", %%ymm13\n\t" KF_PAIR(a0, "64", 14) KF_PAIR(a1, "96", 15)
-__attribute__((target("avx2"))) static void kloop_words_folded(int64_t count) {
-  const int64_t st = 4 * KL_WORDS;
-  const uint32_t *s = kl_rows, *s3 = kl_rows + 3 * KL_WORDS, *s6 = kl_rows + 6 * KL_WORDS;
-  const uint8_t* b = kl_weights;
-  __asm__ volatile("vmovdqa %[lut], %%ymm8\n\t"
-                   "1:\n\t"
-                   KF_ROW("(%[s])", "(%[s],%[st],4)", 0, 1)
-                   KF_ROW("(%[s],%[st],1)", "(%[s3],%[st],2)", 2, 3)
-                   KF_ROW("(%[s],%[st],2)", "(%[s6])", 4, 5)
-                   KF_ROW("(%[s3])", "(%[s6],%[st],1)", 6, 7)
-                   "add $128, %[b]\n\tadd $4, %[s]\n\tadd $4, %[s3]\n\tadd $4, %[s6]\n\t"
-                   "dec %[count]\n\tjnz 1b\n\t"
-                   : [s] "+r"(s), [s3] "+r"(s3), [s6] "+r"(s6), [b] "+r"(b), [count] "+r"(count)
-                   : [st] "r"(st), [lut] "m"(*(const uint8_t(*)[32])kl_table)
-                   : CLOBBERS_AVX2, "memory");
-}
+KL_WORDS_FN(kloop_words_folded, KL_ROWS("(%[b])", "32(%[b])", "64(%[b])", "96(%[b])"))
 typedef void (*kloop_fn)(int64_t);
 __attribute__((target("avx2"))) static double kloop_time(kloop_fn words, int64_t iters) {
   const double t0 = now_s();
