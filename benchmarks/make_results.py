@@ -58,7 +58,7 @@ export-targets-epyc-avx2-stop35  …/export-targets-stop35-epyc-avx2.json  bench
 ort-thread-scaling-epyc-avx2-stop34  …/ort-thread-scaling-epyc-avx2-stop34.json  bench_ort_thread_scaling.py
 *-epyc-zen1-stop37 the same benchmarks on an AMD Zen 1 EPYC (stop 37): popcount-ceiling,
                    avx2-kloop (bench_avx2_kloop.py), ort-library-ab (the folded K loop),
-                   export-targets, profile-bert-base (float run 3), profile-bert-base-int8-attention (run 3)
+                   profile-bert-base (float run 3), profile-bert-base-int8-attention (run 3)
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -443,10 +443,6 @@ TABLES: dict[str, Source] = {
     "ort-library-ab-epyc-zen1-stop37": Source(
         "benchmarks/results/ort-library-ab-folded-kloop-epyc-zen1-stop37-*.json",
         _bench("bench_ort_library_ab.py"),
-    ),
-    "export-targets-epyc-zen1-stop37": Source(
-        "benchmarks/results/export-targets-stop37-epyc-zen1.json",
-        _bench("bench_export_targets.py"),
     ),
     "profile-bert-base-epyc-zen1-stop37": Source(
         "benchmarks/results/profile-bert-base-stop37-epyc-zen1-float-run3.json", profile_table
