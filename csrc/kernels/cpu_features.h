@@ -50,8 +50,9 @@ const char* cpu_path_variant(CpuPath path);
 // same bits. kRegisters loads a K word's four split weight vectors into registers once and uses
 // each for the micro-kernel's 4 rows; kFolded reads them from L1 in each row's logic op (the load
 // folded into the VPXOR / VPAND). On CPUs that issue each 256-bit op as two 128-bit halves (AMD
-// Zen 1 / Zen+) a 256-bit load takes as many op slots as the logic op it folds into, and the loop
-// is bound by op slots: there kFolded runs 5-9 % faster (benchmarks/RESULTS.md, stop 37). Where
+// Zen 1 / Zen+) the loop is bound by op slots, a separate 256-bit load takes two of them and a load
+// folded into a logic op none more: there the GEMMs run 6-15 % faster folded, binary BERT-base
+// 3-6 % (benchmarks/RESULTS.md, stop 37). Where
 // 256-bit ops are whole (Zen 2 on, Intel) it would quadruple the vector loads for no op slot saved,
 // and is not used (not measured there yet: benchmarks/bench_avx2_kloop.py compares the two).
 enum class Avx2KLoop : int { kRegisters = 0, kFolded = 1 };
