@@ -12,27 +12,27 @@ import pytest
 from conftest import benchmark_module
 
 
+def cpuinfo(name: str) -> str:
+    """A field of /proc/cpuinfo's first processor ("" where it is missing)."""
+    path = Path("/proc/cpuinfo")
+    found = re.search(rf"^{name}\s*:\s*(.*)$", path.read_text(), re.M) if path.is_file() else None
+    return found.group(1).strip() if found else ""
+
+
 @pytest.fixture(scope="module")
 def bench():
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip(f"needs an x86 CPU (the K loops are AVX2 code); this is {platform.machine()}")
-    flags = re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
-    if flags is None or not {"avx2", "f16c"} <= set(flags.group(1).split()):
-        pytest.skip("needs a CPU with avx2 and f16c (the AVX2 path)")
+    if not {"avx2", "f16c"} <= set(cpuinfo("flags").split()):
+        pytest.skip("needs a CPU with avx2 and f16c (the AVX2 path), read from /proc/cpuinfo")
     return benchmark_module("bench_avx2_kloop", needs_cxx=True)
 
 
 def cpu_kloop_expected() -> str:
     """The form bitmaps should pick here, from what the OS reports: folded on AMD family 17h
     below model 30h (Zen 1 / Zen+) and Hygon family 18h (Dhyana), registers elsewhere."""
-    info = Path("/proc/cpuinfo").read_text()
-
-    def field(name: str) -> str:
-        found = re.search(rf"^{name}\s*:\s*(.*)$", info, re.M)
-        return found.group(1).strip() if found else ""
-
-    vendor, family = field("vendor_id"), field("cpu family")
-    zen1 = (vendor == "AuthenticAMD" and family == "23" and int(field("model") or 0) < 0x30) or (
+    vendor, family = cpuinfo("vendor_id"), cpuinfo("cpu family")
+    zen1 = (vendor == "AuthenticAMD" and family == "23" and int(cpuinfo("model") or 0) < 0x30) or (
         vendor == "HygonGenuine" and family == "24"
     )
     return "folded" if zen1 else "registers"
