@@ -1,7 +1,9 @@
 """Building and running the C++ experiments of benchmarks/ (add_layer_norm_fusion.cpp,
-attention_int8_speed.cpp): each is compiled with the kernel sources of csrc/kernels it needs
-(``$CXX``, default ``g++``, at -O3 as bitmaps._C and libbitmaps_ort.so are built; no torch, no ONNX
-Runtime) and prints one JSON object per line."""
+attention_int8_speed.cpp, avx2_kloop.cpp): each is compiled at -O3 (``$CXX``, default ``g++``; no
+torch, no ONNX Runtime) and linked with the objects of the csrc/kernels sources it needs, exactly
+the objects libbitmaps_ort.so and the kernel harness link (``csrc/onnxruntime/build.py
+--kernel-objects``: compiled once per compiler and flags, reused while fresh), and prints one JSON
+object per line."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import argparse
 import json
 import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,14 +20,30 @@ from bench_results import cpu_model, parse_with_outputs, run_meta, write_outputs
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def kernel_objects(cxx: str, kernels: list[str]) -> list[Path]:
+    """The objects of csrc/kernels/``kernels`` (source names) as ``build.py --kernel-objects``
+    compiles them with ``cxx``, or SystemExit naming what failed."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "csrc" / "onnxruntime" / "build.py"), "--kernel-objects"],
+        capture_output=True, text=True, env={**os.environ, "CXX": cxx},
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise SystemExit(f"cannot compile csrc/kernels with {cxx}: {done.stderr.strip()[:400]}")
+    by_stem = {Path(line).stem: Path(line) for line in done.stdout.split()}
+    missing = [k for k in kernels if Path(k).stem not in by_stem]
+    if missing:
+        raise SystemExit(f"no object for csrc/kernels/{', '.join(missing)} from build.py")
+    return [by_stem[Path(k).stem] for k in kernels]
+
+
 def build(source: Path, kernels: list[str], folder: str) -> Path:
-    """``source`` and csrc/kernels/``kernels`` compiled into an executable in ``folder``, or
-    SystemExit naming what failed."""
+    """``source`` linked with the objects of csrc/kernels/``kernels`` into an executable in
+    ``folder``, or SystemExit naming what failed."""
     exe = Path(folder) / source.stem
     cxx = os.environ.get("CXX", "g++")
-    sources = [str(source)] + [str(ROOT / "csrc" / "kernels" / k) for k in kernels]
-    cmd = [cxx, "-std=c++17", "-O3", "-pthread", f"-I{ROOT / 'csrc'}", "-o", str(exe), *sources]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    objects = [str(p) for p in kernel_objects(cxx, kernels)]
+    cmd = [cxx, "-std=c++17", "-O3", "-pthread", f"-I{ROOT / 'csrc'}", "-o", str(exe), str(source)]
+    done = subprocess.run([*cmd, *objects], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"cannot compile {source.name} with {cxx}: {done.stderr.strip()[:400]}")
     return exe
