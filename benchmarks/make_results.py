@@ -59,6 +59,7 @@ ort-thread-scaling-epyc-avx2-stop34  …/ort-thread-scaling-epyc-avx2-stop34.jso
 *-epyc-zen1-stop37 the same benchmarks on an AMD Zen 1 EPYC (stop 37): popcount-ceiling,
                    avx2-kloop (bench_avx2_kloop.py), ort-library-ab (the folded K loop),
                    profile-bert-base (float run 3), profile-bert-base-int8-attention (run 3)
+export-targets-epyc-zen1-stop38  …/export-targets-epyc-zen1-stop38-run*.json  bench_export_targets.py
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -449,6 +450,11 @@ TABLES: dict[str, Source] = {
     ),
     "profile-bert-base-int8-attention-epyc-zen1-stop37": Source(
         "benchmarks/results/profile-bert-base-stop37-epyc-zen1-int8-run3.json", profile_table
+    ),
+    # stop 38: the same Zen 1 EPYC; the remainder's share in ONNX Runtime, three runs
+    "export-targets-epyc-zen1-stop38": Source(
+        "benchmarks/results/export-targets-epyc-zen1-stop38-run*.json",
+        _bench("bench_export_targets.py"),
     ),
     "export-targets-epyc-avx2-stop34": Source(
         "benchmarks/results/export-targets-stop34-epyc-avx2.json",
