@@ -4,6 +4,7 @@ times the whole model and the attention node alone."""
 
 from __future__ import annotations
 
+import onnx
 import pytest
 from conftest import benchmark_module
 from test_export import small_student
@@ -11,11 +12,25 @@ from test_export import small_student
 from bitmaps.core.ort import library_missing
 
 
-@pytest.fixture
-def bench(monkeypatch: pytest.MonkeyPatch):
+@pytest.fixture(scope="module")
+def bench():
+    """The benchmark on the small student; each attention scheme exported once for this file's
+    tests (the real export() the first time), a copy of it handed out on every call."""
     module = benchmark_module("bench_attention_int8_model")
-    monkeypatch.setattr(module, "_student", small_student)
-    return module
+    patch = pytest.MonkeyPatch()
+    patch.setattr(module, "_student", small_student)
+    real, done = module.export, {}
+
+    def export(attention: str) -> onnx.ModelProto:
+        if attention not in done:
+            done[attention] = real(attention)
+        copy = onnx.ModelProto()
+        copy.CopyFrom(done[attention])
+        return copy
+
+    patch.setattr(module, "export", export)
+    yield module
+    patch.undo()
 
 
 def test_exports_differ_only_in_the_attention_scheme(bench) -> None:

@@ -192,7 +192,7 @@ def test_one_table_in_the_file_and_the_expected_size(exports, mode):
     assert saved == rows * (4 * h - per_row) - consts
 
 
-def test_onnxruntime_target_decoder_reads_the_int4_table_with_matmul_nbits():
+def test_onnxruntime_target_decoder_reads_the_int4_table_with_matmul_nbits(exports):
     """--target onnxruntime: the tied decoder is MatMulNBits on the stored int4 table (ONNX
     Runtime never expands it to float), still one table for the gathers and the decoder; the
     other tables are looked up by GatherBlockQuantized (verified against PyTorch like the rest)."""
@@ -221,9 +221,7 @@ def test_onnxruntime_target_decoder_reads_the_int4_table_with_matmul_nbits():
     assert all(n.domain == "com.microsoft" for n in gbq)
     assert not any(n.op_type == "Transpose" and n.input[0] == table.name for n in model.graph.node)
     assert not any(name.endswith(".dequantized") for n in model.graph.node for name in n.output)
-    portable = export_verified(
-        small_student(), ExportConfig(embeddings="int4", embedding_group=32), binary=True
-    ).model
+    portable = exports["int4"].model  # the same student and table, the portable target
     # no second table (the binary weights differ by the panel layout's padding rows)
     assert abs(
         initializer_bytes(model) - packed_bytes(model)

@@ -260,10 +260,16 @@ def _ops(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node if n.domain == "bitmaps"]
 
 
-def test_export_fuses_only_feed_forwards_with_fixed_scales():
+@pytest.fixture(scope="module")
+def elastic_export():
+    """The elastic small student (fixed activation scales) exported for ONNX Runtime, once."""
+    return export_verified(small_student(), ExportConfig(target="onnxruntime"), binary=True)
+
+
+def test_export_fuses_only_feed_forwards_with_fixed_scales(elastic_export):
     """An elastic student (fixed activation scales) gets one BinaryFeedForward per layer, verified
     against PyTorch on both backends; a default student (per-row mean scales) keeps two nodes."""
-    elastic = export_verified(small_student(), ExportConfig(target="onnxruntime"), binary=True)
+    elastic = elastic_export
     assert elastic.report.ok and _ops(elastic.model).count(BINARY_FFN_OP_TYPE) == 2
     assert {f.name for f in elastic.model.functions} >= {BINARY_FFN_OP_TYPE, "BinaryLinear"}
     plain = export_verified(small_student("ste"), ExportConfig(target="onnxruntime"), binary=True)
@@ -272,10 +278,10 @@ def test_export_fuses_only_feed_forwards_with_fixed_scales():
     assert BINARY_FFN_OP_TYPE not in _ops(portable.model)
 
 
-def test_verification_catches_a_feed_forward_node_that_lies():
+def test_verification_catches_a_feed_forward_node_that_lies(elastic_export):
     """The node check compares the fused node with its two PyTorch layers: a node whose hidden
-    threshold was changed after export fails it, naming the node."""
-    result = export_verified(small_student(), ExportConfig(target="onnxruntime"), binary=True)
+    threshold was changed after export (in a copy) fails it, naming the node."""
+    result = elastic_export
     model = onnx.ModelProto()
     model.CopyFrom(result.model)
     node = next(n for n in model.graph.node if n.op_type == BINARY_FFN_OP_TYPE)
