@@ -29,7 +29,7 @@ def kernel_objects(cxx: str, kernels: list[str]) -> list[Path]:
     )  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(f"cannot compile csrc/kernels with {cxx}: {done.stderr.strip()[:400]}")
-    by_stem = {Path(line).stem: Path(line) for line in done.stdout.split()}
+    by_stem = {Path(line).stem: Path(line) for line in done.stdout.splitlines() if line}
     missing = [k for k in kernels if Path(k).stem not in by_stem]
     if missing:
         raise SystemExit(f"no object for csrc/kernels/{', '.join(missing)} from build.py")
