@@ -22,6 +22,7 @@ import functools
 import glob
 import os
 import sys
+import sysconfig
 
 from setuptools import setup
 
@@ -143,6 +144,15 @@ def _extensions() -> tuple[list, dict]:
 
     class OptionalBuildExtension(BuildExtension):
         """Build bitmaps._C; a failure fails the install only when CUDA was expected (plan)."""
+
+        def finalize_options(self) -> None:
+            # One object folder for every build of this checkout. pip's editable install (which
+            # `make install` runs before `setup.py build_ext --inplace`) would otherwise compile
+            # into a temporary folder, and the second build compile everything again.
+            if self.build_temp is None:
+                tag = f"{sysconfig.get_platform()}-{sys.implementation.cache_tag}"
+                self.build_temp = os.path.join(ROOT, "build", f"temp.{tag}")
+            super().finalize_options()
 
         def run(self) -> None:
             try:
