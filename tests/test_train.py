@@ -21,12 +21,12 @@ from bitmaps.train.trainer import TrainJob, lr_lambda, run_training
 QUIET = dict(log=lambda _m: None)
 
 
-def _job(data: Path, out: Path, **train) -> TrainJob:
+def _job(data: Path, out: Path, seq_len: int = 128, **train) -> TrainJob:
     defaults = dict(steps=6, batch_size=8, lr=5e-4, eval_every=0, save_every=0, eval_sequences=32)
     defaults.update(train)
     return TrainJob(
         train=TrainConfig(**defaults),
-        data=DataConfig(),
+        data=DataConfig(seq_len=seq_len),
         data_paths=[str(data)],
         output=out,
         model="bert-tiny",
@@ -44,7 +44,9 @@ def test_lr_schedule_shapes() -> None:
 
 def test_teacher_finetune_lowers_heldout_cross_entropy(sotu_small, tmp_path, bert_tiny_dir) -> None:
     out = tmp_path / "teacher.pt"
-    result = run_training(_job(sotu_small, out, steps=40, batch_size=16, eval_every=40), **QUIET)
+    # 64-token sequences: Zen 1, 26 s → 10 s alone; held-out cross entropy 8.44 → 5.49 in 40 steps
+    job = _job(sotu_small, out, seq_len=64, steps=40, batch_size=16, eval_every=40)
+    result = run_training(job, **QUIET)
     before, after = result.history[0], result.history[-1]
     assert before["step"] == 0 and after["step"] == 40
     assert after["cross_entropy"] < before["cross_entropy"] - 0.5, (before, after)
