@@ -52,13 +52,18 @@ setup: assets arm-tools
 # TEST_WORKERS=1 runs serially.
 TEST_WORKERS ?= 2
 PYTEST_PARALLEL = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+# Two workers on two cores, each with torch's two OpenMP threads: threads that spin while they
+# wait (OpenMP's default) take the core the other worker needs. PASSIVE makes them sleep: on the
+# Zen 1 EPYC, test_train.py + test_classify.py on two workers took 142-165 s, 88 s with it (twice
+# each, 2026-12-05). Only the wait changes, not the thread count. OMP_WAIT_POLICY=... overrides.
+TEST_ENV = $(if $(filter-out 0 1,$(TEST_WORKERS)),OMP_WAIT_POLICY=$(or $(OMP_WAIT_POLICY),PASSIVE))
 
 # --durations: CI's log names the slowest tests, so the suite's time can be kept in check.
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=25
+	$(TEST_ENV) $(BIN)/python -m pytest -q $(PYTEST_PARALLEL) --durations=25
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_PARALLEL)
 
 # --- the demo: BERT-tiny teacher → W1A1 student → ONNX → profile, on State of the Union text ---
 # Every stage resumes or is skipped when its output is complete, so a second `make demo` is fast.
