@@ -51,12 +51,13 @@ setup: assets arm-tools
 # 707 s with two workers while a training job held one core; 810 s serially on a quieter machine.
 # TEST_WORKERS=1 runs serially.
 TEST_WORKERS ?= 2
-PYTEST_PARALLEL = $(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
+PARALLEL_TESTS = $(filter-out 0 1,$(TEST_WORKERS))
+PYTEST_PARALLEL = $(if $(PARALLEL_TESTS),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 # Two workers on two cores, each with torch's two OpenMP threads: threads that spin while they
 # wait (OpenMP's default) take the core the other worker needs. PASSIVE makes them sleep: on the
 # Zen 1 EPYC, test_train.py + test_classify.py on two workers took 142-165 s, 88 s with it (twice
 # each, 2026-12-05). Only the wait changes, not the thread count. OMP_WAIT_POLICY=... overrides.
-TEST_ENV = $(if $(filter-out 0 1,$(TEST_WORKERS)),OMP_WAIT_POLICY=$(or $(OMP_WAIT_POLICY),PASSIVE))
+TEST_ENV = $(if $(PARALLEL_TESTS),OMP_WAIT_POLICY=$(or $(OMP_WAIT_POLICY),PASSIVE))
 
 # --durations: CI's log names the slowest tests, so the suite's time can be kept in check.
 test: setup
