@@ -1,11 +1,12 @@
-// The AVX2 GEMM's two K loops (cpu_features.h, Avx2KLoop: weight vectors in registers, or folded
-// into each row's logic op) on this CPU, in turns, on one thread: xnor_gemm_tile over whole
-// BERT-base binary linears at 1 x 128 tokens (M = 128; K x N = 768 x 2304 for Q K V side by side,
-// 768 x 768, 768 x 3072, 3072 x 768, and 3072 x 768 with unsigned activations: the FFN's second
-// layer), float32 output with row and column scales. Each call takes the next of 12 copies of the
-// weights (as a model's layers do: weights from L2 / L3, not L1). Built and run by
-// bench_avx2_kloop.py; writes one JSON object per line: {"shape", "kloop", "us"} per round (the mean
-// of `reps` calls), then {"check": ...}: whether both forms gave the same bits on every shape.
+// The AVX2 GEMM's two K loops (cpu_features.h, Avx2KLoop: weight vectors in registers, or the
+// K-pair form with the weight loads folded into each row's logic op) on this CPU, in turns, on one
+// thread: xnor_gemm_tile over whole BERT-base binary linears at 1 x 128 tokens (M = 128; K x N =
+// 768 x 2304 for Q K V side by side, 768 x 768, 768 x 3072, 3072 x 768, and 3072 x 768 with
+// unsigned activations: the FFN's second layer), float32 output with row and column scales. Each
+// call takes the next of 12 copies of the weights (as a model's layers do: weights from L2 / L3,
+// not L1). Built and run by bench_avx2_kloop.py; writes one JSON object per line: {"shape",
+// "kloop", "us"} per round (the mean of `reps` calls), then {"check": ...}: whether both forms gave
+// the same bits on every shape.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>

@@ -1,5 +1,6 @@
-"""Which form of the AVX2 GEMM's K loop is faster on this CPU? Weight vectors in registers against
-weight loads folded into the logic ops (csrc/kernels/cpu_features.h, ``Avx2KLoop``).
+"""Which form of the AVX2 GEMM's K loop is faster on this CPU? Weight vectors in registers (4 rows,
+one K word at a time) against the K-pair form (2 rows, two K words at a time, weight loads folded
+into the logic ops; csrc/kernels/cpu_features.h, ``Avx2KLoop``).
 
 Compiles benchmarks/avx2_kloop.cpp with the GEMM kernels of csrc/kernels (cxx_experiment.py:
 ``$CXX``, default ``g++``, at -O3; no torch, no ONNX Runtime; x86 with AVX2 only) and runs

@@ -219,10 +219,6 @@ KL_WORDS_FN(kloop_words,
             "vmovdqa (%[b]), %%ymm9\n\tvmovdqa 32(%[b]), %%ymm10\n\t"
             "vmovdqa 64(%[b]), %%ymm11\n\tvmovdqa 96(%[b]), %%ymm12\n\t"
             KL_ROWS("%%ymm9", "%%ymm10", "%%ymm11", "%%ymm12"))
-/* The same K loop in its other form (cpu_features.h, Avx2KLoop::kFolded; the GEMM runs it on CPUs
- * that split 256-bit ops, AMD Zen 1 / Zen+): no weight loads into registers, each logic op reads
- * its weight vector from L1 (16 folded loads per K word instead of 4 loads). */
-KL_WORDS_FN(kloop_words_folded, KL_ROWS("(%[b])", "32(%[b])", "64(%[b])", "96(%[b])"))
 typedef void (*kloop_fn)(int64_t);
 __attribute__((target("avx2"))) static double kloop_time(kloop_fn words, int64_t iters) {
   const double t0 = now_s();
@@ -233,8 +229,39 @@ __attribute__((target("avx2"))) static double kloop_time(kloop_fn words, int64_t
 __attribute__((target("avx2"))) static double kloop_y(int64_t iters) {
   return kloop_time(kloop_words, iters);
 }
-__attribute__((target("avx2"))) static double kloop_folded_y(int64_t iters) {
-  return kloop_time(kloop_words_folded, iters);
+/* The K loop's other form (cpu_features.h, Avx2KLoop::kFolded; the GEMM runs it on CPUs that split
+ * 256-bit ops, AMD Zen 1 / Zen+): cpu_kernels_avx2.cpp's xnor_pairs_2x4, two activation rows
+ * against a 16-row panel two K words at a time -- per K pair and row 2 quadword broadcasts and
+ * 8 logic ops reading their weight vectors from L1 (the pair's 8 split vectors, 256 bytes). One
+ * pass = the 12 pairs of a BERT-base row (K = 768) = 4 iterations of the timing (3 pairs of two
+ * rows: 6144 binary MACs). */
+#define KP_PAIR(acc, w, t)                                                             \
+  "vpxor " w "(%[b]), %%ymm13, %%ymm" #t "\n\t"                                        \
+  "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                      \
+  "vpaddb %%ymm" #t ", %%ymm" #acc ", %%ymm" #acc "\n\t"
+#define KP_ROW(lo, hi, a0, a1, a2, a3)                                                 \
+  "vpbroadcastq " lo ", %%ymm13\n\t" KP_PAIR(a0, "", 14) KP_PAIR(a1, "32", 15)         \
+  KP_PAIR(a2, "64", 14) KP_PAIR(a3, "96", 15)                                          \
+  "vpbroadcastq " hi ", %%ymm13\n\t" KP_PAIR(a0, "128", 14) KP_PAIR(a1, "160", 15)     \
+  KP_PAIR(a2, "192", 14) KP_PAIR(a3, "224", 15)
+__attribute__((target("avx2"))) static void kloop_pairs(int64_t count) {
+  const int64_t st = 4 * KL_WORDS; /* bytes from one split row to the next */
+  const uint32_t *p = kl_rows, *q = kl_rows + KL_WORDS;
+  const uint8_t* b = kl_weights;
+  __asm__ volatile("vmovdqa %[lut], %%ymm8\n\t"
+                   "1:\n\t" KP_ROW("(%[p])", "(%[p],%[st],4)", 0, 1, 2, 3)
+                   KP_ROW("(%[q])", "(%[q],%[st],4)", 4, 5, 6, 7)
+                   "add $256, %[b]\n\tadd $8, %[p]\n\tadd $8, %[q]\n\t"
+                   "dec %[count]\n\tjnz 1b\n\t"
+                   : [p] "+r"(p), [q] "+r"(q), [b] "+r"(b), [count] "+r"(count)
+                   : [st] "r"(st), [lut] "m"(*(const uint8_t(*)[32])kl_table)
+                   : CLOBBERS_AVX2, "memory");
+}
+__attribute__((target("avx2"))) static double kloop_pairs_y(int64_t iters) {
+  const double t0 = now_s();
+  for (int64_t pass = 0; pass < iters / 4; ++pass) kloop_pairs(KL_WORDS / 2);
+  if (iters % 4) kloop_pairs(3 * (iters % 4));
+  return now_s() - t0;
 }
 
 /* Scalar: t = a XOR b; POPCNT; add (64 binary MACs per op), as a CPU without vector popcount may
@@ -301,9 +328,7 @@ static int has(int avx2, int fma, int popcnt) {
 double xor_lut_ymm(int64_t iters) { return has(1, 0, 0) ? lut_y(iters) : -1.0; }
 double xor_split_lut_ymm(int64_t iters) { return has(1, 0, 0) ? split_y(iters) : -1.0; }
 double gemm_kloop_avx2(int64_t iters) { return has(1, 0, 0) ? kloop_y(iters) : -1.0; }
-double gemm_kloop_avx2_folded(int64_t iters) {
-  return has(1, 0, 0) ? kloop_folded_y(iters) : -1.0;
-}
+double gemm_kloop_avx2_pairs(int64_t iters) { return has(1, 0, 0) ? kloop_pairs_y(iters) : -1.0; }
 double xor_popcnt_r64(int64_t iters) { return has(0, 0, 1) ? xp64(iters) : -1.0; }
 double fma_f32_ymm_avx2(int64_t iters) { return has(1, 1, 0) ? fma2_y(iters) : -1.0; }
 double int8_avx2_ymm(int64_t iters) { return has(1, 0, 0) ? mub_y(iters) : -1.0; }

@@ -46,15 +46,18 @@ const char* cpu_path_requirements(CpuPath path);
 // (the K loop in use, avx2_kloop below), "" for the other paths.
 const char* cpu_path_variant(CpuPath path);
 
-// The AVX2 GEMM's K loop comes in two forms (cpu_kernels_avx2.cpp, xnor_block_4x2) that give the
-// same bits. kRegisters loads a K word's four split weight vectors into registers once and uses
-// each for the micro-kernel's 4 rows; kFolded reads them from L1 in each row's logic op (the load
-// folded into the VPXOR / VPAND). On CPUs that issue each 256-bit op as two 128-bit halves (AMD
-// Zen 1 / Zen+) the loop is bound by op slots, a separate 256-bit load takes two of them and a load
-// folded into a logic op none more: there the GEMMs run 6-15 % faster folded, binary BERT-base
-// 3-6 % (benchmarks/RESULTS.md, stop 37). Where
-// 256-bit ops are whole (Zen 2 on, Intel) it would quadruple the vector loads for no op slot saved,
-// and is not used (not measured there yet: benchmarks/bench_avx2_kloop.py compares the two).
+// The AVX2 GEMM's K loop comes in two forms (cpu_kernels_avx2.cpp) that give the same bits.
+// kRegisters (xnor_block_4x2): 4 activation rows x a 16-row panel, one K word at a time, the word's
+// four split weight vectors loaded into registers once and used for the 4 rows. kFolded
+// (xnor_pairs_2x4, the K-pair form): 2 rows x a panel, two K words at a time, each row's two words
+// broadcast as one quadword and each logic op reading its weight vector from L1 (the load folded
+// into the VPXOR / VPAND): half the broadcasts per logic op, no separate loads. On CPUs that issue
+// each 256-bit op as two 128-bit halves (AMD Zen 1 / Zen+) the loop is bound by op slots, and a
+// broadcast or a separate 256-bit load takes two of them, a folded load none more: there the K loop
+// runs at 88 % of the popcount ceiling against 77 % in registers (stop 40; stop 37's first folded
+// form, 4 x 16 one word at a time: 83 %). Where 256-bit ops are whole (Zen 2 on, Intel) it would
+// multiply the vector loads for no op slot saved, and is not used (not measured there yet:
+// benchmarks/bench_avx2_kloop.py compares the two).
 enum class Avx2KLoop : int { kRegisters = 0, kFolded = 1 };
 
 // This CPU's form: kFolded on AMD Zen 1 / Zen+ (family 17h, models below 30h) and Hygon Dhyana

@@ -6,6 +6,8 @@
 // low and high nibbles (split_rows, xnor_step), so that the logic op's result indexes the lookup
 // directly. The lookup gives per-byte counts: they are summed in bytes for up to 31 words
 // (31 * 8 = 248 < 256) and then widened to the int32 accumulators (VPMADDUBSW + VPMADDWD).
+// On Zen 1 / Zen+ (cpu_features.h, Avx2KLoop::kFolded) the K loop steps two K words at a time on
+// 2 rows instead (the K-pair form below), into the same accumulators and epilogues.
 #include "kernels/cpu_features.h"
 
 #if defined(BITMAPS_HAVE_X86_PATHS)
@@ -169,10 +171,9 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w, con
 // The 8 accumulators (row r, vector v: operand a(2r + v)) are register outputs, so that the
 // widening after the block reads them where they are (ymm0-7); ymm8 the table, ymm13 the broadcast
 // activation word, ymm14-15 temporaries. Per K word: 8 broadcasts and 48 ALU ops for 2048 MACs,
-// and the split weight vectors (v0 low, v1 low, v0 high, v1 high) in one of two forms
-// (cpu_features.h, Avx2KLoop): loaded into ymm9-12 once (4 loads), or read by each logic op from
-// memory (16 folded loads, ymm9-12 unused).
-// PAIR: one logic op, lookup and byte add; w is the weight operand ("%%ymm9" or "32(%[b])").
+// and the split weight vectors (v0 low, v1 low, v0 high, v1 high) loaded into ymm9-12 once (4
+// loads). This is Avx2KLoop::kRegisters (cpu_features.h); kFolded runs the K-pair form below.
+// PAIR: one logic op, lookup and byte add; w is the weight operand ("%%ymm9").
 #define BITMAPS_AVX2_PAIR(op, acc, w, t)                                                  \
   #op " " w ", %%ymm13, %%ymm" #t "\n\t"                                                  \
   "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                        \
@@ -194,7 +195,6 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w, con
   "vmovdqa 64(%[b]), %%ymm11\n\t"                                                       \
   "vmovdqa 96(%[b]), %%ymm12\n\t"                                                       \
   BITMAPS_AVX2_ROWS(op, "%%ymm9", "%%ymm10", "%%ymm11", "%%ymm12")
-#define BITMAPS_AVX2_FOLDED(op) BITMAPS_AVX2_ROWS(op, "(%[b])", "32(%[b])", "64(%[b])", "96(%[b])")
 #define BITMAPS_AVX2_BLOCK(body)                                                        \
   "vpxor %[a0], %[a0], %[a0]\n\tvpxor %[a1], %[a1], %[a1]\n\t"                             \
   "vpxor %[a2], %[a2], %[a2]\n\tvpxor %[a3], %[a3], %[a3]\n\t"                             \
@@ -222,20 +222,12 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w, con
 
 template <bool kAnd>
 BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m256i* b,
-                                        int64_t count, bool folded, __m256i (&bytes)[kMR][2]) {
+                                        int64_t count, __m256i (&bytes)[kMR][2]) {
   static_assert(kMR == 4, "the assembly block is 4 rows x 2 vectors");
   const auto& lut = *reinterpret_cast<const __m256i*>(kNibbleCounts);
   const int64_t st = kw * 4;  // bytes from one split row to the next
   const uint32_t* s3 = s + 3 * kw;
   const uint32_t* s6 = s + 6 * kw;
-  if (folded) {
-    if constexpr (kAnd) {
-      __asm__ volatile(BITMAPS_AVX2_BLOCK(BITMAPS_AVX2_FOLDED(vpand)) BITMAPS_AVX2_BLOCK_OPERANDS);
-    } else {
-      __asm__ volatile(BITMAPS_AVX2_BLOCK(BITMAPS_AVX2_FOLDED(vpxor)) BITMAPS_AVX2_BLOCK_OPERANDS);
-    }
-    return;
-  }
   if constexpr (kAnd) {
     __asm__ volatile(BITMAPS_AVX2_BLOCK(BITMAPS_AVX2_REGISTERS(vpand)) BITMAPS_AVX2_BLOCK_OPERANDS);
   } else {
@@ -244,11 +236,110 @@ BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m
 }
 #undef BITMAPS_AVX2_BLOCK_OPERANDS
 #undef BITMAPS_AVX2_BLOCK
-#undef BITMAPS_AVX2_FOLDED
 #undef BITMAPS_AVX2_REGISTERS
 #undef BITMAPS_AVX2_ROWS
 #undef BITMAPS_AVX2_ROW
 #undef BITMAPS_AVX2_PAIR
+
+// ------------------------------------------------------------------ the K-pair form (kFolded)
+// Avx2KLoop::kFolded (Zen 1 / Zen+, cpu_features.h): a K loop of kPairRows activation rows x one
+// 16-row panel that steps two K words at a time (micro_pairs runs it for each two rows of a
+// group). A split activation row's two words (2j, 2j + 1) are broadcast as one quadword
+// (VPBROADCASTQ), and the panel is split into K pairs (split_panel_pairs): per pair its low-nibble
+// vectors, then its high-nibble vectors, vector v holding weight rows 4v..4v+3, each row's word 2j
+// then word 2j + 1 (kPairVectors per pair). A logic op of the broadcast with a vector is again a
+// table index. Per pair and row: 2 broadcasts and 24 logic / lookup / add ops, each logic op
+// reading its weight vector from L1 -- half the broadcasts per op of the 4 x 2 form (8 per 48
+// ops). On Zen 1 each of them takes two op slots, and the loop is bound by op slots: on operands
+// in L1 this form runs at 88 % of the popcount ceiling, stop 37's 4 x 2 loop with folded loads at
+// 83 %, in registers at 77 % (bench_popcount_ceiling.py; benchmarks/RESULTS.md, stop 40). A byte
+// lane sees one K word per pair: up to 31 pairs (62 words) are summed in bytes, then VPSADBW sums
+// each weight row's 8 bytes into a quadword.
+constexpr int kPairRows = 2;                   // activation rows per K-pair micro-kernel
+constexpr int kPairVectors = 8;                // split weight vectors per K pair of a panel
+constexpr int64_t kPairByteWords = 2 * kByteWords;  // K words summed in bytes (31 pairs)
+constexpr int kPairNV = kPairVectors / 2;      // accumulators per row (4 weight rows each)
+static_assert(kMR % kPairRows == 0, "a 4-row group of split_rows holds whole pairs of rows");
+
+// The split activations' words per row in the K-pair form: kw rounded up to whole pairs (the
+// padding word is zero, and so is the panel's: it counts nothing).
+inline int64_t pair_words(int64_t kw) { return (kw + 1) / 2 * 2; }
+
+// One row (a group's last odd row) of pairs [j0, j1), in intrinsics: bytes[v] (zeroed first) =
+// the counts of the row's split words (low: lo, high: hi) against the pairs' vectors v.
+template <bool kAnd>
+BITMAPS_AVX2_INLINE void pair_steps_1x4(const uint32_t* lo, const uint32_t* hi, const __m256i* b,
+                                        int64_t j0, int64_t j1, __m256i (&bytes)[kPairNV]) {
+  const __m256i lut = _mm256_load_si256(reinterpret_cast<const __m256i*>(kNibbleCounts));
+  for (int v = 0; v < kPairNV; ++v) bytes[v] = _mm256_setzero_si256();
+  for (int64_t j = j0; j < j1; ++j) {
+    for (int h = 0; h < 2; ++h) {
+      int64_t words;
+      __builtin_memcpy(&words, (h == 0 ? lo : hi) + 2 * j, sizeof(words));
+      const __m256i av = _mm256_set1_epi64x(words);
+      for (int v = 0; v < kPairNV; ++v) {
+        const __m256i bv = _mm256_load_si256(b + j * kPairVectors + h * kPairNV + v);
+        const __m256i x = kAnd ? _mm256_and_si256(av, bv) : _mm256_xor_si256(av, bv);
+        bytes[v] = _mm256_add_epi8(bytes[v], _mm256_shuffle_epi8(lut, x));
+      }
+    }
+  }
+}
+
+// Pairs [0, count) of the full 2-row micro-kernel: byte counts (zeroed first) into bytes. p: row
+// 0's low split words at the block's first pair, q: row 1's; their high words 4 split rows further
+// on ((p, st, 4), (q, st, 4): the 4-row groups of split_rows). Hand-allocated like xnor_block_4x2:
+// the 8 accumulators in ymm0-7 (row r, vector v: a(4r + v)), ymm8 the table, ymm13 the broadcast
+// words, ymm14-15 temporaries.
+#define BITMAPS_AVX2_QPAIR(op, acc, w, t)                                                \
+  #op " " w "(%[b]), %%ymm13, %%ymm" #t "\n\t"                                           \
+  "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                        \
+  "vpaddb %%ymm" #t ", %[a" #acc "], %[a" #acc "]\n\t"
+// one row's low words against vectors 0-3 (bytes 0-127 of the pair), then its high words against
+// vectors 4-7 (bytes 128-255)
+#define BITMAPS_AVX2_QROW(op, lo, hi, a0, a1, a2, a3)                                    \
+  "vpbroadcastq " lo ", %%ymm13\n\t"                                                     \
+  BITMAPS_AVX2_QPAIR(op, a0, "", 14) BITMAPS_AVX2_QPAIR(op, a1, "32", 15)               \
+  BITMAPS_AVX2_QPAIR(op, a2, "64", 14) BITMAPS_AVX2_QPAIR(op, a3, "96", 15)             \
+  "vpbroadcastq " hi ", %%ymm13\n\t"                                                     \
+  BITMAPS_AVX2_QPAIR(op, a0, "128", 14) BITMAPS_AVX2_QPAIR(op, a1, "160", 15)           \
+  BITMAPS_AVX2_QPAIR(op, a2, "192", 14) BITMAPS_AVX2_QPAIR(op, a3, "224", 15)
+#define BITMAPS_AVX2_QBLOCK(op)                                                          \
+  "vpxor %[a0], %[a0], %[a0]\n\tvpxor %[a1], %[a1], %[a1]\n\t"                             \
+  "vpxor %[a2], %[a2], %[a2]\n\tvpxor %[a3], %[a3], %[a3]\n\t"                             \
+  "vpxor %[a4], %[a4], %[a4]\n\tvpxor %[a5], %[a5], %[a5]\n\t"                             \
+  "vpxor %[a6], %[a6], %[a6]\n\tvpxor %[a7], %[a7], %[a7]\n\t"                             \
+  "vmovdqa %[lut], %%ymm8\n\t"                                                          \
+  "1:\n\t"                                                                              \
+  BITMAPS_AVX2_QROW(op, "(%[p])", "(%[p],%[st],4)", 0, 1, 2, 3)                          \
+  BITMAPS_AVX2_QROW(op, "(%[q])", "(%[q],%[st],4)", 4, 5, 6, 7)                          \
+  "add $256, %[b]\n\t"                                                                   \
+  "add $8, %[p]\n\t"                                                                    \
+  "add $8, %[q]\n\t"                                                                    \
+  "dec %[count]\n\t"                                                                    \
+  "jnz 1b\n\t"                                                                          \
+  : [a0] "=&x"(bytes[0][0]), [a1] "=&x"(bytes[0][1]), [a2] "=&x"(bytes[0][2]),            \
+    [a3] "=&x"(bytes[0][3]), [a4] "=&x"(bytes[1][0]), [a5] "=&x"(bytes[1][1]),            \
+    [a6] "=&x"(bytes[1][2]), [a7] "=&x"(bytes[1][3]), [p] "+r"(p), [q] "+r"(q),           \
+    [b] "+r"(b), [count] "+r"(count)                                                      \
+  : [st] "r"(st), [lut] "m"(lut)                                                         \
+  : "xmm8", "xmm13", "xmm14", "xmm15", "cc", "memory"
+
+template <bool kAnd>
+BITMAPS_AVX2_INLINE void xnor_pairs_2x4(const uint32_t* p, const uint32_t* q, int64_t st,
+                                        const __m256i* b, int64_t count,
+                                        __m256i (&bytes)[kPairRows][kPairNV]) {
+  static_assert(kPairRows == 2 && kPairNV == 4, "the assembly block is 2 rows x 4 vectors");
+  const auto& lut = *reinterpret_cast<const __m256i*>(kNibbleCounts);
+  if constexpr (kAnd) {
+    __asm__ volatile(BITMAPS_AVX2_QBLOCK(vpand));
+  } else {
+    __asm__ volatile(BITMAPS_AVX2_QBLOCK(vpxor));
+  }
+}
+#undef BITMAPS_AVX2_QBLOCK
+#undef BITMAPS_AVX2_QROW
+#undef BITMAPS_AVX2_QPAIR
 
 // 8 float outputs from their dot products: store_output's float32 operations in its order
 // ((dot * row scale) * column scale, + bias where there is one, then GELU); one copy for the
@@ -356,19 +447,29 @@ BITMAPS_AVX2_INLINE void bit_block(const GemmArgs& g, int64_t m, int64_t n,
   }
 }
 
-// s: rows m.. of the activation, split (split_rows); b: panel n / 16, split (split_panel);
-// folded: the K loop's form (Avx2KLoop::kFolded).
-template <int MR, int NV, GemmOutput kOut, bool kAnd>
-BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t* s,
-                        const __m256i* b, bool folded) {
-  const int64_t kw = g.kw;
-  // Output lines prefetched for writing, as in the AVX-512 path (store misses overlap the K loop).
+// Output lines of a micro-kernel's block prefetched for writing, as in the AVX-512 path (store
+// misses overlap the K loop).
+template <int MR, int NV, GemmOutput kOut>
+BITMAPS_AVX2_INLINE void prefetch_output(const GemmArgs& g, int64_t m, int64_t n) {
   constexpr int kOutBytes = kOut == GemmOutput::kFloat16 ? 2 : 4;
   const int64_t out_bytes = std::min<int64_t>(NV * 8, g.n - n) * kOutBytes;
   for (int r = 0; r < MR && kOut != GemmOutput::kBits; ++r) {
     const char* row = static_cast<const char*>(g.out) + ((m + r) * g.n + n) * kOutBytes;
     for (int64_t line = 0; line < out_bytes; line += 64) __builtin_prefetch(row + line, 1, 3);
   }
+}
+
+template <int MR, int NV, GemmOutput kOut, bool kAnd>
+BITMAPS_AVX2_INLINE void epilogue(const GemmArgs& g, int64_t m, int64_t n,
+                                  const __m256i (&acc)[MR][NV]);
+
+// The 4 x 2 form (Avx2KLoop::kRegisters). s: rows m.. of the activation, split (split_rows);
+// b: panel n / 16, split (split_panel).
+template <int MR, int NV, GemmOutput kOut, bool kAnd>
+BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t* s,
+                        const __m256i* b) {
+  const int64_t kw = g.kw;
+  prefetch_output<MR, NV, kOut>(g, m, n);
   // The byte counts widened doubled (VPMADDUBSW by 2: at most 2 * 2 * 248 per 16-bit pair), so
   // that acc holds 2 * popcount and every epilogue's dot is base - acc.
   const __m256i twos8 = _mm256_set1_epi8(2);
@@ -378,7 +479,7 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
     const int64_t w1 = std::min(kw, w0 + kByteWords);
     __m256i bytes[MR][NV];
     if constexpr (MR == kMR && NV == 2) {
-      xnor_block_4x2<kAnd>(s + w0, kw, b + w0 * kSplitVectors, w1 - w0, folded, bytes);
+      xnor_block_4x2<kAnd>(s + w0, kw, b + w0 * kSplitVectors, w1 - w0, bytes);
     } else {
       for (int r = 0; r < MR; ++r) {
         for (int v = 0; v < NV; ++v) bytes[r][v] = _mm256_setzero_si256();
@@ -393,7 +494,60 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
       }
     }
   }
+  epilogue<MR, NV, kOut, kAnd>(g, m, n, acc);
+}
 
+// The K-pair form (Avx2KLoop::kFolded): MR <= kMR rows of a 4-row group of split_rows (lo: its
+// first row's low words, kws words per split row, pair_words) against panel n / 16 split into
+// pairs (split_panel_pairs, b), two rows at a time; the same accumulators as micro for one
+// epilogue.
+template <int MR, GemmOutput kOut, bool kAnd>
+BITMAPS_AVX2 void micro_pairs(const GemmArgs& g, int64_t m, int64_t n, const uint32_t* lo,
+                              int64_t kws, const __m256i* b) {
+  static_assert(MR >= 1 && MR <= kMR, "the rows of one group");
+  prefetch_output<MR, kNV, kOut>(g, m, n);
+  const int64_t pairs = kws / 2;
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i acc[MR][kNV];
+  for (int r0 = 0; r0 < MR; r0 += kPairRows) {
+    const int rows_here = std::min(kPairRows, MR - r0);
+    const uint32_t* const row0 = lo + r0 * kws;
+    __m256i rows[kPairRows][kPairNV];  // per weight row (a quadword) its popcount
+    for (int64_t j0 = 0; j0 < pairs; j0 += kPairByteWords / 2) {
+      const int64_t j1 = std::min(pairs, j0 + kPairByteWords / 2);
+      __m256i bytes[kPairRows][kPairNV];
+      if (rows_here == kPairRows) {
+        xnor_pairs_2x4<kAnd>(row0 + 2 * j0, row0 + kws + 2 * j0, kws * 4,
+                             b + j0 * kPairVectors, j1 - j0, bytes);
+      } else {  // a group's last odd row
+        pair_steps_1x4<kAnd>(row0, row0 + kMR * kws, b, j0, j1, bytes[0]);
+      }
+      for (int r = 0; r < rows_here; ++r) {
+        for (int v = 0; v < kPairNV; ++v) {
+          const __m256i counts = _mm256_sad_epu8(bytes[r][v], zero);
+          rows[r][v] = j0 == 0 ? counts : _mm256_add_epi64(rows[r][v], counts);
+        }
+      }
+    }
+    // Quadwords of weight rows 0-3 and 4-7 (8-11, 12-15) to 8 doubled int32 counts in order.
+    for (int r = 0; r < rows_here; ++r) {
+      for (int v = 0; v < kNV; ++v) {
+        const __m256 mixed = _mm256_shuffle_ps(_mm256_castsi256_ps(rows[r][2 * v]),
+                                               _mm256_castsi256_ps(rows[r][2 * v + 1]),
+                                               _MM_SHUFFLE(2, 0, 2, 0));  // rows 0 1 4 5 | 2 3 6 7
+        const __m256i ordered =
+            _mm256_permute4x64_epi64(_mm256_castps_si256(mixed), _MM_SHUFFLE(3, 1, 2, 0));
+        acc[r0 + r][v] = _mm256_add_epi32(ordered, ordered);
+      }
+    }
+  }
+  epilogue<MR, kNV, kOut, kAnd>(g, m, n, acc);
+}
+
+// The outputs of a micro-kernel's block from acc (2 * popcount per output, 8 columns a vector).
+template <int MR, int NV, GemmOutput kOut, bool kAnd>
+BITMAPS_AVX2_INLINE void epilogue(const GemmArgs& g, int64_t m, int64_t n,
+                                  const __m256i (&acc)[MR][NV]) {
   const __m256i kvec = _mm256_set1_epi32(static_cast<int>(g.k));
   // g's fields in locals: the vector stores below may alias anything (their types carry
   // may_alias), so read through g the compiler reloads each field after every store.
@@ -477,27 +631,31 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
   }
 }
 
+// The micro-kernel of mr <= MR rows (a tile's last group may have fewer) in the K loop's form
+// (pairs: Avx2KLoop::kFolded); s: the rows' group of split_rows, kws words per split row.
 template <GemmOutput kOut, bool kAnd, int MR>
 BITMAPS_AVX2_INLINE void run_micro(int mr, const GemmArgs& g, int64_t m, int64_t n,
-                                   const uint32_t* s, const __m256i* b, bool folded) {
+                                   const uint32_t* s, int64_t kws, const __m256i* b, bool pairs) {
   if constexpr (MR > 1) {
-    if (mr < MR) return run_micro<kOut, kAnd, MR - 1>(mr, g, m, n, s, b, folded);
+    if (mr < MR) return run_micro<kOut, kAnd, MR - 1>(mr, g, m, n, s, kws, b, pairs);
   }
-  micro<MR, kNV, kOut, kAnd>(g, m, n, s, b, folded);
+  if (pairs) return micro_pairs<MR, kOut, kAnd>(g, m, n, s, kws, b);
+  micro<MR, kNV, kOut, kAnd>(g, m, n, s, b);
 }
 
 // Activation rows [m0, m1) split into their bytes' low nibbles and high nibbles shifted down, in
 // the micro-kernels' layout (kSplitRows above; rows in groups of kMR, a last group's missing rows
 // left unset); a ragged K's padding bits cleared in the last word, so that the micro-kernels need
-// no mask. Once per tile: three vector ops per 8 words, against the tile's 8 panels of GEMM.
-BITMAPS_AVX2 void split_rows(const GemmArgs& g, int64_t m0, int64_t m1, uint32_t* s) {
+// no mask. kws words per split row (kw, or pair_words(kw) for the K-pair form: the extra word
+// zero). Once per tile: three vector ops per 8 words, against the tile's 8 panels of GEMM.
+BITMAPS_AVX2 void split_rows(const GemmArgs& g, int64_t m0, int64_t m1, int64_t kws, uint32_t* s) {
   const int64_t kw = g.kw;
   const uint32_t last_mask = last_word_mask(g.k);
   const __m256i low4 = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLow4));
   for (int64_t r = 0; r < m1 - m0; ++r) {
     const auto* a = reinterpret_cast<const uint32_t*>(g.a) + (m0 + r) * kw;
-    uint32_t* lo = s + ((r / kMR) * kSplitRows + r % kMR) * kw;
-    uint32_t* hi = lo + kMR * kw;
+    uint32_t* lo = s + ((r / kMR) * kSplitRows + r % kMR) * kws;
+    uint32_t* hi = lo + kMR * kws;
     int64_t w = 0;
     for (; w + 8 <= kw; w += 8) {
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + w));
@@ -511,6 +669,7 @@ BITMAPS_AVX2 void split_rows(const GemmArgs& g, int64_t m0, int64_t m1, uint32_t
     }
     lo[kw - 1] &= last_mask;
     hi[kw - 1] &= last_mask >> 4;
+    for (w = kw; w < kws; ++w) lo[w] = hi[w] = 0;
   }
 }
 
@@ -535,6 +694,34 @@ BITMAPS_AVX2 void split_panel(const GemmArgs& g, int64_t p, __m256i* out) {
   }
 }
 
+// Panel p's weight vectors in the K-pair form's layout, [pair_words(kw) / 2][kPairVectors] (per
+// pair: the low nibbles of weight rows 0-3, 4-7, 8-11, 12-15, each row's two words side by side,
+// then their high nibbles shifted down; a missing last odd word zero).
+BITMAPS_AVX2 void split_panel_pairs(const GemmArgs& g, int64_t p, __m256i* out) {
+  const __m256i low4 = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLow4));
+  const int32_t* panel = panel_of(g, p);
+  const int64_t pairs = pair_words(g.kw) / 2;
+  for (int64_t j = 0; j < pairs; ++j) {
+    for (int half = 0; half < 2; ++half) {  // weight rows 0-7, then 8-15
+      const int32_t* even = panel + 2 * j * kPanelRows + half * 8;
+      const __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(even));
+      const int32_t* odd = even + kPanelRows;
+      const __m256i o = 2 * j + 1 < g.kw
+                            ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(odd))
+                            : _mm256_setzero_si256();
+      const __m256i lo = _mm256_unpacklo_epi32(e, o);  // rows 0 1 | 4 5, each word 2j then 2j + 1
+      const __m256i hi = _mm256_unpackhi_epi32(e, o);  // rows 2 3 | 6 7
+      const __m256i rows[2] = {_mm256_permute2x128_si256(lo, hi, 0x20),    // rows 0-3
+                               _mm256_permute2x128_si256(lo, hi, 0x31)};   // rows 4-7
+      for (int i = 0; i < 2; ++i) {
+        __m256i* pair = out + j * kPairVectors + 2 * half + i;
+        pair[0] = _mm256_and_si256(rows[i], low4);
+        pair[kPairNV] = _mm256_and_si256(_mm256_srli_epi16(rows[i], 4), low4);
+      }
+    }
+  }
+}
+
 // Panel p's cache lines requested into L2 (prefetcht1), for split_panel's loads later.
 BITMAPS_AVX2_INLINE void prefetch_panel(const GemmArgs& g, int64_t p) {
   const char* panel = reinterpret_cast<const char*>(panel_of(g, p));
@@ -554,29 +741,36 @@ BITMAPS_AVX2 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n
   // the call and rows `split` holds (tiles of one row block in turn: split once, not per tile)
   thread_local uint64_t split_call = 0;
   thread_local int64_t split_m0 = -1, split_m1 = -1;
-  const int64_t group_words = kSplitRows * g.kw;
+  const bool pairs = avx2_kloop() == Avx2KLoop::kFolded;  // the K-pair form
+  const int64_t kws = pairs ? pair_words(g.kw) : g.kw;      // words per split row
+  const int64_t group_words = kSplitRows * kws;
   const int64_t words = (m1 - m0 + kMR - 1) / kMR * group_words;
   if (g.call == 0 || g.call != split_call || m0 != split_m0 || m1 != split_m1) {
     if (static_cast<int64_t>(split.size()) < words) split.resize(static_cast<size_t>(words));
-    split_rows(g, m0, m1, split.data());
+    split_rows(g, m0, m1, kws, split.data());
     split_call = g.call, split_m0 = m0, split_m1 = m1;
   }
-  const int64_t vectors = g.kw * kSplitVectors;
+  const int64_t vectors = kws * kSplitVectors;  // = pairs * kPairVectors in the K-pair form
+  static_assert(2 * kSplitVectors == kPairVectors, "one scratch size for both forms");
   if (static_cast<int64_t>(panel_split.size()) < vectors) {
     panel_split.resize(static_cast<size_t>(vectors));
   }
   auto* const b = reinterpret_cast<__m256i*>(panel_split.data());
-  const bool folded = avx2_kloop() == Avx2KLoop::kFolded;
   const int64_t panels = (g.n + kPanelRows - 1) / kPanelRows;
   for (int64_t n = n0; n < n1; n += kPanelRows) {
-    split_panel(g, n / kPanelRows, b);
+    if (pairs) {
+      split_panel_pairs(g, n / kPanelRows, b);
+    } else {
+      split_panel(g, n / kPanelRows, b);
+    }
     // The next panel (of this tile, or the first of the next tile, which a thread usually claims
     // next) fetched towards L2 while this one's micro-kernels run: in a whole model the weights
     // come from L3 or memory, and split_panel waited on each of its lines.
     if (n / kPanelRows + 1 < panels) prefetch_panel(g, n / kPanelRows + 1);
     for (int64_t m = m0; m < m1; m += kMR) {
-      run_micro<kOut, kAnd, kMR>(static_cast<int>(std::min<int64_t>(kMR, m1 - m)), g, m, n,
-                                 split.data() + (m - m0) / kMR * group_words, b, folded);
+      const uint32_t* group = split.data() + (m - m0) / kMR * group_words;
+      const int rows = static_cast<int>(std::min<int64_t>(kMR, m1 - m));
+      run_micro<kOut, kAnd, kMR>(rows, g, m, n, group, kws, b, pairs);
     }
   }
 }

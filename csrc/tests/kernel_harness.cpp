@@ -1110,6 +1110,16 @@ void check_path(Checker& c, CpuPath path, uint32_t seed) {
       }
     }
   }
+  // An odd number of K words beyond the first pair (the AVX2 K-pair form pads a split row to
+  // whole pairs), and over 62 of them (its byte counters are widened every 31 pairs).
+  for (int64_t k : {80, 2000}) {
+    for (int variant = 0; variant < 4; ++variant) {
+      check_gemm_int32(c, path, rng, 5, 33, k, variant & 1, variant & 2);
+    }
+    for (bool unsigned_a : {false, true}) {
+      check_fused(c, path, rng, 5, 33, k, FusedCase{false, true, unsigned_a, true, true});
+    }
+  }
   // The fused feed-forward block: beta2 = 0 (GELU's far tail flips bits where float32 erf is
   // flat), above 0, inside GELU's dip (two crossings) and below its minimum (no bit set).
   const FfnCase ffn_cases[] = {
