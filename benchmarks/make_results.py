@@ -60,6 +60,9 @@ ort-thread-scaling-epyc-avx2-stop34  …/ort-thread-scaling-epyc-avx2-stop34.jso
                    avx2-kloop (bench_avx2_kloop.py), ort-library-ab (the folded K loop),
                    profile-bert-base (float run 3), profile-bert-base-int8-attention (run 3)
 export-targets-epyc-zen1-stop38  …/export-targets-epyc-zen1-stop38-run*.json  bench_export_targets.py
+*-epyc-zen1-stop40 the same Zen 1 EPYC (stop 40): popcount-ceiling, avx2-kloop, ort-library-ab
+                   (the K-pair loop), export-targets (run*; -oldlib: the library before it),
+                   profile-bert-base (float run 1)
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -455,6 +458,29 @@ TABLES: dict[str, Source] = {
     "export-targets-epyc-zen1-stop38": Source(
         "benchmarks/results/export-targets-epyc-zen1-stop38-run*.json",
         _bench("bench_export_targets.py"),
+    ),
+    # stop 40: the same Zen 1 EPYC; the AVX2 K-pair loop (Avx2KLoop::kFolded)
+    "popcount-ceiling-epyc-zen1-stop40": Source(
+        "benchmarks/results/popcount-ceiling-epyc-zen1-stop40.json",
+        _bench("bench_popcount_ceiling.py", "report"),
+    ),
+    "avx2-kloop-epyc-zen1-stop40": Source(
+        "benchmarks/results/avx2-kloop-epyc-zen1-stop40.json", _bench("bench_avx2_kloop.py")
+    ),
+    "ort-library-ab-epyc-zen1-stop40": Source(
+        "benchmarks/results/ort-library-ab-kpairs-epyc-zen1-stop40-*.json",
+        _bench("bench_ort_library_ab.py"),
+    ),
+    "export-targets-epyc-zen1-stop40": Source(
+        "benchmarks/results/export-targets-epyc-zen1-stop40-run*.json",
+        _bench("bench_export_targets.py"),
+    ),
+    "export-targets-epyc-zen1-stop40-oldlib": Source(
+        "benchmarks/results/export-targets-epyc-zen1-stop40-oldlib.json",
+        _bench("bench_export_targets.py"),
+    ),
+    "profile-bert-base-epyc-zen1-stop40": Source(
+        "benchmarks/results/profile-bert-base-stop40-epyc-zen1-float-run1.json", profile_table
     ),
     "export-targets-epyc-avx2-stop34": Source(
         "benchmarks/results/export-targets-stop34-epyc-avx2.json",
