@@ -173,7 +173,8 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w, con
 // activation word, ymm14-15 temporaries. Per K word: 8 broadcasts and 48 ALU ops for 2048 MACs,
 // and the split weight vectors (v0 low, v1 low, v0 high, v1 high) loaded into ymm9-12 once (4
 // loads). This is Avx2KLoop::kRegisters (cpu_features.h); kFolded runs the K-pair form below.
-// PAIR: one logic op, lookup and byte add; w is the weight operand ("%%ymm9").
+// PAIR: one logic op, lookup and byte add; w is the weight operand ("%%ymm9", or "32(%[b])" in
+// the K-pair loop below).
 #define BITMAPS_AVX2_PAIR(op, acc, w, t)                                                  \
   #op " " w ", %%ymm13, %%ymm" #t "\n\t"                                                  \
   "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                        \
@@ -195,13 +196,16 @@ BITMAPS_AVX2_INLINE void xnor_step(const uint32_t* s, int64_t kw, int64_t w, con
   "vmovdqa 64(%[b]), %%ymm11\n\t"                                                       \
   "vmovdqa 96(%[b]), %%ymm12\n\t"                                                       \
   BITMAPS_AVX2_ROWS(op, "%%ymm9", "%%ymm10", "%%ymm11", "%%ymm12")
-#define BITMAPS_AVX2_BLOCK(body)                                                        \
+// Both K loops' start: the 8 accumulators zeroed, the table into ymm8, the loop's label.
+#define BITMAPS_AVX2_PROLOGUE                                                           \
   "vpxor %[a0], %[a0], %[a0]\n\tvpxor %[a1], %[a1], %[a1]\n\t"                             \
   "vpxor %[a2], %[a2], %[a2]\n\tvpxor %[a3], %[a3], %[a3]\n\t"                             \
   "vpxor %[a4], %[a4], %[a4]\n\tvpxor %[a5], %[a5], %[a5]\n\t"                             \
   "vpxor %[a6], %[a6], %[a6]\n\tvpxor %[a7], %[a7], %[a7]\n\t"                             \
   "vmovdqa %[lut], %%ymm8\n\t"                                                          \
-  "1:\n\t"                                                                              \
+  "1:\n\t"
+#define BITMAPS_AVX2_BLOCK(body)                                                        \
+  BITMAPS_AVX2_PROLOGUE                                                                 \
   body                                                                                  \
   "add $128, %[b]\n\t"                                                                   \
   "add $4, %[s]\n\t"                                                                    \
@@ -239,7 +243,6 @@ BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m
 #undef BITMAPS_AVX2_REGISTERS
 #undef BITMAPS_AVX2_ROWS
 #undef BITMAPS_AVX2_ROW
-#undef BITMAPS_AVX2_PAIR
 
 // ------------------------------------------------------------------ the K-pair form (kFolded)
 // Avx2KLoop::kFolded (Zen 1 / Zen+, cpu_features.h): a K loop of kPairRows activation rows x one
@@ -291,26 +294,18 @@ BITMAPS_AVX2_INLINE void pair_steps_1x4(const uint32_t* lo, const uint32_t* hi, 
 // on ((p, st, 4), (q, st, 4): the 4-row groups of split_rows). Hand-allocated like xnor_block_4x2:
 // the 8 accumulators in ymm0-7 (row r, vector v: a(4r + v)), ymm8 the table, ymm13 the broadcast
 // words, ymm14-15 temporaries.
-#define BITMAPS_AVX2_QPAIR(op, acc, w, t)                                                \
-  #op " " w "(%[b]), %%ymm13, %%ymm" #t "\n\t"                                           \
-  "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                        \
-  "vpaddb %%ymm" #t ", %[a" #acc "], %[a" #acc "]\n\t"
+// (BITMAPS_AVX2_PAIR with each weight vector read from the pair's 256 bytes at b.)
 // one row's low words against vectors 0-3 (bytes 0-127 of the pair), then its high words against
 // vectors 4-7 (bytes 128-255)
 #define BITMAPS_AVX2_QROW(op, lo, hi, a0, a1, a2, a3)                                    \
   "vpbroadcastq " lo ", %%ymm13\n\t"                                                     \
-  BITMAPS_AVX2_QPAIR(op, a0, "", 14) BITMAPS_AVX2_QPAIR(op, a1, "32", 15)               \
-  BITMAPS_AVX2_QPAIR(op, a2, "64", 14) BITMAPS_AVX2_QPAIR(op, a3, "96", 15)             \
+  BITMAPS_AVX2_PAIR(op, a0, "(%[b])", 14) BITMAPS_AVX2_PAIR(op, a1, "32(%[b])", 15)     \
+  BITMAPS_AVX2_PAIR(op, a2, "64(%[b])", 14) BITMAPS_AVX2_PAIR(op, a3, "96(%[b])", 15)   \
   "vpbroadcastq " hi ", %%ymm13\n\t"                                                     \
-  BITMAPS_AVX2_QPAIR(op, a0, "128", 14) BITMAPS_AVX2_QPAIR(op, a1, "160", 15)           \
-  BITMAPS_AVX2_QPAIR(op, a2, "192", 14) BITMAPS_AVX2_QPAIR(op, a3, "224", 15)
+  BITMAPS_AVX2_PAIR(op, a0, "128(%[b])", 14) BITMAPS_AVX2_PAIR(op, a1, "160(%[b])", 15) \
+  BITMAPS_AVX2_PAIR(op, a2, "192(%[b])", 14) BITMAPS_AVX2_PAIR(op, a3, "224(%[b])", 15)
 #define BITMAPS_AVX2_QBLOCK(op)                                                          \
-  "vpxor %[a0], %[a0], %[a0]\n\tvpxor %[a1], %[a1], %[a1]\n\t"                             \
-  "vpxor %[a2], %[a2], %[a2]\n\tvpxor %[a3], %[a3], %[a3]\n\t"                             \
-  "vpxor %[a4], %[a4], %[a4]\n\tvpxor %[a5], %[a5], %[a5]\n\t"                             \
-  "vpxor %[a6], %[a6], %[a6]\n\tvpxor %[a7], %[a7], %[a7]\n\t"                             \
-  "vmovdqa %[lut], %%ymm8\n\t"                                                          \
-  "1:\n\t"                                                                              \
+  BITMAPS_AVX2_PROLOGUE                                                                 \
   BITMAPS_AVX2_QROW(op, "(%[p])", "(%[p],%[st],4)", 0, 1, 2, 3)                          \
   BITMAPS_AVX2_QROW(op, "(%[q])", "(%[q],%[st],4)", 4, 5, 6, 7)                          \
   "add $256, %[b]\n\t"                                                                   \
@@ -339,7 +334,8 @@ BITMAPS_AVX2_INLINE void xnor_pairs_2x4(const uint32_t* p, const uint32_t* q, in
 }
 #undef BITMAPS_AVX2_QBLOCK
 #undef BITMAPS_AVX2_QROW
-#undef BITMAPS_AVX2_QPAIR
+#undef BITMAPS_AVX2_PROLOGUE
+#undef BITMAPS_AVX2_PAIR
 
 // 8 float outputs from their dot products: store_output's float32 operations in its order
 // ((dot * row scale) * column scale, + bias where there is one, then GELU); one copy for the
