@@ -33,21 +33,27 @@ def _sources(pattern: str) -> list[str]:
     return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
 
+@functools.cache
+def _ort_build():  # noqa: ANN202 - csrc/onnxruntime/build.py as a module (no torch import), loaded once
+    import importlib.util
+
+    script = os.path.join(ROOT, "csrc", "onnxruntime", "build.py")
+    spec = importlib.util.spec_from_file_location("bitmaps_ort_build", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _build_ort_library(build_ext) -> None:  # noqa: ANN001
     """libbitmaps_ort.so into the package folder (in place) or build_lib; never fails the build."""
     if os.environ.get("BITMAPS_SKIP_ORT", "0") == "1":
         return
-    import importlib.util
     from pathlib import Path
 
-    script = os.path.join(ROOT, "csrc", "onnxruntime", "build.py")
     base = ROOT if build_ext.inplace else build_ext.build_lib
     out = Path(base) / "bitmaps" / "libbitmaps_ort.so"
     try:
-        spec = importlib.util.spec_from_file_location("bitmaps_ort_build", script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        print(f"bitmaps: built {module.build(out)}", file=sys.stderr)
+        print(f"bitmaps: built {_ort_build().build(out)}", file=sys.stderr)
     except Exception as exc:  # noqa: BLE001 - a missing compiler or header must not fail the install
         print(
             f"bitmaps: WARNING: libbitmaps_ort.so not built ({exc}); ONNX Runtime will run the "
@@ -170,6 +176,7 @@ def _extensions() -> tuple[list, dict]:
 
         def build_extension(self, ext) -> None:
             try:
+                self._shared_kernel_objects(ext)
                 super().build_extension(ext)
                 if sys.platform.startswith("linux"):
                     built = self.get_ext_fullpath(ext.name)
@@ -180,6 +187,26 @@ def _extensions() -> tuple[list, dict]:
                         raise
             except Exception as exc:  # noqa: BLE001
                 self._warn(exc)
+
+        @staticmethod
+        def _shared_kernel_objects(ext) -> None:  # noqa: ANN001
+            """csrc/kernels/*.cpp linked as the objects libbitmaps_ort.so, the kernel harness and
+            the C++ experiments link (csrc/onnxruntime/build.py --kernel-objects: plain C++17, the
+            same -O3 -ffp-contract=off, cached per compiler and flags), so a set-up compiles them
+            once instead of twice (they use neither torch, OpenMP nor NDEBUG). If that build
+            fails, they are compiled here with the torch sources, as before."""
+            kernels = set(_sources("csrc/kernels/*.cpp"))
+            if not kernels:
+                return
+            try:
+                objects = [str(p) for p in _ort_build().kernel_objects()]
+            except Exception as exc:  # noqa: BLE001 - compile them with the extension instead
+                print(f"bitmaps: kernel objects not shared ({exc})", file=sys.stderr)
+                return
+            ext.sources = [src for src in ext.sources if src not in kernels]
+            ext.extra_objects = [*ext.extra_objects, *objects]
+            # a changed kernel must relink _C: setuptools rebuilds when a dependency is newer
+            ext.depends = [*ext.depends, *sorted(kernels), *_sources("csrc/kernels/*.h")]
 
         def _shared_cxx_runtime(self) -> None:
             """Compile and link with a C++ compiler that links libstdc++ as a shared library
