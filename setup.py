@@ -34,7 +34,7 @@ def _sources(pattern: str) -> list[str]:
 
 
 @functools.cache
-def _ort_build():  # noqa: ANN202 - csrc/onnxruntime/build.py as a module (no torch import), loaded once
+def _ort_build():  # noqa: ANN202 - csrc/onnxruntime/build.py as a module (no torch), loaded once
     import importlib.util
 
     script = os.path.join(ROOT, "csrc", "onnxruntime", "build.py")

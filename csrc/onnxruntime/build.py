@@ -31,7 +31,8 @@ one for another machine: its library runs in that sysroot).
 Objects are cached in ``build/ort/`` and rebuilt only when a source or header is newer. The
 kernels' objects need no ONNX Runtime header and are kept apart (``build/ort/kernels-<key>/``, the
 key from the compiler and flags): the torch-free kernel harness (``make kernel-harness``, natively
-and with ``CXX=aarch64-linux-gnu-g++``) links the same objects instead of compiling them again.
+and with ``CXX=aarch64-linux-gnu-g++``), the C++ experiments of benchmarks/ and bitmaps._C
+(setup.py) link the same objects instead of compiling them again.
 """
 
 from __future__ import annotations
