@@ -493,15 +493,14 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
   epilogue<MR, NV, kOut, kAnd>(g, m, n, acc);
 }
 
-// GCC 12 warns that rows[][] may be read unset: the first block (j0 = 0, always run: kws >= 2)
-// sets every element before any add reads it. Zeroing them first instead ran the K = 768 GEMMs
-// 2 % slower on the Zen 1 EPYC (other code generated around the loop).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // The K-pair form (Avx2KLoop::kFolded): MR <= kMR rows of a 4-row group of split_rows (lo: its
 // first row's low words, kws words per split row, pair_words) against panel n / 16 split into
 // pairs (split_panel_pairs, b), two rows at a time; the same accumulators as micro for one
-// epilogue.
+// epilogue. GCC 12 warns that rows[][] may be read unset: the first block (j0 = 0, always run:
+// kws >= 2) sets every element before any add reads it. Zeroing them first instead ran the
+// K = 768 GEMMs 2 % slower on the Zen 1 EPYC (other code generated around the loop).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 template <int MR, GemmOutput kOut, bool kAnd>
 BITMAPS_AVX2 void micro_pairs(const GemmArgs& g, int64_t m, int64_t n, const uint32_t* lo,
                               int64_t kws, const __m256i* b) {
