@@ -254,10 +254,10 @@ BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m
 // table index. Per pair and row: 2 broadcasts and 24 logic / lookup / add ops, each logic op
 // reading its weight vector from L1 -- half the broadcasts per op of the 4 x 2 form (8 per 48
 // ops). On Zen 1 each of them takes two op slots, and the loop is bound by op slots: on operands
-// in L1 this form runs at 88 % of the popcount ceiling, stop 37's 4 x 2 loop with folded loads at
-// 83 %, in registers at 77 % (bench_popcount_ceiling.py; benchmarks/RESULTS.md, stop 40). A byte
-// lane sees one K word per pair: up to 31 pairs (62 words) are summed in bytes, then VPSADBW sums
-// each weight row's 8 bytes into a quadword.
+// in L1 this form runs at 86-88 % of the popcount ceiling (two runs), stop 37's 4 x 2 loop with
+// folded loads at 83 %, in registers at 77-78 % (bench_popcount_ceiling.py; RESULTS.md, stop 40).
+// A byte lane sees one K word per pair: up to 31 pairs (62 words) are summed in bytes, then
+// VPSADBW sums each weight row's 8 bytes into a quadword.
 constexpr int kPairRows = 2;                   // activation rows per K-pair micro-kernel
 constexpr int kPairVectors = 8;                // split weight vectors per K pair of a panel
 constexpr int64_t kPairByteWords = 2 * kByteWords;  // K words summed in bytes (31 pairs)
