@@ -235,15 +235,13 @@ __attribute__((target("avx2"))) static double kloop_y(int64_t iters) {
  * 8 logic ops reading their weight vectors from L1 (the pair's 8 split vectors, 256 bytes). One
  * pass = the 12 pairs of a BERT-base row (K = 768) = 4 iterations of the timing (3 pairs of two
  * rows: 6144 binary MACs). */
-#define KP_PAIR(acc, w, t)                                                             \
-  "vpxor " w "(%[b]), %%ymm13, %%ymm" #t "\n\t"                                        \
-  "vpshufb %%ymm" #t ", %%ymm8, %%ymm" #t "\n\t"                                      \
-  "vpaddb %%ymm" #t ", %%ymm" #acc ", %%ymm" #acc "\n\t"
 #define KP_ROW(lo, hi, a0, a1, a2, a3)                                                 \
-  "vpbroadcastq " lo ", %%ymm13\n\t" KP_PAIR(a0, "", 14) KP_PAIR(a1, "32", 15)         \
-  KP_PAIR(a2, "64", 14) KP_PAIR(a3, "96", 15)                                          \
-  "vpbroadcastq " hi ", %%ymm13\n\t" KP_PAIR(a0, "128", 14) KP_PAIR(a1, "160", 15)     \
-  KP_PAIR(a2, "192", 14) KP_PAIR(a3, "224", 15)
+  "vpbroadcastq " lo ", %%ymm13\n\t"                                                   \
+  KL_PAIR(a0, "(%[b])", 14) KL_PAIR(a1, "32(%[b])", 15)                                \
+  KL_PAIR(a2, "64(%[b])", 14) KL_PAIR(a3, "96(%[b])", 15)                              \
+  "vpbroadcastq " hi ", %%ymm13\n\t"                                                   \
+  KL_PAIR(a0, "128(%[b])", 14) KL_PAIR(a1, "160(%[b])", 15)                            \
+  KL_PAIR(a2, "192(%[b])", 14) KL_PAIR(a3, "224(%[b])", 15)
 __attribute__((target("avx2"))) static void kloop_pairs(int64_t count) {
   const int64_t st = 4 * KL_WORDS; /* bytes from one split row to the next */
   const uint32_t *p = kl_rows, *q = kl_rows + KL_WORDS;

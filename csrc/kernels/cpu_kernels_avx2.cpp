@@ -260,7 +260,7 @@ BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m
 // VPSADBW sums each weight row's 8 bytes into a quadword.
 constexpr int kPairRows = 2;                   // activation rows per K-pair micro-kernel
 constexpr int kPairVectors = 8;                // split weight vectors per K pair of a panel
-constexpr int64_t kPairByteWords = 2 * kByteWords;  // K words summed in bytes (31 pairs)
+constexpr int64_t kBytePairs = kByteWords;  // K pairs summed in bytes (a lane sees 1 word each)
 constexpr int kPairNV = kPairVectors / 2;      // accumulators per row (4 weight rows each)
 static_assert(kMR % kPairRows == 0, "a 4-row group of split_rows holds whole pairs of rows");
 
@@ -513,8 +513,8 @@ BITMAPS_AVX2 void micro_pairs(const GemmArgs& g, int64_t m, int64_t n, const uin
     const int rows_here = std::min(kPairRows, MR - r0);
     const uint32_t* const row0 = lo + r0 * kws;
     __m256i rows[kPairRows][kPairNV];  // per weight row (a quadword) its popcount
-    for (int64_t j0 = 0; j0 < pairs; j0 += kPairByteWords / 2) {
-      const int64_t j1 = std::min(pairs, j0 + kPairByteWords / 2);
+    for (int64_t j0 = 0; j0 < pairs; j0 += kBytePairs) {
+      const int64_t j1 = std::min(pairs, j0 + kBytePairs);
       __m256i bytes[kPairRows][kPairNV];
       if (rows_here == kPairRows) {
         xnor_pairs_2x4<kAnd>(row0 + 2 * j0, row0 + kws + 2 * j0, kws * 4,
