@@ -97,6 +97,22 @@ def test_xnor_gemm_back_to_back_on_the_same_buffers(cpu_path):
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("m,n", [(300, 600), (200, 40)])
+def test_xnor_gemm_tile_shapes_on_two_threads(cpu_path, m, n):
+    """Shapes whose tiles differ by path and rows (cpu_binary_linear.cpp, tile_rows): on 2
+    threads the AVX2 path takes 128-row tiles for 300 x 600 (a ragged last block of 44 rows) and
+    64-row ones for 200 x 40 (one column tile: two 128-row tiles would be one per worker); every
+    tile the reference's product."""
+    k = 768
+    a, b = _packed(m, k), _packed(n, k)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.equal(ops.xnor_gemm(a, b, k), ops.reference_xnor_gemm(a, b, k))
+    finally:
+        torch.set_num_threads(threads)
+
+
 # -------------------------------------------------------------------------------- binary_linear
 
 

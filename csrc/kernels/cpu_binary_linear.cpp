@@ -34,21 +34,35 @@ uint64_t next_gemm_call() {
   return calls.fetch_add(1, std::memory_order_relaxed) + 1;
 }
 
-// The GEMM over tiles of kTileRows x kTileCols outputs, after `pack_items` packing items (which
+constexpr int64_t kTileRows = 64;   // multiple of every path's micro-kernel rows
+constexpr int64_t kTileCols = 128;  // multiple of kPanelRows
+
+// Rows per GEMM tile. The AVX2 path splits each weight panel once per tile (split_panel_pairs /
+// split_panel): twice as many rows per tile split each panel half as often. There tiles of 2 *
+// kTileRows rows where that still leaves at least two tiles per worker (BERT-base at 1 x 128 on
+// 2 threads: every linear), measured 1-2.5 % faster per node on the Zen 1 EPYC (RESULTS.md,
+// stop 41); the other paths, not measured with it, keep kTileRows.
+int64_t tile_rows(CpuPath path, int64_t m, int64_t n, int64_t workers) {
+  const int64_t col_tiles = (n + kTileCols - 1) / kTileCols;
+  const int64_t twice = 2 * kTileRows;
+  if (path == CpuPath::kAvx2 && (m + twice - 1) / twice * col_tiles >= 2 * workers) return twice;
+  return kTileRows;
+}
+
+// The GEMM over tiles of tile_rows x kTileCols outputs, after `pack_items` packing items (which
 // must produce the operands args points to): one parallel region for the whole op.
 template <class Pack>
 int pack_and_gemm(CpuPath path, const GemmArgs& gemm, const Parallel& parallel,
                   int64_t pack_items, const Pack& pack) {
-  constexpr int64_t kTileRows = 64;   // multiple of every path's micro-kernel rows
-  constexpr int64_t kTileCols = 128;  // multiple of kPanelRows
   GemmArgs args = gemm;
   args.call = next_gemm_call();
+  const int64_t rows = tile_rows(path, args.m, args.n, parallel.max_workers);
   const int64_t col_tiles = (args.n + kTileCols - 1) / kTileCols;
-  const int64_t tiles = (args.m + kTileRows - 1) / kTileRows * col_tiles;
+  const int64_t tiles = (args.m + rows - 1) / rows * col_tiles;
   return parallel_claim(parallel, pack_items, pack, tiles, [&](int64_t t) {
-    const int64_t m0 = (t / col_tiles) * kTileRows;
+    const int64_t m0 = (t / col_tiles) * rows;
     const int64_t n0 = (t % col_tiles) * kTileCols;
-    xnor_gemm_tile(path, args, m0, std::min(args.m, m0 + kTileRows), n0,
+    xnor_gemm_tile(path, args, m0, std::min(args.m, m0 + rows), n0,
                    std::min(args.n, n0 + kTileCols));
   });
 }

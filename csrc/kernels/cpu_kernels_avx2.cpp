@@ -249,8 +249,8 @@ BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m
 // 16-row panel that steps two K words at a time (micro_pairs runs it for each two rows of a
 // group). A split activation row's two words (2j, 2j + 1) are broadcast as one quadword
 // (VPBROADCASTQ), and the panel is split into K pairs (split_panel_pairs): per pair its low-nibble
-// vectors, then its high-nibble vectors, vector v holding weight rows 4v..4v+3, each row's word 2j
-// then word 2j + 1 (kPairVectors per pair). A logic op of the broadcast with a vector is again a
+// vectors, then its high-nibble vectors, each vector 4 weight rows (in the order of
+// split_panel_pairs' comment), each row's word 2j then word 2j + 1 (kPairVectors per pair). A logic op of the broadcast with a vector is again a
 // table index. Per pair and row: 2 broadcasts and 24 logic / lookup / add ops, each logic op
 // reading its weight vector from L1 -- half the broadcasts per op of the 4 x 2 form (8 per 48
 // ops). On Zen 1 each of them takes two op slots, and the loop is bound by op slots: on operands
@@ -529,14 +529,13 @@ BITMAPS_AVX2 void micro_pairs(const GemmArgs& g, int64_t m, int64_t n, const uin
         }
       }
     }
-    // Quadwords of weight rows 0-3 and 4-7 (8-11, 12-15) to 8 doubled int32 counts in order.
+    // Quadwords of weight rows 0 1 | 4 5 and 2 3 | 6 7 (8 9 | 12 13, 10 11 | 14 15:
+    // split_panel_pairs' order) to 8 doubled int32 counts in order: rows 0 1 2 3 | 4 5 6 7.
     for (int r = 0; r < rows_here; ++r) {
       for (int v = 0; v < kNV; ++v) {
-        const __m256 mixed = _mm256_shuffle_ps(_mm256_castsi256_ps(rows[r][2 * v]),
-                                               _mm256_castsi256_ps(rows[r][2 * v + 1]),
-                                               _MM_SHUFFLE(2, 0, 2, 0));  // rows 0 1 4 5 | 2 3 6 7
-        const __m256i ordered =
-            _mm256_permute4x64_epi64(_mm256_castps_si256(mixed), _MM_SHUFFLE(3, 1, 2, 0));
+        const __m256i ordered = _mm256_castps_si256(
+            _mm256_shuffle_ps(_mm256_castsi256_ps(rows[r][2 * v]),
+                              _mm256_castsi256_ps(rows[r][2 * v + 1]), _MM_SHUFFLE(2, 0, 2, 0)));
         acc[r0 + r][v] = _mm256_add_epi32(ordered, ordered);
       }
     }
@@ -696,8 +695,10 @@ BITMAPS_AVX2 void split_panel(const GemmArgs& g, int64_t p, __m256i* out) {
 }
 
 // Panel p's weight vectors in the K-pair form's layout, [pair_words(kw) / 2][kPairVectors] (per
-// pair: the low nibbles of weight rows 0-3, 4-7, 8-11, 12-15, each row's two words side by side,
-// then their high nibbles shifted down; a missing last odd word zero).
+// pair: the low nibbles of weight rows 0 1 | 4 5, 2 3 | 6 7, 8 9 | 12 13, 10 11 | 14 15, each
+// row's two words side by side, then their high nibbles shifted down; a missing last odd word
+// zero). The rows in the order of the 128-bit lanes that VPUNPCK makes: micro_pairs' SHUFPS of
+// two vectors' counts then puts 8 rows in order, with no lane permute here or there.
 BITMAPS_AVX2 void split_panel_pairs(const GemmArgs& g, int64_t p, __m256i* out) {
   const __m256i low4 = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLow4));
   const int32_t* panel = panel_of(g, p);
@@ -710,10 +711,8 @@ BITMAPS_AVX2 void split_panel_pairs(const GemmArgs& g, int64_t p, __m256i* out) 
       const __m256i o = 2 * j + 1 < g.kw
                             ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(odd))
                             : _mm256_setzero_si256();
-      const __m256i lo = _mm256_unpacklo_epi32(e, o);  // rows 0 1 | 4 5, each word 2j then 2j + 1
-      const __m256i hi = _mm256_unpackhi_epi32(e, o);  // rows 2 3 | 6 7
-      const __m256i rows[2] = {_mm256_permute2x128_si256(lo, hi, 0x20),    // rows 0-3
-                               _mm256_permute2x128_si256(lo, hi, 0x31)};   // rows 4-7
+      // rows 0 1 | 4 5 and 2 3 | 6 7, each row's word 2j then 2j + 1
+      const __m256i rows[2] = {_mm256_unpacklo_epi32(e, o), _mm256_unpackhi_epi32(e, o)};
       for (int i = 0; i < 2; ++i) {
         __m256i* pair = out + j * kPairVectors + 2 * half + i;
         pair[0] = _mm256_and_si256(rows[i], low4);
