@@ -482,6 +482,18 @@ TABLES: dict[str, Source] = {
     "profile-bert-base-epyc-zen1-stop40": Source(
         "benchmarks/results/profile-bert-base-stop40-epyc-zen1-float-run1.json", profile_table
     ),
+    # stop 41: the same Zen 1 EPYC; the K-pair panel's lane order, 128-row AVX2 tiles
+    "ort-library-ab-epyc-zen1-stop41": Source(
+        "benchmarks/results/ort-library-ab-tiles-epyc-zen1-stop41-*.json",
+        _bench("bench_ort_library_ab.py"),
+    ),
+    "export-targets-epyc-zen1-stop41": Source(
+        "benchmarks/results/export-targets-epyc-zen1-stop41-run*.json",
+        _bench("bench_export_targets.py"),
+    ),
+    "profile-bert-base-epyc-zen1-stop41": Source(
+        "benchmarks/results/profile-bert-base-stop41-epyc-zen1-float-run1.json", profile_table
+    ),
     "export-targets-epyc-avx2-stop34": Source(
         "benchmarks/results/export-targets-stop34-epyc-avx2.json",
         _bench("bench_export_targets.py"),
