@@ -40,8 +40,9 @@ constexpr int64_t kTileCols = 128;  // multiple of kPanelRows
 // Rows per GEMM tile. The AVX2 path splits each weight panel once per tile (split_panel_pairs /
 // split_panel): twice as many rows per tile split each panel half as often. There tiles of 2 *
 // kTileRows rows where that still leaves at least two tiles per worker (BERT-base at 1 x 128 on
-// 2 threads: every linear), measured 1-2.5 % faster per node on the Zen 1 EPYC (RESULTS.md,
-// stop 41); the other paths, not measured with it, keep kTileRows.
+// 2 threads: every linear); with stop 41's other AVX2 change, the whole model 1.01x faster at 1
+// and 2 threads on the Zen 1 EPYC (RESULTS.md, stop 41). The other paths, not measured with it,
+// keep kTileRows.
 int64_t tile_rows(CpuPath path, int64_t m, int64_t n, int64_t workers) {
   const int64_t col_tiles = (n + kTileCols - 1) / kTileCols;
   const int64_t twice = 2 * kTileRows;
