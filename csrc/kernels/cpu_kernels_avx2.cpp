@@ -246,14 +246,14 @@ BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m
 
 // ------------------------------------------------------------------ the K-pair form (kFolded)
 // Avx2KLoop::kFolded (Zen 1 / Zen+, cpu_features.h): a K loop of kPairRows activation rows x one
-// 16-row panel that steps two K words at a time (micro_pairs runs it for each two rows of a
-// group). A split activation row's two words (2j, 2j + 1) are broadcast as one quadword
-// (VPBROADCASTQ), and the panel is split into K pairs (split_panel_pairs): per pair its low-nibble
-// vectors, then its high-nibble vectors, each vector 4 weight rows (in the order of
-// split_panel_pairs' comment), each row's word 2j then word 2j + 1 (kPairVectors per pair). A
-// logic op of the broadcast with a vector is again a table index. Per pair and row: 2 broadcasts
-// and 24 logic / lookup / add ops, each logic op reading its weight vector from L1 -- half the
-// broadcasts per op of the 4 x 2 form (8 per 48 ops). On Zen 1 each of them takes two op slots, and the loop is bound by op slots: on operands
+// 16-row panel that steps two K words at a time (micro_pairs runs it for each two rows of a group).
+// A split activation row's two words (2j, 2j + 1) are broadcast as one quadword (VPBROADCASTQ), and
+// the panel is split into K pairs (split_panel_pairs): per pair its low-nibble vectors, then its
+// high-nibble vectors, each vector 4 weight rows (in the order of split_panel_pairs' comment), each
+// row's word 2j then word 2j + 1 (kPairVectors per pair). A logic op of the broadcast with a vector
+// is again a table index. Per pair and row: 2 broadcasts and 24 logic / lookup / add ops, each
+// logic op reading its weight vector from L1 -- half the broadcasts per op of the 4 x 2 form (8 per
+// 48 ops). On Zen 1 each of them takes two op slots, and the loop is bound by op slots: on operands
 // in L1 this form runs at 86-88 % of the popcount ceiling (two runs), stop 37's 4 x 2 loop with
 // folded loads at 83 %, in registers at 77-78 % (bench_popcount_ceiling.py; RESULTS.md, stop 40).
 // A byte lane sees one K word per pair: up to 31 pairs (62 words) are summed in bytes, then
