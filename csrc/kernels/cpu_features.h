@@ -55,9 +55,11 @@ const char* cpu_path_variant(CpuPath path);
 // each 256-bit op as two 128-bit halves (AMD Zen 1 / Zen+) the loop is bound by op slots, and a
 // broadcast or a separate 256-bit load takes two of them, a folded load none more: there the K
 // loop runs at 86-88 % of the popcount ceiling against 77-78 % in registers (stop 40; stop 37's
-// first folded form, 4 x 16 one word at a time: 83 %). Where 256-bit ops are whole (Zen 2 on,
-// Intel) it would multiply the vector loads for no op slot saved, and is not used (not measured
-// there yet: benchmarks/bench_avx2_kloop.py compares the two).
+// first folded form, 4 x 16 one word at a time: 83 %); where a tile has two panels left, one row
+// against both (xnor_pairs_1x8: one broadcast per 8 logic ops), 5 % faster again in L1 (stop 41).
+// Where 256-bit ops are whole (Zen 2 on, Intel) it would multiply the vector loads for no op slot
+// saved, and is not used (not measured there yet: benchmarks/bench_avx2_kloop.py compares the
+// two).
 enum class Avx2KLoop : int { kRegisters = 0, kFolded = 1 };
 
 // This CPU's form: kFolded on AMD Zen 1 / Zen+ (family 17h, models below 30h) and Hygon Dhyana

@@ -257,7 +257,8 @@ BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m
 // in L1 this form runs at 86-88 % of the popcount ceiling (two runs), stop 37's 4 x 2 loop with
 // folded loads at 83 %, in registers at 77-78 % (bench_popcount_ceiling.py; RESULTS.md, stop 40).
 // A byte lane sees one K word per pair: up to 31 pairs (62 words) are summed in bytes, then
-// VPSADBW sums each weight row's 8 bytes into a quadword.
+// VPSADBW sums each weight row's 8 bytes into a quadword. Where a tile has two panels left,
+// micro_pairs_wide runs the loop's wide form instead (xnor_pairs_1x8: one row x both panels).
 constexpr int kPairRows = 2;                   // activation rows per K-pair micro-kernel
 constexpr int kPairVectors = 8;                // split weight vectors per K pair of a panel
 constexpr int64_t kBytePairs = kByteWords;  // K pairs summed in bytes (a lane sees 1 word each)
@@ -332,6 +333,48 @@ BITMAPS_AVX2_INLINE void xnor_pairs_2x4(const uint32_t* p, const uint32_t* q, in
     __asm__ volatile(BITMAPS_AVX2_QBLOCK(vpxor));
   }
 }
+
+// The wide form of the K-pair loop: one row against two panels (32 weight rows), pairs [0, count)
+// of byte counts (zeroed first) into bytes; b: the two panels' pairs side by side
+// (split_panel_pairs with a stride of 2 * kPairVectors: per pair panel 0's 256 bytes, then panel
+// 1's). Per pair: 2 broadcasts per 16 logic ops (the 2-row block: 4 per 16), the same 12 registers
+// (ymm0-7 the accumulators). On the Zen 1 EPYC, operands in L1: 191-193 G binary MAC/s on one
+// core, the 2-row block 181-185 (a throwaway loop of both); BERT-base's GEMM nodes in ONNX
+// Runtime 1.00-1.06x, the whole model 1.00-1.01x (RESULTS.md, stop 41).
+#define BITMAPS_AVX2_WROW(op, lo, at)                                                        \
+  "vpbroadcastq " lo ", %%ymm13\n\t"                                                         \
+  BITMAPS_AVX2_PAIR(op, 0, at "+0(%[b])", 14) BITMAPS_AVX2_PAIR(op, 1, at "+32(%[b])", 15)    \
+  BITMAPS_AVX2_PAIR(op, 2, at "+64(%[b])", 14) BITMAPS_AVX2_PAIR(op, 3, at "+96(%[b])", 15)   \
+  BITMAPS_AVX2_PAIR(op, 4, at "+256(%[b])", 14) BITMAPS_AVX2_PAIR(op, 5, at "+288(%[b])", 15) \
+  BITMAPS_AVX2_PAIR(op, 6, at "+320(%[b])", 14) BITMAPS_AVX2_PAIR(op, 7, at "+352(%[b])", 15)
+#define BITMAPS_AVX2_WBLOCK(op)                                                               \
+  BITMAPS_AVX2_PROLOGUE                                                                      \
+  BITMAPS_AVX2_WROW(op, "(%[p])", "0")                                                        \
+  BITMAPS_AVX2_WROW(op, "(%[p],%[st],4)", "128")                                              \
+  "add $512, %[b]\n\t"                                                                        \
+  "add $8, %[p]\n\t"                                                                          \
+  "dec %[count]\n\t"                                                                          \
+  "jnz 1b\n\t"                                                                                \
+  : [a0] "=&x"(bytes[0]), [a1] "=&x"(bytes[1]), [a2] "=&x"(bytes[2]), [a3] "=&x"(bytes[3]),  \
+    [a4] "=&x"(bytes[4]), [a5] "=&x"(bytes[5]), [a6] "=&x"(bytes[6]), [a7] "=&x"(bytes[7]),  \
+    [p] "+r"(p), [b] "+r"(b), [count] "+r"(count)                                             \
+  : [st] "r"(st), [lut] "m"(lut)                                                              \
+  : "xmm8", "xmm13", "xmm14", "xmm15", "cc", "memory"
+
+constexpr int kWideVectors = 2 * kPairNV;  // accumulators of the wide block (4 weight rows each)
+
+template <bool kAnd>
+BITMAPS_AVX2_INLINE void xnor_pairs_1x8(const uint32_t* p, int64_t st, const __m256i* b,
+                                        int64_t count, __m256i (&bytes)[kWideVectors]) {
+  const auto& lut = *reinterpret_cast<const __m256i*>(kNibbleCounts);
+  if constexpr (kAnd) {
+    __asm__ volatile(BITMAPS_AVX2_WBLOCK(vpand));
+  } else {
+    __asm__ volatile(BITMAPS_AVX2_WBLOCK(vpxor));
+  }
+}
+#undef BITMAPS_AVX2_WBLOCK
+#undef BITMAPS_AVX2_WROW
 #undef BITMAPS_AVX2_QBLOCK
 #undef BITMAPS_AVX2_QROW
 #undef BITMAPS_AVX2_PROLOGUE
@@ -542,6 +585,42 @@ BITMAPS_AVX2 void micro_pairs(const GemmArgs& g, int64_t m, int64_t n, const uin
   }
   epilogue<MR, kNV, kOut, kAnd>(g, m, n, acc);
 }
+
+// The wide K-pair form: MR <= kMR rows of a group (as micro_pairs) against panels n / 16 and
+// n / 16 + 1 side by side (split_panel_pairs with a stride of 2 * kPairVectors, b), one row at a
+// time; each panel's 16 columns then go through micro_pairs' epilogue.
+template <int MR, GemmOutput kOut, bool kAnd>
+BITMAPS_AVX2 void micro_pairs_wide(const GemmArgs& g, int64_t m, int64_t n, const uint32_t* lo,
+                                   int64_t kws, const __m256i* b) {
+  static_assert(MR >= 1 && MR <= kMR, "the rows of one group");
+  prefetch_output<MR, kNV, kOut>(g, m, n);
+  prefetch_output<MR, kNV, kOut>(g, m, n + kPanelRows);
+  const int64_t pairs = kws / 2;
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i acc[2][MR][kNV];  // per panel
+  for (int r = 0; r < MR; ++r) {
+    const uint32_t* const row = lo + r * kws;
+    __m256i counts[kWideVectors];  // per weight row (a quadword) its popcount
+    for (int64_t j0 = 0; j0 < pairs; j0 += kBytePairs) {
+      const int64_t j1 = std::min(pairs, j0 + kBytePairs);
+      __m256i bytes[kWideVectors];
+      xnor_pairs_1x8<kAnd>(row + 2 * j0, kws * 4, b + j0 * 2 * kPairVectors, j1 - j0, bytes);
+      for (int v = 0; v < kWideVectors; ++v) {
+        const __m256i sums = _mm256_sad_epu8(bytes[v], zero);
+        counts[v] = j0 == 0 ? sums : _mm256_add_epi64(counts[v], sums);
+      }
+    }
+    // as in micro_pairs: vectors 2v, 2v + 1 (of panel v / 2) to 8 doubled int32 counts in order
+    for (int v = 0; v < kWideVectors / 2; ++v) {
+      const __m256i ordered = _mm256_castps_si256(
+          _mm256_shuffle_ps(_mm256_castsi256_ps(counts[2 * v]),
+                            _mm256_castsi256_ps(counts[2 * v + 1]), _MM_SHUFFLE(2, 0, 2, 0)));
+      acc[v / kNV][r][v % kNV] = _mm256_add_epi32(ordered, ordered);
+    }
+  }
+  epilogue<MR, kNV, kOut, kAnd>(g, m, n, acc[0]);
+  epilogue<MR, kNV, kOut, kAnd>(g, m, n + kPanelRows, acc[1]);
+}
 #pragma GCC diagnostic pop
 
 // The outputs of a micro-kernel's block from acc (2 * popcount per output, 8 columns a vector).
@@ -632,13 +711,16 @@ BITMAPS_AVX2_INLINE void epilogue(const GemmArgs& g, int64_t m, int64_t n,
 }
 
 // The micro-kernel of mr <= MR rows (a tile's last group may have fewer) in the K loop's form
-// (pairs: Avx2KLoop::kFolded); s: the rows' group of split_rows, kws words per split row.
+// (pairs: Avx2KLoop::kFolded; wide: its form over two panels); s: the rows' group of split_rows,
+// kws words per split row.
 template <GemmOutput kOut, bool kAnd, int MR>
 BITMAPS_AVX2_INLINE void run_micro(int mr, const GemmArgs& g, int64_t m, int64_t n,
-                                   const uint32_t* s, int64_t kws, const __m256i* b, bool pairs) {
+                                   const uint32_t* s, int64_t kws, const __m256i* b, bool pairs,
+                                   bool wide) {
   if constexpr (MR > 1) {
-    if (mr < MR) return run_micro<kOut, kAnd, MR - 1>(mr, g, m, n, s, kws, b, pairs);
+    if (mr < MR) return run_micro<kOut, kAnd, MR - 1>(mr, g, m, n, s, kws, b, pairs, wide);
   }
+  if (wide) return micro_pairs_wide<MR, kOut, kAnd>(g, m, n, s, kws, b);
   if (pairs) return micro_pairs<MR, kOut, kAnd>(g, m, n, s, kws, b);
   micro<MR, kNV, kOut, kAnd>(g, m, n, s, b);
 }
@@ -698,8 +780,10 @@ BITMAPS_AVX2 void split_panel(const GemmArgs& g, int64_t p, __m256i* out) {
 // pair: the low nibbles of weight rows 0 1 | 4 5, 2 3 | 6 7, 8 9 | 12 13, 10 11 | 14 15, each
 // row's two words side by side, then their high nibbles shifted down; a missing last odd word
 // zero). The rows in the order of the 128-bit lanes that VPUNPCK makes: micro_pairs' SHUFPS of
-// two vectors' counts then puts 8 rows in order, with no lane permute here or there.
-BITMAPS_AVX2 void split_panel_pairs(const GemmArgs& g, int64_t p, __m256i* out) {
+// two vectors' counts then puts 8 rows in order, with no lane permute here or there. Pair j at
+// out + j * stride (2 * kPairVectors: two panels side by side, for micro_pairs_wide).
+BITMAPS_AVX2 void split_panel_pairs(const GemmArgs& g, int64_t p, __m256i* out,
+                                    int64_t stride = kPairVectors) {
   const __m256i low4 = _mm256_load_si256(reinterpret_cast<const __m256i*>(kLow4));
   const int32_t* panel = panel_of(g, p);
   const int64_t pairs = pair_words(g.kw) / 2;
@@ -714,7 +798,7 @@ BITMAPS_AVX2 void split_panel_pairs(const GemmArgs& g, int64_t p, __m256i* out) 
       // rows 0 1 | 4 5 and 2 3 | 6 7, each row's word 2j then 2j + 1
       const __m256i rows[2] = {_mm256_unpacklo_epi32(e, o), _mm256_unpackhi_epi32(e, o)};
       for (int i = 0; i < 2; ++i) {
-        __m256i* pair = out + j * kPairVectors + 2 * half + i;
+        __m256i* pair = out + j * stride + 2 * half + i;
         pair[0] = _mm256_and_si256(rows[i], low4);
         pair[kPairNV] = _mm256_and_si256(_mm256_srli_epi16(rows[i], 4), low4);
       }
@@ -750,28 +834,37 @@ BITMAPS_AVX2 void gemm_tile(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n
     split_rows(g, m0, m1, kws, split.data());
     split_call = g.call, split_m0 = m0, split_m1 = m1;
   }
-  const int64_t vectors = kws * kSplitVectors;  // = pairs * kPairVectors in the K-pair form
-  static_assert(2 * kSplitVectors == kPairVectors, "one scratch size for both forms");
+  // = pairs * kPairVectors per panel in the K-pair form, which splits two panels at a time
+  const int64_t vectors = kws * kSplitVectors * (pairs ? 2 : 1);
+  static_assert(2 * kSplitVectors == kPairVectors, "one scratch size per panel for both forms");
   if (static_cast<int64_t>(panel_split.size()) < vectors) {
     panel_split.resize(static_cast<size_t>(vectors));
   }
   auto* const b = reinterpret_cast<__m256i*>(panel_split.data());
   const int64_t panels = (g.n + kPanelRows - 1) / kPanelRows;
-  for (int64_t n = n0; n < n1; n += kPanelRows) {
-    if (pairs) {
-      split_panel_pairs(g, n / kPanelRows, b);
+  for (int64_t n = n0; n < n1;) {
+    const int64_t p = n / kPanelRows;
+    // the K-pair form two panels at a time while the tile has two left (micro_pairs_wide)
+    const bool wide = pairs && n + kPanelRows < n1;
+    if (wide) {
+      split_panel_pairs(g, p, b, 2 * kPairVectors);
+      split_panel_pairs(g, p + 1, b + kPairVectors, 2 * kPairVectors);
+    } else if (pairs) {
+      split_panel_pairs(g, p, b);
     } else {
-      split_panel(g, n / kPanelRows, b);
+      split_panel(g, p, b);
     }
-    // The next panel (of this tile, or the first of the next tile, which a thread usually claims
-    // next) fetched towards L2 while this one's micro-kernels run: in a whole model the weights
-    // come from L3 or memory, and split_panel waited on each of its lines.
-    if (n / kPanelRows + 1 < panels) prefetch_panel(g, n / kPanelRows + 1);
+    // The next panels (of this tile, or the first of the next tile, which a thread usually claims
+    // next) fetched towards L2 while these micro-kernels run: in a whole model the weights come
+    // from L3 or memory, and split_panel waited on each of its lines.
+    const int64_t next = p + (wide ? 2 : 1);
+    for (int64_t q = next; q < std::min(panels, next + (wide ? 2 : 1)); ++q) prefetch_panel(g, q);
     for (int64_t m = m0; m < m1; m += kMR) {
       const uint32_t* group = split.data() + (m - m0) / kMR * group_words;
       const int rows = static_cast<int>(std::min<int64_t>(kMR, m1 - m));
-      run_micro<kOut, kAnd, kMR>(rows, g, m, n, group, kws, b, pairs);
+      run_micro<kOut, kAnd, kMR>(rows, g, m, n, group, kws, b, pairs, wide);
     }
+    n += (wide ? 2 : 1) * kPanelRows;
   }
 }
 
