@@ -536,6 +536,15 @@ BITMAPS_AVX2 void micro(const GemmArgs& g, int64_t m, int64_t n, const uint32_t*
   epilogue<MR, NV, kOut, kAnd>(g, m, n, acc);
 }
 
+// Two vectors of quadword popcounts, of weight rows 0 1 | 4 5 and 2 3 | 6 7 (split_panel_pairs'
+// order), to the 8 rows' doubled int32 counts in order (0 1 2 3 | 4 5 6 7): the accumulators of
+// micro's epilogue.
+BITMAPS_AVX2_INLINE __m256i doubled_in_order(__m256i rows0145, __m256i rows2367) {
+  const __m256i ordered = _mm256_castps_si256(_mm256_shuffle_ps(
+      _mm256_castsi256_ps(rows0145), _mm256_castsi256_ps(rows2367), _MM_SHUFFLE(2, 0, 2, 0)));
+  return _mm256_add_epi32(ordered, ordered);
+}
+
 // The K-pair form (Avx2KLoop::kFolded): MR <= kMR rows of a 4-row group of split_rows (lo: its
 // first row's low words, kws words per split row, pair_words) against panel n / 16 split into
 // pairs (split_panel_pairs, b), two rows at a time; the same accumulators as micro for one
@@ -572,14 +581,9 @@ BITMAPS_AVX2 void micro_pairs(const GemmArgs& g, int64_t m, int64_t n, const uin
         }
       }
     }
-    // Quadwords of weight rows 0 1 | 4 5 and 2 3 | 6 7 (8 9 | 12 13, 10 11 | 14 15:
-    // split_panel_pairs' order) to 8 doubled int32 counts in order: rows 0 1 2 3 | 4 5 6 7.
     for (int r = 0; r < rows_here; ++r) {
       for (int v = 0; v < kNV; ++v) {
-        const __m256i ordered = _mm256_castps_si256(
-            _mm256_shuffle_ps(_mm256_castsi256_ps(rows[r][2 * v]),
-                              _mm256_castsi256_ps(rows[r][2 * v + 1]), _MM_SHUFFLE(2, 0, 2, 0)));
-        acc[r0 + r][v] = _mm256_add_epi32(ordered, ordered);
+        acc[r0 + r][v] = doubled_in_order(rows[r][2 * v], rows[r][2 * v + 1]);
       }
     }
   }
@@ -610,12 +614,8 @@ BITMAPS_AVX2 void micro_pairs_wide(const GemmArgs& g, int64_t m, int64_t n, cons
         counts[v] = j0 == 0 ? sums : _mm256_add_epi64(counts[v], sums);
       }
     }
-    // as in micro_pairs: vectors 2v, 2v + 1 (of panel v / 2) to 8 doubled int32 counts in order
-    for (int v = 0; v < kWideVectors / 2; ++v) {
-      const __m256i ordered = _mm256_castps_si256(
-          _mm256_shuffle_ps(_mm256_castsi256_ps(counts[2 * v]),
-                            _mm256_castsi256_ps(counts[2 * v + 1]), _MM_SHUFFLE(2, 0, 2, 0)));
-      acc[v / kNV][r][v % kNV] = _mm256_add_epi32(ordered, ordered);
+    for (int v = 0; v < kWideVectors / 2; ++v) {  // vectors 2v, 2v + 1 are of panel v / kNV
+      acc[v / kNV][r][v % kNV] = doubled_in_order(counts[2 * v], counts[2 * v + 1]);
     }
   }
   epilogue<MR, kNV, kOut, kAnd>(g, m, n, acc[0]);
