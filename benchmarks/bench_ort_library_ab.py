@@ -59,15 +59,17 @@ def _compare(
 def _creation(
     model: onnx.ModelProto, libraries: list[str], threads: int, rounds: int
 ) -> list[float]:
-    """Median ms to create a session of the model with each library (in turns): what the op
+    """Median ms to create a session of the model with each library (in turns, which one goes
+    first alternating from round to round, so that neither always follows the other): what the op
     kernels do once per session (prepacking weights, the FFN's bit tables) beside ONNX Runtime's
     own loading."""
     times: list[list[float]] = [[] for _ in libraries]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"  # from a file, as a deployment loads it
         path.write_bytes(model.SerializeToString())
-        for _ in range(rounds):
-            for i, lib in enumerate(libraries):
+        for r in range(rounds):
+            order = list(enumerate(libraries))
+            for i, lib in order if r % 2 == 0 else order[::-1]:
                 start = time.perf_counter()
                 _session(path, lib, threads)
                 times[i].append((time.perf_counter() - start) * 1e3)

@@ -64,7 +64,8 @@ export-targets-epyc-zen1-stop38  …/export-targets-epyc-zen1-stop38-run*.json  
                    (the K-pair loop), export-targets (run*; -oldlib: the library before it),
                    profile-bert-base (float run 1)
 *-epyc-zen1-stop41 the same Zen 1 EPYC (stop 41): ort-library-ab (the tiles and lane order;
-                   -wide: the one-row K-pair block), export-targets (run 1), profile-bert-base
+                   -wide: the one-row K-pair block; -stop41-vs-stop40: all of it), export-targets
+                   (run 1), profile-bert-base
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -491,6 +492,10 @@ TABLES: dict[str, Source] = {
     ),
     "ort-library-ab-wide-epyc-zen1-stop41": Source(
         "benchmarks/results/ort-library-ab-wide-epyc-zen1-stop41-*.json",
+        _bench("bench_ort_library_ab.py"),
+    ),
+    "ort-library-ab-stop41-vs-stop40-epyc-zen1": Source(
+        "benchmarks/results/ort-library-ab-stop41-vs-stop40-epyc-zen1-*.json",
         _bench("bench_ort_library_ab.py"),
     ),
     "export-targets-epyc-zen1-stop41": Source(
