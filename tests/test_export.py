@@ -471,3 +471,34 @@ def test_profile_cache_key_names_the_mask_graph(monkeypatch: pytest.MonkeyPatch)
     assert artifacts.cache_key(source, "binary", target="onnxruntime") == first
     monkeypatch.setattr(artifacts, "MASK_GRAPH", "transformers")
     assert artifacts.cache_key(source, "binary", target="onnxruntime") != first
+
+
+def test_torchlib_registry_built_once_per_opset_and_copied_per_export() -> None:
+    """Exports in one process share the exporter's torchlib table (built once per opset); each
+    gets its own copy, so one export's custom translations never reach the next, and the table
+    is what torch builds itself."""
+    registration = pytest.importorskip(
+        "torch.onnx._internal.exporter._registration", reason="needs torch's dynamo exporter"
+    )
+    from bitmaps.export import onnx_export
+
+    opset = ExportConfig().opset
+    builder = registration.ONNXRegistry.__dict__["from_torchlib"]
+    own = registration.ONNXRegistry.from_torchlib(opset)
+    custom = torch.ops.bitmaps.binary_linear.default
+    with onnx_export._reused_torchlib_registry():
+        first = registration.ONNXRegistry.from_torchlib(opset)
+        first.register_op(custom, lambda *args: None)
+        second = registration.ONNXRegistry.from_torchlib(opset)
+    assert registration.ONNXRegistry.__dict__["from_torchlib"] is builder
+    assert second.opset_version == opset and second.functions.keys() == own.functions.keys()
+    for name, metas in own.functions.items():
+        assert [(m.fx_target, m.onnx_function) for m in second.functions[name]] == [
+            (m.fx_target, m.onnx_function) for m in metas
+        ], name
+        # one table: the same entries, in lists of each export's own
+        assert second.functions[name] is not first.functions[name]
+        assert all(
+            a is b for a, b in zip(first.functions[name], second.functions[name], strict=True)
+        )
+    assert second.get_decomps(custom) == [] and len(first.get_decomps(custom)) == 1

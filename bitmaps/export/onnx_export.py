@@ -64,6 +64,11 @@ from bitmaps.export.onnx_function import (
 )
 from bitmaps.train.binary_linear import pack_binary_linears_
 
+try:  # the dynamo exporter's table of torchlib functions (private: see _reused_torchlib_registry)
+    from torch.onnx._internal.exporter import _registration
+except ImportError:  # another torch: every export builds its own table, as torch does
+    _registration = None
+
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAMES = {"logits": "logits", "hidden": "last_hidden_state"}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -182,13 +187,48 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
+# The exporter builds its table of torchlib functions afresh for every export (each function's
+# IR and signature derived again): 2-2.5 s of each BERT-tiny export's 7-8 s on a Zen 1 core. The
+# table depends only on the opset, so one process builds it once per opset; each export gets its
+# own copy of the table's lists, into which the exporter then registers our custom translations.
+_TORCHLIB_TABLES: dict[int, dict] = {}
+
+
+@contextlib.contextmanager
+def _reused_torchlib_registry() -> Iterator[None]:
+    """Within this block, ``ONNXRegistry.from_torchlib`` returns a copy of the table this process
+    built for that opset. Where torch's (private) registry is not where torch 2.13 has it, or has
+    another form, nothing is changed and every export builds its own as before."""
+    cls = getattr(_registration, "ONNXRegistry", None)
+    built = getattr(cls, "__dict__", {}).get("from_torchlib")
+    if not isinstance(built, classmethod) or not hasattr(cls(), "functions"):
+        yield
+        return
+
+    def from_torchlib(registry_cls: type, opset_version: int | None = None):  # noqa: ANN202
+        if opset_version is None:  # torch's default (its exporter always names one)
+            opset_version = _registration._constants.TORCHLIB_OPSET
+        if opset_version not in _TORCHLIB_TABLES:
+            _TORCHLIB_TABLES[opset_version] = built.__func__(registry_cls, opset_version).functions
+        registry = registry_cls()
+        registry._opset_version = opset_version
+        registry.functions = {k: list(v) for k, v in _TORCHLIB_TABLES[opset_version].items()}
+        return registry
+
+    cls.from_torchlib = classmethod(from_torchlib)
+    try:
+        yield
+    finally:
+        cls.from_torchlib = built
+
+
 def to_onnx(wrapper: ExportWrapper, opset: int) -> ir.Model:
     """Trace and convert; dynamic ``batch`` and ``sequence`` axes, no bitmaps post-processing."""
     config = wrapper.model.config
     ids, mask = example_inputs(config.vocab_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("sequence", min=1, max=int(config.max_position_embeddings))
-    with _quiet_exporter(), torch.no_grad():
+    with _quiet_exporter(), _reused_torchlib_registry(), torch.no_grad():
         program = torch.onnx.export(
             wrapper,
             (ids, mask),
