@@ -65,7 +65,7 @@ def table(rows: list[dict]) -> str:
                 "yes" if r["identical"] else "NO",
             )
             for r in rows
-        ],  # fmt: skip
+        ],
         "lrrrl",
     )
 

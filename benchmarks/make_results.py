@@ -66,6 +66,8 @@ export-targets-epyc-zen1-stop38  …/export-targets-epyc-zen1-stop38-run*.json  
 *-epyc-zen1-stop41 the same Zen 1 EPYC (stop 41): ort-library-ab (the tiles and lane order;
                    -wide: the one-row K-pair block; -stop41-vs-stop40: all of it), export-targets
                    (run 1), profile-bert-base
+*-epyc-zen1-stop42 the same Zen 1 EPYC (stop 42): export-targets (run*: the ceiling sampled at
+                   both ends), profile-bert-base (float run 1), export-time (bench_export_time.py)
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -504,6 +506,17 @@ TABLES: dict[str, Source] = {
     ),
     "profile-bert-base-epyc-zen1-stop41": Source(
         "benchmarks/results/profile-bert-base-stop41-epyc-zen1-float-run1.json", profile_table
+    ),
+    # stop 42: the same Zen 1 EPYC; measurements of the stop-41 engine, the exporter's time
+    "export-targets-epyc-zen1-stop42": Source(
+        "benchmarks/results/export-targets-epyc-zen1-stop42-run*.json",
+        _bench("bench_export_targets.py"),
+    ),
+    "profile-bert-base-epyc-zen1-stop42": Source(
+        "benchmarks/results/profile-bert-base-stop42-epyc-zen1-float-run1.json", profile_table
+    ),
+    "export-time-epyc-zen1-stop42": Source(
+        "benchmarks/results/export-time-epyc-zen1-stop42.json", _bench("bench_export_time.py")
     ),
     "export-targets-epyc-avx2-stop34": Source(
         "benchmarks/results/export-targets-stop34-epyc-avx2.json",
