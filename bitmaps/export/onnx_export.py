@@ -188,9 +188,10 @@ def _quiet_exporter() -> Iterator[None]:
 
 
 # The exporter builds its table of torchlib functions afresh for every export (each function's
-# IR and signature derived again): 2-2.5 s of each BERT-tiny export's 7-8 s on a Zen 1 core. The
-# table depends only on the opset, so one process builds it once per opset; each export gets its
-# own copy of the table's lists, into which the exporter then registers our custom translations.
+# IR and signature derived again): 1.2-1.4 s of each BERT-tiny export's 7-9 s on a Zen 1 core
+# (benchmarks/bench_export_time.py). The table depends only on the opset, so one process builds
+# it once per opset; each export gets its own copy of the table's lists, into which the exporter
+# then registers our custom translations. Exports run one at a time (the class is patched).
 _TORCHLIB_TABLES: dict[int, dict] = {}
 
 
