@@ -46,7 +46,7 @@ import numpy as np
 import onnx
 import onnx.inliner
 import torch
-from bench_model_breakdown import popcount_ceiling_gmacs
+from bench_model_breakdown import peak_of, popcount_ceiling_gmacs
 from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 from onnx import helper
 from transformers import BertConfig, BertForMaskedLM
@@ -330,7 +330,7 @@ def main() -> None:
     times = dict(zip(targets, time_alternating(timers, args.runs), strict=True))
     splits = {t: _node_split(models[t], feed, args.runs, args.threads) for t in targets}
     ceilings.append(popcount_ceiling_gmacs(threads))  # its loops heat the cores alike
-    ceiling = max((c for c in ceilings if c), default=None)
+    ceiling = peak_of(ceilings)
     rows = []
     for target in targets:
         diff = float(np.abs(outputs[target] - outputs["portable"]).max())

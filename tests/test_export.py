@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bitmaps.core.config import BinarizeConfig, ExportConfig
 from bitmaps.core.ops import reference_binary_linear
 from bitmaps.core.packed import PackedBinaryLinear
+from bitmaps.export import onnx_export
 from bitmaps.export.onnx_function import (
     ATTRIBUTE_DEFAULTS,
     ATTRIBUTES,
@@ -480,8 +481,6 @@ def test_torchlib_registry_built_once_per_opset_and_copied_per_export() -> None:
     registration = pytest.importorskip(
         "torch.onnx._internal.exporter._registration", reason="needs torch's dynamo exporter"
     )
-    from bitmaps.export import onnx_export
-
     opset = ExportConfig().opset
     builder = registration.ONNXRegistry.__dict__["from_torchlib"]
     own = registration.ONNXRegistry.from_torchlib(opset)
