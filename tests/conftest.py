@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -258,3 +259,107 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept
+
+
+# --------------------------------------------------------------------------- shared traces
+
+# The exporter's trace (torch.export + onnxscript, `bitmaps.export.onnx_export.to_onnx`) is about
+# a third of the suite's time: 7-9 s for the small models here, and many tests export the very
+# same model (tests/test_export.py's small_student at its defaults) only to check different
+# passes, targets or runtimes after it. In one run (all its workers) a trace is made once per
+# fingerprint of everything it reads (_trace_key), kept serialized in the run's temporary
+# folder, and every export gets its own copy parsed from it, so no pass can change another
+# test's. Models over TRACE_CACHE_MAX_BYTES of tensors are always traced afresh.
+# BITMAPS_TEST_TRACE_CACHE=0 turns the sharing off; tests/test_export.py checks that a shared
+# trace gives the file a fresh one gives.
+TRACE_CACHE_MAX_BYTES = 64 << 20
+TRACE_CACHE_STATS = {"hits": 0, "misses": 0}
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _plain_attributes(module) -> list[str]:
+    import dataclasses
+    import enum
+
+    out = []
+    for k, v in sorted(vars(module).items()):
+        if isinstance(v, _PLAIN + (enum.Enum,)) or (
+            isinstance(v, (tuple, list)) and all(isinstance(x, _PLAIN) for x in v)
+        ):
+            out.append(f"{k}={v!r}")
+        elif dataclasses.is_dataclass(v) and not isinstance(v, type):
+            out.append(f"{k}={v!r}")
+    return out
+
+
+def _trace_key(wrapper, opset: int) -> str | None:
+    """What the trace depends on: opset, output, the module tree (types, plain attributes), the
+    model config, every parameter and buffer (persistent or not: names, dtypes, shapes, bytes);
+    None for a model too large to keep."""
+    import hashlib
+
+    tensors = [*wrapper.named_parameters(), *wrapper.named_buffers()]
+    if sum(t.numel() * t.element_size() for _, t in tensors) > TRACE_CACHE_MAX_BYTES:
+        return None
+    h = hashlib.sha256()
+    config = wrapper.model.config
+    h.update(f"{opset}|{wrapper.output}|{torch.__version__}|{config.to_json_string()}".encode())
+    h.update(repr(getattr(config, "_attn_implementation", None)).encode())
+    for name, module in wrapper.named_modules():
+        kind = f"{type(module).__module__}.{type(module).__qualname__}"
+        h.update(f"\n{name}:{kind}:{_plain_attributes(module)}".encode())
+    for name, t in tensors:
+        h.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}:{t.stride()}".encode())
+        h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _trace_folder(tmp_path_factory) -> Path:
+    """This run's folder of shared traces: one for all xdist workers of the run, never reused by
+    another run (the code a trace comes from may have changed)."""
+    import os
+
+    base = tmp_path_factory.getbasetemp()
+    run = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = run / "shared-traces"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_traces(tmp_path_factory):
+    import os
+
+    if os.environ.get("BITMAPS_TEST_TRACE_CACHE", "1") == "0":
+        yield
+        return
+    import onnx
+    import onnx_ir as ir
+
+    from bitmaps.export import pipeline
+
+    fresh = pipeline.to_onnx
+    folder = _trace_folder(tmp_path_factory)
+
+    def to_onnx(wrapper, opset):  # noqa: ANN202 - onnx_export.to_onnx's signature
+        key = _trace_key(wrapper, opset)
+        if key is None:
+            return fresh(wrapper, opset)
+        path = folder / f"{key}.onnx"
+        if path.is_file():
+            TRACE_CACHE_STATS["hits"] += 1
+        else:  # written whole, then renamed: a worker never reads another's half-written file
+            TRACE_CACHE_STATS["misses"] += 1
+            part = path.with_suffix(f".{os.getpid()}.part")
+            part.write_bytes(ir.to_proto(fresh(wrapper, opset)).SerializeToString())
+            os.replace(part, path)
+        return ir.from_proto(onnx.ModelProto.FromString(path.read_bytes()))
+
+    pipeline.to_onnx = to_onnx
+    try:
+        yield
+    finally:
+        pipeline.to_onnx = fresh
+        if os.environ.get("BITMAPS_TEST_TRACE_LOG"):
+            with open(os.environ["BITMAPS_TEST_TRACE_LOG"], "a") as f:
+                f.write(f"{os.getpid()} {TRACE_CACHE_STATS}\n")

@@ -501,3 +501,51 @@ def test_torchlib_registry_built_once_per_opset_and_copied_per_export() -> None:
             a is b for a, b in zip(first.functions[name], second.functions[name], strict=True)
         )
     assert second.get_decomps(custom) == [] and len(first.get_decomps(custom)) == 1
+
+
+# ------------------------------------------------------------------ the suite's shared traces
+
+
+def test_trace_key_tells_apart_what_a_trace_reads() -> None:
+    """tests/conftest.py shares a trace between exports of the same model: its key changes with
+    the opset, dtype, output, weights, seed and module attributes, and only with them."""
+    from conftest import _trace_key
+
+    def wrapped(dtype: str = "fp32", output: str = "logits", seed: int = 0):
+        return onnx_export.prepare_model(small_student(seed=seed), dtype, output)
+
+    key = _trace_key(wrapped(), 18)
+    assert _trace_key(wrapped(), 18) == key
+    others = [
+        _trace_key(wrapped(), 21),
+        _trace_key(wrapped("fp16"), 18),
+        _trace_key(wrapped(output="hidden"), 18),
+        _trace_key(wrapped(seed=1), 18),
+    ]
+    changed = wrapped()
+    with torch.no_grad():
+        changed.model.bert.embeddings.word_embeddings.weight[7, 3] += 1.0
+    others.append(_trace_key(changed, 18))
+    flag = wrapped()
+    next(m for m in flag.modules() if isinstance(m, PackedBinaryLinear)).training = True
+    others.append(_trace_key(flag, 18))
+    assert key not in others and len(set(others)) == len(others)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [ExportConfig(), ExportConfig(target="onnxruntime", embeddings="int4")],
+    ids=["portable", "onnxruntime-int4"],
+)
+def test_shared_trace_gives_the_file_a_fresh_trace_gives(cfg, monkeypatch) -> None:
+    """An export from the suite's shared trace (a copy parsed from the serialized trace) is the
+    file the exporter's own ir.Model gives, byte for byte, through every pass and target."""
+    from bitmaps.export import pipeline
+
+    if pipeline.to_onnx is onnx_export.to_onnx:
+        pytest.skip("needs the suite's shared traces (BITMAPS_TEST_TRACE_CACHE=0 turns them off)")
+    shared = export_verified(small_student(), cfg, binary=True)
+    monkeypatch.setattr(pipeline, "to_onnx", onnx_export.to_onnx)
+    fresh = export_verified(small_student(), cfg, binary=True)
+    assert shared.report.ok and fresh.report.ok
+    assert shared.model.SerializeToString() == fresh.model.SerializeToString()
