@@ -27,7 +27,8 @@ from torch import nn
 
 from bitmaps.core import ops
 from bitmaps.core.packed import BinaryLinearSpec, PackedBinaryLinear
-from bitmaps.runtime.timing import cuda_event_timer, time_alternating
+from bitmaps.runtime.timing import time_alternating
+from bitmaps.runtime.timing_cuda import cuda_event_timer
 
 HIDDEN, LAYERS, HEADS, FFN, VOCAB, MAX_POS = 768, 12, 12, 3072, 30522, 512
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 
 from bitmaps.core import ops
-from bitmaps.runtime.timing import cuda_event_timer
+from bitmaps.runtime.timing_cuda import cuda_event_timer
 
 SHAPES = ((128, 768, 768), (128, 768, 3072), (8192, 768, 3072), (8192, 3072, 768))
 PARTS = ("pack", "gemm_i32", "binary_linear", "cublas_fp16", "empty_launch")

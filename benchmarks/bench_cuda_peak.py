@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 
-from bitmaps.runtime.timing import cuda_event_timer
+from bitmaps.runtime.timing_cuda import cuda_event_timer
 
 HERE = Path(__file__).resolve().parent
 GEMM_N = 8192

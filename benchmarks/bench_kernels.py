@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from bench_results import markdown_table, parse_with_outputs, run_meta, write_outputs
 
 from bitmaps.core import ops
-from bitmaps.runtime.timing import calls_per_sample, cpu_timer, cuda_event_timer, time_alternating
+from bitmaps.runtime.timing import calls_per_sample, cpu_timer, time_alternating
+from bitmaps.runtime.timing_cuda import cuda_event_timer
 
 SHAPES = ((768, 768), (768, 3072), (3072, 768))  # (K, N) of BERT-base's linears
 CPU_M = (128, 1024)

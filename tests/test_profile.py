@@ -12,8 +12,12 @@ from __future__ import annotations
 import copy
 import json
 import math
+import subprocess
+import sys
 import time
 
+import numpy as np
+import onnx
 import pytest
 import torch
 from conftest import amx_withhold_problem, assert_one_line_error
@@ -315,9 +319,48 @@ def test_inputs_are_the_same_for_every_model() -> None:
 
     a = make_inputs(30522, 2, 16, seed=0, rotations=3)
     b = make_inputs(30522, 2, 16, seed=0, rotations=3)
-    assert len(a) == 3 and all(torch.equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
-    assert not torch.equal(a[0][0], a[1][0])  # rotated: different batches
-    assert int(a[0][0].min()) >= 1000 and a[0][1].dtype == torch.int64
+    assert len(a) == 3 and all(np.array_equal(x[0], y[0]) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(a[0][0], a[1][0])  # rotated: different batches
+    assert int(a[0][0].min()) >= 1000 and a[0][0].max() < 30522
+    assert a[0][0].dtype == a[0][1].dtype == np.int64 and a[0][0].shape == (2, 16)
+    assert not np.array_equal(a[0][0], make_inputs(30522, 2, 16, seed=1, rotations=1)[0][0])
+
+
+def test_onnxruntime_measuring_process_imports_no_torch(tmp_path) -> None:
+    """ONNX Runtime's measuring process (python -m bitmaps.runtime.measure) times a model and
+    reports its shapes without importing torch."""
+    from onnx import TensorProto, helper
+
+    from bitmaps.runtime.measure import RESULT_PREFIX
+    from bitmaps.runtime.profile import run_worker
+
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"])
+    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])
+    out = helper.make_tensor_value_info("y", TensorProto.INT64, ["b", "s"])
+    graph = helper.make_graph([helper.make_node("Add", ["input_ids", "attention_mask"], ["y"])],
+                              "g", [ids, mask], [out])  # fmt: skip
+    model = tmp_path / "add.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    job = {"backend": "onnxruntime", "device": "cpu", "model": "fp32", "artifact": str(model),
+           "session": "function", "shapes": [[1, 8], [2, 4]], "vocab_size": 300, "seed": 0,
+           "threads": 1, "timing": {"warmup": 1, "repeats": 3, "min_time": 0.0,
+                                    "max_time": 5.0, "rotations": 2}}  # fmt: skip
+    results = []
+    run_worker(job, results.append)
+    assert [r.get("loaded") for r in results[:1]] == [{}]
+    assert sorted((r["batch"], r["seq"]) for r in results[1:]) == [(1, 8), (2, 4)]
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(job))
+    # -X importtime: every module the process imports, on stderr
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "bitmaps.runtime.measure", str(job_file)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count(RESULT_PREFIX) == 3
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines()}
+    assert {"onnxruntime.capi._pybind_state", "bitmaps.core.ort"} <= imported
+    assert "torch" not in imported and "bitmaps.runtime.measure_torch" not in imported
 
 
 def test_weight_breakdown_counts_packed_words() -> None:

@@ -8,9 +8,11 @@ line ``RESULT_PREFIX {"error": ...}`` and exit code 2.
 
 Method, per shape (shapes in ascending batch x seq order):
 
-- inputs: ``rotations`` batches of random token ids (generator seeded by seed, batch, seq), all
-  positions attended; identical in every process, so every model sees the same inputs; call i
-  uses batch ``i % rotations``.
+- inputs: ``rotations`` batches of random token ids (NumPy's generator seeded by seed, batch,
+  seq), all positions attended; identical in every process, so every model sees the same
+  inputs; call i uses batch ``i % rotations``. ONNX Runtime's process on the CPU imports no
+  torch (about 3 s of imports on a 2-core machine); the torch side (its runners, CUDA timing
+  and memory) is bitmaps/runtime/measure_torch.py.
 - latency of one call on one batch (the stop rule of bitmaps/runtime/timing.py): ``warmup``
   untimed calls, then timed calls until at least ``repeats`` calls and ``min_time`` seconds,
   or ``max_time`` seconds (and 3 calls). CPU:
@@ -41,12 +43,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.ort import function_session, kernel_session, library_missing
 from bitmaps.runtime.amx import tile_data_permitted
-from bitmaps.runtime.timing import cpu_timer, cuda_event_timer, time_calls
+from bitmaps.runtime.timing import cpu_timer, time_calls
 
 RESULT_PREFIX = "BITMAPS-PROFILE "
 
@@ -81,65 +82,19 @@ def release_and_reset_peak() -> bool:
 
 
 def make_inputs(vocab_size: int, batch: int, seq: int, seed: int, rotations: int) -> list:
-    """``rotations`` (input_ids, attention_mask) pairs, int64 on CPU; ids avoid the first 1000
-    vocabulary entries (special and unused tokens in BERT vocabularies)."""
+    """``rotations`` (input_ids, attention_mask) pairs of int64 NumPy arrays; ids avoid the first
+    1000 vocabulary entries (special and unused tokens in BERT vocabularies)."""
 
-    g = torch.Generator().manual_seed(seed * 1_000_003 + batch * 10_007 + seq)
+    rng = np.random.default_rng(seed * 1_000_003 + batch * 10_007 + seq)
     low = min(1000, vocab_size - 1)
     out = []
     for _ in range(rotations):
-        ids = torch.randint(low, vocab_size, (batch, seq), generator=g, dtype=torch.int64)
-        out.append((ids, torch.ones(batch, seq, dtype=torch.int64)))
+        ids = rng.integers(low, vocab_size, size=(batch, seq), dtype=np.int64)
+        out.append((ids, np.ones((batch, seq), dtype=np.int64)))
     return out
 
 
-def _cuda_graph_timer(runner: Any, feeds: list) -> Callable[[int], float] | None:
-    """Capture the torch module once on static input buffers; None if it cannot be captured."""
-
-    static = tuple(t.clone() for t in feeds[0])
-    try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                runner(static)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            runner(static)
-    except Exception:  # noqa: BLE001 - any capture failure means: time it eagerly instead
-        torch.cuda.synchronize()
-        return None
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-    def call(i: int) -> float:
-        for dst, src in zip(static, feeds[i % len(feeds)], strict=True):
-            dst.copy_(src)  # before the start event: not timed
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end)
-
-    return call
-
-
 # --------------------------------------------------------------------------- runners
-
-
-class TorchRunner:
-    """A module called as ``module(input_ids=..., attention_mask=...)`` under inference_mode."""
-
-    def __init__(self, module: torch.nn.Module, device: str) -> None:
-        self.module = module
-        self.device = device
-
-    def prepare(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return ids.to(self.device), mask.to(self.device)
-
-    def __call__(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> Any:
-        with torch.inference_mode():
-            return self.module(input_ids=inputs[0], attention_mask=inputs[1])
 
 
 class OrtRunner:
@@ -155,30 +110,12 @@ class OrtRunner:
             self.session = function_session(onnx_path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def prepare(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
-        given = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    def prepare(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+        given = {"input_ids": ids, "attention_mask": mask}
         return {name: given[name] for name in self.input_names}
 
     def __call__(self, feed: dict[str, Any]) -> Any:
         return self.session.run(None, feed)
-
-
-class TrtRunner:
-    """A TensorRT engine through :class:`bitmaps.runtime.tensorrt.TensorRTEngine`."""
-
-    device = "cuda"
-
-    def __init__(self, engine_path: str) -> None:
-        from bitmaps.runtime.tensorrt import TensorRTEngine  # this process's backend (PRELOAD)
-
-        self.engine = TensorRTEngine(engine_path)
-
-    def prepare(self, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        given = {"input_ids": ids.cuda(), "attention_mask": mask.cuda()}
-        return {name: given[name] for name in self.engine.inputs}
-
-    def __call__(self, feed: dict[str, torch.Tensor]) -> Any:
-        return self.engine.run(feed)
 
 
 # What each backend's process imports before its memory baseline (so that the libraries' own
@@ -196,9 +133,22 @@ def preload(backend: str) -> None:
         importlib.import_module(module)
 
 
+def _torch_side(job: dict[str, Any]) -> Any:
+    """bitmaps.runtime.measure_torch (it imports torch) for a torch or TensorRT job or one on a
+    CUDA device; None for ONNX Runtime on the CPU, whose process never imports torch."""
+    if job["backend"] == "onnxruntime" and job["device"] != "cuda":
+        return None
+    from bitmaps.runtime import measure_torch
+
+    return measure_torch
+
+
 def _load_runner(job: dict[str, Any]) -> Any:
 
     backend, device = job["backend"], job["device"]
+    if backend == "onnxruntime":
+        return OrtRunner(job["artifact"], job["session"], job["threads"])
+    T = _torch_side(job)  # noqa: N806 - the module
     if backend == "torch":
         from bitmaps.runtime import backends as B  # this process's backend (PRELOAD)
 
@@ -207,10 +157,10 @@ def _load_runner(job: dict[str, Any]) -> Any:
             mlm, job["model"], job["output"], device, job.get("attention", "float")
         )
         del mlm
-        return TorchRunner(module, device)
-    if backend == "onnxruntime":
-        return OrtRunner(job["artifact"], job["session"], job["threads"])
-    return TrtRunner(job["artifact"])
+        return T.TorchRunner(module, device)
+    from bitmaps.runtime.tensorrt import TensorRTEngine  # this process's backend (PRELOAD)
+
+    return T.TrtRunner(TensorRTEngine(job["artifact"]))
 
 
 @dataclasses.dataclass
@@ -218,8 +168,7 @@ class Baseline:
     """Memory in use before the model was loaded."""
 
     rss: int  # process RSS, bytes
-    cuda_allocated: int = 0  # torch.cuda.memory_allocated()
-    cuda_free: int = 0  # free device memory (cudaMemGetInfo)
+    cuda: Any = None  # measure_torch.CudaBaseline on a CUDA device
 
 
 def _describe(runner: Any, job: dict[str, Any]) -> dict[str, Any]:
@@ -240,34 +189,18 @@ def _measure_shape(
     runner: Any, job: dict[str, Any], base: Baseline, batch: int, seq: int
 ) -> dict[str, Any]:
 
-    cuda = job["device"] == "cuda"
     pairs = make_inputs(job["vocab_size"], batch, seq, job["seed"], job["timing"]["rotations"])
     feeds = [runner.prepare(ids, mask) for ids, mask in pairs]
-    method = "perf_counter"
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        free0 = torch.cuda.mem_get_info()[0]
-        call = _cuda_graph_timer(runner, feeds) if job["backend"] == "torch" else None
-        method = "cuda events + cuda graph" if call else "cuda events"
-        call = call or cuda_event_timer(lambda i: runner(feeds[i % len(feeds)]))
+    if base.cuda is not None:
+        shape = _torch_side(job).CudaShape(runner, job["backend"], feeds, base.cuda)
+        samples = time_calls(shape.call, job["timing"])
+        peak, peak_method = shape.peak()
+        method = shape.method
     else:
         reset_ok = release_and_reset_peak()
-        call = cpu_timer(lambda i: runner(feeds[i % len(feeds)]))
-    samples = time_calls(call, job["timing"])
-    if cuda:
-        torch.cuda.synchronize()
-        if job["backend"] == "torch":
-            peak = torch.cuda.max_memory_allocated() - base.cuda_allocated
-        else:
-            peak = base.cuda_free - min(free0, torch.cuda.mem_get_info()[0])
-        peak_method = (
-            "torch.cuda.max_memory_allocated"
-            if job["backend"] == "torch"
-            else ("drop of free CUDA memory since before the engine was loaded")
-        )
-    else:
+        samples = time_calls(cpu_timer(lambda i: runner(feeds[i % len(feeds)])), job["timing"])
         peak = hwm_bytes() - base.rss
+        method = "perf_counter"
         peak_method = "VmHWM - RSS before load" + (
             "" if reset_ok else " (peak not reset: includes loading)"
         )
@@ -291,14 +224,13 @@ def _measure_shape(
 def run_job(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None:
     """Load the runner, then measure every shape of ``job``, emitting one dict per shape."""
 
-    threads = job["threads"]
-    torch.set_num_threads(threads)
+    torch_side = _torch_side(job)
+    if torch_side is not None:
+        torch_side.set_threads(job["threads"])
     preload(job["backend"])
     base = Baseline(rss_bytes())
     if job["device"] == "cuda":
-        torch.cuda.init()
-        base.cuda_allocated = torch.cuda.memory_allocated()
-        base.cuda_free = torch.cuda.mem_get_info()[0]
+        base.cuda = torch_side.CudaBaseline.now()
     runner = _load_runner(job)
     emit({"loaded": _describe(runner, job)})
     shapes = sorted((tuple(s) for s in job["shapes"]), key=lambda s: (s[0] * s[1], s))

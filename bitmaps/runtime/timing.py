@@ -2,7 +2,8 @@
 
 A *timer* is a function ``call(i) -> milliseconds`` that runs the work once (on input ``i``) and
 says how long it took: :func:`cpu_timer` (``time.perf_counter`` around ``n`` calls, the mean) and
-:func:`cuda_event_timer` (CUDA events around ``n`` calls, the mean). :func:`time_calls` applies the
+``cuda_event_timer`` (CUDA events around ``n`` calls, the mean; in bitmaps/runtime/timing_cuda.py,
+so that this module imports no torch). :func:`time_calls` applies the
 stop rule to one timer; :func:`time_alternating` samples several timers in turn (A, B, A, B, ...) so
 that load from other processes hits all of them alike, which is how a kernel is compared with its
 baseline in the same run. :func:`calls_per_sample` sizes a sample of a microsecond kernel.
@@ -17,8 +18,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
-
 MIN_CALLS = 3  # a shape that hits max_time still gets this many timed calls
 
 Timer = Callable[[int], float]
@@ -32,21 +31,6 @@ def cpu_timer(fn: Callable[[int], object], calls: int = 1) -> Timer:
         for _ in range(calls):
             fn(i)
         return (time.perf_counter() - start) * 1e3 / calls
-
-    return call
-
-
-def cuda_event_timer(fn: Callable[[int], object], calls: int = 1) -> Timer:
-    """``call(i)``: ``fn(i)`` ``calls`` times between two CUDA events, milliseconds per call."""
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-    def call(i: int) -> float:
-        start.record()
-        for _ in range(calls):
-            fn(i)
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / calls
 
     return call
 
