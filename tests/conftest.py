@@ -294,8 +294,8 @@ def _plain_attributes(module) -> list[str]:
 
 def _trace_key(wrapper, opset: int) -> str | None:
     """What the trace depends on: opset, output, the module tree (types, plain attributes), the
-    model config, every parameter and buffer (persistent or not: names, dtypes, shapes, bytes);
-    None for a model too large to keep."""
+    model config, every parameter, buffer (persistent or not) and tensor attribute (names,
+    dtypes, shapes, bytes); None for a model too large to keep."""
     import hashlib
 
     tensors = [*wrapper.named_parameters(), *wrapper.named_buffers()]
@@ -308,6 +308,9 @@ def _trace_key(wrapper, opset: int) -> str | None:
     for name, module in wrapper.named_modules():
         kind = f"{type(module).__module__}.{type(module).__qualname__}"
         h.update(f"\n{name}:{kind}:{_plain_attributes(module)}".encode())
+        # tensors held as plain attributes (neither parameter nor buffer) are traced as constants
+        tensors += [(f"{name}.{k}", v) for k, v in sorted(vars(module).items())
+                    if isinstance(v, torch.Tensor)]  # fmt: skip
     for name, t in tensors:
         h.update(f"\n{name}:{t.dtype}:{tuple(t.shape)}:{t.stride()}".encode())
         h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

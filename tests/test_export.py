@@ -508,7 +508,7 @@ def test_torchlib_registry_built_once_per_opset_and_copied_per_export() -> None:
 
 def test_trace_key_tells_apart_what_a_trace_reads() -> None:
     """tests/conftest.py shares a trace between exports of the same model: its key changes with
-    the opset, dtype, output, weights, seed and module attributes, and only with them."""
+    the opset, dtype, output, weights, seed, module attributes and tensor attributes."""
     from conftest import _trace_key
 
     def wrapped(dtype: str = "fp32", output: str = "logits", seed: int = 0):
@@ -529,6 +529,9 @@ def test_trace_key_tells_apart_what_a_trace_reads() -> None:
     flag = wrapped()
     next(m for m in flag.modules() if isinstance(m, PackedBinaryLinear)).training = True
     others.append(_trace_key(flag, 18))
+    zeros, ones = wrapped(), wrapped()  # a tensor held as a plain attribute (a traced constant)
+    zeros.model.table, ones.model.table = torch.zeros(3), torch.ones(3)
+    others += [_trace_key(zeros, 18), _trace_key(ones, 18)]
     assert key not in others and len(set(others)) == len(others)
 
 
