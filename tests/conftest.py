@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import functools
+import hashlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -270,17 +274,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # fingerprint of everything it reads (_trace_key), kept serialized in the run's temporary
 # folder, and every export gets its own copy parsed from it, so no pass can change another
 # test's. Models over TRACE_CACHE_MAX_BYTES of tensors are always traced afresh.
-# BITMAPS_TEST_TRACE_CACHE=0 turns the sharing off; tests/test_export.py checks that a shared
-# trace gives the file a fresh one gives.
+# BITMAPS_TEST_TRACE_CACHE=0 turns the sharing off; BITMAPS_TEST_TRACE_LOG=FILE appends each
+# worker's hits and misses to FILE. tests/test_export.py checks that a shared trace gives the file
+# a fresh one gives.
 TRACE_CACHE_MAX_BYTES = 64 << 20
 TRACE_CACHE_STATS = {"hits": 0, "misses": 0}
 _PLAIN = (bool, int, float, str, type(None))
 
 
 def _plain_attributes(module) -> list[str]:
-    import dataclasses
-    import enum
-
     out = []
     for k, v in sorted(vars(module).items()):
         if isinstance(v, _PLAIN + (enum.Enum,)) or (
@@ -296,8 +298,6 @@ def _trace_key(wrapper, opset: int) -> str | None:
     """What the trace depends on: opset, output, the module tree (types, plain attributes), the
     model config, every parameter, buffer (persistent or not) and tensor attribute (names,
     dtypes, shapes, bytes); None for a model too large to keep."""
-    import hashlib
-
     tensors = [*wrapper.named_parameters(), *wrapper.named_buffers()]
     if sum(t.numel() * t.element_size() for _, t in tensors) > TRACE_CACHE_MAX_BYTES:
         return None
@@ -320,8 +320,6 @@ def _trace_key(wrapper, opset: int) -> str | None:
 def _trace_folder(tmp_path_factory) -> Path:
     """This run's folder of shared traces: one for all xdist workers of the run, never reused by
     another run (the code a trace comes from may have changed)."""
-    import os
-
     base = tmp_path_factory.getbasetemp()
     run = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     folder = run / "shared-traces"
@@ -331,8 +329,6 @@ def _trace_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _shared_traces(tmp_path_factory):
-    import os
-
     if os.environ.get("BITMAPS_TEST_TRACE_CACHE", "1") == "0":
         yield
         return
