@@ -68,6 +68,7 @@ export-targets-epyc-zen1-stop38  …/export-targets-epyc-zen1-stop38-run*.json  
                    (run 1), profile-bert-base
 *-epyc-zen1-stop42 the same Zen 1 EPYC (stop 42): export-targets (run*: the ceiling sampled at
                    both ends), profile-bert-base (float run 1), export-time (bench_export_time.py)
+measure-startup-epyc-zen1-stop43  …/measure-startup-epyc-zen1-stop43.json bench_measure_startup.py
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -517,6 +518,11 @@ TABLES: dict[str, Source] = {
     ),
     "export-time-epyc-zen1-stop42": Source(
         "benchmarks/results/export-time-epyc-zen1-stop42.json", _bench("bench_export_time.py")
+    ),
+    # stop 43: the same Zen 1 EPYC; profile's ONNX Runtime measuring process without torch
+    "measure-startup-epyc-zen1-stop43": Source(
+        "benchmarks/results/measure-startup-epyc-zen1-stop43.json",
+        _bench("bench_measure_startup.py"),
     ),
     "export-targets-epyc-avx2-stop34": Source(
         "benchmarks/results/export-targets-stop34-epyc-avx2.json",
