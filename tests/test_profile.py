@@ -17,10 +17,9 @@ import sys
 import time
 
 import numpy as np
-import onnx
 import pytest
 import torch
-from conftest import amx_withhold_problem, assert_one_line_error
+from conftest import amx_withhold_problem, assert_one_line_error, benchmark_module
 
 from bitmaps.cli import main
 
@@ -328,29 +327,16 @@ def test_inputs_are_the_same_for_every_model() -> None:
 
 def test_onnxruntime_measuring_process_imports_no_torch(tmp_path) -> None:
     """ONNX Runtime's measuring process (python -m bitmaps.runtime.measure) times a model and
-    reports its shapes without importing torch."""
-    from onnx import TensorProto, helper
-
+    reports its shapes without importing torch (the job of benchmarks/bench_measure_startup.py:
+    a trivial model, two shapes)."""
     from bitmaps.runtime.measure import RESULT_PREFIX
     from bitmaps.runtime.profile import run_worker
 
-    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "s"])
-    mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "s"])
-    out = helper.make_tensor_value_info("y", TensorProto.INT64, ["b", "s"])
-    graph = helper.make_graph([helper.make_node("Add", ["input_ids", "attention_mask"], ["y"])],
-                              "g", [ids, mask], [out])  # fmt: skip
-    model = tmp_path / "add.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
-    job = {"backend": "onnxruntime", "device": "cpu", "model": "fp32", "artifact": str(model),
-           "session": "function", "shapes": [[1, 8], [2, 4]], "vocab_size": 300, "seed": 0,
-           "threads": 1, "timing": {"warmup": 1, "repeats": 3, "min_time": 0.0,
-                                    "max_time": 5.0, "rotations": 2}}  # fmt: skip
+    job_file = benchmark_module("bench_measure_startup")._job(tmp_path)  # noqa: SLF001
     results = []
-    run_worker(job, results.append)
+    run_worker(json.loads(job_file.read_text()), results.append)
     assert [r.get("loaded") for r in results[:1]] == [{}]
-    assert sorted((r["batch"], r["seq"]) for r in results[1:]) == [(1, 8), (2, 4)]
-    job_file = tmp_path / "job.json"
-    job_file.write_text(json.dumps(job))
+    assert sorted((r["batch"], r["seq"]) for r in results[1:]) == [(1, 8), (2, 16)]
     # -X importtime: every module the process imports, on stderr
     proc = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "bitmaps.runtime.measure", str(job_file)],
