@@ -143,12 +143,12 @@ def _torch_side(job: dict[str, Any]) -> Any:
     return measure_torch
 
 
-def _load_runner(job: dict[str, Any]) -> Any:
+def _load_runner(job: dict[str, Any], torch_side: Any) -> Any:
+    """The job's runner; ``torch_side`` is ``_torch_side(job)``."""
 
     backend, device = job["backend"], job["device"]
     if backend == "onnxruntime":
         return OrtRunner(job["artifact"], job["session"], job["threads"])
-    T = _torch_side(job)  # noqa: N806 - the module
     if backend == "torch":
         from bitmaps.runtime import backends as B  # this process's backend (PRELOAD)
 
@@ -157,10 +157,10 @@ def _load_runner(job: dict[str, Any]) -> Any:
             mlm, job["model"], job["output"], device, job.get("attention", "float")
         )
         del mlm
-        return T.TorchRunner(module, device)
+        return torch_side.TorchRunner(module, device)
     from bitmaps.runtime.tensorrt import TensorRTEngine  # this process's backend (PRELOAD)
 
-    return T.TrtRunner(TensorRTEngine(job["artifact"]))
+    return torch_side.TrtRunner(TensorRTEngine(job["artifact"]))
 
 
 @dataclasses.dataclass
@@ -186,13 +186,13 @@ def _describe(runner: Any, job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _measure_shape(
-    runner: Any, job: dict[str, Any], base: Baseline, batch: int, seq: int
+    runner: Any, job: dict[str, Any], base: Baseline, batch: int, seq: int, torch_side: Any
 ) -> dict[str, Any]:
 
     pairs = make_inputs(job["vocab_size"], batch, seq, job["seed"], job["timing"]["rotations"])
     feeds = [runner.prepare(ids, mask) for ids, mask in pairs]
     if base.cuda is not None:
-        shape = _torch_side(job).CudaShape(runner, job["backend"], feeds, base.cuda)
+        shape = torch_side.CudaShape(runner, job["backend"], feeds, base.cuda)
         samples = time_calls(shape.call, job["timing"])
         peak, peak_method = shape.peak()
         method = shape.method
@@ -231,11 +231,11 @@ def run_job(job: dict[str, Any], emit: Callable[[dict[str, Any]], None]) -> None
     base = Baseline(rss_bytes())
     if job["device"] == "cuda":
         base.cuda = torch_side.CudaBaseline.now()
-    runner = _load_runner(job)
+    runner = _load_runner(job, torch_side)
     emit({"loaded": _describe(runner, job)})
     shapes = sorted((tuple(s) for s in job["shapes"]), key=lambda s: (s[0] * s[1], s))
     for batch, seq in shapes:
-        emit(_measure_shape(runner, job, base, batch, seq))
+        emit(_measure_shape(runner, job, base, batch, seq, torch_side))
 
 
 def main(argv: list[str] | None = None) -> int:
