@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+import re
 
 import pytest
 import torch
@@ -10,7 +12,7 @@ from transformers import BertConfig, BertForMaskedLM
 
 from bitmaps.core.checkpoint import load_checkpoint, save_checkpoint, tokenizer_record
 from bitmaps.core.errors import BitmapsError
-from bitmaps.train.models import build_model
+from bitmaps.train.models import build_model, tokenizer_from_record
 
 TINY = dict(
     vocab_size=64,
@@ -153,3 +155,133 @@ def test_written_files_follow_the_umask(tmp_path) -> None:
         assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"hello world\n", bytes(range(256)) * 4, b"\x80\x04\x95", b"aaaa" * 100],
+    ids=["text", "bytes", "pickle-header", "letters"],
+)
+def test_any_bytes_are_one_error(tmp_path, data) -> None:
+    # torch's legacy unpickler fails on arbitrary bytes with whatever they trigger (KeyError on
+    # a text file, IndexError on letters): each must be the one user error
+    path = tmp_path / "c.pt"
+    path.write_bytes(data)
+    with pytest.raises(BitmapsError, match="not a readable checkpoint"):
+        load_checkpoint(path)
+
+
+def _nan_weight(raw):
+    raw["state_dict"]["bert.embeddings.word_embeddings.weight"][0, 0] = float("nan")
+
+
+def _inf_weight(raw):
+    raw["state_dict"]["cls.predictions.bias"][1] = float("inf")
+
+
+CORRUPT_FIELDS = {
+    "version 0": (lambda raw: raw.update(version=0), "version 0"),
+    "version text": (lambda raw: raw.update(version="1"), "version '1'"),
+    "version bool": (lambda raw: raw.update(version=True), "version True"),
+    "config not json": (lambda raw: raw.update(model_config="{oops"), "not JSON text"),
+    "config a list": (lambda raw: raw.update(model_config="[1, 2]"), "not a JSON object"),
+    "config a number": (lambda raw: raw.update(model_config=5), "not JSON text"),
+    "class a number": (lambda raw: raw.update(model_class=3), "model_class is not a name"),
+    "tokenizer text": (lambda raw: raw.update(tokenizer="bert"), "tokenizer is not a record"),
+    "tokenizer no files": (lambda raw: raw.update(tokenizer={"name": "t"}), "tokenizer"),
+    "tokenizer empty": (lambda raw: raw["tokenizer"].update(files={}), "tokenizer"),
+    "tokenizer bytes": (
+        lambda raw: raw["tokenizer"].update(files={"vocab.txt": b"x"}),
+        "tokenizer",
+    ),
+    "binarize text": (lambda raw: raw.update(binarize="yes"), "binarize is not a dict"),
+    "meta list": (lambda raw: raw.update(meta=[1]), "meta is not a dict"),
+    "train_state text": (lambda raw: raw.update(train_state="x"), "train_state is not a dict"),
+    "state_dict text": (lambda raw: raw.update(state_dict="w"), "state_dict is not"),
+    "state_dict empty": (lambda raw: raw.update(state_dict={}), "state_dict is not"),
+    "state_dict number": (lambda raw: raw["state_dict"].update(x=1.0), "entry 'x'"),
+    "NaN weight": (_nan_weight, "word_embeddings.weight holds NaN"),
+    "inf weight": (_inf_weight, "predictions.bias holds NaN or infinite"),
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT_FIELDS))
+def test_corrupt_fields_are_one_error(tmp_path, case) -> None:
+    mutate, message = CORRUPT_FIELDS[case]
+    path = _save(tmp_path / "c.pt")
+    raw = torch.load(path, weights_only=True)
+    mutate(raw)
+    torch.save(raw, path)
+    with pytest.raises(BitmapsError, match=re.escape(message)):
+        load_checkpoint(path)
+
+
+def _config_with(**changes) -> str:
+    config = json.loads(BertConfig(**TINY).to_json_string(use_diff=False))
+    config.update(changes)
+    return json.dumps(config)
+
+
+BAD_MODELS = {
+    "heads do not divide": (
+        lambda raw: raw.update(model_config=_config_with(num_attention_heads=3)),
+        "invalid model config",
+    ),
+    "hidden size text": (
+        lambda raw: raw.update(model_config=_config_with(hidden_size="big")),
+        "invalid model config",
+    ),
+    "binarize unknown quantizer": (
+        lambda raw: raw.update(binarize={"weight_quantizer": "bogus"}),
+        "invalid binarize settings",
+    ),
+    "binarize unknown field": (
+        lambda raw: raw.update(binarize={"colour": "red"}),
+        "invalid binarize settings",
+    ),
+    "integer weight": (
+        lambda raw: raw["state_dict"].update(
+            {"cls.predictions.bias": torch.zeros(TINY["vocab_size"], dtype=torch.int64)}
+        ),
+        "cls.predictions.bias is torch.int64",
+    ),
+    "missing weight": (
+        lambda raw: raw["state_dict"].pop("cls.predictions.bias"),
+        'Missing key(s) in state_dict: "cls.predictions.bias"',
+    ),
+    "a student's weights in a teacher": (
+        lambda raw: raw["state_dict"].update(
+            {"bert.encoder.layer.0.attention.self.query.binarized": torch.ones(1)}
+        ),
+        "Unexpected key(s) in state_dict",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_MODELS))
+def test_checkpoints_that_build_no_model_are_one_error(tmp_path, case) -> None:
+    mutate, message = BAD_MODELS[case]
+    path = _save(tmp_path / "c.pt")
+    raw = torch.load(path, weights_only=True)
+    mutate(raw)
+    torch.save(raw, path)
+    with pytest.raises(BitmapsError, match=re.escape(message)) as info:
+        build_model(load_checkpoint(path), str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_half_precision_weights_still_load(tmp_path) -> None:
+    model = BertForMaskedLM(BertConfig(**TINY))
+    path = _save(tmp_path / "c.pt", model)
+    raw = torch.load(path, weights_only=True)
+    raw["state_dict"] = {k: v.half() for k, v in raw["state_dict"].items()}
+    torch.save(raw, path)
+    rebuilt = build_model(load_checkpoint(path))
+    weight = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(rebuilt.state_dict()[weight], model.state_dict()[weight].half().float())
+
+
+def test_a_tokenizer_transformers_cannot_read_is_one_error() -> None:
+    record = tokenizer_record("t", {"tokenizer.json": "{not json", "vocab.txt": "[PAD]\n"})
+    with pytest.raises(BitmapsError, match="the checkpoint's tokenizer cannot be loaded"):
+        tokenizer_from_record(record)

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import torch
 
 from bitmaps import __version__
 from bitmaps.core.atomic import atomic_output
-from bitmaps.core.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError, one_line
 
 FORMAT = "bitmaps-checkpoint"
 VERSION = 1
@@ -80,7 +81,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if path.is_dir():
         raise BitmapsError(f"{path} is a folder, not a checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of pickle protocols before it refuses them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" in str(exc):  # the weights-only unpickler met a class or function reference
             raise BitmapsError(
@@ -90,7 +93,14 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise BitmapsError(f"{path} is not a readable checkpoint (truncated or corrupt?)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise BitmapsError(
-            f"{path} is not a readable checkpoint (truncated or corrupt?): {_first_line(exc)}"
+            f"{path} is not a readable checkpoint (truncated or corrupt?): {one_line(exc)}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 -- torch's legacy unpickler on arbitrary bytes
+        # (a text file, random bytes) fails with whatever the bytes happen to trigger
+        # (KeyError, IndexError, ...): all of them mean the same to the user.
+        raise BitmapsError(
+            f"{path} is not a readable checkpoint (not a file `bitmaps train` wrote?): "
+            f"{type(exc).__name__}"
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise BitmapsError(
@@ -98,25 +108,65 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             "pass a file written by `bitmaps train`, or a Hugging Face model folder"
         )
     version = ckpt.get("version")
-    if not isinstance(version, int) or version > VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > VERSION:
         raise BitmapsError(
             f"{path} has checkpoint version {version}, newer than this bitmaps reads "
             f"({VERSION}); upgrade bitmaps"
+        )
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise BitmapsError(
+            f"{path} has checkpoint version {version!r}, which no bitmaps writes (corrupt?); "
+            "pass a file written by `bitmaps train`"
         )
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise BitmapsError(
             f"{path} is an incomplete bitmaps checkpoint: missing {', '.join(missing)}"
         )
-    try:
-        json.loads(ckpt["model_config"])
-    except (TypeError, json.JSONDecodeError):
-        raise BitmapsError(f"{path} has a corrupt model config") from None
     ckpt.setdefault("meta", {})
     ckpt.setdefault("binarize", {})
+    problem = _field_problem(ckpt)
+    if problem:
+        raise BitmapsError(
+            f"{path} is a corrupt bitmaps checkpoint: {problem}; pass a file written by "
+            "`bitmaps train`"
+        )
     return ckpt
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def _field_problem(ckpt: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's fields (types, the config's JSON, the weights), or None."""
+    try:
+        config = json.loads(ckpt["model_config"])
+    except (TypeError, json.JSONDecodeError):
+        return "its model_config is not JSON text"
+    if not isinstance(config, dict):
+        return "its model_config is not a JSON object"
+    if not isinstance(ckpt["model_class"], str):
+        return "its model_class is not a name"
+    tokenizer = ckpt["tokenizer"]
+    files = tokenizer.get("files") if isinstance(tokenizer, dict) else None
+    if not (
+        isinstance(files, dict)
+        and files
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in files.items())
+        and isinstance(tokenizer.get("name", ""), str)
+    ):
+        return "its tokenizer is not a record of named text files"
+    for key in ("binarize", "meta"):
+        if not isinstance(ckpt[key], dict):
+            return f"its {key} is not a dict"
+    if "train_state" in ckpt and not isinstance(ckpt["train_state"], dict):
+        return "its train_state is not a dict"
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not state:
+        return "its state_dict is not a non-empty dict of tensors"
+    for name, tensor in state.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            return f"its state_dict entry {name!r} is not a named tensor"
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return (
+                f"weight {name} holds NaN or infinite values (did the training diverge? an "
+                "earlier checkpoint may be sound)"
+            )
+    return None

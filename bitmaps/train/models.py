@@ -33,9 +33,18 @@ from transformers import (
 
 from bitmaps.core.checkpoint import load_checkpoint, tokenizer_record
 from bitmaps.core.config import BinarizeConfig
-from bitmaps.core.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError, one_line
 from bitmaps.data.assets import ASSET_MODELS, resolve_model
 from bitmaps.train.binary_linear import SUPPORTED_MODEL_TYPES, binarize_
+
+try:  # transformers 5 validates config fields through huggingface_hub's strict dataclasses
+    from huggingface_hub.errors import StrictDataclassError
+except ImportError:  # an older huggingface_hub: its configs fail with the built-in types below
+    StrictDataclassError = ValueError
+
+# What building a config or a model from a config's values raises for values of the wrong type
+# or range (a hand-edited config.json, a corrupt checkpoint).
+CONFIG_ERRORS = (TypeError, ValueError, AttributeError, KeyError, StrictDataclassError)
 
 MODEL_CLASSES = {
     "BertForMaskedLM": BertForMaskedLM,
@@ -130,11 +139,13 @@ def _load_shape(name: str) -> LoadedModel:
 
 
 def read_tokenizer_files(folder: Path) -> dict[str, str]:
-    files = {
-        n: (folder / n).read_text(encoding="utf-8")
-        for n in TOKENIZER_FILES
-        if (folder / n).is_file()
-    }
+    files = {}
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            try:
+                files[name] = (folder / name).read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise BitmapsError(f"{folder / name} is not UTF-8 text") from None
     if "tokenizer.json" not in files and "vocab.txt" not in files:
         raise BitmapsError(f"{folder} has no tokenizer (tokenizer.json or vocab.txt)")
     return files
@@ -148,9 +159,22 @@ def tokenizer_from_record(record: dict[str, Any]) -> Any:
             if "/" in name or name.startswith("."):
                 raise BitmapsError(f"checkpoint tokenizer has an invalid file name {name!r}")
             (Path(tmp) / name).write_text(text, encoding="utf-8")
-        tok = AutoTokenizer.from_pretrained(tmp, use_fast=True)
-    if not tok.is_fast:
-        raise BitmapsError("the tokenizer could not be loaded as a fast tokenizer")
+        tok = load_tokenizer_folder(Path(tmp), "the checkpoint's tokenizer")
+    return tok
+
+
+def load_tokenizer_folder(folder: Path, what: str) -> Any:
+    """The fast tokenizer of ``folder``; files transformers cannot read are one BitmapsError."""
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, use_fast=True)
+    except Exception as exc:  # noqa: BLE001 -- transformers and tokenizers raise many types
+        # (ValueError, OSError, Exception from the Rust parser, ...) for files they cannot read.
+        raise BitmapsError(
+            f"{what} cannot be loaded ({type(exc).__name__}: {one_line(exc)}); its "
+            "tokenizer.json / vocab.txt must be a BERT tokenizer's"
+        ) from None
+    if not getattr(tok, "is_fast", False):
+        raise BitmapsError(f"{what} could not be loaded as a fast tokenizer")
     return tok
 
 
@@ -160,24 +184,41 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
         raise BitmapsError(f"{folder} is not a model folder (no config.json)")
     try:
         config = AutoConfig.from_pretrained(folder)
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
-        raise BitmapsError(f"{folder}/config.json is not a valid model config: {exc}") from None
+    except (OSError, json.JSONDecodeError, *CONFIG_ERRORS) as exc:
+        raise BitmapsError(
+            f"{folder}/config.json is not a valid model config: {one_line(exc)}"
+        ) from None
     check_supported(config, str(folder))
     weights = [p for p in ("model.safetensors", "pytorch_model.bin") if (folder / p).is_file()]
     if not weights:
         raise BitmapsError(f"{folder} has no weights (model.safetensors)")
+    if "model.safetensors" not in weights:
+        raise BitmapsError(
+            f"{folder} has its weights only as pytorch_model.bin (a pickle, which bitmaps does "
+            "not load); convert them to model.safetensors"
+        )
     archs = getattr(config, "architectures", None) or []
     model_cls = BertForMaskedLM
     if any(a.endswith("ForSequenceClassification") for a in archs):
         model_cls = BertForSequenceClassification
     try:
         model = model_cls.from_pretrained(folder, config=config, use_safetensors=True)
-    except (OSError, ValueError, RuntimeError) as exc:
+    except CONFIG_ERRORS as exc:
         raise BitmapsError(
-            f"cannot load the weights in {folder}: {str(exc).splitlines()[0]}"
+            f"{folder}/config.json is not a valid model config: {one_line(exc)}"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 -- safetensors' own error type, OSError, ...
+        if "ignore_mismatched_sizes" in str(exc):  # transformers' report of shapes went to its log
+            raise BitmapsError(
+                f"the weights in {folder} do not match its config.json (a tensor's shape differs "
+                "from the config's)"
+            ) from None
+        raise BitmapsError(
+            f"cannot load the weights in {folder} (truncated or corrupt?): "
+            f"{type(exc).__name__}: {one_line(exc)}"
         ) from None
     files = read_tokenizer_files(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=True)
+    tokenizer = load_tokenizer_folder(folder, f"the tokenizer in {folder}")
     info = tokenizer_record(folder.name, files)
     return LoadedModel(model.eval(), tokenizer, info, {}, str(folder), "huggingface")
 
@@ -185,21 +226,45 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
 def build_model(ckpt: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
     """The model of a loaded checkpoint (``model_class``), binarized if it is a student."""
 
-    config = BertConfig.from_dict(json.loads(ckpt["model_config"]))
+    try:
+        config = BertConfig.from_dict(json.loads(ckpt["model_config"]))
+    except CONFIG_ERRORS as exc:
+        raise BitmapsError(f"{source} has an invalid model config: {one_line(exc)}") from None
     check_supported(config, source)
     model_cls = MODEL_CLASSES.get(ckpt["model_class"])
     if model_cls is None:
         raise BitmapsError(f"{source}: unsupported model class {ckpt['model_class']}")
-    model = model_cls(config)
+    try:
+        model = model_cls(config)
+    except (RuntimeError, *CONFIG_ERRORS) as exc:
+        raise BitmapsError(f"{source} has an invalid model config: {one_line(exc)}") from None
     if ckpt["binarize"]:
-        binarize_(model, BinarizeConfig.from_dict(ckpt["binarize"]))
+        try:
+            binarize = BinarizeConfig.from_dict(ckpt["binarize"])
+        except (TypeError, ValueError, BitmapsError) as exc:
+            raise BitmapsError(f"{source} has invalid binarize settings: {one_line(exc)}") from None
+        binarize_(model, binarize)
+    expected = model.state_dict()
+    for name, tensor in ckpt["state_dict"].items():
+        if name in expected and expected[name].is_floating_point() != tensor.is_floating_point():
+            raise BitmapsError(
+                f"{source}: weight {name} is {tensor.dtype}, the model's is "
+                f"{expected[name].dtype}; the weights are not this model's"
+            )
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:
         raise BitmapsError(
-            f"{source}: weights do not match the model config: {str(exc).splitlines()[0]}"
+            f"{source}: weights do not match the model config: {_state_dict_problem(exc)}"
         ) from None
     return model.eval()
+
+
+def _state_dict_problem(exc: RuntimeError) -> str:
+    """The first concrete problem of ``load_state_dict``'s report (its first line is a header)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    details = [ln for ln in lines if not ln.startswith("Error(s) in loading state_dict")]
+    return one_line(RuntimeError(details[0])) if details else one_line(exc)
 
 
 def load_model_from_checkpoint(path: Path) -> LoadedModel:

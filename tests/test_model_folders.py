@@ -1,0 +1,99 @@
+"""Hugging Face model folders and checkpoints a user may hand any command, broken every way the
+bad-input probe of stop 44 found: each is one ``error:`` line, exit 2, no traceback, no output."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import assert_one_line_error
+
+from bitmaps.cli import main
+
+
+def _config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def _truncate(name, size):
+    def mutate(folder):
+        path = folder / name
+        path.write_bytes(path.read_bytes()[:size])
+
+    return mutate
+
+
+def _only_bin(folder):
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+
+
+def _not_utf8(name):
+    def mutate(folder):
+        (folder / name).write_bytes(b"\xff\xfe[PAD]\n\x80\x81")
+
+    return mutate
+
+
+FOLDERS = {
+    "hidden size as text": (lambda f: _config(f, hidden_size="big"), "hidden_size"),
+    "shapes unlike the config": (
+        lambda f: _config(f, intermediate_size=640),
+        "do not match its config.json",
+    ),
+    "weights empty": (_truncate("model.safetensors", 0), "cannot load the weights"),
+    "weights truncated": (_truncate("model.safetensors", 1000), "cannot load the weights"),
+    "weights only a pickle": (_only_bin, "pytorch_model.bin"),
+    "tokenizer not JSON": (
+        lambda f: (f / "tokenizer.json").write_text("{not json"),
+        "tokenizer",
+    ),
+    "tokenizer not UTF-8": (_not_utf8("tokenizer.json"), "is not UTF-8 text"),
+    "tokenizer config not JSON": (
+        lambda f: (f / "tokenizer_config.json").write_text("{not json"),
+        "tokenizer",
+    ),
+}
+
+
+@pytest.fixture
+def folder_copy(tmp_path, bert_tiny_dir):
+    folder = tmp_path / "model"
+    shutil.copytree(bert_tiny_dir, folder)
+    return folder
+
+
+@pytest.mark.parametrize("case", list(FOLDERS))
+def test_broken_model_folder(capsys, tmp_path, folder_copy, case) -> None:
+    mutate, needle = FOLDERS[case]
+    mutate(folder_copy)
+    out = tmp_path / "out.onnx"
+    code = main(["export-baseline", str(folder_copy), str(out)])
+    assert_one_line_error(code, capsys.readouterr().err, needle)
+    assert not out.exists() and list(tmp_path.glob("*.onnx*")) == []
+
+
+@pytest.mark.parametrize(
+    "command", [["export"], ["export-baseline"]], ids=["export", "export-baseline"]
+)
+@pytest.mark.parametrize("kind", ["text", "nan"])
+def test_broken_checkpoint_through_the_cli(capsys, tmp_path, command, kind) -> None:
+    path = tmp_path / "c.pt"
+    if kind == "text":
+        path.write_text("hello world\n")  # torch's legacy unpickler: KeyError before stop 44
+        needle = "not a readable checkpoint"
+    else:
+        from test_checkpoint import _save
+
+        _save(path)
+        raw = torch.load(path, weights_only=True)
+        raw["state_dict"]["bert.embeddings.word_embeddings.weight"][3, 1] = float("nan")
+        torch.save(raw, path)
+        needle = "holds NaN or infinite values"
+    out = tmp_path / "out.onnx"
+    code = main([*command, str(path), str(out)])
+    assert_one_line_error(code, capsys.readouterr().err, needle)
+    assert not out.exists()
