@@ -105,11 +105,12 @@ DEVICE = _Device()
 # the command definitions below.
 # fmt: off
 @cli.command()
-@click.option("--stage", type=click.Choice(["teacher", "student"]), default="teacher", show_default=True,
-              help="teacher: masked-LM fine-tune of a full-precision model; student: distil a W1A1 student")
-@click.option("--task", type=click.Choice(["mlm", "classify"]), default="mlm", show_default=True,
+@click.option("--stage", type=click.Choice(["teacher", "student"]),
+              help="teacher: masked-LM fine-tune of a full-precision model; student: distil a W1A1 "
+                   "student [teacher]")
+@click.option("--task", type=click.Choice(["mlm", "classify"]),
               help="mlm: masked LM on text; classify: sequence classification on labelled data "
-                   "(class folders, .jsonl, .csv, spam-assassin)")
+                   "(class folders, .jsonl, .csv, spam-assassin) [mlm]")
 @click.option("--teacher", "model", required=True, metavar="MODEL",
               help="teacher stage: the model to fine-tune (bert-tiny, minilm-l6, a folder or a checkpoint); "
                    "student stage: the fine-tuned teacher checkpoint")
@@ -156,6 +157,9 @@ def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio,
         "train": train_opts, "data": {},
         "binarize": {"activation_quantizer": act_quantizer}, "distill": {},
     })
+    # the stage and task as every other field: the config file, then the options, then --set
+    stage = sections["train"].setdefault("stage", "teacher")
+    sections["train"].setdefault("task", "mlm")
     binarize = distill = None
     if stage == "student":
         from bitmaps.core.config import BinarizeConfig, DistillConfig
@@ -575,7 +579,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        # a batch or model too large for this machine: torch's CPU allocator raises RuntimeError
+        # ("can't allocate memory"), CUDA's torch.OutOfMemoryError (a RuntimeError)
+        if not _out_of_memory(exc):
+            raise
+        click.echo(
+            "error: out of memory: this job does not fit this machine's memory; lower "
+            "--batch-size (or --batch / --seq), or use a smaller model",
+            err=True,
+        )
+        return 2
     return 0
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return (
+        isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
+    )
 
 
 if __name__ == "__main__":

@@ -65,6 +65,11 @@ CASES = [
     (TRAIN + ["--weight-decay", "-0.1"], "weight_decay"),
     (TRAIN + ["--grad-clip", "-1"], "grad_clip"),
     (TRAIN + ["--seed", "-1"], "seed must be >= 0"),
+    # absurd sizes: one line each, not an overflow or an allocation failure inside torch
+    (TRAIN + ["--seed", "99999999999999999999"], "seed must be <= 4294967295"),
+    (TRAIN + ["--batch-size", "99999999999"], "batch_size must be <= 65536"),
+    (TRAIN + ["--steps", "99999999999999999999"], "steps must be <= 1000000000"),
+    (TRAIN + ["--set", "data.split_seed=99999999999999999999"], "split_seed must be <="),
     (TRAIN + ["--eval-every", "-1"], "eval_every"),
     (TRAIN + ["--eval-sequences", "0"], "eval_sequences"),
     (TRAIN + ["--save-every", "-5"], "save_every"),

@@ -174,3 +174,42 @@ def test_default_student_is_elastic_and_exports_one_ffn_node(capsys, tmp_path, s
     assert code == 0, err
     ops = [n.op_type for n in onnx.load(str(model)).graph.node if n.domain == "bitmaps"]
     assert ops.count("BinaryFeedForward") == 2, ops  # BERT-tiny: two layers
+
+
+@pytest.mark.parametrize("how", ["config", "set"])
+def test_stage_from_a_config_file_or_set_is_the_stage_run(capsys, tmp_path, sotu_small, how):
+    # before stop 44 the --stage option's default overrode the file's stage (a teacher run), and
+    # --set train.stage=student ran a student without binarizing it (a traceback)
+    from bitmaps.core.checkpoint import load_checkpoint
+
+    out = tmp_path / "s.pt"
+    if how == "config":
+        (tmp_path / "c.json").write_text(json.dumps({"train": {"stage": "student"}}))
+        extra = ["--config", str(tmp_path / "c.json")]
+    else:
+        extra = ["--set", "train.stage=student"]
+    args = train_args(sotu_small, out, "--steps", "1", "--batch-size", "2", "--eval-every", "0")
+    args += ["--eval-sequences", "2", "--set", "data.seq_len=32", *extra]
+    code, stdout, err = run(capsys, *args)
+    assert code == 0, err
+    assert stdout.startswith("student step 1")
+    ckpt = load_checkpoint(out)
+    assert ckpt["meta"]["stage"] == "student" and ckpt["binarize"]
+
+
+def test_out_of_memory_is_one_line(capsys, tmp_path, monkeypatch, sotu_small) -> None:
+    import bitmaps.train.trainer as trainer
+
+    def allocate(*_a, **_k):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 TB")
+
+    monkeypatch.setattr(trainer, "run_training", allocate)
+    code, _, err = run(capsys, *train_args(sotu_small, tmp_path / "o.pt"))
+    assert_one_line_error(code, err, "out of memory", "--batch-size")
+
+    def bug(*_a, **_k):
+        raise RuntimeError("a bug keeps its traceback")
+
+    monkeypatch.setattr(trainer, "run_training", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(train_args(sotu_small, tmp_path / "o.pt"))

@@ -97,3 +97,19 @@ def test_broken_checkpoint_through_the_cli(capsys, tmp_path, command, kind) -> N
     code = main([*command, str(path), str(out)])
     assert_one_line_error(code, capsys.readouterr().err, needle)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["no tokenizer files", "vocab not UTF-8"])
+def test_data_stats_tokenizer_folders(capsys, tmp_path, folder_copy, case) -> None:
+    # before stop 44: a folder without tokenizer files gave a 5-token tokenizer and counts of
+    # [UNK]s (exit 0), a non-UTF-8 vocab.txt a traceback
+    for name in ("tokenizer.json", "vocab.txt"):
+        (folder_copy / name).unlink(missing_ok=True)
+    needle = "no tokenizer.json or vocab.txt"
+    if case == "vocab not UTF-8":
+        _not_utf8("vocab.txt")(folder_copy)
+        needle = "in UTF-8"
+    text = tmp_path / "t.txt"
+    text.write_text("Some words for the tokenizer.\n" * 20, encoding="utf-8")
+    code = main(["data-stats", str(text), "--no-cache", "--tokenizer", str(folder_copy)])
+    assert_one_line_error(code, capsys.readouterr().err, needle)

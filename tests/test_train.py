@@ -3,7 +3,9 @@ exact, a killed run resumes, torchrun with two CPU processes works."""
 
 from __future__ import annotations
 
+import copy
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -221,3 +223,51 @@ def test_dropout_option_sets_every_dropout_and_is_validated(bert_tiny_dir) -> No
         with pytest.raises(ConfigError, match="dropout"):
             TrainConfig(dropout=bad).validate()
     assert TrainConfig.from_dict({"dropout": 0.2}).dropout == 0.2
+
+
+def _corrupt(field, value):
+    def mutate(raw):
+        raw["train_state"][field] = value
+
+    return mutate
+
+
+def _drop_weight(raw):
+    raw["state_dict"].pop("bert.encoder.layer.0.attention.self.query.weight")
+
+
+RESUME_CASES = {
+    "step text": (_corrupt("step", "x"), "training state is corrupt (its step is 'x')"),
+    "step negative": (_corrupt("step", -1), "its step is -1"),
+    "optimizer text": (_corrupt("optimizer", "x"), "its optimizer is not a dict"),
+    "optimizer foreign": (_corrupt("optimizer", {"state": 1}), "training state is corrupt"),
+    "history text": (_corrupt("history", "x"), "history is not a list"),
+    "rng empty": (_corrupt("rng", []), "random-number states"),
+    "world size text": (_corrupt("world_size", "1"), "its world size is '1'"),
+    "scaler text": (_corrupt("scaler", "x"), "scaler state is not a dict"),
+    "another model's weights": (_drop_weight, "its weights are not this model's"),
+}
+
+
+def test_resume_refuses_a_corrupt_state_or_another_models_weights(
+    sotu_small, tmp_path, bert_tiny_dir
+) -> None:
+    # stop 44's bad-input probe: each of these was a traceback from torch's load_state_dict
+    from bitmaps.core.errors import BitmapsError
+
+    partial = tmp_path / "partial.pt"
+    run_training(_job(sotu_small, partial, 32, steps=4, save_every=2, stop_after=2), **QUIET)
+    raw = torch.load(partial, weights_only=True)
+    for case, (mutate, message) in RESUME_CASES.items():
+        changed = copy.deepcopy(raw)
+        mutate(changed)
+        out = tmp_path / "r.pt"
+        torch.save(changed, out)
+        job = _job(sotu_small, out, 32, steps=4, save_every=2)
+        job.resume = True
+        with pytest.raises(BitmapsError, match=re.escape(message)) as info:
+            run_training(job, **QUIET)
+        assert "\n" not in str(info.value), case
+    job = _job(sotu_small, partial, 32, steps=4, save_every=2)  # the untouched one resumes
+    job.resume = True
+    assert run_training(job, **QUIET).step == 4

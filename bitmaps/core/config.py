@@ -182,6 +182,22 @@ def _positive(name: str, value: float) -> None:
         raise ConfigError(f"{name} must be > 0, got {value}")
 
 
+# Upper bounds of the counts a user sets: far above any sensible run, and below what the libraries
+# the values reach accept (torch.set_num_threads and torch.manual_seed take C integers, NumPy
+# arrays a bounded size), so an absurd value is one ConfigError instead of an overflow inside them.
+SEED_MAX = 2**32 - 1
+BATCH_MAX = 65536
+THREADS_MAX = 4096
+COUNT_MAX = 10**9  # steps, calls, sequences, intervals
+
+
+def _count(name: str, value: int, lo: int, hi: int = COUNT_MAX) -> None:
+    if value < lo:
+        raise ConfigError(f"{name} must be >= {lo}, got {value}")
+    if value > hi:
+        raise ConfigError(f"{name} must be <= {hi}, got {value}")
+
+
 def _fraction(name: str, value: float, *, open_top: bool = False) -> None:
     ok = 0.0 <= value < 1.0 if open_top else 0.0 <= value <= 1.0
     if not ok:
@@ -212,11 +228,9 @@ class DataConfig(Config):
         _fraction("mask_random_prob", self.mask_random_prob)
         if self.mask_replace_prob + self.mask_random_prob > 1.0:
             raise ConfigError("mask_replace_prob + mask_random_prob must be <= 1")
-        if self.max_eval_sequences < 0:
-            raise ConfigError("max_eval_sequences must be >= 0")
+        _count("max_eval_sequences", self.max_eval_sequences, 0)
         for name in ("split_seed", "eval_mask_seed"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            _count(name, getattr(self, name), 0, SEED_MAX)
 
 
 @dataclasses.dataclass
@@ -260,12 +274,11 @@ class TrainConfig(Config):
             )
         if self.amp not in ("auto", "off", "fp16", "bf16"):
             raise ConfigError(f"amp must be auto, off, fp16 or bf16, got {self.amp!r}")
-        for name in ("steps", "batch_size", "log_every", "eval_sequences"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("steps", "log_every", "eval_sequences"):
+            _count(name, getattr(self, name), 1)
+        _count("batch_size", self.batch_size, 1, BATCH_MAX)
         for name in ("eval_every", "save_every", "stop_after"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            _count(name, getattr(self, name), 0)
         _positive("lr", self.lr)
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
@@ -278,8 +291,7 @@ class TrainConfig(Config):
         for beta in self.adam_betas:
             _fraction("adam_betas entry", beta, open_top=True)
         _positive("adam_eps", self.adam_eps)
-        if self.seed < 0:
-            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        _count("seed", self.seed, 0, SEED_MAX)
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -615,12 +627,16 @@ class ProfileConfig(Config):
             bad = [v for v in values if not isinstance(v, int) or v < 1]
             if bad:
                 raise ConfigError(f"{name} must be >= 1, got {bad[0]}")
-        for name in ("repeats", "rotations"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "warmup_time", "threads", "seed", "eval_sequences"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+            for v in values:
+                _count(name, v, 1, BATCH_MAX)
+        _count("repeats", self.repeats, 1)
+        _count("rotations", self.rotations, 1, 1024)
+        _count("warmup", self.warmup, 0, 100_000)  # warm-up calls have no time limit
+        _count("threads", self.threads, 0, THREADS_MAX)
+        _count("seed", self.seed, 0, SEED_MAX)
+        _count("eval_sequences", self.eval_sequences, 0)
+        if self.warmup_time < 0:
+            raise ConfigError(f"warmup_time must be >= 0, got {self.warmup_time}")
         if self.min_time < 0 or not self.max_time > 0 or self.max_time < self.min_time:
             raise ConfigError(
                 f"need 0 <= min_time <= max_time and max_time > 0, got min_time {self.min_time}, "

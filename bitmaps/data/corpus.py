@@ -50,7 +50,7 @@ from transformers import AutoTokenizer
 
 from bitmaps.core.atomic import atomic_output
 from bitmaps.core.config import DataConfig
-from bitmaps.core.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError, one_line
 from bitmaps.data.assets import cache_root, resolve_model
 from bitmaps.data.masking import (
     MaskVocab,
@@ -156,13 +156,25 @@ def default_cache_dir() -> Path:
 def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
     """The fast (Rust) tokenizer of a model folder or asset name (``bert-tiny``, ``minilm-l6``)."""
 
-    folder = resolve_model(name_or_path)
+    folder = Path(resolve_model(name_or_path))
+    return tokenizer_from_folder(folder, f"the tokenizer in {folder}")
+
+
+def tokenizer_from_folder(folder: Path, what: str) -> Any:
+    """The fast tokenizer of ``folder`` (``what`` names it in errors): a folder without
+    tokenizer.json or vocab.txt, or with files transformers cannot read, is one BitmapsError."""
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        raise BitmapsError(f"{what} is missing: no tokenizer.json or vocab.txt in {folder}")
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder))
-    except (OSError, ValueError) as exc:
-        raise BitmapsError(f"cannot load a tokenizer from {folder}: {exc}") from None
+        tok = AutoTokenizer.from_pretrained(str(folder), use_fast=True)
+    except Exception as exc:  # noqa: BLE001 -- transformers and tokenizers raise many types
+        # (ValueError, OSError, a bare Exception from the Rust parser, ...) for unreadable files
+        raise BitmapsError(
+            f"{what} cannot be loaded ({type(exc).__name__}: {one_line(exc)}); its "
+            "tokenizer.json / vocab.txt must be a BERT tokenizer's, in UTF-8"
+        ) from None
     if not getattr(tok, "is_fast", False):
-        raise BitmapsError(f"the tokenizer in {folder} is not a fast tokenizer (tokenizer.json)")
+        raise BitmapsError(f"{what} is not a fast tokenizer (tokenizer.json)")
     return tok
 
 

@@ -25,7 +25,6 @@ import torch
 import transformers
 from transformers import (
     AutoConfig,
-    AutoTokenizer,
     BertConfig,
     BertForMaskedLM,
     BertForSequenceClassification,
@@ -35,6 +34,7 @@ from bitmaps.core.checkpoint import load_checkpoint, tokenizer_record
 from bitmaps.core.config import BinarizeConfig
 from bitmaps.core.errors import BitmapsError, one_line
 from bitmaps.data.assets import ASSET_MODELS, resolve_model
+from bitmaps.data.corpus import tokenizer_from_folder
 from bitmaps.train.binary_linear import SUPPORTED_MODEL_TYPES, binarize_
 
 try:  # transformers 5 validates config fields through huggingface_hub's strict dataclasses
@@ -159,22 +159,7 @@ def tokenizer_from_record(record: dict[str, Any]) -> Any:
             if "/" in name or name.startswith("."):
                 raise BitmapsError(f"checkpoint tokenizer has an invalid file name {name!r}")
             (Path(tmp) / name).write_text(text, encoding="utf-8")
-        tok = load_tokenizer_folder(Path(tmp), "the checkpoint's tokenizer")
-    return tok
-
-
-def load_tokenizer_folder(folder: Path, what: str) -> Any:
-    """The fast tokenizer of ``folder``; files transformers cannot read are one BitmapsError."""
-    try:
-        tok = AutoTokenizer.from_pretrained(folder, use_fast=True)
-    except Exception as exc:  # noqa: BLE001 -- transformers and tokenizers raise many types
-        # (ValueError, OSError, Exception from the Rust parser, ...) for files they cannot read.
-        raise BitmapsError(
-            f"{what} cannot be loaded ({type(exc).__name__}: {one_line(exc)}); its "
-            "tokenizer.json / vocab.txt must be a BERT tokenizer's"
-        ) from None
-    if not getattr(tok, "is_fast", False):
-        raise BitmapsError(f"{what} could not be loaded as a fast tokenizer")
+        tok = tokenizer_from_folder(Path(tmp), "the checkpoint's tokenizer")
     return tok
 
 
@@ -218,7 +203,7 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
             f"{type(exc).__name__}: {one_line(exc)}"
         ) from None
     files = read_tokenizer_files(folder)
-    tokenizer = load_tokenizer_folder(folder, f"the tokenizer in {folder}")
+    tokenizer = tokenizer_from_folder(folder, f"the tokenizer in {folder}")
     info = tokenizer_record(folder.name, files)
     return LoadedModel(model.eval(), tokenizer, info, {}, str(folder), "huggingface")
 
@@ -255,12 +240,12 @@ def build_model(ckpt: dict[str, Any], source: str = "checkpoint") -> torch.nn.Mo
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:
         raise BitmapsError(
-            f"{source}: weights do not match the model config: {_state_dict_problem(exc)}"
+            f"{source}: weights do not match the model config: {state_dict_problem(exc)}"
         ) from None
     return model.eval()
 
 
-def _state_dict_problem(exc: RuntimeError) -> str:
+def state_dict_problem(exc: RuntimeError) -> str:
     """The first concrete problem of ``load_state_dict``'s report (its first line is a header)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     details = [ln for ln in lines if not ln.startswith("Error(s) in loading state_dict")]

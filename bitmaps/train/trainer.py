@@ -30,7 +30,7 @@ from bitmaps.core import distributed as D
 from bitmaps.core.atomic import check_writable
 from bitmaps.core.checkpoint import load_checkpoint, save_checkpoint
 from bitmaps.core.config import Config, DataConfig, TrainConfig
-from bitmaps.core.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError, one_line
 from bitmaps.core.progress import ProgressReporter
 from bitmaps.data.corpus import TrainStream, build_corpus, eval_batches
 from bitmaps.data.labelled import LabelledData
@@ -45,7 +45,7 @@ from bitmaps.train.classify import (
     read_task_labels,
 )
 from bitmaps.train.distill import DistillationObjective
-from bitmaps.train.models import LoadedModel, load_classifier, load_model
+from bitmaps.train.models import LoadedModel, load_classifier, load_model, state_dict_problem
 
 # Fields that may change between a run and its resumption (cadence, not the computation).
 _RESUMABLE_CHANGES = ("eval_every", "save_every", "log_every", "stop_after", "eval_sequences")
@@ -153,9 +153,55 @@ def _set_rng_state(env: D.DistEnv, state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(state["cuda"], env.device)
 
 
+def _state_problem(state: dict[str, Any]) -> str | None:
+    """What makes a checkpoint's ``train_state`` unusable (wrong types), or None."""
+    world_size = state.get("world_size")
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+        return f"its world size is {world_size!r}"
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"its step is {step!r}"
+    for key in ("optimizer", "scheduler", "stream", "train_config", "data_config"):
+        if not isinstance(state.get(key), dict):
+            return f"its {key.replace('_', ' ')} is not a dict"
+    if not isinstance(state.get("scaler", {}), dict):
+        return "its scaler state is not a dict"
+    history = state.get("history", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        return "its history is not a list of records"
+    rng = state.get("rng")
+    if not (
+        isinstance(rng, list)
+        and len(rng) == state.get("world_size")
+        and all(isinstance(r, dict) and isinstance(r.get("torch"), torch.Tensor) for r in rng)
+    ):
+        return "its random-number states are not one per process"
+    return None
+
+
+@contextlib.contextmanager
+def _restoring(output: Path, what: str):  # noqa: ANN202
+    """Errors of torch's ``load_state_dict`` calls on a resumed checkpoint as one user error."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+        detail = state_dict_problem(exc) if isinstance(exc, RuntimeError) else one_line(exc)
+        raise BitmapsError(
+            f"cannot resume {output}: {what} ({detail}); write to a new output, or pass "
+            "--overwrite to start afresh"
+        ) from None
+
+
 def _check_resumable(
     job: TrainJob, state: dict[str, Any], env: D.DistEnv, fingerprint: str
 ) -> None:
+    problem = _state_problem(state)
+    if problem:
+        raise BitmapsError(
+            f"cannot resume {job.output}: its training state is corrupt ({problem}); write to a "
+            "new output, or pass --overwrite to start afresh"
+        )
+
     def comparable(d: dict[str, Any] | None) -> dict[str, Any]:
         return {k: v for k, v in (d or {}).items() if k not in _RESUMABLE_CHANGES}
 
@@ -355,7 +401,8 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
                 history,
                 time.perf_counter() - t_start,
             )
-        model.load_state_dict(ckpt["state_dict"], strict=True)
+        with _restoring(job.output, "its weights are not this model's (another --teacher?)"):
+            model.load_state_dict(ckpt["state_dict"], strict=True)
         log(f"resuming {job.output} at step {resume_state['step']}/{cfg.steps}")
     elif job.resume:
         log(f"{job.output} does not exist yet: starting a new run")
@@ -376,11 +423,12 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
 
     step, history = 0, []
     if resume_state is not None:
-        optimizer.load_state_dict(resume_state["optimizer"])
-        scheduler.load_state_dict(resume_state["scheduler"])
-        scaler.load_state_dict(resume_state.get("scaler", {}) or scaler.state_dict())
-        stream.load_state_dict(resume_state["stream"])
-        _set_rng_state(env, resume_state["rng"][env.rank])
+        with _restoring(job.output, "its training state is corrupt"):
+            optimizer.load_state_dict(resume_state["optimizer"])
+            scheduler.load_state_dict(resume_state["scheduler"])
+            scaler.load_state_dict(resume_state.get("scaler", {}) or scaler.state_dict())
+            stream.load_state_dict(resume_state["stream"])
+            _set_rng_state(env, resume_state["rng"][env.rank])
         step, history = resume_state["step"], list(resume_state.get("history", []))
     on_step = getattr(objective, "on_step", None)
     fp16_tables = job.binarize is not None and job.binarize.embeddings == "fp16"
