@@ -549,3 +549,79 @@ def test_other_work_is_measured_without_counting_the_profiler() -> None:
             pass
         after = _cpu_seconds()  # both count in clock ticks (10 ms): allow a few
         assert after[2] - own_before >= 0.25 and after[1] - busy_before >= 0.25
+
+
+def _valid_row(**changes) -> dict:
+    row = {"model": "binary", "backend": "onnxruntime", "device": "cpu", "batch": 1, "seq": 8}
+    row |= {"latency_ms_p50": 1.0, "latency_ms_p90": 1.1, "latency_ms_p99": 1.2}
+    row |= {"throughput_seq_s": 1000.0, "weights_mb": 2.3, "file_mb": 2.4, "peak_mem_mb": 17.0}
+    return row | changes
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"latency_ms_p50": "abc"}, "latency_ms_p50 'abc'"),
+        ({"latency_ms_p50": float("nan")}, "latency_ms_p50 nan"),
+        ({"latency_ms_p50": None}, "latency_ms_p50 None"),
+        ({"latency_ms_p90": -5}, "latency_ms_p90 -5"),
+        ({"throughput_seq_s": True}, "throughput_seq_s True"),
+        ({"model": 5}, "model that is not a name"),
+        ({"batch": "x"}, "batch 'x'"),
+        ({"seq": 0}, "seq 0"),
+        ({"peak_mem_mb": "big"}, "peak_mem_mb 'big'"),
+        ({"accuracy": -0.5}, "accuracy -0.5"),
+    ],
+)
+def test_show_rows_of_wrong_types(capsys, tmp_path, changes, needle) -> None:
+    # stop 44's probe: each of these was a traceback, some after the plot had been written
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"rows": [_valid_row(), _valid_row(**changes)], "meta": {}}))
+    code, _, err = run(capsys, "--show", str(path), "--plot", str(tmp_path / "p.png"))
+    assert_one_line_error(code, err, "row 1", needle)
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_show_accepts_sizes_not_measured(capsys, tmp_path) -> None:
+    rows = [_valid_row(model="fp32"), _valid_row(peak_mem_mb=None, file_mb=float("nan"))]
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"rows": rows, "meta": {}}))
+    code, out, err = run(capsys, "--show", str(path))
+    assert code == 0, err
+    assert "n/a" in out
+
+
+def test_a_cached_export_that_is_not_one_is_made_again(tmp_path) -> None:
+    # a work folder's file truncated (full disk) or replaced by hand was a traceback in the
+    # measuring process; now it is logged and exported again
+    import onnx
+    from onnx import TensorProto, helper
+
+    from bitmaps.export.onnx_export import METADATA_PREFIX
+    from bitmaps.runtime.artifacts import _reusable
+
+    def model_file(name, **meta):
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        ])  # fmt: skip
+        model = helper.make_model(graph)
+        helper.set_model_props(model, {f"{METADATA_PREFIX}{k}": v for k, v in meta.items()})
+        onnx.save(model, tmp_path / name)
+        return tmp_path / name
+
+    expected = {"kind": "binary", "target": "onnxruntime"}
+    logged: list[str] = []
+    assert _reusable(tmp_path / "absent.onnx", expected, logged.append) is None and not logged
+    (tmp_path / "garbage.onnx").write_bytes(b"\x08\x07 not a protobuf \xff\xfe")
+    assert _reusable(tmp_path / "garbage.onnx", expected, logged.append) is None
+    assert "does not parse" in logged[-1]
+    foreign = model_file("foreign.onnx")
+    assert _reusable(foreign, expected, logged.append) is None
+    assert "kind, target" in logged[-1] and "making it again" in logged[-1]
+    other_target = model_file("other.onnx", kind="binary", target="portable")
+    assert _reusable(other_target, expected, logged.append) is None
+    assert "(target)" in logged[-1]
+    ours = model_file("ours.onnx", kind="binary", target="onnxruntime", dtype="fp32")
+    assert _reusable(ours, expected, logged.append) is not None
+    assert logged[-1] == f"reusing {ours}"

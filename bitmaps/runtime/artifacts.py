@@ -31,7 +31,7 @@ from bitmaps.data.assets import ASSET_MODELS, resolve_model
 from bitmaps.export import pipeline
 from bitmaps.export.embeddings import GRAPH_VERSION as EMBEDDING_GRAPH
 from bitmaps.export.embeddings import PREFIX as EMBEDDING_CONSTANTS
-from bitmaps.export.onnx_export import MASK_GRAPH
+from bitmaps.export.onnx_export import MASK_GRAPH, model_metadata
 from bitmaps.export.onnx_graph import initializer_bytes
 from bitmaps.export.targets import BINARY_FLOAT_OPS, WEIGHT_LAYOUTS
 from bitmaps.runtime.backends import SHAPE_BINARIZE, ModelSource, load_mlm
@@ -96,6 +96,26 @@ def _initializer_bytes(path: Path) -> int:
     return initializer_bytes(onnx.load(str(path)))
 
 
+def _reusable(path: Path, expected: dict[str, str], log: Log) -> onnx.ModelProto | None:
+    """The cached export at ``path`` where it is one: a file that parses and whose ``bitmaps.*``
+    metadata holds ``expected``; else None (logged when a file is there), so that it is made
+    again. A work folder's files can be truncated by a full disk or replaced by hand."""
+    if not path.is_file():
+        return None
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # noqa: BLE001 -- protobuf's DecodeError and onnx's own errors
+        log(f"{path} does not parse ({type(exc).__name__}): making it again")
+        return None
+    meta = model_metadata(model)
+    wrong = sorted(k for k, v in expected.items() if meta.get(k) != v)
+    if wrong:
+        log(f"{path} is not the export its name says ({', '.join(wrong)}): making it again")
+        return None
+    log(f"reusing {path}")
+    return model
+
+
 def onnx_artifact(
     source: ModelSource, model: str, dtype: str, output: str, workdir: Path, log: Log,
     target: str = "portable", attention: str = "float",
@@ -120,11 +140,13 @@ def onnx_artifact(
     )  # fmt: skip
     name = f"{_stem(source, model)}-{model}-{dtype}-{output}-{target}-{key[:12]}.onnx"
     path = workdir / name
-    if path.is_file():
-        log(f"reusing {path}")
-    else:
+    kind = "binary" if model == "binary" else "baseline"
+    expected = {"kind": kind, "dtype": dtype, "output": output, "target": target}
+    cached = _reusable(path, {**expected, "attention": cfg.attention}, log)
+    if cached is None:
         _export(source, model, path, cfg, log)
-    return Artifact(path, _initializer_bytes(path), path.stat().st_size)
+        return Artifact(path, _initializer_bytes(path), path.stat().st_size)
+    return Artifact(path, initializer_bytes(cached), path.stat().st_size)
 
 
 def _export(source: ModelSource, model: str, path: Path, cfg: ExportConfig, log: Log) -> None:
@@ -191,12 +213,12 @@ def int8_artifact(fp32: Artifact, log: Log) -> Artifact:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = fp32.path.with_name(fp32.path.stem.replace("-fp32-fp32-", "-int8-fp32-") + "-int8.onnx")
-    if path.is_file():
-        log(f"reusing {path}")
-    else:
-        with atomic_output(path) as tmp:
-            quantize_dynamic(str(fp32.path), str(tmp), weight_type=QuantType.QInt8)
-        log(f"wrote {path} (quantize_dynamic of {fp32.path.name})")
+    cached = _reusable(path, {"kind": "baseline", "dtype": "fp32"}, log)  # metadata of its source
+    if cached is not None:
+        return Artifact(path, initializer_bytes(cached), path.stat().st_size)
+    with atomic_output(path) as tmp:
+        quantize_dynamic(str(fp32.path), str(tmp), weight_type=QuantType.QInt8)
+    log(f"wrote {path} (quantize_dynamic of {fp32.path.name})")
     return Artifact(path, _initializer_bytes(path), path.stat().st_size)
 
 

@@ -70,11 +70,39 @@ def load(path: str | Path) -> ProfileResult:
         rows, meta = data.get("rows"), data.get("meta") or {}
     if not isinstance(rows, list) or not rows:
         raise BitmapsError(f"{path} holds no profile rows (written by `bitmaps profile --json`?)")
+    if not isinstance(meta, dict):
+        raise BitmapsError(f"{path}: its meta is not a JSON object")
     for i, row in enumerate(rows):
         missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
         if missing:
             raise BitmapsError(f"{path}: row {i} lacks {', '.join(missing)}")
+        problem = _row_problem(row)
+        if problem:
+            raise BitmapsError(f"{path}: row {i} {problem} (written by `bitmaps profile --json`?)")
     return ProfileResult(rows, meta)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _row_problem(row: dict[str, Any]) -> str | None:
+    """What in a loaded row the tables and plots cannot use, or None. Sizes may be null or NaN
+    (not measured); latencies must be positive numbers."""
+    for key in ("model", "backend", "device"):
+        if not isinstance(row[key], str):
+            return f"has a {key} that is not a name: {row[key]!r}"
+    for key in ("batch", "seq"):
+        if not isinstance(row[key], int) or isinstance(row[key], bool) or row[key] < 1:
+            return f"has {key} {row[key]!r}, not a count >= 1"
+    for key in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_seq_s"):
+        if not _number(row[key]) or not math.isfinite(row[key]) or row[key] <= 0:
+            return f"has {key} {row[key]!r}, not a positive number"
+    for key in ("weights_mb", "file_mb", "peak_mem_mb", *ACCURACY_KEYS):
+        value = row.get(key)
+        if value is not None and not (_number(value) and (math.isnan(value) or value >= 0)):
+            return f"has {key} {value!r}, not a number >= 0"
+    return None
 
 
 def _ms(v: float) -> str:
