@@ -506,6 +506,13 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
     from bitmaps.runtime import plot, report
 
     if show_path:
+        given = [name for name, value in (("--shape", shape), ("--model", student),
+                 ("--teacher", teacher), ("--data", data), ("--json", json_path)) if value]  # fmt: skip
+        if given:
+            raise click.UsageError(
+                f"--show prints a saved result (and --plot draws it); it measures nothing, so "
+                f"{', '.join(given)} would be ignored: leave {'them' if len(given) > 1 else 'it'} out"
+            )
         result = report.load(show_path)
         if plot_path:
             plot.write_plot(result, plot_path)

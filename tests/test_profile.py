@@ -625,3 +625,12 @@ def test_a_cached_export_that_is_not_one_is_made_again(tmp_path) -> None:
     ours = model_file("ours.onnx", kind="binary", target="onnxruntime", dtype="fp32")
     assert _reusable(ours, expected, logged.append) is not None
     assert logged[-1] == f"reusing {ours}"
+
+
+def test_show_refuses_measuring_options(capsys, tmp_path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"rows": [_valid_row()], "meta": {}}))
+    out = tmp_path / "x.json"
+    code, _, err = run(capsys, "--show", str(path), "--json", str(out), "--model", "nope.pt")
+    assert_one_line_error(code, err, "--show", "--model, --json")
+    assert not out.exists()
