@@ -205,13 +205,19 @@ CORRUPT_FIELDS = {
 }
 
 
-@pytest.mark.parametrize("case", list(CORRUPT_FIELDS))
-def test_corrupt_fields_are_one_error(tmp_path, case) -> None:
-    mutate, message = CORRUPT_FIELDS[case]
-    path = _save(tmp_path / "c.pt")
+def _mutated(path, mutate):
+    """A saved checkpoint at ``path`` changed by ``mutate`` (on its raw dict), saved again."""
+    _save(path)
     raw = torch.load(path, weights_only=True)
     mutate(raw)
     torch.save(raw, path)
+    return path
+
+
+@pytest.mark.parametrize("case", list(CORRUPT_FIELDS))
+def test_corrupt_fields_are_one_error(tmp_path, case) -> None:
+    mutate, message = CORRUPT_FIELDS[case]
+    path = _mutated(tmp_path / "c.pt", mutate)
     with pytest.raises(BitmapsError, match=re.escape(message)):
         load_checkpoint(path)
 
@@ -261,10 +267,7 @@ BAD_MODELS = {
 @pytest.mark.parametrize("case", list(BAD_MODELS))
 def test_checkpoints_that_build_no_model_are_one_error(tmp_path, case) -> None:
     mutate, message = BAD_MODELS[case]
-    path = _save(tmp_path / "c.pt")
-    raw = torch.load(path, weights_only=True)
-    mutate(raw)
-    torch.save(raw, path)
+    path = _mutated(tmp_path / "c.pt", mutate)
     with pytest.raises(BitmapsError, match=re.escape(message)) as info:
         build_model(load_checkpoint(path), str(path))
     assert "\n" not in str(info.value)
