@@ -98,3 +98,66 @@ def test_explicit_plugin_path_wins(tmp_path):
     lib = tmp_path / "libbitmaps_trt_plugin.so"
     lib.write_bytes(b"\x7fELF")
     assert trt_runtime.find_plugin_library(lib) == lib
+
+
+def _binary_node_onnx(tmp_path: Path, **attrs: object) -> Path:
+    """A tensorrt-target ONNX whose one node is a bitmaps::BinaryLinear with ``attrs``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    w = helper.make_tensor("w", TensorProto.INT32, [4, 1], [0, 0, 0, 0])
+    node = helper.make_node("BinaryLinear", ["x", "w"], ["y"], name="q", domain="bitmaps", **attrs)
+    graph = helper.make_graph([node], "g", [x], [y], initializer=[w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    helper.set_model_props(model, {"bitmaps.kind": "binary", "bitmaps.target": "tensorrt"})
+    path = tmp_path / "model.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("attrs", "needle"),
+    [
+        ({"in_features": -5, "out_features": 4}, "in_features -5"),
+        ({"in_features": 0, "out_features": 4}, "in_features 0"),
+        ({"in_features": "four", "out_features": 4}, "in_features missing or not an integer"),
+        ({"out_features": 4}, "in_features missing"),
+        ({"in_features": 4, "out_features": 2**40}, f"out_features {2**40}"),
+    ],
+)
+def test_bad_binary_nodes_are_found_without_tensorrt(tmp_path, capsys, attrs, needle):
+    # stop 44's probe: these reached "TensorRT is not installed" (or TensorRT's parser) first
+    out = tmp_path / "model.engine"
+    rc, err = _run(capsys, str(_binary_node_onnx(tmp_path, **attrs)), "-o", str(out))
+    assert rc == 2 and err.count("\n") == 0, err
+    assert "node 'q'" in err and needle in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["empty model", "plugin missing", "plugin not ELF", "cache dir"])
+def test_inputs_checked_before_tensorrt(tmp_path, capsys, case):
+    model = _binary_node_onnx(tmp_path, in_features=4, out_features=4)
+    args = [str(model), "-o", str(tmp_path / "model.engine")]
+    if case == "empty model":
+        model.write_bytes(b"")  # parses as an empty ModelProto
+        needle = "empty graph"
+    elif case == "plugin missing":
+        args += ["--plugin", str(tmp_path / "absent.so")]
+        needle = "absent.so not found"
+    elif case == "plugin not ELF":
+        (tmp_path / "random.so").write_bytes(b"\x00\x01 not a library")
+        args += ["--plugin", str(tmp_path / "random.so")]
+        needle = "not a shared library"
+    else:
+        args += ["--timing-cache", str(tmp_path)]
+        needle = "--timing-cache"
+    rc, err = _run(capsys, *args)
+    assert rc == 2 and err.count("\n") == 0, err
+    assert needle in err
+
+
+def test_workspace_is_bounded():
+    with pytest.raises(ConfigError, match="workspace_mb must be <= 1048576"):
+        EngineBuildConfig(workspace_mb=99999999999999)

@@ -634,3 +634,13 @@ def test_show_refuses_measuring_options(capsys, tmp_path) -> None:
     code, _, err = run(capsys, "--show", str(path), "--json", str(out), "--model", "nope.pt")
     assert_one_line_error(code, err, "--show", "--model, --json")
     assert not out.exists()
+
+
+def test_list_options_measure_each_item_once() -> None:
+    # stop 44's probe: --models binary,binary --batch 1,,1 measured the same row four times
+    from bitmaps.runtime.plan import parse_int_list, parse_names
+
+    assert parse_int_list("1,,1,8,1", "--batch") == (1, 8)
+    assert parse_int_list("128, 64,128", "--seq") == (128, 64)
+    assert parse_names("binary,fp32,binary,") == ("binary", "fp32")
+    assert parse_names(" torch , torch") == ("torch",)

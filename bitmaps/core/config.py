@@ -502,6 +502,8 @@ class EngineBuildConfig(Config):
                 f"max {self.max_shape}"
             )
         _positive("workspace_mb", self.workspace_mb)
+        if self.workspace_mb > 2**20:  # 1 TiB: more than any GPU; bytes must fit an int64
+            raise ConfigError(f"workspace_mb must be <= {2**20} (1 TiB), got {self.workspace_mb}")
 
 
 @dataclasses.dataclass

@@ -48,11 +48,11 @@ def parse_int_list(text: str, name: str) -> tuple[int, ...]:
         values = tuple(int(p) for p in str(text).split(",") if p.strip())
     except ValueError:
         raise BitmapsError(f"{name} must be integers separated by commas, got {text!r}") from None
-    return values
+    return tuple(dict.fromkeys(values))  # each once, in the order given (as --backend)
 
 
 def parse_names(text: str | None) -> tuple[str, ...]:
-    return tuple(p.strip() for p in (text or "").split(",") if p.strip())
+    return tuple(dict.fromkeys(p.strip() for p in (text or "").split(",") if p.strip()))
 
 
 def default_threads() -> int:

@@ -139,6 +139,47 @@ def check_tensorrt_target(model_path: Path) -> None:
         )
 
 
+def _check_without_tensorrt(model_path: Path, cfg: EngineBuildConfig) -> None:
+    """What a build needs that can be checked before TensorRT is loaded (so that a machine
+    without TensorRT reports these too): the model's graph and its BinaryLinear nodes'
+    attributes, an explicit plugin file, the timing cache's folder."""
+    model = onnx.load(str(model_path), load_external_data=False)  # readable: checked before
+    if not model.graph.node:
+        raise BitmapsError(f"{model_path} has an empty graph: not an exported model")
+    for node in model.graph.node:
+        if node.domain != PLUGIN_NAMESPACE or node.op_type != PLUGIN_NAME:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        for name in ("in_features", "out_features"):
+            attr = attrs.get(name)
+            value = attr.i if attr is not None and attr.type == onnx.AttributeProto.INT else None
+            if value is None or not 1 <= value < 2**31:
+                raise BitmapsError(
+                    f"{model_path}: BinaryLinear node {node.name!r} has {name} "
+                    f"{value if value is not None else 'missing or not an integer'}; re-export it "
+                    "with `bitmaps export --target tensorrt`"
+                )
+        if len(node.input) < 2 or not node.input[1]:
+            raise BitmapsError(
+                f"{model_path}: BinaryLinear node {node.name!r} has no packed weight input"
+            )
+    explicit = cfg.plugin or os.environ.get(PLUGIN_ENV)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise BitmapsError(f"TensorRT plugin library {path} not found (or not a file)")
+        with path.open("rb") as f:
+            if f.read(4) != b"\x7fELF":
+                raise BitmapsError(f"{path} is not a shared library (build it with `make plugin`)")
+    if cfg.timing_cache:
+        cache = Path(cfg.timing_cache)
+        if cache.is_dir() or not cache.parent.is_dir():
+            raise BitmapsError(
+                f"--timing-cache {cache}: give a file in an existing folder (it is read if it "
+                "exists, then written)"
+            )
+
+
 def _model_facts(model_path: Path) -> tuple[bool, int]:
     """(outputs are float16, number of BinaryLinear nodes), read without loading the weights."""
     try:
@@ -228,6 +269,7 @@ def build_engine(
         raise BitmapsError(f"ONNX model {model_path} not found")
     output = check_writable(output)
     check_tensorrt_target(model_path)
+    _check_without_tensorrt(model_path, cfg)
     trt = import_tensorrt()
     major = tensorrt_major(trt)
     plugin = load_plugin(trt, cfg.plugin)
