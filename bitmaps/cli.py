@@ -87,6 +87,9 @@ class _Device(click.ParamType):
 
     name = "[auto|cpu|cuda]"
 
+    def get_metavar(self, *_args, **_kwargs) -> str:  # noqa: ANN002, ANN003
+        return self.name  # as typed (click would print the name in capitals)
+
     def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
         if value in ("auto", "cpu"):  # answered without importing torch
             return value

@@ -644,3 +644,19 @@ def test_list_options_measure_each_item_once() -> None:
     assert parse_int_list("128, 64,128", "--seq") == (128, 64)
     assert parse_names("binary,fp32,binary,") == ("binary", "fp32")
     assert parse_names(" torch , torch") == ("torch",)
+
+
+def test_show_refuses_what_is_no_json_file(capsys, tmp_path) -> None:
+    # stop 44's probe: --show /dev/zero read until the machine ran out of memory
+    code, _, err = run(capsys, "--show", "/dev/zero")
+    assert_one_line_error(code, err, "is not a file")
+    big = tmp_path / "big.json"
+    with big.open("wb") as f:
+        f.truncate(65 << 20)  # sparse: no 65 MB written
+    code, _, err = run(capsys, "--show", str(big))
+    assert_one_line_error(code, err, "65 MB", "larger than any profile JSON file")
+
+
+def test_device_metavar_is_as_typed(capsys) -> None:
+    assert main(["profile", "--help"]) == 0
+    assert "--device [auto|cpu|cuda]" in capsys.readouterr().out

@@ -46,6 +46,7 @@ from bitmaps.core.atomic import atomic_output
 from bitmaps.core.errors import BitmapsError
 from bitmaps.runtime.profile import ACCURACY_KEYS, ROW_KEYS, ProfileResult
 
+SHOW_MAX_BYTES = 64 << 20  # a profile of thousands of rows is a few MB
 MODEL_ORDER = {"fp32": 0, "fp16": 1, "int8": 2, "binary": 3}
 BASELINES = ("fp32", "fp16", "int8")  # every speed-up of binary is against each of these
 GOAL = {"device": "cpu", "batch": 1, "seq": 128, "speedup": 4.0, "aim": 8.0, "smaller": 7.0}
@@ -59,6 +60,13 @@ def save(result: ProfileResult, path: str | Path) -> None:
 def load(path: str | Path) -> ProfileResult:
     """A JSON file written by ``--json`` (or a bare list of rows), checked row by row."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise BitmapsError(f"{path} is not a file (give a JSON file written by `--json`)")
+    if path.is_file() and path.stat().st_size > SHOW_MAX_BYTES:
+        raise BitmapsError(
+            f"{path} is {path.stat().st_size / 2**20:.0f} MB: larger than any profile JSON file "
+            f"(the limit is {SHOW_MAX_BYTES >> 20} MB)"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
