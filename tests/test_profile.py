@@ -660,3 +660,23 @@ def test_show_refuses_what_is_no_json_file(capsys, tmp_path) -> None:
 def test_device_metavar_is_as_typed(capsys) -> None:
     assert main(["profile", "--help"]) == 0
     assert "--device [auto|cpu|cuda]" in capsys.readouterr().out
+
+
+def test_a_model_onnx_runtime_refuses_is_one_error(tmp_path) -> None:
+    # stop 44's probe: a work-folder export with a bad BinaryLinear attribute was a traceback
+    import onnx
+    from onnx import TensorProto, helper
+
+    from bitmaps.core.errors import BitmapsError
+    from bitmaps.runtime.measure import OrtRunner
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    node = helper.make_node("NoSuchOp", ["x"], ["y"], domain="nowhere")
+    graph = helper.make_graph([node], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(BitmapsError, match="ONNX Runtime cannot load .*m.onnx.*delete it") as info:
+        OrtRunner(str(path), "function", 1)
+    assert "\n" not in str(info.value)

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from bitmaps.core.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError, one_line
 from bitmaps.core.ort import function_session, kernel_session, library_missing
 from bitmaps.runtime.amx import tile_data_permitted
 from bitmaps.runtime.timing import cpu_timer, time_calls
@@ -104,10 +104,19 @@ class OrtRunner:
     device = "cpu"
 
     def __init__(self, onnx_path: str, session: str, threads: int) -> None:
-        if session == "kernel" and library_missing() is None:
-            self.session = kernel_session(onnx_path, threads)
-        else:
-            self.session = function_session(onnx_path, threads)
+        try:
+            if session == "kernel" and library_missing() is None:
+                self.session = kernel_session(onnx_path, threads)
+            else:
+                self.session = function_session(onnx_path, threads)
+        except BitmapsError:
+            raise
+        except Exception as exc:  # noqa: BLE001 -- onnxruntime's Fail, InvalidGraph, ...
+            # (a work folder's file edited by hand, or made by another bitmaps)
+            raise BitmapsError(
+                f"ONNX Runtime cannot load {onnx_path} ({one_line(exc)}); delete it, and the "
+                "next profile exports it again"
+            ) from None
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def prepare(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
