@@ -170,6 +170,8 @@ def test_export_baseline_matches_the_binary_interface(checkpoints, tmp_path, cap
         "student_as_baseline",
         "opset",
         "asset_name",
+        "plain_folder",
+        "empty_path",
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_no_file(case, checkpoints, tmp_path, capsys):
@@ -190,6 +192,9 @@ def test_bad_input_is_one_line_exit_2_and_no_file(case, checkpoints, tmp_path, c
         ),
         "opset": (["export", str(paths["student"]), str(out), "--opset", "11"], "opset"),
         "asset_name": (["export", "bert-tiny", str(out)], "export-baseline"),
+        # stop 44's probe: both were called "a model folder (full precision)"
+        "plain_folder": (["export", str(tmp_path), str(out)], "is a folder, not a student"),
+        "empty_path": (["export", "", str(out)], "no student checkpoint given"),
     }[case]
     code, stdout, stderr = _run(argv, capsys)
     assert code == 2

@@ -181,11 +181,18 @@ def load_student(spec: str | os.PathLike):  # noqa: ANN201
         "`bitmaps export` takes a binarized student checkpoint (from `bitmaps train --stage "
         f"student`); export a full-precision model with `bitmaps export-baseline {text} OUT.onnx`"
     )
+    if not text.strip():
+        raise BitmapsError("no student checkpoint given (an empty path)")
     if not path.exists():
         if text in (*ASSET_MODELS, *SHAPE_NAMES):
             raise BitmapsError(f"{text} is a full-precision model: {baseline_hint}")
         raise BitmapsError(f"student checkpoint {text} does not exist")
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BitmapsError(
+                f"{text} is a folder, not a student checkpoint (a file from `bitmaps train "
+                "--stage student`)"
+            )
         raise BitmapsError(f"{text} is a model folder (full precision): {baseline_hint}")
     loaded = load_model(path)
     if not loaded.is_binary:
