@@ -120,13 +120,18 @@ def _logger(trt: Any) -> Any:
     return trt.Logger(trt.Logger.WARNING)
 
 
-def check_tensorrt_target(model_path: Path) -> None:
-    """Refuse a binary export not made with ``--target tensorrt`` (``bitmaps.target`` in its
-    metadata_props; files from before targets existed are portable), before TensorRT is loaded."""
+def _read_model(model_path: Path) -> onnx.ModelProto:
+    """The ONNX model at ``model_path`` (its graph; external data is not read), read once for
+    every check of a build."""
     try:
-        model = onnx.load(str(model_path), load_external_data=False)
+        return onnx.load(str(model_path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf raises various DecodeErrors
         raise BitmapsError(f"{model_path} is not a readable ONNX model: {exc}") from None
+
+
+def check_tensorrt_target(model: onnx.ModelProto, model_path: Path) -> None:
+    """Refuse a binary export not made with ``--target tensorrt`` (``bitmaps.target`` in its
+    metadata_props; files from before targets existed are portable), before TensorRT is loaded."""
     meta = {p.key: p.value for p in model.metadata_props}
     binary = meta.get("bitmaps.kind") == "binary" or any(
         n.domain == PLUGIN_NAMESPACE and n.op_type == PLUGIN_NAME for n in model.graph.node
@@ -139,11 +144,12 @@ def check_tensorrt_target(model_path: Path) -> None:
         )
 
 
-def _check_without_tensorrt(model_path: Path, cfg: EngineBuildConfig) -> None:
+def _check_without_tensorrt(
+    model: onnx.ModelProto, model_path: Path, cfg: EngineBuildConfig
+) -> None:
     """What a build needs that can be checked before TensorRT is loaded (so that a machine
     without TensorRT reports these too): the model's graph and its BinaryLinear nodes'
     attributes, an explicit plugin file, the timing cache's folder."""
-    model = onnx.load(str(model_path), load_external_data=False)  # readable: checked before
     if not model.graph.node:
         raise BitmapsError(f"{model_path} has an empty graph: not an exported model")
     for node in model.graph.node:
@@ -163,11 +169,8 @@ def _check_without_tensorrt(model_path: Path, cfg: EngineBuildConfig) -> None:
             raise BitmapsError(
                 f"{model_path}: BinaryLinear node {node.name!r} has no packed weight input"
             )
-    explicit = cfg.plugin or os.environ.get(PLUGIN_ENV)
-    if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise BitmapsError(f"TensorRT plugin library {path} not found (or not a file)")
+    if cfg.plugin or os.environ.get(PLUGIN_ENV):  # a plugin named: the search TensorRT would do
+        path = find_plugin_library(cfg.plugin)
         with path.open("rb") as f:
             if f.read(4) != b"\x7fELF":
                 raise BitmapsError(f"{path} is not a shared library (build it with `make plugin`)")
@@ -180,12 +183,8 @@ def _check_without_tensorrt(model_path: Path, cfg: EngineBuildConfig) -> None:
             )
 
 
-def _model_facts(model_path: Path) -> tuple[bool, int]:
-    """(outputs are float16, number of BinaryLinear nodes), read without loading the weights."""
-    try:
-        model = onnx.load(str(model_path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001 - protobuf raises various DecodeErrors
-        raise BitmapsError(f"{model_path} is not a readable ONNX model: {exc}") from None
+def _model_facts(model: onnx.ModelProto) -> tuple[bool, int]:
+    """(outputs are float16, number of BinaryLinear nodes)."""
     outputs = [o.type.tensor_type.elem_type for o in model.graph.output]
     fp16 = bool(outputs) and all(t == onnx.TensorProto.FLOAT16 for t in outputs)
     nodes = sum(1 for n in model.graph.node if n.op_type == PLUGIN_NAME)
@@ -268,12 +267,14 @@ def build_engine(
     if not model_path.is_file():
         raise BitmapsError(f"ONNX model {model_path} not found")
     output = check_writable(output)
-    check_tensorrt_target(model_path)
-    _check_without_tensorrt(model_path, cfg)
+    model = _read_model(model_path)
+    check_tensorrt_target(model, model_path)
+    _check_without_tensorrt(model, model_path, cfg)
+    model_fp16, n_binary = _model_facts(model)
+    del model  # TensorRT's parser reads the file itself
     trt = import_tensorrt()
     major = tensorrt_major(trt)
     plugin = load_plugin(trt, cfg.plugin)
-    model_fp16, n_binary = _model_facts(model_path)
     if cfg.fp16 and major >= 11 and not model_fp16:
         raise BitmapsError(
             "TensorRT 11 builds strongly typed networks, so --fp16 needs an FP16 model: export it "
