@@ -82,6 +82,16 @@ def _configs(
     return sections
 
 
+def _group_needs_int4(embeddings: str, embedding_group: str) -> None:
+    """A non-default --embedding-group sets int4's scales: refused, not ignored, with any other
+    --embeddings (the default, 64, may be passed with any: scripts loop over the modes)."""
+    if embeddings != "int4" and embedding_group != "64":
+        raise click.UsageError(
+            f"--embedding-group sets the scales of --embeddings int4; these embeddings are "
+            f"{embeddings}: leave it out"
+        )
+
+
 class _Device(click.ParamType):
     """auto, cpu or cuda, where this machine has it (torch is imported only for cuda)."""
 
@@ -104,6 +114,33 @@ class _Device(click.ParamType):
 DEVICE = _Device()
 
 
+class _PathText(click.ParamType):
+    """A path as typed: never empty; an output file's path may not name a folder (``new/``)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind  # "file" to write, "folder", or "input" (a file to read)
+        self.name = {"file": "FILE", "folder": "DIR", "input": "FILE"}[kind]
+
+    def convert(self, value, param, ctx):  # noqa: ANN001, ANN201
+        text = str(value)
+        if not text.strip():
+            self.fail(
+                f"an empty path; give a {'folder' if self.kind == 'folder' else 'file'}", param, ctx
+            )
+        if self.kind == "file" and (text.endswith(("/", "\\")) or Path(text).is_dir()):
+            self.fail(
+                f"{text} names a folder; give a file name", param, ctx
+            )
+        if self.kind == "input" and Path(text).is_dir():
+            self.fail(f"{text} is a folder; give a file", param, ctx)
+        if self.kind == "folder" and Path(text).exists() and not Path(text).is_dir():
+            self.fail(f"{text} is a file; give a folder", param, ctx)
+        return text
+
+
+OUTPUT_FILE, INPUT_FILE, FOLDER = _PathText("file"), _PathText("input"), _PathText("folder")
+
+
 # Click option tables read best one option per line, aligned by hand: ruff-format stays out of
 # the command definitions below.
 # fmt: off
@@ -118,7 +155,7 @@ DEVICE = _Device()
               help="teacher stage: the model to fine-tune (bert-tiny, minilm-l6, a folder or a checkpoint); "
                    "student stage: the fine-tuned teacher checkpoint")
 @click.option("--data", multiple=True, metavar="PATH", help="text files or folders (repeatable)")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="checkpoint to write")
+@click.option("-o", "--output", required=True, type=OUTPUT_FILE, help="checkpoint to write")
 @click.option("--steps", type=int, help="optimizer steps [1000]")
 @click.option("--batch-size", type=int, help="sequences per step and process [32]")
 @click.option("--lr", type=float, help="peak learning rate [1e-4]")
@@ -134,7 +171,7 @@ DEVICE = _Device()
 @click.option("--amp", type=click.Choice(["auto", "off", "fp16", "bf16"]), help="mixed precision on GPU")
 @click.option("--stop-after", type=int, hidden=True, help="testing aid: stop as if killed after N steps")
 @click.option("--act-quantizer", help="student: activation binarizer, elastic, ste or approx_sign [elastic]")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+@click.option("--config", "config_file", type=INPUT_FILE,
               help="JSON file with sections train, data, binarize, distill")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="override any config field, e.g. --set distill.lambda_attn=0 (repeatable)")
@@ -151,6 +188,8 @@ def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio,
 
     from bitmaps.core.config import DataConfig, TrainConfig
 
+    if resume and overwrite:
+        raise click.UsageError("--resume continues --output, --overwrite replaces it: give one of them")
     train_opts = dict(stage=stage, task=task, steps=steps, batch_size=batch_size, lr=lr,
                       warmup_ratio=warmup_ratio,
                       schedule=schedule, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
@@ -214,8 +253,8 @@ def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio,
               help="data pipeline settings (must match training to score the same held-out split)")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--embeddings", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32",
-              show_default=True, help="masked LM: score with the embedding tables and tied decoder "
-              "stored as the export's --embeddings stores them")
+              show_default=True, help="score with the embedding tables (and a masked LM's tied "
+              "decoder) stored as the export's --embeddings stores them")
 @click.option("--embedding-group", type=click.Choice(["32", "64"]), default="64",
               show_default=True, help="int4 embeddings: values per scale")
 @click.option("--attention", type=click.Choice(["float", "int8"]), default="float",
@@ -227,6 +266,7 @@ def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, 
     for a classifier: accuracy, macro-F1 and the confusion matrix on held-out labelled data."""
     from bitmaps.train.attention import attention_precision
 
+    _group_needs_int4(embeddings, embedding_group)
     with attention_precision(attention):
         _evaluate(model, data, batch_size, max_sequences, split, as_json, overrides, device,
                   embeddings, embedding_group, attention)  # fmt: skip
@@ -241,7 +281,11 @@ def _evaluate(model, data, batch_size, max_sequences, split, as_json, overrides,
 
     sections = _configs(None, overrides, {"data": {}})
     data_cfg = DataConfig.from_dict(sections["data"])
-    suffix = "" if attention == "float" else f", {attention} attention"
+    from bitmaps.core.embeddings import embeddings_label
+
+    notes = [f"{embeddings_label(embeddings, int(embedding_group))} embeddings"] * (embeddings != "fp32")
+    notes += [f"{attention} attention"] * (attention != "float")
+    suffix = "".join(f", {note}" for note in notes)
     if model_task(model) == "classify":
         from bitmaps.metrics.classify import format_confusion
         from bitmaps.train.classify import evaluate_classifier_on_data
@@ -250,6 +294,7 @@ def _evaluate(model, data, batch_size, max_sequences, split, as_json, overrides,
             model, _data_paths(data), data_cfg,
             batch_size=batch_size, max_examples=max_sequences, split=split, device=device,
             trained_seq_len="seq_len" not in sections["data"], log=lambda m: click.echo(m, err=True),
+            embeddings=embeddings, embedding_group=int(embedding_group),
         )
         result["attention"] = attention
         if as_json:
@@ -369,16 +414,19 @@ def data_stats(paths, tokenizer, seq_len, heldout_fraction, split_seed, per_line
 
 @cli.command("build-engine")
 @click.argument("model", metavar="MODEL.onnx")
-@click.option("-o", "--output", required=True, metavar="MODEL.engine", help="engine file to write")
+@click.option("-o", "--output", required=True, type=OUTPUT_FILE, metavar="MODEL.engine",
+              help="engine file to write")
 @click.option("--fp16", is_flag=True,
               help="FP16 engine (TensorRT 11: needs a model exported with --dtype fp16)")
-@click.option("--plugin", metavar="LIB", help="libbitmaps_trt_plugin.so [search build/plugin, ...]")
+@click.option("--plugin", type=INPUT_FILE, metavar="LIB",
+              help="libbitmaps_trt_plugin.so [search build/plugin, ...]")
 @click.option("--min-shape", default="1x8", show_default=True, metavar="BxS")
 @click.option("--opt-shape", default="8x128", show_default=True, metavar="BxS")
 @click.option("--max-shape", default="32x128", show_default=True, metavar="BxS")
 @click.option("--workspace", "workspace_mb", type=int, default=1024, show_default=True,
               metavar="MB", help="TensorRT workspace limit")
-@click.option("--timing-cache", metavar="FILE", help="read and update this TensorRT timing cache")
+@click.option("--timing-cache", type=OUTPUT_FILE, metavar="FILE",
+              help="read and update this TensorRT timing cache")
 def build_engine_cmd(model, output, fp16, plugin, min_shape, opt_shape, max_shape, workspace_mb,
                      timing_cache) -> None:
     """Build a TensorRT engine from MODEL.onnx with the bitmaps BinaryLinear plugin."""
@@ -415,7 +463,7 @@ def _export_options(f):  # noqa: ANN001, ANN202
 
 @cli.command("export")
 @click.argument("checkpoint", metavar="CKPT")
-@click.argument("output", metavar="OUT.onnx", type=click.Path(dir_okay=False))
+@click.argument("output", metavar="OUT.onnx", type=OUTPUT_FILE)
 @_export_options
 @click.option("--embeddings", type=click.Choice(["fp32", "fp16", "int8", "int4"]),
               help="embedding tables and the tied MLM decoder: fp16, int8 per-row or int4 "
@@ -436,6 +484,7 @@ def export_cmd(checkpoint, output, target, dtype, opset, output_kind, tolerance,
 
     if embeddings is None:  # the measured default (benchmarks/RESULTS.md); TensorRT: fp16
         embeddings = "fp16" if target == "tensorrt" else STUDENT_EMBEDDINGS
+    _group_needs_int4(embeddings, embedding_group)
     cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance,
                        embeddings=embeddings, embedding_group=int(embedding_group),
                        target=target, attention=attention)  # fmt: skip
@@ -445,7 +494,7 @@ def export_cmd(checkpoint, output, target, dtype, opset, output_kind, tolerance,
 
 @cli.command("export-baseline")
 @click.argument("model", metavar="MODEL")
-@click.argument("output", metavar="OUT.onnx", type=click.Path(dir_okay=False))
+@click.argument("output", metavar="OUT.onnx", type=OUTPUT_FILE)
 @_export_options
 def export_baseline_cmd(model, output, target, dtype, opset, output_kind, tolerance) -> None:
     """The full-precision MODEL (teacher checkpoint, folder, bert-tiny, minilm-l6, or bert-base
@@ -477,9 +526,9 @@ def export_baseline_cmd(model, output, target, dtype, opset, output_kind, tolera
               help="held-out text: adds cross entropy, accuracy and MRR per model (repeatable)")
 @click.option("--eval-sequences", type=int, default=0, show_default=True,
               help="--data: score at most N held-out sequences (0: all)")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("--json", "json_path", type=OUTPUT_FILE, metavar="FILE",
               help="write {meta, rows} (rows: DESIGN.md's schema)")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), metavar="FILE.png")
+@click.option("--plot", "plot_path", type=OUTPUT_FILE, metavar="FILE.png")
 @click.option("--repeats", type=int, default=20, show_default=True, help="timed calls, at least")
 @click.option("--min-time", type=float, default=2.0, show_default=True, help="seconds, at least")
 @click.option("--max-time", type=float, default=30.0, show_default=True,
@@ -496,9 +545,9 @@ def export_baseline_cmd(model, output, target, dtype, opset, output_kind, tolera
 @click.option("--amx", type=click.Choice(["allow", "withhold"]), default="allow", show_default=True,
               help="withhold: no Intel AMX in the measuring processes (ONNX Runtime INT8 then runs "
                    "on VNNI, as on a CPU without AMX; Linux x86-64)")
-@click.option("--workdir", type=click.Path(file_okay=False), metavar="DIR",
+@click.option("--workdir", type=FOLDER, metavar="DIR",
               help="exported ONNX files and engines, reused across runs [$BITMAPS_CACHE/profile]")
-@click.option("--show", "show_path", type=click.Path(dir_okay=False), metavar="FILE.json",
+@click.option("--show", "show_path", type=INPUT_FILE, metavar="FILE.json",
               help="print the tables of an earlier --json FILE (and --plot it); measure nothing")
 def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output_kind, data,
                 eval_sequences, json_path, plot_path, repeats, min_time, max_time, warmup,
@@ -533,6 +582,8 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
         warmup=warmup, warmup_time=warmup_time, threads=threads, seed=seed, eval_sequences=eval_sequences,
         amx=amx, attention=attention,
     )
+    if eval_sequences and not data:
+        raise click.UsageError("--eval-sequences limits the scoring of --data: give --data PATH too")
     source = ModelSource(shape=shape or (None if student or teacher else "bert-base"),
                          teacher=teacher, student=student, seed=seed)
     job = ProfileJob(cfg, source, list(data), Path(workdir) if workdir else None,
@@ -556,14 +607,16 @@ def ort_library_cmd(no_check: bool) -> None:
 
     Any ONNX Runtime program that registers it (Python: SessionOptions.register_custom_ops_library)
     runs bitmaps::BinaryLinear nodes natively. The library is first loaded into the installed
-    onnxruntime; a library that is missing, does not load or needs a newer runtime is an error.
+    onnxruntime and runs one BinaryLinear node against the model-local function; a library that is
+    missing, does not load, needs a newer runtime or cannot run here (BITMAPS_CPU_PATH,
+    BITMAPS_ORT_THREADS) is an error.
     """
     if no_check:
         click.echo(get_library_path())
         return
-    from bitmaps.core.ort import native_library
+    from bitmaps.runtime.onnxruntime import checked_native_library
 
-    click.echo(native_library())
+    click.echo(checked_native_library())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -161,3 +161,22 @@ def test_inputs_checked_before_tensorrt(tmp_path, capsys, case):
 def test_workspace_is_bounded():
     with pytest.raises(ConfigError, match="workspace_mb must be <= 1048576"):
         EngineBuildConfig(workspace_mb=99999999999999)
+
+
+def test_max_shape_beyond_the_position_table_is_refused_before_tensorrt(tmp_path, capsys):
+    import onnx
+    from onnx import helper
+
+    path = _binary_node_onnx(tmp_path, in_features=4, out_features=4)
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props} | {"bitmaps.max_sequence": "64"}
+    helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    out = tmp_path / "model.engine"
+    rc, err = _run(capsys, str(path), "-o", str(out), "--opt-shape", "8x64", "--max-shape", "8x65")
+    assert rc == 2 and err.count("\n") == 0, err
+    assert "at most 64 tokens" in err and "--max-shape Bx64" in err
+    assert not out.exists()
+    # at the table's length the check passes (what follows needs TensorRT, or its plugin)
+    rc, err = _run(capsys, str(path), "-o", str(out), "--opt-shape", "8x64", "--max-shape", "8x64")
+    assert "position table" not in err

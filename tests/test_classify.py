@@ -280,7 +280,9 @@ def _job(data: Path, out: Path, model: str, **train) -> TrainJob:
     )
 
 
-def test_teacher_and_binary_student_beat_the_majority_class(spam_subset, tmp_path, bert_tiny_dir):
+def test_teacher_and_binary_student_beat_the_majority_class(
+    spam_subset, tmp_path, bert_tiny_dir, capsys
+):
     from bitmaps.core.config import BinarizeConfig, DistillConfig
 
     teacher = tmp_path / "t.pt"
@@ -299,6 +301,17 @@ def test_teacher_and_binary_student_beat_the_majority_class(spam_subset, tmp_pat
     code = main(["eval", str(tmp_path / "s.pt"), "--data", str(spam_subset), "--json",
                  "--set", "data.seq_len=64", "--set", "data.heldout_fraction=0.3"])  # fmt: skip
     assert code == 0
+    plain = json.loads(capsys.readouterr().out)
+    assert plain["embeddings"] == "fp32"
+    assert plain["accuracy"] == pytest.approx(s.metrics["accuracy"], abs=1e-9)
+    # scored with the tables as `export --embeddings int4` stores them: the deployed model's accuracy
+    code = main(["eval", str(tmp_path / "s.pt"), "--data", str(spam_subset), "--json",
+                 "--embeddings", "int4", "--embedding-group", "32",
+                 "--set", "data.seq_len=64", "--set", "data.heldout_fraction=0.3"])  # fmt: skip
+    assert code == 0
+    int4 = json.loads(capsys.readouterr().out)
+    assert int4["embeddings"] == "int4-g32" and int4["examples"] == plain["examples"]
+    assert abs(int4["accuracy"] - plain["accuracy"]) < 0.1, (int4, plain)
 
 
 def test_classify_student_resume_is_equivalent_to_a_straight_run(

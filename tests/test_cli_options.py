@@ -76,6 +76,8 @@ CASES = [
     (TRAIN + ["--log-every", "0"], "log_every"),
     (TRAIN + ["--schedule", "steep"], "--schedule"),
     (TRAIN + ["--amp", "fp8"], "--amp"),
+    (TRAIN + ["--amp", "fp16", "--device", "cpu"], "mixed precision on a CUDA GPU"),
+    (TRAIN + ["--set", "train.amp=bf16", "--device", "cpu"], "mixed precision on a CUDA GPU"),
     (TRAIN + ["--stage", "pupil"], "--stage"),
     (TRAIN + ["--device", "tpu"], "not a device"),
     (TRAIN + ["--device", "cuda:0"], "not a device"),
@@ -137,6 +139,31 @@ CASES = [
     (PROFILE + ["--plot", "{tmp}/out.jpg"], ".png"),
     (["profile", "--show", "{tmp}/latin1.txt"], "latin1.txt"),
     (["profile", "--show", "{tmp}/missing.json"], "missing.json"),
+    # paths as typed: never empty; an output file's path that names a folder is refused, not
+    # written beside it (Path("new/") would drop the slash and write a file "new")
+    (TRAIN + ["-o", "{tmp}/outnew/"], "names a folder"),
+    (TRAIN + ["-o", "{tmp}"], "names a folder"),
+    (TRAIN + ["-o", ""], "an empty path"),
+    (TRAIN + ["--config", ""], "an empty path"),
+    (TRAIN + ["--config", "{tmp}"], "is a folder"),
+    (["export", "{tmp}/missing.pt", "{tmp}/outnew/"], "names a folder"),
+    (["export-baseline", "bert-tiny", ""], "an empty path"),
+    (["build-engine", "{tmp}/model.onnx", "-o", "{tmp}/outnew/"], "names a folder"),
+    (ENGINE + ["--timing-cache", "{tmp}"], "names a folder"),
+    (ENGINE + ["--plugin", ""], "an empty path"),
+    (["profile", "--json", ""], "an empty path"),
+    (["profile", "--json", "{tmp}/outnew/"], "names a folder"),
+    (PROFILE + ["--plot", ""], "an empty path"),
+    (PROFILE + ["--workdir", ""], "an empty path"),
+    (PROFILE + ["--workdir", "{tmp}/good.txt"], "is a file"),
+    (["profile", "--show", "{tmp}"], "is a folder"),
+    (["profile", "--show", ""], "an empty path"),
+    # an option that would be ignored is refused
+    (PROFILE + ["--eval-sequences", "5"], "give --data"),
+    (TRAIN + ["--resume", "--overwrite"], "give one of them"),
+    (EVAL + ["--embedding-group", "32"], "these embeddings are fp32"),
+    (EXPORT + ["--embeddings", "int8", "--embedding-group", "32"], "these embeddings are int8"),
+    (EXPORT + ["--target", "tensorrt", "--embedding-group", "32"], "these embeddings are fp16"),
     # assets, ort-library
     (["assets", "path", "bert-huge"], "unknown asset"),
     (["assets", "verify", "bert-huge"], "unknown asset"),
@@ -242,3 +269,14 @@ def test_bare_environment_help_needs_no_torch() -> None:
                           env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("False")
+
+
+def test_the_default_embedding_group_goes_with_any_embeddings() -> None:
+    # scripts loop over the modes passing the group each time (bench_embeddings_accuracy.py)
+    from bitmaps.cli import _group_needs_int4
+
+    for mode in ("fp32", "fp16", "int8", "int4"):
+        _group_needs_int4(mode, "64")
+    _group_needs_int4("int4", "32")
+    with pytest.raises(click.UsageError, match="these embeddings are int8"):
+        _group_needs_int4("int8", "32")

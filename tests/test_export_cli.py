@@ -185,7 +185,7 @@ def test_bad_input_is_one_line_exit_2_and_no_file(case, checkpoints, tmp_path, c
             ["export", str(paths["student"]), str(tmp_path / "x" / "o.onnx")],
             "does not exist",
         ),
-        "is_folder": (["export", str(paths["student"]), str(tmp_path)], "is a directory"),
+        "is_folder": (["export", str(paths["student"]), str(tmp_path)], "names a folder"),
         "student_as_baseline": (
             ["export-baseline", str(paths["student"]), str(out)],
             "bitmaps export",

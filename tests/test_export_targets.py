@@ -263,6 +263,8 @@ def test_metadata_records_target_dtype_and_version(onnxruntime_export, tensorrt_
         assert (meta["target"], meta["dtype"], meta["version"]) == (target, "fp32", __version__)
         assert meta["kind"] == "binary"
         assert int(meta["binary_linear_nodes"]) == len(binary_linear_nodes(result.model))
+        # the position table's length: what build-engine checks --max-shape against
+        assert int(meta["max_sequence"]) == result.wrapper.model.config.max_position_embeddings
 
 
 def _build_engine(path, tmp_path, capsys) -> tuple[int, str]:  # noqa: ANN001

@@ -340,6 +340,26 @@ def test_library_that_does_not_load_is_one_line_and_exit_2(tmp_path, monkeypatch
     _one_line_exit_2(code, capsys.readouterr().err, "no such file")
 
 
+@pytest.mark.parametrize(
+    ("env", "value", "words"),
+    [
+        ("BITMAPS_CPU_PATH", "bogus", ["unknown CPU path 'bogus'"]),
+        ("BITMAPS_ORT_THREADS", "many", ["BITMAPS_ORT_THREADS must be ort, std or serial"]),
+    ],
+)
+def test_library_that_loads_but_cannot_run_here_is_one_line_and_exit_2(
+    monkeypatch, capsys, env, value, words
+):
+    # the library loads (the settings are read at session creation): the command's check runs a
+    # BinaryLinear node, so what would fail in every session fails here, once, with its reason
+    from bitmaps.cli import main
+
+    monkeypatch.setenv(env, value)
+    code = main(["ort-library"])
+    _one_line_exit_2(code, capsys.readouterr().err, "cannot run a BinaryLinear node here", *words)
+    assert main(["ort-library", "--no-check"]) == 0  # the path alone, as asked
+
+
 def test_library_needing_a_newer_runtime_is_one_line_and_exit_2(tmp_path):
     # A build that asks for a C API no runtime offers stands for a runtime older than the library.
     out = tmp_path / "libbitmaps_ort_future.so"

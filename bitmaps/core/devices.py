@@ -19,3 +19,10 @@ def device_problem(device: str) -> str | None:
     if device == "cuda" and not torch.cuda.is_available():
         return "cuda: torch sees no CUDA GPU on this machine"
     return None
+
+
+def torch_device(device: str) -> torch.device:
+    """The torch device for an ``--device`` value: ``auto`` is CUDA where torch sees a GPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

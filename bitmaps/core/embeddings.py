@@ -173,6 +173,11 @@ def _embeddings_of(model: nn.Module) -> nn.Module:
     return emb
 
 
+def embeddings_label(mode: str, group: int = 64) -> str:
+    """How results name a storage mode: ``int4-g64`` for int4, else the mode."""
+    return f"int4-g{group}" if mode == "int4" else mode
+
+
 def quantize_embeddings_(model: nn.Module, mode: str, group: int = 64) -> nn.Module:
     """In place: word, position and token-type tables → :class:`QuantizedEmbedding`; a tied MLM
     decoder → :class:`TiedQuantizedDecoder` on the word table. ``fp32`` leaves the model as is

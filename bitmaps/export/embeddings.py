@@ -46,6 +46,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bitmaps.core.embeddings import (
     EMBEDDING_MODES,
     INT4_OFFSET,
+    embeddings_label,
     quantize_embeddings_,
     quantize_table,
 )
@@ -277,6 +278,6 @@ def embeddings_pass(
     if names:
         quantize_embeddings_(torch_model, mode, group)
     props = {p.key: p.value for p in model.metadata_props}
-    props["bitmaps.embeddings"] = f"int4-g{group}" if mode == "int4" else mode
+    props["bitmaps.embeddings"] = embeddings_label(mode, group)
     helper.set_model_props(model, props)
     return names

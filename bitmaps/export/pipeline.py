@@ -165,7 +165,8 @@ def export_verified(
     rewrite(traced, binary=binary, source=source)
     traced = embeddings(traced, wrapper, cfg)
     target(traced, cfg, wrapper, binary=binary)
-    annotate(traced, metadata(traced, cfg, binary=binary, source=source))
+    positions = int(wrapper.model.config.max_position_embeddings)
+    annotate(traced, metadata(traced, cfg, binary=binary, source=source, max_sequence=positions))
     proto = check(traced, wrapper, cfg)
     report = verify(proto, wrapper, tokenizer, cfg, binary=binary, log=log)
     return ExportResult(proto, wrapper, report)
@@ -268,7 +269,11 @@ def target(model: ir.Model, cfg: ExportConfig, wrapper: ExportWrapper, *, binary
         )
 
 
-def metadata(model: ir.Model, cfg: ExportConfig, *, binary: bool, source: str) -> dict[str, str]:
+def metadata(
+    model: ir.Model, cfg: ExportConfig, *, binary: bool, source: str, max_sequence: int
+) -> dict[str, str]:
+    """The ``bitmaps.*`` metadata; ``max_sequence``: the model's position table, the longest
+    sequence it takes (`bitmaps build-engine` checks its shapes against it)."""
     return {
         "kind": "binary" if binary else "baseline",
         "target": cfg.target,
@@ -279,6 +284,7 @@ def metadata(model: ir.Model, cfg: ExportConfig, *, binary: bool, source: str) -
         "source": Path(source).name,
         "binary_linear_nodes": str(len(binary_linears(model))),
         "attention": cfg.attention,
+        "max_sequence": str(max_sequence),
     }
 
 

@@ -34,6 +34,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from bitmaps.core import ops
+from bitmaps.core.errors import BitmapsError, one_line
 from bitmaps.core.ort import (  # noqa: F401  (re-exported: the sessions this module measures)
     function_session,
     inference_session,
@@ -65,6 +66,34 @@ def native_status() -> str:
     if problem is None:
         return f"native custom op ({native_library()})"
     return f"model-local ONNX function (standard ops), native library unavailable: {problem}"
+
+
+def checked_native_library() -> str:
+    """The path of ``libbitmaps_ort.so`` once it has run a BinaryLinear node here and matched the
+    model-local function: `bitmaps ort-library`'s check. Loading alone misses what fails only at
+    session creation (``BITMAPS_CPU_PATH`` naming a path this CPU lacks, a bad
+    ``BITMAPS_ORT_THREADS``, a kernel this CPU cannot execute); each is a one-line BitmapsError."""
+    path = native_library()
+    model, _ = single_node_model(k=100, n=16)  # K not a multiple of the word: the tail too
+    x = {"X": np.random.default_rng(0).standard_normal((3, 100)).astype(np.float32)}
+    so = session_options(threads=1)
+    so.log_severity_level = 4  # the reason is raised below, once, not also logged
+    so.register_custom_ops_library(path)
+    try:
+        got = inference_session(model, so).run(None, x)[0]
+    except Exception as exc:  # noqa: BLE001 - whatever ONNX Runtime raises, one line
+        reason = one_line(exc, limit=400).split("Exception during initialization: ")[-1]
+        raise BitmapsError(
+            f"{path} loads, but cannot run a BinaryLinear node here: {reason}"
+        ) from None
+    want = function_session(model, threads=1).run(None, x)[0]
+    if not np.allclose(got, want, rtol=1e-5, atol=1e-4):
+        worst = float(np.abs(got - want).max())
+        raise BitmapsError(
+            f"{path} runs a BinaryLinear node but does not match the model-local function here "
+            f"(max |diff| {worst:.3g}, CPU path {native_cpu_path()}): rebuild it with `make install`"
+        )
+    return path
 
 
 def native_cpu_path() -> str:

@@ -39,6 +39,7 @@ import torch
 from bitmaps.core.atomic import atomic_output, check_writable
 from bitmaps.core.config import EngineBuildConfig, parse_batch_seq
 from bitmaps.core.errors import BitmapsError
+from bitmaps.export.onnx_export import model_metadata
 
 PLUGIN_LIBRARY = "libbitmaps_trt_plugin.so"
 PLUGIN_NAME, PLUGIN_VERSION, PLUGIN_NAMESPACE = "BinaryLinear", "1", "bitmaps"
@@ -169,6 +170,13 @@ def _check_without_tensorrt(
             raise BitmapsError(
                 f"{model_path}: BinaryLinear node {node.name!r} has no packed weight input"
             )
+    positions = model_metadata(model).get("max_sequence", "")
+    longest = parse_batch_seq(cfg.max_shape)[1]
+    if positions.isdigit() and longest > int(positions):
+        raise BitmapsError(
+            f"--max-shape {cfg.max_shape}: {model_path} takes at most {positions} tokens a sequence "
+            f"(its position table); give --max-shape Bx{positions} or less"
+        )
     if cfg.plugin or os.environ.get(PLUGIN_ENV):  # a plugin named: the search TensorRT would do
         path = find_plugin_library(cfg.plugin)
         with path.open("rb") as f:

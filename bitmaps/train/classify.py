@@ -25,6 +25,8 @@ from torch import nn
 
 from bitmaps.core import distributed as D
 from bitmaps.core.config import DataConfig
+from bitmaps.core.devices import torch_device
+from bitmaps.core.embeddings import embeddings_label, quantize_embeddings_
 from bitmaps.core.errors import BitmapsError
 from bitmaps.data.labelled import (
     ClassifyStream,
@@ -139,14 +141,18 @@ def evaluate_classifier_on_data(
     device: str = "auto",
     trained_seq_len: bool = False,
     log: Callable[[str], None] = print,
+    embeddings: str = "fp32",
+    embedding_group: int = 64,
 ) -> dict[str, Any]:
     """``bitmaps eval`` on a classifier: accuracy, macro-F1, confusion matrix on one split.
 
     ``trained_seq_len``: use the sequence length the checkpoint was trained with (if it says).
+    ``embeddings``: the tables as the export's ``--embeddings`` stores them (bitmaps/core/embeddings.py).
     """
     loaded = load_model(model)
     if loaded.task != "classify":
         raise BitmapsError(f"{model} is a masked-LM model, not a classifier")
+    quantize_embeddings_(loaded.model, embeddings, embedding_group)
     trained = ((loaded.checkpoint or {}).get("meta") or {}).get("data") or {}
     if trained_seq_len and "seq_len" in trained:
         cfg = cfg.replace(seq_len=int(trained["seq_len"]))
@@ -154,8 +160,7 @@ def evaluate_classifier_on_data(
     data = read_labelled(paths, labels=labels)
     corpus = build_labelled(data, loaded.tokenizer, cfg)
     part = corpus.heldout if split == "heldout" else corpus.train
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))  # fmt: skip
+    dev = torch_device(device)
     log(f"scoring {model} on {len(part)} {split} documents ({', '.join(labels)})")
     batches = classify_batches(part, batch_size=batch_size, max_examples=max_examples)
     result = evaluate_classifier(loaded.model.to(dev), batches, len(labels), label_names=labels)
@@ -163,6 +168,7 @@ def evaluate_classifier_on_data(
         "model": str(model),
         "binary": loaded.is_binary,
         "split": split,
+        "embeddings": embeddings_label(embeddings, embedding_group),
         "seq_len": cfg.seq_len,
         "documents": len(part) if max_examples <= 0 else min(max_examples, len(part)),
         **result,

@@ -7,9 +7,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import torch
-
-from bitmaps.core.embeddings import quantize_embeddings_
+from bitmaps.core.devices import torch_device
+from bitmaps.core.embeddings import embeddings_label, quantize_embeddings_
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.progress import ProgressReporter
 from bitmaps.data.corpus import build_corpus, eval_batches
@@ -45,11 +44,7 @@ def evaluate_on_text(
         sequences = sequences[:max_sequences]
     if len(sequences) == 0:
         raise BitmapsError(f"the {split} split is empty: give more text")
-    dev = torch.device(
-        "cuda"
-        if device == "auto" and torch.cuda.is_available()
-        else ("cpu" if device == "auto" else device)
-    )
+    dev = torch_device(device)
     batches = eval_batches(sequences, loaded.tokenizer, data_cfg, batch_size=batch_size)
     n_batches = (len(sequences) + batch_size - 1) // batch_size
     with ProgressReporter(n_batches, "eval", log_every=max(1, n_batches // 10)) as progress:
@@ -60,7 +55,7 @@ def evaluate_on_text(
         "stage": meta.get("stage", "pretrained"),
         "binary": loaded.is_binary,
         "split": split,
-        "embeddings": f"int4-g{embedding_group}" if embeddings == "int4" else embeddings,
+        "embeddings": embeddings_label(embeddings, embedding_group),
         "sequences": len(sequences),
         **metrics,
         "wall_s": time.perf_counter() - t0,

@@ -355,6 +355,11 @@ def run_training(job: TrainJob, log: Callable[[str], None] = print) -> TrainResu
 
 def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> TrainResult:  # noqa: N803
     cfg = job.train
+    if cfg.amp in ("fp16", "bf16") and env.device.type != "cuda":
+        raise BitmapsError(
+            f"--amp {cfg.amp} is mixed precision on a CUDA GPU; this run is on the "
+            f"{env.device.type}: leave --amp out (or --amp off), or train with --device cuda"
+        )
     torch.manual_seed(cfg.seed)
     labelled = read_task_labels(job.data_paths) if cfg.task == "classify" else None
     source, model = _prepare_models(job, log, labelled)
