@@ -128,9 +128,7 @@ class _PathText(click.ParamType):
                 f"an empty path; give a {'folder' if self.kind == 'folder' else 'file'}", param, ctx
             )
         if self.kind == "file" and (text.endswith(("/", "\\")) or Path(text).is_dir()):
-            self.fail(
-                f"{text} names a folder; give a file name", param, ctx
-            )
+            self.fail(f"{text} names a folder; give a file name", param, ctx)
         if self.kind == "input" and Path(text).is_dir():
             self.fail(f"{text} is a folder; give a file", param, ctx)
         if self.kind == "folder" and Path(text).exists() and not Path(text).is_dir():
