@@ -92,6 +92,18 @@ def _group_needs_int4(embeddings: str, embedding_group: str) -> None:
         )
 
 
+def _mlm_only_refused(data: dict[str, object], what: str = "data.{}") -> None:
+    """A classifier reads labelled rows, unmasked: masking and per-line settings would be ignored."""
+    from bitmaps.core.config import DataConfig
+
+    given = [name for name in DataConfig.MLM_ONLY if name in data]
+    if given:
+        raise click.UsageError(
+            f"{what.format(given[0])} applies to masked-LM text; a classifier's documents are its "
+            "labelled rows, unmasked: leave it out"
+        )
+
+
 class _Device(click.ParamType):
     """auto, cpu or cuda, where this machine has it (torch is imported only for cuda)."""
 
@@ -199,7 +211,8 @@ def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio,
     })
     # the stage and task as every other field: the config file, then the options, then --set
     stage = sections["train"].setdefault("stage", "teacher")
-    sections["train"].setdefault("task", "mlm")
+    if sections["train"].setdefault("task", "mlm") == "classify":
+        _mlm_only_refused(sections["data"])
     binarize = distill = None
     if stage == "student":
         from bitmaps.core.config import BinarizeConfig, DistillConfig
@@ -285,6 +298,7 @@ def _evaluate(model, data, batch_size, max_sequences, split, as_json, overrides,
     notes += [f"{attention} attention"] * (attention != "float")
     suffix = "".join(f", {note}" for note in notes)
     if model_task(model) == "classify":
+        _mlm_only_refused(sections["data"])
         from bitmaps.metrics.classify import format_confusion
         from bitmaps.train.classify import evaluate_classifier_on_data
 
@@ -397,6 +411,9 @@ def data_stats(paths, tokenizer, seq_len, heldout_fraction, split_seed, per_line
     cfg = DataConfig(seq_len=seq_len, heldout_fraction=heldout_fraction, split_seed=split_seed,
                      per_line=per_line)
     if task == "classify":
+        _mlm_only_refused({"per_line": True} if per_line else {}, what="--per-line")
+        if no_cache:
+            raise click.UsageError("--no-cache: labelled data is never cached; leave it out")
         from bitmaps.data.labelled import build_labelled, describe_stats, read_labelled
 
         stats = build_labelled(read_labelled(paths), load_tokenizer(tokenizer), cfg).stats

@@ -372,6 +372,46 @@ def test_cli_bad_labelled_input_is_one_line_exit_2(tmp_path, capsys, bert_tiny_d
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "y.pt").exists()
 
 
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--set", "data.mask_prob=0.2"], "data.mask_prob applies to masked-LM text"),
+        (["--set", "data.per_line=true"], "data.per_line applies to masked-LM text"),
+        (["--config", "{cfg}"], "data.eval_mask_seed applies to masked-LM text"),
+    ],
+)
+def test_cli_refuses_masked_lm_settings_for_a_classifier(tmp_path, capsys, extra, needle):
+    # a classifier's documents are its labelled rows, unmasked: these would be ignored
+    two = _jsonl(tmp_path / "two.jsonl")
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text('{"data": {"eval_mask_seed": 7}}')
+    extra = [a.replace("{cfg}", str(cfg)) for a in extra]
+    argv = ["train", "--task", "classify", "--teacher", "bert-tiny", "--data", str(two),
+            "-o", str(tmp_path / "x.pt"), *extra]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and needle in err, err
+    assert not (tmp_path / "x.pt").exists()
+    for flag in ("--per-line", "--no-cache"):
+        assert main(["data-stats", "--task", "classify", str(two), flag]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {flag}") and "\n" not in err, err
+
+
+def test_cli_eval_refuses_masked_lm_settings_for_a_classifier(tmp_path, capsys, bert_tiny_dir):
+    from bitmaps.train.models import load_classifier
+
+    clf = load_classifier("bert-tiny", ("news", "sport"))
+    folder = tmp_path / "clf"
+    clf.model.save_pretrained(folder)
+    clf.tokenizer.save_pretrained(folder)
+    two = _jsonl(tmp_path / "two.jsonl")
+    argv = ["eval", str(folder), "--data", str(two), "--set", "data.max_eval_sequences=5"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "data.max_eval_sequences applies to masked-LM text" in err and "\n" not in err, err
+
+
 def test_cli_data_stats_describes_labelled_data(tmp_path, capsys, bert_tiny_dir):
     path = _csv(tmp_path / "d.csv")
     assert main(["data-stats", "--task", "classify", "--json", str(path)]) == 0

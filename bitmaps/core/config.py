@@ -218,6 +218,10 @@ class DataConfig(Config):
     max_eval_sequences: int = 0  # 0: the whole held-out split
     per_line: bool = False  # True: every non-blank line of a file is a document (else: a file)
 
+    # What only masked-LM text reads: a classifier's documents are its labelled rows, unmasked.
+    MLM_ONLY = ("mask_prob", "mask_replace_prob", "mask_random_prob", "eval_mask_seed",
+                "max_eval_sequences", "per_line")  # fmt: skip
+
     def validate(self) -> None:
         if not 8 <= self.seq_len <= 512:
             raise ConfigError(f"seq_len must be in [8, 512], got {self.seq_len}")
