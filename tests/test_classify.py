@@ -422,3 +422,34 @@ def test_cli_data_stats_describes_labelled_data(tmp_path, capsys, bert_tiny_dir)
         total == len(ROWS)
         and sum(stats["train"]["per_label"].values()) == stats["train"]["documents"]
     )
+
+
+def test_profile_scores_the_binary_classifier_as_its_export_stores_it(tmp_path, bert_tiny_dir):
+    # `profile --data` on a classifier scored the binary student with float embedding tables while
+    # its ONNX rows run the export's int4 tables; it must score what it times (as the MLM path does)
+    from types import SimpleNamespace
+
+    from bitmaps.core.config import BinarizeConfig, DistillConfig
+    from bitmaps.core.embeddings import STUDENT_EMBEDDING_GROUP, STUDENT_EMBEDDINGS, embedding_tables
+    from bitmaps.runtime.profile import _classify_accuracy
+    from bitmaps.train.classify import evaluate_classifier_on_data
+    from bitmaps.train.models import load_model
+
+    rows = _jsonl(tmp_path / "rows.jsonl", ROWS * 4)
+    teacher, student = tmp_path / "t.pt", tmp_path / "s.pt"
+    run_training(_job(rows, teacher, "bert-tiny", steps=1), **QUIET)
+    job = _job(rows, student, str(teacher), stage="student", steps=1)
+    job.binarize, job.distill = BinarizeConfig(), DistillConfig(lambda_attn=0.0)
+    run_training(job, **QUIET)
+    loaded = {"binary": load_model(student)}
+    profile_job = SimpleNamespace(
+        data=[str(rows)], config=SimpleNamespace(eval_sequences=0, device="cpu", attention="float")
+    )
+    scores, _ = _classify_accuracy(profile_job, loaded, DataConfig(), tmp_path, lambda _m: None)
+    assert embedding_tables(loaded["binary"].model), "the student was scored with float tables"
+    deployed = evaluate_classifier_on_data(
+        str(student), [str(rows)], DataConfig(), device="cpu",  # profile's split: the defaults
+        trained_seq_len=True, log=lambda _m: None,
+        embeddings=STUDENT_EMBEDDINGS, embedding_group=STUDENT_EMBEDDING_GROUP,
+    )  # fmt: skip
+    assert scores["binary"]["accuracy"] == pytest.approx(deployed["accuracy"], abs=1e-12)

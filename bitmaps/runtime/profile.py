@@ -287,8 +287,9 @@ def _classify_accuracy(
             scores[m] = {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
             continue
         model = x.model
-        if m == "binary":
+        if m == "binary":  # as its export stores it (onnx_artifact): int4 embedding tables
             pack_binary_linears_(model)
+            quantize_embeddings_(model, STUDENT_EMBEDDINGS, STUDENT_EMBEDDING_GROUP)
         model = model.to(device=device, dtype=B.float_dtype(m, device))
         with attention_precision(job.config.attention if m == "binary" else "float"):
             r = evaluate_classifier(model, batches, len(labels), label_names=labels)
