@@ -430,7 +430,11 @@ def test_profile_scores_the_binary_classifier_as_its_export_stores_it(tmp_path, 
     from types import SimpleNamespace
 
     from bitmaps.core.config import BinarizeConfig, DistillConfig
-    from bitmaps.core.embeddings import STUDENT_EMBEDDING_GROUP, STUDENT_EMBEDDINGS, embedding_tables
+    from bitmaps.core.embeddings import (
+        STUDENT_EMBEDDING_GROUP,
+        STUDENT_EMBEDDINGS,
+        embedding_tables,
+    )
     from bitmaps.runtime.profile import _classify_accuracy
     from bitmaps.train.classify import evaluate_classifier_on_data
     from bitmaps.train.models import load_model
