@@ -105,11 +105,17 @@ def score(model: str, data: list[str], variant: str, max_sequences: int) -> dict
         if model_task(model) == "classify":
             r = evaluate_classifier_on_data(
                 model, data, DataConfig(), max_examples=max_sequences, device="cpu",
-                trained_seq_len=True, log=quiet,
+                explicit=(), log=quiet,
             )  # fmt: skip
             return {"accuracy": float(r["accuracy"]), "macro-F1": float(r["macro_f1"])}
         r = evaluate_on_text(
-            model, data, DataConfig(), max_sequences=max_sequences, device="cpu", log=quiet
+            model,
+            data,
+            DataConfig(),
+            max_sequences=max_sequences,
+            device="cpu",
+            log=quiet,
+            explicit=(),
         )
         return {"top-1": float(r["accuracy"]), "cross entropy": float(r["cross_entropy"])}
 

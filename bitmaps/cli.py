@@ -261,7 +261,8 @@ def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio,
 @click.option("--split", type=click.Choice(["heldout", "train"]), default="heldout", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON on stdout")
 @click.option("--set", "overrides", multiple=True, metavar="data.FIELD=VALUE",
-              help="data pipeline settings (must match training to score the same held-out split)")
+              help="data pipeline settings [a checkpoint's: those it was trained with, so its "
+                   "held-out split and masks]")
 @click.option("--device", type=DEVICE, default="auto", show_default=True)
 @click.option("--embeddings", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp32",
               show_default=True, help="score with the embedding tables (and a masked LM's tied "
@@ -305,7 +306,7 @@ def _evaluate(model, data, batch_size, max_sequences, split, as_json, overrides,
         result = evaluate_classifier_on_data(
             model, _data_paths(data), data_cfg,
             batch_size=batch_size, max_examples=max_sequences, split=split, device=device,
-            trained_seq_len="seq_len" not in sections["data"], log=lambda m: click.echo(m, err=True),
+            explicit=set(sections["data"]), log=lambda m: click.echo(m, err=True),
             embeddings=embeddings, embedding_group=int(embedding_group),
         )
         result["attention"] = attention
@@ -323,7 +324,7 @@ def _evaluate(model, data, batch_size, max_sequences, split, as_json, overrides,
         model, _data_paths(data), data_cfg, batch_size=batch_size,
         max_sequences=max_sequences, split=split, device=device,
         log=lambda m: click.echo(m, err=True),
-        embeddings=embeddings, embedding_group=int(embedding_group),
+        embeddings=embeddings, embedding_group=int(embedding_group), explicit=set(sections["data"]),
     )
     result["attention"] = attention
     if as_json:

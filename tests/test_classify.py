@@ -449,11 +449,14 @@ def test_profile_scores_the_binary_classifier_as_its_export_stores_it(tmp_path, 
     profile_job = SimpleNamespace(
         data=[str(rows)], config=SimpleNamespace(eval_sequences=0, device="cpu", attention="float")
     )
-    scores, _ = _classify_accuracy(profile_job, loaded, DataConfig(), tmp_path, lambda _m: None)
+    data_cfg = loaded["binary"].trained_data(DataConfig())  # as profile's _accuracy passes it
+    assert (data_cfg.seq_len, data_cfg.heldout_fraction) == (64, 0.3)  # _job's, from the checkpoint
+    scores, meta = _classify_accuracy(profile_job, loaded, data_cfg, tmp_path, lambda _m: None)
+    assert meta["data_config"]["heldout_fraction"] == 0.3
     assert embedding_tables(loaded["binary"].model), "the student was scored with float tables"
     deployed = evaluate_classifier_on_data(
-        str(student), [str(rows)], DataConfig(), device="cpu",  # profile's split: the defaults
-        trained_seq_len=True, log=lambda _m: None,
+        str(student), [str(rows)], DataConfig(), device="cpu",
+        explicit=(), log=lambda _m: None,
         embeddings=STUDENT_EMBEDDINGS, embedding_group=STUDENT_EMBEDDING_GROUP,
     )  # fmt: skip
     assert scores["binary"]["accuracy"] == pytest.approx(deployed["accuracy"], abs=1e-12)

@@ -213,3 +213,37 @@ def test_out_of_memory_is_one_line(capsys, tmp_path, monkeypatch, sotu_small) ->
     monkeypatch.setattr(trainer, "run_training", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         main(train_args(sotu_small, tmp_path / "o.pt"))
+
+
+def test_eval_scores_the_held_out_split_the_checkpoint_was_trained_with(
+    capsys, tmp_path, sotu_small
+) -> None:
+    # the run's data settings travel in the checkpoint (meta.data_config): eval reads its held-out
+    # split and masks without being told them again; --set still overrides a field
+    ckpt = tmp_path / "t.pt"
+    trained = ["--set", "data.heldout_fraction=0.5", "--set", "data.seq_len=64"]
+    args = train_args(sotu_small, ckpt, "--steps", "1", "--eval-every", "0", *trained)
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    score = ["eval", str(ckpt), "--data", str(sotu_small), "--json"]
+    code, out, err = run(capsys, *score)
+    assert code == 0, err
+    implicit = json.loads(out)
+    code, out, err = run(capsys, *score, *trained)
+    assert code == 0, err
+    told = json.loads(out)
+    assert (implicit["sequences"], implicit["cross_entropy"]) == (
+        told["sequences"],
+        told["cross_entropy"],
+    )
+    code, out, err = run(capsys, *score, "--set", "data.seq_len=128")
+    assert code == 0, err
+    assert json.loads(out)["sequences"] < implicit["sequences"]  # the same split, longer rows
+    # a checkpoint whose recorded settings are not DataConfig's: one line
+    import torch
+
+    bad = torch.load(ckpt, weights_only=True)
+    bad["meta"]["data_config"] = {"seq_len": "long"}
+    torch.save(bad, tmp_path / "bad.pt")
+    code, _, err = run(capsys, "eval", str(tmp_path / "bad.pt"), "--data", str(sotu_small))
+    assert_one_line_error(code, err, "recorded data settings are invalid")

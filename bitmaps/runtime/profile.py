@@ -228,7 +228,8 @@ def _accuracy(job: ProfileJob, models: list[str], workdir: Path, log: Log) -> tu
             "teacher and student tokenizers differ: they cannot be scored on the same masked tokens"
         )
     first = next(iter(loaded.values()))
-    data_cfg = DataConfig()
+    # the held-out split (and masks) of the student's training, where its checkpoint says them
+    data_cfg = loaded.get("binary", first).trained_data(DataConfig())
     if first.task == "classify":
         return _classify_accuracy(job, loaded, data_cfg, workdir, log)
     corpus = build_corpus(job.data, first.tokenizer, data_cfg, log=log)
@@ -254,6 +255,7 @@ def _accuracy(job: ProfileJob, models: list[str], workdir: Path, log: Log) -> tu
         "data": [str(p) for p in job.data],
         "sequences": len(heldout),
         "masked_tokens": int(next(iter(scores.values())).get("masked_tokens", 0)),
+        "data_config": data_cfg.to_dict(),
         "how": f"torch on {device}, MLM head, each model in its own dtype, fixed eval masks; "
         "the same numbers on every backend row of a model",
     }
@@ -266,9 +268,6 @@ def _classify_accuracy(
     """Classifiers: held-out accuracy and macro-F1 (labelled data, split as for training)."""
     first = next(iter(loaded.values()))
     labels = first.labels or ()
-    trained = ((first.checkpoint or {}).get("meta") or {}).get("data") or {}
-    if "seq_len" in trained:  # score at the length the classifier was trained on
-        data_cfg = data_cfg.replace(seq_len=int(trained["seq_len"]))
     data = read_labelled(job.data, labels=labels)
     split = build_labelled(data, first.tokenizer, data_cfg).heldout
     device = "cuda" if B.torch.cuda.is_available() and job.config.device != "cpu" else "cpu"
@@ -299,6 +298,7 @@ def _classify_accuracy(
         "documents": n,
         "labels": list(labels),
         "seq_len": data_cfg.seq_len,
+        "data_config": data_cfg.to_dict(),
         "how": f"torch on {device}, classifier logits, each model in its own dtype; accuracy and "
         "macro-F1 on the held-out documents",
     }

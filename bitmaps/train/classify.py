@@ -17,7 +17,7 @@ confusion matrix) and the fingerprint that a resumed run must match.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import torch
@@ -139,23 +139,23 @@ def evaluate_classifier_on_data(
     max_examples: int = 0,
     split: str = "heldout",
     device: str = "auto",
-    trained_seq_len: bool = False,
+    explicit: Collection[str] | None = None,
     log: Callable[[str], None] = print,
     embeddings: str = "fp32",
     embedding_group: int = 64,
 ) -> dict[str, Any]:
     """``bitmaps eval`` on a classifier: accuracy, macro-F1, confusion matrix on one split.
 
-    ``trained_seq_len``: use the sequence length the checkpoint was trained with (if it says).
+    ``explicit``: the fields of ``cfg`` the user set; every other one is taken from the
+    checkpoint's training (:meth:`LoadedModel.trained_data`). None: ``cfg`` as it is.
     ``embeddings``: the tables as the export's ``--embeddings`` stores them (bitmaps/core/embeddings.py).
     """
     loaded = load_model(model)
     if loaded.task != "classify":
         raise BitmapsError(f"{model} is a masked-LM model, not a classifier")
     quantize_embeddings_(loaded.model, embeddings, embedding_group)
-    trained = ((loaded.checkpoint or {}).get("meta") or {}).get("data") or {}
-    if trained_seq_len and "seq_len" in trained:
-        cfg = cfg.replace(seq_len=int(trained["seq_len"]))
+    if explicit is not None:
+        cfg = loaded.trained_data(cfg, explicit)
     labels = loaded.labels or ()
     data = read_labelled(paths, labels=labels)
     corpus = build_labelled(data, loaded.tokenizer, cfg)

@@ -5,6 +5,7 @@ split with :func:`bitmaps.metrics.evaluate.evaluate_model`.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from typing import Any
 
 from bitmaps.core.devices import torch_device
@@ -28,15 +29,20 @@ def evaluate_on_text(
     log: Any = print,
     embeddings: str = "fp32",
     embedding_group: int = 64,
+    explicit: Collection[str] | None = None,
 ) -> dict[str, Any]:
     """Load a model (checkpoint, folder or asset name), build its corpus, score one split.
 
     Returns the metrics plus what was scored: ``model``, ``stage``, ``binary``, ``split``,
     ``sequences``, ``wall_s``. ``embeddings``: the tables and the tied decoder as the export stores
-    them (bitmaps/core/embeddings.py), so accuracy is that of the deployed model.
+    them (bitmaps/core/embeddings.py), so accuracy is that of the deployed model. ``explicit``: the
+    fields of ``data_cfg`` the user set; every other one is taken from the checkpoint's training
+    (:meth:`LoadedModel.trained_data`: its held-out split and masks). None: ``data_cfg`` as it is.
     """
     t0 = time.perf_counter()
     loaded = load_model(spec)
+    if explicit is not None:
+        data_cfg = loaded.trained_data(data_cfg, explicit)
     quantize_embeddings_(loaded.model, embeddings, embedding_group)
     corpus = build_corpus(paths, loaded.tokenizer, data_cfg, log=log)
     sequences = corpus.heldout if split == "heldout" else corpus.train

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,8 @@ from transformers import (
 )
 
 from bitmaps.core.checkpoint import load_checkpoint, tokenizer_record
-from bitmaps.core.config import BinarizeConfig
-from bitmaps.core.errors import BitmapsError, one_line
+from bitmaps.core.config import BinarizeConfig, DataConfig
+from bitmaps.core.errors import BitmapsError, ConfigError, one_line
 from bitmaps.data.assets import ASSET_MODELS, resolve_model
 from bitmaps.data.corpus import tokenizer_from_folder
 from bitmaps.train.binary_linear import SUPPORTED_MODEL_TYPES, binarize_
@@ -86,6 +87,28 @@ class LoadedModel:
         if self.task != "classify":
             return None
         return label_names(self.model.config)
+
+    def trained_data(self, cfg: DataConfig, explicit: Collection[str] = ()) -> DataConfig:
+        """``cfg`` with every field not in ``explicit`` (the ones the user set) taken from the
+        data settings this checkpoint was trained with (``meta.data_config``), so that scoring
+        reads the held-out split, sequence length and masks of its training. A model without them
+        (an asset, a folder, a checkpoint from before stop 45) keeps ``cfg``, except a classifier's
+        ``seq_len`` (``meta.data.seq_len``, recorded since classifiers were added)."""
+        meta = (self.checkpoint or {}).get("meta") or {}
+        trained = meta.get("data_config")
+        if isinstance(trained, dict):
+            try:
+                base = DataConfig.from_dict(trained)
+            except (ConfigError, TypeError, ValueError) as exc:
+                raise BitmapsError(
+                    f"{self.source}: its recorded data settings are invalid ({one_line(exc)})"
+                ) from None
+        else:
+            seq_len = (meta.get("data") or {}).get("seq_len")
+            if self.task != "classify" or not isinstance(seq_len, int) or isinstance(seq_len, bool):
+                return cfg
+            base = cfg.replace(seq_len=seq_len)
+        return base.replace(**{name: getattr(cfg, name) for name in explicit})
 
 
 def label_names(config: Any) -> tuple[str, ...]:

@@ -470,6 +470,7 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
                 "source_model": str(job.model),
                 "metrics": metrics or {},
                 "data": data.stats,
+                "data_config": job.data.to_dict(),  # eval and profile score its held-out split
                 "task": cfg.task,
             }
             if labelled is not None:
