@@ -113,3 +113,31 @@ def test_data_stats_tokenizer_folders(capsys, tmp_path, folder_copy, case) -> No
     text.write_text("Some words for the tokenizer.\n" * 20, encoding="utf-8")
     code = main(["data-stats", str(text), "--no-cache", "--tokenizer", str(folder_copy)])
     assert_one_line_error(code, capsys.readouterr().err, needle)
+
+
+def test_trained_data_settings_fill_what_the_user_did_not_set() -> None:
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from bitmaps.core.config import DataConfig
+    from bitmaps.core.errors import BitmapsError
+    from bitmaps.train.models import LoadedModel
+
+    def loaded(model: torch.nn.Module, meta: dict) -> LoadedModel:
+        return LoadedModel(model, None, None, {}, "ckpt.pt", "checkpoint", {"meta": meta})
+
+    trained = DataConfig(seq_len=64, heldout_fraction=0.3, split_seed=5, max_eval_sequences=7)
+    mlm = loaded(torch.nn.Module(), {"data_config": trained.to_dict()})
+    asked = DataConfig(seq_len=32)
+    got = mlm.trained_data(asked, explicit={"seq_len"})
+    assert (got.seq_len, got.heldout_fraction, got.split_seed) == (32, 0.3, 5)
+    assert got.max_eval_sequences == 0  # how much to score stays the scorer's choice
+    assert mlm.trained_data(DataConfig()).seq_len == 64
+    # no recorded settings: the caller's, except a classifier's trained seq_len (older checkpoints)
+    assert loaded(torch.nn.Module(), {}).trained_data(asked) == asked
+    tiny = BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                      intermediate_size=8, num_labels=2)  # fmt: skip
+    clf = loaded(BertForSequenceClassification(tiny), {"data": {"seq_len": 48}})
+    assert clf.trained_data(DataConfig()).seq_len == 48
+    assert clf.trained_data(asked, explicit={"seq_len"}).seq_len == 32
+    with pytest.raises(BitmapsError, match="recorded data settings are invalid"):
+        loaded(torch.nn.Module(), {"data_config": {"nope": 1}}).trained_data(DataConfig())

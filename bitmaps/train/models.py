@@ -108,7 +108,9 @@ class LoadedModel:
             if self.task != "classify" or not isinstance(seq_len, int) or isinstance(seq_len, bool):
                 return cfg
             base = cfg.replace(seq_len=seq_len)
-        return base.replace(**{name: getattr(cfg, name) for name in explicit})
+        # how much of the split to score is the scorer's choice (eval --max-sequences), not training's
+        kept = {*explicit, "max_eval_sequences"}
+        return base.replace(**{name: getattr(cfg, name) for name in kept})
 
 
 def label_names(config: Any) -> tuple[str, ...]:
