@@ -11,7 +11,9 @@ Report, JSON and plot are bitmaps/runtime/report.py.
 Accuracy (``--data``): masked-LM cross entropy, accuracy and MRR of each model's torch module
 with its MLM head, in the model's dtype, on the held-out split of the teacher's tokenization
 with the data pipeline's fixed masks (``eval_batches``), so every model is scored on the same
-masked positions. A model's numbers are repeated on each of its backend rows; the exports those
+masked positions; the split, sequence length and masks are those the student was trained with
+(``LoadedModel.trained_data``), and the binary student's embedding tables are stored as its
+export stores them. A model's numbers are repeated on each of its backend rows; the exports those
 backends run were verified against the same torch module when they were written.
 """
 
