@@ -36,6 +36,7 @@ import torch
 
 import bitmaps
 from bitmaps.core.config import DataConfig, ProfileConfig
+from bitmaps.core.devices import torch_device
 from bitmaps.core.embeddings import (
     STUDENT_EMBEDDING_GROUP,
     STUDENT_EMBEDDINGS,
@@ -238,7 +239,7 @@ def _accuracy(job: ProfileJob, models: list[str], workdir: Path, log: Log) -> tu
     heldout = corpus.heldout
     if job.config.eval_sequences:
         heldout = heldout[: job.config.eval_sequences]
-    device = "cuda" if B.torch.cuda.is_available() and job.config.device != "cpu" else "cpu"
+    device = torch_device(job.config.device).type
     scores = {}
     for m, x in loaded.items():
         batches = eval_batches(heldout, first.tokenizer, data_cfg, batch_size=32)
@@ -272,7 +273,7 @@ def _classify_accuracy(
     labels = first.labels or ()
     data = read_labelled(job.data, labels=labels)
     split = build_labelled(data, first.tokenizer, data_cfg).heldout
-    device = "cuda" if B.torch.cuda.is_available() and job.config.device != "cpu" else "cpu"
+    device = torch_device(job.config.device).type
     n = min(job.config.eval_sequences or len(split), len(split))
     scores = {}
     for m, x in loaded.items():
