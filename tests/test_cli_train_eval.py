@@ -229,6 +229,11 @@ def test_eval_scores_the_held_out_split_the_checkpoint_was_trained_with(
     code, out, err = run(capsys, *score)
     assert code == 0, err
     implicit = json.loads(out)
+    assert "as " + str(ckpt) + " was trained: held-out fraction 0.5" in err  # said, not silent
+    assert (implicit["data_config"]["heldout_fraction"], implicit["data_config"]["seq_len"]) == (
+        0.5,
+        64,
+    )
     code, out, err = run(capsys, *score, *trained)
     assert code == 0, err
     told = json.loads(out)

@@ -222,6 +222,13 @@ class DataConfig(Config):
     MLM_ONLY = ("mask_prob", "mask_replace_prob", "mask_random_prob", "eval_mask_seed",
                 "max_eval_sequences", "per_line")  # fmt: skip
 
+    def split_description(self) -> str:
+        """The settings that choose a held-out split, for a log line."""
+        return (
+            f"held-out fraction {self.heldout_fraction}, split seed {self.split_seed}, "
+            f"{self.seq_len} tokens a sequence"
+        )
+
     def validate(self) -> None:
         if not 8 <= self.seq_len <= 512:
             raise ConfigError(f"seq_len must be in [8, 512], got {self.seq_len}")

@@ -155,7 +155,9 @@ def evaluate_classifier_on_data(
         raise BitmapsError(f"{model} is a masked-LM model, not a classifier")
     quantize_embeddings_(loaded.model, embeddings, embedding_group)
     if explicit is not None:
-        cfg = loaded.trained_data(cfg, explicit)
+        asked, cfg = cfg, loaded.trained_data(cfg, explicit)
+        if cfg != asked:
+            log(f"data: as {model} was trained: {cfg.split_description()}")
     labels = loaded.labels or ()
     data = read_labelled(paths, labels=labels)
     corpus = build_labelled(data, loaded.tokenizer, cfg)
@@ -170,6 +172,7 @@ def evaluate_classifier_on_data(
         "split": split,
         "embeddings": embeddings_label(embeddings, embedding_group),
         "seq_len": cfg.seq_len,
+        "data_config": cfg.to_dict(),
         "documents": len(part) if max_examples <= 0 else min(max_examples, len(part)),
         **result,
     }

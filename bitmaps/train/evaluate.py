@@ -42,7 +42,9 @@ def evaluate_on_text(
     t0 = time.perf_counter()
     loaded = load_model(spec)
     if explicit is not None:
-        data_cfg = loaded.trained_data(data_cfg, explicit)
+        asked, data_cfg = data_cfg, loaded.trained_data(data_cfg, explicit)
+        if data_cfg != asked:
+            log(f"data: as {spec} was trained: {data_cfg.split_description()}")
     quantize_embeddings_(loaded.model, embeddings, embedding_group)
     corpus = build_corpus(paths, loaded.tokenizer, data_cfg, log=log)
     sequences = corpus.heldout if split == "heldout" else corpus.train
@@ -62,6 +64,7 @@ def evaluate_on_text(
         "binary": loaded.is_binary,
         "split": split,
         "embeddings": embeddings_label(embeddings, embedding_group),
+        "data_config": data_cfg.to_dict(),
         "sequences": len(sequences),
         **metrics,
         "wall_s": time.perf_counter() - t0,
