@@ -232,7 +232,7 @@ def _accuracy(job: ProfileJob, models: list[str], workdir: Path, log: Log) -> tu
         )
     first = next(iter(loaded.values()))
     # the held-out split (and masks) of the student's training, where its checkpoint says them
-    data_cfg = loaded.get("binary", first).trained_data(DataConfig())
+    data_cfg = loaded.get("binary", first).trained_data(DataConfig(), log=log)
     if first.task == "classify":
         return _classify_accuracy(job, loaded, data_cfg, workdir, log)
     corpus = build_corpus(job.data, first.tokenizer, data_cfg, log=log)

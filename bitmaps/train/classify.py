@@ -155,9 +155,7 @@ def evaluate_classifier_on_data(
         raise BitmapsError(f"{model} is a masked-LM model, not a classifier")
     quantize_embeddings_(loaded.model, embeddings, embedding_group)
     if explicit is not None:
-        asked, cfg = cfg, loaded.trained_data(cfg, explicit)
-        if cfg != asked:
-            log(f"data: as {model} was trained: {cfg.split_description()}")
+        cfg = loaded.trained_data(cfg, explicit, log=log)
     labels = loaded.labels or ()
     data = read_labelled(paths, labels=labels)
     corpus = build_labelled(data, loaded.tokenizer, cfg)

@@ -42,9 +42,7 @@ def evaluate_on_text(
     t0 = time.perf_counter()
     loaded = load_model(spec)
     if explicit is not None:
-        asked, data_cfg = data_cfg, loaded.trained_data(data_cfg, explicit)
-        if data_cfg != asked:
-            log(f"data: as {spec} was trained: {data_cfg.split_description()}")
+        data_cfg = loaded.trained_data(data_cfg, explicit, log=log)
     quantize_embeddings_(loaded.model, embeddings, embedding_group)
     corpus = build_corpus(paths, loaded.tokenizer, data_cfg, log=log)
     sequences = corpus.heldout if split == "heldout" else corpus.train

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tempfile
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +88,18 @@ class LoadedModel:
             return None
         return label_names(self.model.config)
 
-    def trained_data(self, cfg: DataConfig, explicit: Collection[str] = ()) -> DataConfig:
+    def trained_data(
+        self,
+        cfg: DataConfig,
+        explicit: Collection[str] = (),
+        log: Callable[[str], None] | None = None,
+    ) -> DataConfig:
         """``cfg`` with every field not in ``explicit`` (the ones the user set) taken from the
         data settings this checkpoint was trained with (``meta.data_config``), so that scoring
         reads the held-out split, sequence length and masks of its training. A model without them
         (an asset, a folder, a checkpoint from before stop 45) keeps ``cfg``, except a classifier's
-        ``seq_len`` (``meta.data.seq_len``, recorded since classifiers were added)."""
+        ``seq_len`` (``meta.data.seq_len``, recorded since classifiers were added). ``log``: told
+        the settings when they differ from ``cfg``."""
         meta = (self.checkpoint or {}).get("meta") or {}
         trained = meta.get("data_config")
         if isinstance(trained, dict):
@@ -110,7 +116,10 @@ class LoadedModel:
             base = cfg.replace(seq_len=seq_len)
         # how much of the split to score is the scorer's choice (eval --max-sequences), not training's
         kept = {*explicit, "max_eval_sequences"}
-        return base.replace(**{name: getattr(cfg, name) for name in kept})
+        used = base.replace(**{name: getattr(cfg, name) for name in kept})
+        if log is not None and used != cfg:
+            log(f"data: as {self.source} was trained: {used.split_description()}")
+        return used
 
 
 def label_names(config: Any) -> tuple[str, ...]:
