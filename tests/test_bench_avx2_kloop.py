@@ -30,12 +30,14 @@ def bench():
 
 def cpu_kloop_expected() -> str:
     """The form bitmaps should pick here, from what the OS reports: folded on AMD family 17h
-    below model 30h (Zen 1 / Zen+) and Hygon family 18h (Dhyana), registers elsewhere."""
+    below model 30h (Zen 1 / Zen+), Hygon family 18h (Dhyana) and AMD family 19h models 00h-0Fh
+    and 20h-5Fh (Zen 3), registers elsewhere."""
     vendor, family = cpuinfo("vendor_id"), cpuinfo("cpu family")
-    zen1 = (vendor == "AuthenticAMD" and family == "23" and int(cpuinfo("model") or 0) < 0x30) or (
-        vendor == "HygonGenuine" and family == "24"
-    )
-    return "folded" if zen1 else "registers"
+    model = int(cpuinfo("model") or 0)
+    amd = vendor == "AuthenticAMD"
+    zen1 = (amd and family == "23" and model < 0x30) or (vendor == "HygonGenuine" and family == "24")
+    zen3 = amd and family == "25" and (model < 0x10 or 0x20 <= model < 0x60)
+    return "folded" if zen1 or zen3 else "registers"
 
 
 def test_both_forms_agree_and_are_timed(bench, tmp_path: Path) -> None:

@@ -79,7 +79,8 @@ const char* cpu_path_variant(CpuPath path) {
 Avx2KLoop avx2_kloop_of_cpu() {
 #if defined(BITMAPS_HAVE_X86_PATHS)
   // Zen 1 / Zen+: AMD family 17h below model 30h (Zen 2 starts there), and Hygon's family 18h
-  // (Dhyana, a Zen 1). Family and model as the CPUID leaf 1 signature composes them.
+  // (Dhyana, a Zen 1). Zen 3: AMD family 19h, models 00h-0Fh and 20h-5Fh (Zen 4, with AVX-512,
+  // has 10h-1Fh and 60h on). Family and model as the CPUID leaf 1 signature composes them.
   static const Avx2KLoop loop = [] {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
     if (!__get_cpuid(0, &eax, &ebx, &ecx, &edx)) return Avx2KLoop::kRegisters;
@@ -89,7 +90,8 @@ Avx2KLoop avx2_kloop_of_cpu() {
     const unsigned family = ((eax >> 8) & 0xF) + ((eax >> 20) & 0xFF);
     const unsigned model = ((eax >> 4) & 0xF) | ((eax >> 12) & 0xF0);
     const bool zen1 = (amd && family == 0x17 && model < 0x30) || (hygon && family == 0x18);
-    return zen1 ? Avx2KLoop::kFolded : Avx2KLoop::kRegisters;
+    const bool zen3 = amd && family == 0x19 && (model < 0x10 || (model >= 0x20 && model < 0x60));
+    return zen1 || zen3 ? Avx2KLoop::kFolded : Avx2KLoop::kRegisters;
   }();
   return loop;
 #else

@@ -57,13 +57,15 @@ const char* cpu_path_variant(CpuPath path);
 // loop runs at 86-88 % of the popcount ceiling against 77-78 % in registers (stop 40; stop 37's
 // first folded form, 4 x 16 one word at a time: 83 %); where a tile has two panels left, one row
 // against both (xnor_pairs_1x8: one broadcast per 8 logic ops), 5 % faster again in L1 (stop 41).
-// Where 256-bit ops are whole (Zen 2 on, Intel) it would multiply the vector loads for no op slot
-// saved, and is not used (not measured there yet: benchmarks/bench_avx2_kloop.py compares the
-// two).
+// Where 256-bit ops are whole (Zen 2 on, Intel) it multiplies the vector loads for no op slot
+// saved, yet on Zen 3 (whole 256-bit ops, three load ports) the folded form measured 1-3 % faster
+// end to end and 2-10 % per node in ONNX Runtime, in three A/B runs (stop 46), so Zen 3 runs it
+// too. Zen 2 and Intel CPUs without AVX-512 keep kRegisters: not measured there
+// (benchmarks/bench_avx2_kloop.py compares the two on any AVX2 CPU).
 enum class Avx2KLoop : int { kRegisters = 0, kFolded = 1 };
 
-// This CPU's form: kFolded on AMD Zen 1 / Zen+ (family 17h, models below 30h) and Hygon Dhyana
-// (family 18h), else kRegisters.
+// This CPU's form: kFolded on AMD Zen 1 / Zen+ (family 17h, models below 30h), Hygon Dhyana
+// (family 18h) and AMD Zen 3 (family 19h, models 00h-0Fh and 20h-5Fh), else kRegisters.
 Avx2KLoop avx2_kloop_of_cpu();
 
 // The form the AVX2 path runs: set_avx2_kloop's, else avx2_kloop_of_cpu().

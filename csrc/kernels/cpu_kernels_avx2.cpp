@@ -6,8 +6,8 @@
 // low and high nibbles (split_rows, xnor_step), so that the logic op's result indexes the lookup
 // directly. The lookup gives per-byte counts: they are summed in bytes for up to 31 words
 // (31 * 8 = 248 < 256) and then widened to the int32 accumulators (VPMADDUBSW + VPMADDWD).
-// On Zen 1 / Zen+ (cpu_features.h, Avx2KLoop::kFolded) the K loop steps two K words at a time on
-// 2 rows instead (the K-pair form below), into the same accumulators and epilogues.
+// On Zen 1 / Zen+ and Zen 3 (cpu_features.h, Avx2KLoop::kFolded) the K loop steps two K words at
+// a time on 2 rows instead (the K-pair form below), into the same accumulators and epilogues.
 #include "kernels/cpu_features.h"
 
 #if defined(BITMAPS_HAVE_X86_PATHS)
@@ -245,8 +245,9 @@ BITMAPS_AVX2_INLINE void xnor_block_4x2(const uint32_t* s, int64_t kw, const __m
 #undef BITMAPS_AVX2_ROW
 
 // ------------------------------------------------------------------ the K-pair form (kFolded)
-// Avx2KLoop::kFolded (Zen 1 / Zen+, cpu_features.h): a K loop of kPairRows activation rows x one
-// 16-row panel that steps two K words at a time (micro_pairs runs it for each two rows of a group).
+// Avx2KLoop::kFolded (Zen 1 / Zen+, Zen 3; cpu_features.h): a K loop of kPairRows activation rows
+// x one 16-row panel that steps two K words at a time (micro_pairs runs it for each two rows of a
+// group).
 // A split activation row's two words (2j, 2j + 1) are broadcast as one quadword (VPBROADCASTQ), and
 // the panel is split into K pairs (split_panel_pairs): per pair its low-nibble vectors, then its
 // high-nibble vectors, each vector 4 weight rows (in the order of split_panel_pairs' comment), each
