@@ -35,7 +35,9 @@ def cpu_kloop_expected() -> str:
     vendor, family = cpuinfo("vendor_id"), cpuinfo("cpu family")
     model = int(cpuinfo("model") or 0)
     amd = vendor == "AuthenticAMD"
-    zen1 = (amd and family == "23" and model < 0x30) or (vendor == "HygonGenuine" and family == "24")
+    zen1 = (amd and family == "23" and model < 0x30) or (
+        vendor == "HygonGenuine" and family == "24"
+    )
     zen3 = amd and family == "25" and (model < 0x10 or 0x20 <= model < 0x60)
     return "folded" if zen1 or zen3 else "registers"
 

@@ -44,6 +44,40 @@ def test_lr_schedule_shapes() -> None:
     assert cos(0) == pytest.approx(1.0) and cos(50) == pytest.approx(0.5) and cos(100) < 1e-9
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(resume=True, overwrite=True), "set one of them, not both"),
+        (dict(task="classify", data=dict(mask_prob=0.3)), "data.mask_prob applies to masked-LM"),
+        (dict(task="classify", data=dict(per_line=True)), "data.per_line applies to masked-LM"),
+        (dict(task="classify", data=dict(max_eval_sequences=5)), "data.max_eval_sequences"),
+    ],
+)
+def test_library_refuses_settings_it_would_ignore(tmp_path, settings, message) -> None:
+    """The library's TrainJob is checked as the CLI's options are (tests/test_cli_options.py), before
+    any model or data is read and before the output is touched."""
+    from bitmaps.core.errors import BitmapsError
+
+    job = _job(tmp_path / "missing.txt", tmp_path / "out.pt", task=settings.get("task", "mlm"))
+    job.data = DataConfig(**settings.get("data", {}))
+    job.resume, job.overwrite = settings.get("resume", False), settings.get("overwrite", False)
+    with pytest.raises(BitmapsError, match=message):
+        run_training(job, **QUIET)
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_classifier_job_takes_masked_lm_defaults(tmp_path) -> None:
+    """Fields at their defaults are not refused: a classifier's DataConfig is a DataConfig."""
+    from bitmaps.core.errors import BitmapsError
+
+    job = _job(tmp_path / "missing.jsonl", tmp_path / "out.pt", task="classify")
+    job.data = DataConfig(mask_prob=0.15, seq_len=64)
+    assert job.data.mlm_only_changed() == []
+    with pytest.raises(BitmapsError) as err:  # it gets as far as the data: the file is missing
+        run_training(job, **QUIET)
+    assert "masked-LM" not in str(err.value) and "missing.jsonl" in str(err.value)
+
+
 def test_teacher_finetune_lowers_heldout_cross_entropy(sotu_small, tmp_path, bert_tiny_dir) -> None:
     out = tmp_path / "teacher.pt"
     # 64-token sequences: Zen 1, 26 s → 10 s alone; held-out cross entropy 8.44 → 5.49 in 40 steps

@@ -222,6 +222,11 @@ class DataConfig(Config):
     MLM_ONLY = ("mask_prob", "mask_replace_prob", "mask_random_prob", "eval_mask_seed",
                 "max_eval_sequences", "per_line")  # fmt: skip
 
+    def mlm_only_changed(self) -> list[str]:
+        """The masked-LM-only fields (MLM_ONLY) that differ from their defaults."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return [name for name in self.MLM_ONLY if getattr(self, name) != defaults[name]]
+
     def split_description(self) -> str:
         """The settings that choose a held-out split, for a log line."""
         return (

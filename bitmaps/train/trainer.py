@@ -336,10 +336,26 @@ def _mlm_data(
     return TaskData(f"{corpus.key}", corpus.stats.to_dict(), stream, evaluate, describe)
 
 
+def _check_job(job: TrainJob) -> None:
+    """Settings that contradict each other, or that this job would silently ignore, are refused
+    (the CLI refuses them too, as options; this is the library's own check)."""
+    if job.resume and job.overwrite:
+        raise BitmapsError(
+            "resume continues the output, overwrite replaces it: set one of them, not both"
+        )
+    changed = job.data.mlm_only_changed() if job.train.task == "classify" else []
+    if changed:
+        raise BitmapsError(
+            f"data.{changed[0]} applies to masked-LM text; a classifier's documents are its "
+            "labelled rows, unmasked: leave it at its default"
+        )
+
+
 def run_training(job: TrainJob, log: Callable[[str], None] = print) -> TrainResult:
     """Train per ``job``; returns when done, or when ``train.stop_after`` steps ran in this process."""
 
     t_start = time.perf_counter()
+    _check_job(job)
     check_writable(job.output)
     if job.output.exists() and not (job.resume or job.overwrite):
         raise BitmapsError(
