@@ -69,6 +69,10 @@ export-targets-epyc-zen1-stop38  …/export-targets-epyc-zen1-stop38-run*.json  
 *-epyc-zen1-stop42 the same Zen 1 EPYC (stop 42): export-targets (run*: the ceiling sampled at
                    both ends), profile-bert-base (float run 1), export-time (bench_export_time.py)
 measure-startup-epyc-zen1-stop43  …/measure-startup-epyc-zen1-stop43.json bench_measure_startup.py
+*-epyc-zen3-stop46 an AMD Zen 3 EPYC again (stop 46): popcount-ceiling, avx2-kloop (run*),
+                   ort-library-ab (the folded K loop on Zen 3; stop 36's library against stop 45's),
+                   export-targets (run*; -before: stop 45's library), profile-bert-base (float
+                   run 2), profile-bert-base-int8-attention (run 1)
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -523,6 +527,32 @@ TABLES: dict[str, Source] = {
     "measure-startup-epyc-zen1-stop43": Source(
         "benchmarks/results/measure-startup-epyc-zen1-stop43.json",
         _bench("bench_measure_startup.py"),
+    ),
+    # stop 46: an AMD Zen 3 EPYC (cpu family 25, model 1) again; the folded K loop there too
+    "popcount-ceiling-epyc-zen3-stop46": Source(
+        "benchmarks/results/popcount-ceiling-epyc-zen3-stop46.json",
+        _bench("bench_popcount_ceiling.py", "report"),
+    ),
+    "avx2-kloop-epyc-zen3-stop46": Source(
+        "benchmarks/results/avx2-kloop-epyc-zen3-stop46-run*.json", _bench("bench_avx2_kloop.py")
+    ),
+    "ort-library-ab-epyc-zen3-stop46": Source(
+        "benchmarks/results/ort-library-ab-folded-kloop-epyc-zen3-stop46-*.json",
+        _bench("bench_ort_library_ab.py"),
+    ),
+    "ort-library-ab-stop36-vs-stop45-epyc-zen3": Source(
+        "benchmarks/results/ort-library-ab-stop36-vs-head-epyc-zen3-stop46-t2.json",
+        _bench("bench_ort_library_ab.py"),
+    ),
+    "export-targets-epyc-zen3-stop46": Source(
+        "benchmarks/results/export-targets-epyc-zen3-stop46-*.json",
+        _bench("bench_export_targets.py"),
+    ),
+    "profile-bert-base-epyc-zen3-stop46": Source(
+        "benchmarks/results/profile-bert-base-stop46-epyc-zen3-float-run2.json", profile_table
+    ),
+    "profile-bert-base-int8-attention-epyc-zen3-stop46": Source(
+        "benchmarks/results/profile-bert-base-stop46-epyc-zen3-int8-run1.json", profile_table
     ),
     "export-targets-epyc-avx2-stop34": Source(
         "benchmarks/results/export-targets-stop34-epyc-avx2.json",
