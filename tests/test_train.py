@@ -66,6 +66,28 @@ def test_library_refuses_settings_it_would_ignore(tmp_path, settings, message) -
     assert not (tmp_path / "out.pt").exists()
 
 
+def test_library_checks_the_stage_settings(tmp_path, bert_tiny_dir) -> None:
+    """binarize / distill: refused for a teacher, type-checked, and None means the defaults for a
+    student (it gets past binarizing to the data, which is missing here)."""
+    from bitmaps.core.config import BinarizeConfig
+    from bitmaps.core.errors import BitmapsError
+
+    teacher = _job(tmp_path / "missing.txt", tmp_path / "t.pt")
+    teacher.binarize = BinarizeConfig()
+    with pytest.raises(BitmapsError, match="student stage only"):
+        run_training(teacher, **QUIET)
+    student = _job(tmp_path / "missing.txt", tmp_path / "s.pt", stage="student")
+    student.distill = {"lambda_attn": 0.0}
+    with pytest.raises(BitmapsError, match="TrainJob.distill must be a DistillConfig or None"):
+        run_training(student, **QUIET)
+    student.distill = None
+    with pytest.raises(BitmapsError) as err:
+        run_training(student, **QUIET)
+    assert "missing.txt" in str(err.value)
+    assert student.binarize is None  # the caller's job is not changed
+    assert not (tmp_path / "t.pt").exists() and not (tmp_path / "s.pt").exists()
+
+
 def test_classifier_job_takes_masked_lm_defaults(tmp_path) -> None:
     """Fields at their defaults are not refused: a classifier's DataConfig is a DataConfig."""
     from bitmaps.core.errors import BitmapsError

@@ -76,8 +76,8 @@ class TrainJob:
     data_paths: list[str]
     output: Path
     model: str  # teacher stage: the model to fine-tune; student stage: the (fine-tuned) teacher
-    binarize: Config | None = None  # BinarizeConfig, student stage
-    distill: Config | None = None  # DistillConfig, student stage
+    binarize: Config | None = None  # BinarizeConfig, student stage (None: the defaults)
+    distill: Config | None = None  # DistillConfig, student stage (None: the defaults)
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
@@ -336,9 +336,27 @@ def _mlm_data(
     return TaskData(f"{corpus.key}", corpus.stats.to_dict(), stream, evaluate, describe)
 
 
-def _check_job(job: TrainJob) -> None:
-    """Settings that contradict each other, or that this job would silently ignore, are refused
-    (the CLI refuses them too, as options; this is the library's own check)."""
+def _checked_job(job: TrainJob) -> TrainJob:
+    """``job`` with a student's unset binarize / distill settings at their defaults. Settings that
+    contradict each other, or that this job would silently ignore, are refused (the CLI refuses
+    them too, as options; this is the library's own check)."""
+    from bitmaps.core.config import BinarizeConfig, DistillConfig
+
+    if job.train.stage == "teacher" and (job.binarize is not None or job.distill is not None):
+        raise BitmapsError(
+            "binarize / distill settings apply to the student stage only: leave them None for a "
+            "teacher"
+        )
+    if job.train.stage == "student":
+        for name, kind in (("binarize", BinarizeConfig), ("distill", DistillConfig)):
+            value = getattr(job, name)
+            if value is not None and not isinstance(value, kind):
+                raise BitmapsError(
+                    f"TrainJob.{name} must be a {kind.__name__} or None, got {type(value).__name__}"
+                )
+        job = dataclasses.replace(
+            job, binarize=job.binarize or BinarizeConfig(), distill=job.distill or DistillConfig()
+        )
     if job.resume and job.overwrite:
         raise BitmapsError(
             "resume continues the output, overwrite replaces it: set one of them, not both"
@@ -349,13 +367,14 @@ def _check_job(job: TrainJob) -> None:
             f"data.{changed[0]} applies to masked-LM text; a classifier's documents are its "
             "labelled rows, unmasked: leave it at its default"
         )
+    return job
 
 
 def run_training(job: TrainJob, log: Callable[[str], None] = print) -> TrainResult:
     """Train per ``job``; returns when done, or when ``train.stop_after`` steps ran in this process."""
 
     t_start = time.perf_counter()
-    _check_job(job)
+    job = _checked_job(job)
     check_writable(job.output)
     if job.output.exists() and not (job.resume or job.overwrite):
         raise BitmapsError(
