@@ -29,7 +29,7 @@ from torch import nn
 from bitmaps.core import distributed as D
 from bitmaps.core.atomic import check_writable
 from bitmaps.core.checkpoint import load_checkpoint, save_checkpoint
-from bitmaps.core.config import Config, DataConfig, TrainConfig
+from bitmaps.core.config import BinarizeConfig, Config, DataConfig, DistillConfig, TrainConfig
 from bitmaps.core.errors import BitmapsError, one_line
 from bitmaps.core.progress import ProgressReporter
 from bitmaps.data.corpus import TrainStream, build_corpus, eval_batches
@@ -340,8 +340,6 @@ def _checked_job(job: TrainJob) -> TrainJob:
     """``job`` with a student's unset binarize / distill settings at their defaults. Settings that
     contradict each other, or that this job would silently ignore, are refused (the CLI refuses
     them too, as options; this is the library's own check)."""
-    from bitmaps.core.config import BinarizeConfig, DistillConfig
-
     if job.train.stage == "teacher" and (job.binarize is not None or job.distill is not None):
         raise BitmapsError(
             "binarize / distill settings apply to the student stage only: leave them None for a "
