@@ -8,6 +8,7 @@ code 2; library imports happen inside the commands so that ``bitmaps --help`` st
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -126,6 +127,49 @@ class _Device(click.ParamType):
 DEVICE = _Device()
 
 
+def _distinct_files(outputs: dict[str, object], inputs: dict[str, object]) -> None:
+    """An output file that is one of the command's inputs (or another of its outputs) would
+    destroy it: refused before any work. Values: a path, a list of paths, or None."""
+
+    def paths(value: object) -> list[str]:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return [str(v) for v in items if v]
+
+    def same(a: str, b: str) -> bool:
+        try:
+            if Path(a).exists() and Path(b).exists():
+                return os.path.samefile(a, b)
+            return Path(a).resolve() == Path(b).resolve()
+        except OSError:
+            return False
+
+    seen: list[tuple[str, str]] = []
+    for out_name, value in outputs.items():
+        for out in paths(value):
+            for in_name, given in inputs.items():
+                if any(same(out, inp) for inp in paths(given)):
+                    raise click.UsageError(
+                        f"{out_name} {out} is also the {in_name} input: writing it would destroy "
+                        "that file; give another output path"
+                    )
+            for other_name, other in seen:
+                if same(out, other):
+                    raise click.UsageError(
+                        f"{out_name} and {other_name} name the same file {out}: give each its own"
+                    )
+            seen.append((out_name, out))
+
+
+def _native_settings_checked() -> None:
+    """BITMAPS_CPU_PATH and BITMAPS_ORT_THREADS, when set, checked before any work (the torch ops
+    and libbitmaps_ort.so would otherwise fail on them deep inside a run)."""
+    if not (os.environ.get("BITMAPS_CPU_PATH") or os.environ.get("BITMAPS_ORT_THREADS")):
+        return  # nothing set: nothing to import (commands stay fast)
+    from bitmaps.core.ops import check_native_settings
+
+    check_native_settings()
+
+
 class _PathText(click.ParamType):
     """A path as typed: never empty; an output file's path may not name a folder (``new/``)."""
 
@@ -149,6 +193,12 @@ class _PathText(click.ParamType):
 
 
 OUTPUT_FILE, INPUT_FILE, FOLDER = _PathText("file"), _PathText("input"), _PathText("folder")
+
+# What `profile --show` calls an option given on the command line (or from the environment), and
+# the options whose Python names differ from their flags.
+_GIVEN = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+_SHOW_NAMES = {"student": "--model", "backends": "--backend", "batches": "--batch", "seqs": "--seq",
+               "output_kind": "--output", "json_path": "--json"}  # fmt: skip
 
 
 # Click option tables read best one option per line, aligned by hand: ruff-format stays out of
@@ -200,6 +250,9 @@ def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio,
 
     if resume and overwrite:
         raise click.UsageError("--resume continues --output, --overwrite replaces it: give one of them")
+    _distinct_files({"--output": output}, {"--teacher": model, "--data": list(data),
+                                           "--config": config_file})
+    _native_settings_checked()
     train_opts = dict(stage=stage, task=task, steps=steps, batch_size=batch_size, lr=lr,
                       warmup_ratio=warmup_ratio,
                       schedule=schedule, weight_decay=weight_decay, grad_clip=grad_clip, seed=seed,
@@ -287,6 +340,7 @@ def eval_cmd(model, data, batch_size, max_sequences, split, as_json, overrides, 
 def _evaluate(model, data, batch_size, max_sequences, split, as_json, overrides, device,
               embeddings, embedding_group, attention) -> None:  # fmt: skip
     """`bitmaps eval` inside its attention precision."""
+    _native_settings_checked()
     from bitmaps.core.config import DataConfig
     from bitmaps.train.evaluate import evaluate_on_text
     from bitmaps.train.models import model_task
@@ -446,6 +500,8 @@ def data_stats(paths, tokenizer, seq_len, heldout_fraction, split_seed, per_line
 def build_engine_cmd(model, output, fp16, plugin, min_shape, opt_shape, max_shape, workspace_mb,
                      timing_cache) -> None:
     """Build a TensorRT engine from MODEL.onnx with the bitmaps BinaryLinear plugin."""
+    _distinct_files({"--output": output, "--timing-cache": timing_cache},
+                    {"MODEL.onnx": model, "--plugin": plugin})
     from bitmaps.core.config import EngineBuildConfig
     from bitmaps.runtime.tensorrt import build_engine
 
@@ -501,6 +557,8 @@ def export_cmd(checkpoint, output, target, dtype, opset, output_kind, tolerance,
     if embeddings is None:  # the measured default (benchmarks/RESULTS.md); TensorRT: fp16
         embeddings = "fp16" if target == "tensorrt" else STUDENT_EMBEDDINGS
     _group_needs_int4(embeddings, embedding_group)
+    _distinct_files({"OUT.onnx": output}, {"CKPT": checkpoint})
+    _native_settings_checked()
     cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance,
                        embeddings=embeddings, embedding_group=int(embedding_group),
                        target=target, attention=attention)  # fmt: skip
@@ -515,6 +573,8 @@ def export_cmd(checkpoint, output, target, dtype, opset, output_kind, tolerance,
 def export_baseline_cmd(model, output, target, dtype, opset, output_kind, tolerance) -> None:
     """The full-precision MODEL (teacher checkpoint, folder, bert-tiny, minilm-l6, or bert-base
     with random weights) in ONNX, same inputs and outputs as `export`, for side-by-side profiling."""
+    _distinct_files({"OUT.onnx": output}, {"MODEL": model})
+    _native_settings_checked()
     from bitmaps.core.config import ExportConfig
     from bitmaps.export.pipeline import export_baseline
 
@@ -574,18 +634,30 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
     from bitmaps.runtime import plot, report
 
     if show_path:
-        given = [name for name, value in (("--shape", shape), ("--model", student),
-                 ("--teacher", teacher), ("--data", data), ("--json", json_path)) if value]  # fmt: skip
+        ctx = click.get_current_context()
+        given = [f"--{p.name.replace('_', '-')}" if p.name not in _SHOW_NAMES else _SHOW_NAMES[p.name]
+                 for p in ctx.command.params
+                 if p.name not in ("show_path", "plot_path")
+                 and ctx.get_parameter_source(p.name) in _GIVEN]  # fmt: skip
         if given:
             raise click.UsageError(
                 f"--show prints a saved result (and --plot draws it); it measures nothing, so "
                 f"{', '.join(given)} would be ignored: leave {'them' if len(given) > 1 else 'it'} out"
             )
+        _distinct_files({"--plot": plot_path}, {"--show": show_path})
+        if plot_path and Path(plot_path).suffix.lower() != ".png":
+            raise click.UsageError(
+                f"--plot writes a PNG: give a file name ending in .png, not {Path(plot_path).name}"
+            )
         result = report.load(show_path)
+        png = report.checked_rendering(result, show_path, plot.render_plot if plot_path else None)
         if plot_path:
-            plot.write_plot(result, plot_path)
+            plot.write_plot(result, plot_path, png)
         report.print_report(result)
         return
+    _distinct_files({"--json": json_path, "--plot": plot_path},
+                    {"--model": student, "--teacher": teacher, "--data": list(data)})
+    _native_settings_checked()
     from bitmaps.core.config import ProfileConfig
     from bitmaps.runtime.backends import ModelSource
     from bitmaps.runtime.plan import ProfileJob, parse_int_list, parse_names

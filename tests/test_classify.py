@@ -93,6 +93,7 @@ def test_split_is_by_document_and_stable(tmp_path, bert_tiny_dir):
         ({"text": "x"}, "expected an object with 'text' and 'label'"),
         ({"text": " \n", "label": "a"}, "empty text"),
         ({"text": 3, "label": "a"}, "'text' must be a string"),
+        ({"text": "bad \ud800 x", "label": "a"}, "not valid Unicode"),  # a lone surrogate
     ],
 )
 def test_jsonl_bad_rows(tmp_path, line, message):

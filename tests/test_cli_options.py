@@ -9,6 +9,7 @@ honest when a command is added.
 
 from __future__ import annotations
 
+import json
 import os
 
 import click
@@ -164,6 +165,34 @@ CASES = [
     (EVAL + ["--embedding-group", "32"], "these embeddings are fp32"),
     (EXPORT + ["--embeddings", "int8", "--embedding-group", "32"], "these embeddings are int8"),
     (EXPORT + ["--target", "tensorrt", "--embedding-group", "32"], "these embeddings are fp16"),
+    # an output that is an input (or another output) would destroy it
+    (["export", "{tmp}/good.txt", "{tmp}/good.txt"], "is also the CKPT input"),
+    (["export-baseline", "{tmp}/good.txt", "{tmp}/./good.txt"], "is also the MODEL input"),
+    (
+        ["train", "--teacher", "{tmp}/good.txt", "--data", "{tmp}", "-o", "{tmp}/good.txt"],
+        "is also the --teacher input",
+    ),
+    (
+        ["train", "--teacher", "bert-tiny", "--data", "{tmp}/good.txt", "-o", "{tmp}/good.txt"],
+        "is also the --data input",
+    ),
+    (
+        TRAIN[:-1] + ["{tmp}/string_steps.json", "--config", "{tmp}/string_steps.json"],
+        "is also the --config input",
+    ),
+    (["profile", "--model", "{tmp}/m.pt", "--json", "{tmp}/m.pt"], "is also the --model input"),
+    (PROFILE + ["--plot", "{tmp}/out.json"], "--plot and --json name the same file"),
+    (["profile", "--show", "{tmp}/good.txt", "--plot", "{tmp}/good.txt"], "is also the --show"),
+    (["build-engine", "{tmp}/model.onnx", "-o", "{tmp}/model.onnx"], "is also the MODEL.onnx"),
+    (ENGINE + ["--timing-cache", "{tmp}/out.engine"], "name the same file"),
+    # profile --show measures nothing: measuring options are refused, --plot is still a PNG
+    (["profile", "--show", "{tmp}/good.txt", "--batch", "4"], "--batch would be ignored"),
+    (
+        ["profile", "--show", "{tmp}/good.txt", "--threads", "3", "--attention", "int8"],
+        "--threads, --attention would be ignored",
+    ),
+    (["profile", "--show", "{tmp}/good.txt", "--workdir", "{tmp}"], "--workdir would be ignored"),
+    (["profile", "--show", "{tmp}/good.txt", "--plot", "{tmp}/out.txt"], "writes a PNG"),
     # assets, ort-library
     (["assets", "path", "bert-huge"], "unknown asset"),
     (["assets", "verify", "bert-huge"], "unknown asset"),
@@ -213,6 +242,77 @@ def test_bad_value_one_line_exit_2_no_output(files, capsys, monkeypatch, args, n
     assert "Traceback" not in err
     assert needle in lines[0], lines[0]
     assert _outputs(files) == set(), "no output file may be written"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [
+        ("BITMAPS_CPU_PATH", "bogus", "unknown CPU path 'bogus'"),
+        ("BITMAPS_ORT_THREADS", "bogus", "BITMAPS_ORT_THREADS must be ort, std or serial"),
+    ],
+)
+@pytest.mark.parametrize("args", [EXPORT, BASELINE, EVAL, TRAIN, PROFILE], ids=lambda a: a[0])
+def test_bad_native_settings_are_refused_before_any_work(
+    files, capsys, monkeypatch, variable, value, needle, args
+) -> None:
+    """The torch ops and libbitmaps_ort.so read these variables deep inside a run (export's
+    verification, profile's measuring process): each command checks them first."""
+    monkeypatch.chdir(files)
+    monkeypatch.setenv("BITMAPS_CACHE", str(files / "cache"))
+    monkeypatch.setenv(variable, value)
+    code = main([a.replace("{tmp}", str(files)) for a in args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and needle in err and "fix or unset it" in err, err
+    assert _outputs(files) == set()
+
+
+def test_a_cpu_path_this_cpu_lacks_is_refused(files, capsys, monkeypatch) -> None:
+    from bitmaps.core import ops
+
+    missing = [p for p in ("avx512", "avx2", "neon") if p not in ops.cpu_paths_supported()]
+    if not ops.native_available() or not missing:
+        pytest.skip("needs bitmaps._C and a CPU path this CPU lacks (one of avx512, avx2, neon)")
+    monkeypatch.setenv("BITMAPS_CPU_PATH", missing[0])
+    code = main([a.replace("{tmp}", str(files)) for a in EXPORT])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "which this CPU or this build lacks" in err, err
+
+
+def test_profile_show_refuses_a_foreign_meta_before_printing(tmp_path, capsys) -> None:
+    """Rows that pass the loader with a meta that does not fit the report: one line, nothing
+    printed, no plot written."""
+    from bitmaps.runtime.profile import ROW_KEYS
+
+    row = dict.fromkeys(ROW_KEYS, 1.0) | {"model": "binary", "backend": "torch", "device": "cpu"}
+    row |= {"batch": 1, "seq": 8}
+    for meta in ({"skipped": [1]}, {"machine": "cpu"}, {"weights_by_part_mb": {"fp32": {}}}):
+        path = tmp_path / "p.json"
+        path.write_text(json.dumps({"meta": meta, "rows": [row]}))
+        code = main(["profile", "--show", str(path), "--plot", str(tmp_path / "p.png")])
+        out, err = capsys.readouterr()
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert "its meta does not fit the report" in err, err
+        assert not (tmp_path / "p.png").exists()
+
+
+def test_outputs_that_take_no_files_are_refused_early(tmp_path) -> None:
+    """A folder the access check passes but that takes no files (/proc, for root), and failed
+    writes of the output itself: one BitmapsError line, no temporary file left."""
+    import errno
+
+    from bitmaps.core.atomic import atomic_output, check_writable
+    from bitmaps.core.errors import BitmapsError
+
+    if os.path.isdir("/proc/self"):
+        with pytest.raises(BitmapsError, match="cannot write /proc/x.onnx"):
+            check_writable("/proc/x.onnx")
+    with pytest.raises(BitmapsError, match="cannot write .*out.bin: No space left on device"):
+        with atomic_output(tmp_path / "out.bin"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with pytest.raises(FileNotFoundError):  # not the output's own write: left as it is
+        with atomic_output(tmp_path / "out.bin"):
+            raise FileNotFoundError(errno.ENOENT, "gone", str(tmp_path / "input.txt"))
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("command", [["data-stats"], ["eval", "bert-tiny", "--data"]])

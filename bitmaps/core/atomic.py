@@ -7,12 +7,16 @@ Ctrl-C never leaves a partial checkpoint, ONNX model or report where the user ex
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from bitmaps.core.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError, one_line
+
+# What a failed write of the output itself raises: no space, quota, file too large, read-only.
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -25,6 +29,12 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise BitmapsError(f"cannot write {path}: folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise BitmapsError(f"cannot write {path}: folder {parent} is not writable")
+    try:  # what the access check cannot see: a folder that takes no files (/proc), a full disk
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise BitmapsError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
 
 
@@ -45,7 +55,10 @@ def _umask() -> int:
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` only on success."""
     path = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as exc:  # a folder the access check passes but that takes no files (/proc)
+        raise BitmapsError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -53,6 +66,17 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus umask).
         os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS and exc.filename not in (str(tmp_path), str(path)):
+            raise
+        raise BitmapsError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except RuntimeError as exc:  # torch.save reports a failed write (a full disk) this way
+        if "inline_container" not in str(exc) and "PytorchStreamWriter" not in str(exc):
+            raise
+        raise BitmapsError(
+            f"cannot write {path}: the write failed (is the disk full?): {one_line(exc)}"
+        ) from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        with contextlib.suppress(OSError):
+            if tmp_path.exists():
+                tmp_path.unlink()

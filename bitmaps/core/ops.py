@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator
 
 import torch
 
-from bitmaps.core.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError, one_line
 from bitmaps.core.int8_attention import int8_attention
 from bitmaps.core.packing import pack_signs as _pack_signs_reference
 from bitmaps.core.packing import packed_width, unpack_signs
@@ -708,6 +709,33 @@ def cpu_path() -> str | None:
     ``BITMAPS_CPU_PATH`` > the best path this CPU supports.
     """
     return _C.cpu_path() if _NATIVE_ERROR is None else None
+
+
+ORT_THREAD_MODES = ("ort", "std", "serial")
+
+
+def check_native_settings() -> None:
+    """``BITMAPS_CPU_PATH`` and ``BITMAPS_ORT_THREADS`` as the native kernels will read them: a
+    name they do not know, or a CPU path this CPU or build lacks, is a one-line BitmapsError."""
+    mode = os.environ.get("BITMAPS_ORT_THREADS", "")
+    if mode and mode not in ORT_THREAD_MODES:
+        raise BitmapsError(
+            f"BITMAPS_ORT_THREADS must be {', '.join(ORT_THREAD_MODES[:-1])} or "
+            f"{ORT_THREAD_MODES[-1]}, got {mode!r}: fix or unset it"
+        )
+    forced = os.environ.get("BITMAPS_CPU_PATH", "")
+    if not forced or forced == "auto":
+        return
+    if _NATIVE_ERROR is None:
+        try:
+            _C.cpu_path()
+        except RuntimeError as exc:
+            raise BitmapsError(f"{one_line(exc)}: fix or unset it") from None
+    elif forced not in ("avx512", "avx2", "neon", "scalar"):
+        raise BitmapsError(
+            f"BITMAPS_CPU_PATH: unknown CPU path {forced!r} (expected auto, avx512, avx2, neon or "
+            "scalar): fix or unset it"
+        )
 
 
 def cpu_paths_supported() -> list[str]:

@@ -74,6 +74,13 @@ class LabelledData:
 def _check_text(text: str, where: str) -> str:
     if not text.strip():
         raise BitmapsError(f"{where}: empty text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. JSON's "\ud800"
+        raise BitmapsError(
+            f"{where}: the text is not valid Unicode ({exc.reason} at character {exc.start}); "
+            "fix the file"
+        ) from None
     return text
 
 

@@ -33,9 +33,10 @@ each backend, and the best binary row vs the best FP32 row of any backend, per d
 
 from __future__ import annotations
 
+import io
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bitmaps.core.atomic import atomic_output
-from bitmaps.core.errors import BitmapsError
+from bitmaps.core.errors import BitmapsError, one_line
 from bitmaps.runtime.profile import ACCURACY_KEYS, ROW_KEYS, ProfileResult
 
 SHOW_MAX_BYTES = 64 << 20  # a profile of thousands of rows is a few MB
@@ -331,6 +332,22 @@ def _other_work(m: dict) -> str | None:
             f"1-minute load average {' -> '.join(f'{x:.1f}' for x in busy)} on {m['cores']} cores"
         )
     return None
+
+
+def checked_rendering(
+    result: ProfileResult, path: str | Path, render_plot: Callable[[ProfileResult], bytes] | None
+) -> bytes | None:
+    """Render ``result``'s tables (to nowhere) and, with ``render_plot``, its plot, before anything
+    is printed or written: a file whose rows pass :func:`load` but whose ``meta`` is not what
+    ``--json`` writes is then one BitmapsError, not a traceback after half the tables."""
+    try:
+        print_report(result, Console(file=io.StringIO(), width=200))
+        return render_plot(result) if render_plot is not None else None
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise BitmapsError(
+            f"{path} is not a bitmaps profile JSON file: its meta does not fit the report "
+            f"({type(exc).__name__}: {one_line(exc, limit=120)})"
+        ) from None
 
 
 def print_report(result: ProfileResult, console: Console | None = None) -> None:
