@@ -141,3 +141,20 @@ def test_trained_data_settings_fill_what_the_user_did_not_set() -> None:
     assert clf.trained_data(asked, explicit={"seq_len"}).seq_len == 32
     with pytest.raises(BitmapsError, match="recorded data settings are invalid"):
         loaded(torch.nn.Module(), {"data_config": {"nope": 1}}).trained_data(DataConfig())
+
+
+def test_an_encoder_without_its_masked_lm_head_is_not_scored(
+    minilm_dir, bert_tiny_dir, tmp_path, capsys
+):
+    """MiniLM ships the encoder only: its masked-LM head would be random, so scoring it and
+    exporting its logits are refused (fine-tuning it as a teacher is what it is for)."""
+    from bitmaps.cli import main
+    from bitmaps.train.models import load_model
+
+    assert load_model("minilm-l6").fresh_head and not load_model("bert-tiny").fresh_head
+    for argv in (["eval", "minilm-l6", "--data", "sotu", "--max-sequences", "4"],
+                 ["export-baseline", "minilm-l6", str(tmp_path / "never.onnx")]):  # fmt: skip
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "has no trained masked-LM head" in err, err
+    assert not (tmp_path / "never.onnx").exists()

@@ -140,6 +140,8 @@ def export_baseline(
         )
     out = check_writable(out)
     loaded = load_baseline(spec)
+    if cfg.output == "logits":
+        loaded.trained_head("exporting its logits (--output hidden exports the encoder alone)")
     result = export_verified(
         loaded.model, cfg, binary=False, tokenizer=loaded.tokenizer, source=str(spec), log=log
     )

@@ -225,6 +225,8 @@ def _accuracy(job: ProfileJob, models: list[str], workdir: Path, log: Log) -> tu
     """Per model: cross entropy, accuracy, MRR on the held-out split (see module docstring)."""
 
     loaded = {m: load_model(job.source.spec(m)) for m in models}
+    for x in loaded.values():
+        x.trained_head("scoring --data")
     tokenizers = {info["sha256"] for info in (x.tokenizer_info for x in loaded.values()) if info}
     if len(tokenizers) > 1:
         raise BitmapsError(

@@ -41,6 +41,7 @@ def evaluate_on_text(
     """
     t0 = time.perf_counter()
     loaded = load_model(spec)
+    loaded.trained_head("scoring masked-LM accuracy")
     if explicit is not None:
         data_cfg = loaded.trained_data(data_cfg, explicit, log=log)
     quantize_embeddings_(loaded.model, embeddings, embedding_group)

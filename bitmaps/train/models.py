@@ -71,6 +71,16 @@ class LoadedModel:
     source: str
     kind: str  # "checkpoint" | "huggingface" | "shape"
     checkpoint: dict[str, Any] | None = None
+    fresh_head: bool = False  # a masked-LM head the weights did not hold (random: MiniLM's)
+
+    def trained_head(self, what: str) -> None:
+        """Refuse ``what`` (scoring, exporting logits) with a masked-LM head that is random."""
+        if self.fresh_head:
+            raise BitmapsError(
+                f"{self.source} has no trained masked-LM head (its weights hold the encoder only, "
+                f"so the head would be random): {what} needs one; fine-tune it first "
+                f"(bitmaps train --stage teacher --teacher {self.source} ...)"
+            )
 
     @property
     def is_binary(self) -> bool:
@@ -221,7 +231,9 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
     if any(a.endswith("ForSequenceClassification") for a in archs):
         model_cls = BertForSequenceClassification
     try:
-        model = model_cls.from_pretrained(folder, config=config, use_safetensors=True)
+        model, info = model_cls.from_pretrained(
+            folder, config=config, use_safetensors=True, output_loading_info=True
+        )
     except CONFIG_ERRORS as exc:
         raise BitmapsError(
             f"{folder}/config.json is not a valid model config: {one_line(exc)}"
@@ -238,8 +250,11 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
         ) from None
     files = read_tokenizer_files(folder)
     tokenizer = tokenizer_from_folder(folder, f"the tokenizer in {folder}")
-    info = tokenizer_record(folder.name, files)
-    return LoadedModel(model.eval(), tokenizer, info, {}, str(folder), "huggingface")
+    record = tokenizer_record(folder.name, files)
+    fresh = model_cls is BertForMaskedLM and any(k.startswith("cls.") for k in info["missing_keys"])
+    return LoadedModel(
+        model.eval(), tokenizer, record, {}, str(folder), "huggingface", fresh_head=fresh
+    )
 
 
 def build_model(ckpt: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
