@@ -94,6 +94,7 @@ def test_split_is_by_document_and_stable(tmp_path, bert_tiny_dir):
         ({"text": " \n", "label": "a"}, "empty text"),
         ({"text": 3, "label": "a"}, "'text' must be a string"),
         ({"text": "bad \ud800 x", "label": "a"}, "not valid Unicode"),  # a lone surrogate
+        ({"text": "x", "label": "a", "id": [1]}, "'id' must be a string or an integer"),
     ],
 )
 def test_jsonl_bad_rows(tmp_path, line, message):
@@ -113,6 +114,14 @@ def test_csv_bad_header_and_empty_label(tmp_path):
     empty.write_text("text,label\nhello,a\nworld,\n")
     with pytest.raises(BitmapsError, match="row 2: empty label"):
         read_labelled([empty])
+    extra = tmp_path / "extra.csv"
+    extra.write_text("text,label\nhello,a\nhello, world,b\n")
+    with pytest.raises(BitmapsError, match="row 2: 3 fields, the header has 2"):
+        read_labelled([extra])
+    twice = tmp_path / "twice.csv"
+    twice.write_text("text,label,label\nhello,a,b\n")
+    with pytest.raises(BitmapsError, match="names column 'label' twice"):
+        read_labelled([twice])
 
 
 @pytest.mark.parametrize("fmt", ["folders", "jsonl", "csv"])

@@ -141,6 +141,8 @@ def test_trained_data_settings_fill_what_the_user_did_not_set() -> None:
     assert clf.trained_data(asked, explicit={"seq_len"}).seq_len == 32
     with pytest.raises(BitmapsError, match="recorded data settings are invalid"):
         loaded(torch.nn.Module(), {"data_config": {"nope": 1}}).trained_data(DataConfig())
+    with pytest.raises(BitmapsError, match="meta.data_config is a str, not an object"):
+        loaded(torch.nn.Module(), {"data_config": "x"}).trained_data(DataConfig())
 
 
 def test_an_encoder_without_its_masked_lm_head_is_not_scored(

@@ -133,7 +133,10 @@ def _read_jsonl(path: Path) -> list[Example]:
             raise BitmapsError(f"{where}: expected an object with 'text' and 'label'")
         if not isinstance(row["text"], str):
             raise BitmapsError(f"{where}: 'text' must be a string")
-        doc_id = str(row.get("id", f"{path.name}:{n}"))
+        doc_id = row.get("id", f"{path.name}:{n}")
+        if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int)):
+            raise BitmapsError(f"{where}: 'id' must be a string or an integer")
+        doc_id = str(doc_id)
         out.append(Example(doc_id, _check_text(row["text"], where), _label_of(row["label"], where)))
     return out
 
@@ -144,12 +147,20 @@ def _read_csv(path: Path) -> list[Example]:
     fields = reader.fieldnames or []
     if "text" not in fields or "label" not in fields:
         raise BitmapsError(f"{path}: the header must name 'text' and 'label' columns, got {fields}")
+    repeated = sorted({name for name in fields if fields.count(name) > 1})
+    if repeated:
+        raise BitmapsError(f"{path}: the header names column {repeated[0]!r} twice")
     out = []
     try:
         for n, row in enumerate(reader, start=1):
             where = f"{path}: row {n}"
             if row.get("text") is None or row.get("label") is None:
                 raise BitmapsError(f"{where}: missing the text or label column")
+            if None in row:  # csv.DictReader's key for fields beyond the header's
+                raise BitmapsError(
+                    f"{where}: {len(fields) + len(row[None])} fields, the header has {len(fields)} "
+                    "(a comma in an unquoted text?)"
+                )
             doc_id = row.get("id") or f"{path.name}:{n}"
             out.append(
                 Example(doc_id, _check_text(row["text"], where), _label_of(row["label"], where))

@@ -112,6 +112,11 @@ class LoadedModel:
         the settings when they differ from ``cfg``."""
         meta = (self.checkpoint or {}).get("meta") or {}
         trained = meta.get("data_config")
+        if trained is not None and not isinstance(trained, dict):
+            raise BitmapsError(
+                f"{self.source}: its recorded data settings are invalid (meta.data_config is a "
+                f"{type(trained).__name__}, not an object); the checkpoint is damaged"
+            )
         if isinstance(trained, dict):
             try:
                 base = DataConfig.from_dict(trained)
