@@ -49,6 +49,43 @@ CASES = [
     (STUDENT + ["--set", "binarize.modules=query,nope"], "nope"),
     (STUDENT + ["--set", "distill.temperature=0"], "temperature"),
     (STUDENT + ["--act-quantizer", "nope"], "activation_quantizer"),
+    # a setting of a loss term or schedule that is off would be ignored
+    (
+        STUDENT + ["--set", "distill.lambda_logit=0", "--set", "distill.temperature=5"],
+        "temperature shapes a loss term that is off (lambda_logit 0)",
+    ),
+    (
+        STUDENT + ["--set", "distill.lambda_attn=0", "--set", "distill.attention_target=probs"],
+        "attention_target shapes a loss term that is off",
+    ),
+    (
+        STUDENT
+        + [
+            "--set",
+            "distill.lambda_hidden=0",
+            "--set",
+            "distill.lambda_attn=0",
+            "--set",
+            "distill.mse_decay_steps=5",
+        ],
+        "mse_decay_steps shapes a loss term",
+    ),
+    (
+        STUDENT + ["--set", "distill.multistep_teacher=intermediate"],
+        "applies to binarize.schedule bit_multistep",
+    ),
+    (
+        STUDENT
+        + [
+            "--steps",
+            "2",
+            "--set",
+            "binarize.schedule=bit_multistep",
+            "--set",
+            "binarize.activation_start_step=50",
+        ],
+        "would never be binarized",
+    ),
     (TRAIN + ["--act-quantizer", "elastic"], "--stage student"),
     (TRAIN + ["--config", "{tmp}/list.json"], "JSON object"),
     (TRAIN + ["--config", "{tmp}/unknown_section.json"], "unknown section 'model'"),

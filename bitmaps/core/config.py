@@ -475,6 +475,21 @@ class DistillConfig(Config):
             raise ConfigError(
                 f"mse_decay_steps must be an integer >= 0, got {self.mse_decay_steps}"
             )
+        # a setting of a loss term that is off would be silently ignored: refused
+        mse_off = self.lambda_hidden == 0 and self.lambda_attn == 0
+        for name, default, off, term in (
+            ("temperature", 1.0, self.lambda_logit == 0, "lambda_logit"),
+            ("attention_target", "scores", self.lambda_attn == 0, "lambda_attn"),
+            ("hidden_layers", "all", self.lambda_hidden == 0, "lambda_hidden"),
+            ("mse_decay_steps", 0, mse_off, "lambda_hidden and lambda_attn"),
+            ("mse_norm", "none", mse_off, "lambda_hidden and lambda_attn"),
+            ("layer_mapping", "uniform", mse_off, "lambda_hidden and lambda_attn"),
+        ):
+            if off and getattr(self, name) != default:
+                raise ConfigError(
+                    f"{name} shapes a loss term that is off ({term} 0): it would be ignored; "
+                    "leave it at its default or turn the term on"
+                )
 
 
 # The sections of `bitmaps train --config FILE` / `--set SECTION.FIELD=VALUE`.

@@ -355,6 +355,18 @@ def _checked_job(job: TrainJob) -> TrainJob:
         job = dataclasses.replace(
             job, binarize=job.binarize or BinarizeConfig(), distill=job.distill or DistillConfig()
         )
+        if job.binarize.schedule != "bit_multistep" and job.distill.multistep_teacher != "teacher":
+            raise BitmapsError(
+                "distill.multistep_teacher applies to binarize.schedule bit_multistep; this "
+                f"schedule is {job.binarize.schedule}: leave it out"
+            )
+        start = job.binarize.activation_start_step
+        if job.binarize.schedule == "bit_multistep" and start >= job.train.steps:
+            raise BitmapsError(
+                f"binarize.activation_start_step {start} is not below train.steps "
+                f"{job.train.steps}: the activations would never be binarized in training; "
+                "lower it or train longer"
+            )
     if job.resume and job.overwrite:
         raise BitmapsError(
             "resume continues the output, overwrite replaces it: set one of them, not both"
