@@ -230,6 +230,14 @@ CASES = [
     ),
     (["profile", "--show", "{tmp}/good.txt", "--workdir", "{tmp}"], "--workdir would be ignored"),
     (["profile", "--show", "{tmp}/good.txt", "--plot", "{tmp}/out.txt"], "writes a PNG"),
+    # paths that are something else than they must be
+    (["eval", "", "--data", "{tmp}"], "an empty model path"),
+    (["data-stats", "{tmp}/good.txt", "--tokenizer", ""], "an empty tokenizer path"),
+    (["build-engine", "{tmp}", "-o", "{tmp}/out.engine"], "is a folder: give the .onnx file"),
+    (
+        ["export-baseline", "bert-tiny", "{tmp}/good.txt/out.onnx"],
+        "good.txt is a file, not a folder",
+    ),
     # assets, ort-library
     (["assets", "path", "bert-huge"], "unknown asset"),
     (["assets", "verify", "bert-huge"], "unknown asset"),
@@ -417,3 +425,10 @@ def test_the_default_embedding_group_goes_with_any_embeddings() -> None:
     _group_needs_int4("int4", "32")
     with pytest.raises(click.UsageError, match="these embeddings are int8"):
         _group_needs_int4("int8", "32")
+
+
+def test_a_cache_that_is_a_file_is_refused(files, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("BITMAPS_CACHE", str(files / "good.txt"))
+    assert main(["assets", "path", "sotu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a file: give a folder, or unset it" in err, err

@@ -25,6 +25,8 @@ def check_writable(path: str | os.PathLike) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise BitmapsError(f"output path {path} is a directory; give a file name")
+    if parent.exists() and not parent.is_dir():
+        raise BitmapsError(f"cannot write {path}: {parent} is a file, not a folder")
     if not parent.is_dir():
         raise BitmapsError(f"cannot write {path}: folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):

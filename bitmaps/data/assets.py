@@ -144,7 +144,10 @@ def load_manifest(text: str | None = None) -> dict[str, AssetSpec]:
 def cache_root() -> Path:
     """``$BITMAPS_CACHE``, else ``$XDG_CACHE_HOME/bitmaps``, else ``~/.cache/bitmaps``."""
     if os.environ.get("BITMAPS_CACHE"):
-        return Path(os.environ["BITMAPS_CACHE"]).expanduser()
+        root = Path(os.environ["BITMAPS_CACHE"]).expanduser()
+        if root.exists() and not root.is_dir():
+            raise BitmapsError(f"BITMAPS_CACHE={root} is a file: give a folder, or unset it")
+        return root
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "bitmaps"
 

@@ -156,6 +156,8 @@ def default_cache_dir() -> Path:
 def load_tokenizer(name_or_path: str | os.PathLike) -> Any:
     """The fast (Rust) tokenizer of a model folder or asset name (``bert-tiny``, ``minilm-l6``)."""
 
+    if not str(name_or_path).strip():
+        raise BitmapsError("an empty tokenizer path: give a model folder or a model name")
     folder = Path(resolve_model(name_or_path))
     return tokenizer_from_folder(folder, f"the tokenizer in {folder}")
 

@@ -272,6 +272,8 @@ def build_engine(
 ) -> BuildReport:
     """ONNX model → serialized TensorRT engine at ``output`` (atomic), with the bitmaps plugin."""
     model_path = Path(model_path)
+    if model_path.is_dir():
+        raise BitmapsError(f"ONNX model {model_path} is a folder: give the .onnx file")
     if not model_path.is_file():
         raise BitmapsError(f"ONNX model {model_path} not found")
     output = check_writable(output)

@@ -163,6 +163,8 @@ def load_model(spec: str | Path, *, require_tokenizer: bool = True) -> LoadedMod
     """Resolve ``spec`` (asset name, folder, checkpoint file or shape name) into a model."""
     quiet_transformers()
     text = str(spec)
+    if not text.strip():
+        raise BitmapsError("an empty model path: give a checkpoint, a folder or a model name")
     if text in SHAPE_NAMES:
         if require_tokenizer:
             raise BitmapsError(f"{text} is a bare shape with random weights and no tokenizer")
