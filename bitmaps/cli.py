@@ -645,10 +645,10 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
                 f"{', '.join(given)} would be ignored: leave {'them' if len(given) > 1 else 'it'} out"
             )
         _distinct_files({"--plot": plot_path}, {"--show": show_path})
-        if plot_path and Path(plot_path).suffix.lower() != ".png":
-            raise click.UsageError(
-                f"--plot writes a PNG: give a file name ending in .png, not {Path(plot_path).name}"
-            )
+        if plot_path:
+            from bitmaps.runtime.plan import check_plot_name
+
+            check_plot_name(plot_path)
         result = report.load(show_path)
         png = report.checked_rendering(result, show_path, plot.render_plot if plot_path else None)
         if plot_path:

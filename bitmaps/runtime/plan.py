@@ -158,11 +158,15 @@ def check_outputs(job: ProfileJob) -> None:
         check_writable(job.json_path)
     if job.plot_path is not None:
         check_writable(job.plot_path)
-        if Path(job.plot_path).suffix.lower() != ".png":
-            raise BitmapsError(
-                f"--plot writes a PNG: give a file name ending in .png, not "
-                f"{Path(job.plot_path).name}"
-            )
+        check_plot_name(job.plot_path)
+
+
+def check_plot_name(path: str | Path) -> None:
+    """``--plot`` writes a PNG: its file name must say so."""
+    if Path(path).suffix.lower() != ".png":
+        raise BitmapsError(
+            f"--plot writes a PNG: give a file name ending in .png, not {Path(path).name}"
+        )
 
 
 # --------------------------------------------------------------------------- measuring
