@@ -105,23 +105,20 @@ def test_jsonl_bad_rows(tmp_path, line, message):
     assert f"{path}:2" in str(info.value) and "\n" not in str(info.value)
 
 
-def test_csv_bad_header_and_empty_label(tmp_path):
-    bad = tmp_path / "bad.csv"
-    bad.write_text("body,category\nhello,a\n")
-    with pytest.raises(BitmapsError, match="must name 'text' and 'label' columns"):
-        read_labelled([bad])
-    empty = tmp_path / "empty.csv"
-    empty.write_text("text,label\nhello,a\nworld,\n")
-    with pytest.raises(BitmapsError, match="row 2: empty label"):
-        read_labelled([empty])
-    extra = tmp_path / "extra.csv"
-    extra.write_text("text,label\nhello,a\nhello, world,b\n")
-    with pytest.raises(BitmapsError, match="row 2: 3 fields, the header has 2"):
-        read_labelled([extra])
-    twice = tmp_path / "twice.csv"
-    twice.write_text("text,label,label\nhello,a,b\n")
-    with pytest.raises(BitmapsError, match="names column 'label' twice"):
-        read_labelled([twice])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("body,category\nhello,a\n", "must name 'text' and 'label' columns"),
+        ("text,label\nhello,a\nworld,\n", "row 2: empty label"),
+        ("text,label\nhello,a\nhello, world,b\n", "row 2: 3 fields, the header has 2"),
+        ("text,label,label\nhello,a,b\n", "names column 'label' twice"),
+    ],
+)
+def test_csv_bad_header_and_rows(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(BitmapsError, match=message):
+        read_labelled([path])
 
 
 @pytest.mark.parametrize("fmt", ["folders", "jsonl", "csv"])
