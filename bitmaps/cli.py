@@ -135,13 +135,7 @@ def _distinct_files(outputs: dict[str, object], inputs: dict[str, object]) -> No
         items = value if isinstance(value, (list, tuple)) else [value]
         return [str(v) for v in items if v]
 
-    def same(a: str, b: str) -> bool:
-        try:
-            if Path(a).exists() and Path(b).exists():
-                return os.path.samefile(a, b)
-            return Path(a).resolve() == Path(b).resolve()
-        except OSError:
-            return False
+    from bitmaps.core.atomic import same_file as same
 
     seen: list[tuple[str, str]] = []
     for out_name, value in outputs.items():

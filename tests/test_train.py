@@ -327,3 +327,21 @@ def test_resume_refuses_a_corrupt_state_or_another_models_weights(
     job = _job(sotu_small, partial, 32, steps=4, save_every=2)  # the untouched one resumes
     job.resume = True
     assert run_training(job, **QUIET).step == 4
+
+
+def test_library_refuses_to_write_over_its_input(tmp_path) -> None:
+    """The library checks what the CLI checks: an output that is the model it reads."""
+    from bitmaps.core.config import ExportConfig
+    from bitmaps.core.errors import BitmapsError
+    from bitmaps.export.pipeline import export_baseline, export_student
+
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"stays")
+    job = _job(tmp_path / "missing.txt", ckpt)
+    job.model, job.overwrite = str(ckpt), True
+    with pytest.raises(BitmapsError, match="is also the model it trains from"):
+        run_training(job, **QUIET)
+    for export in (export_student, export_baseline):
+        with pytest.raises(BitmapsError, match="is also the (checkpoint|model) to export"):
+            export(ckpt, ckpt, ExportConfig())
+    assert ckpt.read_bytes() == b"stays"

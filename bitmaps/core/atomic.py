@@ -40,6 +40,25 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (the same inode where both exist, else the same path)."""
+    try:
+        if Path(a).exists() and Path(b).exists():
+            return os.path.samefile(a, b)
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def check_not_input(output: str | os.PathLike, source: str | os.PathLike, what: str) -> None:
+    """Refuse to write ``output`` over ``source`` (``what`` names it): that would destroy it."""
+    if same_file(output, source):
+        raise BitmapsError(
+            f"{output} is also the {what}: writing it would destroy that file; give another "
+            "output path"
+        )
+
+
 def _umask() -> int:
     """The process umask, read without changing it where Linux allows (threads may be writing)."""
     try:

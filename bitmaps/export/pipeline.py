@@ -27,7 +27,7 @@ import onnx_ir as ir
 from torch import nn
 
 from bitmaps import __version__
-from bitmaps.core.atomic import atomic_output, check_writable
+from bitmaps.core.atomic import atomic_output, check_not_input, check_writable
 from bitmaps.core.config import ExportConfig
 from bitmaps.core.errors import BitmapsError
 from bitmaps.core.packed import PackedBinaryLinear
@@ -118,6 +118,7 @@ def export_student(
 ) -> ExportSummary:
     """Export a binarized student checkpoint with ``bitmaps::BinaryLinear`` nodes (see module)."""
     out = check_writable(out)
+    check_not_input(out, checkpoint, "checkpoint to export")
     loaded = load_student(checkpoint)
     result = export_verified(
         loaded.model, cfg, binary=True, tokenizer=loaded.tokenizer, source=str(checkpoint), log=log
@@ -139,6 +140,7 @@ def export_baseline(
             "float attention"
         )
     out = check_writable(out)
+    check_not_input(out, spec, "model to export")
     loaded = load_baseline(spec)
     if cfg.output == "logits":
         loaded.trained_head("exporting its logits (--output hidden exports the encoder alone)")

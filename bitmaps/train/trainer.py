@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from bitmaps.core import distributed as D
-from bitmaps.core.atomic import check_writable
+from bitmaps.core.atomic import check_not_input, check_writable
 from bitmaps.core.checkpoint import load_checkpoint, save_checkpoint
 from bitmaps.core.config import BinarizeConfig, Config, DataConfig, DistillConfig, TrainConfig
 from bitmaps.core.errors import BitmapsError, one_line
@@ -386,6 +386,7 @@ def run_training(job: TrainJob, log: Callable[[str], None] = print) -> TrainResu
     t_start = time.perf_counter()
     job = _checked_job(job)
     check_writable(job.output)
+    check_not_input(job.output, job.model, "model it trains from (--teacher)")
     if job.output.exists() and not (job.resume or job.overwrite):
         raise BitmapsError(
             f"{job.output} exists; pass --resume to continue that run or --overwrite to replace it"
