@@ -135,19 +135,16 @@ def _distinct_files(outputs: dict[str, object], inputs: dict[str, object]) -> No
         items = value if isinstance(value, (list, tuple)) else [value]
         return [str(v) for v in items if v]
 
-    from bitmaps.core.atomic import same_file as same
+    from bitmaps.core.atomic import check_not_input, same_file
 
     seen: list[tuple[str, str]] = []
     for out_name, value in outputs.items():
         for out in paths(value):
             for in_name, given in inputs.items():
-                if any(same(out, inp) for inp in paths(given)):
-                    raise click.UsageError(
-                        f"{out_name} {out} is also the {in_name} input: writing it would destroy "
-                        "that file; give another output path"
-                    )
+                for inp in paths(given):
+                    check_not_input(out, inp, f"{in_name} input")
             for other_name, other in seen:
-                if same(out, other):
+                if same_file(out, other):
                     raise click.UsageError(
                         f"{out_name} and {other_name} name the same file {out}: give each its own"
                     )
@@ -188,11 +185,8 @@ class _PathText(click.ParamType):
 
 OUTPUT_FILE, INPUT_FILE, FOLDER = _PathText("file"), _PathText("input"), _PathText("folder")
 
-# What `profile --show` calls an option given on the command line (or from the environment), and
-# the options whose Python names differ from their flags.
+# Where `profile --show` finds an option given (the command line, or the environment).
 _GIVEN = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
-_SHOW_NAMES = {"student": "--model", "backends": "--backend", "batches": "--batch", "seqs": "--seq",
-               "output_kind": "--output", "json_path": "--json"}  # fmt: skip
 
 
 # Click option tables read best one option per line, aligned by hand: ruff-format stays out of
@@ -629,8 +623,7 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
 
     if show_path:
         ctx = click.get_current_context()
-        given = [f"--{p.name.replace('_', '-')}" if p.name not in _SHOW_NAMES else _SHOW_NAMES[p.name]
-                 for p in ctx.command.params
+        given = [p.opts[0] for p in ctx.command.params
                  if p.name not in ("show_path", "plot_path")
                  and ctx.get_parameter_source(p.name) in _GIVEN]  # fmt: skip
         if given:

@@ -94,7 +94,7 @@ def test_classifier_job_takes_masked_lm_defaults(tmp_path) -> None:
 
     job = _job(tmp_path / "missing.jsonl", tmp_path / "out.pt", task="classify")
     job.data = DataConfig(mask_prob=0.15, seq_len=64)
-    assert job.data.mlm_only_changed() == []
+    assert job.data.changed_fields(DataConfig.MLM_ONLY) == []
     with pytest.raises(BitmapsError) as err:  # it gets as far as the data: the file is missing
         run_training(job, **QUIET)
     assert "masked-LM" not in str(err.value) and "missing.jsonl" in str(err.value)

@@ -19,8 +19,9 @@ from bitmaps.core.errors import BitmapsError, one_line
 _WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
-def check_writable(path: str | os.PathLike) -> Path:
-    """Fail early, before any expensive work, if ``path`` cannot be written."""
+def check_writable(path: str | os.PathLike, *, probe: bool = True) -> Path:
+    """Fail early, before any expensive work, if ``path`` cannot be written (``probe``: by creating
+    and removing a file beside it; atomic_output's own temporary file is that probe)."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
@@ -31,10 +32,12 @@ def check_writable(path: str | os.PathLike) -> Path:
         raise BitmapsError(f"cannot write {path}: folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise BitmapsError(f"cannot write {path}: folder {parent} is not writable")
+    if not probe:
+        return path
     try:  # what the access check cannot see: a folder that takes no files (/proc), a full disk
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
         os.close(fd)
-        os.unlink(probe)
+        os.unlink(name)
     except OSError as exc:
         raise BitmapsError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
@@ -75,7 +78,7 @@ def _umask() -> int:
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` only on success."""
-    path = check_writable(path)
+    path = check_writable(path, probe=False)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     except OSError as exc:  # a folder the access check passes but that takes no files (/proc)

@@ -42,6 +42,11 @@ class Config:
         d["version"] = self.VERSION
         return d
 
+    def changed_fields(self, names: tuple[str, ...]) -> list[str]:
+        """Those of ``names`` whose values differ from the dataclass defaults."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return [name for name in names if getattr(self, name) != defaults[name]]
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
@@ -221,11 +226,6 @@ class DataConfig(Config):
     # What only masked-LM text reads: a classifier's documents are its labelled rows, unmasked.
     MLM_ONLY = ("mask_prob", "mask_replace_prob", "mask_random_prob", "eval_mask_seed",
                 "max_eval_sequences", "per_line")  # fmt: skip
-
-    def mlm_only_changed(self) -> list[str]:
-        """The masked-LM-only fields (MLM_ONLY) that differ from their defaults."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        return [name for name in self.MLM_ONLY if getattr(self, name) != defaults[name]]
 
     def split_description(self) -> str:
         """The settings that choose a held-out split, for a log line."""
@@ -476,19 +476,19 @@ class DistillConfig(Config):
                 f"mse_decay_steps must be an integer >= 0, got {self.mse_decay_steps}"
             )
         # a setting of a loss term that is off would be silently ignored: refused
-        mse_off = self.lambda_hidden == 0 and self.lambda_attn == 0
-        for name, default, off, term in (
-            ("temperature", 1.0, self.lambda_logit == 0, "lambda_logit"),
-            ("attention_target", "scores", self.lambda_attn == 0, "lambda_attn"),
-            ("hidden_layers", "all", self.lambda_hidden == 0, "lambda_hidden"),
-            ("mse_decay_steps", 0, mse_off, "lambda_hidden and lambda_attn"),
-            ("mse_norm", "none", mse_off, "lambda_hidden and lambda_attn"),
-            ("layer_mapping", "uniform", mse_off, "lambda_hidden and lambda_attn"),
+        mse = "lambda_hidden and lambda_attn"
+        for term, names in (
+            ("lambda_logit", ("temperature",)),
+            ("lambda_attn", ("attention_target",)),
+            ("lambda_hidden", ("hidden_layers",)),
+            (mse, ("mse_decay_steps", "mse_norm", "layer_mapping")),
         ):
-            if off and getattr(self, name) != default:
+            off = all(getattr(self, t) == 0 for t in term.split(" and "))
+            changed = self.changed_fields(names) if off else []
+            if changed:
                 raise ConfigError(
-                    f"{name} shapes a loss term that is off ({term} 0): it would be ignored; "
-                    "leave it at its default or turn the term on"
+                    f"{changed[0]} shapes a loss term that is off ({term} 0): it would be "
+                    "ignored; leave it at its default or turn the term on"
                 )
 
 

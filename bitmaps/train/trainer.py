@@ -371,7 +371,7 @@ def _checked_job(job: TrainJob) -> TrainJob:
         raise BitmapsError(
             "resume continues the output, overwrite replaces it: set one of them, not both"
         )
-    changed = job.data.mlm_only_changed() if job.train.task == "classify" else []
+    changed = job.data.changed_fields(DataConfig.MLM_ONLY) if job.train.task == "classify" else []
     if changed:
         raise BitmapsError(
             f"data.{changed[0]} applies to masked-LM text; a classifier's documents are its "
