@@ -261,6 +261,15 @@ BAD_MODELS = {
         ),
         "Unexpected key(s) in state_dict",
     ),
+    # what `bitmaps train` recorded must agree with the model class (the class decides)
+    "a masked LM recorded as a classifier": (
+        lambda raw: raw["meta"].update(task="classify"),
+        "its meta.task is 'classify' but its model class BertForMaskedLM makes it a 'mlm' model",
+    ),
+    "class labels on a masked LM": (
+        lambda raw: raw["meta"].update(labels=["ham", "spam"]),
+        "records class labels (meta.labels) but its model class BertForMaskedLM",
+    ),
 }
 
 
@@ -271,6 +280,24 @@ def test_checkpoints_that_build_no_model_are_one_error(tmp_path, case) -> None:
     with pytest.raises(BitmapsError, match=re.escape(message)) as info:
         build_model(load_checkpoint(path), str(path))
     assert "\n" not in str(info.value)
+
+
+def test_a_classifier_whose_records_disagree_with_its_class_is_one_error(tmp_path) -> None:
+    from transformers import BertForSequenceClassification
+
+    config = BertConfig(**TINY, num_labels=2, id2label={0: "ham", 1: "spam"})
+    model = BertForSequenceClassification(config)
+    path = _save(tmp_path / "c.pt", model, meta={"task": "classify", "labels": ["ham", "spam"]})
+    assert isinstance(build_model(load_checkpoint(path)), BertForSequenceClassification)
+    for meta, message in (
+        ({"task": "mlm"}, "its meta.task is 'mlm' but its model class"),
+        ({"labels": ["spam", "ham"]}, "its meta.labels ['spam', 'ham'] are not"),
+        ({"labels": "ham,spam"}, "its meta.labels 'ham,spam' are not"),
+    ):
+        bad = _save(tmp_path / "bad.pt", model, meta=meta)
+        with pytest.raises(BitmapsError, match=re.escape(message)) as info:
+            build_model(load_checkpoint(bad), str(bad))
+        assert "corrupt bitmaps checkpoint" in str(info.value) and "\n" not in str(info.value)
 
 
 def test_half_precision_weights_still_load(tmp_path) -> None:

@@ -264,6 +264,37 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
     )
 
 
+def _check_recorded_task(ckpt: dict[str, Any], model_cls: type, config: Any, source: str) -> None:
+    """A checkpoint's ``meta.task`` and ``meta.labels`` (what `bitmaps train` recorded) must agree
+    with its model class and its config's labels: the class decides what the model is, so a
+    disagreement means the file was edited or pieced together, and scoring it would score
+    something else than what its records say."""
+    meta = ckpt["meta"]
+    task = "classify" if model_cls is BertForSequenceClassification else "mlm"
+    recorded = meta.get("task")
+    if recorded is not None and recorded != task:
+        raise BitmapsError(
+            f"{source} is a corrupt bitmaps checkpoint: its meta.task is {recorded!r} but its "
+            f"model class {ckpt['model_class']} makes it a {task!r} model; pass a file written by "
+            "`bitmaps train`"
+        )
+    labels = meta.get("labels")
+    if labels is None:
+        return
+    if task != "classify":
+        raise BitmapsError(
+            f"{source} is a corrupt bitmaps checkpoint: it records class labels (meta.labels) "
+            f"but its model class {ckpt['model_class']} is not a classifier; pass a file written "
+            "by `bitmaps train`"
+        )
+    if not isinstance(labels, list) or list(label_names(config)) != labels:
+        raise BitmapsError(
+            f"{source} is a corrupt bitmaps checkpoint: its meta.labels {labels!r} are not its "
+            f"model config's labels {list(label_names(config))!r}; pass a file written by "
+            "`bitmaps train`"
+        )
+
+
 def build_model(ckpt: dict[str, Any], source: str = "checkpoint") -> torch.nn.Module:
     """The model of a loaded checkpoint (``model_class``), binarized if it is a student."""
 
@@ -275,6 +306,7 @@ def build_model(ckpt: dict[str, Any], source: str = "checkpoint") -> torch.nn.Mo
     model_cls = MODEL_CLASSES.get(ckpt["model_class"])
     if model_cls is None:
         raise BitmapsError(f"{source}: unsupported model class {ckpt['model_class']}")
+    _check_recorded_task(ckpt, model_cls, config, source)
     try:
         model = model_cls(config)
     except (RuntimeError, *CONFIG_ERRORS) as exc:
