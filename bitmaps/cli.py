@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from bitmaps import __version__, get_library_path
+from bitmaps.core import jsontext
 from bitmaps.core.errors import BitmapsError
 
 
@@ -47,8 +48,8 @@ def _configs(
     sections: dict[str, dict[str, object]] = {name: {} for name in options}
     if config_file:
         try:
-            loaded = json.loads(Path(config_file).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            loaded = jsontext.loads(Path(config_file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JsonTextError included
             raise ConfigError(f"cannot read config file {config_file}: {exc}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(
@@ -72,14 +73,15 @@ def _configs(
     for item in overrides:
         key, sep, raw = item.partition("=")
         name, dot, field = key.partition(".")
+        shown = item if item.isprintable() else repr(item)  # the error stays one line
         if not sep or not dot or name not in sections:
             raise ConfigError(
-                f"--set {item}: expected SECTION.FIELD=VALUE with SECTION one of {', '.join(sections)}"
+                f"--set {shown}: expected SECTION.FIELD=VALUE with SECTION one of {', '.join(sections)}"
             )
         try:
             sections[name][field] = classes[name].parse_field(field, raw)
         except ConfigError as exc:
-            raise ConfigError(f"--set {item}: {exc}") from None
+            raise ConfigError(f"--set {shown}: {exc}") from None
     return sections
 
 

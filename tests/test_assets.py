@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -325,3 +326,16 @@ def test_cli_fetch_end_to_end(tmp_path):
     )
     missing = _cli("assets", "path", "sotu", BITMAPS_CACHE=str(tmp_path / "nothing"))
     assert missing.returncode == 2 and "run `bitmaps assets fetch`" in missing.stderr
+
+
+@pytest.mark.parametrize("damaged", ['{"assets": [1]}', '{"assets": "abc"}', "[" * 100000])
+def test_a_damaged_cache_manifest_is_replaced(assets_dir, tmp_path, damaged):
+    """The cache's manifest.json is bitmaps' own record: a damaged one (a list of assets, a string,
+    JSON nested past the parser's depth) crashed `assets fetch` with a traceback; it is rewritten."""
+    root = tmp_path / "assets"
+    _copy_assets(assets_dir, root, ["bert-tiny"])
+    (root / "manifest.json").write_text(damaged)
+    (status,) = assets.fetch(["bert-tiny"], root=root, log=lambda _m: None)
+    assert status.ok
+    record = json.loads((root / "manifest.json").read_text())
+    assert set(record["assets"]) == {"bert-tiny"}

@@ -95,6 +95,7 @@ def test_split_is_by_document_and_stable(tmp_path, bert_tiny_dir):
         ({"text": 3, "label": "a"}, "'text' must be a string"),
         ({"text": "bad \ud800 x", "label": "a"}, "not valid Unicode"),  # a lone surrogate
         ({"text": "x", "label": "a", "id": [1]}, "'id' must be a string or an integer"),
+        ({"text": "x", "label": "spam\nline2"}, "holds a line break or control character"),
     ],
 )
 def test_jsonl_bad_rows(tmp_path, line, message):
@@ -103,6 +104,44 @@ def test_jsonl_bad_rows(tmp_path, line, message):
     with pytest.raises(BitmapsError, match=message) as info:
         read_labelled([path])
     assert f"{path}:2" in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ('{"text": "x", "label": ' + "[" * 100000, "nested too deeply"),
+        ('{"text": "x", "label": 1' + "0" * 5000 + "}", "not JSON bitmaps reads"),
+        ('{"text": "x", "label": "a", "label": "b"}', "names the key 'label' twice"),
+    ],
+)
+def test_jsonl_rows_json_lets_through(tmp_path, raw, message):
+    """Rows that json.loads fails with RecursionError or a digit-limit ValueError (tracebacks), or
+    reads silently (a key twice: the last one won)."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "fine", "label": "b"}) + "\n" + raw + "\n")
+    with pytest.raises(BitmapsError, match=message) as info:
+        read_labelled([path])
+    assert f"{path}:2" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_labelled_files_given_twice_or_named_alike(tmp_path):
+    rows = "".join(json.dumps({"text": f"mail {i}", "label": "ab"[i % 2]}) + "\n" for i in range(6))
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "train.jsonl").write_text(rows)
+    once = read_labelled([tmp_path / "a/train.jsonl"])
+    twice = read_labelled([tmp_path / "a/train.jsonl", tmp_path / "a/../a/train.jsonl"])
+    assert [e.id for e in twice.examples] == [e.id for e in once.examples]  # read once, as text is
+    with pytest.raises(BitmapsError, match="give the rows unique 'id' values, or rename one"):
+        read_labelled([tmp_path / "a/train.jsonl", tmp_path / "b/train.jsonl"])
+
+
+def test_a_csv_field_past_pythons_default_limit_is_read(tmp_path):
+    body = "word " * 40000  # 200 KB: a long mail body; csv's default field limit is 128 KiB
+    path = tmp_path / "long.csv"
+    path.write_text(f"text,label\n{body},spam\nshort,ham\n")
+    data = read_labelled([path])
+    assert len(data.examples) == 2 and data.examples[0].text == body
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,23 @@ CASES = [
     (TRAIN + ["--set", "train.lr=fast"], "lr must be a number"),
     (TRAIN + ["--set", "train.lr=inf"], "finite"),
     (TRAIN + ["--set", "train.lr=-1"], "lr must be > 0"),
+    # values that overflowed float32 in the first steps (a traceback, or a NaN "complete" run)
+    (TRAIN + ["--lr", "1e39"], "lr must be <= 1"),
+    (TRAIN + ["--set", "train.weight_decay=1e300"], "lr x weight_decay must be < 1"),
+    (STUDENT + ["--set", "distill.temperature=1e300"], "temperature must be in [0.01, 1000]"),
+    (STUDENT + ["--set", "distill.temperature=1e-300"], "temperature must be in [0.01, 1000]"),
+    (STUDENT + ["--set", "distill.lambda_mlm=1e300"], "lambda_mlm must be <= 1e+06"),
+    (TRAIN + ["--set", "data.heldout_fraction=0"], "leaves training no held-out text"),
+    # --set text read loosely before: Python's 0_1 == 1, an empty list item dropped, a newline
+    (TRAIN + ["--set", "train.seed=0_1"], "seed must be an integer, got '0_1'"),
+    (TRAIN + ["--set", "train.adam_betas=0.9,,0.99"], "adam_betas must be a list"),
+    (TRAIN + ["--set", "train.steps=1\n2"], "--set 'train.steps=1\\n2': steps must be"),
+    (TRAIN + ["--set", "train.adam_betas=" + "[" * 100000], "adam_betas must be a list"),
+    # JSON that json.loads lets through as other errors, or silently
+    (TRAIN + ["--config", "{tmp}/deep.json"], "nested too deeply"),
+    (TRAIN + ["--config", "{tmp}/long_int.json"], "cannot read config file"),
+    (TRAIN + ["--config", "{tmp}/huge_lr.json"], "lr must be a finite number"),
+    (TRAIN + ["--config", "{tmp}/twice.json"], "names the key 'train' twice"),
     (TRAIN + ["--set", "train.adam_betas=0.9"], "2 entries"),
     (TRAIN + ["--set", "train.adam_betas=0.9,1.5"], "adam_betas entry"),
     (TRAIN + ["--set", "train.nope=1"], "unknown field 'nope'"),
@@ -263,6 +280,10 @@ def files(tmp_path):
     (tmp_path / "string_steps.json").write_text('{"train": {"steps": "100"}}')
     (tmp_path / "section_list.json").write_text('{"train": [1]}')
     (tmp_path / "not_json.json").write_text("{steps: 3")
+    (tmp_path / "deep.json").write_text("[" * 100000)
+    (tmp_path / "long_int.json").write_text('{"train": {"steps": 1' + "0" * 5000 + "}}")
+    (tmp_path / "huge_lr.json").write_text('{"train": {"lr": 1' + "0" * 400 + "}}")
+    (tmp_path / "twice.json").write_text('{"train": {"eval_every": -5}, "train": {"lr": 0.001}}')
     (tmp_path / "latin1.txt").write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
     (tmp_path / "good.txt").write_text("A line of text.\n")
     (tmp_path / "model.onnx").write_bytes(b"not really onnx")
@@ -358,6 +379,20 @@ def test_outputs_that_take_no_files_are_refused_early(tmp_path) -> None:
         with atomic_output(tmp_path / "out.bin"):
             raise FileNotFoundError(errno.ENOENT, "gone", str(tmp_path / "input.txt"))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo (a POSIX system)")
+def test_an_output_that_is_not_a_regular_file_is_refused(tmp_path, capsys) -> None:
+    """The rename onto the output replaced a device node or FIFO itself (as root, `-o /dev/null
+    --overwrite` replaced /dev/null), and `--resume` from a FIFO hung: refused before any work."""
+    fifo = tmp_path / "out.pt"
+    os.mkfifo(fifo)
+    for extra in (["--overwrite"], ["--resume"]):
+        code = main(["train", "--teacher", "bert-tiny", "--data", str(tmp_path), "-o", str(fifo),
+                     *extra])  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and "is not a regular file" in err and len(err.strip().splitlines()) == 1
+    assert fifo.is_fifo()
 
 
 @pytest.mark.parametrize("command", [["data-stats"], ["eval", "bert-tiny", "--data"]])

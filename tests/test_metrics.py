@@ -53,3 +53,21 @@ def test_perfect_and_empty() -> None:
     assert m["cross_entropy"] < 1e-3
     empty = MLMSums().metrics()
     assert empty["masked_tokens"] == 0
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_outputs_are_not_scored(bad) -> None:
+    """Every comparison with NaN is false, so a NaN model's ranks were all 1: accuracy 1, MRR 1
+    (`eval` of a diverged checkpoint printed perfect scores). Refused instead, for either task."""
+    from bitmaps.core.errors import BitmapsError
+    from bitmaps.metrics.classify import ConfusionCounts
+
+    logits = torch.randn(4, 10)
+    logits[2, 3] = bad
+    with pytest.raises(BitmapsError, match="outputs hold NaN or infinite values"):
+        MLMSums().add(logits, torch.tensor([1, 2, 3, 4]))
+    with pytest.raises(BitmapsError, match="outputs hold NaN or infinite values"):
+        ConfusionCounts(10).add(logits, torch.tensor([1, 2, 3, 4]))
+    sums = MLMSums()
+    sums.add(torch.randn(4, 10), torch.tensor([1, 2, 3, 4]))  # finite outputs: scored as before
+    assert sums.tokens == 4

@@ -44,6 +44,15 @@ FOLDERS = {
         lambda f: _config(f, intermediate_size=640),
         "do not match its config.json",
     ),
+    # transformers fills missing layers with random weights and drops extra ones, in its log only
+    "more layers than the weights": (
+        lambda f: _config(f, num_hidden_layers=4),
+        "lack 32 tensor(s) its config.json asks for (e.g. bert.encoder.layer.2.",
+    ),
+    "fewer layers than the weights": (
+        lambda f: _config(f, num_hidden_layers=1),
+        "hold 16 tensor(s) its config.json has no place for (e.g. bert.encoder.layer.1.",
+    ),
     "weights empty": (_truncate("model.safetensors", 0), "cannot load the weights"),
     "weights truncated": (_truncate("model.safetensors", 1000), "cannot load the weights"),
     "weights only a pickle": (_only_bin, "pytorch_model.bin"),

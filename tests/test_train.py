@@ -18,6 +18,7 @@ from conftest import train_args
 
 from bitmaps.core.checkpoint import load_checkpoint
 from bitmaps.core.config import DataConfig, TrainConfig
+from bitmaps.core.errors import BitmapsError
 from bitmaps.train.trainer import TrainJob, lr_lambda, run_training
 
 QUIET = dict(log=lambda _m: None)
@@ -345,3 +346,23 @@ def test_library_refuses_to_write_over_its_input(tmp_path) -> None:
         with pytest.raises(BitmapsError, match="is also the (checkpoint|model) to export"):
             export(ckpt, ckpt, ExportConfig())
     assert ckpt.read_bytes() == b"stays"
+
+
+def test_a_run_whose_last_step_leaves_non_finite_weights_is_not_saved(
+    sotu_small, tmp_path, bert_tiny_dir, monkeypatch
+) -> None:
+    """The loss is checked before each step; the weights the last step leaves were saved unchecked
+    (a 1-step run at lr 1e30 wrote a "complete" checkpoint scoring NaN). The save refuses them."""
+    step = torch.optim.AdamW.step
+
+    def poisoned(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        out = step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("inf"))
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", poisoned)
+    out = tmp_path / "t.pt"
+    with pytest.raises(BitmapsError, match="training diverged by step 1 .*NaN or infinite"):
+        run_training(_job(sotu_small, out, seq_len=64, steps=1, batch_size=4), **QUIET)
+    assert not out.exists()

@@ -26,6 +26,9 @@ def check_writable(path: str | os.PathLike, *, probe: bool = True) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise BitmapsError(f"output path {path} is a directory; give a file name")
+    if path.exists() and not path.is_file():  # a device, a FIFO, a socket: the rename would
+        # replace the node itself (as root, -o /dev/null --overwrite replaced /dev/null)
+        raise BitmapsError(f"output path {path} is not a regular file; give a file name")
     if parent.exists() and not parent.is_dir():
         raise BitmapsError(f"cannot write {path}: {parent} is a file, not a folder")
     if not parent.is_dir():

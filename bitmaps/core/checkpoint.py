@@ -18,7 +18,6 @@ Writes are atomic (temp file + rename), so a crash mid-save never corrupts the p
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import pickle
 import warnings
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from bitmaps import __version__
+from bitmaps.core import jsontext
 from bitmaps.core.atomic import atomic_output
 from bitmaps.core.errors import BitmapsError, one_line
 
@@ -137,8 +137,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def _field_problem(ckpt: dict[str, Any]) -> str | None:
     """What is wrong with a checkpoint's fields (types, the config's JSON, the weights), or None."""
     try:
-        config = json.loads(ckpt["model_config"])
-    except (TypeError, json.JSONDecodeError):
+        config = jsontext.loads(ckpt["model_config"])
+    except (TypeError, jsontext.JsonTextError):
         return "its model_config is not JSON text"
     if not isinstance(config, dict):
         return "its model_config is not a JSON object"

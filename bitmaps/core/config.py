@@ -17,6 +17,7 @@ import types
 import typing
 from typing import Any, ClassVar, TypeVar
 
+from bitmaps.core import jsontext
 from bitmaps.core.errors import ConfigError
 
 C = TypeVar("C", bound="Config")
@@ -94,7 +95,7 @@ class Config:
 
     @classmethod
     def from_json(cls: type[C], text: str) -> C:
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(jsontext.loads(text))
 
     def replace(self: C, **changes: Any) -> C:
         return dataclasses.replace(self, **changes)
@@ -123,6 +124,8 @@ def _from_text(tp: Any, text: str) -> Any:
     if tp is bool:
         words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
         return words.get(text.lower(), text)
+    if "_" in text and tp in (int, float):  # Python reads 0_1 as 1: not a number a user means
+        return text
     if tp is int:
         try:
             return int(text)
@@ -137,10 +140,12 @@ def _from_text(tp: Any, text: str) -> Any:
     if items is not None:
         if text.startswith("["):
             try:
-                return json.loads(text)
-            except json.JSONDecodeError:
+                return jsontext.loads(text)
+            except jsontext.JsonTextError:
                 return text
-        parts = [p.strip() for p in text.split(",") if p.strip()]
+        parts = [p.strip() for p in text.split(",")] if text else []
+        if "" in parts:  # "0.9,,0.99": an item left out is a mistake, not an item to drop
+            return text
         if items[-1] is ...:
             return [_from_text(items[0], p) for p in parts]
         return [_from_text(items[i], p) if i < len(items) else p for i, p in enumerate(parts)]
@@ -162,9 +167,14 @@ def _typed(name: str, tp: Any, value: Any) -> Any:
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
+            try:
+                number = float(value)
+            except OverflowError:  # an integer past float's range
+                raise ConfigError(f"{name} must be a finite number, got an integer too large "
+                                  "for one") from None  # fmt: skip
+            if not math.isfinite(number):
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
-            return float(value)
+            return number
         raise ConfigError(f"{name} must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -194,6 +204,11 @@ SEED_MAX = 2**32 - 1
 BATCH_MAX = 65536
 THREADS_MAX = 4096
 COUNT_MAX = 10**9  # steps, calls, sequences, intervals
+# Bounds of the float settings whose absurd values overflow float32 in the first steps (a NaN
+# checkpoint, or a traceback from inside the optimiser): far outside any useful run.
+LR_MAX = 1.0
+TEMPERATURE_RANGE = (1e-2, 1e3)  # the distillation softmax's: logits / T and a T^2 factor
+LAMBDA_MAX = 1e6  # each distillation loss weight
 
 
 def _count(name: str, value: int, lo: int, hi: int = COUNT_MAX) -> None:
@@ -296,8 +311,17 @@ class TrainConfig(Config):
         for name in ("eval_every", "save_every", "stop_after"):
             _count(name, getattr(self, name), 0)
         _positive("lr", self.lr)
+        if self.lr > LR_MAX:
+            raise ConfigError(
+                f"lr must be <= {LR_MAX:g} (AdamW's steps diverge above it), got {self.lr}"
+            )
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.lr * self.weight_decay >= 1:  # AdamW scales the weights by 1 - lr * weight_decay
+            raise ConfigError(
+                f"lr x weight_decay must be < 1 (each step scales the weights by 1 - lr x "
+                f"weight_decay), got {self.lr:g} x {self.weight_decay:g}"
+            )
         _fraction("warmup_ratio", self.warmup_ratio, open_top=True)
         if self.dropout is not None:
             _fraction("dropout", self.dropout, open_top=True)
@@ -465,7 +489,15 @@ class DistillConfig(Config):
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not any(getattr(self, name) > 0 for name in lambdas):
             raise ConfigError("at least one of " + ", ".join(lambdas) + " must be > 0")
-        _positive("temperature", self.temperature)
+        if not TEMPERATURE_RANGE[0] <= self.temperature <= TEMPERATURE_RANGE[1]:
+            raise ConfigError(
+                "temperature must be in [{:g}, {:g}], got {}".format(
+                    *TEMPERATURE_RANGE, self.temperature
+                )
+            )
+        for name in lambdas:
+            if getattr(self, name) > LAMBDA_MAX:
+                raise ConfigError(f"{name} must be <= {LAMBDA_MAX:g}, got {getattr(self, name)}")
         _one_of("attention_target", self.attention_target, self.ATTENTION_TARGETS)
         _one_of("layer_mapping", self.layer_mapping, self.LAYER_MAPPINGS)
         _one_of("mse_norm", self.mse_norm, self.MSE_NORMS)

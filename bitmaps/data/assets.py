@@ -45,6 +45,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bitmaps.core import jsontext
 from bitmaps.core.atomic import atomic_output
 from bitmaps.core.errors import BitmapsError
 
@@ -360,8 +361,10 @@ def _write_cache_manifest(root: Path, done: list[tuple[AssetSpec, AssetStatus]])
     """``root/manifest.json``: what is in the cache, where it came from, and its hashes."""
     path = root / "manifest.json"
     try:
-        previous = json.loads(path.read_text("utf-8")).get("assets", {})
+        previous = jsontext.loads(path.read_text("utf-8")).get("assets", {})
     except (OSError, ValueError, AttributeError):
+        previous = {}
+    if not isinstance(previous, dict):  # a damaged manifest: this write replaces it
         previous = {}
     record: dict[str, Any] = {"version": 1, "assets": dict(previous)}
     for spec, status in done:

@@ -309,7 +309,8 @@ def _check_enough(stats: CorpusStats, cfg: DataConfig, paths: Sequence[Any]) -> 
     if cfg.heldout_fraction > 0 and docs < 2:
         raise BitmapsError(
             f"too little text in {where}: {docs} document(s), {stats.train.tokens:,} tokens; a "
-            "held-out split needs at least 2 documents (add files, or set heldout_fraction 0)"
+            "held-out split needs at least 2 documents (add files; data-stats also counts with "
+            "heldout_fraction 0, which train and eval cannot use: they score the held-out split)"
         )
     if stats.train.sequences == 0:
         raise BitmapsError(f"too little text in {where}: the training split is empty")

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from bitmaps.core import jsontext
 from bitmaps.core.config import DataConfig
 from bitmaps.core.errors import BitmapsError
 from bitmaps.data.assets import asset_dir
@@ -90,6 +91,8 @@ def _label_of(value: Any, where: str) -> str:
     label = str(value).strip()
     if not label:
         raise BitmapsError(f"{where}: empty label")
+    if not label.isprintable():  # a newline or control character would break every table
+        raise BitmapsError(f"{where}: label {label!r} holds a line break or control character")
     return label
 
 
@@ -126,9 +129,9 @@ def _read_jsonl(path: Path) -> list[Example]:
             continue
         where = f"{path}:{n}"
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BitmapsError(f"{where}: not JSON ({exc.msg})") from None
+            row = jsontext.loads(line)
+        except jsontext.JsonTextError as exc:
+            raise BitmapsError(f"{where}: {exc}") from None
         if not isinstance(row, dict) or "text" not in row or "label" not in row:
             raise BitmapsError(f"{where}: expected an object with 'text' and 'label'")
         if not isinstance(row["text"], str):
@@ -143,6 +146,8 @@ def _read_jsonl(path: Path) -> list[Example]:
 
 def _read_csv(path: Path) -> list[Example]:
     text = decode_text(_read_bytes(path), path)
+    # a field may be as long as the file (a long mail body): Python's default limit is 128 KiB
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.DictReader(io.StringIO(text))
     fields = reader.fieldnames or []
     if "text" not in fields or "label" not in fields:
@@ -193,8 +198,12 @@ def read_labelled(
     if not paths:
         raise BitmapsError("no data paths given")
     examples: list[Example] = []
+    seen: set[Path] = set()
     for raw in paths:
         path = _resolve(raw)
+        if path.resolve() in seen:  # the same file or folder twice: read once, as text data is
+            continue
+        seen.add(path.resolve())
         if path.is_dir() and (path / SPAM_TARBALL).is_file():
             examples += [Example(*message) for message in read_spam_assassin(path)]
         elif path.is_dir():
@@ -210,7 +219,11 @@ def read_labelled(
     ids: set[str] = set()
     for ex in examples:
         if ex.id in ids:
-            raise BitmapsError(f"duplicate document id {ex.id!r} in the labelled data")
+            raise BitmapsError(
+                f"duplicate document id {ex.id!r} in the labelled data (a row's own 'id', or "
+                "file name:line of two files with the same name): give the rows unique 'id' "
+                "values, or rename one of the files"
+            )
         ids.add(ex.id)
     found = sorted({ex.label for ex in examples})
     source = ", ".join(str(p) for p in paths)

@@ -124,7 +124,10 @@ def make_batch(
 
 def _check_sequences(sequences: torch.Tensor, what: str) -> None:
     if sequences.ndim != 2 or sequences.shape[0] == 0:
-        raise BitmapsError(f"no {what} sequences (got shape {tuple(sequences.shape)}): add text")
+        fix = (
+            "add text, or raise data.heldout_fraction above 0" if what == "held-out" else "add text"
+        )
+        raise BitmapsError(f"no {what} sequences (got shape {tuple(sequences.shape)}): {fix}")
 
 
 class TrainStream:

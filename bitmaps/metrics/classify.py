@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bitmaps.core import distributed as D
-from bitmaps.metrics.mlm import MaskedLMModel, MaskedLMOutput
+from bitmaps.metrics.mlm import MaskedLMModel, MaskedLMOutput, require_finite
 
 
 class ConfusionCounts:
@@ -29,6 +29,7 @@ class ConfusionCounts:
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         n = self.matrix.shape[0]
+        require_finite(logits)
         pred = logits.argmax(-1).cpu()
         flat = labels.cpu() * n + pred
         self.matrix += torch.bincount(flat, minlength=n * n).reshape(n, n)

@@ -13,6 +13,8 @@ import dataclasses
 import torch
 from torch import nn
 
+from bitmaps.core.errors import BitmapsError
+
 IGNORE_INDEX = -100
 
 
@@ -75,6 +77,16 @@ def batch_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: batch[k] for k in keys if k in batch}
 
 
+def require_finite(logits: torch.Tensor) -> None:
+    """Refuse to score outputs that hold NaN or infinity: every comparison with NaN is false, so
+    the ranks below would count a NaN model as always right (accuracy 1, MRR 1)."""
+    if not bool(torch.isfinite(logits).all()):
+        raise BitmapsError(
+            "the model's outputs hold NaN or infinite values (its training diverged, or its "
+            "weights are damaged): score an earlier checkpoint, or train again with a lower --lr"
+        )
+
+
 @dataclasses.dataclass
 class MLMSums:
     """Additive statistics over masked tokens, so metrics aggregate exactly across batches/ranks."""
@@ -88,6 +100,7 @@ class MLMSums:
         if targets.numel() == 0:
             return
         logits = logits.float()
+        require_finite(logits)
         true = logits.gather(-1, targets[:, None])
         self.nll += float(nn.functional.cross_entropy(logits, targets, reduction="sum"))
         # rank = 1 + number of tokens scored strictly higher than the true one (ties favour it)

@@ -43,6 +43,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from bitmaps.core import jsontext
 from bitmaps.core.atomic import atomic_output
 from bitmaps.core.errors import BitmapsError, one_line
 from bitmaps.runtime.profile import ACCURACY_KEYS, ROW_KEYS, ProfileResult
@@ -69,10 +70,10 @@ def load(path: str | Path) -> ProfileResult:
             f"(the limit is {SHOW_MAX_BYTES >> 20} MB)"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsontext.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BitmapsError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JsonTextError included
         raise BitmapsError(f"{path} is not a bitmaps profile JSON file: {exc}") from None
     rows, meta = (data, {}) if isinstance(data, list) else (None, {})
     if isinstance(data, dict):

@@ -31,6 +31,7 @@ from transformers import (
     BertForSequenceClassification,
 )
 
+from bitmaps.core import jsontext
 from bitmaps.core.checkpoint import load_checkpoint, tokenizer_record
 from bitmaps.core.config import BinarizeConfig, DataConfig
 from bitmaps.core.errors import BitmapsError, ConfigError, one_line
@@ -255,6 +256,7 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
             f"cannot load the weights in {folder} (truncated or corrupt?): "
             f"{type(exc).__name__}: {one_line(exc)}"
         ) from None
+    _check_folder_weights(folder, info, model_cls)
     files = read_tokenizer_files(folder)
     tokenizer = tokenizer_from_folder(folder, f"the tokenizer in {folder}")
     record = tokenizer_record(folder.name, files)
@@ -262,6 +264,30 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
     return LoadedModel(
         model.eval(), tokenizer, record, {}, str(folder), "huggingface", fresh_head=fresh
     )
+
+
+def _check_folder_weights(folder: Path, info: dict[str, Any], model_cls: type) -> None:
+    """transformers fills what a folder's weights lack with random values and drops what they have
+    beyond its config, with a note in its log only. A missing masked-LM head is allowed (MiniLM
+    ships the encoder alone: ``LoadedModel.fresh_head``), as is a pooler either way; missing
+    embeddings, encoder layers or a classifier's head, and encoder layers past the config's
+    ``num_hidden_layers``, mean config.json does not describe the weights."""
+    missing = sorted(
+        k for k in info["missing_keys"]
+        if "embeddings." in k or "encoder.layer." in k
+        or (model_cls is BertForSequenceClassification and k.startswith("classifier."))
+    )  # fmt: skip
+    extra = sorted(k for k in info["unexpected_keys"] if "encoder.layer." in k)
+    if missing or extra:
+        what = (
+            f"lack {len(missing)} tensor(s) its config.json asks for (e.g. {missing[0]})"
+            if missing
+            else f"hold {len(extra)} tensor(s) its config.json has no place for (e.g. {extra[0]})"
+        )
+        raise BitmapsError(
+            f"the weights in {folder} {what}: config.json does not describe these weights "
+            "(num_hidden_layers?); restore the folder's own config.json"
+        )
 
 
 def _check_recorded_task(ckpt: dict[str, Any], model_cls: type, config: Any, source: str) -> None:
@@ -401,7 +427,9 @@ def model_task(spec: str | Path) -> str:
         )
     if path.is_dir() and (path / "config.json").is_file():
         try:
-            archs = json.loads((path / "config.json").read_text("utf-8")).get("architectures") or []
+            archs = (
+                jsontext.loads((path / "config.json").read_text("utf-8")).get("architectures") or []
+            )
         except (OSError, ValueError, AttributeError):
             return "mlm"
         return "classify" if any(a.endswith("ForSequenceClassification") for a in archs) else "mlm"

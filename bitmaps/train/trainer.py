@@ -340,6 +340,11 @@ def _checked_job(job: TrainJob) -> TrainJob:
     """``job`` with a student's unset binarize / distill settings at their defaults. Settings that
     contradict each other, or that this job would silently ignore, are refused (the CLI refuses
     them too, as options; this is the library's own check)."""
+    if job.data.heldout_fraction == 0:
+        raise BitmapsError(
+            "data.heldout_fraction 0 leaves training no held-out text to score during and after "
+            "the run: keep it above 0 (the default is 0.1)"
+        )
     if job.train.stage == "teacher" and (job.binarize is not None or job.distill is not None):
         raise BitmapsError(
             "binarize / distill settings apply to the student stage only: leave them None for a "
@@ -490,7 +495,17 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
         log(f"held-out @ step {at_step}: {data.describe(metrics)}")
         return metrics
 
+    def check_weights(at_step: int) -> None:
+        # the loss is checked before each step, the weights it leaves only here, before every
+        # save and the last evaluation (a last step's update is never seen by a loss)
+        if not all(bool(torch.isfinite(p).all()) for p in wrapped.parameters()):
+            raise BitmapsError(
+                f"training diverged by step {at_step} (the weights hold NaN or infinite values); "
+                "lower --lr, or check the data and the distillation settings"
+            )
+
     def save(at_step: int, complete: bool, metrics: dict[str, float] | None) -> None:
+        check_weights(at_step)
         rng = D.all_gather_objects(env, _rng_state(env))
         if env.is_main:
             state = {
@@ -552,7 +567,8 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
                 loss, parts = objective(train_module, batch)
             if not torch.isfinite(loss):
                 raise BitmapsError(
-                    f"training diverged at step {step} (loss {float(loss)}); lower --lr or check the data"
+                    f"training diverged at step {step} (loss {float(loss.detach())}); lower --lr, "
+                    "or check the data and the distillation settings"
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -588,6 +604,7 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
 
     wrapped.eval()
     if not stopped:
+        check_weights(step)
         metrics = evaluate(step)
         save(step, True, metrics)
         log(f"wrote {job.output} (step {step}, {time.perf_counter() - t_start:.1f} s)")
