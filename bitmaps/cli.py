@@ -25,9 +25,11 @@ def cli() -> None:
     """bitmaps: distil a 1-bit BERT, export it, run it with XNOR-popcount kernels, measure it."""
 
 
-def _data_paths(data: tuple[str, ...]) -> list[str]:
-    if not data:
+def _data_paths(data: tuple[str, ...], required: bool = True) -> list[str]:
+    if not data and required:
         raise click.UsageError("give the text to use with --data PATH (files or folders)")
+    if any(not str(d).strip() for d in data):  # "" would read the current folder
+        raise click.UsageError("--data: an empty path; give a file or folder")
     return list(data)
 
 
@@ -644,6 +646,7 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
             plot.write_plot(result, plot_path, png)
         report.print_report(result)
         return
+    data = tuple(_data_paths(data, required=False))
     _distinct_files({"--json": json_path, "--plot": plot_path},
                     {"--model": student, "--teacher": teacher, "--data": list(data)})
     _native_settings_checked()
@@ -653,7 +656,7 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
     from bitmaps.runtime.profile import run_profile
 
     cfg = ProfileConfig(
-        backends=parse_names(backends), models=parse_names(models),
+        backends=parse_names(backends, "--backend"), models=parse_names(models, "--models"),
         batches=parse_int_list(batches, "--batch"), seqs=parse_int_list(seqs, "--seq"),
         output=output_kind, device=device, repeats=repeats, min_time=min_time, max_time=max_time,
         warmup=warmup, warmup_time=warmup_time, threads=threads, seed=seed, eval_sequences=eval_sequences,

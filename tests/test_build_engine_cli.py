@@ -6,6 +6,7 @@ These run everywhere (no TensorRT, no GPU); the successful builds are in test_te
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,21 @@ def test_missing_plugin_says_where_it_looked_and_how_to_build(tmp_path, monkeypa
         trt_runtime.find_plugin_library(tmp_path / "explicit.so")
 
 
+def test_a_named_plugin_that_is_missing_is_not_passed_over(tmp_path, monkeypatch):
+    """A bad BITMAPS_TRT_PLUGIN fell through to a default library without a word."""
+    default = tmp_path / "build" / "plugin" / trt_runtime.PLUGIN_LIBRARY
+    default.parent.mkdir(parents=True)
+    default.write_bytes(b"\x7fELF")
+    monkeypatch.setattr(trt_runtime, "_REPO_ROOT", tmp_path)
+    monkeypatch.delenv(trt_runtime.PLUGIN_ENV, raising=False)
+    assert trt_runtime.find_plugin_library() == default
+    monkeypatch.setenv(trt_runtime.PLUGIN_ENV, str(tmp_path / "nowhere.so"))
+    with pytest.raises(
+        BitmapsError, match=f"{trt_runtime.PLUGIN_ENV}=.*nowhere.so: no such plugin"
+    ):
+        trt_runtime.find_plugin_library()
+
+
 def test_explicit_plugin_path_wins(tmp_path):
     lib = tmp_path / "libbitmaps_trt_plugin.so"
     lib.write_bytes(b"\x7fELF")
@@ -125,6 +141,9 @@ def _binary_node_onnx(tmp_path: Path, **attrs: object) -> Path:
         ({"in_features": "four", "out_features": 4}, "in_features missing or not an integer"),
         ({"out_features": 4}, "in_features missing"),
         ({"in_features": 4, "out_features": 2**40}, f"out_features {2**40}"),
+        # the helper's packed weight is [4, 1]: 4 rows of one 32-bit word
+        ({"in_features": 33, "out_features": 4}, "its packed weight is [4, 1], in_features 33"),
+        ({"in_features": 4, "out_features": 8}, "need [8, 1]"),
     ],
 )
 def test_bad_binary_nodes_are_found_without_tensorrt(tmp_path, capsys, attrs, needle):
@@ -136,7 +155,9 @@ def test_bad_binary_nodes_are_found_without_tensorrt(tmp_path, capsys, attrs, ne
     assert not out.exists()
 
 
-@pytest.mark.parametrize("case", ["empty model", "plugin missing", "plugin not ELF", "cache dir"])
+@pytest.mark.parametrize(
+    "case", ["empty model", "plugin missing", "plugin not ELF", "cache dir", "cache unwritable"]
+)
 def test_inputs_checked_before_tensorrt(tmp_path, capsys, case):
     model = _binary_node_onnx(tmp_path, in_features=4, out_features=4)
     args = [str(model), "-o", str(tmp_path / "model.engine")]
@@ -150,12 +171,22 @@ def test_inputs_checked_before_tensorrt(tmp_path, capsys, case):
         (tmp_path / "random.so").write_bytes(b"\x00\x01 not a library")
         args += ["--plugin", str(tmp_path / "random.so")]
         needle = "not a shared library"
-    else:
+    elif case == "cache dir":
         args += ["--timing-cache", str(tmp_path)]
         needle = "--timing-cache"
+    else:  # written after the engine: a folder that takes no files is refused first
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("needs /proc (a folder the access check passes that takes no files)")
+        args += ["--timing-cache", "/proc/x.cache"]
+        needle = "cannot write /proc/x.cache"
     rc, err = _run(capsys, *args)
     assert rc == 2 and err.count("\n") == 0, err
     assert needle in err
+
+
+def test_shapes_are_bounded():
+    with pytest.raises(ConfigError, match="batch must be <= 65536 and sequence <= 65536"):
+        EngineBuildConfig(max_shape="99999999999999999999x128")
 
 
 def test_workspace_is_bounded():

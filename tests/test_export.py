@@ -553,3 +553,17 @@ def test_shared_trace_gives_the_file_a_fresh_trace_gives(cfg, monkeypatch) -> No
     fresh = export_verified(small_student(), cfg, binary=True)
     assert shared.report.ok and fresh.report.ok
     assert shared.model.SerializeToString() == fresh.model.SerializeToString()
+
+
+def test_verification_never_passes_non_finite_outputs() -> None:
+    """max(1, nan) is 1 and every comparison with NaN is false, so a NaN export "verified" with
+    error 0 (stop 47's probe: a model folder holding one NaN weight)."""
+    from bitmaps.export.verify import scaled_error
+
+    good = torch.tensor([1.0, -2.0, 3.0])
+    assert scaled_error(good.numpy(), good) == 0.0
+    for bad in (float("nan"), float("inf")):
+        both = torch.tensor([1.0, bad, 3.0])
+        assert scaled_error(both.numpy(), good) == float("inf")
+        assert scaled_error(good.numpy(), both) == float("inf")
+        assert scaled_error(both.numpy(), both) == float("inf")

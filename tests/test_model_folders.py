@@ -38,6 +38,15 @@ def _not_utf8(name):
     return mutate
 
 
+def _nan_weight(folder):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    name = next(k for k in tensors if k.endswith("attention.self.query.weight"))
+    tensors[name][0, 0] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
 FOLDERS = {
     "hidden size as text": (lambda f: _config(f, hidden_size="big"), "hidden_size"),
     "shapes unlike the config": (
@@ -53,6 +62,9 @@ FOLDERS = {
         lambda f: _config(f, num_hidden_layers=1),
         "hold 16 tensor(s) its config.json has no place for (e.g. bert.encoder.layer.1.",
     ),
+    # NaN loaded, exported and verified ("error 0": NaN passed every tolerance test)
+    "a NaN weight": (_nan_weight, "attention.self.query.weight holds NaN or infinite values"),
+    "layer_norm_eps NaN": (lambda f: _config(f, layer_norm_eps=float("nan")), "layer_norm_eps"),
     "weights empty": (_truncate("model.safetensors", 0), "cannot load the weights"),
     "weights truncated": (_truncate("model.safetensors", 1000), "cannot load the weights"),
     "weights only a pickle": (_only_bin, "pytorch_model.bin"),

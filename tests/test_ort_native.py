@@ -340,6 +340,24 @@ def test_library_that_does_not_load_is_one_line_and_exit_2(tmp_path, monkeypatch
     _one_line_exit_2(code, capsys.readouterr().err, "no such file")
 
 
+@pytest.mark.parametrize("keep", [1000, 0.5])
+def test_a_truncated_library_is_refused_before_it_is_mapped(tmp_path, monkeypatch, capsys, keep):
+    """dlopen maps a cut-short ELF file and the process died of SIGBUS on first touch (stop 47's
+    probe: `ort-library` exit 135, no message); such a file is refused before it is loaded."""
+    import bitmaps
+    from bitmaps.cli import main
+    from bitmaps.core.ort import elf_truncated
+
+    whole = Path(bitmaps.get_library_path()).read_bytes()
+    assert not elf_truncated(bitmaps.get_library_path())
+    cut = tmp_path / "libbitmaps_ort.so"
+    cut.write_bytes(whole[: keep if isinstance(keep, int) else int(len(whole) * keep)])
+    assert elf_truncated(str(cut))
+    monkeypatch.setenv("BITMAPS_ORT_LIBRARY", str(cut))
+    code = main(["ort-library"])
+    _one_line_exit_2(code, capsys.readouterr().err, "truncated shared library", "make setup")
+
+
 @pytest.mark.parametrize(
     ("env", "value", "words"),
     [

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -637,13 +638,15 @@ def test_show_refuses_measuring_options(capsys, tmp_path) -> None:
 
 
 def test_list_options_measure_each_item_once() -> None:
-    # stop 44's probe: --models binary,binary --batch 1,,1 measured the same row four times
+    # stop 44's probe: --models binary,binary --batch 1,1 measured the same row four times; an
+    # empty item (stop 47) is refused (test_lists_and_paths_are_read_strictly)
     from bitmaps.runtime.plan import parse_int_list, parse_names
 
-    assert parse_int_list("1,,1,8,1", "--batch") == (1, 8)
+    assert parse_int_list("1,1,8,1", "--batch") == (1, 8)
     assert parse_int_list("128, 64,128", "--seq") == (128, 64)
-    assert parse_names("binary,fp32,binary,") == ("binary", "fp32")
-    assert parse_names(" torch , torch") == ("torch",)
+    assert parse_names("binary,fp32,binary", "--models") == ("binary", "fp32")
+    assert parse_names(" torch , torch", "--backend") == ("torch",)
+    assert parse_names(None, "--models") == ()
 
 
 def test_show_refuses_what_is_no_json_file(capsys, tmp_path) -> None:
@@ -680,3 +683,43 @@ def test_a_model_onnx_runtime_refuses_is_one_error(tmp_path) -> None:
     with pytest.raises(BitmapsError, match="ONNX Runtime cannot load .*m.onnx.*delete it") as info:
         OrtRunner(str(path), "function", 1)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("meta", "needle"),
+    [
+        ({"format": "x"}, "meta.format is 'x'"),
+        ({"format": "bitmaps-profile", "version": 5}, "version 5, newer than this bitmaps reads"),
+        ({"format": "bitmaps-profile", "version": "1"}, "meta.version is '1'"),
+    ],
+)
+def test_show_refuses_a_file_of_another_format_or_version(capsys, tmp_path, meta, needle) -> None:
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"rows": [_valid_row()], "meta": meta}))
+    code, _, err = run(capsys, "--show", str(path))
+    assert_one_line_error(code, err, needle)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--models", ""], "--models has an empty item"),
+        (["--models", ","], "--models has an empty item"),
+        (["--batch", "1,,2"], "--batch has an empty item"),
+        (["--seq", "8,0_1"], "--seq must be integers"),
+        (["--backend", "tensorrt,all"], "all already names every backend"),
+        (["--data", ""], "--data: an empty path"),
+        (["--workdir", "/proc"], "cannot use --workdir /proc"),
+    ],
+)
+def test_lists_and_paths_are_read_strictly(capsys, tmp_path, args, needle) -> None:
+    """Stop 47's probe: an empty list item was dropped (`--models ""` ran the default models),
+    `tensorrt,all` skipped tensorrt, `--data ""` read the current folder, and a work folder that
+    takes no files (/proc) failed inside the measuring worker with two tracebacks."""
+    if args[0] == "--workdir" and not os.path.isdir("/proc/self"):
+        pytest.skip("needs /proc (a folder the access check passes that takes no files)")
+    base = ["--shape", "bert-base"] if args[0] != "--data" else []
+    code, _, err = run(capsys, *base, "--batch", "1", "--seq", "8", *args,
+                       "--json", str(tmp_path / "p.json"))  # fmt: skip
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "p.json").exists()

@@ -202,6 +202,7 @@ def _positive(name: str, value: float) -> None:
 # arrays a bounded size), so an absurd value is one ConfigError instead of an overflow inside them.
 SEED_MAX = 2**32 - 1
 BATCH_MAX = 65536
+SEQ_MAX = 65536  # positions: far beyond any BERT's max_position_embeddings
 THREADS_MAX = 4096
 COUNT_MAX = 10**9  # steps, calls, sequences, intervals
 # Bounds of the float settings whose absurd values overflow float32 in the first steps (a NaN
@@ -538,7 +539,10 @@ def parse_batch_seq(text: str) -> tuple[int, int]:
     parts = str(text).lower().split("x")
     if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         raise ConfigError(f"shape must be BATCHxSEQ of positive integers, e.g. 8x128; got {text!r}")
-    return int(parts[0]), int(parts[1])
+    batch, seq = int(parts[0]), int(parts[1])
+    if batch > BATCH_MAX or seq > SEQ_MAX:  # TensorRT takes 32-bit dimensions
+        raise ConfigError(f"shape {text!r}: batch must be <= {BATCH_MAX} and sequence <= {SEQ_MAX}")
+    return batch, seq
 
 
 @dataclasses.dataclass

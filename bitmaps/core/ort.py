@@ -26,6 +26,7 @@ commands (train, eval, --help) never touch.
 from __future__ import annotations
 
 import functools
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +77,48 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[-1].strip() if text else type(exc).__name__
 
 
+def elf_truncated(path: str) -> bool:
+    """Whether ``path`` is an ELF file cut short: a loadable segment or the header tables reach
+    past its end. dlopen maps such a file and the process dies of SIGBUS on first touch (a
+    truncated copy of libbitmaps_ort.so killed `bitmaps ort-library`, exit 135, no message)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False  # the loader's own error says it
+    if data[:4] != b"\x7fELF" or len(data) < 64:
+        return data[:4] == b"\x7fELF"
+    wide, order = data[4] == 2, "<" if data[5] == 1 else ">"
+    if wide:
+        phoff, shoff = struct.unpack_from(order + "QQ", data, 32)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", data, 54)
+    else:
+        phoff, shoff = struct.unpack_from(order + "II", data, 28)
+        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", data, 42)
+    if phoff + phnum * phentsize > len(data) or shoff + shnum * shentsize > len(data):
+        return True
+    for i in range(phnum):
+        at = phoff + i * phentsize
+        if wide:
+            kind, _flags, offset, _vaddr, _paddr, filesz = struct.unpack_from(
+                order + "IIQQQQ", data, at
+            )
+        else:
+            kind, offset, _vaddr, _paddr, filesz = struct.unpack_from(order + "IIIII", data, at)
+        if kind == 1 and offset + filesz > len(data):  # PT_LOAD
+            return True
+    return False
+
+
 @functools.cache
 def _library_problem(path: str) -> str | None:
     import onnxruntime as ort  # optional, heavy
 
+    if elf_truncated(path):
+        return (
+            f"{path} is a truncated shared library (its ELF segments reach past its end): "
+            "rebuild it (make setup)"
+        )
     try:
         session_options().register_custom_ops_library(path)
     except Exception as exc:  # noqa: BLE001 - every failure to load is reported the same way

@@ -105,6 +105,8 @@ def scaled_error(
     b = torch_value.detach().double()
     if a.shape != b.shape:
         return float("inf")
+    if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+        return float("inf")  # NaN would pass every "error <= tolerance" test
     diff = (a - b).abs()
     if allowance is not None:
         diff = (diff - allowance.double()).clamp_min(0.0)

@@ -42,17 +42,32 @@ class ProfileJob:
     plot_path: Path | None = None
 
 
+def _items(text: str, name: str) -> list[str]:
+    """The comma-separated items of an option's value; an empty one (``"1,,2"``, ``""``, ``","``)
+    is a mistake, not an item to drop (the whole option would otherwise fall back to its
+    default)."""
+    items = [p.strip() for p in str(text).split(",")]
+    if "" in items:
+        raise BitmapsError(
+            f"{name} has an empty item in {text!r}: give names or numbers separated by commas"
+        )
+    return items
+
+
 def parse_int_list(text: str, name: str) -> tuple[int, ...]:
     """``"1,8"`` → ``(1, 8)``; anything else is a one-line error naming the option."""
     try:
-        values = tuple(int(p) for p in str(text).split(",") if p.strip())
+        values = tuple(int(p) for p in _items(text, name) if "_" not in p)
     except ValueError:
-        raise BitmapsError(f"{name} must be integers separated by commas, got {text!r}") from None
+        values = ()
+    if len(values) != len(_items(text, name)):
+        raise BitmapsError(f"{name} must be integers separated by commas, got {text!r}")
     return tuple(dict.fromkeys(values))  # each once, in the order given (as --backend)
 
 
-def parse_names(text: str | None) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(p.strip() for p in (text or "").split(",") if p.strip()))
+def parse_names(text: str | None, name: str) -> tuple[str, ...]:
+    """``"onnxruntime,torch"`` → the names, each once; None (the option not given) → ()."""
+    return () if text is None else tuple(dict.fromkeys(_items(text, name)))
 
 
 def default_threads() -> int:
@@ -92,6 +107,11 @@ def plan(job: ProfileJob) -> tuple[list[Target], list[dict[str, str]]]:
     named_models = bool(cfg.models)
     models = cfg.models or ProfileConfig.MODELS
     check_sources(job, models)
+    if "all" in cfg.backends and len(cfg.backends) > 1:  # "tensorrt,all" skipped tensorrt quietly
+        raise BitmapsError(
+            f"--backend {','.join(cfg.backends)}: all already names every backend; give all "
+            "alone, or a list without it"
+        )
     wanted = ProfileConfig.BACKENDS if "all" in cfg.backends else tuple(dict.fromkeys(cfg.backends))
     explicit = "all" not in cfg.backends
     if cfg.device == "cuda" and not B.torch.cuda.is_available():

@@ -405,8 +405,10 @@ def _validate(job: ProfileJob) -> tuple[list[Target], list[dict], list[str], Any
     workdir = Path(job.workdir) if job.workdir else cache_root() / "profile"
     try:
         workdir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=workdir):  # a folder that takes no files (/proc)
+            pass
     except OSError as exc:
-        raise BitmapsError(f"cannot use --workdir {workdir}: {exc}") from None
+        raise BitmapsError(f"cannot use --workdir {workdir}: {exc.strerror or exc}") from None
     return targets, skipped, models, hf_config, workdir
 
 

@@ -82,6 +82,20 @@ def load(path: str | Path) -> ProfileResult:
         raise BitmapsError(f"{path} holds no profile rows (written by `bitmaps profile --json`?)")
     if not isinstance(meta, dict):
         raise BitmapsError(f"{path}: its meta is not a JSON object")
+    # a file without them (a bare list of rows) is read as rows; one that names them must be ours
+    if meta.get("format", "bitmaps-profile") != "bitmaps-profile":
+        raise BitmapsError(
+            f"{path}: its meta.format is {meta['format']!r}, not 'bitmaps-profile' (written by "
+            "`bitmaps profile --json`?)"
+        )
+    version = meta.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise BitmapsError(f"{path}: its meta.version is {version!r}, which no bitmaps writes")
+    if version > 1:
+        raise BitmapsError(
+            f"{path} has profile format version {version}, newer than this bitmaps reads (1); "
+            "upgrade bitmaps"
+        )
     for i, row in enumerate(rows):
         missing = [k for k in ROW_KEYS if not isinstance(row, dict) or k not in row]
         if missing:

@@ -79,7 +79,15 @@ def plugin_search_paths(explicit: str | os.PathLike | None = None) -> list[Path]
 
 
 def find_plugin_library(explicit: str | os.PathLike | None = None) -> Path:
-    """The first existing plugin library, or a BitmapsError naming every place looked at."""
+    """The first existing plugin library, or a BitmapsError naming every place looked at. A
+    library the environment names must be there: it is not passed over for a default one (an
+    ``explicit`` path is the only place looked at anyway)."""
+    named = os.environ.get(PLUGIN_ENV)
+    if not explicit and named and not Path(named).is_file():
+        raise BitmapsError(
+            f"{PLUGIN_ENV}={named}: no such plugin library file; give the path of "
+            f"{PLUGIN_LIBRARY} (built by `make plugin`), or unset it"
+        )
     paths = plugin_search_paths(explicit)
     for path in paths:
         if path.is_file():
@@ -153,6 +161,7 @@ def _check_without_tensorrt(
     attributes, an explicit plugin file, the timing cache's folder."""
     if not model.graph.node:
         raise BitmapsError(f"{model_path} has an empty graph: not an exported model")
+    weights = {init.name: list(init.dims) for init in model.graph.initializer}
     for node in model.graph.node:
         if node.domain != PLUGIN_NAMESPACE or node.op_type != PLUGIN_NAME:
             continue
@@ -169,6 +178,14 @@ def _check_without_tensorrt(
         if len(node.input) < 2 or not node.input[1]:
             raise BitmapsError(
                 f"{model_path}: BinaryLinear node {node.name!r} has no packed weight input"
+            )
+        packed = weights.get(node.input[1])  # DESIGN.md: [out_features, ceil(in_features / 32)]
+        k, n = attrs["in_features"].i, attrs["out_features"].i
+        if packed is not None and packed != [n, (k + 31) // 32]:
+            raise BitmapsError(
+                f"{model_path}: BinaryLinear node {node.name!r}: its packed weight is {packed}, "
+                f"in_features {k} and out_features {n} need [{n}, {(k + 31) // 32}]; re-export it "
+                "with `bitmaps export --target tensorrt`"
             )
     positions = model_metadata(model).get("max_sequence", "")
     longest = parse_batch_seq(cfg.max_shape)[1]
@@ -189,6 +206,7 @@ def _check_without_tensorrt(
                 f"--timing-cache {cache}: give a file in an existing folder (it is read if it "
                 "exists, then written)"
             )
+        check_writable(cache)  # written after the engine: a failure then would leave half a result
 
 
 def _model_facts(model: onnx.ModelProto) -> tuple[bool, int]:

@@ -151,6 +151,9 @@ def quiet_transformers() -> None:
 
 
 def check_supported(config: Any, source: str) -> None:
+    eps = getattr(config, "layer_norm_eps", 1e-12)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:
+        raise BitmapsError(f"{source}: layer_norm_eps must be a number in (0, 1), got {eps!r}")
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         arch = ", ".join(getattr(config, "architectures", None) or []) or "unknown architecture"
@@ -257,6 +260,9 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
             f"{type(exc).__name__}: {one_line(exc)}"
         ) from None
     _check_folder_weights(folder, info, model_cls)
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise BitmapsError(f"{folder}: weight {name} holds NaN or infinite values")
     files = read_tokenizer_files(folder)
     tokenizer = tokenizer_from_folder(folder, f"the tokenizer in {folder}")
     record = tokenizer_record(folder.name, files)
