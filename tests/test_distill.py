@@ -206,7 +206,7 @@ def test_compatibility_checks() -> None:
     "kwargs, message",
     [
         ({"lambda_hidden": -1.0}, "lambda_hidden must be >= 0, got -1.0"),
-        ({"temperature": 0.0}, "temperature must be > 0, got 0.0"),
+        ({"temperature": 0.0}, r"temperature must be in \[0.01, 1000\], got 0.0"),
         ({"attention_target": "values"}, "attention_target must be one of scores, probs"),
         ({"layer_mapping": "random"}, "layer_mapping must be one of uniform, top, bottom"),
         (
