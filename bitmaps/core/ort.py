@@ -26,6 +26,7 @@ commands (train, eval, --help) never touch.
 from __future__ import annotations
 
 import functools
+import os
 import struct
 from pathlib import Path
 from typing import Any
@@ -79,34 +80,39 @@ def _first_line(exc: BaseException) -> str:
 
 def elf_truncated(path: str) -> bool:
     """Whether ``path`` is an ELF file cut short: a loadable segment or the header tables reach
-    past its end. dlopen maps such a file and the process dies of SIGBUS on first touch (a
-    truncated copy of libbitmaps_ort.so killed `bitmaps ort-library`, exit 135, no message)."""
+    past its end (or the headers are malformed). dlopen maps such a file and the process dies of
+    SIGBUS on first touch (a truncated copy of libbitmaps_ort.so killed `bitmaps ort-library`,
+    exit 135, no message). Reads the headers only."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(64)
+            if head[:4] != b"\x7fELF":
+                return False  # not ELF: the loader's own error says what it is
+            wide, order = head[4:5] == b"\x02", "<" if head[5:6] == b"\x01" else ">"
+            if wide:
+                phoff, shoff = struct.unpack_from(order + "QQ", head, 32)
+                phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 54)
+                entry = order + "IIQQQQ"  # type, flags, offset, vaddr, paddr, filesz
+            else:
+                phoff, shoff = struct.unpack_from(order + "II", head, 28)
+                phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", head, 42)
+                entry = order + "IIIII"  # type, offset, vaddr, paddr, filesz
+            if phoff + phnum * phentsize > size or shoff + shnum * shentsize > size:
+                return True
+            if phentsize < struct.calcsize(entry):
+                return phnum > 0
+            f.seek(phoff)
+            table = f.read(phnum * phentsize)
+            for i in range(phnum):
+                fields = struct.unpack_from(entry, table, i * phentsize)
+                kind, offset, filesz = fields[0], fields[2 if wide else 1], fields[-1]
+                if kind == 1 and offset + filesz > size:  # PT_LOAD
+                    return True
     except OSError:
-        return False  # the loader's own error says it
-    if data[:4] != b"\x7fELF" or len(data) < 64:
-        return data[:4] == b"\x7fELF"
-    wide, order = data[4] == 2, "<" if data[5] == 1 else ">"
-    if wide:
-        phoff, shoff = struct.unpack_from(order + "QQ", data, 32)
-        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", data, 54)
-    else:
-        phoff, shoff = struct.unpack_from(order + "II", data, 28)
-        phentsize, phnum, shentsize, shnum = struct.unpack_from(order + "HHHH", data, 42)
-    if phoff + phnum * phentsize > len(data) or shoff + shnum * shentsize > len(data):
+        return False  # unreadable: the loader's own error says it
+    except struct.error:  # headers shorter than their fields: cut inside the ELF header
         return True
-    for i in range(phnum):
-        at = phoff + i * phentsize
-        if wide:
-            kind, _flags, offset, _vaddr, _paddr, filesz = struct.unpack_from(
-                order + "IIQQQQ", data, at
-            )
-        else:
-            kind, offset, _vaddr, _paddr, filesz = struct.unpack_from(order + "IIIII", data, at)
-        if kind == 1 and offset + filesz > len(data):  # PT_LOAD
-            return True
     return False
 
 
