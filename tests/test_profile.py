@@ -572,6 +572,7 @@ def _valid_row(**changes) -> dict:
         ({"seq": 0}, "seq 0"),
         ({"peak_mem_mb": "big"}, "peak_mem_mb 'big'"),
         ({"accuracy": -0.5}, "accuracy -0.5"),
+        ({"latency_ms_p90": 0.5}, "latency percentiles out of order"),
     ],
 )
 def test_show_rows_of_wrong_types(capsys, tmp_path, changes, needle) -> None:

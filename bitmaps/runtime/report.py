@@ -122,6 +122,8 @@ def _row_problem(row: dict[str, Any]) -> str | None:
     for key in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "throughput_seq_s"):
         if not _number(row[key]) or not math.isfinite(row[key]) or row[key] <= 0:
             return f"has {key} {row[key]!r}, not a positive number"
+    if not row["latency_ms_p50"] <= row["latency_ms_p90"] <= row["latency_ms_p99"]:
+        return "has latency percentiles out of order (p50 <= p90 <= p99 fails)"
     for key in ("weights_mb", "file_mb", "peak_mem_mb", *ACCURACY_KEYS):
         value = row.get(key)
         if value is not None and not (_number(value) and (math.isnan(value) or value >= 0)):
