@@ -164,9 +164,16 @@ def _field_problem(ckpt: dict[str, Any]) -> str | None:
     for name, tensor in state.items():
         if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
             return f"its state_dict entry {name!r} is not a named tensor"
+    bad = non_finite_weight(state)
+    if bad is not None:
+        return f"{bad} (did the training diverge? an earlier checkpoint may be sound)"
+    return None
+
+
+def non_finite_weight(state: dict[str, torch.Tensor]) -> str | None:
+    """ "weight NAME holds NaN or infinite values" for the first such float tensor, else None (a
+    checkpoint's weights and a model folder's are checked alike)."""
+    for name, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return (
-                f"weight {name} holds NaN or infinite values (did the training diverge? an "
-                "earlier checkpoint may be sound)"
-            )
+            return f"weight {name} holds NaN or infinite values"
     return None

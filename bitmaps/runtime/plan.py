@@ -56,11 +56,12 @@ def _items(text: str, name: str) -> list[str]:
 
 def parse_int_list(text: str, name: str) -> tuple[int, ...]:
     """``"1,8"`` → ``(1, 8)``; anything else is a one-line error naming the option."""
+    items = _items(text, name)
     try:
-        values = tuple(int(p) for p in _items(text, name) if "_" not in p)
+        values = tuple(int(p) for p in items if "_" not in p)  # int() reads 0_1 as 1
     except ValueError:
         values = ()
-    if len(values) != len(_items(text, name)):
+    if len(values) != len(items):
         raise BitmapsError(f"{name} must be integers separated by commas, got {text!r}")
     return tuple(dict.fromkeys(values))  # each once, in the order given (as --backend)
 

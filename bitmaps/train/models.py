@@ -32,7 +32,7 @@ from transformers import (
 )
 
 from bitmaps.core import jsontext
-from bitmaps.core.checkpoint import load_checkpoint, tokenizer_record
+from bitmaps.core.checkpoint import load_checkpoint, non_finite_weight, tokenizer_record
 from bitmaps.core.config import BinarizeConfig, DataConfig
 from bitmaps.core.errors import BitmapsError, ConfigError, one_line
 from bitmaps.data.assets import ASSET_MODELS, resolve_model
@@ -260,9 +260,9 @@ def _load_hf_folder(folder: Path) -> LoadedModel:
             f"{type(exc).__name__}: {one_line(exc)}"
         ) from None
     _check_folder_weights(folder, info, model_cls)
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise BitmapsError(f"{folder}: weight {name} holds NaN or infinite values")
+    bad = non_finite_weight(model.state_dict())
+    if bad is not None:
+        raise BitmapsError(f"{folder}: {bad}")
     files = read_tokenizer_files(folder)
     tokenizer = tokenizer_from_folder(folder, f"the tokenizer in {folder}")
     record = tokenizer_record(folder.name, files)
