@@ -116,6 +116,17 @@ def _items(tp: Any) -> list[Any] | None:
     return list(typing.get_args(tp))
 
 
+def number_text(text: str, tp: type = int) -> int | float | None:
+    """``text`` typed by a user as an ``int`` or ``float`` (``tp``), or None where it is not one.
+    Python's own readers take ``0_1`` as 1: an underscore is refused, not read."""
+    if "_" in text:
+        return None
+    try:
+        return tp(text)
+    except ValueError:
+        return None
+
+
 def _from_text(tp: Any, text: str) -> Any:
     """Text (from the command line) → the JSON-like value :func:`_typed` checks."""
     tp, nullable = _optional(tp)
@@ -124,18 +135,9 @@ def _from_text(tp: Any, text: str) -> Any:
     if tp is bool:
         words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
         return words.get(text.lower(), text)
-    if "_" in text and tp in (int, float):  # Python reads 0_1 as 1: not a number a user means
-        return text
-    if tp is int:
-        try:
-            return int(text)
-        except ValueError:
-            return text
-    if tp is float:
-        try:
-            return float(text)
-        except ValueError:
-            return text
+    if tp in (int, float):
+        number = number_text(text, tp)
+        return text if number is None else number
     items = _items(tp)
     if items is not None:
         if text.startswith("["):

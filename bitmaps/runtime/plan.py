@@ -19,7 +19,7 @@ from typing import Any
 from transformers import BertConfig
 
 from bitmaps.core.atomic import check_writable
-from bitmaps.core.config import ProfileConfig
+from bitmaps.core.config import ProfileConfig, number_text
 from bitmaps.core.errors import BitmapsError
 from bitmaps.runtime import backends as B
 from bitmaps.train.models import load_model
@@ -56,12 +56,8 @@ def _items(text: str, name: str) -> list[str]:
 
 def parse_int_list(text: str, name: str) -> tuple[int, ...]:
     """``"1,8"`` → ``(1, 8)``; anything else is a one-line error naming the option."""
-    items = _items(text, name)
-    try:
-        values = tuple(int(p) for p in items if "_" not in p)  # int() reads 0_1 as 1
-    except ValueError:
-        values = ()
-    if len(values) != len(items):
+    values = [number_text(p) for p in _items(text, name)]
+    if None in values:
         raise BitmapsError(f"{name} must be integers separated by commas, got {text!r}")
     return tuple(dict.fromkeys(values))  # each once, in the order given (as --backend)
 

@@ -336,6 +336,9 @@ def _mlm_data(
     return TaskData(f"{corpus.key}", corpus.stats.to_dict(), stream, evaluate, describe)
 
 
+_DIVERGED_ADVICE = "lower --lr, or check the data and the distillation settings"
+
+
 def _checked_job(job: TrainJob) -> TrainJob:
     """``job`` with a student's unset binarize / distill settings at their defaults. Settings that
     contradict each other, or that this job would silently ignore, are refused (the CLI refuses
@@ -501,7 +504,7 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
         if not all(bool(torch.isfinite(p).all()) for p in wrapped.parameters()):
             raise BitmapsError(
                 f"training diverged by step {at_step} (the weights hold NaN or infinite values); "
-                "lower --lr, or check the data and the distillation settings"
+                f"{_DIVERGED_ADVICE}"
             )
 
     def save(at_step: int, complete: bool, metrics: dict[str, float] | None) -> None:
@@ -567,8 +570,8 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
                 loss, parts = objective(train_module, batch)
             if not torch.isfinite(loss):
                 raise BitmapsError(
-                    f"training diverged at step {step} (loss {float(loss.detach())}); lower --lr, "
-                    "or check the data and the distillation settings"
+                    f"training diverged at step {step} (loss {float(loss.detach())}); "
+                    f"{_DIVERGED_ADVICE}"
                 )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
