@@ -8,6 +8,9 @@ elastic quantizer: β ≠ 0) for the tensorrt target. The FP16 onnxruntime expor
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -26,7 +29,7 @@ from bitmaps.export.onnx_function import binary_linear_function, binary_linear_n
 from bitmaps.export.pipeline import export_verified
 from bitmaps.export.targets import TENSORRT_OPS, ops_outside_tensorrt
 from bitmaps.export.verify import Batch, verify_onnx
-from bitmaps.runtime.onnxruntime import single_node_model
+from bitmaps.runtime.onnxruntime import single_node_model, skip_layer_norm_model
 from bitmaps.train.binary_linear import binarize_
 
 MS = "com.microsoft"
@@ -382,3 +385,23 @@ def test_verification_checks_each_third_of_a_stacked_qkv_node(onnxruntime_export
                          ("function",))  # fmt: skip
     assert not report.ok
     assert f"the output of {stacked.name.split('+')[1]} " in report.failure()
+
+
+def test_skip_layer_norm_function_refuses_a_node_without_beta(tmp_path):
+    # The function passed a missing beta on to LayerNormalization, and ONNX Runtime 1.32 died of
+    # SIGSEGV creating the session; it now reads beta through an Identity, which ONNX Runtime
+    # refuses at session creation. In a child process: a crash must fail this test, not end it.
+    path = tmp_path / "no_beta.onnx"
+    onnx.save(skip_layer_norm_model(8, beta=False), str(path))
+    code = (
+        "import sys, onnxruntime as ort\n"
+        "try:\n"
+        f"    ort.InferenceSession({str(path)!r}, providers=['CPUExecutionProvider'])\n"
+        "except Exception as e:\n"
+        "    print('refused:', e)\n"
+        "    sys.exit(0)\n"
+        "sys.exit(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-500:])
+    assert "Node (norm)" in proc.stdout and "SkipLayerNormalization" in proc.stdout

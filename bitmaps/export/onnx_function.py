@@ -473,10 +473,16 @@ def skip_layer_norm_function(opset: int) -> onnx.FunctionProto:
     binary float32 models): ``LayerNormalization(input + skip, gamma, beta)`` over the last axis
     with the node's ``epsilon``. libbitmaps_ort.so runs the node on its own kernel instead
     (csrc/kernels/cpu_layer_norm.h), where ``beta`` is optional; the function needs it (BERT's
-    LayerNorms have one)."""
+    LayerNorms have one). It reads ``beta`` through an Identity, so that ONNX Runtime refuses a
+    node without it when the session is created (naming the node: an Identity input "expected to
+    have type but instead is null"); passed on to LayerNormalization as it is, a missing ``beta``
+    crashed ONNX Runtime 1.32 (SIGSEGV)."""
     if opset < MIN_OPSET:
         raise ValueError(f"the SkipLayerNormalization function needs opset >= {MIN_OPSET}")
-    norm = helper.make_node("LayerNormalization", ["sum", "gamma", "beta"], ["output"], axis=-1)
+    beta = helper.make_node("Identity", ["beta"], ["beta_required"])
+    norm = helper.make_node(
+        "LayerNormalization", ["sum", "gamma", "beta_required"], ["output"], axis=-1
+    )
     norm.attribute.append(
         onnx.AttributeProto(name="epsilon", ref_attr_name="epsilon", type=onnx.AttributeProto.FLOAT)
     )
@@ -485,7 +491,7 @@ def skip_layer_norm_function(opset: int) -> onnx.FunctionProto:
         SKIP_LAYER_NORM_OP_TYPE,
         list(SKIP_LAYER_NORM_INPUTS),
         ["output"],
-        [helper.make_node("Add", ["input", "skip"], ["sum"]), norm],
+        [helper.make_node("Add", ["input", "skip"], ["sum"]), beta, norm],
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=["epsilon"],
         doc_string="bitmaps::SkipLayerNormalization from standard ops (Add + LayerNormalization).",

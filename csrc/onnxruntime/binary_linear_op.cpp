@@ -84,8 +84,11 @@ OrtStatus* string_attribute(const Linear& kern, const OrtKernelInfo* info, const
                             const char* expected) {
   size_t size = 0;
   if (OrtStatus* status = g_api->KernelInfoGetAttribute_string(info, name, nullptr, &size)) {
-    g_api->ReleaseStatus(status);  // absent: optional (TensorRT reads it; this op needs nothing)
-    return nullptr;
+    g_api->ReleaseStatus(status);
+    const std::string found = attribute_type_found(info, name);
+    // absent: optional (TensorRT reads it; this op needs nothing)
+    if (found.empty()) return nullptr;
+    return kern.invalid(std::string("attribute ") + name + " must be a string, got " + found);
   }
   std::string value(size, '\0');
   BITMAPS_ORT_RETURN_IF_ERROR(g_api->KernelInfoGetAttribute_string(info, name, value.data(), &size));

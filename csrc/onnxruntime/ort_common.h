@@ -120,17 +120,64 @@ inline OrtStatus* node_name(const OrtKernelInfo* info, const char* op, std::stri
   return nullptr;
 }
 
-// An attribute of the node called `node`: *out keeps its default when an optional one is absent.
+// True where `status` is a success; a failure is released.
+inline bool succeeded(OrtStatus* status) {
+  if (status == nullptr) return true;
+  g_api->ReleaseStatus(status);
+  return false;
+}
+
+// What an attribute that a typed read did not find is: "" where the node has none of that name,
+// else its type as the node has it ("an int", "a float", "a string", "a list of ints", "a list of
+// floats", "a tensor"). The C API reads one type at a time and fails alike for a missing
+// attribute and for one of another type, so each other type is tried in turn.
+inline std::string attribute_type_found(const OrtKernelInfo* info, const char* name) {
+  int64_t i = 0;
+  float f = 0.0f;
+  size_t size = 0;
+  if (succeeded(g_api->KernelInfoGetAttribute_int64(info, name, &i))) return "an int";
+  if (succeeded(g_api->KernelInfoGetAttribute_float(info, name, &f))) return "a float";
+  if (succeeded(g_api->KernelInfoGetAttribute_string(info, name, nullptr, &size))) return "a string";
+  // ONNX Runtime 1.32 answers a list's size without checking its type (a list of floats has 0
+  // ints), so a list is named by the read that finds elements.
+  bool a_list = false;
+  size = 0;
+  if (succeeded(g_api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) {
+    if (size > 0) return "a list of ints";
+    a_list = true;
+  }
+  size = 0;
+  if (succeeded(g_api->KernelInfoGetAttributeArray_float(info, name, nullptr, &size))) {
+    if (size > 0) return "a list of floats";
+    a_list = true;
+  }
+  OrtAllocator* allocator = nullptr;
+  OrtValue* tensor = nullptr;
+  if (succeeded(g_api->GetAllocatorWithDefaultOptions(&allocator)) &&
+      succeeded(g_api->KernelInfoGetAttribute_tensor(info, name, allocator, &tensor))) {
+    g_api->ReleaseValue(tensor);
+    return "a tensor";
+  }
+  return a_list ? "an empty list or another type" : "";
+}
+
+// An attribute of the node called `node` of the type `get` reads (`type`: "an int", "a float"):
+// *out keeps its default when an optional one is absent; one of another type is an error (a
+// default in its place would run the node as it was not written).
 template <class T, class Get>
 OrtStatus* attribute(const std::string& node, const OrtKernelInfo* info, const char* name,
-                     bool required, T* out, Get get) {
+                     const char* type, bool required, T* out, Get get) {
   T value{};
   if (OrtStatus* status = get(info, name, &value)) {
-    const std::string message = g_api->GetErrorMessage(status);
     g_api->ReleaseStatus(status);
+    const std::string found = attribute_type_found(info, name);
+    if (!found.empty()) {
+      return error(ORT_INVALID_ARGUMENT, node + ": attribute " + name + " must be " + type +
+                                             ", got " + found);
+    }
     if (!required) return nullptr;
     return error(ORT_INVALID_ARGUMENT,
-                 node + ": attribute " + name + " is required (" + message + ")");
+                 node + ": attribute " + name + " (" + type + ") is required");
   }
   *out = value;
   return nullptr;
@@ -138,7 +185,7 @@ OrtStatus* attribute(const std::string& node, const OrtKernelInfo* info, const c
 
 inline OrtStatus* int_attribute(const std::string& node, const OrtKernelInfo* info,
                                 const char* name, bool required, int64_t* out) {
-  return attribute(node, info, name, required, out,
+  return attribute(node, info, name, "an int", required, out,
                    [](const OrtKernelInfo* i, const char* n, int64_t* v) {
                      return g_api->KernelInfoGetAttribute_int64(i, n, v);
                    });
@@ -146,7 +193,7 @@ inline OrtStatus* int_attribute(const std::string& node, const OrtKernelInfo* in
 
 inline OrtStatus* float_attribute(const std::string& node, const OrtKernelInfo* info,
                                   const char* name, bool required, float* out) {
-  return attribute(node, info, name, required, out,
+  return attribute(node, info, name, "a float", required, out,
                    [](const OrtKernelInfo* i, const char* n, float* v) {
                      return g_api->KernelInfoGetAttribute_float(i, n, v);
                    });
