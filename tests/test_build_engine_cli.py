@@ -144,6 +144,15 @@ def _binary_node_onnx(tmp_path: Path, **attrs: object) -> Path:
         # the helper's packed weight is [4, 1]: 4 rows of one 32-bit word
         ({"in_features": 33, "out_features": 4}, "its packed weight is [4, 1], in_features 33"),
         ({"in_features": 4, "out_features": 8}, "need [8, 1]"),
+        # stop 48's probe: the other attributes reached "TensorRT is not installed" too
+        ({"in_features": 4, "out_features": 4, "act_scale": float("nan")}, "act_scale nan"),
+        ({"in_features": 4, "out_features": 4, "act_scale": -1.0}, "must be a finite float >= 0"),
+        ({"in_features": 4, "out_features": 4, "act_scale": "x"}, "act_scale of type STRING"),
+        ({"in_features": 4, "out_features": 4, "act_threshold": float("inf")}, "act_threshold inf"),
+        ({"in_features": 4, "out_features": 4, "act_unsigned": 2}, "act_unsigned 2"),
+        ({"in_features": 4, "out_features": 4, "activation": 1}, "the plugin has no GELU"),
+        ({"in_features": 4, "out_features": 4, "plugin_version": "2"}, "plugin_version '2'"),
+        ({"in_features": 4, "out_features": 4, "plugin_namespace": "x"}, 'must be "bitmaps"'),
     ],
 )
 def test_bad_binary_nodes_are_found_without_tensorrt(tmp_path, capsys, attrs, needle):
@@ -208,6 +217,16 @@ def test_max_shape_beyond_the_position_table_is_refused_before_tensorrt(tmp_path
     assert rc == 2 and err.count("\n") == 0, err
     assert "at most 64 tokens" in err and "--max-shape Bx64" in err
     assert not out.exists()
+    # a max_sequence of digits int() does not read ("²" is a digit to str.isdigit) is no table
+    props["bitmaps.max_sequence"] = "\u00b2"
+    helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+    rc, err = _run(capsys, str(path), "-o", str(out), "--opt-shape", "8x64", "--max-shape", "8x65")
+    assert rc == 2 and err.count("\n") == 0 and "Traceback" not in err, err
+    assert "position table" not in err
+    props["bitmaps.max_sequence"] = "64"
+    helper.set_model_props(model, props)
+    onnx.save(model, str(path))
     # at the table's length the check passes (what follows needs TensorRT, or its plugin)
     rc, err = _run(capsys, str(path), "-o", str(out), "--opt-shape", "8x64", "--max-shape", "8x64")
     assert "position table" not in err

@@ -26,6 +26,7 @@ shape) is a :class:`~bitmaps.core.errors.BitmapsError` with one line saying what
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -153,6 +154,45 @@ def check_tensorrt_target(model: onnx.ModelProto, model_path: Path) -> None:
         )
 
 
+# The BinaryLinear attributes the plugin reads besides in_features / out_features (DESIGN.md's op):
+# name -> (ONNX attribute type, the check of its value, what it must be); each is optional
+_PLUGIN_ATTRIBUTES = {
+    "act_threshold": (onnx.AttributeProto.FLOAT, math.isfinite, "a finite float"),
+    "act_scale": (
+        onnx.AttributeProto.FLOAT, lambda v: math.isfinite(v) and v >= 0,
+        "a finite float >= 0 (0: the per-row mean)",
+    ),
+    "act_unsigned": (onnx.AttributeProto.INT, lambda v: v in (0, 1), "0 or 1"),
+    "activation": (onnx.AttributeProto.INT, lambda v: v == 0, "0 (the plugin has no GELU)"),
+    "plugin_version": (onnx.AttributeProto.STRING, lambda v: v == b"1", '"1"'),
+    "plugin_namespace": (
+        onnx.AttributeProto.STRING, lambda v: v == PLUGIN_NAMESPACE.encode(),
+        f'"{PLUGIN_NAMESPACE}"',
+    ),
+}  # fmt: skip
+
+
+def _check_plugin_attributes(
+    model_path: Path, node: str, attrs: dict[str, onnx.AttributeProto]
+) -> None:
+    """A BinaryLinear node's attributes other than its sizes: types and values the plugin takes
+    (a wrong one would fail inside TensorRT's parser, or build an engine that computes another
+    layer), named in one line."""
+    for name, (kind, valid, wanted) in _PLUGIN_ATTRIBUTES.items():
+        attr = attrs.get(name)
+        if attr is None:
+            continue
+        value = onnx.helper.get_attribute_value(attr) if attr.type == kind else None
+        if value is None or not valid(value):
+            shown = repr(value.decode(errors="replace") if isinstance(value, bytes) else value)
+            kind_name = onnx.AttributeProto.AttributeType.Name(attr.type)
+            got = shown if value is not None else f"of type {kind_name}"
+            raise BitmapsError(
+                f"{model_path}: BinaryLinear node {node!r} has {name} {got}; it must be {wanted}: "
+                "re-export it with `bitmaps export --target tensorrt`"
+            )
+
+
 def _check_without_tensorrt(
     model: onnx.ModelProto, model_path: Path, cfg: EngineBuildConfig
 ) -> None:
@@ -179,6 +219,7 @@ def _check_without_tensorrt(
             raise BitmapsError(
                 f"{model_path}: BinaryLinear node {node.name!r} has no packed weight input"
             )
+        _check_plugin_attributes(model_path, node.name, attrs)
         packed = weights.get(node.input[1])  # DESIGN.md: [out_features, ceil(in_features / 32)]
         k, n = attrs["in_features"].i, attrs["out_features"].i
         if packed is not None and packed != [n, (k + 31) // 32]:
@@ -189,7 +230,8 @@ def _check_without_tensorrt(
             )
     positions = model_metadata(model).get("max_sequence", "")
     longest = parse_batch_seq(cfg.max_shape)[1]
-    if positions.isdigit() and longest > int(positions):
+    # ASCII digits only: str.isdigit() is true of "²", which int() refuses
+    if positions.isascii() and positions.isdigit() and longest > int(positions):
         raise BitmapsError(
             f"--max-shape {cfg.max_shape}: {model_path} takes at most {positions} tokens a sequence "
             f"(its position table); give --max-shape Bx{positions} or less"
