@@ -178,10 +178,47 @@ def test_a_scalar_gamma_fails_the_run_not_reads_past_it():
     assert "gamma must have shape [hidden], got []" in str(info.value)
 
 
+def _array(name: str, value: np.ndarray) -> dict[str, onnx.TensorProto]:
+    return {name: numpy_helper.from_array(value, name)}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (_bad_scale(), "table_1 [2, 8] and scale_1 [2, 3] must be [rows, 8] and [rows, 2]"),
+        (_array("scale_0", np.ones((49, 2), np.float32)), "table_0 [50, 8] and scale_0 [49, 2]"),
+        (_array("table_2", np.ones((20, 4), np.uint8)), "table_2 [20, 4] and scale_2 [20, 2]"),
+        (_array("table_1", np.ones((0, 8), np.uint8)) | _array("scale_1", np.ones((0, 2),
+         np.float32)), "with rows >= 1"),
+        (_array("beta", np.ones(15, np.float32)), "beta must have gamma's shape [16], got [15]"),
+        (_array("gamma", np.ones(0, np.float32)) | _array("beta", np.ones(0, np.float32)),
+         "hidden size 0 (gamma's) must be even, > 0"),
+        (_array("gamma", np.ones(12, np.float32)) | _array("beta", np.ones(12, np.float32)),
+         "hidden size 12 (gamma's) must be even, > 0 and a multiple of block_size 8"),
+    ],
+    ids=["scale-cols", "scale-rows", "table-narrow", "no-rows", "beta", "hidden-0", "block"],
+)  # fmt: skip
+def test_sizes_known_before_run_time_fail_session_creation(overrides, message):
+    # stop 48's probe: these initializers' shapes were checked only by the first run
+    tables = _tables(np.random.default_rng(3), 16, 8)
+    with pytest.raises(Exception, match=NODE) as info:
+        kernel_session(embed_model(tables, 8, overrides=overrides))
+    assert message in str(info.value)
+
+
 def test_tables_that_do_not_fit_the_hidden_size_fail_the_run():
+    # a scale given at run time (a graph input, its shape symbolic): checked by the run
     rng = np.random.default_rng(3)
-    session = kernel_session(embed_model(_tables(rng, 16, 8), 8, overrides=_bad_scale()))
+    model = embed_model(_tables(rng, 16, 8), 8)
+    kept = [init for init in model.graph.initializer if init.name != "scale_1"]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    model.graph.input.append(
+        helper.make_tensor_value_info("scale_1", TensorProto.FLOAT, ["r", "c"])
+    )
+    session = kernel_session(model)
+    feed = _ids(rng, 1, 4) | {"scale_1": np.ones((2, 3), np.float32)}
     with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument) as info:
-        session.run(None, _ids(rng, 1, 4))
+        session.run(None, feed)
     assert NODE in str(info.value)
     assert "table_1 [2, 8] and scale_1 [2, 3] must be [rows, 8] and [rows, 2]" in str(info.value)

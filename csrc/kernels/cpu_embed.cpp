@@ -59,17 +59,37 @@ std::string check_embedding_ids(const EmbeddingLookup& l) {
   return "";
 }
 
+namespace {
+
+// dims as "[2, ?, 8]" (-1: not known yet).
+std::string text(const std::vector<int64_t>& dims) {
+  std::string out = "[";
+  for (size_t i = 0; i < dims.size(); ++i) {
+    out += (i ? ", " : "") + (dims[i] < 0 ? std::string("?") : std::to_string(dims[i]));
+  }
+  return out + "]";
+}
+
+}  // namespace
+
+std::string check_embedding_table(int64_t n, int64_t block, const std::vector<int64_t>& table,
+                                  const std::vector<int64_t>& scale, const std::string& table_name,
+                                  const std::string& scale_name) {
+  const auto is = [](int64_t dim, int64_t want) { return dim < 0 || dim == want; };
+  const bool fits = table.size() == 2 && scale.size() == 2 && is(table[1], n / 2) &&
+                    is(scale[1], n / block) && table[0] != 0 &&
+                    (table[0] < 0 || is(scale[0], table[0]));
+  if (fits) return "";
+  return table_name + " " + text(table) + " and " + scale_name + " " + text(scale) +
+         " must be [rows, " + std::to_string(n / 2) + "] and [rows, " + std::to_string(n / block) +
+         "] with rows >= 1 (hidden " + std::to_string(n) + ", block_size " +
+         std::to_string(block) + ")";
+}
+
 std::string fit_embedding_lookup(EmbedLayerNormArgs* args, int t, const std::vector<int64_t>& ids,
                                  const std::vector<int64_t>& table,
                                  const std::vector<int64_t>& scale, const std::string (&names)[3],
                                  const std::string& first_ids) {
-  const auto text = [](const std::vector<int64_t>& dims) {
-    std::string out = "[";
-    for (size_t i = 0; i < dims.size(); ++i) {
-      out += (i ? ", " : "") + (dims[i] < 0 ? std::string("?") : std::to_string(dims[i]));
-    }
-    return out + "]";
-  };
   const size_t rank = args->lead_dims.size();
   if (ids.size() != rank) {
     return names[0] + " must have " + first_ids + "'s rank " + std::to_string(rank) + ", got " +
@@ -83,14 +103,9 @@ std::string fit_embedding_lookup(EmbedLayerNormArgs* args, int t, const std::vec
     }
     args->lead_dims[k] = ids[k];
   }
-  const int64_t n = args->n, block = args->block;
-  if (table.size() != 2 || scale.size() != 2 || table[1] * 2 != n || scale[0] != table[0] ||
-      scale[1] * block != n) {
-    return names[1] + " " + text(table) + " and " + names[2] + " " + text(scale) +
-           " must be [rows, " + std::to_string(n / 2) + "] and [rows, " +
-           std::to_string(n / block) + "] (hidden " + std::to_string(n) + ", block_size " +
-           std::to_string(block) + ")";
-  }
+  const std::string bad = check_embedding_table(args->n, args->block, table, scale, names[1],
+                                                names[2]);
+  if (!bad.empty()) return bad;
   args->lookups[t].ids_dims = ids;
   args->lookups[t].rows = table[0];
   return "";

@@ -50,6 +50,13 @@ struct EmbedLayerNormArgs {
 // outside [-30522, 30522)"), or "" when every index is in range.
 std::string check_embedding_ids(const EmbeddingLookup& lookup);
 
+// A lookup's table [rows >= 1, n / 2] and scale [rows, n / block] for hidden size n and block
+// `block`: "" or what is wrong, the two called by `table_name` and `scale_name`. A dimension of -1
+// (not known before run time) fits.
+std::string check_embedding_table(int64_t n, int64_t block, const std::vector<int64_t>& table,
+                                  const std::vector<int64_t>& scale, const std::string& table_name,
+                                  const std::string& scale_name);
+
 // Lookup t of args (args->n and args->block set; lead_dims sized to the ids' rank, all 1, before
 // lookup 0): checks the shapes of its ids (args' rank, broadcasting with the lookups before it),
 // table [rows, n / 2] and scale [rows, n / block], widens args->lead_dims by its ids and sets its

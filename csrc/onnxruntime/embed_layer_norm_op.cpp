@@ -1,6 +1,6 @@
-// The bitmaps::EmbedLayerNormalization custom op of embed_layer_norm_op.h: attributes and static
-// input types and ranks checked once at session creation, every shape and index again at run
-// time.
+// The bitmaps::EmbedLayerNormalization custom op of embed_layer_norm_op.h: attributes, static
+// input types and ranks, and the sizes known before run time (initializers) checked once at
+// session creation; every shape and index again at run time.
 #include "onnxruntime/embed_layer_norm_op.h"
 
 #include <cmath>
@@ -60,6 +60,31 @@ struct Kernel {
     }
     return nullptr;
   }
+  // The sizes the inputs must agree on (beta is gamma's shape; the hidden size even and a
+  // multiple of block_size; each table [rows >= 1, hidden / 2] with its scale [rows, hidden /
+  // block_size]), where d's dimensions are known: at session creation the initializers' static
+  // shapes, at run time every input's. Ranks and types are check_input's.
+  OrtStatus* check_sizes(const TensorDesc (&d)[kInputCount]) const {
+    if (d[0].dims.size() != 1 || d[0].dims[0] < 0) return nullptr;  // hidden size not known yet
+    const int64_t n = d[0].dims[0];
+    if (d[1].dims.size() == 1 && d[1].dims[0] >= 0 && d[1].dims[0] != n) {
+      return invalid("beta must have gamma's shape [" + std::to_string(n) + "], got " +
+                     shape_text(d[1].dims));
+    }
+    if (n == 0 || n % 2 != 0 || n % block != 0) {
+      return invalid("hidden size " + std::to_string(n) + " (gamma's) must be even, > 0 and a " +
+                     "multiple of block_size " + std::to_string(block));
+    }
+    for (int t = 0; t < 3; ++t) {
+      const TensorDesc& table = d[3 + 3 * t];
+      const TensorDesc& scale = d[4 + 3 * t];
+      if (table.dims.empty() || scale.dims.empty()) continue;  // ranks not known yet
+      const std::string bad = cpu::check_embedding_table(n, block, table.dims, scale.dims,
+                                                         kInputs[3 + 3 * t], kInputs[4 + 3 * t]);
+      if (!bad.empty()) return invalid(bad);
+    }
+    return nullptr;
+  }
 };
 
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL input_characteristic(const OrtCustomOp*,
@@ -83,6 +108,7 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const O
     return kern->invalid("expects gamma, beta and three (ids, table, scale) lookups, 11 inputs, " +
                          std::string("got ") + std::to_string(inputs));
   }
+  TensorDesc d[kInputCount];
   for (size_t i = 0; i < inputs; ++i) {
     OrtTypeInfo* raw = nullptr;
     if (OrtStatus* status = g_api->KernelInfo_GetInputTypeInfo(info, i, &raw)) {
@@ -93,10 +119,10 @@ OrtStatus* ORT_API_CALL create_kernel(const OrtCustomOp*, const OrtApi*, const O
     const OrtTensorTypeAndShapeInfo* tensor = nullptr;
     BITMAPS_ORT_RETURN_IF_ERROR(g_api->CastTypeInfoToTensorInfo(type_info.get(), &tensor));
     if (tensor == nullptr) return kern->invalid(std::string(kInputs[i]) + " is not a tensor");
-    TensorDesc d;
-    BITMAPS_ORT_RETURN_IF_ERROR(describe(tensor, &d));
-    BITMAPS_ORT_RETURN_IF_ERROR(kern->check_input(i, d, false));
+    BITMAPS_ORT_RETURN_IF_ERROR(describe(tensor, &d[i]));
+    BITMAPS_ORT_RETURN_IF_ERROR(kern->check_input(i, d[i], false));
   }
+  BITMAPS_ORT_RETURN_IF_ERROR(kern->check_sizes(d));
   *out = kern.release();
   return nullptr;
 }
@@ -114,15 +140,8 @@ OrtStatus* compute(const Kernel& kern, OrtKernelContext* context) {
     if (values[i] == nullptr) return kern.invalid(std::string(kInputs[i]) + " is required");
     BITMAPS_ORT_RETURN_IF_ERROR(kern.check_input(i, d[i], true));
   }
+  BITMAPS_ORT_RETURN_IF_ERROR(kern.check_sizes(d));
   const int64_t n = d[0].dims[0];
-  if (d[1].dims[0] != n) {
-    return kern.invalid("beta must have gamma's shape [" + std::to_string(n) + "], got " +
-                        shape_text(d[1].dims));
-  }
-  if (n % 2 != 0 || n % kern.block != 0) {
-    return kern.invalid("hidden size " + std::to_string(n) + " (gamma's) must be even and a " +
-                        "multiple of block_size " + std::to_string(kern.block));
-  }
   cpu::EmbedLayerNormArgs args;
   args.count = count;
   args.n = n;
