@@ -7,9 +7,12 @@ code 2; library imports happen inside the commands so that ``bitmaps --help`` st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -17,6 +20,7 @@ import click
 from bitmaps import __version__, get_library_path
 from bitmaps.core import jsontext
 from bitmaps.core.errors import BitmapsError
+from bitmaps.core.progress import stderr_logger
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -280,7 +284,7 @@ def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio,
         overwrite=overwrite,
         device=device,
     )
-    result = run_training(job, log=lambda m: click.echo(m, err=True))
+    result = run_training(job, log=stderr_logger())
     if not result.complete:
         return
     m = result.metrics
@@ -352,7 +356,7 @@ def _evaluate(model, data, batch_size, max_sequences, split, as_json, overrides,
         result = evaluate_classifier_on_data(
             model, _data_paths(data), data_cfg,
             batch_size=batch_size, max_examples=max_sequences, split=split, device=device,
-            explicit=set(sections["data"]), log=lambda m: click.echo(m, err=True),
+            explicit=set(sections["data"]), log=stderr_logger(),
             embeddings=embeddings, embedding_group=int(embedding_group),
         )
         result["attention"] = attention
@@ -369,7 +373,7 @@ def _evaluate(model, data, batch_size, max_sequences, split, as_json, overrides,
     result = evaluate_on_text(
         model, _data_paths(data), data_cfg, batch_size=batch_size,
         max_sequences=max_sequences, split=split, device=device,
-        log=lambda m: click.echo(m, err=True),
+        log=stderr_logger(),
         embeddings=embeddings, embedding_group=int(embedding_group), explicit=set(sections["data"]),
     )
     result["attention"] = attention
@@ -466,7 +470,7 @@ def data_stats(paths, tokenizer, seq_len, heldout_fraction, split_seed, per_line
         stats = build_labelled(read_labelled(paths), load_tokenizer(tokenizer), cfg).stats
         click.echo(json.dumps(stats, indent=2) if as_json else describe_stats(stats))
         return
-    log = (lambda m: click.echo(m, err=True)) if as_json else click.echo
+    log = stderr_logger() if as_json else click.echo
     corpus = build_corpus(paths, load_tokenizer(tokenizer), cfg, log=log, use_cache=not no_cache)
     if as_json:
         click.echo(json.dumps(corpus.stats.to_dict(), indent=2))
@@ -554,7 +558,7 @@ def export_cmd(checkpoint, output, target, dtype, opset, output_kind, tolerance,
     cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance,
                        embeddings=embeddings, embedding_group=int(embedding_group),
                        target=target, attention=attention)  # fmt: skip
-    summary = export_student(checkpoint, output, cfg, log=lambda m: click.echo(m, err=True))
+    summary = export_student(checkpoint, output, cfg, log=stderr_logger())
     click.echo(summary.line())
 
 
@@ -572,7 +576,7 @@ def export_baseline_cmd(model, output, target, dtype, opset, output_kind, tolera
 
     cfg = ExportConfig(dtype=dtype, opset=opset, output=output_kind, tolerance=tolerance,
                        target=target)
-    summary = export_baseline(model, output, cfg, log=lambda m: click.echo(m, err=True))
+    summary = export_baseline(model, output, cfg, log=stderr_logger())
     click.echo(summary.line())
 
 
@@ -668,7 +672,7 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
                          teacher=teacher, student=student, seed=seed)
     job = ProfileJob(cfg, source, list(data), Path(workdir) if workdir else None,
                      Path(json_path) if json_path else None, Path(plot_path) if plot_path else None)
-    result = run_profile(job, log=lambda m: click.echo(m, err=True))
+    result = run_profile(job, log=stderr_logger())
     png = plot.render_plot(result) if job.plot_path else None  # before any file is written
     if job.json_path:
         report.save(result, job.json_path)
@@ -699,8 +703,52 @@ def ort_library_cmd(no_check: bool) -> None:
     click.echo(checked_native_library())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it ends as Ctrl-C does: temporary files
+    removed, measuring workers stopped (a KeyboardInterrupt to every handler of one)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line and exit code 2 for bad input, never a traceback for it."""
+    if sys.stdout is None:  # started with its standard output closed (`>&-`)
+        _error_line("standard output is closed; give it somewhere to go (`> FILE`, `> /dev/null`)")
+        return 2
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        code = _run(argv)
+        sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # the reader went away (`| head`): quiet, as a command killed by SIGPIPE is; stdout
+        # pointed at /dev/null so that the interpreter's own flush at exit does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        # standard output or error that cannot be written (a full disk, /dev/full)
+        _error_line(f"cannot write the output: {exc.strerror or exc}")
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _error_line(message: str) -> None:
+    """``error: message`` on one line of stderr (line breaks shown as ``\\n``); nothing if stderr
+    cannot take it."""
+    line = "error: " + message.replace("\r", "\\r").replace("\n", "\\n")
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        print(line, file=sys.stderr, flush=True)
+
+
+def _run(argv: list[str] | None) -> int:
     try:
         cli.main(args=argv, prog_name="bitmaps", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -708,21 +756,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except click.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        _error_line(f"{exc.format_message()}{hint}")
         return 2
-    except click.Abort:
+    except click.Abort as exc:
+        if isinstance(exc.__cause__, Terminated):  # click turns an interrupt into Abort
+            stderr_logger()("terminated")
+            return 143
         click.echo("aborted", err=True)
         return 130
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        _error_line(exc.format_message())
         return exc.exit_code
     except BitmapsError as exc:
-        click.echo(f"error: {exc}", err=True)
+        _error_line(str(exc))
         return exc.exit_code
+    except Terminated:
+        stderr_logger()("terminated")
+        return 143
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
+    except OSError as exc:
+        if exc.filename is None:
+            raise  # not about a path the user gave: standard output, handled by main
+        # a path the operating system refuses (a name too long, a folder that is a file, ...)
+        _error_line(f"{exc.filename}: {exc.strerror or exc}")
+        return 2
     except (MemoryError, RuntimeError) as exc:
+        if "Symlink loop" in str(exc):  # pathlib's resolve() on a loop of symbolic links
+            _error_line(f"{exc}: a loop of symbolic links; give a path that leads to a file")
+            return 2
         # a batch or model too large for this machine: torch's CPU allocator raises RuntimeError
         # ("can't allocate memory"), CUDA's torch.OutOfMemoryError (a RuntimeError)
         if not _out_of_memory(exc):

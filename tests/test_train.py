@@ -4,6 +4,7 @@ exact, a killed run resumes, torchrun with two CPU processes works."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import re
 import signal
@@ -366,3 +367,41 @@ def test_a_run_whose_last_step_leaves_non_finite_weights_is_not_saved(
     with pytest.raises(BitmapsError, match="training diverged by step 1 .*NaN or infinite"):
         run_training(_job(sotu_small, out, seq_len=64, steps=1, batch_size=4), **QUIET)
     assert not out.exists()
+
+
+def test_a_save_refuses_an_output_another_process_wrote_meanwhile(
+    sotu_small, tmp_path, bert_tiny_dir, monkeypatch
+) -> None:
+    """Stop 48's probe: a file put at the output after the run's start (a second run with the
+    same -o) was replaced by the next save without --overwrite. Each save now compares the output
+    with what the run found or last wrote; --overwrite still replaces it."""
+    import bitmaps.train.trainer as trainer
+
+    real_save, real_barrier = trainer.save_checkpoint, trainer.D.barrier
+    calls: list[Path] = []
+
+    def save(path, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        real_save(path, **kwargs)
+        calls.append(path)
+
+    def barrier_then_clobber(env):  # noqa: ANN001, ANN202
+        # after the first save is done and recorded: another process writes the output
+        real_barrier(env)
+        if len(calls) == 1 and clobber:
+            Path(calls[0]).write_bytes(b"another run's file")
+            clobber.clear()
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save)
+    monkeypatch.setattr(trainer.D, "barrier", barrier_then_clobber)
+    clobber = [True]
+    out = tmp_path / "t.pt"
+    with pytest.raises(BitmapsError, match="written by something else while this run went on"):
+        run_training(_job(sotu_small, out, seq_len=64, steps=2, batch_size=4, save_every=1),
+                     **QUIET)  # fmt: skip
+    assert out.read_bytes() == b"another run's file" and len(calls) == 1
+    calls.clear()
+    out.unlink()
+    clobber.append(True)
+    job = _job(sotu_small, out, seq_len=64, steps=2, batch_size=4, save_every=1)
+    run_training(dataclasses.replace(job, overwrite=True), **QUIET)
+    assert len(calls) == 2 and out.read_bytes() != b"another run's file"

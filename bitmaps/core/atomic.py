@@ -52,8 +52,19 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         if Path(a).exists() and Path(b).exists():
             return os.path.samefile(a, b)
         return Path(a).resolve() == Path(b).resolve()
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: resolve() on a loop of symbolic links
         return False
+
+
+def file_identity(path: str | os.PathLike) -> tuple[int, int, int, int] | None:
+    """What tells one version of the file at ``path`` from another (device, inode, size,
+    modification time), or None where there is none: a run that writes an output several times
+    compares it before each write, to find a file another process put there meanwhile."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def check_not_input(output: str | os.PathLike, source: str | os.PathLike, what: str) -> None:

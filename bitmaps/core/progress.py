@@ -69,7 +69,7 @@ class ProgressReporter:
         if self._progress is not None:
             self._progress.update(self._task, advance=advance, info=info)
         elif self.completed % self.log_every == 0 or self.completed == self.total:
-            print(f"{self.description} {self.completed}/{self.total}  {info}", file=self.stream)
+            self._write(f"{self.description} {self.completed}/{self.total}  {info}")
 
     def log(self, message: str) -> None:
         if not self.enabled:
@@ -77,7 +77,13 @@ class ProgressReporter:
         if self._progress is not None:
             self._progress.console.print(message, markup=False, highlight=False)
         else:
-            print(message, file=self.stream)
+            self._write(message)
+
+    def _write(self, line: str) -> None:
+        """One plain line; a stream that cannot take it (a full disk behind ``2>log``,
+        /dev/full) ends the reporting, not the work it reports on."""
+        if not write_line(line, self.stream):
+            self.enabled = False
 
 
 def _fmt(v: float | str) -> str:
@@ -91,9 +97,23 @@ def _fmt(v: float | str) -> str:
 Logger = Callable[[str], None]
 
 
+def write_line(line: str, stream) -> bool:  # noqa: ANN001 - any text stream
+    """``line`` and a newline to ``stream`` (flushed); False where the stream cannot take it
+    (closed, a full disk, a broken pipe): progress and logs are not worth a run."""
+    if stream is None:
+        return False
+    try:
+        print(line, file=stream, flush=True)
+    except (OSError, ValueError):  # ValueError: a closed file
+        return False
+    return True
+
+
 def stderr_logger(enabled: bool = True) -> Logger:
+    state = {"on": enabled}
+
     def log(message: str) -> None:
-        if enabled:
-            print(message, file=sys.stderr)
+        if state["on"] and not write_line(message, sys.stderr):
+            state["on"] = False
 
     return log

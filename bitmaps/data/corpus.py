@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
@@ -335,7 +335,7 @@ def _save(path: Path, corpus: Corpus, log: Log) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(path) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=meta)
-    except (OSError, BitmapsError) as exc:
+    except (OSError, BitmapsError, SafetensorError) as exc:  # safetensors' own for a full disk
         log(f"data: could not write the cache file {path} ({exc}); continuing without it")
 
 

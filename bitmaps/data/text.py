@@ -117,7 +117,10 @@ def read_documents(
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     docs: list[Document] = []
-    for path, doc_id in _expand(paths):
+    for path, name in _expand(paths):
+        # a file name that is not UTF-8 (its bytes kept as surrogates) as printable text: ids
+        # are hashed and written as UTF-8
+        doc_id = os.fsencode(name).decode("utf-8", errors="backslashreplace")
         try:
             data = path.read_bytes()
         except OSError as exc:

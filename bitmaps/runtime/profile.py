@@ -151,14 +151,21 @@ def run_worker(worker_job: dict[str, Any], on_result: Callable[[dict], None]) ->
             )
             assert proc.stdout is not None
             error = None
-            for line in proc.stdout:
-                if line.startswith(RESULT_PREFIX):
-                    result = json.loads(line[len(RESULT_PREFIX) :])
-                    if "error" in result:
-                        error = result["error"]
-                    else:
-                        on_result(result)
-            code = proc.wait()
+            try:
+                for line in proc.stdout:
+                    if line.startswith(RESULT_PREFIX):
+                        result = json.loads(line[len(RESULT_PREFIX) :])
+                        if "error" in result:
+                            error = result["error"]
+                        else:
+                            on_result(result)
+                code = proc.wait()
+            finally:
+                # interrupted (Ctrl-C, SIGTERM) or failed here: the worker goes too, rather than
+                # measure on alone for minutes with its parent gone
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
         if error is not None:
             raise BitmapsError(error)
         if code != 0:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from bitmaps.core import distributed as D
-from bitmaps.core.atomic import check_not_input, check_writable
+from bitmaps.core.atomic import check_not_input, check_writable, file_identity
 from bitmaps.core.checkpoint import load_checkpoint, save_checkpoint
 from bitmaps.core.config import BinarizeConfig, Config, DataConfig, DistillConfig, TrainConfig
 from bitmaps.core.errors import BitmapsError, one_line
@@ -409,6 +409,9 @@ def run_training(job: TrainJob, log: Callable[[str], None] = print) -> TrainResu
 
 def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> TrainResult:  # noqa: N803
     cfg = job.train
+    # the output as this run found it (absent, or the checkpoint it resumes), then as it last
+    # wrote it: each save refuses a file another process put there meanwhile
+    output_seen = [file_identity(job.output)]
     if cfg.amp in ("fp16", "bf16") and env.device.type != "cuda":
         raise BitmapsError(
             f"--amp {cfg.amp} is mixed precision on a CUDA GPU; this run is on the "
@@ -510,6 +513,12 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
     def save(at_step: int, complete: bool, metrics: dict[str, float] | None) -> None:
         check_weights(at_step)
         rng = D.all_gather_objects(env, _rng_state(env))
+        if env.is_main and not job.overwrite and file_identity(job.output) != output_seen[0]:
+            raise BitmapsError(
+                f"{job.output} was written by something else while this run went on (another "
+                "run with the same output?); it was left as it is: give this run another output, "
+                "or --overwrite to replace whatever is there"
+            )
         if env.is_main:
             state = {
                 "step": at_step,
@@ -547,6 +556,7 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
                 meta=meta,
                 train_state=state,
             )
+            output_seen[0] = file_identity(job.output)
         D.barrier(env)
 
     if step == 0 and cfg.eval_every > 0:
