@@ -654,6 +654,7 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
     _distinct_files({"--json": json_path, "--plot": plot_path},
                     {"--model": student, "--teacher": teacher, "--data": list(data)})
     _native_settings_checked()
+    from bitmaps.core.atomic import atomic_output
     from bitmaps.core.config import ProfileConfig
     from bitmaps.runtime.backends import ModelSource
     from bitmaps.runtime.plan import ProfileJob, parse_int_list, parse_names
@@ -674,10 +675,14 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
                      Path(json_path) if json_path else None, Path(plot_path) if plot_path else None)
     result = run_profile(job, log=stderr_logger())
     png = plot.render_plot(result) if job.plot_path else None  # before any file is written
-    if job.json_path:
-        report.save(result, job.json_path)
-    if job.plot_path:
-        plot.write_plot(result, job.plot_path, png)
+    # both files written before either is renamed into place: a full disk under the second
+    # leaves neither, not one of them
+    with contextlib.ExitStack() as outputs:
+        if job.json_path:
+            tmp = outputs.enter_context(atomic_output(job.json_path))
+            tmp.write_text(report.json_text(result), encoding="utf-8")
+        if job.plot_path:
+            outputs.enter_context(atomic_output(job.plot_path)).write_bytes(png)
     report.print_report(result)
 
 

@@ -255,6 +255,10 @@ CASES = [
         ["export-baseline", "bert-tiny", "{tmp}/good.txt/out.onnx"],
         "good.txt is a file, not a folder",
     ),
+    (  # a file further up: "folder .../sub does not exist; create it first" could not be done
+        ["export-baseline", "bert-tiny", "{tmp}/good.txt/sub/out.onnx"],
+        "good.txt is a file, not a folder",
+    ),
     # assets, ort-library
     (["assets", "path", "bert-huge"], "unknown asset"),
     (["assets", "verify", "bert-huge"], "unknown asset"),

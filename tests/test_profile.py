@@ -10,6 +10,7 @@ consistency), with few repeats.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import math
 import os
@@ -724,3 +725,26 @@ def test_lists_and_paths_are_read_strictly(capsys, tmp_path, args, needle) -> No
                        "--json", str(tmp_path / "p.json"))  # fmt: skip
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "p.json").exists()
+
+
+def test_a_failed_second_output_leaves_neither(capsys, tmp_path, tiny_pair, tiny_workdir,
+                                               monkeypatch) -> None:  # fmt: skip
+    """Stop 48's probe: --json was written and stayed when --plot then failed (a full disk)."""
+    import pathlib
+
+    real = pathlib.Path.write_bytes
+
+    def full(self, data):  # noqa: ANN001, ANN202
+        if self.name.startswith(".p.png."):
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(pathlib.Path, "write_bytes", full)
+    teacher, student = tiny_pair
+    json_path, plot_path = tmp_path / "p.json", tmp_path / "p.png"
+    args = ["--model", str(student), "--teacher", str(teacher), "--backend", "torch"]
+    args += ["--models", "binary", "--batch", "1", "--seq", "8", "--json", str(json_path)]
+    args += ["--plot", str(plot_path), "--workdir", str(tiny_workdir), *FAST]
+    code, _, err = run(capsys, *args)
+    assert_one_line_error(code, err, "cannot write", "p.png", "No space")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

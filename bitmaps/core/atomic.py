@@ -32,6 +32,10 @@ def check_writable(path: str | os.PathLike, *, probe: bool = True) -> Path:
     if parent.exists() and not parent.is_dir():
         raise BitmapsError(f"cannot write {path}: {parent} is a file, not a folder")
     if not parent.is_dir():
+        # a file further up (file.txt/sub/out.pt): no folder can be made there
+        blocker = next((p for p in parent.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise BitmapsError(f"cannot write {path}: {blocker} is a file, not a folder")
         raise BitmapsError(f"cannot write {path}: folder {parent} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         raise BitmapsError(f"cannot write {path}: folder {parent} is not writable")

@@ -415,7 +415,8 @@ def _validate(job: ProfileJob) -> tuple[list[Target], list[dict], list[str], Any
         with tempfile.TemporaryFile(dir=workdir):  # a folder that takes no files (/proc)
             pass
     except OSError as exc:
-        raise BitmapsError(f"cannot use --workdir {workdir}: {exc.strerror or exc}") from None
+        which = "--workdir" if job.workdir else "the work folder (give another with --workdir)"
+        raise BitmapsError(f"cannot use {which} {workdir}: {exc.strerror or exc}") from None
     return targets, skipped, models, hf_config, workdir
 
 

@@ -54,9 +54,14 @@ BASELINES = ("fp32", "fp16", "int8")  # every speed-up of binary is against each
 GOAL = {"device": "cpu", "batch": 1, "seq": 128, "speedup": 4.0, "aim": 8.0, "smaller": 7.0}
 
 
+def json_text(result: ProfileResult) -> str:
+    """What ``--json`` writes."""
+    return json.dumps(result.to_json(), indent=2) + "\n"
+
+
 def save(result: ProfileResult, path: str | Path) -> None:
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json_text(result), encoding="utf-8")
 
 
 def load(path: str | Path) -> ProfileResult:
