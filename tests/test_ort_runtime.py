@@ -6,6 +6,7 @@ tested in tests/test_ort_native.py.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import onnx
@@ -123,3 +124,27 @@ def test_measure_custom_op_overhead_reports_each_shape():
     for r in rows:
         for key in ("direct_ms", "prepacked_ms", "ort_ms", "ort_fp32_ms"):
             assert math.isfinite(r[key]) and r[key] > 0, (key, r)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: bort.single_node_model(0, 16), "k must be an integer >= 1, got 0"),
+        (lambda: bort.single_node_model(-5, 16), "k must be an integer >= 1, got -5"),
+        (lambda: bort.single_node_model(64, 0), "n must be an integer >= 1, got 0"),
+        (lambda: bort.single_node_model(64, 8, activation=2), "must be 0 or 1"),
+        (lambda: bort.attention_model(0), "heads must be an integer >= 1, got 0"),
+        (lambda: bort.packed_attention_model(-1), "heads must be an integer >= 1"),
+        (lambda: bort.measure_attention([(1, 4, 8, 0)]), "heads must be an integer >= 1"),
+        (lambda: bort.measure_attention([(1, 4, 10, 3)]), "hidden 10 is not a multiple of heads 3"),
+        (lambda: bort.measure_skip_layer_norm([(1, 4, 0)]), "hidden must be an integer >= 1"),
+        (lambda: bort.measure_custom_op_overhead([(64, 8)], 4, repeats=0), "repeats must be"),
+        (lambda: bort.measure_gelu_epilogue([(4, 64, 8)], threads=-1), "threads must be"),
+        (lambda: bort.measure_gelu_epilogue([(4, 64, 8)], sample_s=float("nan")), "sample_s"),
+    ],
+)  # fmt: skip
+def test_python_entry_points_refuse_bad_arguments(call, message):
+    # stop 48's probe: these built invalid models, or raised ZeroDivisionError, StatisticsError
+    # or ONNX Runtime's own errors
+    with pytest.raises(BitmapsError, match=re.escape(message)):
+        call()

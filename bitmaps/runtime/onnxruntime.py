@@ -22,6 +22,8 @@ when the library was not built (:func:`library_missing`); one that exists but do
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import statistics
 import time
@@ -107,6 +109,21 @@ def native_cpu_path() -> str:
 # --------------------------------------------------------------------------- per-call overhead
 
 
+def _positive(**sizes: int) -> None:
+    """BitmapsError unless every size is an int >= 1 (named in the message)."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise BitmapsError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _check_measuring(repeats: int, sample_s: float, threads: int | None) -> None:
+    _positive(repeats=repeats)
+    if not (isinstance(sample_s, (int, float)) and math.isfinite(sample_s) and sample_s > 0):
+        raise BitmapsError(f"sample_s must be a finite number of seconds > 0, got {sample_s!r}")
+    if threads is not None:
+        _positive(threads=threads)
+
+
 def single_node_model(
     k: int, n: int, act_threshold: float = 0.0, act_scale: float = 0.0, opset: int = 20,
     dtype: int = TensorProto.FLOAT, seed: int = 0, rank: int = 2, act_unsigned: int = 0,
@@ -119,6 +136,11 @@ def single_node_model(
     ``onnxruntime`` export stores it. The ``act_unsigned`` and ``activation`` (1: fused GELU)
     attributes are written only when set (a model without them means 0).
     """
+    _positive(k=k, n=n, rank=rank)
+    if act_unsigned not in (0, 1) or activation not in (0, 1):
+        raise BitmapsError(
+            f"act_unsigned and activation must be 0 or 1, got {act_unsigned!r}, {activation!r}"
+        )
     g = torch.Generator().manual_seed(seed * 1_000_003 + k * 7919 + n)
     tensors = {
         "W": pack_signs(torch.randn(n, k, generator=g)),
@@ -225,6 +247,10 @@ def measure_custom_op_overhead(
     ONNX Runtime threads (default: torch's and ONNX Runtime's own defaults); ONNX Runtime's
     threads do not spin while idle (see :func:`_quiet_session`).
     """
+    _check_measuring(repeats, sample_s, threads)
+    _positive(tokens=tokens)
+    for k, n in shapes:
+        _positive(k=k, n=n)
     if threads:
         torch.set_num_threads(threads)
     return [_measure_one(k, n, tokens, repeats, sample_s, threads) for k, n in shapes]
@@ -266,6 +292,7 @@ def attention_model(
     query/key ``[B, S|T, hidden[0]]``, value ``[B, T, hidden[1]]`` and, with ``bias``, an
     additive ``attention_bias`` ``[b0, b1, b2, T]``; dynamic dimensions except those given.
     ``int8``: the bitmaps node's attribute ``int8 = 1`` and the int8 function."""
+    _positive(heads=heads)
     inputs = [
         helper.make_tensor_value_info("query", dtype, ["B", "S", hidden[0]]),
         helper.make_tensor_value_info("key", dtype, ["B", "T", hidden[0]]),
@@ -288,6 +315,7 @@ def packed_attention_model(
     """One ``bitmaps::PackedMultiHeadAttention`` node (with its function) on ``qkv [B, S,
     hidden]`` (Q, K, V side by side) and, with ``bias``, ``attention_bias [b0, b1, b2, S]``;
     ``int8`` as :func:`attention_model`'s."""
+    _positive(heads=heads)
     dtype = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("qkv", dtype, ["B", "S", hidden])]
     if bias:
@@ -329,6 +357,11 @@ def measure_attention(
     = value lengths ``seq`` and BERT's mask as ``attention_bias`` ``[batch, 1, seq, seq]`` (a
     quarter of the keys masked): medians in ms (``bitmaps_ms``, ``ort_ms``; samples in turn, idle
     threads not spinning), ``speedup`` = ort_ms / bitmaps_ms and the largest difference."""
+    _check_measuring(repeats, sample_s, threads)
+    for batch, seq, hidden, heads in shapes:
+        _positive(batch=batch, seq=seq, hidden=hidden, heads=heads)
+        if hidden % heads:
+            raise BitmapsError(f"hidden {hidden} is not a multiple of heads {heads}")
     rows = []
     for batch, seq, hidden, heads in shapes:
         rng = np.random.default_rng(seq * 31 + hidden)
@@ -410,6 +443,9 @@ def measure_skip_layer_norm(
     LayerNormalization, one row per (batch, seq, hidden): medians in ms (``bitmaps_ms``,
     ``ort_ms``; samples in turn, idle threads not spinning), ``speedup`` and the largest
     difference."""
+    _check_measuring(repeats, sample_s, threads)
+    for batch, seq, hidden in shapes:
+        _positive(batch=batch, seq=seq, hidden=hidden)
     rows = []
     for batch, seq, hidden in shapes:
         rng = np.random.default_rng(seq * 17 + hidden)
@@ -436,6 +472,9 @@ def measure_gelu_epilogue(
     (``node_ms``), medians in ms (samples in turn, idle threads not spinning); ``ort_ms`` =
     node_ms - plain_ms (the Gelu node), ``bitmaps_ms`` = fused_ms - plain_ms (the epilogue),
     ``speedup`` = ort_ms / bitmaps_ms, and the largest difference of the two results."""
+    _check_measuring(repeats, sample_s, threads)
+    for tokens, k, n in shapes:
+        _positive(tokens=tokens, k=k, n=n)
     rows = []
     for tokens, k, n in shapes:
         plain, _ = single_node_model(k, n, panels=True)
