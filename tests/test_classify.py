@@ -506,3 +506,23 @@ def test_profile_scores_the_binary_classifier_as_its_export_stores_it(tmp_path, 
         embeddings=STUDENT_EMBEDDINGS, embedding_group=STUDENT_EMBEDDING_GROUP,
     )  # fmt: skip
     assert scores["binary"]["accuracy"] == pytest.approx(deployed["accuracy"], abs=1e-12)
+
+
+def test_a_limited_held_out_evaluation_samples_the_whole_split():
+    """Stop 48's newcomer run: the split keeps its files' order (all ham, then all spam), and
+    ``--eval-sequences 256`` scored the first 256: one class ("majority class 1.0000")."""
+    from bitmaps.data.labelled import LabelledSplit, classify_batches
+
+    n = 1000
+    labels = torch.cat([torch.zeros(700, dtype=torch.long), torch.ones(300, dtype=torch.long)])
+    split = LabelledSplit(torch.zeros((n, 4), dtype=torch.int32), torch.full((n,), 4), labels,
+                          [str(i) for i in range(n)])  # fmt: skip
+    seen = torch.cat(
+        [b["labels"] for b in classify_batches(split, batch_size=64, max_examples=256)]
+    )
+    assert len(seen) == 256 and abs(float(seen.float().mean()) - 0.3) < 0.01
+    whole = torch.cat([b["labels"] for b in classify_batches(split, batch_size=64)])
+    assert torch.equal(whole, labels)
+    shards = [torch.cat([b["labels"] for b in classify_batches(
+        split, batch_size=8, max_examples=100, rank=r, world_size=2)]) for r in (0, 1)]  # fmt: skip
+    assert sum(len(s) for s in shards) == 100

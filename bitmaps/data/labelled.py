@@ -381,8 +381,15 @@ class ClassifyStream:
 
 def classify_batches(split: LabelledSplit, *, batch_size: int, max_examples: int = 0, rank: int = 0,
                      world_size: int = 1) -> Iterator[dict[str, torch.Tensor]]:  # fmt: skip
-    """Held-out batches in a fixed order (the first ``max_examples``; 0: all), sharded by rank."""
-    n = len(split) if max_examples <= 0 else min(max_examples, len(split))
-    index = torch.arange(n)[rank::world_size]
+    """Held-out batches in a fixed order, sharded by rank: every example, or ``max_examples`` of
+    them spread evenly over the split (``i * len // max_examples``): the split keeps its files'
+    order, often one class after another, and its first 256 were all ham in SpamAssassin's
+    (a "majority class 1.0000" and macro-F1 half of accuracy in a training log)."""
+    total = len(split)
+    if max_examples <= 0 or max_examples >= total:
+        index = torch.arange(total)
+    else:
+        index = torch.arange(max_examples) * total // max_examples
+    index = index[rank::world_size]
     for start in range(0, len(index), batch_size):
         yield split.batch(index[start : start + batch_size])
