@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import helper
 from test_ort_binary_ffn import _attrs, _layers, ffn_model
 from test_ort_embed_layer_norm import _tables, embed_model
+from test_ort_native import _set_attribute
 
 from bitmaps.core.ort import kernel_session
 from bitmaps.runtime import onnxruntime as bort
@@ -20,15 +20,6 @@ MISSING = bort.library_missing()
 pytestmark = pytest.mark.skipif(
     MISSING is not None, reason=f"needs libbitmaps_ort.so (make install builds it): {MISSING}"
 )
-
-
-def _with(model: onnx.ModelProto, name: str, value: object) -> onnx.ModelProto:
-    """The model's first node with attribute ``name`` replaced by (or added as) ``value``."""
-    node = model.graph.node[0]
-    kept = [a for a in node.attribute if a.name != name]
-    del node.attribute[:]
-    node.attribute.extend([*kept, helper.make_attribute(name, value)])
-    return model
 
 
 def _linear() -> onnx.ModelProto:
@@ -73,7 +64,7 @@ CASES = [
 def test_an_attribute_of_the_wrong_type_fails_session_creation(model, op, name, value, wanted,
                                                                found):  # fmt: skip
     with pytest.raises(Exception, match=f"bitmaps::{op} node '") as info:
-        kernel_session(_with(model(), name, value))
+        kernel_session(_set_attribute(model(), name, value))
     assert f"attribute {name} must be {wanted}, got {found}" in str(info.value)
 
 
@@ -91,7 +82,7 @@ def test_a_missing_required_attribute_names_its_type():
 def test_optional_attributes_of_the_right_type_still_run():
     # the type probe must not turn a present attribute of the right type, or an absent one, into
     # an error: act_scale given as a float, act_threshold absent
-    model = _with(_linear(), "act_scale", 2.0)
+    model = _set_attribute(_linear(), "act_scale", 2.0)
     node = model.graph.node[0]
     kept = [a for a in node.attribute if a.name != "act_threshold"]
     del node.attribute[:]
