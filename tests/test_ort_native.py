@@ -443,3 +443,10 @@ def test_wrong_input_dtype_fails_session_creation_naming_the_node():
     model.graph.initializer[0].CopyFrom(w)
     with pytest.raises(Exception, match="node 'binary_linear': W .* must be int32, got int64"):
         bort.kernel_session(model)
+
+
+def test_feature_counts_beyond_int32_fail_session_creation():
+    # stop 48's probe: in_features 2**63 - 1 overflowed ceil(K/32) in the message ("[20, ?]")
+    model, _ = bort.single_node_model(64, 8, 0.0, 0.0)
+    with pytest.raises(Exception, match=r"in_features must be in \[1, 2\^31 - 1\], got 9223372"):
+        bort.kernel_session(_set_attribute(model, "in_features", 2**63 - 1))

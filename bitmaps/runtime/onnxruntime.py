@@ -291,8 +291,8 @@ def attention_model(
     """One MultiHeadAttention node (``bitmaps`` with its function, or ``com.microsoft``'s) on
     query/key ``[B, S|T, hidden[0]]``, value ``[B, T, hidden[1]]`` and, with ``bias``, an
     additive ``attention_bias`` ``[b0, b1, b2, T]``; dynamic dimensions except those given.
-    ``int8``: the bitmaps node's attribute ``int8 = 1`` and the int8 function."""
-    _positive(heads=heads)
+    ``int8``: the bitmaps node's attribute ``int8 = 1`` and the int8 function. ``heads`` is
+    written as given (tests build nodes the op must refuse)."""
     inputs = [
         helper.make_tensor_value_info("query", dtype, ["B", "S", hidden[0]]),
         helper.make_tensor_value_info("key", dtype, ["B", "T", hidden[0]]),
@@ -315,7 +315,6 @@ def packed_attention_model(
     """One ``bitmaps::PackedMultiHeadAttention`` node (with its function) on ``qkv [B, S,
     hidden]`` (Q, K, V side by side) and, with ``bias``, ``attention_bias [b0, b1, b2, S]``;
     ``int8`` as :func:`attention_model`'s."""
-    _positive(heads=heads)
     dtype = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("qkv", dtype, ["B", "S", hidden])]
     if bias:

@@ -134,11 +134,15 @@ OrtStatus* read_linear(const OrtKernelInfo* info, const LinearNames& names, Line
   if (names.activation != nullptr) {
     BITMAPS_ORT_RETURN_IF_ERROR(int_attribute(node, info, names.activation, false, &activation));
   }
-  if (kern->k < 1) {
-    return kern->invalid(std::string(names.in) + " must be >= 1, got " + std::to_string(kern->k));
+  // below 2^31: the sizes the kernels index with (and ceil(K/32) computed without overflow)
+  constexpr int64_t kMaxFeatures = (int64_t{1} << 31) - 1;
+  if (kern->k < 1 || kern->k > kMaxFeatures) {
+    return kern->invalid(std::string(names.in) + " must be in [1, 2^31 - 1], got " +
+                         std::to_string(kern->k));
   }
-  if (kern->n < 1) {
-    return kern->invalid(std::string(names.out) + " must be >= 1, got " + std::to_string(kern->n));
+  if (kern->n < 1 || kern->n > kMaxFeatures) {
+    return kern->invalid(std::string(names.out) + " must be in [1, 2^31 - 1], got " +
+                         std::to_string(kern->n));
   }
   if (!std::isfinite(kern->act_threshold)) {
     return kern->invalid(std::string(names.threshold) + " must be finite, got " +
