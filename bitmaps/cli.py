@@ -652,14 +652,13 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
         result = report.load(show_path)
         png = report.checked_rendering(result, show_path, plot.render_plot if plot_path else None)
         if plot_path:
-            plot.write_plot(result, plot_path, png)
+            report.save(result, plot_path=plot_path, png=png)
         report.print_report(result)
         return
     data = tuple(_data_paths(data, required=False))
     _distinct_files({"--json": json_path, "--plot": plot_path},
                     {"--model": student, "--teacher": teacher, "--data": list(data)})
     _native_settings_checked()
-    from bitmaps.core.atomic import atomic_output
     from bitmaps.core.config import ProfileConfig
     from bitmaps.runtime.backends import ModelSource
     from bitmaps.runtime.plan import ProfileJob, parse_int_list, parse_names
@@ -680,14 +679,7 @@ def profile_cmd(shape, student, teacher, backends, models, batches, seqs, output
                      Path(json_path) if json_path else None, Path(plot_path) if plot_path else None)
     result = run_profile(job, log=stderr_logger())
     png = plot.render_plot(result) if job.plot_path else None  # before any file is written
-    # both files written before either is renamed into place: a full disk under the second
-    # leaves neither, not one of them
-    with contextlib.ExitStack() as outputs:
-        if job.json_path:
-            tmp = outputs.enter_context(atomic_output(job.json_path))
-            tmp.write_text(report.json_text(result), encoding="utf-8")
-        if job.plot_path:
-            outputs.enter_context(atomic_output(job.plot_path)).write_bytes(png)
+    report.save(result, job.json_path, job.plot_path, png)
     report.print_report(result)
 
 

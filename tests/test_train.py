@@ -377,22 +377,22 @@ def test_a_save_refuses_an_output_another_process_wrote_meanwhile(
     with what the run found or last wrote; --overwrite still replaces it."""
     import bitmaps.train.trainer as trainer
 
-    real_save, real_barrier = trainer.save_checkpoint, trainer.D.barrier
+    real_save, real_rng_state = trainer.save_checkpoint, trainer._rng_state
     calls: list[Path] = []
 
     def save(path, **kwargs):  # noqa: ANN001, ANN003, ANN202
         real_save(path, **kwargs)
         calls.append(path)
 
-    def barrier_then_clobber(env):  # noqa: ANN001, ANN202
-        # after the first save is done and recorded: another process writes the output
-        real_barrier(env)
+    def clobber_then_rng_state(env):  # noqa: ANN001, ANN202
+        # the second save begins: meanwhile another process has written the output
         if len(calls) == 1 and clobber:
             Path(calls[0]).write_bytes(b"another run's file")
             clobber.clear()
+        return real_rng_state(env)
 
     monkeypatch.setattr(trainer, "save_checkpoint", save)
-    monkeypatch.setattr(trainer.D, "barrier", barrier_then_clobber)
+    monkeypatch.setattr(trainer, "_rng_state", clobber_then_rng_state)
     clobber = [True]
     out = tmp_path / "t.pt"
     with pytest.raises(BitmapsError, match="written by something else while this run went on"):

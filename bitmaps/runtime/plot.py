@@ -6,19 +6,10 @@ Agg backend to memory first, so that a failure leaves no file; written atomicall
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from typing import Any
 
-from bitmaps.core.atomic import atomic_output
 from bitmaps.runtime.profile import ProfileResult
 from bitmaps.runtime.report import MODEL_ORDER
-
-
-def write_plot(result: ProfileResult, path: str | Path, png: bytes | None = None) -> None:
-    """Write :func:`render_plot`'s PNG (or ``png``, rendered earlier) atomically."""
-    png = render_plot(result) if png is None else png
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(png)
 
 
 def render_plot(result: ProfileResult) -> bytes:

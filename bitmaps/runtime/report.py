@@ -33,6 +33,7 @@ each backend, and the best binary row vs the best FP32 row of any backend, per d
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -54,14 +55,21 @@ BASELINES = ("fp32", "fp16", "int8")  # every speed-up of binary is against each
 GOAL = {"device": "cpu", "batch": 1, "seq": 128, "speedup": 4.0, "aim": 8.0, "smaller": 7.0}
 
 
-def json_text(result: ProfileResult) -> str:
-    """What ``--json`` writes."""
-    return json.dumps(result.to_json(), indent=2) + "\n"
-
-
-def save(result: ProfileResult, path: str | Path) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json_text(result), encoding="utf-8")
+def save(
+    result: ProfileResult, json_path: str | Path | None = None, plot_path: str | Path | None = None,
+    png: bytes | None = None,
+) -> None:  # fmt: skip
+    """``--json`` (the result) and ``--plot`` (``png``, plot.render_plot's) as given, each
+    atomically, and both written before either is renamed into place: a full disk under the
+    second leaves neither, not one of them."""
+    if plot_path is not None and png is None:
+        raise ValueError("a plot path needs the rendered png")
+    with contextlib.ExitStack() as outputs:
+        if json_path is not None:
+            tmp = outputs.enter_context(atomic_output(json_path))
+            tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+        if plot_path is not None:
+            outputs.enter_context(atomic_output(plot_path)).write_bytes(png)
 
 
 def load(path: str | Path) -> ProfileResult:

@@ -513,7 +513,8 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
     def save(at_step: int, complete: bool, metrics: dict[str, float] | None) -> None:
         check_weights(at_step)
         rng = D.all_gather_objects(env, _rng_state(env))
-        if env.is_main and not job.overwrite and file_identity(job.output) != output_seen[0]:
+        # every process checks (one of them raising alone would leave the others at the barrier)
+        if not job.overwrite and file_identity(job.output) != output_seen[0]:
             raise BitmapsError(
                 f"{job.output} was written by something else while this run went on (another "
                 "run with the same output?); it was left as it is: give this run another output, "
@@ -556,8 +557,8 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
                 meta=meta,
                 train_state=state,
             )
-            output_seen[0] = file_identity(job.output)
         D.barrier(env)
+        output_seen[0] = file_identity(job.output)  # as the main process wrote it
 
     if step == 0 and cfg.eval_every > 0:
         evaluate(0)
