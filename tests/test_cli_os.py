@@ -152,3 +152,18 @@ def test_an_interrupted_profile_stops_its_measuring_worker(monkeypatch, tmp_path
                             "device": "cpu"}, interrupted)  # fmt: skip
     assert started and started[0].poll() is not None  # killed, not left running
     assert time.monotonic() - t0 < 30
+
+
+def test_the_early_write_check_sees_a_full_disk(tmp_path, monkeypatch):
+    """Stop 48's probe: `profile --json` on a full disk measured for 40 s before failing, because
+    the early check created an empty file, which needs no space. It now writes a byte."""
+    import bitmaps.core.atomic as atomic
+    from bitmaps.core.errors import BitmapsError
+
+    def full(fd, data):  # noqa: ANN001, ANN202
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "write", full)
+    with pytest.raises(BitmapsError, match="cannot write .*p.json: No space left on device"):
+        atomic.check_writable(tmp_path / "p.json")
+    assert list(tmp_path.iterdir()) == []  # the probe removed

@@ -41,12 +41,21 @@ def check_writable(path: str | os.PathLike, *, probe: bool = True) -> Path:
         raise BitmapsError(f"cannot write {path}: folder {parent} is not writable")
     if not probe:
         return path
-    try:  # what the access check cannot see: a folder that takes no files (/proc), a full disk
+    # what the access check cannot see: a folder that takes no files (/proc), a full disk (an
+    # empty file needs no space: one byte is written, which a full file system refuses)
+    name = None
+    try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
-        os.close(fd)
-        os.unlink(name)
+        try:
+            os.write(fd, b"\0")
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise BitmapsError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        if name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
     return path
 
 
