@@ -8,6 +8,7 @@ code 2; library imports happen inside the commands so that ``bitmaps --help`` st
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -732,6 +733,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as exc:
+        if exc.errno not in _STREAM_ERRNOS:
+            raise
         # standard output or error that cannot be written (a full disk, /dev/full)
         _error_line(f"cannot write the output: {exc.strerror or exc}")
         with contextlib.suppress(OSError):
@@ -740,6 +743,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+# What writing standard output or error raises where it cannot be written: a full disk or
+# quota, /dev/full, an I/O error, a descriptor closed under the process, a read-only file system.
+_STREAM_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EBADF, errno.EROFS)
 
 
 def _error_line(message: str) -> None:
@@ -779,6 +787,9 @@ def _run(argv: list[str] | None) -> int:
         click.echo("interrupted", err=True)
         return 130
     except OSError as exc:
+        if exc.errno == errno.ENOMEM:
+            _error_line(_OUT_OF_MEMORY)
+            return 2
         if exc.filename is None:
             raise  # not about a path the user gave: standard output, handled by main
         # a path the operating system refuses (a name too long, a folder that is a file, ...)
@@ -792,13 +803,15 @@ def _run(argv: list[str] | None) -> int:
         # ("can't allocate memory"), CUDA's torch.OutOfMemoryError (a RuntimeError)
         if not _out_of_memory(exc):
             raise
-        click.echo(
-            "error: out of memory: this job does not fit this machine's memory; lower "
-            "--batch-size (or --batch / --seq), or use a smaller model",
-            err=True,
-        )
+        _error_line(_OUT_OF_MEMORY)
         return 2
     return 0
+
+
+_OUT_OF_MEMORY = (
+    "out of memory: this job does not fit this machine's memory; lower --batch-size (or --batch / "
+    "--seq), or use a smaller model"
+)
 
 
 def _out_of_memory(exc: BaseException) -> bool:

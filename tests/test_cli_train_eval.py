@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -212,6 +213,22 @@ def test_out_of_memory_is_one_line(capsys, tmp_path, monkeypatch, sotu_small) ->
 
     monkeypatch.setattr(trainer, "run_training", bug)
     with pytest.raises(RuntimeError, match="a bug"):
+        main(train_args(sotu_small, tmp_path / "o.pt"))
+
+    def no_memory(*_a, **_k):  # an OSError of its own (ENOMEM): not "cannot write the output"
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(trainer, "run_training", no_memory)
+    code, _, err = run(capsys, *train_args(sotu_small, tmp_path / "o.pt"))
+    assert_one_line_error(code, err, "out of memory", "--batch-size")
+
+    def os_bug(
+        *_a, **_k
+    ):  # an OSError that is neither a path's nor an output's keeps its traceback
+        raise OSError(errno.EINVAL, "a bug")
+
+    monkeypatch.setattr(trainer, "run_training", os_bug)
+    with pytest.raises(OSError, match="a bug"):
         main(train_args(sotu_small, tmp_path / "o.pt"))
 
 
