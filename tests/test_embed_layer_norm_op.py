@@ -144,6 +144,19 @@ def test_fake_kernel_gives_the_broadcast_shape() -> None:
         assert tuple(out.shape) == (3, 5, 16) and out.dtype == torch.float32
 
 
+def test_a_table_on_another_device_is_refused_not_faked() -> None:
+    # stop 48's probe: data or scale on "meta" (the rest on the CPU) sent the call to the fake
+    # kernel, which checked the devices of ids, gamma and beta only and returned uninitialized
+    # CPU memory
+    data, scale, gamma, beta = _lookups(16, 8, (10, 2, 12))
+    ids = [torch.zeros(1, 4, dtype=torch.long) for _ in range(3)]
+    for part in ("data", "scale"):
+        moved = {"data": list(data), "scale": list(scale)}
+        moved[part][1] = moved[part][1].to("meta")
+        with pytest.raises(RuntimeError, match=f"bitmaps::embed_layer_norm: .*{part}\\[1\\]"):
+            ops.embed_layer_norm(ids, moved["data"], moved["scale"], gamma, beta, 1e-5)
+
+
 def _tiny_bert() -> nn.Module:
     from transformers import BertConfig, BertForMaskedLM
 

@@ -461,8 +461,11 @@ def test_packed_attention_opcheck_and_bad_input():
     for impl in impls:
         with pytest.raises(RuntimeError, match="qkv must be Float"):
             impl(qkv.double(), None, 2, 0.5)
-        with pytest.raises(RuntimeError, match="num_heads must be >= 1, got 0"):
+        with pytest.raises(RuntimeError, match=r"num_heads must be in \[1, 2\^31 - 1\], got 0"):
             impl(qkv, None, 0, 0.5)
+        # stop 48's probe: 3 * num_heads wrapped to 2 in int64 and the shape check passed
+        with pytest.raises(RuntimeError, match="num_heads must be in"):
+            impl(qkv, None, 6148914691236517206, 0.5)
         with pytest.raises(RuntimeError, match=r"qkv must have shape \[batch, seq, 3 \* num_heads"):
             impl(qkv, None, 5, 0.5)
         with pytest.raises(RuntimeError, match=r"bias must .*\[2, 2, 5, 5\], got"):
@@ -557,9 +560,40 @@ def test_binary_ffn_opcheck_and_bad_input():
     for make_table, ffn in impls:
         with pytest.raises(RuntimeError, match="act_scale must be > 0"):
             make_table(ws1, b1, k, 0.0, unsigned, activation, 0.1, 0)
+        # stop 48's probe: 2^31 ran for minutes, 2^62 gave an empty table (no error)
+        for huge in (2**31, 2**62):
+            with pytest.raises(RuntimeError, match=r"in_features must be in \[1, 1048576\]"):
+                make_table(ws1, b1, huge, scale, unsigned, activation, 0.1, 0)
         with pytest.raises(RuntimeError, match=r"table must .*shape \[2, runs <= 2, 64\]"):
             ffn(x, *first, table[:, :, :10], *second)
         with pytest.raises(RuntimeError, match="act_scale and next_act_scale must be > 0"):
             ffn(x, *first, table, *second[:4], 0.0, 0)
         with pytest.raises(RuntimeError, match="x must be Float"):
             ffn(x.half(), *first, table, *second)
+
+
+@needs_c
+def test_panels_prepacked_for_another_in_features_are_refused():
+    # stop 48's probe: panels for K = 40 (2 words a row) passed the shape check at K = 33 and the
+    # GEMM counted their bits 33-39
+    w = ops.pack_signs(torch.randn(20, 40))
+    panels = ops.prepack_weights(w, 40)
+    args = (torch.randn(3, 33), panels, torch.rand(20) + 0.5, None, 33, 0.0, 0.0, 0, 0)
+    with pytest.raises(RuntimeError, match="panels hold bits past in_features=33"):
+        ops.binary_linear_prepacked(*args)
+    good = ops.prepack_weights(ops.pack_signs(torch.randn(20, 33)), 33)
+    ops.binary_linear_prepacked(args[0], good, *args[2:])  # its own panels pass
+
+
+def test_the_feed_forward_fake_kernel_checks_the_second_layers_panels():
+    # stop 48's probe: on "meta" the first layer's panels passed as next_panels traced fine; the
+    # CPU kernel refuses them
+    first, second = _ffn_args(100, 64, 9, 0, 0, 0.1)
+    table = ops.reference_ffn_bit_table(*first[1:3], 100, *first[5:8], 0.1, 0)
+    meta = lambda t: t.to("meta") if isinstance(t, torch.Tensor) else t  # noqa: E731
+    x = torch.randn(2, 5, 100, device="meta")
+    wrong = (first[0], *second[1:])  # the first layer's panels as the second's
+    with pytest.raises(RuntimeError, match="next_panels must be int32 of shape"):
+        ops.binary_ffn_prepacked(x, *map(meta, first), meta(table), *map(meta, wrong))
+    out = ops.binary_ffn_prepacked(x, *map(meta, first), meta(table), *map(meta, second))
+    assert out.shape == (2, 5, 9)

@@ -228,6 +228,9 @@ def reference_embed_layer_norm(
 # At most this many ranges per column in an ffn_bit_table (GELU(y) − β changes sign at most twice);
 # csrc/kernels/cpu_binary_linear.h kMaxFfnRuns
 MAX_FFN_RUNS = 2
+# The largest in_features a table is made for (its cost grows with K); csrc/kernels/
+# cpu_binary_linear.h kMaxFfnTableFeatures
+MAX_FFN_TABLE_FEATURES = 1 << 20
 
 
 def ffn_bits(
@@ -286,8 +289,11 @@ def _check_ffn_bit_table(
     act_unsigned: int, activation: int,
 ) -> None:  # fmt: skip
     op = "ffn_bit_table"
-    if in_features < 1:
-        raise RuntimeError(f"bitmaps::{op}: in_features must be >= 1, got {in_features}")
+    if not 1 <= in_features <= MAX_FFN_TABLE_FEATURES:
+        raise RuntimeError(
+            f"bitmaps::{op}: in_features must be in [1, {MAX_FFN_TABLE_FEATURES}] (the table "
+            f"looks at every dot product of the layer), got {in_features}"
+        )
     if not act_scale > 0:
         raise RuntimeError(f"bitmaps::{op}: act_scale must be > 0 (a fixed scale), got {act_scale}")
     if w_scale.dtype != torch.float32 or w_scale.dim() != 1:
@@ -432,8 +438,8 @@ def _check_packed_attention(
     op = "packed_attention"
     if qkv.dtype != torch.float32:
         raise RuntimeError(f"bitmaps::{op}: qkv must be Float, got {qkv.dtype}")
-    if num_heads < 1:
-        raise RuntimeError(f"bitmaps::{op}: num_heads must be >= 1, got {num_heads}")
+    if not 1 <= num_heads < 2**31:
+        raise RuntimeError(f"bitmaps::{op}: num_heads must be in [1, 2^31 - 1], got {num_heads}")
     if qkv.dim() != 3 or qkv.shape[2] % (3 * num_heads):
         raise RuntimeError(
             f"bitmaps::{op}: qkv must have shape [batch, seq, 3 * num_heads * head_dim] "
@@ -642,6 +648,8 @@ def _embed_layer_norm_fake(
     gamma: torch.Tensor, beta: torch.Tensor | None, epsilon: float,
 ) -> torch.Tensor:  # fmt: skip
     tensors = {f"ids[{t}]": i for t, i in enumerate(ids)} | {"gamma": gamma, "beta": beta}
+    tensors |= {f"data[{t}]": d for t, d in enumerate(data)}
+    tensors |= {f"scale[{t}]": s for t, s in enumerate(scale)}
     _check_same_device("embed_layer_norm", **tensors)
     _check_embed_layer_norm(ids, data, scale, gamma, beta, epsilon)
     lead = torch.broadcast_shapes(*(tuple(i.shape) for i in ids))
@@ -673,7 +681,18 @@ def _binary_ffn_prepacked_fake(
     _check_binary_ffn(x, w_scale, next_w_scale, table, act_scale, next_act_scale)
     _binary_linear_prepacked_fake(x, panels, w_scale, bias, in_features, act_threshold,
                                   act_scale, act_unsigned, activation)  # fmt: skip
-    return x.new_empty((*x.shape[:-1], next_w_scale.shape[0]))
+    # the second layer's panels too (its input: the first layer's outputs), as the CPU kernel does
+    hidden, n = w_scale.shape[0], next_w_scale.shape[0]
+    want = (-(-n // PANEL_ROWS), packed_width(max(hidden, 1)), PANEL_ROWS)
+    torch._check(
+        next_panels.dtype == torch.int32 and tuple(next_panels.shape) == want,
+        lambda: (
+            f"bitmaps::{op}: next_panels must be int32 of shape {list(want)} "
+            f"(bitmaps::prepack_weights of {n} rows of {hidden} bits), got {next_panels.dtype} "
+            f"{list(next_panels.shape)}"
+        ),
+    )
+    return x.new_empty((*x.shape[:-1], n))
 
 
 # --------------------------------------------------------------------------- native kernels

@@ -253,6 +253,7 @@ bool ffn_bit_exact(const BinaryLinearArgs& first, const BinaryLinearArgs& second
 bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second,
                    FfnBitTable* table) {
   if (first.x_half || !(first.act_scale > 0.0f) || !(second.act_scale > 0.0f)) return false;
+  if (first.k > kMaxFfnTableFeatures) return false;
   const int64_t k = first.k, n = first.n;
   // The dot products the first GEMM can produce: K - 2 p for signed activations (p in [0, K]),
   // popcount(a) - 2 popcount(a AND w) for unsigned ones (every integer in [-K, K]).

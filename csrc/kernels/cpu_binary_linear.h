@@ -181,9 +181,15 @@ struct FfnBitTable {
 // minimum), so at most two ranges of 1 bits.
 constexpr int kMaxFfnRuns = 2;
 
+// The largest in_features a table is made for: it looks at every dot product the first op can
+// produce (2 K + 1 of them, per column), so its cost grows with K (2^31 took minutes); BERT's
+// layers have K <= 4096. Beyond it ffn_bit_table does not apply.
+constexpr int64_t kMaxFfnTableFeatures = int64_t{1} << 20;
+
 // Fills *table for `first` (its k, n, w_scale, bias, act_scale, act_unsigned, gelu) feeding
 // `second` (its act_threshold, act_unsigned). False (table untouched) where the shortcut does not
-// apply: a float16 x, act_scale 0 in either op (a scale per row), or a column whose bits need more
+// apply: a float16 x, act_scale 0 in either op (a scale per row), k > kMaxFfnTableFeatures, or a
+// column whose bits need more
 // than kMaxFfnRuns ranges (not seen: a guard); binary_ffn then runs the two ops one after the other.
 bool ffn_bit_table(const BinaryLinearArgs& first, const BinaryLinearArgs& second,
                    FfnBitTable* table);

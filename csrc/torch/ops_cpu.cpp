@@ -229,16 +229,34 @@ at::Tensor binary_linear_cpu(const at::Tensor& x, const at::Tensor& w, const at:
 
 // Prepacked weights: int32 [ceil(N / 16), ceil(K / 32), 16], the GEMM's panel layout (the same on
 // every CPU path), built once at load by prepack_weights.
-void check_panels(const at::Tensor& panels, int64_t n, int64_t in_features, const char* op) {
-  check_cpu(panels, op, "panels");
-  check_dtype(panels, at::kInt, op, "panels (prepacked weights)");
+void check_panels(const at::Tensor& panels, int64_t n, int64_t in_features, const char* op,
+                  const char* name = "panels") {
+  check_cpu(panels, op, name);
+  check_dtype(panels, at::kInt, op, (std::string(name) + " (prepacked weights)").c_str());
   const int64_t rows = cpu::kPanelRows;
   TORCH_CHECK(panels.dim() == 3 && panels.size(0) == (n + rows - 1) / rows &&
                   panels.size(1) == packed_width(in_features) && panels.size(2) == rows,
-              "bitmaps::", op, ": panels must have shape [", (n + rows - 1) / rows, ", ",
+              "bitmaps::", op, ": ", name, " must have shape [", (n + rows - 1) / rows, ", ",
               packed_width(in_features), ", ", rows, "] (bitmaps::prepack_weights of ", n,
               " rows of in_features=", in_features, " bits), got ", panels.sizes());
-  check_contiguous(panels, op, "panels");
+  check_contiguous(panels, op, name);
+  // The GEMM counts every bit of a row's last word: those past in_features must be 0, as
+  // prepack_weights leaves them. Panels made for another in_features of the same width passed
+  // the shape check and gave wrong outputs; one word a row is read here.
+  const int64_t tail = in_features % 32;
+  if (tail != 0 && panels.numel() > 0) {
+    const uint32_t pad = ~((uint32_t{1} << tail) - 1u);
+    const int32_t* p = panels.data_ptr<int32_t>();
+    const int64_t kw = panels.size(1);
+    for (int64_t q = 0; q < panels.size(0); ++q) {
+      for (int64_t l = 0; l < rows; ++l) {
+        TORCH_CHECK((static_cast<uint32_t>(p[(q * kw + kw - 1) * rows + l]) & pad) == 0,
+                    "bitmaps::", op, ": ", name, " hold bits past in_features=", in_features,
+                    " (row ", q * rows + l, "): prepacked for another in_features? Prepack the "
+                    "weights with this one (bitmaps::prepack_weights)");
+      }
+    }
+  }
 }
 
 at::Tensor prepack_weights_cpu(const at::Tensor& w, int64_t in_features) {
@@ -304,7 +322,9 @@ at::Tensor packed_attention_cpu(const at::Tensor& qkv, const std::optional<at::T
   constexpr const char* op = "packed_attention";
   check_cpu(qkv, op, "qkv");
   check_dtype(qkv, at::kFloat, op, "qkv");
-  TORCH_CHECK(num_heads >= 1, "bitmaps::", op, ": num_heads must be >= 1, got ", num_heads);
+  // below 2^31: 3 * num_heads must not overflow (it wrapped to 2 for 6148914691236517206)
+  TORCH_CHECK(num_heads >= 1 && num_heads < (int64_t{1} << 31), "bitmaps::", op,
+              ": num_heads must be in [1, 2^31 - 1], got ", num_heads);
   TORCH_CHECK(qkv.dim() == 3 && qkv.size(2) % (3 * num_heads) == 0, "bitmaps::", op,
               ": qkv must have shape [batch, seq, 3 * num_heads * head_dim] (num_heads=",
               num_heads, "), got ", qkv.sizes());
@@ -479,7 +499,9 @@ at::Tensor ffn_bit_table_cpu(const at::Tensor& w_scale, const std::optional<at::
   constexpr const char* op = "ffn_bit_table";
   check_cpu(w_scale, op, "w_scale");
   check_dtype(w_scale, at::kFloat, op, "w_scale");
-  TORCH_CHECK(in_features >= 1, "bitmaps::", op, ": in_features must be >= 1, got ", in_features);
+  TORCH_CHECK(in_features >= 1 && in_features <= cpu::kMaxFfnTableFeatures, "bitmaps::", op,
+              ": in_features must be in [1, ", cpu::kMaxFfnTableFeatures, "] (the table looks at "
+              "every dot product of the layer), got ", in_features);
   TORCH_CHECK(act_scale > 0.0, "bitmaps::", op, ": act_scale must be > 0 (a fixed scale), got ",
               act_scale);
   TORCH_CHECK(w_scale.dim() == 1, "bitmaps::", op, ": w_scale must have shape [out_features], "
@@ -548,7 +570,7 @@ at::Tensor binary_ffn_prepacked_cpu(
     TORCH_CHECK(sc->dim() == 1, "bitmaps::", op, ": ", name, "'s w_scale must have shape "
                 "[out_features], got ", sc->sizes());
     check_contiguous(*sc, op, "w_scale");
-    check_panels(*ps, sc->size(0), k, op);
+    check_panels(*ps, sc->size(0), k, op, ps == &panels ? "panels" : "next_panels");
     if (bi->has_value()) {
       check_cpu(**bi, op, "bias");
       check_dtype(**bi, at::kFloat, op, "bias");
