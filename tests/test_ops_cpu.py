@@ -570,6 +570,17 @@ def test_binary_ffn_opcheck_and_bad_input():
             ffn(x, *first, table, *second[:4], 0.0, 0)
         with pytest.raises(RuntimeError, match="x must be Float"):
             ffn(x.half(), *first, table, *second)
+    if ops.native_available():  # the second layer's arguments named as given (stop 48's probe)
+        ffn = ops.binary_ffn_prepacked
+        bad = {"next_act_unsigned must be 0": (*second[:5], 2),
+               "next_w_scale must be Float": (second[0], second[1].double(), *second[2:]),
+               "next_bias must be Float": (*second[:2], second[2].double(), *second[3:]),
+               "next_panels must have shape": (first[0], *second[1:])}  # fmt: skip
+        for message, args in bad.items():
+            with pytest.raises(RuntimeError, match=message):
+                ffn(x, *first, table, *args)
+        with pytest.raises(RuntimeError, match="in_features must be >= 1, got -1"):
+            ffn(x, *first[:3], -1, *first[4:], table, *second)
 
 
 @needs_c

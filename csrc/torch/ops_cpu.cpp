@@ -178,10 +178,10 @@ void check_binary_linear(const at::Tensor& x, const at::Tensor& w, const at::Ten
   }
 }
 
-void check_act_unsigned(int64_t act_unsigned, const char* op) {
-  TORCH_CHECK(act_unsigned == 0 || act_unsigned == 1, "bitmaps::", op,
-              ": act_unsigned must be 0 (activations binarized to +-1) or 1 ({0, 1}), got ",
-              act_unsigned);
+void check_act_unsigned(int64_t act_unsigned, const char* op,
+                        const char* name = "act_unsigned") {
+  TORCH_CHECK(act_unsigned == 0 || act_unsigned == 1, "bitmaps::", op, ": ", name,
+              " must be 0 (activations binarized to +-1) or 1 ({0, 1}), got ", act_unsigned);
 }
 
 // The op of DESIGN.md with weights as packed rows (w) or prepacked panels.
@@ -516,7 +516,7 @@ at::Tensor ffn_bit_table_cpu(const at::Tensor& w_scale, const std::optional<at::
     b = bias->contiguous();
   }
   check_act_unsigned(act_unsigned, op);
-  check_act_unsigned(next_act_unsigned, op);
+  check_act_unsigned(next_act_unsigned, op, "next_act_unsigned");
   TORCH_CHECK(activation == 0 || activation == 1, "bitmaps::", op, ": activation must be 0 "
               "(none) or 1 (GELU, erf form), got ", activation);
   cpu::BinaryLinearArgs first, second;
@@ -560,25 +560,28 @@ at::Tensor binary_ffn_prepacked_cpu(
                   table.size(2) == hidden, "bitmaps::", op, ": table must have shape [2, runs <= ",
               cpu::kMaxFfnRuns, ", ", hidden, "] (bitmaps::ffn_bit_table), got ", table.sizes());
   check_contiguous(table, op, "table");
-  // Each layer's own checks (shapes, dtypes, panels) are binary_linear_prepacked's.
-  for (const auto& [ps, sc, bi, k, un, name] :
-       {std::tuple{&panels, &w_scale, &bias, in_features, act_unsigned, "the first layer"},
+  TORCH_CHECK(in_features >= 1, "bitmaps::", op, ": in_features must be >= 1, got ", in_features);
+  // Each layer's own checks (shapes, dtypes, panels) are binary_linear_prepacked's, each argument
+  // named as the caller gave it (the second layer's with next_)
+  for (const auto& [ps, sc, bi, k, un, prefix] :
+       {std::tuple{&panels, &w_scale, &bias, in_features, act_unsigned, ""},
         std::tuple{&next_panels, &next_w_scale, &next_bias, hidden, next_act_unsigned,
-                   "the second layer"}}) {
-    check_cpu(*sc, op, "w_scale");
-    check_dtype(*sc, at::kFloat, op, "w_scale");
-    TORCH_CHECK(sc->dim() == 1, "bitmaps::", op, ": ", name, "'s w_scale must have shape "
+                   "next_"}}) {
+    const std::string p = prefix, scale = p + "w_scale", bias_name = p + "bias";
+    check_cpu(*sc, op, scale.c_str());
+    check_dtype(*sc, at::kFloat, op, scale.c_str());
+    TORCH_CHECK(sc->dim() == 1, "bitmaps::", op, ": ", scale, " must have shape "
                 "[out_features], got ", sc->sizes());
-    check_contiguous(*sc, op, "w_scale");
-    check_panels(*ps, sc->size(0), k, op, ps == &panels ? "panels" : "next_panels");
+    check_contiguous(*sc, op, scale.c_str());
+    check_panels(*ps, sc->size(0), k, op, (p + "panels").c_str());
     if (bi->has_value()) {
-      check_cpu(**bi, op, "bias");
-      check_dtype(**bi, at::kFloat, op, "bias");
-      TORCH_CHECK((*bi)->sizes() == sc->sizes(), "bitmaps::", op, ": ", name, "'s bias must have "
-                  "shape ", sc->sizes(), ", got ", (*bi)->sizes());
-      check_contiguous(**bi, op, "bias");
+      check_cpu(**bi, op, bias_name.c_str());
+      check_dtype(**bi, at::kFloat, op, bias_name.c_str());
+      TORCH_CHECK((*bi)->sizes() == sc->sizes(), "bitmaps::", op, ": ", bias_name,
+                  " must have shape ", sc->sizes(), ", got ", (*bi)->sizes());
+      check_contiguous(**bi, op, bias_name.c_str());
     }
-    check_act_unsigned(un, op);
+    check_act_unsigned(un, op, (p + "act_unsigned").c_str());
   }
   TORCH_CHECK(activation == 0 || activation == 1, "bitmaps::", op, ": activation must be 0 "
               "(none) or 1 (GELU, erf form), got ", activation);
