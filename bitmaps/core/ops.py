@@ -593,6 +593,21 @@ def _prepack_weights_fake(w: torch.Tensor, in_features: int) -> torch.Tensor:
     return w.new_empty((panels, packed_width(in_features), PANEL_ROWS))
 
 
+def _check_panels_shape(
+    op: str, name: str, panels: torch.Tensor, n: int, in_features: int
+) -> None:  # fmt: skip
+    """Prepacked weights of ``n`` rows of ``in_features`` bits: int32 of prepack_weights' shape."""
+    want = (-(-n // PANEL_ROWS), packed_width(max(in_features, 1)), PANEL_ROWS)
+    torch._check(
+        panels.dtype == torch.int32 and tuple(panels.shape) == want,
+        lambda: (
+            f"bitmaps::{op}: {name} must be int32 of shape {list(want)} (bitmaps::prepack_weights "
+            f"of {n} rows of in_features={in_features} bits), got {panels.dtype} "
+            f"{list(panels.shape)}"
+        ),
+    )
+
+
 @torch.library.register_fake("bitmaps::binary_linear_prepacked")
 def _binary_linear_prepacked_fake(
     x: torch.Tensor,
@@ -609,15 +624,7 @@ def _binary_linear_prepacked_fake(
     _check_activation(op, activation)
     _check_same_device(op, x=x, panels=panels, w_scale=w_scale, bias=bias)
     n = w_scale.shape[0]
-    want = (-(-n // PANEL_ROWS), packed_width(max(in_features, 1)), PANEL_ROWS)
-    torch._check(
-        panels.dtype == torch.int32 and tuple(panels.shape) == want,
-        lambda: (
-            f"bitmaps::{op}: panels must be int32 of shape {list(want)} (bitmaps::prepack_weights "
-            f"of {n} rows of in_features={in_features} bits), got {panels.dtype} "
-            f"{list(panels.shape)}"
-        ),
-    )
+    _check_panels_shape(op, "panels", panels, n, in_features)
     _check_activations(op, x, in_features, n, act_unsigned, w_scale=w_scale, bias=bias)
     return x.new_empty((*x.shape[:-1], n))
 
@@ -682,16 +689,8 @@ def _binary_ffn_prepacked_fake(
     _binary_linear_prepacked_fake(x, panels, w_scale, bias, in_features, act_threshold,
                                   act_scale, act_unsigned, activation)  # fmt: skip
     # the second layer's panels too (its input: the first layer's outputs), as the CPU kernel does
-    hidden, n = w_scale.shape[0], next_w_scale.shape[0]
-    want = (-(-n // PANEL_ROWS), packed_width(max(hidden, 1)), PANEL_ROWS)
-    torch._check(
-        next_panels.dtype == torch.int32 and tuple(next_panels.shape) == want,
-        lambda: (
-            f"bitmaps::{op}: next_panels must be int32 of shape {list(want)} "
-            f"(bitmaps::prepack_weights of {n} rows of {hidden} bits), got {next_panels.dtype} "
-            f"{list(next_panels.shape)}"
-        ),
-    )
+    n = next_w_scale.shape[0]
+    _check_panels_shape(op, "next_panels", next_panels, n, w_scale.shape[0])
     return x.new_empty((*x.shape[:-1], n))
 
 
