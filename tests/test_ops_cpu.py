@@ -608,3 +608,21 @@ def test_the_feed_forward_fake_kernel_checks_the_second_layers_panels():
         ops.binary_ffn_prepacked(x, *map(meta, first), meta(table), *map(meta, wrong))
     out = ops.binary_ffn_prepacked(x, *map(meta, first), meta(table), *map(meta, second))
     assert out.shape == (2, 5, 9)
+
+
+def test_reference_kernels_take_empty_inputs_as_the_cpu_kernels_do():
+    # stop 48's probe: the references (what devices without a native kernel run) raised PyTorch's
+    # "cannot reshape tensor of 0 elements" where the CPU kernels return empty results
+    x = torch.randn(3, 40)
+    assert ops.reference_binary_linear(x, torch.zeros(0, 2, dtype=torch.int32), torch.zeros(0),
+                                       None, 40, 0.0, 0.0).shape == (3, 0)  # fmt: skip
+    no_panels = torch.zeros(0, 2, 16, dtype=torch.int32)
+    assert ops.reference_binary_linear_prepacked(x, no_panels, torch.zeros(0), None, 40, 0.0,
+                                                 0.0).shape == (3, 0)  # fmt: skip
+    for shape, out in (((0, 5, 24), (0, 5, 8)), ((2, 0, 24), (2, 0, 8)), ((2, 5, 0), (2, 5, 0))):
+        assert ops.reference_packed_attention(torch.randn(*shape), None, 2, 0.5).shape == out
+    table = torch.zeros(4, 4, dtype=torch.uint8)
+    scale = torch.ones(4, 1)
+    ids = [torch.zeros(2, 0, dtype=torch.long)] * 2
+    out = ops.reference_embed_layer_norm(ids, [table] * 2, [scale] * 2, torch.ones(8), None, 1e-5)
+    assert out.shape == (2, 0, 8)

@@ -143,7 +143,8 @@ def reference_prepack_weights(w: torch.Tensor, in_features: int) -> torch.Tensor
 
 def unpack_panels(panels: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of :func:`reference_prepack_weights`: panels → packed rows ``[n, KW]``."""
-    return panels.transpose(1, 2).reshape(-1, panels.shape[1])[:n]
+    rows = panels.shape[0] * panels.shape[2]  # spelt out: no panels cannot infer -1
+    return panels.transpose(1, 2).reshape(rows, panels.shape[1])[:n]
 
 
 def reference_binary_linear_prepacked(
@@ -184,7 +185,11 @@ def reference_packed_attention(
     :mod:`bitmaps.core.int8_attention` (the same bits as the kernel's)."""
     _check_packed_attention(qkv, bias, num_heads, scale)
     b, s, width = qkv.shape
-    q, k, v = (t.reshape(b, s, num_heads, -1).transpose(1, 2) for t in qkv.split(width // 3, -1))
+    head_dim = width // (3 * num_heads)  # spelt out: a reshape of no elements cannot infer it
+    if width == 0:  # no heads' worth of columns: the output has none either
+        return qkv.new_empty((b, s, 0))
+    q, k, v = (t.reshape(b, s, num_heads, head_dim).transpose(1, 2)
+               for t in qkv.split(width // 3, -1))  # fmt: skip
     if int8:
         out = int8_attention(q, k, v, bias, scale)
         return out.transpose(1, 2).reshape(b, s, width // 3)
@@ -220,7 +225,8 @@ def reference_embed_layer_norm(
         rows = d[idx]
         nibbles = torch.stack((rows & 0x0F, rows >> 4), dim=-1).flatten(-2).float() - 8.0
         block = n // s.shape[1]
-        values = (nibbles.reshape(*nibbles.shape[:-1], -1, block) * s[idx][..., None]).flatten(-2)
+        blocks = nibbles.reshape(*nibbles.shape[:-1], s.shape[1], block)  # no -1: ids may be empty
+        values = (blocks * s[idx][..., None]).flatten(-2)
         total = values if total is None else total + values
     return torch.nn.functional.layer_norm(total, (n,), gamma, beta, epsilon)
 

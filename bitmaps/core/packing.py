@@ -49,7 +49,8 @@ def unpack_bits(words: torch.Tensor, k: int) -> torch.Tensor:
         raise ValueError(f"expected {packed_width(k)} words for K={k}, got {words.shape[-1]}")
     shifts = torch.arange(WORD_BITS, dtype=torch.int64, device=words.device)
     bits = (words.to(torch.int64).unsqueeze(-1) >> shifts) & 1
-    return bits.reshape(*words.shape[:-1], -1)[..., :k].bool()
+    # the word count spelt out, not -1: a tensor of no rows cannot infer it
+    return bits.reshape(*words.shape[:-1], words.shape[-1] * WORD_BITS)[..., :k].bool()
 
 
 def pack_signs(x: torch.Tensor) -> torch.Tensor:
