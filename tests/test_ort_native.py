@@ -450,3 +450,15 @@ def test_feature_counts_beyond_int32_fail_session_creation():
     model, _ = bort.single_node_model(64, 8, 0.0, 0.0)
     with pytest.raises(Exception, match=r"in_features must be in \[1, 2\^31 - 1\], got 9223372"):
         bort.kernel_session(_set_attribute(model, "in_features", 2**63 - 1))
+
+
+def test_panels_laid_out_for_another_in_features_fail_the_run():
+    # stop 48's torch-op probe found this in the torch op; the ONNX Runtime op read such panels in
+    # place too: panels for K = 40 hold bits 33-39, which a node of in_features 33 counted
+    model, t = bort.single_node_model(40, 20, 0.0, 0.0, panels=True)
+    model = _set_attribute(model, "in_features", 33)
+    model.graph.input[0].type.tensor_type.shape.dim[-1].dim_value = 33
+    x = {"X": np.random.default_rng(0).standard_normal((3, 33)).astype(np.float32)}
+    with pytest.raises(Exception, match=r"node 'binary_linear': W \(panel layout\) holds bits "
+                       r"past in_features=33"):  # fmt: skip
+        bort.kernel_session(model).run(None, x)

@@ -77,6 +77,18 @@ std::unique_ptr<T[]> uninitialized(int64_t count) {
 
 int64_t prepacked_words(int64_t n, int64_t k) { return panel_words(n, packed_width(k)); }
 
+int64_t panel_row_with_bits_past_k(const int32_t* panels, int64_t n, int64_t k) {
+  const int64_t tail = k % kWordBits;
+  if (tail == 0) return -1;
+  const uint32_t pad = ~((uint32_t{1} << tail) - 1u);
+  const int64_t kw = packed_width(k);
+  for (int64_t row = 0; row < n; ++row) {
+    const int64_t p = row / kPanelRows, l = row % kPanelRows;
+    if (static_cast<uint32_t>(panels[(p * kw + kw - 1) * kPanelRows + l]) & pad) return row;
+  }
+  return -1;
+}
+
 int prepack_weights(const int32_t* w, int64_t n, int64_t k, int32_t* panels,
                     const Parallel& parallel) {
   const PanelJob job{w, n, packed_width(k), k, panels};

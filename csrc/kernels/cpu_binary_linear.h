@@ -124,6 +124,12 @@ int64_t prepacked_words(int64_t n, int64_t k);
 int prepack_weights(const int32_t* w, int64_t n, int64_t k, int32_t* panels,
                     const Parallel& parallel);
 
+// The first row of prepacked weights (n rows of k bits, the layout above) whose last word holds
+// bits past k, or -1 where none does. The GEMM counts every bit of that word and prepack_weights
+// leaves those bits zero; panels made for another k of the same word count (40 for 33) do not.
+// One word a row is read, and none where k is a multiple of 32.
+int64_t panel_row_with_bits_past_k(const int32_t* panels, int64_t n, int64_t k);
+
 // out[m, n] = k - 2 * popcount(a[m] XOR b[n]) for packed rows a [m, kw] and b [n, kw] (b is laid
 // out into panels on the way).
 int xnor_gemm(CpuPath path, const int32_t* a, int64_t m, const int32_t* b, int64_t n, int64_t k,

@@ -246,6 +246,15 @@ OrtStatus* linear_inputs(const Linear& kern, OrtKernelContext* context, size_t w
     bool panels = false;
     BITMAPS_ORT_RETURN_IF_ERROR(kern.check_w(wd, &panels));
     BITMAPS_ORT_RETURN_IF_ERROR(data_of(w, panels ? &args->panels : &args->w));
+    // panels as given (read in place): bits past in_features would be counted by the GEMM
+    const int64_t row =
+        panels ? cpu::panel_row_with_bits_past_k(args->panels, kern.n, kern.k) : -1;
+    if (row >= 0) {
+      return kern.invalid(std::string(kern.names.w) + " (panel layout) holds bits past " +
+                          kern.names.in + "=" + std::to_string(kern.k) + " (row " +
+                          std::to_string(row) + "): laid out for another " + kern.names.in +
+                          "? Re-export the model");
+    }
   }
   BITMAPS_ORT_RETURN_IF_ERROR(data_of(w_scale, &args->w_scale));
   if (bias != nullptr) BITMAPS_ORT_RETURN_IF_ERROR(data_of(bias, &args->bias));

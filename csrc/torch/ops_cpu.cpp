@@ -240,23 +240,10 @@ void check_panels(const at::Tensor& panels, int64_t n, int64_t in_features, cons
               packed_width(in_features), ", ", rows, "] (bitmaps::prepack_weights of ", n,
               " rows of in_features=", in_features, " bits), got ", panels.sizes());
   check_contiguous(panels, op, name);
-  // The GEMM counts every bit of a row's last word: those past in_features must be 0, as
-  // prepack_weights leaves them. Panels made for another in_features of the same width passed
-  // the shape check and gave wrong outputs; one word a row is read here.
-  const int64_t tail = in_features % 32;
-  if (tail != 0 && panels.numel() > 0) {
-    const uint32_t pad = ~((uint32_t{1} << tail) - 1u);
-    const int32_t* p = panels.data_ptr<int32_t>();
-    const int64_t kw = panels.size(1);
-    for (int64_t q = 0; q < panels.size(0); ++q) {
-      for (int64_t l = 0; l < rows; ++l) {
-        TORCH_CHECK((static_cast<uint32_t>(p[(q * kw + kw - 1) * rows + l]) & pad) == 0,
-                    "bitmaps::", op, ": ", name, " hold bits past in_features=", in_features,
-                    " (row ", q * rows + l, "): prepacked for another in_features? Prepack the "
-                    "weights with this one (bitmaps::prepack_weights)");
-      }
-    }
-  }
+  const int64_t row = cpu::panel_row_with_bits_past_k(panels.data_ptr<int32_t>(), n, in_features);
+  TORCH_CHECK(row < 0, "bitmaps::", op, ": ", name, " hold bits past in_features=", in_features,
+              " (row ", row, "): prepacked for another in_features? Prepack the weights with "
+              "this one (bitmaps::prepack_weights)");
 }
 
 at::Tensor prepack_weights_cpu(const at::Tensor& w, int64_t in_features) {
