@@ -73,6 +73,8 @@ measure-startup-epyc-zen1-stop43  …/measure-startup-epyc-zen1-stop43.json benc
                    ort-library-ab (the folded K loop on Zen 3; stop 36's library against stop 45's),
                    export-targets (run*; -before: stop 45's library), profile-bert-base (float
                    run 2), profile-bert-base-int8-attention (run 1)
+goal-bounds        the popcount-ceiling and export-targets files     goal_bounds.py (issue 12's
+                   of each CPU that goal_bounds.CPUS names            last two goals, bounded)
 ort-library-ab-nibble-split-epyc-avx2  …-ab-nibble-split-epyc-avx2*.json  bench_ort_library_ab.py
 ort-library-ab-panel-split-epyc-avx2   …-ab-panel-split-epyc-avx2.json    bench_ort_library_ab.py
 =================  ===========================================  ===================================
@@ -278,6 +280,16 @@ def profile_table(paths: list[Path]) -> str:
     titles = ("model", "backend", "batch", "seq", "p50 ms", "p90 ms", "weights MB", "file MB",
               "peak MB", "binary vs ORT fp32", "binary vs torch fp32", "binary vs ORT int8")  # fmt: skip
     return head + ":\n\n" + markdown_table(titles, cells, "llrr" + "r" * 8)
+
+
+def goal_bounds_table(paths: list[Path]) -> str:
+    """goal_bounds.py's table, from its own list of files under the same root as ``paths``."""
+    if not paths:
+        raise BitmapsError("no benchmarks/results/export-targets*.json under the root")
+    try:
+        return _script("goal_bounds.py").render(paths[0].parents[2])
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        raise BitmapsError(f"goal_bounds.py: a result file does not fit ({exc!r})") from None
 
 
 def gpu_check_report(paths: list[Path]) -> str:
@@ -574,6 +586,10 @@ TABLES: dict[str, Source] = {
     ),
     "embeddings": Source("benchmarks/results/embeddings.json", _bench("bench_embeddings.py")),
     "bert-cuda": Source("benchmarks/results/bert-cuda.json", _bench("bench_bert_cuda.py")),
+    "goal-bounds": Source(
+        "benchmarks/results/export-targets*.json",
+        goal_bounds_table,
+    ),
     "gpu-check-h200": Source("benchmarks/results/gpu-check-h200/report.md", gpu_check_report),
     "gpu-check-h200-stop31": Source(
         "benchmarks/results/gpu-check-h200-stop31/report.md", gpu_check_report
