@@ -223,3 +223,30 @@ def test_fusion_steps_aside_for_non_zero_default_token_types() -> None:
     ids = torch.randint(0, 120, (2, 7))
     with torch.inference_mode():
         torch.testing.assert_close(fused(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+@needs_c
+@pytest.mark.parametrize(("hidden", "heads", "group"), [(48, 3, 32), (96, 3, 64), (72, 6, 64)])
+def test_fusion_leaves_rows_padded_to_whole_groups_to_the_module(hidden, heads, group) -> None:
+    """int4 rows whose width is not a multiple of the group are padded to whole groups; the op's
+    blocks tile an unpadded row, so such tables are not fused (they crashed the fused path)."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from bitmaps.runtime.fusion import fuse_embed_layer_norm_, fuse_for_cpu_inference_
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=hidden, num_hidden_layers=1,
+                     num_attention_heads=heads, intermediate_size=64,
+                     max_position_embeddings=16)  # fmt: skip
+    model = BertForMaskedLM(cfg).eval()
+    quantize_embeddings_(model, "int4", group)
+    assert fuse_embed_layer_norm_(copy.deepcopy(model)) == 0
+    fused = copy.deepcopy(model)
+    fuse_for_cpu_inference_(fused)
+    ids = torch.randint(0, 50, (2, 5))
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            fused(input_ids=ids, attention_mask=torch.ones_like(ids)).logits,
+            model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits,
+            rtol=1e-4, atol=1e-4,
+        )  # fmt: skip

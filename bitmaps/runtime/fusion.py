@@ -249,7 +249,10 @@ def _int4_tables(module: nn.Module) -> bool:
     tables = [getattr(module, name, None) for name in _EMBEDDING_TABLES]
     if not all(isinstance(t, QuantizedEmbedding) and t.mode == "int4" for t in tables):
         return False
-    return len({(t.group, t.embedding_dim) for t in tables}) == 1
+    # one group and width for all three; the op's blocks tile the row (a row padded to whole
+    # groups, hidden not a multiple of the group, stays on the module's own lookups)
+    shapes = {(t.group, t.embedding_dim) for t in tables}
+    return len(shapes) == 1 and all(dim % group == 0 for group, dim in shapes)
 
 
 # the order of transformers' additions: (word + token type) + position
