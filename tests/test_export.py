@@ -567,3 +567,25 @@ def test_verification_never_passes_non_finite_outputs() -> None:
         assert scaled_error(both.numpy(), good) == float("inf")
         assert scaled_error(good.numpy(), both) == float("inf")
         assert scaled_error(both.numpy(), both) == float("inf")
+
+
+@pytest.mark.parametrize("embeddings", ["fp32", "fp16", "int8", "int4"])
+def test_a_small_tied_table_is_not_folded_into_a_float_copy(embeddings) -> None:
+    """The exporter constant-folds Transpose(table) of a small vocabulary (50 x 64 here) into a
+    second float initializer; the decoder then read FP32 weights where the PyTorch model reads
+    the quantized table, and the export was refused (int8, int4, fp16) or held the table twice."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=40)  # fmt: skip
+    model = BertForMaskedLM(config).eval()
+    binarize_(model, BinarizeConfig())
+    model.eval()
+    result = export_verified(model, ExportConfig(embeddings=embeddings), binary=True)
+    assert result.report.ok
+    shapes = [list(t.dims) for t in result.model.graph.initializer]
+    assert [64, 50] not in shapes  # no folded transpose of the word table
+    retied = [n for n in result.model.graph.node if n.name.endswith("/retied")]
+    assert len(retied) == 1

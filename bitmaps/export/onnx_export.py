@@ -280,6 +280,56 @@ def _private_initializer(graph: ir.Graph, node: ir.Node, index: int, name: str) 
     node.replace_input_with(index, copy)
 
 
+def retie_folded_transposes(model: ir.Model) -> int:
+    """Undo the exporter's constant folding of a tied table's transpose: an initializer that only
+    MatMuls read as their right operand and that holds exactly the transpose of a table some
+    Gather reads (a tied MLM decoder; ``optimize=True`` folds ``Transpose(table)`` into a second
+    float copy when the table is small, under about a million values) becomes
+    ``Transpose(table)`` again. Without this the file holds the table twice, and the embeddings
+    pass quantizes the lookups but not the folded copy, so the decoder of an int8, int4 or fp16
+    export would read FP32 weights where the PyTorch model reads the quantized table. Returns how
+    many were retied."""
+    graph = model.graph
+    tables: dict[str, ir.Value] = {}
+    for node in graph:
+        data = node.inputs[0] if node.op_type == "Gather" and node.domain == "" else None
+        if data is not None and data.is_initializer() and data.const_value is not None:
+            axis = node.attributes.get("axis")
+            if (
+                (axis is None or axis.as_int() == 0)
+                and data.shape is not None
+                and len(data.shape) == 2
+            ):
+                tables.setdefault(data.name, data)
+    retied = 0
+    for name, value in list(graph.initializers.items()):
+        uses = list(value.uses())
+        if (
+            name in tables
+            or value.const_value is None
+            or value.shape is None
+            or len(value.shape) != 2
+            or value.is_graph_output()
+            or not uses
+            or any(u.node.op_type != "MatMul" or u.node.domain != "" or u.idx != 1 for u in uses)
+        ):
+            continue
+        folded = value.const_value.numpy()
+        for table in tables.values():
+            if table.dtype != value.dtype or tuple(table.shape) != folded.shape[::-1]:
+                continue
+            if not (folded.T == table.const_value.numpy()).all():
+                continue
+            transpose = ir.node("Transpose", [table], {"perm": [1, 0]}, name=f"{name}/retied")
+            graph.insert_before(uses[0].node, transpose)
+            for use in uses:
+                use.node.replace_input_with(use.idx, transpose.outputs[0])
+            graph.initializers.pop(name)
+            retied += 1
+            break
+    return retied
+
+
 def name_binary_linears(model: ir.Model) -> None:
     """Name each BinaryLinear node after its module and give it private, named initializers."""
     graph = model.graph

@@ -40,6 +40,7 @@ from bitmaps.export.onnx_export import (
     binary_linears,
     name_binary_linears,
     prepare_model,
+    retie_folded_transposes,
     strip_node_metadata,
     to_onnx,
 )
@@ -232,13 +233,15 @@ def trace(wrapper: ExportWrapper, cfg: ExportConfig, source: str, log: Log) -> i
 
 
 def rewrite(model: ir.Model, *, binary: bool, source: str) -> None:
-    """Name BinaryLinear nodes after their modules, private initializers, no stack traces."""
+    """Name BinaryLinear nodes after their modules, private initializers, a tied table's folded
+    transpose retied, no stack traces."""
     found = bool(binary_linears(model))
     if binary and not found:
         raise BitmapsError(f"{source} has no binary layers to export")
     if not binary and found:
         raise BitmapsError(f"{source} is binarized; export it as a binary model")
     name_binary_linears(model)
+    retie_folded_transposes(model)
     strip_node_metadata(model)
 
 
