@@ -405,3 +405,30 @@ def test_a_save_refuses_an_output_another_process_wrote_meanwhile(
     job = _job(sotu_small, out, seq_len=64, steps=2, batch_size=4, save_every=1)
     run_training(dataclasses.replace(job, overwrite=True), **QUIET)
     assert len(calls) == 2 and out.read_bytes() != b"another run's file"
+
+
+def test_a_student_resumed_with_another_teacher_is_refused(
+    sotu_small, tmp_path, bert_tiny_dir
+) -> None:
+    """A teacher of the same shape with other weights loads without complaint, so the run would
+    mix two teachers; the state records the teacher's digest and a resume checks it."""
+    from bitmaps.core.config import BinarizeConfig, DistillConfig
+
+    teachers = [tmp_path / "teacher-a.pt", tmp_path / "teacher-b.pt"]
+    run_training(_job(sotu_small, teachers[0], steps=1), **QUIET)
+    run_training(_job(sotu_small, teachers[1], steps=2), **QUIET)
+
+    def student_job(teacher: Path, **train) -> TrainJob:
+        job = _job(sotu_small, tmp_path / "s.pt", stage="student", steps=4, save_every=1, **train)
+        job.model = str(teacher)
+        job.binarize, job.distill = BinarizeConfig(), DistillConfig()
+        return job
+
+    run_training(student_job(teachers[0], stop_after=1), **QUIET)
+    job = student_job(teachers[1])
+    job.resume = True
+    with pytest.raises(BitmapsError, match="trained from another teacher than .*teacher-b.pt"):
+        run_training(job, **QUIET)
+    job = student_job(teachers[0])
+    job.resume = True
+    assert run_training(job, **QUIET).complete

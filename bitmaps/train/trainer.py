@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -192,8 +193,19 @@ def _restoring(output: Path, what: str):  # noqa: ANN202
         ) from None
 
 
+def weights_digest(model: nn.Module) -> str:
+    """A digest of ``model``'s state (names, dtypes, shapes, bytes): what a resumed run checks
+    its --model / --teacher against (a same-shaped model with other weights loads silently)."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _check_resumable(
-    job: TrainJob, state: dict[str, Any], env: D.DistEnv, fingerprint: str
+    job: TrainJob, state: dict[str, Any], env: D.DistEnv, fingerprint: str, source_digest: str
 ) -> None:
     problem = _state_problem(state)
     if problem:
@@ -231,6 +243,14 @@ def _check_resumable(
         )
     if state.get("data_fingerprint") != fingerprint:
         raise BitmapsError(f"cannot resume {job.output}: the training text or tokenizer changed")
+    saved = state.get("source_digest")  # absent in states written before it was recorded
+    if saved is not None and saved != source_digest:
+        what = "teacher" if job.train.stage == "student" else "model"
+        raise BitmapsError(
+            f"cannot resume {job.output}: it was trained from another {what} than {job.model} "
+            f"(the weights differ); resume with the {what} it started from, or write to a new "
+            "output"
+        )
 
 
 def _prepare_models(
@@ -420,6 +440,9 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
     torch.manual_seed(cfg.seed)
     labelled = read_task_labels(job.data_paths) if cfg.task == "classify" else None
     source, model = _prepare_models(job, log, labelled)
+    # the weights the run starts from (the teacher of a student run), before any step changes
+    # them: a resumed run must start from the same
+    source_digest = weights_digest(source.model)
     if labelled is not None and source.labels != labelled.labels:
         raise BitmapsError(
             f"{job.model} classifies {', '.join(source.labels or ())}; the data has labels "
@@ -451,7 +474,7 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
         resume_state = ckpt.get("train_state")
         if resume_state is None:
             raise BitmapsError(f"cannot resume {job.output}: it holds no training state")
-        _check_resumable(job, resume_state, env, fingerprint)
+        _check_resumable(job, resume_state, env, fingerprint, source_digest)
         if ckpt["meta"].get("complete"):
             log(f"{job.output} is already complete (step {resume_state['step']}); nothing to do")
             history = list(resume_state.get("history", []))
@@ -530,6 +553,7 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
                 "rng": rng,
                 "world_size": env.world_size,
                 "data_fingerprint": fingerprint,
+                "source_digest": source_digest,
                 "train_config": cfg.to_dict(),
                 "data_config": job.data.to_dict(),
                 "binarize": job.binarize.to_dict() if job.binarize else None,
