@@ -526,3 +526,26 @@ def test_a_limited_held_out_evaluation_samples_the_whole_split():
     shards = [torch.cat([b["labels"] for b in classify_batches(
         split, batch_size=8, max_examples=100, rank=r, world_size=2)]) for r in (0, 1)]  # fmt: skip
     assert sum(len(s) for s in shards) == 100
+
+
+def test_a_document_is_tokenized_as_far_as_seq_len_tokens_need(bert_tiny_dir):
+    """Texts are cut before tokenizing; a cut at seq_len * 16 characters dropped tokens of
+    documents with long runs of whitespace (one SpamAssassin body: 35 tokens of 64), and a cut
+    inside a word could change its tokens. The tokens must be those of the whole text."""
+    from bitmaps.data.corpus import load_tokenizer
+    from bitmaps.data.labelled import Example, tokenize_split
+
+    tok = load_tokenizer("bert-tiny")
+    seq_len = 16
+    texts = [
+        " " * 1100 + "words after a long run of spaces " * 4,  # the cut was all spaces
+        "\n" * 300 + "x" * 5000 + " tail words",  # a 5000-letter word across every cut
+        "short text",
+        "a " * 100 + "b" * 300,  # filled before the cut: unchanged
+        " " * 40000 + "far away words " * 3,  # past the second cut too
+    ]
+    examples = [Example(f"d{i}", t, "a") for i, t in enumerate(texts)]
+    split = tokenize_split(examples, ["a"], tok, seq_len)
+    for i, text in enumerate(texts):
+        whole = tok(text, truncation=True, max_length=seq_len, padding="max_length")["input_ids"]
+        assert split.input_ids[i].tolist() == whole, i

@@ -32,6 +32,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,13 @@ from bitmaps.data.corpus import choose_heldout
 from bitmaps.data.spam_assassin import SPAM_ASSET, SPAM_TARBALL, read_spam_assassin
 from bitmaps.data.text import _text_files, decode_text
 
-CHARS_PER_TOKEN = 16  # text kept before tokenizing: seq_len tokens never need more characters
+# Text kept before tokenizing, at first: seq_len tokens rarely need more characters. Where they
+# do (runs of whitespace: indented or HTML-remnant mail bodies) the cut grows until the tokens fill
+# seq_len or the text is whole (_texts_to_tokenize).
+CHARS_PER_TOKEN = 16
+# What BERT's tokenizer splits words on (its _is_whitespace): a cut there keeps every word whole, so
+# the tokens of the text up to it are the first tokens of the whole text.
+_WORD_BREAK = re.compile("[ \t\n\r\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -274,10 +281,34 @@ class LabelledCorpus:
     stats: dict[str, Any]
 
 
+def _prefix(text: str, chars: int) -> str:
+    """``text`` up to the first word break at or after ``chars`` (all of it if there is none)."""
+    if len(text) <= chars:
+        return text
+    m = _WORD_BREAK.search(text, chars)
+    return text if m is None else text[: m.start()]
+
+
+def _texts_to_tokenize(examples: Sequence[Example], tokenizer: Any, seq_len: int) -> list[str]:
+    """Each text cut where its first ``seq_len`` tokens are surely inside: ``seq_len`` ×
+    CHARS_PER_TOKEN characters, four times more while a cut text gives fewer tokens than that."""
+    chars = seq_len * CHARS_PER_TOKEN
+    texts = [_prefix(ex.text, chars) for ex in examples]
+    todo = [i for i, ex in enumerate(examples) if len(texts[i]) < len(ex.text)]
+    while todo:
+        ids = tokenizer([texts[i] for i in todo], truncation=True, max_length=seq_len)["input_ids"]
+        chars *= 4
+        todo = [i for i, row in zip(todo, ids, strict=True) if len(row) < seq_len]
+        for i in todo:
+            texts[i] = _prefix(examples[i].text, chars)
+        todo = [i for i in todo if len(texts[i]) < len(examples[i].text)]
+    return texts
+
+
 def tokenize_split(examples: Sequence[Example], labels: Sequence[str], tokenizer: Any,
                    seq_len: int) -> LabelledSplit:  # fmt: skip
     index = {name: i for i, name in enumerate(labels)}
-    texts = [ex.text[: seq_len * CHARS_PER_TOKEN] for ex in examples]
+    texts = _texts_to_tokenize(examples, tokenizer, seq_len)
     enc = tokenizer(texts, truncation=True, max_length=seq_len, padding="max_length",
                     return_attention_mask=True)  # fmt: skip
     input_ids = torch.tensor(enc["input_ids"], dtype=torch.int32).reshape(-1, seq_len)
@@ -288,7 +319,10 @@ def tokenize_split(examples: Sequence[Example], labels: Sequence[str], tokenizer
 
 def _key(data: LabelledData, tokenizer: Any, cfg: DataConfig) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([cfg.seq_len, cfg.heldout_fraction, cfg.split_seed, data.labels]).encode())
+    # "cut 2": texts cut at word breaks, as far as seq_len tokens need (stop 49; before, at
+    # seq_len * 16 characters)
+    h.update(json.dumps([cfg.seq_len, cfg.heldout_fraction, cfg.split_seed, data.labels,
+                         "cut 2"]).encode())  # fmt: skip
     h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
     for ex in data.examples:
         h.update(f"{ex.id}\0{ex.label}\0".encode())
