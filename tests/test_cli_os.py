@@ -167,3 +167,36 @@ def test_the_early_write_check_sees_a_full_disk(tmp_path, monkeypatch):
     with pytest.raises(BitmapsError, match="cannot write .*p.json: No space left on device"):
         atomic.check_writable(tmp_path / "p.json")
     assert list(tmp_path.iterdir()) == []  # the probe removed
+
+
+def test_a_write_killed_outright_leaves_nothing_for_the_next_write(tmp_path, monkeypatch):
+    """SIGKILL during a write (a checkpoint save) cannot remove the temporary file; the next write
+    of the same output on this machine removes what dead processes left, and nothing else."""
+    from bitmaps.core.atomic import atomic_output
+
+    out = tmp_path / "ckpt.pt"
+    killed = (
+        "import os, signal, sys\n"
+        "from bitmaps.core.atomic import atomic_output\n"
+        "with atomic_output(sys.argv[1]) as tmp:\n"
+        "    tmp.write_bytes(b'half a checkpoint')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    child = subprocess.run([sys.executable, "-c", killed, str(out)], check=False)
+    assert child.returncode == -9
+    left = [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+    assert len(left) == 1 and not out.exists()
+    others = [tmp_path / ".other.pt.x.tmp", tmp_path / ".ckpt.pt.abc123.tmp"]  # not ours to take
+    for p in others:
+        p.write_bytes(b"x")
+    fsynced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsynced.append(fd), real_fsync(fd)))
+    with atomic_output(out) as tmp:
+        # a live writer of this machine (this process) keeps its temporary file meanwhile
+        assert tmp.exists() and f"-{os.getpid()}." in tmp.name
+        tmp.write_bytes(b"whole")
+    assert out.read_bytes() == b"whole" and len(fsynced) >= 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["ckpt.pt", *(p.name for p in others)]
+    )

@@ -2,6 +2,10 @@
 
 Every file bitmaps writes goes through :func:`atomic_output`, so a crash, a failed verification or a
 Ctrl-C never leaves a partial checkpoint, ONNX model or report where the user expects a good one.
+The temporary file is flushed to disk before the rename (a power cut leaves the old file or the new
+one, not an empty one). A process killed outright (SIGKILL, the OOM killer) cannot remove its
+temporary file; the next write to the same output on the same machine does
+(``.NAME.HOST-PID.*.tmp`` whose process is gone).
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,12 +108,58 @@ def _umask() -> int:
     return mask
 
 
+def _host() -> str:
+    """This machine's name as a temporary file may carry it (no separators, no dots)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:64] or "host"
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine (one that cannot be signalled does)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's process
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of ``path`` that killed processes of this machine left."""
+    own = re.compile(re.escape(f".{path.name}.{_host()}-") + r"(\d+)\.[^/]*\.tmp")
+    try:
+        entries = os.scandir(path.parent if str(path.parent) else ".")
+    except OSError:
+        return
+    with entries:
+        for entry in entries:
+            m = own.fullmatch(entry.name)
+            if m and not _running(int(m[1])):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file, or a folder: its entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``path`` only on success."""
     path = check_writable(path, probe=False)
+    folder = path.parent if str(path.parent) else Path(".")
+    _remove_stale_temporaries(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.{_host()}-{os.getpid()}.", suffix=".tmp", dir=folder
+        )
     except OSError as exc:  # a folder the access check passes but that takes no files (/proc)
         raise BitmapsError(f"cannot write {path}: {exc.strerror or exc}") from None
     os.close(fd)
@@ -116,7 +168,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus umask).
         os.chmod(tmp_path, 0o666 & ~_umask())
+        _fsync(tmp_path)  # the data on disk before the name points at it
         os.replace(tmp_path, path)
+        with contextlib.suppress(OSError):  # the rename itself (some file systems refuse this)
+            _fsync(folder)
     except OSError as exc:
         if exc.errno not in _WRITE_ERRNOS and exc.filename not in (str(tmp_path), str(path)):
             raise
