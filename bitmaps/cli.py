@@ -286,7 +286,7 @@ def train(stage, task, model, data, output, steps, batch_size, lr, warmup_ratio,
         device=device,
     )
     result = run_training(job, log=stderr_logger())
-    if not result.complete:
+    if not result.complete or not result.main_process:  # one summary per torchrun
         return
     m = result.metrics
     if job.train.task == "classify":

@@ -217,6 +217,7 @@ def test_torchrun_two_cpu_processes(sotu_small, tmp_path, bert_tiny_dir) -> None
     assert ckpt["meta"]["complete"] and ckpt["train_state"]["world_size"] == 2
     assert len(ckpt["train_state"]["rng"]) == 2
     assert "held-out @ step 4" in done.stderr
+    assert done.stdout.count("held-out cross entropy") == 1, done.stdout  # one summary, rank 0's
 
 
 def test_student_resume_is_equivalent_to_a_straight_run(

@@ -92,6 +92,7 @@ class TrainResult:
     metrics: dict[str, float]
     history: list[dict[str, Any]]
     wall_s: float
+    main_process: bool = True  # False on the other ranks of a torchrun (they print no summary)
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
@@ -485,6 +486,7 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
                 ckpt["meta"].get("metrics", {}),
                 history,
                 time.perf_counter() - t_start,
+                env.is_main,
             )
         with _restoring(job.output, "its weights are not this model's (another --teacher?)"):
             model.load_state_dict(ckpt["state_dict"], strict=True)
@@ -649,5 +651,5 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
     else:
         log(f"stopped after {ran_here} step(s) at step {step} (--stop-after); resume with --resume")
     return TrainResult(
-        job.output, step, not stopped, metrics, history, time.perf_counter() - t_start
+        job.output, step, not stopped, metrics, history, time.perf_counter() - t_start, env.is_main
     )
