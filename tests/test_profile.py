@@ -351,7 +351,7 @@ def test_onnxruntime_measuring_process_imports_no_torch(tmp_path) -> None:
     assert "torch" not in imported and "bitmaps.runtime.measure_torch" not in imported
 
 
-def test_weight_breakdown_counts_packed_words() -> None:
+def test_weight_breakdown_counts_packed_words_and_the_panels_held_beside_them() -> None:
     from transformers import BertConfig, BertForMaskedLM
 
     from bitmaps.core.config import BinarizeConfig
@@ -370,12 +370,18 @@ def test_weight_breakdown_counts_packed_words() -> None:
     binary = copy.deepcopy(fp32)
     binarize_(binary, BinarizeConfig())
     a = weight_breakdown(inference_module(fp32, "fp32", "hidden", "cpu"))
+    module = inference_module(copy.deepcopy(binary), "binary", "hidden", "cpu")
     b = weight_breakdown(inference_module(binary, "binary", "hidden", "cpu"))
     # per layer: 4 linears 40->40, 40->70, 70->40; FP32 weights out, packed words + scale in
     words = 4 * 40 * 2 + 70 * 2 + 40 * 3  # ceil(40/32) = 2, ceil(70/32) = 3
     dropped = (4 * 40 * 40 + 40 * 70 + 70 * 40) * 4
     added = words * 4 + (4 * 40 + 70 + 40) * 4  # packed int32 + float32 w_scale
-    assert a["encoder"] - b["encoder"] == 2 * (dropped - added)
+    # held beside them on the CPU: the GEMM's panels [ceil(N/16), KW, 16] int32 per linear, and
+    # each FFN's bit table
+    panels = (4 * 3 * 2 + 5 * 2 + 3 * 3) * 16 * 4
+    tables = sum(t.numel() * 4 for n, t in module.named_buffers() if n.endswith("ffn_table"))
+    assert tables > 0
+    assert a["encoder"] - b["encoder"] == 2 * (dropped - added - panels) - tables
     # the binary model ships quantized embedding tables (bitmaps/core/embeddings.py): smaller
     assert 0 < b["embeddings"] < a["embeddings"] and a["head"] == 0
     assert a["total"] == a["encoder"] + a["embeddings"]
@@ -748,3 +754,39 @@ def test_a_failed_second_output_leaves_neither(capsys, tmp_path, tiny_pair, tiny
     code, _, err = run(capsys, *args)
     assert_one_line_error(code, err, "cannot write", "p.png", "No space")
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_stacked_qkv_panels_are_held_once() -> None:
+    """fuse_qkv_ stacks Q, K and V's panels for one GEMM call; each layer's own panels become
+    views of that buffer (they were a third copy of those weights), counted once."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from bitmaps.core.config import BinarizeConfig
+    from bitmaps.runtime.backends import inference_module, weight_breakdown
+    from bitmaps.train.binary_linear import binarize_
+
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=32)  # fmt: skip
+    model = BertForMaskedLM(cfg).eval()
+    binarize_(model, BinarizeConfig(activation_quantizer="ste"))
+    module = inference_module(model, "binary", "hidden", "cpu")
+    attention = module.encoder.layer[0].attention.self
+    assert attention.qkv_panels is not None
+    for m in (attention.query, attention.key, attention.value):
+        assert m.panels.untyped_storage().data_ptr() == attention.qkv_panels.data_ptr()
+    from bitmaps.core import ops
+
+    h = torch.randn(2, 7, 32)
+    with torch.inference_mode():  # each layer through its view = the op on its packed rows
+        for m in (attention.query, attention.key, attention.value):
+            want = ops.binary_linear(h, m.packed_weight, m.w_scale, m.bias, m.in_features,
+                                     m.act_threshold, m.act_scale)  # fmt: skip
+            torch.testing.assert_close(m(h), want)
+    parts = weight_breakdown(module)
+    everything = sum(
+        t.numel() * t.element_size()
+        for n, t in (*module.named_parameters(), *module.named_buffers())
+        if not n.endswith(("position_ids", "token_type_ids"))
+    )
+    views = sum(m.panels.numel() * 4 for m in (attention.query, attention.key, attention.value))
+    assert parts["total"] == everything - views

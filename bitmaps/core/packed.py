@@ -110,7 +110,11 @@ class PackedBinaryLinear(nn.Module):
             new = self._buffers[name]
             if new.dtype != torch.float32:  # .half() / .to(dtype): restore full-precision scales
                 self._buffers[name] = old.to(device=new.device)
-        self._refresh_panels()
+        panels, w = self.panels, self.packed_weight
+        # laid out again where the weights moved (or the panels are missing); kept otherwise,
+        # so a view into stacked panels (bitmaps.runtime.fusion.fuse_qkv_) stays one
+        if panels is None or panels.device != w.device or panels.shape[1] != w.shape[1]:
+            self._refresh_panels()
         return self
 
     def extra_repr(self) -> str:

@@ -141,15 +141,23 @@ def weight_breakdown(module: nn.Module) -> dict[str, int]:
     """Bytes of parameters + buffers by part: ``encoder``, ``embeddings``, ``head``, ``total``."""
     parts = {"encoder": 0, "embeddings": 0, "head": 0}
     # named_parameters/named_buffers yield a shared tensor once (the tied decoder weight is the
-    # word embedding), under its first name. Non-persistent buffers are derived at load (the CPU
-    # GEMM's prepacked panels, rotary tables): not weights a user ships, so not counted.
-    persistent = set(module.state_dict(keep_vars=True))
-    buffers = [(n, t) for n, t in module.named_buffers() if n in persistent]
-    for name, t in (*module.named_parameters(), *buffers):
+    # word embedding), under its first name. Non-persistent buffers count too: they are held in
+    # memory beside the rest (the CPU GEMM's prepacked panels, a second copy of the binary
+    # weights in their GEMM layout; position ids), though not shipped (file MB leaves them out).
+    # Views of one storage (each Q, K, V layer's panels inside the stacked ones) count once;
+    # transformers' position and token-type id tables are indices, not weights.
+    seen: set[int] = set()
+    for name, t in (*module.named_parameters(), *module.named_buffers()):
+        if name.rpartition(".")[2] in ("position_ids", "token_type_ids"):
+            continue
+        storage = t.untyped_storage()
+        if storage.data_ptr() in seen and storage.nbytes():
+            continue
+        seen.add(storage.data_ptr())
         part = (
             "encoder" if "encoder." in name else "embeddings" if "embeddings." in name else "head"
         )
-        parts[part] += t.numel() * t.element_size()
+        parts[part] += max(storage.nbytes(), t.numel() * t.element_size())
     return {**parts, "total": sum(parts.values())}
 
 

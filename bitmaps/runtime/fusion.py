@@ -67,7 +67,8 @@ def fuse_qkv_(model: nn.Module) -> int:
     ``torch.inference_mode()``), off the CPU or while exporting runs transformers' forward
     unchanged. Returns how many were fused; 0 when this transformers version lacks the attention
     interface it relies on. The layers' own modules, weights and state dict are untouched (the
-    stacked panels are an extra, non-persistent buffer)."""
+    stacked panels are a non-persistent buffer, and each layer's panels become a view of them,
+    so they are held once)."""
     if not (hasattr(mb, "ALL_ATTENTION_FUNCTIONS") and hasattr(mb, "eager_attention_forward")):
         return 0
     base = mb.BertSelfAttention
@@ -86,6 +87,10 @@ def fuse_qkv_(model: nn.Module) -> int:
         ):
             stacked = torch.cat([getattr(m, part) for m in layers]) if stack else None
             module.register_buffer(name, stacked, persistent=False)
+        if stack:  # each layer's panels a view of the stacked ones: the weights held once
+            rows = module.qkv_panels.shape[0] // 3
+            for i, m in enumerate(layers):
+                m.panels = module.qkv_panels[i * rows : (i + 1) * rows]
         module.__class__ = _stacked_class()
         fused += 1
     return fused

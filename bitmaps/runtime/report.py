@@ -19,7 +19,9 @@ Columns (MB = 10^6 bytes):
 - ``throughput_seq_s``: ``batch / p50``.
 - ``weights_mb``: bytes of the weights the backend holds for the profiled model — torch: every
   parameter and buffer of the module at its stored dtype (packed int32 signs: 4 bytes per 32
-  weights; FP32 embeddings in full); ONNX Runtime / TensorRT: the initializers of the ONNX file.
+  weights; FP32 embeddings in full; on the CPU also the GEMM's prepacked panels, a second copy of
+  the binary weights, counted since stop 49); ONNX Runtime / TensorRT: the initializers of the
+  ONNX file (the onnxruntime target stores the panels themselves: one copy).
   ``meta.weights_by_part_mb`` splits it into ``encoder`` (the transformer layers: what is
   binarized), ``embeddings`` and ``head`` (``--output logits`` only).
 - ``file_mb``: what would be shipped — the ONNX file, the engine, or for torch the size of
