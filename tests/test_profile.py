@@ -790,3 +790,23 @@ def test_stacked_qkv_panels_are_held_once() -> None:
     )
     views = sum(m.panels.numel() * 4 for m in (attention.query, attention.key, attention.value))
     assert parts["total"] == everything - views
+
+
+def test_the_runtimes_own_memory_is_measured_beside_the_peaks(
+    tiny_pair, tiny_workdir, tmp_path, capsys
+) -> None:
+    """Every peak includes the runtime's session, arena and threads (ONNX Runtime: some 17 MB for
+    a graph of one op), which shrinks the peak ratios between models; a one-op model without
+    weights, measured the same way, says how much."""
+    teacher, student = tiny_pair
+    json_path = tmp_path / "p.json"
+    args = ["--model", str(student), "--teacher", str(teacher), "--backend", "onnxruntime"]
+    args += ["--models", "fp32,binary", "--batch", "1", "--seq", "8", "--json", str(json_path)]
+    code = main(["profile", *args, "--workdir", str(tiny_workdir), *FAST])
+    out = capsys.readouterr().out
+    assert code == 0
+    data = json.loads(json_path.read_text())
+    floors = data["meta"]["peak_floor_mb"]
+    assert set(floors) == {"onnxruntime"}  # one per CPU backend measured, torch not asked for
+    assert all(0 < floors["onnxruntime"] < r["peak_mem_mb"] for r in data["rows"])
+    assert f"onnxruntime {floors['onnxruntime']:.1f} MB" in " ".join(out.split())

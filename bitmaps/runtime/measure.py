@@ -27,6 +27,9 @@ Method, per shape (shapes in ascending batch x seq order):
   weights plus what running the shape needs. CUDA: ``torch.cuda.max_memory_allocated`` minus
   the allocation before the model (torch); the drop of free device memory (TensorRT, whose
   allocations bypass torch).
+- the runtime's own memory (a ``floor`` job, once per backend on the CPU): the same peak for a
+  one-op model without weights, in its own process: what every peak of that backend includes
+  before any weight or activation of the model (ONNX Runtime's session, arena and threads).
 """
 
 from __future__ import annotations
@@ -50,6 +53,25 @@ from bitmaps.runtime.amx import tile_data_permitted
 from bitmaps.runtime.timing import cpu_timer, time_calls
 
 RESULT_PREFIX = "BITMAPS-PROFILE "
+# The model of a job that measures a runtime's own memory: one op, no weights (ONNX Runtime: the
+# job's artifact, floor_onnx's file; torch: measure_torch.floor_module). Its peak is what every
+# model's peak on that backend holds before any weight: the runtime's session, arenas, threads.
+FLOOR = "floor"
+
+
+def floor_onnx(path: Path) -> Path:
+    """Write the one-op ONNX model of a floor job (input_ids cast to float) to ``path``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "sequence"])
+    node = helper.make_node("Cast", ["input_ids"], ["out"], to=TensorProto.FLOAT)
+    graph = helper.make_graph([node], "floor", [ids], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
 
 
 def _status_kb(field: str) -> int:
@@ -158,6 +180,8 @@ def _load_runner(job: dict[str, Any], torch_side: Any) -> Any:
     backend, device = job["backend"], job["device"]
     if backend == "onnxruntime":
         return OrtRunner(job["artifact"], job["session"], job["threads"])
+    if backend == "torch" and job["model"] == FLOOR:
+        return torch_side.TorchRunner(torch_side.floor_module(), device)
     if backend == "torch":
         from bitmaps.runtime import backends as B  # this process's backend (PRELOAD)
 

@@ -34,6 +34,16 @@ class TorchRunner:
             return self.module(input_ids=inputs[0], attention_mask=inputs[1])
 
 
+class _Floor(torch.nn.Module):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return input_ids.float()
+
+
+def floor_module() -> torch.nn.Module:
+    """The torch model of a floor job (bitmaps.runtime.measure.FLOOR): one op, no weights."""
+    return _Floor().eval()
+
+
 class TrtRunner:
     """A TensorRT engine (:class:`bitmaps.runtime.tensorrt.TensorRTEngine`)."""
 

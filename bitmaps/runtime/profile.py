@@ -60,7 +60,7 @@ from bitmaps.runtime.artifacts import (
     onnx_artifact,
     onnx_weights_by_part,
 )
-from bitmaps.runtime.measure import RESULT_PREFIX
+from bitmaps.runtime.measure import FLOOR, RESULT_PREFIX, floor_onnx
 from bitmaps.runtime.plan import (
     ProfileJob,
     Target,
@@ -447,6 +447,27 @@ def _measure_all(
     return raw, loaded
 
 
+def _floors(job: ProfileJob, targets: list[Target], vocab: int, workdir: Path) -> dict[str, float]:
+    """The peak MB of a one-op model without weights per CPU backend, measured as the models'
+    peaks are (bitmaps/runtime/measure.py, FLOOR): the runtime's own share of every peak."""
+    floors: dict[str, float] = {}
+    shape = min(
+        ((b, s) for b in job.config.batches for s in job.config.seqs), key=lambda x: x[0] * x[1]
+    )
+    for backend in sorted({t.backend for t in targets if t.device == "cpu"}):
+        if backend not in ("onnxruntime", "torch"):
+            continue
+        t = Target(backend, "cpu", FLOOR)
+        worker = _worker_job(job, t, None, vocab, workdir)
+        worker["shapes"], worker["session"] = [list(shape)], "function"
+        if backend == "onnxruntime":
+            worker["artifact"] = str(floor_onnx(workdir / "floor.onnx"))
+        shapes: list[dict] = []
+        run_worker(worker, shapes.append)
+        floors[backend] = next(r for r in shapes if "batch" in r)["peak_mem_bytes"] / B.MB
+    return floors
+
+
 def _row(t: Target, r: dict, info: dict, artifact: Any, scores: dict) -> dict[str, Any]:
     weights = artifact.weights_bytes if artifact else info["weights"]["total"]
     file_bytes = artifact.file_bytes if artifact else info["file_bytes"]
@@ -497,6 +518,7 @@ def run_profile(job: ProfileJob, log: Log = print) -> ProfileResult:
     artifacts = _artifacts(job, targets, workdir, log)
     load_before, cpu_before = _load_average(), _cpu_seconds()
     raw, loaded = _measure_all(job, targets, artifacts, int(hf_config.vocab_size), workdir)
+    floors = _floors(job, targets, int(hf_config.vocab_size), workdir)
     load_after, cpu_after = _load_average(), _cpu_seconds()
     rows = [_row(t, r, loaded.get(t, {}), artifacts.get(t), scores) for t, r in raw]
     runs = [
@@ -532,6 +554,7 @@ def run_profile(job: ProfileJob, log: Log = print) -> ProfileResult:
             for t in targets
         ],
         "weights_by_part_mb": _weights_by_part(job, models, loaded, artifacts),
+        "peak_floor_mb": floors,
         "accuracy": accuracy_meta,
         "runs": runs,
         "units": "latency: ms per call on one batch; throughput: batch / p50; MB: 10^6 bytes",

@@ -28,6 +28,8 @@ Columns (MB = 10^6 bytes):
   ``torch.save(module.state_dict())``.
 - ``peak_mem_mb``: peak runtime memory above the process's memory before the model was loaded:
   RSS on CPU (weights resident + activations + runtime workspaces), CUDA allocations on GPU.
+  ``meta.peak_floor_mb`` gives, per CPU backend, the same peak for a one-op model without weights:
+  the runtime's own share (its session, arena, threads) that every row of that backend includes.
 
 Speed-ups are ratios of p50 latencies measured in the same run: binary vs fp32 and vs fp16 on
 each backend, and the best binary row vs the best FP32 row of any backend, per device and shape.
@@ -430,6 +432,15 @@ def print_report(result: ProfileResult, console: Console | None = None) -> None:
                 else ""
             )
             + f"; {m.get('native_status')}",
+            highlight=False,
+            markup=False,
+        )
+    floors = meta.get("peak_floor_mb") or {}
+    if floors:
+        console.print(
+            "peak MB includes each runtime's own memory; a one-op model without weights, measured "
+            "the same way in this run: "
+            + ", ".join(f"{b} {mb:.1f} MB" for b, mb in sorted(floors.items())),
             highlight=False,
             markup=False,
         )
