@@ -58,7 +58,7 @@ def _available(backend: str) -> bool:
 
 def _expected_targets() -> tuple[set[tuple[str, str, str]], set[tuple[str, str, str]]]:
     """(rows expected, (backend, device, model) left out) from what this machine reports, the
-    way `profile --backend all` decides: torch fp16 on a CPU only where the CPU computes in FP16
+    way `profile --backend all` decides: fp16 on a CPU (torch, ONNX Runtime) only where it computes in FP16
     (AVX512-FP16, AMX-FP16, Arm FP16 flags in /proc/cpuinfo), CUDA rows only with a GPU, each
     backend only where installed."""
     from bitmaps.runtime.backends import cpu_has_fp16_math, model_problem
@@ -71,8 +71,10 @@ def _expected_targets() -> tuple[set[tuple[str, str, str]], set[tuple[str, str, 
     for backend, found in devices.items():
         for device in found if _available(backend) else []:
             for model in ("fp32", "fp16", "int8", "binary"):
-                fp16_emulated = (backend, device, model) == ("torch", "cpu", "fp16") and not (
-                    cpu_has_fp16_math()
+                fp16_emulated = (
+                    (device, model) == ("cpu", "fp16")
+                    and backend in ("torch", "onnxruntime")
+                    and not cpu_has_fp16_math()
                 )
                 missing = model_problem(backend, device, model, named=False) is not None
                 target = (backend, device, model)
@@ -810,3 +812,17 @@ def test_the_runtimes_own_memory_is_measured_beside_the_peaks(
     assert set(floors) == {"onnxruntime"}  # one per CPU backend measured, torch not asked for
     assert all(0 < floors["onnxruntime"] < r["peak_mem_mb"] for r in data["rows"])
     assert f"onnxruntime {floors['onnxruntime']:.1f} MB" in " ".join(out.split())
+
+
+def test_fp16_on_a_cpu_without_fp16_arithmetic_is_measured_only_when_named(monkeypatch) -> None:
+    """Emulated (torch) or float32 between casts (ONNX Runtime): not a deployment target, and a
+    "vs fp16" ratio against it would flatter the binary model; by name it is measured."""
+    from bitmaps.runtime import backends
+
+    monkeypatch.setattr(backends, "cpu_has_fp16_math", lambda: False)
+    for backend in ("torch", "onnxruntime"):
+        why = backends.model_problem(backend, "cpu", "fp16", named=False)
+        assert why is not None and "name it in --models" in why and backend in why
+        assert backends.model_problem(backend, "cpu", "fp16", named=True) is None
+    monkeypatch.setattr(backends, "cpu_has_fp16_math", lambda: True)
+    assert backends.model_problem("onnxruntime", "cpu", "fp16", named=False) is None

@@ -14,8 +14,10 @@ tensorrt       cuda     an engine from bitmaps.runtime.tensorrt (binary: the plu
 
 Models: ``fp32``, ``fp16`` and ``binary`` (1-bit encoder linears). On CUDA the float parts of the
 binary model (embeddings, attention, LayerNorm, GELU) run in float16, since its competitor there is
-fp16; on CPU in float32. Torch fp16 on a CPU without FP16 arithmetic (x86 without AVX512-FP16) is
-emulated and slow, so it is profiled only when asked for by name.
+fp16; on CPU in float32. fp16 on a CPU without FP16 arithmetic (x86 without AVX512-FP16) is
+emulated (torch) or computed in float32 between casts (ONNX Runtime): slow, and not what a user
+would deploy, so it is profiled only when asked for by name (a "vs fp16" ratio against it would
+flatter the binary model).
 
 Weight bytes (:func:`weight_breakdown`) are the bytes of every parameter and buffer the profiled
 module holds, each tensor once (tied embeddings), at its stored dtype: packed int32 signs count
@@ -215,11 +217,12 @@ def model_problem(backend: str, device: str, model: str, named: bool) -> str | N
     """Why (backend, device) does not profile ``model`` here, or None. ``named``: asked by name."""
     if model == "int8" and backend != "onnxruntime":
         return "int8 is ONNX Runtime's dynamic quantization: profiled on the onnxruntime backend"
-    if backend == "torch" and device == "cpu" and model == "fp16" and not named:
+    if backend in ("torch", "onnxruntime") and device == "cpu" and model == "fp16" and not named:
         if not cpu_has_fp16_math():
+            runs = "emulated" if backend == "torch" else "computed in float32 between casts"
             return (
-                "torch fp16 on this CPU is emulated (no AVX512-FP16): slow and not a deployment "
-                "target; name it in --models to measure it anyway"
+                f"{backend} fp16 on this CPU is {runs} (no AVX512-FP16): slow and not a "
+                "deployment target; name it in --models to measure it anyway"
             )
     if model == "binary" and backend == "tensorrt":
         try:
