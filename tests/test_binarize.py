@@ -641,3 +641,22 @@ def test_fuse_ffn_runs_each_fixed_scale_ffn_as_one_call() -> None:
     state["bert.encoder.layer.0.intermediate.dense.bias"] += 1.0
     fused.load_state_dict(state)
     assert not torch.equal(intermediate.ffn_table, table)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_binarized_layers_keep_the_mode_of_the_layers_they_replace(training) -> None:
+    """New modules start in training mode; a model binarized in eval mode and then called would
+    have its elastic quantizers set their scales from that first batch."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from bitmaps.core.config import BinarizeConfig
+    from bitmaps.train.binary_linear import BinaryLinear, binarize_
+
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=40, max_position_embeddings=16)  # fmt: skip
+    model = BertForMaskedLM(cfg).train(training)
+    binarize_(model, BinarizeConfig(activation_quantizer="elastic", activation="relu"))
+    layers = [m for m in model.modules() if isinstance(m, BinaryLinear)]
+    assert layers and all(m.training == training for m in layers)
+    assert all(m.training == training for layer in layers for m in layer.modules())
+    assert all(m.training == training for m in model.modules() if isinstance(m, torch.nn.ReLU))

@@ -289,11 +289,16 @@ def binarize_(model: nn.Module, cfg: BinarizeConfig) -> list[str]:
     }
     weights, activations = binarization_phase_for_step(0, cfg)
     for path in targets:
-        layer = BinaryLinear.from_linear(model.get_submodule(path), cfg, unsigned=path in unsigned)
+        old = model.get_submodule(path)
+        layer = BinaryLinear.from_linear(old, cfg, unsigned=path in unsigned)
         layer.set_phase(weights, activations)
+        # the mode of the layer it replaces: a model binarized in eval mode stays in eval mode
+        # (new modules start in training mode, where an elastic quantizer sets its scale from
+        # the first batch it sees)
+        layer.train(old.training)
         set_submodule(model, path, layer)
     for path in act_paths:
-        set_submodule(model, path, nn.ReLU())
+        set_submodule(model, path, nn.ReLU().train(model.get_submodule(path).training))
     if cfg.embeddings == "fp16":
         round_embeddings_(model)
     return targets
