@@ -133,6 +133,9 @@ def bound(cpu: Cpu, root: Path = ROOT) -> dict:
         "rest_ms": rest_ms,
         "float_needs": needed_share(attention_fma_ms, budget_ms, rest_ms),
         "float_needs_without_rest": needed_share(attention_fma_ms, budget_ms, 0.0),
+        "float_attention_now": med(
+            float_rows, lambda r: attention_fma_ms / _op_ms(r["remainder_top_ms"], ATTENTION_OPS)
+        ),
         "nodes_share_now": med(
             float_rows, lambda r: macs / (r["binary_linear_ms"] * 1e-3) / 1e9 / r["ceiling_gmacs"]
         ),
@@ -171,7 +174,7 @@ def table(rows: list[dict]) -> str:
             f"{r['remainder_budget_ms']:.2f} ms",
             f"{r['attention_at_fma_ms']:.2f} ms",
             f"{r['rest_ms']:.2f} ms",
-            _share(r["float_needs"]),
+            _share(r["float_needs"]) + f" (ours: {r['float_attention_now']:.0%})",
             _share(r["float_needs_without_rest"]),
             f"{r['nodes_share_now']:.0%}, {r['remainder_share_now']:.0%}",
             _share(r["int8_needs"])

@@ -75,6 +75,7 @@ def test_the_bound_is_the_attention_at_its_peak_over_what_the_budget_leaves(
     assert row["rest_ms"] == pytest.approx(1.0)
     assert row["float_needs"] == pytest.approx(attention / (budget - 1.0))
     assert row["float_needs_without_rest"] == pytest.approx(attention / budget)
+    assert row["float_attention_now"] == pytest.approx(attention / 5.0)
     int8 = goal_bounds.ATTENTION_MACS / 200e9 * 1e3
     assert row["int8_needs"] == pytest.approx(int8 / (budget - 1.0))
     assert row["int8_attention_now"] == pytest.approx(int8 / 4.0)
