@@ -99,10 +99,14 @@ BITMAPS_AVX512_INLINE void rows_times(const float* a, int64_t lda, const float* 
   const int64_t rest = cols - c0;
   const float* bc = b + c0;
   float* cc = c + c0;
+  // rest < 16 * kNV columns: 1 to kNV vectors, the last one partial (a missing case left
+  // columns unwritten: keys and value columns past a multiple of 64 by 49 or more)
+  static_assert(kNV == 4, "the cases below cover 1 to 4 vectors");
   switch ((rest + 15) / 16) {
     case 1: block<MR, 1, false>(a, lda, bc, ldb, len, rest, row_mul, cc, ldc); break;
     case 2: block<MR, 2, false>(a, lda, bc, ldb, len, rest, row_mul, cc, ldc); break;
     case 3: block<MR, 3, false>(a, lda, bc, ldb, len, rest, row_mul, cc, ldc); break;
+    case 4: block<MR, 4, false>(a, lda, bc, ldb, len, rest, row_mul, cc, ldc); break;
     default: break;
   }
 }

@@ -91,10 +91,14 @@ BITMAPS_NEON_INLINE void rows_times(const float* a, int64_t lda, const float* b,
   const int64_t rest = cols - c0;
   const float* bc = b + c0;
   float* cc = c + c0;
+  // rest < 4 * kNV columns: 1 to kNV vectors, the last one partial (a missing case left
+  // columns unwritten: keys and value columns past a multiple of 16 by 13 or more)
+  static_assert(kNV == 4, "the cases below cover 1 to 4 vectors");
   switch ((rest + 3) / 4) {
     case 1: block<MR, 1, false>(a, lda, bc, ldb, len, rest, row_mul, cc, ldc); break;
     case 2: block<MR, 2, false>(a, lda, bc, ldb, len, rest, row_mul, cc, ldc); break;
     case 3: block<MR, 3, false>(a, lda, bc, ldb, len, rest, row_mul, cc, ldc); break;
+    case 4: block<MR, 4, false>(a, lda, bc, ldb, len, rest, row_mul, cc, ldc); break;
     default: break;
   }
 }

@@ -571,8 +571,11 @@ void check_attention(Checker& c, CpuPath path, std::mt19937& rng) {
     int64_t b, s, t, h, d, dv;
     int bias;  // 0: none, 1: [b, 1, 1, t], 2: [b, 1, s, t], 3: [1, h, s, t]
   };
+  // keys and value columns past a multiple of a kernel's block width by up to its width minus
+  // one: 16 (AVX2, NEON; 13-15 were left unwritten on NEON) and 64 (AVX-512; 49-63 were)
   const Case cases[] = {{1, 20, 20, 3, 64, 64, 2}, {2, 7, 9, 2, 17, 17, 1}, {1, 5, 33, 4, 32, 20, 3},
-                        {2, 3, 1, 1, 1, 1, 0},     {1, 9, 16, 2, 16, 48, 2}};
+                        {2, 3, 1, 1, 1, 1, 0},     {1, 9, 16, 2, 16, 48, 2}, {1, 6, 13, 2, 16, 31, 2},
+                        {1, 5, 30, 2, 8, 15, 1},   {1, 4, 57, 1, 31, 63, 2}, {1, 3, 127, 2, 8, 47, 3}};
   std::normal_distribution<float> normal(0.0f, 1.0f);
   for (const Case& k : cases) {
     const int64_t hd = k.h * k.d, hv = k.h * k.dv;
