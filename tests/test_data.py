@@ -330,3 +330,26 @@ def test_data_stats_cli(sotu_small, bert_tiny_dir, capsys, monkeypatch, tmp_path
     assert "data: built" in out.err  # the log goes to stderr, so stdout stays JSON
     assert len(list((tmp_path / "cache" / "data").glob("corpus-*.safetensors"))) == 1
     assert main(args) == 0 and "data: loaded" in capsys.readouterr().err
+
+
+def test_a_cache_file_edited_in_place_is_rebuilt(sotu_small, bert_tiny_tokenizer, tmp_path):
+    """A token id changed inside the file (its header intact) was used: out of range it crashed
+    the model with a traceback, in range it silently changed every number."""
+    from safetensors.torch import load_file, save_file
+
+    cache = tmp_path / "cache"
+    logs: list[str] = []
+    first = build_corpus(sotu_small, bert_tiny_tokenizer, cache_dir=cache, log=logs.append)
+    path = first.cache_path
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    tensors["heldout"] = tensors["heldout"].clone()
+    tensors["heldout"].view(-1)[::50] = 1000  # in the vocabulary: no other check sees it
+    save_file(tensors, str(path), metadata=meta)
+    again = build_corpus(sotu_small, bert_tiny_tokenizer, cache_dir=cache, log=logs.append)
+    assert not again.from_cache and any("do not match the digest" in m for m in logs)
+    assert torch.equal(again.heldout, first.heldout)
+    assert build_corpus(sotu_small, bert_tiny_tokenizer, cache_dir=cache, log=_quiet).from_cache

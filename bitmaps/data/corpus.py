@@ -318,6 +318,21 @@ def _check_enough(stats: CorpusStats, cfg: DataConfig, paths: Sequence[Any]) -> 
         raise BitmapsError(f"too little text in {where}: the held-out split is empty")
 
 
+_CACHED = ("train", "heldout", "train_doc", "heldout_doc")
+
+
+def _content_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the cached tensors (names, dtypes, shapes, bytes): a cache file edited in place
+    (the header intact) is rebuilt, not used (a token id out of range crashed the model; one in
+    range silently changed every number)."""
+    h = hashlib.sha256()
+    for name in _CACHED:
+        t = tensors[name].contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def _save(path: Path, corpus: Corpus, log: Log) -> None:
 
     tensors = {
@@ -328,6 +343,7 @@ def _save(path: Path, corpus: Corpus, log: Log) -> None:
     }
     meta = {
         "key": corpus.key,
+        "content": _content_digest(tensors),
         "stats": json.dumps(corpus.stats.to_dict()),
         "documents": json.dumps(corpus.documents),
     }
@@ -348,10 +364,9 @@ def _load(path: Path, key: str, vocab: MaskVocab, log: Log) -> Corpus | None:
             meta = f.metadata() or {}
             if meta.get("key") != key:
                 raise ValueError("key mismatch")
-            t = {
-                name: f.get_tensor(name)
-                for name in ("train", "heldout", "train_doc", "heldout_doc")
-            }
+            t = {name: f.get_tensor(name) for name in _CACHED}
+        if meta.get("content") != _content_digest(t):  # absent: written before it was recorded
+            raise ValueError("its tensors do not match the digest it was written with")
         stats = CorpusStats.from_dict(json.loads(meta["stats"]))
         documents = json.loads(meta["documents"])
     except Exception as exc:  # any damage to a cache file means: rebuild it
