@@ -826,3 +826,33 @@ def test_fp16_on_a_cpu_without_fp16_arithmetic_is_measured_only_when_named(monke
         assert backends.model_problem(backend, "cpu", "fp16", named=True) is None
     monkeypatch.setattr(backends, "cpu_has_fp16_math", lambda: True)
     assert backends.model_problem("onnxruntime", "cpu", "fp16", named=False) is None
+
+
+def test_an_int8_file_that_is_not_quantized_is_made_again(tmp_path) -> None:
+    """The INT8 file's metadata is its FP32 source's (quantize_dynamic copies it), so an FP32
+    export under the INT8 name was reused and the int8 row measured the FP32 model."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bitmaps.runtime.artifacts import INT8_OPS, Artifact, int8_artifact
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 64])
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [x], [y], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"bitmaps.kind": "baseline", "bitmaps.dtype": "fp32"})
+    fp32_path = tmp_path / "m-fp32-fp32-hidden.onnx"
+    onnx.save(model, fp32_path)
+    fp32 = Artifact(fp32_path, 64 * 64 * 4, fp32_path.stat().st_size)
+    logs: list[str] = []
+    made = int8_artifact(fp32, logs.append)
+    assert any(n.op_type in INT8_OPS for n in onnx.load(made.path).graph.node)
+    made.path.write_bytes(fp32_path.read_bytes())  # an FP32 file under the INT8 name
+    again = int8_artifact(fp32, logs.append)
+    assert any("not the export its name says" in m for m in logs), logs
+    assert any(n.op_type in INT8_OPS for n in onnx.load(again.path).graph.node)
+    int8_artifact(fp32, logs.append)  # the file made again is reused
+    assert logs[-1].startswith("reusing"), logs

@@ -96,10 +96,14 @@ def _initializer_bytes(path: Path) -> int:
     return initializer_bytes(onnx.load(str(path)))
 
 
-def _reusable(path: Path, expected: dict[str, str], log: Log) -> onnx.ModelProto | None:
-    """The cached export at ``path`` where it is one: a file that parses and whose ``bitmaps.*``
-    metadata holds ``expected``; else None (logged when a file is there), so that it is made
-    again. A work folder's files can be truncated by a full disk or replaced by hand."""
+def _reusable(
+    path: Path, expected: dict[str, str], log: Log, ops: tuple[str, ...] = ()
+) -> onnx.ModelProto | None:
+    """The cached export at ``path`` where it is one: a file that parses, whose ``bitmaps.*``
+    metadata holds ``expected`` and whose graph has one of ``ops`` (when given); else None
+    (logged when a file is there), so that it is made again. A work folder's files can be
+    truncated by a full disk or replaced by hand (what is not checked: which checkpoint a
+    well-formed export of the same kind was made from; its name carries that key)."""
     if not path.is_file():
         return None
     try:
@@ -109,6 +113,8 @@ def _reusable(path: Path, expected: dict[str, str], log: Log) -> onnx.ModelProto
         return None
     meta = model_metadata(model)
     wrong = sorted(k for k, v in expected.items() if meta.get(k) != v)
+    if ops and not any(n.op_type in ops for n in model.graph.node):
+        wrong.append(f"no {' or '.join(ops)} node")
     if wrong:
         log(f"{path} is not the export its name says ({', '.join(wrong)}): making it again")
         return None
@@ -207,13 +213,20 @@ def onnx_weights_by_part(path: Path) -> dict[str, int]:
     return {**parts, "total": sum(parts.values())}
 
 
+# What quantize_dynamic's QInt8 graphs compute with (MatMul → DynamicQuantizeLinear + MatMulInteger,
+# or the fused DynamicQuantizeMatMul)
+INT8_OPS = ("MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear")
+
+
 def int8_artifact(fp32: Artifact, log: Log) -> Artifact:
     """ONNX Runtime's dynamic INT8 quantization (``quantize_dynamic``, QInt8 weights, its default
     op types) of the FP32 baseline export: what a CPU user picks instead of a 1-bit model."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = fp32.path.with_name(fp32.path.stem.replace("-fp32-fp32-", "-int8-fp32-") + "-int8.onnx")
-    cached = _reusable(path, {"kind": "baseline", "dtype": "fp32"}, log)  # metadata of its source
+    # the metadata of its source, and quantize_dynamic's ops (an FP32 file under this name is not
+    # it)
+    cached = _reusable(path, {"kind": "baseline", "dtype": "fp32"}, log, INT8_OPS)
     if cached is not None:
         return Artifact(path, initializer_bytes(cached), path.stat().st_size)
     with atomic_output(path) as tmp:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 import bitmaps
+from bitmaps.core.atomic import atomic_output
 from bitmaps.core.config import DataConfig, ProfileConfig
 from bitmaps.core.devices import torch_device
 from bitmaps.core.embeddings import (
@@ -460,8 +461,10 @@ def _floors(job: ProfileJob, targets: list[Target], vocab: int, workdir: Path) -
         t = Target(backend, "cpu", FLOOR)
         worker = _worker_job(job, t, None, vocab, workdir)
         worker["shapes"], worker["session"] = [list(shape)], "function"
-        if backend == "onnxruntime":
-            worker["artifact"] = str(floor_onnx(workdir / "floor.onnx"))
+        if backend == "onnxruntime":  # written whole or not at all: workdirs may be shared
+            with atomic_output(workdir / "floor.onnx") as tmp:
+                floor_onnx(tmp)
+            worker["artifact"] = str(workdir / "floor.onnx")
         shapes: list[dict] = []
         run_worker(worker, shapes.append)
         floors[backend] = next(r for r in shapes if "batch" in r)["peak_mem_bytes"] / B.MB
