@@ -433,3 +433,33 @@ def test_a_student_resumed_with_another_teacher_is_refused(
     job = student_job(teachers[0])
     job.resume = True
     assert run_training(job, **QUIET).complete
+
+
+@pytest.mark.parametrize("at_save", [1, 2])
+def test_an_output_written_during_a_save_is_not_replaced(
+    sotu_small, tmp_path, bert_tiny_dir, monkeypatch, at_save
+) -> None:
+    """The check before a save left the seconds of torch.save open: two runs started at once on
+    one absent output both wrote it, the last silently replacing the first (1 in 4 on 2 cores).
+    The save is published only if the output is still what the run saw (absent: a hard link,
+    which fails where a file is)."""
+    import bitmaps.core.checkpoint as checkpoint
+
+    real_save = checkpoint.torch.save
+    out = tmp_path / "t.pt"
+    saves: list[int] = []
+
+    def save_while_another_writes(obj, f):  # noqa: ANN001, ANN202
+        real_save(obj, f)
+        saves.append(1)
+        if len(saves) == at_save:  # meanwhile another run writes the output
+            tmp = tmp_path / "other.tmp"
+            tmp.write_bytes(b"another run's file")
+            os.replace(tmp, out)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save_while_another_writes)
+    job = _job(sotu_small, out, seq_len=64, steps=2, batch_size=4, save_every=1)
+    with pytest.raises(BitmapsError, match="written by something else while this run went on"):
+        run_training(job, **QUIET)
+    assert out.read_bytes() == b"another run's file" and len(saves) == at_save
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".t.pt.")]  # no temporary

@@ -150,9 +150,43 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+class OutputChanged(BitmapsError):
+    """atomic_output(..., expect=...): the output is no longer what the writer last saw."""
+
+
+ANY = object()  # atomic_output's default expect: replace whatever is there
+
+
+def _publish(tmp_path: Path, path: Path, expect: object) -> None:
+    """Put the finished temporary file at ``path``: replacing whatever is there (``expect`` ANY),
+    only where nothing is (None: a hard link, which fails if another process got there first),
+    or only where the file is still ``expect`` (a file_identity; checked just before the
+    rename)."""
+    if expect is None:
+        try:
+            os.link(tmp_path, path)
+        except FileExistsError:
+            raise OutputChanged(f"{path} was created by something else meanwhile") from None
+        except OSError as exc:  # a file system without hard links: check, then rename
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            if path.exists():
+                raise OutputChanged(f"{path} was created by something else meanwhile") from None
+            os.replace(tmp_path, path)
+        return
+    if expect is not ANY and file_identity(path) != expect:
+        raise OutputChanged(f"{path} was changed by something else meanwhile")
+    os.replace(tmp_path, path)
+
+
 @contextlib.contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto ``path`` only on success."""
+def atomic_output(path: str | os.PathLike, *, expect: object = ANY) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; put it at ``path`` only on success.
+
+    ``expect``: ANY (default) replaces whatever is at ``path``; None publishes only if nothing is
+    there (no other process's output is ever replaced); a :func:`file_identity` only if the
+    output is still that file. Otherwise :class:`OutputChanged`, and the output is left alone.
+    """
     path = check_writable(path, probe=False)
     folder = path.parent if str(path.parent) else Path(".")
     _remove_stale_temporaries(path)
@@ -169,7 +203,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates 0600; give the file the mode a plain open() would (0666 minus umask).
         os.chmod(tmp_path, 0o666 & ~_umask())
         _fsync(tmp_path)  # the data on disk before the name points at it
-        os.replace(tmp_path, path)
+        _publish(tmp_path, path, expect)
         with contextlib.suppress(OSError):  # the rename itself (some file systems refuse this)
             _fsync(folder)
     except OSError as exc:

@@ -29,7 +29,7 @@ import torch
 
 from bitmaps import __version__
 from bitmaps.core import jsontext
-from bitmaps.core.atomic import atomic_output
+from bitmaps.core.atomic import ANY, atomic_output
 from bitmaps.core.errors import BitmapsError, one_line
 
 FORMAT = "bitmaps-checkpoint"
@@ -54,8 +54,10 @@ def save_checkpoint(
     binarize: dict[str, Any] | None = None,
     meta: dict[str, Any] | None = None,
     train_state: dict[str, Any] | None = None,
+    expect: object = ANY,
 ) -> Path:
-    """Write a checkpoint atomically. ``model`` is a Hugging Face ``*ForMaskedLM``."""
+    """Write a checkpoint atomically. ``model`` is a Hugging Face ``*ForMaskedLM``. ``expect``:
+    what the output must still be when it is replaced (bitmaps.core.atomic.atomic_output)."""
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -68,7 +70,7 @@ def save_checkpoint(
     }
     if train_state is not None:
         payload["train_state"] = train_state
-    with atomic_output(path) as tmp:
+    with atomic_output(path, expect=expect) as tmp:
         torch.save(payload, tmp)
     return Path(path)
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from bitmaps.core import distributed as D
-from bitmaps.core.atomic import check_not_input, check_writable, file_identity
+from bitmaps.core.atomic import ANY, OutputChanged, check_not_input, check_writable, file_identity
 from bitmaps.core.checkpoint import load_checkpoint, save_checkpoint
 from bitmaps.core.config import BinarizeConfig, Config, DataConfig, DistillConfig, TrainConfig
 from bitmaps.core.errors import BitmapsError, one_line
@@ -539,12 +539,14 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
         check_weights(at_step)
         rng = D.all_gather_objects(env, _rng_state(env))
         # every process checks (one of them raising alone would leave the others at the barrier)
+        changed = (
+            f"{job.output} was written by something else while this run went on (another "
+            "run with the same output?); it was left as it is: give this run another output, "
+            "or --overwrite to replace whatever is there"
+        )
         if not job.overwrite and file_identity(job.output) != output_seen[0]:
-            raise BitmapsError(
-                f"{job.output} was written by something else while this run went on (another "
-                "run with the same output?); it was left as it is: give this run another output, "
-                "or --overwrite to replace whatever is there"
-            )
+            raise BitmapsError(changed)
+        problem = None
         if env.is_main:
             state = {
                 "step": at_step,
@@ -575,14 +577,23 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
             }
             if labelled is not None:
                 meta["labels"] = list(labelled.labels)
-            save_checkpoint(
-                job.output,
-                model=model,
-                tokenizer=source.tokenizer_info,
-                binarize=job.binarize.to_dict() if job.binarize else None,
-                meta=meta,
-                train_state=state,
-            )
+            try:
+                # published only if the output is still what this run saw (absent: created only
+                # where nothing is): two runs started at once on one output cannot both write it
+                save_checkpoint(
+                    job.output,
+                    model=model,
+                    tokenizer=source.tokenizer_info,
+                    binarize=job.binarize.to_dict() if job.binarize else None,
+                    meta=meta,
+                    train_state=state,
+                    expect=ANY if job.overwrite else output_seen[0],
+                )
+            except OutputChanged:
+                problem = changed
+        problem = D.broadcast_object(env, problem)  # every process raises, none waits alone
+        if problem is not None:
+            raise BitmapsError(problem)
         D.barrier(env)
         output_seen[0] = file_identity(job.output)  # as the main process wrote it
 
