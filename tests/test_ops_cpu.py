@@ -626,3 +626,33 @@ def test_reference_kernels_take_empty_inputs_as_the_cpu_kernels_do():
     ids = [torch.zeros(2, 0, dtype=torch.long)] * 2
     out = ops.reference_embed_layer_norm(ids, [table] * 2, [scale] * 2, torch.ones(8), None, 1e-5)
     assert out.shape == (2, 0, 8)
+
+
+@pytest.mark.parametrize(
+    "beta,unsigned", [(0.0, 0), (0.0, 1), (1e-30, 0), (-1e-30, 0), (0.05, 0), (-0.1, 1)]
+)
+def test_ffn_bits_are_float32_gelus_also_where_it_is_zero(beta, unsigned):
+    """The model is trained and exported with float32 GELU, which is 0 where 1 + erf(y/√2)
+    rounds to 0 (y below about -5.56). The table took GELU's true sign there, so with β = 0
+    every such unit flipped (binary MiniLM-L6 in ONNX Runtime: outputs off by 1.2 of 2.2)."""
+    import torch.nn.functional as F
+
+    y = torch.cat([torch.linspace(-60, -5.7, 700), torch.linspace(-5.3, 6, 700)])
+    bits, margin = ops.ffn_bits(y, 1, beta, unsigned)
+    g = F.gelu(y)  # float32, as torch computes it
+    b = torch.tensor(beta, dtype=torch.float32)
+    want = g - b > 0 if unsigned else g - b < 0
+    clear = margin.abs() > 1e-6 * max(1.0, abs(beta))  # away from β by more than a rounding
+    clear |= y < -5.7  # the tail: exactly 0 on both sides, decided by β alone
+    assert clear.sum() > 1000
+    assert torch.equal(bits[clear], want[clear])
+    table = ops.reference_ffn_bit_table(
+        torch.full((4,), 0.01), torch.tensor([-8.0, -6.0, 0.0, 3.0]), 700, 1.0, 0, 1, beta,
+        unsigned,
+    )  # fmt: skip
+    if ops.native_available():
+        assert torch.equal(
+            ops.ffn_bit_table(torch.full((4,), 0.01), torch.tensor([-8.0, -6.0, 0.0, 3.0]), 700,
+                              1.0, 0, 1, beta, unsigned),
+            table,
+        )  # fmt: skip

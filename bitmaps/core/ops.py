@@ -231,6 +231,9 @@ def reference_embed_layer_norm(
     return torch.nn.functional.layer_norm(total, (n,), gamma, beta, epsilon)
 
 
+# erfc(−y/√2) below which 1 + erf(y/√2) rounds to 0 in float32 (erf within half an ulp of −1):
+# a float32 GELU is 0 there; csrc/kernels/cpu_binary_linear.cpp kGeluFloat32Zero
+GELU_FLOAT32_ZERO = 2.0**-25
 # At most this many ranges per column in an ffn_bit_table (GELU(y) − β changes sign at most twice);
 # csrc/kernels/cpu_binary_linear.h kMaxFfnRuns
 MAX_FFN_RUNS = 2
@@ -244,12 +247,14 @@ def ffn_bits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The next layer's input bits of the float32 outputs ``y`` (bitmaps::BinaryFeedForward),
     and GELU(y) − β: bit 1 where GELU(y) − β < 0 (> 0 for {0, 1} activations), GELU in float64
-    as 0.5·y·erfc(−y/√2) and kept below 0 for every y < 0 (where erfc underflows, y < −38.5):
-    GELU's true sign, also in the far negative tail where a float32 GELU rounds to 0."""
+    as 0.5·y·erfc(−y/√2), and 0 where a float32 GELU is: where 1 + erf(y/√2) rounds to 0
+    (erfc(−y/√2) < GELU_FLOAT32_ZERO, y below about −5.56), as in torch and ONNX Runtime, whose
+    float32 GELU the model was trained and is exported with (true-sign bits there flipped every
+    such unit of a next layer with β = 0)."""
     v = y.double()
     if activation:
-        gelu = 0.5 * v * torch.special.erfc(-v / math.sqrt(2.0))
-        v = torch.where(v < 0, gelu.clamp(max=-torch.finfo(torch.float64).tiny), gelu)
+        e = torch.special.erfc(-v / math.sqrt(2.0))
+        v = torch.where(e < GELU_FLOAT32_ZERO, torch.zeros_like(v), 0.5 * v * e)
     beta = float(torch.tensor(next_threshold, dtype=torch.float32))
     return (v - beta > 0 if next_unsigned else v - beta < 0), v - beta
 

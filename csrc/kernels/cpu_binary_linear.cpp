@@ -214,11 +214,16 @@ int binary_linear(CpuPath path, const BinaryLinearArgs& a, const Parallel& paral
 
 namespace {
 
+// erfc(-y / sqrt 2) below which 1 + erf(y / sqrt 2) rounds to 0 in float32 (erf within half an
+// ulp of -1: 2^-25), so that a float32 GELU is 0 (bitmaps.core.ops.GELU_FLOAT32_ZERO)
+constexpr double kGeluFloat32Zero = 0x1p-25;
+
 // The sign of GELU(y) - beta where bounds decide it without erfc: +1, -1, or 0 (evaluate it).
 // GELU(y) = (0.5 y) erfc(-y / sqrt 2) lies in [y / 2, y] for y >= 0 (erfc in [1, 2]) and in
-// [y / 2, 0) for y < 0 (erfc in (0, 1], and ffn_bit_exact keeps it below 0); the 1e-9 relative
+// [y / 2, 0] for y < 0 (erfc in (0, 1]; 0 in float32's far tail, ffn_bit); the 1e-9 relative
 // margins keep a decision clear of libm's last-bit errors. Only a narrow band of y around the
-// threshold is left to erfc (BERT-base: the table of each FFN took ~50 ms in erfc alone).
+// threshold (and y < 0 with beta = 0) is left to erfc (BERT-base: the table of each FFN took
+// ~50 ms in erfc alone).
 int gelu_sign_bound(float y, double beta) {
   if (!std::isfinite(y)) return 0;
   constexpr double kMargin = 1e-9;
@@ -227,7 +232,7 @@ int gelu_sign_bound(float y, double beta) {
     if (half * (1.0 - kMargin) > beta) return 1;
     if (static_cast<double>(y) * (1.0 + kMargin) < beta) return -1;
   } else {
-    if (beta >= 0.0) return -1;
+    if (beta > 0.0) return -1;
     if (half * (1.0 + kMargin) > beta) return 1;
   }
   return 0;
@@ -236,8 +241,9 @@ int gelu_sign_bound(float y, double beta) {
 // ffn_bit_exact, inlined into the table's loop over every dot product of every column.
 inline bool ffn_bit(const BinaryLinearArgs& first, const BinaryLinearArgs& second, int64_t c,
                     int32_t d, bool bounds) {
-  // y as the epilogue rounds it (store_output), then GELU in float64 with erfc, so that the
-  // tail keeps its sign (1 + erf(z) in float32 is 0 or a few ulps there)
+  // y as the epilogue rounds it (store_output), then GELU in float64 with erfc, as float32
+  // computes it: 0.5 y (1 + erf(y / sqrt 2)) is 0 where erf rounds to -1 (erfc < 2^-25, y below
+  // about -5.56: torch's and ONNX Runtime's GELU), so there the bit is that of -beta
   float y = static_cast<float>(d) * first.act_scale;
   y = y * first.w_scale[c];
   if (first.bias != nullptr) y = y + first.bias[c];
@@ -247,10 +253,8 @@ inline bool ffn_bit(const BinaryLinearArgs& first, const BinaryLinearArgs& secon
     if (const int sign = bounds ? gelu_sign_bound(y, beta) : 0; sign != 0) {
       return second.act_unsigned ? sign > 0 : sign < 0;
     }
-    v = 0.5 * y * std::erfc(-static_cast<double>(y) * 0.70710678118654752440);
-    // GELU is negative for every y < 0; erfc underflows below y ~ -38.5 (libms differ in
-    // where): kept below 0, which no float32 threshold lies between
-    if (y < 0.0f) v = std::min(v, -std::numeric_limits<double>::min());
+    const double e = std::erfc(-static_cast<double>(y) * 0.70710678118654752440);
+    v = e < kGeluFloat32Zero ? 0.0 : 0.5 * y * e;
   }
   return second.act_unsigned ? v - beta > 0.0 : v - beta < 0.0;
 }

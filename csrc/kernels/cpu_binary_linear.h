@@ -171,12 +171,11 @@ int binary_linear(CpuPath path, const BinaryLinearArgs& args, const Parallel& pa
 // computed once from the first op's scales and bias by evaluating every reachable d, so the first
 // GEMM writes the second's packed input bits straight from its popcounts: no float intermediate,
 // no GELU at run time, no second packing pass.
-// GELU is evaluated there in float64 (0.5 y erfc(-y / sqrt 2)): its sign pattern is then that of
-// GELU itself, one or two ranges per column. The two ops run one after the other round GELU to
-// float32 first, and in GELU's far negative tail (y < -5.3) a float32 GELU is 0 (torch's) or
-// flips between 0 and -1.7e-7 (the epilogue's rational erf), so with threshold 0 those bits
-// differ: there the table keeps GELU's true sign. Elsewhere the bits are the same unless GELU(y)
-// is within a float32 rounding of the threshold.
+// GELU is evaluated there in float64 (0.5 y erfc(-y / sqrt 2)), and 0 where a float32 GELU is
+// (1 + erf(y / sqrt 2) rounds to 0: y below about -5.56, as in torch and ONNX Runtime, the model's
+// GELU): one or two ranges per column. The two ops run one after the other round GELU to float32
+// first; their bits are the same unless GELU(y) is within a float32 rounding of the threshold
+// (with threshold 0, the band -5.56 < y < -5.3 where the epilogue's rational erf already gives 0).
 struct FfnBitTable {
   int runs = 0;             // ranges per column
   std::vector<int32_t> lo;  // [runs, n] for the first op's n columns; an empty range: lo > hi

@@ -490,9 +490,9 @@ void check_binary_ffn(Checker& c, CpuPath path, std::mt19937& rng, const FfnCase
   for (int64_t i = 0; i < f.m * f.hidden; ++i) {
     const double y = h[i], beta = f.beta2;
     double v = y;
-    if (f.gelu) {  // GELU < 0 for every y < 0, also where erfc underflows (y < -38.5)
-      v = 0.5 * y * std::erfc(-y / std::sqrt(2.0));
-      if (y < 0.0) v = std::min(v, -1e-300);
+    if (f.gelu) {  // 0 where a float32 GELU is: 1 + erf(y / sqrt 2) rounds to 0 (erfc < 2^-25)
+      const double e = std::erfc(-y / std::sqrt(2.0));
+      v = e < 0x1p-25 ? 0.0 : 0.5 * y * e;
     }
     if (f.unsigned2 ? v - beta > 0.0 : v - beta < 0.0) {
       const int64_t r = i / f.hidden, col = i % f.hidden;
