@@ -405,3 +405,18 @@ def test_skip_layer_norm_function_refuses_a_node_without_beta(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-500:])
     assert "Node (norm)" in proc.stdout and "SkipLayerNormalization" in proc.stdout
+
+
+def test_an_fp16_tensorrt_export_of_int4_tables_holds_no_float32():
+    """The tensorrt target reads int4 bytes as uint8 → float → int32 (TensorRT casts uint8 to and
+    from float32 and float16 only); it went through float32 in FP16 exports too, which the FP16
+    check then refused (`export --dtype fp16 --target tensorrt --embeddings int4`)."""
+    from bitmaps.export.onnx_graph import float32_on_compute_path
+
+    cfg = ExportConfig(dtype="fp16", target="tensorrt", embeddings="int4")
+    result = export_verified(small_student(), cfg, binary=True)
+    assert float32_on_compute_path(result.model) == []
+    casts = [n for n in result.model.graph.node if n.op_type == "Cast"]
+    assert any(
+        a.name == "to" and a.i == onnx.TensorProto.FLOAT16 for n in casts for a in n.attribute
+    )

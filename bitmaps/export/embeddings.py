@@ -115,10 +115,11 @@ def _dequantize(
     elif mode == "int8":
         b.op("Mul", [b.op("Cast", [data], to=elem), scale], out)
     else:  # int4: bytes → value pairs [..., B, 2] → [..., G, size] · scale[..., G, 1] → [..., G·size]
-        # → [:hidden]. Gather takes int32/int64 indices only, hence the Cast; TensorRT's cast layer
-        # takes uint8 to float only, so the tensorrt target goes uint8 → float32 → int32 (exact).
+        # → [:hidden]. Gather takes int32/int64 indices only, hence the Cast; TensorRT casts uint8
+        # to and from float32 and float16 only, so the tensorrt target goes uint8 → the graph's
+        # float type (float16 in an FP16 export, which may hold no float32) → int32, exactly.
         pairs = b.const(int4_pairs(), _FLOATS[elem])
-        source = b.op("Cast", [data], to=TensorProto.FLOAT) if target == "tensorrt" else data
+        source = b.op("Cast", [data], to=elem) if target == "tensorrt" else data
         index = b.op("Cast", [source], to=TensorProto.INT32)
         values = b.op("Gather", [pairs, index], axis=0)
         axes = b.const([-1], np.int64)
