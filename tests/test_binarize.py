@@ -660,3 +660,27 @@ def test_binarized_layers_keep_the_mode_of_the_layers_they_replace(training) -> 
     assert layers and all(m.training == training for m in layers)
     assert all(m.training == training for layer in layers for m in layer.modules())
     assert all(m.training == training for m in model.modules() if isinstance(m, torch.nn.ReLU))
+
+
+@pytest.mark.parametrize("quantizer", ["ste", "elastic"])
+def test_verification_allows_float16_ties_either_sign(quantizer) -> None:
+    """ONNX Runtime may binarize a float16 node input before its rounding (a GELU between casts
+    whose casts its optimizer drops): values within a float16 rounding of β may take either sign.
+    The node check allows exactly those flips for float16 inputs, none for float32 ones (an
+    FP16 export of a valid classifier was refused: one flip in 3 of 111 rows)."""
+    from bitmaps.export.verify import half_precision_ties
+
+    layer = _layer(64, 8, quantizer, True).eval()
+    packed = PackedBinaryLinear(layer.export_spec())
+    beta = float(torch.tensor(packed.act_threshold, dtype=torch.float16))
+    x = torch.randn(3, 64) + 3.0
+    x[0, :5] = beta  # five ties in row 0, none elsewhere
+    assert half_precision_ties(packed, x) is None  # float32: ties are exact
+    allowance = half_precision_ties(packed, x.half())
+    assert allowance.shape == (3, 8)
+    assert torch.all(allowance[1:] == 0) and torch.all(allowance[0] > 0)
+    flipped = x.clone()
+    flipped[0, :5] = beta - 1e-3 if not packed.act_unsigned else beta + 1e-3
+    with torch.no_grad():
+        moved = (packed(flipped.half().float()) - packed(x.half().float())).abs().double()
+    assert torch.all(moved[0] <= allowance[0] * (1 + 1e-3) + 1e-6), (moved[0], allowance[0])

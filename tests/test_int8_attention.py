@@ -386,3 +386,17 @@ def test_int8_attention_everywhere_on_bert(impl):
     with pytest.raises(ValueError, match="'float' or 'int8', got 'int4'"):
         with attention_precision("int4"):
             pass
+
+
+def test_a_row_masked_whole_by_minus_inf_matches_the_native_op(cpu_path):
+    """Every key of a row masked by a -inf bias: score - max is NaN; the kernel takes it to the
+    floor (VMAXPS), and the reference raised IndexError on it."""
+    torch.manual_seed(0)
+    qkv = torch.randn(1, 3, 3 * 2 * 8)
+    bias = torch.zeros(1, 1, 3, 3)
+    bias[..., 1, :] = float("-inf")  # query row 1 sees no key
+    ref = ops.reference_packed_attention(qkv, bias, 2, 0.35, True)
+    assert ref.shape == (1, 3, 16)
+    if ops.native_available():
+        torch.testing.assert_close(ops.packed_attention(qkv, bias, 2, 0.35, True), ref,
+                                   equal_nan=True)  # fmt: skip

@@ -49,7 +49,9 @@ def round_int8(
 
 def exp_level(x: torch.Tensor) -> torch.Tensor:
     """``round(exp(x) · 127)`` for ``x <= 0`` (float32) as the kernel computes it (module doc)."""
-    x = torch.clamp(x, min=EXP_FLOOR)
+    # NaN (a row whose every key is masked by -inf: -inf - -inf) -> the floor, as the kernel's
+    # VMAXPS gives it (torch.clamp keeps NaN, and the index below then failed)
+    x = torch.where(x > EXP_FLOOR, x, torch.full_like(x, EXP_FLOOR))
     n = torch.round(x * _f32(LOG2E))
     r = x - n * _f32(LN2)
     p = torch.full_like(x, EXP_POLY[0])

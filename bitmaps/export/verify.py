@@ -119,6 +119,25 @@ def scaled_error(
 AMBIGUOUS_GELU = 1e-6
 
 
+def half_precision_ties(m: PackedBinaryLinear, x: torch.Tensor) -> torch.Tensor | None:
+    """For a float16 input: each output's allowance for the input values within a float16
+    rounding of β, whose sign bit may go either way (None for other inputs: ties are exact there).
+
+    ONNX Runtime computes float16 graphs partly in float32 (a GELU between casts, which its
+    optimizer may drop), so the value a node binarizes can be its input before the rounding that
+    the tapped input shows; a value that close to β then takes the other sign. One flip moves an
+    output by 2·s·|w_scale| (1·s for {0, 1} inputs), s the activation scale (per-row mean
+    |x − β| where act_scale is 0)."""
+    if x.dtype != torch.float16:
+        return None
+    xf = x.float() - float(torch.tensor(m.act_threshold, dtype=torch.float32))
+    ulp = torch.finfo(torch.float16).eps  # a float16's spacing, relative: two roundings' worth
+    ties = xf.abs() <= ulp * torch.maximum(x.float().abs(), torch.tensor(abs(m.act_threshold)))
+    scale = m.act_scale if m.act_scale > 0 else xf.abs().mean(-1, keepdim=True)
+    per_flip = (1.0 if m.act_unsigned else 2.0) * torch.as_tensor(scale).double()
+    return ties.sum(-1, keepdim=True).double() * per_flip * m.w_scale.double().abs()
+
+
 class FeedForward:
     """A ``bitmaps::BinaryFeedForward`` node's two PyTorch layers, as the node check sees them.
 
@@ -384,6 +403,7 @@ def _check_batch(
                 ref, allowance = modules[node].reference(x)
             else:
                 ref = modules[node](x)
+                allowance = half_precision_ties(modules[node], x)
             if node in activations:  # the node's fused GELU
                 ref = activations[node](ref)
         node_error = scaled_error(onnx_y[node], ref, allowance)
