@@ -49,7 +49,7 @@ from bitmaps.data.text import _text_files, decode_text
 
 # Text kept before tokenizing, at first: seq_len tokens rarely need more characters. Where they
 # do (runs of whitespace: indented or HTML-remnant mail bodies) the cut grows until the tokens fill
-# seq_len or the text is whole (_texts_to_tokenize).
+# seq_len or the text is whole (_tokenize).
 CHARS_PER_TOKEN = 16
 # What BERT's tokenizer splits words on (its _is_whitespace): a cut there keeps every word whole, so
 # the tokens of the text up to it are the first tokens of the whole text.
@@ -289,30 +289,39 @@ def _prefix(text: str, chars: int) -> str:
     return text if m is None else text[: m.start()]
 
 
-def _texts_to_tokenize(examples: Sequence[Example], tokenizer: Any, seq_len: int) -> list[str]:
-    """Each text cut where its first ``seq_len`` tokens are surely inside: ``seq_len`` ×
-    CHARS_PER_TOKEN characters, four times more while a cut text gives fewer tokens than that."""
+def _tokenize(examples: Sequence[Example], tokenizer: Any, seq_len: int) -> tuple[list, list]:
+    """Token ids and attention masks, ``seq_len`` each, of every text cut where its first
+    ``seq_len`` tokens are surely inside: ``seq_len`` × CHARS_PER_TOKEN characters, then four
+    times more for the texts that gave fewer tokens than that while longer, until whole."""
+
+    def encode(texts: list[str]) -> tuple[list, list]:
+        enc = tokenizer(texts, truncation=True, max_length=seq_len, padding="max_length",
+                        return_attention_mask=True)  # fmt: skip
+        return enc["input_ids"], enc["attention_mask"]
+
     chars = seq_len * CHARS_PER_TOKEN
     texts = [_prefix(ex.text, chars) for ex in examples]
-    todo = [i for i, ex in enumerate(examples) if len(texts[i]) < len(ex.text)]
-    while todo:
-        ids = tokenizer([texts[i] for i in todo], truncation=True, max_length=seq_len)["input_ids"]
+    ids, masks = encode(texts)
+    todo = list(range(len(examples)))
+    while True:
+        todo = [
+            i for i in todo if len(texts[i]) < len(examples[i].text) and sum(masks[i]) < seq_len
+        ]
+        if not todo:
+            return ids, masks
         chars *= 4
-        todo = [i for i, row in zip(todo, ids, strict=True) if len(row) < seq_len]
         for i in todo:
             texts[i] = _prefix(examples[i].text, chars)
-        todo = [i for i in todo if len(texts[i]) < len(examples[i].text)]
-    return texts
+        for i, row, mask in zip(todo, *encode([texts[i] for i in todo]), strict=True):
+            ids[i], masks[i] = row, mask
 
 
 def tokenize_split(examples: Sequence[Example], labels: Sequence[str], tokenizer: Any,
                    seq_len: int) -> LabelledSplit:  # fmt: skip
     index = {name: i for i, name in enumerate(labels)}
-    texts = _texts_to_tokenize(examples, tokenizer, seq_len)
-    enc = tokenizer(texts, truncation=True, max_length=seq_len, padding="max_length",
-                    return_attention_mask=True)  # fmt: skip
-    input_ids = torch.tensor(enc["input_ids"], dtype=torch.int32).reshape(-1, seq_len)
-    lengths = torch.tensor([sum(m) for m in enc["attention_mask"]], dtype=torch.int64)
+    ids, masks = _tokenize(examples, tokenizer, seq_len)
+    input_ids = torch.tensor(ids, dtype=torch.int32).reshape(-1, seq_len)
+    lengths = torch.tensor([sum(m) for m in masks], dtype=torch.int64)
     y = torch.tensor([index[ex.label] for ex in examples], dtype=torch.int64)
     return LabelledSplit(input_ids, lengths, y, [ex.id for ex in examples])
 
