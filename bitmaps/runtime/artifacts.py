@@ -260,3 +260,18 @@ def engine_artifact(
         report = build_engine(onnx.path, path, cfg, echo=log)
         log(f"built {path} ({report.plugin_layers}/{report.binary_linear_nodes} on the plugin)")
     return Artifact(path, onnx.weights_bytes, path.stat().st_size)
+
+
+def floor_onnx(path: Path) -> Path:
+    """Write the one-op ONNX model of a floor job (bitmaps.runtime.measure.FLOOR: input_ids cast
+    to float) to ``path``."""
+    ids = onnx.helper.make_tensor_value_info(
+        "input_ids", onnx.TensorProto.INT64, ["batch", "sequence"]
+    )
+    out = onnx.helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, ["batch", "sequence"])
+    node = onnx.helper.make_node("Cast", ["input_ids"], ["out"], to=onnx.TensorProto.FLOAT)
+    graph = onnx.helper.make_graph([node], "floor", [ids], [out])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path

@@ -54,24 +54,10 @@ from bitmaps.runtime.timing import cpu_timer, time_calls
 
 RESULT_PREFIX = "BITMAPS-PROFILE "
 # The model of a job that measures a runtime's own memory: one op, no weights (ONNX Runtime: the
-# job's artifact, floor_onnx's file; torch: measure_torch.floor_module). Its peak is what every
-# model's peak on that backend holds before any weight: the runtime's session, arenas, threads.
+# job's artifact, bitmaps.runtime.artifacts.floor_onnx's file; torch:
+# measure_torch.floor_module). Its peak is what every model's peak on that backend holds before
+# any weight: the runtime's session, arenas, threads.
 FLOOR = "floor"
-
-
-def floor_onnx(path: Path) -> Path:
-    """Write the one-op ONNX model of a floor job (input_ids cast to float) to ``path``."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"])
-    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", "sequence"])
-    node = helper.make_node("Cast", ["input_ids"], ["out"], to=TensorProto.FLOAT)
-    graph = helper.make_graph([node], "floor", [ids], [out])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, path)
-    return path
 
 
 def _status_kb(field: str) -> int:

@@ -57,11 +57,12 @@ from bitmaps.runtime import amx
 from bitmaps.runtime import backends as B
 from bitmaps.runtime.artifacts import (
     engine_artifact,
+    floor_onnx,
     int8_artifact,
     onnx_artifact,
     onnx_weights_by_part,
 )
-from bitmaps.runtime.measure import FLOOR, RESULT_PREFIX, floor_onnx
+from bitmaps.runtime.measure import FLOOR, RESULT_PREFIX
 from bitmaps.runtime.plan import (
     ProfileJob,
     Target,
