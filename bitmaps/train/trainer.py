@@ -243,7 +243,11 @@ def _check_resumable(
             f"this run has {env.world_size}; the data order depends on it"
         )
     if state.get("data_fingerprint") != fingerprint:
-        raise BitmapsError(f"cannot resume {job.output}: the training text or tokenizer changed")
+        raise BitmapsError(
+            f"cannot resume {job.output}: the training text, the tokenizer or how bitmaps reads "
+            "them changed since it was written; write to a new output, or pass --overwrite to "
+            "train it afresh"
+        )
     saved = state.get("source_digest")  # absent in states written before it was recorded
     if saved is not None and saved != source_digest:
         what = "teacher" if job.train.stage == "student" else "model"
