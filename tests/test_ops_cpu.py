@@ -656,3 +656,25 @@ def test_ffn_bits_are_float32_gelus_also_where_it_is_zero(beta, unsigned):
                               1.0, 0, 1, beta, unsigned),
             table,
         )  # fmt: skip
+
+
+def test_the_epilogue_gelu_is_zero_where_float32_gelu_is(cpu_path):
+    """torch's float32 GELU is 0 below y ≈ −5.543 (1 + erf rounds to 0) and negative above; the
+    epilogue's rational erf reached −1 sooner (y ≈ −5.4), so a next layer binarizing at 0 took
+    the other sign for pre-activations in between (the two-node FFN, STE students)."""
+    import torch.nn.functional as F
+
+    if not ops.native_available():
+        pytest.skip("needs bitmaps._C (the native kernels)")
+    y = torch.cat([torch.linspace(-12.0, -5.545, 300), torch.linspace(-5.541, -4.0, 300)])
+    k, n = 32, 16
+    x = torch.ones(1, k)
+    panels = ops.prepack_weights(torch.zeros(n, 1, dtype=torch.int32), k)
+    ws = torch.full((n,), 1e-30)  # y = bias: the dot product's term vanishes
+    got = torch.cat([
+        ops.binary_linear_prepacked(x, panels, ws, v.repeat(n), k, 0.0, 0.0, 0, 1)[0, :1]
+        for v in y
+    ])  # fmt: skip
+    want = F.gelu(y)
+    assert torch.equal(got == 0, want == 0), y[(got == 0) != (want == 0)]
+    assert torch.all(got[want < 0] < 0)

@@ -174,8 +174,8 @@ int binary_linear(CpuPath path, const BinaryLinearArgs& args, const Parallel& pa
 // GELU is evaluated there in float64 (0.5 y erfc(-y / sqrt 2)), and 0 where a float32 GELU is
 // (1 + erf(y / sqrt 2) rounds to 0: y below about -5.56, as in torch and ONNX Runtime, the model's
 // GELU): one or two ranges per column. The two ops run one after the other round GELU to float32
-// first; their bits are the same unless GELU(y) is within a float32 rounding of the threshold
-// (with threshold 0, the band -5.56 < y < -5.3 where the epilogue's rational erf already gives 0).
+// first (the epilogue's GELU is 0 in the same tail, cpu_kernels_internal.h kErfTailZero); their
+// bits are the same unless GELU(y) is within a float32 rounding of the threshold.
 struct FfnBitTable {
   int runs = 0;             // ranges per column
   std::vector<int32_t> lo;  // [runs, n] for the first op's n columns; an empty range: lo > hi

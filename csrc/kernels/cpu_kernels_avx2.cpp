@@ -125,8 +125,11 @@ BITMAPS_AVX2_INLINE __m256 gelu8(__m256 y) {
   }
   __m256 erf = _mm256_div_ps(_mm256_mul_ps(z, p), q);
   erf = _mm256_min_ps(_mm256_set1_ps(1.0f), _mm256_max_ps(_mm256_set1_ps(-1.0f), erf));
-  return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), y),
-                       _mm256_add_ps(_mm256_set1_ps(1.0f), erf));
+  __m256 one = _mm256_add_ps(_mm256_set1_ps(1.0f), erf);
+  one = _mm256_max_ps(_mm256_set1_ps(kOneUlpBelowOne), one);  // NaN stays NaN (2nd operand)
+  one = _mm256_blendv_ps(one, _mm256_setzero_ps(),
+                         _mm256_cmp_ps(z, _mm256_set1_ps(kErfTailZero), _CMP_LE_OQ));
+  return _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), y), one);
 }
 
 // The nibble-lookup table (per 128-bit lane) and the low-nibble mask, as memory operands.

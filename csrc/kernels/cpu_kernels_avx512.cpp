@@ -152,8 +152,11 @@ BITMAPS_AVX512_INLINE __m512 gelu16(__m512 y) {
   r = _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(2.0f)));
   __m512 erf = _mm512_mul_ps(_mm512_mul_ps(z, p), r);
   erf = _mm512_min_ps(_mm512_set1_ps(1.0f), _mm512_max_ps(_mm512_set1_ps(-1.0f), erf));
-  const __m512 half_y = _mm512_mul_ps(_mm512_set1_ps(0.5f), y);
-  return _mm512_fmadd_ps(half_y, erf, half_y);
+  __m512 one = _mm512_add_ps(_mm512_set1_ps(1.0f), erf);
+  one = _mm512_max_ps(_mm512_set1_ps(kOneUlpBelowOne), one);  // NaN stays NaN (2nd operand)
+  one = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, _mm512_set1_ps(kErfTailZero), _CMP_LE_OQ),
+                             one, _mm512_setzero_ps());
+  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), y), one);
 }
 
 template <int MR, int NV, bool kAnd, bool kMask, bool kPrefetch>

@@ -81,6 +81,13 @@ inline int32_t gemm_dot(const GemmArgs& g, int64_t m, int64_t count) {
 // reciprocal instead of the division (cpu_kernels_avx512.cpp), within 3e-7 max(1, |y|) of it.
 constexpr float kGeluRsqrt2 = 0.70710678118654752f;
 constexpr float kErfClamp = 4.0f;
+// GELU's far negative tail as float32 rounds it (torch, ONNX Runtime): 1 + erf(z) is 0 where erf
+// is within half an ulp of -1 (erfc(-z) < 2^-25: z <= kErfTailZero, y below about -5.5426), and
+// at least one ulp of 1 (2^-24) above that; the fit reaches -1 a little sooner (z ~ -3.82), so
+// its 1 + erf is raised to that ulp there. Only the sign of a tail value matters (a next layer
+// binarizing at 0); its size stays within the fit's error.
+constexpr float kErfTailZero = -3.919205904f;
+constexpr float kOneUlpBelowOne = 0x1p-24f;
 constexpr float kErfP[6] = {1.128379028e+00f, 2.070394930e-01f, 5.493311928e-02f,
                             4.471158557e-03f, 2.991484358e-04f, 1.902921722e-06f};
 constexpr float kErfQ[6] = {1.000000000e+00f, 5.168140200e-01f, 1.209690231e-01f,
@@ -97,7 +104,9 @@ inline float gelu(float y) {
   }
   float erf = (z * p) / q;
   erf = std::min(std::max(erf, -1.0f), 1.0f);
-  return (0.5f * y) * (1.0f + erf);
+  float one = 1.0f + erf;
+  one = z <= kErfTailZero ? 0.0f : std::max(one, kOneUlpBelowOne);  // NaN stays NaN
+  return (0.5f * y) * one;
 }
 
 // The epilogue for one output element, in the exact float32 operation order of the reference

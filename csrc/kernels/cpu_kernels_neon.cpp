@@ -151,7 +151,10 @@ BITMAPS_NEON_INLINE float32x4_t gelu4(float32x4_t y) {
   }
   float32x4_t erf = vdivq_f32(vmulq_f32(z, p), q);
   erf = vminq_f32(vdupq_n_f32(1.0f), vmaxq_f32(vdupq_n_f32(-1.0f), erf));
-  return vmulq_f32(vmulq_f32(vdupq_n_f32(0.5f), y), vaddq_f32(vdupq_n_f32(1.0f), erf));
+  float32x4_t one = vaddq_f32(vdupq_n_f32(1.0f), erf);
+  one = vmaxq_f32(vdupq_n_f32(kOneUlpBelowOne), one);  // FMAX: NaN stays NaN
+  one = vbslq_f32(vcleq_f32(z, vdupq_n_f32(kErfTailZero)), vdupq_n_f32(0.0f), one);
+  return vmulq_f32(vmulq_f32(vdupq_n_f32(0.5f), y), one);
 }
 
 template <bool kAnd>
