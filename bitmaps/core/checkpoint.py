@@ -22,6 +22,7 @@ import os
 import pickle
 import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,18 @@ def tokenizer_record(name: str, files: dict[str, str]) -> dict[str, Any]:
         digest.update(fname.encode())
         digest.update(files[fname].encode())
     return {"name": name, "sha256": digest.hexdigest(), "files": dict(files)}
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of named tensors (names in sorted order, dtypes, shapes, bytes): what a resumed run
+    checks the weights it starts from against (bitmaps.train.trainer), and what a cache file's
+    tensors are checked against at load (bitmaps.data.corpus)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # a view: no copy of the bytes
+    return h.hexdigest()
 
 
 def save_checkpoint(

@@ -49,6 +49,7 @@ from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
 from bitmaps.core.atomic import atomic_output
+from bitmaps.core.checkpoint import tensors_digest
 from bitmaps.core.config import DataConfig
 from bitmaps.core.errors import BitmapsError, one_line
 from bitmaps.data.assets import cache_root, resolve_model
@@ -318,19 +319,10 @@ def _check_enough(stats: CorpusStats, cfg: DataConfig, paths: Sequence[Any]) -> 
         raise BitmapsError(f"too little text in {where}: the held-out split is empty")
 
 
+# The cache file's tensors; their digest is written with them and checked at load: a file edited
+# in place (the header intact) is rebuilt, not used (a token id out of range crashed the model; one
+# in range silently changed every number).
 _CACHED = ("train", "heldout", "train_doc", "heldout_doc")
-
-
-def _content_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 of the cached tensors (names, dtypes, shapes, bytes): a cache file edited in place
-    (the header intact) is rebuilt, not used (a token id out of range crashed the model; one in
-    range silently changed every number)."""
-    h = hashlib.sha256()
-    for name in _CACHED:
-        t = tensors[name].contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _save(path: Path, corpus: Corpus, log: Log) -> None:
@@ -343,7 +335,7 @@ def _save(path: Path, corpus: Corpus, log: Log) -> None:
     }
     meta = {
         "key": corpus.key,
-        "content": _content_digest(tensors),
+        "content": tensors_digest(tensors),
         "stats": json.dumps(corpus.stats.to_dict()),
         "documents": json.dumps(corpus.documents),
     }
@@ -365,7 +357,7 @@ def _load(path: Path, key: str, vocab: MaskVocab, log: Log) -> Corpus | None:
             if meta.get("key") != key:
                 raise ValueError("key mismatch")
             t = {name: f.get_tensor(name) for name in _CACHED}
-        if meta.get("content") != _content_digest(t):  # absent: written before it was recorded
+        if meta.get("content") != tensors_digest(t):  # absent: written before it was recorded
             raise ValueError("its tensors do not match the digest it was written with")
         stats = CorpusStats.from_dict(json.loads(meta["stats"]))
         documents = json.loads(meta["documents"])

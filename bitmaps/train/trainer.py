@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from torch import nn
 
 from bitmaps.core import distributed as D
 from bitmaps.core.atomic import ANY, OutputChanged, check_not_input, check_writable, file_identity
-from bitmaps.core.checkpoint import load_checkpoint, save_checkpoint
+from bitmaps.core.checkpoint import load_checkpoint, save_checkpoint, tensors_digest
 from bitmaps.core.config import BinarizeConfig, Config, DataConfig, DistillConfig, TrainConfig
 from bitmaps.core.errors import BitmapsError, one_line
 from bitmaps.core.progress import ProgressReporter
@@ -192,17 +191,6 @@ def _restoring(output: Path, what: str):  # noqa: ANN202
             f"cannot resume {output}: {what} ({detail}); write to a new output, or pass "
             "--overwrite to start afresh"
         ) from None
-
-
-def weights_digest(model: nn.Module) -> str:
-    """A digest of ``model``'s state (names, dtypes, shapes, bytes): what a resumed run checks
-    its --model / --teacher against (a same-shaped model with other weights loads silently)."""
-    h = hashlib.blake2b(digest_size=16)
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _check_resumable(
@@ -447,7 +435,7 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
     source, model = _prepare_models(job, log, labelled)
     # the weights the run starts from (the teacher of a student run), before any step changes
     # them: a resumed run must start from the same
-    source_digest = weights_digest(source.model)
+    source_digest = tensors_digest(source.model.state_dict())
     if labelled is not None and source.labels != labelled.labels:
         raise BitmapsError(
             f"{job.model} classifies {', '.join(source.labels or ())}; the data has labels "
@@ -542,14 +530,11 @@ def _run(job, env, log, t_start, TrainStream, build_corpus, eval_batches) -> Tra
     def save(at_step: int, complete: bool, metrics: dict[str, float] | None) -> None:
         check_weights(at_step)
         rng = D.all_gather_objects(env, _rng_state(env))
-        # every process checks (one of them raising alone would leave the others at the barrier)
         changed = (
             f"{job.output} was written by something else while this run went on (another "
             "run with the same output?); it was left as it is: give this run another output, "
             "or --overwrite to replace whatever is there"
         )
-        if not job.overwrite and file_identity(job.output) != output_seen[0]:
-            raise BitmapsError(changed)
         problem = None
         if env.is_main:
             state = {
