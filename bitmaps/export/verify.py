@@ -134,8 +134,17 @@ def half_precision_ties(m: PackedBinaryLinear, x: torch.Tensor) -> torch.Tensor 
     ulp = torch.finfo(torch.float16).eps  # a float16's spacing, relative: two roundings' worth
     ties = xf.abs() <= ulp * torch.maximum(x.float().abs(), torch.tensor(abs(m.act_threshold)))
     scale = m.act_scale if m.act_scale > 0 else xf.abs().mean(-1, keepdim=True)
+    return flip_allowance(ties, m, scale)
+
+
+def flip_allowance(
+    ambiguous: torch.Tensor, m: PackedBinaryLinear, scale: float | torch.Tensor
+) -> torch.Tensor:
+    """What the outputs of layer ``m`` may move by when its ``ambiguous`` input bits ([..., K])
+    take the other sign: per row, their count times 2·scale·|w_scale| (1·scale for {0, 1}
+    inputs), ``scale`` the activation scale (a float, or per row)."""
     per_flip = (1.0 if m.act_unsigned else 2.0) * torch.as_tensor(scale).double()
-    return ties.sum(-1, keepdim=True).double() * per_flip * m.w_scale.double().abs()
+    return ambiguous.sum(-1, keepdim=True).double() * per_flip * m.w_scale.double().abs()
 
 
 class FeedForward:
@@ -162,9 +171,7 @@ class FeedForward:
             inputs = torch.where(bits, torch.tensor(on), torch.tensor(off)).float()
             out = second(inputs)
             ambiguous = margin.abs() <= AMBIGUOUS_GELU * max(1.0, abs(beta))
-            per_flip = (1.0 if second.act_unsigned else 2.0) * second.act_scale
-            allowance = ambiguous.sum(-1, keepdim=True).double() * per_flip
-            allowance = allowance * second.w_scale.double().abs()
+            allowance = flip_allowance(ambiguous, second, second.act_scale)
         return out, allowance
 
 
